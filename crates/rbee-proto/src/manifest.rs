@@ -49,13 +49,17 @@ pub struct ModelMetadata {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ModelSource {
     /// Imported from a local file or folder; only its final path component is recorded.
-    Local { name: String },
+    Local {
+        name: String,
+    },
     HuggingFace {
         repo: String,
         revision: String,
         file: Option<String>,
     },
-    Ollama { name: String },
+    Ollama {
+        name: String,
+    },
 }
 
 /// One file of a model.
@@ -104,7 +108,9 @@ pub enum ManifestError {
     BadFileName { name: String, reason: String },
     #[error("file `{0}` appears twice")]
     DuplicateFile(String),
-    #[error("file `{name}`: shard size {shard_size} is outside {MIN_SHARD_SIZE}..={MAX_SHARD_SIZE} or not a power of two")]
+    #[error(
+        "file `{name}`: shard size {shard_size} is outside {MIN_SHARD_SIZE}..={MAX_SHARD_SIZE} or not a power of two"
+    )]
     BadShardSize { name: String, shard_size: u64 },
     #[error("file `{name}`: {size} bytes need {expected} shards, the manifest lists {listed}")]
     ShardCount {
@@ -300,15 +306,24 @@ pub(crate) mod tests {
     fn validation_rejects_what_a_peer_could_forge() {
         let mut m = sample(10);
         m.files[0].name = "../../etc/passwd".into();
-        assert!(matches!(m.validate(), Err(ManifestError::BadFileName { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::BadFileName { .. })
+        ));
 
         let mut m = sample(10);
         m.files[0].shards.push(ShardHash::of(b"extra"));
-        assert!(matches!(m.validate(), Err(ManifestError::ShardCount { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::ShardCount { .. })
+        ));
 
         let mut m = sample(10);
         m.files[0].shard_size = 1000;
-        assert!(matches!(m.validate(), Err(ManifestError::BadShardSize { .. })));
+        assert!(matches!(
+            m.validate(),
+            Err(ManifestError::BadShardSize { .. })
+        ));
 
         let mut m = sample(10);
         m.files.push(m.files[0].clone());

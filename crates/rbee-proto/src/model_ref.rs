@@ -114,10 +114,7 @@ fn check_repo_part(input: &str, what: &str, part: &str) -> Result<(), RefError> 
         ));
     }
     if let Some(c) = part.chars().find(|c| !is_part_char(*c)) {
-        return Err(RefError::new(
-            input,
-            format!("the {what} contains `{c}`"),
-        ));
+        return Err(RefError::new(input, format!("the {what} contains `{c}`")));
     }
     if part.starts_with(['.', '-']) || part.contains("..") || part.contains("--") {
         return Err(RefError::new(
@@ -199,10 +196,10 @@ impl FromStr for ModelRef {
                 .map_err(|e: crate::IdParseError| RefError::new(input, e.to_string()))?;
             return Ok(ModelRef::ContentId(id));
         }
-        if is_hex64(s) {
-            if let Ok(id) = s.parse() {
-                return Ok(ModelRef::ContentId(id));
-            }
+        if is_hex64(s)
+            && let Ok(id) = s.parse()
+        {
+            return Ok(ModelRef::ContentId(id));
         }
         if let Some(path) = s.strip_prefix("file:") {
             if path.is_empty() {
@@ -261,7 +258,10 @@ mod tests {
                     Some("sub/q4_k_m.gguf"),
                 ),
             ),
-            ("/models/a.gguf".into(), ModelRef::LocalPath("/models/a.gguf".into())),
+            (
+                "/models/a.gguf".into(),
+                ModelRef::LocalPath("/models/a.gguf".into()),
+            ),
             ("./a.gguf".into(), ModelRef::LocalPath("./a.gguf".into())),
             ("~/a".into(), ModelRef::LocalPath("~/a".into())),
             ("file:a.gguf".into(), ModelRef::LocalPath("a.gguf".into())),
@@ -315,8 +315,7 @@ mod tests {
                     revision: rev,
                     file,
                 })),
-            "(/|\\./|\\.\\./|~/)?[a-z0-9 _./-]{1,30}[a-z0-9]"
-                .prop_map(ModelRef::LocalPath),
+            "(/|\\./|\\.\\./|~/)?[a-z0-9 _./-]{1,30}[a-z0-9]".prop_map(ModelRef::LocalPath),
             any::<[u8; 32]>().prop_map(|b| ModelRef::ContentId(ContentId::from_bytes(b))),
             "[a-z0-9][a-z0-9._:-]{0,20}"
                 .prop_filter("not hex64", |s| is_valid_name(s))

@@ -1,0 +1,313 @@
+//! `rbee-node models …`: the catalog from the command line.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use rbee_proto::ModelRef;
+use rbee_store::{ImportSource, ModelRecord, Store};
+use serde_json::json;
+
+use crate::output;
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Import a model: a GGUF file, a safetensors folder, `ollama:<name>[:tag]` or
+    /// `hf-cache:<org/repo>[@rev][:file]`.
+    Import {
+        source: String,
+        /// Catalog name (default: derived from the file or repo name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the models on this node.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one model: metadata, files, shards, source.
+    Show {
+        model: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a model and delete files no other model uses.
+    Rm {
+        model: String,
+        /// Remove even if pinned.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Re-hash models (all, or one) and report corrupt shards.
+    Verify {
+        model: Option<String>,
+    },
+    /// Give a model another name.
+    Alias {
+        model: String,
+        alias: String,
+    },
+    /// Change a model's name.
+    Rename {
+        model: String,
+        name: String,
+    },
+    /// Keep a model from being removed or evicted.
+    Pin {
+        model: String,
+    },
+    Unpin {
+        model: String,
+    },
+    /// Delete unreferenced files and leftovers of interrupted imports.
+    Gc,
+}
+
+fn open_store(data_dir: Option<PathBuf>) -> Result<Store> {
+    let dir = match data_dir {
+        Some(d) => d,
+        None => rbee_store::default_data_dir()?,
+    };
+    Store::open(&dir).with_context(|| format!("opening the store at {}", dir.display()))
+}
+
+fn parse_ref(s: &str) -> Result<ModelRef> {
+    Ok(s.parse::<ModelRef>()?)
+}
+
+pub fn run(data_dir: Option<PathBuf>, cmd: ModelsCommand) -> Result<()> {
+    let store = open_store(data_dir)?;
+    match cmd {
+        ModelsCommand::Import { source, name } => import(&store, &source, name.as_deref()),
+        ModelsCommand::Ls { json } => ls(&store, json),
+        ModelsCommand::Show { model, json } => {
+            let rec = store.resolve(&parse_ref(&model)?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&record_json(&store, &rec))?
+                );
+            } else {
+                show(&store, &rec);
+            }
+            Ok(())
+        }
+        ModelsCommand::Rm { model, force } => {
+            let (rec, gc) = store.remove(&parse_ref(&model)?, force)?;
+            println!(
+                "removed {} ({}), freed {}",
+                rec.entry.name,
+                rec.entry.content_id.short(),
+                output::bytes(gc.freed_bytes)
+            );
+            Ok(())
+        }
+        ModelsCommand::Verify { model } => verify(&store, model.as_deref()),
+        ModelsCommand::Alias { model, alias } => {
+            let rec = store.alias(&parse_ref(&model)?, &alias)?;
+            println!("{} is now also `{alias}`", rec.entry.name);
+            Ok(())
+        }
+        ModelsCommand::Rename { model, name } => {
+            let rec = store.rename(&parse_ref(&model)?, &name)?;
+            println!(
+                "renamed {} to `{}`",
+                rec.entry.content_id.short(),
+                rec.entry.name
+            );
+            Ok(())
+        }
+        ModelsCommand::Pin { model } => pin(&store, &model, true),
+        ModelsCommand::Unpin { model } => pin(&store, &model, false),
+        ModelsCommand::Gc => {
+            let r = store.gc()?;
+            println!(
+                "removed {} paths, freed {}",
+                r.removed_paths,
+                output::bytes(r.freed_bytes)
+            );
+            Ok(())
+        }
+    }
+}
+
+fn import(store: &Store, source: &str, name: Option<&str>) -> Result<()> {
+    let src = ImportSource::parse(source)?;
+    let started = std::time::Instant::now();
+    let (bar, mut update) = output::progress_bar("importing");
+    let outcome = store.import(&src, &mut update);
+    bar.finish_and_clear();
+    let outcome = outcome?;
+    let mut final_name = outcome.name.clone();
+    if let Some(n) = name.filter(|n| *n != outcome.name) {
+        store.rename(&ModelRef::ContentId(outcome.content_id), n)?;
+        final_name = n.to_string();
+    }
+    let size = outcome.manifest.total_size();
+    if outcome.already_present {
+        println!(
+            "already present: {final_name} ({}), nothing imported",
+            outcome.content_id.short()
+        );
+    } else {
+        let secs = started.elapsed().as_secs_f64().max(1e-6);
+        println!(
+            "imported {final_name} ({}): {} {} {}, {} in {secs:.1}s ({}/s)",
+            outcome.content_id.short(),
+            outcome.manifest.metadata.architecture,
+            outcome.manifest.metadata.quantization,
+            output::count(outcome.manifest.metadata.parameter_count),
+            output::bytes(size),
+            output::bytes((size as f64 / secs) as u64)
+        );
+    }
+    Ok(())
+}
+
+fn ls(store: &Store, json: bool) -> Result<()> {
+    let records = store.list()?;
+    if json {
+        let all: Vec<_> = records.iter().map(|r| record_json(store, r)).collect();
+        println!("{}", serde_json::to_string_pretty(&all)?);
+        return Ok(());
+    }
+    if records.is_empty() {
+        println!("no models yet: `rbee-node models import <file.gguf>`");
+        return Ok(());
+    }
+    println!(
+        "{:<32} {:<12} {:<10} {:<8} {:>7} {:>10}  LAST USED",
+        "NAME", "ID", "ARCH", "QUANT", "PARAMS", "SIZE"
+    );
+    for r in records {
+        let m = &r.manifest.metadata;
+        println!(
+            "{:<32} {:<12} {:<10} {:<8} {:>7} {:>10}  {}{}",
+            r.entry.name,
+            r.entry.content_id.short(),
+            m.architecture,
+            m.quantization,
+            output::count(m.parameter_count),
+            output::bytes(r.manifest.total_size()),
+            output::age(r.entry.last_used),
+            if r.entry.pinned { " (pinned)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+fn show(store: &Store, r: &ModelRecord) {
+    let m = &r.manifest;
+    println!("name:          {}", r.entry.name);
+    if !r.entry.aliases.is_empty() {
+        println!("aliases:       {}", r.entry.aliases.join(", "));
+    }
+    println!("content id:    {}", r.entry.content_id);
+    println!("format:        {}", m.metadata.format.as_str());
+    println!("architecture:  {}", m.metadata.architecture);
+    println!("quantization:  {}", m.metadata.quantization);
+    println!(
+        "parameters:    {}",
+        output::count(m.metadata.parameter_count)
+    );
+    println!("context:       {}", m.metadata.context_length);
+    println!("size:          {}", output::bytes(m.total_size()));
+    println!("source:        {}", source_text(&m.source));
+    println!("pinned:        {}", r.entry.pinned);
+    println!("last used:     {}", output::age(r.entry.last_used));
+    if let Some(p) = store.primary_path(r) {
+        println!("path:          {}", p.display());
+    }
+    println!("files:");
+    for f in &m.files {
+        println!(
+            "  {}  {}  {} shards of {}",
+            f.name,
+            output::bytes(f.size),
+            f.shards.len(),
+            output::bytes(f.shard_size)
+        );
+    }
+}
+
+fn source_text(s: &rbee_proto::ModelSource) -> String {
+    match s {
+        rbee_proto::ModelSource::Local { name } => format!("local file {name}"),
+        rbee_proto::ModelSource::HuggingFace {
+            repo,
+            revision,
+            file,
+        } => match file {
+            Some(f) => format!("hf:{repo}@{revision}:{f}"),
+            None => format!("hf:{repo}@{revision}"),
+        },
+        rbee_proto::ModelSource::Ollama { name } => format!("ollama:{name}"),
+    }
+}
+
+fn record_json(store: &Store, r: &ModelRecord) -> serde_json::Value {
+    let m = &r.manifest;
+    json!({
+        "name": r.entry.name,
+        "aliases": r.entry.aliases,
+        "content_id": r.entry.content_id.to_hex(),
+        "format": m.metadata.format.as_str(),
+        "architecture": m.metadata.architecture,
+        "quantization": m.metadata.quantization,
+        "parameter_count": m.metadata.parameter_count,
+        "context_length": m.metadata.context_length,
+        "size": m.total_size(),
+        "source": source_text(&m.source),
+        "pinned": r.entry.pinned,
+        "added_at": r.entry.added_at,
+        "last_used": r.entry.last_used,
+        "path": store.primary_path(r),
+        "files": m.files.iter().map(|f| json!({
+            "name": f.name, "size": f.size, "shard_size": f.shard_size, "shards": f.shards.len(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn verify(store: &Store, model: Option<&str>) -> Result<()> {
+    let r = model.map(parse_ref).transpose()?;
+    let (bar, mut update) = output::progress_bar("verifying");
+    let reports = store.verify(r.as_ref(), &mut update);
+    bar.finish_and_clear();
+    let reports = reports?;
+    let mut bad = 0;
+    for rep in &reports {
+        if rep.is_ok() {
+            println!("ok       {} ({})", rep.name, rep.content_id.short());
+            continue;
+        }
+        bad += 1;
+        for f in &rep.missing_files {
+            println!(
+                "MISSING  {} ({}): file {f}",
+                rep.name,
+                rep.content_id.short()
+            );
+        }
+        for (f, i) in &rep.bad_shards {
+            println!(
+                "CORRUPT  {} ({}): {f} shard {i}",
+                rep.name,
+                rep.content_id.short()
+            );
+        }
+    }
+    if bad > 0 {
+        bail!("{bad} model(s) failed verification; remove and re-import or re-pull them");
+    }
+    Ok(())
+}
+
+fn pin(store: &Store, model: &str, pinned: bool) -> Result<()> {
+    let rec = store.set_pinned(&parse_ref(model)?, pinned)?;
+    println!(
+        "{} {}",
+        rec.entry.name,
+        if pinned { "pinned" } else { "unpinned" }
+    );
+    Ok(())
+}

@@ -1,0 +1,446 @@
+//! Imports: a local GGUF file, a safetensors folder, an Ollama model, or a model already in the
+//! HuggingFace cache. Each becomes a manifest plus blobs; importing the same bytes twice is a
+//! no-op that says so.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rbee_proto::{
+    DEFAULT_SHARD_SIZE, HfRef, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
+};
+
+use crate::catalog::CatalogEntry;
+use crate::error::{IoContext, StoreError};
+use crate::quant;
+use crate::safetensors;
+use crate::store::{Progress, Store, home};
+
+/// Where an import reads from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportSource {
+    /// A GGUF file or a safetensors folder.
+    Path(PathBuf),
+    /// `ollama:<name>[:tag]`, read from the local Ollama store.
+    Ollama(String),
+    /// `hf-cache:<org/repo>[@rev][:file]`, read from the local HuggingFace cache.
+    HfCache(HfRef),
+}
+
+impl ImportSource {
+    pub fn parse(s: &str) -> Result<ImportSource, StoreError> {
+        if let Some(name) = s.strip_prefix("ollama:") {
+            if name.is_empty() || name.contains("..") {
+                return Err(StoreError::BadSource(format!(
+                    "`{s}`: expected `ollama:<name>[:tag]`"
+                )));
+            }
+            return Ok(ImportSource::Ollama(name.to_string()));
+        }
+        if let Some(repo) = s.strip_prefix("hf-cache:") {
+            return match repo.parse::<ModelRef>() {
+                Ok(ModelRef::HuggingFace(hf)) => Ok(ImportSource::HfCache(hf)),
+                Ok(_) => Err(StoreError::BadSource(format!(
+                    "`{s}`: expected `hf-cache:<org/repo>[@rev][:file]`"
+                ))),
+                Err(e) => Err(StoreError::BadSource(e.to_string())),
+            };
+        }
+        let path = match s.strip_prefix("~/") {
+            Some(rest) => home()?.join(rest),
+            None => PathBuf::from(s),
+        };
+        Ok(ImportSource::Path(path))
+    }
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportOutcome {
+    pub content_id: rbee_proto::ContentId,
+    pub name: String,
+    /// The same bytes were already cataloged (under `name`); nothing was added.
+    pub already_present: bool,
+    pub manifest: Manifest,
+}
+
+impl ImportOutcome {
+    pub(crate) fn existing(e: &CatalogEntry, manifest: Manifest) -> Self {
+        ImportOutcome {
+            content_id: e.content_id,
+            name: e.name.clone(),
+            already_present: true,
+            manifest,
+        }
+    }
+}
+
+/// One file to bring in: where it is, and its name inside the model.
+struct SourceFile {
+    path: PathBuf,
+    name: String,
+}
+
+impl Store {
+    /// Validates the source, copies (or links) its files into the store, and catalogs it.
+    pub fn import(
+        &self,
+        src: &ImportSource,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
+        match src {
+            ImportSource::Path(p) => self.import_path(p, progress),
+            ImportSource::Ollama(name) => self.import_ollama(name, progress),
+            ImportSource::HfCache(hf) => self.import_hf_cache(hf, progress),
+        }
+    }
+
+    fn import_path(
+        &self,
+        path: &Path,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
+        let meta = fs::metadata(path).ctx("open", path)?;
+        let base = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        if meta.is_dir() {
+            let (files, metadata) = safetensors_folder(path)?;
+            let source = ModelSource::Local { name: base.clone() };
+            return self.import_files(files, metadata, source, &base, false, progress);
+        }
+        let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
+        let metadata = gguf_metadata(path)?;
+        let files = vec![SourceFile {
+            path: path.to_path_buf(),
+            name: base.clone(),
+        }];
+        let source = ModelSource::Local { name: base };
+        self.import_files(files, metadata, source, &stem, false, progress)
+    }
+
+    fn import_ollama(
+        &self,
+        name: &str,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
+        let err = |reason: String| StoreError::Ollama {
+            name: name.to_string(),
+            reason,
+        };
+        let root = self.ollama_root()?;
+        let (model, tag) = name.split_once(':').unwrap_or((name, "latest"));
+        let namespaced = if model.contains('/') {
+            model.to_string()
+        } else {
+            format!("library/{model}")
+        };
+        let manifest_path = root
+            .join("manifests/registry.ollama.ai")
+            .join(&namespaced)
+            .join(tag);
+        let bytes = fs::read(&manifest_path).map_err(|e| {
+            err(format!(
+                "no manifest at {} ({e}); `ollama list` shows what is installed",
+                manifest_path.display()
+            ))
+        })?;
+        let json: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| err(format!("manifest is not JSON: {e}")))?;
+        let digest = json["layers"]
+            .as_array()
+            .and_then(|layers| {
+                layers
+                    .iter()
+                    .find(|l| l["mediaType"] == "application/vnd.ollama.image.model")
+            })
+            .and_then(|l| l["digest"].as_str())
+            .ok_or_else(|| err("manifest has no model layer".into()))?;
+        let hex = digest
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| err(format!("unexpected layer digest `{digest}`")))?;
+        let blob = root.join("blobs").join(format!("sha256-{hex}"));
+        let metadata = gguf_metadata(&blob)?;
+        let display = if tag == "latest" {
+            model.to_string()
+        } else {
+            format!("{model}:{tag}")
+        };
+        let files = vec![SourceFile {
+            path: blob,
+            name: "model.gguf".into(),
+        }];
+        let source = ModelSource::Ollama {
+            name: format!("{model}:{tag}"),
+        };
+        let hint = display.replace('/', "-");
+        self.import_files(files, metadata, source, &hint, true, progress)
+    }
+
+    fn import_hf_cache(
+        &self,
+        hf: &HfRef,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
+        let repo_dir = self
+            .hf_cache_root()?
+            .join(format!("models--{}", hf.repo.replace('/', "--")));
+        if !repo_dir.is_dir() {
+            return Err(StoreError::HfCache(format!(
+                "{} is not in the cache ({} does not exist)",
+                hf.repo,
+                repo_dir.display()
+            )));
+        }
+        let rev = hf.revision_or_main();
+        let commit = if rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit()) {
+            rev.to_string()
+        } else {
+            let ref_path = repo_dir.join("refs").join(rev);
+            fs::read_to_string(&ref_path)
+                .map_err(|_| {
+                    StoreError::HfCache(format!("{}: revision `{rev}` is not cached", hf.repo))
+                })?
+                .trim()
+                .to_string()
+        };
+        let snapshot = repo_dir.join("snapshots").join(&commit);
+        let listing = list_files(&snapshot)?;
+        let repo_name = hf.repo.rsplit('/').next().unwrap_or(&hf.repo);
+        let chosen = match &hf.file {
+            Some(f) => Some(f.clone()),
+            None => quant::choose_gguf(&listing),
+        };
+        if let Some(file) = chosen {
+            let path = snapshot.join(&file);
+            if !path.is_file() {
+                return Err(StoreError::HfCache(format!(
+                    "{}@{commit}: `{file}` is not cached; cached files: {}",
+                    hf.repo,
+                    names(&listing)
+                )));
+            }
+            let metadata = gguf_metadata(&path)?;
+            let base = file.rsplit('/').next().unwrap_or(&file).to_string();
+            let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
+            let files = vec![SourceFile {
+                path,
+                name: base.clone(),
+            }];
+            let source = ModelSource::HuggingFace {
+                repo: hf.repo.clone(),
+                revision: commit,
+                file: Some(file),
+            };
+            return self.import_files(files, metadata, source, &stem, true, progress);
+        }
+        if snapshot.join("config.json").is_file() {
+            let (files, metadata) = safetensors_folder(&snapshot)?;
+            let source = ModelSource::HuggingFace {
+                repo: hf.repo.clone(),
+                revision: commit,
+                file: None,
+            };
+            return self.import_files(files, metadata, source, repo_name, true, progress);
+        }
+        Err(StoreError::HfCache(format!(
+            "{}@{commit} has no GGUF file and no safetensors model; cached files: {}",
+            hf.repo,
+            names(&listing)
+        )))
+    }
+
+    fn import_files(
+        &self,
+        files: Vec<SourceFile>,
+        metadata: ModelMetadata,
+        source: ModelSource,
+        name_hint: &str,
+        link: bool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
+        let mut sizes = Vec::with_capacity(files.len());
+        for f in &files {
+            sizes.push(fs::metadata(&f.path).ctx("stat", &f.path)?.len());
+        }
+        let total: u64 = sizes.iter().sum();
+        let mut offset = 0u64;
+        let mut entries = Vec::with_capacity(files.len());
+        for (f, size) in files.iter().zip(sizes) {
+            // Hard links must point at the real file, not at a symlink (the HF cache is all
+            // symlinks into its blobs folder).
+            let real = fs::canonicalize(&f.path).ctx("resolve", &f.path)?;
+            let entry = self.ingest_file(&real, &f.name, DEFAULT_SHARD_SIZE, link, &mut |p| {
+                progress(Progress {
+                    phase: p.phase,
+                    done: offset + p.done,
+                    total: total.max(offset + p.done),
+                })
+            })?;
+            offset += size;
+            entries.push(entry);
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let manifest = Manifest {
+            files: entries,
+            metadata,
+            source,
+        };
+        self.commit_model(manifest, name_hint)
+    }
+}
+
+/// Opens and validates a GGUF, returning the summary the manifest records.
+pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
+    let wrap = |source| StoreError::Gguf {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    if let Some((part, total)) = quant::split_part(&name) {
+        return Err(StoreError::Unsupported {
+            path: path.to_path_buf(),
+            reason: format!(
+                "part {part} of a {total}-part split GGUF; merge it first with `llama-gguf-split --merge`"
+            ),
+        });
+    }
+    let file = rbee_gguf::GgufFile::open(path).map_err(wrap)?;
+    let summary = rbee_gguf::validate(&file).map_err(wrap)?;
+    Ok(ModelMetadata {
+        format: ModelFormat::Gguf,
+        architecture: summary.architecture,
+        quantization: summary.quantization,
+        parameter_count: summary.parameter_count,
+        context_length: summary.context_length,
+    })
+}
+
+const SAFETENSORS_SIDE_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "model.safetensors.index.json",
+];
+
+/// Checks a safetensors model folder and lists the files that make it up.
+fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), StoreError> {
+    let bad = |reason: String| StoreError::Safetensors {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    for required in ["config.json", "tokenizer.json"] {
+        if !dir.join(required).is_file() {
+            return Err(bad(format!(
+                "{required} is missing (a safetensors model folder needs config.json, tokenizer.json and *.safetensors)"
+            )));
+        }
+    }
+    let config_bytes = fs::read(dir.join("config.json")).ctx("read", dir.join("config.json"))?;
+    let config: serde_json::Value = serde_json::from_slice(&config_bytes)
+        .map_err(|e| bad(format!("config.json is not valid JSON: {e}")))?;
+    let architecture = config["model_type"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| bad("config.json has no `model_type`".into()))?;
+    let context_length = config["max_position_embeddings"].as_u64().unwrap_or(0);
+
+    let mut weights: Vec<String> = fs::read_dir(dir)
+        .ctx("read directory", dir)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    weights.sort();
+    if weights.is_empty() {
+        return Err(bad("no *.safetensors files".into()));
+    }
+    let index_path = dir.join("model.safetensors.index.json");
+    if index_path.is_file() {
+        let index: serde_json::Value = serde_json::from_slice(
+            &fs::read(&index_path).ctx("read", &index_path)?,
+        )
+        .map_err(|e| {
+            bad(format!(
+                "model.safetensors.index.json is not valid JSON: {e}"
+            ))
+        })?;
+        if let Some(map) = index["weight_map"].as_object() {
+            for shard in map.values().filter_map(|v| v.as_str()) {
+                if !weights.iter().any(|w| w == shard) {
+                    return Err(bad(format!("the index names {shard}, which is missing")));
+                }
+            }
+        }
+    }
+    let mut parameters = 0u64;
+    let mut by_dtype = std::collections::BTreeMap::<String, u64>::new();
+    for w in &weights {
+        let s = safetensors::check_file(&dir.join(w))?;
+        parameters += s.parameters;
+        for (k, v) in s.bytes_by_dtype {
+            *by_dtype.entry(k).or_default() += v;
+        }
+    }
+    let quantization = by_dtype
+        .iter()
+        .max_by_key(|(_, bytes)| **bytes)
+        .map(|(d, _)| d.clone())
+        .unwrap_or_default();
+    let mut files: Vec<SourceFile> = SAFETENSORS_SIDE_FILES
+        .iter()
+        .filter(|n| dir.join(n).is_file())
+        .map(|n| SourceFile {
+            path: dir.join(n),
+            name: n.to_string(),
+        })
+        .collect();
+    files.extend(weights.into_iter().map(|w| SourceFile {
+        path: dir.join(&w),
+        name: w,
+    }));
+    let metadata = ModelMetadata {
+        format: ModelFormat::Safetensors,
+        architecture,
+        quantization,
+        parameter_count: parameters,
+        context_length,
+    };
+    Ok((files, metadata))
+}
+
+/// Files under `dir` (following the HF cache's symlinks), relative names with sizes.
+fn list_files(dir: &Path) -> Result<Vec<(String, Option<u64>)>, StoreError> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).ctx("read directory", &d)? {
+            let path = entry.ctx("read directory", &d)?.path();
+            let meta = fs::metadata(&path).ctx("stat", &path)?;
+            if meta.is_dir() {
+                stack.push(path);
+            } else if let Ok(rel) = path.strip_prefix(dir) {
+                out.push((rel.to_string_lossy().into_owned(), Some(meta.len())));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn names(listing: &[(String, Option<u64>)]) -> String {
+    if listing.is_empty() {
+        return "(none)".into();
+    }
+    listing
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,224 @@
+//! Pulls in progress. A partial model lives under `partial/<cid>/` with one part file per model
+//! file and a record of verified shards. A shard's bit is recorded only after its bytes were
+//! verified and synced, so after any crash the record under-reports, never over-reports, and a
+//! resumed pull fetches exactly the shards that are not known good. Nothing here is visible in
+//! the catalog until [`PartialModel::finish`].
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+
+use rbee_proto::{ContentId, Manifest, ShardHash, codec};
+
+use crate::error::{IoContext, StoreError};
+use crate::fsutil::{self, create_dir_all, read_full, remove_path};
+use crate::import::ImportOutcome;
+use crate::store::Store;
+
+/// A model being fetched shard by shard.
+#[derive(Debug)]
+pub struct PartialModel {
+    store: Store,
+    id: ContentId,
+    manifest: Manifest,
+    dir: PathBuf,
+    /// `verified[file][shard]`.
+    verified: Vec<Vec<bool>>,
+    parts: Vec<File>,
+}
+
+impl Store {
+    /// Starts a pull of `manifest`, or resumes the one already under way.
+    pub fn begin_partial(&self, manifest: Manifest) -> Result<PartialModel, StoreError> {
+        manifest.validate()?;
+        let id = manifest.content_id();
+        let dir = self.partial_dir(&id);
+        create_dir_all(&dir)?;
+        let manifest_path = dir.join("manifest");
+        if !manifest_path.exists() {
+            fsutil::write_atomic(&manifest_path, &manifest.encode()?)?;
+        }
+        let record = dir.join("verified");
+        let mut verified: Vec<Vec<bool>> = match fs::read(&record) {
+            Ok(bytes) => codec::decode(&bytes).unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
+        let shape_ok = verified.len() == manifest.files.len()
+            && verified
+                .iter()
+                .zip(&manifest.files)
+                .all(|(v, f)| v.len() == f.shards.len());
+        if !shape_ok {
+            // A record that does not fit the manifest is worthless: start over.
+            verified = manifest
+                .files
+                .iter()
+                .map(|f| vec![false; f.shards.len()])
+                .collect();
+        }
+        let mut parts = Vec::with_capacity(manifest.files.len());
+        for (i, f) in manifest.files.iter().enumerate() {
+            let path = dir.join(format!("{i}.part"));
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .ctx("open", &path)?;
+            if file.metadata().ctx("stat", &path)?.len() != f.size {
+                file.set_len(f.size).ctx("allocate", &path)?;
+            }
+            parts.push(file);
+        }
+        Ok(PartialModel {
+            store: self.clone(),
+            id,
+            manifest,
+            dir,
+            verified,
+            parts,
+        })
+    }
+
+    /// Content ids of pulls that were started and not finished.
+    pub fn partial_pulls(&self) -> Result<Vec<ContentId>, StoreError> {
+        Ok(fsutil::list_dir(&self.root().join("partial"))?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
+            .collect())
+    }
+}
+
+impl PartialModel {
+    pub fn content_id(&self) -> ContentId {
+        self.id
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// (file index, shard index) of every shard not yet verified, in file order.
+    pub fn missing(&self) -> Vec<(usize, usize)> {
+        self.verified
+            .iter()
+            .enumerate()
+            .flat_map(|(fi, bits)| {
+                bits.iter()
+                    .enumerate()
+                    .filter(|(_, ok)| !**ok)
+                    .map(move |(si, _)| (fi, si))
+            })
+            .collect()
+    }
+
+    pub fn is_verified(&self, file: usize, shard: usize) -> bool {
+        self.verified
+            .get(file)
+            .and_then(|b| b.get(shard))
+            .copied()
+            .unwrap_or(false)
+    }
+
+    pub fn bytes_verified(&self) -> u64 {
+        self.manifest
+            .files
+            .iter()
+            .zip(&self.verified)
+            .map(|(f, bits)| {
+                bits.iter()
+                    .enumerate()
+                    .filter(|(_, ok)| **ok)
+                    .map(|(i, _)| f.shard_len(i).unwrap_or(0))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+
+    /// Verifies `data` against the manifest and, only if it matches, writes it and records it.
+    /// A mismatch writes nothing and names the shard.
+    pub fn write_shard(
+        &mut self,
+        file: usize,
+        shard: usize,
+        data: &[u8],
+    ) -> Result<(), StoreError> {
+        let entry = self
+            .manifest
+            .files
+            .get(file)
+            .ok_or_else(|| StoreError::ShardOutOfRange {
+                file: format!("#{file}"),
+                index: shard,
+            })?;
+        let expected = *entry
+            .shards
+            .get(shard)
+            .ok_or_else(|| StoreError::ShardOutOfRange {
+                file: entry.name.clone(),
+                index: shard,
+            })?;
+        let actual = ShardHash::of(data);
+        if actual != expected || Some(data.len() as u64) != entry.shard_len(shard) {
+            return Err(StoreError::ShardMismatch {
+                file: entry.name.clone(),
+                index: shard,
+                expected,
+                actual,
+            });
+        }
+        let path = self.dir.join(format!("{file}.part"));
+        let part = &self.parts[file];
+        part.write_all_at(data, shard as u64 * entry.shard_size)
+            .ctx("write", &path)?;
+        part.sync_data().ctx("sync", &path)?;
+        self.verified[file][shard] = true;
+        fsutil::write_atomic(
+            &self.dir.join("verified"),
+            &codec::encode(&self.verified).map_err(rbee_proto::ManifestError::from)?,
+        )
+    }
+
+    /// Re-checks every shard, moves the files into the store and catalogs the model.
+    pub fn finish(self, name_hint: &str) -> Result<ImportOutcome, StoreError> {
+        let missing = self.missing().len();
+        if missing > 0 {
+            return Err(StoreError::Incomplete(self.id, missing));
+        }
+        for (i, f) in self.manifest.files.iter().enumerate() {
+            let path = self.dir.join(format!("{i}.part"));
+            let mut file = File::open(&path).ctx("open", &path)?;
+            let mut buf = vec![0u8; f.shard_size as usize];
+            for (si, want) in f.shards.iter().enumerate() {
+                let n = read_full(&mut file, &mut buf).ctx("read", &path)?;
+                let actual = ShardHash::of(&buf[..n]);
+                if actual != *want {
+                    return Err(StoreError::ShardMismatch {
+                        file: f.name.clone(),
+                        index: si,
+                        expected: *want,
+                        actual,
+                    });
+                }
+            }
+            let blob = self.store.blob_path(&f.blob_id());
+            if blob.exists() {
+                continue;
+            }
+            self.parts[i].sync_all().ctx("sync", &path)?;
+            let mut perms = fs::metadata(&path).ctx("stat", &path)?.permissions();
+            perms.set_readonly(true);
+            fs::set_permissions(&path, perms).ctx("chmod", &path)?;
+            fsutil::commit_file(&path, &blob)?;
+        }
+        let outcome = self.store.commit_model(self.manifest.clone(), name_hint)?;
+        remove_path(&self.dir)?;
+        Ok(outcome)
+    }
+
+    /// Gives up on this pull and deletes what it fetched.
+    pub fn abandon(self) -> Result<(), StoreError> {
+        remove_path(&self.dir)
+    }
+}

@@ -1,0 +1,498 @@
+//! The store through its public API, on a real filesystem in a temp dir.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rbee_gguf::GgmlType;
+use rbee_gguf::writer::GgufWriter;
+use rbee_proto::{
+    FileEntry, MIN_SHARD_SIZE, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
+    ShardHash,
+};
+use rbee_store::{ImportSource, Store, StoreError};
+
+fn r(s: &str) -> ModelRef {
+    s.parse().unwrap()
+}
+
+/// A valid tiny model plus one extra F32 tensor of `extra_floats` values (to control size).
+fn write_gguf(path: &Path, arch: &str, extra_floats: usize, seed: u8) {
+    let mut w = GgufWriter::tiny_model(arch);
+    let data: Vec<u8> = (0..extra_floats * 4)
+        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+        .collect();
+    w.add_tensor("extra.weight", &[extra_floats as u64], GgmlType::F32, data);
+    w.write_file(path).unwrap();
+}
+
+fn setup() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path().join("data")).unwrap();
+    (dir, store)
+}
+
+fn dir_entries(p: &Path) -> Vec<PathBuf> {
+    fs::read_dir(p)
+        .map(|rd| rd.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn import_list_show_alias_remove() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("tiny-Q4_K_M.gguf");
+    write_gguf(&src, "gemma3", 3 << 20, 1); // 12 MiB: several 4 MiB shards
+    let out = store
+        .import(&ImportSource::Path(src.clone()), &mut |_| {})
+        .unwrap();
+    assert!(!out.already_present);
+    assert_eq!(out.name, "tiny-Q4_K_M");
+    assert_eq!(out.manifest.metadata.architecture, "gemma3");
+    assert_eq!(out.manifest.files[0].shards.len(), 4);
+
+    // The view is the same bytes as the source, under the file's own name.
+    let rec = store.resolve(&r("tiny-Q4_K_M")).unwrap();
+    let path = store.primary_path(&rec).unwrap();
+    assert_eq!(fs::read(&path).unwrap(), fs::read(&src).unwrap());
+
+    // Same bytes again: a no-op that says so.
+    let again = store
+        .import(&ImportSource::Path(src.clone()), &mut |_| {})
+        .unwrap();
+    assert!(again.already_present);
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    // Lookups by content id, unique prefix, alias.
+    let id = out.content_id;
+    assert_eq!(
+        store.resolve(&ModelRef::ContentId(id)).unwrap().entry.name,
+        "tiny-Q4_K_M"
+    );
+    assert_eq!(store.resolve(&r(&id.short())).unwrap().entry.content_id, id);
+    store.alias(&r("tiny-Q4_K_M"), "demo").unwrap();
+    assert_eq!(store.resolve(&r("demo")).unwrap().entry.content_id, id);
+    store.rename(&r("demo"), "fav").unwrap();
+    assert_eq!(
+        store.resolve(&r("fav")).unwrap().entry.aliases,
+        vec!["demo".to_string()]
+    );
+
+    // Pinned models are not removed without force.
+    store.set_pinned(&r("fav"), true).unwrap();
+    assert!(matches!(
+        store.remove(&r("fav"), false),
+        Err(StoreError::Pinned(_))
+    ));
+    let (_, gc) = store.remove(&r("fav"), true).unwrap();
+    assert!(gc.freed_bytes >= fs::metadata(&src).unwrap().len());
+    assert!(store.list().unwrap().is_empty());
+    for sub in ["blobs", "views", "manifests", "tmp"] {
+        assert!(
+            dir_entries(&store.root().join(sub)).is_empty(),
+            "{sub} not empty"
+        );
+    }
+    assert!(matches!(
+        store.resolve(&r("fav")),
+        Err(StoreError::NotFound(_))
+    ));
+}
+
+#[test]
+fn names_are_unique_and_validated() {
+    let (tmp, store) = setup();
+    let a = tmp.path().join("a/m.gguf");
+    let b = tmp.path().join("b/m.gguf");
+    fs::create_dir_all(a.parent().unwrap()).unwrap();
+    fs::create_dir_all(b.parent().unwrap()).unwrap();
+    write_gguf(&a, "llama", 10, 1);
+    write_gguf(&b, "llama", 10, 2);
+    let first = store.import(&ImportSource::Path(a), &mut |_| {}).unwrap();
+    let second = store.import(&ImportSource::Path(b), &mut |_| {}).unwrap();
+    assert_eq!((first.name.as_str(), second.name.as_str()), ("m", "m-2"));
+    assert!(matches!(
+        store.alias(&r("m-2"), "m"),
+        Err(StoreError::NameTaken { .. })
+    ));
+    assert!(matches!(
+        store.alias(&r("m-2"), "hf:x"),
+        Err(StoreError::InvalidName(_))
+    ));
+}
+
+#[test]
+fn invalid_gguf_is_refused_with_the_reason_and_leaves_nothing() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("broken.gguf");
+    write_gguf(&src, "qwen3", 1 << 16, 1);
+    let full = fs::read(&src).unwrap();
+    fs::write(&src, &full[..full.len() - 100]).unwrap();
+    let err = store
+        .import(&ImportSource::Path(src.clone()), &mut |_| {})
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("extends past end of file"), "{msg}");
+    assert!(msg.contains("extra.weight"), "{msg}");
+
+    GgufWriter::tiny_model("mamba").write_file(&src).unwrap();
+    let msg = store
+        .import(&ImportSource::Path(src), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("mamba") && msg.contains("gemma3"), "{msg}");
+
+    assert!(store.list().unwrap().is_empty());
+    for sub in ["blobs", "views", "manifests", "tmp"] {
+        assert!(
+            dir_entries(&store.root().join(sub)).is_empty(),
+            "{sub} not empty"
+        );
+    }
+}
+
+#[test]
+fn verify_finds_a_corrupt_shard_and_read_shard_refuses_it() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("m.gguf");
+    write_gguf(&src, "phi3", 3 << 20, 7);
+    let out = store.import(&ImportSource::Path(src), &mut |_| {}).unwrap();
+    assert!(
+        store
+            .verify(None, &mut |_| {})
+            .unwrap()
+            .iter()
+            .all(|r| r.is_ok())
+    );
+
+    // Flip one byte in the third shard of the blob.
+    let rec = store.resolve(&ModelRef::ContentId(out.content_id)).unwrap();
+    let path = store.primary_path(&rec).unwrap();
+    let mut perms = fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(&path, perms).unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let offset = 2 * (4 << 20) + 17;
+    bytes[offset] ^= 0xff;
+    fs::write(&path, &bytes).unwrap();
+
+    let reports = store
+        .verify(Some(&ModelRef::ContentId(out.content_id)), &mut |_| {})
+        .unwrap();
+    assert_eq!(reports[0].bad_shards, vec![("m.gguf".to_string(), 2)]);
+    assert!(matches!(
+        store.read_shard(&rec.manifest, 0, 2, true),
+        Err(StoreError::ShardMismatch { index: 2, .. })
+    ));
+    assert!(store.read_shard(&rec.manifest, 0, 1, true).is_ok());
+    let loc = store
+        .locate_shard(&rec.manifest.files[0].shards[1])
+        .unwrap()
+        .unwrap();
+    assert_eq!((loc.offset, loc.len), (4 << 20, 4 << 20));
+}
+
+/// A manifest for arbitrary bytes, cut at the smallest shard size.
+fn manifest_for(files: &[(&str, &[u8])]) -> Manifest {
+    let mut entries: Vec<FileEntry> = files
+        .iter()
+        .map(|(name, bytes)| FileEntry {
+            name: name.to_string(),
+            size: bytes.len() as u64,
+            shard_size: MIN_SHARD_SIZE,
+            shards: bytes
+                .chunks(MIN_SHARD_SIZE as usize)
+                .map(ShardHash::of)
+                .collect(),
+        })
+        .collect();
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Manifest {
+        files: entries,
+        metadata: ModelMetadata {
+            format: ModelFormat::Gguf,
+            architecture: "llama".into(),
+            quantization: "F32".into(),
+            parameter_count: 1,
+            context_length: 1,
+        },
+        source: ModelSource::Local {
+            name: "test".into(),
+        },
+    }
+}
+
+#[test]
+fn partial_pull_at_boundary_sizes_resumes_and_finishes() {
+    let s = MIN_SHARD_SIZE as usize;
+    for size in [0, 1, s - 1, s, s + 1, 7 * s + 3] {
+        let (_tmp, store) = setup();
+        let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+        let side = b"{\"a\":1}".to_vec();
+        let manifest = manifest_for(&[("model.gguf", &data), ("config.json", &side)]);
+        let mut partial = store.begin_partial(manifest.clone()).unwrap();
+        let missing = partial.missing();
+        assert_eq!(missing.len(), manifest.shard_total(), "size {size}");
+
+        // Write every other shard, then "crash" (drop) and resume.
+        let bytes_of = |fi: usize, si: usize| -> Vec<u8> {
+            let src = if manifest.files[fi].name == "model.gguf" {
+                &data
+            } else {
+                &side
+            };
+            src[si * s..((si + 1) * s).min(src.len())].to_vec()
+        };
+        for (k, (fi, si)) in missing.iter().enumerate() {
+            if k % 2 == 0 {
+                partial.write_shard(*fi, *si, &bytes_of(*fi, *si)).unwrap();
+            }
+        }
+        let before = partial.missing();
+        drop(partial);
+        let mut partial = store.begin_partial(manifest.clone()).unwrap();
+        assert_eq!(
+            partial.missing(),
+            before,
+            "size {size}: resume lost progress"
+        );
+        assert!(
+            store.list().unwrap().is_empty(),
+            "partial pulls are not cataloged"
+        );
+
+        // A shard with one wrong byte is refused and not recorded.
+        if let Some((fi, si)) = before.first().copied() {
+            let mut bad = bytes_of(fi, si);
+            bad[0] ^= 1;
+            assert!(matches!(
+                partial.write_shard(fi, si, &bad),
+                Err(StoreError::ShardMismatch { .. })
+            ));
+            assert!(!partial.is_verified(fi, si));
+        }
+        for (fi, si) in before {
+            partial.write_shard(fi, si, &bytes_of(fi, si)).unwrap();
+        }
+        let out = partial.finish("pulled").unwrap();
+        let rec = store.resolve(&ModelRef::ContentId(out.content_id)).unwrap();
+        let dir = store.model_dir(&rec.entry.content_id);
+        assert_eq!(
+            fs::read(dir.join("model.gguf")).unwrap(),
+            data,
+            "size {size}"
+        );
+        assert_eq!(fs::read(dir.join("config.json")).unwrap(), side);
+        assert!(store.partial_pulls().unwrap().is_empty());
+    }
+}
+
+#[test]
+fn finishing_an_incomplete_pull_is_refused() {
+    let (_tmp, store) = setup();
+    let data = vec![1u8; 3 * MIN_SHARD_SIZE as usize];
+    let partial = store
+        .begin_partial(manifest_for(&[("m.gguf", &data)]))
+        .unwrap();
+    assert!(matches!(
+        partial.finish("x"),
+        Err(StoreError::Incomplete(_, 3))
+    ));
+    assert!(store.list().unwrap().is_empty());
+}
+
+fn write_safetensors(path: &Path, tensors: &[(&str, &[u64])]) {
+    let mut header = serde_json::Map::new();
+    let mut offset = 0u64;
+    for (name, shape) in tensors {
+        let bytes = shape.iter().product::<u64>() * 2;
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": "BF16", "shape": shape, "data_offsets": [offset, offset + bytes]}),
+        );
+        offset += bytes;
+    }
+    let h = serde_json::to_vec(&header).unwrap();
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.resize(out.len() + offset as usize, 0);
+    fs::write(path, out).unwrap();
+}
+
+fn write_safetensors_folder(dir: &Path) {
+    fs::create_dir_all(dir).unwrap();
+    fs::write(
+        dir.join("config.json"),
+        r#"{"model_type":"qwen2","max_position_embeddings":4096}"#,
+    )
+    .unwrap();
+    fs::write(dir.join("tokenizer.json"), r#"{"model":{}}"#).unwrap();
+    write_safetensors(
+        &dir.join("model-00001-of-00002.safetensors"),
+        &[("a", &[4, 8])],
+    );
+    write_safetensors(
+        &dir.join("model-00002-of-00002.safetensors"),
+        &[("b", &[8])],
+    );
+}
+
+#[test]
+fn safetensors_folder_import() {
+    let (tmp, store) = setup();
+    let dir = tmp.path().join("qwen-tiny");
+    write_safetensors_folder(&dir);
+    let out = store
+        .import(&ImportSource::Path(dir.clone()), &mut |_| {})
+        .unwrap();
+    let m = &out.manifest.metadata;
+    assert_eq!(
+        (m.architecture.as_str(), m.quantization.as_str()),
+        ("qwen2", "BF16")
+    );
+    assert_eq!((m.parameter_count, m.context_length), (40, 4096));
+    let names: Vec<_> = out.manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "tokenizer.json"
+        ]
+    );
+    assert!(
+        store
+            .model_dir(&out.content_id)
+            .join("tokenizer.json")
+            .is_file()
+    );
+
+    // A header that points past the end of the file is refused.
+    let bad = tmp.path().join("bad");
+    write_safetensors_folder(&bad);
+    let f = bad.join("model-00002-of-00002.safetensors");
+    let bytes = fs::read(&f).unwrap();
+    fs::write(&f, &bytes[..bytes.len() - 2]).unwrap();
+    let msg = store
+        .import(&ImportSource::Path(bad), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("does not fit"), "{msg}");
+}
+
+#[test]
+fn ollama_import_links_instead_of_copying() {
+    let (tmp, store) = setup();
+    let ollama = tmp.path().join("ollama");
+    let hex = "ab".repeat(32);
+    let blob = ollama.join("blobs").join(format!("sha256-{hex}"));
+    fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    write_gguf(&blob, "llama", 1000, 3);
+    let mdir = ollama.join("manifests/registry.ollama.ai/library/tinyllama");
+    fs::create_dir_all(&mdir).unwrap();
+    fs::write(
+        mdir.join("latest"),
+        format!(r#"{{"layers":[{{"mediaType":"application/vnd.ollama.image.license","digest":"sha256:00"}},{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{hex}"}}]}}"#),
+    )
+    .unwrap();
+    let store = store.with_ollama_dir(&ollama);
+    let out = store
+        .import(
+            &ImportSource::parse("ollama:tinyllama").unwrap(),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(out.name, "tinyllama");
+    let view = store.model_dir(&out.content_id).join("model.gguf");
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        fs::metadata(&view).unwrap().ino(),
+        fs::metadata(&blob).unwrap().ino(),
+        "not hard-linked"
+    );
+
+    let msg = store
+        .import(&ImportSource::parse("ollama:nope:7b").unwrap(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("nope") && msg.contains("ollama list"), "{msg}");
+}
+
+#[test]
+fn hf_cache_import_picks_q4_k_m_and_records_the_source() {
+    let (tmp, store) = setup();
+    let hub = tmp.path().join("hub");
+    let repo = hub.join("models--org--tiny-GGUF");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    fs::create_dir_all(repo.join("blobs")).unwrap();
+    fs::create_dir_all(repo.join("refs")).unwrap();
+    let snap = repo.join("snapshots").join(commit);
+    fs::create_dir_all(&snap).unwrap();
+    fs::write(repo.join("refs/main"), commit).unwrap();
+    for (i, name) in ["tiny.Q8_0.gguf", "tiny.Q4_K_M.gguf", "tiny.F16.gguf"]
+        .iter()
+        .enumerate()
+    {
+        let blob = repo.join("blobs").join(format!("{i:064}"));
+        write_gguf(&blob, "qwen2", 100 * (i + 1), i as u8);
+        std::os::unix::fs::symlink(format!("../../blobs/{i:064}"), snap.join(name)).unwrap();
+    }
+    let store = store.with_hf_cache_dir(&hub);
+    let out = store
+        .import(
+            &ImportSource::parse("hf-cache:org/tiny-GGUF").unwrap(),
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(out.name, "tiny.Q4_K_M");
+    assert_eq!(
+        out.manifest.source,
+        ModelSource::HuggingFace {
+            repo: "org/tiny-GGUF".into(),
+            revision: commit.into(),
+            file: Some("tiny.Q4_K_M.gguf".into())
+        }
+    );
+    // The same HuggingFace reference now finds it in the catalog.
+    assert_eq!(
+        store
+            .resolve(&r("org/tiny-GGUF:tiny.Q4_K_M.gguf"))
+            .unwrap()
+            .entry
+            .content_id,
+        out.content_id
+    );
+    let msg = store
+        .import(
+            &ImportSource::parse("hf-cache:org/other").unwrap(),
+            &mut |_| {},
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(msg.contains("not in the cache"), "{msg}");
+}
+
+#[test]
+fn concurrent_imports_both_land() {
+    let (tmp, store) = setup();
+    let paths: Vec<PathBuf> = (0..4u8)
+        .map(|i| {
+            let p = tmp.path().join(format!("m{i}.gguf"));
+            write_gguf(&p, "llama", 50_000, i);
+            p
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for p in &paths {
+            let store = store.clone();
+            s.spawn(move || {
+                store
+                    .import(&ImportSource::Path(p.clone()), &mut |_| {})
+                    .unwrap()
+            });
+        }
+    });
+    assert_eq!(store.list().unwrap().len(), 4);
+}
