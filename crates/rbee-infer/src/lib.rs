@@ -1,1 +1,10 @@
-//! rbee-infer: see docs/ARCHITECTURE.md. This crate is filled in by its own issue; its place in the dependency order is fixed now.
+//! rbee-infer: turns a validated model on disk into a stream of tokens.
+//!
+//! - [`tokenizer`]: tokenizer.json, or one built from GGUF metadata (SentencePiece and BPE).
+//! - [`model`]: our transformer on candle-core for llama, qwen2, qwen3, gemma3 and phi3.
+//! - [`chat`]: chat templates (the model's own Jinja template, or a built-in one).
+//! - [`sampling`]: greedy, temperature, top-k/p, min-p, repetition penalty, seeds.
+//! - [`engine`]: the [`Backend`] trait and the candle backend, one thread per loaded model.
+
+pub mod tokenizer;
+pub mod model;

@@ -1,0 +1,1 @@
+//! Transformer models (being written).
