@@ -6,5 +6,8 @@
 //! - [`sampling`]: greedy, temperature, top-k/p, min-p, repetition penalty, seeds.
 //! - [`engine`]: the [`Backend`] trait and the candle backend, one thread per loaded model.
 
-pub mod tokenizer;
+pub mod chat;
 pub mod model;
+pub mod sampling;
+pub mod stream;
+pub mod tokenizer;
