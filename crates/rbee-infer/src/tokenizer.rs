@@ -64,7 +64,7 @@ struct Inner {
 enum Engine {
     /// SentencePiece-style BPE from GGUF.
     Spm {
-        spm: spm::Spm,
+        spm: Box<spm::Spm>,
         special: SpecialMatcher,
         add_space_prefix: bool,
     },
@@ -120,10 +120,8 @@ impl Tokenizer {
     pub fn encode(&self, text: &str, add_bos: bool) -> Result<Vec<u32>, TokenizerError> {
         let inner = &*self.inner;
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
-        if add_bos {
-            if let Some(bos) = inner.bos {
-                out.push(bos);
-            }
+        if add_bos && let Some(bos) = inner.bos {
+            out.push(bos);
         }
         match &inner.engine {
             Engine::Spm {

@@ -38,9 +38,18 @@ fn spm_meta(add_space_prefix: Option<bool>) -> Metadata {
     let mut m = Metadata::new();
     m.insert("general.name", "test");
     m.insert("tokenizer.ggml.model", "llama");
-    m.insert("tokenizer.ggml.tokens", Value::Array(Array::String(tokens.iter().map(|t| t.0.clone()).collect())));
-    m.insert("tokenizer.ggml.scores", tokens.iter().map(|t| t.1).collect::<Vec<f32>>());
-    m.insert("tokenizer.ggml.token_type", tokens.iter().map(|t| t.2).collect::<Vec<i32>>());
+    m.insert(
+        "tokenizer.ggml.tokens",
+        Value::Array(Array::String(tokens.iter().map(|t| t.0.clone()).collect())),
+    );
+    m.insert(
+        "tokenizer.ggml.scores",
+        tokens.iter().map(|t| t.1).collect::<Vec<f32>>(),
+    );
+    m.insert(
+        "tokenizer.ggml.token_type",
+        tokens.iter().map(|t| t.2).collect::<Vec<i32>>(),
+    );
     m.insert("tokenizer.ggml.bos_token_id", 2u32);
     m.insert("tokenizer.ggml.eos_token_id", 1u32);
     m.insert("tokenizer.ggml.unknown_token_id", 3u32);
@@ -52,7 +61,9 @@ fn spm_meta(add_space_prefix: Option<bool>) -> Metadata {
 }
 
 fn texts(tok: &Tokenizer, ids: &[u32]) -> Vec<String> {
-    ids.iter().map(|&id| tok.id_to_token(id).unwrap().to_string()).collect()
+    ids.iter()
+        .map(|&id| tok.id_to_token(id).unwrap().to_string())
+        .collect()
 }
 
 fn enc(tok: &Tokenizer, text: &str) -> Vec<String> {
@@ -70,7 +81,10 @@ fn spm_without_space_prefix() {
     assert_eq!(tok.bos_id(), Some(2));
     assert!(tok.add_bos_default());
     assert_eq!(tok.encode("", true).unwrap(), [2]);
-    assert_eq!(texts(&tok, &tok.encode("hello", true).unwrap()), ["<bos>", "hello"]);
+    assert_eq!(
+        texts(&tok, &tok.encode("hello", true).unwrap()),
+        ["<bos>", "hello"]
+    );
 }
 
 #[test]
@@ -93,7 +107,14 @@ fn spm_special_tokens_in_text() {
     let tok = Tokenizer::from_gguf(&spm_meta(Some(false))).unwrap();
     assert_eq!(
         enc(&tok, "<start_of_turn>user\nhello<end_of_turn>\n"),
-        ["<start_of_turn>", "user", "\n", "hello", "<end_of_turn>", "\n"]
+        [
+            "<start_of_turn>",
+            "user",
+            "\n",
+            "hello",
+            "<end_of_turn>",
+            "\n"
+        ]
     );
     // An incomplete special token is ordinary text (here: bytes).
     assert_eq!(enc(&tok, "<eos")[0], "<0x3C>");
@@ -104,7 +125,10 @@ fn spm_special_tokens_in_text() {
 #[test]
 fn spm_byte_fallback_for_unknown_characters() {
     let tok = Tokenizer::from_gguf(&spm_meta(Some(false))).unwrap();
-    assert_eq!(enc(&tok, "中😀"), ["中", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]);
+    assert_eq!(
+        enc(&tok, "中😀"),
+        ["中", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]
+    );
     assert_eq!(enc(&tok, "\t"), ["<0x09>"]);
     let ids = tok.encode("中😀 hello\n", false).unwrap();
     assert_eq!(tok.decode(&ids), "中😀 hello\n");
@@ -143,7 +167,9 @@ fn bpe_meta(pre: &str) -> Metadata {
         };
         tokens.push(char::from_u32(cp).unwrap().to_string());
     }
-    let merges = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ Ġ"];
+    let merges = [
+        "h e", "l l", "he ll", "hell o", "Ġ w", "o r", "Ġw or", "Ġwor l", "Ġworl d", "Ġ Ġ",
+    ];
     for m in merges {
         tokens.push(m.replace(' ', ""));
     }
@@ -197,7 +223,10 @@ fn bpe_unknown_pre_falls_back_to_gpt2() {
 fn load_errors_name_the_problem() {
     let mut m = spm_meta(None);
     m.insert("tokenizer.ggml.model", "t5");
-    assert!(matches!(Tokenizer::from_gguf(&m), Err(TokenizerError::UnsupportedModel { .. })));
+    assert!(matches!(
+        Tokenizer::from_gguf(&m),
+        Err(TokenizerError::UnsupportedModel { .. })
+    ));
 
     let mut m = spm_meta(None);
     m.remove("tokenizer.ggml.tokens");
@@ -206,17 +235,26 @@ fn load_errors_name_the_problem() {
 
     let mut m = spm_meta(None);
     m.insert("tokenizer.ggml.scores", vec![0f32; 3]);
-    assert!(matches!(Tokenizer::from_gguf(&m), Err(TokenizerError::LengthMismatch { .. })));
+    assert!(matches!(
+        Tokenizer::from_gguf(&m),
+        Err(TokenizerError::LengthMismatch { .. })
+    ));
 
     let mut m = bpe_meta("qwen2");
     m.remove("tokenizer.ggml.merges");
-    assert!(matches!(Tokenizer::from_gguf(&m), Err(TokenizerError::MissingKey { .. })));
+    assert!(matches!(
+        Tokenizer::from_gguf(&m),
+        Err(TokenizerError::MissingKey { .. })
+    ));
 
     let mut m = spm_meta(None);
     m.insert("tokenizer.ggml.tokens", vec!["a", "b", "a"]);
     m.insert("tokenizer.ggml.scores", vec![0f32; 3]);
     m.insert("tokenizer.ggml.token_type", vec![1i32; 3]);
-    assert!(matches!(Tokenizer::from_gguf(&m), Err(TokenizerError::DuplicateToken { .. })));
+    assert!(matches!(
+        Tokenizer::from_gguf(&m),
+        Err(TokenizerError::DuplicateToken { .. })
+    ));
 }
 
 #[test]
@@ -224,7 +262,10 @@ fn from_dir_reads_tokenizer_json_and_configs() {
     let dir = tempfile::tempdir().unwrap();
     // A byte-level BPE tokenizer.json: "h e" "l l" "he ll" "hell o" merges.
     let mut vocab = serde_json::Map::new();
-    for (i, t) in ["h", "e", "l", "o", "Ġ", "w", "he", "ll", "hell", "hello"].iter().enumerate() {
+    for (i, t) in ["h", "e", "l", "o", "Ġ", "w", "he", "ll", "hell", "hello"]
+        .iter()
+        .enumerate()
+    {
         vocab.insert((*t).to_string(), serde_json::json!(i));
     }
     let json = serde_json::json!({
@@ -253,7 +294,11 @@ fn from_dir_reads_tokenizer_json_and_configs() {
         r#"{"bos_token": {"content": "<s>"}, "eos_token": "<|im_end|>", "add_bos_token": true}"#,
     )
     .unwrap();
-    std::fs::write(dir.path().join("generation_config.json"), r#"{"eos_token_id": [11, 10]}"#).unwrap();
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"eos_token_id": [11, 10]}"#,
+    )
+    .unwrap();
 
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     assert_eq!(tok.vocab_size(), 13);

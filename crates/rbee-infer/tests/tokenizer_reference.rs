@@ -84,7 +84,13 @@ fn is_hidden(tok: &Tokenizer, id: u32) -> bool {
 }
 
 /// Checks ids and pieces of one case; returns a description of the mismatch.
-fn check_case(tok: &Tokenizer, text: &str, add_bos: bool, want_ids: &[u32], want_pieces: &[Vec<u8>]) -> Option<String> {
+fn check_case(
+    tok: &Tokenizer,
+    text: &str,
+    add_bos: bool,
+    want_ids: &[u32],
+    want_pieces: &[Vec<u8>],
+) -> Option<String> {
     let got = match tok.encode(text, add_bos) {
         Ok(ids) => ids,
         Err(e) => return Some(format!("{text:?}: encode failed: {e}")),
@@ -134,13 +140,29 @@ fn gemma3_corpus_matches_llama_cpp() {
     let reference = read_json(&reference_dir().join("gemma3-270m-tokenizer.json"));
     let tok = load(&model);
 
-    assert_eq!(tok.vocab_size() as u64, reference["vocab_size"].as_u64().unwrap());
+    assert_eq!(
+        tok.vocab_size() as u64,
+        reference["vocab_size"].as_u64().unwrap()
+    );
     assert_eq!(tok.bos_id().map(u64::from), reference["bos_id"].as_u64());
-    assert_eq!(tok.add_bos_default(), reference["add_bos"].as_bool().unwrap());
-    assert_eq!(sorted(tok.eos_ids().to_vec()), sorted(ids_of(&reference["eog_ids"])));
-    assert_eq!(tok.eos_ids().first().map(|&i| u64::from(i)), reference["eos_id"].as_u64());
+    assert_eq!(
+        tok.add_bos_default(),
+        reference["add_bos"].as_bool().unwrap()
+    );
+    assert_eq!(
+        sorted(tok.eos_ids().to_vec()),
+        sorted(ids_of(&reference["eog_ids"]))
+    );
+    assert_eq!(
+        tok.eos_ids().first().map(|&i| u64::from(i)),
+        reference["eos_id"].as_u64()
+    );
     for (name, id) in reference["named_token_ids"].as_object().unwrap() {
-        assert_eq!(tok.token_to_id(name).map(u64::from), id.as_u64(), "{name:?}");
+        assert_eq!(
+            tok.token_to_id(name).map(u64::from),
+            id.as_u64(),
+            "{name:?}"
+        );
     }
 
     let cases = reference["cases"].as_array().unwrap();
@@ -157,7 +179,12 @@ fn gemma3_corpus_matches_llama_cpp() {
         }
         checked += 1;
         let ids = ids_of(&case["ids"]);
-        let pieces: Vec<Vec<u8>> = case["pieces"].as_array().unwrap().iter().map(bytes_of).collect();
+        let pieces: Vec<Vec<u8>> = case["pieces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(bytes_of)
+            .collect();
         if let Some(f) = check_case(&tok, text, add_bos, &ids, &pieces) {
             failures.push(f);
             continue;
@@ -165,9 +192,16 @@ fn gemma3_corpus_matches_llama_cpp() {
         // Gemma has no space prefix and no space clean-up, so llama.cpp's
         // detokenize is exactly the pieces joined.
         let decoded = bytes_of(&case["decoded"]);
-        let ours: Vec<u8> = ids.iter().flat_map(|&id| tok.token_bytes(id).to_vec()).collect();
+        let ours: Vec<u8> = ids
+            .iter()
+            .flat_map(|&id| tok.token_bytes(id).to_vec())
+            .collect();
         if ours != decoded {
-            failures.push(format!("{text:?}: decoded {:?}, llama.cpp {:?}", String::from_utf8_lossy(&ours), String::from_utf8_lossy(&decoded)));
+            failures.push(format!(
+                "{text:?}: decoded {:?}, llama.cpp {:?}",
+                String::from_utf8_lossy(&ours),
+                String::from_utf8_lossy(&decoded)
+            ));
         }
     }
     eprintln!(
@@ -183,22 +217,68 @@ fn tiny_vocabularies_match_llama_cpp() {
         let reference = read_json(&reference_dir().join(format!("tiny-{arch}.json")));
         let tok = load(&reference_dir().join(format!("tiny-{arch}.gguf")));
 
-        assert_eq!(tok.vocab_size() as u64, reference["vocab_size"].as_u64().unwrap(), "{arch}");
-        assert_eq!(tok.bos_id().map(u64::from), reference["bos_id"].as_u64(), "{arch} bos");
-        assert_eq!(tok.add_bos_default(), reference["add_bos"].as_bool().unwrap(), "{arch} add_bos");
-        assert_eq!(sorted(tok.eos_ids().to_vec()), sorted(ids_of(&reference["eog_ids"])), "{arch} eog");
+        assert_eq!(
+            tok.vocab_size() as u64,
+            reference["vocab_size"].as_u64().unwrap(),
+            "{arch}"
+        );
+        assert_eq!(
+            tok.bos_id().map(u64::from),
+            reference["bos_id"].as_u64(),
+            "{arch} bos"
+        );
+        assert_eq!(
+            tok.add_bos_default(),
+            reference["add_bos"].as_bool().unwrap(),
+            "{arch} add_bos"
+        );
+        assert_eq!(
+            sorted(tok.eos_ids().to_vec()),
+            sorted(ids_of(&reference["eog_ids"])),
+            "{arch} eog"
+        );
 
         let mut failures = Vec::new();
         let prompt = reference["prompt"].as_str().unwrap();
-        let pieces: Vec<Vec<u8>> = reference["prompt_pieces"].as_array().unwrap().iter().map(bytes_of).collect();
-        failures.extend(check_case(&tok, prompt, tok.add_bos_default(), &ids_of(&reference["prompt_ids"]), &pieces));
+        let pieces: Vec<Vec<u8>> = reference["prompt_pieces"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(bytes_of)
+            .collect();
+        failures.extend(check_case(
+            &tok,
+            prompt,
+            tok.add_bos_default(),
+            &ids_of(&reference["prompt_ids"]),
+            &pieces,
+        ));
         let cases = reference["tokenizer_cases"].as_array().unwrap();
         for case in cases {
-            let pieces: Vec<Vec<u8>> = case["pieces"].as_array().unwrap().iter().map(bytes_of).collect();
-            failures.extend(check_case(&tok, case["text"].as_str().unwrap(), false, &ids_of(&case["ids"]), &pieces));
+            let pieces: Vec<Vec<u8>> = case["pieces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(bytes_of)
+                .collect();
+            failures.extend(check_case(
+                &tok,
+                case["text"].as_str().unwrap(),
+                false,
+                &ids_of(&case["ids"]),
+                &pieces,
+            ));
         }
-        eprintln!("tiny-{arch}: {} of {} cases match", cases.len() + 1 - failures.len(), cases.len() + 1);
-        assert!(failures.is_empty(), "tiny-{arch} mismatches:\n{}", failures.join("\n"));
+        eprintln!(
+            "tiny-{arch}: {} of {} cases match",
+            cases.len() + 1 - failures.len(),
+            cases.len() + 1
+        );
+        assert!(
+            failures.is_empty(),
+            "tiny-{arch} mismatches:\n{}",
+            failures.join("\n")
+        );
     }
 }
 
@@ -212,7 +292,11 @@ fn gemma3_encodes_a_2kb_prompt_quickly() {
     let unit = "<start_of_turn>user\nExplain, in detail, how a café in Zürich prices 12 flat whites \
                 (日本語 too) 😀 and why.<end_of_turn>\n<start_of_turn>model\nSure! Here it is:\n\n";
     let prompt = unit.repeat(2048 / unit.len() + 1);
-    let prompt = &prompt[..prompt.char_indices().map(|(i, _)| i).find(|&i| i >= 2048).unwrap()];
+    let prompt = &prompt[..prompt
+        .char_indices()
+        .map(|(i, _)| i)
+        .find(|&i| i >= 2048)
+        .unwrap()];
     let ids = tok.encode(prompt, true).unwrap();
     let rounds = 20;
     let t = Instant::now();
@@ -220,9 +304,15 @@ fn gemma3_encodes_a_2kb_prompt_quickly() {
         std::hint::black_box(tok.encode(std::hint::black_box(prompt), true).unwrap());
     }
     let per = t.elapsed().as_secs_f64() * 1e3 / f64::from(rounds);
-    eprintln!("encode of a {} byte prompt ({} tokens): {per:.2} ms", prompt.len(), ids.len());
+    eprintln!(
+        "encode of a {} byte prompt ({} tokens): {per:.2} ms",
+        prompt.len(),
+        ids.len()
+    );
     // Control tokens render empty; everything else round-trips (Gemma adds
     // no space prefix).
-    let plain = prompt.replace("<start_of_turn>", "").replace("<end_of_turn>", "");
+    let plain = prompt
+        .replace("<start_of_turn>", "")
+        .replace("<end_of_turn>", "");
     assert_eq!(tok.decode(&ids[1..]), plain);
 }

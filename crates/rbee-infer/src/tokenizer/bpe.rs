@@ -98,11 +98,11 @@ impl Bpe {
         out: &mut Vec<u32>,
     ) {
         let bytes = word.as_bytes();
-        if self.ignore_merges {
-            if let Some(id) = vocab.get(word) {
-                out.push(id);
-                return;
-            }
+        if self.ignore_merges
+            && let Some(id) = vocab.get(word)
+        {
+            out.push(id);
+            return;
         }
         symbols.clear();
         queue.clear();
@@ -218,7 +218,9 @@ mod tests {
     fn enc(v: &Vocab, b: &Bpe, text: &str) -> Vec<String> {
         let mut out = Vec::new();
         b.encode(v, text, &mut out);
-        out.iter().map(|&id| v.text(id).unwrap().to_string()).collect()
+        out.iter()
+            .map(|&id| v.text(id).unwrap().to_string())
+            .collect()
     }
 
     #[test]

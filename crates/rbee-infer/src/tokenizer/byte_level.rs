@@ -6,20 +6,34 @@
 //! U+0100 onwards in byte order (so a space is "Ġ", a newline "Ċ").
 //! Same table as llama.cpp's `unicode_byte_to_utf8_map`.
 
+/// Whether byte `b` is stored as the character with the same code point.
+const fn keeps_itself(b: u32) -> bool {
+    matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+/// The 68 bytes that are stored as U+0100 + their index here.
+const SHIFTED: [u8; 68] = {
+    let mut out = [0u8; 68];
+    let (mut b, mut n) = (0u32, 0usize);
+    while b < 256 {
+        if !keeps_itself(b) {
+            out[n] = b as u8;
+            n += 1;
+        }
+        b += 1;
+    }
+    out
+};
+
 /// Byte → character table.
 pub(crate) fn byte_to_char_table() -> [char; 256] {
     let mut table = ['\0'; 256];
-    let mut next = 256u32;
     for (b, slot) in table.iter_mut().enumerate() {
-        let keeps_itself = matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF);
-        let cp = if keeps_itself {
-            b as u32
-        } else {
-            next += 1;
-            next - 1
-        };
-        // All values are below U+0200, so always valid scalar values.
-        *slot = char::from_u32(cp).unwrap_or('\u{FFFD}');
+        *slot = char::from_u32(b as u32).unwrap_or_default();
+    }
+    for (i, &b) in SHIFTED.iter().enumerate() {
+        // Below U+0200, so always a valid scalar value.
+        table[b as usize] = char::from_u32(0x100 + i as u32).unwrap_or_default();
     }
     table
 }
@@ -27,29 +41,16 @@ pub(crate) fn byte_to_char_table() -> [char; 256] {
 /// The byte a byte-level character stands for, if it stands for one.
 pub(crate) fn char_to_byte(c: char) -> Option<u8> {
     let cp = c as u32;
-    match cp {
-        0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF => Some(cp as u8),
-        0x100..=0x143 => {
-            // The (cp - 256)-th byte that does not keep itself.
-            let mut k = cp - 0x100;
-            (0u32..256)
-                .filter(|b| !matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF))
-                .find(|_| {
-                    let hit = k == 0;
-                    k = k.wrapping_sub(1);
-                    hit
-                })
-                .map(|b| b as u8)
-        }
-        _ => None,
+    if cp < 0x100 {
+        return keeps_itself(cp).then_some(cp as u8);
     }
+    SHIFTED.get(cp as usize - 0x100).copied()
 }
 
-/// llama.cpp's `llama_decode_text`: the bytes a byte-level token text stands
-/// for. A character outside the table is kept as llama.cpp prints it,
-/// `[UNK_BYTE_0x<hex of its UTF-8>` + the whole token text + `]`.
-pub(crate) fn decode_text(text: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len());
+/// llama.cpp's `llama_decode_text`: appends the bytes a byte-level token text
+/// stands for to `out`. A character outside the table is kept as llama.cpp
+/// prints it, `[UNK_BYTE_0x<hex of its UTF-8>` + the whole token text + `]`.
+pub(crate) fn decode_text(text: &str, out: &mut Vec<u8>) {
     for c in text.chars() {
         match char_to_byte(c) {
             Some(b) => out.push(b),
@@ -64,7 +65,6 @@ pub(crate) fn decode_text(text: &str) -> Vec<u8> {
             }
         }
     }
-    out
 }
 
 #[cfg(test)]
@@ -88,7 +88,12 @@ mod tests {
 
     #[test]
     fn decode_text_maps_back_and_marks_unknowns() {
-        assert_eq!(decode_text("ĠhelloĊ"), b" hello\n");
-        assert_eq!(decode_text("a€"), b"a[UNK_BYTE_0xe282aca\xe2\x82\xac]".to_vec());
+        let decode = |t: &str| {
+            let mut out = Vec::new();
+            decode_text(t, &mut out);
+            out
+        };
+        assert_eq!(decode("ĠhelloĊ"), b" hello\n");
+        assert_eq!(decode("a€"), b"a[UNK_BYTE_0xe282aca\xe2\x82\xac]".to_vec());
     }
 }

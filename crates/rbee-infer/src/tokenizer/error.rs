@@ -25,11 +25,17 @@ pub enum TokenizerError {
         found: usize,
     },
 
-    #[error("unsupported tokenizer model `{model}` (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE))")]
+    #[error(
+        "unsupported tokenizer model `{model}` (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE))"
+    )]
     UnsupportedModel { model: String },
 
     #[error("token {token:?} appears twice in the vocabulary, as ids {first} and {second}")]
-    DuplicateToken { token: String, first: u32, second: u32 },
+    DuplicateToken {
+        token: String,
+        first: u32,
+        second: u32,
+    },
 
     #[error("vocabulary is too large ({what})")]
     TooLarge { what: &'static str },
@@ -44,7 +50,9 @@ pub enum TokenizerError {
     #[error("cannot compile pre-tokenizer regex {pattern:?}: {message}")]
     Regex { pattern: String, message: String },
 
-    #[error("the vocabulary has no token for byte 0x{byte:02X}, which the text needs (no `<0x{byte:02X}>` byte token)")]
+    #[error(
+        "the vocabulary has no token for byte 0x{byte:02X}, which the text needs (no `<0x{byte:02X}>` byte token)"
+    )]
     NoByteToken { byte: u8 },
 
     #[error("cannot read {}: {source}", path.display())]

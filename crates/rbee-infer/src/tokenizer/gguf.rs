@@ -55,17 +55,44 @@ const EOG_TEXTS: &[&str] = &[
 const FIM: &[(&str, &[&str], bool)] = &[
     (
         "tokenizer.ggml.fim_pre_token_id",
-        &["<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>", "<|prefix|>"],
+        &[
+            "<|fim_prefix|>",
+            "<fim-prefix>",
+            "<fim_prefix>",
+            "<｜fim▁begin｜>",
+            "<PRE>",
+            "▁<PRE>",
+            "<|code_prefix|>",
+            "<|prefix|>",
+        ],
         false,
     ),
     (
         "tokenizer.ggml.fim_suf_token_id",
-        &["<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>", "<|suffix|>"],
+        &[
+            "<|fim_suffix|>",
+            "<fim-suffix>",
+            "<fim_suffix>",
+            "<｜fim▁hole｜>",
+            "<SUF>",
+            "▁<SUF>",
+            "<|code_suffix|>",
+            "<|suffix|>",
+        ],
         false,
     ),
     (
         "tokenizer.ggml.fim_mid_token_id",
-        &["<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>", "<|middle|>"],
+        &[
+            "<|fim_middle|>",
+            "<fim-middle>",
+            "<fim_middle>",
+            "<｜fim▁end｜>",
+            "<MID>",
+            "▁<MID>",
+            "<|code_middle|>",
+            "<|middle|>",
+        ],
         false,
     ),
     (
@@ -75,7 +102,13 @@ const FIM: &[(&str, &[&str], bool)] = &[
     ),
     (
         "tokenizer.ggml.fim_rep_token_id",
-        &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"],
+        &[
+            "<|fim_repo|>",
+            "<|repo_name|>",
+            "<fim-repo>",
+            "<REPO>",
+            "<reponame>",
+        ],
         true,
     ),
     ("tokenizer.ggml.fim_sep_token_id", &["<|file_sep|>"], true),
@@ -112,14 +145,19 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
         Kind::Bpe => Some(match pre_config(pre) {
             Some(cfg) => {
                 if pre.is_none() {
-                    tracing::warn!("GGUF has no `{KEY_PRE}`; using llama.cpp's default pre-tokenizer, tokenization may be off");
+                    tracing::warn!(
+                        "GGUF has no `{KEY_PRE}`; using llama.cpp's default pre-tokenizer, tokenization may be off"
+                    );
                 }
                 cfg
             }
             None => {
                 // llama.cpp refuses such a file; a close-enough tokenization
                 // beats not running the model at all.
-                tracing::warn!(pre = pre.unwrap_or_default(), "unknown `{KEY_PRE}`; falling back to the GPT-2 pre-tokenizer, tokenization may differ from llama.cpp");
+                tracing::warn!(
+                    pre = pre.unwrap_or_default(),
+                    "unknown `{KEY_PRE}`; falling back to the GPT-2 pre-tokenizer, tokenization may differ from llama.cpp"
+                );
                 gpt2_fallback()
             }
         }),
@@ -227,11 +265,11 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
     // o200k_harmony / solar-open: there "<|end|>" ends a message, not the
     // generation.
     let has = |t: &str| vocab.get(t).is_some_and(|id| eog.contains(&id));
-    if let Some(end) = vocab.get("<|end|>").filter(|id| eog.contains(id)) {
-        if (has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")) {
-            eog.retain(|&id| id != end);
-            attrs[end as usize] = attr::USER_DEFINED;
-        }
+    if let Some(end) = vocab.get("<|end|>").filter(|id| eog.contains(id))
+        && ((has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")))
+    {
+        eog.retain(|&id| id != end);
+        attrs[end as usize] = attr::USER_DEFINED;
     }
     let mut eos_ids: Vec<u32> = eos.into_iter().collect();
     eog.sort_unstable();
@@ -241,13 +279,18 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
     // Special tokens for text splitting, then output pieces; both from the
     // attributes as they stand now, as in llama.cpp.
     let special_ids: Vec<u32> = (0..n as u32)
-        .filter(|&id| attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+        .filter(|&id| {
+            attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+        })
         .collect();
     let pieces = build_pieces(&vocab, &attrs, kind)?;
 
     // Phi-3: special tokens swallow the whitespace after them (llama.cpp sets
     // this by model name, after building its caches).
-    let name = meta.get_str("general.name").unwrap_or_default().to_lowercase();
+    let name = meta
+        .get_str("general.name")
+        .unwrap_or_default()
+        .to_lowercase();
     if name.contains("phi-3") || name.contains("phi3") {
         for &id in &special_ids {
             attrs[id as usize] |= attr::RSTRIP;
@@ -266,7 +309,7 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
 
     let engine = match kind {
         Kind::Spm => Engine::Spm {
-            spm: Spm::new(&vocab, scores),
+            spm: Box::new(Spm::new(&vocab, scores)),
             special,
             add_space_prefix,
         },
@@ -282,7 +325,11 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
                 })?,
             };
             Engine::Bpe {
-                bpe: Box::new(Bpe::new(&vocab, merges, &pre_cfg.unwrap_or_else(gpt2_fallback))?),
+                bpe: Box::new(Bpe::new(
+                    &vocab,
+                    merges,
+                    &pre_cfg.unwrap_or_else(gpt2_fallback),
+                )?),
                 special,
             }
         }
@@ -313,30 +360,43 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
 /// llama.cpp's `token_to_piece(id, special = false)` for every token.
 fn build_pieces(vocab: &Vocab, attrs: &[u16], kind: Kind) -> Result<ByteTable, TokenizerError> {
     let mut pieces = ByteTable::with_capacity(vocab.len(), vocab.len() * 6);
-    let mut buf: Vec<u8> = Vec::new();
+    let mut scratch = Vec::new();
     for id in 0..vocab.len() as u32 {
         let a = attrs[id as usize];
-        let text = vocab.text(id).unwrap_or_default();
-        buf.clear();
+        let text = vocab.bytes(id).unwrap_or_default();
         if a & (attr::UNKNOWN | attr::CONTROL) != 0 {
             // Not rendered.
         } else if a & attr::USER_DEFINED != 0 {
-            buf.extend_from_slice(text.as_bytes());
+            pieces.extend(text);
         } else if a & attr::NORMAL != 0 {
             match kind {
-                Kind::Spm => buf.extend_from_slice(text.replace(SPACE_MARK, " ").as_bytes()),
-                Kind::Bpe => buf.extend(byte_level::decode_text(text)),
+                Kind::Spm => unescape_whitespace(text, &mut pieces),
+                Kind::Bpe => {
+                    scratch.clear();
+                    byte_level::decode_text(vocab.text(id).unwrap_or_default(), &mut scratch);
+                    pieces.extend(&scratch);
+                }
             }
         } else if a & attr::BYTE != 0 {
-            buf.push(byte_token_value(text));
+            pieces.push_byte(byte_token_value(vocab.text(id).unwrap_or_default()));
         }
-        pieces.push(&buf)?;
+        pieces.finish_entry()?;
     }
     Ok(pieces)
 }
 
-/// The byte of a `<0xXX>` token, read like llama.cpp's `strtol(text[3..5], 16)`
-/// (hex digits up to the first non-digit; 0 if none).
+/// llama.cpp's `llama_unescape_whitespace`: "▁" (E2 96 81) becomes " ".
+fn unescape_whitespace(text: &[u8], out: &mut ByteTable) {
+    let mark = SPACE_MARK.as_bytes();
+    let mut rest = text;
+    while let Some(i) = rest.windows(mark.len()).position(|w| w == mark) {
+        out.extend(&rest[..i]);
+        out.push_byte(b' ');
+        rest = &rest[i + mark.len()..];
+    }
+    out.extend(rest);
+}
+
 /// llama.cpp marks tokens it recognises by text (end of turn, FIM) as
 /// control tokens, whatever the file says.
 fn force_control(id: u32, attrs: &mut [u16]) {
@@ -393,7 +453,11 @@ fn optional_bool(meta: &Metadata, key: &'static str) -> Result<Option<bool>, Tok
 
 /// A token id key: `None` if absent; a warning and `None` (keep the default)
 /// if out of range, as llama.cpp.
-fn token_id_key(meta: &Metadata, key: &'static str, n: usize) -> Result<Option<u32>, TokenizerError> {
+fn token_id_key(
+    meta: &Metadata,
+    key: &'static str,
+    n: usize,
+) -> Result<Option<u32>, TokenizerError> {
     let Some(v) = meta.get(key) else {
         return Ok(None);
     };
@@ -403,7 +467,12 @@ fn token_id_key(meta: &Metadata, key: &'static str, n: usize) -> Result<Option<u
         found: v.type_name(),
     })?;
     if id >= n as u64 {
-        tracing::warn!(key, id, vocab_size = n, "special token id out of range; ignored");
+        tracing::warn!(
+            key,
+            id,
+            vocab_size = n,
+            "special token id out of range; ignored"
+        );
         return Ok(None);
     }
     Ok(Some(id as u32))

@@ -4,7 +4,10 @@
 //! entries for Gemma), then probed once per symbol pair during encoding. std's
 //! SipHash guards against hash flooding, which buys nothing here: the keys are
 //! fixed by the model file, and an attacker-chosen prompt only probes them.
-//! This is the FxHash multiply-rotate scheme, fed eight bytes at a time.
+//! This is the FxHash multiply-rotate scheme, fed eight bytes at a time, with
+//! a murmur3 finalizer: FxHash's low bits depend only on the low bits of the
+//! input, and both our open-addressing index and `HashMap` pick buckets from
+//! low bits, so without the finalizer similar tokens pile into few buckets.
 
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -61,7 +64,13 @@ impl Hasher for FxHasher {
 
     #[inline]
     fn finish(&self) -> u64 {
-        self.hash
+        // murmur3's fmix64.
+        let mut h = self.hash;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 

@@ -45,7 +45,13 @@ pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         texts[id as usize] = Some(text);
     }
     let holes: Vec<String> = (0..size)
-        .map(|i| if texts[i].is_none() { format!("\0rbee-missing-{i}") } else { String::new() })
+        .map(|i| {
+            if texts[i].is_none() {
+                format!("\0rbee-missing-{i}")
+            } else {
+                String::new()
+            }
+        })
         .collect();
     let vocab = Vocab::new(
         texts
@@ -65,7 +71,9 @@ pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
             (Some(t), _) if t.special => Vec::new(),
             (Some(t), _) => t.content.as_bytes().to_vec(),
             (None, None) => Vec::new(),
-            (None, Some(text)) => model_token_bytes(text, byte_level_decoder, byte_fallback, metaspace),
+            (None, Some(text)) => {
+                model_token_bytes(text, byte_level_decoder, byte_fallback, metaspace)
+            }
         };
         pieces.push(&piece)?;
     }
@@ -80,9 +88,14 @@ pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
     };
     let config_get = |k: &str| config.as_ref().and_then(|c| c.get(k));
     let generation_get = |k: &str| generation.as_ref().and_then(|c| c.get(k));
-    let json_id = |v: &Json| v.as_u64().and_then(|id| u32::try_from(id).ok()).filter(|&id| (id as usize) < size);
+    let json_id = |v: &Json| {
+        v.as_u64()
+            .and_then(|id| u32::try_from(id).ok())
+            .filter(|&id| (id as usize) < size)
+    };
 
-    let bos = token_id(config_get("bos_token")).or_else(|| generation_get("bos_token_id").and_then(json_id));
+    let bos = token_id(config_get("bos_token"))
+        .or_else(|| generation_get("bos_token_id").and_then(json_id));
     let add_bos = match config_get("add_bos_token").and_then(Json::as_bool) {
         Some(v) => v,
         // No setting: see whether the post-processor puts BOS in front.
@@ -107,10 +120,10 @@ pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         None => {}
     }
     for text in END_OF_TURN {
-        if let Some(id) = vocab.get(text) {
-            if added.get(&id).is_some_and(|t| t.special) {
-                push(id);
-            }
+        if let Some(id) = vocab.get(text)
+            && added.get(&id).is_some_and(|t| t.special)
+        {
+            push(id);
         }
     }
 
@@ -127,7 +140,12 @@ pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
 }
 
 /// Output bytes of a model (not added) token, by what the decoder does.
-fn model_token_bytes(text: &str, byte_level: bool, byte_fallback: bool, metaspace: bool) -> Vec<u8> {
+fn model_token_bytes(
+    text: &str,
+    byte_level: bool,
+    byte_fallback: bool,
+    metaspace: bool,
+) -> Vec<u8> {
     if byte_level {
         let mut out = Vec::with_capacity(text.len());
         for c in text.chars() {
@@ -138,10 +156,8 @@ fn model_token_bytes(text: &str, byte_level: bool, byte_fallback: bool, metaspac
         }
         return out;
     }
-    if byte_fallback {
-        if let Some(b) = parse_byte_token(text) {
-            return vec![b];
-        }
+    if byte_fallback && let Some(b) = parse_byte_token(text) {
+        return vec![b];
     }
     if metaspace {
         return text.replace(SPACE_MARK, " ").into_bytes();
@@ -173,10 +189,10 @@ fn decoder_types(tok: &tokenizers::Tokenizer) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    if let Some(d) = tok.get_decoder() {
-        if let Ok(v) = serde_json::to_value(d) {
-            walk(&v, &mut out);
-        }
+    if let Some(d) = tok.get_decoder()
+        && let Ok(v) = serde_json::to_value(d)
+    {
+        walk(&v, &mut out);
     }
     out
 }

@@ -20,7 +20,8 @@ const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]
 const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 const QWEN35: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
-const GPT2_NO_TAIL: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+const GPT2_NO_TAIL: &str =
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
 // Escapes stand for characters that Unicode normalization would silently
 // replace in source text (U+1F7D ώ, U+1FBE ι, U+1FD3 ΐ, U+1FDB Ί, U+2126 Ω,
 // U+212A K), which would turn the ranges they end into invalid ones.
@@ -45,12 +46,7 @@ const fn cfg(regexes: &'static [&'static str]) -> PreConfig {
     }
 }
 
-const DEFAULT: PreConfig = cfg(&[
-    r"[\p{P}\$\+<=>\^~\|]+",
-    GPT2,
-    r"\p{N}+",
-    "[0-9][0-9][0-9]",
-]);
+const DEFAULT: PreConfig = cfg(&[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"]);
 
 /// The configuration for a `tokenizer.ggml.pre` value, or `None` if rbee does
 /// not know it. `None` for the key (missing) is llama.cpp's "default".
@@ -74,8 +70,8 @@ pub(crate) fn pre_config(pre: Option<&str>) -> Option<PreConfig> {
         | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "mpt" | "olmo"
         | "jais" | "trillion" | "granite-docling" | "jina-v1-en" | "jina-v2-code"
         | "roberta-bpe" => cfg(&[GPT2]),
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone"
-        | "minerva-7b" | "mellum2" => cfg(&[r"\p{N}", GPT2_NO_TAIL]),
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b"
+        | "mellum2" => cfg(&[r"\p{N}", GPT2_NO_TAIL]),
         "falcon" => cfg(&[r"[\p{P}\$\+<=>\^~\|`]+", GPT2_NO_TAIL, "[0-9][0-9][0-9]"]),
         "deepseek-llm" => cfg(&[
             "[\r\n]",
@@ -92,8 +88,12 @@ pub(crate) fn pre_config(pre: Option<&str>) -> Option<PreConfig> {
             r"[一-龥ࠀ-一가-퟿]+",
             r"\p{N}",
         ]),
-        "chatglm-bpe" | "glm4" => cfg(&[r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"]),
-        "seed-coder" => cfg(&[r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+"]),
+        "chatglm-bpe" | "glm4" => cfg(&[
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ]),
+        "seed-coder" => cfg(&[
+            r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+        ]),
         _ => return None,
     })
 }
@@ -159,14 +159,27 @@ mod tests {
 
     fn words(pre: &str, text: &str) -> Vec<String> {
         let p = PreTokenizer::new(&pre_config(Some(pre)).unwrap()).unwrap();
-        p.split(text).into_iter().map(|(s, e)| text[s..e].to_string()).collect()
+        p.split(text)
+            .into_iter()
+            .map(|(s, e)| text[s..e].to_string())
+            .collect()
     }
 
     #[test]
     fn all_known_patterns_compile() {
         for pre in [
-            "default", "llama-bpe", "qwen2", "qwen35", "gpt-2", "starcoder", "falcon",
-            "deepseek-llm", "deepseek-coder", "chatglm-bpe", "seed-coder", "dbrx",
+            "default",
+            "llama-bpe",
+            "qwen2",
+            "qwen35",
+            "gpt-2",
+            "starcoder",
+            "falcon",
+            "deepseek-llm",
+            "deepseek-coder",
+            "chatglm-bpe",
+            "seed-coder",
+            "dbrx",
         ] {
             PreTokenizer::new(&pre_config(Some(pre)).unwrap()).unwrap();
         }
@@ -184,7 +197,9 @@ mod tests {
     fn llama3_words() {
         assert_eq!(
             words("llama-bpe", "Hello WORLD'S 12345 !!\n\n  x  "),
-            ["Hello", " WORLD", "'S", " ", "123", "45", " !!\n\n", " ", " x", "  "]
+            [
+                "Hello", " WORLD", "'S", " ", "123", "45", " !!\n\n", " ", " x", "  "
+            ]
         );
     }
 

@@ -145,11 +145,11 @@ impl SpecialMatcher {
                 }
                 1 => i += 1,
                 _ => {
-                    if let Some(&&(pos, id)) = next_token.peek() {
-                        if pos == i {
-                            next_token.next();
-                            out.push(Fragment::Token(id));
-                        }
+                    if let Some(&&(pos, id)) = next_token.peek()
+                        && pos == i
+                    {
+                        next_token.next();
+                        out.push(Fragment::Token(id));
                     }
                     i += 1;
                 }
@@ -174,7 +174,9 @@ mod tests {
         let vocab = Vocab::new(tokens.iter().map(|(t, _)| *t)).unwrap();
         let attrs: Vec<u16> = tokens.iter().map(|(_, a)| *a).collect();
         let ids = (0..tokens.len() as u32)
-            .filter(|&i| attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
+            .filter(|&i| {
+                attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
+            })
             .collect();
         let m = SpecialMatcher::new(&vocab, &attrs, ids);
         (vocab, m)
@@ -200,7 +202,10 @@ mod tests {
         // llama.cpp takes "\n\n" everywhere before any "\n".
         let (_, m) = matcher(&[("\n", U), ("\n\n", U)]);
         assert_eq!(m.partition("\n\n\n"), [Token(1), Token(0)]);
-        assert_eq!(m.partition("a\n\n\n\nb"), [Text("a"), Token(1), Token(1), Text("b")]);
+        assert_eq!(
+            m.partition("a\n\n\n\nb"),
+            [Text("a"), Token(1), Token(1), Text("b")]
+        );
         // Longest first, not leftmost-longest: "bcd" is taken before "ab" is tried.
         let (_, m) = matcher(&[("ab", U), ("bcd", U)]);
         assert_eq!(m.partition("abcd"), [Text("a"), Token(1)]);
@@ -215,8 +220,14 @@ mod tests {
     #[test]
     fn rstrip_and_lstrip_drop_adjacent_whitespace() {
         let (_, m) = matcher(&[("<|end|>", C | attr::RSTRIP), ("<mask>", U | attr::LSTRIP)]);
-        assert_eq!(m.partition("a<|end|> \n b"), [Text("a"), Token(0), Text("b")]);
-        assert_eq!(m.partition("a  <mask> b"), [Text("a"), Token(1), Text(" b")]);
+        assert_eq!(
+            m.partition("a<|end|> \n b"),
+            [Text("a"), Token(0), Text("b")]
+        );
+        assert_eq!(
+            m.partition("a  <mask> b"),
+            [Text("a"), Token(1), Text(" b")]
+        );
         assert_eq!(m.partition("<|end|>   "), [Token(0)]);
     }
 

@@ -76,23 +76,24 @@ impl Spm {
         }
 
         let mut queue = BinaryHeap::with_capacity(symbols.len());
-        let try_add = |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram>, left: i32, right: i32| {
-            if left < 0 || right < 0 {
-                return;
-            }
-            let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
-            let start = l.start as usize;
-            let size = (l.len + r.len) as usize;
-            let Some(id) = vocab.get_bytes(&bytes[start..start + size]) else {
-                return;
+        let try_add =
+            |symbols: &[Symbol], queue: &mut BinaryHeap<Bigram>, left: i32, right: i32| {
+                if left < 0 || right < 0 {
+                    return;
+                }
+                let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
+                let start = l.start as usize;
+                let size = (l.len + r.len) as usize;
+                let Some(id) = vocab.get_bytes(&bytes[start..start + size]) else {
+                    return;
+                };
+                queue.push(Bigram {
+                    score: self.scores.get(id as usize).copied().unwrap_or(0.0),
+                    left: left as u32,
+                    right: right as u32,
+                    size: size as u32,
+                });
             };
-            queue.push(Bigram {
-                score: self.scores.get(id as usize).copied().unwrap_or(0.0),
-                left: left as u32,
-                right: right as u32,
-                size: size as u32,
-            });
-        };
 
         for i in 1..symbols.len() as i32 {
             try_add(&symbols, &mut queue, i - 1, i);
@@ -123,7 +124,10 @@ impl Spm {
                 Some(id) => out.push(id),
                 None => {
                     for &b in piece {
-                        out.push(self.byte_tokens[b as usize].ok_or(TokenizerError::NoByteToken { byte: b })?);
+                        out.push(
+                            self.byte_tokens[b as usize]
+                                .ok_or(TokenizerError::NoByteToken { byte: b })?,
+                        );
                     }
                 }
             }
@@ -203,15 +207,29 @@ mod tests {
     fn enc(v: &Vocab, s: &Spm, text: &str) -> Vec<String> {
         let mut out = Vec::new();
         s.encode(v, text, &mut out).unwrap();
-        out.iter().map(|&id| v.text(id).unwrap().to_string()).collect()
+        out.iter()
+            .map(|&id| v.text(id).unwrap().to_string())
+            .collect()
     }
 
     #[test]
     fn merges_highest_score_first() {
         // "ab" outscores "bc", so "abc" → "ab" + "c", not "a" + "bc".
-        let (v, s) = spm(&[("a", -1.0), ("b", -1.0), ("c", -1.0), ("ab", -2.0), ("bc", -3.0)]);
+        let (v, s) = spm(&[
+            ("a", -1.0),
+            ("b", -1.0),
+            ("c", -1.0),
+            ("ab", -2.0),
+            ("bc", -3.0),
+        ]);
         assert_eq!(enc(&v, &s, "abc"), ["ab", "c"]);
-        let (v, s) = spm(&[("a", -1.0), ("b", -1.0), ("c", -1.0), ("ab", -3.0), ("bc", -2.0)]);
+        let (v, s) = spm(&[
+            ("a", -1.0),
+            ("b", -1.0),
+            ("c", -1.0),
+            ("ab", -3.0),
+            ("bc", -2.0),
+        ]);
         assert_eq!(enc(&v, &s, "abc"), ["a", "bc"]);
     }
 
@@ -233,7 +251,9 @@ mod tests {
         let (v, s) = spm(&[("▁", -1.0), ("h", -1.0), ("i", -1.0), ("hi", -2.0)]);
         assert_eq!(
             enc(&v, &s, "hi▁é🙂"),
-            ["hi", "▁", "<0xC3>", "<0xA9>", "<0xF0>", "<0x9F>", "<0x99>", "<0x82>"]
+            [
+                "hi", "▁", "<0xC3>", "<0xA9>", "<0xF0>", "<0x9F>", "<0x99>", "<0x82>"
+            ]
         );
     }
 
@@ -243,7 +263,10 @@ mod tests {
         let s = Spm::new(&vocab, vec![0.0]);
         let mut out = Vec::new();
         let err = s.encode(&vocab, "ab", &mut out).unwrap_err();
-        assert!(matches!(err, TokenizerError::NoByteToken { byte: b'b' }), "{err}");
+        assert!(
+            matches!(err, TokenizerError::NoByteToken { byte: b'b' }),
+            "{err}"
+        );
     }
 
     #[test]

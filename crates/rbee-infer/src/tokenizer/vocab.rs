@@ -53,7 +53,21 @@ impl ByteTable {
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Result<(), TokenizerError> {
+        self.extend(bytes);
+        self.finish_entry()
+    }
+
+    /// Appends bytes to the entry being built; [`Self::finish_entry`] closes it.
+    pub fn extend(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
+    }
+
+    pub fn push_byte(&mut self, b: u8) {
+        self.buf.push(b);
+    }
+
+    /// Ends the entry made of everything appended since the previous one.
+    pub fn finish_entry(&mut self) -> Result<(), TokenizerError> {
         let end = u32::try_from(self.buf.len()).map_err(|_| TokenizerError::TooLarge {
             what: "token texts exceed 4 GiB",
         })?;
@@ -75,63 +89,68 @@ impl ByteTable {
     }
 }
 
-const EMPTY: u32 = u32::MAX;
+const EMPTY: u64 = u64::MAX;
 
 /// Token texts with a text → id index.
 #[derive(Debug, Clone)]
 pub(crate) struct Vocab {
     texts: ByteTable,
-    /// Open addressing with linear probing; `EMPTY` or a token id. At most
-    /// half full, so probe runs stay short.
-    slots: Vec<u32>,
+    /// Open addressing with linear probing, at most half full. A slot is
+    /// `EMPTY` or (high 32 bits of the text's hash) << 32 | id: comparing the
+    /// stored hash first avoids a random read of the text for most probes.
+    slots: Vec<u64>,
     mask: usize,
+}
+
+#[inline]
+fn slot_of(hash: u64, mask: usize) -> usize {
+    hash as usize & mask
+}
+
+#[inline]
+fn tag_of(hash: u64) -> u64 {
+    hash >> 32
 }
 
 impl Vocab {
     /// Builds the table from token texts in id order. A text that appears twice
     /// is an error, as in llama.cpp: the second id could never be produced.
-    pub fn new<'a>(
-        texts: impl ExactSizeIterator<Item = &'a str>,
-    ) -> Result<Self, TokenizerError> {
+    pub fn new<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> Result<Self, TokenizerError> {
         let n = texts.len();
-        if n >= EMPTY as usize {
+        if n >= u32::MAX as usize {
             return Err(TokenizerError::TooLarge {
                 what: "more than 2^32-1 tokens",
             });
         }
-        let mut table = ByteTable::with_capacity(n, n * 8);
-        for t in texts {
-            table.push(t.as_bytes())?;
-        }
-        Self::from_table(table)
-    }
-
-    fn from_table(texts: ByteTable) -> Result<Self, TokenizerError> {
-        let n = texts.len();
         let cap = (n * 2).next_power_of_two().max(16);
         let mut vocab = Vocab {
-            texts,
+            texts: ByteTable::with_capacity(n, n * 8),
             slots: vec![EMPTY; cap],
             mask: cap - 1,
         };
-        for id in 0..n {
-            let text = vocab.texts.get(id).unwrap_or_default();
-            let mut slot = hash_bytes(text) as usize & vocab.mask;
+        for (id, text) in texts.enumerate() {
+            let text = text.as_bytes();
+            let hash = hash_bytes(text);
+            let mut slot = slot_of(hash, vocab.mask);
             loop {
                 let occupant = vocab.slots[slot];
                 if occupant == EMPTY {
-                    vocab.slots[slot] = id as u32;
+                    vocab.slots[slot] = tag_of(hash) << 32 | id as u64;
                     break;
                 }
-                if vocab.texts.get(occupant as usize) == Some(text) {
-                    return Err(TokenizerError::DuplicateToken {
-                        token: String::from_utf8_lossy(text).into_owned(),
-                        first: occupant,
-                        second: id as u32,
-                    });
+                if occupant >> 32 == tag_of(hash) {
+                    let other = occupant as u32;
+                    if vocab.texts.get(other as usize) == Some(text) {
+                        return Err(TokenizerError::DuplicateToken {
+                            token: String::from_utf8_lossy(text).into_owned(),
+                            first: other,
+                            second: id as u32,
+                        });
+                    }
                 }
                 slot = (slot + 1) & vocab.mask;
             }
+            vocab.texts.push(text)?;
         }
         Ok(vocab)
     }
@@ -143,14 +162,19 @@ impl Vocab {
     /// The id of the token whose text is exactly `bytes`.
     #[inline]
     pub fn get_bytes(&self, bytes: &[u8]) -> Option<u32> {
-        let mut slot = hash_bytes(bytes) as usize & self.mask;
+        let hash = hash_bytes(bytes);
+        let tag = tag_of(hash);
+        let mut slot = slot_of(hash, self.mask);
         loop {
-            let id = self.slots[slot];
-            if id == EMPTY {
+            let entry = self.slots[slot];
+            if entry == EMPTY {
                 return None;
             }
-            if self.texts.get(id as usize) == Some(bytes) {
-                return Some(id);
+            if entry >> 32 == tag {
+                let id = entry as u32;
+                if self.texts.get(id as usize) == Some(bytes) {
+                    return Some(id);
+                }
             }
             slot = (slot + 1) & self.mask;
         }
@@ -164,6 +188,11 @@ impl Vocab {
     /// The text of token `id`. Texts come from `&str`s, so this is UTF-8.
     pub fn text(&self, id: u32) -> Option<&str> {
         std::str::from_utf8(self.texts.get(id as usize)?).ok()
+    }
+
+    /// The text of token `id` as bytes (no UTF-8 check).
+    pub fn bytes(&self, id: u32) -> Option<&[u8]> {
+        self.texts.get(id as usize)
     }
 }
 
@@ -188,7 +217,14 @@ mod tests {
     fn duplicate_is_an_error() {
         let err = Vocab::new(["x", "y", "x"].into_iter()).unwrap_err();
         assert!(
-            matches!(err, TokenizerError::DuplicateToken { first: 0, second: 2, .. }),
+            matches!(
+                err,
+                TokenizerError::DuplicateToken {
+                    first: 0,
+                    second: 2,
+                    ..
+                }
+            ),
             "{err}"
         );
     }
