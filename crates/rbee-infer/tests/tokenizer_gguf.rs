@@ -324,3 +324,49 @@ fn from_dir_reads_tokenizer_json_and_configs() {
     let err = Tokenizer::from_dir(&dir.path().join("missing")).unwrap_err();
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
 }
+
+mod round_trip {
+    use super::*;
+    use proptest::prelude::*;
+
+    // No '<' or '[' so that random text cannot spell a control token, whose
+    // piece is empty by design.
+    const ALPHABET: &str = "helowrdus \n\t中文😀é.,!?0123456789\u{a0}";
+
+    fn text() -> impl Strategy<Value = String> {
+        text_from(ALPHABET)
+    }
+
+    fn text_from(alphabet: &str) -> impl Strategy<Value = String> {
+        let chars: Vec<char> = alphabet.chars().collect();
+        proptest::collection::vec(proptest::sample::select(chars), 0..40)
+            .prop_map(|v| v.into_iter().collect())
+    }
+
+    proptest! {
+        #[test]
+        fn spm_decode_inverts_encode(s in text()) {
+            let tok = Tokenizer::from_gguf(&spm_meta(Some(false))).unwrap();
+            let ids = tok.encode(&s, false).unwrap();
+            prop_assert_eq!(tok.decode(&ids), s);
+        }
+
+        #[test]
+        // SentencePiece cannot round-trip a literal "▁" (it reads as a space,
+        // in llama.cpp too); byte-level BPE can.
+        fn bpe_decode_inverts_encode(s in text_from("helowrd \n\t中😀é.,!?019\u{2581}\u{a0}")) {
+            let tok = Tokenizer::from_gguf(&bpe_meta("qwen2")).unwrap();
+            let ids = tok.encode(&s, false).unwrap();
+            prop_assert_eq!(tok.decode(&ids), s);
+        }
+
+        #[test]
+        fn any_text_encodes(s in "\\PC*") {
+            for meta in [spm_meta(None), bpe_meta("llama-bpe"), bpe_meta("deepseek-llm")] {
+                let tok = Tokenizer::from_gguf(&meta).unwrap();
+                let ids = tok.encode(&s, true).unwrap();
+                prop_assert!(ids.iter().all(|&id| (id as usize) < tok.vocab_size()));
+            }
+        }
+    }
+}
