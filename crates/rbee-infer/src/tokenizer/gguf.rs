@@ -133,7 +133,9 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
     };
     let pre = meta.get_str(KEY_PRE);
 
-    // Defaults per vocabulary type (llama.cpp), before keys override them.
+    // Defaults per vocabulary type, before keys override them: llama.cpp's,
+    // odd as BOS = EOS = 11 for BPE is, so a file missing the keys behaves
+    // the same here as there.
     let (mut bos, mut eos) = match kind {
         Kind::Spm => (Some(1u32), Some(2u32)),
         Kind::Bpe => (Some(11), Some(11)),
