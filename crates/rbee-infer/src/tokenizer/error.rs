@@ -40,13 +40,6 @@ pub enum TokenizerError {
     #[error("vocabulary is too large ({what})")]
     TooLarge { what: &'static str },
 
-    #[error("`{key}` names token id {id}, but the vocabulary has only {vocab_size} tokens")]
-    BadTokenId {
-        key: &'static str,
-        id: u64,
-        vocab_size: usize,
-    },
-
     #[error("cannot compile pre-tokenizer regex {pattern:?}: {message}")]
     Regex { pattern: String, message: String },
 
