@@ -1,0 +1,86 @@
+//! IEEE half-precision conversions in safe, branch-light Rust.
+//!
+//! llama.cpp keeps the KV cache in f16 and, in its CPU flash-attention
+//! kernel, rounds queries and the value accumulator to f16 too. Matching its
+//! greedy output token for token means rounding at the same places, so these
+//! helpers must be exact (round to nearest, ties to even, subnormals
+//! included) and cheap enough to sit in attention's inner loops, where they
+//! are written so the compiler can vectorise them.
+
+/// f32 → f16 bits, round to nearest even (F. Giesen's `float_to_half_fast3_rtne`).
+#[inline(always)]
+pub(crate) fn f32_to_f16(x: f32) -> u16 {
+    const F16_MAX: u32 = (127 + 16) << 23;
+    const DENORM_MAGIC: u32 = ((127 - 15) + (23 - 10) + 1) << 23;
+    let bits = x.to_bits();
+    let sign = bits & 0x8000_0000;
+    let abs = bits ^ sign;
+    let out = if abs >= F16_MAX {
+        // Overflow to infinity; NaN stays a (quiet) NaN.
+        if abs > 0x7f80_0000 { 0x7e00 } else { 0x7c00 }
+    } else if abs < (113 << 23) {
+        // Subnormal result: let the FPU round by adding a magic number whose
+        // ulp is the f16 subnormal step.
+        let f = f32::from_bits(abs) + f32::from_bits(DENORM_MAGIC);
+        f.to_bits().wrapping_sub(DENORM_MAGIC)
+    } else {
+        let mant_odd = (abs >> 13) & 1;
+        let rebiased = abs.wrapping_add(((15u32.wrapping_sub(127)) << 23).wrapping_add(0xfff));
+        rebiased.wrapping_add(mant_odd) >> 13
+    };
+    (out | (sign >> 16)) as u16
+}
+
+/// f16 bits → f32 (exact). Handles zeros and subnormals by letting a float
+/// multiply renormalise; infinities and NaNs never occur in a model's cache.
+#[inline(always)]
+pub(crate) fn f16_to_f32(h: u16) -> f32 {
+    // 2^112 rebiases the exponent from 15 to 127.
+    const SCALE: f32 = f32::from_bits((127 + 112) << 23);
+    let h = u32::from(h);
+    let magnitude = f32::from_bits((h & 0x7fff) << 13) * SCALE;
+    f32::from_bits(magnitude.to_bits() | ((h & 0x8000) << 16))
+}
+
+/// `x` rounded to the nearest f16 value, as an f32.
+#[inline(always)]
+pub(crate) fn round_f16(x: f32) -> f32 {
+    f16_to_f32(f32_to_f16(x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_values_round_trip() {
+        for x in [0.0f32, -0.0, 1.0, -2.5, 65504.0, 6.103_515_6e-5, 5.960_464_5e-8, 0.333_251_95] {
+            assert_eq!(round_f16(x).to_bits(), x.to_bits(), "{x}");
+        }
+    }
+
+    #[test]
+    fn rounds_to_nearest_even() {
+        // 1 + 2^-11 is halfway between 1 and 1 + 2^-10: ties go to the even 1.
+        assert_eq!(round_f16(1.0 + 2f32.powi(-11)), 1.0);
+        // 1 + 3 * 2^-11 is halfway between 1 + 2^-10 and 1 + 2^-9: even is the latter.
+        assert_eq!(round_f16(1.0 + 3.0 * 2f32.powi(-11)), 1.0 + 2f32.powi(-9));
+        assert_eq!(round_f16(1.0 + 2f32.powi(-11) + 2f32.powi(-20)), 1.0 + 2f32.powi(-10));
+        // Subnormal halfway case: 1.5 * 2^-24 rounds to the even 2 * 2^-24.
+        assert_eq!(round_f16(1.5 * 2f32.powi(-24)), 2.0 * 2f32.powi(-24));
+        assert_eq!(round_f16(0.5 * 2f32.powi(-24)), 0.0);
+        assert_eq!(f32_to_f16(1e6), 0x7c00);
+        assert_eq!(f32_to_f16(-1e6), 0xfc00);
+    }
+
+    #[test]
+    fn every_f16_decodes_and_re_encodes() {
+        for h in 0..=u16::MAX {
+            let exponent = (h >> 10) & 0x1f;
+            if exponent == 0x1f {
+                continue; // inf / NaN
+            }
+            assert_eq!(f32_to_f16(f16_to_f32(h)), h, "{h:#06x}");
+        }
+    }
+}

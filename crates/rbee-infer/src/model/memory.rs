@@ -1,0 +1,45 @@
+//! Memory estimate for admitting a model onto a node before loading it.
+//!
+//! The estimate mirrors what loading and running actually allocate, so that
+//! a node's budget check and its real footprint agree: weights as stored in
+//! memory (Q5_0 widened to Q8_0), candle's repacked copies of Q4_K/Q6_K
+//! weights, the f16 KV cache and RoPE tables for `context` positions, and the
+//! activations of one full batch.
+
+use rbee_gguf::{GgmlType, GgufFile};
+
+use super::config::ModelConfig;
+use super::error::ModelError;
+use super::transformer::{MAX_BATCH, Transformer};
+use super::weights::loaded_size;
+
+impl Transformer {
+    /// Bytes of weights plus KV cache (and working memory) needed to run the
+    /// model in `file` over `context` positions, computed from the header alone.
+    pub fn estimate_memory(file: &GgufFile, context: usize) -> Result<u64, ModelError> {
+        let c = ModelConfig::from_gguf(file)?;
+        let context = context.min(c.context_length) as u64;
+        let mut weights = 0u64;
+        for t in &file.tensors {
+            weights += loaded_size(t);
+            // candle packs these into AVX-512 tiles on first use, keeping the original too.
+            weights += match t.dtype {
+                GgmlType::Q4_K => t.size / 3,
+                GgmlType::Q6_K => t.size / 2,
+                _ => 0,
+            };
+        }
+        let (layers, hidden, ffn) = (c.n_layers as u64, c.hidden_size as u64, c.ffn_size as u64);
+        let kv_row = (c.kv_dim() + c.kv_dim_v()) as u64;
+        let kv_cache = layers * context.next_multiple_of(256) * kv_row * 2;
+        let tables = if c.sliding_window.is_some() { 2 } else { 1 };
+        let rope = tables * context.next_multiple_of(256) * (c.n_rot as u64 / 2) * 2 * 4;
+        let batch = MAX_BATCH as u64;
+        let qkv = (c.q_dim() + c.kv_dim() + c.kv_dim_v()) as u64;
+        // Live per-layer buffers for one batch: x, h, qkv + split copies,
+        // attention output, gate/up and activation, plus the widened KV.
+        let activations = batch * (3 * hidden + 2 * qkv + 4 * ffn) * 4 + context * kv_row * 4;
+        let logits = c.vocab_size as u64 * 4;
+        Ok(weights + kv_cache + rope + activations + logits)
+    }
+}

@@ -1,0 +1,256 @@
+//! Reading tensors out of a GGUF file into candle's CPU block storage.
+//!
+//! The header comes from `rbee-gguf`, which has already checked that every
+//! tensor lies inside the file, so here we only seek, read and convert. Two
+//! conversions happen on the way in:
+//!
+//! - Q5_0 is repacked to Q8_0. A Q5_0 block is 32 five-bit values and one f16
+//!   scale; widening the values to i8 with the same scale is lossless, and
+//!   candle has SIMD dot products for Q8_0 but only scalar ones for Q5_0.
+//! - Small tensors (norms, biases) become plain `Vec<f32>`.
+
+use std::borrow::Cow;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::{GgmlDType, QuantizedType};
+use candle_core::CpuStorage;
+use rbee_gguf::{GgmlType, GgufFile, TensorInfo};
+
+use super::error::{CandleContext, ModelError};
+
+/// Bytes of one Q5_0 block and of one Q8_0 block (32 values each).
+const Q5_0_BLOCK: usize = 22;
+const Q8_0_BLOCK: usize = 34;
+
+/// A GGUF file open for reading tensor data.
+pub(crate) struct TensorReader<'a> {
+    header: &'a GgufFile,
+    path: PathBuf,
+    file: BufReader<File>,
+}
+
+/// One weight matrix in candle's CPU block layout: `rows` rows of `cols` values.
+pub(crate) struct Blocks {
+    pub name: String,
+    pub dtype: GgmlDType,
+    pub rows: usize,
+    pub cols: usize,
+    pub data: Vec<u8>,
+}
+
+impl std::fmt::Debug for Blocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} [{}x{} {:?}]", self.name, self.rows, self.cols, self.dtype)
+    }
+}
+
+impl Blocks {
+    /// Candle's storage for these blocks.
+    pub fn into_storage(self) -> Result<Box<dyn QuantizedType>, ModelError> {
+        // candle reinterprets the bytes as blocks and asserts their alignment
+        // (2 for f16 scales, 4 for f32); allocator memory always satisfies it,
+        // but check rather than risk a panic inside candle.
+        let align = if self.dtype == GgmlDType::F32 { 4 } else { 2 };
+        let data = if (self.data.as_ptr() as usize) % align == 0 {
+            self.data
+        } else {
+            self.data.to_vec()
+        };
+        if (data.as_ptr() as usize) % align != 0 {
+            return Err(ModelError::Unsupported(format!(
+                "{}: cannot get aligned memory for its blocks",
+                self.name
+            )));
+        }
+        Ok(self.dtype.from_data(Cow::Owned(data)))
+    }
+}
+
+impl<'a> TensorReader<'a> {
+    pub fn open(path: &Path, header: &'a GgufFile) -> Result<Self, ModelError> {
+        let file = File::open(path).map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            tensor: String::new(),
+            source,
+        })?;
+        Ok(TensorReader {
+            header,
+            path: path.to_owned(),
+            file: BufReader::with_capacity(1 << 20, file),
+        })
+    }
+
+    pub fn info(&self, name: &str) -> Option<&'a TensorInfo> {
+        self.header.tensor(name)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        self.header.tensor(name).is_some()
+    }
+
+    fn raw(&mut self, info: &TensorInfo) -> Result<Vec<u8>, ModelError> {
+        let io_err = |source| ModelError::Io {
+            path: self.path.clone(),
+            tensor: info.name.clone(),
+            source,
+        };
+        let size = usize::try_from(info.size).map_err(|_| {
+            ModelError::Unsupported(format!("{}: {} bytes do not fit in memory", info.name, info.size))
+        })?;
+        self.file.seek(SeekFrom::Start(info.offset)).map_err(io_err)?;
+        let mut data = vec![0u8; size];
+        self.file.read_exact(&mut data).map_err(io_err)?;
+        Ok(data)
+    }
+
+    /// A 2-D weight stored as ggml `[cols, rows]`, checked against the expected shape.
+    pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Blocks, ModelError> {
+        let info = self.info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        check_shape(info, &[cols as u64, rows as u64])?;
+        let dtype = candle_dtype(info)?;
+        let mut data = self.raw(info)?;
+        let mut dtype_out = dtype;
+        if dtype == GgmlDType::Q5_0 {
+            data = q5_0_to_q8_0(&data);
+            dtype_out = GgmlDType::Q8_0;
+        }
+        Ok(Blocks {
+            name: name.to_owned(),
+            dtype: dtype_out,
+            rows,
+            cols,
+            data,
+        })
+    }
+
+    /// A 1-D tensor of `len` values (norm weights, biases), as f32.
+    pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let info = self.info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        check_shape(info, &[len as u64])?;
+        let dtype = candle_dtype(info)?;
+        let data = self.raw(info)?;
+        if dtype == GgmlDType::F32 {
+            return Ok(data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect());
+        }
+        let storage = dtype.from_data(Cow::Owned(data));
+        match storage.dequantize(len).context(|| format!("dequantizing {name}"))? {
+            CpuStorage::F32(v) => Ok(v),
+            _ => Err(ModelError::Unsupported(format!("{name}: dequantized to a non-f32 type"))),
+        }
+    }
+
+    pub fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        if self.has(name) {
+            self.vector(name, len).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// Bytes a tensor occupies once loaded (Q5_0 grows to Q8_0).
+pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
+    if info.dtype == GgmlType::Q5_0 {
+        info.size / Q5_0_BLOCK as u64 * Q8_0_BLOCK as u64
+    } else {
+        info.size
+    }
+}
+
+fn check_shape(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {
+    if info.dims != expected {
+        return Err(ModelError::TensorShape {
+            tensor: info.name.clone(),
+            found: info.dims.clone(),
+            expected: expected.to_vec(),
+        });
+    }
+    Ok(())
+}
+
+/// The candle block type for a GGUF tensor type, for the types candle can compute with.
+pub(crate) fn candle_dtype(info: &TensorInfo) -> Result<GgmlDType, ModelError> {
+    Ok(match info.dtype {
+        GgmlType::F32 => GgmlDType::F32,
+        GgmlType::F16 => GgmlDType::F16,
+        GgmlType::BF16 => GgmlDType::BF16,
+        GgmlType::Q4_0 => GgmlDType::Q4_0,
+        GgmlType::Q4_1 => GgmlDType::Q4_1,
+        GgmlType::Q5_0 => GgmlDType::Q5_0,
+        GgmlType::Q5_1 => GgmlDType::Q5_1,
+        GgmlType::Q8_0 => GgmlDType::Q8_0,
+        GgmlType::Q2_K => GgmlDType::Q2K,
+        GgmlType::Q3_K => GgmlDType::Q3K,
+        GgmlType::Q4_K => GgmlDType::Q4K,
+        GgmlType::Q5_K => GgmlDType::Q5K,
+        GgmlType::Q6_K => GgmlDType::Q6K,
+        dtype => {
+            return Err(ModelError::TensorType {
+                tensor: info.name.clone(),
+                dtype,
+            });
+        }
+    })
+}
+
+/// Widens Q5_0 blocks to Q8_0 blocks with the same scale (lossless).
+///
+/// Q5_0 (ggml `block_q5_0`): f16 `d`, u32 `qh` (bit j = high bit of value j),
+/// 16 bytes `qs` (value j in the low nibble of byte j, value j+16 in the high
+/// nibble). Value = (5-bit code - 16) * d. Q8_0: f16 `d`, then 32 i8 values.
+pub(crate) fn q5_0_to_q8_0(src: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(src.len() / Q5_0_BLOCK * Q8_0_BLOCK);
+    for block in src.chunks_exact(Q5_0_BLOCK) {
+        let (d, rest) = block.split_at(2);
+        let (qh, qs) = rest.split_at(4);
+        let qh = u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]]);
+        out.extend_from_slice(d);
+        let code = |j: usize, nibble: u8| -> u8 {
+            let high = ((qh >> j) & 1) as u8;
+            // In -16..=15, stored as the i8's two's-complement byte.
+            (nibble | (high << 4)).wrapping_sub(16)
+        };
+        for (j, &q) in qs.iter().enumerate() {
+            out.push(code(j, q & 0x0f));
+        }
+        for (j, &q) in qs.iter().enumerate() {
+            out.push(code(j + 16, q >> 4));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn q5_0_repack_is_lossless() {
+        // Quantise a ramp to Q5_0 with candle, repack, and compare dequantised values.
+        let xs: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let mut q5 = GgmlDType::Q5_0.cpu_zeros(xs.len());
+        q5.from_float(&xs);
+        let q5_bytes: Vec<u8> = {
+            // Round-trip through the public block-bytes view.
+            let t = candle_core::quantized::QTensor::new(
+                candle_core::quantized::QStorage::Cpu(q5),
+                (xs.len(),),
+            )
+            .unwrap();
+            t.data().unwrap().into_owned()
+        };
+        let q8 = GgmlDType::Q8_0.from_data(Cow::Owned(q5_0_to_q8_0(&q5_bytes)));
+        let q5 = GgmlDType::Q5_0.from_data(Cow::Owned(q5_bytes));
+        let a = q5.dequantize(xs.len()).unwrap();
+        let b = q8.dequantize(xs.len()).unwrap();
+        match (a, b) {
+            (CpuStorage::F32(a), CpuStorage::F32(b)) => assert_eq!(a, b),
+            _ => panic!("not f32"),
+        }
+    }
+}
