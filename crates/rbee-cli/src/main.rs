@@ -1,6 +1,7 @@
 //! `rbee-node`: the one command of rbee. Thin by design: parsing, output and exit codes here,
 //! everything else in the library crates.
 
+mod infer;
 mod models;
 mod output;
 
@@ -39,6 +40,8 @@ enum Command {
     /// Manage the models on this node.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Run one prompt on this machine and stream the answer.
+    Infer(infer::InferArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = match cli.command {
         Command::Models(cmd) => models::run(cli.data_dir, cmd),
+        Command::Infer(args) => infer::run(cli.data_dir, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -63,7 +63,7 @@ pub enum ModelsCommand {
     Gc,
 }
 
-fn open_store(data_dir: Option<PathBuf>) -> Result<Store> {
+pub fn open_store(data_dir: Option<PathBuf>) -> Result<Store> {
     let dir = match data_dir {
         Some(d) => d,
         None => rbee_store::default_data_dir()?,

@@ -7,7 +7,11 @@
 //! - [`engine`]: the [`Backend`] trait and the candle backend, one thread per loaded model.
 
 pub mod chat;
+pub mod engine;
+mod error;
 pub mod model;
 pub mod sampling;
 pub mod stream;
 pub mod tokenizer;
+
+pub use error::InferError;

@@ -20,6 +20,8 @@ pub struct SamplingParams {
     pub max_tokens: usize,
     /// Generation stops before the first occurrence of any of these in the output text.
     pub stop: Vec<String>,
+    /// Keep generating past end-of-sequence tokens (benchmarks need a fixed token count).
+    pub ignore_eos: bool,
 }
 
 impl Default for SamplingParams {
@@ -34,6 +36,7 @@ impl Default for SamplingParams {
             seed: None,
             max_tokens: 256,
             stop: Vec::new(),
+            ignore_eos: false,
         }
     }
 }
@@ -68,7 +71,7 @@ impl SamplingParams {
         if self.top_k == Some(0) {
             return Err("top_k must be at least 1".into());
         }
-        if !(self.repeat_penalty > 0.0) {
+        if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
             return Err(format!(
                 "repeat_penalty {} must be positive",
                 self.repeat_penalty

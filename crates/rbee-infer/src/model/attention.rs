@@ -25,7 +25,11 @@ pub(crate) enum Numerics {
 
 impl Numerics {
     pub fn for_batch(n_tokens: usize) -> Numerics {
-        if n_tokens >= WIDE_BATCH { Numerics::Wide } else { Numerics::Sequential }
+        if n_tokens >= WIDE_BATCH {
+            Numerics::Wide
+        } else {
+            Numerics::Sequential
+        }
     }
 }
 
@@ -44,7 +48,13 @@ pub(crate) struct AttnShape {
 /// Attention for `n` query rows at positions `start..start + n`, whose keys
 /// and values are already in `cache`. `q` is `n` rows of `n_heads * head_dim`;
 /// returns `n` rows of `n_heads * head_dim_v`.
-pub(crate) fn attention(q: &[f32], cache: &LayerCache, start: usize, shape: &AttnShape, numerics: Numerics) -> Vec<f32> {
+pub(crate) fn attention(
+    q: &[f32],
+    cache: &LayerCache,
+    start: usize,
+    shape: &AttnShape,
+    numerics: Numerics,
+) -> Vec<f32> {
     let n = q.len() / (shape.n_heads * shape.head_dim);
     let end = start + n;
     // The oldest position any query in the batch can see.
@@ -67,7 +77,11 @@ pub(crate) fn attention(q: &[f32], cache: &LayerCache, start: usize, shape: &Att
     let jobs = n * shape.n_heads;
     // Split (row, head) pairs over threads only when the work pays for the spawn.
     let work = jobs * (end - first) * (shape.head_dim + shape.head_dim_v);
-    let threads = if work >= 1 << 22 { candle_core::utils::get_num_threads().max(1) } else { 1 };
+    let threads = if work >= 1 << 22 {
+        candle_core::utils::get_num_threads().max(1)
+    } else {
+        1
+    };
     let per_thread = jobs.div_ceil(threads);
     let run = |job0: usize, chunk: &mut [f32]| {
         let mut scratch = Scratch::new(shape.head_dim, shape.head_dim_v, end - first);
@@ -82,7 +96,9 @@ pub(crate) fn attention(q: &[f32], cache: &LayerCache, start: usize, shape: &Att
             let qrow = &q[(t * shape.n_heads + h) * shape.head_dim..][..shape.head_dim];
             let kv_head = h / group;
             match numerics {
-                Numerics::Sequential => sequential(qrow, &kv, kv_head, lo..pos + 1, shape, &mut scratch, dst),
+                Numerics::Sequential => {
+                    sequential(qrow, &kv, kv_head, lo..pos + 1, shape, &mut scratch, dst)
+                }
                 Numerics::Wide => wide(qrow, &kv, kv_head, lo..pos + 1, shape, &mut scratch, dst),
             }
         }
@@ -146,7 +162,9 @@ fn sequential(
     out: &mut [f32],
 ) {
     let q16 = &mut scratch.q;
-    q16.iter_mut().zip(qrow).for_each(|(d, &s)| *d = round_f16(s));
+    q16.iter_mut()
+        .zip(qrow)
+        .for_each(|(d, &s)| *d = round_f16(s));
     let acc = &mut scratch.acc;
     acc.fill(0.0);
     let mut sum = 0f32;
@@ -164,11 +182,15 @@ fn sequential(
             vs = (s - max).exp();
         }
         let v = kv.value(pos, kv_head, shape.head_dim_v);
-        acc.iter_mut().zip(v).for_each(|(a, &x)| *a = round_f16(x.mul_add(vs, *a)));
+        acc.iter_mut()
+            .zip(v)
+            .for_each(|(a, &x)| *a = round_f16(x.mul_add(vs, *a)));
         sum = sum * ms + vs;
     }
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    out.iter_mut().zip(acc.iter()).for_each(|(o, &a)| *o = a * inv);
+    out.iter_mut()
+        .zip(acc.iter())
+        .for_each(|(o, &a)| *o = a * inv);
 }
 
 /// ggml's tiled flash attention for one query row and head: f32 throughout.
@@ -198,11 +220,15 @@ fn wide(
     acc.fill(0.0);
     for (pos, &p) in positions.zip(scores.iter()) {
         let v = kv.value(pos, kv_head, shape.head_dim_v);
-        acc.iter_mut().zip(v).for_each(|(a, &x)| *a = x.mul_add(p, *a));
+        acc.iter_mut()
+            .zip(v)
+            .for_each(|(a, &x)| *a = x.mul_add(p, *a));
     }
     let sum = sum as f32;
     let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    out.iter_mut().zip(acc.iter()).for_each(|(o, &a)| *o = a * inv);
+    out.iter_mut()
+        .zip(acc.iter())
+        .for_each(|(o, &a)| *o = a * inv);
 }
 
 /// f32 dot product in 16 independent lanes so it vectorises.
@@ -231,13 +257,23 @@ mod tests {
     fn reference(q: &[f32], k: &[f32], v: &[f32], dim: usize, scale: f32) -> Vec<f32> {
         let n = k.len() / dim;
         let s: Vec<f64> = (0..n)
-            .map(|j| (0..dim).map(|d| f64::from(q[d]) * f64::from(k[j * dim + d])).sum::<f64>() * f64::from(scale))
+            .map(|j| {
+                (0..dim)
+                    .map(|d| f64::from(q[d]) * f64::from(k[j * dim + d]))
+                    .sum::<f64>()
+                    * f64::from(scale)
+            })
             .collect();
         let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
         let e: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
         let z: f64 = e.iter().sum();
         (0..dim)
-            .map(|d| ((0..n).map(|j| e[j] * f64::from(v[j * dim + d])).sum::<f64>() / z) as f32)
+            .map(|d| {
+                ((0..n)
+                    .map(|j| e[j] * f64::from(v[j * dim + d]))
+                    .sum::<f64>()
+                    / z) as f32
+            })
             .collect()
     }
 
@@ -245,8 +281,12 @@ mod tests {
     fn both_paths_match_softmax_attention() {
         let dim = 8;
         let positions = 5;
-        let k: Vec<f32> = (0..positions * dim).map(|i| round_f16(((i * 7 % 13) as f32 - 6.0) / 5.0)).collect();
-        let v: Vec<f32> = (0..positions * dim).map(|i| round_f16(((i * 5 % 11) as f32 - 5.0) / 3.0)).collect();
+        let k: Vec<f32> = (0..positions * dim)
+            .map(|i| round_f16(((i * 7 % 13) as f32 - 6.0) / 5.0))
+            .collect();
+        let v: Vec<f32> = (0..positions * dim)
+            .map(|i| round_f16(((i * 5 % 11) as f32 - 5.0) / 3.0))
+            .collect();
         let mut cache = LayerCache::new(dim, dim);
         cache.append(&k, &v);
         let q: Vec<f32> = (0..dim).map(|i| (i as f32 - 3.0) / 4.0).collect();
@@ -266,7 +306,10 @@ mod tests {
             }
         }
         // A window of 2 sees only the last two positions.
-        let windowed = AttnShape { window: Some(2), ..shape };
+        let windowed = AttnShape {
+            window: Some(2),
+            ..shape
+        };
         let want = reference(&q, &k[3 * dim..], &v[3 * dim..], dim, 0.5);
         let got = attention(&q, &cache, positions - 1, &windowed, Numerics::Wide);
         for (a, b) in got.iter().zip(&want) {
@@ -278,7 +321,10 @@ mod tests {
     fn causal_rows_do_not_see_the_future() {
         let dim = 4;
         let mut cache = LayerCache::new(dim, dim);
-        cache.append(&[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0], &[1.0, 1.0, 1.0, 1.0, 9.0, 9.0, 9.0, 9.0]);
+        cache.append(
+            &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+            &[1.0, 1.0, 1.0, 1.0, 9.0, 9.0, 9.0, 9.0],
+        );
         let shape = AttnShape {
             n_heads: 1,
             n_kv_heads: 1,

@@ -39,7 +39,11 @@ pub(crate) struct Linear {
 
 impl std::fmt::Debug for Linear {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Linear({} {}x{} {:?})", self.name, self.n, self.k, self.dtype)
+        write!(
+            f,
+            "Linear({} {}x{} {:?})",
+            self.name, self.n, self.k, self.dtype
+        )
     }
 }
 
@@ -56,7 +60,10 @@ impl Linear {
         }
         let storage = blocks.into_storage()?;
         let kernel = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
-            Kernel::Packed(QTensor::new(QStorage::Cpu(storage), (n, k)).context(|| format!("wrapping {name}"))?)
+            Kernel::Packed(
+                QTensor::new(QStorage::Cpu(storage), (n, k))
+                    .context(|| format!("wrapping {name}"))?,
+            )
         } else {
             Kernel::Plain(storage)
         };
@@ -121,7 +128,10 @@ impl Linear {
         match &self.kernel {
             Kernel::Plain(storage) => match storage.embedding(ids, self.n, self.k).context(ctx)? {
                 CpuStorage::F32(v) => Ok(v),
-                _ => Err(ModelError::Unsupported(format!("{}: rows did not dequantise to f32", self.name))),
+                _ => Err(ModelError::Unsupported(format!(
+                    "{}: rows did not dequantise to f32",
+                    self.name
+                ))),
             },
             Kernel::Packed(qtensor) => Tensor::from_slice(ids, ids.len(), &Device::Cpu)
                 .and_then(|ids| qtensor.embedding(&ids))

@@ -38,7 +38,11 @@ pub(crate) fn gated_activation(gate_up: &[f32], ffn: usize, activation: Activati
             Activation::Silu => out.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u)),
             Activation::GeluTanh => {
                 let table = gelu_table();
-                out.extend(gate.iter().zip(up).map(|(&g, &u)| gelu_via_table(table, g) * u));
+                out.extend(
+                    gate.iter()
+                        .zip(up)
+                        .map(|(&g, &u)| gelu_via_table(table, g) * u),
+                );
             }
         }
     }
@@ -103,7 +107,10 @@ mod tests {
         for x in [-9.0f32, -3.0, -0.5, 0.0, 0.001, 0.7, 2.0, 9.5] {
             let exact = gelu_tanh(x);
             let got = gelu_via_table(table, x);
-            assert!((got - exact).abs() <= 2e-3 * exact.abs().max(1e-2), "{x}: {got} vs {exact}");
+            assert!(
+                (got - exact).abs() <= 2e-3 * exact.abs().max(1e-2),
+                "{x}: {got} vs {exact}"
+            );
         }
         assert_eq!(gelu_via_table(table, 12.0), 12.0);
         assert_eq!(gelu_via_table(table, -12.0), 0.0);

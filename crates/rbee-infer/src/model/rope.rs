@@ -26,7 +26,12 @@ pub(crate) struct Rope {
 }
 
 impl Rope {
-    pub fn new(style: RopeStyle, n_rot: usize, params: &RopeParams, freq_factors: Option<Vec<f32>>) -> Rope {
+    pub fn new(
+        style: RopeStyle,
+        n_rot: usize,
+        params: &RopeParams,
+        freq_factors: Option<Vec<f32>>,
+    ) -> Rope {
         Rope {
             style,
             n_rot,
@@ -39,7 +44,11 @@ impl Rope {
     }
 
     fn positions(&self) -> usize {
-        if self.n_rot == 0 { 0 } else { self.cos.len() / (self.n_rot / 2) }
+        if self.n_rot == 0 {
+            0
+        } else {
+            self.cos.len() / (self.n_rot / 2)
+        }
     }
 
     /// Makes sure positions `0..end` are in the table.

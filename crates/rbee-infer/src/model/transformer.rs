@@ -104,7 +104,10 @@ impl Transformer {
         let embedding = Linear::new(r.matrix("token_embd.weight", c.vocab_size, hidden)?, None)?;
         let output = if r.has("output.weight") {
             let bias = r.optional_vector("output.bias", c.vocab_size)?;
-            Some(Linear::new(r.matrix("output.weight", c.vocab_size, hidden)?, bias)?)
+            Some(Linear::new(
+                r.matrix("output.weight", c.vocab_size, hidden)?,
+                bias,
+            )?)
         } else {
             None
         };
@@ -118,7 +121,9 @@ impl Transformer {
         let rope_global = Rope::new(c.rope_style, c.n_rot, &c.rope, freq_factors);
         let rope_local = (c.sliding_window.is_some() && c.rope_local != c.rope)
             .then(|| Rope::new(c.rope_style, c.n_rot, &c.rope_local, None));
-        let caches = (0..c.n_layers).map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v())).collect();
+        let caches = (0..c.n_layers)
+            .map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v()))
+            .collect();
         Ok(Transformer {
             config: config.clone(),
             embedding,
@@ -131,19 +136,29 @@ impl Transformer {
         })
     }
 
-    fn load_layer(c: &ModelConfig, r: &mut TensorReader<'_>, il: usize) -> Result<Layer, ModelError> {
+    fn load_layer(
+        c: &ModelConfig,
+        r: &mut TensorReader<'_>,
+        il: usize,
+    ) -> Result<Layer, ModelError> {
         let name = |t: &str| format!("blk.{il}.{t}");
         let hidden = c.hidden_size;
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let qkv = if r.has(&name("attn_qkv.weight")) {
             let rows = q_dim + kv_dim + kv_dim_v;
             let bias = r.optional_vector(&name("attn_qkv.bias"), rows)?;
-            MultiLinear::new(vec![(r.matrix(&name("attn_qkv.weight"), rows, hidden)?, bias)])?
+            MultiLinear::new(vec![(
+                r.matrix(&name("attn_qkv.weight"), rows, hidden)?,
+                bias,
+            )])?
         } else {
             let mut parts = Vec::with_capacity(3);
             for (p, rows) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim_v)] {
                 let bias = r.optional_vector(&name(&format!("attn_{p}.bias")), rows)?;
-                parts.push((r.matrix(&name(&format!("attn_{p}.weight")), rows, hidden)?, bias));
+                parts.push((
+                    r.matrix(&name(&format!("attn_{p}.weight")), rows, hidden)?,
+                    bias,
+                ));
             }
             MultiLinear::new(parts)?
         };
@@ -156,16 +171,29 @@ impl Transformer {
             (None, None)
         };
         let wo_bias = r.optional_vector(&name("attn_output.bias"), hidden)?;
-        let wo = Linear::new(r.matrix(&name("attn_output.weight"), hidden, c.n_heads * c.head_dim_v)?, wo_bias)?;
+        let wo = Linear::new(
+            r.matrix(
+                &name("attn_output.weight"),
+                hidden,
+                c.n_heads * c.head_dim_v,
+            )?,
+            wo_bias,
+        )?;
         let ffn = c.ffn_size;
         let gate_up = if c.arch == Arch::Phi3 {
             let bias = r.optional_vector(&name("ffn_up.bias"), 2 * ffn)?;
-            MultiLinear::new(vec![(r.matrix(&name("ffn_up.weight"), 2 * ffn, hidden)?, bias)])?
+            MultiLinear::new(vec![(
+                r.matrix(&name("ffn_up.weight"), 2 * ffn, hidden)?,
+                bias,
+            )])?
         } else {
             let mut parts = Vec::with_capacity(2);
             for p in ["gate", "up"] {
                 let bias = r.optional_vector(&name(&format!("ffn_{p}.bias")), ffn)?;
-                parts.push((r.matrix(&name(&format!("ffn_{p}.weight")), ffn, hidden)?, bias));
+                parts.push((
+                    r.matrix(&name(&format!("ffn_{p}.weight")), ffn, hidden)?,
+                    bias,
+                ));
             }
             MultiLinear::new(parts)?
         };
@@ -224,7 +252,10 @@ impl Transformer {
                 context: self.config.context_length,
             });
         }
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&token) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(ModelError::TokenOutOfRange {
                 token,
                 vocab: self.config.vocab_size,
@@ -248,7 +279,12 @@ impl Transformer {
         self.caches.iter_mut().for_each(LayerCache::clear);
     }
 
-    fn run_batch(&mut self, tokens: &[u32], start: usize, want_logits: bool) -> Result<Option<Vec<f32>>, ModelError> {
+    fn run_batch(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        want_logits: bool,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
         let c = &self.config;
         let n = tokens.len();
         let hidden = c.hidden_size;
@@ -303,7 +339,11 @@ impl Transformer {
                 head_dim: c.head_dim,
                 head_dim_v: c.head_dim_v,
                 kq_scale: c.kq_scale,
-                window: if layer.sliding { c.sliding_window } else { None },
+                window: if layer.sliding {
+                    c.sliding_window
+                } else {
+                    None
+                },
             };
             // In the last layer only the final position matters (llama.cpp
             // drops the other rows there too); rows are independent, so this
@@ -346,7 +386,12 @@ impl Transformer {
             + self
                 .layers
                 .iter()
-                .map(|l| l.qkv.weight_bytes() + l.wo.weight_bytes() + l.gate_up.weight_bytes() + l.down.weight_bytes())
+                .map(|l| {
+                    l.qkv.weight_bytes()
+                        + l.wo.weight_bytes()
+                        + l.gate_up.weight_bytes()
+                        + l.down.weight_bytes()
+                })
                 .sum::<usize>();
         let cache: usize = self.caches.iter().map(LayerCache::bytes).sum();
         let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);

@@ -14,8 +14,8 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::CpuStorage;
+use candle_core::quantized::{GgmlDType, QuantizedType};
 use rbee_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::error::{CandleContext, ModelError};
@@ -42,7 +42,11 @@ pub(crate) struct Blocks {
 
 impl std::fmt::Debug for Blocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} [{}x{} {:?}]", self.name, self.rows, self.cols, self.dtype)
+        write!(
+            f,
+            "{} [{}x{} {:?}]",
+            self.name, self.rows, self.cols, self.dtype
+        )
     }
 }
 
@@ -97,9 +101,14 @@ impl<'a> TensorReader<'a> {
             source,
         };
         let size = usize::try_from(info.size).map_err(|_| {
-            ModelError::Unsupported(format!("{}: {} bytes do not fit in memory", info.name, info.size))
+            ModelError::Unsupported(format!(
+                "{}: {} bytes do not fit in memory",
+                info.name, info.size
+            ))
         })?;
-        self.file.seek(SeekFrom::Start(info.offset)).map_err(io_err)?;
+        self.file
+            .seek(SeekFrom::Start(info.offset))
+            .map_err(io_err)?;
         let mut data = vec![0u8; size];
         self.file.read_exact(&mut data).map_err(io_err)?;
         Ok(data)
@@ -107,7 +116,9 @@ impl<'a> TensorReader<'a> {
 
     /// A 2-D weight stored as ggml `[cols, rows]`, checked against the expected shape.
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Blocks, ModelError> {
-        let info = self.info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         check_shape(info, &[cols as u64, rows as u64])?;
         let dtype = candle_dtype(info)?;
         let mut data = self.raw(info)?;
@@ -127,7 +138,9 @@ impl<'a> TensorReader<'a> {
 
     /// A 1-D tensor of `len` values (norm weights, biases), as f32.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        let info = self.info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         check_shape(info, &[len as u64])?;
         let dtype = candle_dtype(info)?;
         let data = self.raw(info)?;
@@ -138,13 +151,22 @@ impl<'a> TensorReader<'a> {
                 .collect());
         }
         let storage = dtype.from_data(Cow::Owned(data));
-        match storage.dequantize(len).context(|| format!("dequantizing {name}"))? {
+        match storage
+            .dequantize(len)
+            .context(|| format!("dequantizing {name}"))?
+        {
             CpuStorage::F32(v) => Ok(v),
-            _ => Err(ModelError::Unsupported(format!("{name}: dequantized to a non-f32 type"))),
+            _ => Err(ModelError::Unsupported(format!(
+                "{name}: dequantized to a non-f32 type"
+            ))),
         }
     }
 
-    pub fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    pub fn optional_vector(
+        &mut self,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
         if self.has(name) {
             self.vector(name, len).map(Some)
         } else {
@@ -232,7 +254,9 @@ mod tests {
     #[test]
     fn q5_0_repack_is_lossless() {
         // Quantise a ramp to Q5_0 with candle, repack, and compare dequantised values.
-        let xs: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let xs: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut q5 = GgmlDType::Q5_0.cpu_zeros(xs.len());
         q5.from_float(&xs);
         let q5_bytes: Vec<u8> = {
