@@ -10,7 +10,10 @@ use rbee_infer::engine::{
     Backend, CandleBackend, GenerateEvent, GenerateRequest, LoadOptions, Prompt,
 };
 use rbee_infer::sampling::SamplingParams;
+use rbee_node::NodeConfig;
 use rbee_proto::ModelRef;
+
+use crate::node::NodeClient;
 
 #[derive(Debug, Args)]
 pub struct InferArgs {
@@ -62,8 +65,57 @@ fn model_path(data_dir: Option<PathBuf>, reference: &str) -> Result<PathBuf> {
         .with_context(|| format!("model {} has no loadable file", record.entry.name))
 }
 
-pub fn run(data_dir: Option<PathBuf>, args: InferArgs) -> Result<()> {
-    let path = model_path(data_dir, &args.model)?;
+/// Sends the prompt to the running local node, streaming its answer.
+fn via_node(client: &NodeClient, args: &InferArgs) -> Result<()> {
+    let mut body = serde_json::json!({
+        "model": args.model,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+        "max_tokens": args.max_tokens,
+        "temperature": args.temperature,
+        "repeat_penalty": args.repeat_penalty,
+    });
+    for (key, value) in [
+        ("seed", args.seed.map(serde_json::Value::from)),
+        ("top_k", args.top_k.map(serde_json::Value::from)),
+        ("top_p", args.top_p.map(serde_json::Value::from)),
+        ("min_p", args.min_p.map(serde_json::Value::from)),
+    ] {
+        if let Some(v) = value {
+            body[key] = v;
+        }
+    }
+    if !args.stop.is_empty() {
+        body["stop"] = serde_json::json!(args.stop);
+    }
+    let path = if args.chat || args.system.is_some() {
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(serde_json::json!({"role": "system", "content": s}));
+        }
+        messages.push(serde_json::json!({"role": "user", "content": args.prompt}));
+        body["messages"] = serde_json::json!(messages);
+        "/v1/chat/completions"
+    } else {
+        body["prompt"] = serde_json::json!(args.prompt);
+        "/v1/completions"
+    };
+    let mut out = std::io::stdout().lock();
+    let usage = client.stream_completion(path, body, &mut out)?;
+    writeln!(out)?;
+    eprintln!("{usage}");
+    Ok(())
+}
+
+pub fn run(config: &NodeConfig, args: InferArgs) -> Result<()> {
+    let is_path = matches!(args.model.parse::<ModelRef>(), Ok(ModelRef::LocalPath(_)));
+    if !is_path {
+        let client = NodeClient::new(config);
+        if client.health().is_some() {
+            return via_node(&client, &args);
+        }
+    }
+    let path = model_path(config.data_dir.clone(), &args.model)?;
     let defaults = SamplingParams::default();
     let params = SamplingParams {
         temperature: args.temperature,
