@@ -30,7 +30,9 @@ fn demo_model() -> Option<PathBuf> {
             std::env::var_os("CI").is_none(),
             "demo model missing in CI: scripts/test should have fetched it"
         );
-        eprintln!("SKIPPED: demo model not found (run scripts/fetch-demo-model or set RBEE_DEMO_MODEL)");
+        eprintln!(
+            "SKIPPED: demo model not found (run scripts/fetch-demo-model or set RBEE_DEMO_MODEL)"
+        );
     }
     path
 }
@@ -53,7 +55,11 @@ struct Outcome {
     stats: GenerationStats,
 }
 
-fn run(model: &dyn LoadedModel, prompt: Prompt, params: SamplingParams) -> Result<Outcome, InferError> {
+fn run(
+    model: &dyn LoadedModel,
+    prompt: Prompt,
+    params: SamplingParams,
+) -> Result<Outcome, InferError> {
     let generation = model.generate(GenerateRequest { prompt, params })?;
     let (mut prompt_tokens, mut ids, mut text) = (0, Vec::new(), String::new());
     for event in generation {
@@ -81,10 +87,8 @@ fn run(model: &dyn LoadedModel, prompt: Prompt, params: SamplingParams) -> Resul
 #[test]
 fn greedy_output_matches_llama_cpp() {
     let Some(model) = shared_model() else { return };
-    let reference: serde_json::Value = serde_json::from_str(include_str!(
-        "reference/gemma3-270m-greedy.json"
-    ))
-    .unwrap();
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("reference/gemma3-270m-greedy.json")).unwrap();
     for case in reference["prompts"].as_array().unwrap() {
         let raw = case["prompt"].as_str().unwrap();
         let prompt = if case["kind"] == "chat" {
@@ -103,7 +107,10 @@ fn greedy_output_matches_llama_cpp() {
         let mut params = SamplingParams::greedy(want.len());
         params.ignore_eos = true;
         let out = run(model.as_ref(), prompt, params).unwrap();
-        assert_eq!(out.prompt_tokens, prompt_ids, "{raw:?}: prompt tokenized differently");
+        assert_eq!(
+            out.prompt_tokens, prompt_ids,
+            "{raw:?}: prompt tokenized differently"
+        );
         // Token-exact up to the first step where llama.cpp's own top two were within noise.
         let exact = margins.iter().position(|m| *m < 0.05).unwrap_or(want.len());
         assert_eq!(
@@ -128,7 +135,10 @@ fn stop_sequences_and_max_tokens_end_generation() {
     assert!(!out.text.contains("return"), "{:?}", out.text);
 
     let out = run(model.as_ref(), prompt(), SamplingParams::greedy(5)).unwrap();
-    assert_eq!((out.stats.completion_tokens, out.stats.finish_reason), (5, FinishReason::Length));
+    assert_eq!(
+        (out.stats.completion_tokens, out.stats.finish_reason),
+        (5, FinishReason::Length)
+    );
 }
 
 #[test]
@@ -142,7 +152,13 @@ fn a_seed_reproduces_a_sampled_run() {
             ignore_eos: true,
             ..Default::default()
         };
-        run(model.as_ref(), Prompt::Text("Once upon a time".into()), params).unwrap().ids
+        run(
+            model.as_ref(),
+            Prompt::Text("Once upon a time".into()),
+            params,
+        )
+        .unwrap()
+        .ids
     };
     assert_eq!(sample(7), sample(7));
     assert_ne!(sample(7), sample(8));
@@ -172,9 +188,18 @@ fn dropping_the_stream_cancels_and_frees_the_model() {
     drop(generation);
     // The model thread must be free again long before 2000 tokens could have been produced.
     let started = Instant::now();
-    let out = run(model.as_ref(), Prompt::Text("Hi".into()), SamplingParams::greedy(2)).unwrap();
+    let out = run(
+        model.as_ref(),
+        Prompt::Text("Hi".into()),
+        SamplingParams::greedy(2),
+    )
+    .unwrap();
     assert_eq!(out.stats.completion_tokens, 2);
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -187,8 +212,16 @@ fn limits_are_refused_with_clear_errors() {
     };
     let model = CandleBackend.load(&path, &opts).unwrap();
     let long = "word ".repeat(100);
-    let err = run(model.as_ref(), Prompt::Text(long), SamplingParams::greedy(4)).unwrap_err();
-    assert!(matches!(err, InferError::PromptTooLong { context: 32, .. }), "{err}");
+    let err = run(
+        model.as_ref(),
+        Prompt::Text(long),
+        SamplingParams::greedy(4),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, InferError::PromptTooLong { context: 32, .. }),
+        "{err}"
+    );
     assert_eq!(err.error_type(), "context_length_exceeded");
 
     // One running, one queued, the third is refused at once.
@@ -203,7 +236,10 @@ fn limits_are_refused_with_clear_errors() {
     assert!(first.peek().is_some(), "first request started");
     let _second = model.generate(req()).unwrap();
     let third = model.generate(req());
-    assert!(matches!(third, Err(InferError::QueueFull { capacity: 1 })), "{third:?}");
+    assert!(
+        matches!(third, Err(InferError::QueueFull { capacity: 1 })),
+        "{third:?}"
+    );
 }
 
 #[test]
@@ -214,8 +250,14 @@ fn a_broken_file_fails_fast_naming_the_problem() {
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&broken, &bytes[..bytes.len() / 2]).unwrap();
     let started = Instant::now();
-    let err = CandleBackend.load(&broken, &LoadOptions::default()).unwrap_err();
-    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    let err = CandleBackend
+        .load(&broken, &LoadOptions::default())
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
     let msg = err.to_string();
     assert!(msg.contains("extends past end of file"), "{msg}");
     assert_eq!(err.error_type(), "invalid_model");
