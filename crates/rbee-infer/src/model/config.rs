@@ -145,8 +145,9 @@ impl ModelConfig {
                     let v = v.as_u64().ok_or_else(|| ModelError::BadMetadata {
                         key: full.clone(),
                         value: format!("{v:?}"),
-                        reason: "expected one unsigned integer (per-layer arrays are not supported)"
-                            .into(),
+                        reason:
+                            "expected one unsigned integer (per-layer arrays are not supported)"
+                                .into(),
                     })?;
                     positive(&full, v).map(Some)
                 }

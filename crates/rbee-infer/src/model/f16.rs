@@ -54,7 +54,16 @@ mod tests {
 
     #[test]
     fn exact_values_round_trip() {
-        for x in [0.0f32, -0.0, 1.0, -2.5, 65504.0, 6.103_515_6e-5, 5.960_464_5e-8, 0.333_251_95] {
+        for x in [
+            0.0f32,
+            -0.0,
+            1.0,
+            -2.5,
+            65504.0,
+            6.103_515_6e-5,
+            5.960_464_5e-8,
+            0.333_251_95,
+        ] {
             assert_eq!(round_f16(x).to_bits(), x.to_bits(), "{x}");
         }
     }
@@ -65,7 +74,10 @@ mod tests {
         assert_eq!(round_f16(1.0 + 2f32.powi(-11)), 1.0);
         // 1 + 3 * 2^-11 is halfway between 1 + 2^-10 and 1 + 2^-9: even is the latter.
         assert_eq!(round_f16(1.0 + 3.0 * 2f32.powi(-11)), 1.0 + 2f32.powi(-9));
-        assert_eq!(round_f16(1.0 + 2f32.powi(-11) + 2f32.powi(-20)), 1.0 + 2f32.powi(-10));
+        assert_eq!(
+            round_f16(1.0 + 2f32.powi(-11) + 2f32.powi(-20)),
+            1.0 + 2f32.powi(-10)
+        );
         // Subnormal halfway case: 1.5 * 2^-24 rounds to the even 2 * 2^-24.
         assert_eq!(round_f16(1.5 * 2f32.powi(-24)), 2.0 * 2f32.powi(-24));
         assert_eq!(round_f16(0.5 * 2f32.powi(-24)), 0.0);

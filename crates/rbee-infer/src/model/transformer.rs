@@ -30,7 +30,7 @@ use super::attention::{AttnShape, Numerics, attention};
 use super::config::{Arch, ModelConfig};
 use super::error::{CandleContext, ModelError};
 use super::kv_cache::LayerCache;
-use super::linear::{Linear, MultiLinear};
+use super::linear::{Linear, MultiLinear, Rows};
 use super::ops::{add_assign, gated_activation, rms_norm, scale};
 use super::rope::Rope;
 use super::weights::TensorReader;
@@ -54,6 +54,8 @@ pub struct Transformer {
     rope_global: Rope,
     /// RoPE of sliding-window layers, when it differs (gemma3).
     rope_local: Option<Rope>,
+    /// Reproduce llama.cpp with flash attention on rather than off.
+    flash_attention: bool,
 }
 
 #[derive(Debug)]
@@ -104,7 +106,10 @@ impl Transformer {
         let embedding = Linear::new(r.matrix("token_embd.weight", c.vocab_size, hidden)?, None)?;
         let output = if r.has("output.weight") {
             let bias = r.optional_vector("output.bias", c.vocab_size)?;
-            Some(Linear::new(r.matrix("output.weight", c.vocab_size, hidden)?, bias)?)
+            Some(Linear::new(
+                r.matrix("output.weight", c.vocab_size, hidden)?,
+                bias,
+            )?)
         } else {
             None
         };
@@ -118,7 +123,9 @@ impl Transformer {
         let rope_global = Rope::new(c.rope_style, c.n_rot, &c.rope, freq_factors);
         let rope_local = (c.sliding_window.is_some() && c.rope_local != c.rope)
             .then(|| Rope::new(c.rope_style, c.n_rot, &c.rope_local, None));
-        let caches = (0..c.n_layers).map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v())).collect();
+        let caches = (0..c.n_layers)
+            .map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v()))
+            .collect();
         Ok(Transformer {
             config: config.clone(),
             embedding,
@@ -128,22 +135,33 @@ impl Transformer {
             caches,
             rope_global,
             rope_local,
+            flash_attention: false,
         })
     }
 
-    fn load_layer(c: &ModelConfig, r: &mut TensorReader<'_>, il: usize) -> Result<Layer, ModelError> {
+    fn load_layer(
+        c: &ModelConfig,
+        r: &mut TensorReader<'_>,
+        il: usize,
+    ) -> Result<Layer, ModelError> {
         let name = |t: &str| format!("blk.{il}.{t}");
         let hidden = c.hidden_size;
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let qkv = if r.has(&name("attn_qkv.weight")) {
             let rows = q_dim + kv_dim + kv_dim_v;
             let bias = r.optional_vector(&name("attn_qkv.bias"), rows)?;
-            MultiLinear::new(vec![(r.matrix(&name("attn_qkv.weight"), rows, hidden)?, bias)])?
+            MultiLinear::new(vec![(
+                r.matrix(&name("attn_qkv.weight"), rows, hidden)?,
+                bias,
+            )])?
         } else {
             let mut parts = Vec::with_capacity(3);
             for (p, rows) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim_v)] {
                 let bias = r.optional_vector(&name(&format!("attn_{p}.bias")), rows)?;
-                parts.push((r.matrix(&name(&format!("attn_{p}.weight")), rows, hidden)?, bias));
+                parts.push((
+                    r.matrix(&name(&format!("attn_{p}.weight")), rows, hidden)?,
+                    bias,
+                ));
             }
             MultiLinear::new(parts)?
         };
@@ -156,16 +174,29 @@ impl Transformer {
             (None, None)
         };
         let wo_bias = r.optional_vector(&name("attn_output.bias"), hidden)?;
-        let wo = Linear::new(r.matrix(&name("attn_output.weight"), hidden, c.n_heads * c.head_dim_v)?, wo_bias)?;
+        let wo = Linear::new(
+            r.matrix(
+                &name("attn_output.weight"),
+                hidden,
+                c.n_heads * c.head_dim_v,
+            )?,
+            wo_bias,
+        )?;
         let ffn = c.ffn_size;
         let gate_up = if c.arch == Arch::Phi3 {
             let bias = r.optional_vector(&name("ffn_up.bias"), 2 * ffn)?;
-            MultiLinear::new(vec![(r.matrix(&name("ffn_up.weight"), 2 * ffn, hidden)?, bias)])?
+            MultiLinear::new(vec![(
+                r.matrix(&name("ffn_up.weight"), 2 * ffn, hidden)?,
+                bias,
+            )])?
         } else {
             let mut parts = Vec::with_capacity(2);
             for p in ["gate", "up"] {
                 let bias = r.optional_vector(&name(&format!("ffn_{p}.bias")), ffn)?;
-                parts.push((r.matrix(&name(&format!("ffn_{p}.weight")), ffn, hidden)?, bias));
+                parts.push((
+                    r.matrix(&name(&format!("ffn_{p}.weight")), ffn, hidden)?,
+                    bias,
+                ));
             }
             MultiLinear::new(parts)?
         };
@@ -224,7 +255,10 @@ impl Transformer {
                 context: self.config.context_length,
             });
         }
-        if let Some(&token) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&token) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(ModelError::TokenOutOfRange {
                 token,
                 vocab: self.config.vocab_size,
@@ -243,12 +277,25 @@ impl Transformer {
         Tensor::from_vec(logits, n, &Device::Cpu).context(|| "building the logits tensor".into())
     }
 
+    /// Chooses which llama.cpp configuration attention reproduces bit for bit:
+    /// flash attention off (the default, as in llama-cpp-python) or on (the
+    /// default of llama.cpp's own tools). Both compute the same attention;
+    /// they round differently.
+    pub fn set_flash_attention(&mut self, on: bool) {
+        self.flash_attention = on;
+    }
+
     /// Empties the KV cache (RoPE tables are kept: they only depend on positions).
     pub fn clear_cache(&mut self) {
         self.caches.iter_mut().for_each(LayerCache::clear);
     }
 
-    fn run_batch(&mut self, tokens: &[u32], start: usize, want_logits: bool) -> Result<Option<Vec<f32>>, ModelError> {
+    fn run_batch(
+        &mut self,
+        tokens: &[u32],
+        start: usize,
+        want_logits: bool,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
         let c = &self.config;
         let n = tokens.len();
         let hidden = c.hidden_size;
@@ -260,7 +307,7 @@ impl Transformer {
         if let Some(rope) = &mut self.rope_local {
             rope.ensure(start + n);
         }
-        let numerics = Numerics::for_batch(n);
+        let numerics = Numerics::for_batch(self.flash_attention, n);
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let n_layers = self.layers.len();
         // Rows of `x` still being carried: all of them, until the last layer
@@ -270,7 +317,7 @@ impl Transformer {
             let last_layer = il + 1 == n_layers;
             let mut h = x.clone();
             rms_norm(&mut h, &layer.attn_norm, c.rms_eps);
-            let qkv = layer.qkv.forward(&h, n)?;
+            let qkv = layer.qkv.forward(&h, Rows::all(n))?;
             let width = q_dim + kv_dim + kv_dim_v;
             let mut q = Vec::with_capacity(n * q_dim);
             let mut k = Vec::with_capacity(n * kv_dim);
@@ -303,7 +350,11 @@ impl Transformer {
                 head_dim: c.head_dim,
                 head_dim_v: c.head_dim_v,
                 kq_scale: c.kq_scale,
-                window: if layer.sliding { c.sliding_window } else { None },
+                window: if layer.sliding {
+                    c.sliding_window
+                } else {
+                    None
+                },
             };
             // In the last layer only the final position matters (llama.cpp
             // drops the other rows there too); rows are independent, so this
@@ -314,17 +365,24 @@ impl Transformer {
                 rows = 1;
             }
             let q_start = start + n - rows;
-            let attn = attention(&q, cache, q_start, &shape, numerics);
-            let mut a = layer.wo.forward(&attn, rows)?;
+            let attn = attention(&q, cache, q_start, &shape, numerics, n);
+            // llama.cpp projects every row and keeps the last one afterwards;
+            // the row's position in that batch decides how some kernels round.
+            let wo_rows = Rows {
+                count: rows,
+                first: n - rows,
+                batch: n,
+            };
+            let mut a = layer.wo.forward(&attn, wo_rows)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm(&mut a, w, c.rms_eps);
             }
             add_assign(&mut x, &a);
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, c.rms_eps);
-            let gate_up = layer.gate_up.forward(&h, rows)?;
+            let gate_up = layer.gate_up.forward(&h, Rows::all(rows))?;
             let act = gated_activation(&gate_up, c.ffn_size, c.activation);
-            let mut f = layer.down.forward(&act, rows)?;
+            let mut f = layer.down.forward(&act, Rows::all(rows))?;
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm(&mut f, w, c.rms_eps);
             }
@@ -336,7 +394,7 @@ impl Transformer {
         let mut last = x[(rows - 1) * hidden..].to_vec();
         rms_norm(&mut last, &self.output_norm, c.rms_eps);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        output.forward(&last, 1).map(Some)
+        output.forward(&last, Rows::all(1)).map(Some)
     }
 
     /// Bytes of weights plus the KV cache currently reserved.
@@ -346,7 +404,12 @@ impl Transformer {
             + self
                 .layers
                 .iter()
-                .map(|l| l.qkv.weight_bytes() + l.wo.weight_bytes() + l.gate_up.weight_bytes() + l.down.weight_bytes())
+                .map(|l| {
+                    l.qkv.weight_bytes()
+                        + l.wo.weight_bytes()
+                        + l.gate_up.weight_bytes()
+                        + l.down.weight_bytes()
+                })
                 .sum::<usize>();
         let cache: usize = self.caches.iter().map(LayerCache::bytes).sum();
         let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);

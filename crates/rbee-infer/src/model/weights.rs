@@ -6,7 +6,8 @@
 //!
 //! - Q5_0 is repacked to Q8_0. A Q5_0 block is 32 five-bit values and one f16
 //!   scale; widening the values to i8 with the same scale is lossless, and
-//!   candle has SIMD dot products for Q8_0 but only scalar ones for Q5_0.
+//!   llama.cpp's Q5_0 and Q8_0 dot products round identically, so one kernel
+//!   serves both.
 //! - Small tensors (norms, biases) become plain `Vec<f32>`.
 
 use std::borrow::Cow;
@@ -14,8 +15,8 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use candle_core::quantized::{GgmlDType, QuantizedType};
 use candle_core::CpuStorage;
+use candle_core::quantized::{GgmlDType, QuantizedType};
 use rbee_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::error::{CandleContext, ModelError};
@@ -42,7 +43,11 @@ pub(crate) struct Blocks {
 
 impl std::fmt::Debug for Blocks {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} [{}x{} {:?}]", self.name, self.rows, self.cols, self.dtype)
+        write!(
+            f,
+            "{} [{}x{} {:?}]",
+            self.name, self.rows, self.cols, self.dtype
+        )
     }
 }
 
@@ -53,12 +58,12 @@ impl Blocks {
         // (2 for f16 scales, 4 for f32); allocator memory always satisfies it,
         // but check rather than risk a panic inside candle.
         let align = if self.dtype == GgmlDType::F32 { 4 } else { 2 };
-        let data = if (self.data.as_ptr() as usize) % align == 0 {
+        let data = if (self.data.as_ptr() as usize).is_multiple_of(align) {
             self.data
         } else {
             self.data.to_vec()
         };
-        if (data.as_ptr() as usize) % align != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(ModelError::Unsupported(format!(
                 "{}: cannot get aligned memory for its blocks",
                 self.name
@@ -97,9 +102,14 @@ impl<'a> TensorReader<'a> {
             source,
         };
         let size = usize::try_from(info.size).map_err(|_| {
-            ModelError::Unsupported(format!("{}: {} bytes do not fit in memory", info.name, info.size))
+            ModelError::Unsupported(format!(
+                "{}: {} bytes do not fit in memory",
+                info.name, info.size
+            ))
         })?;
-        self.file.seek(SeekFrom::Start(info.offset)).map_err(io_err)?;
+        self.file
+            .seek(SeekFrom::Start(info.offset))
+            .map_err(io_err)?;
         let mut data = vec![0u8; size];
         self.file.read_exact(&mut data).map_err(io_err)?;
         Ok(data)
@@ -107,7 +117,9 @@ impl<'a> TensorReader<'a> {
 
     /// A 2-D weight stored as ggml `[cols, rows]`, checked against the expected shape.
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Blocks, ModelError> {
-        let info = self.info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         check_shape(info, &[cols as u64, rows as u64])?;
         let dtype = candle_dtype(info)?;
         let mut data = self.raw(info)?;
@@ -127,7 +139,9 @@ impl<'a> TensorReader<'a> {
 
     /// A 1-D tensor of `len` values (norm weights, biases), as f32.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
-        let info = self.info(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         check_shape(info, &[len as u64])?;
         let dtype = candle_dtype(info)?;
         let data = self.raw(info)?;
@@ -138,13 +152,22 @@ impl<'a> TensorReader<'a> {
                 .collect());
         }
         let storage = dtype.from_data(Cow::Owned(data));
-        match storage.dequantize(len).context(|| format!("dequantizing {name}"))? {
+        match storage
+            .dequantize(len)
+            .context(|| format!("dequantizing {name}"))?
+        {
             CpuStorage::F32(v) => Ok(v),
-            _ => Err(ModelError::Unsupported(format!("{name}: dequantized to a non-f32 type"))),
+            _ => Err(ModelError::Unsupported(format!(
+                "{name}: dequantized to a non-f32 type"
+            ))),
         }
     }
 
-    pub fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    pub fn optional_vector(
+        &mut self,
+        name: &str,
+        len: usize,
+    ) -> Result<Option<Vec<f32>>, ModelError> {
         if self.has(name) {
             self.vector(name, len).map(Some)
         } else {
@@ -153,12 +176,20 @@ impl<'a> TensorReader<'a> {
     }
 }
 
-/// Bytes a tensor occupies once loaded (Q5_0 grows to Q8_0).
+/// Bytes a 2-D weight occupies once loaded into its kernel's layout (see
+/// `kernels`): Q8_0 and Q5_0 as f32 scales plus i8 codes, k-quants with
+/// unpacked scales, float types widened to f32. 1-D tensors stay f32.
 pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
-    if info.dtype == GgmlType::Q5_0 {
-        info.size / Q5_0_BLOCK as u64 * Q8_0_BLOCK as u64
-    } else {
-        info.size
+    let n = info.n_elements();
+    if info.dims.len() < 2 {
+        return n * 4;
+    }
+    match info.dtype {
+        GgmlType::Q8_0 | GgmlType::Q5_0 => n / 32 * 36,
+        GgmlType::Q4_K => n / 256 * 152,
+        GgmlType::Q6_K => n / 256 * 276,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => n * 4,
+        _ => info.size,
     }
 }
 
@@ -232,7 +263,9 @@ mod tests {
     #[test]
     fn q5_0_repack_is_lossless() {
         // Quantise a ramp to Q5_0 with candle, repack, and compare dequantised values.
-        let xs: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let xs: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let mut q5 = GgmlDType::Q5_0.cpu_zeros(xs.len());
         q5.from_float(&xs);
         let q5_bytes: Vec<u8> = {
