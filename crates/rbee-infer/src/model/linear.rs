@@ -93,9 +93,7 @@ impl Linear {
             ))
         };
         let kernel = match dtype {
-            GgmlDType::Q8_0 => {
-                Kernel::Q8_0(q8_0::from_blocks(dtype, &blocks.data, n, k).ok_or_else(bad)?)
-            }
+            GgmlDType::Q8_0 => Kernel::Q8_0(q8_0::from_blocks(&blocks.data, n, k).ok_or_else(bad)?),
             GgmlDType::Q4K => {
                 Kernel::Q4K(Q4KMatrix::from_blocks(&blocks.data, n, k).ok_or_else(bad)?)
             }

@@ -26,7 +26,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rbee_gguf::GgufFile;
 
-use super::attention::{AttnShape, Numerics, attention};
+use super::attention::{AttnShape, attention};
 use super::config::{Arch, ModelConfig};
 use super::error::{CandleContext, ModelError};
 use super::kv_cache::LayerCache;
@@ -54,8 +54,6 @@ pub struct Transformer {
     rope_global: Rope,
     /// RoPE of sliding-window layers, when it differs (gemma3).
     rope_local: Option<Rope>,
-    /// Reproduce llama.cpp with flash attention on rather than off.
-    flash_attention: bool,
 }
 
 #[derive(Debug)]
@@ -135,7 +133,6 @@ impl Transformer {
             caches,
             rope_global,
             rope_local,
-            flash_attention: false,
         })
     }
 
@@ -277,14 +274,6 @@ impl Transformer {
         Tensor::from_vec(logits, n, &Device::Cpu).context(|| "building the logits tensor".into())
     }
 
-    /// Chooses which llama.cpp configuration attention reproduces bit for bit:
-    /// flash attention off (the default, as in llama-cpp-python) or on (the
-    /// default of llama.cpp's own tools). Both compute the same attention;
-    /// they round differently.
-    pub fn set_flash_attention(&mut self, on: bool) {
-        self.flash_attention = on;
-    }
-
     /// Empties the KV cache (RoPE tables are kept: they only depend on positions).
     pub fn clear_cache(&mut self) {
         self.caches.iter_mut().for_each(LayerCache::clear);
@@ -307,7 +296,6 @@ impl Transformer {
         if let Some(rope) = &mut self.rope_local {
             rope.ensure(start + n);
         }
-        let numerics = Numerics::for_batch(self.flash_attention, n);
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let n_layers = self.layers.len();
         // Rows of `x` still being carried: all of them, until the last layer
@@ -365,7 +353,7 @@ impl Transformer {
                 rows = 1;
             }
             let q_start = start + n - rows;
-            let attn = attention(&q, cache, q_start, &shape, numerics, n);
+            let attn = attention(&q, cache, q_start, &shape, n);
             // llama.cpp projects every row and keeps the last one afterwards;
             // the row's position in that batch decides how some kernels round.
             let wo_rows = Rows {

@@ -57,6 +57,37 @@ where
     out
 }
 
+/// Runs `job(index, out)` for every `job_len`-sized chunk of `out`, spread
+/// over the pool in groups of about `group` jobs when `parallel` is set.
+pub(crate) fn par_jobs<F>(out: &mut [f32], job_len: usize, parallel: bool, job: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let jobs = out.len() / job_len.max(1);
+    let threads = candle_core::utils::get_num_threads().max(1);
+    if !parallel || threads == 1 || jobs < 2 {
+        for (i, chunk) in out.chunks_exact_mut(job_len).enumerate() {
+            job(i, chunk);
+        }
+        return;
+    }
+    let per_group = jobs.div_ceil(threads * 4).max(1);
+    let groups: Vec<Mutex<(usize, &mut [f32])>> = out
+        .chunks_mut(per_group * job_len)
+        .enumerate()
+        .map(|(g, chunk)| Mutex::new((g * per_group, chunk)))
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(groups.len(), |range| {
+        for g in range {
+            let mut guard = groups[g].lock().unwrap_or_else(|e| e.into_inner());
+            let (first, chunk) = &mut *guard;
+            for (i, out) in chunk.chunks_exact_mut(job_len).enumerate() {
+                job(*first + i, out);
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,13 +69,14 @@ impl Q4KMatrix {
     pub fn matmul(&self, x: &[f32], m: usize, kernels: &[RowKernel]) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
+        let a: Vec<f32> = acts.q.iter().map(|&v| f32::from(v)).collect();
         let nb = self.cols / QK_K;
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
-            for (r, &kernel) in kernels.iter().enumerate().take(m) {
-                for (i, c) in cols.clone().enumerate() {
-                    let w = &self.blocks[c * nb..(c + 1) * nb];
-                    out[r * width + i] = dot(w, &acts, r * nb, kernel);
+            for (i, c) in cols.clone().enumerate() {
+                let w = &self.blocks[c * nb..(c + 1) * nb];
+                for (r, &kernel) in kernels.iter().enumerate().take(m) {
+                    out[r * width + i] = dot(w, &acts, &a, r * nb, kernel);
                 }
             }
         })
@@ -102,14 +103,26 @@ impl Q4KMatrix {
     }
 }
 
+/// `Σ code * a` over 32 values, exact in f32 (|sum| <= 32 * 15 * 127).
 #[inline(always)]
-fn dot(w: &[Block], acts: &Q8KRows, first_block: usize, kernel: RowKernel) -> f32 {
+fn sum32(codes: [f32; 32], a: &[f32]) -> i32 {
+    let mut lanes = [0f32; 8];
+    for step in 0..4 {
+        for l in 0..8 {
+            lanes[l] = codes[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
+        }
+    }
+    lanes.iter().sum::<f32>() as i32
+}
+
+#[inline(always)]
+fn dot(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize, kernel: RowKernel) -> f32 {
     let mut acc = 0f32;
     let mut acc_min = 0f32;
     for (bi, b) in w.iter().enumerate() {
         let ab = first_block + bi;
         let da = acts.d[ab];
-        let q8 = &acts.q[ab * QK_K..(ab + 1) * QK_K];
+        let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
         let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
         let scale = b.d * da;
         let scale_min = b.dmin * da;
@@ -117,14 +130,14 @@ fn dot(w: &[Block], acts: &Q8KRows, first_block: usize, kernel: RowKernel) -> f3
         let mut mins64 = [0i32; 4];
         for j in 0..4 {
             let q4 = &b.qs[32 * j..32 * j + 32];
-            let lo = &q8[64 * j..64 * j + 32];
-            let hi = &q8[64 * j + 32..64 * j + 64];
-            let mut s_lo = 0i32;
-            let mut s_hi = 0i32;
-            for i in 0..32 {
-                s_lo += i32::from(q4[i] & 0x0f) * i32::from(lo[i]);
-                s_hi += i32::from(q4[i] >> 4) * i32::from(hi[i]);
-            }
+            let s_lo = sum32(
+                std::array::from_fn(|i| f32::from(q4[i] & 0x0f)),
+                &q8[64 * j..64 * j + 32],
+            );
+            let s_hi = sum32(
+                std::array::from_fn(|i| f32::from(q4[i] >> 4)),
+                &q8[64 * j + 32..64 * j + 64],
+            );
             per64[j] = s_lo * i32::from(b.scales[2 * j]) + s_hi * i32::from(b.scales[2 * j + 1]);
             let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
             let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];

@@ -22,7 +22,9 @@ const BLOCK_BYTES: usize = 210;
 struct Block {
     d: f32,
     scales: [i8; 16],
-    /// Unsigned codes 0..=63 in activation order (value = d * scale * (code - 32)).
+    /// Unsigned codes 0..=63 (value = d * scale * (code - 32)), permuted
+    /// within each 32-value chunk as in `q8_0`: position `i` at
+    /// `(i % 4) * 8 + i / 4`, so each lane's four codes line up.
     codes: [u8; QK_K],
 }
 
@@ -44,16 +46,20 @@ impl Q6KMatrix {
                 let (ql, rest) = b.split_at(128);
                 let (qh, rest) = rest.split_at(64);
                 let (sc, d) = rest.split_at(16);
-                let mut codes = [0u8; QK_K];
+                let mut natural = [0u8; QK_K];
                 for half in 0..2 {
                     let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let out = &mut codes[128 * half..];
+                    let out = &mut natural[128 * half..];
                     for l in 0..32 {
                         out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
                         out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
                         out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
                         out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                     }
+                }
+                let mut codes = [0u8; QK_K];
+                for (i, &c) in natural.iter().enumerate() {
+                    codes[i / 32 * 32 + permuted(i % 32)] = c;
                 }
                 let mut scales = [0i8; 16];
                 for (s, &v) in scales.iter_mut().zip(sc) {
@@ -77,16 +83,17 @@ impl Q6KMatrix {
     pub fn matmul(&self, x: &[f32], m: usize, tiled: bool) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
+        let a = permuted_f32(&acts.q);
         let nb = self.cols / QK_K;
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
-            for r in 0..m {
-                for (i, c) in cols.clone().enumerate() {
-                    let w = &self.blocks[c * nb..(c + 1) * nb];
+            for (i, c) in cols.clone().enumerate() {
+                let w = &self.blocks[c * nb..(c + 1) * nb];
+                for r in 0..m {
                     out[r * width + i] = if tiled {
-                        dot_tiled(w, &acts, r * nb)
+                        dot_tiled(w, &acts, &a, r * nb)
                     } else {
-                        dot(w, &acts, r * nb)
+                        dot(w, &acts, &a, r * nb)
                     };
                 }
             }
@@ -97,73 +104,90 @@ impl Q6KMatrix {
     pub fn row(&self, r: usize, out: &mut Vec<f32>) {
         let nb = self.cols / QK_K;
         for b in &self.blocks[r * nb..(r + 1) * nb] {
-            for (e, &c) in b.codes.iter().enumerate() {
+            for e in 0..QK_K {
+                let c = b.codes[e / 32 * 32 + permuted(e % 32)];
                 out.push(b.d * f32::from(b.scales[e / 16]) * f32::from(c as i8 - 32));
             }
         }
     }
 }
 
+/// Position of value `i` of a 32-value chunk in the permuted layout.
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    (i % 4) * 8 + i / 4
+}
+
+/// Activation codes as f32, permuted within each 32-value chunk like the weights.
+fn permuted_f32(q: &[i8]) -> Vec<f32> {
+    let mut out = vec![0f32; q.len()];
+    for (dst, src) in out.chunks_exact_mut(32).zip(q.chunks_exact(32)) {
+        for (i, &v) in src.iter().enumerate() {
+            dst[permuted(i)] = f32::from(v);
+        }
+    }
+    out
+}
+
+/// For one 32-value chunk: the eight lane sums of four code × activation
+/// products, exact in f32 (|sum| <= 4 * 63 * 127).
+#[inline(always)]
+fn chunk_lanes(codes: &[u8], a: &[f32]) -> [f32; 8] {
+    let mut lanes = [0f32; 8];
+    for step in 0..4 {
+        for l in 0..8 {
+            lanes[l] = f32::from(codes[step * 8 + l]).mul_add(a[step * 8 + l], lanes[l]);
+        }
+    }
+    lanes
+}
+
 /// The tiled kernel: one exact integer per super-block, one FMA each.
 #[inline(always)]
-fn dot_tiled(w: &[Block], acts: &Q8KRows, first_block: usize) -> f32 {
+fn dot_tiled(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize) -> f32 {
     let mut acc = 0f32;
     for (bi, b) in w.iter().enumerate() {
         let ab = first_block + bi;
-        let q8 = &acts.q[ab * QK_K..(ab + 1) * QK_K];
+        let a = &a[ab * QK_K..(ab + 1) * QK_K];
+        let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
         let mut isum = 0i32;
-        for (sub, (codes, a)) in b
-            .codes
-            .chunks_exact(16)
-            .zip(q8.chunks_exact(16))
-            .enumerate()
-        {
-            let mut s = 0i32;
-            for i in 0..16 {
-                s += (i32::from(codes[i]) - 32) * i32::from(a[i]);
-            }
-            isum += s * i32::from(b.scales[sub]);
+        for (chunk, (codes, a)) in b.codes.chunks_exact(32).zip(a.chunks_exact(32)).enumerate() {
+            let lanes = chunk_lanes(codes, a);
+            // Lanes 0..4 hold the chunk's first 16 values, lanes 4..8 the next 16.
+            let lo = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) as i32 - 32 * bsums[2 * chunk];
+            let hi = (lanes[4] + lanes[5] + lanes[6] + lanes[7]) as i32 - 32 * bsums[2 * chunk + 1];
+            isum += lo * i32::from(b.scales[2 * chunk]) + hi * i32::from(b.scales[2 * chunk + 1]);
         }
         acc = (b.d * isum as f32).mul_add(acts.d[ab], acc);
     }
     acc
 }
 
+/// ggml's AVX2 `vec_dot_q6_K_q8_K` (see the module docs for the lanes).
 #[inline(always)]
-fn dot(w: &[Block], acts: &Q8KRows, first_block: usize) -> f32 {
+fn dot(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize) -> f32 {
     let mut acc = [0f32; 8];
     for (bi, b) in w.iter().enumerate() {
         let ab = first_block + bi;
-        let q8 = &acts.q[ab * QK_K..(ab + 1) * QK_K];
+        let a = &a[ab * QK_K..(ab + 1) * QK_K];
         let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
         let mut lanes = [0i32; 8];
-        for (chunk, (codes, a)) in b
-            .codes
-            .chunks_exact(32)
-            .zip(q8.chunks_exact(32))
-            .enumerate()
-        {
+        for (chunk, (codes, a)) in b.codes.chunks_exact(32).zip(a.chunks_exact(32)).enumerate() {
+            let sums = chunk_lanes(codes, a);
             let (s0, s1) = (
                 i32::from(b.scales[2 * chunk]),
                 i32::from(b.scales[2 * chunk + 1]),
             );
-            for (l, lane) in lanes.iter_mut().enumerate() {
-                let scale = if l < 4 { s0 } else { s1 };
-                let mut s = 0i32;
-                for i in 4 * l..4 * l + 4 {
-                    s += i32::from(codes[i]) * i32::from(a[i]);
-                }
-                *lane += s * scale;
+            for l in 0..8 {
+                lanes[l] += sums[l] as i32 * if l < 4 { s0 } else { s1 };
             }
-        }
-        for (l, lane) in lanes.iter_mut().enumerate() {
-            let offset = i32::from(b.scales[2 * l]) * bsums[2 * l]
-                + i32::from(b.scales[2 * l + 1]) * bsums[2 * l + 1];
-            *lane -= 32 * offset;
         }
         let d = acts.d[ab] * b.d;
         for l in 0..8 {
-            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
+            // The code offset (32) of chunk `l`, through the block sums.
+            let offset = i32::from(b.scales[2 * l]) * bsums[2 * l]
+                + i32::from(b.scales[2 * l + 1]) * bsums[2 * l + 1];
+            acc[l] = d.mul_add((lanes[l] - 32 * offset) as f32, acc[l]);
         }
     }
     hsum8(&acc)

@@ -5,9 +5,23 @@
 //! `tinyBLAS_Q0_AVX`, which computes the same) split each block's 32 products
 //! into eight lanes of four consecutive products, add each lane into an f32
 //! accumulator with one FMA by `d_w * d_a`, and finish with a horizontal sum.
+//!
+//! Speed without `unsafe` SIMD: the codes are stored permuted within each
+//! block so that the four products of every lane line up in four vectors of
+//! eight, and the lane sums are computed with f32 FMAs, which the compiler
+//! vectorises well. Products and partial sums are integers below 2^24, so
+//! this is exact and gives the same lane sums as ggml's integer arithmetic.
 
+use super::hsum8;
+use super::pool::par_columns;
 use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
-use super::{hsum8, pool::par_columns};
+
+/// Position in the permuted block of the value at position `i`: lane `i / 4`,
+/// step `i % 4`, stored step-major (`step * 8 + lane`).
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    (i % 4) * 8 + i / 4
+}
 
 /// A row-major `rows × cols` matrix of Q8_0 codes and scales.
 #[derive(Debug)]
@@ -15,9 +29,16 @@ pub(crate) struct Q8_0Matrix {
     pub rows: usize,
     pub cols: usize,
     /// Block scales (f16 values, widened), `rows * cols / 32`.
-    pub d: Vec<f32>,
-    /// Codes, `rows * cols`.
-    pub q: Vec<i8>,
+    d: Vec<f32>,
+    /// Codes, `rows * cols`, permuted within each block (see [`permuted`]).
+    q: Vec<i8>,
+}
+
+/// Rows of activations prepared for the kernel: block scales and codes as
+/// f32, permuted like the weights.
+struct Acts {
+    d: Vec<f32>,
+    q: Vec<f32>,
 }
 
 impl Q8_0Matrix {
@@ -27,17 +48,31 @@ impl Q8_0Matrix {
 
     /// `x` (`m` rows of `cols`) times the transpose: `m` rows of `rows` outputs.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let mut acts = Q8_0Rows::default();
-        quantize_q8_0(x, &mut acts);
-        let nb = self.cols / QK8_0;
+        let mut raw = Q8_0Rows::default();
+        quantize_q8_0(x, &mut raw);
+        let mut acts = Acts {
+            d: raw.d,
+            q: vec![0.0; raw.q.len()],
+        };
+        for (dst, src) in acts
+            .q
+            .chunks_exact_mut(QK8_0)
+            .zip(raw.q.chunks_exact(QK8_0))
+        {
+            for (i, &v) in src.iter().enumerate() {
+                dst[permuted(i)] = f32::from(v);
+            }
+        }
+        let k = self.cols;
+        let nb = k / QK8_0;
         par_columns(m, self.rows, 16, |cols, out| {
             let width = cols.len();
-            for r in 0..m {
-                let ad = &acts.d[r * nb..(r + 1) * nb];
-                let aq = &acts.q[r * self.cols..(r + 1) * self.cols];
-                for (i, c) in cols.clone().enumerate() {
-                    let wd = &self.d[c * nb..(c + 1) * nb];
-                    let wq = &self.q[c * self.cols..(c + 1) * self.cols];
+            for (i, c) in cols.clone().enumerate() {
+                let wq = &self.q[c * k..(c + 1) * k];
+                let wd = &self.d[c * nb..(c + 1) * nb];
+                for r in 0..m {
+                    let aq = &acts.q[r * k..(r + 1) * k];
+                    let ad = &acts.d[r * nb..(r + 1) * nb];
                     out[r * width + i] = dot(wq, wd, aq, ad);
                 }
             }
@@ -50,67 +85,54 @@ impl Q8_0Matrix {
         let q = &self.q[r * self.cols..(r + 1) * self.cols];
         for (b, block) in q.chunks_exact(QK8_0).enumerate() {
             let d = self.d[r * nb + b];
-            out.extend(block.iter().map(|&v| f32::from(v) * d));
+            out.extend((0..QK8_0).map(|i| f32::from(block[permuted(i)]) * d));
         }
     }
 }
 
+/// One weight row times one activation row: per block, eight lane sums of
+/// four products (exact in f32), then `acc[l] = fma(d_w * d_a, lane, acc[l])`.
 #[inline(always)]
-fn dot(wq: &[i8], wd: &[f32], aq: &[i8], ad: &[f32]) -> f32 {
+fn dot(wq: &[i8], wd: &[f32], aq: &[f32], ad: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     for ((w, a), (&dw, &da)) in wq
         .chunks_exact(QK8_0)
         .zip(aq.chunks_exact(QK8_0))
         .zip(wd.iter().zip(ad))
     {
-        let lanes = lane_sums(w, a);
+        let mut lanes = [0f32; 8];
+        for step in 0..4 {
+            for l in 0..8 {
+                lanes[l] = f32::from(w[step * 8 + l]).mul_add(a[step * 8 + l], lanes[l]);
+            }
+        }
         let d = dw * da;
         for l in 0..8 {
-            acc[l] = d.mul_add(lanes[l] as f32, acc[l]);
+            acc[l] = d.mul_add(lanes[l], acc[l]);
         }
     }
     hsum8(&acc)
 }
 
-/// Sums of four consecutive products, eight lanes (exact integers).
-#[inline(always)]
-fn lane_sums(w: &[i8], a: &[i8]) -> [i32; 8] {
-    let mut pairs = [0i32; 16];
-    for (j, p) in pairs.iter_mut().enumerate() {
-        let (w0, w1) = (i32::from(w[2 * j]), i32::from(w[2 * j + 1]));
-        let (a0, a1) = (i32::from(a[2 * j]), i32::from(a[2 * j + 1]));
-        *p = w0 * a0 + w1 * a1;
-    }
-    let mut lanes = [0i32; 8];
-    for (l, lane) in lanes.iter_mut().enumerate() {
-        *lane = pairs[2 * l] + pairs[2 * l + 1];
-    }
-    lanes
-}
-
 /// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
-pub(crate) fn from_blocks(
-    dtype: candle_core::quantized::GgmlDType,
-    data: &[u8],
-    rows: usize,
-    cols: usize,
-) -> Option<Q8_0Matrix> {
-    use candle_core::quantized::GgmlDType as T;
-    if dtype != T::Q8_0 {
-        return None;
-    }
-    let block_bytes = 34;
+pub(crate) fn from_blocks(data: &[u8], rows: usize, cols: usize) -> Option<Q8_0Matrix> {
+    const BLOCK_BYTES: usize = 34;
     let blocks = rows * cols / QK8_0;
-    if data.len() != blocks * block_bytes {
+    if !cols.is_multiple_of(QK8_0) || data.len() != blocks * BLOCK_BYTES {
         return None;
     }
     let mut d = Vec::with_capacity(blocks);
-    let mut q = Vec::with_capacity(rows * cols);
-    for block in data.chunks_exact(block_bytes) {
+    let mut q = vec![0i8; rows * cols];
+    for (block, dst) in data
+        .chunks_exact(BLOCK_BYTES)
+        .zip(q.chunks_exact_mut(QK8_0))
+    {
         d.push(crate::model::f16::f16_to_f32(u16::from_le_bytes([
             block[0], block[1],
         ])));
-        q.extend(block[2..34].iter().map(|&v| v as i8));
+        for (i, &v) in block[2..].iter().enumerate() {
+            dst[permuted(i)] = v as i8;
+        }
     }
     Some(Q8_0Matrix { rows, cols, d, q })
 }
