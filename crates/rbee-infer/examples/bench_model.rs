@@ -26,7 +26,10 @@ changed how people read. In the following essay, we explain";
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = PathBuf::from(args.next().ok_or("usage: bench_model <model.gguf> [prompt tokens] [decode tokens]")?);
+    let path = PathBuf::from(
+        args.next()
+            .ok_or("usage: bench_model <model.gguf> [prompt tokens] [decode tokens]")?,
+    );
     let prompt_len: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(88);
     let decode_len: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(64);
 
@@ -71,7 +74,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let text = |ids: &[u32]| -> String {
         ids.iter()
-            .map(|&t| vocab.get(t as usize).map_or("?", String::as_str).replace('\u{2581}', " "))
+            .map(|&t| {
+                vocab
+                    .get(t as usize)
+                    .map_or("?", String::as_str)
+                    .replace('\u{2581}', " ")
+            })
             .collect()
     };
     println!("model:        {}", path.display());
@@ -101,8 +109,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Greedy longest-match over the vocabulary, SentencePiece style (spaces as U+2581).
 fn greedy_tokenize(text: &str, vocab: &[String]) -> Vec<u32> {
-    let index: std::collections::HashMap<&str, u32> =
-        vocab.iter().enumerate().map(|(i, s)| (s.as_str(), i as u32)).collect();
+    let index: std::collections::HashMap<&str, u32> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (s.as_str(), i as u32))
+        .collect();
     let text = text.replace(' ', "\u{2581}");
     let mut ids = Vec::new();
     let mut rest = text.as_str();
@@ -135,7 +146,10 @@ fn greedy_tokenize(text: &str, vocab: &[String]) -> Vec<u32> {
 /// Peak resident set size (`VmHWM`) of this process.
 fn peak_rss_bytes() -> Result<u64, Box<dyn std::error::Error>> {
     let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).ok_or("no VmHWM")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .ok_or("no VmHWM")?;
     let kb: u64 = line.split_whitespace().nth(1).ok_or("bad VmHWM")?.parse()?;
     Ok(kb * 1024)
 }

@@ -22,6 +22,7 @@ mod attention;
 pub mod config;
 mod error;
 mod f16;
+mod kernels;
 mod kv_cache;
 mod linear;
 mod memory;

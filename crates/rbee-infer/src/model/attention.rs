@@ -1,37 +1,24 @@
 //! Causal (optionally sliding-window) multi-head attention over the f16 KV
-//! cache, with grouped KV heads.
+//! cache, with grouped KV heads, computed as llama.cpp does on CPU with flash
+//! attention off (llama-cpp-python's default, and what our reference vectors
+//! were generated with):
 //!
-//! llama.cpp on CPU uses flash attention by default, and its kernel has two
-//! code paths with different rounding; we follow whichever it would take:
+//! ```text
+//! kq = mul_mat(K, Q)          Q rounded to f16; f16 · f16 dot products
+//! p  = soft_max_ext(kq, mask, kq_scale)
+//! o  = mul_mat(V, p)          p rounded to f16; f16 · f16 dot products
+//! ```
 //!
-//! - batches of fewer than 64 tokens (every decode step, short prompts):
-//!   `flash_attn_ext_f16_one_chunk` — the query is rounded to f16, keys are
-//!   visited in order with an online softmax, and the value accumulator is
-//!   kept in f16, rounded after every update. [`Numerics::Sequential`].
-//! - batches of 64 or more: `flash_attn_ext_tiled` — f32 query, f32 softmax
-//!   and f32 accumulation of the (f16) values. [`Numerics::Wide`].
+//! Reproduced bit for bit: both matmuls use tinyBLAS's summation order for
+//! batches and ggml's `vec_dot_f16` order for single rows (see
+//! [`kernels::float`](super::kernels::float)), and the softmax uses ggml's
+//! vectorised `exp` ([`kernels::expf`](super::kernels::expf)).
 
 use super::f16::round_f16;
+use super::kernels::expf::softmax_exp;
+use super::kernels::pool::par_jobs;
+use super::kernels::{float, hsum8};
 use super::kv_cache::LayerCache;
-
-/// llama.cpp's `GGML_FA_TILE_Q`: batches at least this long take the tiled path.
-pub(crate) const WIDE_BATCH: usize = 64;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Numerics {
-    Sequential,
-    Wide,
-}
-
-impl Numerics {
-    pub fn for_batch(n_tokens: usize) -> Numerics {
-        if n_tokens >= WIDE_BATCH {
-            Numerics::Wide
-        } else {
-            Numerics::Sequential
-        }
-    }
-}
 
 /// Shape and scaling of one layer's attention.
 #[derive(Debug, Clone, Copy)]
@@ -47,13 +34,14 @@ pub(crate) struct AttnShape {
 
 /// Attention for `n` query rows at positions `start..start + n`, whose keys
 /// and values are already in `cache`. `q` is `n` rows of `n_heads * head_dim`;
-/// returns `n` rows of `n_heads * head_dim_v`.
+/// returns `n` rows of `n_heads * head_dim_v`. `batch_rows` is the size of
+/// the batch llama.cpp would run these rows in: it picks kernels by it.
 pub(crate) fn attention(
     q: &[f32],
     cache: &LayerCache,
     start: usize,
     shape: &AttnShape,
-    numerics: Numerics,
+    batch_rows: usize,
 ) -> Vec<f32> {
     let n = q.len() / (shape.n_heads * shape.head_dim);
     let end = start + n;
@@ -71,48 +59,28 @@ pub(crate) fn attention(
         k_row: shape.n_kv_heads * shape.head_dim,
         v_row: shape.n_kv_heads * shape.head_dim_v,
     };
-    let out_row = shape.n_heads * shape.head_dim_v;
-    let mut out = vec![0f32; n * out_row];
+    let mut out = vec![0f32; n * shape.n_heads * shape.head_dim_v];
     let group = shape.n_heads / shape.n_kv_heads;
-    let jobs = n * shape.n_heads;
-    // Split (row, head) pairs over threads only when the work pays for the spawn.
-    let work = jobs * (end - first) * (shape.head_dim + shape.head_dim_v);
-    let threads = if work >= 1 << 22 {
-        candle_core::utils::get_num_threads().max(1)
-    } else {
-        1
-    };
-    let per_thread = jobs.div_ceil(threads);
-    let run = |job0: usize, chunk: &mut [f32]| {
-        let mut scratch = Scratch::new(shape.head_dim, shape.head_dim_v, end - first);
-        for (i, dst) in chunk.chunks_exact_mut(shape.head_dim_v).enumerate() {
-            let job = job0 + i;
-            let (t, h) = (job / shape.n_heads, job % shape.n_heads);
-            let pos = start + t;
-            let lo = match shape.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let qrow = &q[(t * shape.n_heads + h) * shape.head_dim..][..shape.head_dim];
-            let kv_head = h / group;
-            match numerics {
-                Numerics::Sequential => {
-                    sequential(qrow, &kv, kv_head, lo..pos + 1, shape, &mut scratch, dst)
-                }
-                Numerics::Wide => wide(qrow, &kv, kv_head, lo..pos + 1, shape, &mut scratch, dst),
-            }
-        }
-    };
-    if threads == 1 {
-        run(0, &mut out);
-    } else {
-        std::thread::scope(|s| {
-            for (i, chunk) in out.chunks_mut(per_thread * shape.head_dim_v).enumerate() {
-                let run = &run;
-                s.spawn(move || run(i * per_thread, chunk));
-            }
-        });
-    }
+    // One job per (row, head); worth the pool only for prompt-sized work.
+    let work = n * shape.n_heads * (end - first) * (shape.head_dim + shape.head_dim_v);
+    par_jobs(&mut out, shape.head_dim_v, work >= 1 << 20, |job, dst| {
+        let (t, h) = (job / shape.n_heads, job % shape.n_heads);
+        let pos = start + t;
+        let lo = match shape.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let qrow = &q[(t * shape.n_heads + h) * shape.head_dim..][..shape.head_dim];
+        head(
+            qrow,
+            &kv,
+            h / group,
+            lo..pos + 1,
+            shape,
+            batch_rows == 1,
+            dst,
+        );
+    });
     out
 }
 
@@ -135,118 +103,62 @@ impl KvView<'_> {
     }
 }
 
-struct Scratch {
-    q: Vec<f32>,
-    acc: Vec<f32>,
-    scores: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(head_dim: usize, head_dim_v: usize, keys: usize) -> Scratch {
-        Scratch {
-            q: vec![0.0; head_dim],
-            acc: vec![0.0; head_dim_v],
-            scores: Vec::with_capacity(keys),
-        }
-    }
-}
-
-/// ggml's one-chunk flash attention for one query row and head.
-fn sequential(
+/// ggml's `mul_mat(K, Q)`, `soft_max_ext`, `mul_mat(V, KQ)` for one query
+/// row and head. `single`: the batch has one row, so ggml uses `vec_dot_f16`
+/// rather than tinyBLAS for both matmuls.
+fn head(
     qrow: &[f32],
     kv: &KvView<'_>,
     kv_head: usize,
     positions: std::ops::Range<usize>,
     shape: &AttnShape,
-    scratch: &mut Scratch,
+    single: bool,
     out: &mut [f32],
 ) {
-    let q16 = &mut scratch.q;
-    q16.iter_mut()
-        .zip(qrow)
-        .for_each(|(d, &s)| *d = round_f16(s));
-    let acc = &mut scratch.acc;
-    acc.fill(0.0);
-    let mut sum = 0f32;
-    let mut max = f32::NEG_INFINITY;
-    for pos in positions {
-        let s = dot(kv.key(pos, kv_head, shape.head_dim), q16) * shape.kq_scale;
-        let mut ms = 1.0f32;
-        let mut vs = 1.0f32;
-        if s > max {
-            // New maximum: rescale what has been accumulated (still in f16).
-            ms = (max - s).exp();
-            max = s;
-            acc.iter_mut().for_each(|a| *a = round_f16(*a * ms));
-        } else {
-            vs = (s - max).exp();
-        }
-        let v = kv.value(pos, kv_head, shape.head_dim_v);
-        acc.iter_mut()
-            .zip(v)
-            .for_each(|(a, &x)| *a = round_f16(x.mul_add(vs, *a)));
-        sum = sum * ms + vs;
-    }
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    out.iter_mut()
-        .zip(acc.iter())
-        .for_each(|(o, &a)| *o = a * inv);
-}
-
-/// ggml's tiled flash attention for one query row and head: f32 throughout.
-fn wide(
-    qrow: &[f32],
-    kv: &KvView<'_>,
-    kv_head: usize,
-    positions: std::ops::Range<usize>,
-    shape: &AttnShape,
-    scratch: &mut Scratch,
-    out: &mut [f32],
-) {
-    let scores = &mut scratch.scores;
-    scores.clear();
+    let q16: Vec<f32> = qrow.iter().map(|&v| round_f16(v)).collect();
+    let mut scores = Vec::with_capacity(positions.len());
     let mut max = f32::NEG_INFINITY;
     for pos in positions.clone() {
-        let s = dot(kv.key(pos, kv_head, shape.head_dim), qrow) * shape.kq_scale;
+        let k = kv.key(pos, kv_head, shape.head_dim);
+        let dot = if single {
+            float::vec_dot(k, &q16, true)
+        } else {
+            float::dot(k, &q16)
+        };
+        let s = dot * shape.kq_scale;
         max = max.max(s);
         scores.push(s);
     }
-    let mut sum = 0f64;
-    for s in scores.iter_mut() {
-        *s = (*s - max).exp();
-        sum += f64::from(*s);
-    }
-    let acc = &mut scratch.acc;
-    acc.fill(0.0);
-    for (pos, &p) in positions.zip(scores.iter()) {
-        let v = kv.value(pos, kv_head, shape.head_dim_v);
+    let sum = softmax_exp(&mut scores, positions.start, max);
+    let inv = (1.0 / sum) as f32;
+    // The inner dimension of V·KQ is the cache cell, so accumulators are
+    // indexed by position: `pos % 8` for tinyBLAS, `pos % 32` (four
+    // registers of eight) for vec_dot_f16. Masked cells add exact zeros, so
+    // they are skipped. Accumulators are lane-major: lanes[l * dim + d].
+    let dim = shape.head_dim_v;
+    let n_acc = if single { 32 } else { 8 };
+    let mut lanes = vec![0f32; n_acc * dim];
+    for (pos, &e) in positions.zip(scores.iter()) {
+        let p = round_f16(e * inv);
+        let v = kv.value(pos, kv_head, dim);
+        let acc = &mut lanes[(pos % n_acc) * dim..][..dim];
         acc.iter_mut()
             .zip(v)
             .for_each(|(a, &x)| *a = x.mul_add(p, *a));
     }
-    let sum = sum as f32;
-    let inv = if sum == 0.0 { 0.0 } else { 1.0 / sum };
-    out.iter_mut()
-        .zip(acc.iter())
-        .for_each(|(o, &a)| *o = a * inv);
-}
-
-/// f32 dot product in 16 independent lanes so it vectorises.
-pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
-    const LANES: usize = 16;
-    let mut acc = [0f32; LANES];
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..LANES {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
-        }
+    let at = |l: usize, d: usize| lanes[l * dim + d];
+    for (d, o) in out.iter_mut().enumerate() {
+        *o = if single {
+            // GGML_F32x8_REDUCE over the four registers, then two horizontal adds.
+            let x: [f32; 8] = std::array::from_fn(|l| {
+                (at(l, d) + at(16 + l, d)) + (at(8 + l, d) + at(24 + l, d))
+            });
+            let t0 = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+            (t0[0] + t0[1]) + (t0[2] + t0[3])
+        } else {
+            hsum8(&std::array::from_fn(|l| at(l, d)))
+        };
     }
-    let mut tail = 0f32;
-    for (x, y) in ra.iter().zip(rb) {
-        tail = x.mul_add(*y, tail);
-    }
-    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(test)]
@@ -277,10 +189,21 @@ mod tests {
             .collect()
     }
 
+    fn shape(dim: usize, window: Option<usize>) -> AttnShape {
+        AttnShape {
+            n_heads: 1,
+            n_kv_heads: 1,
+            head_dim: dim,
+            head_dim_v: dim,
+            kq_scale: 0.5,
+            window,
+        }
+    }
+
     #[test]
-    fn both_paths_match_softmax_attention() {
-        let dim = 8;
-        let positions = 5;
+    fn matches_softmax_attention_in_both_kernel_orders() {
+        let dim = 40;
+        let positions = 37;
         let k: Vec<f32> = (0..positions * dim)
             .map(|i| round_f16(((i * 7 % 13) as f32 - 6.0) / 5.0))
             .collect();
@@ -289,31 +212,26 @@ mod tests {
             .collect();
         let mut cache = LayerCache::new(dim, dim);
         cache.append(&k, &v);
-        let q: Vec<f32> = (0..dim).map(|i| (i as f32 - 3.0) / 4.0).collect();
-        let shape = AttnShape {
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: dim,
-            head_dim_v: dim,
-            kq_scale: 0.5,
-            window: None,
-        };
+        let q: Vec<f32> = (0..dim).map(|i| (i as f32 - 20.0) / 40.0).collect();
         let want = reference(&q, &k, &v, dim, 0.5);
-        for numerics in [Numerics::Sequential, Numerics::Wide] {
-            let got = attention(&q, &cache, positions - 1, &shape, numerics);
+        for batch in [1, 2] {
+            let got = attention(&q, &cache, positions - 1, &shape(dim, None), batch);
             for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() < 5e-3, "{numerics:?}: {got:?} vs {want:?}");
+                // f16 rounding of q and of the probabilities.
+                assert!((a - b).abs() < 5e-3, "batch {batch}: {got:?} vs {want:?}");
             }
         }
-        // A window of 2 sees only the last two positions.
-        let windowed = AttnShape {
-            window: Some(2),
-            ..shape
-        };
-        let want = reference(&q, &k[3 * dim..], &v[3 * dim..], dim, 0.5);
-        let got = attention(&q, &cache, positions - 1, &windowed, Numerics::Wide);
+        // A window of 5 sees only the last five positions.
+        let want = reference(
+            &q,
+            &k[(positions - 5) * dim..],
+            &v[(positions - 5) * dim..],
+            dim,
+            0.5,
+        );
+        let got = attention(&q, &cache, positions - 1, &shape(dim, Some(5)), 1);
         for (a, b) in got.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-5);
+            assert!((a - b).abs() < 5e-3);
         }
     }
 
@@ -325,16 +243,8 @@ mod tests {
             &[1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
             &[1.0, 1.0, 1.0, 1.0, 9.0, 9.0, 9.0, 9.0],
         );
-        let shape = AttnShape {
-            n_heads: 1,
-            n_kv_heads: 1,
-            head_dim: dim,
-            head_dim_v: dim,
-            kq_scale: 1.0,
-            window: None,
-        };
         // Two query rows at positions 0 and 1: row 0 only sees value 1.
-        let out = attention(&[0.0; 8], &cache, 0, &shape, Numerics::Sequential);
+        let out = attention(&[0.0; 8], &cache, 0, &shape(dim, None), 2);
         assert_eq!(&out[..4], &[1.0; 4]);
         assert_eq!(&out[4..], &[5.0; 4]);
     }

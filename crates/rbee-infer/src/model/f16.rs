@@ -1,11 +1,10 @@
 //! IEEE half-precision conversions in safe, branch-light Rust.
 //!
-//! llama.cpp keeps the KV cache in f16 and, in its CPU flash-attention
-//! kernel, rounds queries and the value accumulator to f16 too. Matching its
-//! greedy output token for token means rounding at the same places, so these
-//! helpers must be exact (round to nearest, ties to even, subnormals
-//! included) and cheap enough to sit in attention's inner loops, where they
-//! are written so the compiler can vectorise them.
+//! llama.cpp keeps the KV cache in f16 and rounds attention's queries and
+//! probabilities (and F16 weights' activations) to f16 before multiplying.
+//! Matching its greedy output token for token means rounding at the same
+//! places, so these helpers must be exact (round to nearest, ties to even,
+//! subnormals included) and cheap enough for attention's inner loops.
 
 /// f32 → f16 bits, round to nearest even (F. Giesen's `float_to_half_fast3_rtne`).
 #[inline(always)]

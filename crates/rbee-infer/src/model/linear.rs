@@ -1,30 +1,59 @@
-//! Quantised linear layers: `y = x · Wᵀ (+ b)` on candle's CPU kernels.
+//! Linear layers `y = x · Wᵀ (+ b)` over quantised weights.
 //!
-//! Like llama.cpp, the kernels quantise each activation row to the weight's
-//! "vec-dot" type (Q8_0 for the 32-value block types, Q8_K for the k-quants,
-//! f16 for f16 weights) and take integer dot products, so results agree with
-//! llama.cpp up to float summation order. Two kernels are used:
-//!
-//! - candle's QTensor op for Q4_K and Q6_K: it repacks these into AVX-512 VNNI
-//!   tiles on first use (and falls back to the plain kernel where it cannot),
-//!   with the same Q8_K activations llama.cpp uses.
-//! - `k_quants::matmul` directly for everything else. We avoid the QTensor op
-//!   for Q8_0 because its tiled path quantises activations to Q8_K rather than
-//!   llama.cpp's Q8_0, which changes results.
+//! The weight types llama.cpp-exact kernels exist for (Q8_0, Q5_0 widened to
+//! Q8_0 at load, Q4_K,
+//! Q6_K, F32, F16, BF16; see [`kernels`](super::kernels)) use them; the
+//! others (Q4_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K) fall back to candle's kernels,
+//! which compute the same products but round differently from llama.cpp.
 //!
 //! Projections that read the same input (q/k/v, gate/up) are fused into one
-//! matrix when their block types agree: one activation quantisation and one
-//! pass of the thread pool instead of three, with identical results.
+//! matrix when their types agree: one activation quantisation and one pass
+//! of the thread pool instead of three, with identical results, because
+//! every output column is computed independently.
 
-use candle_core::quantized::{GgmlDType, QStorage, QTensor, QuantizedType};
-use candle_core::{CpuStorage, Device, Tensor};
+use candle_core::quantized::{GgmlDType, QStorage, QTensor};
+use candle_core::{Device, Tensor};
 
 use super::error::{CandleContext, ModelError};
+use super::kernels::RowKernel;
+use super::kernels::float::{FloatKind, FloatMatrix};
+use super::kernels::q4_k::Q4KMatrix;
+use super::kernels::q6_k::Q6KMatrix;
+use super::kernels::q8_0::{self, Q8_0Matrix};
 use super::weights::Blocks;
 
+/// Where a batch of rows sits in llama.cpp's batch, which decides how some
+/// kernels round (see [`RowKernel`]): rows `first..first + count` of `batch`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rows {
+    pub count: usize,
+    pub first: usize,
+    pub batch: usize,
+}
+
+impl Rows {
+    pub fn all(count: usize) -> Rows {
+        Rows {
+            count,
+            first: 0,
+            batch: count,
+        }
+    }
+
+    fn kernels(&self) -> Vec<RowKernel> {
+        (self.first..self.first + self.count)
+            .map(|r| RowKernel::for_row(r, self.batch))
+            .collect()
+    }
+}
+
 enum Kernel {
-    Plain(Box<dyn QuantizedType>),
-    Packed(QTensor),
+    Q8_0(Q8_0Matrix),
+    Q4K(Q4KMatrix),
+    Q6K(Q6KMatrix),
+    Float(FloatMatrix),
+    /// candle's kernels for the remaining types.
+    Candle(QTensor),
 }
 
 /// One weight matrix of `n` output rows over `k` inputs, plus an optional bias.
@@ -58,14 +87,43 @@ impl Linear {
                 b.len()
             )));
         }
-        let storage = blocks.into_storage()?;
-        let kernel = if matches!(dtype, GgmlDType::Q4K | GgmlDType::Q6K) {
-            Kernel::Packed(
-                QTensor::new(QStorage::Cpu(storage), (n, k))
-                    .context(|| format!("wrapping {name}"))?,
-            )
-        } else {
-            Kernel::Plain(storage)
+        let bad = || {
+            ModelError::Unsupported(format!(
+                "{name}: {dtype:?} data does not match its shape {n}x{k}"
+            ))
+        };
+        let kernel = match dtype {
+            GgmlDType::Q8_0 => Kernel::Q8_0(q8_0::from_blocks(&blocks.data, n, k).ok_or_else(bad)?),
+            GgmlDType::Q4K => {
+                Kernel::Q4K(Q4KMatrix::from_blocks(&blocks.data, n, k).ok_or_else(bad)?)
+            }
+            GgmlDType::Q6K => {
+                Kernel::Q6K(Q6KMatrix::from_blocks(&blocks.data, n, k).ok_or_else(bad)?)
+            }
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let kind = match dtype {
+                    GgmlDType::F32 => FloatKind::F32,
+                    GgmlDType::F16 => FloatKind::F16,
+                    _ => FloatKind::Bf16,
+                };
+                let w = widen_floats(dtype, &blocks.data);
+                if w.len() != n * k {
+                    return Err(bad());
+                }
+                Kernel::Float(FloatMatrix {
+                    rows: n,
+                    cols: k,
+                    kind,
+                    w,
+                })
+            }
+            _ => {
+                let storage = blocks.into_storage()?;
+                Kernel::Candle(
+                    QTensor::new(QStorage::Cpu(storage), (n, k))
+                        .context(|| format!("wrapping {name}"))?,
+                )
+            }
         };
         Ok(Linear {
             name,
@@ -88,12 +146,12 @@ impl Linear {
             return Ok(None);
         }
         let any_bias = parts.iter().any(|(_, b)| b.is_some());
-        let mut name = Vec::new();
+        let mut names = Vec::new();
         let mut rows = 0;
         let mut data = Vec::new();
         let mut bias = Vec::new();
         for (blocks, b) in parts {
-            name.push(blocks.name);
+            names.push(blocks.name);
             rows += blocks.rows;
             data.extend_from_slice(&blocks.data);
             if any_bias {
@@ -101,7 +159,7 @@ impl Linear {
             }
         }
         let blocks = Blocks {
-            name: name.join("+"),
+            name: names.join("+"),
             dtype,
             rows,
             cols: k,
@@ -117,49 +175,51 @@ impl Linear {
     /// Bytes of weight storage.
     pub fn weight_bytes(&self) -> usize {
         match &self.kernel {
-            Kernel::Plain(s) => s.storage_size_in_bytes(),
-            Kernel::Packed(t) => t.storage_size_in_bytes(),
+            Kernel::Q8_0(m) => m.bytes(),
+            Kernel::Q4K(m) => m.bytes(),
+            Kernel::Q6K(m) => m.bytes(),
+            Kernel::Float(m) => m.bytes(),
+            Kernel::Candle(t) => t.storage_size_in_bytes(),
         }
     }
 
     /// Rows `ids` of the matrix, dequantised: an embedding lookup.
     pub fn embedding(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
-        let ctx = || format!("embedding lookup in {}", self.name);
-        match &self.kernel {
-            Kernel::Plain(storage) => match storage.embedding(ids, self.n, self.k).context(ctx)? {
-                CpuStorage::F32(v) => Ok(v),
-                _ => Err(ModelError::Unsupported(format!(
-                    "{}: rows did not dequantise to f32",
-                    self.name
-                ))),
-            },
-            Kernel::Packed(qtensor) => Tensor::from_slice(ids, ids.len(), &Device::Cpu)
-                .and_then(|ids| qtensor.embedding(&ids))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .context(ctx),
+        let mut out = Vec::with_capacity(ids.len() * self.k);
+        for &id in ids {
+            let r = id as usize;
+            match &self.kernel {
+                Kernel::Q8_0(m) => m.row(r, &mut out),
+                Kernel::Q4K(m) => m.row(r, &mut out),
+                Kernel::Q6K(m) => m.row(r, &mut out),
+                Kernel::Float(m) => m.row(r, &mut out),
+                Kernel::Candle(qtensor) => {
+                    let row = Tensor::from_slice(&[id], 1, &Device::Cpu)
+                        .and_then(|ids| qtensor.embedding(&ids))
+                        .and_then(|t| t.flatten_all())
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .context(|| format!("embedding lookup in {}", self.name))?;
+                    out.extend(row);
+                }
+            }
         }
+        Ok(out)
     }
 
-    /// `x` is `m` rows of `k` values; returns `m` rows of `n` values.
-    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+    /// `x` holds `rows.count` rows of `k` values; returns as many rows of `n`.
+    pub fn forward(&self, x: &[f32], rows: Rows) -> Result<Vec<f32>, ModelError> {
+        let m = rows.count;
         debug_assert_eq!(x.len(), m * self.k);
         let mut y = match &self.kernel {
-            Kernel::Plain(storage) => {
-                let mut y = vec![0f32; m * self.n];
-                storage
-                    .matmul_t((m, self.k, self.n), x, &mut y)
-                    .context(|| format!("matmul with {}", self.name))?;
-                y
-            }
-            Kernel::Packed(qtensor) => {
-                let ctx = || format!("matmul with {}", self.name);
-                Tensor::from_slice(x, (m, self.k), &Device::Cpu)
-                    .and_then(|t| t.apply_op1_no_bwd(qtensor))
-                    .and_then(|t| t.flatten_all())
-                    .and_then(|t| t.to_vec1::<f32>())
-                    .context(ctx)?
-            }
+            Kernel::Q8_0(w) => w.matmul(x, m),
+            Kernel::Q4K(w) => w.matmul(x, m, &rows.kernels()),
+            Kernel::Q6K(w) => w.matmul(x, m, rows.batch >= 8),
+            Kernel::Float(w) => w.matmul(x, m),
+            Kernel::Candle(qtensor) => Tensor::from_slice(x, (m, self.k), &Device::Cpu)
+                .and_then(|t| t.apply_op1_no_bwd(qtensor))
+                .and_then(|t| t.flatten_all())
+                .and_then(|t| t.to_vec1::<f32>())
+                .context(|| format!("matmul with {}", self.name))?,
         };
         if let Some(bias) = &self.bias {
             for row in y.chunks_exact_mut(self.n) {
@@ -167,6 +227,23 @@ impl Linear {
             }
         }
         Ok(y)
+    }
+}
+
+fn widen_floats(dtype: GgmlDType, data: &[u8]) -> Vec<f32> {
+    match dtype {
+        GgmlDType::F32 => data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
+        GgmlDType::F16 => data
+            .chunks_exact(2)
+            .map(|b| super::f16::f16_to_f32(u16::from_le_bytes([b[0], b[1]])))
+            .collect(),
+        _ => data
+            .chunks_exact(2)
+            .map(|b| f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16))
+            .collect(),
     }
 }
 
@@ -197,17 +274,18 @@ impl MultiLinear {
         self.parts.iter().map(Linear::weight_bytes).sum()
     }
 
-    /// `m` rows in, `m` rows of `sum(widths)` out.
-    pub fn forward(&self, x: &[f32], m: usize) -> Result<Vec<f32>, ModelError> {
+    /// `rows.count` rows in, as many rows of `sum(widths)` out.
+    pub fn forward(&self, x: &[f32], rows: Rows) -> Result<Vec<f32>, ModelError> {
         if let [single] = self.parts.as_slice() {
-            return single.forward(x, m);
+            return single.forward(x, rows);
         }
+        let m = rows.count;
         let total: usize = self.widths.iter().sum();
         let mut out = vec![0f32; m * total];
         let mut col = 0;
         for part in &self.parts {
             let n = part.out_dim();
-            let y = part.forward(x, m)?;
+            let y = part.forward(x, rows)?;
             for (dst, src) in out.chunks_exact_mut(total).zip(y.chunks_exact(n)) {
                 dst[col..col + n].copy_from_slice(src);
             }

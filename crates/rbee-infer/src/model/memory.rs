@@ -1,12 +1,11 @@
 //! Memory estimate for admitting a model onto a node before loading it.
 //!
 //! The estimate mirrors what loading and running actually allocate, so that
-//! a node's budget check and its real footprint agree: weights as stored in
-//! memory (Q5_0 widened to Q8_0), candle's repacked copies of Q4_K/Q6_K
-//! weights, the f16 KV cache and RoPE tables for `context` positions, and the
-//! activations of one full batch.
+//! a node's budget check and its real footprint agree: weights in their
+//! kernels' layouts (see `weights::loaded_size`), the f16 KV cache and RoPE
+//! tables for `context` positions, and the activations of one full batch.
 
-use rbee_gguf::{GgmlType, GgufFile};
+use rbee_gguf::GgufFile;
 
 use super::config::ModelConfig;
 use super::error::ModelError;
@@ -22,12 +21,6 @@ impl Transformer {
         let mut weights = 0u64;
         for t in &file.tensors {
             weights += loaded_size(t);
-            // candle packs these into AVX-512 tiles on first use, keeping the original too.
-            weights += match t.dtype {
-                GgmlType::Q4_K => t.size / 3,
-                GgmlType::Q6_K => t.size / 2,
-                _ => 0,
-            };
         }
         let (layers, hidden, ffn) = (c.n_layers as u64, c.hidden_size as u64, c.ffn_size as u64);
         let kv_row = (c.kv_dim() + c.kv_dim_v()) as u64;

@@ -6,6 +6,7 @@ use std::sync::OnceLock;
 
 use super::config::Activation;
 use super::f16::{f16_to_f32, f32_to_f16};
+use super::kernels::expf::v_expf;
 
 /// RMS-normalises each `dim`-wide row in place and multiplies by `weight`.
 ///
@@ -35,7 +36,22 @@ pub(crate) fn gated_activation(gate_up: &[f32], ffn: usize, activation: Activati
     for row in gate_up.chunks_exact(2 * ffn) {
         let (gate, up) = row.split_at(ffn);
         match activation {
-            Activation::Silu => out.extend(gate.iter().zip(up).map(|(&g, &u)| silu(g) * u)),
+            Activation::Silu => {
+                // ggml_vec_swiglu_f32: vectorised exp on groups of 8, libm expf on the tail.
+                let split = ffn - ffn % 8;
+                out.extend(
+                    gate[..split]
+                        .iter()
+                        .zip(&up[..split])
+                        .map(|(&g, &u)| g / (1.0 + v_expf(0.0 - g)) * u),
+                );
+                out.extend(
+                    gate[split..]
+                        .iter()
+                        .zip(&up[split..])
+                        .map(|(&g, &u)| silu(g) * u),
+                );
+            }
             Activation::GeluTanh => {
                 let table = gelu_table();
                 out.extend(
@@ -53,11 +69,12 @@ fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// ggml's `gelu_f32`: the tanh approximation.
+/// ggml's `gelu_f32`, the tanh approximation, with the one multiply-add GCC
+/// fuses (`1 + A*x*x`).
 fn gelu_tanh(x: f32) -> f32 {
     const GELU_COEF_A: f32 = 0.044_715;
     const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (1.0 + GELU_COEF_A * x * x)).tanh())
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * (GELU_COEF_A * x).mul_add(x, 1.0)).tanh())
 }
 
 /// ggml computes GELU on CPU through a 64K-entry table indexed by the input

@@ -88,16 +88,13 @@ impl Rope {
                     RopeStyle::Adjacent => {
                         for (i, pair) in head[..self.n_rot].chunks_exact_mut(2).enumerate() {
                             let (x0, x1) = (pair[0], pair[1]);
-                            pair[0] = x0 * cos[i] - x1 * sin[i];
-                            pair[1] = x0 * sin[i] + x1 * cos[i];
+                            (pair[0], pair[1]) = rotate(x0, x1, cos[i], sin[i]);
                         }
                     }
                     RopeStyle::HalfSplit => {
                         let (lo, hi) = head[..self.n_rot].split_at_mut(half);
                         for i in 0..half {
-                            let (x0, x1) = (lo[i], hi[i]);
-                            lo[i] = x0 * cos[i] - x1 * sin[i];
-                            hi[i] = x0 * sin[i] + x1 * cos[i];
+                            (lo[i], hi[i]) = rotate(lo[i], hi[i], cos[i], sin[i]);
                         }
                     }
                 }
@@ -109,6 +106,13 @@ impl Rope {
     pub fn bytes(&self) -> usize {
         (self.cos.capacity() + self.sin.capacity()) * 4
     }
+}
+
+/// One rotation, with the fused multiply-adds GCC contracts ggml's
+/// `x0*cos - x1*sin` and `x0*sin + x1*cos` into.
+#[inline(always)]
+fn rotate(x0: f32, x1: f32, cos: f32, sin: f32) -> (f32, f32) {
+    (x0.mul_add(cos, -(x1 * sin)), x0.mul_add(sin, x1 * cos))
 }
 
 #[cfg(test)]

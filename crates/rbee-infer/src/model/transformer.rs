@@ -26,11 +26,11 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rbee_gguf::GgufFile;
 
-use super::attention::{AttnShape, Numerics, attention};
+use super::attention::{AttnShape, attention};
 use super::config::{Arch, ModelConfig};
 use super::error::{CandleContext, ModelError};
 use super::kv_cache::LayerCache;
-use super::linear::{Linear, MultiLinear};
+use super::linear::{Linear, MultiLinear, Rows};
 use super::ops::{add_assign, gated_activation, rms_norm, scale};
 use super::rope::Rope;
 use super::weights::TensorReader;
@@ -296,7 +296,6 @@ impl Transformer {
         if let Some(rope) = &mut self.rope_local {
             rope.ensure(start + n);
         }
-        let numerics = Numerics::for_batch(n);
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let n_layers = self.layers.len();
         // Rows of `x` still being carried: all of them, until the last layer
@@ -306,7 +305,7 @@ impl Transformer {
             let last_layer = il + 1 == n_layers;
             let mut h = x.clone();
             rms_norm(&mut h, &layer.attn_norm, c.rms_eps);
-            let qkv = layer.qkv.forward(&h, n)?;
+            let qkv = layer.qkv.forward(&h, Rows::all(n))?;
             let width = q_dim + kv_dim + kv_dim_v;
             let mut q = Vec::with_capacity(n * q_dim);
             let mut k = Vec::with_capacity(n * kv_dim);
@@ -354,17 +353,24 @@ impl Transformer {
                 rows = 1;
             }
             let q_start = start + n - rows;
-            let attn = attention(&q, cache, q_start, &shape, numerics);
-            let mut a = layer.wo.forward(&attn, rows)?;
+            let attn = attention(&q, cache, q_start, &shape, n);
+            // llama.cpp projects every row and keeps the last one afterwards;
+            // the row's position in that batch decides how some kernels round.
+            let wo_rows = Rows {
+                count: rows,
+                first: n - rows,
+                batch: n,
+            };
+            let mut a = layer.wo.forward(&attn, wo_rows)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm(&mut a, w, c.rms_eps);
             }
             add_assign(&mut x, &a);
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, c.rms_eps);
-            let gate_up = layer.gate_up.forward(&h, rows)?;
+            let gate_up = layer.gate_up.forward(&h, Rows::all(rows))?;
             let act = gated_activation(&gate_up, c.ffn_size, c.activation);
-            let mut f = layer.down.forward(&act, rows)?;
+            let mut f = layer.down.forward(&act, Rows::all(rows))?;
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm(&mut f, w, c.rms_eps);
             }
@@ -376,7 +382,7 @@ impl Transformer {
         let mut last = x[(rows - 1) * hidden..].to_vec();
         rms_norm(&mut last, &self.output_norm, c.rms_eps);
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        output.forward(&last, 1).map(Some)
+        output.forward(&last, Rows::all(1)).map(Some)
     }
 
     /// Bytes of weights plus the KV cache currently reserved.

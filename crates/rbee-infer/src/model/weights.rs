@@ -6,7 +6,8 @@
 //!
 //! - Q5_0 is repacked to Q8_0. A Q5_0 block is 32 five-bit values and one f16
 //!   scale; widening the values to i8 with the same scale is lossless, and
-//!   candle has SIMD dot products for Q8_0 but only scalar ones for Q5_0.
+//!   llama.cpp's Q5_0 and Q8_0 dot products round identically, so one kernel
+//!   serves both.
 //! - Small tensors (norms, biases) become plain `Vec<f32>`.
 
 use std::borrow::Cow;
@@ -57,12 +58,12 @@ impl Blocks {
         // (2 for f16 scales, 4 for f32); allocator memory always satisfies it,
         // but check rather than risk a panic inside candle.
         let align = if self.dtype == GgmlDType::F32 { 4 } else { 2 };
-        let data = if (self.data.as_ptr() as usize) % align == 0 {
+        let data = if (self.data.as_ptr() as usize).is_multiple_of(align) {
             self.data
         } else {
             self.data.to_vec()
         };
-        if (data.as_ptr() as usize) % align != 0 {
+        if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(ModelError::Unsupported(format!(
                 "{}: cannot get aligned memory for its blocks",
                 self.name
@@ -175,12 +176,20 @@ impl<'a> TensorReader<'a> {
     }
 }
 
-/// Bytes a tensor occupies once loaded (Q5_0 grows to Q8_0).
+/// Bytes a 2-D weight occupies once loaded into its kernel's layout (see
+/// `kernels`): Q8_0 and Q5_0 as f32 scales plus i8 codes, k-quants with
+/// unpacked scales, float types widened to f32. 1-D tensors stay f32.
 pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
-    if info.dtype == GgmlType::Q5_0 {
-        info.size / Q5_0_BLOCK as u64 * Q8_0_BLOCK as u64
-    } else {
-        info.size
+    let n = info.n_elements();
+    if info.dims.len() < 2 {
+        return n * 4;
+    }
+    match info.dtype {
+        GgmlType::Q8_0 | GgmlType::Q5_0 => n / 32 * 36,
+        GgmlType::Q4_K => n / 256 * 152,
+        GgmlType::Q6_K => n / 256 * 276,
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => n * 4,
+        _ => info.size,
     }
 }
 

@@ -1,0 +1,172 @@
+//! Q4_K weights times Q8_K activations.
+//!
+//! llama.cpp repacks Q4_K into 8-column interleaved blocks on AVX2 and runs
+//! `ggml_gemm_q4_K_8x8_q8_K` on groups of four activation rows and
+//! `ggml_gemv_q4_K_8x8_q8_K` on the rest. Both keep one f32 accumulator for
+//! the scaled products and one for the mins per output, but the gemm adds
+//! into them once per 64 values and the gemv once per 256, which rounds
+//! differently; [`RowKernel`] picks the one llama.cpp would use for a row.
+
+use super::RowKernel;
+use super::pool::par_columns;
+use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
+
+const BLOCK_BYTES: usize = 144;
+
+/// One Q4_K super-block with its 6-bit scales and mins unpacked.
+#[derive(Debug, Clone)]
+struct Block {
+    d: f32,
+    dmin: f32,
+    scales: [u8; 8],
+    mins: [u8; 8],
+    qs: [u8; 128],
+}
+
+#[derive(Debug)]
+pub(crate) struct Q4KMatrix {
+    pub rows: usize,
+    pub cols: usize,
+    blocks: Vec<Block>,
+}
+
+impl Q4KMatrix {
+    pub fn from_blocks(data: &[u8], rows: usize, cols: usize) -> Option<Q4KMatrix> {
+        if !cols.is_multiple_of(QK_K) || data.len() != rows * cols / QK_K * BLOCK_BYTES {
+            return None;
+        }
+        let blocks = data
+            .chunks_exact(BLOCK_BYTES)
+            .map(|b| {
+                let half =
+                    |i: usize| crate::model::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
+                let sc = &b[4..16];
+                let mut scales = [0u8; 8];
+                let mut mins = [0u8; 8];
+                for j in 0..8 {
+                    (scales[j], mins[j]) = scale_min_k4(j, sc);
+                }
+                let mut qs = [0u8; 128];
+                qs.copy_from_slice(&b[16..144]);
+                Block {
+                    d: half(0),
+                    dmin: half(2),
+                    scales,
+                    mins,
+                    qs,
+                }
+            })
+            .collect();
+        Some(Q4KMatrix { rows, cols, blocks })
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.blocks.len() * std::mem::size_of::<Block>()
+    }
+
+    /// `m` rows of activations times the transpose; `kernels[r]` chooses the
+    /// rounding of row `r`.
+    pub fn matmul(&self, x: &[f32], m: usize, kernels: &[RowKernel]) -> Vec<f32> {
+        let mut acts = Q8KRows::default();
+        quantize_q8_k(x, &mut acts);
+        let a: Vec<f32> = acts.q.iter().map(|&v| f32::from(v)).collect();
+        let nb = self.cols / QK_K;
+        par_columns(m, self.rows, 8, |cols, out| {
+            let width = cols.len();
+            for (i, c) in cols.clone().enumerate() {
+                let w = &self.blocks[c * nb..(c + 1) * nb];
+                for (r, &kernel) in kernels.iter().enumerate().take(m) {
+                    out[r * width + i] = dot(w, &acts, &a, r * nb, kernel);
+                }
+            }
+        })
+    }
+
+    /// Dequantised row `r`, as ggml's `dequantize_row_q4_K`.
+    pub fn row(&self, r: usize, out: &mut Vec<f32>) {
+        let nb = self.cols / QK_K;
+        for b in &self.blocks[r * nb..(r + 1) * nb] {
+            for j in 0..4 {
+                let (d1, m1) = (
+                    b.d * f32::from(b.scales[2 * j]),
+                    b.dmin * f32::from(b.mins[2 * j]),
+                );
+                let (d2, m2) = (
+                    b.d * f32::from(b.scales[2 * j + 1]),
+                    b.dmin * f32::from(b.mins[2 * j + 1]),
+                );
+                let q = &b.qs[32 * j..32 * j + 32];
+                out.extend(q.iter().map(|&v| d1 * f32::from(v & 0x0f) - m1));
+                out.extend(q.iter().map(|&v| d2 * f32::from(v >> 4) - m2));
+            }
+        }
+    }
+}
+
+/// `Σ code * a` over 32 values, exact in f32 (|sum| <= 32 * 15 * 127).
+#[inline(always)]
+fn sum32(codes: [f32; 32], a: &[f32]) -> i32 {
+    let mut lanes = [0f32; 8];
+    for step in 0..4 {
+        for l in 0..8 {
+            lanes[l] = codes[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
+        }
+    }
+    lanes.iter().sum::<f32>() as i32
+}
+
+#[inline(always)]
+fn dot(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize, kernel: RowKernel) -> f32 {
+    let mut acc = 0f32;
+    let mut acc_min = 0f32;
+    for (bi, b) in w.iter().enumerate() {
+        let ab = first_block + bi;
+        let da = acts.d[ab];
+        let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
+        let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+        let scale = b.d * da;
+        let scale_min = b.dmin * da;
+        let mut per64 = [0i32; 4];
+        let mut mins64 = [0i32; 4];
+        for j in 0..4 {
+            let q4 = &b.qs[32 * j..32 * j + 32];
+            let s_lo = sum32(
+                std::array::from_fn(|i| f32::from(q4[i] & 0x0f)),
+                &q8[64 * j..64 * j + 32],
+            );
+            let s_hi = sum32(
+                std::array::from_fn(|i| f32::from(q4[i] >> 4)),
+                &q8[64 * j + 32..64 * j + 64],
+            );
+            per64[j] = s_lo * i32::from(b.scales[2 * j]) + s_hi * i32::from(b.scales[2 * j + 1]);
+            let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
+            let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
+            mins64[j] = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+        }
+        match kernel {
+            RowKernel::Gemm => {
+                for j in 0..4 {
+                    acc = (per64[j] as f32).mul_add(scale, acc);
+                    acc_min = (mins64[j] as f32).mul_add(scale_min, acc_min);
+                }
+            }
+            RowKernel::Gemv => {
+                acc = (per64.iter().sum::<i32>() as f32).mul_add(scale, acc);
+                acc_min = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min);
+            }
+        }
+    }
+    acc - acc_min
+}
+
+/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        (
+            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
+    }
+}

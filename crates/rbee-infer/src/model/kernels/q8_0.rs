@@ -1,0 +1,138 @@
+//! Weights in 32-value blocks with one scale (Q8_0, and Q5_0 widened to it
+//! losslessly at load) times Q8_0 activations.
+//!
+//! ggml's AVX2 `vec_dot_q8_0_q8_0` / `vec_dot_q5_0_q8_0` (and tinyBLAS's
+//! `tinyBLAS_Q0_AVX`, which computes the same) split each block's 32 products
+//! into eight lanes of four consecutive products, add each lane into an f32
+//! accumulator with one FMA by `d_w * d_a`, and finish with a horizontal sum.
+//!
+//! Speed without `unsafe` SIMD: the codes are stored permuted within each
+//! block so that the four products of every lane line up in four vectors of
+//! eight, and the lane sums are computed with f32 FMAs, which the compiler
+//! vectorises well. Products and partial sums are integers below 2^24, so
+//! this is exact and gives the same lane sums as ggml's integer arithmetic.
+
+use super::hsum8;
+use super::pool::par_columns;
+use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
+
+/// Position in the permuted block of the value at position `i`: lane `i / 4`,
+/// step `i % 4`, stored step-major (`step * 8 + lane`).
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    (i % 4) * 8 + i / 4
+}
+
+/// A row-major `rows × cols` matrix of Q8_0 codes and scales.
+#[derive(Debug)]
+pub(crate) struct Q8_0Matrix {
+    pub rows: usize,
+    pub cols: usize,
+    /// Block scales (f16 values, widened), `rows * cols / 32`.
+    d: Vec<f32>,
+    /// Codes, `rows * cols`, permuted within each block (see [`permuted`]).
+    q: Vec<i8>,
+}
+
+/// Rows of activations prepared for the kernel: block scales and codes as
+/// f32, permuted like the weights.
+struct Acts {
+    d: Vec<f32>,
+    q: Vec<f32>,
+}
+
+impl Q8_0Matrix {
+    pub fn bytes(&self) -> usize {
+        self.d.len() * 4 + self.q.len()
+    }
+
+    /// `x` (`m` rows of `cols`) times the transpose: `m` rows of `rows` outputs.
+    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let mut raw = Q8_0Rows::default();
+        quantize_q8_0(x, &mut raw);
+        let mut acts = Acts {
+            d: raw.d,
+            q: vec![0.0; raw.q.len()],
+        };
+        for (dst, src) in acts
+            .q
+            .chunks_exact_mut(QK8_0)
+            .zip(raw.q.chunks_exact(QK8_0))
+        {
+            for (i, &v) in src.iter().enumerate() {
+                dst[permuted(i)] = f32::from(v);
+            }
+        }
+        let k = self.cols;
+        let nb = k / QK8_0;
+        par_columns(m, self.rows, 16, |cols, out| {
+            let width = cols.len();
+            for (i, c) in cols.clone().enumerate() {
+                let wq = &self.q[c * k..(c + 1) * k];
+                let wd = &self.d[c * nb..(c + 1) * nb];
+                for r in 0..m {
+                    let aq = &acts.q[r * k..(r + 1) * k];
+                    let ad = &acts.d[r * nb..(r + 1) * nb];
+                    out[r * width + i] = dot(wq, wd, aq, ad);
+                }
+            }
+        })
+    }
+
+    /// Dequantised row `r` (embedding lookup): `d * q`, as ggml's `get_rows`.
+    pub fn row(&self, r: usize, out: &mut Vec<f32>) {
+        let nb = self.cols / QK8_0;
+        let q = &self.q[r * self.cols..(r + 1) * self.cols];
+        for (b, block) in q.chunks_exact(QK8_0).enumerate() {
+            let d = self.d[r * nb + b];
+            out.extend((0..QK8_0).map(|i| f32::from(block[permuted(i)]) * d));
+        }
+    }
+}
+
+/// One weight row times one activation row: per block, eight lane sums of
+/// four products (exact in f32), then `acc[l] = fma(d_w * d_a, lane, acc[l])`.
+#[inline(always)]
+fn dot(wq: &[i8], wd: &[f32], aq: &[f32], ad: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    for ((w, a), (&dw, &da)) in wq
+        .chunks_exact(QK8_0)
+        .zip(aq.chunks_exact(QK8_0))
+        .zip(wd.iter().zip(ad))
+    {
+        let mut lanes = [0f32; 8];
+        for step in 0..4 {
+            for l in 0..8 {
+                lanes[l] = f32::from(w[step * 8 + l]).mul_add(a[step * 8 + l], lanes[l]);
+            }
+        }
+        let d = dw * da;
+        for l in 0..8 {
+            acc[l] = d.mul_add(lanes[l], acc[l]);
+        }
+    }
+    hsum8(&acc)
+}
+
+/// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
+pub(crate) fn from_blocks(data: &[u8], rows: usize, cols: usize) -> Option<Q8_0Matrix> {
+    const BLOCK_BYTES: usize = 34;
+    let blocks = rows * cols / QK8_0;
+    if !cols.is_multiple_of(QK8_0) || data.len() != blocks * BLOCK_BYTES {
+        return None;
+    }
+    let mut d = Vec::with_capacity(blocks);
+    let mut q = vec![0i8; rows * cols];
+    for (block, dst) in data
+        .chunks_exact(BLOCK_BYTES)
+        .zip(q.chunks_exact_mut(QK8_0))
+    {
+        d.push(crate::model::f16::f16_to_f32(u16::from_le_bytes([
+            block[0], block[1],
+        ])));
+        for (i, &v) in block[2..].iter().enumerate() {
+            dst[permuted(i)] = v as i8;
+        }
+    }
+    Some(Q8_0Matrix { rows, cols, d, q })
+}
