@@ -177,10 +177,13 @@ impl Job {
     }
 }
 
+/// Jobs by id, and their ids in creation order.
+type JobTable = (HashMap<String, Arc<Job>>, VecDeque<String>);
+
 /// All jobs of this node.
 #[derive(Debug, Default)]
 pub struct Jobs {
-    inner: Mutex<(HashMap<String, Arc<Job>>, VecDeque<String>)>,
+    inner: Mutex<JobTable>,
     counter: AtomicU64,
 }
 

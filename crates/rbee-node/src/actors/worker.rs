@@ -26,7 +26,7 @@ type Reply = RpcReplyPort<Result<Arc<dyn LoadedModel>, NodeError>>;
 pub enum WorkerMsg {
     /// The loaded model, loading it first if needed.
     Acquire {
-        model: ResolvedModel,
+        model: Box<ResolvedModel>,
         reply: Reply,
     },
     /// Internal: a load finished.
@@ -339,7 +339,7 @@ impl Actor for WorkerActor {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Acquire { model, reply } => state.acquire(&me, model, reply),
+            WorkerMsg::Acquire { model, reply } => state.acquire(&me, *model, reply),
             WorkerMsg::Loaded { id, result } => state.loaded(id, result),
             WorkerMsg::Unload { id, reply } => {
                 let was = matches!(state.slots.remove(&id), Some(Slot::Loaded { .. }));
@@ -365,7 +365,7 @@ impl WorkerHandle {
         let name = model.name().to_string();
         let started = Instant::now();
         match self
-            .call(|reply| WorkerMsg::Acquire { model, reply }, wait)
+            .call(|reply| WorkerMsg::Acquire { model: Box::new(model), reply }, wait)
             .await
         {
             Err(NodeError::Unavailable(_)) if started.elapsed() >= wait => {
