@@ -365,7 +365,13 @@ impl WorkerHandle {
         let name = model.name().to_string();
         let started = Instant::now();
         match self
-            .call(|reply| WorkerMsg::Acquire { model: Box::new(model), reply }, wait)
+            .call(
+                |reply| WorkerMsg::Acquire {
+                    model: Box::new(model),
+                    reply,
+                },
+                wait,
+            )
             .await
         {
             Err(NodeError::Unavailable(_)) if started.elapsed() >= wait => {
