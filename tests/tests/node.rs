@@ -533,3 +533,64 @@ fn sigterm_lets_a_running_stream_finish_and_exits_zero() {
         node.log_text()
     );
 }
+
+#[test]
+fn models_commands_go_through_a_running_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let node = NodeProcess::start(&data, &[]);
+    let port = node.base.rsplit(':').next().unwrap().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let tiny = workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen2.gguf");
+    let run = |args: &[&str]| {
+        Command::new(rbee_tests::rbee_node_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("RBEE_API_ADDR", &addr)
+            .env("XDG_CONFIG_HOME", tmp.path().join("no-config"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["models", "import", tiny.to_str().unwrap(), "--name", "tq2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("through the running node"));
+    let models: Value = agent()
+        .get(&node.url("/v1/models"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "tq2"),
+        "{models}"
+    );
+    // Loaded, then removed through the node (which unloads it first).
+    let (s, v, _) = post(
+        &node,
+        "/v1/completions",
+        json!({"model": "tq2", "prompt": "a", "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let out = run(&["models", "rm", "tq2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, _, _) = post(
+        &node,
+        "/v1/completions",
+        json!({"model": "tq2", "prompt": "a", "max_tokens": 2}),
+    );
+    assert_eq!(s, 404);
+}

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     let result = node::load_config(cli.config.as_ref(), cli.data_dir.clone()).and_then(|config| {
         match cli.command {
-            Command::Models(cmd) => models::run(config.data_dir.clone(), cmd),
+            Command::Models(cmd) => models::run(&config, cmd),
             Command::Infer(args) => infer::run(&config, args),
             Command::Join(args) => node::join(config, args),
             Command::Status => node::status(&config),

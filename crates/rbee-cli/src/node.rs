@@ -211,6 +211,62 @@ impl NodeClient {
     }
 }
 
+impl NodeClient {
+    /// Starts a job and follows its event stream to the end, showing progress; returns the
+    /// job's result.
+    pub fn run_job(
+        &self,
+        body: serde_json::Value,
+        label: &'static str,
+    ) -> Result<serde_json::Value> {
+        let mut resp = self
+            .auth(self.agent.post(&format!("{}/v1/jobs", self.base)))
+            .send_json(body)
+            .context("starting the job on the local node")?;
+        let created: serde_json::Value = resp.body_mut().read_json()?;
+        if let Some(msg) = created["error"]["message"].as_str() {
+            bail!("{msg}");
+        }
+        let url = created["stream_url"]
+            .as_str()
+            .context("the node returned no stream_url")?;
+        let resp = self
+            .auth(self.agent.get(&format!("{}{url}", self.base)))
+            .call()
+            .context("following the job")?;
+        let (bar, mut update) = crate::output::progress_bar(label);
+        let mut reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        let outcome = loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break Err(anyhow::anyhow!("the job stream ended without a result"));
+            }
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("progress") => update(rbee_store::Progress {
+                    phase: label,
+                    done: v["done"].as_u64().unwrap_or(0),
+                    total: v["total"].as_u64().unwrap_or(0),
+                }),
+                Some("done") => break Ok(v["result"].clone()),
+                Some("error") => {
+                    break Err(anyhow::anyhow!(
+                        "{}",
+                        v["message"].as_str().unwrap_or("job failed")
+                    ));
+                }
+                _ => {}
+            }
+        };
+        bar.finish_and_clear();
+        outcome
+    }
+}
+
 pub fn status(config: &NodeConfig) -> Result<()> {
     let client = NodeClient::new(config);
     let Some(h) = client.health() else {
