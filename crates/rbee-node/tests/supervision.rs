@@ -29,7 +29,9 @@ async fn killed_children_come_back_behind_the_same_handles() {
         node: "test".into(),
     };
     let (catalog, worker) = (args.catalog.clone(), args.worker_handle.clone());
-    let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args).await.unwrap();
+    let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args)
+        .await
+        .unwrap();
 
     for _ in 0..3 {
         let before = worker.actor().unwrap().get_id();
