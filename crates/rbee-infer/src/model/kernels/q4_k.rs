@@ -75,8 +75,22 @@ impl Q4KMatrix {
             let width = cols.len();
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
-                for (r, &kernel) in kernels.iter().enumerate().take(m) {
-                    out[r * width + i] = dot(w, &acts, &a, r * nb, kernel);
+                // Four activation rows share each unpacked weight block.
+                let mut r = 0;
+                while r + 4 <= m {
+                    let sums = dot_tile::<4>(
+                        w,
+                        &acts,
+                        &a,
+                        std::array::from_fn(|t| (r + t, kernels[r + t])),
+                    );
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(r + t) * width + i] = *s;
+                    }
+                    r += 4;
+                }
+                for r in r..m {
+                    out[r * width + i] = dot_tile::<1>(w, &acts, &a, [(r, kernels[r])])[0];
                 }
             }
         })
@@ -103,60 +117,85 @@ impl Q4KMatrix {
     }
 }
 
-/// `Σ code * a` over 32 values, exact in f32 (|sum| <= 32 * 15 * 127).
-#[inline(always)]
-fn sum32(codes: [f32; 32], a: &[f32]) -> i32 {
-    let mut lanes = [0f32; 8];
-    for step in 0..4 {
-        for l in 0..8 {
-            lanes[l] = codes[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
-        }
-    }
-    lanes.iter().sum::<f32>() as i32
+/// Exact sums of four groups of eight lanes holding integers below 2^24
+/// in total. Not inlined, for the reason given at [`hsum8`](super::hsum8).
+#[inline(never)]
+fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
+    std::array::from_fn(|j| x[j].iter().sum())
 }
 
-#[inline(always)]
-fn dot(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize, kernel: RowKernel) -> f32 {
-    let mut acc = 0f32;
-    let mut acc_min = 0f32;
+/// One weight row (`w`, all super-blocks) times `T` activation rows, given as
+/// (row index, kernel). Returns the `T` outputs.
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[f32],
+    rows: [(usize, RowKernel); T],
+) -> [f32; T] {
+    let nb = w.len();
+    let mut acc = [0f32; T];
+    let mut acc_min = [0f32; T];
     for (bi, b) in w.iter().enumerate() {
-        let ab = first_block + bi;
-        let da = acts.d[ab];
-        let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
-        let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
-        let scale = b.d * da;
-        let scale_min = b.dmin * da;
-        let mut per64 = [0i32; 4];
-        let mut mins64 = [0i32; 4];
+        // Nibbles as f32, once for all rows: lo[j] / hi[j] are values
+        // 64j..64j+32 / 64j+32..64j+64.
+        let mut lo = [[0f32; 32]; 4];
+        let mut hi = [[0f32; 32]; 4];
         for j in 0..4 {
-            let q4 = &b.qs[32 * j..32 * j + 32];
-            let s_lo = sum32(
-                std::array::from_fn(|i| f32::from(q4[i] & 0x0f)),
-                &q8[64 * j..64 * j + 32],
-            );
-            let s_hi = sum32(
-                std::array::from_fn(|i| f32::from(q4[i] >> 4)),
-                &q8[64 * j + 32..64 * j + 64],
-            );
-            per64[j] = s_lo * i32::from(b.scales[2 * j]) + s_hi * i32::from(b.scales[2 * j + 1]);
-            let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
-            let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
-            mins64[j] = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+            for i in 0..32 {
+                lo[j][i] = f32::from(b.qs[32 * j + i] & 0x0f);
+                hi[j][i] = f32::from(b.qs[32 * j + i] >> 4);
+            }
         }
-        match kernel {
-            RowKernel::Gemm => {
-                for j in 0..4 {
-                    acc = (per64[j] as f32).mul_add(scale, acc);
-                    acc_min = (mins64[j] as f32).mul_add(scale_min, acc_min);
+        for (t, &(row, kernel)) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let da = acts.d[ab];
+            let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            // Per 64 values (two sub-blocks): eight lanes of `scale * code * a`,
+            // each below 2 * 63 * 4 * 15 * 127 < 2^24, so exact in f32.
+            let mut per64 = [[0f32; 8]; 4];
+            for (j, lanes) in per64.iter_mut().enumerate() {
+                let (a_lo, a_hi) = (&q8[64 * j..64 * j + 32], &q8[64 * j + 32..64 * j + 64]);
+                let (s_lo, s_hi) = (f32::from(b.scales[2 * j]), f32::from(b.scales[2 * j + 1]));
+                let mut l_lo = [0f32; 8];
+                let mut l_hi = [0f32; 8];
+                for step in 0..4 {
+                    for l in 0..8 {
+                        let i = step * 8 + l;
+                        l_lo[l] = lo[j][i].mul_add(a_lo[i], l_lo[l]);
+                        l_hi[l] = hi[j][i].mul_add(a_hi[i], l_hi[l]);
+                    }
+                }
+                for l in 0..8 {
+                    lanes[l] = l_lo[l] * s_lo + l_hi[l] * s_hi;
                 }
             }
-            RowKernel::Gemv => {
-                acc = (per64.iter().sum::<i32>() as f32).mul_add(scale, acc);
-                acc_min = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min);
+            let per64 = exact_sums(&per64);
+            let mins64: [i32; 4] = std::array::from_fn(|j| {
+                let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
+                let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
+                i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi
+            });
+            let scale = b.d * da;
+            let scale_min = b.dmin * da;
+            match kernel {
+                RowKernel::Gemm => {
+                    for j in 0..4 {
+                        acc[t] = per64[j].mul_add(scale, acc[t]);
+                        acc_min[t] = (mins64[j] as f32).mul_add(scale_min, acc_min[t]);
+                    }
+                }
+                RowKernel::Gemv => {
+                    // The super-block's integer can pass 2^24: add in f64, round once.
+                    let total: f64 = per64.iter().map(|&v| f64::from(v)).sum();
+                    acc[t] = (total as f32).mul_add(scale, acc[t]);
+                    acc_min[t] = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min[t]);
+                }
             }
         }
     }
-    acc - acc_min
+    std::array::from_fn(|t| acc[t] - acc_min[t])
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
