@@ -121,7 +121,23 @@ impl Q4KMatrix {
 /// in total. Not inlined, for the reason given at [`hsum8`](super::hsum8).
 #[inline(never)]
 fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
-    std::array::from_fn(|j| x[j].iter().sum())
+    let mut out = [0f32; 4];
+    for (o, lanes) in out.iter_mut().zip(x) {
+        *o = lanes.iter().sum();
+    }
+    out
+}
+
+/// Eight lane sums of `w * a` over 64 values.
+#[inline(always)]
+fn lanes64(w: &[f32; 64], a: &[f32]) -> [f32; 8] {
+    let mut lanes = [0f32; 8];
+    for step in 0..8 {
+        for l in 0..8 {
+            lanes[l] = w[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
+        }
+    }
+    lanes
 }
 
 /// One weight row (`w`, all super-blocks) times `T` activation rows, given as
@@ -137,14 +153,17 @@ fn dot_tile<const T: usize>(
     let mut acc = [0f32; T];
     let mut acc_min = [0f32; T];
     for (bi, b) in w.iter().enumerate() {
-        // Nibbles as f32, once for all rows: lo[j] / hi[j] are values
-        // 64j..64j+32 / 64j+32..64j+64.
-        let mut lo = [[0f32; 32]; 4];
-        let mut hi = [[0f32; 32]; 4];
-        for j in 0..4 {
-            for i in 0..32 {
-                lo[j][i] = f32::from(b.qs[32 * j + i] & 0x0f);
-                hi[j][i] = f32::from(b.qs[32 * j + i] >> 4);
+        // Scaled codes as f32, once for all rows: w[j] holds `scale * code`
+        // for values 64j..64j+64 (low nibbles, then high nibbles).
+        let mut w = [[0f32; 64]; 4];
+        for (j, w) in w.iter_mut().enumerate() {
+            let q = &b.qs[32 * j..32 * j + 32];
+            let (s_lo, s_hi) = (f32::from(b.scales[2 * j]), f32::from(b.scales[2 * j + 1]));
+            for (x, &v) in w[..32].iter_mut().zip(q) {
+                *x = f32::from(v & 0x0f) * s_lo;
+            }
+            for (x, &v) in w[32..].iter_mut().zip(q) {
+                *x = f32::from(v >> 4) * s_hi;
             }
         }
         for (t, &(row, kernel)) in rows.iter().enumerate() {
@@ -152,31 +171,19 @@ fn dot_tile<const T: usize>(
             let da = acts.d[ab];
             let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
             let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
-            // Per 64 values (two sub-blocks): eight lanes of `scale * code * a`,
-            // each below 2 * 63 * 4 * 15 * 127 < 2^24, so exact in f32.
+            // Per 64 values: eight lanes of `scale * code * a`, each below
+            // 8 * 63 * 15 * 127 < 2^24, so exact in f32.
             let mut per64 = [[0f32; 8]; 4];
             for (j, lanes) in per64.iter_mut().enumerate() {
-                let (a_lo, a_hi) = (&q8[64 * j..64 * j + 32], &q8[64 * j + 32..64 * j + 64]);
-                let (s_lo, s_hi) = (f32::from(b.scales[2 * j]), f32::from(b.scales[2 * j + 1]));
-                let mut l_lo = [0f32; 8];
-                let mut l_hi = [0f32; 8];
-                for step in 0..4 {
-                    for l in 0..8 {
-                        let i = step * 8 + l;
-                        l_lo[l] = lo[j][i].mul_add(a_lo[i], l_lo[l]);
-                        l_hi[l] = hi[j][i].mul_add(a_hi[i], l_hi[l]);
-                    }
-                }
-                for l in 0..8 {
-                    lanes[l] = l_lo[l] * s_lo + l_hi[l] * s_hi;
-                }
+                *lanes = lanes64(&w[j], &q8[64 * j..64 * j + 64]);
             }
             let per64 = exact_sums(&per64);
-            let mins64: [i32; 4] = std::array::from_fn(|j| {
+            let mut mins64 = [0i32; 4];
+            for (j, m) in mins64.iter_mut().enumerate() {
                 let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
                 let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
-                i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi
-            });
+                *m = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+            }
             let scale = b.d * da;
             let scale_min = b.dmin * da;
             match kernel {
@@ -195,7 +202,10 @@ fn dot_tile<const T: usize>(
             }
         }
     }
-    std::array::from_fn(|t| acc[t] - acc_min[t])
+    for (a, m) in acc.iter_mut().zip(acc_min) {
+        *a -= m;
+    }
+    acc
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
