@@ -29,13 +29,30 @@ pub(crate) mod quantize;
 
 /// ggml's `hsum_float_8` (and tinyBLAS's `hsum`): the order in which the
 /// eight lanes of an AVX register are added.
-#[inline(always)]
+///
+/// Deliberately not inlined: next to this pairwise pattern the compiler's
+/// SLP vectoriser splits the kernels' 8-lane loops into pairs, which halves
+/// their speed.
+#[inline(never)]
 pub(crate) fn hsum8(x: &[f32; 8]) -> f32 {
     let r0 = x[4] + x[0];
     let r1 = x[5] + x[1];
     let r2 = x[6] + x[2];
     let r3 = x[7] + x[3];
     (r0 + r2) + (r1 + r3)
+}
+
+/// [`hsum8`] of several accumulators in one (out-of-line) call.
+#[inline(never)]
+pub(crate) fn hsum8_each<const N: usize>(x: &[[f32; 8]; N]) -> [f32; N] {
+    std::array::from_fn(|i| {
+        let x = &x[i];
+        let r0 = x[4] + x[0];
+        let r1 = x[5] + x[1];
+        let r2 = x[6] + x[2];
+        let r3 = x[7] + x[3];
+        (r0 + r2) + (r1 + r3)
+    })
 }
 
 /// Row `r` of a batch of `m` rows goes through ggml's 4-row `gemm` kernels

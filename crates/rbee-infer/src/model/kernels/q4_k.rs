@@ -75,8 +75,22 @@ impl Q4KMatrix {
             let width = cols.len();
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
-                for (r, &kernel) in kernels.iter().enumerate().take(m) {
-                    out[r * width + i] = dot(w, &acts, &a, r * nb, kernel);
+                // Four activation rows share each unpacked weight block.
+                let mut r = 0;
+                while r + 4 <= m {
+                    let sums = dot_tile::<4>(
+                        w,
+                        &acts,
+                        &a,
+                        std::array::from_fn(|t| (r + t, kernels[r + t])),
+                    );
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(r + t) * width + i] = *s;
+                    }
+                    r += 4;
+                }
+                for r in r..m {
+                    out[r * width + i] = dot_tile::<1>(w, &acts, &a, [(r, kernels[r])])[0];
                 }
             }
         })
@@ -103,60 +117,95 @@ impl Q4KMatrix {
     }
 }
 
-/// `Σ code * a` over 32 values, exact in f32 (|sum| <= 32 * 15 * 127).
-#[inline(always)]
-fn sum32(codes: [f32; 32], a: &[f32]) -> i32 {
-    let mut lanes = [0f32; 8];
-    for step in 0..4 {
-        for l in 0..8 {
-            lanes[l] = codes[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
-        }
+/// Exact sums of four groups of eight lanes holding integers below 2^24
+/// in total. Not inlined, for the reason given at [`hsum8`](super::hsum8).
+#[inline(never)]
+fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    for (o, lanes) in out.iter_mut().zip(x) {
+        *o = lanes.iter().sum();
     }
-    lanes.iter().sum::<f32>() as i32
+    out
 }
 
+/// Eight lane sums of `w * a` over 64 values.
 #[inline(always)]
-fn dot(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize, kernel: RowKernel) -> f32 {
-    let mut acc = 0f32;
-    let mut acc_min = 0f32;
-    for (bi, b) in w.iter().enumerate() {
-        let ab = first_block + bi;
-        let da = acts.d[ab];
-        let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
-        let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
-        let scale = b.d * da;
-        let scale_min = b.dmin * da;
-        let mut per64 = [0i32; 4];
-        let mut mins64 = [0i32; 4];
-        for j in 0..4 {
-            let q4 = &b.qs[32 * j..32 * j + 32];
-            let s_lo = sum32(
-                std::array::from_fn(|i| f32::from(q4[i] & 0x0f)),
-                &q8[64 * j..64 * j + 32],
-            );
-            let s_hi = sum32(
-                std::array::from_fn(|i| f32::from(q4[i] >> 4)),
-                &q8[64 * j + 32..64 * j + 64],
-            );
-            per64[j] = s_lo * i32::from(b.scales[2 * j]) + s_hi * i32::from(b.scales[2 * j + 1]);
-            let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
-            let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
-            mins64[j] = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+fn lanes64(w: &[f32; 64], a: &[f32]) -> [f32; 8] {
+    let mut lanes = [0f32; 8];
+    for step in 0..8 {
+        for l in 0..8 {
+            lanes[l] = w[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
         }
-        match kernel {
-            RowKernel::Gemm => {
-                for j in 0..4 {
-                    acc = (per64[j] as f32).mul_add(scale, acc);
-                    acc_min = (mins64[j] as f32).mul_add(scale_min, acc_min);
-                }
+    }
+    lanes
+}
+
+/// One weight row (`w`, all super-blocks) times `T` activation rows, given as
+/// (row index, kernel). Returns the `T` outputs.
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[f32],
+    rows: [(usize, RowKernel); T],
+) -> [f32; T] {
+    let nb = w.len();
+    let mut acc = [0f32; T];
+    let mut acc_min = [0f32; T];
+    for (bi, b) in w.iter().enumerate() {
+        // Scaled codes as f32, once for all rows: w[j] holds `scale * code`
+        // for values 64j..64j+64 (low nibbles, then high nibbles).
+        let mut w = [[0f32; 64]; 4];
+        for (j, w) in w.iter_mut().enumerate() {
+            let q = &b.qs[32 * j..32 * j + 32];
+            let (s_lo, s_hi) = (f32::from(b.scales[2 * j]), f32::from(b.scales[2 * j + 1]));
+            for (x, &v) in w[..32].iter_mut().zip(q) {
+                *x = f32::from(v & 0x0f) * s_lo;
             }
-            RowKernel::Gemv => {
-                acc = (per64.iter().sum::<i32>() as f32).mul_add(scale, acc);
-                acc_min = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min);
+            for (x, &v) in w[32..].iter_mut().zip(q) {
+                *x = f32::from(v >> 4) * s_hi;
+            }
+        }
+        for (t, &(row, kernel)) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let da = acts.d[ab];
+            let q8 = &a[ab * QK_K..(ab + 1) * QK_K];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            // Per 64 values: eight lanes of `scale * code * a`, each below
+            // 8 * 63 * 15 * 127 < 2^24, so exact in f32.
+            let mut per64 = [[0f32; 8]; 4];
+            for (j, lanes) in per64.iter_mut().enumerate() {
+                *lanes = lanes64(&w[j], &q8[64 * j..64 * j + 64]);
+            }
+            let per64 = exact_sums(&per64);
+            let mut mins64 = [0i32; 4];
+            for (j, m) in mins64.iter_mut().enumerate() {
+                let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
+                let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
+                *m = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+            }
+            let scale = b.d * da;
+            let scale_min = b.dmin * da;
+            match kernel {
+                RowKernel::Gemm => {
+                    for j in 0..4 {
+                        acc[t] = per64[j].mul_add(scale, acc[t]);
+                        acc_min[t] = (mins64[j] as f32).mul_add(scale_min, acc_min[t]);
+                    }
+                }
+                RowKernel::Gemv => {
+                    // The super-block's integer can pass 2^24: add in f64, round once.
+                    let total: f64 = per64.iter().map(|&v| f64::from(v)).sum();
+                    acc[t] = (total as f32).mul_add(scale, acc[t]);
+                    acc_min[t] = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min[t]);
+                }
             }
         }
     }
-    acc - acc_min
+    for (a, m) in acc.iter_mut().zip(acc_min) {
+        *a -= m;
+    }
+    acc
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.

@@ -85,16 +85,22 @@ impl Q6KMatrix {
         quantize_q8_k(x, &mut acts);
         let a = permuted_f32(&acts.q);
         let nb = self.cols / QK_K;
+        let finish = |lanes: &[f32; 8]| if tiled { lanes[0] } else { hsum8(lanes) };
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
-                for r in 0..m {
-                    out[r * width + i] = if tiled {
-                        dot_tiled(w, &acts, &a, r * nb)
-                    } else {
-                        dot(w, &acts, &a, r * nb)
-                    };
+                // Four activation rows share each unpacked weight block.
+                let mut r = 0;
+                while r + 4 <= m {
+                    let acc = dot_tile::<4>(w, &acts, &a, std::array::from_fn(|t| r + t), tiled);
+                    for (t, lanes) in acc.iter().enumerate() {
+                        out[(r + t) * width + i] = finish(lanes);
+                    }
+                    r += 4;
+                }
+                for r in r..m {
+                    out[r * width + i] = finish(&dot_tile::<1>(w, &acts, &a, [r], tiled)[0]);
                 }
             }
         })
@@ -129,66 +135,80 @@ fn permuted_f32(q: &[i8]) -> Vec<f32> {
     out
 }
 
-/// For one 32-value chunk: the eight lane sums of four code × activation
-/// products, exact in f32 (|sum| <= 4 * 63 * 127).
-#[inline(always)]
-fn chunk_lanes(codes: &[u8], a: &[f32]) -> [f32; 8] {
-    let mut lanes = [0f32; 8];
-    for step in 0..4 {
-        for l in 0..8 {
-            lanes[l] = f32::from(codes[step * 8 + l]).mul_add(a[step * 8 + l], lanes[l]);
-        }
-    }
-    lanes
+/// Exact sum of lanes holding integers (in f64, so no bound). Not inlined,
+/// for the reason given at [`hsum8`](super::hsum8).
+#[inline(never)]
+fn exact_sum(x: &[f32; 8], y: &[f32; 8], z: &[i32; 8]) -> f64 {
+    (0..8)
+        .map(|l| f64::from(x[l]) + f64::from(y[l]) - f64::from(z[l]))
+        .sum()
 }
 
-/// The tiled kernel: one exact integer per super-block, one FMA each.
-#[inline(always)]
-fn dot_tiled(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize) -> f32 {
-    let mut acc = 0f32;
+/// One weight row (all super-blocks) times `T` activation rows.
+///
+/// Per super-block and row, lane `l` gathers `scale * code * a` over the
+/// positions `32c + 4l .. 32c + 4l + 4` of each chunk `c` — summed separately
+/// over chunks 0..4 and 4..8 so each part stays an exact f32 (4 * 127 * 4 *
+/// 63 * 127 < 2^24) — minus the code offset `32 * scale * bsum` of chunk `l`
+/// (ggml subtracts it per lane). `tiled`: the per-super-block integer is
+/// the sum of all lanes and the result is in lane 0; otherwise (vec_dot)
+/// the caller sums the eight returned lane accumulators with [`hsum8`].
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[f32],
+    rows: [usize; T],
+    tiled: bool,
+) -> [[f32; 8]; T] {
+    let nb = w.len();
+    let mut acc = [[0f32; 8]; T];
     for (bi, b) in w.iter().enumerate() {
-        let ab = first_block + bi;
-        let a = &a[ab * QK_K..(ab + 1) * QK_K];
-        let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
-        let mut isum = 0i32;
-        for (chunk, (codes, a)) in b.codes.chunks_exact(32).zip(a.chunks_exact(32)).enumerate() {
-            let lanes = chunk_lanes(codes, a);
-            // Lanes 0..4 hold the chunk's first 16 values, lanes 4..8 the next 16.
-            let lo = (lanes[0] + lanes[1] + lanes[2] + lanes[3]) as i32 - 32 * bsums[2 * chunk];
-            let hi = (lanes[4] + lanes[5] + lanes[6] + lanes[7]) as i32 - 32 * bsums[2 * chunk + 1];
-            isum += lo * i32::from(b.scales[2 * chunk]) + hi * i32::from(b.scales[2 * chunk + 1]);
+        let mut codes = [0f32; QK_K];
+        for (c, &q) in codes.iter_mut().zip(b.codes.iter()) {
+            *c = f32::from(q);
         }
-        acc = (b.d * isum as f32).mul_add(acts.d[ab], acc);
-    }
-    acc
-}
-
-/// ggml's AVX2 `vec_dot_q6_K_q8_K` (see the module docs for the lanes).
-#[inline(always)]
-fn dot(w: &[Block], acts: &Q8KRows, a: &[f32], first_block: usize) -> f32 {
-    let mut acc = [0f32; 8];
-    for (bi, b) in w.iter().enumerate() {
-        let ab = first_block + bi;
-        let a = &a[ab * QK_K..(ab + 1) * QK_K];
-        let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
-        let mut lanes = [0i32; 8];
-        for (chunk, (codes, a)) in b.codes.chunks_exact(32).zip(a.chunks_exact(32)).enumerate() {
-            let sums = chunk_lanes(codes, a);
-            let (s0, s1) = (
-                i32::from(b.scales[2 * chunk]),
-                i32::from(b.scales[2 * chunk + 1]),
-            );
-            for l in 0..8 {
-                lanes[l] += sums[l] as i32 * if l < 4 { s0 } else { s1 };
+        let scales: [f32; 16] = std::array::from_fn(|i| f32::from(b.scales[i]));
+        for (t, &row) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let a = &a[ab * QK_K..(ab + 1) * QK_K];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            let mut halves = [[0f32; 8]; 2];
+            for chunk in 0..8 {
+                let (codes, a) = (
+                    &codes[32 * chunk..32 * chunk + 32],
+                    &a[32 * chunk..32 * chunk + 32],
+                );
+                let mut sums = [0f32; 8];
+                for step in 0..4 {
+                    for l in 0..8 {
+                        sums[l] = codes[step * 8 + l].mul_add(a[step * 8 + l], sums[l]);
+                    }
+                }
+                let (s0, s1) = (scales[2 * chunk], scales[2 * chunk + 1]);
+                let half = &mut halves[chunk / 4];
+                for l in 0..8 {
+                    half[l] = sums[l].mul_add(if l < 4 { s0 } else { s1 }, half[l]);
+                }
+            }
+            let offsets: [i32; 8] = std::array::from_fn(|l| {
+                32 * (i32::from(b.scales[2 * l]) * bsums[2 * l]
+                    + i32::from(b.scales[2 * l + 1]) * bsums[2 * l + 1])
+            });
+            if tiled {
+                // tiled-kernel.cpp: fma(d_w * isum, d_a, acc) per super-block.
+                let isum = exact_sum(&halves[0], &halves[1], &offsets) as f32;
+                acc[t][0] = (b.d * isum).mul_add(acts.d[ab], acc[t][0]);
+            } else {
+                // vec_dot: each integer lane, rounded once (cvtdq2ps), one FMA.
+                let d = acts.d[ab] * b.d;
+                for l in 0..8 {
+                    let lane = (f64::from(halves[0][l]) + f64::from(halves[1][l])
+                        - f64::from(offsets[l])) as f32;
+                    acc[t][l] = d.mul_add(lane, acc[t][l]);
+                }
             }
         }
-        let d = acts.d[ab] * b.d;
-        for l in 0..8 {
-            // The code offset (32) of chunk `l`, through the block sums.
-            let offset = i32::from(b.scales[2 * l]) * bsums[2 * l]
-                + i32::from(b.scales[2 * l + 1]) * bsums[2 * l + 1];
-            acc[l] = d.mul_add((lanes[l] - 32 * offset) as f32, acc[l]);
-        }
     }
-    hsum8(&acc)
+    acc
 }

@@ -12,9 +12,9 @@
 //! vectorises well. Products and partial sums are integers below 2^24, so
 //! this is exact and gives the same lane sums as ggml's integer arithmetic.
 
-use super::hsum8;
 use super::pool::par_columns;
 use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
+use super::{hsum8, hsum8_each};
 
 /// Position in the permuted block of the value at position `i`: lane `i / 4`,
 /// step `i % 4`, stored step-major (`step * 8 + lane`).
@@ -65,18 +65,55 @@ impl Q8_0Matrix {
         }
         let k = self.cols;
         let nb = k / QK8_0;
+        if m == 1 {
+            return par_columns(1, self.rows, 16, |cols, out| {
+                self.single_row(cols, &acts, out)
+            });
+        }
         par_columns(m, self.rows, 16, |cols, out| {
             let width = cols.len();
+            let row = |r: usize| (&acts.q[r * k..(r + 1) * k], &acts.d[r * nb..(r + 1) * nb]);
             for (i, c) in cols.clone().enumerate() {
                 let wq = &self.q[c * k..(c + 1) * k];
                 let wd = &self.d[c * nb..(c + 1) * nb];
-                for r in 0..m {
-                    let aq = &acts.q[r * k..(r + 1) * k];
-                    let ad = &acts.d[r * nb..(r + 1) * nb];
-                    out[r * width + i] = dot(wq, wd, aq, ad);
+                // Four activation rows share each converted weight block.
+                let mut r = 0;
+                while r + 4 <= m {
+                    let sums =
+                        hsum8_each(&dot_tile::<4>(wq, wd, std::array::from_fn(|t| row(r + t))));
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(r + t) * width + i] = *s;
+                    }
+                    r += 4;
+                }
+                for r in r..m {
+                    out[r * width + i] = hsum8(&dot_tile::<1>(wq, wd, [row(r)])[0]);
                 }
             }
         })
+    }
+
+    /// One activation row (decode) against the weight rows `cols`; one
+    /// out-of-line horizontal sum serves four outputs.
+    fn single_row(&self, cols: std::ops::Range<usize>, acts: &Acts, out: &mut [f32]) {
+        let k = self.cols;
+        let nb = k / QK8_0;
+        let dot = |c: usize| {
+            dot_tile::<1>(
+                &self.q[c * k..(c + 1) * k],
+                &self.d[c * nb..(c + 1) * nb],
+                [(&acts.q, &acts.d)],
+            )[0]
+        };
+        let mut c = cols.start;
+        while c + 4 <= cols.end {
+            let sums = hsum8_each(&[dot(c), dot(c + 1), dot(c + 2), dot(c + 3)]);
+            out[c - cols.start..c - cols.start + 4].copy_from_slice(&sums);
+            c += 4;
+        }
+        for c in c..cols.end {
+            out[c - cols.start] = hsum8(&dot(c));
+        }
     }
 
     /// Dequantised row `r` (embedding lookup): `d * q`, as ggml's `get_rows`.
@@ -90,28 +127,36 @@ impl Q8_0Matrix {
     }
 }
 
-/// One weight row times one activation row: per block, eight lane sums of
-/// four products (exact in f32), then `acc[l] = fma(d_w * d_a, lane, acc[l])`.
-#[inline(always)]
-fn dot(wq: &[i8], wd: &[f32], aq: &[f32], ad: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    for ((w, a), (&dw, &da)) in wq
-        .chunks_exact(QK8_0)
-        .zip(aq.chunks_exact(QK8_0))
-        .zip(wd.iter().zip(ad))
-    {
-        let mut lanes = [0f32; 8];
-        for step in 0..4 {
+/// One weight row times `T` activation rows (codes, block scales): per
+/// block, eight lane sums of four products (exact in f32), then
+/// `acc[l] = fma(d_w * d_a, lane, acc[l])`. Returns the lanes; the caller
+/// sums them with [`hsum8`].
+#[inline(never)]
+fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) -> [[f32; 8]; T] {
+    let nb = wd.len();
+    let mut acc = [[0f32; 8]; T];
+    for b in 0..nb {
+        let wb = &wq[b * QK8_0..(b + 1) * QK8_0];
+        let mut w = [0f32; QK8_0];
+        for (x, &q) in w.iter_mut().zip(wb) {
+            *x = f32::from(q);
+        }
+        let dw = wd[b];
+        for (t, (aq, ad)) in rows.iter().enumerate() {
+            let a = &aq[b * QK8_0..(b + 1) * QK8_0];
+            let mut lanes = [0f32; 8];
+            for step in 0..4 {
+                for l in 0..8 {
+                    lanes[l] = w[step * 8 + l].mul_add(a[step * 8 + l], lanes[l]);
+                }
+            }
+            let d = dw * ad[b];
             for l in 0..8 {
-                lanes[l] = f32::from(w[step * 8 + l]).mul_add(a[step * 8 + l], lanes[l]);
+                acc[t][l] = d.mul_add(lanes[l], acc[t][l]);
             }
         }
-        let d = dw * da;
-        for l in 0..8 {
-            acc[l] = d.mul_add(lanes[l], acc[l]);
-        }
     }
-    hsum8(&acc)
+    acc
 }
 
 /// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
