@@ -143,7 +143,17 @@ fn a_killed_import_never_leaves_a_half_model() {
             .args(["models", "import", src_arg])
             .spawn()
             .unwrap();
-        std::thread::sleep(full.mul_f64(f64::from(step) / 8.5));
+        // Wait until the import is under way (its temp file exists), then let it run a little
+        // longer each step, so the kills spread from "just started" to "about to commit".
+        let started = Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(30) {
+            let busy = fs::read_dir(data.join("tmp")).is_ok_and(|mut d| d.next().is_some());
+            if busy || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(full.mul_f64(f64::from(step - 1) / 10.0));
         let _ = child.kill();
         let _ = child.wait();
 
