@@ -41,6 +41,16 @@ fn data_with_demo(tmp: &Path) -> Option<PathBuf> {
     Some(data)
 }
 
+fn get_json(node: &NodeProcess, path: &str) -> Value {
+    agent()
+        .get(&node.url(path))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
 fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value, Option<String>) {
     let mut resp = agent().post(&node.url(path)).send_json(body).unwrap();
     let status = resp.status().as_u16();
@@ -305,13 +315,7 @@ fn a_corrupt_model_fails_within_a_second_with_the_reason() {
             .contains("extends past end of file"),
         "{v}"
     );
-    let health: Value = agent()
-        .get(&node.url("/health"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
+    let health: Value = get_json(&node, "/health");
     assert_eq!(health["models"][0]["status"]["state"], "failed", "{health}");
 }
 
@@ -333,15 +337,7 @@ fn a_small_budget_evicts_the_least_recently_used_model() {
     );
 
     let with = |model: &str| json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
-    let health = |node: &NodeProcess| -> Value {
-        agent()
-            .get(&node.url("/health"))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap()
-    };
+    let health = |node: &NodeProcess| get_json(node, "/health");
     let bytes_of = |h: &Value, name: &str| {
         h["models"]
             .as_array()
@@ -465,13 +461,7 @@ fn jobs_stream_history_then_live_events() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let models: Value = agent()
-        .get(&node.url("/v1/models"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
+    let models: Value = get_json(&node, "/v1/models");
     assert!(
         models["data"]
             .as_array()
@@ -559,13 +549,7 @@ fn models_commands_go_through_a_running_node() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("through the running node"));
-    let models: Value = agent()
-        .get(&node.url("/v1/models"))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
+    let models: Value = get_json(&node, "/v1/models");
     assert!(
         models["data"]
             .as_array()

@@ -219,6 +219,15 @@ fn gguf_path(path: &Path) -> Result<PathBuf, InferError> {
     })
 }
 
+fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
+    let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
+    let total = Transformer::estimate_memory(file, context)?;
+    Ok(MemoryEstimate {
+        weights,
+        kv_cache: total.saturating_sub(weights),
+    })
+}
+
 fn context_for(file: &rbee_gguf::GgufFile, opts: &LoadOptions) -> usize {
     let arch = file.architecture().unwrap_or_default();
     let model_ctx = file
@@ -233,15 +242,8 @@ fn context_for(file: &rbee_gguf::GgufFile, opts: &LoadOptions) -> usize {
 
 impl Backend for CandleBackend {
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
-        let path = gguf_path(path)?;
-        let file = validated(&path)?;
-        let context = context_for(&file, opts);
-        let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
-        let total = Transformer::estimate_memory(&file, context)?;
-        Ok(MemoryEstimate {
-            weights,
-            kv_cache: total.saturating_sub(weights),
-        })
+        let file = validated(&gguf_path(path)?)?;
+        estimate_of(&file, context_for(&file, opts))
     }
 
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
@@ -249,7 +251,8 @@ impl Backend for CandleBackend {
         let path = gguf_path(path)?;
         let file = validated(&path)?;
         let context = context_for(&file, opts);
-        let memory = self.estimate(&path, opts)?;
+        // The header read and validated above serves the estimate too: no second pass.
+        let memory = estimate_of(&file, context)?;
         let tokenizer = Tokenizer::from_gguf(&file.metadata)?;
         let template = chat_template(&file, &tokenizer)?;
         let model = Transformer::load_gguf(&path, &opts.device)?;
