@@ -108,9 +108,9 @@ pub fn candidates(
             None => busy.push(((u32::MAX, n.rtt), candidate(Reason::OnDisk))),
         }
     }
-    loaded.sort_by(|a, b| a.0.cmp(&b.0));
-    on_disk.sort_by(|a, b| a.0.cmp(&b.0));
-    busy.sort_by(|a, b| a.0.cmp(&b.0));
+    loaded.sort_by_key(|x| x.0);
+    on_disk.sort_by_key(|x| x.0);
+    busy.sort_by_key(|x| x.0);
     let mut out: Vec<Candidate> = loaded
         .into_iter()
         .map(|x| x.1)

@@ -97,8 +97,14 @@ impl DiskModel {
     pub fn matches(&self, reference: &str) -> bool {
         let r = reference.strip_prefix("hf:").unwrap_or(reference);
         let r = r.strip_prefix("cid:").unwrap_or(r);
+        // `org/repo` also names a model pulled as `org/repo:file.gguf` (or `org/repo@rev:…`).
+        let source_repo = self
+            .source
+            .as_deref()
+            .and_then(|s| s.split([':', '@']).next());
         self.names.iter().any(|n| n == r)
             || self.source.as_deref() == Some(r)
+            || (r.contains('/') && source_repo == Some(r))
             || (r.len() >= 8
                 && self
                     .content_id
@@ -219,7 +225,7 @@ mod tests {
         ] {
             assert!(s.find_on_disk(r).is_some(), "{r}");
         }
-        for r in ["gemm", "org/repo", &hex[..4], "other"] {
+        for r in ["gemm", "org/rep", "org/repo:other.gguf", &hex[..4], "other"] {
             assert!(s.find_on_disk(r).is_none(), "{r}");
         }
     }
