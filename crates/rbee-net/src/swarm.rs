@@ -26,8 +26,6 @@ use crate::{NetError, PoolKey};
 const COMMAND_QUEUE: usize = 256;
 /// Events queued to the node at most; beyond it they are dropped (and logged).
 const EVENT_QUEUE: usize = 256;
-/// Connections the node opens on its own (to discovered peers) at most.
-const MAX_AUTO_DIAL_PEERS: usize = 64;
 const KAD_PROTOCOL: &str = "/rbee/kad/1";
 const IDENTIFY_PROTOCOL: &str = "/rbee/id/1";
 
@@ -54,6 +52,9 @@ pub struct NetConfig {
     /// How often the node's status is published when nothing changes. A peer silent for
     /// three intervals leaves the view.
     pub status_interval: Duration,
+    /// The node dials peers it hears of (so requests reach them directly) until it has this
+    /// many connections; beyond that, gossip still carries their statuses.
+    pub max_dialed_peers: usize,
 }
 
 impl NetConfig {
@@ -66,6 +67,7 @@ impl NetConfig {
             mdns: true,
             transport: Transport::Tcp,
             status_interval: Duration::from_secs(1),
+            max_dialed_peers: 64,
         }
     }
 }
@@ -224,6 +226,13 @@ fn build_behaviour(key: &Keypair, config: &NetConfig) -> Result<Behaviour, NetEr
     let local = key.public().to_peer_id();
     let gossip_config = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_millis(500))
+        // Every copy of a message is signature-checked; a sparser mesh than the default
+        // (6/5/12) keeps that cost flat in pools of a hundred nodes.
+        .mesh_n(4)
+        .mesh_n_low(3)
+        .mesh_n_high(8)
+        .mesh_outbound_min(2)
+        .gossip_lazy(4)
         .max_transmit_size(MAX_STATUS_SIZE)
         .validation_mode(gossipsub::ValidationMode::Strict)
         .build()
@@ -277,6 +286,9 @@ pub struct EventLoop {
     topic: gossipsub::IdentTopic,
     status: Option<NodeStatus>,
     last_publish: Option<Instant>,
+    /// A publication is due at the next tick (a change or a newcomer arrived too soon after
+    /// the last one: statuses are rate-limited to one per quarter interval).
+    publish_due: bool,
     last_seq: u64,
     config: NetConfig,
 }
@@ -336,6 +348,7 @@ impl EventLoop {
             topic,
             status: None,
             last_publish: None,
+            publish_due: false,
             last_seq: 0,
             config,
         };
@@ -377,7 +390,7 @@ impl EventLoop {
                     .is_none_or(|old| !same_except_seq(old, &status));
                 self.status = Some(*status);
                 if changed {
-                    self.publish();
+                    self.publish_soon();
                 }
             }
             Command::Dial(addr, reply) => {
@@ -393,7 +406,19 @@ impl EventLoop {
         }
     }
 
+    /// Publishes now unless the last status went out less than a quarter interval ago; then
+    /// at the next tick. Bursts (many newcomers at once) cost one message, not one each.
+    fn publish_soon(&mut self) {
+        let gap = self.config.status_interval / 4;
+        if self.last_publish.is_none_or(|t| t.elapsed() >= gap) {
+            self.publish();
+        } else {
+            self.publish_due = true;
+        }
+    }
+
     fn publish(&mut self) {
+        self.publish_due = false;
         let Some(status) = self.status.as_mut() else {
             return;
         };
@@ -423,7 +448,7 @@ impl EventLoop {
 
     fn on_tick(&mut self) {
         let interval = self.config.status_interval;
-        if self.last_publish.is_none_or(|t| t.elapsed() >= interval) {
+        if self.publish_due || self.last_publish.is_none_or(|t| t.elapsed() >= interval) {
             self.publish();
         }
         let gone = lock(&self.view).expire(Instant::now(), interval * 3);
@@ -453,7 +478,7 @@ impl EventLoop {
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if peer == *self.swarm.local_peer_id()
             || self.swarm.is_connected(&peer)
-            || self.swarm.connected_peers().count() >= MAX_AUTO_DIAL_PEERS
+            || self.swarm.connected_peers().count() >= self.config.max_dialed_peers
         {
             return;
         }
@@ -536,7 +561,7 @@ impl EventLoop {
                 gossipsub::Event::Subscribed { peer_id, .. } => {
                     tracing::debug!(peer = %peer_id, "peer subscribed to the pool topic");
                     // A newcomer learns about us now, not an interval later.
-                    self.publish();
+                    self.publish_soon();
                 }
                 _ => {}
             },

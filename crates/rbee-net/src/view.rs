@@ -53,14 +53,22 @@ pub enum Change {
     Stale,
 }
 
+/// Departed peers remembered (with their last sequence number), so that a late copy of an
+/// old status still travelling through the gossip mesh cannot bring a dead peer back.
+const MAX_DEPARTED: usize = 4096;
+
 #[derive(Debug, Default)]
 pub struct PoolView {
     peers: HashMap<PeerId, Peer>,
+    departed: HashMap<PeerId, u64>,
 }
 
 impl PoolView {
     /// Records a status heard from `id`. A status older than the one held is ignored.
     pub fn apply(&mut self, id: PeerId, status: NodeStatus, now: Instant) -> Change {
+        if self.departed.get(&id).is_some_and(|seq| status.seq <= *seq) {
+            return Change::Stale;
+        }
         match self.peers.get_mut(&id) {
             Some(p) if status.seq < p.status.seq => Change::Stale,
             Some(p) => {
@@ -98,7 +106,12 @@ impl PoolView {
 
     /// Removes a peer at once (its last connection closed).
     pub fn remove(&mut self, id: &PeerId) -> Option<Peer> {
-        self.peers.remove(id)
+        let peer = self.peers.remove(id)?;
+        if self.departed.len() >= MAX_DEPARTED {
+            self.departed.clear();
+        }
+        self.departed.insert(*id, peer.status.seq);
+        Some(peer)
     }
 
     /// Removes peers silent for longer than `timeout`; returns them.
@@ -109,7 +122,7 @@ impl PoolView {
             .filter(|p| now.saturating_duration_since(p.last_seen) > timeout)
             .map(|p| p.id)
             .collect();
-        gone.iter().filter_map(|id| self.peers.remove(id)).collect()
+        gone.iter().filter_map(|id| self.remove(id)).collect()
     }
 
     pub fn peers(&self) -> Vec<Peer> {
@@ -165,5 +178,9 @@ mod tests {
         assert_eq!(v.len(), 1);
         assert!(v.remove(&a).is_some());
         assert!(v.is_empty());
+        // A late copy of a departed peer's old status does not bring it back; a newer one
+        // (it restarted) does.
+        assert_eq!(v.apply(a, status("a2", 3), t1), Change::Stale);
+        assert_eq!(v.apply(a, status("a3", 4), t1), Change::Joined);
     }
 }
