@@ -553,3 +553,28 @@ fn models_commands_go_through_a_running_node() {
     );
     assert_eq!(s, 404);
 }
+
+#[test]
+fn a_fallback_route_tries_its_models_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let config = tmp.path().join("config.toml");
+    std::fs::write(
+        &config,
+        "[routes]\nchat = [\"not-here\", \"demo\"]\nbroken = [\"not-here\", \"nor-here\"]\n",
+    )
+    .unwrap();
+    let node = NodeProcess::start(&data, &["--config", config.to_str().unwrap()]);
+    let body = |model: &str| json!({"model": model, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4, "temperature": 0});
+    let (status, v, _) = post(&node, "/v1/chat/completions", body("chat"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["model"], "demo");
+    let (status, v, _) = post(&node, "/v1/chat/completions", body("broken"));
+    assert_eq!(status, 404, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("nor-here"),
+        "{v}"
+    );
+}

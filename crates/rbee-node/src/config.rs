@@ -44,6 +44,9 @@ pub struct NodeConfig {
     /// Milliseconds between status publications when nothing changes; a peer silent for
     /// three of them leaves the view.
     pub status_interval_ms: u64,
+    /// Fallback chains: a name that maps to models tried in order, the next one when the
+    /// previous has no capacity anywhere in the pool (`[routes] chat = ["big", "small"]`).
+    pub routes: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 impl Default for NodeConfig {
@@ -66,6 +69,7 @@ impl Default for NodeConfig {
             bootstrap: Vec::new(),
             mdns: true,
             status_interval_ms: 1000,
+            routes: Default::default(),
         }
     }
 }
@@ -236,6 +240,13 @@ impl NodeConfig {
                 ))
             })?;
         }
+        for (name, chain) in &self.routes {
+            if chain.is_empty() || chain.len() > 16 || chain.iter().any(|m| m == name) {
+                return Err(ConfigError::Invalid(format!(
+                    "route `{name}` must list 1 to 16 models other than itself"
+                )));
+            }
+        }
         if !(50..=60_000).contains(&self.status_interval_ms) {
             return Err(ConfigError::Invalid(
                 "status_interval_ms must be 50..=60000".into(),
@@ -319,6 +330,11 @@ mod tests {
         let c = NodeConfig {
             memory_budget: Some(1 << 30),
             preload: vec!["demo".into()],
+            routes: [(
+                "chat".to_string(),
+                vec!["big".to_string(), "small".to_string()],
+            )]
+            .into(),
             ..Default::default()
         };
         let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();

@@ -68,6 +68,31 @@ pub async fn start_with(
     params: SamplingParams,
     local_only: bool,
 ) -> Result<Started, NodeError> {
+    // A fallback chain: each model in turn while the previous has no capacity anywhere.
+    let Some(chain) = ctx.config.routes.get(model) else {
+        return start_one(ctx, model, prompt, params, local_only).await;
+    };
+    let mut last_error = None;
+    for candidate in chain {
+        match start_one(ctx, candidate, prompt.clone(), params.clone(), local_only).await {
+            Ok(started) => return Ok(started),
+            Err(e) if node_specific(&e) => {
+                tracing::info!(route = model, model = %candidate, "no capacity, trying the next model of the route: {e}");
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| NodeError::NotFound(format!("route `{model}` is empty"))))
+}
+
+async fn start_one(
+    ctx: &NodeContext,
+    model: &str,
+    prompt: Prompt,
+    params: SamplingParams,
+    local_only: bool,
+) -> Result<Started, NodeError> {
     let reference: ModelRef = model.parse()?;
     if matches!(reference, ModelRef::LocalPath(_)) {
         return Err(NodeError::BadRequest(format!(
