@@ -84,10 +84,33 @@ fn source_ref(source: &ModelSource) -> Option<String> {
     }
 }
 
-/// This node as its peers should see it.
-pub async fn local_status(ctx: &NodeContext, tokens_per_sec: f32) -> Result<NodeStatus, NodeError> {
-    let worker = ctx.worker.status().await?;
+/// The models in this node's store, as the pool sees them.
+async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, NodeError> {
     let records = ctx.catalog.list().await?;
+    Ok(records
+        .iter()
+        .take(rbee_proto::pool::MAX_STATUS_MODELS)
+        .map(|r| DiskModel {
+            content_id: r.entry.content_id,
+            names: std::iter::once(&r.entry.name)
+                .chain(&r.entry.aliases)
+                .take(rbee_proto::pool::MAX_MODEL_NAMES)
+                .cloned()
+                .collect(),
+            source: source_ref(&r.manifest.source),
+            size: r.manifest.total_size(),
+            shared: true,
+        })
+        .collect())
+}
+
+/// This node as its peers should see it.
+async fn local_status(
+    ctx: &NodeContext,
+    tokens_per_sec: f32,
+    on_disk: Vec<DiskModel>,
+) -> Result<NodeStatus, NodeError> {
+    let worker = ctx.worker.status().await?;
     let loaded = worker
         .models
         .iter()
@@ -102,21 +125,6 @@ pub async fn local_status(ctx: &NodeContext, tokens_per_sec: f32) -> Result<Node
             _ => None,
         })
         .take(rbee_proto::pool::MAX_STATUS_MODELS)
-        .collect();
-    let on_disk = records
-        .iter()
-        .take(rbee_proto::pool::MAX_STATUS_MODELS)
-        .map(|r| DiskModel {
-            content_id: r.entry.content_id,
-            names: std::iter::once(&r.entry.name)
-                .chain(&r.entry.aliases)
-                .take(rbee_proto::pool::MAX_MODEL_NAMES)
-                .cloned()
-                .collect(),
-            source: source_ref(&r.manifest.source),
-            size: r.manifest.total_size(),
-            shared: true,
-        })
         .collect();
     Ok(NodeStatus {
         name: ctx.name.clone(),
@@ -145,15 +153,28 @@ pub async fn publish_status(ctx: Arc<NodeContext>, net: Client) {
         ctx.metrics.tokens_generated.load(Ordering::Relaxed),
     );
     let mut rate = 0f32;
+    // The worker's state changes by the moment and is asked every tick; the catalog (files
+    // on disk) changes rarely and is read once per interval.
+    let mut on_disk: Option<(Instant, Vec<DiskModel>)> = None;
     loop {
         tick.tick().await;
+        if on_disk
+            .as_ref()
+            .is_none_or(|(t, _)| t.elapsed() >= interval)
+        {
+            match disk_models(&ctx).await {
+                Ok(models) => on_disk = Some((Instant::now(), models)),
+                Err(e) => tracing::debug!("catalog not available: {e}"),
+            }
+        }
+        let models = on_disk.as_ref().map(|(_, m)| m.clone()).unwrap_or_default();
         let elapsed = window.0.elapsed();
         if elapsed >= Duration::from_secs(10) {
             let now = ctx.metrics.tokens_generated.load(Ordering::Relaxed);
             rate = (now.saturating_sub(window.1)) as f32 / elapsed.as_secs_f32();
             window = (Instant::now(), now);
         }
-        match local_status(&ctx, rate).await {
+        match local_status(&ctx, rate, models).await {
             Ok(status) => {
                 if let Ok(mut cache) = ctx.status.lock() {
                     *cache = Some(status.clone());
