@@ -214,7 +214,7 @@ impl Linear {
             Kernel::Q8_0(w) => w.matmul(x, m),
             Kernel::Q4K(w) => w.matmul(x, m, &rows.kernels()),
             Kernel::Q6K(w) => w.matmul(x, m, rows.batch >= 8),
-            Kernel::Float(w) => w.matmul(x, m),
+            Kernel::Float(w) => w.matmul(x, m, rows.batch > 1),
             Kernel::Candle(qtensor) => Tensor::from_slice(x, (m, self.k), &Device::Cpu)
                 .and_then(|t| t.apply_op1_no_bwd(qtensor))
                 .and_then(|t| t.flatten_all())
