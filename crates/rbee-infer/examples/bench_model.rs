@@ -115,6 +115,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         steps as f64 / decode.as_secs_f64()
     );
     println!("peak RSS:     {:.3} GB", peak_rss_bytes()? as f64 / 1e9);
+    println!("RSS now:      {:.3} GB", rss_bytes("VmRSS:")? as f64 / 1e9);
     println!("estimate:     {:.3} GB", estimate as f64 / 1e9);
     println!("in use:       {:.3} GB", model.memory_in_use() as f64 / 1e9);
     println!("prompt:       {:?}", text(&prompt));
@@ -271,11 +272,20 @@ fn greedy_tokenize(text: &str, vocab: &[String]) -> Vec<u32> {
 
 /// Peak resident set size (`VmHWM`) of this process.
 fn peak_rss_bytes() -> Result<u64, Box<dyn std::error::Error>> {
+    rss_bytes("VmHWM:")
+}
+
+/// A size field of `/proc/self/status`, in bytes.
+fn rss_bytes(field: &str) -> Result<u64, Box<dyn std::error::Error>> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     let line = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .ok_or("no VmHWM")?;
-    let kb: u64 = line.split_whitespace().nth(1).ok_or("bad VmHWM")?.parse()?;
+        .find(|l| l.starts_with(field))
+        .ok_or("no such field in /proc/self/status")?;
+    let kb: u64 = line
+        .split_whitespace()
+        .nth(1)
+        .ok_or("bad /proc/self/status line")?
+        .parse()?;
     Ok(kb * 1024)
 }

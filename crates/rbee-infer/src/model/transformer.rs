@@ -101,11 +101,15 @@ impl Transformer {
     fn load(config: &ModelConfig, r: &mut TensorReader<'_>) -> Result<Transformer, ModelError> {
         let c = config;
         let hidden = c.hidden_size;
-        let embedding = Linear::new(r.matrix("token_embd.weight", c.vocab_size, hidden)?, None)?;
+        // The vocabulary-sized matrices are streamed: they dominate small models.
+        let embedding = Linear::load(r, "token_embd.weight", c.vocab_size, hidden, None)?;
         let output = if r.has("output.weight") {
             let bias = r.optional_vector("output.bias", c.vocab_size)?;
-            Some(Linear::new(
-                r.matrix("output.weight", c.vocab_size, hidden)?,
+            Some(Linear::load(
+                r,
+                "output.weight",
+                c.vocab_size,
+                hidden,
                 bias,
             )?)
         } else {

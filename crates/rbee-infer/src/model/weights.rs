@@ -137,6 +137,58 @@ impl<'a> TensorReader<'a> {
         })
     }
 
+    /// Streams a 2-D weight (checked as in [`matrix`](Self::matrix)) to
+    /// `sink` in chunks of whole blocks, Q5_0 already widened to Q8_0;
+    /// returns the (widened) type.
+    pub fn matrix_chunks(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        mut sink: impl FnMut(GgmlDType, &[u8]) -> Result<(), ModelError>,
+    ) -> Result<GgmlDType, ModelError> {
+        const CHUNK: u64 = 4 << 20;
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        check_shape(info, &[cols as u64, rows as u64])?;
+        let dtype = candle_dtype(info)?;
+        let block = info.dtype.type_size();
+        let step = (CHUNK / block).max(1) * block;
+        let io_err = |source| ModelError::Io {
+            path: self.path.clone(),
+            tensor: info.name.clone(),
+            source,
+        };
+        self.file
+            .seek(SeekFrom::Start(info.offset))
+            .map_err(io_err)?;
+        let mut buf = Vec::new();
+        let mut done = 0;
+        while done < info.size {
+            let len = step.min(info.size - done) as usize;
+            buf.resize(len, 0);
+            self.file
+                .read_exact(&mut buf)
+                .map_err(|source| ModelError::Io {
+                    path: self.path.clone(),
+                    tensor: info.name.clone(),
+                    source,
+                })?;
+            if dtype == GgmlDType::Q5_0 {
+                sink(GgmlDType::Q8_0, &q5_0_to_q8_0(&buf))?;
+            } else {
+                sink(dtype, &buf)?;
+            }
+            done += len as u64;
+        }
+        Ok(if dtype == GgmlDType::Q5_0 {
+            GgmlDType::Q8_0
+        } else {
+            dtype
+        })
+    }
+
     /// A 1-D tensor of `len` values (norm weights, biases), as f32.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let info = self
