@@ -1,10 +1,10 @@
 //! Linear layers `y = x · Wᵀ (+ b)` over quantised weights.
 //!
 //! The weight types llama.cpp-exact kernels exist for (Q8_0, Q5_0 widened to
-//! Q8_0 at load, Q4_K,
-//! Q6_K, F32, F16, BF16; see [`kernels`](super::kernels)) use them; the
-//! others (Q4_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K) fall back to candle's kernels,
-//! which compute the same products but round differently from llama.cpp.
+//! Q8_0 at load, Q4_K, Q6_K, F32, F16, BF16; see [`kernels`](super::kernels))
+//! use them; the others (Q4_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K) fall back to
+//! candle's kernels, which compute the same products but round differently
+//! from llama.cpp (close, not bit-exact).
 //!
 //! Projections that read the same input (q/k/v, gate/up) are fused into one
 //! matrix when their types agree: one activation quantisation and one pass

@@ -1,4 +1,5 @@
-//! Reading tensors out of a GGUF file into candle's CPU block storage.
+//! Reading tensors out of a GGUF file as ggml block bytes (which `linear`
+//! turns into kernel matrices, or candle storage for the other types).
 //!
 //! The header comes from `rbee-gguf`, which has already checked that every
 //! tensor lies inside the file, so here we only seek, read and convert. Two
@@ -32,7 +33,7 @@ pub(crate) struct TensorReader<'a> {
     file: BufReader<File>,
 }
 
-/// One weight matrix in candle's CPU block layout: `rows` rows of `cols` values.
+/// One weight matrix as ggml block bytes: `rows` rows of `cols` values.
 pub(crate) struct Blocks {
     pub name: String,
     pub dtype: GgmlDType,

@@ -139,7 +139,7 @@ impl Q4KMatrix {
 }
 
 /// Exact sums of four groups of eight lanes holding integers below 2^24
-/// in total. Not inlined, for the reason given at [`hsum8`](super::hsum8).
+/// in total. Not inlined, for the reason given at [`super::hsum8`].
 #[inline(never)]
 fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
     let mut out = [0f32; 4];

@@ -157,7 +157,7 @@ fn permuted_f32(q: &[i8]) -> Vec<f32> {
 }
 
 /// Exact sum of lanes holding integers (in f64, so no bound). Not inlined,
-/// for the reason given at [`hsum8`](super::hsum8).
+/// for the reason given at [`super::hsum8`].
 #[inline(never)]
 fn exact_sum(x: &[f32; 8], y: &[f32; 8], z: &[i32; 8]) -> f64 {
     (0..8)
