@@ -250,24 +250,62 @@ mod bench {
         v
     }
 
+    fn k_bytes(blocks: usize, size: usize, scales: &[usize]) -> Vec<u8> {
+        let mut v: Vec<u8> = (0..blocks * size)
+            .map(|i| ((i * 2_654_435_761) >> 13) as u8)
+            .collect();
+        for b in v.chunks_exact_mut(size) {
+            for &at in scales {
+                b[at..at + 2].copy_from_slice(&crate::model::f16::f32_to_f16(0.001).to_le_bytes());
+            }
+        }
+        v
+    }
+
+    fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+        f();
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    }
+
     #[test]
     #[ignore]
     fn bench_kernels() {
         for (n, k, m, reps) in [
-            (262144usize, 640usize, 1usize, 10),
-            (2048, 640, 88, 5),
-            (1024, 640, 1, 200),
+            (640usize, 1024usize, 88usize, 10usize),
+            (640, 2048, 88, 5),
+            (640, 2048, 1, 200),
         ] {
-            let w = q8_0::from_blocks(&q8_bytes(n, k), n, k).unwrap();
             let x: Vec<f32> = (0..k * m).map(|i| (i as f32).sin()).collect();
-            std::hint::black_box(w.matmul(&x, m));
-            let t = Instant::now();
-            for _ in 0..reps {
+            let w = q8_0::from_blocks(&q8_bytes(n, k), n, k).unwrap();
+            let dt = time(reps, || {
                 std::hint::black_box(w.matmul(&x, m));
-            }
-            let dt = t.elapsed().as_secs_f64() / reps as f64;
+            });
             eprintln!(
                 "q8_0 {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
+                dt * 1e3,
+                (m * n * k) as f64 / dt / 1e9
+            );
+            let kernels: Vec<RowKernel> = (0..m).map(|r| RowKernel::for_row(r, m)).collect();
+            let w =
+                q4_k::Q4KMatrix::from_blocks(&k_bytes(n * k / 256, 144, &[0, 2]), n, k).unwrap();
+            let dt = time(reps, || {
+                std::hint::black_box(w.matmul(&x, m, &kernels));
+            });
+            eprintln!(
+                "q4_k {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
+                dt * 1e3,
+                (m * n * k) as f64 / dt / 1e9
+            );
+            let w = q6_k::Q6KMatrix::from_blocks(&k_bytes(n * k / 256, 210, &[208]), n, k).unwrap();
+            let dt = time(reps, || {
+                std::hint::black_box(w.matmul(&x, m, m >= 8));
+            });
+            eprintln!(
+                "q6_k {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
                 dt * 1e3,
                 (m * n * k) as f64 / dt / 1e9
             );
