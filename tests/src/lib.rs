@@ -53,3 +53,91 @@ pub fn rbee(data: &Path, args: &[&str]) -> Output {
         .output()
         .expect("spawning rbee-node")
 }
+
+/// The demo model (Gemma 3 270M Q4_K_M), fetched by `scripts/fetch-demo-model`. None (with a
+/// printed reason) when absent outside CI; in CI a missing model is a failure.
+pub fn demo_model() -> Option<PathBuf> {
+    let path = std::env::var_os("RBEE_DEMO_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/rbee/demo-model/gemma-3-270m-q4_k_m.gguf"))
+        })
+        .filter(|p| p.is_file());
+    if path.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "demo model missing in CI: scripts/test should have fetched it"
+        );
+        eprintln!("SKIPPED: demo model not found (run scripts/fetch-demo-model)");
+    }
+    path
+}
+
+/// A free TCP port on loopback (bound, read, released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running `rbee-node join`, killed when dropped.
+#[derive(Debug)]
+pub struct NodeProcess {
+    pub child: std::process::Child,
+    pub base: String,
+    pub log: PathBuf,
+}
+
+impl NodeProcess {
+    /// Starts a node on a free loopback port over `data` and waits until `/health` answers.
+    pub fn start(data: &Path, extra: &[&str]) -> NodeProcess {
+        let port = free_port();
+        let log = data.with_extension(format!("node-{port}.log"));
+        let log_file = std::fs::File::create(&log).expect("node log");
+        let child = Command::new(rbee_node_bin())
+            .arg("--data-dir")
+            .arg(data)
+            .args(["join", "--api-addr", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .env("XDG_CONFIG_HOME", data.join("no-config"))
+            .stderr(log_file)
+            .spawn()
+            .expect("spawning rbee-node join");
+        let node = NodeProcess {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+            log,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        // Any HTTP answer (a 401 from a node with a token too) means it is up.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        while std::time::Instant::now() < deadline {
+            if agent.get(&format!("{}/health", node.base)).call().is_ok() {
+                return node;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("node did not come up; log:\n{}", node.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

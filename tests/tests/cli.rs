@@ -38,13 +38,24 @@ fn models_commands_end_to_end() {
     let src = tmp.path().join("tiny-Q4_K_M.gguf");
     write_gguf(&src, "qwen3", 1 << 20);
 
-    let out = rbee(&data, &["models", "import", src.to_str().unwrap(), "--name", "tiny"]);
+    let out = rbee(
+        &data,
+        &["models", "import", src.to_str().unwrap(), "--name", "tiny"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).starts_with("imported tiny ("), "{}", stdout(&out));
+    assert!(
+        stdout(&out).starts_with("imported tiny ("),
+        "{}",
+        stdout(&out)
+    );
 
     let again = rbee(&data, &["models", "import", src.to_str().unwrap()]);
     assert!(again.status.success());
-    assert!(stdout(&again).contains("already present: tiny"), "{}", stdout(&again));
+    assert!(
+        stdout(&again).contains("already present: tiny"),
+        "{}",
+        stdout(&again)
+    );
 
     let models = ls_json(&data);
     assert_eq!(models.len(), 1);
@@ -56,9 +67,17 @@ fn models_commands_end_to_end() {
     let out = rbee(&data, &["models", "alias", "tiny", "small"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = rbee(&data, &["models", "show", "small"]);
-    assert!(stdout(&out).contains("architecture:  qwen3"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("architecture:  qwen3"),
+        "{}",
+        stdout(&out)
+    );
     let out = rbee(&data, &["models", "verify"]);
-    assert!(out.status.success() && stdout(&out).starts_with("ok"), "{}", stdout(&out));
+    assert!(
+        out.status.success() && stdout(&out).starts_with("ok"),
+        "{}",
+        stdout(&out)
+    );
 
     let out = rbee(&data, &["models", "rm", "small"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -73,8 +92,14 @@ fn errors_are_one_clear_line_and_a_failure_exit() {
     fs::write(&bad, b"GGUF\x03\x00\x00\x00").unwrap();
     let cases: &[(&[&str], &str)] = &[
         (&["models", "import", bad.to_str().unwrap()], "invalid GGUF"),
-        (&["models", "import", "/does/not/exist.gguf"], "/does/not/exist.gguf"),
-        (&["models", "show", "nothing-here"], "no model `nothing-here`"),
+        (
+            &["models", "import", "/does/not/exist.gguf"],
+            "/does/not/exist.gguf",
+        ),
+        (
+            &["models", "show", "nothing-here"],
+            "no model `nothing-here`",
+        ),
         (&["models", "show", "org/"], "accepted forms"),
     ];
     for (args, needle) in cases {
@@ -82,7 +107,10 @@ fn errors_are_one_clear_line_and_a_failure_exit() {
         assert!(!out.status.success(), "{args:?} should fail");
         let err = stderr(&out);
         assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
-        assert!(err.starts_with("error: ") && err.contains(needle), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.contains(needle),
+            "{args:?}: {err}"
+        );
     }
 }
 
@@ -98,7 +126,11 @@ fn a_killed_import_never_leaves_a_half_model() {
     // How long does an uninterrupted import take here?
     let probe = tmp.path().join("probe");
     let started = Instant::now();
-    assert!(rbee(&probe, &["models", "import", src_arg]).status.success());
+    assert!(
+        rbee(&probe, &["models", "import", src_arg])
+            .status
+            .success()
+    );
     let full = started.elapsed();
 
     let mut outcomes = (0, 0);
@@ -111,7 +143,17 @@ fn a_killed_import_never_leaves_a_half_model() {
             .args(["models", "import", src_arg])
             .spawn()
             .unwrap();
-        std::thread::sleep(full.mul_f64(f64::from(step) / 8.5));
+        // Wait until the import is under way (its temp file exists), then let it run a little
+        // longer each step, so the kills spread from "just started" to "about to commit".
+        let started = Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(30) {
+            let busy = fs::read_dir(data.join("tmp")).is_ok_and(|mut d| d.next().is_some());
+            if busy || child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::thread::sleep(full.mul_f64(f64::from(step - 1) / 10.0));
         let _ = child.kill();
         let _ = child.wait();
 
@@ -121,18 +163,32 @@ fn a_killed_import_never_leaves_a_half_model() {
             1 => {
                 outcomes.1 += 1;
                 let v = rbee(&data, &["models", "verify"]);
-                assert!(v.status.success(), "step {step}: cataloged model fails verify: {}", stdout(&v));
+                assert!(
+                    v.status.success(),
+                    "step {step}: cataloged model fails verify: {}",
+                    stdout(&v)
+                );
             }
             n => panic!("step {step}: {n} models after one import"),
         }
         assert!(rbee(&data, &["models", "gc"]).status.success());
         let leftovers: Vec<_> = ["tmp", "views", "manifests", "blobs"]
             .iter()
-            .flat_map(|d| fs::read_dir(data.join(d)).unwrap().map(|e| e.unwrap().path()))
+            .flat_map(|d| {
+                fs::read_dir(data.join(d))
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+            })
             .collect();
         let expected = if models.is_empty() { 0 } else { 3 }; // one blob, one view, one manifest
         assert_eq!(leftovers.len(), expected, "step {step}: {leftovers:?}");
     }
-    eprintln!("import of 192 MiB took {full:?}; killed runs: {} left nothing, {} completed", outcomes.0, outcomes.1);
-    assert!(outcomes.0 > 0, "no kill landed mid-import; the test proved nothing");
+    eprintln!(
+        "import of 192 MiB took {full:?}; killed runs: {} left nothing, {} completed",
+        outcomes.0, outcomes.1
+    );
+    assert!(
+        outcomes.0 > 0,
+        "no kill landed mid-import; the test proved nothing"
+    );
 }

@@ -1,7 +1,9 @@
 //! `rbee-node`: the one command of rbee. Thin by design: parsing, output and exit codes here,
 //! everything else in the library crates.
 
+mod infer;
 mod models;
+mod node;
 mod output;
 
 use std::path::PathBuf;
@@ -19,6 +21,10 @@ struct Cli {
     /// Where models and the catalog live (default: $XDG_DATA_HOME/rbee).
     #[arg(long, global = true, env = "RBEE_DATA_DIR")]
     data_dir: Option<PathBuf>,
+
+    /// Config file (default: $XDG_CONFIG_HOME/rbee/config.toml).
+    #[arg(long, global = true, env = "RBEE_CONFIG")]
+    config: Option<PathBuf>,
 
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RBEE_LOG_FORMAT")]
@@ -39,6 +45,21 @@ enum Command {
     /// Manage the models on this node.
     #[command(subcommand)]
     Models(models::ModelsCommand),
+    /// Start a node: serve the API and the models in the data dir until SIGTERM/Ctrl-C.
+    Join(node::JoinArgs),
+    /// Show the running local node: devices, memory, models and their state.
+    Status,
+    /// Run one prompt (through the local node if one is running, else in this process).
+    Infer(infer::InferArgs),
+    /// Configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (file, then RBEE_* variables, then flags).
+    Show,
 }
 
 fn init_logging(format: LogFormat) {
@@ -56,9 +77,18 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = match cli.command {
-        Command::Models(cmd) => models::run(cli.data_dir, cmd),
-    };
+    let result = node::load_config(cli.config.as_ref(), cli.data_dir.clone()).and_then(|config| {
+        match cli.command {
+            Command::Models(cmd) => models::run(&config, cmd),
+            Command::Infer(args) => infer::run(&config, args),
+            Command::Join(args) => node::join(config, args),
+            Command::Status => node::status(&config),
+            Command::Config(ConfigCommand::Show) => {
+                node::show_config(&config);
+                Ok(())
+            }
+        }
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

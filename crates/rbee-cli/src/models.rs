@@ -63,7 +63,7 @@ pub enum ModelsCommand {
     Gc,
 }
 
-fn open_store(data_dir: Option<PathBuf>) -> Result<Store> {
+pub fn open_store(data_dir: Option<PathBuf>) -> Result<Store> {
     let dir = match data_dir {
         Some(d) => d,
         None => rbee_store::default_data_dir()?,
@@ -75,8 +75,60 @@ fn parse_ref(s: &str) -> Result<ModelRef> {
     Ok(s.parse::<ModelRef>()?)
 }
 
-pub fn run(data_dir: Option<PathBuf>, cmd: ModelsCommand) -> Result<()> {
-    let store = open_store(data_dir)?;
+/// Import and remove go through a running node (it reports progress as a job and unloads a
+/// model before removing it); everything else reads the catalog directly, which is safe while a
+/// node runs because every writer takes the catalog lock.
+pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
+    let node = crate::node::NodeClient::new(config);
+    let node_up = node.health().is_some();
+    match &cmd {
+        ModelsCommand::Import { source, name } if node_up => {
+            // The node resolves paths itself: hand it an absolute one.
+            let source = match ImportSource::parse(source)? {
+                ImportSource::Path(p) => std::path::absolute(&p)?.display().to_string(),
+                _ => source.clone(),
+            };
+            let mut body = json!({"operation": "model_import", "source": source});
+            if let Some(n) = name {
+                body["name"] = json!(n);
+            }
+            let result = node.run_job(body, "importing")?;
+            if result["already_present"].as_bool() == Some(true) {
+                println!(
+                    "already present: {}, nothing imported",
+                    result["name"].as_str().unwrap_or("?")
+                );
+            } else {
+                println!(
+                    "imported {} ({}) through the running node, {}",
+                    result["name"].as_str().unwrap_or("?"),
+                    result["content_id"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .get(..12)
+                        .unwrap_or("?"),
+                    output::bytes(result["size"].as_u64().unwrap_or(0))
+                );
+            }
+            return Ok(());
+        }
+        ModelsCommand::Rm {
+            model,
+            force: false,
+        } if node_up => {
+            let result = node.run_job(
+                json!({"operation": "model_remove", "model": model}),
+                "removing",
+            )?;
+            println!(
+                "removed {} through the running node",
+                result["model"].as_str().unwrap_or("?")
+            );
+            return Ok(());
+        }
+        _ => {}
+    }
+    let store = open_store(config.data_dir.clone())?;
     match cmd {
         ModelsCommand::Import { source, name } => import(&store, &source, name.as_deref()),
         ModelsCommand::Ls { json } => ls(&store, json),

@@ -4,7 +4,14 @@
 //! - [`model`]: our transformer on candle-core for llama, qwen2, qwen3, gemma3 and phi3.
 //! - [`chat`]: chat templates (the model's own Jinja template, or a built-in one).
 //! - [`sampling`]: greedy, temperature, top-k/p, min-p, repetition penalty, seeds.
-//! - [`engine`]: the [`Backend`] trait and the candle backend, one thread per loaded model.
+//! - [`engine`]: the [`Backend`](engine::Backend) trait and the candle backend, one thread per loaded model.
 
-pub mod tokenizer;
+pub mod chat;
+pub mod engine;
+mod error;
 pub mod model;
+pub mod sampling;
+pub mod stream;
+pub mod tokenizer;
+
+pub use error::InferError;

@@ -98,7 +98,11 @@ fn main() -> BenchResult {
         fs::remove_dir_all(store.root())?;
     }
 
-    println!("file: {} MiB in {} (best of 3 rounds)", size >> 20, dir.path().display());
+    println!(
+        "file: {} MiB in {} (best of 3 rounds)",
+        size >> 20,
+        dir.path().display()
+    );
     println!("{:<34} {:>8} {:>10}", "operation", "seconds", "MiB/s");
     for (what, secs) in [
         ("blake3, 1 thread (reference)", hash_s),

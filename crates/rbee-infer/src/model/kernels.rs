@@ -221,94 +221,11 @@ mod tests {
         };
         let w_rows: Vec<Vec<f32>> = wf.chunks(cols).map(<[f32]>::to_vec).collect();
         let xs: Vec<Vec<f32>> = x.chunks(cols).map(<[f32]>::to_vec).collect();
+        check(&f.matmul(&x, m), &reference(&w_rows, &xs), "f32 batch");
         check(
-            &f.matmul(&x, m, true),
-            &reference(&w_rows, &xs),
-            "f32 batch",
-        );
-        check(
-            &f.matmul(&x[..cols], 1, false),
+            &f.matmul(&x[..cols], 1),
             &reference(&w_rows, &xs[..1]),
             "f32 single row",
         );
-    }
-}
-
-#[cfg(test)]
-mod bench {
-    use super::*;
-    use std::time::Instant;
-
-    fn q8_bytes(rows: usize, cols: usize) -> Vec<u8> {
-        let mut v = Vec::new();
-        for b in 0..rows * cols / 32 {
-            v.extend_from_slice(
-                &crate::model::f16::f32_to_f16(0.01 + (b % 7) as f32 * 1e-3).to_le_bytes(),
-            );
-            v.extend((0..32).map(|i| ((b * 31 + i * 7) % 251) as u8));
-        }
-        v
-    }
-
-    fn k_bytes(blocks: usize, size: usize, scales: &[usize]) -> Vec<u8> {
-        let mut v: Vec<u8> = (0..blocks * size)
-            .map(|i| ((i * 2_654_435_761) >> 13) as u8)
-            .collect();
-        for b in v.chunks_exact_mut(size) {
-            for &at in scales {
-                b[at..at + 2].copy_from_slice(&crate::model::f16::f32_to_f16(0.001).to_le_bytes());
-            }
-        }
-        v
-    }
-
-    fn time(reps: usize, mut f: impl FnMut()) -> f64 {
-        f();
-        let t = Instant::now();
-        for _ in 0..reps {
-            f();
-        }
-        t.elapsed().as_secs_f64() / reps as f64
-    }
-
-    #[test]
-    #[ignore]
-    fn bench_kernels() {
-        for (n, k, m, reps) in [
-            (640usize, 1024usize, 88usize, 10usize),
-            (640, 2048, 88, 5),
-            (640, 2048, 1, 200),
-        ] {
-            let x: Vec<f32> = (0..k * m).map(|i| (i as f32).sin()).collect();
-            let w = q8_0::from_blocks(&q8_bytes(n, k), n, k).unwrap();
-            let dt = time(reps, || {
-                std::hint::black_box(w.matmul(&x, m));
-            });
-            eprintln!(
-                "q8_0 {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
-                dt * 1e3,
-                (m * n * k) as f64 / dt / 1e9
-            );
-            let kernels: Vec<RowKernel> = (0..m).map(|r| RowKernel::for_row(r, m)).collect();
-            let w =
-                q4_k::Q4KMatrix::from_blocks(&k_bytes(n * k / 256, 144, &[0, 2]), n, k).unwrap();
-            let dt = time(reps, || {
-                std::hint::black_box(w.matmul(&x, m, &kernels));
-            });
-            eprintln!(
-                "q4_k {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
-                dt * 1e3,
-                (m * n * k) as f64 / dt / 1e9
-            );
-            let w = q6_k::Q6KMatrix::from_blocks(&k_bytes(n * k / 256, 210, &[208]), n, k).unwrap();
-            let dt = time(reps, || {
-                std::hint::black_box(w.matmul(&x, m, m >= 8));
-            });
-            eprintln!(
-                "q6_k {n}x{k} m={m}: {:.3} ms, {:.1} GMAC/s",
-                dt * 1e3,
-                (m * n * k) as f64 / dt / 1e9
-            );
-        }
     }
 }

@@ -1,0 +1,310 @@
+//! `rbee-node join`, `status` and `config show`, and the client side of talking to a running
+//! node (used by `infer` when a node is up).
+
+use std::io::{BufRead, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use rbee_node::NodeConfig;
+use rbee_node::config::parse_bytes;
+
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// API address (default 127.0.0.1:7835; anything but loopback needs --api-token).
+    #[arg(long)]
+    api_addr: Option<SocketAddr>,
+    /// Bearer token clients must send.
+    #[arg(long)]
+    api_token: Option<String>,
+    /// Memory for models on this node, e.g. 8GiB (default: 70% of RAM).
+    #[arg(long, value_parser = parse_bytes)]
+    memory_budget: Option<u64>,
+    /// Context length models are loaded with.
+    #[arg(long)]
+    context_length: Option<usize>,
+    /// Requests that may wait per model.
+    #[arg(long)]
+    queue_capacity: Option<usize>,
+    /// Load these models at start (repeatable).
+    #[arg(long)]
+    preload: Vec<String>,
+}
+
+/// The effective configuration: file, then `RBEE_*`, then the global flags.
+pub fn load_config(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> Result<NodeConfig> {
+    let mut c = NodeConfig::load(config.map(|p| p.as_path()))?;
+    if data_dir.is_some() {
+        c.data_dir = data_dir;
+    }
+    Ok(c)
+}
+
+pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
+    if let Some(a) = args.api_addr {
+        config.api_addr = a;
+    }
+    if args.api_token.is_some() {
+        config.api_token = args.api_token;
+    }
+    if args.memory_budget.is_some() {
+        config.memory_budget = args.memory_budget;
+    }
+    if let Some(c) = args.context_length {
+        config.context_length = c;
+    }
+    if let Some(q) = args.queue_capacity {
+        config.queue_capacity = q;
+    }
+    config.preload.extend(args.preload);
+    config.validate()?;
+    let data_dir = match &config.data_dir {
+        Some(d) => d.clone(),
+        None => rbee_store::default_data_dir()?,
+    };
+    let store = rbee_store::Store::open(&data_dir)
+        .with_context(|| format!("opening the store at {}", data_dir.display()))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let budget = config.cpu_budget();
+        rbee_node::run(config, store, shutdown_signal(), move |addr| {
+            eprintln!(
+                "rbee node listening on http://{addr} (data {}, cpu budget {}); no pool key given: this node runs alone",
+                data_dir.display(),
+                crate::output::bytes(budget)
+            );
+        })
+        .await
+    })?;
+    eprintln!("rbee node stopped");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM: stop taking requests, let running ones finish, exit 0.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: finishing in-flight requests");
+}
+
+/// A client for the local node's API.
+pub struct NodeClient {
+    base: String,
+    token: Option<String>,
+    agent: ureq::Agent,
+}
+
+impl NodeClient {
+    pub fn new(config: &NodeConfig) -> Self {
+        let addr = config.api_addr;
+        // A node bound to 0.0.0.0 is reached on loopback.
+        let host = if addr.ip().is_unspecified() {
+            format!("127.0.0.1:{}", addr.port())
+        } else {
+            addr.to_string()
+        };
+        let agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_millis(500)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        NodeClient {
+            base: format!("http://{host}"),
+            token: config.api_token.clone(),
+            agent,
+        }
+    }
+
+    fn auth<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.token {
+            Some(t) => req.header("Authorization", &format!("Bearer {t}")),
+            None => req,
+        }
+    }
+
+    /// `/health`, or None if no node answers.
+    pub fn health(&self) -> Option<serde_json::Value> {
+        let mut resp = self
+            .auth(self.agent.get(&format!("{}/health", self.base)))
+            .call()
+            .ok()?;
+        resp.body_mut().read_json().ok()
+    }
+
+    /// Streams a completion to `out`; returns the final usage line for stderr.
+    pub fn stream_completion(
+        &self,
+        path: &str,
+        body: serde_json::Value,
+        out: &mut impl Write,
+    ) -> Result<String> {
+        let resp = self
+            .auth(self.agent.post(&format!("{}{path}", self.base)))
+            .send_json(body)
+            .context("sending the request to the local node")?;
+        let status = resp.status();
+        let node = resp
+            .headers()
+            .get("x-rbee-node")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("?")
+            .to_string();
+        let mut reader = std::io::BufReader::new(resp.into_body().into_reader());
+        if !status.is_success() {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut reader, &mut text)?;
+            let msg = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or(text);
+            bail!("the node answered {status}: {msg}");
+        }
+        let mut usage = String::new();
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                if data == "[DONE]" {
+                    break;
+                }
+                let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+                if let Some(err) = v["error"]["message"].as_str() {
+                    bail!("{err}");
+                }
+                let choice = &v["choices"][0];
+                let text = choice["delta"]["content"]
+                    .as_str()
+                    .or(choice["text"].as_str())
+                    .unwrap_or("");
+                out.write_all(text.as_bytes())?;
+                out.flush()?;
+                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                    usage = format!(
+                        "{} tokens (prompt {}) served by node {node}",
+                        u["completion_tokens"], u["prompt_tokens"]
+                    );
+                }
+            }
+            line.clear();
+        }
+        Ok(usage)
+    }
+}
+
+impl NodeClient {
+    /// Starts a job and follows its event stream to the end, showing progress; returns the
+    /// job's result.
+    pub fn run_job(
+        &self,
+        body: serde_json::Value,
+        label: &'static str,
+    ) -> Result<serde_json::Value> {
+        let mut resp = self
+            .auth(self.agent.post(&format!("{}/v1/jobs", self.base)))
+            .send_json(body)
+            .context("starting the job on the local node")?;
+        let created: serde_json::Value = resp.body_mut().read_json()?;
+        if let Some(msg) = created["error"]["message"].as_str() {
+            bail!("{msg}");
+        }
+        let url = created["stream_url"]
+            .as_str()
+            .context("the node returned no stream_url")?;
+        let resp = self
+            .auth(self.agent.get(&format!("{}{url}", self.base)))
+            .call()
+            .context("following the job")?;
+        let (bar, mut update) = crate::output::progress_bar(label);
+        let mut reader = std::io::BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        let outcome = loop {
+            line.clear();
+            if reader.read_line(&mut line)? == 0 {
+                break Err(anyhow::anyhow!("the job stream ended without a result"));
+            }
+            let Some(data) = line.trim_end().strip_prefix("data: ") else {
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
+            match v["type"].as_str() {
+                Some("progress") => update(rbee_store::Progress {
+                    phase: label,
+                    done: v["done"].as_u64().unwrap_or(0),
+                    total: v["total"].as_u64().unwrap_or(0),
+                }),
+                Some("done") => break Ok(v["result"].clone()),
+                Some("error") => {
+                    break Err(anyhow::anyhow!(
+                        "{}",
+                        v["message"].as_str().unwrap_or("job failed")
+                    ));
+                }
+                _ => {}
+            }
+        };
+        bar.finish_and_clear();
+        outcome
+    }
+}
+
+pub fn status(config: &NodeConfig) -> Result<()> {
+    let client = NodeClient::new(config);
+    let Some(h) = client.health() else {
+        bail!(
+            "no node answers at {}: start one with `rbee-node join`",
+            config.api_addr
+        );
+    };
+    println!(
+        "node {} ({}), up {}s, rbee {}",
+        h["node"].as_str().unwrap_or("?"),
+        h["status"].as_str().unwrap_or("?"),
+        h["uptime_secs"],
+        h["version"].as_str().unwrap_or("?")
+    );
+    for d in h["devices"].as_array().into_iter().flatten() {
+        println!(
+            "  device {}: {} of {} used",
+            d["device"].as_str().unwrap_or("?"),
+            crate::output::bytes(d["used_bytes"].as_u64().unwrap_or(0)),
+            crate::output::bytes(d["budget_bytes"].as_u64().unwrap_or(0))
+        );
+    }
+    for m in h["models"].as_array().into_iter().flatten() {
+        println!(
+            "  model {:<32} {}",
+            m["name"].as_str().unwrap_or("?"),
+            m["status"]["state"].as_str().unwrap_or("?")
+        );
+    }
+    Ok(())
+}
+
+pub fn show_config(config: &NodeConfig) {
+    let mut shown = config.clone();
+    if shown.api_token.is_some() {
+        shown.api_token = Some("(set)".into());
+    }
+    print!("{}", shown.to_toml());
+    println!("# cpu budget in effect: {} bytes", config.cpu_budget());
+}

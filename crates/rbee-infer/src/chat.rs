@@ -1,0 +1,226 @@
+//! Chat templates: the model's own Jinja template (`tokenizer.chat_template` in a GGUF, or
+//! `chat_template` in tokenizer_config.json), rendered with minijinja the way HuggingFace
+//! renders it (trim_blocks, lstrip_blocks, Python string methods), or a built-in template for
+//! the architecture when the model ships none.
+
+use minijinja::{Environment, ErrorKind, context};
+use serde::{Deserialize, Serialize};
+
+/// One message of a conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("chat template does not compile: {0}")]
+    Compile(String),
+    #[error("chat template failed to render: {0}")]
+    Render(String),
+    #[error("message {index} has role `{role}`; use system, user, assistant or tool")]
+    BadRole { index: usize, role: String },
+    #[error("a chat needs at least one message")]
+    Empty,
+}
+
+const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = m.content ~ '\n\n' %}{% else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}
+{{ ns.sys ~ m.content | trim }}<end_of_turn>
+{% set ns.sys = '' %}{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model
+{% endif %}";
+
+const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant
+{% endif %}";
+
+const LLAMA3: &str = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>
+
+{{ m.content | trim }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>
+
+{% endif %}";
+
+const LLAMA2: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = '<<SYS>>\n' ~ m.content ~ '\n<</SYS>>\n\n' %}{% elif m.role == 'user' %}[INST] {{ ns.sys ~ m.content | trim }} [/INST]{% set ns.sys = '' %}{% else %} {{ m.content | trim }}{{ eos_token }}{% endif %}{% endfor %}";
+
+const PHI3: &str = "{% for m in messages %}<|{{ m.role }}|>
+{{ m.content }}<|end|>
+{% endfor %}{% if add_generation_prompt %}<|assistant|>
+{% endif %}";
+
+/// The built-in template for an architecture; `has_token` tells which special tokens the
+/// vocabulary has, to tell Llama 3 from Llama 2/Mistral.
+pub fn builtin_template(architecture: &str, has_token: impl Fn(&str) -> bool) -> &'static str {
+    match architecture {
+        "gemma" | "gemma2" | "gemma3" => GEMMA,
+        "qwen2" | "qwen3" => CHATML,
+        "phi3" => PHI3,
+        _ if has_token("<|start_header_id|>") => LLAMA3,
+        _ if has_token("<|im_start|>") => CHATML,
+        _ => LLAMA2,
+    }
+}
+
+/// A compiled chat template.
+#[derive(Debug)]
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+    /// The model's own template (true) or our built-in one (false).
+    pub from_model: bool,
+}
+
+impl ChatTemplate {
+    pub fn new(
+        source: &str,
+        bos_token: &str,
+        eos_token: &str,
+        from_model: bool,
+    ) -> Result<Self, ChatError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        env.add_function("strftime_now", |_fmt: String| -> String {
+            // Templates use it for "Today is …"; a fixed, honest answer beats the wall clock
+            // leaking into reproducible prompts.
+            String::new()
+        });
+        env.add_template_owned("chat", source.to_string())
+            .map_err(|e| ChatError::Compile(e.to_string()))?;
+        Ok(ChatTemplate {
+            env,
+            bos_token: bos_token.to_string(),
+            eos_token: eos_token.to_string(),
+            from_model,
+        })
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the text ends where the assistant's
+    /// reply begins.
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
+        if messages.is_empty() {
+            return Err(ChatError::Empty);
+        }
+        for (index, m) in messages.iter().enumerate() {
+            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+                return Err(ChatError::BadRole {
+                    index,
+                    role: m.role.clone(),
+                });
+            }
+        }
+        let tmpl = self
+            .env
+            .get_template("chat")
+            .map_err(|e| ChatError::Compile(e.to_string()))?;
+        tmpl.render(context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        })
+        .map_err(|e| ChatError::Render(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "  Hi! "),
+            ChatMessage::new("assistant", "Hello."),
+            ChatMessage::new("user", "Name a colour."),
+        ]
+    }
+
+    #[test]
+    fn gemma_builtin_matches_the_official_format() {
+        let t = ChatTemplate::new(
+            builtin_template("gemma3", |_| false),
+            "<bos>",
+            "<eos>",
+            false,
+        )
+        .unwrap();
+        let text = t.render(&msgs(), true).unwrap();
+        assert_eq!(
+            text,
+            "<bos><start_of_turn>user\nBe brief.\n\nHi!<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nName a colour.<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn chatml_and_llama3_builtins() {
+        let t = ChatTemplate::new(
+            builtin_template("qwen3", |_| false),
+            "",
+            "<|im_end|>",
+            false,
+        )
+        .unwrap();
+        let text = t.render(&msgs()[1..2], true).unwrap();
+        assert_eq!(
+            text,
+            "<|im_start|>user\n  Hi! <|im_end|>\n<|im_start|>assistant\n"
+        );
+        let t = ChatTemplate::new(
+            builtin_template("llama", |tok| tok == "<|start_header_id|>"),
+            "<|begin_of_text|>",
+            "<|eot_id|>",
+            false,
+        )
+        .unwrap();
+        let text = t.render(&msgs()[1..2], true).unwrap();
+        assert!(text.starts_with(
+            "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHi!<|eot_id|>"
+        ));
+    }
+
+    #[test]
+    fn model_templates_with_python_methods_and_exceptions() {
+        let src = "{% for m in messages %}{% if m.role not in ['user','assistant'] %}{{ raise_exception('roles must alternate') }}{% endif %}{{ m.content.strip().upper() }}|{% endfor %}";
+        let t = ChatTemplate::new(src, "", "", true).unwrap();
+        assert_eq!(t.render(&msgs()[1..3], false).unwrap(), "HI!|HELLO.|");
+        let err = t.render(&msgs(), false).unwrap_err().to_string();
+        assert!(err.contains("roles must alternate"), "{err}");
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        let t = ChatTemplate::new(CHATML, "", "", false).unwrap();
+        assert!(matches!(t.render(&[], true), Err(ChatError::Empty)));
+        let bad = [ChatMessage::new("root", "x")];
+        assert!(matches!(
+            t.render(&bad, true),
+            Err(ChatError::BadRole { .. })
+        ));
+        assert!(matches!(
+            ChatTemplate::new("{% for %}", "", "", true),
+            Err(ChatError::Compile(_))
+        ));
+    }
+}

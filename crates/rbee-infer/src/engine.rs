@@ -1,0 +1,490 @@
+//! The [`Backend`] trait and its candle implementation.
+//!
+//! A loaded model lives on its own OS thread, never on an async executor: the thread owns the
+//! weights, the KV cache and the tokenizer, and takes one job at a time from a bounded queue.
+//! Tokens flow back over a bounded channel; dropping the [`Generation`] (a client that went
+//! away) or calling [`Generation::cancel`] stops the work at the next token.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::Instant;
+
+use candle_core::Device;
+
+use crate::chat::{ChatMessage, ChatTemplate, builtin_template};
+use crate::error::InferError;
+use crate::model::Transformer;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::stream::TextStream;
+use crate::tokenizer::Tokenizer;
+
+/// Context used when the caller does not ask for one: enough for chat, small enough that the
+/// KV cache of a small model stays in the hundreds of megabytes.
+pub const DEFAULT_CONTEXT: usize = 4096;
+/// Prompt tokens per forward pass during prefill: bounds activation memory on long prompts.
+const PREFILL_CHUNK: usize = 512;
+/// Events buffered between the model thread and a slow reader before the thread waits.
+const EVENT_BUFFER: usize = 64;
+
+/// Where and how big to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Tokens of context (prompt + output); capped at the model's own limit.
+    pub context_length: Option<usize>,
+    pub device: Device,
+    /// Generation requests that may wait while one runs.
+    pub queue_capacity: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            context_length: None,
+            device: Device::Cpu,
+            queue_capacity: 16,
+        }
+    }
+}
+
+/// Memory a model needs before it is loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryEstimate {
+    pub weights: u64,
+    pub kv_cache: u64,
+}
+
+impl MemoryEstimate {
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache
+    }
+}
+
+/// What a loaded model is.
+#[derive(Debug, Clone)]
+pub struct ModelInfo {
+    pub path: PathBuf,
+    pub architecture: String,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub memory: MemoryEstimate,
+    pub load_secs: f64,
+    /// The model's own chat template is used (false: our built-in one).
+    pub model_chat_template: bool,
+}
+
+/// A prompt: raw text to continue, or a conversation to format with the chat template.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Prompt {
+    Text(String),
+    Chat(Vec<ChatMessage>),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerateRequest {
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// End-of-sequence token or a stop sequence.
+    Stop,
+    /// `max_tokens` or the context was reached.
+    Length,
+    Cancelled,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub finish_reason: FinishReason,
+    pub prefill_secs: f64,
+    pub decode_secs: f64,
+}
+
+impl GenerationStats {
+    pub fn decode_tokens_per_sec(&self) -> f64 {
+        self.completion_tokens as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// One step of a generation, in order: `Started`, any number of `Token`s, maybe a `Text`, then
+/// `Done` or `Error`.
+#[derive(Debug)]
+pub enum GenerateEvent {
+    Started {
+        prompt_tokens: usize,
+    },
+    /// `text` is valid UTF-8 and may be empty (bytes held back until a character completes).
+    Token {
+        id: u32,
+        text: String,
+    },
+    /// Text released at the end without a new token (bytes that were held back).
+    Text(String),
+    Done(GenerationStats),
+    Error(InferError),
+}
+
+/// A running generation: iterate it for events. Dropping it cancels the work.
+#[derive(Debug)]
+pub struct Generation {
+    events: Receiver<GenerateEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Generation {
+    /// Asks the model thread to stop at the next token; a `Done` with `Cancelled` follows.
+    pub fn cancel(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// A flag that cancels this generation when set, for a caller that hands the iterator on.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+}
+
+impl Iterator for Generation {
+    type Item = GenerateEvent;
+    fn next(&mut self) -> Option<GenerateEvent> {
+        self.events.recv().ok()
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Something that can load models and run them.
+pub trait Backend: Send + Sync {
+    /// Validates the file and says how much memory loading it with `opts` takes.
+    fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError>;
+    /// Validates, then loads. Fails fast (before reading weights) on an invalid file.
+    fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError>;
+}
+
+/// A model ready to generate.
+pub trait LoadedModel: Send + Sync + std::fmt::Debug {
+    fn info(&self) -> &ModelInfo;
+    /// Queues a request; fails at once with `QueueFull` when the queue is full.
+    fn generate(&self, request: GenerateRequest) -> Result<Generation, InferError>;
+}
+
+/// The candle backend: CPU always, CUDA/Metal when built with those features.
+#[derive(Debug, Default, Clone)]
+pub struct CandleBackend;
+
+fn validated(path: &Path) -> Result<rbee_gguf::GgufFile, InferError> {
+    let invalid = |source| InferError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = rbee_gguf::GgufFile::open(path).map_err(invalid)?;
+    rbee_gguf::validate(&file).map_err(invalid)?;
+    Ok(file)
+}
+
+/// The GGUF file inside a model folder (views name it after the original file).
+fn gguf_path(path: &Path) -> Result<PathBuf, InferError> {
+    if !path.is_dir() {
+        return Ok(path.to_path_buf());
+    }
+    let found = std::fs::read_dir(path)
+        .map_err(|e| InferError::Unsupported {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|x| x == "gguf"));
+    found.ok_or_else(|| InferError::Unsupported {
+        path: path.to_path_buf(),
+        reason: "no .gguf file in this folder (safetensors models are not supported by this backend yet)".into(),
+    })
+}
+
+fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
+    let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
+    let total = Transformer::estimate_memory(file, context)?;
+    Ok(MemoryEstimate {
+        weights,
+        kv_cache: total.saturating_sub(weights),
+    })
+}
+
+fn context_for(file: &rbee_gguf::GgufFile, opts: &LoadOptions) -> usize {
+    let arch = file.architecture().unwrap_or_default();
+    let model_ctx = file
+        .metadata
+        .get_u64(&format!("{arch}.context_length"))
+        .unwrap_or(DEFAULT_CONTEXT as u64) as usize;
+    opts.context_length
+        .unwrap_or(DEFAULT_CONTEXT)
+        .min(model_ctx)
+        .max(16)
+}
+
+impl Backend for CandleBackend {
+    fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
+        let file = validated(&gguf_path(path)?)?;
+        estimate_of(&file, context_for(&file, opts))
+    }
+
+    fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
+        let started = Instant::now();
+        let path = gguf_path(path)?;
+        let file = validated(&path)?;
+        let context = context_for(&file, opts);
+        // The header read and validated above serves the estimate too: no second pass.
+        let memory = estimate_of(&file, context)?;
+        let tokenizer = Tokenizer::from_gguf(&file.metadata)?;
+        let template = chat_template(&file, &tokenizer)?;
+        let model = Transformer::load_gguf(&path, &opts.device)?;
+        let info = ModelInfo {
+            path: path.clone(),
+            architecture: model.config().architecture.clone(),
+            context_length: context,
+            vocab_size: model.config().vocab_size,
+            memory,
+            load_secs: started.elapsed().as_secs_f64(),
+            model_chat_template: template.from_model,
+        };
+        let (jobs, inbox) = sync_channel::<Job>(opts.queue_capacity.max(1));
+        let mut worker = Worker {
+            model,
+            tokenizer,
+            template,
+            context,
+        };
+        std::thread::Builder::new()
+            .name(format!("rbee-model-{}", info.architecture))
+            .spawn(move || {
+                while let Ok(job) = inbox.recv() {
+                    worker.run(job);
+                }
+            })
+            .map_err(InferError::Thread)?;
+        tracing::info!(path = %path.display(), secs = info.load_secs, "model loaded");
+        Ok(Arc::new(CandleModel {
+            info,
+            jobs,
+            capacity: opts.queue_capacity.max(1),
+        }))
+    }
+}
+
+fn chat_template(
+    file: &rbee_gguf::GgufFile,
+    tokenizer: &Tokenizer,
+) -> Result<ChatTemplate, InferError> {
+    let text_of = |id: Option<u32>| {
+        id.and_then(|i| tokenizer.id_to_token(i))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let bos = text_of(tokenizer.bos_id());
+    let eos = text_of(tokenizer.eos_ids().first().copied());
+    if let Some(src) = file.metadata.get_str("tokenizer.chat_template") {
+        match ChatTemplate::new(src, &bos, &eos, true) {
+            Ok(t) => return Ok(t),
+            Err(e) => tracing::warn!(
+                "the model's chat template is unusable ({e}); using the built-in one"
+            ),
+        }
+    }
+    let arch = file.architecture().unwrap_or_default();
+    let builtin = builtin_template(arch, |t| tokenizer.token_to_id(t).is_some());
+    Ok(ChatTemplate::new(builtin, &bos, &eos, false)?)
+}
+
+#[derive(Debug)]
+struct CandleModel {
+    info: ModelInfo,
+    jobs: SyncSender<Job>,
+    capacity: usize,
+}
+
+impl LoadedModel for CandleModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn generate(&self, request: GenerateRequest) -> Result<Generation, InferError> {
+        request
+            .params
+            .validate()
+            .map_err(InferError::InvalidRequest)?;
+        let (events, rx) = sync_channel(EVENT_BUFFER);
+        let cancel = Arc::new(AtomicBool::new(false));
+        let job = Job {
+            request,
+            events,
+            cancel: cancel.clone(),
+        };
+        match self.jobs.try_send(job) {
+            Ok(()) => Ok(Generation { events: rx, cancel }),
+            Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
+                capacity: self.capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
+        }
+    }
+}
+
+struct Job {
+    request: GenerateRequest,
+    events: SyncSender<GenerateEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+/// The model thread's state.
+struct Worker {
+    model: Transformer,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    context: usize,
+}
+
+impl Worker {
+    fn run(&mut self, job: Job) {
+        if job.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let events = job.events.clone();
+        if let Err(e) = self.generate(job) {
+            let _ = events.send(GenerateEvent::Error(e));
+        }
+    }
+
+    /// Prompt text to token ids, with BOS added once: not when the template already wrote it.
+    fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
+        let text = match prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(messages) => self.template.render(messages, true)?,
+        };
+        let bos_text = self
+            .tokenizer
+            .bos_id()
+            .and_then(|id| self.tokenizer.id_to_token(id));
+        let has_bos = bos_text.is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        Ok(self
+            .tokenizer
+            .encode(&text, self.tokenizer.add_bos_default() && !has_bos)?)
+    }
+
+    fn generate(&mut self, job: Job) -> Result<(), InferError> {
+        let Job {
+            request,
+            events,
+            cancel,
+        } = job;
+        let mut tokens = self.prompt_tokens(&request.prompt)?;
+        let prompt_len = tokens.len();
+        if prompt_len == 0 {
+            return Err(InferError::InvalidRequest("the prompt is empty".into()));
+        }
+        if prompt_len >= self.context {
+            return Err(InferError::PromptTooLong {
+                tokens: prompt_len,
+                context: self.context,
+            });
+        }
+        let budget = request.params.max_tokens.min(self.context - prompt_len);
+        if events
+            .send(GenerateEvent::Started {
+                prompt_tokens: prompt_len,
+            })
+            .is_err()
+        {
+            return Ok(());
+        }
+
+        let started = Instant::now();
+        self.model.clear_cache();
+        let mut logits = None;
+        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            logits = Some(self.model.forward(chunk, i * PREFILL_CHUNK)?);
+        }
+        let prefill_secs = started.elapsed().as_secs_f64();
+        let decode_started = Instant::now();
+
+        let mut sampler = Sampler::new(request.params.clone());
+        let mut stream = TextStream::new(request.params.stop.clone());
+        let eos = if request.params.ignore_eos {
+            Vec::new()
+        } else {
+            self.tokenizer.eos_ids().to_vec()
+        };
+        let mut finish = FinishReason::Length;
+        let mut produced = 0;
+        while produced < budget {
+            if cancel.load(Ordering::Relaxed) {
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            let Some(l) = logits.take() else { break };
+            let mut values: Vec<f32> =
+                l.to_vec1()
+                    .map_err(|source| crate::model::ModelError::Candle {
+                        context: "reading logits".into(),
+                        source,
+                    })?;
+            let next = sampler.sample(&mut values, &tokens);
+            if eos.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            produced += 1;
+            tokens.push(next);
+            let step = stream.push(self.tokenizer.token_bytes(next));
+            let sent = events.send(GenerateEvent::Token {
+                id: next,
+                text: step.text,
+            });
+            if sent.is_err() {
+                // The reader is gone: nobody wants the rest.
+                finish = FinishReason::Cancelled;
+                break;
+            }
+            if step.stopped {
+                finish = FinishReason::Stop;
+                break;
+            }
+            if produced < budget {
+                logits = Some(self.model.forward(&[next], tokens.len() - 1)?);
+            }
+        }
+        let tail = stream.finish();
+        if !tail.is_empty() {
+            let _ = events.send(GenerateEvent::Text(tail));
+        }
+        let stats = GenerationStats {
+            prompt_tokens: prompt_len,
+            completion_tokens: produced,
+            finish_reason: finish,
+            prefill_secs,
+            decode_secs: decode_started.elapsed().as_secs_f64(),
+        };
+        let _ = events.send(GenerateEvent::Done(stats));
+        Ok(())
+    }
+}

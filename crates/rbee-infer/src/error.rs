@@ -1,0 +1,45 @@
+use std::path::PathBuf;
+
+/// Everything loading or generating can fail at. `error_type` gives a stable label for metrics
+/// and for the HTTP layer to pick a status.
+#[derive(Debug, thiserror::Error)]
+pub enum InferError {
+    #[error("{path}: invalid model: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: rbee_gguf::GgufError,
+    },
+    #[error("{path}: {reason}")]
+    Unsupported { path: PathBuf, reason: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(#[from] crate::tokenizer::TokenizerError),
+    #[error("model: {0}")]
+    Model(#[from] crate::model::ModelError),
+    #[error("{0}")]
+    Chat(#[from] crate::chat::ChatError),
+    #[error("prompt is {tokens} tokens; this model is loaded with a context of {context} tokens")]
+    PromptTooLong { tokens: usize, context: usize },
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the model's queue is full ({capacity} requests waiting); retry shortly")]
+    QueueFull { capacity: usize },
+    #[error("the model was unloaded or its worker thread stopped")]
+    Unloaded,
+    #[error("cannot start the model thread: {0}")]
+    Thread(std::io::Error),
+}
+
+impl InferError {
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            InferError::Invalid { .. } | InferError::Unsupported { .. } => "invalid_model",
+            InferError::Tokenizer(_) => "tokenizer_error",
+            InferError::Model(_) => "model_error",
+            InferError::Chat(_) | InferError::InvalidRequest(_) => "invalid_request_error",
+            InferError::PromptTooLong { .. } => "context_length_exceeded",
+            InferError::QueueFull { .. } => "overloaded",
+            InferError::Unloaded | InferError::Thread(_) => "unavailable",
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `ProvisionerActor`: gets models onto this node. Today: imports from local sources (files,
+//! folders, Ollama, the HuggingFace cache), reported as job events; pulls from peers and
+//! HuggingFace plug in here in later issues. One import per source at a time.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use rbee_store::{ImportSource, Store};
+
+use super::Handle;
+use crate::jobs::{Job, JobEvent};
+
+pub enum ProvisionerMsg {
+    Import {
+        source: String,
+        name: Option<String>,
+        job: Arc<Job>,
+    },
+    /// Internal: an import finished.
+    Finished(String),
+}
+
+pub struct ProvisionerState {
+    store: Store,
+    running: HashSet<String>,
+}
+
+#[derive(Debug)]
+pub struct ProvisionerActor;
+
+impl Actor for ProvisionerActor {
+    type Msg = ProvisionerMsg;
+    type State = ProvisionerState;
+    type Arguments = Store;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<ProvisionerMsg>,
+        store: Store,
+    ) -> Result<ProvisionerState, ActorProcessingErr> {
+        Ok(ProvisionerState {
+            store,
+            running: HashSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<ProvisionerMsg>,
+        msg: ProvisionerMsg,
+        st: &mut ProvisionerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            ProvisionerMsg::Finished(source) => {
+                st.running.remove(&source);
+            }
+            ProvisionerMsg::Import { source, name, job } => {
+                if !st.running.insert(source.clone()) {
+                    job.fail(format!("an import of `{source}` is already running"));
+                    return Ok(());
+                }
+                let store = st.store.clone();
+                tokio::task::spawn_blocking(move || {
+                    import(&store, &source, name.as_deref(), &job);
+                    let _ = me.cast(ProvisionerMsg::Finished(source));
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
+    job.phase("importing");
+    let started = Instant::now();
+    let mut last = Instant::now();
+    let src = match ImportSource::parse(source) {
+        Ok(s) => s,
+        Err(e) => return job.fail(e),
+    };
+    let result = store.import(&src, &mut |p| {
+        // A progress event at most every 100 ms keeps the stream readable.
+        if last.elapsed().as_millis() < 100 && p.done < p.total {
+            return;
+        }
+        last = Instant::now();
+        let secs = started.elapsed().as_secs_f64().max(1e-3);
+        let rate = p.done as f64 / secs;
+        job.emit(JobEvent::Progress {
+            done: p.done,
+            total: p.total,
+            rate_bytes_per_sec: rate,
+            eta_secs: (rate > 0.0).then(|| (p.total - p.done) as f64 / rate),
+        });
+    });
+    match result {
+        Ok(out) => {
+            let mut final_name = out.name.clone();
+            if let Some(n) = name.filter(|n| *n != out.name) {
+                match store.rename(&rbee_proto::ModelRef::ContentId(out.content_id), n) {
+                    Ok(_) => final_name = n.to_string(),
+                    Err(e) => return job.fail(e),
+                }
+            }
+            job.done(serde_json::json!({
+                "name": final_name,
+                "content_id": out.content_id.to_hex(),
+                "already_present": out.already_present,
+                "size": out.manifest.total_size(),
+            }));
+        }
+        Err(e) => job.fail(e),
+    }
+}
+
+pub type ProvisionerHandle = Handle<ProvisionerMsg>;

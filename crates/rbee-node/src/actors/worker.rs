@@ -1,0 +1,395 @@
+//! `WorkerActor`: one per device. Owns the models loaded on it and the device's memory budget.
+//!
+//! Loading runs on the blocking pool and reports back as a message, so the worker keeps
+//! answering while a model loads; requests for a loading model wait (bounded by the caller's
+//! timeout). A model that does not fit evicts least-recently-used idle models first; one that
+//! can never fit is refused with the numbers. Validation runs before any memory is committed,
+//! so a broken file is reported at once.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rbee_infer::engine::{Backend, LoadOptions, LoadedModel};
+use rbee_proto::ContentId;
+use serde::Serialize;
+
+use super::catalog::ResolvedModel;
+use super::{Handle, QUICK};
+use crate::error::NodeError;
+use crate::metrics::Metrics;
+
+type Reply = RpcReplyPort<Result<Arc<dyn LoadedModel>, NodeError>>;
+
+pub enum WorkerMsg {
+    /// The loaded model, loading it first if needed.
+    Acquire {
+        model: Box<ResolvedModel>,
+        reply: Reply,
+    },
+    /// Internal: a load finished.
+    Loaded {
+        id: ContentId,
+        result: Result<Arc<dyn LoadedModel>, NodeError>,
+    },
+    /// Unload if loaded; answers whether it was.
+    Unload {
+        id: ContentId,
+        reply: RpcReplyPort<Result<bool, NodeError>>,
+    },
+    Status(RpcReplyPort<Result<WorkerStatus, NodeError>>),
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum ModelState {
+    Loading {
+        elapsed_secs: f64,
+        bytes: u64,
+    },
+    Loaded {
+        bytes: u64,
+        idle_secs: f64,
+        busy: bool,
+        queue: usize,
+    },
+    Failed {
+        reason: String,
+    },
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerStatus {
+    pub device: String,
+    pub budget_bytes: u64,
+    pub used_bytes: u64,
+    /// Content id (hex) → name and state.
+    pub models: Vec<(String, String, ModelState)>,
+}
+
+enum Slot {
+    Loading {
+        name: String,
+        started: Instant,
+        bytes: u64,
+        waiters: Vec<Reply>,
+    },
+    Loaded {
+        name: String,
+        model: Arc<dyn LoadedModel>,
+        bytes: u64,
+        last_used: Instant,
+    },
+    Failed {
+        name: String,
+        reason: String,
+    },
+}
+
+impl Slot {
+    fn bytes(&self) -> u64 {
+        match self {
+            Slot::Loading { bytes, .. } | Slot::Loaded { bytes, .. } => *bytes,
+            Slot::Failed { .. } => 0,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct WorkerArgs {
+    pub device: String,
+    pub budget: u64,
+    pub backend: Arc<dyn Backend>,
+    pub load: LoadOptions,
+    pub metrics: Arc<Metrics>,
+}
+
+pub struct WorkerState {
+    args: WorkerArgs,
+    slots: HashMap<ContentId, Slot>,
+}
+
+#[derive(Debug)]
+pub struct WorkerActor;
+
+/// A loaded model is idle when nobody but the worker holds it (no request in flight).
+fn idle(model: &Arc<dyn LoadedModel>) -> bool {
+    Arc::strong_count(model) == 1
+}
+
+impl WorkerState {
+    fn used(&self) -> u64 {
+        self.slots.values().map(Slot::bytes).sum()
+    }
+
+    /// Evicts idle models, least recently used first, until `need` more bytes fit.
+    fn make_room(&mut self, need: u64) -> bool {
+        while self.used() + need > self.args.budget {
+            let victim = self
+                .slots
+                .iter()
+                .filter_map(|(id, s)| match s {
+                    Slot::Loaded {
+                        model, last_used, ..
+                    } if idle(model) => Some((*id, *last_used)),
+                    _ => None,
+                })
+                .min_by_key(|(_, t)| *t)
+                .map(|(id, _)| id);
+            let Some(id) = victim else { return false };
+            if let Some(Slot::Loaded { name, bytes, .. }) = self.slots.remove(&id) {
+                tracing::info!(model = %name, bytes, device = %self.args.device, "evicted (least recently used)");
+                self.args
+                    .metrics
+                    .evictions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        true
+    }
+
+    fn acquire(&mut self, me: &ActorRef<WorkerMsg>, model: ResolvedModel, reply: Reply) {
+        let id = model.id();
+        match self.slots.get_mut(&id) {
+            Some(Slot::Loaded {
+                model, last_used, ..
+            }) => {
+                *last_used = Instant::now();
+                let _ = reply.send(Ok(model.clone()));
+                return;
+            }
+            Some(Slot::Loading { waiters, .. }) => {
+                waiters.push(reply);
+                return;
+            }
+            _ => {}
+        }
+        // Validation and the memory estimate read only the header: fast, and a broken file
+        // is reported here, before anything is committed.
+        let estimate = match self.args.backend.estimate(&model.path, &self.args.load) {
+            Ok(e) => e,
+            Err(e) => {
+                let err = NodeError::from(e);
+                self.slots.insert(
+                    id,
+                    Slot::Failed {
+                        name: model.name().to_string(),
+                        reason: err.to_string(),
+                    },
+                );
+                let _ = reply.send(Err(err));
+                return;
+            }
+        };
+        let need = estimate.total();
+        if need > self.args.budget {
+            let _ = reply.send(Err(NodeError::NeverFits {
+                model: model.name().to_string(),
+                device: self.args.device.clone(),
+                needed: need,
+                budget: self.args.budget,
+            }));
+            return;
+        }
+        self.slots.remove(&id);
+        if !self.make_room(need) {
+            let _ = reply.send(Err(NodeError::Busy {
+                message: format!(
+                    "no room for `{}` ({need} bytes) on {}: every loaded model is busy; retry shortly",
+                    model.name(),
+                    self.args.device
+                ),
+                retry_after_secs: 2,
+            }));
+            return;
+        }
+        self.slots.insert(
+            id,
+            Slot::Loading {
+                name: model.name().to_string(),
+                started: Instant::now(),
+                bytes: need,
+                waiters: vec![reply],
+            },
+        );
+        let backend = self.args.backend.clone();
+        let opts = self.args.load.clone();
+        let path: PathBuf = model.path.clone();
+        let me = me.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = backend.load(&path, &opts).map_err(NodeError::from);
+            let _ = me.cast(WorkerMsg::Loaded { id, result });
+        });
+    }
+
+    fn loaded(&mut self, id: ContentId, result: Result<Arc<dyn LoadedModel>, NodeError>) {
+        let Some(Slot::Loading {
+            name,
+            started,
+            bytes,
+            waiters,
+        }) = self.slots.remove(&id)
+        else {
+            return;
+        };
+        match result {
+            Ok(model) => {
+                let secs = started.elapsed().as_secs_f64();
+                self.args.metrics.model_loaded(secs);
+                tracing::info!(model = %name, secs, device = %self.args.device, "loaded");
+                for w in waiters {
+                    let _ = w.send(Ok(model.clone()));
+                }
+                self.slots.insert(
+                    id,
+                    Slot::Loaded {
+                        name,
+                        model,
+                        bytes,
+                        last_used: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => {
+                tracing::warn!(model = %name, "load failed: {e}");
+                let reason = e.to_string();
+                for w in waiters {
+                    let _ = w.send(Err(NodeError::InvalidModel(reason.clone())));
+                }
+                self.slots.insert(id, Slot::Failed { name, reason });
+            }
+        }
+    }
+
+    fn status(&self) -> WorkerStatus {
+        let models = self
+            .slots
+            .iter()
+            .map(|(id, s)| {
+                let (name, state) = match s {
+                    Slot::Loading {
+                        name,
+                        started,
+                        bytes,
+                        ..
+                    } => (
+                        name,
+                        ModelState::Loading {
+                            elapsed_secs: started.elapsed().as_secs_f64(),
+                            bytes: *bytes,
+                        },
+                    ),
+                    Slot::Loaded {
+                        name,
+                        model,
+                        bytes,
+                        last_used,
+                    } => (
+                        name,
+                        ModelState::Loaded {
+                            bytes: *bytes,
+                            idle_secs: last_used.elapsed().as_secs_f64(),
+                            busy: !idle(model),
+                            // Handles held beyond the worker's own: requests running or queued.
+                            queue: Arc::strong_count(model).saturating_sub(1),
+                        },
+                    ),
+                    Slot::Failed { name, reason } => (
+                        name,
+                        ModelState::Failed {
+                            reason: reason.clone(),
+                        },
+                    ),
+                };
+                (id.to_hex(), name.clone(), state)
+            })
+            .collect();
+        WorkerStatus {
+            device: self.args.device.clone(),
+            budget_bytes: self.args.budget,
+            used_bytes: self.used(),
+            models,
+        }
+    }
+}
+
+impl Actor for WorkerActor {
+    type Msg = WorkerMsg;
+    type State = WorkerState;
+    type Arguments = WorkerArgs;
+
+    async fn pre_start(
+        &self,
+        _me: ActorRef<WorkerMsg>,
+        args: WorkerArgs,
+    ) -> Result<WorkerState, ActorProcessingErr> {
+        tracing::info!(device = %args.device, budget = args.budget, "worker started");
+        Ok(WorkerState {
+            args,
+            slots: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        me: ActorRef<WorkerMsg>,
+        msg: WorkerMsg,
+        state: &mut WorkerState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            WorkerMsg::Acquire { model, reply } => state.acquire(&me, *model, reply),
+            WorkerMsg::Loaded { id, result } => state.loaded(id, result),
+            WorkerMsg::Unload { id, reply } => {
+                let was = matches!(state.slots.remove(&id), Some(Slot::Loaded { .. }));
+                let _ = reply.send(Ok(was));
+            }
+            WorkerMsg::Status(reply) => {
+                let _ = reply.send(Ok(state.status()));
+            }
+        }
+        Ok(())
+    }
+}
+
+pub type WorkerHandle = Handle<WorkerMsg>;
+
+impl WorkerHandle {
+    /// The model, loaded; waits at most `wait` for a load in progress.
+    pub async fn acquire(
+        &self,
+        model: ResolvedModel,
+        wait: Duration,
+    ) -> Result<Arc<dyn LoadedModel>, NodeError> {
+        let name = model.name().to_string();
+        let started = Instant::now();
+        match self
+            .call(
+                |reply| WorkerMsg::Acquire {
+                    model: Box::new(model),
+                    reply,
+                },
+                wait,
+            )
+            .await
+        {
+            Err(NodeError::Unavailable(_)) if started.elapsed() >= wait => {
+                Err(NodeError::Loading {
+                    model: name,
+                    elapsed_secs: started.elapsed().as_secs(),
+                })
+            }
+            other => other,
+        }
+    }
+
+    pub async fn unload(&self, id: ContentId) -> Result<bool, NodeError> {
+        self.call(|reply| WorkerMsg::Unload { id, reply }, QUICK)
+            .await
+    }
+
+    pub async fn status(&self) -> Result<WorkerStatus, NodeError> {
+        self.call(WorkerMsg::Status, QUICK).await
+    }
+}

@@ -1,0 +1,72 @@
+//! `/health` (liveness plus every model's state) and `/metrics` (Prometheus text).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use crate::NodeContext;
+use crate::actors::worker::ModelState;
+use crate::metrics::Gauges;
+
+pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let worker = ctx.worker.status().await;
+    let catalog = ctx.catalog.list().await;
+    let mut models: Vec<Value> = Vec::new();
+    if let Ok(records) = &catalog {
+        for r in records {
+            let id = r.entry.content_id.to_hex();
+            let state = worker
+                .as_ref()
+                .ok()
+                .and_then(|w| w.models.iter().find(|(mid, _, _)| *mid == id))
+                .map(|(_, _, s)| serde_json::to_value(s).unwrap_or(Value::Null))
+                .unwrap_or_else(|| json!({"state": "on_disk"}));
+            models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(), "status": state}));
+        }
+    }
+    let ok = worker.is_ok() && catalog.is_ok();
+    let errors: Vec<String> = [worker.as_ref().err(), catalog.as_ref().err()]
+        .into_iter()
+        .flatten()
+        .map(|e| e.to_string())
+        .collect();
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "node": ctx.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_secs": ctx.started.elapsed().as_secs(),
+        "devices": worker.as_ref().map(|w| vec![json!({"device": w.device, "budget_bytes": w.budget_bytes, "used_bytes": w.used_bytes})]).unwrap_or_default(),
+        "models": models,
+        "errors": errors,
+    });
+    let status = if ok { 200 } else { 503 };
+    (
+        axum::http::StatusCode::from_u16(status).unwrap_or_default(),
+        Json(body),
+    )
+        .into_response()
+}
+
+pub async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let mut gauges = Gauges::default();
+    if let Ok(w) = ctx.worker.status().await {
+        gauges
+            .memory
+            .push((w.device.clone(), w.used_bytes, w.budget_bytes));
+        for (_, name, state) in &w.models {
+            if let ModelState::Loaded { queue, .. } = state {
+                gauges.models_loaded += 1;
+                gauges.queue_depth.push((name.clone(), *queue as u64));
+            }
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        ctx.metrics.render(&gauges),
+    )
+        .into_response()
+}

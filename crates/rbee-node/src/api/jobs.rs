@@ -1,0 +1,260 @@
+//! The job API: `POST /v1/jobs` starts an operation and returns its id and stream URL;
+//! `GET /v1/jobs/{id}/stream` replays its events so far and then follows it live (SSE);
+//! `DELETE /v1/jobs/{id}` cancels; `GET /v1/jobs` lists recent jobs.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use rbee_infer::chat::ChatMessage;
+use rbee_infer::engine::{GenerateEvent, Prompt};
+use rbee_infer::sampling::SamplingParams;
+use rbee_proto::ModelRef;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::generate;
+use crate::NodeContext;
+use crate::actors::provisioner::ProvisionerMsg;
+use crate::error::NodeError;
+use crate::jobs::{Job, JobEvent};
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "operation", rename_all = "snake_case")]
+pub enum JobRequest {
+    ModelImport {
+        source: String,
+        name: Option<String>,
+    },
+    ModelPull {
+        model: String,
+    },
+    ModelLoad {
+        model: String,
+    },
+    ModelUnload {
+        model: String,
+    },
+    ModelRemove {
+        model: String,
+    },
+    Infer {
+        model: String,
+        prompt: Option<String>,
+        messages: Option<Vec<ChatMessage>>,
+        max_tokens: Option<usize>,
+        temperature: Option<f32>,
+        seed: Option<u64>,
+    },
+}
+
+impl JobRequest {
+    fn operation(&self) -> &'static str {
+        match self {
+            JobRequest::ModelImport { .. } => "model_import",
+            JobRequest::ModelPull { .. } => "model_pull",
+            JobRequest::ModelLoad { .. } => "model_load",
+            JobRequest::ModelUnload { .. } => "model_unload",
+            JobRequest::ModelRemove { .. } => "model_remove",
+            JobRequest::Infer { .. } => "infer",
+        }
+    }
+}
+
+pub async fn create(
+    State(ctx): State<Arc<NodeContext>>,
+    req: Result<Json<JobRequest>, JsonRejection>,
+) -> Response {
+    let req = match req {
+        Ok(Json(r)) => r,
+        Err(e) => {
+            return NodeError::BadRequest(format!(
+                "invalid job: {} (operation is one of model_import, model_pull, model_load, model_unload, model_remove, infer)",
+                e.body_text()
+            ))
+            .into_response();
+        }
+    };
+    if let JobRequest::ModelPull { model } = &req {
+        return NodeError::BadRequest(format!(
+            "model_pull of `{model}` is not available yet: pulling from peers and HuggingFace arrives with the pool issues; use model_import"
+        ))
+        .into_response();
+    }
+    let job = ctx.jobs.create(req.operation());
+    let id = job.id.clone();
+    match req {
+        JobRequest::ModelImport { source, name } => {
+            ctx.provisioner
+                .cast(ProvisionerMsg::Import { source, name, job });
+        }
+        other => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move { run(ctx, job, other).await });
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({"job_id": id, "stream_url": format!("/v1/jobs/{id}/stream")})),
+    )
+        .into_response()
+}
+
+async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
+    let result = async {
+        match req {
+            JobRequest::ModelLoad { model } => {
+                job.phase("resolving");
+                let route = ctx.router.route(model.parse::<ModelRef>()?).await?;
+                job.phase("loading");
+                let wait = Duration::from_secs(ctx.config.load_wait_secs.max(600));
+                let loaded = route.worker.acquire(route.model.clone(), wait).await?;
+                let info = loaded.info();
+                Ok(json!({"model": route.model.name(), "load_secs": info.load_secs, "memory_bytes": info.memory.total(), "node": route.node}))
+            }
+            JobRequest::ModelUnload { model } => {
+                let resolved = ctx.catalog.resolve(model.parse::<ModelRef>()?).await?;
+                let was_loaded = ctx.worker.unload(resolved.id()).await?;
+                Ok(json!({"model": resolved.name(), "was_loaded": was_loaded}))
+            }
+            JobRequest::ModelRemove { model } => {
+                let r: ModelRef = model.parse()?;
+                if let Ok(resolved) = ctx.catalog.resolve(r.clone()).await {
+                    ctx.worker.unload(resolved.id()).await?;
+                }
+                let removed = ctx.catalog.remove(r).await?;
+                Ok(json!({"model": removed.entry.name, "content_id": removed.entry.content_id.to_hex()}))
+            }
+            JobRequest::Infer { model, prompt, messages, max_tokens, temperature, seed } => {
+                let prompt = match (prompt, messages) {
+                    (Some(p), None) => Prompt::Text(p),
+                    (None, Some(m)) => Prompt::Chat(m),
+                    _ => return Err(NodeError::BadRequest("give exactly one of `prompt` or `messages`".into())),
+                };
+                let d = SamplingParams::default();
+                let params = SamplingParams {
+                    max_tokens: max_tokens.unwrap_or(256),
+                    temperature: temperature.unwrap_or(d.temperature),
+                    seed,
+                    ..d
+                };
+                params.validate().map_err(NodeError::BadRequest)?;
+                job.phase("loading");
+                let mut started = generate::start(&ctx, &model, prompt, params).await?;
+                job.phase("generating");
+                let mut text = String::new();
+                loop {
+                    let event = tokio::select! {
+                        biased;
+                        _ = job.cancelled() => return Err(NodeError::BadRequest("cancelled".into())),
+                        e = started.events.recv() => e,
+                    };
+                    match event {
+                        Some(GenerateEvent::Token { text: t, .. }) | Some(GenerateEvent::Text(t)) => {
+                            if !t.is_empty() {
+                                text.push_str(&t);
+                                job.emit(JobEvent::Token { text: t });
+                            }
+                        }
+                        Some(GenerateEvent::Done(s)) => {
+                            return Ok(json!({"text": text, "node": started.node, "prompt_tokens": s.prompt_tokens,
+                                "completion_tokens": s.completion_tokens, "finish_reason": s.finish_reason.as_str(),
+                                "tokens_per_sec": s.decode_tokens_per_sec()}));
+                        }
+                        Some(GenerateEvent::Error(e)) => return Err(e.into()),
+                        Some(GenerateEvent::Started { .. }) => {}
+                        None => return Err(NodeError::Internal("generation ended without a result".into())),
+                    }
+                }
+            }
+            JobRequest::ModelImport { .. } | JobRequest::ModelPull { .. } => {
+                Err(NodeError::Internal("handled elsewhere".into()))
+            }
+        }
+    }
+    .await;
+    match result {
+        Ok(v) => job.done(v),
+        Err(e) => job.fail(e),
+    }
+}
+
+fn find(ctx: &NodeContext, id: &str) -> Result<Arc<Job>, NodeError> {
+    ctx.jobs.get(id).ok_or_else(|| {
+        NodeError::NotFound(format!("no job `{id}` (GET /v1/jobs lists recent jobs)"))
+    })
+}
+
+fn sse_event(e: &JobEvent) -> Event {
+    Event::default()
+        .event(e.name())
+        .data(serde_json::to_string(e).unwrap_or_default())
+}
+
+pub async fn stream(State(ctx): State<Arc<NodeContext>>, Path(id): Path<String>) -> Response {
+    let job = match find(&ctx, &id) {
+        Ok(j) => j,
+        Err(e) => return e.into_response(),
+    };
+    let (history, live) = job.subscribe();
+    let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
+    tokio::spawn(async move {
+        for e in &history {
+            if tx.send(Ok(sse_event(e))).await.is_err() {
+                return;
+            }
+        }
+        let Some(mut live) = live else { return };
+        loop {
+            match live.recv().await {
+                Ok(e) => {
+                    let end = e.is_terminal();
+                    if tx.send(Ok(sse_event(&e))).await.is_err() || end {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    let note = Event::default()
+                        .comment(format!("{n} events skipped: this reader was too slow"));
+                    if tx.send(Ok(note)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    });
+    Sse::new(ReceiverStream::new(rx))
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}
+
+pub async fn cancel(State(ctx): State<Arc<NodeContext>>, Path(id): Path<String>) -> Response {
+    match find(&ctx, &id) {
+        Ok(job) => {
+            job.cancel();
+            Json(job.summary()).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn show(State(ctx): State<Arc<NodeContext>>, Path(id): Path<String>) -> Response {
+    match find(&ctx, &id) {
+        Ok(job) => Json(job.summary()).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+pub async fn list(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let jobs: Vec<_> = ctx.jobs.list().iter().map(|j| j.summary()).collect();
+    Json(json!({"object": "list", "data": jobs})).into_response()
+}

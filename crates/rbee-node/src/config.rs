@@ -1,0 +1,263 @@
+//! Node configuration: a TOML file in the XDG config dir, each field overridable by an
+//! `RBEE_*` environment variable and then by a command-line flag (the CLI applies flags).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7835";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Where models live (default: `$XDG_DATA_HOME/rbee`).
+    pub data_dir: Option<PathBuf>,
+    /// HTTP API address; loopback unless `api_token` is set.
+    pub api_addr: SocketAddr,
+    /// Bearer token required on every API request; mandatory off loopback.
+    pub api_token: Option<String>,
+    /// CPU memory models may use, in bytes (default: `memory_fraction` of RAM).
+    pub memory_budget: Option<u64>,
+    /// Share of total RAM for models when no budget is given; the rest is the OS's headroom.
+    pub memory_fraction: f64,
+    /// Context length models are loaded with (capped at each model's own).
+    pub context_length: usize,
+    /// Requests that may wait per model while one runs; beyond that: 503 + Retry-After.
+    pub queue_capacity: usize,
+    /// Seconds a request waits for its model to finish loading before it gets a 503.
+    pub load_wait_secs: u64,
+    /// Models to load at start.
+    pub preload: Vec<String>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: None,
+            api_addr: DEFAULT_API_ADDR
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7835))),
+            api_token: None,
+            memory_budget: None,
+            memory_fraction: 0.7,
+            context_length: 4096,
+            queue_capacity: 16,
+            load_wait_secs: 60,
+            preload: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {reason}")]
+    File { path: PathBuf, reason: String },
+    #[error("environment variable {var}: {reason}")]
+    Env { var: &'static str, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `$XDG_CONFIG_HOME/rbee/config.toml`, else `~/.config/rbee/config.toml`.
+pub fn default_config_path() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("rbee/config.toml"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/rbee/config.toml"))
+}
+
+/// Parses `4GiB`, `512MiB`, `2G`, `1.5GB` or a plain byte count.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (e.g. 4GiB, 512MiB, 2000000000)"))?;
+    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "kib" => 1024.0,
+        "m" | "mb" => 1e6,
+        "mib" => 1024.0 * 1024.0,
+        "g" | "gb" => 1e9,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "t" | "tb" => 1e12,
+        "tib" => 1024f64.powi(4),
+        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
+    };
+    Ok((value * mult) as u64)
+}
+
+fn env(var: &'static str) -> Option<String> {
+    std::env::var(var).ok().filter(|v| !v.is_empty())
+}
+
+fn env_parse<T: std::str::FromStr>(var: &'static str) -> Result<Option<T>, ConfigError>
+where
+    T::Err: std::fmt::Display,
+{
+    env(var)
+        .map(|v| {
+            v.parse::<T>().map_err(|e| ConfigError::Env {
+                var,
+                reason: format!("`{v}`: {e}"),
+            })
+        })
+        .transpose()
+}
+
+impl NodeConfig {
+    /// Reads `path` (or the default path, if it exists), then applies `RBEE_*` variables.
+    pub fn load(path: Option<&Path>) -> Result<NodeConfig, ConfigError> {
+        let explicit = path.is_some();
+        let path = path.map(Path::to_path_buf).or_else(default_config_path);
+        let mut config = match path {
+            Some(p) if p.exists() || explicit => {
+                let text = std::fs::read_to_string(&p).map_err(|e| ConfigError::File {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?;
+                toml::from_str(&text).map_err(|e| ConfigError::File {
+                    path: p.clone(),
+                    reason: e.to_string(),
+                })?
+            }
+            _ => NodeConfig::default(),
+        };
+        config.apply_env()?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self) -> Result<(), ConfigError> {
+        if let Some(v) = env("RBEE_DATA_DIR") {
+            self.data_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env_parse("RBEE_API_ADDR")? {
+            self.api_addr = v;
+        }
+        if let Some(v) = env("RBEE_API_TOKEN") {
+            self.api_token = Some(v);
+        }
+        if let Some(v) = env("RBEE_MEMORY_BUDGET") {
+            self.memory_budget = Some(parse_bytes(&v).map_err(|reason| ConfigError::Env {
+                var: "RBEE_MEMORY_BUDGET",
+                reason,
+            })?);
+        }
+        if let Some(v) = env_parse("RBEE_MEMORY_FRACTION")? {
+            self.memory_fraction = v;
+        }
+        if let Some(v) = env_parse("RBEE_CONTEXT_LENGTH")? {
+            self.context_length = v;
+        }
+        if let Some(v) = env_parse("RBEE_QUEUE_CAPACITY")? {
+            self.queue_capacity = v;
+        }
+        if let Some(v) = env_parse("RBEE_LOAD_WAIT_SECS")? {
+            self.load_wait_secs = v;
+        }
+        if let Some(v) = env("RBEE_PRELOAD") {
+            self.preload = v
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        Ok(())
+    }
+
+    /// Refuses settings that are unsafe or meaningless.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.api_addr.ip().is_loopback() && self.api_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "refusing to serve the API on {} without a token: pass --api-token (or RBEE_API_TOKEN), or bind to 127.0.0.1",
+                self.api_addr
+            )));
+        }
+        if !(0.05..=0.95).contains(&self.memory_fraction) {
+            return Err(ConfigError::Invalid(format!(
+                "memory_fraction {} must be between 0.05 and 0.95",
+                self.memory_fraction
+            )));
+        }
+        if self.queue_capacity == 0 || self.queue_capacity > 4096 {
+            return Err(ConfigError::Invalid(
+                "queue_capacity must be 1..=4096".into(),
+            ));
+        }
+        if self.context_length < 64 {
+            return Err(ConfigError::Invalid(
+                "context_length must be at least 64".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The CPU budget: the configured bytes, else a share of total RAM.
+    pub fn cpu_budget(&self) -> u64 {
+        self.memory_budget.unwrap_or_else(|| {
+            (total_ram().unwrap_or(8 << 30) as f64 * self.memory_fraction) as u64
+        })
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Total RAM from /proc/meminfo.
+pub fn total_ram() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_bytes("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_bytes("512 MiB"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2G"), Ok(2_000_000_000));
+        assert_eq!(parse_bytes("123"), Ok(123));
+        assert!(parse_bytes("lots").is_err());
+        assert!(parse_bytes("3 parsecs").is_err());
+    }
+
+    #[test]
+    fn non_loopback_needs_a_token() {
+        let mut c = NodeConfig {
+            api_addr: "0.0.0.0:7835".parse().unwrap(),
+            ..Default::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--api-token")
+        );
+        c.api_token = Some("s3cret".into());
+        assert!(c.validate().is_ok());
+        assert!(NodeConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn toml_round_trip_and_unknown_fields_refused() {
+        let c = NodeConfig {
+            memory_budget: Some(1 << 30),
+            preload: vec!["demo".into()],
+            ..Default::default()
+        };
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+        assert!(toml::from_str::<NodeConfig>("colour = \"blue\"").is_err());
+    }
+}

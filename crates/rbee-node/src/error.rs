@@ -1,0 +1,128 @@
+//! One error type for everything a node answers, with the HTTP status and OpenAI error type
+//! each maps to.
+
+use rbee_infer::InferError;
+use rbee_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PromptTooLong(String),
+    #[error("{message}")]
+    Busy {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("model `{model}` is still loading ({elapsed_secs}s so far); retry shortly")]
+    Loading { model: String, elapsed_secs: u64 },
+    #[error(
+        "model `{model}` needs {needed} bytes but this node's {device} budget is {budget} bytes; it can never be loaded here"
+    )]
+    NeverFits {
+        model: String,
+        device: String,
+        needed: u64,
+        budget: u64,
+    },
+    #[error("{0}")]
+    InvalidModel(String),
+    #[error("missing or wrong API token: send `Authorization: Bearer <token>`")]
+    Unauthorized,
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl NodeError {
+    pub fn status(&self) -> u16 {
+        match self {
+            NodeError::BadRequest(_) => 400,
+            NodeError::Unauthorized => 401,
+            NodeError::NotFound(_) => 404,
+            NodeError::PromptTooLong(_) => 413,
+            NodeError::InvalidModel(_) => 422,
+            NodeError::Busy { .. } | NodeError::Loading { .. } | NodeError::Unavailable(_) => 503,
+            NodeError::NeverFits { .. } => 507,
+            NodeError::Internal(_) => 500,
+        }
+    }
+
+    /// OpenAI's `error.type` vocabulary where it has a word for it.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            NodeError::BadRequest(_) | NodeError::PromptTooLong(_) => "invalid_request_error",
+            NodeError::NotFound(_) => "not_found_error",
+            NodeError::Unauthorized => "authentication_error",
+            NodeError::InvalidModel(_) => "invalid_model",
+            NodeError::Busy { .. } | NodeError::Loading { .. } | NodeError::Unavailable(_) => {
+                "overloaded_error"
+            }
+            NodeError::NeverFits { .. } => "insufficient_memory",
+            NodeError::Internal(_) => "server_error",
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            NodeError::Busy {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            NodeError::Loading { .. } => Some(2),
+            _ => None,
+        }
+    }
+}
+
+impl From<StoreError> for NodeError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(_) => NodeError::NotFound(e.to_string()),
+            StoreError::Gguf { .. }
+            | StoreError::Safetensors { .. }
+            | StoreError::Unsupported { .. } => NodeError::InvalidModel(e.to_string()),
+            StoreError::BadSource(_)
+            | StoreError::InvalidName(_)
+            | StoreError::NameTaken { .. }
+            | StoreError::Pinned(_)
+            | StoreError::Ollama { .. }
+            | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<InferError> for NodeError {
+    fn from(e: InferError) -> Self {
+        match e {
+            InferError::PromptTooLong { .. } => NodeError::PromptTooLong(e.to_string()),
+            InferError::QueueFull { .. } => NodeError::Busy {
+                message: e.to_string(),
+                retry_after_secs: 1,
+            },
+            InferError::InvalidRequest(_) | InferError::Chat(_) => {
+                NodeError::BadRequest(e.to_string())
+            }
+            InferError::Invalid { .. } | InferError::Unsupported { .. } => {
+                NodeError::InvalidModel(e.to_string())
+            }
+            InferError::Unloaded => NodeError::Unavailable(e.to_string()),
+            other => NodeError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<rbee_proto::RefError> for NodeError {
+    fn from(e: rbee_proto::RefError) -> Self {
+        NodeError::BadRequest(e.to_string())
+    }
+}
+
+/// Turns an actor call failure into an error a client can act on.
+pub(crate) fn actor_failed(what: &str, e: impl std::fmt::Display) -> NodeError {
+    NodeError::Unavailable(format!("{what} did not answer: {e}"))
+}

@@ -1,0 +1,81 @@
+"""Runs llama.cpp and rbee on one GGUF and prompt; prints both and the ratios (see bench-infer)."""
+import json
+import subprocess
+import sys
+import tempfile
+import time
+
+PROMPT_TOKENS = 88
+GEN_TOKENS = 64
+TEXT = (
+    "The history of computing is a story of people sharing scarce machines. In the 1960s, "
+    "time-sharing systems let many users work on one mainframe; in the 1990s, clusters of "
+    "cheap computers replaced supercomputers; today, a home lab full of old laptops and gaming "
+    "PCs can pool its memory and processors to run language models that no single machine could "
+    "hold. This essay explains how such a pool decides where each request should run, and why "
+    "content addressing makes sharing model files safe and fast across every node."
+)
+
+
+def llama_cpp_run(model: str, text: str) -> dict:
+    code = r'''
+import json, resource, sys, time
+import numpy as np
+import llama_cpp
+model, text, n_prompt, n_gen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+t = time.perf_counter()
+llm = llama_cpp.Llama(model_path=model, n_ctx=2048, n_threads=2, n_threads_batch=2, n_batch=512, verbose=False)
+load = time.perf_counter() - t
+ids = llm.tokenize(text.encode(), add_bos=True, special=True)[:n_prompt]
+prompt_text = llm.detokenize(ids[1:]).decode("utf-8", "replace")
+llm.reset()
+t = time.perf_counter()
+llm.eval(ids)
+prefill = time.perf_counter() - t
+out = []
+t = time.perf_counter()
+for _ in range(n_gen):
+    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    out.append(tok)
+    llm.eval([tok])
+decode = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+print(json.dumps({"load_s": load, "prompt_tokens": len(ids), "prefill_tok_s": len(ids) / prefill,
+                  "decode_tok_s": n_gen / decode, "peak_rss": rss, "tokens": out, "prompt_text": prompt_text}))
+'''
+    out = subprocess.run([sys.executable, "-c", code, model, text, str(PROMPT_TOKENS), str(GEN_TOKENS)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rbee_run(binary: str, model: str, prompt_text: str) -> dict:
+    with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
+        f.write(prompt_text)
+        f.flush()
+        out = subprocess.run([binary, model, f.name, str(GEN_TOKENS)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    model, binary = sys.argv[1], sys.argv[2]
+    ref = llama_cpp_run(model, TEXT)
+    ours = rbee_run(binary, model, ref["prompt_text"])
+    rows = [
+        ("prefill tok/s", ref["prefill_tok_s"], ours["prefill_tok_s"], True),
+        ("decode tok/s", ref["decode_tok_s"], ours["decode_tok_s"], True),
+        ("load s", ref["load_s"], ours["load_s"], False),
+        ("peak RSS GB", ref["peak_rss"] / 1e9, ours["peak_rss"] / 1e9, False),
+    ]
+    print(f"model: {model}")
+    print(f"prompt: {ref['prompt_tokens']} tokens (rbee: {ours['prompt_tokens']}), {GEN_TOKENS} greedy tokens, 2 threads")
+    print(f"{'':<16}{'llama.cpp':>12}{'rbee':>12}{'rbee/llama.cpp':>16}")
+    for name, a, b, _ in rows:
+        print(f"{name:<16}{a:>12.2f}{b:>12.2f}{b / a:>15.2f}x")
+    same = sum(1 for x, y in zip(ref["tokens"], ours["tokens"]) if x == y)
+    first_diff = next((i for i, (x, y) in enumerate(zip(ref["tokens"], ours["tokens"])) if x != y), None)
+    print(f"greedy tokens identical: {same}/{GEN_TOKENS}" + ("" if first_diff is None else f" (first difference at {first_diff})"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,580 @@
+//! A real `rbee-node join` process on a loopback port, driven over real HTTP: the OpenAI API
+//! (with the official Python client too), concurrency, cancellation, admission limits,
+//! broken models, eviction, jobs, auth and graceful shutdown.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rbee_tests::{NodeProcess, demo_model, rbee, workspace_root};
+use serde_json::{Value, json};
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// A data dir with the demo model imported as `demo`.
+fn data_with_demo(tmp: &Path) -> Option<PathBuf> {
+    let model = demo_model()?;
+    let data = tmp.join("data");
+    let out = rbee(
+        &data,
+        &[
+            "models",
+            "import",
+            model.to_str().unwrap(),
+            "--name",
+            "demo",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(data)
+}
+
+fn get_json(node: &NodeProcess, path: &str) -> Value {
+    agent()
+        .get(&node.url(path))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value, Option<String>) {
+    let mut resp = agent().post(&node.url(path)).send_json(body).unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        retry,
+    )
+}
+
+fn chat(node: &NodeProcess, content: &str, extra: Value) -> (u16, Value) {
+    let mut body = json!({"model": "demo", "messages": [{"role": "user", "content": content}], "max_tokens": 16, "temperature": 0});
+    for (k, v) in extra.as_object().unwrap() {
+        body[k] = v.clone();
+    }
+    let (s, v, _) = post(node, "/v1/chat/completions", body);
+    (s, v)
+}
+
+/// Streams a chat request; returns the concatenated content and the finish reason.
+fn stream_chat(node: &NodeProcess, body: Value) -> (String, String) {
+    let resp = agent()
+        .post(&node.url("/v1/chat/completions"))
+        .send_json(body)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reader = BufReader::new(resp.into_body().into_reader());
+    let (mut text, mut finish, mut line) = (String::new(), String::new(), String::new());
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if let Some(data) = line.trim_end().strip_prefix("data: ") {
+            if data == "[DONE]" {
+                break;
+            }
+            let v: Value = serde_json::from_str(data).unwrap();
+            assert!(v.get("error").is_none(), "{v}");
+            if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+                text.push_str(c);
+            }
+            if let Some(f) = v["choices"][0]["finish_reason"].as_str() {
+                finish = f.to_string();
+            }
+        }
+        line.clear();
+    }
+    (text, finish)
+}
+
+#[test]
+fn openai_python_client_works_unmodified() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let Some(python) = std::env::var_os("RBEE_TEST_PYTHON") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RBEE_TEST_PYTHON unset in CI: scripts/test sets it"
+        );
+        eprintln!("SKIPPED: RBEE_TEST_PYTHON not set (scripts/test sets it up)");
+        return;
+    };
+    let node = NodeProcess::start(&data, &[]);
+    let script = workspace_root().join("tests/python/openai_client.py");
+    let out = Command::new(python)
+        .arg(script)
+        .arg(node.url("/v1"))
+        .arg("demo")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openai client failed:\n{}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node.log_text()
+    );
+}
+
+#[test]
+fn errors_have_openai_shape_and_status() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let node = NodeProcess::start(&data, &["--context-length", "64"]);
+    let (s, v) = chat(&node, "hi", json!({"model": "nope"}));
+    assert_eq!(s, 404, "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("nope"),
+        "{v}"
+    );
+    let (s, v) = chat(&node, "hi", json!({"temperature": -3}));
+    assert_eq!(s, 400, "{v}");
+    let (s, v) = chat(&node, &"word ".repeat(200), json!({}));
+    assert_eq!(s, 413, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context of 64"),
+        "{v}"
+    );
+    let (s, v, _) = post(&node, "/v1/chat/completions", json!({"model": "demo"}));
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+}
+
+#[test]
+fn parallel_streams_all_finish_and_match_sequential_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let node = NodeProcess::start(&data, &[]);
+    let body = |i: usize| {
+        json!({"model": "demo", "stream": true, "max_tokens": 12, "temperature": 0.9, "seed": i,
+               "messages": [{"role": "user", "content": format!("Tell me about the number {i}.")}]})
+    };
+    let sequential: Vec<_> = (0..8).map(|i| stream_chat(&node, body(i))).collect();
+    let parallel: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let node = &node;
+                s.spawn(move || stream_chat(node, body(i)))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, (seq, par)) in sequential.iter().zip(&parallel).enumerate() {
+        assert!(!seq.0.is_empty(), "request {i} produced nothing");
+        assert_eq!(
+            seq, par,
+            "request {i}: parallel output differs from sequential"
+        );
+    }
+}
+
+#[test]
+fn a_client_that_disconnects_stops_generation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let node = NodeProcess::start(&data, &[]);
+    let body = json!({"model": "demo", "stream": true, "max_tokens": 3000, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Count to a thousand."}]});
+    {
+        let resp = agent()
+            .post(&node.url("/v1/chat/completions"))
+            .send_json(body)
+            .unwrap();
+        let mut reader = BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        let mut chunks = 0;
+        while chunks < 4 && reader.read_line(&mut line).unwrap() > 0 {
+            if line.starts_with("data: ") {
+                chunks += 1;
+            }
+            line.clear();
+        }
+    } // dropped: the connection closes
+    // The model must be free again well before 3000 tokens could have been generated.
+    let started = Instant::now();
+    let (s, v) = chat(&node, "hi", json!({"max_tokens": 2}));
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "model still busy after disconnect: {:?}",
+        started.elapsed()
+    );
+    let mut metrics = String::new();
+    agent()
+        .get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .into_body()
+        .into_reader()
+        .read_to_string(&mut metrics)
+        .unwrap();
+    let generated: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rbee_tokens_generated_total "))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        generated < 1000,
+        "{generated} tokens generated for a client that left"
+    );
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let node = NodeProcess::start(&data, &["--queue-capacity", "1"]);
+    // Warm the model so the first request is running, not loading.
+    assert_eq!(chat(&node, "hi", json!({"max_tokens": 1})).0, 200);
+    let long = json!({"model": "demo", "stream": true, "max_tokens": 400, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Write a long story."}]});
+    std::thread::scope(|s| {
+        let running = s.spawn(|| stream_chat(&node, long.clone()));
+        std::thread::sleep(Duration::from_millis(1500));
+        let queued = s.spawn(|| stream_chat(&node, long.clone()));
+        std::thread::sleep(Duration::from_millis(500));
+        let (status, body, retry) = post(
+            &node,
+            "/v1/chat/completions",
+            json!({"model": "demo", "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}),
+        );
+        assert_eq!(status, 503, "{body}");
+        assert!(retry.is_some(), "no Retry-After");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("queue is full"),
+            "{body}"
+        );
+        assert!(!running.join().unwrap().0.is_empty());
+        assert!(!queued.join().unwrap().0.is_empty());
+    });
+}
+
+#[test]
+fn a_corrupt_model_fails_within_a_second_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    // Damage the stored file behind the catalog's back (bit rot, a bad disk).
+    let show = rbee(&data, &["models", "show", "demo", "--json"]);
+    let v: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let path = PathBuf::from(v["path"].as_str().unwrap());
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len - (1 << 20)).unwrap();
+    let node = NodeProcess::start(&data, &[]);
+    let started = Instant::now();
+    let (s, v) = chat(&node, "hi", json!({}));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(s, 422, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("extends past end of file"),
+        "{v}"
+    );
+    let health: Value = get_json(&node, "/health");
+    assert_eq!(health["models"][0]["status"]["state"], "failed", "{health}");
+}
+
+#[test]
+fn a_small_budget_evicts_the_least_recently_used_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let tiny = workspace_root().join("crates/rbee-infer/tests/reference/tiny-gemma3.gguf");
+    let out = rbee(
+        &data,
+        &["models", "import", tiny.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let with = |model: &str| json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    let health = |node: &NodeProcess| get_json(node, "/health");
+    let bytes_of = |h: &Value, name: &str| {
+        h["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["status"]["bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    // First learn what each needs, then give the node room for either, not both.
+    let node = NodeProcess::start(&data, &["--context-length", "512"]);
+    assert_eq!(post(&node, "/v1/chat/completions", with("tiny")).0, 200);
+    assert_eq!(post(&node, "/v1/chat/completions", with("demo")).0, 200);
+    let h = health(&node);
+    let budget = bytes_of(&h, "demo") + bytes_of(&h, "tiny") - 1;
+    drop(node);
+
+    let node = NodeProcess::start(
+        &data,
+        &[
+            "--memory-budget",
+            &budget.to_string(),
+            "--context-length",
+            "512",
+        ],
+    );
+    assert_eq!(post(&node, "/v1/chat/completions", with("tiny")).0, 200);
+    let (s, v, _) = post(&node, "/v1/chat/completions", with("demo"));
+    assert_eq!(s, 200, "{v}\n{}", node.log_text());
+    let health = health(&node);
+    let state = |name: &str| {
+        health["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap()["status"]["state"]
+            .clone()
+    };
+    assert_eq!(state("demo"), "loaded", "{health}");
+    assert_eq!(state("tiny"), "on_disk", "{health}");
+    drop(node);
+
+    // A budget the model can never fit is refused with the numbers.
+    let node = NodeProcess::start(&data, &["--memory-budget", "100MiB"]);
+    let (s, v, _) = post(&node, "/v1/chat/completions", with("demo"));
+    assert_eq!(s, 507, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains("needs") && msg.contains("104857600"), "{msg}");
+}
+
+#[test]
+fn jobs_stream_history_then_live_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let node = NodeProcess::start(&data, &[]);
+    let (s, v, _) = post(
+        &node,
+        "/v1/jobs",
+        json!({"operation": "infer", "model": "demo", "prompt": "The sky is", "max_tokens": 8, "temperature": 0}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let url = node.url(v["stream_url"].as_str().unwrap());
+    let read_events = || {
+        let resp = agent().get(&url).call().unwrap();
+        let mut events = Vec::new();
+        let mut reader = BufReader::new(resp.into_body().into_reader());
+        let mut line = String::new();
+        while reader.read_line(&mut line).unwrap() > 0 {
+            if let Some(name) = line.trim_end().strip_prefix("event: ") {
+                events.push(name.to_string());
+                if name == "done" || name == "error" {
+                    break;
+                }
+            }
+            line.clear();
+        }
+        events
+    };
+    let live = read_events();
+    assert_eq!(live.first().map(String::as_str), Some("phase"), "{live:?}");
+    assert_eq!(live.last().map(String::as_str), Some("done"), "{live:?}");
+    assert!(
+        live.iter().filter(|e| *e == "token").count() >= 1,
+        "{live:?}"
+    );
+    // A subscriber arriving after the end gets the same history.
+    assert_eq!(read_events(), live);
+
+    // An import job reports progress and lands in the catalog.
+    let tiny = workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen3.gguf");
+    let (s, v, _) = post(
+        &node,
+        "/v1/jobs",
+        json!({"operation": "model_import", "source": tiny, "name": "tq"}),
+    );
+    assert_eq!(s, 202, "{v}");
+    let url2 = node.url(v["stream_url"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut body = String::new();
+        agent()
+            .get(&url2)
+            .call()
+            .unwrap()
+            .into_body()
+            .into_reader()
+            .read_to_string(&mut body)
+            .unwrap();
+        if body.contains("event: done") {
+            assert!(body.contains("event: progress"), "{body}");
+            break;
+        }
+        assert!(!body.contains("event: error"), "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "import job did not finish: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let models: Value = get_json(&node, "/v1/models");
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "tq"),
+        "{models}"
+    );
+}
+
+#[test]
+fn off_loopback_needs_a_token_and_the_token_is_enforced() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = rbee(&data, &["join", "--api-addr", "0.0.0.0:0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--api-token"));
+
+    let node = NodeProcess::start(&data, &["--api-token", "s3cret"]);
+    let resp = agent().get(&node.url("/v1/models")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let resp = agent()
+        .get(&node.url("/v1/models"))
+        .header("Authorization", "Bearer s3cret")
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+#[test]
+fn sigterm_lets_a_running_stream_finish_and_exits_zero() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let mut node = NodeProcess::start(&data, &[]);
+    assert_eq!(chat(&node, "hi", json!({"max_tokens": 1})).0, 200);
+    let body = json!({"model": "demo", "stream": true, "max_tokens": 40, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Tell a story."}]});
+    let pid = node.child.id().to_string();
+    let (text, finish) = std::thread::scope(|s| {
+        let streaming = s.spawn(|| stream_chat(&node, body));
+        std::thread::sleep(Duration::from_millis(500));
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        streaming.join().unwrap()
+    });
+    assert!(!text.is_empty());
+    assert_eq!(finish, "length", "the stream was cut short");
+    let status = node.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        node.log_text()
+    );
+}
+
+#[test]
+fn models_commands_go_through_a_running_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let node = NodeProcess::start(&data, &[]);
+    let port = node.base.rsplit(':').next().unwrap().to_string();
+    let addr = format!("127.0.0.1:{port}");
+    let tiny = workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen2.gguf");
+    let run = |args: &[&str]| {
+        Command::new(rbee_tests::rbee_node_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("RBEE_API_ADDR", &addr)
+            .env("XDG_CONFIG_HOME", tmp.path().join("no-config"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["models", "import", tiny.to_str().unwrap(), "--name", "tq2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("through the running node"));
+    let models: Value = get_json(&node, "/v1/models");
+    assert!(
+        models["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["id"] == "tq2"),
+        "{models}"
+    );
+    // Loaded, then removed through the node (which unloads it first).
+    let (s, v, _) = post(
+        &node,
+        "/v1/completions",
+        json!({"model": "tq2", "prompt": "a", "max_tokens": 2}),
+    );
+    assert_eq!(s, 200, "{v}");
+    let out = run(&["models", "rm", "tq2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (s, _, _) = post(
+        &node,
+        "/v1/completions",
+        json!({"model": "tq2", "prompt": "a", "max_tokens": 2}),
+    );
+    assert_eq!(s, 404);
+}
