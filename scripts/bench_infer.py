@@ -27,30 +27,36 @@ t = time.perf_counter()
 llm = llama_cpp.Llama(model_path=model, n_ctx=2048, n_threads=2, n_threads_batch=2, n_batch=512, verbose=False)
 load = time.perf_counter() - t
 ids = llm.tokenize(text.encode(), add_bos=True, special=True)[:n_prompt]
-prompt_text = llm.detokenize(ids[1:]).decode("utf-8", "replace")
 llm.reset()
 t = time.perf_counter()
 llm.eval(ids)
 prefill = time.perf_counter() - t
 out = []
 t = time.perf_counter()
+n_vocab = llm.n_vocab()
+def last_logits():
+    # llm.scores is only filled with logits_all=True (which would slow llama.cpp down), so read
+    # the last position's logits from the context directly, as make_reference.py does.
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(n_vocab,))
 for _ in range(n_gen):
-    tok = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+    tok = int(np.argmax(last_logits()))
     out.append(tok)
     llm.eval([tok])
 decode = time.perf_counter() - t
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"load_s": load, "prompt_tokens": len(ids), "prefill_tok_s": len(ids) / prefill,
-                  "decode_tok_s": n_gen / decode, "peak_rss": rss, "tokens": out, "prompt_text": prompt_text}))
+                  "decode_tok_s": n_gen / decode, "peak_rss": rss, "tokens": out, "prompt_ids": ids}))
 '''
     out = subprocess.run([sys.executable, "-c", code, model, text, str(PROMPT_TOKENS), str(GEN_TOKENS)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def rbee_run(binary: str, model: str, prompt_text: str) -> dict:
+def rbee_run(binary: str, model: str, prompt_ids: list) -> dict:
+    # The same token ids llama.cpp evaluated (BOS included), so both engines see the same input.
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
-        f.write(prompt_text)
+        f.write(" ".join(str(i) for i in prompt_ids))
         f.flush()
         out = subprocess.run([binary, model, f.name, str(GEN_TOKENS)], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -59,7 +65,7 @@ def rbee_run(binary: str, model: str, prompt_text: str) -> dict:
 def main() -> int:
     model, binary = sys.argv[1], sys.argv[2]
     ref = llama_cpp_run(model, TEXT)
-    ours = rbee_run(binary, model, ref["prompt_text"])
+    ours = rbee_run(binary, model, ref["prompt_ids"])
     rows = [
         ("prefill tok/s", ref["prefill_tok_s"], ours["prefill_tok_s"], True),
         ("decode tok/s", ref["decode_tok_s"], ours["decode_tok_s"], True),

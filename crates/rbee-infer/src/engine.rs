@@ -74,11 +74,13 @@ pub struct ModelInfo {
     pub model_chat_template: bool,
 }
 
-/// A prompt: raw text to continue, or a conversation to format with the chat template.
+/// A prompt: raw text to continue, a conversation to format with the chat template, or token
+/// ids used exactly as given (no BOS added: include it if the model wants one).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Prompt {
     Text(String),
     Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
 }
 
 #[derive(Debug, Clone)]
@@ -377,6 +379,15 @@ impl Worker {
         let text = match prompt {
             Prompt::Text(t) => t.clone(),
             Prompt::Chat(messages) => self.template.render(messages, true)?,
+            Prompt::Tokens(ids) => {
+                let vocab = self.model.config().vocab_size;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(InferError::InvalidRequest(format!(
+                        "prompt token id {bad} is out of range for a vocabulary of {vocab}"
+                    )));
+                }
+                return Ok(ids.clone());
+            }
         };
         let bos_text = self
             .tokenizer
