@@ -51,10 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loaded = CandleBackend.load(Path::new(model), &opts)?;
     let mut params = SamplingParams::greedy(n);
     params.ignore_eos = true;
-    let generation = loaded.generate(GenerateRequest {
-        prompt,
-        params,
-    })?;
+    let generation = loaded.generate(GenerateRequest { prompt, params })?;
     let mut ids = Vec::new();
     for event in generation {
         match event {

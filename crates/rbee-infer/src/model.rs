@@ -1,5 +1,6 @@
 //! Our transformer for the llama (and Mistral), qwen2, qwen3, gemma3 and
-//! phi3 architectures, loading quantised GGUF weights, on the CPU.
+//! phi3 architectures, loading quantised GGUF weights (or, for llama and
+//! qwen2, Hugging Face safetensors folders), on the CPU.
 //!
 //! Why not candle-transformers: its per-architecture models diverge from
 //! llama.cpp (quantized_gemma3 uses SiLU where Gemma needs tanh-GELU and
@@ -12,6 +13,8 @@
 //! sensitive to rounding as Gemma 3 270M.
 //!
 //! - [`config`]: hyperparameters and per-architecture choices.
+//! - [`SafetensorsModel`]: a safetensors folder described as the GGUF its
+//!   conversion would be, so everything below serves both formats.
 //! - `weights`: reading tensors (Q5_0 is widened to Q8_0, losslessly).
 //! - `kernels`: llama.cpp-exact matmuls, softmax `exp`, thread pool use.
 //! - `linear`: weight matrices on those kernels (candle's for other types),
@@ -30,9 +33,11 @@ mod linear;
 mod memory;
 mod ops;
 mod rope;
+mod safetensors;
 mod transformer;
 mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeParams, RopeStyle};
 pub use error::ModelError;
+pub use safetensors::SafetensorsModel;
 pub use transformer::{MAX_BATCH, Transformer};

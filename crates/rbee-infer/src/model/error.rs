@@ -28,6 +28,8 @@ pub enum ModelError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("{}: invalid safetensors model: {reason}", path.display())]
+    Safetensors { path: PathBuf, reason: String },
     #[error("tensor {0} is missing")]
     MissingTensor(String),
     #[error("tensor {tensor} has shape {found:?}, expected {expected:?}")]
