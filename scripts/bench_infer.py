@@ -11,6 +11,7 @@ import tempfile
 import time
 
 PROMPT_TOKENS = 88
+THREADS = int(os.environ.get("RBEE_BENCH_THREADS", "2"))
 GEN_TOKENS = 64
 TEXT = (
     "The history of computing is a story of people sharing scarce machines. In the 1960s, "
@@ -27,9 +28,9 @@ def llama_cpp_run(model: str, text: str) -> dict:
 import json, resource, sys, time
 import numpy as np
 import llama_cpp
-model, text, n_prompt, n_gen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+model, text, n_prompt, n_gen, n_threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 t = time.perf_counter()
-llm = llama_cpp.Llama(model_path=model, n_ctx=2048, n_threads=2, n_threads_batch=2, n_batch=512, verbose=False)
+llm = llama_cpp.Llama(model_path=model, n_ctx=2048, n_threads=n_threads, n_threads_batch=n_threads, n_batch=512, verbose=False)
 load = time.perf_counter() - t
 ids = llm.tokenize(text.encode(), add_bos=True, special=True)[:n_prompt]
 llm.reset()
@@ -53,7 +54,7 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"load_s": load, "prompt_tokens": len(ids), "prefill_tok_s": len(ids) / prefill,
                   "decode_tok_s": n_gen / decode, "peak_rss": rss, "tokens": out, "prompt_ids": ids}))
 '''
-    out = subprocess.run([sys.executable, "-c", code, model, text, str(PROMPT_TOKENS), str(GEN_TOKENS)],
+    out = subprocess.run([sys.executable, "-c", code, model, text, str(PROMPT_TOKENS), str(GEN_TOKENS), str(THREADS)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -63,7 +64,7 @@ def rbee_run(binary: str, model: str, prompt_ids: list) -> dict:
     with tempfile.NamedTemporaryFile("w", suffix=".txt") as f:
         f.write(" ".join(str(i) for i in prompt_ids))
         f.flush()
-        env = dict(os.environ, CANDLE_NUM_THREADS="2")
+        env = dict(os.environ, CANDLE_NUM_THREADS=str(THREADS))
         out = subprocess.run([binary, model, f.name, str(GEN_TOKENS)], check=True, capture_output=True, text=True,
                              env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -91,7 +92,7 @@ def main() -> int:
     ref, ours = refs[0], ours_runs[0]
     print(f"model: {model}")
     print(f"prompt: {ref['prompt_tokens']} tokens (rbee: {ours['prompt_tokens']}), {GEN_TOKENS} greedy tokens, "
-          f"2 threads, best of {rounds} alternating rounds (load average at the end: {os.getloadavg()[0]:.2f})")
+          f"{THREADS} threads, best of {rounds} alternating rounds (load average at the end: {os.getloadavg()[0]:.2f})")
     print(f"{'':<16}{'llama.cpp':>12}{'rbee':>12}{'rbee/llama.cpp':>16}")
     for name, key, higher, unit in rows:
         a = best(refs, key, higher) / unit
