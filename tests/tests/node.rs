@@ -578,3 +578,118 @@ fn a_fallback_route_tries_its_models_in_order() {
         "{v}"
     );
 }
+
+/// A one-layer llama saved as transformers does (config.json, tokenizer.json,
+/// tokenizer_config.json, model.safetensors), with small deterministic weights.
+fn write_safetensors_llama(dir: &Path) {
+    const H: usize = 8;
+    const FFN: usize = 16;
+    const VOCAB: usize = 8;
+    std::fs::create_dir_all(dir).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>)> = vec![
+        ("model.embed_tokens.weight".into(), vec![VOCAB, H]),
+        ("model.norm.weight".into(), vec![H]),
+        ("model.layers.0.input_layernorm.weight".into(), vec![H]),
+        (
+            "model.layers.0.post_attention_layernorm.weight".into(),
+            vec![H],
+        ),
+    ];
+    for p in ["q", "k", "v", "o"] {
+        tensors.push((
+            format!("model.layers.0.self_attn.{p}_proj.weight"),
+            vec![H, H],
+        ));
+    }
+    tensors.push(("model.layers.0.mlp.gate_proj.weight".into(), vec![FFN, H]));
+    tensors.push(("model.layers.0.mlp.up_proj.weight".into(), vec![FFN, H]));
+    tensors.push(("model.layers.0.mlp.down_proj.weight".into(), vec![H, FFN]));
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for (i, (name, shape)) in tensors.iter().enumerate() {
+        let n: usize = shape.iter().product();
+        let start = data.len();
+        for j in 0..n {
+            let v = if shape.len() == 1 {
+                1.0
+            } else {
+                (((i * 131 + j * 37) % 17) as f32 - 8.0) / 16.0
+            };
+            data.extend_from_slice(&v.to_le_bytes());
+        }
+        header.insert(
+            name.clone(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut header = serde_json::to_vec(&header).unwrap();
+    while !header.len().is_multiple_of(8) {
+        header.push(b' ');
+    }
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(data);
+    std::fs::write(dir.join("model.safetensors"), file).unwrap();
+    let config = json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": H,
+        "intermediate_size": FFN, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 2, "max_position_embeddings": 64, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": true, "vocab_size": VOCAB,
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let vocab: serde_json::Map<String, Value> =
+        (0..VOCAB).map(|i| (format!("w{i}"), json!(i))).collect();
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null, "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "w1"},
+    });
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    let template = "{% for m in messages %}{{ m['content'] }} {% endfor %}";
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        json!({"chat_template": template}).to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn an_imported_safetensors_folder_is_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let folder = tmp.path().join("tiny-llama-hf");
+    write_safetensors_llama(&folder);
+    let out = rbee(
+        &data,
+        &[
+            "models",
+            "import",
+            folder.to_str().unwrap(),
+            "--name",
+            "tst",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = NodeProcess::start(&data, &[]);
+    let (s, v, _) = post(
+        &node,
+        "/v1/completions",
+        json!({"model": "tst", "prompt": "w3 w5", "max_tokens": 3, "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["completion_tokens"], 3, "{v}");
+    // The chat template comes from tokenizer_config.json.
+    let (s, v, _) = post(
+        &node,
+        "/v1/chat/completions",
+        json!({"model": "tst", "messages": [{"role": "user", "content": "w2 w4"}],
+               "max_tokens": 2, "temperature": 0}),
+    );
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 2, "{v}");
+}

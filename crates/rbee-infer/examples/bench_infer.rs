@@ -1,8 +1,12 @@
-//! One inference run through the engine, as a user gets it (tokenizer, template-free prompt,
-//! sampler), printing a JSON line: load time, prefill and decode speed, peak RSS.
-//! Driven by `scripts/bench-infer`, which runs llama.cpp on the same file and prompt beside it.
+//! One inference run through the engine, as a user gets it (queue, model thread, sampler),
+//! printing a JSON line: load time, prefill and decode speed, peak RSS, the greedy token ids.
+//! Driven by `scripts/bench-infer`, which runs llama.cpp on the same file beside it.
 //!
-//! `cargo run --release -p rbee-infer --example bench_infer -- <model.gguf> <prompt-file> <n>`
+//! `cargo run --release -p rbee-infer --example bench_infer -- <model> <prompt-file> <n>`
+//!
+//! The prompt file holds either token ids (whitespace-separated, BOS included: the bench passes
+//! llama.cpp's own ids so both engines see exactly the same input) or, with a `text:` first
+//! line, text for rbee's tokenizer.
 
 use std::path::Path;
 
@@ -26,9 +30,19 @@ fn peak_rss_bytes() -> u64 {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let [_, model, prompt_file, n] = args.as_slice() else {
-        return Err("usage: bench_infer <model.gguf> <prompt-file> <tokens>".into());
+        return Err("usage: bench_infer <model> <prompt-file> <tokens>".into());
     };
     let prompt = std::fs::read_to_string(prompt_file)?;
+    let prompt = match prompt.strip_prefix("text:") {
+        Some(text) => Prompt::Text(text.trim_start_matches('\n').to_owned()),
+        None => Prompt::Tokens(
+            prompt
+                .split_whitespace()
+                .map(str::parse)
+                .collect::<Result<Vec<u32>, _>>()
+                .map_err(|e| format!("{prompt_file}: not a list of token ids ({e})"))?,
+        ),
+    };
     let n: usize = n.parse()?;
     let opts = LoadOptions {
         context_length: Some(2048),
@@ -37,10 +51,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let loaded = CandleBackend.load(Path::new(model), &opts)?;
     let mut params = SamplingParams::greedy(n);
     params.ignore_eos = true;
-    let generation = loaded.generate(GenerateRequest {
-        prompt: Prompt::Text(prompt),
-        params,
-    })?;
+    let generation = loaded.generate(GenerateRequest { prompt, params })?;
     let mut ids = Vec::new();
     for event in generation {
         match event {

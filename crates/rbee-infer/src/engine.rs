@@ -15,7 +15,7 @@ use candle_core::Device;
 
 use crate::chat::{ChatMessage, ChatTemplate, builtin_template};
 use crate::error::InferError;
-use crate::model::Transformer;
+use crate::model::{ModelError, SafetensorsModel, Transformer};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tokenizer::Tokenizer;
@@ -74,11 +74,13 @@ pub struct ModelInfo {
     pub model_chat_template: bool,
 }
 
-/// A prompt: raw text to continue, or a conversation to format with the chat template.
+/// A prompt: raw text to continue, a conversation to format with the chat template, or token
+/// ids used exactly as given (no BOS added: include it if the model wants one).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Prompt {
     Text(String),
     Chat(Vec<ChatMessage>),
+    Tokens(Vec<u32>),
 }
 
 #[derive(Debug, Clone)]
@@ -201,22 +203,88 @@ fn validated(path: &Path) -> Result<rbee_gguf::GgufFile, InferError> {
     Ok(file)
 }
 
-/// The GGUF file inside a model folder (views name it after the original file).
-fn gguf_path(path: &Path) -> Result<PathBuf, InferError> {
-    if !path.is_dir() {
-        return Ok(path.to_path_buf());
-    }
-    let found = std::fs::read_dir(path)
-        .map_err(|e| InferError::Unsupported {
+/// A model on disk, opened and checked (headers only; no weights read yet).
+enum Opened {
+    Gguf {
+        path: PathBuf,
+        file: rbee_gguf::GgufFile,
+    },
+    /// A Hugging Face folder: config.json, tokenizer.json, *.safetensors.
+    Safetensors(SafetensorsModel),
+}
+
+impl Opened {
+    /// `path` is a GGUF file, a safetensors file of a model folder (the store's primary
+    /// file), or a folder holding either (the store's view).
+    fn open(path: &Path) -> Result<Opened, InferError> {
+        let unsupported = |reason: String| InferError::Unsupported {
             path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|x| x == "gguf"));
-    found.ok_or_else(|| InferError::Unsupported {
-        path: path.to_path_buf(),
-        reason: "no .gguf file in this folder (safetensors models are not supported by this backend yet)".into(),
-    })
+            reason,
+        };
+        let safetensors = |dir: &Path| -> Result<Opened, InferError> {
+            Ok(Opened::Safetensors(SafetensorsModel::open(dir)?))
+        };
+        if !path.is_dir() {
+            if path.extension().is_some_and(|x| x == "safetensors") {
+                let dir = path
+                    .parent()
+                    .ok_or_else(|| unsupported("a safetensors file outside any folder".into()))?;
+                return safetensors(dir);
+            }
+            return Ok(Opened::Gguf {
+                path: path.to_path_buf(),
+                file: validated(path)?,
+            });
+        }
+        let entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| unsupported(e.to_string()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        if let Some(gguf) = entries
+            .iter()
+            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+        {
+            return Ok(Opened::Gguf {
+                file: validated(gguf)?,
+                path: gguf.clone(),
+            });
+        }
+        if entries.iter().any(|p| p.ends_with("config.json")) {
+            return safetensors(path);
+        }
+        Err(unsupported(
+            "no .gguf file and no config.json (a safetensors model) in this folder".into(),
+        ))
+    }
+
+    /// The header: the GGUF's own, or the one a conversion of the folder would have.
+    fn header(&self) -> &rbee_gguf::GgufFile {
+        match self {
+            Opened::Gguf { file, .. } => file,
+            Opened::Safetensors(m) => m.header(),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            Opened::Gguf { path, .. } => path,
+            Opened::Safetensors(m) => m.dir(),
+        }
+    }
+
+    fn tokenizer(&self) -> Result<Tokenizer, InferError> {
+        Ok(match self {
+            Opened::Gguf { file, .. } => Tokenizer::from_gguf(&file.metadata)?,
+            Opened::Safetensors(m) => Tokenizer::from_dir(m.dir())?,
+        })
+    }
+
+    fn load(&self, device: &Device) -> Result<Transformer, InferError> {
+        Ok(match self {
+            Opened::Gguf { path, .. } => Transformer::load_gguf(path, device)?,
+            Opened::Safetensors(m) => Transformer::load_safetensors(m, device)?,
+        })
+    }
 }
 
 fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
@@ -242,20 +310,26 @@ fn context_for(file: &rbee_gguf::GgufFile, opts: &LoadOptions) -> usize {
 
 impl Backend for CandleBackend {
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
-        let file = validated(&gguf_path(path)?)?;
-        estimate_of(&file, context_for(&file, opts))
+        let opened = Opened::open(path)?;
+        let file = opened.header();
+        estimate_of(file, context_for(file, opts))
     }
 
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
         let started = Instant::now();
-        let path = gguf_path(path)?;
-        let file = validated(&path)?;
-        let context = context_for(&file, opts);
+        // Our kernels are CPU code: say so before reading anything.
+        if !opts.device.is_cpu() {
+            return Err(ModelError::UnsupportedDevice(opts.device.location()).into());
+        }
+        let opened = Opened::open(path)?;
+        let file = opened.header();
+        let path = opened.path().to_path_buf();
+        let context = context_for(file, opts);
         // The header read and validated above serves the estimate too: no second pass.
-        let memory = estimate_of(&file, context)?;
-        let tokenizer = Tokenizer::from_gguf(&file.metadata)?;
-        let template = chat_template(&file, &tokenizer)?;
-        let model = Transformer::load_gguf(&path, &opts.device)?;
+        let memory = estimate_of(file, context)?;
+        let tokenizer = opened.tokenizer()?;
+        let template = chat_template(file, &tokenizer)?;
+        let model = opened.load(&opts.device)?;
         let info = ModelInfo {
             path: path.clone(),
             architecture: model.config().architecture.clone(),
@@ -377,6 +451,15 @@ impl Worker {
         let text = match prompt {
             Prompt::Text(t) => t.clone(),
             Prompt::Chat(messages) => self.template.render(messages, true)?,
+            Prompt::Tokens(ids) => {
+                let vocab = self.model.config().vocab_size;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+                    return Err(InferError::InvalidRequest(format!(
+                        "prompt token id {bad} is out of range for a vocabulary of {vocab}"
+                    )));
+                }
+                return Ok(ids.clone());
+            }
         };
         let bos_text = self
             .tokenizer

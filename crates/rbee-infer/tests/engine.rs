@@ -262,3 +262,25 @@ fn a_broken_file_fails_fast_naming_the_problem() {
     assert!(msg.contains("extends past end of file"), "{msg}");
     assert_eq!(err.error_type(), "invalid_model");
 }
+
+/// GPU builds: asking for the GPU fails at load with a clear error, before any weight is read.
+#[cfg(any(feature = "cuda", feature = "metal"))]
+#[test]
+fn a_gpu_device_is_refused_at_load() {
+    let device = if cfg!(feature = "cuda") {
+        candle_core::Device::new_cuda(0)
+    } else {
+        candle_core::Device::new_metal(0)
+    };
+    let Ok(device) = device else {
+        eprintln!("skipping: no GPU on this machine");
+        return;
+    };
+    let Some(path) = demo_model() else { return };
+    let opts = LoadOptions {
+        device,
+        ..LoadOptions::default()
+    };
+    let err = CandleBackend.load(&path, &opts).unwrap_err().to_string();
+    assert!(err.contains("CPU only"), "{err}");
+}

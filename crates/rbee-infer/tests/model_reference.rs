@@ -10,12 +10,12 @@
 //!   Gemma 3 270M Q4_K_M (the demo model, found at `$RBEE_DEMO_MODEL` or
 //!   `~/.cache/rbee/demo-model/`, fetched by `scripts/fetch-demo-model`).
 //!
-//! Greedy tokens must match exactly. Logits must match to within
-//! `LOGIT_TOLERANCE`: both sides quantise activations identically and differ
-//! only in float summation order and in libm-versus-SIMD `exp`, which moves
-//! logits by ~1e-4 relative; 1e-2 absolute plus 1e-3 relative leaves room for
-//! that over a 32-step generation while still catching any real mistake (a
-//! wrong norm, rope or scale moves logits by whole units).
+//! Greedy tokens must match exactly, and so, today, do the logits: the
+//! model reproduces llama.cpp's CPU arithmetic bit for bit (see
+//! `src/model/kernels.rs`). The logit tolerance below only leaves room for
+//! libm differences between machines (`cosf`, `expf`, `tanhf` in RoPE, the
+//! softmax tail and the GELU table); any modelling or kernel mistake moves
+//! logits by far more.
 //!
 //! Tests skip, saying why, when a file is absent.
 
@@ -27,8 +27,8 @@ use candle_core::Device;
 use rbee_infer::model::Transformer;
 use serde_json::Value;
 
-const ABS_TOLERANCE: f32 = 1e-2;
-const REL_TOLERANCE: f32 = 1e-3;
+const ABS_TOLERANCE: f32 = 1e-3;
+const REL_TOLERANCE: f32 = 1e-4;
 
 fn reference_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -264,6 +264,8 @@ fn gemma3_270m_matches_llama_cpp() {
     };
     let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
     let eog = ids(&reference["eog_ids"]);
+    // Every prompt is checked for all its reference steps: the workspace
+    // builds rbee-infer optimised in the dev and test profiles, so this is quick.
     let mut problems = Vec::new();
     for (i, case) in reference["prompts"].as_array().unwrap().iter().enumerate() {
         let prompt = ids(&case["prompt_ids"]);

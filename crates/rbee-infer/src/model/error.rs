@@ -28,6 +28,8 @@ pub enum ModelError {
     },
     #[error("{0}")]
     Unsupported(String),
+    #[error("{}: invalid safetensors model: {reason}", path.display())]
+    Safetensors { path: PathBuf, reason: String },
     #[error("tensor {0} is missing")]
     MissingTensor(String),
     #[error("tensor {tensor} has shape {found:?}, expected {expected:?}")]
@@ -46,7 +48,10 @@ pub enum ModelError {
         context: String,
         source: candle_core::Error,
     },
-    #[error("only the CPU device is supported, got {0:?}")]
+    #[error(
+        "cannot run on {0:?}: rbee's transformer kernels run on the CPU only (the cuda/metal \
+         features build candle with GPU support, but no model code runs there yet); load it on the CPU"
+    )]
     UnsupportedDevice(candle_core::DeviceLocation),
     #[error("token id {token} is out of range for a vocabulary of {vocab}")]
     TokenOutOfRange { token: u32, vocab: usize },

@@ -221,9 +221,13 @@ mod tests {
         };
         let w_rows: Vec<Vec<f32>> = wf.chunks(cols).map(<[f32]>::to_vec).collect();
         let xs: Vec<Vec<f32>> = x.chunks(cols).map(<[f32]>::to_vec).collect();
-        check(&f.matmul(&x, m), &reference(&w_rows, &xs), "f32 batch");
         check(
-            &f.matmul(&x[..cols], 1),
+            &f.matmul(&x, m, true),
+            &reference(&w_rows, &xs),
+            "f32 batch",
+        );
+        check(
+            &f.matmul(&x[..cols], 1, false),
             &reference(&w_rows, &xs[..1]),
             "f32 single row",
         );

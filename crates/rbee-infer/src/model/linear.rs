@@ -1,10 +1,10 @@
 //! Linear layers `y = x · Wᵀ (+ b)` over quantised weights.
 //!
 //! The weight types llama.cpp-exact kernels exist for (Q8_0, Q5_0 widened to
-//! Q8_0 at load, Q4_K,
-//! Q6_K, F32, F16, BF16; see [`kernels`](super::kernels)) use them; the
-//! others (Q4_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K) fall back to candle's kernels,
-//! which compute the same products but round differently from llama.cpp.
+//! Q8_0 at load, Q4_K, Q6_K, F32, F16, BF16; see [`kernels`](super::kernels))
+//! use them; the others (Q4_0, Q4_1, Q5_1, Q2_K, Q3_K, Q5_K) fall back to
+//! candle's kernels, which compute the same products but round differently
+//! from llama.cpp (close, not bit-exact).
 //!
 //! Projections that read the same input (q/k/v, gate/up) are fused into one
 //! matrix when their types agree: one activation quantisation and one pass
@@ -19,8 +19,8 @@ use super::kernels::RowKernel;
 use super::kernels::float::{FloatKind, FloatMatrix};
 use super::kernels::q4_k::Q4KMatrix;
 use super::kernels::q6_k::Q6KMatrix;
-use super::kernels::q8_0::{self, Q8_0Matrix};
-use super::weights::Blocks;
+use super::kernels::q8_0::Q8_0Matrix;
+use super::weights::{Blocks, TensorReader};
 
 /// Where a batch of rows sits in llama.cpp's batch, which decides how some
 /// kernels round (see [`RowKernel`]): rows `first..first + count` of `batch`.
@@ -76,9 +76,130 @@ impl std::fmt::Debug for Linear {
     }
 }
 
+/// A kernel matrix being filled from ggml block bytes, possibly in chunks.
+enum Builder {
+    Q8_0(Q8_0Matrix),
+    Q4K(Q4KMatrix),
+    Q6K(Q6KMatrix),
+    Float(FloatMatrix),
+    /// Bytes for candle's kernels, collected whole.
+    Raw(Vec<u8>),
+}
+
+impl Builder {
+    fn new(dtype: GgmlDType, n: usize, k: usize) -> Option<Builder> {
+        Some(match dtype {
+            GgmlDType::Q8_0 => Builder::Q8_0(Q8_0Matrix::empty(n, k)?),
+            GgmlDType::Q4K => Builder::Q4K(Q4KMatrix::empty(n, k)?),
+            GgmlDType::Q6K => Builder::Q6K(Q6KMatrix::empty(n, k)?),
+            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                let kind = match dtype {
+                    GgmlDType::F32 => FloatKind::F32,
+                    GgmlDType::F16 => FloatKind::F16,
+                    _ => FloatKind::Bf16,
+                };
+                Builder::Float(FloatMatrix {
+                    rows: n,
+                    cols: k,
+                    kind,
+                    w: Vec::with_capacity(n * k),
+                })
+            }
+            _ => Builder::Raw(Vec::new()),
+        })
+    }
+
+    /// Appends whole blocks; false if they do not fit the shape.
+    fn push(&mut self, data: &[u8], dtype: GgmlDType) -> bool {
+        match self {
+            Builder::Q8_0(m) => m.push(data),
+            Builder::Q4K(m) => m.push(data),
+            Builder::Q6K(m) => m.push(data),
+            Builder::Float(m) => {
+                m.w.extend(widen_floats(dtype, data));
+                m.w.len() <= m.rows * m.cols
+            }
+            Builder::Raw(v) => {
+                v.extend_from_slice(data);
+                true
+            }
+        }
+    }
+
+    fn finish(self, name: &str, dtype: GgmlDType, n: usize, k: usize) -> Option<Kernel> {
+        Some(match self {
+            Builder::Q8_0(m) => Kernel::Q8_0(m.is_complete().then_some(m)?),
+            Builder::Q4K(m) => Kernel::Q4K(m.is_complete().then_some(m)?),
+            Builder::Q6K(m) => Kernel::Q6K(m.is_complete().then_some(m)?),
+            Builder::Float(m) => Kernel::Float((m.w.len() == n * k).then_some(m)?),
+            Builder::Raw(data) => {
+                let blocks = Blocks {
+                    name: name.to_owned(),
+                    dtype,
+                    rows: n,
+                    cols: k,
+                    data,
+                };
+                let expected = n * k / dtype.block_size() * dtype.type_size();
+                if blocks.data.len() != expected {
+                    return None;
+                }
+                let storage = blocks.into_storage().ok()?;
+                Kernel::Candle(QTensor::new(QStorage::Cpu(storage), (n, k)).ok()?)
+            }
+        })
+    }
+}
+
 impl Linear {
     pub fn new(blocks: Blocks, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
-        let (name, dtype, n, k) = (blocks.name.clone(), blocks.dtype, blocks.rows, blocks.cols);
+        let (n, k, dtype) = (blocks.rows, blocks.cols, blocks.dtype);
+        let mut builder =
+            Builder::new(dtype, n, k).ok_or_else(|| shape_error(&blocks.name, dtype, n, k))?;
+        if !builder.push(&blocks.data, dtype) {
+            return Err(shape_error(&blocks.name, dtype, n, k));
+        }
+        Linear::finish(blocks.name, dtype, n, k, builder, bias)
+    }
+
+    /// Reads weight `name` (`rows × cols`) from the file chunk by chunk,
+    /// converting as it goes, so a large matrix (the embedding) never sits in
+    /// memory twice.
+    pub fn load(
+        reader: &mut TensorReader<'_>,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Linear, ModelError> {
+        let mut builder = None;
+        let mut fits = true;
+        let dtype = reader.matrix_chunks(name, rows, cols, |dtype, chunk| {
+            let b = match &mut builder {
+                Some(b) => b,
+                None => builder.insert(
+                    Builder::new(dtype, rows, cols)
+                        .ok_or_else(|| shape_error(name, dtype, rows, cols))?,
+                ),
+            };
+            fits &= b.push(chunk, dtype);
+            Ok(())
+        })?;
+        let builder = match builder {
+            Some(b) if fits => b,
+            _ => return Err(shape_error(name, dtype, rows, cols)),
+        };
+        Linear::finish(name.to_owned(), dtype, rows, cols, builder, bias)
+    }
+
+    fn finish(
+        name: String,
+        dtype: GgmlDType,
+        n: usize,
+        k: usize,
+        builder: Builder,
+        bias: Option<Vec<f32>>,
+    ) -> Result<Linear, ModelError> {
         if let Some(b) = &bias
             && b.len() != n
         {
@@ -87,44 +208,9 @@ impl Linear {
                 b.len()
             )));
         }
-        let bad = || {
-            ModelError::Unsupported(format!(
-                "{name}: {dtype:?} data does not match its shape {n}x{k}"
-            ))
-        };
-        let kernel = match dtype {
-            GgmlDType::Q8_0 => Kernel::Q8_0(q8_0::from_blocks(&blocks.data, n, k).ok_or_else(bad)?),
-            GgmlDType::Q4K => {
-                Kernel::Q4K(Q4KMatrix::from_blocks(&blocks.data, n, k).ok_or_else(bad)?)
-            }
-            GgmlDType::Q6K => {
-                Kernel::Q6K(Q6KMatrix::from_blocks(&blocks.data, n, k).ok_or_else(bad)?)
-            }
-            GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
-                let kind = match dtype {
-                    GgmlDType::F32 => FloatKind::F32,
-                    GgmlDType::F16 => FloatKind::F16,
-                    _ => FloatKind::Bf16,
-                };
-                let w = widen_floats(dtype, &blocks.data);
-                if w.len() != n * k {
-                    return Err(bad());
-                }
-                Kernel::Float(FloatMatrix {
-                    rows: n,
-                    cols: k,
-                    kind,
-                    w,
-                })
-            }
-            _ => {
-                let storage = blocks.into_storage()?;
-                Kernel::Candle(
-                    QTensor::new(QStorage::Cpu(storage), (n, k))
-                        .context(|| format!("wrapping {name}"))?,
-                )
-            }
-        };
+        let kernel = builder
+            .finish(&name, dtype, n, k)
+            .ok_or_else(|| shape_error(&name, dtype, n, k))?;
         Ok(Linear {
             name,
             dtype,
@@ -214,7 +300,7 @@ impl Linear {
             Kernel::Q8_0(w) => w.matmul(x, m),
             Kernel::Q4K(w) => w.matmul(x, m, &rows.kernels()),
             Kernel::Q6K(w) => w.matmul(x, m, rows.batch >= 8),
-            Kernel::Float(w) => w.matmul(x, m),
+            Kernel::Float(w) => w.matmul(x, m, rows.batch > 1),
             Kernel::Candle(qtensor) => Tensor::from_slice(x, (m, self.k), &Device::Cpu)
                 .and_then(|t| t.apply_op1_no_bwd(qtensor))
                 .and_then(|t| t.flatten_all())
@@ -228,6 +314,12 @@ impl Linear {
         }
         Ok(y)
     }
+}
+
+fn shape_error(name: &str, dtype: GgmlDType, n: usize, k: usize) -> ModelError {
+    ModelError::Unsupported(format!(
+        "{name}: {dtype:?} data does not match its shape {n}x{k}"
+    ))
 }
 
 fn widen_floats(dtype: GgmlDType, data: &[u8]) -> Vec<f32> {

@@ -1,4 +1,4 @@
-//! [`Transformer`]: loading a GGUF model and running it over token batches.
+//! [`Transformer`]: loading a GGUF model (or a safetensors folder) and running it over token batches.
 //!
 //! One decoder implementation serves every supported architecture; the
 //! per-architecture choices live in [`ModelConfig`]. The layer follows
@@ -33,6 +33,7 @@ use super::kv_cache::LayerCache;
 use super::linear::{Linear, MultiLinear, Rows};
 use super::ops::{add_assign, gated_activation, rms_norm, scale};
 use super::rope::Rope;
+use super::safetensors::SafetensorsModel;
 use super::weights::TensorReader;
 
 /// Largest batch run through the layers at once, like llama.cpp's default
@@ -98,14 +99,33 @@ impl Transformer {
         Ok(model)
     }
 
+    /// Loads a safetensors folder opened with [`SafetensorsModel::open`]: the
+    /// same model, kernels and results as the GGUF converted from it.
+    /// Only `Device::Cpu` is supported.
+    pub fn load_safetensors(
+        model: &SafetensorsModel,
+        device: &Device,
+    ) -> Result<Transformer, ModelError> {
+        if !device.is_cpu() {
+            return Err(ModelError::UnsupportedDevice(device.location()));
+        }
+        let config = ModelConfig::from_gguf(model.header())?;
+        let mut reader = TensorReader::open_safetensors(model)?;
+        Self::load(&config, &mut reader)
+    }
+
     fn load(config: &ModelConfig, r: &mut TensorReader<'_>) -> Result<Transformer, ModelError> {
         let c = config;
         let hidden = c.hidden_size;
-        let embedding = Linear::new(r.matrix("token_embd.weight", c.vocab_size, hidden)?, None)?;
+        // The vocabulary-sized matrices are streamed: they dominate small models.
+        let embedding = Linear::load(r, "token_embd.weight", c.vocab_size, hidden, None)?;
         let output = if r.has("output.weight") {
             let bias = r.optional_vector("output.bias", c.vocab_size)?;
-            Some(Linear::new(
-                r.matrix("output.weight", c.vocab_size, hidden)?,
+            Some(Linear::load(
+                r,
+                "output.weight",
+                c.vocab_size,
+                hidden,
                 bias,
             )?)
         } else {

@@ -1,4 +1,6 @@
-//! Reading tensors out of a GGUF file into candle's CPU block storage.
+//! Reading tensors out of a GGUF file (or a safetensors folder, see
+//! `safetensors`) as ggml block bytes (which `linear`
+//! turns into kernel matrices, or candle storage for the other types).
 //!
 //! The header comes from `rbee-gguf`, which has already checked that every
 //! tensor lies inside the file, so here we only seek, read and convert. Two
@@ -20,19 +22,21 @@ use candle_core::quantized::{GgmlDType, QuantizedType};
 use rbee_gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::error::{CandleContext, ModelError};
+use super::safetensors::{Layout, SafetensorsModel, permute_rows};
 
 /// Bytes of one Q5_0 block and of one Q8_0 block (32 values each).
 const Q5_0_BLOCK: usize = 22;
 const Q8_0_BLOCK: usize = 34;
 
-/// A GGUF file open for reading tensor data.
+/// A model's tensor data open for reading: one GGUF file, or the files of a
+/// safetensors folder (whose `layout` says which file holds which tensor).
 pub(crate) struct TensorReader<'a> {
     header: &'a GgufFile,
-    path: PathBuf,
-    file: BufReader<File>,
+    files: Vec<(PathBuf, BufReader<File>)>,
+    layout: Option<&'a Layout>,
 }
 
-/// One weight matrix in candle's CPU block layout: `rows` rows of `cols` values.
+/// One weight matrix as ggml block bytes: `rows` rows of `cols` values.
 pub(crate) struct Blocks {
     pub name: String,
     pub dtype: GgmlDType,
@@ -75,15 +79,24 @@ impl Blocks {
 
 impl<'a> TensorReader<'a> {
     pub fn open(path: &Path, header: &'a GgufFile) -> Result<Self, ModelError> {
-        let file = File::open(path).map_err(|source| ModelError::Io {
-            path: path.to_owned(),
-            tensor: String::new(),
-            source,
-        })?;
         Ok(TensorReader {
             header,
-            path: path.to_owned(),
-            file: BufReader::with_capacity(1 << 20, file),
+            files: vec![open_file(path)?],
+            layout: None,
+        })
+    }
+
+    /// The tensors of a safetensors folder, under their GGUF names.
+    pub fn open_safetensors(model: &'a SafetensorsModel) -> Result<Self, ModelError> {
+        Ok(TensorReader {
+            header: model.header(),
+            files: model
+                .layout
+                .files
+                .iter()
+                .map(|p| open_file(p))
+                .collect::<Result<_, _>>()?,
+            layout: Some(&model.layout),
         })
     }
 
@@ -93,25 +106,65 @@ impl<'a> TensorReader<'a> {
 
     pub fn has(&self, name: &str) -> bool {
         self.header.tensor(name).is_some()
+            || self.layout.is_some_and(|l| l.generated.contains_key(name))
+    }
+
+    /// The file holding `info`'s bytes.
+    fn file_for(
+        &mut self,
+        info: &TensorInfo,
+    ) -> Result<&mut (PathBuf, BufReader<File>), ModelError> {
+        let index = match self.layout {
+            Some(l) => *l
+                .file_of
+                .get(&info.name)
+                .ok_or_else(|| ModelError::MissingTensor(info.name.clone()))?,
+            None => 0,
+        };
+        self.files
+            .get_mut(index)
+            .ok_or_else(|| ModelError::MissingTensor(info.name.clone()))
+    }
+
+    /// Heads whose rows must be permuted on the way in (safetensors llama q/k).
+    fn permuted_heads(&self, name: &str) -> Option<usize> {
+        self.layout.and_then(|l| l.permute.get(name).copied())
     }
 
     fn raw(&mut self, info: &TensorInfo) -> Result<Vec<u8>, ModelError> {
-        let io_err = |source| ModelError::Io {
-            path: self.path.clone(),
-            tensor: info.name.clone(),
-            source,
-        };
         let size = usize::try_from(info.size).map_err(|_| {
             ModelError::Unsupported(format!(
                 "{}: {} bytes do not fit in memory",
                 info.name, info.size
             ))
         })?;
-        self.file
-            .seek(SeekFrom::Start(info.offset))
-            .map_err(io_err)?;
+        let heads = self.permuted_heads(&info.name);
+        let (path, file) = self.file_for(info)?;
+        let io_err = |source| ModelError::Io {
+            path: path.clone(),
+            tensor: info.name.clone(),
+            source,
+        };
+        file.seek(SeekFrom::Start(info.offset)).map_err(io_err)?;
         let mut data = vec![0u8; size];
-        self.file.read_exact(&mut data).map_err(io_err)?;
+        file.read_exact(&mut data)
+            .map_err(|source| ModelError::Io {
+                path: path.clone(),
+                tensor: info.name.clone(),
+                source,
+            })?;
+        if let Some(heads) = heads {
+            // A row is dims[0] values of a matrix (a bias has one value per row).
+            let per_row = if info.dims.len() < 2 { 1 } else { info.dims[0] };
+            let row_bytes = (per_row * info.dtype.type_size() / info.dtype.block_size()) as usize;
+            data = permute_rows(&data, heads, row_bytes).ok_or_else(|| {
+                ModelError::Unsupported(format!(
+                    "{}: {} rows cannot be split into {heads} heads of pairs",
+                    info.name,
+                    data.len() / row_bytes.max(1)
+                ))
+            })?;
+        }
         Ok(data)
     }
 
@@ -137,8 +190,72 @@ impl<'a> TensorReader<'a> {
         })
     }
 
+    /// Streams a 2-D weight (checked as in [`matrix`](Self::matrix)) to
+    /// `sink` in chunks of whole blocks, Q5_0 already widened to Q8_0;
+    /// returns the (widened) type.
+    pub fn matrix_chunks(
+        &mut self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        mut sink: impl FnMut(GgmlDType, &[u8]) -> Result<(), ModelError>,
+    ) -> Result<GgmlDType, ModelError> {
+        const CHUNK: u64 = 4 << 20;
+        let info = self
+            .info(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+        check_shape(info, &[cols as u64, rows as u64])?;
+        let dtype = candle_dtype(info)?;
+        if self.permuted_heads(name).is_some() {
+            // Rows move across the whole tensor: read it at once (q/k are small).
+            sink(dtype, &self.raw(info)?)?;
+            return Ok(dtype);
+        }
+        let block = info.dtype.type_size();
+        let step = (CHUNK / block).max(1) * block;
+        let (path, file) = self.file_for(info)?;
+        file.seek(SeekFrom::Start(info.offset))
+            .map_err(|source| ModelError::Io {
+                path: path.clone(),
+                tensor: info.name.clone(),
+                source,
+            })?;
+        let mut buf = Vec::new();
+        let mut done = 0;
+        while done < info.size {
+            let len = step.min(info.size - done) as usize;
+            buf.resize(len, 0);
+            file.read_exact(&mut buf).map_err(|source| ModelError::Io {
+                path: path.clone(),
+                tensor: info.name.clone(),
+                source,
+            })?;
+            if dtype == GgmlDType::Q5_0 {
+                sink(GgmlDType::Q8_0, &q5_0_to_q8_0(&buf))?;
+            } else {
+                sink(dtype, &buf)?;
+            }
+            done += len as u64;
+        }
+        Ok(if dtype == GgmlDType::Q5_0 {
+            GgmlDType::Q8_0
+        } else {
+            dtype
+        })
+    }
+
     /// A 1-D tensor of `len` values (norm weights, biases), as f32.
     pub fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        if let Some(v) = self.layout.and_then(|l| l.generated.get(name)) {
+            if v.len() != len {
+                return Err(ModelError::TensorShape {
+                    tensor: name.to_owned(),
+                    found: vec![v.len() as u64],
+                    expected: vec![len as u64],
+                });
+            }
+            return Ok(v.clone());
+        }
         let info = self
             .info(name)
             .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
@@ -191,6 +308,15 @@ pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => n * 4,
         _ => info.size,
     }
+}
+
+fn open_file(path: &Path) -> Result<(PathBuf, BufReader<File>), ModelError> {
+    let file = File::open(path).map_err(|source| ModelError::Io {
+        path: path.to_owned(),
+        tensor: String::new(),
+        source,
+    })?;
+    Ok((path.to_owned(), BufReader::with_capacity(1 << 20, file)))
 }
 
 fn check_shape(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {

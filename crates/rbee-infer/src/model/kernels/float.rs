@@ -29,7 +29,9 @@ impl FloatMatrix {
         self.w.len() * 4
     }
 
-    pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    /// `batched`: llama.cpp's matmul has more than one row (tinyBLAS), even
+    /// if only some of its rows are computed here.
+    pub fn matmul(&self, x: &[f32], m: usize, batched: bool) -> Vec<f32> {
         let x: Vec<f32> = match self.kind {
             FloatKind::F32 => x.to_vec(),
             FloatKind::F16 => x.iter().map(|&v| round_f16(v)).collect(),
@@ -44,7 +46,7 @@ impl FloatMatrix {
                 for (i, c) in cols.clone().enumerate() {
                     let w = &self.w[c * k..(c + 1) * k];
                     // tinyBLAS only takes batches; single rows go to ggml's vec_dot.
-                    out[r * width + i] = if m > 1 {
+                    out[r * width + i] = if batched {
                         dot(w, a)
                     } else {
                         vec_dot(w, a, wide_tail)

@@ -5,7 +5,23 @@
 //! Each work item owns a disjoint block of the output, handed out through an
 //! uncontended mutex so that no `unsafe` is needed.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+
+/// Threads in candle's pool (its workers plus the caller), computed once:
+/// candle's own `get_num_threads` re-reads `/proc/cpuinfo` on every call,
+/// which costs more than a small matmul. Mirrors how candle sizes the pool
+/// (`CANDLE_NUM_THREADS`, else its default).
+pub(crate) fn threads() -> usize {
+    static THREADS: OnceLock<usize> = OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::env::var("CANDLE_NUM_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or_else(candle_core::utils::get_num_threads)
+            .max(1)
+    })
+}
 
 /// Computes an `m × n` row-major result by column blocks: `kernel(cols, out)`
 /// must fill `out`, laid out `[row][col - cols.start]`, for the columns `cols`
@@ -15,7 +31,7 @@ pub(crate) fn par_columns<F>(m: usize, n: usize, min_cols: usize, kernel: F) -> 
 where
     F: Fn(std::ops::Range<usize>, &mut [f32]) + Sync,
 {
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = threads();
     // Enough blocks for the pool to balance, each big enough to amortise a grab.
     let per_block = n.div_ceil(threads * 8).max(min_cols).min(n.max(1));
     let blocks = n.div_ceil(per_block);
@@ -64,7 +80,7 @@ where
     F: Fn(usize, &mut [f32]) + Sync,
 {
     let jobs = out.len() / job_len.max(1);
-    let threads = candle_core::utils::get_num_threads().max(1);
+    let threads = threads();
     if !parallel || threads == 1 || jobs < 2 {
         for (i, chunk) in out.chunks_exact_mut(job_len).enumerate() {
             job(i, chunk);

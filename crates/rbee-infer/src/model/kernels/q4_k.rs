@@ -31,33 +31,54 @@ pub(crate) struct Q4KMatrix {
 }
 
 impl Q4KMatrix {
+    #[cfg(test)]
     pub fn from_blocks(data: &[u8], rows: usize, cols: usize) -> Option<Q4KMatrix> {
-        if !cols.is_multiple_of(QK_K) || data.len() != rows * cols / QK_K * BLOCK_BYTES {
-            return None;
+        let mut m = Q4KMatrix::empty(rows, cols)?;
+        (m.push(data) && m.is_complete()).then_some(m)
+    }
+
+    /// An empty matrix to be filled by [`push`](Self::push), row by row.
+    pub fn empty(rows: usize, cols: usize) -> Option<Q4KMatrix> {
+        cols.is_multiple_of(QK_K).then(|| Q4KMatrix {
+            rows,
+            cols,
+            blocks: Vec::with_capacity(rows * cols / QK_K),
+        })
+    }
+
+    /// Appends whole Q4_K blocks (ggml bytes); false if `data` is not whole
+    /// blocks or would overfill the matrix.
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        let n = data.len() / BLOCK_BYTES;
+        if !data.len().is_multiple_of(BLOCK_BYTES)
+            || self.blocks.len() + n > self.rows * self.cols / QK_K
+        {
+            return false;
         }
-        let blocks = data
-            .chunks_exact(BLOCK_BYTES)
-            .map(|b| {
-                let half =
-                    |i: usize| crate::model::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
-                let sc = &b[4..16];
-                let mut scales = [0u8; 8];
-                let mut mins = [0u8; 8];
-                for j in 0..8 {
-                    (scales[j], mins[j]) = scale_min_k4(j, sc);
-                }
-                let mut qs = [0u8; 128];
-                qs.copy_from_slice(&b[16..144]);
-                Block {
-                    d: half(0),
-                    dmin: half(2),
-                    scales,
-                    mins,
-                    qs,
-                }
-            })
-            .collect();
-        Some(Q4KMatrix { rows, cols, blocks })
+        self.blocks.extend(data.chunks_exact(BLOCK_BYTES).map(|b| {
+            let half =
+                |i: usize| crate::model::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
+            let sc = &b[4..16];
+            let mut scales = [0u8; 8];
+            let mut mins = [0u8; 8];
+            for j in 0..8 {
+                (scales[j], mins[j]) = scale_min_k4(j, sc);
+            }
+            let mut qs = [0u8; 128];
+            qs.copy_from_slice(&b[16..144]);
+            Block {
+                d: half(0),
+                dmin: half(2),
+                scales,
+                mins,
+                qs,
+            }
+        }));
+        true
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.blocks.len() == self.rows * self.cols / QK_K
     }
 
     pub fn bytes(&self) -> usize {
@@ -118,7 +139,7 @@ impl Q4KMatrix {
 }
 
 /// Exact sums of four groups of eight lanes holding integers below 2^24
-/// in total. Not inlined, for the reason given at [`hsum8`](super::hsum8).
+/// in total. Not inlined, for the reason given at [`super::hsum8`].
 #[inline(never)]
 fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
     let mut out = [0f32; 4];

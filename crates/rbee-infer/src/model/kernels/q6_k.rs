@@ -36,43 +36,64 @@ pub(crate) struct Q6KMatrix {
 }
 
 impl Q6KMatrix {
+    #[cfg(test)]
     pub fn from_blocks(data: &[u8], rows: usize, cols: usize) -> Option<Q6KMatrix> {
-        if !cols.is_multiple_of(QK_K) || data.len() != rows * cols / QK_K * BLOCK_BYTES {
-            return None;
+        let mut m = Q6KMatrix::empty(rows, cols)?;
+        (m.push(data) && m.is_complete()).then_some(m)
+    }
+
+    /// An empty matrix to be filled by [`push`](Self::push), row by row.
+    pub fn empty(rows: usize, cols: usize) -> Option<Q6KMatrix> {
+        cols.is_multiple_of(QK_K).then(|| Q6KMatrix {
+            rows,
+            cols,
+            blocks: Vec::with_capacity(rows * cols / QK_K),
+        })
+    }
+
+    /// Appends whole Q6_K blocks (ggml bytes); false if `data` is not whole
+    /// blocks or would overfill the matrix.
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        let n = data.len() / BLOCK_BYTES;
+        if !data.len().is_multiple_of(BLOCK_BYTES)
+            || self.blocks.len() + n > self.rows * self.cols / QK_K
+        {
+            return false;
         }
-        let blocks = data
-            .chunks_exact(BLOCK_BYTES)
-            .map(|b| {
-                let (ql, rest) = b.split_at(128);
-                let (qh, rest) = rest.split_at(64);
-                let (sc, d) = rest.split_at(16);
-                let mut natural = [0u8; QK_K];
-                for half in 0..2 {
-                    let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                    let out = &mut natural[128 * half..];
-                    for l in 0..32 {
-                        out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
-                        out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
-                        out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                        out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                    }
+        self.blocks.extend(data.chunks_exact(BLOCK_BYTES).map(|b| {
+            let (ql, rest) = b.split_at(128);
+            let (qh, rest) = rest.split_at(64);
+            let (sc, d) = rest.split_at(16);
+            let mut natural = [0u8; QK_K];
+            for half in 0..2 {
+                let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+                let out = &mut natural[128 * half..];
+                for l in 0..32 {
+                    out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+                    out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+                    out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+                    out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
                 }
-                let mut codes = [0u8; QK_K];
-                for (i, &c) in natural.iter().enumerate() {
-                    codes[i / 32 * 32 + permuted(i % 32)] = c;
-                }
-                let mut scales = [0i8; 16];
-                for (s, &v) in scales.iter_mut().zip(sc) {
-                    *s = v as i8;
-                }
-                Block {
-                    d: crate::model::f16::f16_to_f32(u16::from_le_bytes([d[0], d[1]])),
-                    scales,
-                    codes,
-                }
-            })
-            .collect();
-        Some(Q6KMatrix { rows, cols, blocks })
+            }
+            let mut codes = [0u8; QK_K];
+            for (i, &c) in natural.iter().enumerate() {
+                codes[i / 32 * 32 + permuted(i % 32)] = c;
+            }
+            let mut scales = [0i8; 16];
+            for (s, &v) in scales.iter_mut().zip(sc) {
+                *s = v as i8;
+            }
+            Block {
+                d: crate::model::f16::f16_to_f32(u16::from_le_bytes([d[0], d[1]])),
+                scales,
+                codes,
+            }
+        }));
+        true
+    }
+
+    pub fn is_complete(&self) -> bool {
+        self.blocks.len() == self.rows * self.cols / QK_K
     }
 
     pub fn bytes(&self) -> usize {
@@ -136,7 +157,7 @@ fn permuted_f32(q: &[i8]) -> Vec<f32> {
 }
 
 /// Exact sum of lanes holding integers (in f64, so no bound). Not inlined,
-/// for the reason given at [`hsum8`](super::hsum8).
+/// for the reason given at [`super::hsum8`].
 #[inline(never)]
 fn exact_sum(x: &[f32; 8], y: &[f32; 8], z: &[i32; 8]) -> f64 {
     (0..8)

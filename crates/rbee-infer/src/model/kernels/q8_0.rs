@@ -160,24 +160,50 @@ fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) 
 }
 
 /// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
+#[cfg(test)]
 pub(crate) fn from_blocks(data: &[u8], rows: usize, cols: usize) -> Option<Q8_0Matrix> {
-    const BLOCK_BYTES: usize = 34;
-    let blocks = rows * cols / QK8_0;
-    if !cols.is_multiple_of(QK8_0) || data.len() != blocks * BLOCK_BYTES {
-        return None;
+    let mut m = Q8_0Matrix::empty(rows, cols)?;
+    (m.push(data) && m.is_complete()).then_some(m)
+}
+
+/// Bytes of one ggml Q8_0 block.
+const BLOCK_BYTES: usize = 34;
+
+impl Q8_0Matrix {
+    /// An empty matrix to be filled by [`push`](Self::push), row by row.
+    pub fn empty(rows: usize, cols: usize) -> Option<Q8_0Matrix> {
+        cols.is_multiple_of(QK8_0).then(|| Q8_0Matrix {
+            rows,
+            cols,
+            d: Vec::with_capacity(rows * cols / QK8_0),
+            q: Vec::with_capacity(rows * cols),
+        })
     }
-    let mut d = Vec::with_capacity(blocks);
-    let mut q = vec![0i8; rows * cols];
-    for (block, dst) in data
-        .chunks_exact(BLOCK_BYTES)
-        .zip(q.chunks_exact_mut(QK8_0))
-    {
-        d.push(crate::model::f16::f16_to_f32(u16::from_le_bytes([
-            block[0], block[1],
-        ])));
-        for (i, &v) in block[2..].iter().enumerate() {
-            dst[permuted(i)] = v as i8;
+
+    /// Appends whole Q8_0 blocks (ggml bytes); false if `data` is not whole
+    /// blocks or would overfill the matrix.
+    pub fn push(&mut self, data: &[u8]) -> bool {
+        let blocks = data.len() / BLOCK_BYTES;
+        if !data.len().is_multiple_of(BLOCK_BYTES)
+            || self.q.len() + blocks * QK8_0 > self.rows * self.cols
+        {
+            return false;
         }
+        for block in data.chunks_exact(BLOCK_BYTES) {
+            self.d
+                .push(crate::model::f16::f16_to_f32(u16::from_le_bytes([
+                    block[0], block[1],
+                ])));
+            let start = self.q.len();
+            self.q.resize(start + QK8_0, 0);
+            for (i, &v) in block[2..].iter().enumerate() {
+                self.q[start + permuted(i)] = v as i8;
+            }
+        }
+        true
     }
-    Some(Q8_0Matrix { rows, cols, d, q })
+
+    pub fn is_complete(&self) -> bool {
+        self.q.len() == self.rows * self.cols
+    }
 }
