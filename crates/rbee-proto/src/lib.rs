@@ -15,6 +15,7 @@ pub mod codec;
 mod id;
 mod manifest;
 mod model_ref;
+pub mod quant;
 
 pub use id::{ContentId, IdParseError, ShardHash};
 pub use manifest::{

@@ -11,7 +11,7 @@ use rbee_proto::{
 
 use crate::catalog::CatalogEntry;
 use crate::error::{IoContext, StoreError};
-use crate::quant;
+use rbee_proto::quant;
 use crate::safetensors;
 use crate::store::{Progress, Store, home};
 
