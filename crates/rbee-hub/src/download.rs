@@ -99,7 +99,9 @@ impl Hub {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<Downloaded, HubError> {
         let cache_repo = self.cache.repo(self.repo(&plan.repo, &plan.revision));
-        let repo_dir = self.cache_dir().join(self.repo(&plan.repo, "main").folder_name());
+        let repo_dir = self
+            .cache_dir()
+            .join(self.repo(&plan.repo, "main").folder_name());
         let snapshot = cache_repo.pointer_path(&plan.commit);
         let mut ctx = Ctx {
             hub: self,
@@ -186,7 +188,10 @@ fn fetch_blob(ctx: &mut Ctx<'_>, f: &RemoteFile, blob: &Path) -> Result<(), HubE
             Ok(()) => break,
             Err(HubError::Interrupted { reason, .. }) if attempt < ATTEMPTS => {
                 tracing::warn!(file = %f.name, attempt, "download interrupted, resuming: {reason}");
-                sleep_unless_cancelled(ctx.cancel, Duration::from_millis(250 * u64::from(attempt)))?;
+                sleep_unless_cancelled(
+                    ctx.cancel,
+                    Duration::from_millis(250 * u64::from(attempt)),
+                )?;
             }
             Err(e) => return Err(e),
         }
@@ -271,7 +276,9 @@ fn transfer(ctx: &mut Ctx<'_>, f: &RemoteFile, part: &Path) -> Result<(), HubErr
             .headers()
             .get("location")
             .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| HubError::BadResponse(format!("redirect without Location for {}", f.name)))?;
+            .ok_or_else(|| {
+                HubError::BadResponse(format!("redirect without Location for {}", f.name))
+            })?;
         url = join_url(&url, location);
     };
     let status = resp.status().as_u16();
@@ -313,7 +320,11 @@ fn transfer(ctx: &mut Ctx<'_>, f: &RemoteFile, part: &Path) -> Result<(), HubErr
     }
     out.seek(SeekFrom::Start(start))
         .map_err(|e| HubError::io("seek", part, e))?;
-    let mut reader = resp.into_body().into_with_config().limit(f.size - start).reader();
+    let mut reader = resp
+        .into_body()
+        .into_with_config()
+        .limit(f.size - start)
+        .reader();
     let mut buf = vec![0u8; CHUNK];
     let mut have = start;
     ctx.report(have);

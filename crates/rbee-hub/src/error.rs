@@ -13,7 +13,9 @@ pub enum HubError {
     },
     #[error("{0}")]
     NotFound(String),
-    #[error("{repo}@{revision} has no usable model files (no GGUF, no safetensors model); it has: {files}")]
+    #[error(
+        "{repo}@{revision} has no usable model files (no GGUF, no safetensors model); it has: {files}"
+    )]
     NoUsableFiles {
         repo: String,
         revision: String,

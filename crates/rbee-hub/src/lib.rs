@@ -197,10 +197,7 @@ mod tests {
             origin("https://huggingface.co/a/b"),
             Some("https://huggingface.co")
         );
-        assert_eq!(
-            origin("http://127.0.0.1:9/x?y"),
-            Some("http://127.0.0.1:9")
-        );
+        assert_eq!(origin("http://127.0.0.1:9/x?y"), Some("http://127.0.0.1:9"));
         assert_eq!(origin("http://h"), Some("http://h"));
         assert_eq!(origin("/relative"), None);
     }

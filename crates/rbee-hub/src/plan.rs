@@ -45,7 +45,12 @@ impl RepoListing {
         if self.files.is_empty() {
             return "no files at all".into();
         }
-        let mut out: Vec<&str> = self.files.iter().take(40).map(|f| f.name.as_str()).collect();
+        let mut out: Vec<&str> = self
+            .files
+            .iter()
+            .take(40)
+            .map(|f| f.name.as_str())
+            .collect();
         let more = self.files.len().saturating_sub(out.len());
         let tail = (more > 0).then(|| format!("and {more} more"));
         out.extend(tail.as_deref());
@@ -250,7 +255,9 @@ pub fn plan(listing: &RepoListing, file: Option<&str>) -> Result<Plan, HubError>
     }
     let has_weights =
         listing.get(SAFETENSORS_INDEX).is_some() || listing.get("model.safetensors").is_some();
-    let has_required = SAFETENSORS_REQUIRED.iter().all(|n| listing.get(n).is_some());
+    let has_required = SAFETENSORS_REQUIRED
+        .iter()
+        .all(|n| listing.get(n).is_some());
     if has_weights && has_required {
         let mut files: Vec<RemoteFile> = SAFETENSORS_REQUIRED
             .iter()
@@ -353,7 +360,10 @@ mod tests {
     fn no_usable_files_lists_what_there_is() {
         let l = listing(&[("README.md", 1), ("pytorch_model.bin", 9)]);
         let err = plan(&l, None).unwrap_err().to_string();
-        assert!(err.contains("README.md") && err.contains("pytorch_model.bin"), "{err}");
+        assert!(
+            err.contains("README.md") && err.contains("pytorch_model.bin"),
+            "{err}"
+        );
         let err = plan(&l, Some("README.md")).unwrap_err().to_string();
         assert!(err.contains("not a GGUF"), "{err}");
         let err = plan(&l, Some("x.gguf")).unwrap_err().to_string();

@@ -29,6 +29,13 @@ pub struct NodeConfig {
     pub load_wait_secs: u64,
     /// Models to load at start.
     pub preload: Vec<String>,
+    /// HuggingFace endpoint (default: `HF_ENDPOINT`, else https://huggingface.co).
+    pub hf_endpoint: Option<String>,
+    /// Token for gated or private HuggingFace repos (default: `HF_TOKEN`); sent to the hub only.
+    pub hf_token: Option<String>,
+    /// HuggingFace home; pulls download into `<hf_home>/hub` (default: `HF_HOME`, else
+    /// `~/.cache/huggingface`), the cache `hf-cache:` imports read too.
+    pub hf_home: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -45,6 +52,9 @@ impl Default for NodeConfig {
             queue_capacity: 16,
             load_wait_secs: 60,
             preload: Vec::new(),
+            hf_endpoint: None,
+            hf_token: None,
+            hf_home: None,
         }
     }
 }
@@ -167,7 +177,44 @@ impl NodeConfig {
                 .filter(|s| !s.is_empty())
                 .collect();
         }
+        // rbee's own variables override the file; HuggingFace's usual ones only fill gaps.
+        if let Some(v) = env("RBEE_HF_ENDPOINT") {
+            self.hf_endpoint = Some(v);
+        }
+        if let Some(v) = env("RBEE_HF_TOKEN") {
+            self.hf_token = Some(v);
+        }
+        if let Some(v) = env("RBEE_HF_HOME") {
+            self.hf_home = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("HF_ENDPOINT") {
+            self.hf_endpoint.get_or_insert(v);
+        }
+        if let Some(v) = env("HF_TOKEN") {
+            self.hf_token.get_or_insert(v);
+        }
+        if let Some(v) = env("HF_HOME") {
+            self.hf_home.get_or_insert(PathBuf::from(v));
+        }
         Ok(())
+    }
+
+    /// The HuggingFace client settings: these fields, then `HF_HUB_CACHE` and
+    /// `~/.cache/huggingface/hub` for the cache. None when no cache dir can be found.
+    pub fn hub_config(&self) -> Option<rbee_hub::HubConfig> {
+        let defaults = rbee_hub::HubConfig::from_env();
+        let cache_dir = match &self.hf_home {
+            Some(home) => home.join("hub"),
+            None => defaults.as_ref()?.cache_dir.clone(),
+        };
+        Some(rbee_hub::HubConfig {
+            endpoint: self
+                .hf_endpoint
+                .clone()
+                .unwrap_or_else(|| rbee_hub::DEFAULT_ENDPOINT.to_string()),
+            token: self.hf_token.clone(),
+            cache_dir,
+        })
     }
 
     /// Refuses settings that are unsafe or meaningless.

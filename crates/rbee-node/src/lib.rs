@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod pull;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,6 +40,8 @@ pub struct NodeContext {
     pub jobs: jobs::Jobs,
     pub metrics: Arc<metrics::Metrics>,
     pub started: Instant,
+    /// The HuggingFace client (None: no HF cache dir could be found, so no pulls or search).
+    pub hub: Option<rbee_hub::Hub>,
 }
 
 fn node_name() -> String {
@@ -71,6 +74,16 @@ pub async fn run(
         .local_addr()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     let metrics = Arc::new(metrics::Metrics::default());
+    let hub = match config.hub_config().map(rbee_hub::Hub::new) {
+        Some(Ok(hub)) => Some(hub),
+        Some(Err(e)) => return Err(NodeError::BadRequest(e.to_string())),
+        None => {
+            tracing::warn!(
+                "no HuggingFace cache dir (set HF_HOME or --hf-home): pulls and search are off"
+            );
+            None
+        }
+    };
     let ctx = Arc::new(NodeContext {
         name: node_name(),
         catalog: Handle::empty("the catalog"),
@@ -80,6 +93,7 @@ pub async fn run(
         jobs: jobs::Jobs::default(),
         metrics: metrics.clone(),
         started: Instant::now(),
+        hub,
         config,
     });
     let args = SupervisorArgs {
