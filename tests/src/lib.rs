@@ -1,6 +1,8 @@
 //! Helpers shared by the multi-process integration tests: find (or build) the real `rbee-node`
 //! binary, and run it against a throwaway data dir.
 
+pub mod hub_double;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

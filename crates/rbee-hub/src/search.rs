@@ -19,8 +19,9 @@ pub struct SearchHit {
 
 #[derive(Deserialize)]
 struct RawHit {
-    #[serde(alias = "modelId")]
-    id: String,
+    id: Option<String>,
+    #[serde(rename = "modelId")]
+    model_id: Option<String>,
     #[serde(default)]
     downloads: u64,
     #[serde(default)]
@@ -89,12 +90,13 @@ fn parse_hits(bytes: &[u8], gguf_only: bool, limit: usize) -> Result<Vec<SearchH
         .map_err(|e| HubError::BadResponse(format!("search results: {e}")))?;
     let mut hits: Vec<SearchHit> = raw
         .into_iter()
-        .map(|h| SearchHit {
+        .filter_map(|h| Some((h.id.clone().or(h.model_id.clone())?, h)))
+        .map(|(id, h)| SearchHit {
             gguf: h.tags.iter().any(|t| t.eq_ignore_ascii_case("gguf"))
                 || h.siblings
                     .iter()
                     .any(|s| s.rfilename.to_ascii_lowercase().ends_with(".gguf")),
-            id: h.id.chars().take(200).collect(),
+            id: id.chars().take(200).collect(),
             downloads: h.downloads,
             likes: h.likes,
         })
