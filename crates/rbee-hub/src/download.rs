@@ -18,7 +18,8 @@ use sha1::Digest as _;
 use crate::plan::{PlanKind, SAFETENSORS_INDEX, add_shards};
 use crate::{Hub, HubError, MAX_JSON, Plan, RemoteFile, origin};
 
-/// Transfer attempts per file before giving up (each resumes where the last one stopped).
+/// Transfer attempts in a row that receive nothing before a file is given up (each resumes
+/// where the last one stopped).
 const ATTEMPTS: u32 = 4;
 const MAX_REDIRECTS: usize = 8;
 const CHUNK: usize = 256 << 10;
@@ -181,12 +182,20 @@ fn fetch_blob(ctx: &mut Ctx<'_>, f: &RemoteFile, blob: &Path) -> Result<(), HubE
     if is_complete(blob, f.size) {
         return Ok(());
     }
+    // Attempts that got nowhere; one that made progress starts the count again.
     let mut attempt = 0;
+    let mut kept_before = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     loop {
         attempt += 1;
         match transfer(ctx, f, &part) {
             Ok(()) => break,
-            Err(HubError::Interrupted { reason, .. }) if attempt < ATTEMPTS => {
+            Err(HubError::Interrupted { reason, kept, .. })
+                if attempt < ATTEMPTS || kept > kept_before =>
+            {
+                if kept > kept_before {
+                    attempt = 0;
+                    kept_before = kept;
+                }
                 tracing::warn!(file = %f.name, attempt, "download interrupted, resuming: {reason}");
                 sleep_unless_cancelled(
                     ctx.cancel,

@@ -31,6 +31,8 @@ pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 
 /// The largest repo listing or search answer we read (a repo with 10 000 files is ~2 MB).
 pub(crate) const MAX_JSON: u64 = 16 << 20;
+/// The longest one response body may take; a transfer that needs longer is resumed.
+pub(crate) const SEGMENT: Duration = Duration::from_secs(300);
 /// The most files a repo listing may name.
 pub(crate) const MAX_FILES: usize = 100_000;
 
@@ -109,6 +111,9 @@ impl Hub {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
+            // ureq has no idle timeout: a stalled transfer ends after this and resumes from
+            // what it got (see `download`), so big files arrive in segments, never hang.
+            .timeout_recv_body(Some(SEGMENT))
             .user_agent(format!("rbee/{}", env!("CARGO_PKG_VERSION")))
             .build()
             .into();

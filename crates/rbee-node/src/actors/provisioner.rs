@@ -67,7 +67,16 @@ impl Actor for ProvisionerActor {
             }
             ProvisionerMsg::Pull { hf, hub, job } => {
                 let store = st.store.clone();
-                tokio::task::spawn_blocking(move || pull(&store, &hub, &hf, &job));
+                let watcher = job.clone();
+                let task = tokio::task::spawn_blocking(move || pull(&store, &hub, &hf, &job));
+                // The pull notices a cancel between reads; a stalled connection could delay that,
+                // so the job itself ends at once (nothing is cataloged after a cancel).
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = watcher.cancelled() => watcher.fail("cancelled"),
+                        _ = task => {}
+                    }
+                });
             }
             ProvisionerMsg::Import { source, name, job } => {
                 if !st.running.insert(source.clone()) {
