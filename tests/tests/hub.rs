@@ -731,3 +731,100 @@ fn models_pull_through_a_running_node_and_in_process() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such repo"));
 }
+
+/// Starts `rbee-node models pull <model>`, waits for the hub to be mid-file, sends SIGINT,
+/// lets the hub go on once the CLI says it is cancelling, and returns (success, stderr).
+fn interrupted_pull(
+    data: &Path,
+    hf_home: &Path,
+    double: &HubDouble,
+    port: u16,
+    model: &str,
+    gate: &rbee_tests::hub_double::Gate,
+) -> (bool, String) {
+    use std::io::BufRead;
+    let mut child = Command::new(rbee_node_bin())
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--hf-endpoint", &double.endpoint, "--hf-home"])
+        .arg(hf_home)
+        .args(["models", "pull", model])
+        .env("RBEE_API_ADDR", format!("127.0.0.1:{port}"))
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .env_remove("HF_TOKEN")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    gate.wait_reached();
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("cancelling") {
+        if stderr.read_line(&mut text).unwrap() == 0 {
+            break;
+        }
+    }
+    gate.release();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    (status.success(), format!("{text}{rest}(exit: {status})"))
+}
+
+#[test]
+fn ctrl_c_cancels_a_pull_in_process_and_through_a_node() {
+    let double = HubDouble::start();
+    double.add(
+        "org/a",
+        "main",
+        COMMIT_A,
+        vec![DoubleFile::lfs("a-Q4_K_M.gguf", gguf(100_000, 4))],
+    );
+    double.add(
+        "org/b",
+        "main",
+        COMMIT_B,
+        vec![DoubleFile::lfs("b-Q4_K_M.gguf", gguf(100_000, 5))],
+    );
+    let gate_a = double.pause_after("a-Q4_K_M.gguf", 65_536);
+    let gate_b = double.pause_after("b-Q4_K_M.gguf", 65_536);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let hf_home = tmp.path().join("hf");
+
+    let (ok, stderr) = interrupted_pull(&data, &hf_home, &double, free_port(), "org/a", &gate_a);
+    assert!(!ok && stderr.contains("error: cancelled"), "{stderr}");
+    assert!(ls_json(&data).is_empty());
+
+    let node = NodeProcess::start(
+        &data,
+        &[
+            "--hf-endpoint",
+            &double.endpoint,
+            "--hf-home",
+            hf_home.to_str().unwrap(),
+        ],
+    );
+    let port: u16 = node.base.rsplit(':').next().unwrap().parse().unwrap();
+    let (ok, stderr) = interrupted_pull(&data, &hf_home, &double, port, "org/b", &gate_b);
+    assert!(
+        !ok && stderr.contains("error: cancelled"),
+        "{stderr}\n{}",
+        node.log_text()
+    );
+    let jobs: serde_json::Value = agent()
+        .get(&node.url("/v1/jobs"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    assert_eq!(jobs["data"][0]["operation"], "model_pull");
+    assert_eq!(jobs["data"][0]["status"], "cancelled");
+    assert!(ls_json(&data).is_empty());
+}

@@ -133,7 +133,8 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
             return Ok(());
         }
         ModelsCommand::Pull { model } if node_up => {
-            let cancel = ctrl_c_flag();
+            // The node client says when the node has taken the cancel.
+            let cancel = ctrl_c_flag(false);
             let result = node.run_job_cancellable(
                 json!({"operation": "model_pull", "model": model}),
                 "pulling",
@@ -220,23 +221,32 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
     }
 }
 
-/// True once Ctrl-C was pressed; a second Ctrl-C exits at once.
-fn ctrl_c_flag() -> Arc<AtomicBool> {
+/// True once Ctrl-C was pressed; a second Ctrl-C exits at once. The handler is registered
+/// before this returns, so a Ctrl-C from then on is never the default "die at once".
+fn ctrl_c_flag(announce: bool) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return flag;
+    };
+    let registered = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    });
+    let Ok(mut interrupts) = registered else {
+        return flag;
+    };
     let set = flag.clone();
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        else {
-            return;
-        };
         rt.block_on(async {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("cancelling (the partial download is kept; pull again to resume)");
+            if interrupts.recv().await.is_some() {
                 set.store(true, Ordering::Relaxed);
+                if announce {
+                    eprintln!("cancelling (the partial download is kept; pull again to resume)");
+                }
             }
-            if tokio::signal::ctrl_c().await.is_ok() {
+            if interrupts.recv().await.is_some() {
                 std::process::exit(130);
             }
         });
@@ -282,7 +292,7 @@ fn print_pulled(result: &serde_json::Value, how: &str) {
 fn pull(config: &rbee_node::NodeConfig, store: &Store, model: &str) -> Result<()> {
     let hf = hf_ref(model)?;
     let hub = hub(config)?;
-    let cancel = ctrl_c_flag();
+    let cancel = ctrl_c_flag(true);
     let (bar, mut update) = output::progress_bar("pulling");
     let mut phase = "pulling";
     let outcome = rbee_node::pull::pull(

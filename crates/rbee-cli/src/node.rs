@@ -270,7 +270,17 @@ impl NodeClient {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(50));
                 }
-                let _ = delete.call();
+                match delete.call() {
+                    Ok(r) if r.status().is_success() => {
+                        eprintln!(
+                            "cancelling the job on the node (a pull keeps its partial download)"
+                        );
+                    }
+                    Ok(r) => {
+                        eprintln!("could not cancel the job: the node answered {}", r.status())
+                    }
+                    Err(e) => eprintln!("could not cancel the job: {e}"),
+                }
             });
         }
         let resp = self

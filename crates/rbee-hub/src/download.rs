@@ -72,18 +72,18 @@ impl Hub {
             && let Some(index) = plan.files.iter().find(|f| f.name == SAFETENSORS_INDEX)
         {
             let index = index.clone();
-            let one = Plan {
-                files: vec![index.clone()],
-                ..plan.clone()
-            };
-            let got = self.download(&one, cancel, &mut |_, _| {})?;
-            let path = got.files.first().cloned().unwrap_or_default();
             if index.size > MAX_JSON {
                 return Err(HubError::BadResponse(format!(
                     "{}: {SAFETENSORS_INDEX} is larger than {MAX_JSON} bytes",
                     plan.repo
                 )));
             }
+            let one = Plan {
+                files: vec![index],
+                ..plan.clone()
+            };
+            let got = self.download(&one, cancel, &mut |_, _| {})?;
+            let path = got.files.first().cloned().unwrap_or_default();
             let bytes = fs::read(&path).map_err(|e| HubError::io("read", &path, e))?;
             add_shards(&mut plan, &listing, &bytes)?;
         }

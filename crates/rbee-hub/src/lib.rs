@@ -158,7 +158,10 @@ impl Hub {
             .api
             .repo(self.repo(repo, revision))
             .info_request()
-            .query("blobs", "true");
+            .query("blobs", "true")
+            .config()
+            .timeout_global(Some(Duration::from_secs(120)))
+            .build();
         let mut resp = match req.call() {
             Ok(r) => r,
             Err(ureq::Error::StatusCode(code)) => {
