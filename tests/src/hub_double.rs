@@ -126,6 +126,8 @@ struct State {
     pause_after: HashMap<String, (u64, Arc<Gate>)>,
     /// file name → corrupted bytes served instead of the real ones.
     corrupt: HashMap<String, Vec<u8>>,
+    /// file name → the ETag the resolve route claims instead of the real one.
+    etag: HashMap<String, String>,
     served: HashMap<String, u64>,
     requests: Vec<String>,
 }
@@ -212,6 +214,15 @@ impl HubDouble {
             .unwrap()
             .corrupt
             .insert(file.into(), bytes);
+    }
+
+    /// Makes the resolve route announce `etag` for `file` (the listing keeps the real one).
+    pub fn etag(&self, file: &str, etag: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .etag
+            .insert(file.into(), etag.into());
     }
 
     /// Body bytes served for `file` so far (all requests).
@@ -389,22 +400,27 @@ impl HubDouble {
             );
             return;
         };
+        let claimed = self.state.lock().unwrap().etag.get(&f.name).cloned();
         if f.lfs {
             let sha = f.sha256();
+            let tag = claimed.unwrap_or_else(|| sha.clone());
             let headers = [
                 (
                     "location",
                     format!("{}/cdn/{sha}?name={}", self.cdn, encode(&f.name)),
                 ),
-                ("etag", format!("\"{sha}\"")),
-                ("x-linked-etag", format!("\"{sha}\"")),
+                ("etag", format!("\"{tag}\"")),
+                ("x-linked-etag", format!("\"{tag}\"")),
                 ("x-linked-size", f.bytes.len().to_string()),
                 ("x-repo-commit", commit),
             ];
             return respond(stream, 302, &headers, b"");
         }
         let extra = [
-            ("etag", format!("\"{}\"", f.blob_id())),
+            (
+                "etag",
+                format!("\"{}\"", claimed.unwrap_or_else(|| f.blob_id())),
+            ),
             ("x-repo-commit", commit),
         ];
         self.send_file(stream, f, range, &extra);

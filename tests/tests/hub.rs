@@ -498,6 +498,15 @@ fn bytes_that_do_not_match_the_hubs_hash_are_discarded() {
     let blobs = e.cache.join("models--org--r/blobs");
     assert!(!blobs.join(&sha).exists());
     assert!(!blobs.join(format!("{sha}.part")).exists());
+    // The hub announcing another ETag than its listing: refused before any byte is fetched.
+    let e2 = env();
+    let f = DoubleFile::lfs("t-Q4_K_M.gguf", gguf(100, 3));
+    e2.double.add("org/t", "main", COMMIT_A, vec![f]);
+    e2.double.etag("t-Q4_K_M.gguf", &"0".repeat(64));
+    let err = e2.pull("org/t").unwrap_err().to_string();
+    assert!(err.contains("the repo changed during the pull"), "{err}");
+    assert_eq!(e2.double.served("t-Q4_K_M.gguf"), 0);
+    assert_eq!(e2.catalog_len(), 0);
     // Small files are checked against their git blob id the same way.
     let e = env();
     let f = DoubleFile::small("s-Q4_K_M.gguf", gguf(100, 1));

@@ -297,6 +297,22 @@ mod tests {
     }
 
     #[test]
+    fn hub_settings_come_from_the_config() {
+        let c = NodeConfig {
+            hf_endpoint: Some("http://127.0.0.1:9".into()),
+            hf_token: Some("hf_x".into()),
+            hf_home: Some("/srv/hf".into()),
+            ..Default::default()
+        };
+        let h = c.hub_config().unwrap();
+        assert_eq!(h.endpoint, "http://127.0.0.1:9");
+        assert_eq!(h.token.as_deref(), Some("hf_x"));
+        assert_eq!(h.cache_dir, PathBuf::from("/srv/hf/hub"));
+        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
     fn toml_round_trip_and_unknown_fields_refused() {
         let c = NodeConfig {
             memory_budget: Some(1 << 30),
