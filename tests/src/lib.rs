@@ -155,3 +155,38 @@ impl Drop for NodeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// An HTTP client for tests: statuses are values, not errors; generous timeout.
+pub fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(std::time::Duration::from_secs(300)))
+        .build()
+        .into()
+}
+
+/// Imports the demo model into `data` as `name`; None (skipped) when the model is absent.
+pub fn import_demo(data: &Path, name: &str) -> Option<()> {
+    let model = demo_model()?;
+    let model = model.to_str().expect("a UTF-8 path");
+    let out = rbee(data, &["models", "import", model, "--name", name]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(())
+}
+
+impl NodeProcess {
+    /// `GET path` as JSON.
+    pub fn get_json(&self, path: &str) -> serde_json::Value {
+        http()
+            .get(&self.url(path))
+            .call()
+            .expect("GET")
+            .body_mut()
+            .read_json()
+            .expect("a JSON body")
+    }
+}

@@ -8,47 +8,22 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbee_tests::{NodeProcess, demo_model, rbee, workspace_root};
+use rbee_tests::{NodeProcess, rbee, workspace_root};
 use serde_json::{Value, json};
 
 fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(300)))
-        .build()
-        .into()
+    rbee_tests::http()
 }
 
 /// A data dir with the demo model imported as `demo`.
 fn data_with_demo(tmp: &Path) -> Option<PathBuf> {
-    let model = demo_model()?;
     let data = tmp.join("data");
-    let out = rbee(
-        &data,
-        &[
-            "models",
-            "import",
-            model.to_str().unwrap(),
-            "--name",
-            "demo",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    rbee_tests::import_demo(&data, "demo")?;
     Some(data)
 }
 
 fn get_json(node: &NodeProcess, path: &str) -> Value {
-    agent()
-        .get(&node.url(path))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap()
+    node.get_json(path)
 }
 
 fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value, Option<String>) {

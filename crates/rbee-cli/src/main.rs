@@ -66,6 +66,17 @@ enum Command {
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The pool: make a key.
+    #[command(subcommand)]
+    Pool(PoolCommand),
+    /// Show the peers the running node sees: free memory, models, latency.
+    Peers,
+}
+
+#[derive(Debug, Subcommand)]
+enum PoolCommand {
+    /// Print a new random pool key; give it to every node of the pool.
+    New,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +111,8 @@ fn main() -> ExitCode {
             Command::Infer(args) => infer::run(&config, args),
             Command::Join(args) => node::join(config, args),
             Command::Status => node::status(&config),
+            Command::Pool(PoolCommand::New) => node::pool_new(),
+            Command::Peers => node::peers(&config),
             Command::Config(ConfigCommand::Show) => {
                 node::show_config(&config);
                 Ok(())

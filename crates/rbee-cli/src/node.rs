@@ -31,6 +31,21 @@ pub struct JoinArgs {
     /// Load these models at start (repeatable).
     #[arg(long)]
     preload: Vec<String>,
+    /// The pool's key (from `rbee-node pool new`); without one the node runs alone.
+    #[arg(long, env = "RBEE_POOL_KEY", hide_env_values = true)]
+    pool_key: Option<String>,
+    /// Where peers connect to this node (libp2p multiaddr, default /ip4/0.0.0.0/tcp/7836).
+    #[arg(long)]
+    p2p_addr: Option<String>,
+    /// A peer to join through when mDNS cannot see it (multiaddr; repeatable).
+    #[arg(long)]
+    bootstrap: Vec<String>,
+    /// Do not look for peers on the LAN with mDNS.
+    #[arg(long)]
+    no_mdns: bool,
+    /// This node's name in the pool (default: the host name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 /// The global HuggingFace flags.
@@ -75,7 +90,21 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
         config.queue_capacity = q;
     }
     config.preload.extend(args.preload);
+    if args.pool_key.is_some() {
+        config.pool_key = args.pool_key;
+    }
+    if let Some(a) = args.p2p_addr {
+        config.p2p_addr = a;
+    }
+    config.bootstrap.extend(args.bootstrap);
+    if args.no_mdns {
+        config.mdns = false;
+    }
+    if args.name.is_some() {
+        config.node_name = args.name;
+    }
     config.validate()?;
+    let pooled = config.pool_key.is_some();
     let data_dir = match &config.data_dir {
         Some(d) => d.clone(),
         None => rbee_store::default_data_dir()?,
@@ -89,8 +118,13 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
     runtime.block_on(async move {
         let budget = config.cpu_budget();
         rbee_node::run(config, store, shutdown_signal(), move |addr| {
+            let pool = if pooled {
+                "in the pool (see `rbee-node peers`)"
+            } else {
+                "no pool key given: this node runs alone (`rbee-node pool new` makes one)"
+            };
             eprintln!(
-                "rbee node listening on http://{addr} (data {}, cpu budget {}); no pool key given: this node runs alone",
+                "rbee node listening on http://{addr} (data {}, cpu budget {}); {pool}",
                 data_dir.display(),
                 crate::output::bytes(budget)
             );
@@ -157,6 +191,15 @@ impl NodeClient {
             Some(t) => req.header("Authorization", &format!("Bearer {t}")),
             None => req,
         }
+    }
+
+    /// `GET path` as JSON, or None if no node answers.
+    pub fn get_json(&self, path: &str) -> Option<serde_json::Value> {
+        let mut resp = self
+            .auth(self.agent.get(&format!("{}{path}", self.base)))
+            .call()
+            .ok()?;
+        resp.body_mut().read_json().ok()
     }
 
     /// `/health`, or None if no node answers.
@@ -354,13 +397,79 @@ pub fn status(config: &NodeConfig) -> Result<()> {
 }
 
 pub fn show_config(config: &NodeConfig) {
-    let mut shown = config.clone();
-    if shown.api_token.is_some() {
-        shown.api_token = Some("(set)".into());
-    }
-    if shown.hf_token.is_some() {
-        shown.hf_token = Some("(set)".into());
-    }
-    print!("{}", shown.to_toml());
+    print!("{}", config.to_toml());
     println!("# cpu budget in effect: {} bytes", config.cpu_budget());
+}
+
+/// `rbee-node pool new`: a fresh pool key on stdout, how to use it on stderr.
+pub fn pool_new() -> Result<()> {
+    let key = rbee_net::PoolKey::generate()?;
+    println!("{key}");
+    eprintln!(
+        "pool {}: start every node with `rbee-node join --pool-key <key>` (or RBEE_POOL_KEY); keep the key secret",
+        key.fingerprint()
+    );
+    Ok(())
+}
+
+/// `rbee-node peers`: the running node's pool view.
+pub fn peers(config: &NodeConfig) -> Result<()> {
+    let client = NodeClient::new(config);
+    let Some(v) = client.get_json("/v1/pool") else {
+        bail!(
+            "no node answers at {}: start one with `rbee-node join`",
+            config.api_addr
+        );
+    };
+    if let Some(msg) = v["error"]["message"].as_str() {
+        bail!("{msg}");
+    }
+    let Some(pool) = v["pool"].as_str() else {
+        println!(
+            "{}",
+            v["message"].as_str().unwrap_or("this node runs alone")
+        );
+        return Ok(());
+    };
+    let node = &v["node"];
+    println!(
+        "pool {pool}: this node {} ({})",
+        node["name"].as_str().unwrap_or("?"),
+        node["peer_id"].as_str().unwrap_or("?")
+    );
+    for a in node["listen_addrs"].as_array().into_iter().flatten() {
+        println!("  reachable at {}", a.as_str().unwrap_or("?"));
+    }
+    let peers = v["peers"].as_array().cloned().unwrap_or_default();
+    if peers.is_empty() {
+        println!("no peers yet (same LAN with mDNS, or pass --bootstrap <address of a peer>)");
+    }
+    for p in peers {
+        let st = &p["status"];
+        let free: u64 = st["devices"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                d["budget_bytes"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(d["used_bytes"].as_u64().unwrap_or(0))
+            })
+            .max()
+            .unwrap_or(0);
+        let loaded = st["loaded"].as_array().map_or(0, Vec::len);
+        let disk = st["on_disk"].as_array().map_or(0, Vec::len);
+        let rtt = p["rtt_ms"]
+            .as_f64()
+            .map_or_else(|| "-".to_string(), |r| format!("{r:.1} ms"));
+        println!(
+            "{:<20} {:<54} free {:>9}  models {disk} ({loaded} loaded)  rtt {rtt}  seen {} ms ago",
+            p["name"].as_str().unwrap_or("?"),
+            p["peer_id"].as_str().unwrap_or("?"),
+            crate::output::bytes(free),
+            p["last_seen_ms"]
+        );
+    }
+    Ok(())
 }

@@ -75,7 +75,7 @@ pub struct ModelInfo {
 }
 
 /// A prompt: raw text to continue, or a conversation to format with the chat template.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Prompt {
     Text(String),
     Chat(Vec<ChatMessage>),
@@ -88,7 +88,7 @@ pub struct GenerateRequest {
 }
 
 /// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum FinishReason {
     /// End-of-sequence token or a stop sequence.
     Stop,
@@ -107,7 +107,7 @@ impl FinishReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct GenerationStats {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,

@@ -5,7 +5,7 @@
 //! llama.cpp). A seed makes every draw reproducible; without one the seed comes from the clock.
 
 /// How to pick tokens and when to stop. Defaults match llama.cpp's CLI where it has one.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct SamplingParams {
     /// 0 means greedy.
     pub temperature: f32,

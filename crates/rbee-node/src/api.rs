@@ -1,7 +1,7 @@
 //! The HTTP API (axum): OpenAI-compatible `/v1/*`, the job API with server-sent events,
 //! `/health` and `/metrics`. Every handler talks to the actors through their handles.
 
-mod generate;
+pub(crate) mod generate;
 mod health;
 mod hub;
 mod jobs;
@@ -34,6 +34,7 @@ pub fn router(node: Arc<NodeContext>) -> Router {
             axum::routing::delete(jobs::cancel).get(jobs::show),
         )
         .route("/v1/hub/search", get(hub::search))
+        .route("/v1/pool", get(health::pool))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))

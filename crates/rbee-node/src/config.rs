@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7835";
+/// Peers connect here; only nodes with the pool key get past the first bytes.
+pub const DEFAULT_P2P_ADDR: &str = "/ip4/0.0.0.0/tcp/7836";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -36,6 +38,19 @@ pub struct NodeConfig {
     /// HuggingFace home; pulls download into `<hf_home>/hub` (default: `HF_HOME`, else
     /// `~/.cache/huggingface`), the cache `hf-cache:` imports read too.
     pub hf_home: Option<PathBuf>,
+    /// The node's name in the pool (default: the host name).
+    pub node_name: Option<String>,
+    /// The pool's shared secret (`rbee-node pool new`); without it the node runs alone.
+    pub pool_key: Option<String>,
+    /// Where the node listens for its peers (libp2p multiaddr).
+    pub p2p_addr: String,
+    /// Peers to dial at start, for pools mDNS cannot see (libp2p multiaddrs).
+    pub bootstrap: Vec<String>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// Milliseconds between status publications when nothing changes; a peer silent for
+    /// three of them leaves the view.
+    pub status_interval_ms: u64,
 }
 
 impl Default for NodeConfig {
@@ -55,6 +70,12 @@ impl Default for NodeConfig {
             hf_endpoint: None,
             hf_token: None,
             hf_home: None,
+            node_name: None,
+            pool_key: None,
+            p2p_addr: DEFAULT_P2P_ADDR.into(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            status_interval_ms: 1000,
         }
     }
 }
@@ -171,11 +192,25 @@ impl NodeConfig {
             self.load_wait_secs = v;
         }
         if let Some(v) = env("RBEE_PRELOAD") {
-            self.preload = v
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
+            self.preload = list(&v);
+        }
+        if let Some(v) = env("RBEE_NODE_NAME") {
+            self.node_name = Some(v);
+        }
+        if let Some(v) = env("RBEE_POOL_KEY") {
+            self.pool_key = Some(v);
+        }
+        if let Some(v) = env("RBEE_P2P_ADDR") {
+            self.p2p_addr = v;
+        }
+        if let Some(v) = env("RBEE_BOOTSTRAP") {
+            self.bootstrap = list(&v);
+        }
+        if let Some(v) = env_parse("RBEE_MDNS")? {
+            self.mdns = v;
+        }
+        if let Some(v) = env_parse("RBEE_STATUS_INTERVAL_MS")? {
+            self.status_interval_ms = v;
         }
         // rbee's own variables override the file; HuggingFace's usual ones only fill gaps.
         if let Some(v) = env("RBEE_HF_ENDPOINT") {
@@ -237,6 +272,22 @@ impl NodeConfig {
                 "queue_capacity must be 1..=4096".into(),
             ));
         }
+        if let Some(key) = &self.pool_key {
+            key.parse::<rbee_net::PoolKey>()
+                .map_err(|e| ConfigError::Invalid(format!("pool key: {e}")))?;
+        }
+        for addr in std::iter::once(&self.p2p_addr).chain(&self.bootstrap) {
+            addr.parse::<rbee_net::Multiaddr>().map_err(|e| {
+                ConfigError::Invalid(format!(
+                    "`{addr}` is not a libp2p address (e.g. /ip4/192.168.1.20/tcp/7836): {e}"
+                ))
+            })?;
+        }
+        if !(50..=60_000).contains(&self.status_interval_ms) {
+            return Err(ConfigError::Invalid(
+                "status_interval_ms must be 50..=60000".into(),
+            ));
+        }
         if self.context_length < 64 {
             return Err(ConfigError::Invalid(
                 "context_length must be at least 64".into(),
@@ -252,9 +303,27 @@ impl NodeConfig {
         })
     }
 
+    /// The configuration as TOML, secrets masked.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+        let mut shown = self.clone();
+        for secret in [
+            &mut shown.api_token,
+            &mut shown.pool_key,
+            &mut shown.hf_token,
+        ] {
+            if secret.is_some() {
+                *secret = Some("<set>".into());
+            }
+        }
+        toml::to_string(&shown).unwrap_or_default()
     }
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 /// Total RAM from /proc/meminfo.
@@ -308,8 +377,10 @@ mod tests {
         assert_eq!(h.endpoint, "http://127.0.0.1:9");
         assert_eq!(h.token.as_deref(), Some("hf_x"));
         assert_eq!(h.cache_dir, PathBuf::from("/srv/hf/hub"));
-        let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
-        assert_eq!(back, c);
+        let shown = c.to_toml();
+        assert!(!shown.contains("hf_x"), "{shown}");
+        let back: NodeConfig = toml::from_str(&shown).unwrap();
+        assert_eq!(back.hf_home, c.hf_home);
     }
 
     #[test]
@@ -321,6 +392,17 @@ mod tests {
         };
         let back: NodeConfig = toml::from_str(&c.to_toml()).unwrap();
         assert_eq!(back, c);
+        let secret = NodeConfig {
+            pool_key: Some("ab".repeat(32)),
+            ..Default::default()
+        };
+        assert!(!secret.to_toml().contains(&"ab".repeat(32)));
+        assert!(secret.validate().is_ok());
+        let bad = NodeConfig {
+            pool_key: Some("nope".into()),
+            ..Default::default()
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("pool new"));
         assert!(toml::from_str::<NodeConfig>("colour = \"blue\"").is_err());
     }
 }

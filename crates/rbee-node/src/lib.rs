@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
+pub mod pool;
 pub mod pull;
 
 use std::future::Future;
@@ -32,6 +33,14 @@ pub use crate::error::NodeError;
 #[derive(Debug)]
 pub struct NodeContext {
     pub name: String,
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    /// The pool network; `None` when the node runs alone (no pool key).
+    pub net: Option<rbee_net::Client>,
+    /// The pool's public fingerprint, when in a pool.
+    pub pool: Option<String>,
+    /// This node's latest status as published to the pool.
+    pub status: pool::StatusCache,
     pub config: NodeConfig,
     pub catalog: CatalogHandle,
     pub router: RouterHandle,
@@ -50,6 +59,45 @@ fn node_name() -> String {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "rbee-node".into())
+}
+
+/// Joins the pool when a key is configured: the identity lives in the data dir, so the
+/// node keeps its peer id across restarts.
+async fn start_network(
+    config: &NodeConfig,
+    data_dir: &std::path::Path,
+) -> Result<Option<(rbee_net::Client, String)>, NodeError> {
+    let Some(key) = &config.pool_key else {
+        tracing::info!("no pool key: this node runs alone (`rbee-node pool new` makes one)");
+        return Ok(None);
+    };
+    let bad = |e: String| NodeError::BadRequest(e);
+    let pool_key: rbee_net::PoolKey = key
+        .parse()
+        .map_err(|e: rbee_net::NetError| bad(e.to_string()))?;
+    let keypair = rbee_net::load_or_create_identity(&data_dir.join("node.key"))
+        .map_err(|e| NodeError::Internal(e.to_string()))?;
+    let mut net_config = rbee_net::NetConfig::new(keypair, pool_key);
+    net_config.listen = vec![
+        config
+            .p2p_addr
+            .parse()
+            .map_err(|e| bad(format!("p2p_addr: {e}")))?,
+    ];
+    net_config.bootstrap = config
+        .bootstrap
+        .iter()
+        .map(|a| a.parse().map_err(|e| bad(format!("bootstrap `{a}`: {e}"))))
+        .collect::<Result<_, _>>()?;
+    net_config.mdns = config.mdns;
+    net_config.status_interval = Duration::from_millis(config.status_interval_ms);
+    let (client, mut events) = rbee_net::spawn(net_config)
+        .map_err(|e| NodeError::Unavailable(format!("pool network: {e}")))?;
+    // Peers joining and leaving are logged by the network task; drain the events here.
+    tokio::spawn(async move { while events.recv().await.is_some() {} });
+    let fingerprint = pool_key.fingerprint();
+    tracing::info!(pool = %fingerprint, peer_id = %client.local_peer_id(), "joined the pool network");
+    Ok(Some((client, fingerprint)))
 }
 
 /// Runs a node until `shutdown` resolves. `on_ready` gets the bound API address.
@@ -84,8 +132,17 @@ pub async fn run(
             None
         }
     };
+    let name = config.node_name.clone().unwrap_or_else(node_name);
+    let (net, pool) = match start_network(&config, store.root()).await? {
+        Some((client, fingerprint)) => (Some(client), Some(fingerprint)),
+        None => (None, None),
+    };
     let ctx = Arc::new(NodeContext {
-        name: node_name(),
+        name,
+        api_addr: addr,
+        net: net.clone(),
+        pool,
+        status: Default::default(),
         catalog: Handle::empty("the catalog"),
         router: Handle::empty("the router"),
         worker: Handle::empty("the cpu worker"),
@@ -114,6 +171,8 @@ pub async fn run(
         worker_handle: ctx.worker.clone(),
         router: ctx.router.clone(),
         node: ctx.name.clone(),
+        net: net.clone(),
+        status: ctx.status.clone(),
     };
     let (supervisor, supervisor_done) = ractor::Actor::spawn(None, NodeSupervisor, args)
         .await
@@ -123,10 +182,9 @@ pub async fn run(
         let ctx = ctx.clone();
         tokio::spawn(async move {
             let result = async {
-                let route = ctx.router.route(model.parse()?).await?;
-                route
-                    .worker
-                    .acquire(route.model, Duration::from_secs(3600))
+                let resolved = ctx.catalog.resolve(model.parse()?).await?;
+                ctx.worker
+                    .acquire(resolved, Duration::from_secs(3600))
                     .await
             }
             .await;
@@ -137,11 +195,20 @@ pub async fn run(
         });
     }
 
+    let mut background = Vec::new();
+    if let Some(net) = net {
+        background.push(tokio::spawn(pool::publish_status(ctx.clone(), net.clone())));
+        background.push(tokio::spawn(pool::serve_infer(ctx.clone(), net)));
+    }
+
     tracing::info!(%addr, node = %ctx.name, "API listening");
     on_ready(addr);
     let served = axum::serve(listener, api::router(ctx.clone()))
         .with_graceful_shutdown(shutdown)
         .await;
+    for task in background {
+        task.abort();
+    }
     supervisor.stop(None);
     let _ = supervisor_done.await;
     served.map_err(|e| NodeError::Internal(format!("HTTP server failed: {e}")))

@@ -27,6 +27,8 @@ async fn killed_children_come_back_behind_the_same_handles() {
         worker_handle: Handle::empty("worker"),
         router: Handle::empty("router"),
         node: "test".into(),
+        net: None,
+        status: Default::default(),
     };
     let (catalog, worker) = (args.catalog.clone(), args.worker_handle.clone());
     let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args)

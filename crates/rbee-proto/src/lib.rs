@@ -15,6 +15,7 @@ pub mod codec;
 mod id;
 mod manifest;
 mod model_ref;
+pub mod pool;
 pub mod quant;
 
 pub use id::{ContentId, IdParseError, ShardHash};

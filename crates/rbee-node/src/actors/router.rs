@@ -1,25 +1,49 @@
-//! `RouterActor`: decides where a request runs. Today every decision is local (this node's
-//! worker for the device); the pool issue adds peers behind the same message.
+//! `RouterActor`: decides where a request runs — this node's worker or a peer — from the
+//! catalog, this node's status and the pool view ([`rbee_net::route`] ranks the candidates),
+//! and keeps a backoff for peers that failed recently.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use rbee_net::route::{Reason, Target, candidates};
+use rbee_net::{Client, PeerId};
 use rbee_proto::ModelRef;
+use rbee_proto::pool::{DiskModel, NodeStatus};
 
 use super::catalog::{CatalogHandle, ResolvedModel};
 use super::worker::WorkerHandle;
 use super::{Handle, QUICK};
 use crate::error::NodeError;
 
-/// Where a request goes.
+/// First backoff after a peer failure; doubles per further failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(2);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
+
+/// One place a request can run, best first.
 #[derive(Debug, Clone)]
-pub struct RouteDecision {
-    pub model: ResolvedModel,
-    pub worker: WorkerHandle,
-    /// The node that serves it (this one, for now).
-    pub node: String,
+pub enum RouteTarget {
+    Local {
+        model: Box<ResolvedModel>,
+        worker: WorkerHandle,
+    },
+    Peer {
+        peer: PeerId,
+        node: String,
+    },
 }
 
 pub enum RouterMsg {
-    Route(ModelRef, RpcReplyPort<Result<RouteDecision, NodeError>>),
+    /// Where `reference` (as the user wrote it: `text`) can run, best first.
+    Route {
+        reference: ModelRef,
+        text: String,
+        local_only: bool,
+        reply: RpcReplyPort<Result<Vec<RouteTarget>, NodeError>>,
+    },
+    /// How a request sent to a peer went.
+    PeerResult(PeerId, bool),
 }
 
 #[derive(Clone)]
@@ -27,6 +51,20 @@ pub struct RouterArgs {
     pub node: String,
     pub catalog: CatalogHandle,
     pub workers: Vec<WorkerHandle>,
+    pub net: Option<Client>,
+    /// This node's latest status (kept fresh by the status publisher).
+    pub status: Arc<Mutex<Option<NodeStatus>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    failures: u32,
+    until: Instant,
+}
+
+pub struct RouterState {
+    args: RouterArgs,
+    backoff: HashMap<PeerId, Backoff>,
 }
 
 #[derive(Debug)]
@@ -34,52 +72,184 @@ pub struct RouterActor;
 
 impl Actor for RouterActor {
     type Msg = RouterMsg;
-    type State = RouterArgs;
+    type State = RouterState;
     type Arguments = RouterArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<RouterMsg>,
         args: RouterArgs,
-    ) -> Result<RouterArgs, ActorProcessingErr> {
-        Ok(args)
+    ) -> Result<RouterState, ActorProcessingErr> {
+        Ok(RouterState {
+            args,
+            backoff: HashMap::new(),
+        })
     }
 
     async fn handle(
         &self,
         _me: ActorRef<RouterMsg>,
         msg: RouterMsg,
-        st: &mut RouterArgs,
+        st: &mut RouterState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            RouterMsg::Route(model, reply) => {
+            RouterMsg::Route {
+                reference,
+                text,
+                local_only,
+                reply,
+            } => {
+                let now = Instant::now();
+                st.backoff.retain(|_, b| b.until > now);
+                let avoid: Vec<PeerId> = st.backoff.keys().copied().collect();
                 // Resolution is a catalog round trip; do it off the router's mailbox.
-                let st = st.clone();
+                let args = st.args.clone();
                 tokio::spawn(async move {
-                    let result = async {
-                        let resolved = st.catalog.resolve(model).await?;
-                        let worker = st.workers.first().cloned().ok_or_else(|| {
-                            NodeError::Unavailable("this node has no worker".into())
-                        })?;
-                        Ok(RouteDecision {
-                            model: resolved,
-                            worker,
-                            node: st.node.clone(),
-                        })
-                    }
-                    .await;
+                    let result = route(&args, reference, &text, local_only, &avoid).await;
                     let _ = reply.send(result);
                 });
+            }
+            RouterMsg::PeerResult(peer, ok) => {
+                if ok {
+                    st.backoff.remove(&peer);
+                } else {
+                    let failures = st.backoff.get(&peer).map_or(0, |b| b.failures) + 1;
+                    let wait = BACKOFF_BASE
+                        .saturating_mul(1 << failures.min(6).saturating_sub(1))
+                        .min(BACKOFF_MAX);
+                    tracing::info!(%peer, failures, secs = wait.as_secs(), "avoiding peer after a failure");
+                    st.backoff.insert(
+                        peer,
+                        Backoff {
+                            failures,
+                            until: Instant::now() + wait,
+                        },
+                    );
+                }
             }
         }
         Ok(())
     }
 }
 
+async fn route(
+    args: &RouterArgs,
+    reference: ModelRef,
+    text: &str,
+    local_only: bool,
+    avoid: &[PeerId],
+) -> Result<Vec<RouteTarget>, NodeError> {
+    let worker = args
+        .workers
+        .first()
+        .cloned()
+        .ok_or_else(|| NodeError::Unavailable("this node has no worker".into()))?;
+    let local = match args.catalog.resolve(reference).await {
+        Ok(m) => Some(m),
+        Err(NodeError::NotFound(_)) => None,
+        Err(e) => return Err(e),
+    };
+    let net = match (&args.net, local_only) {
+        (Some(net), false) => net,
+        _ => {
+            return match local {
+                Some(m) => Ok(vec![RouteTarget::Local {
+                    model: Box::new(m),
+                    worker,
+                }]),
+                None => Err(NodeError::NotFound(format!(
+                    "model `{text}` not found on this node (GET /v1/models lists what is available)"
+                ))),
+            };
+        }
+    };
+    let mut status = args
+        .status
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .unwrap_or_else(|| NodeStatus {
+            name: args.node.clone(),
+            api_addr: None,
+            seq: 0,
+            devices: Vec::new(),
+            loaded: Vec::new(),
+            on_disk: Vec::new(),
+            tokens_per_sec: 0.0,
+        });
+    // The cached status may predate an import a moment ago: the catalog has the last word.
+    if let Some(m) = &local
+        && !status.on_disk.iter().any(|d| d.content_id == m.id())
+    {
+        status.on_disk.push(DiskModel {
+            content_id: m.id(),
+            names: vec![m.name().to_string()],
+            source: None,
+            size: 0,
+            shared: true,
+        });
+    }
+    let peers = net.peers();
+    let ranked = candidates(
+        text,
+        local.as_ref().map(|m| m.id()),
+        local.as_ref().map(|_| &status),
+        &peers,
+        |p| avoid.contains(p),
+    );
+    let mut targets = Vec::new();
+    let mut fetch_on = None;
+    for c in ranked {
+        match (c.target, c.reason) {
+            (_, Reason::Fetch) => fetch_on = Some(c.node),
+            (Target::Local, _) => {
+                if let Some(m) = &local {
+                    targets.push(RouteTarget::Local {
+                        model: Box::new(m.clone()),
+                        worker: worker.clone(),
+                    });
+                }
+            }
+            (Target::Peer(peer), _) => targets.push(RouteTarget::Peer { peer, node: c.node }),
+        }
+    }
+    if targets.is_empty() {
+        let seen = peers.len();
+        let hint = match fetch_on {
+            Some(node) => format!(
+                "; node {node} has the most free memory for it, but pulling models between nodes is not available yet: import it on one node (`rbee-node models import`)"
+            ),
+            None => String::new(),
+        };
+        return Err(NodeError::NotFound(format!(
+            "no node in the pool has model `{text}` (this node and {seen} peer(s) checked; GET /v1/pool shows what each has){hint}"
+        )));
+    }
+    Ok(targets)
+}
+
 pub type RouterHandle = Handle<RouterMsg>;
 
 impl RouterHandle {
-    pub async fn route(&self, model: ModelRef) -> Result<RouteDecision, NodeError> {
-        self.call(|tx| RouterMsg::Route(model, tx), QUICK).await
+    pub async fn route(
+        &self,
+        reference: ModelRef,
+        text: String,
+        local_only: bool,
+    ) -> Result<Vec<RouteTarget>, NodeError> {
+        self.call(
+            |reply| RouterMsg::Route {
+                reference,
+                text,
+                local_only,
+                reply,
+            },
+            QUICK,
+        )
+        .await
+    }
+
+    pub fn peer_result(&self, peer: PeerId, ok: bool) {
+        self.cast(RouterMsg::PeerResult(peer, ok));
     }
 }

@@ -32,6 +32,8 @@ pub struct SupervisorArgs {
     pub worker_handle: WorkerHandle,
     pub router: RouterHandle,
     pub node: String,
+    pub net: Option<rbee_net::Client>,
+    pub status: crate::pool::StatusCache,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,6 +78,8 @@ impl SupervisorState {
                     node: a.node.clone(),
                     catalog: a.catalog.clone(),
                     workers: vec![a.worker_handle.clone()],
+                    net: a.net.clone(),
+                    status: a.status.clone(),
                 };
                 let (r, _) = Actor::spawn_linked(None, RouterActor, args, me).await?;
                 a.router.replace(r.clone());

@@ -1,33 +1,72 @@
-//! Shared by the OpenAI endpoints and the `infer` job: route, load, queue, and bridge the
-//! model thread's blocking event stream onto the async side.
+//! Shared by the OpenAI endpoints, the `infer` job and requests from peers: route (this node
+//! or a peer, with failover), load, queue, and bridge the model thread's blocking event
+//! stream onto the async side.
 
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rbee_infer::engine::{GenerateEvent, GenerateRequest, Prompt};
+use rbee_infer::engine::{GenerateEvent, GenerateRequest, GenerationStats, Prompt};
 use rbee_infer::sampling::SamplingParams;
 use rbee_proto::ModelRef;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeContext;
+use crate::actors::catalog::ResolvedModel;
+use crate::actors::router::RouteTarget;
+use crate::actors::worker::WorkerHandle;
 use crate::error::NodeError;
 
 /// Events buffered between the model thread and the HTTP response.
 const BRIDGE_BUFFER: usize = 64;
 
-/// A generation that has started: the prompt was accepted and tokens are coming.
+/// One piece of a running generation, wherever it runs.
+#[derive(Debug)]
+pub enum Chunk {
+    Text(String),
+    Done(GenerationStats),
+    Failed(NodeError),
+}
+
+/// A generation that has started: the prompt was accepted and output is coming.
+#[derive(Debug)]
 pub struct Started {
+    /// The node that runs it.
     pub node: String,
     pub model: String,
     pub prompt_tokens: usize,
-    pub events: mpsc::Receiver<GenerateEvent>,
+    pub events: mpsc::Receiver<Chunk>,
 }
 
+/// Starts a generation wherever the router says, failing over to the next candidate when
+/// one fails before producing output.
 pub async fn start(
     ctx: &NodeContext,
     model: &str,
     prompt: Prompt,
     params: SamplingParams,
+) -> Result<Started, NodeError> {
+    start_with(ctx, model, prompt, params, false).await
+}
+
+/// Errors worth trying another node for: the node, not the request, was the problem.
+fn node_specific(e: &NodeError) -> bool {
+    matches!(
+        e,
+        NodeError::Unavailable(_)
+            | NodeError::Busy { .. }
+            | NodeError::Loading { .. }
+            | NodeError::NeverFits { .. }
+            | NodeError::NotFound(_)
+            | NodeError::Internal(_)
+    )
+}
+
+pub async fn start_with(
+    ctx: &NodeContext,
+    model: &str,
+    prompt: Prompt,
+    params: SamplingParams,
+    local_only: bool,
 ) -> Result<Started, NodeError> {
     let reference: ModelRef = model.parse()?;
     if matches!(reference, ModelRef::LocalPath(_)) {
@@ -35,48 +74,111 @@ pub async fn start(
             "`{model}` is a path; import it first (POST /v1/jobs model_import) and use its name"
         )));
     }
-    let route = ctx.router.route(reference).await.map_err(|e| match e {
-        NodeError::NotFound(_) => NodeError::NotFound(format!(
-            "model `{model}` not found on this node (GET /v1/models lists what is available)"
-        )),
-        other => other,
-    })?;
+    let targets = ctx
+        .router
+        .route(reference, model.to_string(), local_only)
+        .await?;
+    let mut last_error = None;
+    for target in targets {
+        let (result, peer) = match target {
+            RouteTarget::Local { model, worker } => (
+                start_local(ctx, *model, worker, prompt.clone(), params.clone()).await,
+                None,
+            ),
+            RouteTarget::Peer { peer, node } => (
+                crate::pool::start_remote(ctx, peer, &node, model, prompt.clone(), params.clone())
+                    .await,
+                Some((peer, node)),
+            ),
+        };
+        match result {
+            Ok(started) => {
+                if let Some((peer, _)) = peer {
+                    ctx.router.peer_result(peer, true);
+                }
+                return Ok(started);
+            }
+            Err(e) if node_specific(&e) => {
+                if let Some((peer, node)) = peer {
+                    tracing::warn!(%peer, %node, "peer failed before its first token, trying the next: {e}");
+                    // A busy peer is healthy; only failures count against it.
+                    if !matches!(e, NodeError::Busy { .. } | NodeError::Loading { .. }) {
+                        ctx.router.peer_result(peer, false);
+                    }
+                }
+                last_error = Some(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_error
+        .unwrap_or_else(|| NodeError::NotFound(format!("no node in the pool can serve `{model}`"))))
+}
+
+/// Runs on this node's worker.
+pub async fn start_local(
+    ctx: &NodeContext,
+    model: ResolvedModel,
+    worker: WorkerHandle,
+    prompt: Prompt,
+    params: SamplingParams,
+) -> Result<Started, NodeError> {
     let wait = Duration::from_secs(ctx.config.load_wait_secs);
-    let loaded = route.worker.acquire(route.model.clone(), wait).await?;
-    ctx.catalog.touch(route.model.id());
+    let loaded = worker.acquire(model.clone(), wait).await?;
+    ctx.catalog.touch(model.id());
     let generation = loaded.generate(GenerateRequest { prompt, params })?;
-    let (tx, mut rx) = mpsc::channel(BRIDGE_BUFFER);
+    let (started_tx, started_rx) = oneshot::channel::<Result<usize, NodeError>>();
+    let (tx, rx) = mpsc::channel(BRIDGE_BUFFER);
     let cancel = generation.cancel_flag();
     // The model thread's channel is blocking; a blocking task forwards it. When the HTTP side
     // goes away, the send fails, the generation is dropped, and the model stops.
     tokio::task::spawn_blocking(move || {
+        let mut started_tx = Some(started_tx);
         let mut ended = false;
         for event in generation {
-            ended = matches!(event, GenerateEvent::Done(_) | GenerateEvent::Error(_));
-            if tx.blocking_send(event).is_err() {
+            let chunk = match event {
+                GenerateEvent::Started { prompt_tokens } => {
+                    if let Some(s) = started_tx.take() {
+                        let _ = s.send(Ok(prompt_tokens));
+                    }
+                    continue;
+                }
+                GenerateEvent::Error(e) if started_tx.is_some() => {
+                    if let Some(s) = started_tx.take() {
+                        let _ = s.send(Err(e.into()));
+                    }
+                    return;
+                }
+                GenerateEvent::Token { text, .. } | GenerateEvent::Text(text) => Chunk::Text(text),
+                GenerateEvent::Done(stats) => Chunk::Done(stats),
+                GenerateEvent::Error(e) => Chunk::Failed(e.into()),
+            };
+            ended = !matches!(chunk, Chunk::Text(_));
+            if tx.blocking_send(chunk).is_err() {
                 cancel.store(true, Ordering::Relaxed);
                 return;
             }
         }
         if !ended {
-            let _ = tx.blocking_send(GenerateEvent::Error(rbee_infer::InferError::Unloaded));
+            let _ = tx.blocking_send(Chunk::Failed(rbee_infer::InferError::Unloaded.into()));
         }
     });
-    match rx.recv().await {
-        Some(GenerateEvent::Started { prompt_tokens }) => {
-            ctx.metrics
-                .prompt_tokens
-                .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
-            Ok(Started {
-                node: route.node,
-                model: route.model.name().to_string(),
-                prompt_tokens,
-                events: rx,
-            })
+    let prompt_tokens = match started_rx.await {
+        Ok(Ok(n)) => n,
+        Ok(Err(e)) => return Err(e),
+        Err(_) => {
+            return Err(NodeError::Internal(
+                "the model stopped before starting".into(),
+            ));
         }
-        Some(GenerateEvent::Error(e)) => Err(e.into()),
-        _ => Err(NodeError::Internal(
-            "the model stopped before starting".into(),
-        )),
-    }
+    };
+    ctx.metrics
+        .prompt_tokens
+        .fetch_add(prompt_tokens as u64, Ordering::Relaxed);
+    Ok(Started {
+        node: ctx.name.clone(),
+        model: model.name().to_string(),
+        prompt_tokens,
+        events: rx,
+    })
 }

@@ -70,3 +70,31 @@ pub async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
     )
         .into_response()
 }
+
+/// `GET /v1/pool`: this node and every peer in its view.
+pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let status = ctx.status.lock().ok().and_then(|s| s.clone());
+    let Some(net) = &ctx.net else {
+        return Json(json!({
+            "pool": null,
+            "node": {"name": ctx.name, "peer_id": null, "listen_addrs": [], "status": status},
+            "peers": [],
+            "message": "this node runs alone: start it with --pool-key (make one with `rbee-node pool new`)",
+        }))
+        .into_response();
+    };
+    let listen: Vec<String> = net
+        .listen_addrs()
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| format!("{a}/p2p/{}", net.local_peer_id()))
+        .collect();
+    let peers: Vec<_> = net.peers().iter().map(|p| p.summary()).collect();
+    Json(json!({
+        "pool": ctx.pool,
+        "node": {"name": ctx.name, "peer_id": net.local_peer_id().to_string(), "listen_addrs": listen, "status": status},
+        "peers": peers,
+    }))
+    .into_response()
+}

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use rbee_infer::chat::ChatMessage;
-use rbee_infer::engine::{GenerateEvent, Prompt};
+use rbee_infer::engine::Prompt;
 use rbee_infer::sampling::SamplingParams;
 use rbee_proto::ModelRef;
 use serde::Deserialize;
@@ -21,7 +21,7 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::generate;
+use super::generate::{self, Chunk};
 use crate::NodeContext;
 use crate::actors::provisioner::ProvisionerMsg;
 use crate::error::NodeError;
@@ -144,12 +144,13 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
         match req {
             JobRequest::ModelLoad { model } => {
                 job.phase("resolving");
-                let route = ctx.router.route(model.parse::<ModelRef>()?).await?;
+                // Loading is about this node's memory: no routing to peers.
+                let resolved = ctx.catalog.resolve(model.parse::<ModelRef>()?).await?;
                 job.phase("loading");
                 let wait = Duration::from_secs(ctx.config.load_wait_secs.max(600));
-                let loaded = route.worker.acquire(route.model.clone(), wait).await?;
+                let loaded = ctx.worker.acquire(resolved.clone(), wait).await?;
                 let info = loaded.info();
-                Ok(json!({"model": route.model.name(), "load_secs": info.load_secs, "memory_bytes": info.memory.total(), "node": route.node}))
+                Ok(json!({"model": resolved.name(), "load_secs": info.load_secs, "memory_bytes": info.memory.total(), "node": ctx.name}))
             }
             JobRequest::ModelUnload { model } => {
                 let resolved = ctx.catalog.resolve(model.parse::<ModelRef>()?).await?;
@@ -180,7 +181,7 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 params.validate().map_err(NodeError::BadRequest)?;
                 job.phase("loading");
                 let mut started = generate::start(&ctx, &model, prompt, params).await?;
-                job.phase("generating");
+                job.phase(&format!("generating on node {}", started.node));
                 let mut text = String::new();
                 loop {
                     let event = tokio::select! {
@@ -189,19 +190,18 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                         e = started.events.recv() => e,
                     };
                     match event {
-                        Some(GenerateEvent::Token { text: t, .. }) | Some(GenerateEvent::Text(t)) => {
+                        Some(Chunk::Text(t)) => {
                             if !t.is_empty() {
                                 text.push_str(&t);
                                 job.emit(JobEvent::Token { text: t });
                             }
                         }
-                        Some(GenerateEvent::Done(s)) => {
+                        Some(Chunk::Done(s)) => {
                             return Ok(json!({"text": text, "node": started.node, "prompt_tokens": s.prompt_tokens,
                                 "completion_tokens": s.completion_tokens, "finish_reason": s.finish_reason.as_str(),
                                 "tokens_per_sec": s.decode_tokens_per_sec()}));
                         }
-                        Some(GenerateEvent::Error(e)) => return Err(e.into()),
-                        Some(GenerateEvent::Started { .. }) => {}
+                        Some(Chunk::Failed(e)) => return Err(e),
                         None => return Err(NodeError::Internal("generation ended without a result".into())),
                     }
                 }

@@ -12,14 +12,14 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use rbee_infer::chat::ChatMessage;
-use rbee_infer::engine::{GenerateEvent, GenerationStats, Prompt};
+use rbee_infer::engine::{GenerationStats, Prompt};
 use rbee_infer::sampling::SamplingParams;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::generate::{self, Started};
+use super::generate::{self, Chunk, Started};
 use crate::NodeContext;
 use crate::error::NodeError;
 
@@ -269,13 +269,12 @@ async fn collect_response(ctx: Arc<NodeContext>, mut started: Started, kind: Kin
     let mut stats = None;
     while let Some(event) = started.events.recv().await {
         match event {
-            GenerateEvent::Token { text: t, .. } | GenerateEvent::Text(t) => text.push_str(&t),
-            GenerateEvent::Done(s) => {
+            Chunk::Text(t) => text.push_str(&t),
+            Chunk::Done(s) => {
                 stats = Some(s);
                 break;
             }
-            GenerateEvent::Error(e) => return NodeError::from(e).into_response(),
-            GenerateEvent::Started { .. } => {}
+            Chunk::Failed(e) => return e.into_response(),
         }
     }
     let Some(stats) = stats else {
@@ -356,13 +355,13 @@ fn stream_response(
         }
         while let Some(event) = started.events.recv().await {
             let out = match event {
-                GenerateEvent::Token { text, .. } | GenerateEvent::Text(text) => {
+                Chunk::Text(text) => {
                     if text.is_empty() {
                         continue;
                     }
                     chunk(json!({"content": text}), None)
                 }
-                GenerateEvent::Done(stats) => {
+                Chunk::Done(stats) => {
                     ctx.metrics
                         .tokens_generated
                         .fetch_add(stats.completion_tokens as u64, Ordering::Relaxed);
@@ -380,13 +379,11 @@ fn stream_response(
                     }
                     break;
                 }
-                GenerateEvent::Error(e) => {
-                    let e = NodeError::from(e);
+                Chunk::Failed(e) => {
                     let err = json!({"error": {"message": format!("generation failed mid-stream: {e}"), "type": e.error_type(), "code": e.status()}});
                     let _ = tx.send(Ok(Event::default().data(err.to_string()))).await;
                     break;
                 }
-                GenerateEvent::Started { .. } => continue,
             };
             if tx.send(Ok(out)).await.is_err() {
                 return;

@@ -1,0 +1,240 @@
+//! Where a request for a model should run, from this node's own status and its pool view.
+//!
+//! Order (the first that exists wins; the rest are failover candidates):
+//! 1. nodes with the model loaded and a free queue slot — shortest queue, then lowest latency;
+//! 2. nodes with it on disk and enough free memory to load it — most free memory first;
+//! 3. nodes with it loaded but a full queue (they answer "busy", with a retry time);
+//! 4. otherwise the node with the most free memory, which must first fetch the model.
+//!
+//! Peers the caller wants avoided (recent failures) are left out.
+
+use std::time::Duration;
+
+use libp2p::PeerId;
+use rbee_proto::ContentId;
+use rbee_proto::pool::{DiskModel, NodeStatus};
+
+use crate::view::Peer;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Target {
+    Local,
+    Peer(PeerId),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Reason {
+    Loaded,
+    OnDisk,
+    Busy,
+    /// Nobody has the model; this node has the most memory to fetch and load it.
+    Fetch,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub target: Target,
+    pub node: String,
+    pub reason: Reason,
+    /// The model's content id on that node (unknown for [`Reason::Fetch`]).
+    pub content_id: Option<ContentId>,
+}
+
+struct Entry<'a> {
+    target: Target,
+    status: &'a NodeStatus,
+    rtt: Duration,
+}
+
+fn has_model<'a>(
+    status: &'a NodeStatus,
+    reference: &str,
+    known: Option<ContentId>,
+) -> Option<&'a DiskModel> {
+    status
+        .on_disk
+        .iter()
+        .find(|m| Some(m.content_id) == known || m.matches(reference))
+}
+
+/// Ranks every node that could serve `reference`. `known` is the content id the local
+/// catalog resolved it to, when it did (peers may know the model under other names).
+pub fn candidates(
+    reference: &str,
+    known: Option<ContentId>,
+    local: Option<&NodeStatus>,
+    peers: &[Peer],
+    avoid: impl Fn(&PeerId) -> bool,
+) -> Vec<Candidate> {
+    let mut nodes: Vec<Entry<'_>> = Vec::with_capacity(peers.len() + 1);
+    if let Some(status) = local {
+        nodes.push(Entry {
+            target: Target::Local,
+            status,
+            rtt: Duration::ZERO,
+        });
+    }
+    nodes.extend(peers.iter().filter(|p| !avoid(&p.id)).map(|p| Entry {
+        target: Target::Peer(p.id),
+        status: &p.status,
+        rtt: p.rtt.unwrap_or(Duration::from_millis(50)),
+    }));
+
+    let mut loaded = Vec::new();
+    let mut on_disk = Vec::new();
+    let mut busy = Vec::new();
+    for n in &nodes {
+        let Some(model) = has_model(n.status, reference, known) else {
+            continue;
+        };
+        let candidate = |reason| Candidate {
+            target: n.target,
+            node: n.status.name.clone(),
+            reason,
+            content_id: Some(model.content_id),
+        };
+        match n.status.loaded(&model.content_id) {
+            Some(l) if l.has_slot() => loaded.push((
+                (l.queue + u32::from(l.busy), n.rtt),
+                candidate(Reason::Loaded),
+            )),
+            Some(l) => busy.push(((l.queue, n.rtt), candidate(Reason::Busy))),
+            None if n.status.max_free_bytes() >= model.size => on_disk.push((
+                std::cmp::Reverse(n.status.max_free_bytes()),
+                candidate(Reason::OnDisk),
+            )),
+            // On disk but too little free memory now: the node evicts idle models when asked,
+            // so it stays a (last) candidate.
+            None => busy.push(((u32::MAX, n.rtt), candidate(Reason::OnDisk))),
+        }
+    }
+    loaded.sort_by_key(|x| x.0);
+    on_disk.sort_by_key(|x| x.0);
+    busy.sort_by_key(|x| x.0);
+    let mut out: Vec<Candidate> = loaded
+        .into_iter()
+        .map(|x| x.1)
+        .chain(on_disk.into_iter().map(|x| x.1))
+        .chain(busy.into_iter().map(|x| x.1))
+        .collect();
+    if out.is_empty()
+        && let Some(n) = nodes.iter().max_by_key(|n| n.status.max_free_bytes())
+    {
+        out.push(Candidate {
+            target: n.target,
+            node: n.status.name.clone(),
+            reason: Reason::Fetch,
+            content_id: None,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rbee_proto::pool::{DeviceStatus, LoadedModel};
+    use std::time::Instant;
+
+    fn node(name: &str, free: u64, disk: &[(&str, u64)], loaded: &[(&str, u32)]) -> NodeStatus {
+        NodeStatus {
+            name: name.into(),
+            api_addr: None,
+            seq: 1,
+            devices: vec![DeviceStatus {
+                name: "cpu".into(),
+                budget_bytes: free + 100,
+                used_bytes: 100,
+            }],
+            loaded: loaded
+                .iter()
+                .map(|(m, q)| LoadedModel {
+                    content_id: ContentId::of(m.as_bytes()),
+                    device: "cpu".into(),
+                    queue: *q,
+                    queue_capacity: 4,
+                    busy: *q > 0,
+                })
+                .collect(),
+            on_disk: disk
+                .iter()
+                .map(|(m, size)| DiskModel {
+                    content_id: ContentId::of(m.as_bytes()),
+                    names: vec![m.to_string()],
+                    source: None,
+                    size: *size,
+                    shared: true,
+                })
+                .collect(),
+            tokens_per_sec: 0.0,
+        }
+    }
+
+    fn peer(status: NodeStatus, rtt_ms: u64) -> Peer {
+        Peer {
+            id: PeerId::random(),
+            status,
+            last_seen: Instant::now(),
+            connected: true,
+            rtt: Some(Duration::from_millis(rtt_ms)),
+        }
+    }
+
+    fn names(c: &[Candidate]) -> Vec<(&str, Reason)> {
+        c.iter().map(|c| (c.node.as_str(), c.reason)).collect()
+    }
+
+    #[test]
+    fn loaded_with_a_slot_beats_on_disk_and_queues_then_latency_order() {
+        let local = node("local", 1000, &[("m", 10)], &[]);
+        let peers = vec![
+            peer(node("far", 0, &[("m", 10)], &[("m", 0)]), 9),
+            peer(node("near", 0, &[("m", 10)], &[("m", 0)]), 1),
+            peer(node("queued", 0, &[("m", 10)], &[("m", 2)]), 1),
+            peer(node("full", 0, &[("m", 10)], &[("m", 4)]), 1),
+            peer(node("other", 5000, &[("x", 10)], &[]), 1),
+        ];
+        let c = candidates("m", None, Some(&local), &peers, |_| false);
+        assert_eq!(
+            names(&c),
+            vec![
+                ("near", Reason::Loaded),
+                ("far", Reason::Loaded),
+                ("queued", Reason::Loaded),
+                ("local", Reason::OnDisk),
+                ("full", Reason::Busy),
+            ]
+        );
+        // Avoided peers are skipped.
+        let near = peers[1].id;
+        let c = candidates("m", None, Some(&local), &peers, |p| *p == near);
+        assert_eq!(c[0].node, "far");
+    }
+
+    #[test]
+    fn on_disk_prefers_free_memory_and_nobody_means_fetch_on_the_roomiest() {
+        let local = node("local", 50, &[], &[]);
+        let peers = vec![
+            peer(node("small", 20, &[("m", 10)], &[]), 1),
+            peer(node("big", 900, &[("m", 10)], &[]), 1),
+            peer(node("tight", 5, &[("m", 10)], &[]), 1),
+            peer(node("roomy", 5000, &[], &[]), 1),
+        ];
+        let c = candidates("m", None, Some(&local), &peers, |_| false);
+        assert_eq!(
+            names(&c),
+            vec![
+                ("big", Reason::OnDisk),
+                ("small", Reason::OnDisk),
+                ("tight", Reason::OnDisk)
+            ]
+        );
+        let c = candidates("unknown", None, Some(&local), &peers, |_| false);
+        assert_eq!(names(&c), vec![("roomy", Reason::Fetch)]);
+        // Matched by content id even under another name.
+        let id = ContentId::of(b"m");
+        let c = candidates("my-alias", Some(id), Some(&local), &peers, |_| false);
+        assert_eq!(c.len(), 3);
+        assert!(c.iter().all(|c| c.content_id == Some(id)));
+    }
+}

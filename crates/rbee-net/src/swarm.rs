@@ -1,0 +1,581 @@
+//! The swarm, its event loop, and the [`Client`] handle the node uses.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{Boxed, MemoryTransport};
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::pnet::PnetConfig;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, gossipsub, identify,
+    kad, mdns, noise, ping, tcp, yamux,
+};
+use rbee_proto::pool::{MAX_STATUS_SIZE, NodeStatus, POOL_TOPIC};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::view::{Change, Peer, PoolView};
+use crate::{NetError, PoolKey};
+
+/// Commands queued to the event loop at most.
+const COMMAND_QUEUE: usize = 256;
+/// Events queued to the node at most; beyond it they are dropped (and logged).
+const EVENT_QUEUE: usize = 256;
+/// Connections the node opens on its own (to discovered peers) at most.
+const MAX_AUTO_DIAL_PEERS: usize = 64;
+const KAD_PROTOCOL: &str = "/rbee/kad/1";
+const IDENTIFY_PROTOCOL: &str = "/rbee/id/1";
+
+/// Which transport the swarm runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// TCP sockets: what nodes use.
+    Tcp,
+    /// In-process memory channels (`/memory/<n>` addresses): for tests of many swarms.
+    Memory,
+}
+
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub keypair: Keypair,
+    pub pool_key: PoolKey,
+    /// Addresses to listen on, e.g. `/ip4/0.0.0.0/tcp/7836`.
+    pub listen: Vec<Multiaddr>,
+    /// Peers to dial at start (and again while the node knows no one).
+    pub bootstrap: Vec<Multiaddr>,
+    /// Find peers on the LAN with mDNS.
+    pub mdns: bool,
+    pub transport: Transport,
+    /// How often the node's status is published when nothing changes. A peer silent for
+    /// three intervals leaves the view.
+    pub status_interval: Duration,
+}
+
+impl NetConfig {
+    pub fn new(keypair: Keypair, pool_key: PoolKey) -> NetConfig {
+        NetConfig {
+            keypair,
+            pool_key,
+            listen: Vec::new(),
+            bootstrap: Vec::new(),
+            mdns: true,
+            transport: Transport::Tcp,
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// What the network tells the node.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Listening(Multiaddr),
+    PeerJoined { peer: PeerId, name: String },
+    PeerLeft { peer: PeerId, name: String },
+}
+
+#[derive(NetworkBehaviour)]
+struct Behaviour {
+    gossipsub: gossipsub::Behaviour,
+    kad: kad::Behaviour<kad::store::MemoryStore>,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    mdns: Toggle<mdns::tokio::Behaviour>,
+    stream: libp2p_stream::Behaviour,
+}
+
+enum Command {
+    Publish(Box<NodeStatus>),
+    Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
+    ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
+}
+
+/// A cloneable handle to the network task.
+#[derive(Clone)]
+pub struct Client {
+    commands: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+    view: Arc<Mutex<PoolView>>,
+    local: PeerId,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+fn lock(view: &Mutex<PoolView>) -> MutexGuard<'_, PoolView> {
+    // The view holds plain data; a panic elsewhere cannot leave it inconsistent.
+    view.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Client {
+    pub fn local_peer_id(&self) -> PeerId {
+        self.local
+    }
+
+    /// Hands the node's current status to the network: published at once when it differs
+    /// from the last one, and again every status interval.
+    pub async fn publish_status(&self, status: NodeStatus) -> Result<(), NetError> {
+        self.commands
+            .send(Command::Publish(Box::new(status)))
+            .await
+            .map_err(|_| NetError::Stopped)
+    }
+
+    /// Every peer in the view, sorted by name.
+    pub fn peers(&self) -> Vec<Peer> {
+        lock(&self.view).peers()
+    }
+
+    pub fn peer(&self, id: &PeerId) -> Option<Peer> {
+        lock(&self.view).get(id).cloned()
+    }
+
+    /// Dials an address (a bootstrap peer, say) and waits until the dial is under way.
+    pub async fn dial(&self, addr: Multiaddr) -> Result<(), NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Dial(addr, tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)?
+    }
+
+    /// The addresses the swarm listens on now.
+    pub async fn listen_addrs(&self) -> Result<Vec<Multiaddr>, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::ListenAddrs(tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Opens a stream of `protocol` to `peer`, connecting first if needed. A peer that does
+    /// not speak the protocol (another version) is refused cleanly.
+    pub async fn open_stream(
+        &self,
+        peer: PeerId,
+        protocol: &'static str,
+    ) -> Result<libp2p::Stream, NetError> {
+        let mut control = self.control.clone();
+        control
+            .open_stream(peer, StreamProtocol::new(protocol))
+            .await
+            .map_err(|e| match e {
+                libp2p_stream::OpenStreamError::UnsupportedProtocol(p) => NetError::Unsupported {
+                    peer,
+                    protocol: p.to_string(),
+                },
+                other => NetError::Unreachable {
+                    peer,
+                    reason: other.to_string(),
+                },
+            })
+    }
+
+    /// Inbound streams of `protocol`; only one acceptor per protocol.
+    pub fn accept(
+        &self,
+        protocol: &'static str,
+    ) -> Result<libp2p_stream::IncomingStreams, NetError> {
+        let mut control = self.control.clone();
+        control
+            .accept(StreamProtocol::new(protocol))
+            .map_err(|e| NetError::Config(format!("{protocol}: {e}")))
+    }
+}
+
+fn build_transport(
+    keypair: &Keypair,
+    pool_key: PoolKey,
+    kind: Transport,
+) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
+    let noise = noise::Config::new(keypair).map_err(|e| NetError::Config(e.to_string()))?;
+    let psk = pool_key.psk();
+    let timeout = Duration::from_secs(20);
+    Ok(match kind {
+        Transport::Tcp => tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .boxed(),
+        Transport::Memory => MemoryTransport::default()
+            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .upgrade(Version::V1Lazy)
+            .authenticate(noise)
+            .multiplex(yamux::Config::default())
+            .timeout(timeout)
+            .boxed(),
+    })
+}
+
+fn build_behaviour(key: &Keypair, config: &NetConfig) -> Result<Behaviour, NetError> {
+    let local = key.public().to_peer_id();
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .max_transmit_size(MAX_STATUS_SIZE)
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .build()
+        .map_err(|e| NetError::Config(format!("gossipsub: {e}")))?;
+    let gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )
+    .map_err(|e| NetError::Config(format!("gossipsub: {e}")))?;
+    let mut kad = kad::Behaviour::with_config(
+        local,
+        kad::store::MemoryStore::new(local),
+        kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
+    );
+    // A home lab has no public addresses to confirm; every node answers queries.
+    kad.set_mode(Some(kad::Mode::Server));
+    let mdns = if config.mdns && config.transport == Transport::Tcp {
+        Some(
+            mdns::tokio::Behaviour::new(mdns::Config::default(), local)
+                .map_err(|e| NetError::Config(format!("mDNS: {e}")))?,
+        )
+    } else {
+        None
+    };
+    Ok(Behaviour {
+        gossipsub,
+        kad,
+        identify: identify::Behaviour::new(identify::Config::new(
+            IDENTIFY_PROTOCOL.into(),
+            key.public(),
+        )),
+        ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(5))),
+        mdns: mdns.into(),
+        stream: libp2p_stream::Behaviour::new(),
+    })
+}
+
+/// Builds the swarm, starts listening, and spawns its event loop on the current runtime.
+pub fn spawn(config: NetConfig) -> Result<(Client, mpsc::Receiver<Event>), NetError> {
+    let (client, events, event_loop) = EventLoop::new(config)?;
+    tokio::spawn(event_loop.run());
+    Ok((client, events))
+}
+
+/// Owns the swarm; runs until every [`Client`] is dropped.
+pub struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<Event>,
+    view: Arc<Mutex<PoolView>>,
+    topic: gossipsub::IdentTopic,
+    status: Option<NodeStatus>,
+    last_publish: Option<Instant>,
+    last_seq: u64,
+    config: NetConfig,
+}
+
+impl std::fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("local", self.swarm.local_peer_id())
+            .finish()
+    }
+}
+
+impl EventLoop {
+    pub fn new(config: NetConfig) -> Result<(Client, mpsc::Receiver<Event>, EventLoop), NetError> {
+        let transport = build_transport(&config.keypair, config.pool_key, config.transport)?;
+        let behaviour = build_behaviour(&config.keypair, &config)?;
+        let mut swarm = SwarmBuilder::with_existing_identity(config.keypair.clone())
+            .with_tokio()
+            .with_other_transport(move |_| transport)
+            .map_err(|e| -> NetError { match e {} })?
+            .with_behaviour(move |_| behaviour)
+            .map_err(|e| -> NetError { match e {} })?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let topic = gossipsub::IdentTopic::new(POOL_TOPIC);
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&topic)
+            .map_err(|e| NetError::Config(format!("gossipsub: {e}")))?;
+        for addr in &config.listen {
+            swarm
+                .listen_on(addr.clone())
+                .map_err(|e| NetError::Config(format!("cannot listen on {addr}: {e}")))?;
+        }
+        for addr in &config.bootstrap {
+            if let Err(e) = swarm.dial(addr.clone()) {
+                tracing::warn!(%addr, "cannot dial bootstrap peer: {e}");
+            }
+        }
+        let local = *swarm.local_peer_id();
+        let control = swarm.behaviour().stream.new_control();
+        let (cmd_tx, cmd_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (ev_tx, ev_rx) = mpsc::channel(EVENT_QUEUE);
+        let view = Arc::new(Mutex::new(PoolView::default()));
+        let client = Client {
+            commands: cmd_tx,
+            control,
+            view: view.clone(),
+            local,
+        };
+        let event_loop = EventLoop {
+            swarm,
+            commands: cmd_rx,
+            events: ev_tx,
+            view,
+            topic,
+            status: None,
+            last_publish: None,
+            last_seq: 0,
+            config,
+        };
+        Ok((client, ev_rx, event_loop))
+    }
+
+    pub async fn run(mut self) {
+        let mut tick = tokio::time::interval(self.config.status_interval / 4);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(Duration::from_secs(10));
+        redial.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        redial.tick().await;
+        loop {
+            tokio::select! {
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                command = self.commands.recv() => match command {
+                    Some(c) => self.on_command(c),
+                    None => break,
+                },
+                _ = tick.tick() => self.on_tick(),
+                _ = redial.tick() => self.on_redial(),
+            }
+        }
+        tracing::debug!("network event loop stopped");
+    }
+
+    fn emit(&self, event: Event) {
+        if self.events.try_send(event).is_err() {
+            tracing::debug!("network event dropped: the node is not reading events");
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Publish(status) => {
+                let changed = self
+                    .status
+                    .as_ref()
+                    .is_none_or(|old| !same_except_seq(old, &status));
+                self.status = Some(*status);
+                if changed {
+                    self.publish();
+                }
+            }
+            Command::Dial(addr, reply) => {
+                let result = self
+                    .swarm
+                    .dial(addr.clone())
+                    .map_err(|e| NetError::Config(format!("cannot dial {addr}: {e}")));
+                let _ = reply.send(result);
+            }
+            Command::ListenAddrs(reply) => {
+                let _ = reply.send(self.swarm.listeners().cloned().collect());
+            }
+        }
+    }
+
+    fn publish(&mut self) {
+        let Some(status) = self.status.as_mut() else {
+            return;
+        };
+        // Sequence numbers are wall-clock microseconds, so a restarted node (same identity)
+        // is never mistaken for its older self.
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros() as u64)
+            .unwrap_or(0);
+        self.last_seq = now.max(self.last_seq + 1);
+        status.seq = self.last_seq;
+        self.last_publish = Some(Instant::now());
+        let bytes = match rbee_proto::codec::encode(&*status) {
+            Ok(b) => b,
+            Err(e) => return tracing::error!("cannot encode this node's status: {e}"),
+        };
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(self.topic.clone(), bytes)
+        {
+            Ok(_) | Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {}
+            Err(e) => tracing::debug!("status not published: {e}"),
+        }
+    }
+
+    fn on_tick(&mut self) {
+        let interval = self.config.status_interval;
+        if self.last_publish.is_none_or(|t| t.elapsed() >= interval) {
+            self.publish();
+        }
+        let gone = lock(&self.view).expire(Instant::now(), interval * 3);
+        for peer in gone {
+            tracing::info!(peer = %peer.id, name = %peer.status.name, "peer silent; left the pool view");
+            self.emit(Event::PeerLeft {
+                peer: peer.id,
+                name: peer.status.name,
+            });
+        }
+    }
+
+    fn on_redial(&mut self) {
+        if self.swarm.connected_peers().next().is_some() {
+            if self.swarm.behaviour_mut().kad.bootstrap().is_err() {
+                tracing::trace!("no kademlia peers yet");
+            }
+            return;
+        }
+        for addr in self.config.bootstrap.clone() {
+            if let Err(e) = self.swarm.dial(addr.clone()) {
+                tracing::debug!(%addr, "bootstrap dial failed: {e}");
+            }
+        }
+    }
+
+    fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        if peer == *self.swarm.local_peer_id()
+            || self.swarm.is_connected(&peer)
+            || self.swarm.connected_peers().count() >= MAX_AUTO_DIAL_PEERS
+        {
+            return;
+        }
+        let opts = DialOpts::peer_id(peer).addresses(addrs).build();
+        if let Err(e) = self.swarm.dial(opts) {
+            tracing::debug!(%peer, "dial failed: {e}");
+        }
+    }
+
+    fn on_status(&mut self, source: PeerId, data: &[u8]) {
+        if data.len() > MAX_STATUS_SIZE {
+            return;
+        }
+        let status: NodeStatus = match rbee_proto::codec::decode(data) {
+            Ok(s) => s,
+            Err(e) => return tracing::debug!(%source, "malformed status ignored: {e}"),
+        };
+        if let Err(e) = status.validate() {
+            return tracing::debug!(%source, "status ignored: {e}");
+        }
+        let name = status.name.clone();
+        let connected = self.swarm.is_connected(&source);
+        let change = {
+            let mut view = lock(&self.view);
+            let change = view.apply(source, status, Instant::now());
+            view.set_connected(&source, connected);
+            change
+        };
+        if change == Change::Joined {
+            tracing::info!(peer = %source, %name, "peer joined the pool view");
+            self.emit(Event::PeerJoined { peer: source, name });
+            // Requests may be forwarded to it: connect directly (addresses from Kademlia).
+            self.dial_peer(source, Vec::new());
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "pool listening");
+                self.emit(Event::Listening(address));
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                num_established,
+                ..
+            } => {
+                lock(&self.view).set_connected(&peer_id, true);
+                if num_established.get() == 1 {
+                    tracing::debug!(peer = %peer_id, "connected");
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                let removed = lock(&self.view).remove(&peer_id);
+                if let Some(peer) = removed {
+                    tracing::info!(peer = %peer_id, name = %peer.status.name, "peer disconnected; left the pool view");
+                    self.emit(Event::PeerLeft {
+                        peer: peer_id,
+                        name: peer.status.name,
+                    });
+                }
+            }
+            SwarmEvent::IncomingConnectionError { error, .. } => {
+                // A node without the pool key ends here: pnet garbles the handshake.
+                tracing::debug!("incoming connection refused: {error}");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(?peer_id, "outgoing connection failed: {error}");
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => match event {
+                gossipsub::Event::Message { message, .. } => {
+                    if let Some(source) = message.source {
+                        self.on_status(source, &message.data);
+                    }
+                }
+                gossipsub::Event::Subscribed { peer_id, .. } => {
+                    tracing::debug!(peer = %peer_id, "peer subscribed to the pool topic");
+                    // A newcomer learns about us now, not an interval later.
+                    self.publish();
+                }
+                _ => {}
+            },
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(ping::Event {
+                peer,
+                result: Ok(rtt),
+                ..
+            })) => lock(&self.view).set_rtt(&peer, rtt),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
+                for addr in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
+                let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> =
+                    std::collections::HashMap::new();
+                for (peer, addr) in found {
+                    self.swarm
+                        .behaviour_mut()
+                        .kad
+                        .add_address(&peer, addr.clone());
+                    by_peer.entry(peer).or_default().push(addr);
+                }
+                for (peer, addrs) in by_peer {
+                    tracing::debug!(%peer, "found on the LAN (mDNS)");
+                    self.dial_peer(peer, addrs);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn same_except_seq(a: &NodeStatus, b: &NodeStatus) -> bool {
+    let mut b = b.clone();
+    b.seq = a.seq;
+    *a == b
+}
