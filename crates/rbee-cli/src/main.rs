@@ -26,7 +26,7 @@ struct Cli {
     #[arg(long, global = true, env = "RBEE_CONFIG")]
     config: Option<PathBuf>,
 
-    /// HuggingFace endpoint (default: HF_ENDPOINT, else https://huggingface.co).
+    /// HuggingFace endpoint (default: HF_ENDPOINT, else the public hub, huggingface.co).
     #[arg(long, global = true)]
     hf_endpoint: Option<String>,
 
@@ -34,8 +34,8 @@ struct Cli {
     #[arg(long, global = true)]
     hf_token: Option<String>,
 
-    /// HuggingFace home: pulls download into <dir>/hub (default: HF_HOME, else ~/.cache/huggingface).
-    #[arg(long, global = true)]
+    /// HuggingFace home: pulls download into DIR/hub (default: HF_HOME, else ~/.cache/huggingface).
+    #[arg(long, global = true, value_name = "DIR")]
     hf_home: Option<PathBuf>,
 
     /// Log output format.

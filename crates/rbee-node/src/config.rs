@@ -31,7 +31,7 @@ pub struct NodeConfig {
     pub load_wait_secs: u64,
     /// Models to load at start.
     pub preload: Vec<String>,
-    /// HuggingFace endpoint (default: `HF_ENDPOINT`, else https://huggingface.co).
+    /// HuggingFace endpoint (default: `HF_ENDPOINT`, else <https://huggingface.co>).
     pub hf_endpoint: Option<String>,
     /// Token for gated or private HuggingFace repos (default: `HF_TOKEN`); sent to the hub only.
     pub hf_token: Option<String>,
