@@ -1,6 +1,8 @@
 //! Helpers shared by the multi-process integration tests: find (or build) the real `rbee-node`
 //! binary, and run it against a throwaway data dir.
 
+pub mod hub_double;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -30,6 +32,18 @@ pub fn rbee_node_bin() -> &'static Path {
         ]);
         if !cfg!(debug_assertions) {
             cmd.arg("--release");
+        }
+        // Cargo sets the test crate's CARGO_PKG_*/CARGO_MANIFEST_* for this process; build
+        // scripts that watch them (ring's does) would otherwise rebuild on every test run.
+        for (key, _) in std::env::vars_os() {
+            if let Some(k) = key.to_str()
+                && (k.starts_with("CARGO_PKG_")
+                    || k.starts_with("CARGO_MANIFEST_")
+                    || k == "CARGO_CRATE_NAME"
+                    || k == "CARGO_PRIMARY_PACKAGE")
+            {
+                cmd.env_remove(k);
+            }
         }
         let status = cmd.status().expect("running cargo build for rbee-node");
         assert!(status.success(), "building rbee-node failed");

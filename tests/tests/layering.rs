@@ -11,6 +11,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("rbee-store", 1),
     ("rbee-net", 1),
     ("rbee-infer", 1),
+    ("rbee-hub", 1),
     ("rbee-node", 2),
     ("rbee-cli", 3),
     ("rbee-tests", 4),

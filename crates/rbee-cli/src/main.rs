@@ -26,6 +26,18 @@ struct Cli {
     #[arg(long, global = true, env = "RBEE_CONFIG")]
     config: Option<PathBuf>,
 
+    /// HuggingFace endpoint (default: HF_ENDPOINT, else the public hub, huggingface.co).
+    #[arg(long, global = true)]
+    hf_endpoint: Option<String>,
+
+    /// Token for gated or private HuggingFace repos (default: HF_TOKEN); sent to the hub only.
+    #[arg(long, global = true)]
+    hf_token: Option<String>,
+
+    /// HuggingFace home: pulls download into DIR/hub (default: HF_HOME, else ~/.cache/huggingface).
+    #[arg(long, global = true, value_name = "DIR")]
+    hf_home: Option<PathBuf>,
+
     /// Log output format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "RBEE_LOG_FORMAT")]
     log_format: LogFormat,
@@ -88,8 +100,13 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let result = node::load_config(cli.config.as_ref(), cli.data_dir.clone()).and_then(|config| {
-        match cli.command {
+    let hf = node::HfFlags {
+        endpoint: cli.hf_endpoint.clone(),
+        token: cli.hf_token.clone(),
+        home: cli.hf_home.clone(),
+    };
+    let result = node::load_config(cli.config.as_ref(), cli.data_dir.clone(), hf).and_then(
+        |config| match cli.command {
             Command::Models(cmd) => models::run(&config, cmd),
             Command::Infer(args) => infer::run(&config, args),
             Command::Join(args) => node::join(config, args),
@@ -100,8 +117,8 @@ fn main() -> ExitCode {
                 node::show_config(&config);
                 Ok(())
             }
-        }
-    });
+        },
+    );
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

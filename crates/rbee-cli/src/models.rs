@@ -1,6 +1,8 @@
 //! `rbee-node models …`: the catalog from the command line.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
@@ -19,6 +21,24 @@ pub enum ModelsCommand {
         /// Catalog name (default: derived from the file or repo name).
         #[arg(long)]
         name: Option<String>,
+    },
+    /// Pull a model from HuggingFace: `org/repo` (GGUF chosen Q4_K_M > Q5_K_M > Q4_0 > Q5_0 >
+    /// Q8_0 > smallest, or the safetensors model), `org/repo:file.gguf`, `org/repo@revision`.
+    /// Through the running node if there is one; Ctrl-C cancels (the next pull resumes).
+    Pull {
+        model: String,
+    },
+    /// Search HuggingFace models, most downloaded first.
+    Search {
+        query: String,
+        /// Only repos with GGUF files.
+        #[arg(long)]
+        gguf: bool,
+        /// How many results (1-100).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
     },
     /// List the models on this node.
     Ls {
@@ -112,6 +132,17 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
             }
             return Ok(());
         }
+        ModelsCommand::Pull { model } if node_up => {
+            // The node client says when the node has taken the cancel.
+            let cancel = ctrl_c_flag(false);
+            let result = node.run_job_cancellable(
+                json!({"operation": "model_pull", "model": model}),
+                "pulling",
+                Some(cancel),
+            )?;
+            print_pulled(&result, "through the running node");
+            return Ok(());
+        }
         ModelsCommand::Rm {
             model,
             force: false,
@@ -131,6 +162,13 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
     let store = open_store(config.data_dir.clone())?;
     match cmd {
         ModelsCommand::Import { source, name } => import(&store, &source, name.as_deref()),
+        ModelsCommand::Pull { model } => pull(config, &store, &model),
+        ModelsCommand::Search {
+            query,
+            gguf,
+            limit,
+            json,
+        } => search(config, &query, gguf, limit, json),
         ModelsCommand::Ls { json } => ls(&store, json),
         ModelsCommand::Show { model, json } => {
             let rec = store.resolve(&parse_ref(&model)?)?;
@@ -181,6 +219,140 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// True once Ctrl-C was pressed; a second Ctrl-C exits at once. The handler is registered
+/// before this returns, so a Ctrl-C from then on is never the default "die at once".
+fn ctrl_c_flag(announce: bool) -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return flag;
+    };
+    let registered = rt.block_on(async {
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+    });
+    let Ok(mut interrupts) = registered else {
+        return flag;
+    };
+    let set = flag.clone();
+    std::thread::spawn(move || {
+        rt.block_on(async {
+            if interrupts.recv().await.is_some() {
+                set.store(true, Ordering::Relaxed);
+                if announce {
+                    eprintln!("cancelling (the partial download is kept; pull again to resume)");
+                }
+            }
+            if interrupts.recv().await.is_some() {
+                std::process::exit(130);
+            }
+        });
+    });
+    flag
+}
+
+fn hub(config: &rbee_node::NodeConfig) -> Result<rbee_hub::Hub> {
+    let hc = config
+        .hub_config()
+        .context("no HuggingFace cache dir: set HF_HOME or pass --hf-home")?;
+    Ok(rbee_hub::Hub::new(hc)?)
+}
+
+fn hf_ref(model: &str) -> Result<rbee_proto::HfRef> {
+    match parse_ref(model)? {
+        ModelRef::HuggingFace(hf) => Ok(hf),
+        other => bail!(
+            "`{other}` is not a HuggingFace reference: pull takes `org/repo`, `org/repo:file.gguf` or `org/repo@revision` (local files: `models import`)"
+        ),
+    }
+}
+
+fn print_pulled(result: &serde_json::Value, how: &str) {
+    let name = result["name"].as_str().unwrap_or("?");
+    let id = result["content_id"]
+        .as_str()
+        .unwrap_or("?")
+        .get(..12)
+        .unwrap_or("?");
+    if result["already_present"].as_bool() == Some(true) {
+        println!("already present: {name} ({id}), nothing pulled");
+    } else {
+        println!(
+            "pulled {name} ({id}) from {} {how}: {}, {} downloaded",
+            result["source"].as_str().unwrap_or("HuggingFace"),
+            output::bytes(result["size"].as_u64().unwrap_or(0)),
+            output::bytes(result["transferred"].as_u64().unwrap_or(0)),
+        );
+    }
+}
+
+fn pull(config: &rbee_node::NodeConfig, store: &Store, model: &str) -> Result<()> {
+    let hf = hf_ref(model)?;
+    let hub = hub(config)?;
+    let cancel = ctrl_c_flag(true);
+    let (bar, mut update) = output::progress_bar("pulling");
+    let mut phase = "pulling";
+    let outcome = rbee_node::pull::pull(
+        store,
+        &hub,
+        &hf,
+        &|| cancel.load(Ordering::Relaxed),
+        &mut |e| match e {
+            rbee_node::pull::PullEvent::Phase(p) => {
+                phase = p;
+                bar.set_message(p);
+            }
+            rbee_node::pull::PullEvent::Progress { done, total } => {
+                update(rbee_store::Progress { phase, done, total })
+            }
+        },
+    );
+    bar.finish_and_clear();
+    let out = outcome?;
+    print_pulled(
+        &json!({
+            "name": out.import.name,
+            "content_id": out.import.content_id.to_hex(),
+            "already_present": out.import.already_present,
+            "size": out.import.manifest.total_size(),
+            "transferred": out.transferred,
+            "source": format!("hf:{hf}"),
+        }),
+        "in this process",
+    );
+    Ok(())
+}
+
+fn search(
+    config: &rbee_node::NodeConfig,
+    query: &str,
+    gguf: bool,
+    limit: usize,
+    as_json: bool,
+) -> Result<()> {
+    let hits = hub(config)?.search(query, gguf, limit)?;
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&hits)?);
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("no models match `{query}`");
+        return Ok(());
+    }
+    println!("{:<60} {:>10} {:>7}  GGUF", "ID", "DOWNLOADS", "LIKES");
+    for h in hits {
+        println!(
+            "{:<60} {:>10} {:>7}  {}",
+            h.id,
+            output::count(h.downloads),
+            h.likes,
+            if h.gguf { "yes" } else { "no" }
+        );
+    }
+    Ok(())
 }
 
 fn import(store: &Store, source: &str, name: Option<&str>) -> Result<()> {

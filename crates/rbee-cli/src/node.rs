@@ -48,12 +48,28 @@ pub struct JoinArgs {
     name: Option<String>,
 }
 
-/// The effective configuration: file, then `RBEE_*`, then the global flags.
-pub fn load_config(config: Option<&PathBuf>, data_dir: Option<PathBuf>) -> Result<NodeConfig> {
+/// The global HuggingFace flags.
+#[derive(Debug, Default)]
+pub struct HfFlags {
+    pub endpoint: Option<String>,
+    pub token: Option<String>,
+    pub home: Option<PathBuf>,
+}
+
+/// The effective configuration: file, then `RBEE_*` (and `HF_*` for what is still unset), then
+/// the global flags.
+pub fn load_config(
+    config: Option<&PathBuf>,
+    data_dir: Option<PathBuf>,
+    hf: HfFlags,
+) -> Result<NodeConfig> {
     let mut c = NodeConfig::load(config.map(|p| p.as_path()))?;
     if data_dir.is_some() {
         c.data_dir = data_dir;
     }
+    c.hf_endpoint = hf.endpoint.or(c.hf_endpoint);
+    c.hf_token = hf.token.or(c.hf_token);
+    c.hf_home = hf.home.or(c.hf_home);
     Ok(c)
 }
 
@@ -262,6 +278,17 @@ impl NodeClient {
         body: serde_json::Value,
         label: &'static str,
     ) -> Result<serde_json::Value> {
+        self.run_job_cancellable(body, label, None)
+    }
+
+    /// Like [`run_job`](Self::run_job); when `cancel` becomes true (Ctrl-C), the job is
+    /// cancelled on the node with `DELETE /v1/jobs/{id}` and its error event ends the stream.
+    pub fn run_job_cancellable(
+        &self,
+        body: serde_json::Value,
+        label: &'static str,
+        cancel: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    ) -> Result<serde_json::Value> {
         let mut resp = self
             .auth(self.agent.post(&format!("{}/v1/jobs", self.base)))
             .send_json(body)
@@ -273,6 +300,32 @@ impl NodeClient {
         let url = created["stream_url"]
             .as_str()
             .context("the node returned no stream_url")?;
+        if let (Some(flag), Some(id)) = (cancel, created["job_id"].as_str()) {
+            let delete = self.auth(
+                self.agent
+                    .delete(&format!("{}/v1/jobs/{id}", self.base))
+                    .config()
+                    .timeout_global(Some(Duration::from_secs(10)))
+                    .build(),
+            );
+            // Watches the flag for as long as the process lives; the job ends the stream.
+            std::thread::spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                match delete.call() {
+                    Ok(r) if r.status().is_success() => {
+                        eprintln!(
+                            "cancelling the job on the node (a pull keeps its partial download)"
+                        );
+                    }
+                    Ok(r) => {
+                        eprintln!("could not cancel the job: the node answered {}", r.status())
+                    }
+                    Err(e) => eprintln!("could not cancel the job: {e}"),
+                }
+            });
+        }
         let resp = self
             .auth(self.agent.get(&format!("{}{url}", self.base)))
             .call()

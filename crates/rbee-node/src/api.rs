@@ -3,6 +3,7 @@
 
 pub(crate) mod generate;
 mod health;
+mod hub;
 mod jobs;
 mod openai;
 
@@ -32,6 +33,7 @@ pub fn router(node: Arc<NodeContext>) -> Router {
             "/v1/jobs/{id}",
             axum::routing::delete(jobs::cancel).get(jobs::show),
         )
+        .route("/v1/hub/search", get(hub::search))
         .route("/v1/pool", get(health::pool))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))

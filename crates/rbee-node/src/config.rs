@@ -31,6 +31,13 @@ pub struct NodeConfig {
     pub load_wait_secs: u64,
     /// Models to load at start.
     pub preload: Vec<String>,
+    /// HuggingFace endpoint (default: `HF_ENDPOINT`, else <https://huggingface.co>).
+    pub hf_endpoint: Option<String>,
+    /// Token for gated or private HuggingFace repos (default: `HF_TOKEN`); sent to the hub only.
+    pub hf_token: Option<String>,
+    /// HuggingFace home; pulls download into `<hf_home>/hub` (default: `HF_HOME`, else
+    /// `~/.cache/huggingface`), the cache `hf-cache:` imports read too.
+    pub hf_home: Option<PathBuf>,
     /// The node's name in the pool (default: the host name).
     pub node_name: Option<String>,
     /// The pool's shared secret (`rbee-node pool new`); without it the node runs alone.
@@ -63,6 +70,9 @@ impl Default for NodeConfig {
             queue_capacity: 16,
             load_wait_secs: 60,
             preload: Vec::new(),
+            hf_endpoint: None,
+            hf_token: None,
+            hf_home: None,
             node_name: None,
             pool_key: None,
             p2p_addr: DEFAULT_P2P_ADDR.into(),
@@ -206,7 +216,44 @@ impl NodeConfig {
         if let Some(v) = env_parse("RBEE_STATUS_INTERVAL_MS")? {
             self.status_interval_ms = v;
         }
+        // rbee's own variables override the file; HuggingFace's usual ones only fill gaps.
+        if let Some(v) = env("RBEE_HF_ENDPOINT") {
+            self.hf_endpoint = Some(v);
+        }
+        if let Some(v) = env("RBEE_HF_TOKEN") {
+            self.hf_token = Some(v);
+        }
+        if let Some(v) = env("RBEE_HF_HOME") {
+            self.hf_home = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("HF_ENDPOINT") {
+            self.hf_endpoint.get_or_insert(v);
+        }
+        if let Some(v) = env("HF_TOKEN") {
+            self.hf_token.get_or_insert(v);
+        }
+        if let Some(v) = env("HF_HOME") {
+            self.hf_home.get_or_insert(PathBuf::from(v));
+        }
         Ok(())
+    }
+
+    /// The HuggingFace client settings: these fields, then `HF_HUB_CACHE` and
+    /// `~/.cache/huggingface/hub` for the cache. None when no cache dir can be found.
+    pub fn hub_config(&self) -> Option<rbee_hub::HubConfig> {
+        let defaults = rbee_hub::HubConfig::from_env();
+        let cache_dir = match &self.hf_home {
+            Some(home) => home.join("hub"),
+            None => defaults.as_ref()?.cache_dir.clone(),
+        };
+        Some(rbee_hub::HubConfig {
+            endpoint: self
+                .hf_endpoint
+                .clone()
+                .unwrap_or_else(|| rbee_hub::DEFAULT_ENDPOINT.to_string()),
+            token: self.hf_token.clone(),
+            cache_dir,
+        })
     }
 
     /// Refuses settings that are unsafe or meaningless.
@@ -270,7 +317,11 @@ impl NodeConfig {
     /// The configuration as TOML, secrets masked.
     pub fn to_toml(&self) -> String {
         let mut shown = self.clone();
-        for secret in [&mut shown.api_token, &mut shown.pool_key] {
+        for secret in [
+            &mut shown.api_token,
+            &mut shown.pool_key,
+            &mut shown.hf_token,
+        ] {
             if secret.is_some() {
                 *secret = Some("<set>".into());
             }
@@ -323,6 +374,24 @@ mod tests {
         c.api_token = Some("s3cret".into());
         assert!(c.validate().is_ok());
         assert!(NodeConfig::default().validate().is_ok());
+    }
+
+    #[test]
+    fn hub_settings_come_from_the_config() {
+        let c = NodeConfig {
+            hf_endpoint: Some("http://127.0.0.1:9".into()),
+            hf_token: Some("hf_x".into()),
+            hf_home: Some("/srv/hf".into()),
+            ..Default::default()
+        };
+        let h = c.hub_config().unwrap();
+        assert_eq!(h.endpoint, "http://127.0.0.1:9");
+        assert_eq!(h.token.as_deref(), Some("hf_x"));
+        assert_eq!(h.cache_dir, PathBuf::from("/srv/hf/hub"));
+        let shown = c.to_toml();
+        assert!(!shown.contains("hf_x"), "{shown}");
+        let back: NodeConfig = toml::from_str(&shown).unwrap();
+        assert_eq!(back.hf_home, c.hf_home);
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod jobs;
 pub mod metrics;
 pub mod pool;
+pub mod pull;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -48,6 +49,8 @@ pub struct NodeContext {
     pub jobs: jobs::Jobs,
     pub metrics: Arc<metrics::Metrics>,
     pub started: Instant,
+    /// The HuggingFace client (None: no HF cache dir could be found, so no pulls or search).
+    pub hub: Option<rbee_hub::Hub>,
 }
 
 fn node_name() -> String {
@@ -119,6 +122,16 @@ pub async fn run(
         .local_addr()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
     let metrics = Arc::new(metrics::Metrics::default());
+    let hub = match config.hub_config().map(rbee_hub::Hub::new) {
+        Some(Ok(hub)) => Some(hub),
+        Some(Err(e)) => return Err(NodeError::BadRequest(e.to_string())),
+        None => {
+            tracing::warn!(
+                "no HuggingFace cache dir (set HF_HOME or --hf-home): pulls and search are off"
+            );
+            None
+        }
+    };
     let name = config.node_name.clone().unwrap_or_else(node_name);
     let (net, pool) = match start_network(&config, store.root()).await? {
         Some((client, fingerprint)) => (Some(client), Some(fingerprint)),
@@ -137,6 +150,7 @@ pub async fn run(
         jobs: jobs::Jobs::default(),
         metrics: metrics.clone(),
         started: Instant::now(),
+        hub,
         config,
     });
     let args = SupervisorArgs {

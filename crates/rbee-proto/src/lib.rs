@@ -16,6 +16,7 @@ mod id;
 mod manifest;
 mod model_ref;
 pub mod pool;
+pub mod quant;
 
 pub use id::{ContentId, IdParseError, ShardHash};
 pub use manifest::{

@@ -11,9 +11,9 @@ use rbee_proto::{
 
 use crate::catalog::CatalogEntry;
 use crate::error::{IoContext, StoreError};
-use crate::quant;
 use crate::safetensors;
 use crate::store::{Progress, Store, home};
+use rbee_proto::quant;
 
 /// Where an import reads from.
 #[derive(Debug, Clone, PartialEq, Eq)]

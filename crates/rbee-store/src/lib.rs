@@ -27,7 +27,8 @@ mod error;
 mod fsutil;
 mod import;
 mod partial;
-pub mod quant;
+/// The GGUF file choice lives in `rbee-proto` (the hub client needs it too); re-exported here.
+pub use rbee_proto::quant;
 mod safetensors;
 mod store;
 

@@ -1,6 +1,8 @@
-//! `ProvisionerActor`: gets models onto this node. Today: imports from local sources (files,
-//! folders, Ollama, the HuggingFace cache), reported as job events; pulls from peers and
-//! HuggingFace plug in here in later issues. One import per source at a time.
+//! `ProvisionerActor`: gets models onto this node: imports from local sources (files, folders,
+//! Ollama, the HuggingFace cache) and pulls of HuggingFace references (see [`crate::pull`]:
+//! catalog, then the pool, then the hub), reported as job events. One import per source at a
+//! time; pulls of the same reference may run side by side, because the HF cache's per-file lock
+//! makes the second wait for the first one's download instead of downloading again.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,11 +13,18 @@ use rbee_store::{ImportSource, Store};
 
 use super::Handle;
 use crate::jobs::{Job, JobEvent};
+use crate::pull::PullEvent;
 
 pub enum ProvisionerMsg {
     Import {
         source: String,
         name: Option<String>,
+        job: Arc<Job>,
+    },
+    /// Pull a HuggingFace reference with `hub`.
+    Pull {
+        hf: rbee_proto::HfRef,
+        hub: Box<rbee_hub::Hub>,
         job: Arc<Job>,
     },
     /// Internal: an import finished.
@@ -56,6 +65,19 @@ impl Actor for ProvisionerActor {
             ProvisionerMsg::Finished(source) => {
                 st.running.remove(&source);
             }
+            ProvisionerMsg::Pull { hf, hub, job } => {
+                let store = st.store.clone();
+                let watcher = job.clone();
+                let task = tokio::task::spawn_blocking(move || pull(&store, &hub, &hf, &job));
+                // The pull notices a cancel between reads; a stalled connection could delay that,
+                // so the job itself ends at once (nothing is cataloged after a cancel).
+                tokio::spawn(async move {
+                    tokio::select! {
+                        _ = watcher.cancelled() => watcher.fail("cancelled"),
+                        _ = task => {}
+                    }
+                });
+            }
             ProvisionerMsg::Import { source, name, job } => {
                 if !st.running.insert(source.clone()) {
                     job.fail(format!("an import of `{source}` is already running"));
@@ -69,6 +91,64 @@ impl Actor for ProvisionerActor {
             }
         }
         Ok(())
+    }
+}
+
+/// Progress events at most every 100 ms, with rate and ETA over the current phase.
+struct Throttle {
+    started: Instant,
+    last: Option<Instant>,
+}
+
+impl Throttle {
+    fn new() -> Self {
+        Throttle {
+            started: Instant::now(),
+            last: None,
+        }
+    }
+
+    fn restart(&mut self) {
+        *self = Throttle::new();
+    }
+
+    fn progress(&mut self, job: &Job, done: u64, total: u64) {
+        if self.last.is_some_and(|l| l.elapsed().as_millis() < 100) && done < total {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        job.emit(JobEvent::Progress {
+            done,
+            total,
+            rate_bytes_per_sec: rate,
+            eta_secs: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
+        });
+    }
+}
+
+fn pull(store: &Store, hub: &rbee_hub::Hub, hf: &rbee_proto::HfRef, job: &Job) {
+    let mut throttle = Throttle::new();
+    let result = crate::pull::pull(store, hub, hf, &|| job.is_cancelled(), &mut |e| match e {
+        PullEvent::Phase(p) => {
+            throttle.restart();
+            job.phase(p);
+        }
+        PullEvent::Progress { done, total } => throttle.progress(job, done, total),
+    });
+    match result {
+        Ok(out) => job.done(serde_json::json!({
+            "name": out.import.name,
+            "content_id": out.import.content_id.to_hex(),
+            "already_present": out.import.already_present,
+            "size": out.import.manifest.total_size(),
+            "from": out.from,
+            "commit": out.commit,
+            "transferred": out.transferred,
+            "source": format!("hf:{hf}"),
+        })),
+        Err(e) => job.fail(e),
     }
 }
 

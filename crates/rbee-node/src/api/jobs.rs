@@ -83,18 +83,28 @@ pub async fn create(
             .into_response();
         }
     };
-    if let JobRequest::ModelPull { model } = &req {
-        return NodeError::BadRequest(format!(
-            "model_pull of `{model}` is not available yet: pulling from peers and HuggingFace arrives with the pool issues; use model_import"
-        ))
-        .into_response();
-    }
+    let pull = match &req {
+        JobRequest::ModelPull { model } => match pull_target(&ctx, model) {
+            Ok(p) => Some(p),
+            Err(e) => return e.into_response(),
+        },
+        _ => None,
+    };
     let job = ctx.jobs.create(req.operation());
     let id = job.id.clone();
     match req {
         JobRequest::ModelImport { source, name } => {
             ctx.provisioner
                 .cast(ProvisionerMsg::Import { source, name, job });
+        }
+        JobRequest::ModelPull { .. } => {
+            if let Some((hf, hub)) = pull {
+                ctx.provisioner.cast(ProvisionerMsg::Pull {
+                    hf,
+                    hub: Box::new(hub),
+                    job,
+                });
+            }
         }
         other => {
             let ctx = ctx.clone();
@@ -106,6 +116,27 @@ pub async fn create(
         Json(json!({"job_id": id, "stream_url": format!("/v1/jobs/{id}/stream")})),
     )
         .into_response()
+}
+
+/// A pull needs a HuggingFace reference and a hub client; anything else is refused up front.
+fn pull_target(
+    ctx: &NodeContext,
+    model: &str,
+) -> Result<(rbee_proto::HfRef, rbee_hub::Hub), NodeError> {
+    let hf = match model.parse::<ModelRef>()? {
+        ModelRef::HuggingFace(hf) => hf,
+        other => {
+            return Err(NodeError::BadRequest(format!(
+                "model_pull takes a HuggingFace reference (`org/repo`, `org/repo:file.gguf`, `org/repo@revision`); `{other}` is not one (pulling by name or content id from peers comes with the pool)"
+            )));
+        }
+    };
+    let hub = ctx.hub.clone().ok_or_else(|| {
+        NodeError::Unavailable(
+            "this node has no HuggingFace cache dir: start it with HF_HOME or --hf-home set".into(),
+        )
+    })?;
+    Ok((hf, hub))
 }
 
 async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
