@@ -106,7 +106,7 @@ impl Sim {
         self.tick += 1;
         // Publish once per interval (nodes are staggered by index).
         for i in 0..N {
-            if self.nodes[i].alive && (self.tick + i as u64) % INTERVAL_TICKS == 0 {
+            if self.nodes[i].alive && (self.tick + i as u64).is_multiple_of(INTERVAL_TICKS) {
                 self.nodes[i].status.seq = self.tick;
                 let st = self.nodes[i].status.clone();
                 for &j in &self.edges[i] {
@@ -250,7 +250,7 @@ fn two_hundred_nodes_join_split_heal_and_lose_members_with_valid_routes() {
     // A random mesh of degree ~6 that stays connected within each half (a ring per half),
     // plus random links across.
     let mut edges = vec![Vec::new(); N];
-    let mut link = |a: usize, b: usize, edges: &mut Vec<Vec<usize>>| {
+    let link = |a: usize, b: usize, edges: &mut Vec<Vec<usize>>| {
         if a != b && !edges[a].contains(&b) {
             edges[a].push(b);
             edges[b].push(a);
