@@ -54,6 +54,14 @@ pub struct NodeConfig {
     /// Fallback chains: a name that maps to models tried in order, the next one when the
     /// previous has no capacity anywhere in the pool (`[routes] chat = ["big", "small"]`).
     pub routes: std::collections::BTreeMap<String, Vec<String>>,
+    /// Shard uploads to peers at once; more get "busy" and try another peer.
+    pub max_uploads: usize,
+    /// Upload bandwidth cap for serving shards, bytes per second (none: unlimited).
+    pub max_upload_rate: Option<u64>,
+    /// Models (names) this node keeps to itself: not announced as shared, not served.
+    pub not_shared: Vec<String>,
+    /// Test-only fault injection: flip a bit in every shard served (proves pullers detect it).
+    pub fault_corrupt_uploads: bool,
 }
 
 impl Default for NodeConfig {
@@ -80,6 +88,10 @@ impl Default for NodeConfig {
             mdns: true,
             status_interval_ms: 1000,
             routes: Default::default(),
+            max_uploads: 4,
+            max_upload_rate: None,
+            not_shared: Vec::new(),
+            fault_corrupt_uploads: false,
         }
     }
 }
@@ -212,6 +224,21 @@ impl NodeConfig {
         }
         if let Some(v) = env_parse("RBEE_MDNS")? {
             self.mdns = v;
+        }
+        if let Some(v) = env_parse("RBEE_MAX_UPLOADS")? {
+            self.max_uploads = v;
+        }
+        if let Some(v) = env("RBEE_MAX_UPLOAD_RATE") {
+            self.max_upload_rate = Some(parse_bytes(&v).map_err(|reason| ConfigError::Env {
+                var: "RBEE_MAX_UPLOAD_RATE",
+                reason,
+            })?);
+        }
+        if let Some(v) = env("RBEE_NOT_SHARED") {
+            self.not_shared = list(&v);
+        }
+        if let Some(v) = env_parse("RBEE_FAULT_CORRUPT_UPLOADS")? {
+            self.fault_corrupt_uploads = v;
         }
         if let Some(v) = env_parse("RBEE_STATUS_INTERVAL_MS")? {
             self.status_interval_ms = v;

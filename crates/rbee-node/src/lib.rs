@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod pool;
 pub mod pull;
+pub mod share;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -33,6 +34,8 @@ pub use crate::error::NodeError;
 #[derive(Debug)]
 pub struct NodeContext {
     pub name: String,
+    /// The model store (the catalog actor owns catalog changes; sharing reads it).
+    pub store: Store,
     /// Where the HTTP API listens.
     pub api_addr: SocketAddr,
     /// The pool network; `None` when the node runs alone (no pool key).
@@ -139,6 +142,7 @@ pub async fn run(
     };
     let ctx = Arc::new(NodeContext {
         name,
+        store: store.clone(),
         api_addr: addr,
         net: net.clone(),
         pool,
@@ -198,6 +202,7 @@ pub async fn run(
     let mut background = Vec::new();
     if let Some(net) = net {
         background.push(tokio::spawn(pool::publish_status(ctx.clone(), net.clone())));
+        background.push(tokio::spawn(share::serve_shards(ctx.clone(), net.clone())));
         background.push(tokio::spawn(pool::serve_infer(ctx.clone(), net)));
     }
 

@@ -14,6 +14,9 @@ pub struct Metrics {
     pub loads: AtomicU64,
     load_millis: AtomicU64,
     pub evictions: AtomicU64,
+    /// Shards sent to peers, and their bytes.
+    pub shards_served: AtomicU64,
+    pub shard_bytes_served: AtomicU64,
 }
 
 /// Point-in-time values the metrics endpoint asks the actors for.
@@ -71,6 +74,18 @@ impl Metrics {
             "rbee_prompt_tokens_total",
             "Prompt tokens processed.",
             self.prompt_tokens.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rbee_shards_served_total",
+            "Model shards sent to peers.",
+            self.shards_served.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rbee_shard_bytes_served_total",
+            "Bytes of model shards sent to peers.",
+            self.shard_bytes_served.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

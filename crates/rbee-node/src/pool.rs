@@ -99,7 +99,7 @@ async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, NodeError> {
                 .collect(),
             source: source_ref(&r.manifest.source),
             size: r.manifest.total_size(),
-            shared: true,
+            shared: !ctx.config.not_shared.iter().any(|n| r.entry.answers_to(n)),
         })
         .collect())
 }

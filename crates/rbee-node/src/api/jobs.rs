@@ -83,10 +83,13 @@ pub async fn create(
             .into_response();
         }
     };
+    // A pull goes to the pool first; only a HuggingFace reference can fall back to the hub,
+    // so anything else is checked up front when this node is not in a pool.
     let pull = match &req {
-        JobRequest::ModelPull { model } => match pull_target(&ctx, model) {
-            Ok(p) => Some(p),
-            Err(e) => return e.into_response(),
+        JobRequest::ModelPull { model } => match (pull_target(&ctx, model), &ctx.net) {
+            (Ok(p), _) => Some(Ok(p)),
+            (Err(e), Some(_)) => Some(Err(e)),
+            (Err(e), None) => return e.into_response(),
         },
         _ => None,
     };
@@ -97,14 +100,26 @@ pub async fn create(
             ctx.provisioner
                 .cast(ProvisionerMsg::Import { source, name, job });
         }
-        JobRequest::ModelPull { .. } => {
-            if let Some((hf, hub)) = pull {
-                ctx.provisioner.cast(ProvisionerMsg::Pull {
-                    hf,
-                    hub: Box::new(hub),
-                    job,
-                });
-            }
+        JobRequest::ModelPull { model } => {
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                match pool_first(&ctx, &model, &job).await {
+                    Ok(Some(outcome)) => return job.done(outcome),
+                    Err(e) => return job.fail(e),
+                    Ok(None) => {}
+                }
+                match pull {
+                    Some(Ok((hf, hub))) => ctx.provisioner.cast(ProvisionerMsg::Pull {
+                        hf,
+                        hub: Box::new(hub),
+                        job,
+                    }),
+                    Some(Err(e)) => job.fail(NodeError::NotFound(format!(
+                        "no peer in the pool has `{model}`, and it cannot come from HuggingFace: {e}"
+                    ))),
+                    None => job.fail(NodeError::Internal("pull without a target".into())),
+                }
+            });
         }
         other => {
             let ctx = ctx.clone();
@@ -116,6 +131,31 @@ pub async fn create(
         Json(json!({"job_id": id, "stream_url": format!("/v1/jobs/{id}/stream")})),
     )
         .into_response()
+}
+
+/// The pool step of a pull: the local catalog, then peers. `Ok(None)`: nobody has it, go on
+/// to the hub.
+async fn pool_first(
+    ctx: &NodeContext,
+    model: &str,
+    job: &Arc<Job>,
+) -> Result<Option<serde_json::Value>, NodeError> {
+    if let Ok(r) = model.parse::<ModelRef>()
+        && let Ok(found) = ctx.catalog.resolve(r).await
+    {
+        return Ok(Some(
+            json!({"name": found.name(), "content_id": found.id().to_hex(),
+            "already_present": true, "source": "local", "size": found.record.manifest.total_size()}),
+        ));
+    }
+    match crate::share::pull_from_pool(ctx, model, job).await {
+        Ok(Some(out)) => Ok(Some(
+            json!({"name": out.name, "content_id": out.content_id.to_hex(),
+            "already_present": out.already_present, "source": "pool", "size": out.manifest.total_size()}),
+        )),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A pull needs a HuggingFace reference and a hub client; anything else is refused up front.

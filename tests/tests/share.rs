@@ -1,0 +1,230 @@
+//! Model sharing between real node processes on loopback: a model stored on two nodes is
+//! pulled by a third from both at once, verified; a source that dies mid-pull, a source that
+//! sends corrupt bytes, and a puller killed mid-pull and restarted all end in a complete,
+//! byte-identical model.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rbee_tests::{NodeProcess, demo_model, free_port, http, import_demo, rbee};
+use serde_json::{Value, json};
+
+fn pool_key(tmp: &Path) -> String {
+    let out = rbee(&tmp.join("keygen"), &["pool", "new"]);
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+struct Member {
+    node: NodeProcess,
+    p2p: String,
+    data: PathBuf,
+}
+
+/// A node in the pool; `config` is written as its config file (TOML).
+fn member(tmp: &Path, name: &str, key: &str, bootstrap: Option<&str>, config: &str) -> Member {
+    let data = tmp.join(name);
+    std::fs::create_dir_all(&data).unwrap();
+    let config_path = tmp.join(format!("{name}.toml"));
+    std::fs::write(&config_path, config).unwrap();
+    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+    let mut args = vec![
+        "--config",
+        config_path.to_str().unwrap(),
+        "--name",
+        name,
+        "--pool-key",
+        key,
+        "--p2p-addr",
+        &p2p,
+        "--no-mdns",
+    ];
+    if let Some(b) = bootstrap {
+        args.extend(["--bootstrap", b]);
+    }
+    let node = NodeProcess::start(&data, &args);
+    Member { node, p2p, data }
+}
+
+fn sees(node: &NodeProcess, peers: usize) {
+    let start = Instant::now();
+    while node.get_json("/v1/pool")["peers"].as_array().unwrap().len() < peers {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pool did not form:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Give the statuses (with the models on disk) a moment to arrive.
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// Starts a `model_pull` job; returns its stream URL.
+fn start_pull(node: &NodeProcess, model: &str) -> String {
+    let v: Value = http()
+        .post(&node.url("/v1/jobs"))
+        .send_json(json!({"operation": "model_pull", "model": model}))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    v["stream_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{v}"))
+        .to_string()
+}
+
+/// Follows a job to its end: (all event data lines, the final event).
+fn follow(node: &NodeProcess, url: &str) -> (String, Value) {
+    let text = http()
+        .get(&node.url(url))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let last = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .last()
+        .unwrap();
+    (text, last)
+}
+
+fn sha256(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+/// The one file of a single-file model's view.
+fn pulled_file(data: &Path, cid: &str) -> PathBuf {
+    let mut files = std::fs::read_dir(data.join("views").join(cid)).unwrap();
+    files.next().unwrap().unwrap().path()
+}
+
+fn served(node: &NodeProcess) -> u64 {
+    let text = http()
+        .get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("rbee_shards_served_total "))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+#[test]
+fn a_model_on_two_nodes_is_pulled_from_both_verified_and_identical() {
+    let Some(model) = demo_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let a = member(tmp.path(), "src-a", &key, None, "");
+    let b = member(tmp.path(), "src-b", &key, Some(&a.p2p), "");
+    import_demo(&a.data, "demo").unwrap();
+    import_demo(&b.data, "demo").unwrap();
+    let c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
+    sees(&c.node, 2);
+    let started = Instant::now();
+    let (events, last) = follow(&c.node, &start_pull(&c.node, "demo"));
+    assert_eq!(last["type"], "done", "{events}\n{}", c.node.log_text());
+    eprintln!("pulled 253 MB from two peers in {:?}", started.elapsed());
+    let result = &last["result"];
+    assert_eq!(result["source"], "pool");
+    assert!(events.contains("from 2 peer(s)"), "{events}");
+    assert!(events.contains("\"type\":\"progress\""), "{events}");
+    // Same content id (BLAKE3 over the manifest of shard hashes) and same sha256 as the source.
+    let cid = result["content_id"].as_str().unwrap();
+    let list = rbee(&a.data, &["models", "ls", "--json"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains(cid));
+    assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
+    // Both sources served shards.
+    let (sa, sb) = (served(&a.node), served(&b.node));
+    assert!(sa > 0 && sb > 0, "served: a {sa}, b {sb}");
+    // The pulled model answers requests on the puller itself.
+    let mut resp = http()
+        .post(&c.node.url("/v1/completions"))
+        .send_json(
+            json!({"model": "demo", "prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+        )
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers().get("x-rbee-node").unwrap(), "puller");
+    let _: Value = resp.body_mut().read_json().unwrap();
+    // A second pull is a no-op.
+    let (_, again) = follow(&c.node, &start_pull(&c.node, "demo"));
+    assert_eq!(again["result"]["already_present"], true, "{again}");
+}
+
+#[test]
+fn a_corrupt_source_is_dropped_a_dead_source_is_survived_and_a_killed_puller_resumes() {
+    let Some(model) = demo_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    // Sources slowed to 30 MB/s each so the pull takes seconds; `liar` flips a bit in every
+    // shard it sends.
+    let slow = "max_upload_rate = 30000000\n";
+    let a = member(tmp.path(), "honest", &key, None, slow);
+    let liar = member(
+        tmp.path(),
+        "liar",
+        &key,
+        Some(&a.p2p),
+        &format!("{slow}fault_corrupt_uploads = true\n"),
+    );
+    let mut b = member(tmp.path(), "doomed", &key, Some(&a.p2p), slow);
+    for m in [&a, &liar, &b] {
+        import_demo(&m.data, "demo").unwrap();
+    }
+    let mut c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
+    sees(&c.node, 3);
+
+    // Kill the puller a second into its pull, then restart it on the same data dir.
+    let _ = start_pull(&c.node, "demo");
+    std::thread::sleep(Duration::from_millis(1500));
+    c.node.child.kill().unwrap();
+    c.node.child.wait().unwrap();
+    let partial = c.data.join("partial");
+    assert!(
+        partial.read_dir().unwrap().next().is_some(),
+        "a partial pull should be on disk"
+    );
+    let ls = rbee(&c.data, &["models", "ls"]);
+    assert!(
+        !String::from_utf8_lossy(&ls.stdout).contains("demo"),
+        "nothing partial in the catalog"
+    );
+    let c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
+    sees(&c.node, 3);
+
+    // Resume; kill `doomed` while the pull runs.
+    let url = start_pull(&c.node, "demo");
+    std::thread::sleep(Duration::from_millis(800));
+    b.node.child.kill().unwrap();
+    b.node.child.wait().unwrap();
+    let (events, last) = follow(&c.node, &url);
+    assert_eq!(last["type"], "done", "{events}\n{}", c.node.log_text());
+    // Resumed: the second pull started with shards already verified.
+    let resumed = events
+        .lines()
+        .find(|l| l.contains("already verified"))
+        .unwrap_or_else(|| panic!("{events}"));
+    assert!(!resumed.contains("(0 already verified)"), "{resumed}");
+    let log = c.node.log_text();
+    assert!(log.contains("peer sent a corrupt shard"), "{log}");
+    let cid = last["result"]["content_id"].as_str().unwrap();
+    assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
+    assert!(
+        c.data.join("partial").read_dir().unwrap().next().is_none(),
+        "partial dir cleaned up"
+    );
+}
