@@ -89,7 +89,7 @@ fn follow(node: &NodeProcess, url: &str) -> (String, Value) {
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .last()
+        .next_back()
         .unwrap();
     (text, last)
 }

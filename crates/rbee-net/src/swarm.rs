@@ -290,6 +290,8 @@ pub struct EventLoop {
     /// the last one: statuses are rate-limited to one per quarter interval).
     publish_due: bool,
     last_seq: u64,
+    /// A Kademlia bootstrap ran since the first peer was identified.
+    bootstrapped: bool,
     config: NetConfig,
 }
 
@@ -350,6 +352,7 @@ impl EventLoop {
             last_publish: None,
             publish_due: false,
             last_seq: 0,
+            bootstrapped: false,
             config,
         };
         Ok((client, ev_rx, event_loop))
@@ -510,7 +513,11 @@ impl EventLoop {
         if change == Change::Joined {
             tracing::info!(peer = %source, %name, "peer joined the pool view");
             self.emit(Event::PeerJoined { peer: source, name });
-            // Requests may be forwarded to it: connect directly (addresses from Kademlia).
+            // Requests may be forwarded to it: connect directly (addresses from Kademlia;
+            // a lookup finds them when the routing table does not have them yet).
+            if !self.swarm.is_connected(&source) {
+                self.swarm.behaviour_mut().kad.get_closest_peers(source);
+            }
             self.dial_peer(source, Vec::new());
         }
     }
@@ -577,6 +584,11 @@ impl EventLoop {
             })) => {
                 for addr in info.listen_addrs {
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, addr);
+                }
+                // The first peer we know: ask it at once who else is in the pool, so peers
+                // reached only through it become dialable now, not at the next redial tick.
+                if !self.bootstrapped {
+                    self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {

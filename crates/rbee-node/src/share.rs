@@ -30,7 +30,7 @@ const REPLY_CAP: usize = rbee_proto::codec::MAX_MESSAGE_SIZE;
 /// Longest wait for one shard (4 MiB) before the peer counts as stalled.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight per peer during a pull.
-const PER_PEER: usize = 2;
+const PER_PEER: usize = 4;
 /// Consecutive failures after which a peer is dropped from a pull.
 const MAX_PEER_FAILURES: u32 = 3;
 /// Bytes written per rate-limiter step.
