@@ -11,7 +11,7 @@
 use std::io::{BufRead, BufReader};
 use std::time::{Duration, Instant};
 
-use rbee_tests::{NodeProcess, free_port, http, import_demo, rbee};
+use rbee_tests::{NodeProcess, free_port, http, import_demo, pool_key};
 use serde_json::{Value, json};
 
 fn ttft(node: &NodeProcess) -> Duration {
@@ -56,8 +56,7 @@ fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100);
     let tmp = tempfile::tempdir().unwrap();
-    let key = String::from_utf8(rbee(&tmp.path().join("k"), &["pool", "new"]).stdout).unwrap();
-    let key = key.trim();
+    let key = &pool_key(tmp.path());
     let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
     import_demo(&b_dir, "demo").expect("the demo model (scripts/fetch-demo-model)");
     std::fs::create_dir_all(&a_dir).unwrap();

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rbee_tests::{NodeProcess, demo_model, free_port, http, import_demo, rbee};
+use rbee_tests::{Member, NodeProcess, demo_model, http, import_demo, pool_key};
 use serde_json::{Value, json};
 
 /// Sends the file over a loopback socket into a new file (fsynced), like a pull must.
@@ -51,29 +51,11 @@ impl Pool {
         config: &str,
         with_model: bool,
     ) -> (NodeProcess, String) {
-        let data = self.tmp.path().join(name);
-        std::fs::create_dir_all(&data).unwrap();
         if with_model {
-            import_demo(&data, "demo").unwrap();
+            import_demo(&self.tmp.path().join(name), "demo").unwrap();
         }
-        let cfg = self.tmp.path().join(format!("{name}.toml"));
-        std::fs::write(&cfg, config).unwrap();
-        let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-        let mut args = vec![
-            "--config",
-            cfg.to_str().unwrap(),
-            "--name",
-            name,
-            "--pool-key",
-            &self.key,
-            "--p2p-addr",
-            &p2p,
-            "--no-mdns",
-        ];
-        if let Some(b) = bootstrap {
-            args.extend(["--bootstrap", b]);
-        }
-        (NodeProcess::start(&data, &args), p2p)
+        let m = Member::start(self.tmp.path(), name, &self.key, bootstrap, config, &[]);
+        (m.node, m.p2p)
     }
 }
 
@@ -120,10 +102,7 @@ fn main() {
     let model = demo_model().expect("the demo model (scripts/fetch-demo-model)");
     let size = std::fs::metadata(&model).unwrap().len() as f64 / 1e6;
     let tmp = tempfile::tempdir().unwrap();
-    let key = String::from_utf8(rbee(&tmp.path().join("k"), &["pool", "new"]).stdout)
-        .unwrap()
-        .trim()
-        .to_string();
+    let key = pool_key(tmp.path());
 
     let raw = raw_tcp_copy(&model, &tmp.path().join("raw-copy"));
 

@@ -88,12 +88,22 @@ pub fn demo_model() -> Option<PathBuf> {
     path
 }
 
-/// A free TCP port on loopback (bound, read, released).
+/// A free TCP port on loopback (bound, read, released), never the same one twice in this
+/// process: tests run in parallel, and the kernel readily hands a just-released port to the
+/// next caller, so two nodes could otherwise be told the same port.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running `rbee-node join`, killed when dropped.
@@ -131,7 +141,16 @@ impl NodeProcess {
             .http_status_as_error(false)
             .build()
             .into();
+        let mut node = node;
         while std::time::Instant::now() < deadline {
+            // Our process must be the one answering: a node that failed to start must not be
+            // mistaken for another one on the same port.
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!(
+                    "node exited ({status}) before answering; log:\n{}",
+                    node.log_text()
+                );
+            }
             if agent.get(&format!("{}/health", node.base)).call().is_ok() {
                 return node;
             }
@@ -188,5 +207,63 @@ impl NodeProcess {
             .body_mut()
             .read_json()
             .expect("a JSON body")
+    }
+}
+
+/// A fresh pool key from the real CLI (`rbee-node pool new`).
+pub fn pool_key(scratch: &Path) -> String {
+    let out = rbee(&scratch.join("keygen"), &["pool", "new"]);
+    assert!(out.status.success(), "pool new failed");
+    let key = String::from_utf8(out.stdout)
+        .expect("UTF-8")
+        .trim()
+        .to_string();
+    assert_eq!(key.len(), 64, "{key}");
+    key
+}
+
+/// A `rbee-node join` in a pool on loopback: its own p2p port, no mDNS.
+#[derive(Debug)]
+pub struct Member {
+    pub node: NodeProcess,
+    /// Its p2p address, to bootstrap others from.
+    pub p2p: String,
+    pub data: PathBuf,
+}
+
+impl Member {
+    /// Starts node `name` over `<dir>/<name>` with the config file text `config`, joined to
+    /// `bootstrap` if given; `extra` are more `join` flags.
+    pub fn start(
+        dir: &Path,
+        name: &str,
+        key: &str,
+        bootstrap: Option<&str>,
+        config: &str,
+        extra: &[&str],
+    ) -> Member {
+        let data = dir.join(name);
+        std::fs::create_dir_all(&data).expect("data dir");
+        let config_path = dir.join(format!("{name}.toml"));
+        std::fs::write(&config_path, config).expect("config file");
+        let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
+        let config_arg = config_path.to_str().expect("UTF-8 path");
+        let mut args = vec![
+            "--config",
+            config_arg,
+            "--name",
+            name,
+            "--pool-key",
+            key,
+            "--p2p-addr",
+            &p2p,
+            "--no-mdns",
+        ];
+        if let Some(b) = bootstrap {
+            args.extend(["--bootstrap", b]);
+        }
+        args.extend(extra);
+        let node = NodeProcess::start(&data, &args);
+        Member { node, p2p, data }
     }
 }

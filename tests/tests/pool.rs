@@ -7,40 +7,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rbee_tests::{NodeProcess, free_port, http, import_demo, rbee};
+use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key, rbee};
 use serde_json::{Value, json};
 
-/// A fresh pool key from the real CLI.
-fn pool_key(tmp: &Path) -> String {
-    let out = rbee(&tmp.join("keygen"), &["pool", "new"]);
-    assert!(out.status.success());
-    let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
-    assert_eq!(key.len(), 64, "{key}");
-    key
-}
-
-struct Member {
-    node: NodeProcess,
-    p2p: String,
-}
-
-fn member(data: &Path, name: &str, key: &str, bootstrap: Option<&str>, extra: &[&str]) -> Member {
-    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let mut args = vec![
-        "--name",
-        name,
-        "--pool-key",
-        key,
-        "--p2p-addr",
-        &p2p,
-        "--no-mdns",
-    ];
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    args.extend(extra);
-    let node = NodeProcess::start(data, &args);
-    Member { node, p2p }
+fn member(tmp: &Path, name: &str, key: &str, bootstrap: Option<&str>, extra: &[&str]) -> Member {
+    Member::start(tmp, name, key, bootstrap, "", extra)
 }
 
 fn peer_names(node: &NodeProcess) -> Vec<String> {
@@ -125,9 +96,9 @@ fn requests_reach_the_node_with_the_model_and_fail_over_when_it_dies() {
     let tmp = tempfile::tempdir().unwrap();
     let key = pool_key(tmp.path());
     let (a_dir, b_dir, c_dir) = (
-        tmp.path().join("a"),
-        tmp.path().join("b"),
-        tmp.path().join("c"),
+        tmp.path().join("node-a"),
+        tmp.path().join("node-b"),
+        tmp.path().join("node-c"),
     );
     // B and C have the model (B loads it at start); A has none.
     if import_demo(&b_dir, "demo").is_none() {
@@ -135,9 +106,15 @@ fn requests_reach_the_node_with_the_model_and_fail_over_when_it_dies() {
     }
     import_demo(&c_dir, "demo").unwrap();
     std::fs::create_dir_all(&a_dir).unwrap();
-    let a = member(&a_dir, "node-a", &key, None, &[]);
-    let mut b = member(&b_dir, "node-b", &key, Some(&a.p2p), &["--preload", "demo"]);
-    let c = member(&c_dir, "node-c", &key, Some(&a.p2p), &[]);
+    let a = member(tmp.path(), "node-a", &key, None, &[]);
+    let mut b = member(
+        tmp.path(),
+        "node-b",
+        &key,
+        Some(&a.p2p),
+        &["--preload", "demo"],
+    );
+    let c = member(tmp.path(), "node-c", &key, Some(&a.p2p), &[]);
 
     let joined = wait_for(
         &a.node,
@@ -214,15 +191,9 @@ fn a_node_without_the_pool_key_sees_nothing_and_is_seen_by_no_one() {
     let key = pool_key(tmp.path());
     let other_key = pool_key(tmp.path());
     assert_ne!(key, other_key);
-    let a = member(&tmp.path().join("a"), "node-a", &key, None, &[]);
-    let b = member(&tmp.path().join("b"), "node-b", &key, Some(&a.p2p), &[]);
-    let outsider = member(
-        &tmp.path().join("x"),
-        "outsider",
-        &other_key,
-        Some(&a.p2p),
-        &[],
-    );
+    let a = member(tmp.path(), "node-a", &key, None, &[]);
+    let b = member(tmp.path(), "node-b", &key, Some(&a.p2p), &[]);
+    let outsider = member(tmp.path(), "outsider", &other_key, Some(&a.p2p), &[]);
     wait_for(&a.node, "A sees B", 30, |v| {
         v["peers"].as_array().unwrap().len() == 1
     });

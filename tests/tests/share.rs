@@ -8,43 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbee_tests::{NodeProcess, demo_model, free_port, http, import_demo, rbee};
+use rbee_tests::{Member, NodeProcess, demo_model, http, import_demo, pool_key, rbee};
 use serde_json::{Value, json};
-
-fn pool_key(tmp: &Path) -> String {
-    let out = rbee(&tmp.join("keygen"), &["pool", "new"]);
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
-struct Member {
-    node: NodeProcess,
-    p2p: String,
-    data: PathBuf,
-}
 
 /// A node in the pool; `config` is written as its config file (TOML).
 fn member(tmp: &Path, name: &str, key: &str, bootstrap: Option<&str>, config: &str) -> Member {
-    let data = tmp.join(name);
-    std::fs::create_dir_all(&data).unwrap();
-    let config_path = tmp.join(format!("{name}.toml"));
-    std::fs::write(&config_path, config).unwrap();
-    let p2p = format!("/ip4/127.0.0.1/tcp/{}", free_port());
-    let mut args = vec![
-        "--config",
-        config_path.to_str().unwrap(),
-        "--name",
-        name,
-        "--pool-key",
-        key,
-        "--p2p-addr",
-        &p2p,
-        "--no-mdns",
-    ];
-    if let Some(b) = bootstrap {
-        args.extend(["--bootstrap", b]);
-    }
-    let node = NodeProcess::start(&data, &args);
-    Member { node, p2p, data }
+    Member::start(tmp, name, key, bootstrap, config, &[])
 }
 
 fn sees(node: &NodeProcess, peers: usize) {
