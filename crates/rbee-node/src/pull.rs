@@ -1,8 +1,10 @@
-//! `model_pull` of a HuggingFace reference: this node's catalog, then the pool, then the hub.
-//! Shared by the `ProvisionerActor` (as a job) and `rbee-node models pull` without a node.
+//! `model_pull` of a HuggingFace reference from the hub. Shared by the `ProvisionerActor` (as a
+//! job) and `rbee-node models pull` without a node. A node's job asks its pool first
+//! ([`crate::share::pull_from_pool`]) and only comes here when no peer has the model; a pull
+//! without a node has no pool to ask.
 //!
 //! Order: (1) the local catalog already has a model imported from this reference → done;
-//! (2) [`ask_the_pool`] (today: nothing, see there); (3) the hub: list the repo, choose the
+//! (2) the hub: list the repo, choose the
 //! files, download them resumably into the HF cache (`rbee_hub`), then import the snapshot into
 //! the store with its source (repo, commit, file) recorded, so `org/repo:file` finds it later.
 //! Cancellation is honoured until the import starts; the import itself hard-links from the
@@ -37,14 +39,6 @@ pub struct PullOutcome {
     pub transferred: u64,
 }
 
-/// The pool-first step. **Today it always returns `None`**: this node is not in a pool yet.
-/// The model-sharing issue (#6) fills it in: find peers whose catalog holds a model with this
-/// HuggingFace source, fetch its manifest and pull its shards from them through the store's
-/// partial pulls, and return the content id. A `None` here means "go to the hub", nothing else.
-pub fn ask_the_pool(_store: &Store, _hf: &HfRef) -> Option<ContentId> {
-    None
-}
-
 /// Pulls `hf` into `store`; `cancel` is polled between chunks.
 pub fn pull(
     store: &Store,
@@ -56,10 +50,6 @@ pub fn pull(
     let as_ref = ModelRef::HuggingFace(hf.clone());
     if let Ok(rec) = store.resolve(&as_ref) {
         return existing(store, rec.entry.content_id, "local");
-    }
-    events(PullEvent::Phase("asking the pool"));
-    if let Some(id) = ask_the_pool(store, hf) {
-        return existing(store, id, "pool");
     }
     events(PullEvent::Phase("resolving"));
     let mut downloading = false;
