@@ -157,9 +157,25 @@ fn a_corrupt_source_is_dropped_a_dead_source_is_survived_and_a_killed_puller_res
     let mut c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
     sees(&c.node, 3);
 
-    // Kill the puller a second into its pull, then restart it on the same data dir.
+    // Kill the puller once it has recorded verified shards (the store checkpoints every 16),
+    // then restart it on the same data dir.
     let _ = start_pull(&c.node, "demo");
-    std::thread::sleep(Duration::from_millis(1500));
+    let recorded = || {
+        std::fs::read_dir(c.data.join("partial"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|d| d.path().join("verified").exists())
+    };
+    let start = Instant::now();
+    while !recorded() {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no progress recorded:\n{}",
+            c.node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     c.node.child.kill().unwrap();
     c.node.child.wait().unwrap();
     let partial = c.data.join("partial");
