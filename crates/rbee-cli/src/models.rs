@@ -22,9 +22,11 @@ pub enum ModelsCommand {
         #[arg(long)]
         name: Option<String>,
     },
-    /// Pull a model from HuggingFace: `org/repo` (GGUF chosen Q4_K_M > Q5_K_M > Q4_0 > Q5_0 >
-    /// Q8_0 > smallest, or the safetensors model), `org/repo:file.gguf`, `org/repo@revision`.
-    /// Through the running node if there is one; Ctrl-C cancels (the next pull resumes).
+    /// Pull a model: through the running node, from the pool's peers that have it (any name,
+    /// alias, content id or HuggingFace reference they know it by), else from HuggingFace:
+    /// `org/repo` (GGUF chosen Q4_K_M > Q5_K_M > Q4_0 > Q5_0 > Q8_0 > smallest, or the
+    /// safetensors model), `org/repo:file.gguf`, `org/repo@revision`. Without a running node,
+    /// HuggingFace only. Ctrl-C cancels (the next pull resumes).
     Pull {
         model: String,
     },
