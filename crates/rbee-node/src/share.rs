@@ -88,8 +88,9 @@ impl RateLimit {
 #[derive(Default)]
 struct ShardIndex {
     built: Option<Instant>,
-    shards: HashMap<ShardHash, (Manifest, usize, usize)>,
-    manifests: HashMap<ContentId, Manifest>,
+    /// Each shard's model (shared, not copied per shard) and its file and shard index.
+    shards: HashMap<ShardHash, (Arc<Manifest>, usize, usize)>,
+    manifests: HashMap<ContentId, Arc<Manifest>>,
 }
 
 impl ShardIndex {
@@ -100,12 +101,13 @@ impl ShardIndex {
             if unshared.iter().any(|n| rec.entry.answers_to(n)) {
                 continue;
             }
-            for (fi, f) in rec.manifest.files.iter().enumerate() {
+            let manifest = Arc::new(rec.manifest);
+            for (fi, f) in manifest.files.iter().enumerate() {
                 for (si, h) in f.shards.iter().enumerate() {
-                    self.shards.insert(*h, (rec.manifest.clone(), fi, si));
+                    self.shards.insert(*h, (manifest.clone(), fi, si));
                 }
             }
-            self.manifests.insert(rec.entry.content_id, rec.manifest);
+            self.manifests.insert(rec.entry.content_id, manifest);
         }
         self.built = Some(Instant::now());
         Ok(())
@@ -199,7 +201,7 @@ async fn serve_one(
     match req {
         ShardRequest::Manifest(id) => {
             let reply = match idx.manifests.get(&id) {
-                Some(m) => ShardReply::Manifest(m.clone()),
+                Some(m) => ShardReply::Manifest(Manifest::clone(m)),
                 None => error_reply(&NodeError::NotFound(format!(
                     "node {} does not share model {}",
                     ctx.name,
@@ -284,7 +286,7 @@ async fn serve_one(
     }
 }
 
-/// One peer's connection for a pull: a stream reused for every request.
+/// A peer that holds the model being pulled.
 struct Source {
     peer: PeerId,
     name: String,
