@@ -125,7 +125,10 @@ impl NodeProcess {
             .arg(data)
             .args(["join", "--api-addr", &format!("127.0.0.1:{port}")])
             .args(extra)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("RBEE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("XDG_CONFIG_HOME", data.join("no-config"))
             .stderr(log_file)
             .spawn()

@@ -259,7 +259,7 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
             }
             Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
         };
-    tracing::info!(%peer, model = %request.model, "serving a generation for a peer");
+    tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
     // `local_only`: a forwarded request never hops again, so there are no routing loops.
     let started =
         generate::start_with(ctx, &request.model, request.prompt, request.params, true).await;
@@ -324,10 +324,12 @@ pub async fn start_remote(
         .net
         .as_ref()
         .ok_or_else(|| NodeError::Internal("no pool network on this node".into()))?;
+    let t0 = Instant::now();
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, net.open_stream(peer, INFER_PROTOCOL))
         .await
         .map_err(|_| NodeError::Unavailable(format!("node {node} did not answer in time")))?
         .map_err(|e| NodeError::Unavailable(format!("node {node}: {e}")))?;
+    tracing::debug!(node, us = t0.elapsed().as_micros() as u64, "stream opened");
     let request = InferRequest {
         model: model.to_string(),
         prompt,
@@ -352,6 +354,7 @@ pub async fn start_remote(
                 )));
             }
         };
+    tracing::debug!(node, us = t0.elapsed().as_micros() as u64, "peer started");
     let first = match next_frame(&mut stream, IDLE_TIMEOUT, node).await? {
         InferFrame::Text(t) => Chunk::Text(t),
         InferFrame::Done(s) => Chunk::Done(s),
@@ -362,6 +365,11 @@ pub async fn start_remote(
             )));
         }
     };
+    tracing::debug!(
+        node,
+        us = t0.elapsed().as_micros() as u64,
+        "first output from peer"
+    );
     let (tx, rx) = mpsc::channel(BRIDGE_BUFFER);
     let node_name = served_by.clone();
     tokio::spawn(async move {

@@ -99,10 +99,12 @@ async fn start_one(
             "`{model}` is a path; import it first (POST /v1/jobs model_import) and use its name"
         )));
     }
+    let t0 = std::time::Instant::now();
     let targets = ctx
         .router
         .route(reference, model.to_string(), local_only)
         .await?;
+    tracing::debug!(model, us = t0.elapsed().as_micros() as u64, "routed");
     let mut last_error = None;
     for target in targets {
         let (result, peer) = match target {
