@@ -8,6 +8,7 @@ use std::process::Command;
 const LAYERS: &[(&str, u32)] = &[
     ("rbee-proto", 0),
     ("rbee-gguf", 0),
+    ("rbee-pnet", 0),
     ("rbee-store", 1),
     ("rbee-net", 1),
     ("rbee-infer", 1),

@@ -111,6 +111,11 @@ fn a_model_on_two_nodes_is_pulled_from_both_verified_and_identical() {
     assert_eq!(result["source"], "pool");
     assert!(events.contains("from 2 peer(s)"), "{events}");
     assert!(events.contains("\"type\":\"progress\""), "{events}");
+    // Progress names the peers the pull fetches from.
+    assert!(
+        events.contains("\"peers\":[\"src-a\",\"src-b\"]"),
+        "{events}"
+    );
     // Same content id (BLAKE3 over the manifest of shard hashes) and same sha256 as the source.
     let cid = result["content_id"].as_str().unwrap();
     let list = rbee(&a.data, &["models", "ls", "--json"]);
@@ -212,4 +217,72 @@ fn a_corrupt_source_is_dropped_a_dead_source_is_survived_and_a_killed_puller_res
         c.data.join("partial").read_dir().unwrap().next().is_none(),
         "partial dir cleaned up"
     );
+}
+
+/// Routing uses sharing: the only node holding the model has too little memory to load it, so
+/// a request sent to it goes to the roomiest node, which pulls the model from the holder,
+/// loads it and serves the request.
+#[test]
+fn a_request_no_node_can_run_is_pulled_loaded_and_served_by_the_roomiest() {
+    let Some(model) = demo_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    // 64 MiB: far below what the 253 MB model needs.
+    let holder = member(
+        tmp.path(),
+        "holder",
+        &key,
+        None,
+        "memory_budget = 67108864\n",
+    );
+    import_demo(&holder.data, "demo").unwrap();
+    let roomy = member(tmp.path(), "roomy", &key, Some(&holder.p2p), "");
+    sees(&holder.node, 1);
+    let started = Instant::now();
+    let mut resp = http()
+        .post(&holder.node.url("/v1/completions"))
+        .send_json(
+            json!({"model": "demo", "prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+        )
+        .unwrap();
+    let status = resp.status().as_u16();
+    let served_by = resp
+        .headers()
+        .get("x-rbee-node")
+        .map(|v| v.to_str().unwrap().to_string());
+    let body = resp.body_mut().read_to_string().unwrap();
+    assert_eq!(
+        status,
+        200,
+        "{body}\n--- holder\n{}\n--- roomy\n{}",
+        holder.node.log_text(),
+        roomy.node.log_text()
+    );
+    assert_eq!(served_by.as_deref(), Some("roomy"), "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty(), "{v}");
+    eprintln!(
+        "pulled, loaded and answered through the pool in {:?}",
+        started.elapsed()
+    );
+    // The roomy node keeps the model, byte-identical, and its pull is a job anyone can see.
+    let jobs = roomy.node.get_json("/v1/jobs");
+    let pull = jobs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["operation"] == "model_pull")
+        .unwrap_or_else(|| panic!("{jobs}"))
+        .clone();
+    assert_eq!(pull["status"], "done", "{pull}");
+    let list = rbee(&roomy.data, &["models", "ls", "--json"]);
+    let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
+    let cid = listed
+        .as_array()
+        .and_then(|m| m.first())
+        .and_then(|m| m["content_id"].as_str())
+        .unwrap_or_else(|| panic!("{listed}"))
+        .to_string();
+    assert_eq!(sha256(&pulled_file(&roomy.data, &cid)), sha256(&model));
+    assert!(served(&holder.node) > 0);
 }

@@ -343,11 +343,18 @@ impl NodeClient {
             };
             let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
             match v["type"].as_str() {
-                Some("progress") => update(rbee_store::Progress {
-                    phase: label,
-                    done: v["done"].as_u64().unwrap_or(0),
-                    total: v["total"].as_u64().unwrap_or(0),
-                }),
+                Some("progress") => {
+                    update(rbee_store::Progress {
+                        phase: label,
+                        done: v["done"].as_u64().unwrap_or(0),
+                        total: v["total"].as_u64().unwrap_or(0),
+                    });
+                    // A pool pull names the peers it fetches from.
+                    if let Some(peers) = v["peers"].as_array() {
+                        let names: Vec<&str> = peers.iter().filter_map(|p| p.as_str()).collect();
+                        bar.set_message(format!("{label} from {}", names.join(", ")));
+                    }
+                }
                 Some("done") => break Ok(v["result"].clone()),
                 Some("error") => {
                     break Err(anyhow::anyhow!(

@@ -11,7 +11,8 @@ use libp2p::pnet::PreSharedKey;
 use crate::NetError;
 
 /// The shared secret of a pool: 32 random bytes, written as 64 hex characters. Nodes without
-/// it cannot complete a connection (libp2p pnet encrypts everything before the handshake).
+/// it cannot complete a connection (the pnet layer, [`rbee_pnet`], encrypts everything before
+/// the handshake).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct PoolKey([u8; 32]);
 
@@ -32,8 +33,9 @@ impl PoolKey {
         PreSharedKey::new(self.0).fingerprint().to_string()
     }
 
-    pub(crate) fn psk(&self) -> PreSharedKey {
-        PreSharedKey::new(self.0)
+    /// The secret itself, for the pnet layer.
+    pub(crate) fn bytes(&self) -> [u8; 32] {
+        self.0
     }
 }
 

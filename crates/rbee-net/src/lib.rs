@@ -4,7 +4,8 @@
 //! [`EventLoop`] task; the rest of the node talks to it through a cloneable [`Client`] and
 //! hears about peers through [`Event`]s (the shape of rust-libp2p's file-sharing example).
 //!
-//! - Membership: a [`PoolKey`] (libp2p pnet): a node without it cannot finish a connection.
+//! - Membership: a [`PoolKey`] (libp2p's pnet protocol, spoken by [`rbee_pnet`]): a node
+//!   without it cannot finish a connection.
 //! - Discovery: mDNS on the LAN, Kademlia from `--bootstrap` addresses beyond it.
 //! - Pool view: every node publishes its [`NodeStatus`](rbee_proto::pool::NodeStatus) on a
 //!   gossipsub topic at a steady interval and on change; peers silent for three intervals,

@@ -4,7 +4,9 @@
 //! 1. nodes with the model loaded and a free queue slot — shortest queue, then lowest latency;
 //! 2. nodes with it on disk and enough free memory to load it — most free memory first;
 //! 3. nodes with it loaded but a full queue (they answer "busy", with a retry time);
-//! 4. otherwise the node with the most free memory, which must first fetch the model.
+//! 4. when none of those can run it now, the node with the most free memory (and room for
+//!    it) fetches it from a node that holds it — ahead of full queues and of holders that
+//!    would have to evict; when no node holds it at all, that node is the only candidate.
 //!
 //! Peers the caller wants avoided (recent failures) are left out.
 
@@ -27,7 +29,7 @@ pub enum Reason {
     Loaded,
     OnDisk,
     Busy,
-    /// Nobody has the model; this node has the most memory to fetch and load it.
+    /// Nobody can run the model now; this node has the most memory to fetch and load it.
     Fetch,
 }
 
@@ -111,23 +113,48 @@ pub fn candidates(
     loaded.sort_by_key(|x| x.0);
     on_disk.sort_by_key(|x| x.0);
     busy.sort_by_key(|x| x.0);
+    // Nobody can run it now: the node with the most free memory that does not hold it, if it
+    // has room for it, fetches it from a node that does (ahead of full queues and of holders
+    // that would have to evict). When nobody holds it, fetching is a last resort.
+    let size = nodes
+        .iter()
+        .filter_map(|n| has_model(n.status, reference, known))
+        .map(|m| m.size)
+        .max();
+    let fetch = if loaded.is_empty() && on_disk.is_empty() {
+        nodes
+            .iter()
+            .filter(|n| has_model(n.status, reference, known).is_none())
+            .max_by_key(|n| n.status.max_free_bytes())
+            .filter(|n| size.is_none_or(|s| n.status.max_free_bytes() >= s))
+            .map(|n| Candidate {
+                target: n.target,
+                node: n.status.name.clone(),
+                reason: Reason::Fetch,
+                content_id: None,
+            })
+    } else {
+        None
+    };
+    let held = size.is_some();
     let mut out: Vec<Candidate> = loaded
         .into_iter()
         .map(|x| x.1)
         .chain(on_disk.into_iter().map(|x| x.1))
+        .chain(fetch.clone().filter(|_| held))
         .chain(busy.into_iter().map(|x| x.1))
         .collect();
-    if out.is_empty()
-        && let Some(n) = nodes.iter().max_by_key(|n| n.status.max_free_bytes())
-    {
-        out.push(Candidate {
-            target: n.target,
-            node: n.status.name.clone(),
-            reason: Reason::Fetch,
-            content_id: None,
-        });
+    if out.is_empty() {
+        out.extend(fetch);
     }
     out
+}
+
+/// Whether a node in the pool holds `reference` on disk, so a [`Reason::Fetch`] can succeed.
+pub fn held_in_pool(reference: &str, known: Option<ContentId>, peers: &[Peer]) -> bool {
+    peers
+        .iter()
+        .any(|p| has_model(&p.status, reference, known).is_some_and(|m| m.shared))
 }
 
 #[cfg(test)]
@@ -236,5 +263,35 @@ mod tests {
         let c = candidates("my-alias", Some(id), Some(&local), &peers, |_| false);
         assert_eq!(c.len(), 3);
         assert!(c.iter().all(|c| c.content_id == Some(id)));
+    }
+
+    #[test]
+    fn when_holders_cannot_run_it_the_roomiest_other_node_fetches_it_first() {
+        // The only holders: one out of memory, one with a full queue.
+        let local = node("local", 50, &[], &[]);
+        let peers = vec![
+            peer(node("cramped", 5, &[("m", 100)], &[]), 1),
+            peer(node("full", 0, &[("m", 100)], &[("m", 4)]), 1),
+            peer(node("roomy", 5000, &[], &[]), 1),
+            peer(node("roomiest", 9000, &[("x", 1)], &[]), 1),
+        ];
+        let c = candidates("m", None, Some(&local), &peers, |_| false);
+        assert_eq!(
+            names(&c),
+            vec![
+                ("roomiest", Reason::Fetch),
+                ("full", Reason::Busy),
+                ("cramped", Reason::OnDisk),
+            ]
+        );
+        assert!(held_in_pool("m", None, &peers));
+        assert!(!held_in_pool("nothing", None, &peers));
+        // Nobody with room for a 100 000-byte model: no fetch, the holders stay.
+        let peers = vec![
+            peer(node("cramped", 5, &[("m", 100_000)], &[]), 1),
+            peer(node("small", 500, &[], &[]), 1),
+        ];
+        let c = candidates("m", None, Some(&local), &peers, |_| false);
+        assert_eq!(names(&c), vec![("cramped", Reason::OnDisk)]);
     }
 }

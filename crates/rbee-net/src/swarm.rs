@@ -8,7 +8,6 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::transport::{Boxed, MemoryTransport};
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
-use libp2p::pnet::PnetConfig;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
@@ -202,18 +201,18 @@ fn build_transport(
     kind: Transport,
 ) -> Result<Boxed<(PeerId, StreamMuxerBox)>, NetError> {
     let noise = noise::Config::new(keypair).map_err(|e| NetError::Config(e.to_string()))?;
-    let psk = pool_key.psk();
+    let psk = pool_key.bytes();
     let timeout = Duration::from_secs(20);
     Ok(match kind {
         Transport::Tcp => tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .and_then(move |socket, _| rbee_pnet::handshake(psk, socket))
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux::Config::default())
             .timeout(timeout)
             .boxed(),
         Transport::Memory => MemoryTransport::default()
-            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+            .and_then(move |socket, _| rbee_pnet::handshake(psk, socket))
             .upgrade(Version::V1Lazy)
             .authenticate(noise)
             .multiplex(yamux::Config::default())

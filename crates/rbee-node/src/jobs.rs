@@ -31,6 +31,9 @@ pub enum JobEvent {
         total: u64,
         rate_bytes_per_sec: f64,
         eta_secs: Option<f64>,
+        /// The peers a pool pull is fetching from right now.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        peers: Option<Vec<String>>,
     },
     Token {
         text: String,

@@ -54,6 +54,8 @@ pub struct NodeContext {
     pub started: Instant,
     /// The HuggingFace client (None: no HF cache dir could be found, so no pulls or search).
     pub hub: Option<rbee_hub::Hub>,
+    /// Pool pulls under way on this node, one per model.
+    pub pulls: share::Pulls,
 }
 
 fn node_name() -> String {
@@ -152,6 +154,7 @@ pub async fn run(
         worker: Handle::empty("the cpu worker"),
         provisioner: Handle::empty("the provisioner"),
         jobs: jobs::Jobs::default(),
+        pulls: share::Pulls::default(),
         metrics: metrics.clone(),
         started: Instant::now(),
         hub,

@@ -261,8 +261,15 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
         };
     tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
     // `local_only`: a forwarded request never hops again, so there are no routing loops.
-    let started =
-        generate::start_with(ctx, &request.model, request.prompt, request.params, true).await;
+    let started = generate::start_with(
+        ctx,
+        &request.model,
+        request.prompt,
+        request.params,
+        true,
+        None,
+    )
+    .await;
     let mut started = match started {
         Ok(s) => s,
         Err(e) => {

@@ -91,7 +91,14 @@ struct ShardIndex {
     /// Each shard's model (shared, not copied per shard) and its file and shard index.
     shards: HashMap<ShardHash, (Arc<Manifest>, usize, usize)>,
     manifests: HashMap<ContentId, Arc<Manifest>>,
+    /// When each shard was last read back and found intact. A model is usually pulled by
+    /// several peers in a row; re-hashing every shard for each costs a core's worth of time
+    /// per pull, while disk rot is slow (and every puller verifies what it gets anyway).
+    checked: HashMap<ShardHash, Instant>,
 }
+
+/// How long a shard read back intact is served without hashing it again.
+const RECHECK_AFTER: Duration = Duration::from_secs(600);
 
 impl ShardIndex {
     fn rebuild(&mut self, store: &Store, unshared: &[String]) -> Result<(), StoreError> {
@@ -109,6 +116,8 @@ impl ShardIndex {
             }
             self.manifests.insert(rec.entry.content_id, manifest);
         }
+        let shards = &self.shards;
+        self.checked.retain(|h, _| shards.contains_key(h));
         self.built = Some(Instant::now());
         Ok(())
     }
@@ -218,6 +227,10 @@ async fn serve_one(
                     NodeError::NotFound(format!("node {} has no shard {}", ctx.name, hash.short()));
                 return write_frame(stream, &error_reply(&e)).await.is_ok();
             };
+            let verify = idx
+                .checked
+                .get(&hash)
+                .is_none_or(|t| t.elapsed() > RECHECK_AFTER);
             drop(idx);
             let Ok(_permit) = uploads.try_acquire() else {
                 let e = NodeError::Busy {
@@ -226,13 +239,19 @@ async fn serve_one(
                 };
                 return write_frame(stream, &error_reply(&e)).await.is_ok();
             };
-            // Re-verified on the way out: a node never serves bytes that rotted on its disk.
+            // Re-verified on the way out (unless it was a moment ago): a node does not serve
+            // bytes that rotted on its disk.
             let store = ctx.store.clone();
             let bytes =
-                tokio::task::spawn_blocking(move || store.read_shard(&manifest, fi, si, true))
+                tokio::task::spawn_blocking(move || store.read_shard(&manifest, fi, si, verify))
                     .await;
             let mut bytes = match bytes {
-                Ok(Ok(b)) => b,
+                Ok(Ok(b)) => {
+                    if verify {
+                        index.lock().await.checked.insert(hash, Instant::now());
+                    }
+                    b
+                }
                 Ok(Err(e)) => {
                     tracing::error!(%peer, "not serving shard {}: {e}", hash.short());
                     return write_frame(stream, &error_reply(&e.into())).await.is_ok();
@@ -330,13 +349,17 @@ async fn fetch_shard(
     let reply: Option<ShardReply> = read_frame(stream, REPLY_CAP)
         .await
         .map_err(|e| e.to_string())?;
+    tracing::trace!(shard = %hash.short(), "shard header");
     match reply {
         Some(ShardReply::Data { len }) if len == expected => {
-            let mut buf = vec![0u8; expected as usize];
-            stream
-                .read_exact(&mut buf)
+            let mut buf = Vec::with_capacity(expected as usize);
+            let n = AsyncReadExt::take(&mut *stream, expected)
+                .read_to_end(&mut buf)
                 .await
                 .map_err(|e| format!("cut off mid-shard: {e}"))?;
+            if n as u64 != expected {
+                return Err(format!("cut off mid-shard after {n} of {expected} bytes"));
+            }
             Ok(buf)
         }
         Some(ShardReply::Data { len }) => {
@@ -348,14 +371,83 @@ async fn fetch_shard(
 }
 
 /// Shared state of one pull.
+#[derive(Default)]
 struct PullState {
     queue: VecDeque<(usize, usize)>,
+    /// Shards being fetched, with how many workers fetch each (2 in the endgame).
     in_flight: HashMap<(usize, usize), usize>,
+    /// Shards fetched and waiting for the writer.
+    writing: HashSet<(usize, usize)>,
     done: HashSet<(usize, usize)>,
     total: usize,
     bytes: u64,
+    /// Peers (by name) in the pull right now.
+    active: Vec<String>,
     bad: Vec<String>,
     gone: Vec<String>,
+    /// A local failure (disk full, I/O) that ends the pull whatever the peers do.
+    fatal: Option<String>,
+}
+
+impl PullState {
+    /// Ends `peer`'s part in the pull, recording why in `list` (`bad` or `gone`).
+    fn drop_peer(&mut self, name: &str, bad: bool) {
+        self.active.retain(|n| n != name);
+        let list = if bad { &mut self.bad } else { &mut self.gone };
+        if !list.iter().any(|n| n == name) {
+            list.push(name.to_string());
+        }
+    }
+
+    /// Gives back a shard a worker was fetching; back in the queue when nobody else has it.
+    fn release(&mut self, key: (usize, usize), requeue: bool) {
+        if let Some(n) = self.in_flight.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                self.in_flight.remove(&key);
+                if requeue && !self.done.contains(&key) && !self.writing.contains(&key) {
+                    self.queue.push_back(key);
+                }
+            }
+        }
+    }
+
+    fn finished(&self) -> bool {
+        self.done.len() >= self.total || self.fatal.is_some()
+    }
+}
+
+/// A fetched shard on its way to the writer.
+struct Fetched {
+    key: (usize, usize),
+    bytes: Vec<u8>,
+    peer: PeerId,
+    name: String,
+}
+
+/// Fetched shards that may wait for the writer (4 MiB each): bounds a pull's memory while
+/// the writer syncs a checkpoint, and lets fetching go on meanwhile.
+const WRITE_QUEUE: usize = 8;
+
+/// Everything a pull's workers share.
+struct Pull {
+    net: Client,
+    manifest: Manifest,
+    state: Mutex<PullState>,
+}
+
+/// One lock per model being pulled: a second pull of the same model (a job and a request
+/// routed here, say) waits for the first instead of writing the same partial files.
+#[derive(Debug, Default)]
+pub struct Pulls(Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>);
+
+impl Pulls {
+    fn lock_for(&self, id: ContentId) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Forget the locks nobody holds or waits for.
+        map.retain(|_, l| Arc::strong_count(l) > 1);
+        map.entry(id).or_default().clone()
+    }
 }
 
 /// Pulls model `id` from `sources` into the store, resuming a partial pull. Returns the
@@ -367,6 +459,27 @@ async fn pull_model(
     sources: Vec<Source>,
     job: &Arc<Job>,
 ) -> Result<ImportOutcome, NodeError> {
+    let lock = ctx.pulls.lock_for(id);
+    let _one_at_a_time = match lock.try_lock() {
+        Ok(guard) => guard,
+        Err(_) => {
+            job.phase("waiting for the pull of the same model already under way");
+            lock.lock().await
+        }
+    };
+    // The pull this one waited for may have brought the model.
+    if let Ok(found) = ctx
+        .catalog
+        .resolve(rbee_proto::ModelRef::ContentId(id))
+        .await
+    {
+        return Ok(ImportOutcome {
+            content_id: id,
+            name: found.name().to_string(),
+            manifest: found.record.manifest,
+            already_present: true,
+        });
+    }
     let net = ctx
         .net
         .clone()
@@ -397,18 +510,8 @@ async fn pull_model(
         .map_err(|e| NodeError::Internal(e.to_string()))??;
     let missing = partial.missing();
     let already = partial.bytes_verified();
-    let partial = Arc::new(Mutex::new(Some(partial)));
     let all_shards: usize = manifest.files.iter().map(|f| f.shards.len()).sum();
-    let state = Arc::new(Mutex::new(PullState {
-        queue: missing.iter().copied().collect(),
-        in_flight: HashMap::new(),
-        done: HashSet::new(),
-        total: missing.len(),
-        bytes: already,
-        bad: Vec::new(),
-        gone: Vec::new(),
-    }));
-    let names: Vec<&str> = sources.iter().map(|s| s.name.as_str()).collect();
+    let names: Vec<String> = sources.iter().map(|s| s.name.clone()).collect();
     job.phase(&format!(
         "pulling {} shards ({} already verified) from {} peer(s): {}",
         missing.len(),
@@ -416,93 +519,177 @@ async fn pull_model(
         sources.len(),
         names.join(", ")
     ));
+    let (writes, write_rx) = tokio::sync::mpsc::channel(WRITE_QUEUE);
+    let pull = Arc::new(Pull {
+        net,
+        manifest,
+        state: Mutex::new(PullState {
+            queue: missing.iter().copied().collect(),
+            in_flight: HashMap::new(),
+            writing: HashSet::new(),
+            done: HashSet::new(),
+            total: missing.len(),
+            bytes: already,
+            active: names,
+            bad: Vec::new(),
+            gone: Vec::new(),
+            fatal: None,
+        }),
+    });
     let started = Instant::now();
+    // One writer owns the partial model: it verifies each shard against the manifest, writes
+    // it, and checkpoints, while the workers go on fetching.
+    let writer = {
+        let (pull, job, router) = (pull.clone(), job.clone(), ctx.router.clone());
+        tokio::task::spawn_blocking(move || {
+            write_shards(
+                partial,
+                write_rx,
+                &pull,
+                &job,
+                &router,
+                started,
+                total_bytes,
+            )
+        })
+    };
     let mut workers = Vec::new();
     for s in sources {
         for _ in 0..PER_PEER {
-            let (net, state, partial, manifest, job, router) = (
-                net.clone(),
-                state.clone(),
-                partial.clone(),
-                manifest.clone(),
-                job.clone(),
-                ctx.router.clone(),
-            );
+            let (pull, job, writes) = (pull.clone(), job.clone(), writes.clone());
             let (peer, name) = (s.peer, s.name.clone());
             workers.push(tokio::spawn(async move {
-                worker(
-                    net,
-                    peer,
-                    name,
-                    state,
-                    partial,
-                    manifest,
-                    job,
-                    started,
-                    total_bytes,
-                    router,
-                )
-                .await;
+                worker(&pull, &writes, peer, &name, &job).await
             }));
         }
     }
+    // The writer's queue closes when the last worker (holding the last sender) is done.
+    drop(writes);
     for w in workers {
         let _ = w.await;
     }
-    let incomplete = {
-        let st = state
+    let partial = writer
+        .await
+        .map_err(|e| NodeError::Internal(format!("the pull's writer failed: {e}")))?;
+    let st = std::mem::take(
+        &mut *pull
+            .state
             .lock()
-            .map_err(|_| NodeError::Internal("pull state poisoned".into()))?;
-        if job.is_cancelled() {
-            Some(NodeError::BadRequest(
-                "cancelled; run the pull again to resume".into(),
-            ))
-        } else if st.done.len() < st.total {
-            let mut why = Vec::new();
-            if !st.bad.is_empty() {
-                why.push(format!("sent corrupt data: {}", st.bad.join(", ")));
-            }
-            if !st.gone.is_empty() {
-                why.push(format!("failed or left: {}", st.gone.join(", ")));
-            }
-            Some(NodeError::Unavailable(format!(
-                "pull of {} incomplete: {} of {} shards still missing ({}); verified shards are kept, run the pull again to resume",
-                id.short(),
-                st.total - st.done.len(),
-                all_shards,
-                why.join("; ")
-            )))
-        } else {
-            None
-        }
-    };
-    if let Some(e) = incomplete {
-        return Err(e);
+            .map_err(|_| NodeError::Internal("pull state poisoned".into()))?,
+    );
+    if let Some(e) = st.fatal {
+        return Err(NodeError::Unavailable(format!(
+            "pull of {} stopped: {e}; verified shards are kept, run the pull again to resume",
+            id.short()
+        )));
     }
-    let partial = partial
-        .lock()
-        .ok()
-        .and_then(|mut p| p.take())
-        .ok_or_else(|| NodeError::Internal("pull finished twice".into()))?;
+    if job.is_cancelled() {
+        return Err(NodeError::BadRequest(
+            "cancelled; run the pull again to resume".into(),
+        ));
+    }
+    if st.done.len() < st.total {
+        let mut why = Vec::new();
+        if !st.bad.is_empty() {
+            why.push(format!("sent corrupt data: {}", st.bad.join(", ")));
+        }
+        if !st.gone.is_empty() {
+            why.push(format!("failed or left: {}", st.gone.join(", ")));
+        }
+        return Err(NodeError::Unavailable(format!(
+            "pull of {} incomplete: {} of {} shards still missing ({}); verified shards are kept, run the pull again to resume",
+            id.short(),
+            st.total - st.done.len(),
+            all_shards,
+            why.join("; ")
+        )));
+    }
     job.phase("importing");
+    let transfer = started.elapsed();
     let outcome = tokio::task::spawn_blocking(move || partial.finish(&name_hint))
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))??;
+    let fetched = total_bytes.saturating_sub(already);
+    tracing::info!(
+        model = %id.short(),
+        "pulled {:.1} MB in {:.2}s ({:.0} MB/s), then verified and committed in {:.2}s",
+        fetched as f64 / 1e6,
+        transfer.as_secs_f64(),
+        fetched as f64 / 1e6 / transfer.as_secs_f64().max(1e-6),
+        (started.elapsed() - transfer).as_secs_f64()
+    );
     Ok(outcome)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn worker(
-    net: Client,
-    peer: PeerId,
-    name: String,
-    state: Arc<Mutex<PullState>>,
-    partial: Arc<Mutex<Option<PartialModel>>>,
-    manifest: Manifest,
-    job: Arc<Job>,
+/// The writer of a pull (a blocking thread): verifies and writes every fetched shard, marks
+/// peers that sent wrong bytes, and reports progress. Returns the partial model when the
+/// workers are done.
+fn write_shards(
+    mut partial: PartialModel,
+    mut fetched: tokio::sync::mpsc::Receiver<Fetched>,
+    pull: &Pull,
+    job: &Job,
+    router: &crate::actors::router::RouterHandle,
     started: Instant,
     total_bytes: u64,
-    router: crate::actors::router::RouterHandle,
+) -> PartialModel {
+    while let Some(Fetched {
+        key: (fi, si),
+        bytes,
+        peer,
+        name,
+    }) = fetched.blocking_recv()
+    {
+        let result = if partial.is_verified(fi, si) {
+            Ok(false)
+        } else {
+            partial.write_shard(fi, si, &bytes).map(|_| true)
+        };
+        let Ok(mut st) = pull.state.lock() else { break };
+        st.writing.remove(&(fi, si));
+        match result {
+            Ok(fresh) => {
+                if fresh && st.done.insert((fi, si)) {
+                    st.bytes += bytes.len() as u64;
+                    let secs = started.elapsed().as_secs_f64().max(1e-3);
+                    let rate = st.bytes as f64 / secs;
+                    job.emit(JobEvent::Progress {
+                        done: st.bytes,
+                        total: total_bytes,
+                        rate_bytes_per_sec: rate,
+                        eta_secs: (rate > 0.0)
+                            .then(|| total_bytes.saturating_sub(st.bytes) as f64 / rate),
+                        peers: Some(st.active.clone()),
+                    });
+                }
+            }
+            Err(StoreError::ShardMismatch { .. }) => {
+                // Wrong bytes: this peer is out of the pull and avoided for a while.
+                tracing::warn!(%peer, %name, "peer sent a corrupt shard, dropping it");
+                st.drop_peer(&name, true);
+                if !st.done.contains(&(fi, si)) && !st.in_flight.contains_key(&(fi, si)) {
+                    st.queue.push_back((fi, si));
+                }
+                router.peer_result(peer, false);
+            }
+            Err(e) => {
+                tracing::error!("pull stopped, cannot write: {e}");
+                st.fatal = Some(e.to_string());
+            }
+        }
+    }
+    partial
+}
+
+/// One of a peer's fetchers: takes shards from the queue (or races a straggler in the
+/// endgame) and hands what it fetched to the writer, until the pull is done or the peer
+/// is out.
+async fn worker(
+    pull: &Pull,
+    writes: &tokio::sync::mpsc::Sender<Fetched>,
+    peer: PeerId,
+    name: &str,
+    job: &Job,
 ) {
     let mut stream = None;
     let mut failures = 0;
@@ -513,8 +700,10 @@ async fn worker(
         // Next shard: the queue first; when it is empty, race a shard another peer is still
         // fetching (endgame), so one slow peer cannot hold up the end.
         let next = {
-            let Ok(mut st) = state.lock() else { return };
-            if st.done.len() >= st.total {
+            let Ok(mut st) = pull.state.lock() else {
+                return;
+            };
+            if st.finished() || !st.active.iter().any(|n| n == name) {
                 return;
             }
             let pick = st.queue.pop_front().or_else(|| {
@@ -533,14 +722,14 @@ async fn worker(
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         };
-        let Some(entry) = manifest.files.get(fi) else {
+        let Some(entry) = pull.manifest.files.get(fi) else {
             return;
         };
         let (Some(&hash), Some(len)) = (entry.shards.get(si), entry.shard_len(si)) else {
             return;
         };
         if stream.is_none() {
-            stream = net.open_stream(peer, SHARD_PROTOCOL).await.ok();
+            stream = pull.net.open_stream(peer, SHARD_PROTOCOL).await.ok();
         }
         let result = match stream.as_mut() {
             Some(s) => tokio::time::timeout(SHARD_TIMEOUT, fetch_shard(s, hash, len))
@@ -548,78 +737,40 @@ async fn worker(
                 .unwrap_or_else(|_| Err("stalled".into())),
             None => Err("unreachable".into()),
         };
-        let release = |st: &mut PullState, requeue: bool| {
-            if let Some(n) = st.in_flight.get_mut(&(fi, si)) {
-                *n -= 1;
-                if *n == 0 {
-                    st.in_flight.remove(&(fi, si));
-                    if requeue && !st.done.contains(&(fi, si)) {
-                        st.queue.push_back((fi, si));
-                    }
-                }
-            }
-        };
-        let bytes = match result {
-            Ok(b) => b,
-            Err(e) => {
-                stream = None;
-                failures += 1;
-                tracing::debug!(%peer, %name, "shard {} failed: {e}", hash.short());
-                let Ok(mut st) = state.lock() else { return };
-                release(&mut st, true);
-                if failures >= MAX_PEER_FAILURES {
-                    if !st.gone.contains(&name) {
-                        st.gone.push(name.clone());
-                    }
-                    return;
-                }
-                continue;
-            }
-        };
-        // Verify and write off the async threads; the store refuses bytes that do not hash
-        // to the manifest's shard hash.
-        let p = partial.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut guard = p.lock().map_err(|_| "poisoned".to_string())?;
-            let partial = guard.as_mut().ok_or("finished")?;
-            if partial.is_verified(fi, si) {
-                return Ok(false);
-            }
-            partial
-                .write_shard(fi, si, &bytes)
-                .map(|_| true)
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-        let Ok(mut st) = state.lock() else { return };
-        match written {
-            Ok(fresh) => {
-                failures = 0;
-                release(&mut st, false);
-                if fresh && st.done.insert((fi, si)) {
-                    st.bytes += len;
-                    let secs = started.elapsed().as_secs_f64().max(1e-3);
-                    let rate = st.bytes as f64 / secs;
-                    job.emit(JobEvent::Progress {
-                        done: st.bytes,
-                        total: total_bytes,
-                        rate_bytes_per_sec: rate,
-                        eta_secs: (rate > 0.0)
-                            .then(|| total_bytes.saturating_sub(st.bytes) as f64 / rate),
-                    });
-                }
-            }
-            Err(e) => {
-                // Wrong bytes: this peer is out of the pull and avoided for a while.
-                tracing::warn!(%peer, %name, "peer sent a corrupt shard, dropping it: {e}");
-                release(&mut st, true);
-                if !st.bad.contains(&name) {
-                    st.bad.push(name.clone());
-                }
-                router.peer_result(peer, false);
+        let bytes = {
+            let Ok(mut st) = pull.state.lock() else {
                 return;
+            };
+            match result {
+                Ok(bytes) => {
+                    failures = 0;
+                    st.release((fi, si), false);
+                    if st.done.contains(&(fi, si)) || !st.writing.insert((fi, si)) {
+                        continue; // the other racer of the endgame was first
+                    }
+                    bytes
+                }
+                Err(e) => {
+                    stream = None;
+                    failures += 1;
+                    tracing::debug!(%peer, %name, "shard {} failed: {e}", hash.short());
+                    st.release((fi, si), true);
+                    if failures >= MAX_PEER_FAILURES {
+                        st.drop_peer(name, false);
+                        return;
+                    }
+                    continue;
+                }
             }
+        };
+        let item = Fetched {
+            key: (fi, si),
+            bytes,
+            peer,
+            name: name.to_string(),
+        };
+        if writes.send(item).await.is_err() {
+            return;
         }
     }
 }

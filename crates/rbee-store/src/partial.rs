@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use rbee_proto::{ContentId, Manifest, ShardHash, codec};
 
 use crate::error::{IoContext, StoreError};
-use crate::fsutil::{self, create_dir_all, read_full, remove_path};
+use crate::fsutil::{self, create_dir_all, remove_path};
 use crate::import::ImportOutcome;
 use crate::store::Store;
 
@@ -24,6 +24,10 @@ pub struct PartialModel {
     dir: PathBuf,
     /// `verified[file][shard]`: verified and written (on disk after the next checkpoint).
     verified: Vec<Vec<bool>>,
+    /// The shards the record listed when this pull (re)started: written by an earlier
+    /// process, so [`PartialModel::finish`] reads them back and checks them again. Shards
+    /// written here were hashed from the very bytes that were written.
+    resumed: Vec<Vec<bool>>,
     parts: Vec<File>,
     /// Shards written since the last checkpoint: not yet synced, not yet in the record.
     unsynced: usize,
@@ -82,6 +86,7 @@ impl Store {
             id,
             manifest,
             dir,
+            resumed: verified.clone(),
             verified,
             parts,
             unsynced: 0,
@@ -215,11 +220,16 @@ impl PartialModel {
         }
         for (i, f) in self.manifest.files.iter().enumerate() {
             let path = self.dir.join(format!("{i}.part"));
-            let mut file = File::open(&path).ctx("open", &path)?;
-            let mut buf = vec![0u8; f.shard_size as usize];
+            let file = &self.parts[i];
+            let mut buf = Vec::new();
             for (si, want) in f.shards.iter().enumerate() {
-                let n = read_full(&mut file, &mut buf).ctx("read", &path)?;
-                let actual = ShardHash::of(&buf[..n]);
+                if !self.resumed[i][si] {
+                    continue;
+                }
+                buf.resize(f.shard_len(si).unwrap_or(0) as usize, 0);
+                file.read_exact_at(&mut buf, si as u64 * f.shard_size)
+                    .ctx("read", &path)?;
+                let actual = ShardHash::of(&buf);
                 if actual != *want {
                     return Err(StoreError::ShardMismatch {
                         file: f.name.clone(),

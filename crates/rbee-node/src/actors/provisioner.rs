@@ -123,6 +123,7 @@ impl Throttle {
             done,
             total,
             rate_bytes_per_sec: rate,
+            peers: None,
             eta_secs: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
         });
     }
@@ -172,6 +173,7 @@ fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
             done: p.done,
             total: p.total,
             rate_bytes_per_sec: rate,
+            peers: None,
             eta_secs: (rate > 0.0).then(|| (p.total - p.done) as f64 / rate),
         });
     });

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rbee_net::route::{Reason, Target, candidates};
+use rbee_net::route::{Reason, Target, candidates, held_in_pool};
 use rbee_net::{Client, PeerId};
 use rbee_proto::ModelRef;
 use rbee_proto::pool::{DiskModel, NodeStatus};
@@ -32,6 +32,9 @@ pub enum RouteTarget {
         peer: PeerId,
         node: String,
     },
+    /// Nobody can run the model now: this node pulls it from the peers that hold it, then
+    /// loads it.
+    Pull,
 }
 
 pub enum RouterMsg {
@@ -151,12 +154,19 @@ async fn route(
     };
     let net = match (&args.net, local_only) {
         (Some(net), false) => net,
-        _ => {
+        (net, _) => {
             return match local {
                 Some(m) => Ok(vec![RouteTarget::Local {
                     model: Box::new(m),
                     worker,
                 }]),
+                // A peer chose this node to fetch the model and serve it.
+                None if net
+                    .as_ref()
+                    .is_some_and(|n| held_in_pool(text, None, &n.peers())) =>
+                {
+                    Ok(vec![RouteTarget::Pull])
+                }
                 None => Err(NodeError::NotFound(format!(
                     "model `{text}` not found on this node (GET /v1/models lists what is available)"
                 ))),
@@ -185,7 +195,7 @@ async fn route(
             content_id: m.id(),
             names: vec![m.name().to_string()],
             source: None,
-            size: 0,
+            size: m.record.manifest.total_size(),
             shared: true,
         });
     }
@@ -197,11 +207,20 @@ async fn route(
         &peers,
         |p| avoid.contains(p),
     );
+    // Whether a Fetch can succeed: some node (this one included) shares the model.
+    let held = held_in_pool(text, local.as_ref().map(|m| m.id()), &peers)
+        || local.as_ref().is_some_and(|m| {
+            status
+                .on_disk
+                .iter()
+                .any(|d| d.content_id == m.id() && d.shared)
+        });
     let mut targets = Vec::new();
     let mut fetch_on = None;
     for c in ranked {
         match (c.target, c.reason) {
-            (_, Reason::Fetch) => fetch_on = Some(c.node),
+            (_, Reason::Fetch) if !held => fetch_on = Some(c.node),
+            (Target::Local, Reason::Fetch) => targets.push(RouteTarget::Pull),
             (Target::Local, _) => {
                 if let Some(m) = &local {
                     targets.push(RouteTarget::Local {
@@ -217,7 +236,7 @@ async fn route(
         let seen = peers.len();
         let hint = match fetch_on {
             Some(node) => format!(
-                "; node {node} has the most free memory for it, but pulling models between nodes is not available yet: import it on one node (`rbee-node models import`)"
+                "; node {node} has the most free memory for it: pull it there (`rbee-node models pull <org/repo>` or `models import`) and ask again"
             ),
             None => String::new(),
         };

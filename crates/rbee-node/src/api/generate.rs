@@ -2,6 +2,7 @@
 //! or a peer, with failover), load, queue, and bridge the model thread's blocking event
 //! stream onto the async side.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use crate::actors::catalog::ResolvedModel;
 use crate::actors::router::RouteTarget;
 use crate::actors::worker::WorkerHandle;
 use crate::error::NodeError;
+use crate::jobs::Job;
 
 /// Events buffered between the model thread and the HTTP response.
 const BRIDGE_BUFFER: usize = 64;
@@ -45,7 +47,7 @@ pub async fn start(
     prompt: Prompt,
     params: SamplingParams,
 ) -> Result<Started, NodeError> {
-    start_with(ctx, model, prompt, params, false).await
+    start_with(ctx, model, prompt, params, false, None).await
 }
 
 /// Errors worth trying another node for: the node, not the request, was the problem.
@@ -61,20 +63,32 @@ fn node_specific(e: &NodeError) -> bool {
     )
 }
 
+/// [`start`], for a request a peer forwarded (`local_only`: it never hops again) or for a
+/// job (`job`: where the phases of a pull it triggers are reported).
 pub async fn start_with(
     ctx: &NodeContext,
     model: &str,
     prompt: Prompt,
     params: SamplingParams,
     local_only: bool,
+    job: Option<&Arc<Job>>,
 ) -> Result<Started, NodeError> {
     // A fallback chain: each model in turn while the previous has no capacity anywhere.
     let Some(chain) = ctx.config.routes.get(model) else {
-        return start_one(ctx, model, prompt, params, local_only).await;
+        return start_one(ctx, model, prompt, params, local_only, job).await;
     };
     let mut last_error = None;
     for candidate in chain {
-        match start_one(ctx, candidate, prompt.clone(), params.clone(), local_only).await {
+        match start_one(
+            ctx,
+            candidate,
+            prompt.clone(),
+            params.clone(),
+            local_only,
+            job,
+        )
+        .await
+        {
             Ok(started) => return Ok(started),
             Err(e) if node_specific(&e) => {
                 tracing::info!(route = model, model = %candidate, "no capacity, trying the next model of the route: {e}");
@@ -92,6 +106,7 @@ async fn start_one(
     prompt: Prompt,
     params: SamplingParams,
     local_only: bool,
+    job: Option<&Arc<Job>>,
 ) -> Result<Started, NodeError> {
     let reference: ModelRef = model.parse()?;
     if matches!(reference, ModelRef::LocalPath(_)) {
@@ -110,6 +125,10 @@ async fn start_one(
         let (result, peer) = match target {
             RouteTarget::Local { model, worker } => (
                 start_local(ctx, *model, worker, prompt.clone(), params.clone()).await,
+                None,
+            ),
+            RouteTarget::Pull => (
+                pull_and_start(ctx, model, job, prompt.clone(), params.clone()).await,
                 None,
             ),
             RouteTarget::Peer { peer, node } => (
@@ -140,6 +159,44 @@ async fn start_one(
     }
     Err(last_error
         .unwrap_or_else(|| NodeError::NotFound(format!("no node in the pool can serve `{model}`"))))
+}
+
+/// Pulls `model` from the peers that hold it (reporting to `job`, or to a `model_pull` job
+/// of its own that `GET /v1/jobs` lists), then runs the request here.
+async fn pull_and_start(
+    ctx: &NodeContext,
+    model: &str,
+    job: Option<&Arc<Job>>,
+    prompt: Prompt,
+    params: SamplingParams,
+) -> Result<Started, NodeError> {
+    let own = job.is_none().then(|| ctx.jobs.create("model_pull"));
+    let Some(pull_job) = job.or(own.as_ref()) else {
+        return Err(NodeError::Internal("no job for the pull".into()));
+    };
+    tracing::info!(model, job = %pull_job.id, "no node can run the model now: pulling it here from the pool");
+    let pulled = match crate::share::pull_from_pool(ctx, model, pull_job).await {
+        Ok(Some(outcome)) => Ok(outcome),
+        Ok(None) => Err(NodeError::NotFound(format!(
+            "no peer shares `{model}` any more (GET /v1/pool shows what each node has)"
+        ))),
+        Err(e) => Err(e),
+    };
+    if let Some(own) = &own {
+        match &pulled {
+            Ok(o) => own.done(serde_json::json!({"name": o.name, "content_id": o.content_id.to_hex(),
+                "already_present": o.already_present, "source": "pool", "size": o.manifest.total_size()})),
+            Err(e) => own.fail(e),
+        }
+    }
+    let resolved = ctx
+        .catalog
+        .resolve(ModelRef::ContentId(pulled?.content_id))
+        .await?;
+    if let Some(job) = job {
+        job.phase("loading");
+    }
+    start_local(ctx, resolved, ctx.worker.clone(), prompt, params).await
 }
 
 /// Runs on this node's worker.

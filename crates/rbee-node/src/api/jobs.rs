@@ -220,7 +220,8 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 };
                 params.validate().map_err(NodeError::BadRequest)?;
                 job.phase("loading");
-                let mut started = generate::start(&ctx, &model, prompt, params).await?;
+                let mut started =
+                    generate::start_with(&ctx, &model, prompt, params, false, Some(&job)).await?;
                 job.phase(&format!("generating on node {}", started.node));
                 let mut text = String::new();
                 loop {
