@@ -1,5 +1,6 @@
 //! The swarm, its event loop, and the [`Client`] handle the node uses.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +16,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport as _, gossipsub, identify,
     kad, mdns, noise, ping, tcp, yamux,
 };
+use rbee_proto::ContentId;
 use rbee_proto::pool::{MAX_STATUS_SIZE, NodeStatus, POOL_TOPIC};
 use tokio::sync::{mpsc, oneshot};
 
@@ -91,6 +93,7 @@ struct Behaviour {
 
 enum Command {
     Publish(Box<NodeStatus>),
+    FindProviders(ContentId, oneshot::Sender<Vec<PeerId>>),
     Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
 }
@@ -138,6 +141,17 @@ impl Client {
 
     pub fn peer(&self, id: &PeerId) -> Option<Peer> {
         lock(&self.view).get(id).cloned()
+    }
+
+    /// Nodes that announced (Kademlia provider records) that they hold model `id`, this one
+    /// left out. Reaches peers beyond the gossip view; empty when the query finds none.
+    pub async fn find_providers(&self, id: ContentId) -> Result<Vec<PeerId>, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::FindProviders(id, tx))
+            .await
+            .map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
     }
 
     /// Dials an address (a bootstrap peer, say) and waits until the dial is under way.
@@ -241,11 +255,14 @@ fn build_behaviour(key: &Keypair, config: &NetConfig) -> Result<Behaviour, NetEr
         gossip_config,
     )
     .map_err(|e| NetError::Config(format!("gossipsub: {e}")))?;
-    let mut kad = kad::Behaviour::with_config(
-        local,
-        kad::store::MemoryStore::new(local),
-        kad::Config::new(StreamProtocol::new(KAD_PROTOCOL)),
-    );
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    // Provider records (who holds which model) are republished often enough that a node
+    // joining a quiet pool finds them within minutes, and expire when their node is gone.
+    kad_config
+        .set_provider_publication_interval(Some(Duration::from_secs(300)))
+        .set_provider_record_ttl(Some(Duration::from_secs(900)));
+    let mut kad =
+        kad::Behaviour::with_config(local, kad::store::MemoryStore::new(local), kad_config);
     // A home lab has no public addresses to confirm; every node answers queries.
     kad.set_mode(Some(kad::Mode::Server));
     let mdns = if config.mdns && config.transport == Transport::Tcp {
@@ -291,6 +308,10 @@ pub struct EventLoop {
     last_seq: u64,
     /// A Kademlia bootstrap ran since the first peer was identified.
     bootstrapped: bool,
+    /// Models this node announces as a Kademlia provider (the shared ones it stores).
+    providing: HashSet<ContentId>,
+    /// Provider lookups under way: the peers found so far and who asked.
+    finding: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
     config: NetConfig,
 }
 
@@ -352,6 +373,8 @@ impl EventLoop {
             publish_due: false,
             last_seq: 0,
             bootstrapped: false,
+            providing: HashSet::new(),
+            finding: HashMap::new(),
             config,
         };
         Ok((client, ev_rx, event_loop))
@@ -390,10 +413,16 @@ impl EventLoop {
                     .status
                     .as_ref()
                     .is_none_or(|old| !same_except_seq(old, &status));
+                self.provide(&status);
                 self.status = Some(*status);
                 if changed {
                     self.publish_soon();
                 }
+            }
+            Command::FindProviders(id, reply) => {
+                let key = kad::RecordKey::new(&id.to_hex());
+                let query = self.swarm.behaviour_mut().kad.get_providers(key);
+                self.finding.insert(query, (HashSet::new(), reply));
             }
             Command::Dial(addr, reply) => {
                 let result = self
@@ -405,6 +434,62 @@ impl EventLoop {
             Command::ListenAddrs(reply) => {
                 let _ = reply.send(self.swarm.listeners().cloned().collect());
             }
+        }
+    }
+
+    /// Announces the models of `status` that are shared as Kademlia provider records, and
+    /// withdraws those no longer there. Records are republished by Kademlia itself.
+    fn provide(&mut self, status: &NodeStatus) {
+        let now: HashSet<ContentId> = status
+            .on_disk
+            .iter()
+            .filter(|m| m.shared)
+            .map(|m| m.content_id)
+            .collect();
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for gone in self.providing.difference(&now) {
+            kad.stop_providing(&kad::RecordKey::new(&gone.to_hex()));
+        }
+        for new in now.difference(&self.providing) {
+            if let Err(e) = kad.start_providing(kad::RecordKey::new(&new.to_hex())) {
+                tracing::warn!("cannot announce model {}: {e}", new.short());
+            }
+        }
+        self.providing = now;
+    }
+
+    /// Announces every provided model again: after the first peer arrived, the records a
+    /// lone node "published" reached nobody.
+    fn reprovide(&mut self) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        for id in &self.providing {
+            if let Err(e) = kad.start_providing(kad::RecordKey::new(&id.to_hex())) {
+                tracing::debug!("cannot announce model {}: {e}", id.short());
+            }
+        }
+    }
+
+    fn on_kad(&mut self, event: kad::Event) {
+        let kad::Event::OutboundQueryProgressed {
+            id, result, step, ..
+        } = event
+        else {
+            return;
+        };
+        let kad::QueryResult::GetProviders(result) = result else {
+            return;
+        };
+        let Some((found, _)) = self.finding.get_mut(&id) else {
+            return;
+        };
+        if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
+            found.extend(providers);
+        }
+        if step.last
+            && let Some((mut found, reply)) = self.finding.remove(&id)
+        {
+            found.remove(self.swarm.local_peer_id());
+            let _ = reply.send(found.into_iter().collect());
         }
     }
 
@@ -588,11 +673,12 @@ impl EventLoop {
                 // reached only through it become dialable now, not at the next redial tick.
                 if !self.bootstrapped {
                     self.bootstrapped = self.swarm.behaviour_mut().kad.bootstrap().is_ok();
+                    self.reprovide();
                 }
             }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::Behaviour(BehaviourEvent::Mdns(mdns::Event::Discovered(found))) => {
-                let mut by_peer: std::collections::HashMap<PeerId, Vec<Multiaddr>> =
-                    std::collections::HashMap::new();
+                let mut by_peer: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
                 for (peer, addr) in found {
                     self.swarm
                         .behaviour_mut()

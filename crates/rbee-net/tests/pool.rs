@@ -1,6 +1,7 @@
 //! Real swarms in one process over libp2p's memory transport (with pnet, noise and yamux, as
-//! between nodes): membership by key, the gossiped view, streams, and a 100-node pool that
-//! forms, splits, heals and loses members while every route stays valid.
+//! between nodes): membership by key, the gossiped view, streams, Kademlia provider records,
+//! and a 40-node pool that forms, splits, heals and loses members while every route stays
+//! valid (the 100+ node check is the simulation in `sim.rs`).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
@@ -317,4 +318,45 @@ async fn forty_real_swarms_form_split_heal_and_shrink_with_valid_routes() {
             truth.valid(me, m, &route).unwrap();
         }
     }
+}
+
+/// A node announces the models it stores as Kademlia provider records; a node that reached
+/// the pool through a chain of bootstraps finds who holds a model by its content id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn provider_records_name_the_nodes_that_hold_a_model() {
+    let key = PoolKey::generate().unwrap();
+    let p = ports(4);
+    let a = node(key, p, None, 500);
+    let b = node(key, p + 1, Some(p), 500);
+    let c = node(key, p + 2, Some(p + 1), 500);
+    let d = node(key, p + 3, Some(p + 2), 500);
+    for (n, name) in [(&b, "b"), (&c, "c"), (&d, "d")] {
+        n.publish_status(status(name, &[], &[], 10)).await.unwrap();
+    }
+    a.publish_status(status("a", &[], &[7], 10)).await.unwrap();
+    wait_until("the chain forms one pool", 30, || {
+        [&a, &b, &c, &d].iter().all(|n| n.peers().len() == 3)
+    })
+    .await;
+    let model = ContentId::of(&[7]);
+    let start = Instant::now();
+    let mut found = Vec::new();
+    while start.elapsed() < Duration::from_secs(20) {
+        found = d.find_providers(model).await.unwrap();
+        if !found.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(found, vec![a.local_peer_id()]);
+    eprintln!(
+        "provider of a model found from the far end in {:?}",
+        start.elapsed()
+    );
+    assert!(
+        d.find_providers(ContentId::of(&[8]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }

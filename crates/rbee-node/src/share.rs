@@ -795,10 +795,34 @@ pub async fn pull_from_pool(
             });
         }
     }
-    // The version most peers hold.
-    let Some((id, sources)) = by_model.into_iter().max_by_key(|(_, s)| s.len()) else {
-        return Ok(None);
+    // The version most peers hold; by content id, also the holders that only Kademlia knows
+    // (provider records reach beyond the gossip view).
+    let asked_id = match reference.parse::<rbee_proto::ModelRef>() {
+        Ok(rbee_proto::ModelRef::ContentId(id)) => Some(id),
+        _ => None,
     };
+    let (id, mut sources) = match by_model.into_iter().max_by_key(|(_, s)| s.len()) {
+        Some(best) => best,
+        None => match asked_id {
+            Some(id) => (id, Vec::new()),
+            None => return Ok(None),
+        },
+    };
+    if let Ok(Ok(providers)) =
+        tokio::time::timeout(Duration::from_secs(3), net.find_providers(id)).await
+    {
+        for peer in providers {
+            if !sources.iter().any(|s| s.peer == peer) {
+                let name = net
+                    .peer(&peer)
+                    .map_or_else(|| peer.to_string(), |p| p.status.name);
+                sources.push(Source { peer, name });
+            }
+        }
+    }
+    if sources.is_empty() {
+        return Ok(None);
+    }
     let name = match reference.parse::<rbee_proto::ModelRef>() {
         Ok(rbee_proto::ModelRef::Name(n)) => n,
         _ => hint.filter(|h| !h.is_empty()).unwrap_or_else(|| id.short()),
