@@ -63,6 +63,15 @@ fn follow(node: &NodeProcess, url: &str) -> (String, Value) {
     (text, last)
 }
 
+/// BLAKE3 of a whole file.
+fn blake3_file(path: &Path) -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher
+        .update_reader(std::fs::File::open(path).unwrap())
+        .unwrap();
+    hasher.finalize().to_hex().to_string()
+}
+
 fn sha256(path: &Path) -> String {
     let out = Command::new("sha256sum").arg(path).output().unwrap();
     String::from_utf8(out.stdout)
@@ -285,4 +294,63 @@ fn a_request_no_node_can_run_is_pulled_loaded_and_served_by_the_roomiest() {
         .to_string();
     assert_eq!(sha256(&pulled_file(&roomy.data, &cid)), sha256(&model));
     assert!(served(&holder.node) > 0);
+}
+
+/// A valid GGUF of about `bytes` whose one tensor is pseudo-random (nothing compresses).
+fn write_big_gguf(path: &Path, bytes: u64) {
+    let words = bytes / 8;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data = Vec::with_capacity((words * 8) as usize);
+    for _ in 0..words {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    let mut w = rbee_gguf::GgufWriter::tiny_model("llama");
+    w.add_tensor("big.weight", &[words * 2], rbee_gguf::GgmlType::F32, data);
+    w.write_file(path).unwrap();
+}
+
+/// Throughput-sized: a generated 2 GiB model stored on two nodes is pulled by a third from
+/// both at once; the pulled file's BLAKE3 and sha256 equal the source's.
+#[test]
+fn a_multi_gib_model_is_pulled_from_two_nodes_intact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("big.gguf");
+    write_big_gguf(&src, 2 << 30);
+    let key = pool_key(tmp.path());
+    let a = member(tmp.path(), "src-a", &key, None, "");
+    let b = member(tmp.path(), "src-b", &key, Some(&a.p2p), "");
+    for m in [&a, &b] {
+        let out = rbee(
+            &m.data,
+            &["models", "import", src.to_str().unwrap(), "--name", "big"],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
+    sees(&c.node, 2);
+    let started = Instant::now();
+    let (events, last) = follow(&c.node, &start_pull(&c.node, "big"));
+    let took = started.elapsed();
+    assert_eq!(last["type"], "done", "{events}\n{}", c.node.log_text());
+    let size = std::fs::metadata(&src).unwrap().len();
+    eprintln!(
+        "pulled {:.2} GB from two peers in {took:?} ({:.0} MB/s, debug build)",
+        size as f64 / 1e9,
+        size as f64 / 1e6 / took.as_secs_f64()
+    );
+    assert!(events.contains("from 2 peer(s)"), "{events}");
+    let cid = last["result"]["content_id"].as_str().unwrap();
+    let pulled = pulled_file(&c.data, cid);
+    assert_eq!(std::fs::metadata(&pulled).unwrap().len(), size);
+    assert_eq!(blake3_file(&pulled), blake3_file(&src));
+    assert_eq!(sha256(&pulled), sha256(&src));
+    let (sa, sb) = (served(&a.node), served(&b.node));
+    assert!(sa > 0 && sb > 0, "served: a {sa}, b {sb}");
 }

@@ -352,14 +352,12 @@ async fn fetch_shard(
     tracing::trace!(shard = %hash.short(), "shard header");
     match reply {
         Some(ShardReply::Data { len }) if len == expected => {
-            let mut buf = Vec::with_capacity(expected as usize);
-            let n = AsyncReadExt::take(&mut *stream, expected)
-                .read_to_end(&mut buf)
+            // (`read_to_end` would zero-fill through an iterator that crawls in debug builds.)
+            let mut buf = vec![0u8; expected as usize];
+            stream
+                .read_exact(&mut buf)
                 .await
                 .map_err(|e| format!("cut off mid-shard: {e}"))?;
-            if n as u64 != expected {
-                return Err(format!("cut off mid-shard after {n} of {expected} bytes"));
-            }
             Ok(buf)
         }
         Some(ShardReply::Data { len }) => {
