@@ -200,6 +200,23 @@ pub fn import_demo(data: &Path, name: &str) -> Option<()> {
     Some(())
 }
 
+/// Writes a valid GGUF of about `bytes` whose one tensor is pseudo-random (so nothing
+/// compresses): a large model for transfer tests and benchmarks.
+pub fn write_random_gguf(path: &Path, bytes: u64) {
+    let words = bytes / 8;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut data = Vec::with_capacity((words * 8) as usize);
+    for _ in 0..words {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    let mut w = rbee_gguf::GgufWriter::tiny_model("llama");
+    w.add_tensor("big.weight", &[words * 2], rbee_gguf::GgmlType::F32, data);
+    w.write_file(path).expect("writing the generated GGUF");
+}
+
 impl NodeProcess {
     /// `GET path` as JSON.
     pub fn get_json(&self, path: &str) -> serde_json::Value {

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use rbee_tests::{Member, NodeProcess, demo_model, http, import_demo, pool_key, rbee};
+use rbee_tests::{
+    Member, NodeProcess, demo_model, http, import_demo, pool_key, rbee, write_random_gguf,
+};
 use serde_json::{Value, json};
 
 /// A node in the pool; `config` is written as its config file (TOML).
@@ -296,29 +298,13 @@ fn a_request_no_node_can_run_is_pulled_loaded_and_served_by_the_roomiest() {
     assert!(served(&holder.node) > 0);
 }
 
-/// A valid GGUF of about `bytes` whose one tensor is pseudo-random (nothing compresses).
-fn write_big_gguf(path: &Path, bytes: u64) {
-    let words = bytes / 8;
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut data = Vec::with_capacity((words * 8) as usize);
-    for _ in 0..words {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        data.extend_from_slice(&state.to_le_bytes());
-    }
-    let mut w = rbee_gguf::GgufWriter::tiny_model("llama");
-    w.add_tensor("big.weight", &[words * 2], rbee_gguf::GgmlType::F32, data);
-    w.write_file(path).unwrap();
-}
-
 /// Throughput-sized: a generated 2 GiB model stored on two nodes is pulled by a third from
 /// both at once; the pulled file's BLAKE3 and sha256 equal the source's.
 #[test]
 fn a_multi_gib_model_is_pulled_from_two_nodes_intact() {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("big.gguf");
-    write_big_gguf(&src, 2 << 30);
+    write_random_gguf(&src, 2 << 30);
     let key = pool_key(tmp.path());
     let a = member(tmp.path(), "src-a", &key, None, "");
     let b = member(tmp.path(), "src-b", &key, Some(&a.p2p), "");
