@@ -156,6 +156,28 @@ async fn members_see_each_other_outsiders_see_nothing_and_streams_work() {
     eprintln!("a stopped member left the views after {gone:?}");
 }
 
+/// Whether a route must start with a fetch: nobody can run the model now (loaded with a
+/// free slot, or on disk with memory to load it), and either nobody holds it or a node that
+/// does not hold it has room for it.
+fn fetch_expected(pool: &[&NodeStatus], name: &str, id: ContentId) -> bool {
+    let size = pool
+        .iter()
+        .filter_map(|s| s.find_on_disk(name))
+        .map(|d| d.size)
+        .max();
+    let runnable = pool.iter().any(|s| match s.loaded(&id) {
+        Some(l) => l.has_slot(),
+        None => size.is_some_and(|z| s.find_on_disk(name).is_some() && s.max_free_bytes() >= z),
+    });
+    match size {
+        _ if runnable => false,
+        None => true,
+        Some(z) => pool
+            .iter()
+            .any(|s| s.find_on_disk(name).is_none() && s.max_free_bytes() >= z),
+    }
+}
+
 /// Ground truth for the routing check: what each node really has.
 struct Truth {
     statuses: HashMap<PeerId, NodeStatus>,
@@ -194,6 +216,9 @@ impl Truth {
                 {
                     return Err(format!("{} claimed to have it but does not", s.name));
                 }
+                Reason::Fetch if s.find_on_disk(&format!("model-{m}")).is_some() => {
+                    return Err(format!("{} asked to fetch what it holds", s.name));
+                }
                 _ => {}
             }
         }
@@ -203,11 +228,9 @@ impl Truth {
                 first.reason
             ));
         }
-        let anyone_has = self
-            .statuses
-            .values()
-            .any(|s| s.find_on_disk(&format!("model-{m}")).is_some());
-        if anyone_has == (first.reason == Reason::Fetch) {
+        let all: Vec<&NodeStatus> = self.statuses.values().collect();
+        let fetch = fetch_expected(&all, &format!("model-{m}"), id);
+        if fetch != (first.reason == Reason::Fetch) {
             return Err(format!("fetch decision wrong for model {m}"));
         }
         Ok(())

@@ -208,7 +208,7 @@ impl Sim {
                             s.name
                         ),
                         Reason::OnDisk | Reason::Busy => assert!(s.find_on_disk(&name).is_some()),
-                        Reason::Fetch => assert_eq!(route.len(), 1),
+                        Reason::Fetch => assert!(s.find_on_disk(&name).is_none()),
                     }
                 }
                 let pool: Vec<NodeStatus> = std::iter::once(n.status.clone())
@@ -217,16 +217,33 @@ impl Sim {
                 let loaded_somewhere = pool
                     .iter()
                     .any(|s| s.loaded(&id).is_some_and(LoadedModel::has_slot));
-                let anywhere = pool.iter().any(|s| s.find_on_disk(&name).is_some());
                 let first = route.first().map(|c| c.reason);
                 assert_eq!(
                     loaded_somewhere,
                     first == Some(Reason::Loaded),
                     "node {i}, {name}: {route:?}"
                 );
+                // A fetch comes first exactly when nobody can run it now and either nobody
+                // holds it or a node that does not hold it has room for it.
+                let size = pool
+                    .iter()
+                    .filter_map(|s| s.find_on_disk(&name))
+                    .map(|d| d.size)
+                    .max();
+                let runnable = pool.iter().any(|s| match s.loaded(&id) {
+                    Some(l) => l.has_slot(),
+                    None => size.is_some_and(|z| {
+                        s.find_on_disk(&name).is_some() && s.max_free_bytes() >= z
+                    }),
+                });
+                let fetch = !runnable
+                    && size.is_none_or(|z| {
+                        pool.iter()
+                            .any(|s| s.find_on_disk(&name).is_none() && s.max_free_bytes() >= z)
+                    });
                 assert_eq!(
-                    anywhere,
-                    first != Some(Reason::Fetch),
+                    fetch,
+                    first == Some(Reason::Fetch),
                     "node {i}, {name}: {route:?}"
                 );
             }
