@@ -90,7 +90,7 @@ fn pulled_file(data: &Path, cid: &str) -> PathBuf {
     files.next().unwrap().unwrap().path()
 }
 
-fn served(node: &NodeProcess) -> u64 {
+fn served_shards(node: &NodeProcess) -> u64 {
     let text = http()
         .get(&node.url("/metrics"))
         .call()
@@ -133,7 +133,7 @@ fn a_model_on_two_nodes_is_pulled_from_both_verified_and_identical() {
     assert!(String::from_utf8_lossy(&list.stdout).contains(cid));
     assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
     // Both sources served shards.
-    let (sa, sb) = (served(&a.node), served(&b.node));
+    let (sa, sb) = (served_shards(&a.node), served_shards(&b.node));
     assert!(sa > 0 && sb > 0, "served: a {sa}, b {sb}");
     // The pulled model answers requests on the puller itself.
     let mut resp = http()
@@ -232,7 +232,7 @@ fn a_corrupt_source_is_dropped_a_dead_source_is_survived_and_a_killed_puller_res
 
 /// Routing uses sharing: the only node holding the model has too little memory to load it, so
 /// a request sent to it goes to the roomiest node, which pulls the model from the holder,
-/// loads it and serves the request.
+/// loads it and serves the request; the caller's job shows the phases on that node.
 #[test]
 fn a_request_no_node_can_run_is_pulled_loaded_and_served_by_the_roomiest() {
     let Some(model) = demo_model() else { return };
@@ -250,42 +250,47 @@ fn a_request_no_node_can_run_is_pulled_loaded_and_served_by_the_roomiest() {
     let roomy = member(tmp.path(), "roomy", &key, Some(&holder.p2p), "");
     sees(&holder.node, 1);
     let started = Instant::now();
-    let mut resp = http()
-        .post(&holder.node.url("/v1/completions"))
+    let v: Value = http()
+        .post(&holder.node.url("/v1/jobs"))
         .send_json(
-            json!({"model": "demo", "prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+            json!({"operation": "infer", "model": "demo", "prompt": "The sky is",
+                          "max_tokens": 4, "temperature": 0}),
         )
+        .unwrap()
+        .body_mut()
+        .read_json()
         .unwrap();
-    let status = resp.status().as_u16();
-    let served_by = resp
-        .headers()
-        .get("x-rbee-node")
-        .map(|v| v.to_str().unwrap().to_string());
-    let body = resp.body_mut().read_to_string().unwrap();
+    let (events, last) = follow(&holder.node, v["stream_url"].as_str().unwrap());
     assert_eq!(
-        status,
-        200,
-        "{body}\n--- holder\n{}\n--- roomy\n{}",
+        last["type"],
+        "done",
+        "{events}\n--- holder\n{}\n--- roomy\n{}",
         holder.node.log_text(),
         roomy.node.log_text()
     );
-    assert_eq!(served_by.as_deref(), Some("roomy"), "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap();
-    assert!(!v["choices"][0]["text"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(last["result"]["node"], "roomy", "{last}");
+    assert!(
+        !last["result"]["text"].as_str().unwrap().is_empty(),
+        "{last}"
+    );
+    // The phases of the pull on the roomy node reached the caller's job.
+    assert!(events.contains("on node roomy: pulling"), "{events}");
+    assert!(events.contains("\"peers\":[\"holder\"]"), "{events}");
     eprintln!(
         "pulled, loaded and answered through the pool in {:?}",
         started.elapsed()
     );
-    // The roomy node keeps the model, byte-identical, and its pull is a job anyone can see.
+    // The roomy node lists the request as a job of its own, and keeps the model,
+    // byte-identical.
     let jobs = roomy.node.get_json("/v1/jobs");
-    let pull = jobs["data"]
+    let served = jobs["data"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|j| j["operation"] == "model_pull")
+        .find(|j| j["operation"] == "infer")
         .unwrap_or_else(|| panic!("{jobs}"))
         .clone();
-    assert_eq!(pull["status"], "done", "{pull}");
+    assert_eq!(served["status"], "done", "{served}");
     let list = rbee(&roomy.data, &["models", "ls", "--json"]);
     let listed: Value = serde_json::from_slice(&list.stdout).unwrap();
     let cid = listed
@@ -295,7 +300,17 @@ fn a_request_no_node_can_run_is_pulled_loaded_and_served_by_the_roomiest() {
         .unwrap_or_else(|| panic!("{listed}"))
         .to_string();
     assert_eq!(sha256(&pulled_file(&roomy.data, &cid)), sha256(&model));
-    assert!(served(&holder.node) > 0);
+    assert!(served_shards(&holder.node) > 0);
+    // A chat sent to the holder now goes straight to the model on the roomy node.
+    let mut resp = http()
+        .post(&holder.node.url("/v1/completions"))
+        .send_json(
+            json!({"model": "demo", "prompt": "The sky is", "max_tokens": 4, "temperature": 0}),
+        )
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(resp.headers().get("x-rbee-node").unwrap(), "roomy");
+    let _: Value = resp.body_mut().read_json().unwrap();
 }
 
 /// Throughput-sized: a generated 2 GiB model stored on two nodes is pulled by a third from
@@ -337,6 +352,6 @@ fn a_multi_gib_model_is_pulled_from_two_nodes_intact() {
     assert_eq!(std::fs::metadata(&pulled).unwrap().len(), size);
     assert_eq!(blake3_file(&pulled), blake3_file(&src));
     assert_eq!(sha256(&pulled), sha256(&src));
-    let (sa, sb) = (served(&a.node), served(&b.node));
+    let (sa, sb) = (served_shards(&a.node), served_shards(&b.node));
     assert!(sa > 0 && sb > 0, "served: a {sa}, b {sb}");
 }

@@ -23,6 +23,7 @@ use crate::NodeContext;
 use crate::actors::worker::ModelState;
 use crate::api::generate::{self, Chunk, Started};
 use crate::error::NodeError;
+use crate::jobs::{Job, JobEvent};
 
 /// Largest request frame (a long conversation; the HTTP body limit is the same).
 const MAX_REQUEST_FRAME: usize = 4 << 20;
@@ -58,6 +59,15 @@ pub enum InferFrame {
     Error {
         status: u16,
         message: String,
+    },
+    /// Before `Started`: what the serving node is doing first (pulling the model from the
+    /// pool, loading it), for the caller's job stream.
+    Phase(String),
+    /// Before `Started`: the progress of a pull on the serving node.
+    Progress {
+        done: u64,
+        total: u64,
+        peers: Vec<String>,
     },
 }
 
@@ -260,23 +270,62 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
             Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
         };
     tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
+    // The request is a job here too: what happens before the first token (a pull from the
+    // pool, a load) is listed in this node's jobs and relayed to the caller as it happens.
+    let job = ctx.jobs.create("infer");
+    job.phase(&format!("serving a request from peer {peer}"));
+    let (_, live) = job.subscribe();
     // `local_only`: a forwarded request never hops again, so there are no routing loops.
-    let started = generate::start_with(
+    let start = generate::start_with(
         ctx,
         &request.model,
         request.prompt,
         request.params,
         true,
-        None,
-    )
-    .await;
+        Some(&job),
+    );
+    tokio::pin!(start);
+    let mut live = live.map(tokio_stream::wrappers::BroadcastStream::new);
+    let started = loop {
+        let event = async {
+            match live.as_mut() {
+                Some(l) => l.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = &mut start => break result,
+            event = event => {
+                let frame = match event {
+                    Some(Ok(JobEvent::Phase { phase })) => InferFrame::Phase(phase),
+                    Some(Ok(JobEvent::Progress { done, total, peers, .. })) => InferFrame::Progress {
+                        done,
+                        total,
+                        peers: peers.unwrap_or_default(),
+                    },
+                    Some(_) => continue,
+                    None => {
+                        live = None;
+                        continue;
+                    }
+                };
+                if write_frame(stream, &frame).await.is_err() {
+                    job.fail("the peer went away");
+                    return;
+                }
+            }
+        }
+    };
     let mut started = match started {
         Ok(s) => s,
         Err(e) => {
+            job.fail(&e);
             let _ = write_frame(stream, &error_frame(&e)).await;
             return;
         }
     };
+    job.phase(&format!("generating for peer {peer}"));
     let head = InferFrame::Started {
         node: started.node.clone(),
         model: started.model.clone(),
@@ -288,15 +337,27 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
     while let Some(chunk) = started.events.recv().await {
         let (frame, last) = match chunk {
             Chunk::Text(t) => (InferFrame::Text(t), false),
-            Chunk::Done(stats) => (InferFrame::Done(stats), true),
-            Chunk::Failed(e) => (error_frame(&e), true),
+            Chunk::Done(stats) => {
+                job.done(serde_json::json!({"model": started.model, "for_peer": peer.to_string(),
+                    "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}));
+                (InferFrame::Done(stats), true)
+            }
+            Chunk::Failed(e) => {
+                job.fail(&e);
+                (error_frame(&e), true)
+            }
         };
         // A failed write means the caller went away: returning drops the events, which
         // cancels the generation.
-        if write_frame(stream, &frame).await.is_err() || last {
+        if write_frame(stream, &frame).await.is_err() {
+            job.fail("the peer went away");
+            return;
+        }
+        if last {
             return;
         }
     }
+    job.fail("the generation ended without a result");
 }
 
 async fn next_frame(
@@ -326,6 +387,7 @@ pub async fn start_remote(
     model: &str,
     prompt: Prompt,
     params: SamplingParams,
+    job: Option<&Arc<Job>>,
 ) -> Result<Started, NodeError> {
     let net = ctx
         .net
@@ -346,29 +408,47 @@ pub async fn start_remote(
         .await
         .map_err(|e| NodeError::Unavailable(format!("node {node}: {e}")))?;
     // The peer may load the model first: as long as this node would wait itself.
+    // (Each phase or progress frame restarts the wait: a pull there may take minutes.)
     let first_wait = Duration::from_secs(ctx.config.load_wait_secs) + Duration::from_secs(30);
-    let (served_by, model_name, prompt_tokens) =
+    let (served_by, model_name, prompt_tokens) = loop {
         match next_frame(&mut stream, first_wait, node).await? {
             InferFrame::Started {
                 node,
                 model,
                 prompt_tokens,
-            } => (node, model, prompt_tokens as usize),
+            } => break (node, model, prompt_tokens as usize),
             InferFrame::Error { status, message } => return Err(from_wire(status, message, node)),
+            InferFrame::Phase(phase) => {
+                if let Some(job) = job {
+                    job.phase(&format!("on node {node}: {phase}"));
+                }
+            }
+            InferFrame::Progress { done, total, peers } => {
+                if let Some(job) = job {
+                    job.emit(JobEvent::Progress {
+                        done,
+                        total,
+                        rate_bytes_per_sec: 0.0,
+                        eta_secs: None,
+                        peers: Some(peers),
+                    });
+                }
+            }
             _ => {
                 return Err(NodeError::Unavailable(format!(
                     "node {node} broke the protocol (no start frame)"
                 )));
             }
-        };
+        }
+    };
     tracing::debug!(node, us = t0.elapsed().as_micros() as u64, "peer started");
     let first = match next_frame(&mut stream, IDLE_TIMEOUT, node).await? {
         InferFrame::Text(t) => Chunk::Text(t),
         InferFrame::Done(s) => Chunk::Done(s),
         InferFrame::Error { status, message } => return Err(from_wire(status, message, node)),
-        InferFrame::Started { .. } => {
+        InferFrame::Started { .. } | InferFrame::Phase(_) | InferFrame::Progress { .. } => {
             return Err(NodeError::Unavailable(format!(
-                "node {node} broke the protocol (two start frames)"
+                "node {node} broke the protocol (a start frame after the start)"
             )));
         }
     };
@@ -390,9 +470,13 @@ pub async fn start_remote(
                     Ok(InferFrame::Error { status, message }) => {
                         Chunk::Failed(from_wire(status, message, &node_name))
                     }
-                    Ok(InferFrame::Started { .. }) => Chunk::Failed(NodeError::Unavailable(
-                        format!("node {node_name} broke the protocol mid-stream"),
-                    )),
+                    Ok(
+                        InferFrame::Started { .. }
+                        | InferFrame::Phase(_)
+                        | InferFrame::Progress { .. },
+                    ) => Chunk::Failed(NodeError::Unavailable(format!(
+                        "node {node_name} broke the protocol mid-stream"
+                    ))),
                     Err(e) => Chunk::Failed(NodeError::Unavailable(format!(
                         "the generation was cut off: {e}"
                     ))),

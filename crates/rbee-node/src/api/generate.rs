@@ -132,8 +132,16 @@ async fn start_one(
                 None,
             ),
             RouteTarget::Peer { peer, node } => (
-                crate::pool::start_remote(ctx, peer, &node, model, prompt.clone(), params.clone())
-                    .await,
+                crate::pool::start_remote(
+                    ctx,
+                    peer,
+                    &node,
+                    model,
+                    prompt.clone(),
+                    params.clone(),
+                    job,
+                )
+                .await,
                 Some((peer, node)),
             ),
         };
