@@ -19,6 +19,8 @@
 //! compute them in whatever way vectorises; only the float steps are fixed.
 //! They run on candle's persistent thread pool ([`pool`]).
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) mod avx2;
 pub(crate) mod expf;
 pub(crate) mod float;
 pub(crate) mod pool;

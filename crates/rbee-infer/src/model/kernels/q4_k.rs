@@ -90,7 +90,7 @@ impl Q4KMatrix {
     pub fn matmul(&self, x: &[f32], m: usize, kernels: &[RowKernel]) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
-        let a: Vec<f32> = acts.q.iter().map(|&v| f32::from(v)).collect();
+        let a = codes(&acts.q);
         let nb = self.cols / QK_K;
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
@@ -138,6 +138,19 @@ impl Q4KMatrix {
     }
 }
 
+/// Activation codes as [`dot_tile`] reads them: widened to f32 for the
+/// portable kernel, the i8 codes themselves for the AVX2 one.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn codes(q: &[i8]) -> Vec<f32> {
+    q.iter().map(|&v| f32::from(v)).collect()
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn codes(q: &[i8]) -> &[i8] {
+    q
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// Exact sums of four groups of eight lanes holding integers below 2^24
 /// in total. Not inlined, for the reason given at [`super::hsum8`].
 #[inline(never)]
@@ -149,6 +162,7 @@ fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
     out
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// Eight lane sums of `w * a` over 64 values.
 #[inline(always)]
 fn lanes64(w: &[f32; 64], a: &[f32]) -> [f32; 8] {
@@ -161,6 +175,7 @@ fn lanes64(w: &[f32; 64], a: &[f32]) -> [f32; 8] {
     lanes
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// One weight row (`w`, all super-blocks) times `T` activation rows, given as
 /// (row index, kernel). Returns the `T` outputs.
 #[inline(never)]
@@ -217,6 +232,84 @@ fn dot_tile<const T: usize>(
                 RowKernel::Gemv => {
                     // The super-block's integer can pass 2^24: add in f64, round once.
                     let total: f64 = per64.iter().map(|&v| f64::from(v)).sum();
+                    acc[t] = (total as f32).mul_add(scale, acc[t]);
+                    acc_min[t] = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min[t]);
+                }
+            }
+        }
+    }
+    for (a, m) in acc.iter_mut().zip(acc_min) {
+        *a -= m;
+    }
+    acc
+}
+
+/// [`dot_tile`] with ggml's integer instructions: per 64 values the exact
+/// integer `sum(scale * code * a)` comes from `vpmaddubsw` (nibbles times
+/// activation codes) and `vpmaddwd` (times the sub-block scales); the float
+/// steps are the portable kernel's.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[i8],
+    rows: [(usize, RowKernel); T],
+) -> [f32; T] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
+        splat_i16,
+    };
+    let nb = w.len();
+    let (a, _) = a.as_chunks::<32>();
+    let mut acc = [0f32; T];
+    let mut acc_min = [0f32; T];
+    for (bi, b) in w.iter().enumerate() {
+        // Nibbles and scales once for all rows: values 64j..64j+32 are the
+        // low nibbles of qs[32j..32j+32], 64j+32..64j+64 the high ones.
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let mut lo = [m256i::default(); 4];
+        let mut hi = [m256i::default(); 4];
+        let mut s_lo = [m256i::default(); 4];
+        let mut s_hi = [m256i::default(); 4];
+        for j in 0..4 {
+            (lo[j], hi[j]) = nibbles(load_u8(&qs[j]));
+            s_lo[j] = splat_i16(i16::from(b.scales[2 * j]));
+            s_hi[j] = splat_i16(i16::from(b.scales[2 * j + 1]));
+        }
+        for (t, &(row, kernel)) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let da = acts.d[ab];
+            let q8 = &a[ab * 8..ab * 8 + 8];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            let mut v = [m256i::default(); 4];
+            for j in 0..4 {
+                v[j] = add_i32_m256i(
+                    madd_i16(mul_u8_i8_pairs(lo[j], load_i8(&q8[2 * j])), s_lo[j]),
+                    madd_i16(mul_u8_i8_pairs(hi[j], load_i8(&q8[2 * j + 1])), s_hi[j]),
+                );
+            }
+            // Each below 2^24 (see the portable kernel), so exact in f32.
+            let per64i = hsum_i32_4(v);
+            let per64 = per64i.map(|v| v as f32);
+            let mut mins64 = [0i32; 4];
+            for (j, m) in mins64.iter_mut().enumerate() {
+                let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
+                let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
+                *m = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+            }
+            let scale = b.d * da;
+            let scale_min = b.dmin * da;
+            match kernel {
+                RowKernel::Gemm => {
+                    for j in 0..4 {
+                        acc[t] = per64[j].mul_add(scale, acc[t]);
+                        acc_min[t] = (mins64[j] as f32).mul_add(scale_min, acc_min[t]);
+                    }
+                }
+                RowKernel::Gemv => {
+                    // The super-block's integer, rounded once.
+                    let total: i32 = per64i.iter().sum();
                     acc[t] = (total as f32).mul_add(scale, acc[t]);
                     acc_min[t] = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min[t]);
                 }

@@ -140,12 +140,28 @@ impl Q6KMatrix {
 }
 
 /// Position of value `i` of a 32-value chunk in the permuted layout.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 #[inline(always)]
 fn permuted(i: usize) -> usize {
     (i % 4) * 8 + i / 4
 }
 
+/// With AVX2 the lanes are summed by ggml's integer instructions, which
+/// want the codes in their natural order.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    i
+}
+
+/// Activation codes as the AVX2 [`dot_tile`] reads them: the i8 codes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn permuted_f32(q: &[i8]) -> &[i8] {
+    q
+}
+
 /// Activation codes as f32, permuted within each 32-value chunk like the weights.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 fn permuted_f32(q: &[i8]) -> Vec<f32> {
     let mut out = vec![0f32; q.len()];
     for (dst, src) in out.chunks_exact_mut(32).zip(q.chunks_exact(32)) {
@@ -156,6 +172,7 @@ fn permuted_f32(q: &[i8]) -> Vec<f32> {
     out
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// Exact sum of lanes holding integers (in f64, so no bound). Not inlined,
 /// for the reason given at [`super::hsum8`].
 #[inline(never)]
@@ -165,6 +182,7 @@ fn exact_sum(x: &[f32; 8], y: &[f32; 8], z: &[i32; 8]) -> f64 {
         .sum()
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// One weight row (all super-blocks) times `T` activation rows.
 ///
 /// Per super-block and row, lane `l` gathers `scale * code * a` over the
@@ -228,6 +246,62 @@ fn dot_tile<const T: usize>(
                         - f64::from(offsets[l])) as f32;
                     acc[t][l] = d.mul_add(lane, acc[t][l]);
                 }
+            }
+        }
+    }
+    acc
+}
+
+/// [`dot_tile`] with ggml's integer instructions: per 32-value chunk,
+/// `vpmaddubsw` (codes times activation codes) and `vpmaddwd` (times the
+/// two 16-value scales) give the lanes, minus the code offset per lane; the
+/// float steps are the portable kernel's.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[i8],
+    rows: [usize; T],
+    tiled: bool,
+) -> [[f32; 8]; T] {
+    use super::avx2::{
+        add_i32_m256i, fused_mul_add_m256, hsum_i32, load_i8, load_u8, m256i, madd_i16,
+        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32,
+    };
+    let nb = w.len();
+    let (a, _) = a.as_chunks::<32>();
+    let mut acc = [[0f32; 8]; T];
+    for (bi, b) in w.iter().enumerate() {
+        let (codes, _) = b.codes.as_chunks::<32>();
+        let scales: [m256i; 8] = std::array::from_fn(|c| {
+            let (s0, s1) = (i16::from(b.scales[2 * c]), i16::from(b.scales[2 * c + 1]));
+            m256i::from(std::array::from_fn::<i16, 16, _>(|i| {
+                if i < 8 { s0 } else { s1 }
+            }))
+        });
+        for (t, &row) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let a = &a[ab * 8..ab * 8 + 8];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            let mut sum = m256i::default();
+            for c in 0..8 {
+                let p = mul_u8_i8_pairs(load_u8(&codes[c]), load_i8(&a[c]));
+                sum = add_i32_m256i(sum, madd_i16(p, scales[c]));
+            }
+            let offsets: [i32; 8] = std::array::from_fn(|l| {
+                32 * (i32::from(b.scales[2 * l]) * bsums[2 * l]
+                    + i32::from(b.scales[2 * l + 1]) * bsums[2 * l + 1])
+            });
+            let lanes = sub_i32_m256i(sum, m256i::from(offsets));
+            if tiled {
+                // tiled-kernel.cpp: fma(d_w * isum, d_a, acc) per super-block.
+                let isum = hsum_i32(lanes) as f32;
+                acc[t][0] = (b.d * isum).mul_add(acts.d[ab], acc[t][0]);
+            } else {
+                // vec_dot: each integer lane, rounded once (cvtdq2ps), one FMA.
+                let d = set_splat_m256(acts.d[ab] * b.d);
+                acc[t] = fused_mul_add_m256(d, to_f32(lanes), acc[t].into()).to_array();
             }
         }
     }

@@ -18,10 +18,26 @@ use super::{hsum8, hsum8_each};
 
 /// Position in the permuted block of the value at position `i`: lane `i / 4`,
 /// step `i % 4`, stored step-major (`step * 8 + lane`).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 #[inline(always)]
 fn permuted(i: usize) -> usize {
     (i % 4) * 8 + i / 4
 }
+
+/// With AVX2 the lanes are summed by ggml's integer instructions, which
+/// want the codes in their natural order.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    i
+}
+
+/// How activation codes are held for [`dot_tile`]: f32 for the portable
+/// kernel, the i8 codes themselves for the AVX2 one.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+type Code = f32;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+type Code = i8;
 
 /// A row-major `rows × cols` matrix of Q8_0 codes and scales.
 #[derive(Debug)]
@@ -34,11 +50,29 @@ pub(crate) struct Q8_0Matrix {
     q: Vec<i8>,
 }
 
-/// Rows of activations prepared for the kernel: block scales and codes as
-/// f32, permuted like the weights.
+/// Rows of activations prepared for the kernel: block scales and codes
+/// ([`Code`]), permuted like the weights.
 struct Acts {
     d: Vec<f32>,
-    q: Vec<f32>,
+    q: Vec<Code>,
+}
+
+impl Acts {
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    fn new(raw: Q8_0Rows) -> Acts {
+        let mut q = vec![0.0; raw.q.len()];
+        for (dst, src) in q.chunks_exact_mut(QK8_0).zip(raw.q.chunks_exact(QK8_0)) {
+            for (i, &v) in src.iter().enumerate() {
+                dst[permuted(i)] = f32::from(v);
+            }
+        }
+        Acts { d: raw.d, q }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    fn new(raw: Q8_0Rows) -> Acts {
+        Acts { d: raw.d, q: raw.q }
+    }
 }
 
 impl Q8_0Matrix {
@@ -50,19 +84,7 @@ impl Q8_0Matrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut raw = Q8_0Rows::default();
         quantize_q8_0(x, &mut raw);
-        let mut acts = Acts {
-            d: raw.d,
-            q: vec![0.0; raw.q.len()],
-        };
-        for (dst, src) in acts
-            .q
-            .chunks_exact_mut(QK8_0)
-            .zip(raw.q.chunks_exact(QK8_0))
-        {
-            for (i, &v) in src.iter().enumerate() {
-                dst[permuted(i)] = f32::from(v);
-            }
-        }
+        let acts = Acts::new(raw);
         let k = self.cols;
         let nb = k / QK8_0;
         if m == 1 {
@@ -131,6 +153,7 @@ impl Q8_0Matrix {
 /// block, eight lane sums of four products (exact in f32), then
 /// `acc[l] = fma(d_w * d_a, lane, acc[l])`. Returns the lanes; the caller
 /// sums them with [`hsum8`].
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 #[inline(never)]
 fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) -> [[f32; 8]; T] {
     let nb = wd.len();
@@ -157,6 +180,34 @@ fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) 
         }
     }
     acc
+}
+
+/// [`dot_tile`] with ggml's integer instructions: per block and row, the
+/// eight lane sums come from `vpmaddubsw` + `vpmaddwd` (exact), then the
+/// same FMA by `d_w * d_a`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[i8], &[f32]); T]) -> [[f32; 8]; T] {
+    use super::avx2::{
+        abs_i8, dot_i8, fused_mul_add_m256, load_i8, set_splat_m256, to_f32, zeroed_m256,
+    };
+    let (wblocks, _) = wq.as_chunks::<QK8_0>();
+    let nb = wblocks.len().min(wd.len());
+    let rows = rows.map(|(q, d)| {
+        let (q, _) = q.as_chunks::<QK8_0>();
+        (&q[..nb], &d[..nb])
+    });
+    let mut acc = [zeroed_m256(); T];
+    for b in 0..nb {
+        let w = load_i8(&wblocks[b]);
+        let aw = abs_i8(w);
+        let dw = wd[b];
+        for (acc, (aq, ad)) in acc.iter_mut().zip(&rows) {
+            let lanes = to_f32(dot_i8(aw, w, load_i8(&aq[b])));
+            *acc = fused_mul_add_m256(set_splat_m256(dw * ad[b]), lanes, *acc);
+        }
+    }
+    acc.map(|a| a.to_array())
 }
 
 /// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
