@@ -214,6 +214,26 @@ mod tests {
             "q8_0 single row",
         );
 
+        // Prefill: tiles of four activation rows times pairs of weight rows,
+        // with an odd weight row and leftover activation rows.
+        let (rows_b, m_b) = (19, 11);
+        let xb: Vec<f32> = (0..m_b * cols).map(|_| rng.float()).collect();
+        let mut q8b = Q8_0Rows::default();
+        quantize_q8_0(&xb, &mut q8b);
+        let acts_b: Vec<Vec<f32>> = (0..m_b)
+            .map(|r| {
+                (0..cols)
+                    .map(|e| f32::from(q8b.q[r * cols + e]) * q8b.d[(r * cols + e) / 32])
+                    .collect()
+            })
+            .collect();
+        let wb = q8_0::from_blocks(&bytes[..rows_b * cols / 32 * 34], rows_b, cols).unwrap();
+        check(
+            &wb.matmul(&xb, m_b),
+            &reference(&w_rows[..rows_b], &acts_b),
+            "q8_0 batch",
+        );
+
         let wf: Vec<f32> = (0..rows * cols).map(|_| rng.float()).collect();
         let f = float::FloatMatrix {
             rows,

@@ -93,3 +93,15 @@ pub(crate) fn hsum_i32_4(v: [m256i; 4]) -> [i32; 4] {
 pub(crate) fn hsum_i32(v: m256i) -> i32 {
     <[i32; 8]>::from(v).iter().sum()
 }
+
+/// [`super::hsum8`] on a register: ggml's `hsum_float_8`, the same adds in
+/// the same order (high half plus low half, then pairs, then the last two).
+#[inline(always)]
+pub(crate) fn hsum8(x: m256) -> f32 {
+    let r = safe_arch::add_m128(
+        safe_arch::extract_m128_from_m256::<1>(x),
+        safe_arch::cast_to_m128_from_m256(x),
+    );
+    let t: [f32; 4] = safe_arch::add_m128(r, safe_arch::move_high_low_m128(r, r)).into();
+    t[0] + t[1]
+}

@@ -85,13 +85,19 @@ impl Q8_0Matrix {
         let mut raw = Q8_0Rows::default();
         quantize_q8_0(x, &mut raw);
         let acts = Acts::new(raw);
-        let k = self.cols;
-        let nb = k / QK8_0;
         if m == 1 {
             return par_columns(1, self.rows, 16, |cols, out| {
                 self.single_row(cols, &acts, out)
             });
         }
+        self.batch(acts, m)
+    }
+
+    /// Several activation rows (prefill).
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    fn batch(&self, acts: Acts, m: usize) -> Vec<f32> {
+        let k = self.cols;
+        let nb = k / QK8_0;
         par_columns(m, self.rows, 16, |cols, out| {
             let width = cols.len();
             let row = |r: usize| (&acts.q[r * k..(r + 1) * k], &acts.d[r * nb..(r + 1) * nb]);
@@ -110,6 +116,49 @@ impl Q8_0Matrix {
                 }
                 for r in r..m {
                     out[r * width + i] = hsum8(&dot_tile::<1>(wq, wd, [row(r)])[0]);
+                }
+            }
+        })
+    }
+
+    /// Several activation rows (prefill): tiles of four activation rows
+    /// (interleaved by block, see [`Tiles`]) times two weight rows at once, so
+    /// every loaded block serves several products; leftover rows one by one.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    fn batch(&self, acts: Acts, m: usize) -> Vec<f32> {
+        let k = self.cols;
+        let nb = k / QK8_0;
+        let tiles = Tiles::new(&acts, m, nb);
+        let full = m - m % 4;
+        par_columns(m, self.rows, 16, |cols, out| {
+            let width = cols.len();
+            let weight = |c: usize| (&self.q[c * k..(c + 1) * k], &self.d[c * nb..(c + 1) * nb]);
+            let mut c = cols.start;
+            while c + 2 <= cols.end {
+                let (w0, w1) = (weight(c), weight(c + 1));
+                for (i, (tq, td)) in tiles.iter(nb).enumerate() {
+                    let sums = tile_4x2(w0, w1, tq, td);
+                    for (t, s) in sums.iter().enumerate() {
+                        let o = (4 * i + t) * width + c - cols.start;
+                        out[o..o + 2].copy_from_slice(s);
+                    }
+                }
+                c += 2;
+            }
+            for c in c..cols.end {
+                let (wq, wd) = weight(c);
+                for (i, (tq, td)) in tiles.iter(nb).enumerate() {
+                    let sums = tile_4x1(wq, wd, tq, td);
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(4 * i + t) * width + c - cols.start] = *s;
+                    }
+                }
+            }
+            for c in cols.clone() {
+                let (wq, wd) = weight(c);
+                for r in full..m {
+                    let row = (&acts.q[r * k..(r + 1) * k], &acts.d[r * nb..(r + 1) * nb]);
+                    out[r * width + c - cols.start] = hsum8(&dot_tile::<1>(wq, wd, [row])[0]);
                 }
             }
         })
@@ -208,6 +257,90 @@ fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[i8], &[f32]); T]) -
         }
     }
     acc.map(|a| a.to_array())
+}
+
+/// Activation rows in groups of four, block-interleaved: for each group
+/// and block, the four rows' codes and scales side by side, so the tile
+/// kernels walk one contiguous slice.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+struct Tiles {
+    q: Vec<[[i8; QK8_0]; 4]>,
+    d: Vec<[f32; 4]>,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl Tiles {
+    fn new(acts: &Acts, m: usize, nb: usize) -> Tiles {
+        let (blocks, _) = acts.q.as_chunks::<QK8_0>();
+        let groups = m / 4;
+        let mut q = Vec::with_capacity(groups * nb);
+        let mut d = Vec::with_capacity(groups * nb);
+        for g in 0..groups {
+            for b in 0..nb {
+                q.push(std::array::from_fn(|t| blocks[(4 * g + t) * nb + b]));
+                d.push(std::array::from_fn(|t| acts.d[(4 * g + t) * nb + b]));
+            }
+        }
+        Tiles { q, d }
+    }
+
+    /// Each group's blocks and scales.
+    #[allow(clippy::type_complexity)]
+    fn iter(&self, nb: usize) -> impl Iterator<Item = (&[[[i8; QK8_0]; 4]], &[[f32; 4]])> {
+        self.q.chunks_exact(nb).zip(self.d.chunks_exact(nb))
+    }
+}
+
+/// Four interleaved activation rows times one weight row: [`dot_tile`]'s
+/// arithmetic, horizontal sums included.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_4x1(wq: &[i8], wd: &[f32], tq: &[[[i8; QK8_0]; 4]], td: &[[f32; 4]]) -> [f32; 4] {
+    use super::avx2::{
+        abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, set_splat_m256, to_f32, zeroed_m256,
+    };
+    let (wblocks, _) = wq.as_chunks::<QK8_0>();
+    let mut acc = [zeroed_m256(); 4];
+    for (((wb, &dw), aq), ad) in wblocks.iter().zip(wd).zip(tq).zip(td) {
+        let w = load_i8(wb);
+        let aw = abs_i8(w);
+        for t in 0..4 {
+            let lanes = to_f32(dot_i8(aw, w, load_i8(&aq[t])));
+            acc[t] = fused_mul_add_m256(set_splat_m256(dw * ad[t]), lanes, acc[t]);
+        }
+    }
+    acc.map(hsum8)
+}
+
+/// Four interleaved activation rows times two weight rows: `[row][weight]`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_4x2(
+    (wq0, wd0): (&[i8], &[f32]),
+    (wq1, wd1): (&[i8], &[f32]),
+    tq: &[[[i8; QK8_0]; 4]],
+    td: &[[f32; 4]],
+) -> [[f32; 2]; 4] {
+    use super::avx2::{
+        abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, set_splat_m256, to_f32, zeroed_m256,
+    };
+    let (w0blocks, _) = wq0.as_chunks::<QK8_0>();
+    let (w1blocks, _) = wq1.as_chunks::<QK8_0>();
+    let mut acc0 = [zeroed_m256(); 4];
+    let mut acc1 = [zeroed_m256(); 4];
+    let weights = w0blocks.iter().zip(wd0).zip(w1blocks.iter().zip(wd1));
+    for (((w0b, &dw0), (w1b, &dw1)), (aq, ad)) in weights.zip(tq.iter().zip(td)) {
+        let (w0, w1) = (load_i8(w0b), load_i8(w1b));
+        let (aw0, aw1) = (abs_i8(w0), abs_i8(w1));
+        for t in 0..4 {
+            let a = load_i8(&aq[t]);
+            let l0 = to_f32(dot_i8(aw0, w0, a));
+            acc0[t] = fused_mul_add_m256(set_splat_m256(dw0 * ad[t]), l0, acc0[t]);
+            let l1 = to_f32(dot_i8(aw1, w1, a));
+            acc1[t] = fused_mul_add_m256(set_splat_m256(dw1 * ad[t]), l1, acc1[t]);
+        }
+    }
+    std::array::from_fn(|t| [hsum8(acc0[t]), hsum8(acc1[t])])
 }
 
 /// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
