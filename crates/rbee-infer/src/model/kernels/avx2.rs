@@ -105,3 +105,16 @@ pub(crate) fn hsum8(x: m256) -> f32 {
     let t: [f32; 4] = safe_arch::add_m128(r, safe_arch::move_high_low_m128(r, r)).into();
     t[0] + t[1]
 }
+
+/// [`hsum_i32_4`] converted to f32 (exactly, for totals below 2^24).
+#[inline(always)]
+pub(crate) fn hsum_i32_4_f32(v: [m256i; 4]) -> safe_arch::m128 {
+    let h = add_horizontal_i32_m256i(
+        add_horizontal_i32_m256i(v[0], v[1]),
+        add_horizontal_i32_m256i(v[2], v[3]),
+    );
+    safe_arch::convert_to_m128_from_i32_m128i(add_i32_m128i(
+        cast_to_m128i_from_m256i(h),
+        extract_m128i_from_m256i::<1>(h),
+    ))
+}
