@@ -321,23 +321,33 @@ fn tile_4x2(
     tq: &[[[i8; QK8_0]; 4]],
     td: &[[f32; 4]],
 ) -> [[f32; 2]; 4] {
-    use super::avx2::{
-        abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, set_splat_m256, to_f32, zeroed_m256,
-    };
+    use super::avx2::{abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, to_f32, zeroed_m256};
+    use safe_arch::{load_f32_splat_m256, load_unaligned_m128, mul_m128, set_splat_m128};
     let (w0blocks, _) = wq0.as_chunks::<QK8_0>();
     let (w1blocks, _) = wq1.as_chunks::<QK8_0>();
     let mut acc0 = [zeroed_m256(); 4];
     let mut acc1 = [zeroed_m256(); 4];
     let weights = w0blocks.iter().zip(wd0).zip(w1blocks.iter().zip(wd1));
     for (((w0b, &dw0), (w1b, &dw1)), (aq, ad)) in weights.zip(tq.iter().zip(td)) {
-        let (w0, w1) = (load_i8(w0b), load_i8(w1b));
-        let (aw0, aw1) = (abs_i8(w0), abs_i8(w1));
+        // The eight scale products `d_w * d_a` with two multiplies; each is
+        // then broadcast straight from memory.
+        let da = load_unaligned_m128(ad);
+        let d: [[f32; 4]; 2] = [
+            mul_m128(set_splat_m128(dw0), da).into(),
+            mul_m128(set_splat_m128(dw1), da).into(),
+        ];
+        // One weight row at a time keeps the eight accumulators in registers.
+        let w0 = load_i8(w0b);
+        let aw0 = abs_i8(w0);
         for t in 0..4 {
-            let a = load_i8(&aq[t]);
-            let l0 = to_f32(dot_i8(aw0, w0, a));
-            acc0[t] = fused_mul_add_m256(set_splat_m256(dw0 * ad[t]), l0, acc0[t]);
-            let l1 = to_f32(dot_i8(aw1, w1, a));
-            acc1[t] = fused_mul_add_m256(set_splat_m256(dw1 * ad[t]), l1, acc1[t]);
+            let l0 = to_f32(dot_i8(aw0, w0, load_i8(&aq[t])));
+            acc0[t] = fused_mul_add_m256(load_f32_splat_m256(&d[0][t]), l0, acc0[t]);
+        }
+        let w1 = load_i8(w1b);
+        let aw1 = abs_i8(w1);
+        for t in 0..4 {
+            let l1 = to_f32(dot_i8(aw1, w1, load_i8(&aq[t])));
+            acc1[t] = fused_mul_add_m256(load_f32_splat_m256(&d[1][t]), l1, acc1[t]);
         }
     }
     std::array::from_fn(|t| [hsum8(acc0[t]), hsum8(acc1[t])])
