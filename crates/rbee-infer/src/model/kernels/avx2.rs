@@ -106,7 +106,8 @@ pub(crate) fn hsum8(x: m256) -> f32 {
     t[0] + t[1]
 }
 
-/// [`hsum_i32_4`] converted to f32 (exactly, for totals below 2^24).
+/// [`hsum_i32_4`] converted to f32 (`cvtdq2ps`: exact below 2^24, else
+/// rounded once to nearest, as `i32 as f32`).
 #[inline(always)]
 pub(crate) fn hsum_i32_4_f32(v: [m256i; 4]) -> safe_arch::m128 {
     let h = add_horizontal_i32_m256i(

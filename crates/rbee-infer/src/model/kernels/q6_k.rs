@@ -107,12 +107,18 @@ impl Q6KMatrix {
         let a = permuted_f32(&acts.q);
         let nb = self.cols / QK_K;
         let finish = |lanes: &[f32; 8]| if tiled { lanes[0] } else { hsum8(lanes) };
+        let (tiles, first) = Tiles::new(&acts, if tiled { m / 4 } else { 0 }, nb);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
+                tiles.each(w, nb, |r, sums| {
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(r + t) * width + i] = *s;
+                    }
+                });
                 // Four activation rows share each unpacked weight block.
-                let mut r = 0;
+                let mut r = first;
                 while r + 4 <= m {
                     let acc = dot_tile::<4>(w, &acts, &a, std::array::from_fn(|t| r + t), tiled);
                     for (t, lanes) in acc.iter().enumerate() {
@@ -306,4 +312,134 @@ fn dot_tile<const T: usize>(
         }
     }
     acc
+}
+
+/// Groups of four activation rows for the tiled kernel, block-interleaved
+/// for [`tile_tiled`]: per group and super-block the four rows' codes,
+/// scales and 16-value sums.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+struct Tiles {
+    q: Vec<[[i8; QK_K]; 4]>,
+    d: Vec<[f32; 4]>,
+    bsums: Vec<[[i16; 16]; 4]>,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl Tiles {
+    /// The first `groups` groups of four rows, and the first row they leave
+    /// to the row kernels.
+    fn new(acts: &Q8KRows, groups: usize, nb: usize) -> (Tiles, usize) {
+        let (blocks, _) = acts.q.as_chunks::<QK_K>();
+        let mut tiles = Tiles {
+            q: Vec::with_capacity(groups * nb),
+            d: Vec::with_capacity(groups * nb),
+            bsums: Vec::with_capacity(groups * nb),
+        };
+        for g in 0..groups {
+            for b in 0..nb {
+                let ab = |t: usize| (4 * g + t) * nb + b;
+                tiles.q.push(std::array::from_fn(|t| blocks[ab(t)]));
+                tiles.d.push(std::array::from_fn(|t| acts.d[ab(t)]));
+                // Sums of 16 codes: at most 16 * 127 in magnitude.
+                tiles.bsums.push(std::array::from_fn(|t| {
+                    std::array::from_fn(|i| acts.bsums[ab(t) * 16 + i] as i16)
+                }));
+            }
+        }
+        (tiles, 4 * groups)
+    }
+
+    /// `f(first_row, outputs)` for every group, against weight row `w`.
+    fn each(&self, w: &[Block], nb: usize, mut f: impl FnMut(usize, [f32; 4])) {
+        let groups = self
+            .q
+            .chunks_exact(nb)
+            .zip(self.d.chunks_exact(nb))
+            .zip(self.bsums.chunks_exact(nb));
+        for (g, ((q, d), bs)) in groups.enumerate() {
+            f(4 * g, tile_tiled(w, q, d, bs));
+        }
+    }
+}
+
+/// No tiles without AVX2: every row takes the row kernels.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+struct Tiles;
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+impl Tiles {
+    fn new(_: &Q8KRows, _: usize, _: usize) -> (Tiles, usize) {
+        (Tiles, 0)
+    }
+
+    fn each(&self, _: &[Block], _: usize, _: impl FnMut(usize, [f32; 4])) {}
+}
+
+/// Byte shuffles that spread the two scales of chunk `c` over its 32
+/// values (ggml's `get_scale_shuffle`): scale `2c` for the low 16, `2c + 1`
+/// for the high 16, before widening to i16.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+const SCALE_SHUFFLE: [[i8; 16]; 8] = {
+    let mut out = [[0i8; 16]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut i = 0;
+        while i < 16 {
+            out[c][i] = (2 * c + i / 8) as i8;
+            i += 1;
+        }
+        c += 1;
+    }
+    out
+};
+
+/// One weight row times a group of four rows with the tiled kernel's
+/// arithmetic ([`dot_tile`] with `tiled`): per super-block and row the exact
+/// integer `isum` (lanes of `vpmaddubsw` + `vpmaddwd`, minus the code
+/// offsets from one `vpmaddwd` of the 16-value sums), then
+/// `fma(d_w * isum, d_a, acc)` on four lanes at once.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_tiled(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [f32; 4] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4_f32, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs,
+        sub_i32_m256i,
+    };
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, fused_mul_add_m128, load_unaligned_m128, m128i,
+        mul_m128, set_splat_m128, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i, zeroed_m128,
+    };
+    let mut acc = zeroed_m128();
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (codes, _) = b.codes.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        let scales = m128i::from(b.scales);
+        let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+        // Lane l of row t: 32 * (scale[2l] * bsum[2l] + scale[2l+1] * bsum[2l+1]).
+        let mut sums: [m256i; 4] = std::array::from_fn(|t| {
+            sub_i32_m256i(
+                m256i::default(),
+                shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
+            )
+        });
+        for (c, q) in codes.iter().enumerate() {
+            let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+                scales,
+                m128i::from(SCALE_SHUFFLE[c]),
+            ));
+            let q = load_u8(q);
+            for (sum, a) in sums.iter_mut().zip(&a) {
+                *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
+            }
+        }
+        let isum = hsum_i32_4_f32(sums);
+        let dw_isum = mul_m128(set_splat_m128(b.d), isum);
+        acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
+    }
+    acc.into()
 }
