@@ -7,6 +7,8 @@
 //! into them once per 64 values and the gemv once per 256, which rounds
 //! differently; [`RowKernel`] picks the one llama.cpp would use for a row.
 
+use std::borrow::Cow;
+
 use super::RowKernel;
 use super::pool::par_columns;
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
@@ -147,13 +149,13 @@ impl Q4KMatrix {
 /// Activation codes as [`dot_tile`] reads them: widened to f32 for the
 /// portable kernel, the i8 codes themselves for the AVX2 one.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn codes(q: &[i8]) -> Vec<f32> {
-    q.iter().map(|&v| f32::from(v)).collect()
+fn codes(q: &[i8]) -> Cow<'_, [f32]> {
+    Cow::Owned(q.iter().map(|&v| f32::from(v)).collect())
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn codes(q: &[i8]) -> &[i8] {
-    q
+fn codes(q: &[i8]) -> Cow<'_, [i8]> {
+    Cow::Borrowed(q)
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]

@@ -12,6 +12,8 @@
 //!   reduces each super-block to one exact integer and accumulates
 //!   `fma(d_w * isum, d_a, acc)` per super-block.
 
+use std::borrow::Cow;
+
 use super::hsum8;
 use super::pool::par_columns;
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
@@ -162,20 +164,20 @@ fn permuted(i: usize) -> usize {
 
 /// Activation codes as the AVX2 [`dot_tile`] reads them: the i8 codes.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-fn permuted_f32(q: &[i8]) -> &[i8] {
-    q
+fn permuted_f32(q: &[i8]) -> Cow<'_, [i8]> {
+    Cow::Borrowed(q)
 }
 
 /// Activation codes as f32, permuted within each 32-value chunk like the weights.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn permuted_f32(q: &[i8]) -> Vec<f32> {
+fn permuted_f32(q: &[i8]) -> Cow<'_, [f32]> {
     let mut out = vec![0f32; q.len()];
     for (dst, src) in out.chunks_exact_mut(32).zip(q.chunks_exact(32)) {
         for (i, &v) in src.iter().enumerate() {
             dst[permuted(i)] = f32::from(v);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
