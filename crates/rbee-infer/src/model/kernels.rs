@@ -17,7 +17,12 @@
 //!
 //! Integer parts are exact whatever their order, so the kernels are free to
 //! compute them in whatever way vectorises; only the float steps are fixed.
-//! They run on candle's persistent thread pool ([`pool`]).
+//! On x86-64 builds with AVX2 (what `.cargo/config.toml` sets) the integer
+//! parts use ggml's own instructions through `safe_arch`'s safe wrappers
+//! ([`avx2`]), and prompts go through tile kernels that apply each weight
+//! block to four activation rows; other targets use portable kernels that
+//! the compiler vectorises as f32 FMAs. They run on candle's persistent
+//! thread pool ([`pool`]).
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) mod avx2;

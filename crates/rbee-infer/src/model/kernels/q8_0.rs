@@ -6,11 +6,14 @@
 //! into eight lanes of four consecutive products, add each lane into an f32
 //! accumulator with one FMA by `d_w * d_a`, and finish with a horizontal sum.
 //!
-//! Speed without `unsafe` SIMD: the codes are stored permuted within each
-//! block so that the four products of every lane line up in four vectors of
-//! eight, and the lane sums are computed with f32 FMAs, which the compiler
-//! vectorises well. Products and partial sums are integers below 2^24, so
-//! this is exact and gives the same lane sums as ggml's integer arithmetic.
+//! With AVX2 the lane sums are ggml's own `vpmaddubsw` + `vpmaddwd` (through
+//! `safe_arch`, no `unsafe`), and prompts go through tiles of four activation
+//! rows times two weight rows. Without it, the codes are stored permuted
+//! within each block so that the four products of every lane line up in four
+//! vectors of eight, and the lane sums are computed with f32 FMAs, which the
+//! compiler vectorises well. Products and partial sums are integers below
+//! 2^24, so both are exact and give the same lane sums as ggml's integer
+//! arithmetic.
 
 use super::pool::par_columns;
 use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
