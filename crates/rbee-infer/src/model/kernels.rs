@@ -19,7 +19,7 @@
 //! compute them in whatever way vectorises; only the float steps are fixed.
 //! On x86-64 builds with AVX2 (what `.cargo/config.toml` sets) the integer
 //! parts use ggml's own instructions through `safe_arch`'s safe wrappers
-//! ([`avx2`]), and prompts go through tile kernels that apply each weight
+//! (the `avx2` module), and prompts go through tile kernels that apply each weight
 //! block to four activation rows; other targets use portable kernels that
 //! the compiler vectorises as f32 FMAs. They run on candle's persistent
 //! thread pool ([`pool`]).
