@@ -16,8 +16,8 @@
 
 use super::f16::round_f16;
 use super::kernels::expf::softmax_exp;
+use super::kernels::float;
 use super::kernels::pool::par_jobs;
-use super::kernels::{float, hsum8};
 use super::kv_cache::LayerCache;
 
 /// Shape and scaling of one layer's attention.
@@ -118,16 +118,23 @@ fn head(
     let q16: Vec<f32> = qrow.iter().map(|&v| round_f16(v)).collect();
     let mut scores = Vec::with_capacity(positions.len());
     let mut max = f32::NEG_INFINITY;
-    for pos in positions.clone() {
-        let k = kv.key(pos, kv_head, shape.head_dim);
-        let dot = if single {
-            float::vec_dot(k, &q16, true)
+    let mut pos = positions.start;
+    while pos < positions.end {
+        let key = |p: usize| kv.key(p, kv_head, shape.head_dim);
+        // Four keys at a time (independent FMA chains) for tinyBLAS's order.
+        let (dots, count) = if !single && pos + 4 <= positions.end {
+            (float::dot4(std::array::from_fn(|i| key(pos + i)), &q16), 4)
+        } else if single {
+            ([float::vec_dot(key(pos), &q16, true), 0.0, 0.0, 0.0], 1)
         } else {
-            float::dot(k, &q16)
+            ([float::dot(key(pos), &q16), 0.0, 0.0, 0.0], 1)
         };
-        let s = dot * shape.kq_scale;
-        max = max.max(s);
-        scores.push(s);
+        pos += count;
+        for &dot in &dots[..count] {
+            let s = dot * shape.kq_scale;
+            max = max.max(s);
+            scores.push(s);
+        }
     }
     let sum = softmax_exp(&mut scores, positions.start, max);
     let inv = (1.0 / sum) as f32;
@@ -156,7 +163,13 @@ fn head(
             let t0 = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
             (t0[0] + t0[1]) + (t0[2] + t0[3])
         } else {
-            hsum8(&std::array::from_fn(|l| at(l, d)))
+            // hsum8's adds, written out so that the loop over `d` vectorises
+            // (eight outputs per instruction) instead of one call per output.
+            let r0 = at(4, d) + at(0, d);
+            let r1 = at(5, d) + at(1, d);
+            let r2 = at(6, d) + at(2, d);
+            let r3 = at(7, d) + at(3, d);
+            (r0 + r2) + (r1 + r3)
         };
     }
 }

@@ -17,8 +17,15 @@
 //!
 //! Integer parts are exact whatever their order, so the kernels are free to
 //! compute them in whatever way vectorises; only the float steps are fixed.
-//! They run on candle's persistent thread pool ([`pool`]).
+//! On x86-64 builds with AVX2 (what `.cargo/config.toml` sets) the integer
+//! parts use ggml's own instructions through `safe_arch`'s safe wrappers
+//! (the `avx2` module), and prompts go through tile kernels that apply each weight
+//! block to four activation rows; other targets use portable kernels that
+//! the compiler vectorises as f32 FMAs. They run on candle's persistent
+//! thread pool ([`pool`]).
 
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) mod avx2;
 pub(crate) mod expf;
 pub(crate) mod float;
 pub(crate) mod pool;
@@ -210,6 +217,26 @@ mod tests {
             &w.matmul(&x[..cols], 1),
             &reference(&w_rows, &acts[..1]),
             "q8_0 single row",
+        );
+
+        // Prefill: tiles of four activation rows times pairs of weight rows,
+        // with an odd weight row and leftover activation rows.
+        let (rows_b, m_b) = (19, 11);
+        let xb: Vec<f32> = (0..m_b * cols).map(|_| rng.float()).collect();
+        let mut q8b = Q8_0Rows::default();
+        quantize_q8_0(&xb, &mut q8b);
+        let acts_b: Vec<Vec<f32>> = (0..m_b)
+            .map(|r| {
+                (0..cols)
+                    .map(|e| f32::from(q8b.q[r * cols + e]) * q8b.d[(r * cols + e) / 32])
+                    .collect()
+            })
+            .collect();
+        let wb = q8_0::from_blocks(&bytes[..rows_b * cols / 32 * 34], rows_b, cols).unwrap();
+        check(
+            &wb.matmul(&xb, m_b),
+            &reference(&w_rows[..rows_b], &acts_b),
+            "q8_0 batch",
         );
 
         let wf: Vec<f32> = (0..rows * cols).map(|_| rng.float()).collect();

@@ -78,6 +78,41 @@ pub(crate) fn dot(w: &[f32], a: &[f32]) -> f32 {
     hsum8(&acc)
 }
 
+/// [`dot`] of four rows `w` with the same `a`, side by side: four
+/// independent FMA chains instead of one, each the same operations.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn dot4(w: [&[f32]; 4], a: &[f32]) -> [f32; 4] {
+    use super::avx2::{fused_mul_add_m256, zeroed_m256};
+    use safe_arch::load_unaligned_m256;
+    let n = a.len();
+    let w = w.map(|w| &w[..n]);
+    let mut acc = [zeroed_m256(); 4];
+    let (a8, _) = a.as_chunks::<8>();
+    let w8 = w.map(|w| w.as_chunks::<8>().0);
+    for (i, a8) in a8.iter().enumerate() {
+        let a8 = load_unaligned_m256(a8);
+        for (acc, w8) in acc.iter_mut().zip(&w8) {
+            *acc = fused_mul_add_m256(load_unaligned_m256(&w8[i]), a8, *acc);
+        }
+    }
+    let mut acc = acc.map(|a| a.to_array());
+    let tail = n - n % 8;
+    for (acc, w) in acc.iter_mut().zip(w) {
+        for (l, (&wv, &av)) in w[tail..].iter().zip(&a[tail..]).enumerate() {
+            acc[l] = wv.mul_add(av, acc[l]);
+        }
+    }
+    super::hsum8_each(&acc)
+}
+
+/// [`dot`] of four rows `w` with the same `a`.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+#[inline(always)]
+pub(crate) fn dot4(w: [&[f32]; 4], a: &[f32]) -> [f32; 4] {
+    w.map(|w| dot(w, a))
+}
+
 /// ggml's `ggml_vec_dot_f32` / `ggml_vec_dot_f16` (AVX2), used instead of
 /// tinyBLAS when the matmul has a single column (tinyBLAS only serves
 /// batches): four accumulators of eight lanes over steps of 32, reduced

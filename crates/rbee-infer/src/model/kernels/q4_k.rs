@@ -7,6 +7,8 @@
 //! into them once per 64 values and the gemv once per 256, which rounds
 //! differently; [`RowKernel`] picks the one llama.cpp would use for a row.
 
+use std::borrow::Cow;
+
 use super::RowKernel;
 use super::pool::par_columns;
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
@@ -90,14 +92,20 @@ impl Q4KMatrix {
     pub fn matmul(&self, x: &[f32], m: usize, kernels: &[RowKernel]) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
-        let a: Vec<f32> = acts.q.iter().map(|&v| f32::from(v)).collect();
+        let a = codes(&acts.q);
         let nb = self.cols / QK_K;
+        let (tiles, first) = Tiles::new(&acts, kernels, nb);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
+                tiles.each(w, nb, |r, sums| {
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(r + t) * width + i] = *s;
+                    }
+                });
                 // Four activation rows share each unpacked weight block.
-                let mut r = 0;
+                let mut r = first;
                 while r + 4 <= m {
                     let sums = dot_tile::<4>(
                         w,
@@ -138,6 +146,19 @@ impl Q4KMatrix {
     }
 }
 
+/// Activation codes as [`dot_tile`] reads them: widened to f32 for the
+/// portable kernel, the i8 codes themselves for the AVX2 one.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn codes(q: &[i8]) -> Cow<'_, [f32]> {
+    Cow::Owned(q.iter().map(|&v| f32::from(v)).collect())
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn codes(q: &[i8]) -> Cow<'_, [i8]> {
+    Cow::Borrowed(q)
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// Exact sums of four groups of eight lanes holding integers below 2^24
 /// in total. Not inlined, for the reason given at [`super::hsum8`].
 #[inline(never)]
@@ -149,6 +170,7 @@ fn exact_sums(x: &[[f32; 8]; 4]) -> [f32; 4] {
     out
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// Eight lane sums of `w * a` over 64 values.
 #[inline(always)]
 fn lanes64(w: &[f32; 64], a: &[f32]) -> [f32; 8] {
@@ -161,6 +183,7 @@ fn lanes64(w: &[f32; 64], a: &[f32]) -> [f32; 8] {
     lanes
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// One weight row (`w`, all super-blocks) times `T` activation rows, given as
 /// (row index, kernel). Returns the `T` outputs.
 #[inline(never)]
@@ -227,6 +250,215 @@ fn dot_tile<const T: usize>(
         *a -= m;
     }
     acc
+}
+
+/// [`dot_tile`] with ggml's integer instructions: per 64 values the exact
+/// integer `sum(scale * code * a)` comes from `vpmaddubsw` (nibbles times
+/// activation codes) and `vpmaddwd` (times the sub-block scales); the float
+/// steps are the portable kernel's.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[i8],
+    rows: [(usize, RowKernel); T],
+) -> [f32; T] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
+        splat_i16,
+    };
+    let nb = w.len();
+    let (a, _) = a.as_chunks::<32>();
+    let mut acc = [0f32; T];
+    let mut acc_min = [0f32; T];
+    for (bi, b) in w.iter().enumerate() {
+        // Nibbles and scales once for all rows: values 64j..64j+32 are the
+        // low nibbles of qs[32j..32j+32], 64j+32..64j+64 the high ones.
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let mut lo = [m256i::default(); 4];
+        let mut hi = [m256i::default(); 4];
+        let mut s_lo = [m256i::default(); 4];
+        let mut s_hi = [m256i::default(); 4];
+        for j in 0..4 {
+            (lo[j], hi[j]) = nibbles(load_u8(&qs[j]));
+            s_lo[j] = splat_i16(i16::from(b.scales[2 * j]));
+            s_hi[j] = splat_i16(i16::from(b.scales[2 * j + 1]));
+        }
+        for (t, &(row, kernel)) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let da = acts.d[ab];
+            let q8 = &a[ab * 8..ab * 8 + 8];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            let mut v = [m256i::default(); 4];
+            for j in 0..4 {
+                v[j] = add_i32_m256i(
+                    madd_i16(mul_u8_i8_pairs(lo[j], load_i8(&q8[2 * j])), s_lo[j]),
+                    madd_i16(mul_u8_i8_pairs(hi[j], load_i8(&q8[2 * j + 1])), s_hi[j]),
+                );
+            }
+            // Each below 2^24 (see the portable kernel), so exact in f32.
+            let per64i = hsum_i32_4(v);
+            let per64 = per64i.map(|v| v as f32);
+            let mut mins64 = [0i32; 4];
+            for (j, m) in mins64.iter_mut().enumerate() {
+                let bs_lo = bsums[4 * j] + bsums[4 * j + 1];
+                let bs_hi = bsums[4 * j + 2] + bsums[4 * j + 3];
+                *m = i32::from(b.mins[2 * j]) * bs_lo + i32::from(b.mins[2 * j + 1]) * bs_hi;
+            }
+            let scale = b.d * da;
+            let scale_min = b.dmin * da;
+            match kernel {
+                RowKernel::Gemm => {
+                    for j in 0..4 {
+                        acc[t] = per64[j].mul_add(scale, acc[t]);
+                        acc_min[t] = (mins64[j] as f32).mul_add(scale_min, acc_min[t]);
+                    }
+                }
+                RowKernel::Gemv => {
+                    // The super-block's integer, rounded once.
+                    let total: i32 = per64i.iter().sum();
+                    acc[t] = (total as f32).mul_add(scale, acc[t]);
+                    acc_min[t] = (mins64.iter().sum::<i32>() as f32).mul_add(scale_min, acc_min[t]);
+                }
+            }
+        }
+    }
+    for (a, m) in acc.iter_mut().zip(acc_min) {
+        *a -= m;
+    }
+    acc
+}
+
+/// Leading groups of four activation rows that all take the gemm kernel,
+/// block-interleaved for [`tile_gemm`]: per group and super-block the four
+/// rows' codes, scales and (for the mins) 32-value sums laid out as
+/// `[j][row](low, high)`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+struct Tiles {
+    q: Vec<[[i8; QK_K]; 4]>,
+    d: Vec<[f32; 4]>,
+    bsums: Vec<[i16; 32]>,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl Tiles {
+    /// The tiles and the first row they leave to the row kernels.
+    fn new(acts: &Q8KRows, kernels: &[RowKernel], nb: usize) -> (Tiles, usize) {
+        let groups = kernels
+            .chunks_exact(4)
+            .take_while(|k| k.iter().all(|&k| k == RowKernel::Gemm))
+            .count();
+        let (blocks, _) = acts.q.as_chunks::<QK_K>();
+        let mut tiles = Tiles {
+            q: Vec::with_capacity(groups * nb),
+            d: Vec::with_capacity(groups * nb),
+            bsums: Vec::with_capacity(groups * nb),
+        };
+        for g in 0..groups {
+            for b in 0..nb {
+                let ab = |t: usize| (4 * g + t) * nb + b;
+                tiles.q.push(std::array::from_fn(|t| blocks[ab(t)]));
+                tiles.d.push(std::array::from_fn(|t| acts.d[ab(t)]));
+                let mut bs = [0i16; 32];
+                for j in 0..4 {
+                    for t in 0..4 {
+                        let s = &acts.bsums[ab(t) * 16..ab(t) * 16 + 16];
+                        // At most 32 * 127 in magnitude.
+                        bs[8 * j + 2 * t] = (s[4 * j] + s[4 * j + 1]) as i16;
+                        bs[8 * j + 2 * t + 1] = (s[4 * j + 2] + s[4 * j + 3]) as i16;
+                    }
+                }
+                tiles.bsums.push(bs);
+            }
+        }
+        (tiles, 4 * groups)
+    }
+
+    /// `f(first_row, outputs)` for every group, against weight row `w`.
+    fn each(&self, w: &[Block], nb: usize, mut f: impl FnMut(usize, [f32; 4])) {
+        let groups = self
+            .q
+            .chunks_exact(nb)
+            .zip(self.d.chunks_exact(nb))
+            .zip(self.bsums.chunks_exact(nb));
+        for (g, ((q, d), bs)) in groups.enumerate() {
+            f(4 * g, tile_gemm(w, q, d, bs));
+        }
+    }
+}
+
+/// No tiles without AVX2: every row takes the row kernels.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+struct Tiles;
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+impl Tiles {
+    fn new(_: &Q8KRows, _: &[RowKernel], _: usize) -> (Tiles, usize) {
+        (Tiles, 0)
+    }
+
+    fn each(&self, _: &[Block], _: usize, _: impl FnMut(usize, [f32; 4])) {}
+}
+
+/// One weight row times a group of four gemm rows: [`dot_tile`]'s
+/// arithmetic for [`RowKernel::Gemm`], with the float steps of the four rows
+/// side by side in one register (each lane the same operations in the same
+/// order as the scalar code).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_gemm(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 32]]) -> [f32; 4] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4_f32, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
+        splat_i16, to_f32,
+    };
+    use safe_arch::{
+        cast_to_m128_from_m256, extract_m128_from_m256, fused_mul_add_m128, load_unaligned_m128,
+        mul_m128, set_splat_m128, sub_m128, zeroed_m128,
+    };
+    let mut acc = zeroed_m128();
+    let mut acc_min = zeroed_m128();
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        let mut per64 = [zeroed_m128(); 4];
+        for j in 0..4 {
+            let (lo, hi) = nibbles(load_u8(&qs[j]));
+            let s_lo = splat_i16(i16::from(b.scales[2 * j]));
+            let s_hi = splat_i16(i16::from(b.scales[2 * j + 1]));
+            let v: [m256i; 4] = std::array::from_fn(|t| {
+                add_i32_m256i(
+                    madd_i16(mul_u8_i8_pairs(lo, load_i8(&a[t][2 * j])), s_lo),
+                    madd_i16(mul_u8_i8_pairs(hi, load_i8(&a[t][2 * j + 1])), s_hi),
+                )
+            });
+            // Lane t: row t's integer over values 64j..64j+64 (below 2^24).
+            per64[j] = hsum_i32_4_f32(v);
+        }
+        let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
+        let (m_lo, m_hi) = mins.split_at(16);
+        let (b_lo, b_hi) = bs.split_at(16);
+        let pair = |m: &[i16], b: &[i16]| {
+            let m: [i16; 16] = std::array::from_fn(|i| m[i]);
+            let b: [i16; 16] = std::array::from_fn(|i| b[i]);
+            to_f32(madd_i16(m256i::from(b), m256i::from(m)))
+        };
+        let (m01, m23) = (pair(m_lo, b_lo), pair(m_hi, b_hi));
+        let mins64 = [
+            cast_to_m128_from_m256(m01),
+            extract_m128_from_m256::<1>(m01),
+            cast_to_m128_from_m256(m23),
+            extract_m128_from_m256::<1>(m23),
+        ];
+        let da = load_unaligned_m128(ad);
+        let scale = mul_m128(set_splat_m128(b.d), da);
+        let scale_min = mul_m128(set_splat_m128(b.dmin), da);
+        for j in 0..4 {
+            acc = fused_mul_add_m128(per64[j], scale, acc);
+            acc_min = fused_mul_add_m128(mins64[j], scale_min, acc_min);
+        }
+    }
+    sub_m128(acc, acc_min).into()
 }
 
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.

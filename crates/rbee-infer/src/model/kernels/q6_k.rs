@@ -12,6 +12,8 @@
 //!   reduces each super-block to one exact integer and accumulates
 //!   `fma(d_w * isum, d_a, acc)` per super-block.
 
+use std::borrow::Cow;
+
 use super::hsum8;
 use super::pool::par_columns;
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
@@ -107,12 +109,18 @@ impl Q6KMatrix {
         let a = permuted_f32(&acts.q);
         let nb = self.cols / QK_K;
         let finish = |lanes: &[f32; 8]| if tiled { lanes[0] } else { hsum8(lanes) };
+        let (tiles, first) = Tiles::new(&acts, if tiled { m / 4 } else { 0 }, nb);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
+                tiles.each(w, nb, |r, sums| {
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(r + t) * width + i] = *s;
+                    }
+                });
                 // Four activation rows share each unpacked weight block.
-                let mut r = 0;
+                let mut r = first;
                 while r + 4 <= m {
                     let acc = dot_tile::<4>(w, &acts, &a, std::array::from_fn(|t| r + t), tiled);
                     for (t, lanes) in acc.iter().enumerate() {
@@ -140,22 +148,39 @@ impl Q6KMatrix {
 }
 
 /// Position of value `i` of a 32-value chunk in the permuted layout.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 #[inline(always)]
 fn permuted(i: usize) -> usize {
     (i % 4) * 8 + i / 4
 }
 
+/// With AVX2 the lanes are summed by ggml's integer instructions, which
+/// want the codes in their natural order.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    i
+}
+
+/// Activation codes as the AVX2 [`dot_tile`] reads them: the i8 codes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+fn permuted_f32(q: &[i8]) -> Cow<'_, [i8]> {
+    Cow::Borrowed(q)
+}
+
 /// Activation codes as f32, permuted within each 32-value chunk like the weights.
-fn permuted_f32(q: &[i8]) -> Vec<f32> {
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn permuted_f32(q: &[i8]) -> Cow<'_, [f32]> {
     let mut out = vec![0f32; q.len()];
     for (dst, src) in out.chunks_exact_mut(32).zip(q.chunks_exact(32)) {
         for (i, &v) in src.iter().enumerate() {
             dst[permuted(i)] = f32::from(v);
         }
     }
-    out
+    Cow::Owned(out)
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// Exact sum of lanes holding integers (in f64, so no bound). Not inlined,
 /// for the reason given at [`super::hsum8`].
 #[inline(never)]
@@ -165,6 +190,7 @@ fn exact_sum(x: &[f32; 8], y: &[f32; 8], z: &[i32; 8]) -> f64 {
         .sum()
 }
 
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 /// One weight row (all super-blocks) times `T` activation rows.
 ///
 /// Per super-block and row, lane `l` gathers `scale * code * a` over the
@@ -232,4 +258,190 @@ fn dot_tile<const T: usize>(
         }
     }
     acc
+}
+
+/// [`dot_tile`] with ggml's integer instructions: per 32-value chunk,
+/// `vpmaddubsw` (codes times activation codes) and `vpmaddwd` (times the
+/// two 16-value scales) give the lanes, minus the code offset per lane; the
+/// float steps are the portable kernel's.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn dot_tile<const T: usize>(
+    w: &[Block],
+    acts: &Q8KRows,
+    a: &[i8],
+    rows: [usize; T],
+    tiled: bool,
+) -> [[f32; 8]; T] {
+    use super::avx2::{
+        add_i32_m256i, fused_mul_add_m256, hsum_i32, load_i8, load_u8, m256i, madd_i16,
+        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32,
+    };
+    let nb = w.len();
+    let (a, _) = a.as_chunks::<32>();
+    let mut acc = [[0f32; 8]; T];
+    for (bi, b) in w.iter().enumerate() {
+        let (codes, _) = b.codes.as_chunks::<32>();
+        let scales: [m256i; 8] = std::array::from_fn(|c| {
+            let (s0, s1) = (i16::from(b.scales[2 * c]), i16::from(b.scales[2 * c + 1]));
+            m256i::from(std::array::from_fn::<i16, 16, _>(|i| {
+                if i < 8 { s0 } else { s1 }
+            }))
+        });
+        for (t, &row) in rows.iter().enumerate() {
+            let ab = row * nb + bi;
+            let a = &a[ab * 8..ab * 8 + 8];
+            let bsums = &acts.bsums[ab * 16..(ab + 1) * 16];
+            let mut sum = m256i::default();
+            for c in 0..8 {
+                let p = mul_u8_i8_pairs(load_u8(&codes[c]), load_i8(&a[c]));
+                sum = add_i32_m256i(sum, madd_i16(p, scales[c]));
+            }
+            let offsets: [i32; 8] = std::array::from_fn(|l| {
+                32 * (i32::from(b.scales[2 * l]) * bsums[2 * l]
+                    + i32::from(b.scales[2 * l + 1]) * bsums[2 * l + 1])
+            });
+            let lanes = sub_i32_m256i(sum, m256i::from(offsets));
+            if tiled {
+                // tiled-kernel.cpp: fma(d_w * isum, d_a, acc) per super-block.
+                let isum = hsum_i32(lanes) as f32;
+                acc[t][0] = (b.d * isum).mul_add(acts.d[ab], acc[t][0]);
+            } else {
+                // vec_dot: each integer lane, rounded once (cvtdq2ps), one FMA.
+                let d = set_splat_m256(acts.d[ab] * b.d);
+                acc[t] = fused_mul_add_m256(d, to_f32(lanes), acc[t].into()).to_array();
+            }
+        }
+    }
+    acc
+}
+
+/// Groups of four activation rows for the tiled kernel, block-interleaved
+/// for [`tile_tiled`]: per group and super-block the four rows' codes,
+/// scales and 16-value sums.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+struct Tiles {
+    q: Vec<[[i8; QK_K]; 4]>,
+    d: Vec<[f32; 4]>,
+    bsums: Vec<[[i16; 16]; 4]>,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl Tiles {
+    /// The first `groups` groups of four rows, and the first row they leave
+    /// to the row kernels.
+    fn new(acts: &Q8KRows, groups: usize, nb: usize) -> (Tiles, usize) {
+        let (blocks, _) = acts.q.as_chunks::<QK_K>();
+        let mut tiles = Tiles {
+            q: Vec::with_capacity(groups * nb),
+            d: Vec::with_capacity(groups * nb),
+            bsums: Vec::with_capacity(groups * nb),
+        };
+        for g in 0..groups {
+            for b in 0..nb {
+                let ab = |t: usize| (4 * g + t) * nb + b;
+                tiles.q.push(std::array::from_fn(|t| blocks[ab(t)]));
+                tiles.d.push(std::array::from_fn(|t| acts.d[ab(t)]));
+                // Sums of 16 codes: at most 16 * 127 in magnitude.
+                tiles.bsums.push(std::array::from_fn(|t| {
+                    std::array::from_fn(|i| acts.bsums[ab(t) * 16 + i] as i16)
+                }));
+            }
+        }
+        (tiles, 4 * groups)
+    }
+
+    /// `f(first_row, outputs)` for every group, against weight row `w`.
+    fn each(&self, w: &[Block], nb: usize, mut f: impl FnMut(usize, [f32; 4])) {
+        let groups = self
+            .q
+            .chunks_exact(nb)
+            .zip(self.d.chunks_exact(nb))
+            .zip(self.bsums.chunks_exact(nb));
+        for (g, ((q, d), bs)) in groups.enumerate() {
+            f(4 * g, tile_tiled(w, q, d, bs));
+        }
+    }
+}
+
+/// No tiles without AVX2: every row takes the row kernels.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+struct Tiles;
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+impl Tiles {
+    fn new(_: &Q8KRows, _: usize, _: usize) -> (Tiles, usize) {
+        (Tiles, 0)
+    }
+
+    fn each(&self, _: &[Block], _: usize, _: impl FnMut(usize, [f32; 4])) {}
+}
+
+/// Byte shuffles that spread the two scales of chunk `c` over its 32
+/// values (ggml's `get_scale_shuffle`): scale `2c` for the low 16, `2c + 1`
+/// for the high 16, before widening to i16.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+const SCALE_SHUFFLE: [[i8; 16]; 8] = {
+    let mut out = [[0i8; 16]; 8];
+    let mut c = 0;
+    while c < 8 {
+        let mut i = 0;
+        while i < 16 {
+            out[c][i] = (2 * c + i / 8) as i8;
+            i += 1;
+        }
+        c += 1;
+    }
+    out
+};
+
+/// One weight row times a group of four rows with the tiled kernel's
+/// arithmetic ([`dot_tile`] with `tiled`): per super-block and row the exact
+/// integer `isum` (lanes of `vpmaddubsw` + `vpmaddwd`, minus the code
+/// offsets from one `vpmaddwd` of the 16-value sums), then
+/// `fma(d_w * isum, d_a, acc)` on four lanes at once.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_tiled(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [f32; 4] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4_f32, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs,
+        sub_i32_m256i,
+    };
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, fused_mul_add_m128, load_unaligned_m128, m128i,
+        mul_m128, set_splat_m128, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i, zeroed_m128,
+    };
+    let mut acc = zeroed_m128();
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (codes, _) = b.codes.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        let scales = m128i::from(b.scales);
+        let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+        // Lane l of row t: 32 * (scale[2l] * bsum[2l] + scale[2l+1] * bsum[2l+1]).
+        let mut sums: [m256i; 4] = std::array::from_fn(|t| {
+            sub_i32_m256i(
+                m256i::default(),
+                shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
+            )
+        });
+        for (c, q) in codes.iter().enumerate() {
+            let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+                scales,
+                m128i::from(SCALE_SHUFFLE[c]),
+            ));
+            let q = load_u8(q);
+            for (sum, a) in sums.iter_mut().zip(&a) {
+                *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
+            }
+        }
+        let isum = hsum_i32_4_f32(sums);
+        let dw_isum = mul_m128(set_splat_m128(b.d), isum);
+        acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
+    }
+    acc.into()
 }

@@ -6,11 +6,14 @@
 //! into eight lanes of four consecutive products, add each lane into an f32
 //! accumulator with one FMA by `d_w * d_a`, and finish with a horizontal sum.
 //!
-//! Speed without `unsafe` SIMD: the codes are stored permuted within each
-//! block so that the four products of every lane line up in four vectors of
-//! eight, and the lane sums are computed with f32 FMAs, which the compiler
-//! vectorises well. Products and partial sums are integers below 2^24, so
-//! this is exact and gives the same lane sums as ggml's integer arithmetic.
+//! With AVX2 the lane sums are ggml's own `vpmaddubsw` + `vpmaddwd` (through
+//! `safe_arch`, no `unsafe`), and prompts go through tiles of four activation
+//! rows times two weight rows. Without it, the codes are stored permuted
+//! within each block so that the four products of every lane line up in four
+//! vectors of eight, and the lane sums are computed with f32 FMAs, which the
+//! compiler vectorises well. Products and partial sums are integers below
+//! 2^24, so both are exact and give the same lane sums as ggml's integer
+//! arithmetic.
 
 use super::pool::par_columns;
 use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
@@ -18,10 +21,26 @@ use super::{hsum8, hsum8_each};
 
 /// Position in the permuted block of the value at position `i`: lane `i / 4`,
 /// step `i % 4`, stored step-major (`step * 8 + lane`).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 #[inline(always)]
 fn permuted(i: usize) -> usize {
     (i % 4) * 8 + i / 4
 }
+
+/// With AVX2 the lanes are summed by ggml's integer instructions, which
+/// want the codes in their natural order.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn permuted(i: usize) -> usize {
+    i
+}
+
+/// How activation codes are held for [`dot_tile`]: f32 for the portable
+/// kernel, the i8 codes themselves for the AVX2 one.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+type Code = f32;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+type Code = i8;
 
 /// A row-major `rows × cols` matrix of Q8_0 codes and scales.
 #[derive(Debug)]
@@ -34,11 +53,29 @@ pub(crate) struct Q8_0Matrix {
     q: Vec<i8>,
 }
 
-/// Rows of activations prepared for the kernel: block scales and codes as
-/// f32, permuted like the weights.
+/// Rows of activations prepared for the kernel: block scales and codes
+/// ([`Code`]), permuted like the weights.
 struct Acts {
     d: Vec<f32>,
-    q: Vec<f32>,
+    q: Vec<Code>,
+}
+
+impl Acts {
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    fn new(raw: Q8_0Rows) -> Acts {
+        let mut q = vec![0.0; raw.q.len()];
+        for (dst, src) in q.chunks_exact_mut(QK8_0).zip(raw.q.chunks_exact(QK8_0)) {
+            for (i, &v) in src.iter().enumerate() {
+                dst[permuted(i)] = f32::from(v);
+            }
+        }
+        Acts { d: raw.d, q }
+    }
+
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    fn new(raw: Q8_0Rows) -> Acts {
+        Acts { d: raw.d, q: raw.q }
+    }
 }
 
 impl Q8_0Matrix {
@@ -50,26 +87,20 @@ impl Q8_0Matrix {
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
         let mut raw = Q8_0Rows::default();
         quantize_q8_0(x, &mut raw);
-        let mut acts = Acts {
-            d: raw.d,
-            q: vec![0.0; raw.q.len()],
-        };
-        for (dst, src) in acts
-            .q
-            .chunks_exact_mut(QK8_0)
-            .zip(raw.q.chunks_exact(QK8_0))
-        {
-            for (i, &v) in src.iter().enumerate() {
-                dst[permuted(i)] = f32::from(v);
-            }
-        }
-        let k = self.cols;
-        let nb = k / QK8_0;
+        let acts = Acts::new(raw);
         if m == 1 {
             return par_columns(1, self.rows, 16, |cols, out| {
                 self.single_row(cols, &acts, out)
             });
         }
+        self.batch(acts, m)
+    }
+
+    /// Several activation rows (prefill).
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    fn batch(&self, acts: Acts, m: usize) -> Vec<f32> {
+        let k = self.cols;
+        let nb = k / QK8_0;
         par_columns(m, self.rows, 16, |cols, out| {
             let width = cols.len();
             let row = |r: usize| (&acts.q[r * k..(r + 1) * k], &acts.d[r * nb..(r + 1) * nb]);
@@ -88,6 +119,49 @@ impl Q8_0Matrix {
                 }
                 for r in r..m {
                     out[r * width + i] = hsum8(&dot_tile::<1>(wq, wd, [row(r)])[0]);
+                }
+            }
+        })
+    }
+
+    /// Several activation rows (prefill): tiles of four activation rows
+    /// (interleaved by block, see [`Tiles`]) times two weight rows at once, so
+    /// every loaded block serves several products; leftover rows one by one.
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    fn batch(&self, acts: Acts, m: usize) -> Vec<f32> {
+        let k = self.cols;
+        let nb = k / QK8_0;
+        let tiles = Tiles::new(&acts, m, nb);
+        let full = m - m % 4;
+        par_columns(m, self.rows, 16, |cols, out| {
+            let width = cols.len();
+            let weight = |c: usize| (&self.q[c * k..(c + 1) * k], &self.d[c * nb..(c + 1) * nb]);
+            let mut c = cols.start;
+            while c + 2 <= cols.end {
+                let (w0, w1) = (weight(c), weight(c + 1));
+                for (i, (tq, td)) in tiles.iter(nb).enumerate() {
+                    let sums = tile_4x2(w0, w1, tq, td);
+                    for (t, s) in sums.iter().enumerate() {
+                        let o = (4 * i + t) * width + c - cols.start;
+                        out[o..o + 2].copy_from_slice(s);
+                    }
+                }
+                c += 2;
+            }
+            for c in c..cols.end {
+                let (wq, wd) = weight(c);
+                for (i, (tq, td)) in tiles.iter(nb).enumerate() {
+                    let sums = tile_4x1(wq, wd, tq, td);
+                    for (t, s) in sums.iter().enumerate() {
+                        out[(4 * i + t) * width + c - cols.start] = *s;
+                    }
+                }
+            }
+            for c in cols.clone() {
+                let (wq, wd) = weight(c);
+                for r in full..m {
+                    let row = (&acts.q[r * k..(r + 1) * k], &acts.d[r * nb..(r + 1) * nb]);
+                    out[r * width + c - cols.start] = hsum8(&dot_tile::<1>(wq, wd, [row])[0]);
                 }
             }
         })
@@ -131,6 +205,7 @@ impl Q8_0Matrix {
 /// block, eight lane sums of four products (exact in f32), then
 /// `acc[l] = fma(d_w * d_a, lane, acc[l])`. Returns the lanes; the caller
 /// sums them with [`hsum8`].
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 #[inline(never)]
 fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) -> [[f32; 8]; T] {
     let nb = wd.len();
@@ -157,6 +232,128 @@ fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) 
         }
     }
     acc
+}
+
+/// [`dot_tile`] with ggml's integer instructions: per block and row, the
+/// eight lane sums come from `vpmaddubsw` + `vpmaddwd` (exact), then the
+/// same FMA by `d_w * d_a`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[i8], &[f32]); T]) -> [[f32; 8]; T] {
+    use super::avx2::{
+        abs_i8, dot_i8, fused_mul_add_m256, load_i8, set_splat_m256, to_f32, zeroed_m256,
+    };
+    let (wblocks, _) = wq.as_chunks::<QK8_0>();
+    let nb = wblocks.len().min(wd.len());
+    let rows = rows.map(|(q, d)| {
+        let (q, _) = q.as_chunks::<QK8_0>();
+        (&q[..nb], &d[..nb])
+    });
+    let mut acc = [zeroed_m256(); T];
+    for b in 0..nb {
+        let w = load_i8(&wblocks[b]);
+        let aw = abs_i8(w);
+        let dw = wd[b];
+        for (acc, (aq, ad)) in acc.iter_mut().zip(&rows) {
+            let lanes = to_f32(dot_i8(aw, w, load_i8(&aq[b])));
+            *acc = fused_mul_add_m256(set_splat_m256(dw * ad[b]), lanes, *acc);
+        }
+    }
+    acc.map(|a| a.to_array())
+}
+
+/// Activation rows in groups of four, block-interleaved: for each group
+/// and block, the four rows' codes and scales side by side, so the tile
+/// kernels walk one contiguous slice.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+struct Tiles {
+    q: Vec<[[i8; QK8_0]; 4]>,
+    d: Vec<[f32; 4]>,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl Tiles {
+    fn new(acts: &Acts, m: usize, nb: usize) -> Tiles {
+        let (blocks, _) = acts.q.as_chunks::<QK8_0>();
+        let groups = m / 4;
+        let mut q = Vec::with_capacity(groups * nb);
+        let mut d = Vec::with_capacity(groups * nb);
+        for g in 0..groups {
+            for b in 0..nb {
+                q.push(std::array::from_fn(|t| blocks[(4 * g + t) * nb + b]));
+                d.push(std::array::from_fn(|t| acts.d[(4 * g + t) * nb + b]));
+            }
+        }
+        Tiles { q, d }
+    }
+
+    /// Each group's blocks and scales.
+    #[allow(clippy::type_complexity)]
+    fn iter(&self, nb: usize) -> impl Iterator<Item = (&[[[i8; QK8_0]; 4]], &[[f32; 4]])> {
+        self.q.chunks_exact(nb).zip(self.d.chunks_exact(nb))
+    }
+}
+
+/// Four interleaved activation rows times one weight row: [`dot_tile`]'s
+/// arithmetic, horizontal sums included.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_4x1(wq: &[i8], wd: &[f32], tq: &[[[i8; QK8_0]; 4]], td: &[[f32; 4]]) -> [f32; 4] {
+    use super::avx2::{
+        abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, set_splat_m256, to_f32, zeroed_m256,
+    };
+    let (wblocks, _) = wq.as_chunks::<QK8_0>();
+    let mut acc = [zeroed_m256(); 4];
+    for (((wb, &dw), aq), ad) in wblocks.iter().zip(wd).zip(tq).zip(td) {
+        let w = load_i8(wb);
+        let aw = abs_i8(w);
+        for t in 0..4 {
+            let lanes = to_f32(dot_i8(aw, w, load_i8(&aq[t])));
+            acc[t] = fused_mul_add_m256(set_splat_m256(dw * ad[t]), lanes, acc[t]);
+        }
+    }
+    acc.map(hsum8)
+}
+
+/// Four interleaved activation rows times two weight rows: `[row][weight]`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_4x2(
+    (wq0, wd0): (&[i8], &[f32]),
+    (wq1, wd1): (&[i8], &[f32]),
+    tq: &[[[i8; QK8_0]; 4]],
+    td: &[[f32; 4]],
+) -> [[f32; 2]; 4] {
+    use super::avx2::{abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, to_f32, zeroed_m256};
+    use safe_arch::{load_f32_splat_m256, load_unaligned_m128, mul_m128, set_splat_m128};
+    let (w0blocks, _) = wq0.as_chunks::<QK8_0>();
+    let (w1blocks, _) = wq1.as_chunks::<QK8_0>();
+    let mut acc0 = [zeroed_m256(); 4];
+    let mut acc1 = [zeroed_m256(); 4];
+    let weights = w0blocks.iter().zip(wd0).zip(w1blocks.iter().zip(wd1));
+    for (((w0b, &dw0), (w1b, &dw1)), (aq, ad)) in weights.zip(tq.iter().zip(td)) {
+        // The eight scale products `d_w * d_a` with two multiplies; each is
+        // then broadcast straight from memory.
+        let da = load_unaligned_m128(ad);
+        let d: [[f32; 4]; 2] = [
+            mul_m128(set_splat_m128(dw0), da).into(),
+            mul_m128(set_splat_m128(dw1), da).into(),
+        ];
+        // One weight row at a time keeps the eight accumulators in registers.
+        let w0 = load_i8(w0b);
+        let aw0 = abs_i8(w0);
+        for t in 0..4 {
+            let l0 = to_f32(dot_i8(aw0, w0, load_i8(&aq[t])));
+            acc0[t] = fused_mul_add_m256(load_f32_splat_m256(&d[0][t]), l0, acc0[t]);
+        }
+        let w1 = load_i8(w1b);
+        let aw1 = abs_i8(w1);
+        for t in 0..4 {
+            let l1 = to_f32(dot_i8(aw1, w1, load_i8(&aq[t])));
+            acc1[t] = fused_mul_add_m256(load_f32_splat_m256(&d[1][t]), l1, acc1[t]);
+        }
+    }
+    std::array::from_fn(|t| [hsum8(acc0[t]), hsum8(acc1[t])])
 }
 
 /// Converts Q8_0 block bytes (ggml layout; Q5_0 arrives widened to Q8_0) to a matrix.
