@@ -355,3 +355,30 @@ fn a_multi_gib_model_is_pulled_from_two_nodes_intact() {
     let (sa, sb) = (served_shards(&a.node), served_shards(&b.node));
     assert!(sa > 0 && sb > 0, "served: a {sa}, b {sb}");
 }
+
+/// A source at its upload limit answers "busy"; pullers wait and ask again instead of
+/// dropping it: two nodes pulling from one single-upload source at once both finish.
+#[test]
+fn two_pullers_share_a_source_at_its_upload_limit() {
+    let Some(model) = demo_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let a = member(tmp.path(), "src", &key, None, "max_uploads = 1\n");
+    import_demo(&a.data, "demo").unwrap();
+    let c = member(tmp.path(), "c", &key, Some(&a.p2p), "");
+    let d = member(tmp.path(), "d", &key, Some(&a.p2p), "");
+    sees(&c.node, 2);
+    sees(&d.node, 2);
+    let (url_c, url_d) = (start_pull(&c.node, "demo"), start_pull(&d.node, "demo"));
+    let ((events_c, last_c), (events_d, last_d)) = std::thread::scope(|s| {
+        let c_job = s.spawn(|| follow(&c.node, &url_c));
+        let d_job = s.spawn(|| follow(&d.node, &url_d));
+        (c_job.join().unwrap(), d_job.join().unwrap())
+    });
+    assert_eq!(last_c["type"], "done", "{events_c}");
+    assert_eq!(last_d["type"], "done", "{events_d}");
+    for (m, last) in [(&c, &last_c), (&d, &last_d)] {
+        let cid = last["result"]["content_id"].as_str().unwrap();
+        assert_eq!(sha256(&pulled_file(&m.data, cid)), sha256(&model));
+    }
+}

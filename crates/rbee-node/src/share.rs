@@ -31,6 +31,8 @@ const REPLY_CAP: usize = rbee_proto::codec::MAX_MESSAGE_SIZE;
 const SHARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight per peer during a pull.
 const PER_PEER: usize = 4;
+/// How long a worker waits after a peer said it is at its upload limit.
+const BUSY_WAIT: Duration = Duration::from_millis(200);
 /// Consecutive failures after which a peer is dropped from a pull.
 const MAX_PEER_FAILURES: u32 = 3;
 /// Bytes written per rate-limiter step.
@@ -338,11 +340,24 @@ async fn request_manifest(net: &Client, peer: PeerId, id: ContentId) -> Result<M
     }
 }
 
+/// Why a shard did not come.
+enum FetchError {
+    /// The peer is at its upload limit (other pullers): wait and ask again, no fault of its.
+    Busy,
+    Failed(String),
+}
+
+impl From<String> for FetchError {
+    fn from(e: String) -> FetchError {
+        FetchError::Failed(e)
+    }
+}
+
 async fn fetch_shard(
     stream: &mut rbee_net::Stream,
     hash: ShardHash,
     expected: u64,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, FetchError> {
     write_frame(stream, &ShardRequest::Shard { hash, range: None })
         .await
         .map_err(|e| e.to_string())?;
@@ -361,10 +376,11 @@ async fn fetch_shard(
             Ok(buf)
         }
         Some(ShardReply::Data { len }) => {
-            Err(format!("announced {len} bytes for a {expected}-byte shard"))
+            Err(format!("announced {len} bytes for a {expected}-byte shard").into())
         }
-        Some(ShardReply::Error { message, .. }) => Err(message),
-        _ => Err("closed the stream".into()),
+        Some(ShardReply::Error { status: 503, .. }) => Err(FetchError::Busy),
+        Some(ShardReply::Error { message, .. }) => Err(message.into()),
+        _ => Err(String::from("closed the stream").into()),
     }
 }
 
@@ -732,9 +748,16 @@ async fn worker(
         let result = match stream.as_mut() {
             Some(s) => tokio::time::timeout(SHARD_TIMEOUT, fetch_shard(s, hash, len))
                 .await
-                .unwrap_or_else(|_| Err("stalled".into())),
-            None => Err("unreachable".into()),
+                .unwrap_or_else(|_| Err(String::from("stalled").into())),
+            None => Err(String::from("unreachable").into()),
         };
+        if matches!(result, Err(FetchError::Busy)) {
+            if let Ok(mut st) = pull.state.lock() {
+                st.release((fi, si), true);
+            }
+            tokio::time::sleep(BUSY_WAIT).await;
+            continue;
+        }
         let bytes = {
             let Ok(mut st) = pull.state.lock() else {
                 return;
@@ -748,7 +771,8 @@ async fn worker(
                     }
                     bytes
                 }
-                Err(e) => {
+                Err(FetchError::Busy) => continue, // handled above
+                Err(FetchError::Failed(e)) => {
                     stream = None;
                     failures += 1;
                     tracing::debug!(%peer, %name, "shard {} failed: {e}", hash.short());
