@@ -29,8 +29,75 @@ pub struct PartialModel {
     /// written here were hashed from the very bytes that were written.
     resumed: Vec<Vec<bool>>,
     parts: Vec<File>,
+    /// Page-cache-bypassing writes, when the filesystem takes them.
+    direct: Option<DirectWriter>,
     /// Shards written since the last checkpoint: not yet synced, not yet in the record.
     unsynced: usize,
+}
+
+/// Alignment of direct writes: buffer address, file offset and length (covers 512-byte and
+/// 4 KiB logical blocks).
+const ALIGN: usize = 4096;
+
+/// Writes shards with `O_DIRECT`: the device reads them straight from an aligned buffer
+/// instead of the kernel copying every byte into the page cache first. A pull writes each
+/// byte once and does not read it back, so the page cache buys nothing there, and on the
+/// project's VM that copy was the busiest part of a pull (`docs/BENCHMARKS.md`). Shards whose
+/// offset or length is not aligned (a file's last one) go through the page cache as before;
+/// a filesystem that refuses direct I/O (tmpfs) turns it off.
+#[derive(Debug)]
+struct DirectWriter {
+    files: Vec<File>,
+    /// Holds an `ALIGN`-aligned window as long as the largest shard.
+    scratch: Vec<u8>,
+}
+
+impl DirectWriter {
+    #[cfg(target_os = "linux")]
+    fn open(paths: &[PathBuf]) -> Option<DirectWriter> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let files = paths
+            .iter()
+            .map(|p| {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(p)
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .ok()?;
+        Some(DirectWriter {
+            files,
+            scratch: Vec::new(),
+        })
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn open(_paths: &[PathBuf]) -> Option<DirectWriter> {
+        None
+    }
+
+    /// Writes `data` at `offset` of part `file` directly. `Ok(false)`: not possible for this
+    /// write (unaligned), use the page cache.
+    fn write(&mut self, file: usize, offset: u64, data: &[u8]) -> std::io::Result<bool> {
+        let Some(f) = self.files.get(file) else {
+            return Ok(false);
+        };
+        if data.is_empty()
+            || !data.len().is_multiple_of(ALIGN)
+            || !offset.is_multiple_of(ALIGN as u64)
+        {
+            return Ok(false);
+        }
+        if self.scratch.len() < data.len() + ALIGN {
+            self.scratch = vec![0; data.len() + ALIGN];
+        }
+        let pad = (ALIGN - self.scratch.as_ptr() as usize % ALIGN) % ALIGN;
+        let window = &mut self.scratch[pad..pad + data.len()];
+        window.copy_from_slice(data);
+        f.write_all_at(window, offset)?;
+        Ok(true)
+    }
 }
 
 /// Shards written between checkpoints (64 MiB at the default shard size): a crash loses at
@@ -67,8 +134,11 @@ impl Store {
                 .collect();
         }
         let mut parts = Vec::with_capacity(manifest.files.len());
-        for (i, f) in manifest.files.iter().enumerate() {
-            let path = dir.join(format!("{i}.part"));
+        let part_paths: Vec<PathBuf> = (0..manifest.files.len())
+            .map(|i| dir.join(format!("{i}.part")))
+            .collect();
+        for (f, path) in manifest.files.iter().zip(&part_paths) {
+            let path = path.clone();
             let file = OpenOptions::new()
                 .read(true)
                 .write(true)
@@ -88,6 +158,7 @@ impl Store {
             dir,
             resumed: verified.clone(),
             verified,
+            direct: DirectWriter::open(&part_paths),
             parts,
             unsynced: 0,
         })
@@ -181,9 +252,22 @@ impl PartialModel {
             });
         }
         let path = self.dir.join(format!("{file}.part"));
-        let part = &self.parts[file];
-        part.write_all_at(data, shard as u64 * entry.shard_size)
-            .ctx("write", &path)?;
+        let offset = shard as u64 * entry.shard_size;
+        let direct = match self.direct.as_mut().map(|d| d.write(file, offset, data)) {
+            Some(Ok(done)) => done,
+            Some(Err(e)) if e.kind() == std::io::ErrorKind::InvalidInput => {
+                tracing::debug!("direct writes refused ({e}); writing through the page cache");
+                self.direct = None;
+                false
+            }
+            Some(Err(e)) => return Err(e).ctx("write", &path),
+            None => false,
+        };
+        if !direct {
+            self.parts[file]
+                .write_all_at(data, offset)
+                .ctx("write", &path)?;
+        }
         self.verified[file][shard] = true;
         self.unsynced += 1;
         if self.unsynced >= CHECKPOINT_SHARDS {
