@@ -13,7 +13,9 @@ use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use rbee_tests::{Member, NodeProcess, demo_model, http, pool_key, rbee, write_random_gguf};
+use rbee_tests::{
+    Member, NodeProcess, demo_model, http, import_model, pool_key, write_random_gguf,
+};
 use serde_json::{Value, json};
 
 /// Sends the file over a loopback socket into a new file (fsynced), like a pull must.
@@ -65,15 +67,7 @@ impl Pool {
     ) -> (NodeProcess, String) {
         let m = Member::start(self.tmp.path(), name, &self.key, bootstrap, config, &[]);
         if let Some(model) = model {
-            let out = rbee(
-                &m.data,
-                &["models", "import", model.to_str().unwrap(), "--name", "m"],
-            );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            import_model(&m.data, model, "m");
         }
         (m.node, m.p2p)
     }

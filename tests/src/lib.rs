@@ -189,7 +189,12 @@ pub fn http() -> ureq::Agent {
 
 /// Imports the demo model into `data` as `name`; None (skipped) when the model is absent.
 pub fn import_demo(data: &Path, name: &str) -> Option<()> {
-    let model = demo_model()?;
+    import_model(data, &demo_model()?, name);
+    Some(())
+}
+
+/// Imports the model file `model` into the store at `data` as `name` (through the CLI).
+pub fn import_model(data: &Path, model: &Path, name: &str) {
     let model = model.to_str().expect("a UTF-8 path");
     let out = rbee(data, &["models", "import", model, "--name", name]);
     assert!(
@@ -197,7 +202,6 @@ pub fn import_demo(data: &Path, name: &str) -> Option<()> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(())
 }
 
 /// Writes a valid GGUF of about `bytes` whose one tensor is pseudo-random (so nothing

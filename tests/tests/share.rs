@@ -9,7 +9,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rbee_tests::{
-    Member, NodeProcess, demo_model, http, import_demo, pool_key, rbee, write_random_gguf,
+    Member, NodeProcess, demo_model, http, import_demo, import_model, pool_key, rbee,
+    write_random_gguf,
 };
 use serde_json::{Value, json};
 
@@ -324,15 +325,7 @@ fn a_multi_gib_model_is_pulled_from_two_nodes_intact() {
     let a = member(tmp.path(), "src-a", &key, None, "");
     let b = member(tmp.path(), "src-b", &key, Some(&a.p2p), "");
     for m in [&a, &b] {
-        let out = rbee(
-            &m.data,
-            &["models", "import", src.to_str().unwrap(), "--name", "big"],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        import_model(&m.data, &src, "big");
     }
     let c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
     sees(&c.node, 2);
