@@ -13,6 +13,9 @@ use rbee_net::{Client, Multiaddr, NetConfig, PeerId, PoolKey, Transport};
 use rbee_proto::ContentId;
 use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
 
+mod common;
+use common::fetch_expected;
+
 fn addr(n: u64) -> Multiaddr {
     format!("/memory/{n}").parse().unwrap()
 }
@@ -154,28 +157,6 @@ async fn members_see_each_other_outsiders_see_nothing_and_streams_work() {
     })
     .await;
     eprintln!("a stopped member left the views after {gone:?}");
-}
-
-/// Whether a route must start with a fetch: nobody can run the model now (loaded with a
-/// free slot, or on disk with memory to load it), and either nobody holds it or a node that
-/// does not hold it has room for it.
-fn fetch_expected(pool: &[&NodeStatus], name: &str, id: ContentId) -> bool {
-    let size = pool
-        .iter()
-        .filter_map(|s| s.find_on_disk(name))
-        .map(|d| d.size)
-        .max();
-    let runnable = pool.iter().any(|s| match s.loaded(&id) {
-        Some(l) => l.has_slot(),
-        None => size.is_some_and(|z| s.find_on_disk(name).is_some() && s.max_free_bytes() >= z),
-    });
-    match size {
-        _ if runnable => false,
-        None => true,
-        Some(z) => pool
-            .iter()
-            .any(|s| s.find_on_disk(name).is_none() && s.max_free_bytes() >= z),
-    }
 }
 
 /// Ground truth for the routing check: what each node really has.

@@ -13,6 +13,9 @@ use rbee_net::{PeerId, PoolView};
 use rbee_proto::ContentId;
 use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
 
+mod common;
+use common::fetch_expected;
+
 const N: usize = 200;
 const MODELS: u8 = 25;
 /// A status interval is 4 ticks; a peer silent for 3 intervals leaves the view.
@@ -223,24 +226,8 @@ impl Sim {
                     first == Some(Reason::Loaded),
                     "node {i}, {name}: {route:?}"
                 );
-                // A fetch comes first exactly when nobody can run it now and either nobody
-                // holds it or a node that does not hold it has room for it.
-                let size = pool
-                    .iter()
-                    .filter_map(|s| s.find_on_disk(&name))
-                    .map(|d| d.size)
-                    .max();
-                let runnable = pool.iter().any(|s| match s.loaded(&id) {
-                    Some(l) => l.has_slot(),
-                    None => size.is_some_and(|z| {
-                        s.find_on_disk(&name).is_some() && s.max_free_bytes() >= z
-                    }),
-                });
-                let fetch = !runnable
-                    && size.is_none_or(|z| {
-                        pool.iter()
-                            .any(|s| s.find_on_disk(&name).is_none() && s.max_free_bytes() >= z)
-                    });
+                let all: Vec<&NodeStatus> = pool.iter().collect();
+                let fetch = fetch_expected(&all, &name, id);
                 assert_eq!(
                     fetch,
                     first == Some(Reason::Fetch),
