@@ -776,14 +776,7 @@ async fn worker(
             }
             None => Err(String::from("unreachable").into()),
         };
-        if matches!(result, Err(FetchError::Busy)) {
-            if let Ok(mut st) = pull.state.lock() {
-                st.release((fi, si), true);
-            }
-            tokio::time::sleep(BUSY_WAIT).await;
-            continue;
-        }
-        let bytes = {
+        let fetched = {
             let Ok(mut st) = pull.state.lock() else {
                 return;
             };
@@ -794,9 +787,12 @@ async fn worker(
                     if st.done.contains(&(fi, si)) || !st.writing.insert((fi, si)) {
                         continue; // the other racer of the endgame was first
                     }
-                    bytes
+                    Some(bytes)
                 }
-                Err(FetchError::Busy) => continue, // handled above
+                Err(FetchError::Busy) => {
+                    st.release((fi, si), true);
+                    None
+                }
                 Err(FetchError::Failed(e)) => {
                     stream = None;
                     failures += 1;
@@ -810,6 +806,11 @@ async fn worker(
                 }
             }
         };
+        // The peer was at its upload limit: no fault of its; ask again in a moment.
+        let Some(bytes) = fetched else {
+            tokio::time::sleep(BUSY_WAIT).await;
+            continue;
+        };
         let item = Fetched {
             key: (fi, si),
             bytes,
@@ -820,6 +821,17 @@ async fn worker(
             return;
         }
     }
+}
+
+/// A pull's result as jobs report it; `source` is where the bytes came from.
+pub fn pull_result(outcome: &ImportOutcome, source: &str) -> serde_json::Value {
+    serde_json::json!({
+        "name": outcome.name,
+        "content_id": outcome.content_id.to_hex(),
+        "already_present": outcome.already_present,
+        "source": source,
+        "size": outcome.manifest.total_size(),
+    })
 }
 
 /// The pool-first step of a pull: if peers hold a model that `reference` names, pull it from

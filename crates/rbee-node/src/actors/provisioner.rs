@@ -139,16 +139,13 @@ fn pull(store: &Store, hub: &rbee_hub::Hub, hf: &rbee_proto::HfRef, job: &Job) {
         PullEvent::Progress { done, total } => throttle.progress(job, done, total),
     });
     match result {
-        Ok(out) => job.done(serde_json::json!({
-            "name": out.import.name,
-            "content_id": out.import.content_id.to_hex(),
-            "already_present": out.import.already_present,
-            "size": out.import.manifest.total_size(),
-            "from": out.from,
-            "commit": out.commit,
-            "transferred": out.transferred,
-            "source": format!("hf:{hf}"),
-        })),
+        Ok(out) => {
+            let mut result = crate::share::pull_result(&out.import, &format!("hf:{hf}"));
+            result["from"] = serde_json::json!(out.from);
+            result["commit"] = serde_json::json!(out.commit);
+            result["transferred"] = serde_json::json!(out.transferred);
+            job.done(result);
+        }
         Err(e) => job.fail(e),
     }
 }

@@ -192,8 +192,7 @@ async fn pull_and_start(
     };
     if let Some(own) = &own {
         match &pulled {
-            Ok(o) => own.done(serde_json::json!({"name": o.name, "content_id": o.content_id.to_hex(),
-                "already_present": o.already_present, "source": "pool", "size": o.manifest.total_size()})),
+            Ok(o) => own.done(crate::share::pull_result(o, "pool")),
             Err(e) => own.fail(e),
         }
     }

@@ -149,10 +149,7 @@ async fn pool_first(
         ));
     }
     match crate::share::pull_from_pool(ctx, model, job).await {
-        Ok(Some(out)) => Ok(Some(
-            json!({"name": out.name, "content_id": out.content_id.to_hex(),
-            "already_present": out.already_present, "source": "pool", "size": out.manifest.total_size()}),
-        )),
+        Ok(Some(out)) => Ok(Some(crate::share::pull_result(&out, "pool"))),
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     }
