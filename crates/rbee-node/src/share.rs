@@ -366,7 +366,6 @@ async fn fetch_shard(
     let reply: Option<ShardReply> = read_frame(stream, REPLY_CAP)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::trace!(shard = %hash.short(), "shard header");
     match reply {
         Some(ShardReply::Data { len }) if len == expected => {
             // (`resize` only zero-fills what a spare buffer lacks; `read_to_end` would zero-fill
