@@ -375,3 +375,54 @@ fn two_pullers_share_a_source_at_its_upload_limit() {
         assert_eq!(sha256(&pulled_file(&m.data, cid)), sha256(&model));
     }
 }
+
+/// A peer that stops answering (a machine gone to sleep: its connection stays open, its
+/// process does nothing) must not hold up a pull from the peers that do answer. Kademlia's
+/// provider lookup asks every peer; before, a pull waited 3 s for it whenever one was frozen.
+#[test]
+fn a_frozen_peer_does_not_hold_up_a_pull() {
+    let Some(model) = demo_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let a = member(tmp.path(), "a", &key, None, "");
+    import_demo(&a.data, "demo").unwrap();
+    let b = member(tmp.path(), "b", &key, Some(&a.p2p), "");
+    let c = member(tmp.path(), "c", &key, Some(&a.p2p), "");
+    sees(&c.node, 2);
+    let stop = |signal: &str| {
+        let pid = b.node.child.id().to_string();
+        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(status.success(), "kill {signal} {pid}");
+    };
+    stop("-STOP");
+    let url = start_pull(&c.node, "demo");
+    let mut body = http().get(&c.node.url(&url)).call().unwrap();
+    let reader = std::io::BufReader::new(body.body_mut().as_reader());
+    let (mut asking, mut pulling, mut last) = (None, None, Value::Null);
+    for line in std::io::BufRead::lines(reader) {
+        let line = line.unwrap();
+        let Some(event) = line
+            .strip_prefix("data: ")
+            .and_then(|d| serde_json::from_str::<Value>(d).ok())
+        else {
+            continue;
+        };
+        let phase = event["phase"].as_str().unwrap_or_default();
+        if phase == "asking the pool" {
+            asking = Some(Instant::now());
+        } else if phase.starts_with("pulling") {
+            pulling.get_or_insert_with(Instant::now);
+        }
+        last = event;
+    }
+    stop("-CONT");
+    assert_eq!(last["type"], "done", "{last}");
+    let cid = last["result"]["content_id"].as_str().unwrap();
+    assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
+    let waited = pulling.unwrap() - asking.unwrap();
+    eprintln!("from asking the pool to pulling, with a frozen peer: {waited:?}");
+    assert!(
+        waited < Duration::from_secs(2),
+        "the frozen peer held the pull up for {waited:?}"
+    );
+}

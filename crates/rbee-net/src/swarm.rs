@@ -27,6 +27,8 @@ use crate::{NetError, PoolKey};
 const COMMAND_QUEUE: usize = 256;
 /// Events queued to the node at most; beyond it they are dropped (and logged).
 const EVENT_QUEUE: usize = 256;
+/// The most providers one lookup reports: more sources than any pull can use at once.
+const MAX_PROVIDERS: usize = 64;
 const KAD_PROTOCOL: &str = "/rbee/kad/1";
 const IDENTIFY_PROTOCOL: &str = "/rbee/id/1";
 
@@ -93,7 +95,8 @@ struct Behaviour {
 
 enum Command {
     Publish(Box<NodeStatus>),
-    FindProviders(ContentId, oneshot::Sender<Vec<PeerId>>),
+    /// Each provider is sent once as the query finds it; the channel closes when it ends.
+    FindProviders(ContentId, mpsc::Sender<PeerId>),
     Dial(Multiaddr, oneshot::Sender<Result<(), NetError>>),
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
 }
@@ -145,13 +148,28 @@ impl Client {
 
     /// Nodes that announced (Kademlia provider records) that they hold model `id`, this one
     /// left out. Reaches peers beyond the gossip view; empty when the query finds none.
-    pub async fn find_providers(&self, id: ContentId) -> Result<Vec<PeerId>, NetError> {
-        let (tx, rx) = oneshot::channel();
+    ///
+    /// Returns when the query ends or after `within`, with what it found by then: a query
+    /// that has to wait for an unreachable peer (a machine switched off, whose dial only
+    /// times out) does not hold up the caller, and loses nothing it already found.
+    pub async fn find_providers(
+        &self,
+        id: ContentId,
+        within: Duration,
+    ) -> Result<Vec<PeerId>, NetError> {
+        let (tx, mut rx) = mpsc::channel(MAX_PROVIDERS);
         self.commands
             .send(Command::FindProviders(id, tx))
             .await
             .map_err(|_| NetError::Stopped)?;
-        rx.await.map_err(|_| NetError::Stopped)
+        let mut found = Vec::new();
+        let _ = tokio::time::timeout(within, async {
+            while let Some(peer) = rx.recv().await {
+                found.push(peer);
+            }
+        })
+        .await;
+        Ok(found)
     }
 
     /// Dials an address (a bootstrap peer, say) and waits until the dial is under way.
@@ -311,7 +329,7 @@ pub struct EventLoop {
     /// Models this node announces as a Kademlia provider (the shared ones it stores).
     providing: HashSet<ContentId>,
     /// Provider lookups under way: the peers found so far and who asked.
-    finding: HashMap<kad::QueryId, (HashSet<PeerId>, oneshot::Sender<Vec<PeerId>>)>,
+    finding: HashMap<kad::QueryId, (HashSet<PeerId>, mpsc::Sender<PeerId>)>,
     config: NetConfig,
 }
 
@@ -479,17 +497,27 @@ impl EventLoop {
         let kad::QueryResult::GetProviders(result) = result else {
             return;
         };
-        let Some((found, _)) = self.finding.get_mut(&id) else {
+        let local = *self.swarm.local_peer_id();
+        let Some((found, reply)) = self.finding.get_mut(&id) else {
             return;
         };
         if let Ok(kad::GetProvidersOk::FoundProviders { providers, .. }) = result {
-            found.extend(providers);
+            for peer in providers {
+                if peer != local && found.len() < MAX_PROVIDERS && found.insert(peer) {
+                    // Room is certain: at most MAX_PROVIDERS are ever sent.
+                    let _ = reply.try_send(peer);
+                }
+            }
         }
-        if step.last
-            && let Some((mut found, reply)) = self.finding.remove(&id)
-        {
-            found.remove(self.swarm.local_peer_id());
-            let _ = reply.send(found.into_iter().collect());
+        if step.last || reply.is_closed() {
+            // Dropping the sender ends the caller's wait; a caller that gave up already
+            // needs the query no more.
+            self.finding.remove(&id);
+            if !step.last
+                && let Some(mut query) = self.swarm.behaviour_mut().kad.query_mut(&id)
+            {
+                query.finish();
+            }
         }
     }
 

@@ -346,7 +346,10 @@ async fn provider_records_name_the_nodes_that_hold_a_model() {
     let start = Instant::now();
     let mut found = Vec::new();
     while start.elapsed() < Duration::from_secs(20) {
-        found = d.find_providers(model).await.unwrap();
+        found = d
+            .find_providers(model, Duration::from_secs(5))
+            .await
+            .unwrap();
         if !found.is_empty() {
             break;
         }
@@ -358,7 +361,7 @@ async fn provider_records_name_the_nodes_that_hold_a_model() {
         start.elapsed()
     );
     assert!(
-        d.find_providers(ContentId::of(&[8]))
+        d.find_providers(ContentId::of(&[8]), Duration::from_secs(5))
             .await
             .unwrap()
             .is_empty()

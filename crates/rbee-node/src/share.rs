@@ -33,6 +33,10 @@ const SHARD_TIMEOUT: Duration = Duration::from_secs(60);
 const PER_PEER: usize = 4;
 /// How long a worker waits after a peer said it is at its upload limit.
 const BUSY_WAIT: Duration = Duration::from_millis(200);
+/// How long a pull waits for Kademlia's provider lookup when the pool view names no holder.
+const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
+/// ...and when the view already names holders.
+const PROVIDER_GRACE: Duration = Duration::from_millis(250);
 /// Consecutive failures after which a peer is dropped from a pull.
 const MAX_PEER_FAILURES: u32 = 3;
 /// Bytes written per rate-limiter step.
@@ -866,9 +870,14 @@ pub async fn pull_from_pool(
             None => return Ok(None),
         },
     };
-    if let Ok(Ok(providers)) =
-        tokio::time::timeout(Duration::from_secs(3), net.find_providers(id)).await
-    {
+    // Peers in the view are enough to start; Kademlia then only gets a moment to add
+    // holders beyond the view. With none in view it is the only hope, and gets longer.
+    let within = if sources.is_empty() {
+        PROVIDER_LOOKUP
+    } else {
+        PROVIDER_GRACE
+    };
+    if let Ok(providers) = net.find_providers(id, within).await {
         for peer in providers {
             if !sources.iter().any(|s| s.peer == peer) {
                 let name = net
