@@ -1,13 +1,14 @@
 //! mDNS discovery between real node processes in separate network namespaces joined by a
 //! bridge (made here, removed afterwards). Needs root and `ip`; elsewhere it prints why it
-//! is skipped. No bootstrap addresses: the nodes find each other by multicast alone.
+//! is skipped. No bootstrap addresses: the nodes find each other by multicast alone; then a
+//! chat request is routed across the bridge and a model is pulled across it.
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbee_tests::{http, import_demo, rbee, rbee_node_bin};
+use rbee_tests::{demo_model, http, import_demo, rbee, rbee_node_bin};
 use serde_json::{Value, json};
 
 const TOKEN: &str = "mdns-test-token";
@@ -210,4 +211,49 @@ fn nodes_in_separate_namespaces_find_each_other_by_mdns() {
     assert_eq!(resp.headers().get("x-rbee-node").unwrap(), "lan-2");
     let v: Value = resp.body_mut().read_json().unwrap();
     assert!(v["choices"][0]["message"]["content"].is_string());
+
+    // Node 3 pulls the model from node 2 across the bridge: a real interface, the peer
+    // found by multicast alone. The bytes must be the original's.
+    let auth = format!("Bearer {TOKEN}");
+    let job: Value = http()
+        .post(&format!("http://{}:7835/v1/jobs", lab.addr(3)))
+        .header("Authorization", &auth)
+        .send_json(json!({"operation": "model_pull", "model": "demo"}))
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let url = job["stream_url"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{job}"));
+    let events = http()
+        .get(&format!("http://{}:7835{url}", lab.addr(3)))
+        .header("Authorization", &auth)
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    let done: Value = events
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .next_back()
+        .unwrap_or_else(|| panic!("no events: {events}"));
+    assert_eq!(done["type"], "done", "{events}\n{}", logs());
+    assert_eq!(done["result"]["source"], "pool", "{done}");
+    let cid = done["result"]["content_id"].as_str().unwrap();
+    let view = tmp.path().join("n3").join("views").join(cid);
+    let pulled = std::fs::read_dir(&view)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let hash = |p: &Path| {
+        let mut h = blake3::Hasher::new();
+        h.update_reader(std::fs::File::open(p).unwrap()).unwrap();
+        h.finalize()
+    };
+    assert_eq!(hash(&pulled), hash(&demo_model().unwrap()));
 }
