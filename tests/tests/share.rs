@@ -1,7 +1,7 @@
 //! Model sharing between real node processes on loopback: a model stored on two nodes is
 //! pulled by a third from both at once, verified; a source that dies mid-pull, a source that
-//! sends corrupt bytes, and a puller killed mid-pull and restarted all end in a complete,
-//! byte-identical model.
+//! sends corrupt bytes (and is left out of later pulls), and a puller killed mid-pull and
+//! restarted all end in a complete, byte-identical model.
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
@@ -228,6 +228,57 @@ fn a_corrupt_source_is_dropped_a_dead_source_is_survived_and_a_killed_puller_res
     assert!(
         c.data.join("partial").read_dir().unwrap().next().is_none(),
         "partial dir cleaned up"
+    );
+
+    // The liar stays distrusted: with the model removed, a new pull uses only `honest`...
+    let remove = |node: &NodeProcess| {
+        let url = http()
+            .post(&node.url("/v1/jobs"))
+            .send_json(json!({"operation": "model_remove", "model": "demo"}))
+            .unwrap()
+            .body_mut()
+            .read_json::<Value>()
+            .unwrap()["stream_url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let (events, last) = follow(node, &url);
+        assert_eq!(last["type"], "done", "{events}");
+    };
+    remove(&c.node);
+    let (events, last) = follow(&c.node, &start_pull(&c.node, "demo"));
+    assert_eq!(last["type"], "done", "{events}");
+    // (The phase lists the sources; `doomed`'s Kademlia record may outlive it, unnamed.)
+    let sources = events
+        .lines()
+        .find(|l| l.contains("already verified) from"))
+        .unwrap_or_else(|| panic!("{events}"));
+    assert!(
+        sources.contains("honest") && !sources.contains("liar"),
+        "the liar should be left out: {sources}"
+    );
+    // ...and once `honest` is gone too, the pull fails naming the liar rather than trusting it.
+    remove(&c.node);
+    drop(a);
+    let start = Instant::now();
+    while c.node.get_json("/v1/pool")["peers"]
+        .as_array()
+        .unwrap()
+        .len()
+        > 1
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "honest never left the view"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (events, last) = follow(&c.node, &start_pull(&c.node, "demo"));
+    assert_eq!(last["type"], "error", "{events}");
+    let error = last["message"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("liar") && error.contains("corrupt"),
+        "{last}"
     );
 }
 

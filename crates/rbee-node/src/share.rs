@@ -37,6 +37,8 @@ const BUSY_WAIT: Duration = Duration::from_millis(200);
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
 /// ...and when the view already names holders.
 const PROVIDER_GRACE: Duration = Duration::from_millis(250);
+/// How long a peer that sent a corrupt shard is left out of this node's later pulls.
+const DISTRUST_FOR: Duration = Duration::from_secs(3600);
 /// Consecutive failures after which a peer is dropped from a pull.
 const MAX_PEER_FAILURES: u32 = 3;
 /// Bytes written per rate-limiter step.
@@ -408,6 +410,8 @@ struct PullState {
     /// Peers (by name) in the pull right now.
     active: Vec<String>,
     bad: Vec<String>,
+    /// The peers behind `bad`, distrusted by later pulls too.
+    bad_ids: Vec<PeerId>,
     gone: Vec<String>,
     /// A local failure (disk full, I/O) that ends the pull whatever the peers do.
     fatal: Option<String>,
@@ -463,17 +467,36 @@ struct Pull {
     spare: Mutex<Vec<Vec<u8>>>,
 }
 
-/// One lock per model being pulled: a second pull of the same model (a job and a request
-/// routed here, say) waits for the first instead of writing the same partial files.
+/// What this node's pulls share: one lock per model being pulled (a second pull of the
+/// same model — a job and a request routed here, say — waits for the first instead of
+/// writing the same partial files), and the peers that sent corrupt shards, which later
+/// pulls leave out for [`DISTRUST_FOR`].
 #[derive(Debug, Default)]
-pub struct Pulls(Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>);
+pub struct Pulls {
+    locks: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Peer → until when it is left out.
+    distrusted: Mutex<HashMap<PeerId, Instant>>,
+}
 
 impl Pulls {
     fn lock_for(&self, id: ContentId) -> Arc<tokio::sync::Mutex<()>> {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.locks.lock().unwrap_or_else(|p| p.into_inner());
         // Forget the locks nobody holds or waits for.
         map.retain(|_, l| Arc::strong_count(l) > 1);
         map.entry(id).or_default().clone()
+    }
+
+    fn distrust(&self, peer: PeerId) {
+        let mut map = self.distrusted.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(peer, Instant::now() + DISTRUST_FOR);
+    }
+
+    /// How long `peer` is still left out of pulls, if it is.
+    fn distrusted_for(&self, peer: &PeerId) -> Option<Duration> {
+        let mut map = self.distrusted.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        map.retain(|_, until| *until > now);
+        map.get(peer).map(|until| *until - now)
     }
 }
 
@@ -559,6 +582,7 @@ async fn pull_model(
             bytes: already,
             active: names,
             bad: Vec::new(),
+            bad_ids: Vec::new(),
             gone: Vec::new(),
             fatal: None,
         }),
@@ -605,6 +629,9 @@ async fn pull_model(
             .lock()
             .map_err(|_| NodeError::Internal("pull state poisoned".into()))?,
     );
+    for peer in &st.bad_ids {
+        ctx.pulls.distrust(*peer);
+    }
     if let Some(e) = st.fatal {
         return Err(NodeError::Unavailable(format!(
             "pull of {} stopped: {e}; verified shards are kept, run the pull again to resume",
@@ -701,6 +728,9 @@ fn write_shards(
                 // Wrong bytes: this peer is out of the pull and avoided for a while.
                 tracing::warn!(%peer, %name, "peer sent a corrupt shard, dropping it");
                 st.drop_peer(&name, true);
+                if !st.bad_ids.contains(&peer) {
+                    st.bad_ids.push(peer);
+                }
                 if !st.done.contains(&(fi, si)) && !st.in_flight.contains_key(&(fi, si)) {
                     st.queue.push_back((fi, si));
                 }
@@ -887,12 +917,58 @@ pub async fn pull_from_pool(
             }
         }
     }
+    // Peers that sent this node corrupt shards lately are left out.
+    let mut avoided = Vec::new();
+    sources.retain(|s| match ctx.pulls.distrusted_for(&s.peer) {
+        Some(left) => {
+            avoided.push((s.name.clone(), left));
+            false
+        }
+        None => true,
+    });
+    let avoided_names = || {
+        let names: Vec<&str> = avoided.iter().map(|(n, _)| n.as_str()).collect();
+        names.join(", ")
+    };
+    if !avoided.is_empty() {
+        tracing::warn!(
+            model = %id.short(),
+            peers = %avoided_names(),
+            "leaving out peers that sent corrupt data"
+        );
+    }
     if sources.is_empty() {
-        return Ok(None);
+        if avoided.is_empty() {
+            return Ok(None);
+        }
+        if let Ok(rbee_proto::ModelRef::HuggingFace(_)) = reference.parse() {
+            job.phase(&format!(
+                "not pulling from {}: sent corrupt data lately",
+                avoided_names()
+            ));
+            return Ok(None);
+        }
+        let minutes = avoided
+            .iter()
+            .map(|(_, left)| left.as_secs().div_ceil(60))
+            .min()
+            .unwrap_or(0);
+        return Err(NodeError::Unavailable(format!(
+            "the only peers holding `{reference}` ({}) sent this node corrupt data; its pulls leave them out for another {minutes} min. Run `rbee-node models verify` on those nodes, or pull the model by its HuggingFace reference",
+            avoided_names()
+        )));
     }
     let name = match reference.parse::<rbee_proto::ModelRef>() {
         Ok(rbee_proto::ModelRef::Name(n)) => n,
         _ => hint.filter(|h| !h.is_empty()).unwrap_or_else(|| id.short()),
     };
-    pull_model(ctx, id, name, sources, job).await.map(Some)
+    match pull_model(ctx, id, name, sources, job).await {
+        Ok(outcome) => Ok(Some(outcome)),
+        // A failure among the rest is only half the story when holders were left out.
+        Err(e) if !avoided.is_empty() => Err(NodeError::Unavailable(format!(
+            "{e}; left out of this pull: {} (sent this node corrupt data)",
+            avoided_names()
+        ))),
+        Err(e) => Err(e),
+    }
 }
