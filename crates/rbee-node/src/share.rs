@@ -605,20 +605,35 @@ async fn pull_model(
             )
         })
     };
-    let mut workers = Vec::new();
+    let mut workers = tokio::task::JoinSet::new();
     for s in sources {
         for _ in 0..PER_PEER {
             let (pull, job, writes) = (pull.clone(), job.clone(), writes.clone());
             let (peer, name) = (s.peer, s.name.clone());
-            workers.push(tokio::spawn(async move {
-                worker(&pull, &writes, peer, &name, &job).await
-            }));
+            workers.spawn(async move { worker(&pull, &writes, peer, &name, &job).await });
         }
     }
-    // The writer's queue closes when the last worker (holding the last sender) is done.
+    // The writer's queue closes when the last worker (holding the last sender) is gone.
     drop(writes);
-    for w in workers {
-        let _ = w.await;
+    // Once every shard is in (or the pull failed or was cancelled), workers still waiting on
+    // a frozen or unreachable peer are cut off rather than left to run out their timeouts
+    // (a minute for a fetch): the shards they held were raced and written by others.
+    let mut check = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            next = workers.join_next() => {
+                if next.is_none() {
+                    break;
+                }
+            }
+            _ = check.tick() => {
+                let over = job.is_cancelled()
+                    || pull.state.lock().map_or(true, |st| st.finished());
+                if over {
+                    workers.abort_all();
+                }
+            }
+        }
     }
     let partial = writer
         .await
