@@ -37,6 +37,8 @@ const BUSY_WAIT: Duration = Duration::from_millis(200);
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
 /// ...and when the view already names holders.
 const PROVIDER_GRACE: Duration = Duration::from_millis(250);
+/// How long a manifest request has to itself before the next source is asked as well.
+const MANIFEST_HEDGE: Duration = Duration::from_millis(1500);
 /// How long a peer that sent a corrupt shard is left out of this node's later pulls.
 const DISTRUST_FOR: Duration = Duration::from_secs(3600);
 /// Consecutive failures after which a peer is dropped from a pull.
@@ -534,17 +536,39 @@ async fn pull_model(
         .net
         .clone()
         .ok_or_else(|| NodeError::Internal("no pool network".into()))?;
-    let mut manifest = None;
+    // The manifest from the first source that answers. Sources are asked one after another,
+    // the next as soon as one fails, or after MANIFEST_HEDGE while one says nothing (a
+    // frozen peer would otherwise cost the request's 30 s timeout).
+    let ask = |s: &Source| {
+        let (net, peer, name) = (net.clone(), s.peer, s.name.clone());
+        async move { (name, request_manifest(&net, peer, id).await) }
+    };
+    let mut asking = futures::stream::FuturesUnordered::new();
+    let mut next = 0;
     let mut errors = Vec::new();
-    for s in &sources {
-        match request_manifest(&net, s.peer, id).await {
-            Ok(m) => {
-                manifest = Some(m);
-                break;
-            }
-            Err(e) => errors.push(format!("{}: {e}", s.name)),
+    let manifest = loop {
+        if asking.is_empty() {
+            let Some(s) = sources.get(next) else {
+                break None;
+            };
+            asking.push(ask(s));
+            next += 1;
         }
-    }
+        let more = sources.get(next);
+        tokio::select! {
+            Some((name, answer)) = asking.next() => match answer {
+                Ok(m) => break Some(m),
+                Err(e) => errors.push(format!("{name}: {e}")),
+            },
+            () = tokio::time::sleep(MANIFEST_HEDGE), if more.is_some() => {
+                if let Some(s) = more {
+                    asking.push(ask(s));
+                    next += 1;
+                }
+            }
+        }
+    };
+    drop(asking);
     let manifest = manifest.ok_or_else(|| {
         NodeError::Unavailable(format!(
             "no peer gave the manifest of {}: {}",
