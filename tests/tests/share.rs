@@ -568,3 +568,48 @@ fn holders_frozen_before_the_pull_do_not_stall_it() {
         "frozen holders stalled the pull: {took:?}"
     );
 }
+
+/// A puller that freezes mid-pull (a laptop suspended: its connection stays open, it reads
+/// nothing) must not keep the source's upload slot: another node's pull of the same model
+/// from that source still completes.
+#[test]
+fn a_frozen_puller_does_not_keep_the_upload_slot() {
+    let Some(model) = demo_model() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let src = member(tmp.path(), "src", &key, None, "max_uploads = 1\n");
+    import_demo(&src.data, "demo").unwrap();
+    let sleepy = member(tmp.path(), "sleepy", &key, Some(&src.p2p), "");
+    let d = member(tmp.path(), "d", &key, Some(&src.p2p), "");
+    sees(&sleepy.node, 2);
+    sees(&d.node, 2);
+    let pid = sleepy.node.child.id().to_string();
+    let signal = |s: &str| {
+        assert!(
+            Command::new("kill")
+                .args([s, &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+    };
+    let _ = start_pull(&sleepy.node, "demo");
+    // Freeze it while shards are flowing to it.
+    let start = Instant::now();
+    while served_shards(&src.node) < 3 {
+        assert!(start.elapsed() < Duration::from_secs(30), "no shard served");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    signal("-STOP");
+    let start = Instant::now();
+    let (events, last) = follow(&d.node, &start_pull(&d.node, "demo"));
+    let took = start.elapsed();
+    signal("-CONT");
+    assert_eq!(last["type"], "done", "{events}\n{}", src.node.log_text());
+    let cid = last["result"]["content_id"].as_str().unwrap();
+    assert_eq!(sha256(&pulled_file(&d.data, cid)), sha256(&model));
+    eprintln!("pull next to a frozen puller on a one-slot source: {took:?}");
+    // The source gives up on a write after 20 s; before, the slot stayed taken for good
+    // (this pull hung until the HTTP client's timeout).
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}

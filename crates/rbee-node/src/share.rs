@@ -37,6 +37,8 @@ const BUSY_WAIT: Duration = Duration::from_millis(200);
 const PROVIDER_LOOKUP: Duration = Duration::from_secs(3);
 /// ...and when the view already names holders.
 const PROVIDER_GRACE: Duration = Duration::from_millis(250);
+/// How long one write of an upload may wait for the puller to take it.
+const UPLOAD_STALL: Duration = Duration::from_secs(20);
 /// How long a manifest request has to itself before the next source is asked as well.
 const MANIFEST_HEDGE: Duration = Duration::from_millis(1500);
 /// How long a peer that sent a corrupt shard is left out of this node's later pulls.
@@ -282,26 +284,23 @@ async fn serve_one(
             {
                 *b ^= 0x01;
             }
-            if write_frame(
-                stream,
-                &ShardReply::Data {
-                    len: bytes.len() as u64,
-                },
-            )
-            .await
-            .is_err()
-            {
+            // Every write has UPLOAD_STALL to go through: a puller that stops reading must
+            // not keep the upload slot for as long as its connection stays open.
+            let header = ShardReply::Data {
+                len: bytes.len() as u64,
+            };
+            if !unstalled(peer, write_frame(stream, &header)).await {
                 return false;
             }
             for chunk in bytes.chunks(CHUNK) {
                 if let Some(l) = limit {
                     l.take(chunk.len()).await;
                 }
-                if stream.write_all(chunk).await.is_err() {
+                if !unstalled(peer, stream.write_all(chunk)).await {
                     return false;
                 }
             }
-            if stream.flush().await.is_err() {
+            if !unstalled(peer, stream.flush()).await {
                 return false;
             }
             ctx.metrics
@@ -311,6 +310,17 @@ async fn serve_one(
                 .shard_bytes_served
                 .fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             true
+        }
+    }
+}
+
+/// Whether an upload's write went through within [`UPLOAD_STALL`].
+async fn unstalled<E>(peer: PeerId, write: impl Future<Output = Result<(), E>>) -> bool {
+    match tokio::time::timeout(UPLOAD_STALL, write).await {
+        Ok(result) => result.is_ok(),
+        Err(_) => {
+            tracing::warn!(%peer, "peer took nothing for {}s; dropping its upload", UPLOAD_STALL.as_secs());
+            false
         }
     }
 }
