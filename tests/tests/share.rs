@@ -91,6 +91,21 @@ fn pulled_file(data: &Path, cid: &str) -> PathBuf {
     files.next().unwrap().unwrap().path()
 }
 
+/// Sends `sig` (`-STOP`, `-CONT`) to a node's process. A stopped node is a suspended
+/// machine: its connections stay open and it answers nothing.
+fn signal(node: &NodeProcess, sig: &str) {
+    let pid = node.child.id().to_string();
+    let status = Command::new("kill").args([sig, &pid]).status().unwrap();
+    assert!(status.success(), "kill {sig} {pid}");
+}
+
+/// A pull job's end: `done`, with the model in `data` byte-identical to `model`.
+fn assert_pulled(data: &Path, model: &Path, events: &str, last: &Value, log: &str) {
+    assert_eq!(last["type"], "done", "{events}\n{log}");
+    let cid = last["result"]["content_id"].as_str().unwrap();
+    assert_eq!(sha256(&pulled_file(data, cid)), sha256(model));
+}
+
 fn served_shards(node: &NodeProcess) -> u64 {
     let text = http()
         .get(&node.url("/metrics"))
@@ -440,12 +455,7 @@ fn a_frozen_peer_does_not_hold_up_a_pull() {
     let b = member(tmp.path(), "b", &key, Some(&a.p2p), "");
     let c = member(tmp.path(), "c", &key, Some(&a.p2p), "");
     sees(&c.node, 2);
-    let stop = |signal: &str| {
-        let pid = b.node.child.id().to_string();
-        let status = Command::new("kill").args([signal, &pid]).status().unwrap();
-        assert!(status.success(), "kill {signal} {pid}");
-    };
-    stop("-STOP");
+    signal(&b.node, "-STOP");
     let url = start_pull(&c.node, "demo");
     let mut body = http().get(&c.node.url(&url)).call().unwrap();
     let reader = std::io::BufReader::new(body.body_mut().as_reader());
@@ -466,10 +476,8 @@ fn a_frozen_peer_does_not_hold_up_a_pull() {
         }
         last = event;
     }
-    stop("-CONT");
-    assert_eq!(last["type"], "done", "{last}");
-    let cid = last["result"]["content_id"].as_str().unwrap();
-    assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
+    signal(&b.node, "-CONT");
+    assert_pulled(&c.data, &model, "", &last, &c.node.log_text());
     let waited = pulling.unwrap() - asking.unwrap();
     eprintln!("from asking the pool to pulling, with a frozen peer: {waited:?}");
     assert!(
@@ -494,26 +502,14 @@ fn a_source_that_freezes_mid_pull_does_not_hold_it_up() {
     }
     let c = member(tmp.path(), "puller", &key, Some(&a.p2p), "");
     sees(&c.node, 2);
-    let signal = |s: &str| {
-        let pid = b.node.child.id().to_string();
-        assert!(
-            Command::new("kill")
-                .args([s, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
     let start = Instant::now();
     let url = start_pull(&c.node, "demo");
     std::thread::sleep(Duration::from_millis(1500));
-    signal("-STOP");
+    signal(&b.node, "-STOP");
     let (events, last) = follow(&c.node, &url);
     let took = start.elapsed();
-    signal("-CONT");
-    assert_eq!(last["type"], "done", "{events}\n{}", c.node.log_text());
-    let cid = last["result"]["content_id"].as_str().unwrap();
-    assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
+    signal(&b.node, "-CONT");
+    assert_pulled(&c.data, &model, &events, &last, &c.node.log_text());
     eprintln!("pull with a source frozen after 1.5 s: {took:?}");
     // `steady` alone needs about 6 s for the rest at 40 MB/s; a fetch from a frozen peer
     // times out only after 60 s.
@@ -540,26 +536,13 @@ fn holders_frozen_before_the_pull_do_not_stall_it() {
     }
     let c = member(tmp.path(), "puller", &key, Some(&live.p2p), "");
     sees(&c.node, 3);
-    let signal = |s: &str| {
-        for m in &frozen {
-            let pid = m.node.child.id().to_string();
-            assert!(
-                Command::new("kill")
-                    .args([s, &pid])
-                    .status()
-                    .unwrap()
-                    .success()
-            );
-        }
-    };
-    signal("-STOP");
+    let all = |sig: &str| frozen.iter().for_each(|m| signal(&m.node, sig));
+    all("-STOP");
     let start = Instant::now();
     let (events, last) = follow(&c.node, &start_pull(&c.node, "demo"));
     let took = start.elapsed();
-    signal("-CONT");
-    assert_eq!(last["type"], "done", "{events}\n{}", c.node.log_text());
-    let cid = last["result"]["content_id"].as_str().unwrap();
-    assert_eq!(sha256(&pulled_file(&c.data, cid)), sha256(&model));
+    all("-CONT");
+    assert_pulled(&c.data, &model, &events, &last, &c.node.log_text());
     eprintln!("pull with two of three holders frozen: {took:?}");
     // A manifest request to a frozen peer times out after 30 s; asking the next source
     // after 1.5 s of silence brings the manifest in a few seconds at most.
@@ -583,16 +566,6 @@ fn a_frozen_puller_does_not_keep_the_upload_slot() {
     let d = member(tmp.path(), "d", &key, Some(&src.p2p), "");
     sees(&sleepy.node, 2);
     sees(&d.node, 2);
-    let pid = sleepy.node.child.id().to_string();
-    let signal = |s: &str| {
-        assert!(
-            Command::new("kill")
-                .args([s, &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
-    };
     let _ = start_pull(&sleepy.node, "demo");
     // Freeze it while shards are flowing to it.
     let start = Instant::now();
@@ -600,14 +573,12 @@ fn a_frozen_puller_does_not_keep_the_upload_slot() {
         assert!(start.elapsed() < Duration::from_secs(30), "no shard served");
         std::thread::sleep(Duration::from_millis(5));
     }
-    signal("-STOP");
+    signal(&sleepy.node, "-STOP");
     let start = Instant::now();
     let (events, last) = follow(&d.node, &start_pull(&d.node, "demo"));
     let took = start.elapsed();
-    signal("-CONT");
-    assert_eq!(last["type"], "done", "{events}\n{}", src.node.log_text());
-    let cid = last["result"]["content_id"].as_str().unwrap();
-    assert_eq!(sha256(&pulled_file(&d.data, cid)), sha256(&model));
+    signal(&sleepy.node, "-CONT");
+    assert_pulled(&d.data, &model, &events, &last, &src.node.log_text());
     eprintln!("pull next to a frozen puller on a one-slot source: {took:?}");
     // The source gives up on a write after 20 s; before, the slot stayed taken for good
     // (this pull hung until the HTTP client's timeout).
