@@ -693,3 +693,62 @@ fn an_imported_safetensors_folder_is_served() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["usage"]["prompt_tokens"], 2, "{v}");
 }
+
+/// A node whose log cannot be written (stderr on a full disk; `/dev/full` fails every write
+/// with ENOSPC) keeps serving. Before, its first log line panicked: the banner at start-up
+/// killed the process, and later a log line in a pull's writer thread failed the pull.
+#[test]
+fn a_node_whose_log_cannot_be_written_keeps_serving() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        eprintln!("SKIPPED: no /dev/full here");
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let port = rbee_tests::free_port();
+    let mut child = Command::new(rbee_tests::rbee_node_bin())
+        .arg("--data-dir")
+        .arg(tmp.path())
+        .args([
+            "join",
+            "--no-mdns",
+            "--api-addr",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .env("RUST_LOG", "debug")
+        .env("XDG_CONFIG_HOME", tmp.path().join("no-config"))
+        .stdout(std::process::Stdio::null())
+        .stderr(full)
+        .spawn()
+        .unwrap();
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let start = Instant::now();
+    let mut answered = false;
+    while start.elapsed() < Duration::from_secs(30) && !answered {
+        assert!(child.try_wait().unwrap().is_none(), "the node exited");
+        answered = agent().get(&url("/health")).call().is_ok();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Work that logs: a request for a model that is not there, answered with an error.
+    let mut resp = agent()
+        .post(&url("/v1/chat/completions"))
+        .send_json(json!({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}))
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        404,
+        "{}",
+        resp.body_mut().read_to_string().unwrap()
+    );
+    let health: Value = agent()
+        .get(&url("/health"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let alive = child.try_wait().unwrap().is_none();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered && alive, "the node died with an unwritable log");
+    assert_eq!(health["status"], "ok", "{health}");
+}

@@ -88,9 +88,13 @@ enum ConfigCommand {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // A log that cannot be written (stderr redirected to a full disk) must not take the
+    // node down: by default the subscriber reports such an error with `eprint!`, which
+    // panics when stderr fails too — seen as a pull's writer thread panicking on ENOSPC.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),

@@ -123,7 +123,10 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
             } else {
                 "no pool key given: this node runs alone (`rbee-node pool new` makes one)"
             };
-            eprintln!(
+            // Not `eprintln!`: it panics when stderr cannot be written (a log on a full
+            // disk), and a node must keep serving without its log.
+            let _ = writeln!(
+                std::io::stderr(),
                 "rbee node listening on http://{addr} (data {}, cpu budget {}); {pool}",
                 data_dir.display(),
                 crate::output::bytes(budget)
@@ -131,7 +134,7 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
         })
         .await
     })?;
-    eprintln!("rbee node stopped");
+    let _ = writeln!(std::io::stderr(), "rbee node stopped");
     Ok(())
 }
 
