@@ -45,6 +45,9 @@ const MANIFEST_HEDGE: Duration = Duration::from_millis(1500);
 const DISTRUST_FOR: Duration = Duration::from_secs(3600);
 /// Consecutive failures after which a peer is dropped from a pull.
 const MAX_PEER_FAILURES: u32 = 3;
+/// New streams a worker lets a peer drop unanswered, in a row, before that counts as a
+/// failure (each is followed by a BUSY_WAIT pause).
+const MAX_DROPPED_STREAMS: u32 = 8;
 /// Bytes written per rate-limiter step.
 const CHUNK: usize = 256 << 10;
 
@@ -362,6 +365,9 @@ async fn request_manifest(net: &Client, peer: PeerId, id: ContentId) -> Result<M
 enum FetchError {
     /// The peer is at its upload limit (other pullers): wait and ask again, no fault of its.
     Busy,
+    /// The stream ended before any reply: on a new stream, most likely dropped by libp2p
+    /// on the peer's side (see `worker`).
+    NoReply(String),
     Failed(String),
 }
 
@@ -380,10 +386,10 @@ async fn fetch_shard(
 ) -> Result<Vec<u8>, FetchError> {
     write_frame(stream, &ShardRequest::Shard { hash, range: None })
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::NoReply(e.to_string()))?;
     let reply: Option<ShardReply> = read_frame(stream, REPLY_CAP)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| FetchError::NoReply(e.to_string()))?;
     match reply {
         Some(ShardReply::Data { len }) if len == expected => {
             // (`resize` only zero-fills what a spare buffer lacks; `read_to_end` would zero-fill
@@ -404,7 +410,8 @@ async fn fetch_shard(
         }
         Some(ShardReply::Error { status: 503, .. }) => Err(FetchError::Busy),
         Some(ShardReply::Error { message, .. }) => Err(message.into()),
-        _ => Err(String::from("closed the stream").into()),
+        None => Err(FetchError::NoReply("closed the stream".into())),
+        _ => Err(String::from("broke the protocol").into()),
     }
 }
 
@@ -806,6 +813,10 @@ async fn worker(
 ) {
     let mut stream = None;
     let mut failures = 0;
+    // Whether the current stream has carried a reply, and how many new streams in a row
+    // the peer dropped unanswered.
+    let mut answered = false;
+    let mut dropped = 0;
     loop {
         if job.is_cancelled() {
             return;
@@ -843,7 +854,9 @@ async fn worker(
         };
         if stream.is_none() {
             stream = pull.net.open_stream(peer, SHARD_PROTOCOL).await.ok();
+            answered = false;
         }
+        let fresh = stream.is_some() && !answered;
         let result = match stream.as_mut() {
             Some(s) => {
                 let buf = pull
@@ -864,7 +877,7 @@ async fn worker(
             };
             match result {
                 Ok(bytes) => {
-                    failures = 0;
+                    (failures, dropped, answered) = (0, 0, true);
                     st.release((fi, si), false);
                     if st.done.contains(&(fi, si)) || !st.writing.insert((fi, si)) {
                         continue; // the other racer of the endgame was first
@@ -872,10 +885,22 @@ async fn worker(
                     Some(bytes)
                 }
                 Err(FetchError::Busy) => {
+                    answered = true;
                     st.release((fi, si), true);
                     None
                 }
-                Err(FetchError::Failed(e)) => {
+                // libp2p hands a peer's inbound streams to its acceptor through a one-slot
+                // channel and drops those that arrive while the slot is taken, which happens
+                // when several workers open streams at once to a busy node. Not the peer's
+                // fault: open another after a pause, a few times before it counts.
+                Err(FetchError::NoReply(e)) if fresh && dropped < MAX_DROPPED_STREAMS => {
+                    stream = None;
+                    dropped += 1;
+                    tracing::debug!(%peer, %name, "new stream dropped unanswered ({e}); again");
+                    st.release((fi, si), true);
+                    None
+                }
+                Err(FetchError::NoReply(e) | FetchError::Failed(e)) => {
                     stream = None;
                     failures += 1;
                     tracing::debug!(%peer, %name, "shard {} failed: {e}", hash.short());
@@ -888,7 +913,8 @@ async fn worker(
                 }
             }
         };
-        // The peer was at its upload limit: no fault of its; ask again in a moment.
+        // The peer was at its upload limit, or dropped a new stream: no fault of its; ask
+        // again in a moment.
         let Some(bytes) = fetched else {
             tokio::time::sleep(BUSY_WAIT).await;
             continue;
