@@ -555,33 +555,44 @@ async fn pull_model(
         .ok_or_else(|| NodeError::Internal("no pool network".into()))?;
     // The manifest from the first source that answers. Sources are asked one after another,
     // the next as soon as one fails, or after MANIFEST_HEDGE while one says nothing (a
-    // frozen peer would otherwise cost the request's 30 s timeout).
-    let ask = |s: &Source| {
-        let (net, peer, name) = (net.clone(), s.peer, s.name.clone());
-        async move { (name, request_manifest(&net, peer, id).await) }
+    // frozen peer would otherwise cost the request's 30 s timeout). A failed source is
+    // asked once more after a pause: a connection closing under the request is not the
+    // end of that source.
+    let ask = |i: usize, pause: Duration| {
+        let (net, peer) = (net.clone(), sources[i].peer);
+        async move {
+            tokio::time::sleep(pause).await;
+            (i, request_manifest(&net, peer, id).await)
+        }
     };
     let mut asking = futures::stream::FuturesUnordered::new();
+    let mut tries = vec![0u32; sources.len()];
     let mut next = 0;
     let mut errors = Vec::new();
     let manifest = loop {
         if asking.is_empty() {
-            let Some(s) = sources.get(next) else {
+            if next == sources.len() {
                 break None;
-            };
-            asking.push(ask(s));
+            }
+            asking.push(ask(next, Duration::ZERO));
+            tries[next] += 1;
             next += 1;
         }
-        let more = sources.get(next);
+        let more = next < sources.len();
         tokio::select! {
-            Some((name, answer)) = asking.next() => match answer {
+            Some((i, answer)) = asking.next() => match answer {
                 Ok(m) => break Some(m),
-                Err(e) => errors.push(format!("{name}: {e}")),
-            },
-            () = tokio::time::sleep(MANIFEST_HEDGE), if more.is_some() => {
-                if let Some(s) = more {
-                    asking.push(ask(s));
-                    next += 1;
+                Err(e) if tries[i] < 2 => {
+                    tracing::debug!(peer = %sources[i].name, "manifest request failed ({e}); again");
+                    tries[i] += 1;
+                    asking.push(ask(i, BUSY_WAIT));
                 }
+                Err(e) => errors.push(format!("{}: {e}", sources[i].name)),
+            },
+            () = tokio::time::sleep(MANIFEST_HEDGE), if more => {
+                asking.push(ask(next, Duration::ZERO));
+                tries[next] += 1;
+                next += 1;
             }
         }
     };
