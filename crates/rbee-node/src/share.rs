@@ -489,7 +489,7 @@ struct Pull {
 /// What this node's pulls share: one lock per model being pulled (a second pull of the
 /// same model — a job and a request routed here, say — waits for the first instead of
 /// writing the same partial files), and the peers that sent corrupt shards, which later
-/// pulls leave out for [`DISTRUST_FOR`].
+/// pulls leave out for an hour (`DISTRUST_FOR`).
 #[derive(Debug, Default)]
 pub struct Pulls {
     locks: Mutex<HashMap<ContentId, Arc<tokio::sync::Mutex<()>>>>,
