@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::time::Instant;
 
@@ -27,6 +27,13 @@ pub const DEFAULT_CONTEXT: usize = 4096;
 const PREFILL_CHUNK: usize = 512;
 /// Events buffered between the model thread and a slow reader before the thread waits.
 const EVENT_BUFFER: usize = 64;
+/// Prompt bytes per token of context beyond which a prompt is refused without tokenizing it.
+/// No vocabulary we run averages anywhere near this over a whole prompt (text runs 3-5 bytes
+/// per token), so only input that could never fit is refused.
+const MAX_PROMPT_BYTES_PER_TOKEN: usize = 64;
+/// Bytes per context token tokenized first: when that prefix alone overflows the context, the
+/// rest is never tokenized (a 4 MiB prompt costs seconds of the model thread otherwise).
+const PROBE_BYTES_PER_TOKEN: usize = 6;
 
 /// Where and how big to load a model.
 #[derive(Debug, Clone)]
@@ -182,11 +189,54 @@ pub trait Backend: Send + Sync {
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError>;
 }
 
+/// What a loaded model is doing right now, as its engine counts it (not inferred from who
+/// holds a handle): the worker's eviction, the pool view and `/metrics` read this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Activity {
+    /// Requests accepted and waiting for the model thread.
+    pub queued: usize,
+    /// Sequences the model thread is working on (prefill or decode).
+    pub live: usize,
+}
+
+impl Activity {
+    pub fn is_idle(&self) -> bool {
+        self.queued == 0 && self.live == 0
+    }
+}
+
 /// A model ready to generate.
 pub trait LoadedModel: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &ModelInfo;
     /// Queues a request; fails at once with `QueueFull` when the queue is full.
     fn generate(&self, request: GenerateRequest) -> Result<Generation, InferError>;
+    /// The engine's own count of waiting and running requests.
+    fn activity(&self) -> Activity;
+}
+
+/// The counters behind [`Activity`], shared by the model handle and its thread.
+#[derive(Debug, Default)]
+struct Counters {
+    queued: AtomicUsize,
+    live: AtomicUsize,
+}
+
+/// Counts one sequence as live from the moment the model thread takes it until it is dropped,
+/// whichever way the generation ends.
+struct LiveGuard<'a>(&'a Counters);
+
+impl<'a> LiveGuard<'a> {
+    fn start(counters: &'a Counters) -> Self {
+        counters.live.fetch_add(1, Ordering::SeqCst);
+        counters.queued.fetch_sub(1, Ordering::SeqCst);
+        LiveGuard(counters)
+    }
+}
+
+impl Drop for LiveGuard<'_> {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// The candle backend: CPU always, CUDA/Metal when built with those features.
@@ -340,16 +390,19 @@ impl Backend for CandleBackend {
             model_chat_template: template.from_model,
         };
         let (jobs, inbox) = sync_channel::<Job>(opts.queue_capacity.max(1));
+        let counters = Arc::new(Counters::default());
         let mut worker = Worker {
             model,
             tokenizer,
             template,
             context,
         };
+        let thread_counters = counters.clone();
         std::thread::Builder::new()
             .name(format!("rbee-model-{}", info.architecture))
             .spawn(move || {
                 while let Ok(job) = inbox.recv() {
+                    let _live = LiveGuard::start(&thread_counters);
                     worker.run(job);
                 }
             })
@@ -359,6 +412,7 @@ impl Backend for CandleBackend {
             info,
             jobs,
             capacity: opts.queue_capacity.max(1),
+            counters,
         }))
     }
 }
@@ -392,6 +446,7 @@ struct CandleModel {
     info: ModelInfo,
     jobs: SyncSender<Job>,
     capacity: usize,
+    counters: Arc<Counters>,
 }
 
 impl LoadedModel for CandleModel {
@@ -411,12 +466,25 @@ impl LoadedModel for CandleModel {
             events,
             cancel: cancel.clone(),
         };
-        match self.jobs.try_send(job) {
+        // Counted before the send, so the thread's decrement can never come first.
+        self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
             Ok(()) => Ok(Generation { events: rx, cancel }),
             Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
                 capacity: self.capacity,
             }),
             Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
+        }
+    }
+
+    fn activity(&self) -> Activity {
+        Activity {
+            queued: self.counters.queued.load(Ordering::SeqCst),
+            live: self.counters.live.load(Ordering::SeqCst),
         }
     }
 }
@@ -466,9 +534,43 @@ impl Worker {
             .bos_id()
             .and_then(|id| self.tokenizer.id_to_token(id));
         let has_bos = bos_text.is_some_and(|b| !b.is_empty() && text.starts_with(b));
-        Ok(self
-            .tokenizer
-            .encode(&text, self.tokenizer.add_bos_default() && !has_bos)?)
+        let add_bos = self.tokenizer.add_bos_default() && !has_bos;
+        self.check_prompt_size(&text, add_bos)?;
+        Ok(self.tokenizer.encode(&text, add_bos)?)
+    }
+
+    /// Refuses a prompt that cannot fit before paying for its whole tokenization: by its size
+    /// in bytes, then by tokenizing a prefix cut at a space (a token boundary for every
+    /// tokenizer we run) and stopping once that prefix alone overflows the context.
+    fn check_prompt_size(&self, text: &str, add_bos: bool) -> Result<(), InferError> {
+        let limit = self.context.saturating_mul(MAX_PROMPT_BYTES_PER_TOKEN);
+        if text.len() > limit {
+            return Err(InferError::PromptTooLarge {
+                bytes: text.len(),
+                limit,
+                context: self.context,
+            });
+        }
+        let probe = self.context.saturating_mul(PROBE_BYTES_PER_TOKEN);
+        if text.len() <= probe {
+            return Ok(());
+        }
+        let mut cut = probe;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let Some(space) = text[..cut].rfind(char::is_whitespace) else {
+            return Ok(());
+        };
+        let counted = self.tokenizer.encode(&text[..space], add_bos)?.len();
+        if counted >= self.context {
+            return Err(InferError::PromptTooLong {
+                tokens: counted,
+                context: self.context,
+                counted_all: false,
+            });
+        }
+        Ok(())
     }
 
     fn generate(&mut self, job: Job) -> Result<(), InferError> {
@@ -486,6 +588,7 @@ impl Worker {
             return Err(InferError::PromptTooLong {
                 tokens: prompt_len,
                 context: self.context,
+                counted_all: true,
             });
         }
         let budget = request.params.max_tokens.min(self.context - prompt_len);

@@ -18,8 +18,24 @@ pub enum InferError {
     Model(#[from] crate::model::ModelError),
     #[error("{0}")]
     Chat(#[from] crate::chat::ChatError),
-    #[error("prompt is {tokens} tokens; this model is loaded with a context of {context} tokens")]
-    PromptTooLong { tokens: usize, context: usize },
+    #[error(
+        "prompt is {}{tokens} tokens; this model is loaded with a context of {context} tokens",
+        at_least(.counted_all)
+    )]
+    PromptTooLong {
+        tokens: usize,
+        context: usize,
+        /// False when tokenizing stopped early, once the prompt was known not to fit.
+        counted_all: bool,
+    },
+    #[error(
+        "prompt is {bytes} bytes; a model loaded with a context of {context} tokens takes at most {limit} bytes of prompt"
+    )]
+    PromptTooLarge {
+        bytes: usize,
+        limit: usize,
+        context: usize,
+    },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
     #[error("the model's queue is full ({capacity} requests waiting); retry shortly")]
@@ -30,6 +46,10 @@ pub enum InferError {
     Thread(std::io::Error),
 }
 
+fn at_least(counted_all: &bool) -> &'static str {
+    if *counted_all { "" } else { "at least " }
+}
+
 impl InferError {
     pub fn error_type(&self) -> &'static str {
         match self {
@@ -37,7 +57,9 @@ impl InferError {
             InferError::Tokenizer(_) => "tokenizer_error",
             InferError::Model(_) => "model_error",
             InferError::Chat(_) | InferError::InvalidRequest(_) => "invalid_request_error",
-            InferError::PromptTooLong { .. } => "context_length_exceeded",
+            InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
+                "context_length_exceeded"
+            }
             InferError::QueueFull { .. } => "overloaded",
             InferError::Unloaded | InferError::Thread(_) => "unavailable",
         }

@@ -284,3 +284,114 @@ fn a_gpu_device_is_refused_at_load() {
     let err = CandleBackend.load(&path, &opts).unwrap_err().to_string();
     assert!(err.contains("CPU only"), "{err}");
 }
+
+#[test]
+fn the_engine_counts_its_own_queued_and_live_sequences() {
+    let Some(path) = demo_model() else { return };
+    let model = CandleBackend.load(&path, &LoadOptions::default()).unwrap();
+    assert!(model.activity().is_idle());
+    let mut params = SamplingParams::greedy(2000);
+    params.ignore_eos = true;
+    let req = || GenerateRequest {
+        prompt: Prompt::Text("Count:".into()),
+        params: params.clone(),
+    };
+    // The generation holds no handle on the model: only the engine can know it runs.
+    let mut first = model.generate(req()).unwrap().peekable();
+    assert!(first.peek().is_some(), "first request started");
+    let second = model.generate(req()).unwrap();
+    let busy = model.activity();
+    assert_eq!((busy.live, busy.queued), (1, 1), "{busy:?}");
+    drop(second);
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !model.activity().is_idle() {
+        assert!(Instant::now() < deadline, "{:?}", model.activity());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn an_oversized_prompt_is_refused_without_tokenizing_all_of_it() {
+    let Some(path) = demo_model() else { return };
+    let opts = LoadOptions {
+        context_length: Some(1024),
+        ..Default::default()
+    };
+    let model = CandleBackend.load(&path, &opts).unwrap();
+    // Far beyond anything a 1024-token context could hold: refused by its size.
+    let huge = "word ".repeat(1 << 20);
+    let err = run(
+        model.as_ref(),
+        Prompt::Text(huge),
+        SamplingParams::greedy(1),
+    )
+    .unwrap_err();
+    assert!(matches!(err, InferError::PromptTooLarge { .. }), "{err}");
+    assert_eq!(err.error_type(), "context_length_exceeded");
+    // Within the byte bound but too long: tokenizing stops once a prefix overflows.
+    let long = "word ".repeat(10_000);
+    let err = run(
+        model.as_ref(),
+        Prompt::Text(long),
+        SamplingParams::greedy(1),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InferError::PromptTooLong {
+                context: 1024,
+                counted_all: false,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("at least"), "{err}");
+    // A prompt that fits is unaffected.
+    let fits = run(
+        model.as_ref(),
+        Prompt::Text("word ".repeat(200)),
+        SamplingParams::greedy(1),
+    )
+    .unwrap();
+    assert!(fits.prompt_tokens > 100);
+}
+
+#[test]
+fn a_model_with_nan_weights_fails_with_a_clear_error() {
+    let tiny = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/reference/tiny-gemma3.gguf");
+    let tmp = tempfile::tempdir().unwrap();
+    let broken = tmp.path().join("nan.gguf");
+    let mut bytes = std::fs::read(&tiny).unwrap();
+    let header = rbee_gguf::GgufFile::open(&tiny).unwrap();
+    let norm = header
+        .tensors
+        .iter()
+        .find(|t| t.name == "output_norm.weight")
+        .unwrap();
+    assert_eq!(norm.dtype, rbee_gguf::GgmlType::F32);
+    let (start, end) = (norm.offset as usize, (norm.offset + norm.size) as usize);
+    for chunk in bytes[start..end].chunks_mut(4) {
+        chunk.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    std::fs::write(&broken, &bytes).unwrap();
+    let model = CandleBackend
+        .load(&broken, &LoadOptions::default())
+        .unwrap();
+    let err = run(
+        model.as_ref(),
+        Prompt::Text("hello".into()),
+        SamplingParams::greedy(4),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            InferError::Model(rbee_infer::model::ModelError::NonFinite { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("non-finite"), "{err}");
+}

@@ -99,7 +99,9 @@ impl From<StoreError> for NodeError {
 impl From<InferError> for NodeError {
     fn from(e: InferError) -> Self {
         match e {
-            InferError::PromptTooLong { .. } => NodeError::PromptTooLong(e.to_string()),
+            InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
+                NodeError::PromptTooLong(e.to_string())
+            }
             InferError::QueueFull { .. } => NodeError::Busy {
                 message: e.to_string(),
                 retry_after_secs: 1,
@@ -107,7 +109,9 @@ impl From<InferError> for NodeError {
             InferError::InvalidRequest(_) | InferError::Chat(_) => {
                 NodeError::BadRequest(e.to_string())
             }
-            InferError::Invalid { .. } | InferError::Unsupported { .. } => {
+            InferError::Invalid { .. }
+            | InferError::Unsupported { .. }
+            | InferError::Model(rbee_infer::model::ModelError::NonFinite { .. }) => {
                 NodeError::InvalidModel(e.to_string())
             }
             InferError::Unloaded => NodeError::Unavailable(e.to_string()),

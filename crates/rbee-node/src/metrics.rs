@@ -24,8 +24,10 @@ pub struct Metrics {
 pub struct Gauges {
     /// (device, used bytes, budget bytes)
     pub memory: Vec<(String, u64, u64)>,
-    /// (model name, requests waiting or running)
+    /// (model name, requests waiting for the model thread)
     pub queue_depth: Vec<(String, u64)>,
+    /// (model name, sequences being generated)
+    pub live_sequences: Vec<(String, u64)>,
     pub models_loaded: u64,
 }
 
@@ -126,10 +128,17 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP rbee_queue_depth Requests waiting or running per model.\n# TYPE rbee_queue_depth gauge"
+            "# HELP rbee_queue_depth Requests waiting for the model thread, per model.\n# TYPE rbee_queue_depth gauge"
         );
         for (model, depth) in &gauges.queue_depth {
             let _ = writeln!(out, "rbee_queue_depth{{model=\"{model}\"}} {depth}");
+        }
+        let _ = writeln!(
+            out,
+            "# HELP rbee_live_sequences Sequences being generated now, per model.\n# TYPE rbee_live_sequences gauge"
+        );
+        for (model, live) in &gauges.live_sequences {
+            let _ = writeln!(out, "rbee_live_sequences{{model=\"{model}\"}} {live}");
         }
         let _ = writeln!(
             out,

@@ -125,10 +125,13 @@ async fn local_status(
         .models
         .iter()
         .filter_map(|(id, _, state)| match state {
-            ModelState::Loaded { queue, busy, .. } => Some(LoadedModel {
+            ModelState::Loaded {
+                queue, live, busy, ..
+            } => Some(LoadedModel {
                 content_id: id.parse::<ContentId>().ok()?,
                 device: worker.device.clone(),
-                queue: u32::try_from(*queue).unwrap_or(u32::MAX),
+                // The wire's `queue` is requests waiting or running, as the engine counts them.
+                queue: u32::try_from(queue + live).unwrap_or(u32::MAX),
                 queue_capacity: u32::try_from(ctx.config.queue_capacity).unwrap_or(u32::MAX),
                 busy: *busy,
             }),

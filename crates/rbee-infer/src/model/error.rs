@@ -63,6 +63,10 @@ pub enum ModelError {
     ContextOverflow { needed: usize, context: usize },
     #[error("forward called with no tokens")]
     EmptyInput,
+    #[error(
+        "the model produced non-finite values (NaN or infinity) at position {position}: its weights are broken or it overflowed; verify the file (`rbee-node models verify`) and re-pull or re-import it"
+    )]
+    NonFinite { position: usize },
 }
 
 /// Attaches a description of what was being done to a candle error.

@@ -401,8 +401,18 @@ impl Transformer {
         }
         let mut last = x[(rows - 1) * hidden..].to_vec();
         rms_norm(&mut last, &self.output_norm, c.rms_eps);
+        // Checked here, not only on the logits: quantising a NaN activation for the output
+        // matmul turns it into zeros, and broken weights would answer token 0 forever.
+        let position = start + n - 1;
+        if !all_finite(&last) {
+            return Err(ModelError::NonFinite { position });
+        }
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        output.forward(&last, Rows::all(1)).map(Some)
+        let logits = output.forward(&last, Rows::all(1))?;
+        if !all_finite(&logits) {
+            return Err(ModelError::NonFinite { position });
+        }
+        Ok(Some(logits))
     }
 
     /// Bytes of weights plus the KV cache currently reserved.
@@ -422,5 +432,37 @@ impl Transformer {
         let cache: usize = self.caches.iter().map(LayerCache::bytes).sum();
         let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);
         (weights + cache + rope) as u64
+    }
+}
+
+/// True when no value is NaN or infinite. A branch-free OR over the exponent bits, so it
+/// vectorises: the logits of a 262k vocabulary are checked every token.
+fn all_finite(values: &[f32]) -> bool {
+    const EXPONENT: u32 = 0x7f80_0000;
+    values.iter().fold(0u32, |acc, v| {
+        acc | u32::from(v.to_bits() & EXPONENT == EXPONENT)
+    }) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::all_finite;
+
+    #[test]
+    fn all_finite_spots_nan_and_both_infinities_anywhere() {
+        let mut v = vec![1.0f32; 1000];
+        assert!(all_finite(&v));
+        assert!(all_finite(&[
+            f32::MAX,
+            f32::MIN,
+            f32::MIN_POSITIVE,
+            0.0,
+            -0.0
+        ]));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            v[997] = bad;
+            assert!(!all_finite(&v), "{bad}");
+            v[997] = 1.0;
+        }
     }
 }

@@ -52,8 +52,12 @@ pub enum ModelState {
     Loaded {
         bytes: u64,
         idle_secs: f64,
+        /// Anything running, queued or about to be queued: it is not evictable.
         busy: bool,
+        /// Requests waiting for the model thread (the engine's count).
         queue: usize,
+        /// Sequences the model thread is generating (the engine's count).
+        live: usize,
     },
     Failed {
         reason: String,
@@ -114,9 +118,11 @@ pub struct WorkerState {
 #[derive(Debug)]
 pub struct WorkerActor;
 
-/// A loaded model is idle when nobody but the worker holds it (no request in flight).
+/// A loaded model is idle when its engine runs and queues nothing, and no request holds a
+/// handle it has not yet queued on (acquired, about to call `generate`). The engine's count is
+/// the truth for work in flight; the handle count only covers that short gap before it.
 fn idle(model: &Arc<dyn LoadedModel>) -> bool {
-    Arc::strong_count(model) == 1
+    model.activity().is_idle() && Arc::strong_count(model) == 1
 }
 
 impl WorkerState {
@@ -286,16 +292,19 @@ impl WorkerState {
                         model,
                         bytes,
                         last_used,
-                    } => (
-                        name,
-                        ModelState::Loaded {
-                            bytes: *bytes,
-                            idle_secs: last_used.elapsed().as_secs_f64(),
-                            busy: !idle(model),
-                            // Handles held beyond the worker's own: requests running or queued.
-                            queue: Arc::strong_count(model).saturating_sub(1),
-                        },
-                    ),
+                    } => {
+                        let activity = model.activity();
+                        (
+                            name,
+                            ModelState::Loaded {
+                                bytes: *bytes,
+                                idle_secs: last_used.elapsed().as_secs_f64(),
+                                busy: !idle(model),
+                                queue: activity.queued,
+                                live: activity.live,
+                            },
+                        )
+                    }
                     Slot::Failed { name, reason } => (
                         name,
                         ModelState::Failed {

@@ -58,9 +58,10 @@ pub async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
             .memory
             .push((w.device.clone(), w.used_bytes, w.budget_bytes));
         for (_, name, state) in &w.models {
-            if let ModelState::Loaded { queue, .. } = state {
+            if let ModelState::Loaded { queue, live, .. } = state {
                 gauges.models_loaded += 1;
                 gauges.queue_depth.push((name.clone(), *queue as u64));
+                gauges.live_sequences.push((name.clone(), *live as u64));
             }
         }
     }
