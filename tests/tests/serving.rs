@@ -1,0 +1,150 @@
+//! Regression tests for what a node reports and does while it serves: a streaming model is
+//! busy (never evicted, never shown idle), and requests the API can refuse at once are refused
+//! at once on every route.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rbee_tests::{NodeProcess, rbee, workspace_root};
+use serde_json::{Value, json};
+
+fn data_with_demo(tmp: &Path) -> Option<PathBuf> {
+    let data = tmp.join("data");
+    rbee_tests::import_demo(&data, "demo")?;
+    Some(data)
+}
+
+fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
+    let mut resp = rbee_tests::http()
+        .post(&node.url(path))
+        .send_json(body)
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+fn model_status(health: &Value, name: &str) -> Value {
+    health["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {health}"))["status"]
+        .clone()
+}
+
+fn metric(node: &NodeProcess, line_prefix: &str) -> Option<u64> {
+    let text = rbee_tests::http()
+        .get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(line_prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Before: idleness was inferred from `Arc` counts the generation path drops, so a streaming
+/// model read `busy: false`, queue 0, and a second model's load evicted it mid-stream.
+#[test]
+fn a_streaming_model_is_busy_and_never_evicted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let tiny = workspace_root().join("crates/rbee-infer/tests/reference/tiny-gemma3.gguf");
+    let out = rbee(
+        &data,
+        &["models", "import", tiny.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hi = |model: &str| json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    // Learn what each model needs, then give the node room for one at a time.
+    let node = NodeProcess::start(&data, &["--context-length", "512"]);
+    assert_eq!(post(&node, "/v1/chat/completions", hi("tiny")).0, 200);
+    assert_eq!(post(&node, "/v1/chat/completions", hi("demo")).0, 200);
+    let h = node.get_json("/health");
+    let bytes = |name| model_status(&h, name)["bytes"].as_u64().unwrap();
+    let budget = bytes("demo") + bytes("tiny") - 1;
+    drop(node);
+    let node = NodeProcess::start(
+        &data,
+        &[
+            "--memory-budget",
+            &budget.to_string(),
+            "--context-length",
+            "512",
+        ],
+    );
+
+    let resp = rbee_tests::http()
+        .post(&node.url("/v1/chat/completions"))
+        .send_json(
+            json!({"model": "demo", "stream": true, "max_tokens": 200, "temperature": 0,
+                          "messages": [{"role": "user", "content": "Count to a thousand."}]}),
+        )
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reader = BufReader::new(resp.into_body().into_reader());
+    let mut line = String::new();
+    let mut chunks = 0;
+    while chunks < 3 && reader.read_line(&mut line).unwrap() > 0 {
+        chunks += usize::from(line.starts_with("data: "));
+        line.clear();
+    }
+    // Streaming: the engine's count says so in /health and /metrics.
+    let demo = model_status(&node.get_json("/health"), "demo");
+    assert_eq!(demo["state"], "loaded", "{demo}");
+    assert_eq!(demo["busy"], true, "{demo}");
+    assert_eq!(demo["live"], 1, "{demo}");
+    assert_eq!(
+        metric(&node, "rbee_live_sequences{model=\"demo\"}"),
+        Some(1)
+    );
+    // Loading the other model would need the streaming one's memory: refused, not evicted.
+    let (status, body) = post(&node, "/v1/chat/completions", hi("tiny"));
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("busy"),
+        "{body}"
+    );
+    let demo = model_status(&node.get_json("/health"), "demo");
+    assert_eq!(demo["state"], "loaded", "{demo}");
+
+    // The stream still runs to its end.
+    let mut finished = false;
+    while reader.read_line(&mut line).unwrap() > 0 {
+        if line.trim_end() == "data: [DONE]" {
+            finished = true;
+        }
+        line.clear();
+    }
+    assert!(finished, "the stream did not finish");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let demo = model_status(&node.get_json("/health"), "demo");
+        if demo["busy"] == false {
+            assert_eq!(demo["live"], 0, "{demo}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still busy after the stream: {demo}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Idle now: the other model may take its place.
+    assert_eq!(post(&node, "/v1/chat/completions", hi("tiny")).0, 200);
+}
