@@ -34,9 +34,14 @@ pub enum ChatError {
     Empty,
 }
 
-const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = m.content ~ '\n\n' %}{% else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}
-{{ ns.sys ~ m.content | trim }}<end_of_turn>
-{% set ns.sys = '' %}{% endif %}{% endfor %}{% if add_generation_prompt %}<start_of_turn>model
+/// Gemma has no system role: system messages are prepended to the next user turn (several
+/// in a row are all kept, in order), and ones that no user turn follows become a user turn of
+/// their own, so no instruction is ever dropped.
+const GEMMA: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = ns.sys ~ (m.content | trim) ~ '\n\n' %}{% else %}<start_of_turn>{{ 'model' if m.role == 'assistant' else 'user' }}
+{{ ('' if m.role == 'assistant' else ns.sys) ~ m.content | trim }}<end_of_turn>
+{% if m.role != 'assistant' %}{% set ns.sys = '' %}{% endif %}{% endif %}{% endfor %}{% if ns.sys %}<start_of_turn>user
+{{ ns.sys | trim }}<end_of_turn>
+{% endif %}{% if add_generation_prompt %}<start_of_turn>model
 {% endif %}";
 
 const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}
@@ -50,7 +55,9 @@ const LLAMA3: &str = "{{ bos_token }}{% for m in messages %}<|start_header_id|>{
 
 {% endif %}";
 
-const LLAMA2: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = '<<SYS>>\n' ~ m.content ~ '\n<</SYS>>\n\n' %}{% elif m.role == 'user' %}[INST] {{ ns.sys ~ m.content | trim }} [/INST]{% set ns.sys = '' %}{% else %} {{ m.content | trim }}{{ eos_token }}{% endif %}{% endfor %}";
+/// As Gemma's: every system message is kept, on the next user turn, or on a turn of its own
+/// when none follows.
+const LLAMA2: &str = "{{ bos_token }}{% set ns = namespace(sys='') %}{% macro inst(sys, text) %}[INST] {% if sys %}<<SYS>>\n{{ sys | trim }}\n<</SYS>>\n\n{% endif %}{{ text | trim }} [/INST]{% endmacro %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = ns.sys ~ (m.content | trim) ~ '\n\n' %}{% elif m.role == 'assistant' %} {{ m.content | trim }}{{ eos_token }}{% else %}{{ inst(ns.sys, m.content) }}{% set ns.sys = '' %}{% endif %}{% endfor %}{% if ns.sys %}{{ inst(ns.sys, '') }}{% endif %}";
 
 const PHI3: &str = "{% for m in messages %}<|{{ m.role }}|>
 {{ m.content }}<|end|>
@@ -170,6 +177,57 @@ mod tests {
         assert_eq!(
             text,
             "<bos><start_of_turn>user\nBe brief.\n\nHi!<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nName a colour.<end_of_turn>\n<start_of_turn>model\n"
+        );
+    }
+
+    #[test]
+    fn gemma_builtin_keeps_every_system_message() {
+        let t = ChatTemplate::new(
+            builtin_template("gemma3", |_| false),
+            "<bos>",
+            "<eos>",
+            false,
+        )
+        .unwrap();
+        let chat = [
+            ChatMessage::new("system", "One."),
+            ChatMessage::new("system", "Two."),
+            ChatMessage::new("user", "Hi!"),
+            ChatMessage::new("assistant", "Hello."),
+            ChatMessage::new("system", "Three."),
+            ChatMessage::new("user", "Go."),
+            ChatMessage::new("system", "Four."),
+        ];
+        assert_eq!(
+            t.render(&chat, true).unwrap(),
+            "<bos><start_of_turn>user\nOne.\n\nTwo.\n\nHi!<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>user\nThree.\n\nGo.<end_of_turn>\n<start_of_turn>user\nFour.<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // Many system messages are all in the prompt, not only the last one.
+        let many: Vec<_> = (0..100)
+            .map(|i| ChatMessage::new("system", format!("rule {i}")))
+            .chain([ChatMessage::new("user", "ok")])
+            .collect();
+        let text = t.render(&many, true).unwrap();
+        assert!(
+            text.contains("rule 0") && text.contains("rule 99"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn llama2_builtin_keeps_every_system_message() {
+        let t =
+            ChatTemplate::new(builtin_template("llama", |_| false), "<s>", "</s>", false).unwrap();
+        let chat = [
+            ChatMessage::new("system", "One."),
+            ChatMessage::new("system", "Two."),
+            ChatMessage::new("user", "Hi!"),
+            ChatMessage::new("assistant", "Hello."),
+            ChatMessage::new("system", "Three."),
+        ];
+        assert_eq!(
+            t.render(&chat, true).unwrap(),
+            "<s>[INST] <<SYS>>\nOne.\n\nTwo.\n<</SYS>>\n\nHi! [/INST] Hello.</s>[INST] <<SYS>>\nThree.\n<</SYS>>\n\n [/INST]"
         );
     }
 
