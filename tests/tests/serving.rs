@@ -148,3 +148,65 @@ fn a_streaming_model_is_busy_and_never_evicted() {
     // Idle now: the other model may take its place.
     assert_eq!(post(&node, "/v1/chat/completions", hi("tiny")).0, 200);
 }
+
+/// Before: the jobs API answered 202 for input the OpenAI routes refuse at once and failed
+/// later, and a job's summary did not say why it failed.
+#[test]
+fn jobs_refuse_bad_input_at_once_and_summaries_show_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let node = NodeProcess::start(&data, &[]);
+    let refused = [
+        json!({"operation": "infer", "model": "demo", "prompt": "x", "temperature": -1}),
+        json!({"operation": "infer", "model": "demo"}),
+        json!({"operation": "infer", "model": "demo", "prompt": "x", "messages": [{"role": "user", "content": "x"}]}),
+        json!({"operation": "infer", "model": "demo", "messages": []}),
+        json!({"operation": "infer", "model": "demo", "messages": [{"role": "root", "content": "x"}]}),
+        json!({"operation": "infer", "model": "./some/file.gguf", "prompt": "x"}),
+        json!({"operation": "model_import", "source": "/nonexistent.gguf", "name": "../bad"}),
+        json!({"operation": "model_import", "source": " "}),
+        json!({"operation": "model_load", "model": ""}),
+    ];
+    for body in refused {
+        let (status, answer) = post(&node, "/v1/jobs", body.clone());
+        assert_eq!(status, 400, "{body} -> {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{body} -> {answer}"
+        );
+    }
+    assert!(
+        node.get_json("/v1/jobs")["data"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "a refused request left a job behind"
+    );
+
+    // A job that fails while running says why in its summary.
+    let (status, v) = post(
+        &node,
+        "/v1/jobs",
+        json!({"operation": "model_load", "model": "no-such-model"}),
+    );
+    assert_eq!(status, 202, "{v}");
+    let id = v["job_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let summary = loop {
+        let s = node.get_json(&format!("/v1/jobs/{id}"));
+        if s["status"] != "running" {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "{s}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(summary["status"], "failed", "{summary}");
+    assert!(
+        summary["error"].as_str().unwrap().contains("no-such-model"),
+        "{summary}"
+    );
+    let listed = node.get_json("/v1/jobs");
+    assert_eq!(listed["data"][0]["error"], summary["error"], "{listed}");
+}

@@ -77,6 +77,23 @@ pub fn builtin_template(architecture: &str, has_token: impl Fn(&str) -> bool) ->
     }
 }
 
+/// What every template needs of a conversation: at least one message, each with a role it
+/// knows. Callers that queue work check it up front, so a bad chat fails when it is sent.
+pub fn check_messages(messages: &[ChatMessage]) -> Result<(), ChatError> {
+    if messages.is_empty() {
+        return Err(ChatError::Empty);
+    }
+    for (index, m) in messages.iter().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
+            return Err(ChatError::BadRole {
+                index,
+                role: m.role.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// A compiled chat template.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -126,17 +143,7 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
-        if messages.is_empty() {
-            return Err(ChatError::Empty);
-        }
-        for (index, m) in messages.iter().enumerate() {
-            if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
-                return Err(ChatError::BadRole {
-                    index,
-                    role: m.role.clone(),
-                });
-            }
-        }
+        check_messages(messages)?;
         let tmpl = self
             .env
             .get_template("chat")

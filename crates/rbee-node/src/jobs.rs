@@ -164,18 +164,27 @@ impl Job {
         notified.await;
     }
 
+    /// What `GET /v1/jobs` shows: with the error of a failed job and the result of a finished
+    /// one, so nobody has to replay the stream to learn why a job failed.
     pub fn summary(&self) -> serde_json::Value {
-        let (status, events) = self
+        let (status, events, last) = self
             .state
             .lock()
-            .map(|s| (s.status, s.events.len()))
-            .unwrap_or((JobStatus::Failed, 0));
+            .map(|s| (s.status, s.events.len(), s.events.last().cloned()))
+            .unwrap_or((JobStatus::Failed, 0, None));
+        let (error, result) = match last {
+            Some(JobEvent::Error { message }) => (Some(message), None),
+            Some(JobEvent::Done { result }) => (None, Some(result)),
+            _ => (None, None),
+        };
         serde_json::json!({
             "job_id": self.id,
             "operation": self.operation,
             "status": status,
             "created_at": self.created_at,
             "events": events,
+            "error": error,
+            "result": result,
         })
     }
 }

@@ -57,6 +57,80 @@ pub enum JobRequest {
 }
 
 impl JobRequest {
+    /// Everything that can be known wrong without running the job, refused before it is
+    /// accepted, as the OpenAI routes refuse it: a 202 means the request itself was sound.
+    fn check(&self) -> Result<(), NodeError> {
+        match self {
+            JobRequest::ModelImport { source, name } => {
+                if source.trim().is_empty() {
+                    return Err(NodeError::BadRequest(
+                        "model_import needs a `source` (a path, `ollama:<name>` or `hf-cache:<repo>`)".into(),
+                    ));
+                }
+                if let Some(name) = name
+                    && !rbee_proto::is_valid_name(name)
+                {
+                    return Err(NodeError::BadRequest(format!(
+                        "`{}` is not a valid model name: use letters, digits, `.`, `_`, `-`, `:` and `/`, starting with a letter or digit",
+                        name.escape_debug()
+                    )));
+                }
+                Ok(())
+            }
+            JobRequest::ModelPull { model }
+            | JobRequest::ModelLoad { model }
+            | JobRequest::ModelUnload { model }
+            | JobRequest::ModelRemove { model } => {
+                model.parse::<ModelRef>().map(drop).map_err(Into::into)
+            }
+            JobRequest::Infer { model, .. } => {
+                if matches!(model.parse::<ModelRef>()?, ModelRef::LocalPath(_)) {
+                    return Err(NodeError::BadRequest(format!(
+                        "`{model}` is a path; import it first (POST /v1/jobs model_import) and use its name"
+                    )));
+                }
+                self.generation().map(drop)
+            }
+        }
+    }
+
+    /// The prompt and sampling parameters of an `infer` job, checked.
+    fn generation(&self) -> Result<(Prompt, SamplingParams), NodeError> {
+        let JobRequest::Infer {
+            prompt,
+            messages,
+            max_tokens,
+            temperature,
+            seed,
+            ..
+        } = self
+        else {
+            return Err(NodeError::Internal("not an infer job".into()));
+        };
+        let prompt = match (prompt, messages) {
+            (Some(p), None) => Prompt::Text(p.clone()),
+            (None, Some(m)) => {
+                rbee_infer::chat::check_messages(m)
+                    .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+                Prompt::Chat(m.clone())
+            }
+            _ => {
+                return Err(NodeError::BadRequest(
+                    "give exactly one of `prompt` or `messages`".into(),
+                ));
+            }
+        };
+        let d = SamplingParams::default();
+        let params = SamplingParams {
+            max_tokens: max_tokens.unwrap_or(256),
+            temperature: temperature.unwrap_or(d.temperature),
+            seed: *seed,
+            ..d
+        };
+        params.validate().map_err(NodeError::BadRequest)?;
+        Ok((prompt, params))
+    }
+
     fn operation(&self) -> &'static str {
         match self {
             JobRequest::ModelImport { .. } => "model_import",
@@ -83,6 +157,9 @@ pub async fn create(
             .into_response();
         }
     };
+    if let Err(e) = req.check() {
+        return e.into_response();
+    }
     // A pull goes to the pool first; only a HuggingFace reference can fall back to the hub,
     // so anything else is checked up front when this node is not in a pool.
     let pull = match &req {
@@ -177,7 +254,7 @@ fn pull_target(
 }
 
 async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
-    let result = async {
+    let work = async {
         match req {
             JobRequest::ModelLoad { model } => {
                 job.phase("resolving");
@@ -187,7 +264,9 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 let wait = Duration::from_secs(ctx.config.load_wait_secs.max(600));
                 let loaded = ctx.worker.acquire(resolved.clone(), wait).await?;
                 let info = loaded.info();
-                Ok(json!({"model": resolved.name(), "load_secs": info.load_secs, "memory_bytes": info.memory.total(), "node": ctx.name}))
+                Ok(
+                    json!({"model": resolved.name(), "load_secs": info.load_secs, "memory_bytes": info.memory.total(), "node": ctx.name}),
+                )
             }
             JobRequest::ModelUnload { model } => {
                 let resolved = ctx.catalog.resolve(model.parse::<ModelRef>()?).await?;
@@ -200,25 +279,15 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                     ctx.worker.unload(resolved.id()).await?;
                 }
                 let removed = ctx.catalog.remove(r).await?;
-                Ok(json!({"model": removed.entry.name, "content_id": removed.entry.content_id.to_hex()}))
+                Ok(
+                    json!({"model": removed.entry.name, "content_id": removed.entry.content_id.to_hex()}),
+                )
             }
-            JobRequest::Infer { model, prompt, messages, max_tokens, temperature, seed } => {
-                let prompt = match (prompt, messages) {
-                    (Some(p), None) => Prompt::Text(p),
-                    (None, Some(m)) => Prompt::Chat(m),
-                    _ => return Err(NodeError::BadRequest("give exactly one of `prompt` or `messages`".into())),
-                };
-                let d = SamplingParams::default();
-                let params = SamplingParams {
-                    max_tokens: max_tokens.unwrap_or(256),
-                    temperature: temperature.unwrap_or(d.temperature),
-                    seed,
-                    ..d
-                };
-                params.validate().map_err(NodeError::BadRequest)?;
+            JobRequest::Infer { ref model, .. } => {
+                let (prompt, params) = req.generation()?;
                 job.phase("loading");
                 let mut started =
-                    generate::start_with(&ctx, &model, prompt, params, false, Some(&job)).await?;
+                    generate::start_with(&ctx, model, prompt, params, false, Some(&job)).await?;
                 job.phase(&format!("generating on node {}", started.node));
                 let mut text = String::new();
                 loop {
@@ -235,12 +304,18 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                             }
                         }
                         Some(Chunk::Done(s)) => {
-                            return Ok(json!({"text": text, "node": started.node, "prompt_tokens": s.prompt_tokens,
+                            return Ok(
+                                json!({"text": text, "node": started.node, "prompt_tokens": s.prompt_tokens,
                                 "completion_tokens": s.completion_tokens, "finish_reason": s.finish_reason.as_str(),
-                                "tokens_per_sec": s.decode_tokens_per_sec()}));
+                                "tokens_per_sec": s.decode_tokens_per_sec()}),
+                            );
                         }
                         Some(Chunk::Failed(e)) => return Err(e),
-                        None => return Err(NodeError::Internal("generation ended without a result".into())),
+                        None => {
+                            return Err(NodeError::Internal(
+                                "generation ended without a result".into(),
+                            ));
+                        }
                     }
                 }
             }
@@ -248,8 +323,14 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 Err(NodeError::Internal("handled elsewhere".into()))
             }
         }
-    }
-    .await;
+    };
+    // Cancelling ends the job whatever step it is in (a load keeps going in the worker, where
+    // the next request finds it).
+    let result = tokio::select! {
+        biased;
+        _ = job.cancelled() => Err(NodeError::BadRequest("cancelled".into())),
+        r = work => r,
+    };
     match result {
         Ok(v) => job.done(v),
         Err(e) => job.fail(e),
