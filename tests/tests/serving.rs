@@ -147,6 +147,18 @@ fn a_streaming_model_is_busy_and_never_evicted() {
     }
     // Idle now: the other model may take its place.
     assert_eq!(post(&node, "/v1/chat/completions", hi("tiny")).0, 200);
+
+    // The tiny model supports less than the 512 tokens asked for: it says so, and what it got.
+    let header = rbee_gguf::GgufFile::open(&tiny).unwrap();
+    let own = header.metadata.get_u64("gemma3.context_length").unwrap() as usize;
+    assert!(own < 512, "the fixture changed: {own}");
+    let status = model_status(&node.get_json("/health"), "tiny");
+    assert_eq!(status["context_length"], own, "{status}");
+    let log = node.log_text();
+    assert!(
+        log.contains("a context of 512 tokens was asked for"),
+        "{log}"
+    );
 }
 
 /// Before: the jobs API answered 202 for input the OpenAI routes refuse at once and failed

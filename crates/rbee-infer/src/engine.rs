@@ -375,6 +375,12 @@ impl Backend for CandleBackend {
         let file = opened.header();
         let path = opened.path().to_path_buf();
         let context = context_for(file, opts);
+        if let Some(wanted) = opts.context_length.filter(|&c| c > context) {
+            tracing::warn!(
+                path = %path.display(),
+                "a context of {wanted} tokens was asked for; this model supports {context}, so it is loaded with {context}"
+            );
+        }
         // The header read and validated above serves the estimate too: no second pass.
         let memory = estimate_of(file, context)?;
         let tokenizer = opened.tokenizer()?;

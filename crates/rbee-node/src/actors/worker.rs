@@ -58,6 +58,8 @@ pub enum ModelState {
         queue: usize,
         /// Sequences the model thread is generating (the engine's count).
         live: usize,
+        /// Tokens of context it was loaded with (the configured length, capped by the model's).
+        context_length: usize,
     },
     Failed {
         reason: String,
@@ -302,6 +304,7 @@ impl WorkerState {
                                 busy: !idle(model),
                                 queue: activity.queued,
                                 live: activity.live,
+                                context_length: model.info().context_length,
                             },
                         )
                     }
