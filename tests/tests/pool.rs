@@ -213,6 +213,17 @@ fn a_node_without_the_pool_key_sees_nothing_and_is_seen_by_no_one() {
         pools[0], pools[1],
         "different keys, different pool fingerprints"
     );
+    // Both sides say why, instead of only "no known peers".
+    let outsider_log = outsider.node.log_text();
+    assert!(
+        outsider_log.contains("most likely uses a different pool key"),
+        "{outsider_log}"
+    );
+    let a_log = a.node.log_text();
+    assert!(
+        a_log.contains("a node failed the pool handshake"),
+        "{a_log}"
+    );
     // The outsider cannot use the pool's models either: a clear 404.
     let (status, _, body) = chat(&outsider.node, false);
     assert_eq!(status, 404, "{body}");

@@ -326,6 +326,8 @@ pub struct EventLoop {
     last_seq: u64,
     /// A Kademlia bootstrap ran since the first peer was identified.
     bootstrapped: bool,
+    /// When each address last got a "different pool key?" warning.
+    handshake_warnings: RateLimit,
     /// Models this node announces as a Kademlia provider (the shared ones it stores).
     providing: HashSet<ContentId>,
     /// Provider lookups under way: the peers found so far and who asked.
@@ -393,6 +395,7 @@ impl EventLoop {
             bootstrapped: false,
             providing: HashSet::new(),
             finding: HashMap::new(),
+            handshake_warnings: RateLimit::new(HANDSHAKE_WARNING_EVERY),
             config,
         };
         Ok((client, ev_rx, event_loop))
@@ -590,6 +593,34 @@ impl EventLoop {
         }
     }
 
+    /// A bootstrap peer that accepts the TCP connection but fails the handshake almost always
+    /// has another pool key; say so, instead of leaving the user with "no known peers".
+    fn explain_bootstrap_failure(&mut self, error: &libp2p::swarm::DialError) {
+        let libp2p::swarm::DialError::Transport(attempts) = error else {
+            return;
+        };
+        for (addr, failure) in attempts {
+            let bootstrap = self
+                .config
+                .bootstrap
+                .iter()
+                .any(|b| without_peer_id(b) == without_peer_id(addr));
+            if !bootstrap || !handshake_failed(failure) {
+                continue;
+            }
+            if self
+                .handshake_warnings
+                .due(without_peer_id(addr).to_string())
+            {
+                tracing::warn!(
+                    %addr,
+                    "cannot join the pool through this bootstrap peer: it accepted the connection but the encrypted handshake failed ({failure}). It most likely uses a different pool key: compare the `pool` fingerprint of `rbee-node peers` on both nodes (this node's is {})",
+                    self.config.pool_key.fingerprint()
+                );
+            }
+        }
+    }
+
     fn dial_peer(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
         if peer == *self.swarm.local_peer_id()
             || self.swarm.is_connected(&peer)
@@ -664,12 +695,24 @@ impl EventLoop {
                     });
                 }
             }
-            SwarmEvent::IncomingConnectionError { error, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                error,
+                send_back_addr,
+                ..
+            } => {
                 // A node without the pool key ends here: pnet garbles the handshake.
-                tracing::debug!("incoming connection refused: {error}");
+                tracing::debug!(%send_back_addr, "incoming connection refused: {error}");
+                if self.handshake_warnings.due(send_back_addr.to_string()) {
+                    tracing::warn!(
+                        from = %send_back_addr,
+                        "a node failed the pool handshake: it has a different pool key, or none (this pool is {})",
+                        self.config.pool_key.fingerprint()
+                    );
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(?peer_id, "outgoing connection failed: {error}");
+                self.explain_bootstrap_failure(&error);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => match event {
                 gossipsub::Event::Message { message, .. } => {
@@ -728,4 +771,105 @@ fn same_except_seq(a: &NodeStatus, b: &NodeStatus) -> bool {
     let mut b = b.clone();
     b.seq = a.seq;
     *a == b
+}
+
+/// How often one address may be warned about a failed handshake (a bootstrap peer is redialled
+/// every few seconds).
+const HANDSHAKE_WARNING_EVERY: Duration = Duration::from_secs(60);
+/// Addresses remembered for rate limiting; beyond this the oldest are forgotten.
+const RATE_LIMIT_KEYS: usize = 256;
+
+/// At most one `due` per key per interval, over a bounded set of keys.
+#[derive(Debug)]
+struct RateLimit {
+    every: Duration,
+    last: HashMap<String, Instant>,
+}
+
+impl RateLimit {
+    fn new(every: Duration) -> Self {
+        RateLimit {
+            every,
+            last: HashMap::new(),
+        }
+    }
+
+    fn due(&mut self, key: String) -> bool {
+        let now = Instant::now();
+        if self.last.get(&key).is_some_and(|t| now - *t < self.every) {
+            return false;
+        }
+        if self.last.len() >= RATE_LIMIT_KEYS {
+            let every = self.every;
+            self.last.retain(|_, t| now - *t < every);
+            if self.last.len() >= RATE_LIMIT_KEYS {
+                self.last.clear();
+            }
+        }
+        self.last.insert(key, now);
+        true
+    }
+}
+
+fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .filter(|p| !matches!(p, libp2p::multiaddr::Protocol::P2p(_)))
+        .collect()
+}
+
+/// True when the failure came after a TCP connection was made: nothing listening, or no
+/// route, is a different problem than a peer that cannot complete the handshake.
+fn handshake_failed(failure: &libp2p::TransportError<std::io::Error>) -> bool {
+    use std::io::ErrorKind::*;
+    let libp2p::TransportError::Other(io) = failure else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(io);
+    while let Some(e) = cause {
+        let Some(io) = e.downcast_ref::<std::io::Error>() else {
+            cause = e.source();
+            continue;
+        };
+        if matches!(
+            io.kind(),
+            ConnectionRefused | TimedOut | HostUnreachable | NetworkUnreachable | AddrNotAvailable
+        ) {
+            return false;
+        }
+        // An io::Error's `source` skips the error it wraps; `get_ref` is that error.
+        cause = match io.get_ref() {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => e.source(),
+        };
+    }
+    true
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use super::*;
+
+    #[test]
+    fn one_warning_per_key_per_interval() {
+        let mut r = RateLimit::new(Duration::from_secs(60));
+        assert!(r.due("a".into()));
+        assert!(!r.due("a".into()));
+        assert!(r.due("b".into()));
+        let mut fast = RateLimit::new(Duration::ZERO);
+        assert!(fast.due("a".into()) && fast.due("a".into()));
+        for i in 0..1000 {
+            r.due(i.to_string());
+        }
+        assert!(r.last.len() <= RATE_LIMIT_KEYS);
+    }
+
+    #[test]
+    fn refused_is_not_a_handshake_failure_but_a_reset_is() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(!handshake_failed(&libp2p::TransportError::Other(refused)));
+        let wrapped = std::io::Error::other(std::io::Error::from(std::io::ErrorKind::TimedOut));
+        assert!(!handshake_failed(&libp2p::TransportError::Other(wrapped)));
+        let eof = std::io::Error::from(std::io::ErrorKind::UnexpectedEof);
+        assert!(handshake_failed(&libp2p::TransportError::Other(eof)));
+    }
 }
