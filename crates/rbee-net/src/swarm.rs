@@ -614,7 +614,7 @@ impl EventLoop {
             {
                 tracing::warn!(
                     %addr,
-                    "cannot join the pool through this bootstrap peer: it accepted the connection but the encrypted handshake failed ({failure}). It most likely uses a different pool key: compare the `pool` fingerprint of `rbee-node peers` on both nodes (this node's is {})",
+                    "cannot join the pool through this bootstrap peer: the connection failed during or before the encrypted handshake ({failure}). If the peer is up, it most likely uses a different pool key: compare the `pool` fingerprint of `rbee-node peers` on both nodes (this node's is {})",
                     self.config.pool_key.fingerprint()
                 );
             }
@@ -817,8 +817,9 @@ fn without_peer_id(addr: &Multiaddr) -> Multiaddr {
         .collect()
 }
 
-/// True when the failure came after a TCP connection was made: nothing listening, or no
-/// route, is a different problem than a peer that cannot complete the handshake.
+/// False when the socket said nothing listens or there is no route: a different problem
+/// than a peer that cannot complete the handshake. The transport's 20 s timeout counts as a
+/// handshake failure, since with another key both sides often wait on noise until it ends.
 fn handshake_failed(failure: &libp2p::TransportError<std::io::Error>) -> bool {
     use std::io::ErrorKind::*;
     let libp2p::TransportError::Other(io) = failure else {
