@@ -56,6 +56,34 @@ fn models_commands_end_to_end() {
         "{}",
         stdout(&again)
     );
+    // The same bytes under another name: refused, the name clients use is kept.
+    let renamed = rbee(
+        &data,
+        &["models", "import", src.to_str().unwrap(), "--name", "other"],
+    );
+    assert!(!renamed.status.success());
+    assert!(
+        stderr(&renamed).contains("rbee-node models alias tiny other"),
+        "{}",
+        stderr(&renamed)
+    );
+    // An invalid name fails and catalogs nothing.
+    let bad = rbee(
+        &data,
+        &[
+            "models",
+            "import",
+            src.to_str().unwrap(),
+            "--name",
+            "../bad",
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(
+        stderr(&bad).contains("not a valid model name"),
+        "{}",
+        stderr(&bad)
+    );
 
     let models = ls_json(&data);
     assert_eq!(models.len(), 1);

@@ -361,14 +361,10 @@ fn import(store: &Store, source: &str, name: Option<&str>) -> Result<()> {
     let src = ImportSource::parse(source)?;
     let started = std::time::Instant::now();
     let (bar, mut update) = output::progress_bar("importing");
-    let outcome = store.import(&src, &mut update);
+    let outcome = store.import_named(&src, name, &mut update);
     bar.finish_and_clear();
     let outcome = outcome?;
-    let mut final_name = outcome.name.clone();
-    if let Some(n) = name.filter(|n| *n != outcome.name) {
-        store.rename(&ModelRef::ContentId(outcome.content_id), n)?;
-        final_name = n.to_string();
-    }
+    let final_name = outcome.name.clone();
     let size = outcome.manifest.total_size();
     if outcome.already_present {
         println!(

@@ -88,6 +88,7 @@ impl From<StoreError> for NodeError {
             StoreError::BadSource(_)
             | StoreError::InvalidName(_)
             | StoreError::NameTaken { .. }
+            | StoreError::AlreadyCataloged { .. }
             | StoreError::Pinned(_)
             | StoreError::Ollama { .. }
             | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),

@@ -35,6 +35,14 @@ pub enum StoreError {
         "`{0}` is not a valid model name: use letters, digits, `.`, `_`, `-`, `:` (not starting with a scheme like `hf:`)"
     )]
     InvalidName(String),
+    #[error(
+        "these bytes are already cataloged as `{name}` ({id}); nothing was imported or renamed. To reach it as `{wanted}` too, run `rbee-node models alias {name} {wanted}`; to rename it (clients using `{name}` then get 404), `rbee-node models rename {name} {wanted}`"
+    )]
+    AlreadyCataloged {
+        name: String,
+        id: ContentId,
+        wanted: String,
+    },
     #[error("model {0} is pinned; unpin it before removing")]
     Pinned(ContentId),
     #[error(

@@ -94,6 +94,46 @@ impl Store {
         }
     }
 
+    /// Imports `src` and, when `name` is given, catalogs it under that name. The name is
+    /// checked before anything is read; bytes already cataloged under another name are
+    /// refused, not renamed (every client using the old name would get 404); and a new model
+    /// whose name turns out taken is removed again, so a failed import catalogs nothing.
+    pub fn import_named(
+        &self,
+        src: &ImportSource,
+        name: Option<&str>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
+        if let Some(n) = name
+            && !rbee_proto::is_valid_name(n)
+        {
+            return Err(StoreError::InvalidName(n.to_string()));
+        }
+        let mut out = self.import(src, progress)?;
+        let Some(wanted) = name.filter(|n| *n != out.name) else {
+            return Ok(out);
+        };
+        let id = rbee_proto::ModelRef::ContentId(out.content_id);
+        if out.already_present {
+            if self.resolve(&id)?.entry.aliases.iter().any(|a| a == wanted) {
+                return Ok(out);
+            }
+            return Err(StoreError::AlreadyCataloged {
+                name: out.name,
+                id: out.content_id,
+                wanted: wanted.to_string(),
+            });
+        }
+        if let Err(e) = self.rename(&id, wanted) {
+            if let Err(undo) = self.remove(&id, true) {
+                tracing::warn!("could not remove the import `{}` again: {undo}", out.name);
+            }
+            return Err(e);
+        }
+        out.name = wanted.to_string();
+        Ok(out)
+    }
+
     fn import_path(
         &self,
         path: &Path,

@@ -496,3 +496,68 @@ fn concurrent_imports_both_land() {
     });
     assert_eq!(store.list().unwrap().len(), 4);
 }
+
+#[test]
+fn a_named_import_never_renames_and_a_failed_one_catalogs_nothing() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("tiny-Q4_K_M.gguf");
+    write_gguf(&src, "gemma3", 1 << 10, 1);
+    let path = ImportSource::Path(src.clone());
+    let out = store
+        .import_named(&path, Some("mine"), &mut |_| {})
+        .unwrap();
+    assert_eq!(out.name, "mine");
+
+    // The same bytes under another name: refused with the alias command, the old name kept.
+    let err = store
+        .import_named(&path, Some("yours"), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, StoreError::AlreadyCataloged { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rbee-node models alias mine yours"),
+        "{err}"
+    );
+    assert_eq!(
+        store.resolve(&r("mine")).unwrap().entry.content_id,
+        out.content_id
+    );
+    assert!(store.resolve(&r("yours")).is_err());
+    // Under its own name or an alias it has, a re-import is the usual no-op.
+    assert!(
+        store
+            .import_named(&path, Some("mine"), &mut |_| {})
+            .unwrap()
+            .already_present
+    );
+    store.alias(&r("mine"), "alias").unwrap();
+    let again = store
+        .import_named(&path, Some("alias"), &mut |_| {})
+        .unwrap();
+    assert!(again.already_present);
+
+    // An invalid name fails before anything is read or cataloged.
+    let other = tmp.path().join("other.gguf");
+    write_gguf(&other, "gemma3", 1 << 10, 2);
+    let other = ImportSource::Path(other);
+    for bad in ["../bad", "a\0b", ""] {
+        let err = store
+            .import_named(&other, Some(bad), &mut |_| {})
+            .unwrap_err();
+        assert!(matches!(err, StoreError::InvalidName(_)), "{bad:?}: {err}");
+    }
+    assert_eq!(store.list().unwrap().len(), 1);
+
+    // New bytes under a name another model has: refused, and nothing is left cataloged.
+    let err = store
+        .import_named(&other, Some("mine"), &mut |_| {})
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NameTaken { .. }), "{err}");
+    let names: Vec<String> = store
+        .list()
+        .unwrap()
+        .into_iter()
+        .map(|m| m.entry.name)
+        .collect();
+    assert_eq!(names, ["mine"]);
+}

@@ -158,7 +158,7 @@ fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
         Ok(s) => s,
         Err(e) => return job.fail(e),
     };
-    let result = store.import(&src, &mut |p| {
+    let result = store.import_named(&src, name, &mut |p| {
         // A progress event at most every 100 ms keeps the stream readable.
         if last.elapsed().as_millis() < 100 && p.done < p.total {
             return;
@@ -176,15 +176,8 @@ fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
     });
     match result {
         Ok(out) => {
-            let mut final_name = out.name.clone();
-            if let Some(n) = name.filter(|n| *n != out.name) {
-                match store.rename(&rbee_proto::ModelRef::ContentId(out.content_id), n) {
-                    Ok(_) => final_name = n.to_string(),
-                    Err(e) => return job.fail(e),
-                }
-            }
             job.done(serde_json::json!({
-                "name": final_name,
+                "name": out.name,
                 "content_id": out.content_id.to_hex(),
                 "already_present": out.already_present,
                 "size": out.manifest.total_size(),
