@@ -154,22 +154,38 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, NodeError> {
     if input.is_empty() {
         return Err(NodeError::BadRequest("`messages` is empty".into()));
     }
-    Ok(input
+    input
         .into_iter()
-        .map(|m| {
+        .enumerate()
+        .map(|(i, m)| {
             let content = match m.content {
                 None => String::new(),
                 Some(Content::Text(t)) => t,
-                Some(Content::Parts(parts)) => parts
-                    .into_iter()
-                    .filter(|p| p.kind == "text")
-                    .filter_map(|p| p.text)
-                    .collect::<Vec<_>>()
-                    .join("\n"),
+                Some(Content::Parts(parts)) => {
+                    let mut texts = Vec::with_capacity(parts.len());
+                    for p in parts {
+                        // Anything but text (images, audio, files) would be dropped unseen:
+                        // refuse it by name instead of answering about half the message.
+                        match (p.kind.as_str(), p.text) {
+                            ("text", Some(t)) => texts.push(t),
+                            ("text", None) => {
+                                return Err(NodeError::BadRequest(format!(
+                                    "`messages[{i}]`: a `text` content part has no `text`"
+                                )));
+                            }
+                            (kind, _) => {
+                                return Err(NodeError::BadRequest(format!(
+                                    "`messages[{i}]`: content parts of type `{kind}` are not supported (this node serves text models); send only `text` parts"
+                                )));
+                            }
+                        }
+                    }
+                    texts.join("\n")
+                }
             };
-            ChatMessage::new(m.role, content)
+            Ok(ChatMessage::new(m.role, content))
         })
-        .collect())
+        .collect()
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -413,5 +429,39 @@ pub async fn models(State(ctx): State<Arc<NodeContext>>) -> Response {
             Json(json!({"object": "list", "data": data})).into_response()
         }
         Err(e) => e.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(v: serde_json::Value) -> Result<Vec<ChatMessage>, NodeError> {
+        messages(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn text_parts_are_joined_and_other_parts_refused_by_name() {
+        let ok = parse(serde_json::json!([{"role": "user", "content": [
+            {"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}]))
+        .unwrap();
+        assert_eq!(ok.len(), 1);
+        let image = parse(serde_json::json!([
+            {"role": "system", "content": "hi"},
+            {"role": "user", "content": [{"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]));
+        let Err(NodeError::BadRequest(msg)) = image else {
+            panic!("an image part must be refused");
+        };
+        assert!(
+            msg.contains("`image_url`") && msg.contains("messages[1]"),
+            "{msg}"
+        );
+        let empty = parse(serde_json::json!([{"role": "user", "content": [{"type": "text"}]}]));
+        assert!(matches!(empty, Err(NodeError::BadRequest(_))));
+        assert!(matches!(
+            parse(serde_json::json!([])),
+            Err(NodeError::BadRequest(_))
+        ));
     }
 }
