@@ -117,6 +117,11 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node on a free loopback port over `data` and waits until `/health` answers.
     pub fn start(data: &Path, extra: &[&str]) -> NodeProcess {
+        Self::start_with_env(data, extra, &[])
+    }
+
+    /// [`NodeProcess::start`] with extra environment variables.
+    pub fn start_with_env(data: &Path, extra: &[&str], envs: &[(&str, &str)]) -> NodeProcess {
         let port = free_port();
         let log = data.with_extension(format!("node-{port}.log"));
         let log_file = std::fs::File::create(&log).expect("node log");
@@ -130,6 +135,7 @@ impl NodeProcess {
                 std::env::var("RBEE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .env("XDG_CONFIG_HOME", data.join("no-config"))
+            .envs(envs.iter().copied())
             .stderr(log_file)
             .spawn()
             .expect("spawning rbee-node join");

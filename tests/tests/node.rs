@@ -500,6 +500,67 @@ fn sigterm_lets_a_running_stream_finish_and_exits_zero() {
 }
 
 #[test]
+fn sigterm_ends_a_stream_that_outlives_the_drain_with_an_error_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let mut node = NodeProcess::start(&data, &["--drain-secs", "1"]);
+    assert_eq!(chat(&node, "hi", json!({"max_tokens": 1})).0, 200);
+    // Far more tokens than fit in the drain: the stream must be ended, not waited for.
+    let body = json!({"model": "demo", "stream": true, "max_tokens": 4000, "temperature": 0,
+                      "messages": [{"role": "user", "content": "Tell a long story."}]});
+    let resp = agent()
+        .post(&node.url("/v1/chat/completions"))
+        .send_json(body)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let mut reader = BufReader::new(resp.into_body().into_reader());
+    let mut line = String::new();
+    // The first token is out: the generation is under way.
+    while reader.read_line(&mut line).unwrap() > 0 && !line.contains("\"content\":\"") {
+        line.clear();
+    }
+    let pid = node.child.id().to_string();
+    let signalled = Instant::now();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut last_data = String::new();
+    line.clear();
+    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            last_data = d.to_string();
+            if d.contains("\"error\"") {
+                break;
+            }
+        }
+        line.clear();
+    }
+    let ended = signalled.elapsed();
+    assert!(
+        last_data.contains("shutting down"),
+        "the stream ended without saying why: {last_data}"
+    );
+    assert!(ended < Duration::from_secs(20), "the drain took {ended:?}");
+    let status = node.child.wait().unwrap();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        node.log_text()
+    );
+    assert!(
+        node.log_text().contains("outlived the drain"),
+        "{}",
+        node.log_text()
+    );
+}
+
+#[test]
 fn models_commands_go_through_a_running_node() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");

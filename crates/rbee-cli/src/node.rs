@@ -16,9 +16,27 @@ pub struct JoinArgs {
     /// API address (default 127.0.0.1:7835; anything but loopback needs --api-token).
     #[arg(long)]
     api_addr: Option<SocketAddr>,
-    /// Bearer token clients must send.
+    /// Bearer token clients must send (visible in `ps`: prefer --api-token-file or
+    /// RBEE_API_TOKEN).
     #[arg(long)]
     api_token: Option<String>,
+    /// Read the bearer token from this file's first line.
+    #[arg(long)]
+    api_token_file: Option<PathBuf>,
+    /// Also answer requests whose Host header is this name (repeatable; `*` for any). Loopback
+    /// names, the API's own addresses and, off loopback, this machine's host name are allowed.
+    #[arg(long)]
+    allowed_host: Vec<String>,
+    /// Let browser pages from this origin call the API (CORS; repeatable; e.g.
+    /// http://localhost:3000). Off by default.
+    #[arg(long)]
+    cors_origin: Vec<String>,
+    /// HTTP connections served at once (default 256).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds SIGTERM waits for in-flight requests before ending them (default 30).
+    #[arg(long)]
+    drain_secs: Option<u64>,
     /// Memory for models on this node, e.g. 8GiB (default: 70% of RAM).
     #[arg(long, value_parser = parse_bytes)]
     memory_budget: Option<u64>,
@@ -80,6 +98,17 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
     if args.api_token.is_some() {
         config.api_token = args.api_token;
     }
+    if args.api_token_file.is_some() {
+        config.api_token_file = args.api_token_file;
+    }
+    config.allowed_hosts.extend(args.allowed_host);
+    config.cors_origins.extend(args.cors_origin);
+    if let Some(n) = args.max_connections {
+        config.max_connections = n;
+    }
+    if let Some(n) = args.drain_secs {
+        config.drain_secs = n;
+    }
     if args.memory_budget.is_some() {
         config.memory_budget = args.memory_budget;
     }
@@ -103,6 +132,7 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
     if args.name.is_some() {
         config.node_name = args.name;
     }
+    config.resolve_secrets()?;
     config.validate()?;
     let pooled = config.pool_key.is_some();
     let data_dir = match &config.data_dir {
@@ -158,7 +188,7 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing in-flight requests");
+    tracing::info!("shutdown signal received");
 }
 
 /// A client for the local node's API.

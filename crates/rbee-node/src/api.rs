@@ -2,28 +2,30 @@
 //! `/health` and `/metrics`. Every handler talks to the actors through their handles.
 
 pub(crate) mod generate;
+mod guard;
 mod health;
 mod hub;
 mod jobs;
 mod openai;
+pub(crate) mod server;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+pub use guard::HttpPolicy;
 
 use crate::NodeContext;
 use crate::error::NodeError;
 
-/// Request bodies larger than this are refused before parsing (a long chat is far smaller).
-const MAX_BODY: usize = 4 << 20;
-
+/// The routes, inside the request checks of [`guard`]: `Host` and `Origin` outermost, then
+/// CORS preflights (when origins are configured), then the token and the body.
 pub fn router(node: Arc<NodeContext>) -> Router {
-    Router::new()
+    let mut app = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
@@ -37,44 +39,21 @@ pub fn router(node: Arc<NodeContext>) -> Router {
         .route("/v1/pool", get(health::pool))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .layer(middleware::from_fn_with_state(node.clone(), guard))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(node.clone(), guard::admit));
+    if let Some(cors) = node.http.cors() {
+        app = app.layer(cors);
+    }
+    app.layer(middleware::from_fn_with_state(node.clone(), guard::gate))
         .with_state(node)
 }
 
-/// Checks the bearer token (when one is configured) and counts every request.
-async fn guard(State(node): State<Arc<NodeContext>>, req: Request, next: Next) -> Response {
-    let endpoint = req
-        .extensions()
-        .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "other".into());
-    let response = match &node.config.api_token {
-        Some(token) if !authorized(&req, token) => error_response(&NodeError::Unauthorized),
-        _ => next.run(req).await,
-    };
-    node.metrics.request(&endpoint, response.status().as_u16());
-    response
-}
-
-fn authorized(req: &Request, token: &str) -> bool {
-    let Some(value) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    else {
-        return false;
-    };
-    let Some(given) = value.strip_prefix("Bearer ") else {
-        return false;
-    };
-    // Constant-time comparison: the token is a secret.
-    given.len() == token.len()
-        && given
-            .bytes()
-            .zip(token.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+async fn not_found(uri: axum::http::Uri) -> Response {
+    NodeError::NotFound(format!(
+        "no route `{}`: see docs/API.md for the endpoints",
+        uri.path()
+    ))
+    .into_response()
 }
 
 /// OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.

@@ -8,6 +8,12 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7835";
 /// Peers connect here; only nodes with the pool key get past the first bytes.
+/// The longest API token accepted.
+const MAX_TOKEN: usize = 1024;
+/// The largest token file read.
+const MAX_TOKEN_FILE: u64 = 4096;
+/// Below this no model fits; a budget of 0 is a typo.
+const MIN_BUDGET: u64 = 1 << 20;
 pub const DEFAULT_P2P_ADDR: &str = "/ip4/0.0.0.0/tcp/7836";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +25,24 @@ pub struct NodeConfig {
     pub api_addr: SocketAddr,
     /// Bearer token required on every API request; mandatory off loopback.
     pub api_token: Option<String>,
+    /// A file holding the token (first line), so it never shows in `ps` or shell history.
+    pub api_token_file: Option<PathBuf>,
+    /// Host names (the HTTP `Host` header) the API answers besides loopback names, its own
+    /// addresses and, off loopback, the machine's host name; `*` allows any. Guards against
+    /// DNS rebinding.
+    pub allowed_hosts: Vec<String>,
+    /// Browser origins (`http://host:port`) allowed to call the API cross-origin (CORS);
+    /// none by default, `*` for any.
+    pub cors_origins: Vec<String>,
+    /// HTTP connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's headers (also closes idle keep-alive
+    /// connections after this long).
+    pub header_timeout_secs: u64,
+    /// Seconds a client has to send a request's body.
+    pub body_timeout_secs: u64,
+    /// Seconds SIGTERM waits for in-flight requests; then streams end with an error event.
+    pub drain_secs: u64,
     /// CPU memory models may use, in bytes (default: `memory_fraction` of RAM).
     pub memory_budget: Option<u64>,
     /// Share of total RAM for models when no budget is given; the rest is the OS's headroom.
@@ -72,6 +96,13 @@ impl Default for NodeConfig {
                 .parse()
                 .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 7835))),
             api_token: None,
+            api_token_file: None,
+            allowed_hosts: Vec::new(),
+            cors_origins: Vec::new(),
+            max_connections: 256,
+            header_timeout_secs: 10,
+            body_timeout_secs: 30,
+            drain_secs: 30,
             memory_budget: None,
             memory_fraction: 0.7,
             context_length: 4096,
@@ -189,6 +220,27 @@ impl NodeConfig {
         if let Some(v) = env("RBEE_API_TOKEN") {
             self.api_token = Some(v);
         }
+        if let Some(v) = env("RBEE_API_TOKEN_FILE") {
+            self.api_token_file = Some(PathBuf::from(v));
+        }
+        if let Some(v) = env("RBEE_ALLOWED_HOSTS") {
+            self.allowed_hosts = list(&v);
+        }
+        if let Some(v) = env("RBEE_CORS_ORIGINS") {
+            self.cors_origins = list(&v);
+        }
+        if let Some(v) = env_parse("RBEE_MAX_CONNECTIONS")? {
+            self.max_connections = v;
+        }
+        if let Some(v) = env_parse("RBEE_HEADER_TIMEOUT_SECS")? {
+            self.header_timeout_secs = v;
+        }
+        if let Some(v) = env_parse("RBEE_BODY_TIMEOUT_SECS")? {
+            self.body_timeout_secs = v;
+        }
+        if let Some(v) = env_parse("RBEE_DRAIN_SECS")? {
+            self.drain_secs = v;
+        }
         if let Some(v) = env("RBEE_MEMORY_BUDGET") {
             self.memory_budget = Some(parse_bytes(&v).map_err(|reason| ConfigError::Env {
                 var: "RBEE_MEMORY_BUDGET",
@@ -283,8 +335,96 @@ impl NodeConfig {
         })
     }
 
+    /// Reads `api_token_file` into `api_token` (once; the file's first line, trimmed).
+    pub fn resolve_secrets(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = self.api_token_file.take() else {
+            return Ok(());
+        };
+        if self.api_token.is_some() {
+            return Err(ConfigError::Invalid(format!(
+                "both an API token and an API token file ({}) are set: give one",
+                path.display()
+            )));
+        }
+        let bad = |reason: String| ConfigError::File {
+            path: path.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        if !meta.is_file() || meta.len() > MAX_TOKEN_FILE {
+            return Err(bad(format!(
+                "an API token file must be a regular file of at most {MAX_TOKEN_FILE} bytes"
+            )));
+        }
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+        let token = text.lines().next().unwrap_or("").trim().to_string();
+        if token.is_empty() {
+            return Err(bad("its first line is empty: write the token there".into()));
+        }
+        self.api_token = Some(token);
+        Ok(())
+    }
+
     /// Refuses settings that are unsafe or meaningless.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(token) = &self.api_token
+            && (token.is_empty()
+                || token.len() > MAX_TOKEN
+                || token.chars().any(|c| c.is_whitespace() || c.is_control()))
+        {
+            return Err(ConfigError::Invalid(format!(
+                "the API token must be 1 to {MAX_TOKEN} characters without spaces or control characters (e.g. the output of `openssl rand -hex 32`)"
+            )));
+        }
+        if let Some(budget) = self.memory_budget {
+            if budget < MIN_BUDGET {
+                return Err(ConfigError::Invalid(format!(
+                    "memory budget {budget} bytes is too small to hold any model: give at least 1MiB, e.g. --memory-budget 8GiB"
+                )));
+            }
+            if let Some(ram) = total_ram()
+                && budget > ram
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "memory budget {budget} bytes is more than this machine's RAM ({ram} bytes): a model that big would be killed by the OOM killer; give less, or leave it unset for {}% of RAM",
+                    (self.memory_fraction * 100.0).round()
+                )));
+            }
+        }
+        for host in &self.allowed_hosts {
+            if host.is_empty() || host.contains(['/', ' ', '@']) || host.len() > 253 {
+                return Err(ConfigError::Invalid(format!(
+                    "allowed host `{host}` must be a host name or address (no scheme, path or spaces), or `*`"
+                )));
+            }
+        }
+        for origin in &self.cors_origins {
+            let ok = origin == "*"
+                || origin == "null"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && !origin.contains(char::is_whitespace)
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !ok {
+                return Err(ConfigError::Invalid(format!(
+                    "CORS origin `{origin}` must be scheme://host[:port] as a browser sends it (e.g. http://localhost:3000, no trailing slash), or `*`"
+                )));
+            }
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            return Err(ConfigError::Invalid(
+                "max_connections must be 1..=65536".into(),
+            ));
+        }
+        if !(1..=600).contains(&self.header_timeout_secs)
+            || !(1..=3600).contains(&self.body_timeout_secs)
+            || self.drain_secs > 3600
+        {
+            return Err(ConfigError::Invalid(
+                "header_timeout_secs must be 1..=600, body_timeout_secs 1..=3600 and drain_secs 0..=3600".into(),
+            ));
+        }
         if !self.api_addr.ip().is_loopback() && self.api_token.as_deref().is_none_or(str::is_empty)
         {
             return Err(ConfigError::Invalid(format!(

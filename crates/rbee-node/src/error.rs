@@ -33,6 +33,14 @@ pub enum NodeError {
     #[error("missing or wrong API token: send `Authorization: Bearer <token>`")]
     Unauthorized,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    BodyTooLarge(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    RequestTimeout(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -43,6 +51,10 @@ impl NodeError {
         match self {
             NodeError::BadRequest(_) => 400,
             NodeError::Unauthorized => 401,
+            NodeError::Forbidden(_) => 403,
+            NodeError::RequestTimeout(_) => 408,
+            NodeError::BodyTooLarge(_) => 413,
+            NodeError::UnsupportedMediaType(_) => 415,
             NodeError::NotFound(_) => 404,
             NodeError::PromptTooLong(_) => 413,
             NodeError::InvalidModel(_) => 422,
@@ -55,7 +67,12 @@ impl NodeError {
     /// OpenAI's `error.type` vocabulary where it has a word for it.
     pub fn error_type(&self) -> &'static str {
         match self {
-            NodeError::BadRequest(_) | NodeError::PromptTooLong(_) => "invalid_request_error",
+            NodeError::BadRequest(_)
+            | NodeError::PromptTooLong(_)
+            | NodeError::BodyTooLarge(_)
+            | NodeError::UnsupportedMediaType(_)
+            | NodeError::RequestTimeout(_) => "invalid_request_error",
+            NodeError::Forbidden(_) => "permission_error",
             NodeError::NotFound(_) => "not_found_error",
             NodeError::Unauthorized => "authentication_error",
             NodeError::InvalidModel(_) => "invalid_model",

@@ -56,12 +56,29 @@ pub struct NodeContext {
     pub hub: Option<rbee_hub::Hub>,
     /// Pool pulls under way on this node, one per model.
     pub pulls: share::Pulls,
+    /// What the HTTP API answers (hosts, origins, token, body deadline).
+    pub http: api::HttpPolicy,
+    /// Set when the shutdown drain is over: streams still running end with an error event.
+    pub halt: tokio::sync::watch::Sender<bool>,
 }
 
-fn node_name() -> String {
+impl NodeContext {
+    /// Resolves once the shutdown drain is over (never, while the node serves).
+    pub async fn halted(&self) {
+        let mut rx = self.halt.subscribe();
+        let _ = rx.wait_for(|h| *h).await;
+    }
+}
+
+fn host_name() -> String {
     std::fs::read_to_string("/etc/hostname")
         .ok()
         .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn node_name() -> String {
+    Some(host_name())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "rbee-node".into())
 }
@@ -107,13 +124,14 @@ async fn start_network(
 
 /// Runs a node until `shutdown` resolves. `on_ready` gets the bound API address.
 pub async fn run(
-    config: NodeConfig,
+    mut config: NodeConfig,
     store: Store,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_ready: impl FnOnce(SocketAddr) + Send,
 ) -> Result<(), NodeError> {
     config
-        .validate()
+        .resolve_secrets()
+        .and_then(|()| config.validate())
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
@@ -158,6 +176,8 @@ pub async fn run(
         metrics: metrics.clone(),
         started: Instant::now(),
         hub,
+        http: api::HttpPolicy::new(&config, addr, &host_name()),
+        halt: tokio::sync::watch::channel(false).0,
         config,
     });
     let args = SupervisorArgs {
@@ -211,13 +231,11 @@ pub async fn run(
 
     tracing::info!(%addr, node = %ctx.name, "API listening");
     on_ready(addr);
-    let served = axum::serve(listener, api::router(ctx.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    api::server::serve(listener, api::router(ctx.clone()), ctx.clone(), shutdown).await;
     for task in background {
         task.abort();
     }
     supervisor.stop(None);
     let _ = supervisor_done.await;
-    served.map_err(|e| NodeError::Internal(format!("HTTP server failed: {e}")))
+    Ok(())
 }

@@ -357,6 +357,7 @@ pub async fn stream(State(ctx): State<Arc<NodeContext>>, Path(id): Path<String>)
     let (history, live) = job.subscribe();
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(64);
     tokio::spawn(async move {
+        let ctx = ctx;
         for e in &history {
             if tx.send(Ok(sse_event(e))).await.is_err() {
                 return;
@@ -364,7 +365,15 @@ pub async fn stream(State(ctx): State<Arc<NodeContext>>, Path(id): Path<String>)
         }
         let Some(mut live) = live else { return };
         loop {
-            match live.recv().await {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                () = ctx.halted() => {
+                    let message = super::openai::shutting_down().to_string();
+                    let _ = tx.send(Ok(sse_event(&JobEvent::Error { message }))).await;
+                    return;
+                }
+            };
+            match next {
                 Ok(e) => {
                     let end = e.is_terminal();
                     if tx.send(Ok(sse_event(&e))).await.is_err() || end {

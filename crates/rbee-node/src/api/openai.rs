@@ -283,7 +283,12 @@ async fn respond(
 async fn collect_response(ctx: Arc<NodeContext>, mut started: Started, kind: Kind) -> Response {
     let mut text = String::new();
     let mut stats = None;
-    while let Some(event) = started.events.recv().await {
+    loop {
+        let event = tokio::select! {
+            event = started.events.recv() => event,
+            () = ctx.halted() => return shutting_down().into_response(),
+        };
+        let Some(event) = event else { break };
         match event {
             Chunk::Text(t) => text.push_str(&t),
             Chunk::Done(s) => {
@@ -323,6 +328,13 @@ async fn collect_response(ctx: Arc<NodeContext>, mut started: Started, kind: Kin
         "usage": usage(started.prompt_tokens, Some(&stats)),
     }))
     .into_response()
+}
+
+/// What a request still running when the shutdown drain ends gets.
+pub(crate) fn shutting_down() -> NodeError {
+    NodeError::Unavailable(
+        "the node is shutting down and its drain time is over; retry the request (another node in the pool can serve it)".into(),
+    )
 }
 
 fn stream_response(
@@ -369,7 +381,17 @@ fn stream_response(
         {
             return;
         }
-        while let Some(event) = started.events.recv().await {
+        loop {
+            let event = tokio::select! {
+                event = started.events.recv() => event,
+                () = ctx.halted() => {
+                    let e = shutting_down();
+                    let err = json!({"error": {"message": e.to_string(), "type": e.error_type(), "code": e.status()}});
+                    let _ = tx.send(Ok(Event::default().data(err.to_string()))).await;
+                    break;
+                }
+            };
+            let Some(event) = event else { break };
             let out = match event {
                 Chunk::Text(text) => {
                     if text.is_empty() {
