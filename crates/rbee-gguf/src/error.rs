@@ -17,7 +17,9 @@ pub enum GgufError {
     },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
-    #[error("not a GGUF file: magic is \"{}\", expected \"GGUF\"", found.escape_ascii())]
+    /// The bytes found stay out of the message: an API client naming an arbitrary server path
+    /// must not learn what the file holds.
+    #[error("not a GGUF file: it does not start with the bytes \"GGUF\"")]
     BadMagic { found: [u8; 4] },
     #[error("big-endian GGUF files are not supported")]
     BigEndian,

@@ -71,10 +71,16 @@ impl SamplingParams {
         if self.top_k == Some(0) {
             return Err("top_k must be at least 1".into());
         }
-        if self.repeat_penalty.is_nan() || self.repeat_penalty <= 0.0 {
+        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= MAX_REPEAT_PENALTY) {
             return Err(format!(
-                "repeat_penalty {} must be positive",
+                "repeat_penalty {} must be in (0, {MAX_REPEAT_PENALTY}] (1 is off, 1.1 typical)",
                 self.repeat_penalty
+            ));
+        }
+        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS {
+            return Err(format!(
+                "max_tokens {} must be 1..={MAX_TOKENS} (generation also stops at the context length)",
+                self.max_tokens
             ));
         }
         if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
@@ -108,6 +114,10 @@ impl Rng {
 /// min-p: sorting a 262k vocabulary every step would cost more than the model's forward pass,
 /// and the tail beyond it carries negligible probability mass.
 const MAX_CANDIDATES: usize = 1024;
+/// Above this a repetition penalty only garbles text; huge values overflow to infinity.
+const MAX_REPEAT_PENALTY: f32 = 100.0;
+/// More tokens than any context holds; a bigger `max_tokens` is a typo.
+const MAX_TOKENS: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Sampler {
@@ -317,5 +327,16 @@ mod tests {
         assert!(p.validate().unwrap_err().contains("top_p"));
         p = params(-1.0);
         assert!(p.validate().unwrap_err().contains("temperature"));
+        // Values a client can send that mean nothing are refused, not clamped.
+        p = params(1.0);
+        p.repeat_penalty = 1e39_f64 as f32; // infinity after the JSON number is narrowed
+        assert!(p.validate().unwrap_err().contains("repeat_penalty"));
+        p = params(1.0);
+        p.max_tokens = 1_000_000_000_000;
+        assert!(p.validate().unwrap_err().contains("max_tokens"));
+        p.max_tokens = 0;
+        assert!(p.validate().unwrap_err().contains("max_tokens"));
+        p.max_tokens = 4096;
+        assert!(p.validate().is_ok());
     }
 }
