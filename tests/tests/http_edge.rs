@@ -185,6 +185,28 @@ fn the_token_comes_from_a_flag_file_or_environment_and_is_checked_as_rfc_6750_sa
         );
         assert_eq!(status, 200, "{scheme}: {body}");
     }
+    // The CLI talking to the running node reads the same file.
+    let status = |token_file: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(rbee_tests::rbee_node_bin());
+        cmd.arg("--data-dir")
+            .arg(&data)
+            .arg("status")
+            .env("RBEE_API_ADDR", addr(&node))
+            .env("XDG_CONFIG_HOME", tmp.path().join("no-config"));
+        if let Some(f) = token_file {
+            cmd.env("RBEE_API_TOKEN_FILE", f);
+        }
+        cmd.output().unwrap()
+    };
+    let out = status(Some(&token_file));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = status(None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RBEE_API_TOKEN_FILE"));
     // The token never shows in the process's arguments.
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", node.child.id())).unwrap();
     assert!(!String::from_utf8_lossy(&cmdline).contains("from-a-file"));

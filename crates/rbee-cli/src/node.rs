@@ -212,9 +212,16 @@ impl NodeClient {
             .http_status_as_error(false)
             .build()
             .into();
+        // The token the node was given in the config or environment, from a file too; an
+        // unreadable file leaves none, and the node's 401 then says what to send.
+        let mut secrets = config.clone();
+        let token = match secrets.resolve_secrets() {
+            Ok(()) => secrets.api_token,
+            Err(_) => config.api_token.clone(),
+        };
         NodeClient {
             base: format!("http://{host}"),
-            token: config.api_token.clone(),
+            token,
             agent,
         }
     }
@@ -237,11 +244,29 @@ impl NodeClient {
 
     /// `/health`, or None if no node answers.
     pub fn health(&self) -> Option<serde_json::Value> {
-        let mut resp = self
+        self.health_checked().ok().flatten()
+    }
+
+    /// `/health`: `None` when no node answers, an error when one answers but refuses us.
+    pub fn health_checked(&self) -> Result<Option<serde_json::Value>> {
+        let Ok(mut resp) = self
             .auth(self.agent.get(&format!("{}/health", self.base)))
             .call()
-            .ok()?;
-        resp.body_mut().read_json().ok()
+        else {
+            return Ok(None);
+        };
+        match resp.status().as_u16() {
+            401 => bail!(
+                "the node at {} wants an API token: set RBEE_API_TOKEN or RBEE_API_TOKEN_FILE (or api_token_file in the config)",
+                self.base
+            ),
+            403 => bail!(
+                "the node at {} refused the request: {}",
+                self.base,
+                resp.body_mut().read_to_string().unwrap_or_default()
+            ),
+            _ => Ok(resp.body_mut().read_json().ok()),
+        }
     }
 
     /// Streams a completion to `out`; returns the final usage line for stderr.
@@ -405,7 +430,7 @@ impl NodeClient {
 
 pub fn status(config: &NodeConfig) -> Result<()> {
     let client = NodeClient::new(config);
-    let Some(h) = client.health() else {
+    let Some(h) = client.health_checked()? else {
         bail!(
             "no node answers at {}: start one with `rbee-node join`",
             config.api_addr
