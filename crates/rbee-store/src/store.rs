@@ -1,6 +1,6 @@
 //! The store itself: blobs, views, manifests, and the catalog operations on top of them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -567,6 +567,7 @@ impl Store {
                 report.kept_blobs_for.join(", ")
             );
         }
+        let mut usage = LinkUsage::default();
         let mut sweep = |dir: &str, keep: &dyn Fn(&str) -> bool| -> Result<(), StoreError> {
             for path in list_dir(&self.root.join(dir))? {
                 let name = path
@@ -576,7 +577,7 @@ impl Store {
                 if keep(&name) {
                     continue;
                 }
-                report.freed_bytes += disk_usage(&path);
+                usage.add(&path);
                 report.removed_paths += 1;
                 remove_path(&path)?;
             }
@@ -586,6 +587,7 @@ impl Store {
         sweep("views", &|n| live_models.contains(n))?;
         sweep("manifests", &|n| live_models.contains(n))?;
         sweep("tmp", &|n| owner_alive(n))?;
+        report.freed_bytes = usage.freed();
         Ok(report)
     }
 
@@ -834,13 +836,43 @@ fn set_read_only(path: &Path) -> Result<(), StoreError> {
     fs::set_permissions(path, perms).ctx("chmod", path)
 }
 
-fn disk_usage(path: &Path) -> u64 {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => list_dir(path)
-            .map(|entries| entries.iter().map(|p| disk_usage(p)).sum())
-            .unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
+/// The space removing a set of paths frees. A view is a hard link to its blob, and an import
+/// from the HuggingFace cache or Ollama shares the inode with their copy: bytes are freed
+/// only when the last link to an inode goes, so each inode is counted once, and only if every
+/// one of its links was among the removed paths.
+#[derive(Default)]
+struct LinkUsage {
+    /// (device, inode) → (links when first seen, bytes, links removed).
+    inodes: HashMap<(u64, u64), (u64, u64, u64)>,
+}
+
+impl LinkUsage {
+    /// Records `path` (a file, or a directory and everything under it) before it is removed.
+    fn add(&mut self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                for p in list_dir(path).unwrap_or_default() {
+                    self.add(&p);
+                }
+            }
+            Ok(m) => {
+                let e = self
+                    .inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_insert((m.nlink(), m.len(), 0));
+                e.2 += 1;
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn freed(&self) -> u64 {
+        self.inodes
+            .values()
+            .filter(|(links, _, removed)| removed >= links)
+            .map(|(_, bytes, _)| bytes)
+            .sum()
     }
 }
 
