@@ -185,13 +185,14 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
             Ok(())
         }
         ModelsCommand::Rm { model, force } => {
-            let (rec, gc) = store.remove(&parse_ref(&model)?, force)?;
+            let (entry, gc) = store.remove(&parse_ref(&model)?, force)?;
             println!(
                 "removed {} ({}), freed {}",
-                rec.entry.name,
-                rec.entry.content_id.short(),
+                entry.name,
+                entry.content_id.short(),
                 output::bytes(gc.freed_bytes)
             );
+            kept_note(&gc);
             Ok(())
         }
         ModelsCommand::Verify { model } => verify(&store, model.as_deref()),
@@ -218,8 +219,19 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
                 r.removed_paths,
                 output::bytes(r.freed_bytes)
             );
+            kept_note(&r);
             Ok(())
         }
+    }
+}
+
+/// Says why gc left every blob in place, when it did.
+fn kept_note(gc: &rbee_store::GcReport) {
+    if !gc.kept_blobs_for.is_empty() {
+        eprintln!(
+            "warning: no blobs were deleted while these models are damaged: {} (`rbee-node models ls` says what is wrong; repair them by importing or pulling them again, or `rbee-node models rm` them)",
+            gc.kept_blobs_for.join(", ")
+        );
     }
 }
 
@@ -387,13 +399,36 @@ fn import(store: &Store, source: &str, name: Option<&str>) -> Result<()> {
 }
 
 fn ls(store: &Store, json: bool) -> Result<()> {
-    let records = store.list()?;
+    let rbee_store::Listing {
+        models: records,
+        damaged,
+    } = store.listing()?;
     if json {
-        let all: Vec<_> = records.iter().map(|r| record_json(store, r)).collect();
+        let mut all: Vec<_> = records.iter().map(|r| record_json(store, r)).collect();
+        all.extend(damaged.iter().map(|d| {
+            json!({
+                "name": d.entry.name,
+                "aliases": d.entry.aliases,
+                "content_id": d.entry.content_id.to_hex(),
+                "damaged": d.reason,
+                "pinned": d.entry.pinned,
+                "added_at": d.entry.added_at,
+                "last_used": d.entry.last_used,
+            })
+        }));
         println!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
-    if records.is_empty() {
+    for d in &damaged {
+        eprintln!(
+            "warning: model `{}` ({}) is damaged: {}; re-import or re-pull it to repair it, or `rbee-node models rm {}`",
+            d.entry.name,
+            d.entry.content_id.short(),
+            d.reason,
+            d.entry.name
+        );
+    }
+    if records.is_empty() && damaged.is_empty() {
         println!("no models yet: `rbee-node models import <file.gguf>`");
         return Ok(());
     }
@@ -413,6 +448,13 @@ fn ls(store: &Store, json: bool) -> Result<()> {
             output::bytes(r.manifest.total_size()),
             output::age(r.entry.last_used),
             if r.entry.pinned { " (pinned)" } else { "" }
+        );
+    }
+    for d in damaged {
+        println!(
+            "{:<32} {:<12} DAMAGED (see the warning above)",
+            d.entry.name,
+            d.entry.content_id.short()
         );
     }
     Ok(())
@@ -503,6 +545,9 @@ fn verify(store: &Store, model: Option<&str>) -> Result<()> {
             continue;
         }
         bad += 1;
+        if let Some(why) = &rep.damaged {
+            println!("DAMAGED  {} ({}): {why}", rep.name, rep.content_id.short());
+        }
         for f in &rep.missing_files {
             println!(
                 "MISSING  {} ({}): file {f}",

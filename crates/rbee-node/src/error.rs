@@ -101,7 +101,8 @@ impl From<StoreError> for NodeError {
             StoreError::NotFound(_) => NodeError::NotFound(e.to_string()),
             StoreError::Gguf { .. }
             | StoreError::Safetensors { .. }
-            | StoreError::Unsupported { .. } => NodeError::InvalidModel(e.to_string()),
+            | StoreError::Unsupported { .. }
+            | StoreError::DamagedModel { .. } => NodeError::InvalidModel(e.to_string()),
             StoreError::BadSource(_)
             | StoreError::InvalidName(_)
             | StoreError::NameTaken { .. }

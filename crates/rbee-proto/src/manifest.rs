@@ -119,8 +119,15 @@ pub enum ManifestError {
         expected: u64,
         listed: usize,
     },
-    #[error("manifest: {0}")]
-    Codec(#[from] codec::CodecError),
+    // Not a `#[source]`: the message already holds it, and a chain would print it twice.
+    #[error("{0}")]
+    Codec(codec::CodecError),
+}
+
+impl From<codec::CodecError> for ManifestError {
+    fn from(e: codec::CodecError) -> Self {
+        ManifestError::Codec(e)
+    }
 }
 
 /// Checks a relative file name taken from a manifest, a peer or a user: no absolute paths, no
@@ -164,6 +171,11 @@ impl Manifest {
             Ok(bytes) => ContentId::of(&bytes),
             Err(e) => unreachable!("manifest encoding failed: {e}"),
         }
+    }
+
+    /// Whether this manifest is the one `id` names.
+    pub fn matches_id(&self, id: &ContentId) -> bool {
+        self.content_id() == *id
     }
 
     pub fn total_size(&self) -> u64 {

@@ -43,13 +43,28 @@ pub struct ModelRecord {
     pub manifest: Manifest,
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct CatalogState {
     version: u32,
     pub models: Vec<CatalogEntry>,
 }
 
+/// What `catalog.json` held.
+pub(crate) enum ReadCatalog {
+    Present(CatalogState),
+    Missing,
+    /// It exists but does not parse; the reason says why.
+    Damaged(String),
+}
+
 impl CatalogState {
+    pub fn empty() -> Self {
+        CatalogState {
+            version: CATALOG_VERSION,
+            models: Vec::new(),
+        }
+    }
+
     pub fn get(&self, id: &ContentId) -> Option<&CatalogEntry> {
         self.models.iter().find(|e| &e.content_id == id)
     }
@@ -103,32 +118,34 @@ impl Catalog {
         }
     }
 
-    pub fn load(&self) -> Result<CatalogState, StoreError> {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads `catalog.json`. A missing file and one that does not parse are answers, not
+    /// errors: the store rebuilds the catalog from its manifests then (see
+    /// `Store::state`). A catalog of another version is an error: it may be a newer rbee's,
+    /// and rebuilding would throw its names away.
+    pub fn read(&self) -> Result<ReadCatalog, StoreError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Ok(CatalogState {
-                    version: CATALOG_VERSION,
-                    models: Vec::new(),
-                });
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ReadCatalog::Missing),
             Err(e) => return Err(StoreError::io("read", &self.path, e)),
         };
-        let state: CatalogState =
-            serde_json::from_slice(&bytes).map_err(|e| StoreError::CorruptCatalog {
-                path: self.path.clone(),
-                reason: e.to_string(),
-            })?;
+        let state: CatalogState = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => return Ok(ReadCatalog::Damaged(e.to_string())),
+        };
         if state.version != CATALOG_VERSION {
             return Err(StoreError::CorruptCatalog {
                 path: self.path.clone(),
                 reason: format!(
-                    "version {} is not the supported version {CATALOG_VERSION}",
+                    "version {} is not the supported version {CATALOG_VERSION} (written by another rbee version?); nothing was changed",
                     state.version
                 ),
             });
         }
-        Ok(state)
+        Ok(ReadCatalog::Present(state))
     }
 
     /// Takes the writer lock; it is held until the returned guard drops.
@@ -143,20 +160,7 @@ impl Catalog {
         Ok(CatalogLock { _file: file })
     }
 
-    /// Read-modify-write under the lock. `f` sees the current state; if it returns Ok, the
-    /// modified state is written atomically before the lock is released.
-    pub fn update<T>(
-        &self,
-        f: impl FnOnce(&mut CatalogState) -> Result<T, StoreError>,
-    ) -> Result<T, StoreError> {
-        let _guard = self.lock()?;
-        let mut state = self.load()?;
-        let out = f(&mut state)?;
-        self.save(&state)?;
-        Ok(out)
-    }
-
-    fn save(&self, state: &CatalogState) -> Result<(), StoreError> {
+    pub fn save(&self, state: &CatalogState) -> Result<(), StoreError> {
         let state = CatalogState {
             version: CATALOG_VERSION,
             models: state.models.clone(),

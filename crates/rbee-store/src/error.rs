@@ -10,17 +10,17 @@ pub enum StoreError {
         "disk full while writing {path}: free some space and retry (nothing was added to the catalog)"
     )]
     DiskFull { path: PathBuf },
+    // The cause is part of the message and not also a `#[source]`: printed with its chain
+    // (`{:#}`), it would otherwise appear twice.
     #[error("{op} {path}: {source}")]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
         source: io::Error,
     },
     #[error("{path}: invalid GGUF: {source}")]
     Gguf {
         path: PathBuf,
-        #[source]
         source: rbee_gguf::GgufError,
     },
     #[error("{path}: invalid safetensors model: {reason}")]
@@ -59,15 +59,29 @@ pub enum StoreError {
     #[error("pull of {0} is incomplete: {1} shards still missing")]
     Incomplete(ContentId, usize),
     #[error("invalid manifest: {0}")]
-    Manifest(#[from] ManifestError),
+    Manifest(ManifestError),
     #[error("catalog file {path} is corrupt: {reason}")]
     CorruptCatalog { path: PathBuf, reason: String },
+    #[error(
+        "model `{name}` ({id}) is damaged: {reason}. The rest of the catalog works and gc keeps every blob meanwhile; re-import or re-pull the model to repair it, or forget it with `rbee-node models rm {name}`"
+    )]
+    DamagedModel {
+        name: String,
+        id: ContentId,
+        reason: String,
+    },
     #[error("ollama model `{name}`: {reason}")]
     Ollama { name: String, reason: String },
     #[error("HuggingFace cache: {0}")]
     HfCache(String),
     #[error("{0}")]
     BadSource(String),
+}
+
+impl From<ManifestError> for StoreError {
+    fn from(e: ManifestError) -> Self {
+        StoreError::Manifest(e)
+    }
 }
 
 impl StoreError {

@@ -8,6 +8,7 @@
 //! views/<cid>/<file name> hard links to blobs, named as the loader expects
 //! partial/<cid>/          pulls in progress: part files plus a verified-shard record
 //! tmp/                    imports in flight; anything here after a crash is garbage
+//! quarantine/<cid>        damaged manifests moved aside, with `<cid>.reason`
 //! catalog.json            names, aliases, pins, last-used stamps (replaced atomically)
 //! ```
 //!
@@ -27,6 +28,7 @@ mod error;
 mod fsutil;
 mod import;
 mod partial;
+mod recover;
 /// The GGUF file choice lives in `rbee-proto` (the hub client needs it too); re-exported here.
 pub use rbee_proto::quant;
 mod safetensors;
@@ -36,6 +38,7 @@ pub use catalog::{CatalogEntry, ModelRecord};
 pub use error::StoreError;
 pub use import::{ImportOutcome, ImportSource};
 pub use partial::PartialModel;
+pub use recover::{DamagedModel, Listing, RebuildReport};
 pub use store::{
     GcReport, Progress, ShardLocation, Store, VerifyReport, default_data_dir, hf_cache_dir,
     ollama_models_dir,

@@ -1,16 +1,18 @@
 //! The store itself: blobs, views, manifests, and the catalog operations on top of them.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use rbee_proto::{ContentId, FileEntry, Manifest, ModelRef, ShardHash};
 
-use crate::catalog::{Catalog, CatalogEntry, CatalogState, ModelRecord};
+use crate::catalog::{Catalog, CatalogEntry, CatalogLock, CatalogState, ModelRecord, ReadCatalog};
 use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, create_dir_all, list_dir, read_full, remove_path, sync_dir};
 use crate::import::ImportOutcome;
+use crate::recover::{DamagedModel, RebuildReport};
 
 /// Progress of a long operation, reported as it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +39,14 @@ pub struct VerifyReport {
     pub bad_shards: Vec<(String, usize)>,
     /// Files whose blob is gone or has the wrong size.
     pub missing_files: Vec<String>,
+    /// The model's manifest is damaged or missing (why, naming the files); nothing else
+    /// could be checked.
+    pub damaged: Option<String>,
 }
 
 impl VerifyReport {
     pub fn is_ok(&self) -> bool {
-        self.bad_shards.is_empty() && self.missing_files.is_empty()
+        self.bad_shards.is_empty() && self.missing_files.is_empty() && self.damaged.is_none()
     }
 }
 
@@ -50,6 +55,9 @@ impl VerifyReport {
 pub struct GcReport {
     pub removed_paths: usize,
     pub freed_bytes: u64,
+    /// Cataloged models whose manifest is damaged or missing. While there are any, no blob
+    /// is deleted: which blobs they use is unknown.
+    pub kept_blobs_for: Vec<String>,
 }
 
 /// `RBEE_DATA_DIR`, else `$XDG_DATA_HOME/rbee`, else `~/.local/share/rbee`.
@@ -97,22 +105,79 @@ pub struct Store {
     catalog: Catalog,
     ollama_dir: Option<PathBuf>,
     hf_cache_dir: Option<PathBuf>,
+    rebuilt: Option<Arc<RebuildReport>>,
 }
 
 impl Store {
+    /// Opens (or creates) the store at `root`. A missing or unparsable `catalog.json` is
+    /// rebuilt from the manifests first (logged, and kept in [`Store::rebuilt_catalog`]); a
+    /// new store gets an empty `catalog.json` at once, so that a missing one always means a
+    /// lost one.
     pub fn open(root: impl Into<PathBuf>) -> Result<Store, StoreError> {
         let root = root.into();
         for sub in ["blobs", "manifests", "views", "partial", "tmp"] {
             create_dir_all(&root.join(sub))?;
         }
         let catalog = Catalog::new(&root);
-        catalog.load()?;
-        Ok(Store {
+        let mut store = Store {
             root,
             catalog,
             ollama_dir: None,
             hf_cache_dir: None,
-        })
+            rebuilt: None,
+        };
+        if !matches!(store.catalog.read()?, ReadCatalog::Present(_)) {
+            let guard = store.catalog.lock()?;
+            let (_, report) = store.state_locked(&guard)?;
+            store.rebuilt = report.map(Arc::new);
+        }
+        Ok(store)
+    }
+
+    /// What [`Store::open`] rebuilt, if it found the catalog missing or damaged.
+    pub fn rebuilt_catalog(&self) -> Option<&RebuildReport> {
+        self.rebuilt.as_deref()
+    }
+
+    pub(crate) fn catalog_path(&self) -> &Path {
+        self.catalog.path()
+    }
+
+    /// The catalog as it is now. A `catalog.json` that went missing or bad since is rebuilt
+    /// from the manifests (under the lock) rather than read as an empty store.
+    pub(crate) fn state(&self) -> Result<CatalogState, StoreError> {
+        if let ReadCatalog::Present(state) = self.catalog.read()? {
+            return Ok(state);
+        }
+        let guard = self.catalog.lock()?;
+        Ok(self.state_locked(&guard)?.0)
+    }
+
+    /// [`Store::state`] for a caller that holds the lock; also says whether it rebuilt.
+    pub(crate) fn state_locked(
+        &self,
+        _guard: &CatalogLock,
+    ) -> Result<(CatalogState, Option<RebuildReport>), StoreError> {
+        let (state, report) = match self.catalog.read()? {
+            ReadCatalog::Present(state) => return Ok((state, None)),
+            ReadCatalog::Missing => self.rebuild_catalog(None)?,
+            ReadCatalog::Damaged(reason) => self.rebuild_catalog(Some(&reason))?,
+        };
+        self.catalog.save(&state)?;
+        Ok((state, report))
+    }
+
+    /// Read-modify-write of the catalog under its lock. `f` sees the current state; if it
+    /// returns Ok, the modified state is written atomically before the lock is released.
+    pub(crate) fn update_catalog<T>(
+        &self,
+        f: impl FnOnce(&mut CatalogState) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let guard = self.catalog.lock()?;
+        let mut state = self.state_locked(&guard)?.0;
+        let out = f(&mut state)?;
+        self.catalog.save(&state)?;
+        Ok(out)
     }
 
     /// Reads Ollama models from `dir` instead of `OLLAMA_MODELS` / `~/.ollama/models`.
@@ -151,7 +216,7 @@ impl Store {
         self.root.join("blobs").join(id.to_hex())
     }
 
-    fn manifest_path(&self, id: &ContentId) -> PathBuf {
+    pub(crate) fn manifest_path(&self, id: &ContentId) -> PathBuf {
         self.root.join("manifests").join(id.to_hex())
     }
 
@@ -268,12 +333,14 @@ impl Store {
         let id = manifest.content_id();
         let bytes = manifest.encode()?;
         let manifest_path = self.manifest_path(&id);
-        if !manifest_path.exists() {
+        // Written when missing, or when the one there is damaged (it is quarantined first):
+        // importing or pulling a damaged model again is how it is repaired.
+        if self.read_manifest(&id)?.is_err() {
             fsutil::write_atomic(&manifest_path, &bytes)?;
         }
         self.build_view(&id, &manifest)?;
         let base = sanitize_name(name_hint);
-        self.catalog.update(|state| {
+        self.update_catalog(|state| {
             // Checked under the lock: a concurrent gc cannot have removed what we are naming.
             for f in &manifest.files {
                 let blob = self.blob_path(&f.blob_id());
@@ -310,7 +377,7 @@ impl Store {
         })
     }
 
-    fn build_view(&self, id: &ContentId, manifest: &Manifest) -> Result<(), StoreError> {
+    pub(crate) fn build_view(&self, id: &ContentId, manifest: &Manifest) -> Result<(), StoreError> {
         let dir = self.model_dir(id);
         if dir.exists() {
             return Ok(());
@@ -341,41 +408,46 @@ impl Store {
         result
     }
 
+    /// The manifest filed under `id`. A damaged one is moved to `quarantine/` and reported
+    /// as [`StoreError::DamagedModel`].
     pub fn load_manifest(&self, id: &ContentId) -> Result<Manifest, StoreError> {
-        let path = self.manifest_path(id);
-        let bytes = fs::read(&path).ctx("read", &path)?;
-        let manifest = Manifest::decode(&bytes)?;
-        if &manifest.content_id() != id {
-            return Err(StoreError::CorruptCatalog {
-                path,
-                reason: "manifest does not hash to its content id".into(),
-            });
-        }
-        Ok(manifest)
+        self.read_manifest(id)?
+            .map_err(|p| StoreError::DamagedModel {
+                name: id.short(),
+                id: *id,
+                reason: p.reason(),
+            })
     }
 
-    /// Every cataloged model, in the order they were added.
+    /// Every cataloged model that works, in the order they were added. Damaged ones are left
+    /// out (see [`Store::listing`] for them), so one bad manifest does not hide the rest.
     pub fn list(&self) -> Result<Vec<ModelRecord>, StoreError> {
-        let state = self.catalog.load()?;
-        state
-            .models
-            .into_iter()
-            .map(|entry| {
-                let manifest = self.load_manifest(&entry.content_id)?;
-                Ok(ModelRecord { entry, manifest })
-            })
-            .collect()
+        let listing = self.listing()?;
+        for d in &listing.damaged {
+            tracing::debug!(model = %d.entry.name, "left out of the list: {}", d.reason);
+        }
+        Ok(listing.models)
+    }
+
+    /// Cataloged models whose manifest is damaged or missing.
+    pub fn damaged(&self) -> Result<Vec<DamagedModel>, StoreError> {
+        Ok(self.listing()?.damaged)
     }
 
     /// Finds a cataloged model by name, alias, content id (or a unique prefix of at least 6 hex
     /// characters), or the HuggingFace source it was imported from.
     pub fn resolve(&self, r: &ModelRef) -> Result<ModelRecord, StoreError> {
-        let state = self.catalog.load()?;
-        let entry = find_entry(&state, self, r)?
-            .ok_or_else(|| StoreError::NotFound(r.to_string()))?
-            .clone();
-        let manifest = self.load_manifest(&entry.content_id)?;
+        let entry = self.resolve_entry(r)?;
+        let manifest = self.manifest_of(&entry)?;
         Ok(ModelRecord { entry, manifest })
+    }
+
+    /// The catalog entry for a reference, whether or not its manifest is intact.
+    pub fn resolve_entry(&self, r: &ModelRef) -> Result<CatalogEntry, StoreError> {
+        let state = self.state()?;
+        Ok(find_entry(&state, self, r)?
+            .ok_or_else(|| StoreError::NotFound(r.to_string()))?
+            .clone())
     }
 
     /// Adds another name for a model.
@@ -414,7 +486,7 @@ impl Store {
 
     /// Stamps a model as used now (for least-recently-used eviction).
     pub fn touch(&self, id: &ContentId) -> Result<(), StoreError> {
-        self.catalog.update(|state| {
+        self.update_catalog(|state| {
             let e = state
                 .get_mut(id)
                 .ok_or_else(|| StoreError::NotFound(id.to_string()))?;
@@ -428,7 +500,9 @@ impl Store {
         r: &ModelRef,
         f: impl FnOnce(&mut CatalogState, ContentId) -> Result<(), StoreError>,
     ) -> Result<ModelRecord, StoreError> {
-        let entry = self.catalog.update(|state| {
+        // A damaged model is refused before anything changes.
+        self.resolve(r)?;
+        let entry = self.update_catalog(|state| {
             let id = find_entry(state, self, r)?
                 .ok_or_else(|| StoreError::NotFound(r.to_string()))?
                 .content_id;
@@ -438,15 +512,20 @@ impl Store {
                 .cloned()
                 .ok_or_else(|| StoreError::NotFound(r.to_string()))
         })?;
-        let manifest = self.load_manifest(&entry.content_id)?;
+        let manifest = self.manifest_of(&entry)?;
         Ok(ModelRecord { entry, manifest })
     }
 
-    /// Forgets a model, then deletes every file no remaining model needs.
-    pub fn remove(&self, r: &ModelRef, force: bool) -> Result<(ModelRecord, GcReport), StoreError> {
-        let record = self.resolve(r)?;
-        let id = record.entry.content_id;
-        self.catalog.update(|state| {
+    /// Forgets a model, then deletes every file no remaining model needs. Works for a damaged
+    /// model too (that is how one gets rid of it).
+    pub fn remove(
+        &self,
+        r: &ModelRef,
+        force: bool,
+    ) -> Result<(CatalogEntry, GcReport), StoreError> {
+        let entry = self.resolve_entry(r)?;
+        let id = entry.content_id;
+        self.update_catalog(|state| {
             if state.get(&id).is_some_and(|e| e.pinned) && !force {
                 return Err(StoreError::Pinned(id));
             }
@@ -454,25 +533,41 @@ impl Store {
             Ok(())
         })?;
         let report = self.gc()?;
-        Ok((record, report))
+        Ok((entry, report))
     }
 
     /// Deletes blobs, views and manifests no cataloged model references, and leftovers of
     /// imports whose process is gone. Partial pulls are kept: they are resumable.
+    ///
+    /// A blob is deleted only when gc can prove no cataloged model uses it: while any
+    /// cataloged model's manifest is damaged or missing, no blob is deleted (the report names
+    /// those models), and a manifest that cannot be read at all fails the gc. A missing or
+    /// unparsable `catalog.json` is rebuilt from the manifests first, never read as empty.
     pub fn gc(&self) -> Result<GcReport, StoreError> {
-        let _guard = self.catalog.lock()?;
-        let state = self.catalog.load()?;
+        let guard = self.catalog.lock()?;
+        let state = self.state_locked(&guard)?.0;
         let mut live_models = HashSet::new();
         let mut live_blobs = HashSet::new();
+        let mut report = GcReport::default();
         for e in &state.models {
             live_models.insert(e.content_id.to_hex());
-            if let Ok(m) = self.load_manifest(&e.content_id) {
-                for f in &m.files {
-                    live_blobs.insert(f.blob_id().to_hex());
+            match self.read_manifest(&e.content_id)? {
+                Ok(m) => {
+                    for f in &m.files {
+                        live_blobs.insert(f.blob_id().to_hex());
+                    }
                 }
+                Err(_) => report.kept_blobs_for.push(e.name.clone()),
             }
         }
-        let mut report = GcReport::default();
+        let keep_all_blobs = !report.kept_blobs_for.is_empty();
+        if keep_all_blobs {
+            tracing::warn!(
+                "gc deletes no blobs while these models are damaged (their manifests list the blobs they use): {}",
+                report.kept_blobs_for.join(", ")
+            );
+        }
+        let mut usage = LinkUsage::default();
         let mut sweep = |dir: &str, keep: &dyn Fn(&str) -> bool| -> Result<(), StoreError> {
             for path in list_dir(&self.root.join(dir))? {
                 let name = path
@@ -482,16 +577,17 @@ impl Store {
                 if keep(&name) {
                     continue;
                 }
-                report.freed_bytes += disk_usage(&path);
+                usage.add(&path);
                 report.removed_paths += 1;
                 remove_path(&path)?;
             }
             Ok(())
         };
-        sweep("blobs", &|n| live_blobs.contains(n))?;
+        sweep("blobs", &|n| keep_all_blobs || live_blobs.contains(n))?;
         sweep("views", &|n| live_models.contains(n))?;
         sweep("manifests", &|n| live_models.contains(n))?;
         sweep("tmp", &|n| owner_alive(n))?;
+        report.freed_bytes = usage.freed();
         Ok(report)
     }
 
@@ -501,19 +597,44 @@ impl Store {
         r: Option<&ModelRef>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<Vec<VerifyReport>, StoreError> {
-        let records = match r {
-            Some(r) => vec![self.resolve(r)?],
-            None => self.list()?,
+        let (records, damaged) = match r {
+            Some(r) => {
+                let entry = self.resolve_entry(r)?;
+                match self.read_manifest(&entry.content_id)? {
+                    Ok(manifest) => (vec![ModelRecord { entry, manifest }], Vec::new()),
+                    Err(p) => (
+                        Vec::new(),
+                        vec![DamagedModel {
+                            entry,
+                            reason: p.reason(),
+                        }],
+                    ),
+                }
+            }
+            None => {
+                let l = self.listing()?;
+                (l.models, l.damaged)
+            }
         };
         let total: u64 = records.iter().map(|r| r.manifest.total_size()).sum();
         let mut done = 0u64;
-        let mut reports = Vec::new();
+        let mut reports: Vec<VerifyReport> = damaged
+            .into_iter()
+            .map(|d| VerifyReport {
+                content_id: d.entry.content_id,
+                name: d.entry.name,
+                bad_shards: Vec::new(),
+                missing_files: Vec::new(),
+                damaged: Some(d.reason),
+            })
+            .collect();
         for rec in records {
             let mut report = VerifyReport {
                 content_id: rec.entry.content_id,
                 name: rec.entry.name.clone(),
                 bad_shards: Vec::new(),
                 missing_files: Vec::new(),
+                damaged: None,
             };
             for f in &rec.manifest.files {
                 let blob = self.blob_path(&f.blob_id());
@@ -715,13 +836,43 @@ fn set_read_only(path: &Path) -> Result<(), StoreError> {
     fs::set_permissions(path, perms).ctx("chmod", path)
 }
 
-fn disk_usage(path: &Path) -> u64 {
-    match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => list_dir(path)
-            .map(|entries| entries.iter().map(|p| disk_usage(p)).sum())
-            .unwrap_or(0),
-        Ok(m) => m.len(),
-        Err(_) => 0,
+/// The space removing a set of paths frees. A view is a hard link to its blob, and an import
+/// from the HuggingFace cache or Ollama shares the inode with their copy: bytes are freed
+/// only when the last link to an inode goes, so each inode is counted once, and only if every
+/// one of its links was among the removed paths.
+#[derive(Default)]
+struct LinkUsage {
+    /// (device, inode) → (links when first seen, bytes, links removed).
+    inodes: HashMap<(u64, u64), (u64, u64, u64)>,
+}
+
+impl LinkUsage {
+    /// Records `path` (a file, or a directory and everything under it) before it is removed.
+    fn add(&mut self, path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                for p in list_dir(path).unwrap_or_default() {
+                    self.add(&p);
+                }
+            }
+            Ok(m) => {
+                let e = self
+                    .inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_insert((m.nlink(), m.len(), 0));
+                e.2 += 1;
+            }
+            Err(_) => {}
+        }
+    }
+
+    fn freed(&self) -> u64 {
+        self.inodes
+            .values()
+            .filter(|(links, _, removed)| removed >= links)
+            .map(|(_, bytes, _)| bytes)
+            .sum()
     }
 }
 

@@ -561,3 +561,42 @@ fn a_named_import_never_renames_and_a_failed_one_catalogs_nothing() {
         .collect();
     assert_eq!(names, ["mine"]);
 }
+
+#[test]
+fn removing_a_model_reports_the_space_it_really_freed() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("m.gguf");
+    write_gguf(&src, "llama", 1 << 20, 4);
+    let size = fs::metadata(&src).unwrap().len();
+    let out = store.import(&ImportSource::Path(src), &mut |_| {}).unwrap();
+    let manifest_len = fs::metadata(store.root().join("manifests").join(out.content_id.to_hex()))
+        .unwrap()
+        .len();
+    // The view is a hard link to the blob: one copy on disk, counted once.
+    let (_, gc) = store.remove(&r("m"), false).unwrap();
+    assert_eq!(gc.freed_bytes, size + manifest_len);
+
+    // Linked from Ollama, the bytes stay on disk (Ollama's link): only the manifest is freed.
+    let ollama = tmp.path().join("ollama");
+    let hex = "cd".repeat(32);
+    let blob = ollama.join("blobs").join(format!("sha256-{hex}"));
+    fs::create_dir_all(blob.parent().unwrap()).unwrap();
+    write_gguf(&blob, "llama", 1 << 20, 5);
+    let mdir = ollama.join("manifests/registry.ollama.ai/library/tiny");
+    fs::create_dir_all(&mdir).unwrap();
+    fs::write(
+        mdir.join("latest"),
+        format!(r#"{{"layers":[{{"mediaType":"application/vnd.ollama.image.model","digest":"sha256:{hex}"}}]}}"#),
+    )
+    .unwrap();
+    let store = store.with_ollama_dir(&ollama);
+    let out = store
+        .import(&ImportSource::parse("ollama:tiny").unwrap(), &mut |_| {})
+        .unwrap();
+    let manifest_len = fs::metadata(store.root().join("manifests").join(out.content_id.to_hex()))
+        .unwrap()
+        .len();
+    let (_, gc) = store.remove(&r("tiny"), false).unwrap();
+    assert_eq!(gc.freed_bytes, manifest_len);
+    assert!(blob.is_file());
+}

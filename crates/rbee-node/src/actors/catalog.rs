@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rbee_proto::{ContentId, ModelRef};
-use rbee_store::{ModelRecord, Store};
+use rbee_store::{CatalogEntry, ModelRecord, Store};
 
 use super::{Handle, QUICK};
 use crate::error::NodeError;
@@ -35,7 +35,7 @@ pub enum CatalogMsg {
     /// Stamp a model as used now (LRU).
     Touch(ContentId),
     /// Forget a model and delete what nothing else uses.
-    Remove(ModelRef, RpcReplyPort<Result<ModelRecord, NodeError>>),
+    Remove(ModelRef, RpcReplyPort<Result<CatalogEntry, NodeError>>),
 }
 
 #[derive(Debug)]
@@ -115,7 +115,7 @@ impl CatalogHandle {
         self.cast(CatalogMsg::Touch(id));
     }
 
-    pub async fn remove(&self, r: ModelRef) -> Result<ModelRecord, NodeError> {
+    pub async fn remove(&self, r: ModelRef) -> Result<CatalogEntry, NodeError> {
         self.call(|tx| CatalogMsg::Remove(r, tx), QUICK).await
     }
 }

@@ -27,6 +27,16 @@ pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
                 .unwrap_or_else(|| json!({"state": "on_disk"}));
             models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(), "status": state}));
         }
+        // A damaged model is shown as such; it does not make the node unhealthy.
+        let store = ctx.store.clone();
+        if let Ok(Ok(damaged)) = tokio::task::spawn_blocking(move || store.damaged()).await {
+            for d in damaged {
+                models.push(
+                    json!({"name": d.entry.name, "content_id": d.entry.content_id.to_hex(),
+                                   "status": {"state": "damaged", "reason": d.reason}}),
+                );
+            }
+        }
     }
     let ok = worker.is_ok() && catalog.is_ok();
     let errors: Vec<String> = [worker.as_ref().err(), catalog.as_ref().err()]

@@ -279,9 +279,7 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                     ctx.worker.unload(resolved.id()).await?;
                 }
                 let removed = ctx.catalog.remove(r).await?;
-                Ok(
-                    json!({"model": removed.entry.name, "content_id": removed.entry.content_id.to_hex()}),
-                )
+                Ok(json!({"model": removed.name, "content_id": removed.content_id.to_hex()}))
             }
             JobRequest::Infer { ref model, .. } => {
                 let (prompt, params) = req.generation()?;
