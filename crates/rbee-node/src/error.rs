@@ -90,6 +90,7 @@ impl From<StoreError> for NodeError {
             | StoreError::InvalidName(_)
             | StoreError::NameTaken { .. }
             | StoreError::AlreadyCataloged { .. }
+            | StoreError::NotRegularFile { .. }
             | StoreError::Pinned(_)
             | StoreError::Ollama { .. }
             | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),

@@ -27,6 +27,10 @@ pub enum StoreError {
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
+    #[error(
+        "{path} is {kind}, not a regular file: import a GGUF file or a safetensors folder (nothing was read)"
+    )]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("no model `{0}` in the catalog (see `rbee-node models ls`)")]
     NotFound(String),
     #[error("`{name}` already names model {existing}; pick another name or remove it first")]

@@ -11,6 +11,7 @@ use rbee_proto::{
 
 use crate::catalog::CatalogEntry;
 use crate::error::{IoContext, StoreError};
+use crate::fsutil;
 use crate::safetensors;
 use crate::store::{Progress, Store, home};
 use rbee_proto::quant;
@@ -150,6 +151,7 @@ impl Store {
             return self.import_files(files, metadata, source, &base, false, progress);
         }
         let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
+        fsutil::require_regular(path)?;
         let metadata = gguf_metadata(path)?;
         let files = vec![SourceFile {
             path: path.to_path_buf(),
@@ -333,6 +335,7 @@ impl Store {
 
 /// Opens and validates a GGUF, returning the summary the manifest records.
 pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
+    fsutil::require_regular(path)?;
     let wrap = |source| StoreError::Gguf {
         path: path.to_path_buf(),
         source,
@@ -422,6 +425,7 @@ fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), St
     let mut parameters = 0u64;
     let mut by_dtype = std::collections::BTreeMap::<String, u64>::new();
     for w in &weights {
+        fsutil::require_regular(&dir.join(w))?;
         let s = safetensors::check_file(&dir.join(w))?;
         parameters += s.parameters;
         for (k, v) in s.bytes_by_dtype {

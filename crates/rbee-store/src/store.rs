@@ -260,7 +260,7 @@ impl Store {
     ) -> Result<FileEntry, StoreError> {
         // A hard link shares the inode, so we hash the link itself: what we verify is what we keep.
         let linked = link && fs::hard_link(src, tmp).is_ok();
-        let mut input = File::open(if linked { tmp } else { src }).ctx("open", src)?;
+        let mut input = fsutil::open_regular(if linked { tmp } else { src })?;
         let size = input.metadata().ctx("stat", src)?.len();
         let mut output = if linked {
             None

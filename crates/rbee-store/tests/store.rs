@@ -600,3 +600,77 @@ fn removing_a_model_reports_the_space_it_really_freed() {
     assert_eq!(gc.freed_bytes, manifest_len);
     assert!(blob.is_file());
 }
+
+/// Runs `f` on a thread and fails the test if it has not returned within 10 s (a hang).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("hung (opened a FIFO?)")
+}
+
+#[test]
+fn non_regular_sources_are_refused_before_they_are_opened() {
+    let (tmp, store) = setup();
+    let fifo = tmp.path().join("pipe.gguf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let link = tmp.path().join("link.gguf");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let sock = tmp.path().join("sock.gguf");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A safetensors folder whose weights are a FIFO.
+    let folder = tmp.path().join("st");
+    write_safetensors_folder(&folder);
+    let weights = folder.join("model-00002-of-00002.safetensors");
+    fs::remove_file(&weights).unwrap();
+    std::process::Command::new("mkfifo")
+        .arg(&weights)
+        .status()
+        .unwrap();
+
+    for (src, kind) in [
+        (fifo.clone(), "a FIFO"),
+        (link, "a FIFO"),
+        (sock, "a socket"),
+        (PathBuf::from("/dev/null"), "a character device"),
+        (weights.clone(), "a FIFO"),
+    ] {
+        let source = if src == weights {
+            folder.clone()
+        } else {
+            src.clone()
+        };
+        let store = store.clone();
+        let err = within_10s(move || {
+            store
+                .import(&ImportSource::Path(source), &mut |_| {})
+                .unwrap_err()
+        });
+        assert!(
+            matches!(err, StoreError::NotRegularFile { .. }),
+            "{}: {err}",
+            src.display()
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(kind) && msg.contains("not a regular file"),
+            "{msg}"
+        );
+    }
+    assert!(store.list().unwrap().is_empty());
+
+    // A symlink to a regular file is followed.
+    let real = tmp.path().join("real.gguf");
+    write_gguf(&real, "llama", 100, 9);
+    let to_real = tmp.path().join("to-real.gguf");
+    std::os::unix::fs::symlink(&real, &to_real).unwrap();
+    store
+        .import(&ImportSource::Path(to_real), &mut |_| {})
+        .unwrap();
+}
