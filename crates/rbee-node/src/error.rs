@@ -82,6 +82,7 @@ impl From<StoreError> for NodeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => NodeError::NotFound(e.to_string()),
+            StoreError::NodeRunning { .. } => NodeError::Unavailable(e.to_string()),
             StoreError::Gguf { .. }
             | StoreError::Safetensors { .. }
             | StoreError::Unsupported { .. }

@@ -115,6 +115,9 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+    // One node per data dir, held until this returns; taken before the port, so that a
+    // second node on the same dir is told which process has it.
+    let mut node_lock = store.lock_node()?;
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|e| {
@@ -126,6 +129,12 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
+    if let Err(e) = node_lock.record_api_addr(&addr.to_string()) {
+        tracing::warn!(
+            "could not record the API address in {}: {e}",
+            node_lock.path().display()
+        );
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = match config.hub_config().map(rbee_hub::Hub::new) {
         Some(Ok(hub)) => Some(hub),
@@ -219,5 +228,6 @@ pub async fn run(
     }
     supervisor.stop(None);
     let _ = supervisor_done.await;
+    drop(node_lock);
     served.map_err(|e| NodeError::Internal(format!("HTTP server failed: {e}")))
 }

@@ -47,6 +47,10 @@ pub enum StoreError {
         id: ContentId,
         wanted: String,
     },
+    #[error(
+        "another rbee node ({holder}) is already running on the data dir {dir}: stop it first, or give this node its own `--data-dir`"
+    )]
+    NodeRunning { dir: PathBuf, holder: String },
     #[error("model {0} is pinned; unpin it before removing")]
     Pinned(ContentId),
     #[error(

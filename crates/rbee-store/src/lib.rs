@@ -10,6 +10,7 @@
 //! tmp/                    imports in flight; anything here after a crash is garbage
 //! quarantine/<cid>        damaged manifests moved aside, with `<cid>.reason`
 //! catalog.json            names, aliases, pins, last-used stamps (replaced atomically)
+//! node.lock               held by the node running on this data dir (pid, API address)
 //! ```
 //!
 //! Ordering makes it crash-safe: blobs, view and manifest are durable before the catalog names
@@ -27,6 +28,7 @@ mod catalog;
 mod error;
 mod fsutil;
 mod import;
+mod nodelock;
 mod partial;
 mod recover;
 /// The GGUF file choice lives in `rbee-proto` (the hub client needs it too); re-exported here.
@@ -37,6 +39,7 @@ mod store;
 pub use catalog::{CatalogEntry, ModelRecord};
 pub use error::StoreError;
 pub use import::{ImportOutcome, ImportSource};
+pub use nodelock::NodeLock;
 pub use partial::PartialModel;
 pub use recover::{DamagedModel, Listing, RebuildReport};
 pub use store::{

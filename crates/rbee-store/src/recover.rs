@@ -236,7 +236,7 @@ impl Store {
         damaged_catalog: Option<&str>,
     ) -> Result<(CatalogState, Option<RebuildReport>), StoreError> {
         let catalog_path = self.catalog_path();
-        let mut manifests: Vec<(u64, ContentId)> = Vec::new();
+        let mut manifests: Vec<(std::time::Duration, ContentId)> = Vec::new();
         for path in list_dir(&self.root().join("manifests"))? {
             let Some(id) = path
                 .file_name()
@@ -249,8 +249,7 @@ impl Store {
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+                .unwrap_or_default();
             manifests.push((mtime, id));
         }
         let moved_to = match damaged_catalog {
@@ -282,6 +281,7 @@ impl Store {
             damaged: Vec::new(),
         };
         for (mtime, id) in manifests {
+            let mtime = mtime.as_secs();
             let name = match self.read_manifest(&id)? {
                 Ok(m) => {
                     let name = state.unique_name(&sanitize_name(&default_name_hint(&m)));

@@ -674,3 +674,21 @@ fn non_regular_sources_are_refused_before_they_are_opened() {
         .import(&ImportSource::Path(to_real), &mut |_| {})
         .unwrap();
 }
+
+#[test]
+fn one_node_per_data_dir() {
+    let (_tmp, store) = setup();
+    let mut lock = store.lock_node().unwrap();
+    lock.record_api_addr("127.0.0.1:7777").unwrap();
+    let err = Store::open(store.root()).unwrap().lock_node().unwrap_err();
+    assert!(matches!(err, StoreError::NodeRunning { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id()))
+            && msg.contains("http://127.0.0.1:7777")
+            && msg.contains("--data-dir"),
+        "{msg}"
+    );
+    drop(lock);
+    store.lock_node().unwrap();
+}
