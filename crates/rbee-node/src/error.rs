@@ -86,7 +86,8 @@ impl From<StoreError> for NodeError {
             StoreError::Gguf { .. }
             | StoreError::Safetensors { .. }
             | StoreError::Unsupported { .. }
-            | StoreError::DamagedModel { .. } => NodeError::InvalidModel(e.to_string()),
+            | StoreError::DamagedModel { .. }
+            | StoreError::CorruptModelFile { .. } => NodeError::InvalidModel(e.to_string()),
             StoreError::BadSource(_)
             | StoreError::InvalidName(_)
             | StoreError::NameTaken { .. }

@@ -170,7 +170,7 @@ pub async fn run(
         config,
     });
     let args = SupervisorArgs {
-        store,
+        store: store.clone(),
         worker: WorkerArgs {
             device: "cpu".into(),
             budget: ctx.config.cpu_budget(),
@@ -181,6 +181,7 @@ pub async fn run(
                 ..Default::default()
             },
             metrics,
+            store: Some(store),
         },
         catalog: ctx.catalog.clone(),
         provisioner: ctx.provisioner.clone(),

@@ -51,6 +51,15 @@ pub enum StoreError {
         "another rbee node ({holder}) is already running on the data dir {dir}: stop it first, or give this node its own `--data-dir`"
     )]
     NodeRunning { dir: PathBuf, holder: String },
+    #[error(
+        "`{file}` of model `{model}` ({path}) does not match its manifest: {problem}; it was not loaded. Run `rbee-node models verify {model}` to list the damage, then re-pull or re-import the model"
+    )]
+    CorruptModelFile {
+        model: String,
+        file: String,
+        path: PathBuf,
+        problem: String,
+    },
     #[error("model {0} is pinned; unpin it before removing")]
     Pinned(ContentId),
     #[error(

@@ -309,18 +309,23 @@ impl Store {
         let total: u64 = sizes.iter().sum();
         let mut offset = 0u64;
         let mut entries = Vec::with_capacity(files.len());
+        let mut fresh = Vec::new();
         for (f, size) in files.iter().zip(sizes) {
             // Hard links must point at the real file, not at a symlink (the HF cache is all
             // symlinks into its blobs folder).
             let real = fs::canonicalize(&f.path).ctx("resolve", &f.path)?;
-            let entry = self.ingest_file(&real, &f.name, DEFAULT_SHARD_SIZE, link, &mut |p| {
-                progress(Progress {
-                    phase: p.phase,
-                    done: offset + p.done,
-                    total: total.max(offset + p.done),
-                })
-            })?;
+            let (entry, new) =
+                self.ingest_file(&real, &f.name, DEFAULT_SHARD_SIZE, link, &mut |p| {
+                    progress(Progress {
+                        phase: p.phase,
+                        done: offset + p.done,
+                        total: total.max(offset + p.done),
+                    })
+                })?;
             offset += size;
+            if new {
+                fresh.push(entry.blob_id());
+            }
             entries.push(entry);
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -329,7 +334,10 @@ impl Store {
             metadata,
             source,
         };
-        self.commit_model(manifest, name_hint)
+        let outcome = self.commit_model(manifest, name_hint)?;
+        // Hashed on the way in: the first load need not hash them again.
+        self.record_verified(&fresh);
+        Ok(outcome)
     }
 }
 

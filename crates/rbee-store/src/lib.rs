@@ -10,6 +10,7 @@
 //! tmp/                    imports in flight; anything here after a crash is garbage
 //! quarantine/<cid>        damaged manifests moved aside, with `<cid>.reason`
 //! catalog.json            names, aliases, pins, last-used stamps (replaced atomically)
+//! verified.json           what each blob looked like when last verified (see verify_for_load)
 //! node.lock               held by the node running on this data dir (pid, API address)
 //! ```
 //!
@@ -35,6 +36,7 @@ mod recover;
 pub use rbee_proto::quant;
 mod safetensors;
 mod store;
+mod verified;
 
 pub use catalog::{CatalogEntry, ModelRecord};
 pub use error::StoreError;
@@ -46,3 +48,4 @@ pub use store::{
     GcReport, Progress, ShardLocation, Store, VerifyReport, default_data_dir, hf_cache_dir,
     ollama_models_dir,
 };
+pub use verified::LoadCheck;

@@ -302,6 +302,7 @@ impl PartialModel {
         if missing > 0 {
             return Err(StoreError::Incomplete(self.id, missing));
         }
+        let mut fresh = Vec::new();
         for (i, f) in self.manifest.files.iter().enumerate() {
             let path = self.dir.join(format!("{i}.part"));
             let file = &self.parts[i];
@@ -332,8 +333,11 @@ impl PartialModel {
             perms.set_readonly(true);
             fs::set_permissions(&path, perms).ctx("chmod", &path)?;
             fsutil::commit_file(&path, &blob)?;
+            fresh.push(f.blob_id());
         }
         let outcome = self.store.commit_model(self.manifest.clone(), name_hint)?;
+        // Every shard was verified as it was written (or re-read above).
+        self.store.record_verified(&fresh);
         remove_path(&self.dir)?;
         Ok(outcome)
     }

@@ -139,6 +139,10 @@ impl Store {
         self.rebuilt.as_deref()
     }
 
+    pub(crate) fn lock_catalog(&self) -> Result<CatalogLock, StoreError> {
+        self.catalog.lock()
+    }
+
     pub(crate) fn catalog_path(&self) -> &Path {
         self.catalog.path()
     }
@@ -232,7 +236,8 @@ impl Store {
     }
 
     /// Copies (or hard-links, when `link` is set and the filesystem allows) `src` into the blob
-    /// store while hashing it shard by shard. Returns the file's entry, named `name`.
+    /// store while hashing it shard by shard. Returns the file's entry, named `name`, and
+    /// whether its blob is new (stored from the bytes just hashed) rather than already there.
     pub(crate) fn ingest_file(
         &self,
         src: &Path,
@@ -240,7 +245,7 @@ impl Store {
         shard_size: u64,
         link: bool,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<FileEntry, StoreError> {
+    ) -> Result<(FileEntry, bool), StoreError> {
         let tmp = self.tmp_dir().join(fsutil::unique_name("ingest"));
         let result = self.ingest_into(src, &tmp, name, shard_size, link, progress);
         if result.is_err() {
@@ -257,7 +262,7 @@ impl Store {
         shard_size: u64,
         link: bool,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<FileEntry, StoreError> {
+    ) -> Result<(FileEntry, bool), StoreError> {
         // A hard link shares the inode, so we hash the link itself: what we verify is what we keep.
         let linked = link && fs::hard_link(src, tmp).is_ok();
         let mut input = fsutil::open_regular(if linked { tmp } else { src })?;
@@ -317,10 +322,10 @@ impl Store {
         let blob = self.blob_path(&entry.blob_id());
         if blob.exists() {
             fs::remove_file(tmp).ctx("remove", tmp)?;
-        } else {
-            fsutil::commit_file(tmp, &blob)?;
+            return Ok((entry, false));
         }
-        Ok(entry)
+        fsutil::commit_file(tmp, &blob)?;
+        Ok((entry, true))
     }
 
     /// Makes a model whose blobs are all in place visible: manifest, view, then catalog entry.
@@ -588,6 +593,9 @@ impl Store {
         sweep("manifests", &|n| live_models.contains(n))?;
         sweep("tmp", &|n| owner_alive(n))?;
         report.freed_bytes = usage.freed();
+        if !keep_all_blobs {
+            self.prune_verified_locked(&live_blobs);
+        }
         Ok(report)
     }
 

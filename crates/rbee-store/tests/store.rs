@@ -277,6 +277,8 @@ fn partial_pull_at_boundary_sizes_resumes_and_finishes() {
         }
         let out = partial.finish("pulled").unwrap();
         let rec = store.resolve(&ModelRef::ContentId(out.content_id)).unwrap();
+        // Every shard was verified on the way in: the first load hashes nothing.
+        assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
         let dir = store.model_dir(&rec.entry.content_id);
         assert_eq!(
             fs::read(dir.join("model.gguf")).unwrap(),
@@ -691,4 +693,78 @@ fn one_node_per_data_dir() {
     );
     drop(lock);
     store.lock_node().unwrap();
+}
+
+fn make_writable(path: &Path) {
+    let mut perms = fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(path, perms).unwrap();
+}
+
+#[test]
+fn blobs_are_verified_before_a_load_when_new_or_changed() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("m.gguf");
+    write_gguf(&src, "llama", 3 << 20, 6);
+    let out = store
+        .import(&ImportSource::Path(src.clone()), &mut |_| {})
+        .unwrap();
+    let rec = store.resolve(&ModelRef::ContentId(out.content_id)).unwrap();
+    // The import hashed the bytes it stored: nothing to hash on the first load.
+    assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
+
+    // One byte flipped in place (same size): refused, naming the file and what to run.
+    let path = store.primary_path(&rec).unwrap();
+    let file = rec.manifest.files[0].name.clone();
+    make_writable(&path);
+    let good = fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[(4 << 20) + 5] ^= 0x01;
+    fs::write(&path, &bad).unwrap();
+    for _ in 0..2 {
+        let err = store.verify_for_load(&rec).unwrap_err();
+        assert!(matches!(err, StoreError::CorruptModelFile { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("shard 1")
+                && msg.contains(&format!("rbee-node models verify {}", rec.entry.name)),
+            "{msg}"
+        );
+    }
+    // Restored: hashed again once, then recorded.
+    fs::write(&path, &good).unwrap();
+    assert_eq!(
+        store.verify_for_load(&rec).unwrap().rehashed,
+        [file.as_str()]
+    );
+    assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
+
+    // Truncated: refused by size.
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(good.len() as u64 - 1).unwrap();
+    let msg = store.verify_for_load(&rec).unwrap_err().to_string();
+    assert!(msg.contains("bytes, its manifest says"), "{msg}");
+    f.set_len(0).unwrap();
+    drop(f);
+    fs::write(&path, &good).unwrap();
+
+    // Without a record (lost, or a store from before it), the first load hashes.
+    fs::remove_file(store.root().join("verified.json")).unwrap();
+    assert_eq!(
+        store.verify_for_load(&rec).unwrap().rehashed,
+        [file.as_str()]
+    );
+    assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
+
+    // gc forgets the blobs it removes.
+    store
+        .remove(&ModelRef::ContentId(out.content_id), false)
+        .unwrap();
+    let record = fs::read_to_string(store.root().join("verified.json")).unwrap();
+    assert!(
+        !record.contains(&rec.manifest.files[0].blob_id().to_hex()),
+        "{record}"
+    );
 }
