@@ -268,9 +268,9 @@ fn a_second_node_on_the_same_data_dir_is_refused_naming_the_first() {
 fn a_lost_catalog_and_a_corrupt_manifest_lose_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    for name in ["one", "two"] {
+    for (i, name) in ["one", "two"].into_iter().enumerate() {
         let src = tmp.path().join(format!("{name}.gguf"));
-        write_gguf(&src, "llama", 1000 + name.len() * 100);
+        write_gguf(&src, "llama", 1000 + i * 100);
         let out = rbee(&data, &["models", "import", src.to_str().unwrap()]);
         assert!(out.status.success(), "{}", stderr(&out));
     }

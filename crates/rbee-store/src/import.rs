@@ -6,7 +6,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rbee_proto::{
-    DEFAULT_SHARD_SIZE, HfRef, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
+    DEFAULT_SHARD_SIZE, GGUF_FILE_NAME, HfRef, Manifest, ModelFormat, ModelMetadata, ModelRef,
+    ModelSource,
 };
 
 use crate::catalog::CatalogEntry;
@@ -153,9 +154,11 @@ impl Store {
         let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
         fsutil::require_regular(path)?;
         let metadata = gguf_metadata(path)?;
+        // Stored as `model.gguf` whatever it is called (the name stays in the source): the
+        // same bytes are one model.
         let files = vec![SourceFile {
             path: path.to_path_buf(),
-            name: base.clone(),
+            name: GGUF_FILE_NAME.into(),
         }];
         let source = ModelSource::Local { name: base };
         self.import_files(files, metadata, source, &stem, false, progress)
@@ -211,7 +214,7 @@ impl Store {
         };
         let files = vec![SourceFile {
             path: blob,
-            name: "model.gguf".into(),
+            name: GGUF_FILE_NAME.into(),
         }];
         let source = ModelSource::Ollama {
             name: format!("{model}:{tag}"),
@@ -268,7 +271,7 @@ impl Store {
             let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
             let files = vec![SourceFile {
                 path,
-                name: base.clone(),
+                name: GGUF_FILE_NAME.into(),
             }];
             let source = ModelSource::HuggingFace {
                 repo: hf.repo.clone(),

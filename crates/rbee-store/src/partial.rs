@@ -107,8 +107,23 @@ const CHECKPOINT_SHARDS: usize = 16;
 impl Store {
     /// Starts a pull of `manifest`, or resumes the one already under way.
     pub fn begin_partial(&self, manifest: Manifest) -> Result<PartialModel, StoreError> {
+        self.begin_partial_as(manifest.content_id(), manifest)
+    }
+
+    /// [`Store::begin_partial`] for the model the pool knows as `id`, which may be the
+    /// manifest's legacy id (a model cataloged before content ids left out the source); the
+    /// model is cataloged under `id`.
+    pub fn begin_partial_as(
+        &self,
+        id: ContentId,
+        manifest: Manifest,
+    ) -> Result<PartialModel, StoreError> {
         manifest.validate()?;
-        let id = manifest.content_id();
+        if !manifest.matches_id(&id) {
+            return Err(StoreError::BadSource(format!(
+                "the manifest does not hash to {id}"
+            )));
+        }
         let dir = self.partial_dir(&id);
         create_dir_all(&dir)?;
         let manifest_path = dir.join("manifest");
@@ -335,7 +350,9 @@ impl PartialModel {
             fsutil::commit_file(&path, &blob)?;
             fresh.push(f.blob_id());
         }
-        let outcome = self.store.commit_model(self.manifest.clone(), name_hint)?;
+        let outcome = self
+            .store
+            .commit_model_as(self.id, self.manifest.clone(), name_hint)?;
         // Every shard was verified as it was written (or re-read above).
         self.store.record_verified(&fresh);
         remove_path(&self.dir)?;

@@ -94,6 +94,14 @@ pub(crate) fn default_name_hint(m: &Manifest) -> String {
     }
 }
 
+/// What makes two manifests the same model whatever their ids (see `Manifest::canonical_files`).
+fn files_key(m: &Manifest) -> Vec<(String, ContentId)> {
+    m.canonical_files()
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), b))
+        .collect()
+}
+
 impl Store {
     fn quarantine_dir(&self) -> PathBuf {
         self.root().join("quarantine")
@@ -280,10 +288,17 @@ impl Store {
             models: Vec::new(),
             damaged: Vec::new(),
         };
+        let mut seen = Vec::new();
         for (mtime, id) in manifests {
             let mtime = mtime.as_secs();
             let name = match self.read_manifest(&id)? {
+                Ok(m) if seen.contains(&files_key(&m)) => {
+                    // The same bytes under another id (a legacy one, and an import that
+                    // found it): one model; gc removes the extra manifest.
+                    continue;
+                }
                 Ok(m) => {
+                    seen.push(files_key(&m));
                     let name = state.unique_name(&sanitize_name(&default_name_hint(&m)));
                     let complete = m.files.iter().all(|f| {
                         fs::metadata(self.blob_path(&f.blob_id())).is_ok_and(|b| b.len() == f.size)

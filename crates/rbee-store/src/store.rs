@@ -334,8 +334,23 @@ impl Store {
         manifest: Manifest,
         name_hint: &str,
     ) -> Result<ImportOutcome, StoreError> {
+        self.commit_model_as(manifest.content_id(), manifest, name_hint)
+    }
+
+    /// [`Store::commit_model`] under a given id: a pull keeps the id the pool knows the model
+    /// by, the legacy one included (see `Manifest::matches_id`).
+    pub(crate) fn commit_model_as(
+        &self,
+        id: ContentId,
+        manifest: Manifest,
+        name_hint: &str,
+    ) -> Result<ImportOutcome, StoreError> {
         manifest.validate()?;
-        let id = manifest.content_id();
+        if !manifest.matches_id(&id) {
+            return Err(StoreError::BadSource(format!(
+                "the manifest does not hash to {id}"
+            )));
+        }
         let bytes = manifest.encode()?;
         let manifest_path = self.manifest_path(&id);
         // Written when missing, or when the one there is damaged (it is quarantined first):
@@ -358,10 +373,18 @@ impl Store {
                 }
             }
             if let Some(e) = state.get(&id) {
-                return Ok(ImportOutcome::existing(e, manifest.clone()));
+                // The stored manifest: the first import's source, not this one's.
+                let existing = self.manifest_of(e)?;
+                return Ok(ImportOutcome::existing(e, existing));
             }
             if let Some(e) = same_files(state, self, &manifest) {
-                return Ok(ImportOutcome::existing(e, manifest.clone()));
+                // Cataloged under another id (its legacy one): the manifest and view just
+                // written for `id` describe nothing cataloged. Removed under the lock, as gc
+                // would, so that no rebuild catalogs the same bytes twice.
+                remove_path(&manifest_path)?;
+                remove_path(&self.model_dir(&id))?;
+                let existing = self.manifest_of(e)?;
+                return Ok(ImportOutcome::existing(e, existing));
             }
             let now = fsutil::now_secs();
             let entry = CatalogEntry {
@@ -789,25 +812,19 @@ fn unique_prefix<'a>(
     }
 }
 
-/// A cataloged model with byte-identical files (same blobs), whatever its source.
+/// A cataloged model with byte-identical files (same blobs under the same canonical names),
+/// whatever its source or id: a model cataloged under its legacy id is found by a new import
+/// of the same bytes.
 fn same_files<'a>(
     state: &'a CatalogState,
     store: &Store,
     manifest: &Manifest,
 ) -> Option<&'a CatalogEntry> {
-    let want: Vec<_> = manifest
-        .files
-        .iter()
-        .map(|f| (&f.name, f.blob_id()))
-        .collect();
+    let want = manifest.canonical_files();
     state.models.iter().find(|e| {
-        store.load_manifest(&e.content_id).is_ok_and(|m| {
-            m.files.len() == want.len()
-                && m.files
-                    .iter()
-                    .zip(&want)
-                    .all(|(f, (n, b))| &f.name == *n && f.blob_id() == *b)
-        })
+        store
+            .load_manifest(&e.content_id)
+            .is_ok_and(|m| m.canonical_files() == want)
     })
 }
 

@@ -180,7 +180,7 @@ fn verify_finds_a_corrupt_shard_and_read_shard_refuses_it() {
     let reports = store
         .verify(Some(&ModelRef::ContentId(out.content_id)), &mut |_| {})
         .unwrap();
-    assert_eq!(reports[0].bad_shards, vec![("m.gguf".to_string(), 2)]);
+    assert_eq!(reports[0].bad_shards, vec![("model.gguf".to_string(), 2)]);
     assert!(matches!(
         store.read_shard(&rec.manifest, 0, 2, true),
         Err(StoreError::ShardMismatch { index: 2, .. })
