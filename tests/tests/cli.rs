@@ -220,3 +220,103 @@ fn a_killed_import_never_leaves_a_half_model() {
         "no kill landed mid-import; the test proved nothing"
     );
 }
+
+/// A second node on a data dir that a node runs on is refused at once, naming the first.
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused_naming_the_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let first = rbee_tests::NodeProcess::start(&data, &[]);
+    let port = rbee_tests::free_port();
+    let mut second = Command::new(rbee_node_bin())
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["join", "--api-addr", &format!("127.0.0.1:{port}")])
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = second.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            panic!("a second node on the same data dir kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let out = second.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!status.success());
+    let pid = format!("pid {}", first.child.id());
+    assert!(
+        err.contains(&pid) && err.contains(&first.base) && err.contains("already running"),
+        "{err}"
+    );
+    // Reading commands still work while the node runs.
+    let out = rbee(&data, &["models", "ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// The catalog's damage as a user meets it: a lost catalog.json and `models gc` (which used
+/// to delete every model), then a corrupt manifest (which used to fail every listing with an
+/// error that named no file and repeated itself).
+#[test]
+fn a_lost_catalog_and_a_corrupt_manifest_lose_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for (i, name) in ["one", "two"].into_iter().enumerate() {
+        let src = tmp.path().join(format!("{name}.gguf"));
+        write_gguf(&src, "llama", 1000 + i * 100);
+        let out = rbee(&data, &["models", "import", src.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    fs::remove_file(data.join("catalog.json")).unwrap();
+    let out = rbee(&data, &["models", "gc"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("removed 0 paths"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("rebuilt it from the manifests"),
+        "{}",
+        stderr(&out)
+    );
+    let names: Vec<String> = ls_json(&data)
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names, ["one", "two"]);
+
+    let id = ls_json(&data)[0]["content_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let manifest = data.join("manifests").join(&id);
+    let mut bytes = fs::read(&manifest).unwrap();
+    bytes.truncate(bytes.len() / 2);
+    fs::write(&manifest, bytes).unwrap();
+    let out = rbee(&data, &["models", "ls"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("two"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("DAMAGED"), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains(&manifest.display().to_string()),
+        "{}",
+        stderr(&out)
+    );
+    let out = rbee(&data, &["models", "show", "one"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("quarantine") && err.contains("models rm one"),
+        "{err}"
+    );
+    assert_eq!(err.matches("malformed").count(), 1, "{err}");
+    let out = rbee(&data, &["models", "verify"]);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains("DAMAGED  one"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("ok       two"), "{}", stdout(&out));
+}

@@ -294,6 +294,43 @@ fn a_corrupt_model_fails_within_a_second_with_the_reason() {
     assert_eq!(health["models"][0]["status"]["state"], "failed", "{health}");
 }
 
+/// Bit rot that leaves the format intact (one flipped weight) used to load and serve; the
+/// node now checks the file against its manifest first.
+#[test]
+fn a_model_whose_bytes_changed_is_refused_before_it_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let show = rbee(&data, &["models", "show", "demo", "--json"]);
+    let v: Value = serde_json::from_slice(&show.stdout).unwrap();
+    let path = PathBuf::from(v["path"].as_str().unwrap());
+    let mut perms = std::fs::metadata(&path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    std::fs::set_permissions(&path, perms).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let len = f.metadata().unwrap().len();
+    use std::os::unix::fs::FileExt;
+    let mut byte = [0u8; 1];
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_exact_at(&mut byte, len - 4096)
+        .unwrap();
+    f.write_all_at(&[byte[0] ^ 0x10], len - 4096).unwrap();
+    drop(f);
+    let node = NodeProcess::start(&data, &[]);
+    let (s, v) = chat(&node, "hi", json!({}));
+    assert_eq!(s, 422, "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(
+        msg.contains("does not match its manifest")
+            && msg.contains(&path.display().to_string())
+            && msg.contains("rbee-node models verify demo"),
+        "{v}"
+    );
+}
+
 #[test]
 fn a_small_budget_evicts_the_least_recently_used_model() {
     let tmp = tempfile::tempdir().unwrap();

@@ -59,6 +59,7 @@ fn model_path(data_dir: Option<PathBuf>, reference: &str) -> Result<PathBuf> {
     }
     let store = crate::models::open_store(data_dir)?;
     let record = store.resolve(&r)?;
+    store.verify_for_load(&record)?;
     store.touch(&record.entry.content_id)?;
     store
         .primary_path(&record)

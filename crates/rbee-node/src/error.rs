@@ -99,14 +99,17 @@ impl From<StoreError> for NodeError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::NotFound(_) => NodeError::NotFound(e.to_string()),
+            StoreError::NodeRunning { .. } => NodeError::Unavailable(e.to_string()),
             StoreError::Gguf { .. }
             | StoreError::Safetensors { .. }
             | StoreError::Unsupported { .. }
-            | StoreError::DamagedModel { .. } => NodeError::InvalidModel(e.to_string()),
+            | StoreError::DamagedModel { .. }
+            | StoreError::CorruptModelFile { .. } => NodeError::InvalidModel(e.to_string()),
             StoreError::BadSource(_)
             | StoreError::InvalidName(_)
             | StoreError::NameTaken { .. }
             | StoreError::AlreadyCataloged { .. }
+            | StoreError::NotRegularFile { .. }
             | StoreError::Pinned(_)
             | StoreError::Ollama { .. }
             | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),

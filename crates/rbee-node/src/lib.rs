@@ -133,6 +133,9 @@ pub async fn run(
         .resolve_secrets()
         .and_then(|()| config.validate())
         .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+    // One node per data dir, held until this returns; taken before the port, so that a
+    // second node on the same dir is told which process has it.
+    let mut node_lock = store.lock_node()?;
     let listener = tokio::net::TcpListener::bind(config.api_addr)
         .await
         .map_err(|e| {
@@ -144,6 +147,12 @@ pub async fn run(
     let addr = listener
         .local_addr()
         .map_err(|e| NodeError::Internal(e.to_string()))?;
+    if let Err(e) = node_lock.record_api_addr(&addr.to_string()) {
+        tracing::warn!(
+            "could not record the API address in {}: {e}",
+            node_lock.path().display()
+        );
+    }
     let metrics = Arc::new(metrics::Metrics::default());
     let hub = match config.hub_config().map(rbee_hub::Hub::new) {
         Some(Ok(hub)) => Some(hub),
@@ -181,7 +190,7 @@ pub async fn run(
         config,
     });
     let args = SupervisorArgs {
-        store,
+        store: store.clone(),
         worker: WorkerArgs {
             device: "cpu".into(),
             budget: ctx.config.cpu_budget(),
@@ -192,6 +201,7 @@ pub async fn run(
                 ..Default::default()
             },
             metrics,
+            store: Some(store),
         },
         catalog: ctx.catalog.clone(),
         provisioner: ctx.provisioner.clone(),
@@ -237,5 +247,6 @@ pub async fn run(
     }
     supervisor.stop(None);
     let _ = supervisor_done.await;
+    drop(node_lock);
     Ok(())
 }

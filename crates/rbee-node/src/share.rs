@@ -351,7 +351,8 @@ async fn request_manifest(net: &Client, peer: PeerId, id: ContentId) -> Result<M
     match reply {
         Some(ShardReply::Manifest(m)) => {
             m.validate().map_err(|e| format!("invalid manifest: {e}"))?;
-            if m.content_id() != id {
+            // The current rule, or the legacy one of a model cataloged before it.
+            if !m.matches_id(&id) {
                 return Err("sent a manifest that does not hash to the content id".into());
             }
             Ok(m)
@@ -607,7 +608,7 @@ async fn pull_model(
     let total_bytes = manifest.total_size();
     let store = ctx.store.clone();
     let m2 = manifest.clone();
-    let partial: PartialModel = tokio::task::spawn_blocking(move || store.begin_partial(m2))
+    let partial: PartialModel = tokio::task::spawn_blocking(move || store.begin_partial_as(id, m2))
         .await
         .map_err(|e| NodeError::Internal(e.to_string()))??;
     let missing = partial.missing();

@@ -14,13 +14,14 @@ async fn killed_children_come_back_behind_the_same_handles() {
     let tmp = tempfile::tempdir().unwrap();
     let store = rbee_store::Store::open(tmp.path()).unwrap();
     let args = SupervisorArgs {
-        store,
+        store: store.clone(),
         worker: WorkerArgs {
             device: "cpu".into(),
             budget: 1 << 30,
             backend: Arc::new(CandleBackend),
             load: LoadOptions::default(),
             metrics: Arc::default(),
+            store: Some(store),
         },
         catalog: Handle::empty("catalog"),
         provisioner: Handle::empty("provisioner"),

@@ -20,7 +20,7 @@ pub mod quant;
 
 pub use id::{ContentId, IdParseError, ShardHash};
 pub use manifest::{
-    DEFAULT_SHARD_SIZE, FileEntry, MAX_FILES, MAX_SHARD_SIZE, MIN_SHARD_SIZE, Manifest,
-    ManifestError, ModelFormat, ModelMetadata, ModelSource, check_relative_file_name,
+    DEFAULT_SHARD_SIZE, FileEntry, GGUF_FILE_NAME, MAX_FILES, MAX_SHARD_SIZE, MIN_SHARD_SIZE,
+    Manifest, ManifestError, ModelFormat, ModelMetadata, ModelSource, check_relative_file_name,
 };
 pub use model_ref::{HfRef, ModelRef, RefError, is_valid_name};

@@ -3,7 +3,8 @@
 //! A model is one or more files (a GGUF, or a safetensors folder). Each file is cut into
 //! fixed-size shards, and the manifest lists the BLAKE3 hash of every shard, so a file can be
 //! fetched from many peers at once and each piece verified on arrival. The manifest's own
-//! content id is the BLAKE3 hash of its canonical encoding ([`crate::codec`]).
+//! content id covers the content and canonical file names, not where the bytes came from
+//! (see [`Manifest::content_id`]), so the same bytes are one model whatever the file was called.
 
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,9 @@ pub const MAX_SHARD_SIZE: u64 = 64 << 20;
 /// A safetensors model of a few hundred shards is the largest honest case.
 pub const MAX_FILES: usize = 4096;
 const MAX_FILE_NAME: usize = 512;
+/// The name a single-file GGUF model's file has in its manifest and view, whatever it was
+/// called where it came from (that name is kept in [`ModelSource`], outside the id).
+pub const GGUF_FILE_NAME: &str = "model.gguf";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ModelFormat {
@@ -163,19 +167,76 @@ pub struct Manifest {
     pub source: ModelSource,
 }
 
+/// What the content id hashes: the files under their canonical names, and the metadata
+/// (derived from those bytes). Not the source.
+#[derive(Serialize)]
+struct IdInput<'a> {
+    domain: &'a str,
+    files: Vec<(&'a str, u64, u64, &'a [ShardHash])>,
+    metadata: &'a ModelMetadata,
+}
+
 impl Manifest {
-    /// BLAKE3 of the canonical encoding.
+    /// The model's id: BLAKE3 of the canonical encoding of `"rbee-model-v2"`, its files
+    /// (name, size, shard size, shard hashes; sorted by name) and its metadata, where the one
+    /// file of a single-file GGUF model is always named [`GGUF_FILE_NAME`]. The source is left
+    /// out, so identical bytes are one model whether they came from `a.gguf`, `b.gguf`,
+    /// HuggingFace or Ollama.
     pub fn content_id(&self) -> ContentId {
-        // Encoding a validated in-memory manifest cannot fail: no maps, no unsized floats.
+        let single_gguf = self.metadata.format == ModelFormat::Gguf && self.files.len() == 1;
+        let input = IdInput {
+            domain: "rbee-model-v2",
+            files: self
+                .files
+                .iter()
+                .map(|f| {
+                    let name = if single_gguf {
+                        GGUF_FILE_NAME
+                    } else {
+                        f.name.as_str()
+                    };
+                    (name, f.size, f.shard_size, f.shards.as_slice())
+                })
+                .collect(),
+            metadata: &self.metadata,
+        };
+        // Encoding in-memory values cannot fail: no maps, no unsized floats.
+        match codec::encode(&input) {
+            Ok(bytes) => ContentId::of(&bytes),
+            Err(e) => unreachable!("manifest encoding failed: {e}"),
+        }
+    }
+
+    /// The id before `rbee-model-v2`: BLAKE3 of the whole encoding, file names and source
+    /// included. Models cataloged then keep it; see [`Manifest::matches_id`].
+    pub fn legacy_content_id(&self) -> ContentId {
         match codec::encode(self) {
             Ok(bytes) => ContentId::of(&bytes),
             Err(e) => unreachable!("manifest encoding failed: {e}"),
         }
     }
 
-    /// Whether this manifest is the one `id` names.
+    /// Whether this manifest is the one `id` names: under the current rule, or under the
+    /// legacy one (stores and peers from before it file and advertise models by that id).
     pub fn matches_id(&self, id: &ContentId) -> bool {
-        self.content_id() == *id
+        self.content_id() == *id || self.legacy_content_id() == *id
+    }
+
+    /// Files as the content id sees them: (canonical name, blob id), sorted by name. Two
+    /// manifests with equal lists hold the same bytes under the same roles.
+    pub fn canonical_files(&self) -> Vec<(&str, ContentId)> {
+        let single_gguf = self.metadata.format == ModelFormat::Gguf && self.files.len() == 1;
+        self.files
+            .iter()
+            .map(|f| {
+                let name = if single_gguf {
+                    GGUF_FILE_NAME
+                } else {
+                    f.name.as_str()
+                };
+                (name, f.blob_id())
+            })
+            .collect()
     }
 
     pub fn total_size(&self) -> u64 {
@@ -288,10 +349,53 @@ pub(crate) mod tests {
         let back = Manifest::decode(&bytes).unwrap();
         assert_eq!(back, m);
         assert_eq!(back.content_id(), m.content_id());
-        assert_eq!(m.content_id(), ContentId::of(&bytes));
+        assert_eq!(m.legacy_content_id(), ContentId::of(&bytes));
+        assert!(m.matches_id(&m.content_id()) && m.matches_id(&m.legacy_content_id()));
+        // Pinned: changing what the id covers changes every model's id.
+        assert_eq!(
+            sample(10).content_id().to_hex(),
+            "05b9ad8e0d97221b892540e19b63149bd5d282f81c93bdbdb4f7f496243ee340"
+        );
+    }
+
+    #[test]
+    fn the_same_bytes_are_one_model_whatever_the_file_was_called() {
+        let m = sample(3 * MIN_SHARD_SIZE + 1);
+        let mut renamed = m.clone();
+        renamed.files[0].name = "tiny-Q4_K_M.gguf".into();
+        renamed.source = ModelSource::Local {
+            name: "tiny-Q4_K_M.gguf".into(),
+        };
+        let mut pulled = m.clone();
+        pulled.source = ModelSource::HuggingFace {
+            repo: "org/repo".into(),
+            revision: "0".repeat(40),
+            file: Some("sub/x.gguf".into()),
+        };
+        assert_eq!(renamed.content_id(), m.content_id());
+        assert_eq!(pulled.content_id(), m.content_id());
+        assert_eq!(renamed.canonical_files(), m.canonical_files());
+        // The legacy id told them apart.
+        assert_ne!(renamed.legacy_content_id(), m.legacy_content_id());
+
+        // Other bytes, metadata or (for several files) names are another model.
         let mut other = m.clone();
-        other.source = ModelSource::Ollama { name: "x".into() };
+        other.files[0].shards[0] = ShardHash::of(b"other");
         assert_ne!(other.content_id(), m.content_id());
+        let mut other = m.clone();
+        other.metadata.context_length += 1;
+        assert_ne!(other.content_id(), m.content_id());
+        let mut two = m.clone();
+        two.files.insert(
+            0,
+            FileEntry {
+                name: "config.json".into(),
+                ..m.files[0].clone()
+            },
+        );
+        let mut two_renamed = two.clone();
+        two_renamed.files[1].name = "weights.gguf".into();
+        assert_ne!(two.content_id(), two_renamed.content_id());
     }
 
     #[test]

@@ -27,6 +27,10 @@ pub enum StoreError {
     Safetensors { path: PathBuf, reason: String },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
+    #[error(
+        "{path} is {kind}, not a regular file: import a GGUF file or a safetensors folder (nothing was read)"
+    )]
+    NotRegularFile { path: PathBuf, kind: &'static str },
     #[error("no model `{0}` in the catalog (see `rbee-node models ls`)")]
     NotFound(String),
     #[error("`{name}` already names model {existing}; pick another name or remove it first")]
@@ -42,6 +46,19 @@ pub enum StoreError {
         name: String,
         id: ContentId,
         wanted: String,
+    },
+    #[error(
+        "another rbee node ({holder}) is already running on the data dir {dir}: stop it first, or give this node its own `--data-dir`"
+    )]
+    NodeRunning { dir: PathBuf, holder: String },
+    #[error(
+        "`{file}` of model `{model}` ({path}) does not match its manifest: {problem}; it was not loaded. Run `rbee-node models verify {model}` to list the damage, then re-pull or re-import the model"
+    )]
+    CorruptModelFile {
+        model: String,
+        file: String,
+        path: PathBuf,
+        problem: String,
     },
     #[error("model {0} is pinned; unpin it before removing")]
     Pinned(ContentId),

@@ -91,6 +91,61 @@ pub(crate) fn list_dir(dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
     }
 }
 
+/// What a non-regular file is, in words.
+fn kind_of(t: &fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_block_device() {
+        "a block device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Fails unless `path` is a regular file (after following symlinks), without opening it:
+/// opening a FIFO blocks until a writer comes, so an import of one would hang forever.
+pub(crate) fn require_regular(path: &Path) -> Result<fs::Metadata, StoreError> {
+    let meta = fs::metadata(path).ctx("stat", path)?;
+    if meta.is_file() {
+        return Ok(meta);
+    }
+    Err(StoreError::NotRegularFile {
+        path: path.to_path_buf(),
+        kind: kind_of(&meta.file_type()),
+    })
+}
+
+/// Opens a regular file for reading, refusing anything else before it can block: checked
+/// first by name, then (the name may have been swapped meanwhile) on the open file, which
+/// on Linux is opened non-blocking so that even a FIFO put there at the last moment returns.
+pub(crate) fn open_regular(path: &Path) -> Result<File, StoreError> {
+    require_regular(path)?;
+    let mut options = OpenOptions::new();
+    options.read(true);
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        // No effect on reads of a regular file.
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options.open(path).ctx("open", path)?;
+    let meta = file.metadata().ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(StoreError::NotRegularFile {
+            path: path.to_path_buf(),
+            kind: kind_of(&meta.file_type()),
+        });
+    }
+    Ok(file)
+}
+
 /// Reads until `buf` is full or the reader ends; returns how many bytes were read.
 pub(crate) fn read_full(r: &mut impl std::io::Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut filled = 0;

@@ -6,11 +6,13 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use rbee_proto::{
-    DEFAULT_SHARD_SIZE, HfRef, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
+    DEFAULT_SHARD_SIZE, GGUF_FILE_NAME, HfRef, Manifest, ModelFormat, ModelMetadata, ModelRef,
+    ModelSource,
 };
 
 use crate::catalog::CatalogEntry;
 use crate::error::{IoContext, StoreError};
+use crate::fsutil;
 use crate::safetensors;
 use crate::store::{Progress, Store, home};
 use rbee_proto::quant;
@@ -150,10 +152,13 @@ impl Store {
             return self.import_files(files, metadata, source, &base, false, progress);
         }
         let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
+        fsutil::require_regular(path)?;
         let metadata = gguf_metadata(path)?;
+        // Stored as `model.gguf` whatever it is called (the name stays in the source): the
+        // same bytes are one model.
         let files = vec![SourceFile {
             path: path.to_path_buf(),
-            name: base.clone(),
+            name: GGUF_FILE_NAME.into(),
         }];
         let source = ModelSource::Local { name: base };
         self.import_files(files, metadata, source, &stem, false, progress)
@@ -209,7 +214,7 @@ impl Store {
         };
         let files = vec![SourceFile {
             path: blob,
-            name: "model.gguf".into(),
+            name: GGUF_FILE_NAME.into(),
         }];
         let source = ModelSource::Ollama {
             name: format!("{model}:{tag}"),
@@ -266,7 +271,7 @@ impl Store {
             let stem = base.strip_suffix(".gguf").unwrap_or(&base).to_string();
             let files = vec![SourceFile {
                 path,
-                name: base.clone(),
+                name: GGUF_FILE_NAME.into(),
             }];
             let source = ModelSource::HuggingFace {
                 repo: hf.repo.clone(),
@@ -307,18 +312,23 @@ impl Store {
         let total: u64 = sizes.iter().sum();
         let mut offset = 0u64;
         let mut entries = Vec::with_capacity(files.len());
+        let mut fresh = Vec::new();
         for (f, size) in files.iter().zip(sizes) {
             // Hard links must point at the real file, not at a symlink (the HF cache is all
             // symlinks into its blobs folder).
             let real = fs::canonicalize(&f.path).ctx("resolve", &f.path)?;
-            let entry = self.ingest_file(&real, &f.name, DEFAULT_SHARD_SIZE, link, &mut |p| {
-                progress(Progress {
-                    phase: p.phase,
-                    done: offset + p.done,
-                    total: total.max(offset + p.done),
-                })
-            })?;
+            let (entry, new) =
+                self.ingest_file(&real, &f.name, DEFAULT_SHARD_SIZE, link, &mut |p| {
+                    progress(Progress {
+                        phase: p.phase,
+                        done: offset + p.done,
+                        total: total.max(offset + p.done),
+                    })
+                })?;
             offset += size;
+            if new {
+                fresh.push(entry.blob_id());
+            }
             entries.push(entry);
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
@@ -327,12 +337,16 @@ impl Store {
             metadata,
             source,
         };
-        self.commit_model(manifest, name_hint)
+        let outcome = self.commit_model(manifest, name_hint)?;
+        // Hashed on the way in: the first load need not hash them again.
+        self.record_verified(&fresh);
+        Ok(outcome)
     }
 }
 
 /// Opens and validates a GGUF, returning the summary the manifest records.
 pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
+    fsutil::require_regular(path)?;
     let wrap = |source| StoreError::Gguf {
         path: path.to_path_buf(),
         source,
@@ -422,6 +436,7 @@ fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), St
     let mut parameters = 0u64;
     let mut by_dtype = std::collections::BTreeMap::<String, u64>::new();
     for w in &weights {
+        fsutil::require_regular(&dir.join(w))?;
         let s = safetensors::check_file(&dir.join(w))?;
         parameters += s.parameters;
         for (k, v) in s.bytes_by_dtype {

@@ -10,6 +10,8 @@
 //! tmp/                    imports in flight; anything here after a crash is garbage
 //! quarantine/<cid>        damaged manifests moved aside, with `<cid>.reason`
 //! catalog.json            names, aliases, pins, last-used stamps (replaced atomically)
+//! verified.json           what each blob looked like when last verified (see verify_for_load)
+//! node.lock               held by the node running on this data dir (pid, API address)
 //! ```
 //!
 //! Ordering makes it crash-safe: blobs, view and manifest are durable before the catalog names
@@ -27,19 +29,23 @@ mod catalog;
 mod error;
 mod fsutil;
 mod import;
+mod nodelock;
 mod partial;
 mod recover;
 /// The GGUF file choice lives in `rbee-proto` (the hub client needs it too); re-exported here.
 pub use rbee_proto::quant;
 mod safetensors;
 mod store;
+mod verified;
 
 pub use catalog::{CatalogEntry, ModelRecord};
 pub use error::StoreError;
 pub use import::{ImportOutcome, ImportSource};
+pub use nodelock::NodeLock;
 pub use partial::PartialModel;
 pub use recover::{DamagedModel, Listing, RebuildReport};
 pub use store::{
     GcReport, Progress, ShardLocation, Store, VerifyReport, default_data_dir, hf_cache_dir,
     ollama_models_dir,
 };
+pub use verified::LoadCheck;

@@ -107,8 +107,23 @@ const CHECKPOINT_SHARDS: usize = 16;
 impl Store {
     /// Starts a pull of `manifest`, or resumes the one already under way.
     pub fn begin_partial(&self, manifest: Manifest) -> Result<PartialModel, StoreError> {
+        self.begin_partial_as(manifest.content_id(), manifest)
+    }
+
+    /// [`Store::begin_partial`] for the model the pool knows as `id`, which may be the
+    /// manifest's legacy id (a model cataloged before content ids left out the source); the
+    /// model is cataloged under `id`.
+    pub fn begin_partial_as(
+        &self,
+        id: ContentId,
+        manifest: Manifest,
+    ) -> Result<PartialModel, StoreError> {
         manifest.validate()?;
-        let id = manifest.content_id();
+        if !manifest.matches_id(&id) {
+            return Err(StoreError::BadSource(format!(
+                "the manifest does not hash to {id}"
+            )));
+        }
         let dir = self.partial_dir(&id);
         create_dir_all(&dir)?;
         let manifest_path = dir.join("manifest");
@@ -302,6 +317,7 @@ impl PartialModel {
         if missing > 0 {
             return Err(StoreError::Incomplete(self.id, missing));
         }
+        let mut fresh = Vec::new();
         for (i, f) in self.manifest.files.iter().enumerate() {
             let path = self.dir.join(format!("{i}.part"));
             let file = &self.parts[i];
@@ -332,8 +348,13 @@ impl PartialModel {
             perms.set_readonly(true);
             fs::set_permissions(&path, perms).ctx("chmod", &path)?;
             fsutil::commit_file(&path, &blob)?;
+            fresh.push(f.blob_id());
         }
-        let outcome = self.store.commit_model(self.manifest.clone(), name_hint)?;
+        let outcome = self
+            .store
+            .commit_model_as(self.id, self.manifest.clone(), name_hint)?;
+        // Every shard was verified as it was written (or re-read above).
+        self.store.record_verified(&fresh);
         remove_path(&self.dir)?;
         Ok(outcome)
     }

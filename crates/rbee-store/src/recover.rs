@@ -94,6 +94,14 @@ pub(crate) fn default_name_hint(m: &Manifest) -> String {
     }
 }
 
+/// What makes two manifests the same model whatever their ids (see `Manifest::canonical_files`).
+fn files_key(m: &Manifest) -> Vec<(String, ContentId)> {
+    m.canonical_files()
+        .into_iter()
+        .map(|(n, b)| (n.to_string(), b))
+        .collect()
+}
+
 impl Store {
     fn quarantine_dir(&self) -> PathBuf {
         self.root().join("quarantine")
@@ -236,7 +244,7 @@ impl Store {
         damaged_catalog: Option<&str>,
     ) -> Result<(CatalogState, Option<RebuildReport>), StoreError> {
         let catalog_path = self.catalog_path();
-        let mut manifests: Vec<(u64, ContentId)> = Vec::new();
+        let mut manifests: Vec<(std::time::Duration, ContentId)> = Vec::new();
         for path in list_dir(&self.root().join("manifests"))? {
             let Some(id) = path
                 .file_name()
@@ -249,8 +257,7 @@ impl Store {
                 .ok()
                 .and_then(|m| m.modified().ok())
                 .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+                .unwrap_or_default();
             manifests.push((mtime, id));
         }
         let moved_to = match damaged_catalog {
@@ -281,9 +288,17 @@ impl Store {
             models: Vec::new(),
             damaged: Vec::new(),
         };
+        let mut seen = Vec::new();
         for (mtime, id) in manifests {
+            let mtime = mtime.as_secs();
             let name = match self.read_manifest(&id)? {
+                Ok(m) if seen.contains(&files_key(&m)) => {
+                    // The same bytes under another id (a legacy one, and an import that
+                    // found it): one model; gc removes the extra manifest.
+                    continue;
+                }
                 Ok(m) => {
+                    seen.push(files_key(&m));
                     let name = state.unique_name(&sanitize_name(&default_name_hint(&m)));
                     let complete = m.files.iter().all(|f| {
                         fs::metadata(self.blob_path(&f.blob_id())).is_ok_and(|b| b.len() == f.size)

@@ -139,6 +139,10 @@ impl Store {
         self.rebuilt.as_deref()
     }
 
+    pub(crate) fn lock_catalog(&self) -> Result<CatalogLock, StoreError> {
+        self.catalog.lock()
+    }
+
     pub(crate) fn catalog_path(&self) -> &Path {
         self.catalog.path()
     }
@@ -232,7 +236,8 @@ impl Store {
     }
 
     /// Copies (or hard-links, when `link` is set and the filesystem allows) `src` into the blob
-    /// store while hashing it shard by shard. Returns the file's entry, named `name`.
+    /// store while hashing it shard by shard. Returns the file's entry, named `name`, and
+    /// whether its blob is new (stored from the bytes just hashed) rather than already there.
     pub(crate) fn ingest_file(
         &self,
         src: &Path,
@@ -240,7 +245,7 @@ impl Store {
         shard_size: u64,
         link: bool,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<FileEntry, StoreError> {
+    ) -> Result<(FileEntry, bool), StoreError> {
         let tmp = self.tmp_dir().join(fsutil::unique_name("ingest"));
         let result = self.ingest_into(src, &tmp, name, shard_size, link, progress);
         if result.is_err() {
@@ -257,10 +262,10 @@ impl Store {
         shard_size: u64,
         link: bool,
         progress: &mut dyn FnMut(Progress),
-    ) -> Result<FileEntry, StoreError> {
+    ) -> Result<(FileEntry, bool), StoreError> {
         // A hard link shares the inode, so we hash the link itself: what we verify is what we keep.
         let linked = link && fs::hard_link(src, tmp).is_ok();
-        let mut input = File::open(if linked { tmp } else { src }).ctx("open", src)?;
+        let mut input = fsutil::open_regular(if linked { tmp } else { src })?;
         let size = input.metadata().ctx("stat", src)?.len();
         let mut output = if linked {
             None
@@ -317,10 +322,10 @@ impl Store {
         let blob = self.blob_path(&entry.blob_id());
         if blob.exists() {
             fs::remove_file(tmp).ctx("remove", tmp)?;
-        } else {
-            fsutil::commit_file(tmp, &blob)?;
+            return Ok((entry, false));
         }
-        Ok(entry)
+        fsutil::commit_file(tmp, &blob)?;
+        Ok((entry, true))
     }
 
     /// Makes a model whose blobs are all in place visible: manifest, view, then catalog entry.
@@ -329,8 +334,23 @@ impl Store {
         manifest: Manifest,
         name_hint: &str,
     ) -> Result<ImportOutcome, StoreError> {
+        self.commit_model_as(manifest.content_id(), manifest, name_hint)
+    }
+
+    /// [`Store::commit_model`] under a given id: a pull keeps the id the pool knows the model
+    /// by, the legacy one included (see `Manifest::matches_id`).
+    pub(crate) fn commit_model_as(
+        &self,
+        id: ContentId,
+        manifest: Manifest,
+        name_hint: &str,
+    ) -> Result<ImportOutcome, StoreError> {
         manifest.validate()?;
-        let id = manifest.content_id();
+        if !manifest.matches_id(&id) {
+            return Err(StoreError::BadSource(format!(
+                "the manifest does not hash to {id}"
+            )));
+        }
         let bytes = manifest.encode()?;
         let manifest_path = self.manifest_path(&id);
         // Written when missing, or when the one there is damaged (it is quarantined first):
@@ -353,10 +373,18 @@ impl Store {
                 }
             }
             if let Some(e) = state.get(&id) {
-                return Ok(ImportOutcome::existing(e, manifest.clone()));
+                // The stored manifest: the first import's source, not this one's.
+                let existing = self.manifest_of(e)?;
+                return Ok(ImportOutcome::existing(e, existing));
             }
             if let Some(e) = same_files(state, self, &manifest) {
-                return Ok(ImportOutcome::existing(e, manifest.clone()));
+                // Cataloged under another id (its legacy one): the manifest and view just
+                // written for `id` describe nothing cataloged. Removed under the lock, as gc
+                // would, so that no rebuild catalogs the same bytes twice.
+                remove_path(&manifest_path)?;
+                remove_path(&self.model_dir(&id))?;
+                let existing = self.manifest_of(e)?;
+                return Ok(ImportOutcome::existing(e, existing));
             }
             let now = fsutil::now_secs();
             let entry = CatalogEntry {
@@ -588,6 +616,9 @@ impl Store {
         sweep("manifests", &|n| live_models.contains(n))?;
         sweep("tmp", &|n| owner_alive(n))?;
         report.freed_bytes = usage.freed();
+        if !keep_all_blobs {
+            self.prune_verified_locked(&live_blobs);
+        }
         Ok(report)
     }
 
@@ -781,25 +812,19 @@ fn unique_prefix<'a>(
     }
 }
 
-/// A cataloged model with byte-identical files (same blobs), whatever its source.
+/// A cataloged model with byte-identical files (same blobs under the same canonical names),
+/// whatever its source or id: a model cataloged under its legacy id is found by a new import
+/// of the same bytes.
 fn same_files<'a>(
     state: &'a CatalogState,
     store: &Store,
     manifest: &Manifest,
 ) -> Option<&'a CatalogEntry> {
-    let want: Vec<_> = manifest
-        .files
-        .iter()
-        .map(|f| (&f.name, f.blob_id()))
-        .collect();
+    let want = manifest.canonical_files();
     state.models.iter().find(|e| {
-        store.load_manifest(&e.content_id).is_ok_and(|m| {
-            m.files.len() == want.len()
-                && m.files
-                    .iter()
-                    .zip(&want)
-                    .all(|(f, (n, b))| &f.name == *n && f.blob_id() == *b)
-        })
+        store
+            .load_manifest(&e.content_id)
+            .is_ok_and(|m| m.canonical_files() == want)
     })
 }
 

@@ -180,7 +180,7 @@ fn verify_finds_a_corrupt_shard_and_read_shard_refuses_it() {
     let reports = store
         .verify(Some(&ModelRef::ContentId(out.content_id)), &mut |_| {})
         .unwrap();
-    assert_eq!(reports[0].bad_shards, vec![("m.gguf".to_string(), 2)]);
+    assert_eq!(reports[0].bad_shards, vec![("model.gguf".to_string(), 2)]);
     assert!(matches!(
         store.read_shard(&rec.manifest, 0, 2, true),
         Err(StoreError::ShardMismatch { index: 2, .. })
@@ -277,6 +277,8 @@ fn partial_pull_at_boundary_sizes_resumes_and_finishes() {
         }
         let out = partial.finish("pulled").unwrap();
         let rec = store.resolve(&ModelRef::ContentId(out.content_id)).unwrap();
+        // Every shard was verified on the way in: the first load hashes nothing.
+        assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
         let dir = store.model_dir(&rec.entry.content_id);
         assert_eq!(
             fs::read(dir.join("model.gguf")).unwrap(),
@@ -599,4 +601,170 @@ fn removing_a_model_reports_the_space_it_really_freed() {
     let (_, gc) = store.remove(&r("tiny"), false).unwrap();
     assert_eq!(gc.freed_bytes, manifest_len);
     assert!(blob.is_file());
+}
+
+/// Runs `f` on a thread and fails the test if it has not returned within 10 s (a hang).
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(10))
+        .expect("hung (opened a FIFO?)")
+}
+
+#[test]
+fn non_regular_sources_are_refused_before_they_are_opened() {
+    let (tmp, store) = setup();
+    let fifo = tmp.path().join("pipe.gguf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let link = tmp.path().join("link.gguf");
+    std::os::unix::fs::symlink(&fifo, &link).unwrap();
+    let sock = tmp.path().join("sock.gguf");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    // A safetensors folder whose weights are a FIFO.
+    let folder = tmp.path().join("st");
+    write_safetensors_folder(&folder);
+    let weights = folder.join("model-00002-of-00002.safetensors");
+    fs::remove_file(&weights).unwrap();
+    std::process::Command::new("mkfifo")
+        .arg(&weights)
+        .status()
+        .unwrap();
+
+    for (src, kind) in [
+        (fifo.clone(), "a FIFO"),
+        (link, "a FIFO"),
+        (sock, "a socket"),
+        (PathBuf::from("/dev/null"), "a character device"),
+        (weights.clone(), "a FIFO"),
+    ] {
+        let source = if src == weights {
+            folder.clone()
+        } else {
+            src.clone()
+        };
+        let store = store.clone();
+        let err = within_10s(move || {
+            store
+                .import(&ImportSource::Path(source), &mut |_| {})
+                .unwrap_err()
+        });
+        assert!(
+            matches!(err, StoreError::NotRegularFile { .. }),
+            "{}: {err}",
+            src.display()
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(kind) && msg.contains("not a regular file"),
+            "{msg}"
+        );
+    }
+    assert!(store.list().unwrap().is_empty());
+
+    // A symlink to a regular file is followed.
+    let real = tmp.path().join("real.gguf");
+    write_gguf(&real, "llama", 100, 9);
+    let to_real = tmp.path().join("to-real.gguf");
+    std::os::unix::fs::symlink(&real, &to_real).unwrap();
+    store
+        .import(&ImportSource::Path(to_real), &mut |_| {})
+        .unwrap();
+}
+
+#[test]
+fn one_node_per_data_dir() {
+    let (_tmp, store) = setup();
+    let mut lock = store.lock_node().unwrap();
+    lock.record_api_addr("127.0.0.1:7777").unwrap();
+    let err = Store::open(store.root()).unwrap().lock_node().unwrap_err();
+    assert!(matches!(err, StoreError::NodeRunning { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!("pid {}", std::process::id()))
+            && msg.contains("http://127.0.0.1:7777")
+            && msg.contains("--data-dir"),
+        "{msg}"
+    );
+    drop(lock);
+    store.lock_node().unwrap();
+}
+
+fn make_writable(path: &Path) {
+    let mut perms = fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perms.set_readonly(false);
+    fs::set_permissions(path, perms).unwrap();
+}
+
+#[test]
+fn blobs_are_verified_before_a_load_when_new_or_changed() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("m.gguf");
+    write_gguf(&src, "llama", 3 << 20, 6);
+    let out = store
+        .import(&ImportSource::Path(src.clone()), &mut |_| {})
+        .unwrap();
+    let rec = store.resolve(&ModelRef::ContentId(out.content_id)).unwrap();
+    // The import hashed the bytes it stored: nothing to hash on the first load.
+    assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
+
+    // One byte flipped in place (same size): refused, naming the file and what to run.
+    let path = store.primary_path(&rec).unwrap();
+    let file = rec.manifest.files[0].name.clone();
+    make_writable(&path);
+    let good = fs::read(&path).unwrap();
+    let mut bad = good.clone();
+    bad[(4 << 20) + 5] ^= 0x01;
+    fs::write(&path, &bad).unwrap();
+    for _ in 0..2 {
+        let err = store.verify_for_load(&rec).unwrap_err();
+        assert!(matches!(err, StoreError::CorruptModelFile { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&path.display().to_string())
+                && msg.contains("shard 1")
+                && msg.contains(&format!("rbee-node models verify {}", rec.entry.name)),
+            "{msg}"
+        );
+    }
+    // Restored: hashed again once, then recorded.
+    fs::write(&path, &good).unwrap();
+    assert_eq!(
+        store.verify_for_load(&rec).unwrap().rehashed,
+        [file.as_str()]
+    );
+    assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
+
+    // Truncated: refused by size.
+    let f = fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(good.len() as u64 - 1).unwrap();
+    let msg = store.verify_for_load(&rec).unwrap_err().to_string();
+    assert!(msg.contains("bytes, its manifest says"), "{msg}");
+    f.set_len(0).unwrap();
+    drop(f);
+    fs::write(&path, &good).unwrap();
+
+    // Without a record (lost, or a store from before it), the first load hashes.
+    fs::remove_file(store.root().join("verified.json")).unwrap();
+    assert_eq!(
+        store.verify_for_load(&rec).unwrap().rehashed,
+        [file.as_str()]
+    );
+    assert!(store.verify_for_load(&rec).unwrap().rehashed.is_empty());
+
+    // gc forgets the blobs it removes.
+    store
+        .remove(&ModelRef::ContentId(out.content_id), false)
+        .unwrap();
+    let record = fs::read_to_string(store.root().join("verified.json")).unwrap();
+    assert!(
+        !record.contains(&rec.manifest.files[0].blob_id().to_hex()),
+        "{record}"
+    );
 }

@@ -110,6 +110,9 @@ pub struct WorkerArgs {
     pub backend: Arc<dyn Backend>,
     pub load: LoadOptions,
     pub metrics: Arc<Metrics>,
+    /// Where models come from: their files are verified against the manifest through it
+    /// before each load (hashed when new or changed). `None` loads files as they are.
+    pub store: Option<rbee_store::Store>,
 }
 
 pub struct WorkerState {
@@ -226,8 +229,24 @@ impl WorkerState {
         let opts = self.args.load.clone();
         let path: PathBuf = model.path.clone();
         let me = me.clone();
+        let store = self.args.store.clone();
+        let record = model.record;
         tokio::task::spawn_blocking(move || {
-            let result = backend.load(&path, &opts).map_err(NodeError::from);
+            // The bytes must be the ones the manifest names before an engine sees them: a
+            // corrupt blob would otherwise load and serve (bit rot rarely breaks the format).
+            let verified = match &store {
+                Some(store) => match store.verify_for_load(&record) {
+                    Ok(check) if !check.rehashed.is_empty() => {
+                        tracing::info!(model = %record.entry.name, files = ?check.rehashed, "verified against the manifest");
+                        Ok(())
+                    }
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(NodeError::from(e)),
+                },
+                None => Ok(()),
+            };
+            let result =
+                verified.and_then(|()| backend.load(&path, &opts).map_err(NodeError::from));
             let _ = me.cast(WorkerMsg::Loaded { id, result });
         });
     }
