@@ -111,6 +111,7 @@ impl From<StoreError> for NodeError {
             | StoreError::AlreadyCataloged { .. }
             | StoreError::NotRegularFile { .. }
             | StoreError::Pinned(_)
+            | StoreError::Cancelled
             | StoreError::Ollama { .. }
             | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),
             other => NodeError::Internal(other.to_string()),

@@ -60,6 +60,8 @@ pub enum StoreError {
         path: PathBuf,
         problem: String,
     },
+    #[error("cancelled; nothing was imported")]
+    Cancelled,
     #[error("model {0} is pinned; unpin it before removing")]
     Pinned(ContentId),
     #[error(

@@ -14,7 +14,7 @@ use crate::catalog::CatalogEntry;
 use crate::error::{IoContext, StoreError};
 use crate::fsutil;
 use crate::safetensors;
-use crate::store::{Progress, Store, home};
+use crate::store::{Progress, Report, Store, home};
 use rbee_proto::quant;
 
 /// Where an import reads from.
@@ -89,6 +89,17 @@ impl Store {
         src: &ImportSource,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ImportOutcome, StoreError> {
+        self.import_reporting(src, &mut |p| {
+            progress(p);
+            Ok(())
+        })
+    }
+
+    fn import_reporting(
+        &self,
+        src: &ImportSource,
+        progress: &mut Report<'_>,
+    ) -> Result<ImportOutcome, StoreError> {
         match src {
             ImportSource::Path(p) => self.import_path(p, progress),
             ImportSource::Ollama(name) => self.import_ollama(name, progress),
@@ -106,12 +117,30 @@ impl Store {
         name: Option<&str>,
         progress: &mut dyn FnMut(Progress),
     ) -> Result<ImportOutcome, StoreError> {
+        self.import_cancellable(src, name, &|| false, progress)
+    }
+
+    /// [`Store::import_named`] that stops, between shards, once `cancelled` says so: it then
+    /// returns [`StoreError::Cancelled`] having cataloged nothing and left no partial blob.
+    pub fn import_cancellable(
+        &self,
+        src: &ImportSource,
+        name: Option<&str>,
+        cancelled: &dyn Fn() -> bool,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<ImportOutcome, StoreError> {
         if let Some(n) = name
             && !rbee_proto::is_valid_name(n)
         {
             return Err(StoreError::InvalidName(n.to_string()));
         }
-        let mut out = self.import(src, progress)?;
+        let mut out = self.import_reporting(src, &mut |p| {
+            if cancelled() {
+                return Err(StoreError::Cancelled);
+            }
+            progress(p);
+            Ok(())
+        })?;
         let Some(wanted) = name.filter(|n| *n != out.name) else {
             return Ok(out);
         };
@@ -139,7 +168,7 @@ impl Store {
     fn import_path(
         &self,
         path: &Path,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut Report<'_>,
     ) -> Result<ImportOutcome, StoreError> {
         let meta = fs::metadata(path).ctx("open", path)?;
         let base = path
@@ -167,7 +196,7 @@ impl Store {
     fn import_ollama(
         &self,
         name: &str,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut Report<'_>,
     ) -> Result<ImportOutcome, StoreError> {
         let err = |reason: String| StoreError::Ollama {
             name: name.to_string(),
@@ -226,7 +255,7 @@ impl Store {
     fn import_hf_cache(
         &self,
         hf: &HfRef,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut Report<'_>,
     ) -> Result<ImportOutcome, StoreError> {
         let repo_dir = self
             .hf_cache_root()?
@@ -303,7 +332,7 @@ impl Store {
         source: ModelSource,
         name_hint: &str,
         link: bool,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut Report<'_>,
     ) -> Result<ImportOutcome, StoreError> {
         let mut sizes = Vec::with_capacity(files.len());
         for f in &files {
@@ -314,6 +343,12 @@ impl Store {
         let mut entries = Vec::with_capacity(files.len());
         let mut fresh = Vec::new();
         for (f, size) in files.iter().zip(sizes) {
+            // Reported before each file is opened, so a cancelled import reads nothing more.
+            progress(Progress {
+                phase: "import",
+                done: offset,
+                total,
+            })?;
             // Hard links must point at the real file, not at a symlink (the HF cache is all
             // symlinks into its blobs folder).
             let real = fs::canonicalize(&f.path).ctx("resolve", &f.path)?;

@@ -22,6 +22,10 @@ pub struct Progress {
     pub total: u64,
 }
 
+/// Where the store's import path reports progress; an `Err` (a cancelled job) stops it
+/// between shards.
+pub(crate) type Report<'a> = dyn FnMut(Progress) -> Result<(), StoreError> + 'a;
+
 /// Where a shard's bytes live on this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ShardLocation {
@@ -244,7 +248,7 @@ impl Store {
         name: &str,
         shard_size: u64,
         link: bool,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut Report<'_>,
     ) -> Result<(FileEntry, bool), StoreError> {
         let tmp = self.tmp_dir().join(fsutil::unique_name("ingest"));
         let result = self.ingest_into(src, &tmp, name, shard_size, link, progress);
@@ -261,7 +265,7 @@ impl Store {
         name: &str,
         shard_size: u64,
         link: bool,
-        progress: &mut dyn FnMut(Progress),
+        progress: &mut Report<'_>,
     ) -> Result<(FileEntry, bool), StoreError> {
         // A hard link shares the inode, so we hash the link itself: what we verify is what we keep.
         let linked = link && fs::hard_link(src, tmp).is_ok();
@@ -297,7 +301,7 @@ impl Store {
                 phase: "import",
                 done,
                 total: size.max(done),
-            });
+            })?;
             if n < chunk {
                 break;
             }

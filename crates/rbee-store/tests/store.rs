@@ -152,6 +152,50 @@ fn invalid_gguf_is_refused_with_the_reason_and_leaves_nothing() {
 }
 
 #[test]
+fn an_import_cancelled_mid_file_stops_and_leaves_nothing() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("big.gguf");
+    // Three 4 MiB shards, cancelled once the first is in.
+    write_gguf(&src, "qwen3", 3 << 20, 7);
+    let mut reports = Vec::new();
+    let seen = std::cell::Cell::new(0u64);
+    let err = store
+        .import_cancellable(
+            &ImportSource::Path(src.clone()),
+            Some("big"),
+            &|| seen.get() > 0,
+            &mut |p| {
+                seen.set(p.done);
+                reports.push(p.done);
+            },
+        )
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Cancelled), "{err}");
+    assert_eq!(
+        reports,
+        [0, 4 << 20],
+        "stopped at the first shard after the cancel"
+    );
+    assert!(store.list().unwrap().is_empty());
+    for sub in ["blobs", "views", "manifests", "tmp"] {
+        assert!(
+            dir_entries(&store.root().join(sub)).is_empty(),
+            "{sub} not empty"
+        );
+    }
+    // The same source imports in full afterwards.
+    let out = store
+        .import_cancellable(
+            &ImportSource::Path(src),
+            Some("big"),
+            &|| false,
+            &mut |_| {},
+        )
+        .unwrap();
+    assert_eq!(out.name, "big");
+}
+
+#[test]
 fn verify_finds_a_corrupt_shard_and_read_shard_refuses_it() {
     let (tmp, store) = setup();
     let src = tmp.path().join("m.gguf");

@@ -150,7 +150,7 @@ fn pull(store: &Store, hub: &rbee_hub::Hub, hf: &rbee_proto::HfRef, job: &Job) {
     }
 }
 
-fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
+pub(crate) fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
     job.phase("importing");
     let started = Instant::now();
     let mut last = Instant::now();
@@ -158,7 +158,10 @@ fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
         Ok(s) => s,
         Err(e) => return job.fail(e),
     };
-    let result = store.import_named(&src, name, &mut |p| {
+    // A cancelled job stops the import at its next shard (and unlocks the path, which the
+    // actor holds until this returns).
+    let cancelled = || job.is_cancelled();
+    let result = store.import_cancellable(&src, name, &cancelled, &mut |p| {
         // A progress event at most every 100 ms keeps the stream readable.
         if last.elapsed().as_millis() < 100 && p.done < p.total {
             return;
@@ -188,3 +191,42 @@ fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
 }
 
 pub type ProvisionerHandle = Handle<ProvisionerMsg>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::{JobStatus, Jobs};
+
+    fn gguf(dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("tiny.gguf");
+        rbee_gguf::writer::GgufWriter::tiny_model("llama")
+            .write_file(&path)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn a_cancelled_import_ends_and_catalogs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path().join("data")).unwrap();
+        let src = gguf(dir.path());
+        let jobs = Jobs::default();
+        let job = jobs.create("model_import");
+        job.cancel();
+        import(&store, src.to_str().unwrap(), Some("tiny"), &job);
+        assert_eq!(job.status(), JobStatus::Cancelled);
+        assert!(
+            job.summary()["error"]
+                .as_str()
+                .unwrap()
+                .contains("cancelled")
+        );
+        assert!(store.list().unwrap().is_empty());
+        // Nothing half-written is left behind for gc to find.
+        assert_eq!(store.gc().unwrap().removed_paths, 0);
+
+        let job = jobs.create("model_import");
+        import(&store, src.to_str().unwrap(), Some("tiny"), &job);
+        assert_eq!(job.status(), JobStatus::Done, "{}", job.summary());
+    }
+}
