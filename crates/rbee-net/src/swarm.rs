@@ -635,16 +635,10 @@ impl EventLoop {
     }
 
     fn on_status(&mut self, source: PeerId, data: &[u8]) {
-        if data.len() > MAX_STATUS_SIZE {
-            return;
-        }
-        let status: NodeStatus = match rbee_proto::codec::decode(data) {
+        let status = match NodeStatus::from_wire(data) {
             Ok(s) => s,
-            Err(e) => return tracing::debug!(%source, "malformed status ignored: {e}"),
+            Err(e) => return tracing::debug!(%source, "status ignored: {e}"),
         };
-        if let Err(e) = status.validate() {
-            return tracing::debug!(%source, "status ignored: {e}");
-        }
         let name = status.name.clone();
         let connected = self.swarm.is_connected(&source);
         let change = {

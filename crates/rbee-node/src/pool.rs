@@ -26,9 +26,9 @@ use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
 
 /// Largest request frame (a long conversation; the HTTP body limit is the same).
-const MAX_REQUEST_FRAME: usize = 4 << 20;
+pub const MAX_REQUEST_FRAME: usize = 4 << 20;
 /// Largest response frame (one piece of text, or the final stats).
-const MAX_RESPONSE_FRAME: usize = 1 << 20;
+pub const MAX_RESPONSE_FRAME: usize = 1 << 20;
 /// Generations served to peers at once; more are refused with "busy".
 const MAX_INBOUND: usize = 64;
 /// How long a peer has to send its request after opening the stream.
@@ -45,6 +45,23 @@ pub struct InferRequest {
     pub model: String,
     pub prompt: Prompt,
     pub params: SamplingParams,
+}
+
+impl InferRequest {
+    /// What a serving node refuses before it pulls, loads or queues anything for a peer:
+    /// the same rules as the HTTP API's (a peer is not trusted more than a client).
+    pub fn check(&self) -> Result<(), NodeError> {
+        // (The parse error shows at most the start of a long name.)
+        if let Err(e) = self.model.parse::<rbee_proto::ModelRef>() {
+            return Err(NodeError::BadRequest(e.to_string()));
+        }
+        self.params.validate().map_err(NodeError::BadRequest)?;
+        if let Prompt::Chat(messages) = &self.prompt {
+            rbee_infer::chat::check_messages(messages)
+                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -209,7 +226,7 @@ fn error_frame(e: &NodeError) -> InferFrame {
 }
 
 /// The error a peer reported, as this node's own.
-fn from_wire(status: u16, message: String, node: &str) -> NodeError {
+pub fn from_wire(status: u16, message: String, node: &str) -> NodeError {
     let message = format!("{message} (on node {node})");
     match status {
         400 => NodeError::BadRequest(message),
@@ -272,6 +289,11 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
             }
             Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
         };
+    if let Err(e) = request.check() {
+        tracing::debug!(%peer, "refused an infer request: {e}");
+        let _ = write_frame(stream, &error_frame(&e)).await;
+        return;
+    }
     tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
     // The request is a job here too: what happens before the first token (a pull from the
     // pool, a load) is listed in this node's jobs and relayed to the caller as it happens.

@@ -23,10 +23,10 @@ use crate::NodeContext;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
 
-/// Requests a peer may send before its stream is dropped.
-const REQUEST_CAP: usize = 4096;
+/// Largest request frame a peer may send on `/rbee/shard/1`.
+pub const REQUEST_CAP: usize = 4096;
 /// Largest reply frame (a manifest; shard bytes are not framed).
-const REPLY_CAP: usize = rbee_proto::codec::MAX_MESSAGE_SIZE;
+pub const REPLY_CAP: usize = rbee_proto::codec::MAX_MESSAGE_SIZE;
 /// Longest wait for one shard (4 MiB) before the peer counts as stalled.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight per peer during a pull.
@@ -348,11 +348,17 @@ async fn request_manifest(net: &Client, peer: PeerId, id: ContentId) -> Result<M
             .map_err(|_| "timed out".to_string())?
             .map_err(|e| e.to_string())?;
     let _ = s.close().await;
+    manifest_reply(reply, &id)
+}
+
+/// What a peer's answer to `ShardRequest::Manifest(id)` is worth: a manifest that is valid
+/// and hashes to `id`, or why not.
+pub fn manifest_reply(reply: Option<ShardReply>, id: &ContentId) -> Result<Manifest, String> {
     match reply {
         Some(ShardReply::Manifest(m)) => {
             m.validate().map_err(|e| format!("invalid manifest: {e}"))?;
             // The current rule, or the legacy one of a model cataloged before it.
-            if !m.matches_id(&id) {
+            if !m.matches_id(id) {
                 return Err("sent a manifest that does not hash to the content id".into());
             }
             Ok(m)

@@ -118,6 +118,21 @@ impl DiskModel {
 pub struct StatusError(pub String);
 
 impl NodeStatus {
+    /// A status as it arrives from a peer's gossip: at most [`MAX_STATUS_SIZE`] bytes, in the
+    /// rbee codec, within the limits of [`NodeStatus::validate`].
+    pub fn from_wire(data: &[u8]) -> Result<NodeStatus, StatusError> {
+        if data.len() > MAX_STATUS_SIZE {
+            return Err(StatusError(format!(
+                "{} bytes, over the limit of {MAX_STATUS_SIZE}",
+                data.len()
+            )));
+        }
+        let status: NodeStatus =
+            crate::codec::decode(data).map_err(|e| StatusError(e.to_string()))?;
+        status.validate()?;
+        Ok(status)
+    }
+
     /// Checks the limits a decoded status must respect.
     pub fn validate(&self) -> Result<(), StatusError> {
         let long = |s: &str| s.len() > MAX_STATUS_STRING;
