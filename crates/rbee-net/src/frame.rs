@@ -49,8 +49,18 @@ where
             "peer sent a frame of {len} bytes; the limit here is {max}"
         )));
     }
-    let mut buf = vec![0u8; len];
-    stream.read_exact(&mut buf).await?;
+    // Grown as bytes arrive, not allocated at the declared length: a peer that announces
+    // the cap and sends four bytes holds four bytes of ours, not the cap.
+    let mut buf = Vec::with_capacity(len.min(64 << 10));
+    AsyncReadExt::take(&mut *stream, len as u64)
+        .read_to_end(&mut buf)
+        .await?;
+    if buf.len() != len {
+        return Err(NetError::Protocol(format!(
+            "stream ended inside a frame ({} of {len} bytes)",
+            buf.len()
+        )));
+    }
     rbee_proto::codec::decode(&buf)
         .map(Some)
         .map_err(|e| NetError::Protocol(e.to_string()))

@@ -95,10 +95,11 @@ fn guarded(what: &str, input: &[u8], limit: usize, f: impl FnOnce()) {
     );
 }
 
-/// Beyond the frame buffer: decoding may allocate a bounded multiple of what it read
-/// (a `Vec` of small structs), and serde's size-hint preallocation is capped at 1 MiB.
-fn decode_limit(cap: usize, input: usize) -> usize {
-    cap + (1 << 20) + 64 * input
+/// What a node may allocate for `input` bytes from a peer: a bounded multiple of what
+/// arrived (the codec's size classes), and serde's size-hint preallocation, capped at 1 MiB.
+/// Not the frame cap: a header that lies about the length costs what was actually sent.
+fn decode_limit(input: usize) -> usize {
+    (1 << 20) + 64 * input
 }
 
 fn framed(body: &[u8]) -> Vec<u8> {
@@ -386,7 +387,7 @@ mod erased {
 }
 
 fn check(t: &Target, input: &[u8]) {
-    let limit = decode_limit(t.cap, input.len());
+    let limit = decode_limit(input.len());
     guarded(t.name, input, limit, || (t.run)(input));
 }
 

@@ -40,14 +40,32 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MAX_MESSAGE_SIZE {
         return Err(CodecError::TooLarge { size: bytes.len() });
     }
-    let (value, used) = bincode::serde::decode_from_slice(bytes, config())
-        .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    // bincode checks every length it reads against the config's limit before it allocates,
+    // not against the bytes left, so the limit is what a few lying bytes can make us
+    // allocate. It scales with the input: 16× the size class (a value claims at most 8× its
+    // encoding, a `u64` in a one-byte varint), so no valid message is refused.
+    let decoded = match bytes.len() {
+        0..=1024 => decode_within::<T, { 16 << 10 }>(bytes),
+        ..=4096 => decode_within::<T, { 64 << 10 }>(bytes),
+        ..=16384 => decode_within::<T, { 256 << 10 }>(bytes),
+        ..=65536 => decode_within::<T, { 1 << 20 }>(bytes),
+        ..=262_144 => decode_within::<T, { 4 << 20 }>(bytes),
+        _ => decode_within::<T, MAX_MESSAGE_SIZE>(bytes),
+    };
+    let (value, used) = decoded.map_err(|e| CodecError::Malformed(e.to_string()))?;
     if used != bytes.len() {
         return Err(CodecError::TrailingBytes {
             trailing: bytes.len() - used,
         });
     }
     Ok(value)
+}
+
+fn decode_within<T: DeserializeOwned, const LIMIT: usize>(
+    bytes: &[u8],
+) -> Result<(T, usize), bincode::error::DecodeError> {
+    let config = bincode::config::standard().with_limit::<LIMIT>();
+    bincode::serde::decode_from_slice(bytes, config)
 }
 
 #[cfg(test)]
@@ -94,6 +112,35 @@ mod tests {
         let mut forged = vec![252u8];
         forged.extend_from_slice(&(MAX_MESSAGE_SIZE as u32 * 2).to_le_bytes());
         assert!(decode::<Vec<u64>>(&forged).is_err());
+    }
+
+    #[test]
+    fn the_size_classes_never_refuse_a_valid_message() {
+        // The densest claims per encoded byte: small `u64`s (8 claimed per byte), at every
+        // class boundary and either side of it.
+        for n in [
+            1usize,
+            1023,
+            1024,
+            1025,
+            4096,
+            4097,
+            16384,
+            65537,
+            262_145,
+            1 << 20,
+        ] {
+            let v: Vec<u64> = (0..n as u64).map(|i| i % 100).collect();
+            let bytes = encode(&v).unwrap();
+            assert_eq!(decode::<Vec<u64>>(&bytes).unwrap(), v, "{n} values");
+            let s: Vec<String> = (0..n / 8 + 1).map(|i| "x".repeat(i % 9)).collect();
+            assert_eq!(decode::<Vec<String>>(&encode(&s).unwrap()).unwrap(), s);
+        }
+        // A short message that claims a long string is refused at its size class.
+        let mut forged = vec![252u8];
+        forged.extend_from_slice(&(8u32 << 20).to_le_bytes());
+        let e = decode::<String>(&forged).unwrap_err().to_string();
+        assert!(e.contains("LimitExceeded"), "{e}");
     }
 
     proptest! {
