@@ -46,10 +46,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     // encoding, a `u64` in a one-byte varint), so no valid message is refused.
     let decoded = match bytes.len() {
         0..=1024 => decode_within::<T, { 16 << 10 }>(bytes),
-        ..=4096 => decode_within::<T, { 64 << 10 }>(bytes),
-        ..=16384 => decode_within::<T, { 256 << 10 }>(bytes),
-        ..=65536 => decode_within::<T, { 1 << 20 }>(bytes),
-        ..=262_144 => decode_within::<T, { 4 << 20 }>(bytes),
+        1025..=4096 => decode_within::<T, { 64 << 10 }>(bytes),
+        4097..=16384 => decode_within::<T, { 256 << 10 }>(bytes),
+        16385..=65536 => decode_within::<T, { 1 << 20 }>(bytes),
+        65537..=262_144 => decode_within::<T, { 4 << 20 }>(bytes),
         _ => decode_within::<T, MAX_MESSAGE_SIZE>(bytes),
     };
     let (value, used) = decoded.map_err(|e| CodecError::Malformed(e.to_string()))?;
