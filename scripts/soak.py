@@ -302,6 +302,7 @@ class Node:
         self.lock = threading.Lock()
         self.max_rss = 0
         self.max_rss_at = 0.0
+        self.max_rss_split = (0, 0)
         self.exit_codes = []
         self.data.mkdir(parents=True)
 
@@ -371,14 +372,16 @@ class Node:
 
 
 def read_rss_kib(pid):
+    """(VmRSS, RssAnon, RssFile) in KiB from /proc/<pid>/status; zeros when it is gone."""
+    vals = {}
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
+                if line.startswith(("VmRSS:", "RssAnon:", "RssFile:")):
+                    vals[line.split(":")[0]] = int(line.split()[1])
     except (OSError, ValueError):
         pass
-    return 0
+    return vals.get("VmRSS", 0), vals.get("RssAnon", 0), vals.get("RssFile", 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -404,6 +407,7 @@ class Soak:
         self.lock = threading.Lock()
         self.counts = collections.defaultdict(collections.Counter)
         self.notes = collections.defaultdict(collections.Counter)
+        self.first_note = {}
         self.defects = []
         self.script_errors = []
         self.greedy = {}
@@ -421,7 +425,11 @@ class Soak:
         with self.lock:
             self.counts[kind][outcome] += 1
             if outcome in (CLEAR, OK, DOWN) and detail:
-                self.notes[(kind, outcome)][short(detail, 90)] += 1
+                key = short(re.sub(r"[0-9a-f]{12,}|\d+", "#", detail), 100)
+                self.notes[(kind, outcome)][key] += 1
+                self.first_note.setdefault((kind, outcome, key),
+                                           f"{node} at {time.time() - self.t_start:.0f}s: "
+                                           f"{short(detail, 600)}")
             if outcome == DEFECT:
                 self.defects.append({"t": time.time() - self.t_start, "kind": kind,
                                      "node": node, "detail": detail,
@@ -581,15 +589,18 @@ class Soak:
 
     def rss_sampler(self):
         with open(self.tmp / "rss.csv", "w") as f:
-            f.write("secs," + ",".join(f"node-{i + 1}_rss_mib" for i in range(3)) + "\n")
+            f.write("secs," + ",".join(f"node-{i + 1}_{c}_mib" for i in range(3)
+                                       for c in ("rss", "anon", "file")) + "\n")
             while not self.rss_stop.is_set():
                 row = [f"{time.time() - self.t_start:.0f}"]
                 for n in self.nodes:
                     p = n.proc
-                    kib = read_rss_kib(p.pid) if p is not None and p.poll() is None else 0
-                    if kib * 1024 > n.max_rss:
-                        n.max_rss, n.max_rss_at = kib * 1024, time.time() - self.t_start
-                    row.append(f"{kib / 1024:.0f}")
+                    rss, anon, file = (read_rss_kib(p.pid) if p is not None and p.poll() is None
+                                       else (0, 0, 0))
+                    if rss * 1024 > n.max_rss:
+                        n.max_rss, n.max_rss_at = rss * 1024, time.time() - self.t_start
+                        n.max_rss_split = (anon * 1024, file * 1024)
+                    row += [f"{rss / 1024:.0f}", f"{anon / 1024:.0f}", f"{file / 1024:.0f}"]
                 f.write(",".join(row) + "\n")
                 f.flush()
                 self.rss_stop.wait(self.args.rss_interval)
@@ -654,11 +665,12 @@ class Soak:
             lacking = [n for n in up if holding[n.name] is not None
                        and "demo" not in holding[n.name]]
             r = rng.random()
-            if lacking and r < 0.45:
-                self.run_op("pull", rng.choice(lacking), self.op_pull)
-            elif lacking and r < 0.6:
-                self.run_op("pull_cancel", rng.choice(lacking), self.op_pull_cancel)
-            elif r < 0.75:
+            if lacking:
+                if r < 0.7:
+                    self.run_op("pull", rng.choice(lacking), self.op_pull)
+                else:
+                    self.run_op("pull_cancel", rng.choice(lacking), self.op_pull_cancel)
+            elif r < 0.15:
                 # Remove the demo model only where both other nodes are up and hold it, so the
                 # pool never loses its last copies.
                 ok = [n for n in up if "demo" in (holding[n.name] or ())
@@ -670,9 +682,12 @@ class Soak:
                         self.run_op("pull", node, self.op_pull)
                 else:
                     self.run_op("pull", rng.choice(up), self.op_pull)
-            elif r < 0.87:
+            elif r < 0.3:
+                # Already present here: the pull must say so (`local`).
+                self.run_op("pull", rng.choice(up), self.op_pull)
+            elif r < 0.6:
                 self.run_op("import_fresh", rng.choice(up), self.op_import_fresh, rng)
-            elif r < 0.96:
+            elif r < 0.88:
                 with_demo = [n for n in up if "demo" in (holding[n.name] or ())]
                 if with_demo:
                     self.run_op("reimport", rng.choice(with_demo), self.op_reimport_demo, rng)
@@ -1242,11 +1257,12 @@ class Soak:
         notes = [(k, o, m, c) for (k, o), ms in self.notes.items() for m, c in ms.items()
                  if o == CLEAR]
         if notes:
-            p("clear errors seen (count, kind, message):")
+            p("clear errors seen (count, kind; the first one in full):")
             for k, o, m, c in sorted(notes, key=lambda x: -x[3])[:12]:
-                p(f"  {c:>4}  {k:<13} {m}")
+                p(f"  {c:>4}  {k:<13} {self.first_note.get((k, o, m), m)}")
         p("")
-        p(f"{'node':<8} {'starts':>6} {'max RSS':>10} {'limit':>10} {'RSS ok':>6}  verify")
+        p(f"{'node':<8} {'starts':>6} {'max RSS':>10} {'(anon+file)':>13} {'at':>5} "
+          f"{'limit':>10} {'RSS ok':>6}  verify")
         rss_ok_all, verify_ok_all = True, True
         for n in self.nodes:
             ok_rss = n.max_rss <= limit
@@ -1254,8 +1270,10 @@ class Soak:
             vok, vcount, vtext = self.verify_results.get(n.name, (False, 0, "not run"))
             verify_ok_all &= vok
             vdesc = f"clean ({vcount} models ok)" if vok else "FAILED"
-            p(f"{n.name:<8} {n.starts:>6} {n.max_rss / MIB:>6.0f} MiB {limit / MIB:>6.0f} MiB "
-              f"{'yes' if ok_rss else 'NO':>6}  {vdesc}")
+            split = f"({n.max_rss_split[0] / MIB:.0f}+{n.max_rss_split[1] / MIB:.0f})"
+            p(f"{n.name:<8} {n.starts:>6} {n.max_rss / MIB:>6.0f} MiB {split:>13} "
+              f"{n.max_rss_at:>4.0f}s {limit / MIB:>6.0f} MiB {'yes' if ok_rss else 'NO':>6}  "
+              f"{vdesc}")
         p(f"(limit = --memory-budget {a.memory_budget / MIB:.0f} MiB for models + "
           f"--rss-margin {a.rss_margin / MIB:.0f} MiB for the process itself: runtime, "
           "buffers, the mapped model file; RSS sampled every "

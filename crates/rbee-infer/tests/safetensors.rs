@@ -556,3 +556,127 @@ fn unknown_architectures_are_refused_with_the_supported_list() {
     assert!(err.contains("gpt_neox"), "{err}");
     assert!(err.contains("llama, mistral, qwen2"), "{err}");
 }
+
+/// Every way a safetensors header can lie, for both readers of it: the engine's loader
+/// (`SafetensorsModel::open`, then the backend's load) and the store's import check. Each
+/// gives `Ok` or an error, never a panic; a refused import catalogs nothing.
+#[test]
+fn damaged_safetensors_headers_are_refused_by_loader_and_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("m");
+    let model = random_model("llama", true, 9);
+    write_folder(&folder, "llama", true, &model, Dtype::F32, 1);
+    let file = folder.join("model.safetensors");
+    let good = std::fs::read(&file).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&good[8..8 + header_len]).unwrap();
+    let data = &good[8 + header_len..];
+
+    let with_header = |h: &[u8]| {
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(h);
+        out.extend_from_slice(data);
+        out
+    };
+    let mut cases: Vec<Vec<u8>> = Vec::new();
+    // The length field lies.
+    for len in [
+        0,
+        1,
+        7,
+        header_len as u64 - 1,
+        header_len as u64 + 1,
+        good.len() as u64 - 8,
+        good.len() as u64,
+        (100 << 20) + 1,
+        u64::MAX,
+    ] {
+        let mut v = good.clone();
+        v[..8].copy_from_slice(&len.to_le_bytes());
+        cases.push(v);
+    }
+    // Cut anywhere in the length or the header, and just after it.
+    for cut in (0..8 + header_len + 16).step_by(13) {
+        cases.push(good[..cut].to_vec());
+    }
+    // Structural bytes dropped into the header.
+    for i in (8..8 + header_len).step_by(37) {
+        for b in [b'"', b'{', b']', b',', b'9', b'-', 0xff, 0x00] {
+            let mut v = good.clone();
+            v[i] = b;
+            cases.push(v);
+        }
+    }
+    // Values that lie: offsets out of the file or reversed, shapes that overflow or do
+    // not match the bytes, dtypes that do not exist, metadata of the wrong type.
+    let name = model.keys().next().unwrap().clone();
+    let lies = [
+        ("data_offsets", json!([0u64, u64::MAX])),
+        ("data_offsets", json!([u64::MAX - 1, u64::MAX])),
+        ("data_offsets", json!([10, 5])),
+        ("data_offsets", json!([-1, 5])),
+        ("data_offsets", json!([0])),
+        ("shape", json!([u64::MAX, 2])),
+        ("shape", json!([1u64 << 32, 1u64 << 32])),
+        ("shape", json!([])),
+        ("shape", json!([0])),
+        ("shape", json!("32")),
+        ("dtype", json!("F128")),
+        ("dtype", json!("")),
+        ("dtype", json!(5)),
+    ];
+    for (field, value) in lies {
+        let mut h = header.clone();
+        h[&name][field] = value;
+        cases.push(with_header(&serde_json::to_vec(&h).unwrap()));
+    }
+    for extra in [
+        json!({"__metadata__": [1, 2]}),
+        json!({"": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}),
+        json!({"dup": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}),
+    ] {
+        let mut h = header.clone();
+        h.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        cases.push(with_header(&serde_json::to_vec(&h).unwrap()));
+    }
+    cases.push(with_header(b"[]"));
+    cases.push(with_header(b"null"));
+    cases.push(with_header(&b"[".repeat(10_000)));
+
+    let store = rbee_store::Store::open(tmp.path().join("store")).unwrap();
+    let mut refused = 0;
+    for (i, bytes) in cases.iter().enumerate() {
+        std::fs::write(&file, bytes).unwrap();
+        let outcome = std::panic::catch_unwind(|| {
+            let opened = SafetensorsModel::open(&folder).is_ok();
+            let loaded = CandleBackend.load(&folder, &LoadOptions::default()).is_ok();
+            let source = rbee_store::ImportSource::Path(folder.clone());
+            let before = store.list().unwrap().len();
+            let imported = store.import(&source, &mut |_| {});
+            if imported.is_err() {
+                assert_eq!(
+                    store.list().unwrap().len(),
+                    before,
+                    "a refused import cataloged"
+                );
+            }
+            (opened, loaded)
+        });
+        let (opened, loaded) = outcome.unwrap_or_else(|_| {
+            panic!("case {i} panicked: {:02x?}", &bytes[..bytes.len().min(80)])
+        });
+        // The backend never runs what the loader refused.
+        assert!(
+            opened || !loaded,
+            "case {i}: loaded a folder that does not open"
+        );
+        refused += usize::from(!opened);
+    }
+    assert!(
+        refused > cases.len() / 2,
+        "only {refused} of {} refused",
+        cases.len()
+    );
+}
