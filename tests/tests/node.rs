@@ -126,7 +126,9 @@ fn errors_have_openai_shape_and_status() {
     let (s, v) = chat(&node, "hi", json!({"temperature": -3}));
     assert_eq!(s, 400, "{v}");
     let (s, v) = chat(&node, &"word ".repeat(200), json!({}));
-    assert_eq!(s, 413, "{v}");
+    // OpenAI's answer to a prompt that does not fit: 400, `context_length_exceeded`.
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "context_length_exceeded", "{v}");
     assert!(
         v["error"]["message"]
             .as_str()

@@ -14,8 +14,12 @@ pub struct SamplingParams {
     pub min_p: Option<f32>,
     /// 1.0 disables it.
     pub repeat_penalty: f32,
-    /// How many recent tokens the penalty looks at.
+    /// How many recent tokens the penalties look at (prompt included, as llama.cpp).
     pub repeat_last_n: usize,
+    /// OpenAI's: subtracted from a token's logit once per time it occurs in the window.
+    pub frequency_penalty: f32,
+    /// OpenAI's: subtracted from a token's logit once if it occurs in the window at all.
+    pub presence_penalty: f32,
     pub seed: Option<u64>,
     pub max_tokens: usize,
     /// Generation stops before the first occurrence of any of these in the output text.
@@ -33,6 +37,8 @@ impl Default for SamplingParams {
             min_p: Some(0.05),
             repeat_penalty: 1.0,
             repeat_last_n: 64,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
             seed: None,
             max_tokens: 256,
             stop: Vec::new(),
@@ -77,6 +83,14 @@ impl SamplingParams {
                 self.repeat_penalty
             ));
         }
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return Err(format!("{name} {v} must be between -2 and 2 (0 is off)"));
+            }
+        }
         if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS {
             return Err(format!(
                 "max_tokens {} must be 1..={MAX_TOKENS} (generation also stops at the context length)",
@@ -117,13 +131,15 @@ const MAX_CANDIDATES: usize = 1024;
 /// Above this a repetition penalty only garbles text; huge values overflow to infinity.
 const MAX_REPEAT_PENALTY: f32 = 100.0;
 /// More tokens than any context holds; a bigger `max_tokens` is a typo.
-const MAX_TOKENS: usize = 1 << 20;
+pub const MAX_TOKENS: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Sampler {
     params: SamplingParams,
     rng: Rng,
     candidates: Vec<(u32, f32)>,
+    /// Token counts in the penalty window, reused across steps.
+    counts: std::collections::HashMap<u32, u32>,
 }
 
 impl Sampler {
@@ -138,6 +154,7 @@ impl Sampler {
             params,
             rng: Rng(seed),
             candidates: Vec::new(),
+            counts: std::collections::HashMap::new(),
         }
     }
 
@@ -199,19 +216,30 @@ impl Sampler {
         self.candidates.last().map(|c| c.0).unwrap_or(0)
     }
 
-    fn apply_repeat_penalty(&self, logits: &mut [f32], history: &[u32]) {
-        let penalty = self.params.repeat_penalty;
-        if penalty == 1.0 || self.params.repeat_last_n == 0 {
+    /// llama.cpp's penalties sampler: over the last `repeat_last_n` tokens, each distinct
+    /// token's logit is divided (positive) or multiplied (negative) by `repeat_penalty`, then
+    /// lowered by `frequency_penalty` × its count and `presence_penalty` once.
+    fn apply_repeat_penalty(&mut self, logits: &mut [f32], history: &[u32]) {
+        let p = &self.params;
+        let off =
+            p.repeat_penalty == 1.0 && p.frequency_penalty == 0.0 && p.presence_penalty == 0.0;
+        if off || p.repeat_last_n == 0 {
             return;
         }
-        let start = history.len().saturating_sub(self.params.repeat_last_n);
-        let mut seen = std::collections::HashSet::new();
+        let start = history.len().saturating_sub(p.repeat_last_n);
+        let counts = &mut self.counts;
+        counts.clear();
         for &t in &history[start..] {
-            if !seen.insert(t) {
-                continue;
-            }
+            *counts.entry(t).or_insert(0u32) += 1;
+        }
+        for (&t, &n) in counts.iter() {
             if let Some(l) = logits.get_mut(t as usize) {
-                *l = if *l > 0.0 { *l / penalty } else { *l * penalty };
+                *l = if *l > 0.0 {
+                    *l / p.repeat_penalty
+                } else {
+                    *l * p.repeat_penalty
+                };
+                *l -= n as f32 * p.frequency_penalty + p.presence_penalty;
             }
         }
     }
@@ -318,6 +346,30 @@ mod tests {
         p.repeat_penalty = 2.0;
         let mut s = Sampler::new(p);
         assert_eq!(s.sample(&mut [1.0, 1.5, 0.0], &[1]), 0);
+    }
+
+    #[test]
+    fn frequency_and_presence_penalties_lower_what_was_said() {
+        // Token 1 leads by 0.5 and occurred three times.
+        let history = [1, 1, 1, 2];
+        let pick = |frequency: f32, presence: f32| {
+            let mut p = params(0.0);
+            p.frequency_penalty = frequency;
+            p.presence_penalty = presence;
+            Sampler::new(p).sample(&mut [1.0, 1.5, 0.0], &history)
+        };
+        assert_eq!(pick(0.0, 0.0), 1);
+        assert_eq!(pick(0.2, 0.0), 0, "3 × 0.2 > 0.5");
+        assert_eq!(pick(0.1, 0.0), 1, "3 × 0.1 < 0.5");
+        assert_eq!(pick(0.0, 0.6), 0, "presence counts once");
+        // Negative values encourage repeats.
+        let mut p = params(0.0);
+        p.presence_penalty = -2.0;
+        assert_eq!(Sampler::new(p).sample(&mut [1.0, 0.0, 0.5], &[2]), 2);
+        // Out of OpenAI's range: refused by name.
+        let mut p = params(1.0);
+        p.frequency_penalty = 2.5;
+        assert!(p.validate().unwrap_err().contains("frequency_penalty"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! each maps to.
 
 use rbee_infer::InferError;
+use rbee_proto::pool::ErrorCode;
 use rbee_store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
@@ -28,6 +29,9 @@ pub enum NodeError {
         needed: u64,
         budget: u64,
     },
+    /// [`NodeError::NeverFits`] as a peer reported it (its words, without the numbers).
+    #[error("{0}")]
+    NeverFitsOnPeer(String),
     #[error("{0}")]
     InvalidModel(String),
     #[error("missing or wrong API token: send `Authorization: Bearer <token>`")]
@@ -42,6 +46,9 @@ pub enum NodeError {
     RequestTimeout(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The client (or a job's `DELETE`) cancelled it: not the request's fault, not a 400.
+    #[error("{0}")]
+    Cancelled(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -56,10 +63,12 @@ impl NodeError {
             NodeError::BodyTooLarge(_) => 413,
             NodeError::UnsupportedMediaType(_) => 415,
             NodeError::NotFound(_) => 404,
-            NodeError::PromptTooLong(_) => 413,
+            NodeError::PromptTooLong(_) => 400,
+            // nginx's "client closed request": what the few clients that see it expect.
+            NodeError::Cancelled(_) => 499,
             NodeError::InvalidModel(_) => 422,
             NodeError::Busy { .. } | NodeError::Loading { .. } | NodeError::Unavailable(_) => 503,
-            NodeError::NeverFits { .. } => 507,
+            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => 507,
             NodeError::Internal(_) => 500,
         }
     }
@@ -79,8 +88,64 @@ impl NodeError {
             NodeError::Busy { .. } | NodeError::Loading { .. } | NodeError::Unavailable(_) => {
                 "overloaded_error"
             }
-            NodeError::NeverFits { .. } => "insufficient_memory",
+            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => "insufficient_memory",
+            NodeError::Cancelled(_) => "cancelled",
             NodeError::Internal(_) => "server_error",
+        }
+    }
+
+    /// OpenAI's `error.code`: a string where OpenAI has one for the case, else null.
+    pub fn code(&self) -> Option<&'static str> {
+        match self {
+            NodeError::PromptTooLong(_) => Some("context_length_exceeded"),
+            NodeError::Unauthorized => Some("invalid_api_key"),
+            _ => None,
+        }
+    }
+
+    /// What a peer is told about this error on `/rbee/infer/1` and `/rbee/shard/1`.
+    pub fn wire_code(&self) -> ErrorCode {
+        match self {
+            NodeError::BadRequest(_)
+            | NodeError::BodyTooLarge(_)
+            | NodeError::UnsupportedMediaType(_)
+            | NodeError::RequestTimeout(_) => ErrorCode::BadRequest,
+            NodeError::NotFound(_) => ErrorCode::NotFound,
+            NodeError::PromptTooLong(_) => ErrorCode::ContextLengthExceeded,
+            NodeError::InvalidModel(_) => ErrorCode::InvalidModel,
+            NodeError::Busy {
+                retry_after_secs, ..
+            } => ErrorCode::Busy {
+                retry_after_secs: u32::try_from(*retry_after_secs).unwrap_or(u32::MAX),
+            },
+            NodeError::Loading { .. } => ErrorCode::Loading,
+            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => ErrorCode::NeverFits,
+            NodeError::Unavailable(_) => ErrorCode::Unavailable,
+            NodeError::Cancelled(_) => ErrorCode::Cancelled,
+            // Auth is between a client and its node; a peer never sees these.
+            NodeError::Unauthorized | NodeError::Forbidden(_) | NodeError::Internal(_) => {
+                ErrorCode::Internal
+            }
+        }
+    }
+
+    /// The error a peer reported, as this node's own, its message naming the peer.
+    pub fn from_wire(code: ErrorCode, message: String, node: &str) -> NodeError {
+        let message = format!("{message} (on node {node})");
+        match code {
+            ErrorCode::BadRequest => NodeError::BadRequest(message),
+            ErrorCode::NotFound => NodeError::NotFound(message),
+            ErrorCode::ContextLengthExceeded => NodeError::PromptTooLong(message),
+            ErrorCode::InvalidModel => NodeError::InvalidModel(message),
+            ErrorCode::Busy { retry_after_secs } => NodeError::Busy {
+                message,
+                retry_after_secs: retry_after_secs.into(),
+            },
+            // The peer's words already say what is loading or does not fit.
+            ErrorCode::Loading | ErrorCode::Unavailable => NodeError::Unavailable(message),
+            ErrorCode::NeverFits => NodeError::NeverFitsOnPeer(message),
+            ErrorCode::Cancelled => NodeError::Cancelled(message),
+            ErrorCode::Internal => NodeError::Internal(message),
         }
     }
 
@@ -111,9 +176,9 @@ impl From<StoreError> for NodeError {
             | StoreError::AlreadyCataloged { .. }
             | StoreError::NotRegularFile { .. }
             | StoreError::Pinned(_)
-            | StoreError::Cancelled
             | StoreError::Ollama { .. }
             | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),
+            StoreError::Cancelled => NodeError::Cancelled(e.to_string()),
             other => NodeError::Internal(other.to_string()),
         }
     }

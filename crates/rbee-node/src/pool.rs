@@ -24,6 +24,7 @@ use crate::actors::worker::ModelState;
 use crate::api::generate::{self, Chunk, Started};
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
+use rbee_proto::pool::ErrorCode;
 
 /// Largest request frame (a long conversation; the HTTP body limit is the same).
 pub const MAX_REQUEST_FRAME: usize = 4 << 20;
@@ -74,7 +75,7 @@ pub enum InferFrame {
     Text(String),
     Done(GenerationStats),
     Error {
-        status: u16,
+        code: ErrorCode,
         message: String,
     },
     /// Before `Started`: what the serving node is doing first (pulling the model from the
@@ -220,25 +221,8 @@ pub async fn publish_status(ctx: Arc<NodeContext>, net: Client) {
 
 fn error_frame(e: &NodeError) -> InferFrame {
     InferFrame::Error {
-        status: e.status(),
+        code: e.wire_code(),
         message: e.to_string(),
-    }
-}
-
-/// The error a peer reported, as this node's own.
-pub fn from_wire(status: u16, message: String, node: &str) -> NodeError {
-    let message = format!("{message} (on node {node})");
-    match status {
-        400 => NodeError::BadRequest(message),
-        404 => NodeError::NotFound(message),
-        413 => NodeError::PromptTooLong(message),
-        422 => NodeError::InvalidModel(message),
-        503 => NodeError::Busy {
-            message,
-            retry_after_secs: 1,
-        },
-        507 => NodeError::Unavailable(message),
-        _ => NodeError::Internal(message),
     }
 }
 
@@ -442,7 +426,9 @@ pub async fn start_remote(
                 model,
                 prompt_tokens,
             } => break (node, model, prompt_tokens as usize),
-            InferFrame::Error { status, message } => return Err(from_wire(status, message, node)),
+            InferFrame::Error { code, message } => {
+                return Err(NodeError::from_wire(code, message, node));
+            }
             InferFrame::Phase(phase) => {
                 if let Some(job) = job {
                     job.phase(&format!("on node {node}: {phase}"));
@@ -470,7 +456,9 @@ pub async fn start_remote(
     let first = match next_frame(&mut stream, IDLE_TIMEOUT, node).await? {
         InferFrame::Text(t) => Chunk::Text(t),
         InferFrame::Done(s) => Chunk::Done(s),
-        InferFrame::Error { status, message } => return Err(from_wire(status, message, node)),
+        InferFrame::Error { code, message } => {
+            return Err(NodeError::from_wire(code, message, node));
+        }
         InferFrame::Started { .. } | InferFrame::Phase(_) | InferFrame::Progress { .. } => {
             return Err(NodeError::Unavailable(format!(
                 "node {node} broke the protocol (a start frame after the start)"
@@ -492,8 +480,8 @@ pub async fn start_remote(
                 None => match next_frame(&mut stream, IDLE_TIMEOUT, &node_name).await {
                     Ok(InferFrame::Text(t)) => Chunk::Text(t),
                     Ok(InferFrame::Done(s)) => Chunk::Done(s),
-                    Ok(InferFrame::Error { status, message }) => {
-                        Chunk::Failed(from_wire(status, message, &node_name))
+                    Ok(InferFrame::Error { code, message }) => {
+                        Chunk::Failed(NodeError::from_wire(code, message, &node_name))
                     }
                     Ok(
                         InferFrame::Started { .. }
@@ -542,9 +530,48 @@ mod tests {
         let back: InferRequest = rbee_proto::codec::decode(&bytes).unwrap();
         assert_eq!(back.prompt, req.prompt);
         assert_eq!(back.params, req.params);
-        let err = from_wire(503, "queue full".into(), "b");
-        assert_eq!(err.status(), 503);
+        let err = NodeError::from_wire(
+            ErrorCode::Busy {
+                retry_after_secs: 3,
+            },
+            "queue full".into(),
+            "b",
+        );
+        assert_eq!((err.status(), err.retry_after()), (503, Some(3)));
         assert!(err.to_string().contains("on node b"));
+    }
+
+    #[test]
+    fn every_error_crosses_the_wire_as_what_it_is() {
+        // What a client of the forwarding node sees is what it would have seen from the
+        // serving node: same HTTP status, same OpenAI code.
+        let errors = [
+            NodeError::BadRequest("x".into()),
+            NodeError::NotFound("x".into()),
+            NodeError::PromptTooLong("x".into()),
+            NodeError::InvalidModel("x".into()),
+            NodeError::Busy {
+                message: "x".into(),
+                retry_after_secs: 5,
+            },
+            NodeError::Unavailable("x".into()),
+            NodeError::Cancelled("x".into()),
+            NodeError::Internal("x".into()),
+            NodeError::NeverFits {
+                model: "m".into(),
+                device: "cpu".into(),
+                needed: 2,
+                budget: 1,
+            },
+        ];
+        for e in errors {
+            let back = NodeError::from_wire(e.wire_code(), e.to_string(), "b");
+            assert_eq!(
+                (back.status(), back.code(), back.retry_after()),
+                (e.status(), e.code(), e.retry_after()),
+                "{e:?}"
+            );
+        }
     }
 
     #[test]

@@ -118,8 +118,8 @@ impl From<HubError> for NodeError {
             HubError::Gated { .. }
             | HubError::NoUsableFiles { .. }
             | HubError::Invalid(_)
-            | HubError::Config(_)
-            | HubError::Cancelled => NodeError::BadRequest(e.to_string()),
+            | HubError::Config(_) => NodeError::BadRequest(e.to_string()),
+            HubError::Cancelled => NodeError::Cancelled(e.to_string()),
             HubError::Integrity { .. }
             | HubError::EtagChanged { .. }
             | HubError::Interrupted { .. }

@@ -22,6 +22,7 @@ use tokio::sync::Semaphore;
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
+use rbee_proto::pool::ErrorCode;
 
 /// Largest request frame a peer may send on `/rbee/shard/1`.
 pub const REQUEST_CAP: usize = 4096;
@@ -65,7 +66,7 @@ pub enum ShardRequest {
 pub enum ShardReply {
     Manifest(Manifest),
     Data { len: u64 },
-    Error { status: u16, message: String },
+    Error { code: ErrorCode, message: String },
 }
 
 /// Caps upload bandwidth across all uploads of this node.
@@ -145,7 +146,7 @@ impl ShardIndex {
 
 fn error_reply(e: &NodeError) -> ShardReply {
     ShardReply::Error {
-        status: e.status(),
+        code: e.wire_code(),
         message: e.to_string(),
     }
 }
@@ -415,7 +416,10 @@ async fn fetch_shard(
         Some(ShardReply::Data { len }) => {
             Err(format!("announced {len} bytes for a {expected}-byte shard").into())
         }
-        Some(ShardReply::Error { status: 503, .. }) => Err(FetchError::Busy),
+        Some(ShardReply::Error {
+            code: ErrorCode::Busy { .. },
+            ..
+        }) => Err(FetchError::Busy),
         Some(ShardReply::Error { message, .. }) => Err(message.into()),
         None => Err(FetchError::NoReply("closed the stream".into())),
         _ => Err(String::from("broke the protocol").into()),

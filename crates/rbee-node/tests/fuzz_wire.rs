@@ -137,10 +137,10 @@ fn serving_node_reads_a_request(bytes: &[u8]) {
 }
 
 fn calling_node_reads_a_reply(bytes: &[u8]) {
-    if let Some(InferFrame::Error { status, message }) =
+    if let Some(InferFrame::Error { code, message }) =
         read_frame::<InferFrame>(bytes, pool::MAX_RESPONSE_FRAME)
     {
-        let e = pool::from_wire(status, message, "peer");
+        let e = rbee_node::NodeError::from_wire(code, message, "peer");
         let code = e.status();
         assert!((400..600).contains(&code), "a peer's error became {code}");
     }
@@ -322,7 +322,9 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
             decode_secs: 1.5,
         }),
         InferFrame::Error {
-            status: 503,
+            code: rbee_proto::pool::ErrorCode::Busy {
+                retry_after_secs: 1,
+            },
             message: "busy".into(),
         },
         InferFrame::Phase("loading".into()),
@@ -348,7 +350,7 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
         ShardReply::Manifest(m.clone()),
         ShardReply::Data { len: 1 << 20 },
         ShardReply::Error {
-            status: 404,
+            code: rbee_proto::pool::ErrorCode::NotFound,
             message: "no such shard".into(),
         },
     ];

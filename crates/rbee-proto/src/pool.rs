@@ -15,6 +15,32 @@ pub const INFER_PROTOCOL: &str = "/rbee/infer/1";
 /// The stream protocol that serves shards of a model.
 pub const SHARD_PROTOCOL: &str = "/rbee/shard/1";
 
+/// Why a peer refused or failed a request on a stream protocol: the wire's own vocabulary,
+/// not HTTP statuses (the edge maps these to HTTP, once, on the node that answers a client).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The request itself is wrong (bad sampling values, roles, model reference).
+    BadRequest,
+    /// The peer has no such model (or shard, or manifest).
+    NotFound,
+    /// The prompt does not fit the model's context.
+    ContextLengthExceeded,
+    /// The model's files are not a model this node can run.
+    InvalidModel,
+    /// Full for now (queue, upload slots); retry after the given seconds.
+    Busy { retry_after_secs: u32 },
+    /// The model is still loading.
+    Loading,
+    /// The model can never fit this node's memory budget.
+    NeverFits,
+    /// The peer cannot serve now (shutting down, its own peer failed).
+    Unavailable,
+    /// The request was cancelled.
+    Cancelled,
+    /// Anything else: a bug or an I/O failure on the peer.
+    Internal,
+}
+
 /// Largest encoded status a node accepts from the topic.
 pub const MAX_STATUS_SIZE: usize = 256 << 10;
 /// Models listed in one status (loaded or on disk).

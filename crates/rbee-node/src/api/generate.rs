@@ -58,6 +58,7 @@ fn node_specific(e: &NodeError) -> bool {
             | NodeError::Busy { .. }
             | NodeError::Loading { .. }
             | NodeError::NeverFits { .. }
+            | NodeError::NeverFitsOnPeer(_)
             | NodeError::NotFound(_)
             | NodeError::Internal(_)
     )

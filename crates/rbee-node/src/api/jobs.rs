@@ -122,7 +122,7 @@ impl JobRequest {
         };
         let d = SamplingParams::default();
         let params = SamplingParams {
-            max_tokens: max_tokens.unwrap_or(256),
+            max_tokens: max_tokens.unwrap_or(rbee_infer::sampling::MAX_TOKENS),
             temperature: temperature.unwrap_or(d.temperature),
             seed: *seed,
             ..d
@@ -291,7 +291,7 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 loop {
                     let event = tokio::select! {
                         biased;
-                        _ = job.cancelled() => return Err(NodeError::BadRequest("cancelled".into())),
+                        _ = job.cancelled() => return Err(NodeError::Cancelled("cancelled".into())),
                         e = started.events.recv() => e,
                     };
                     match event {
@@ -326,7 +326,7 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
     // the next request finds it).
     let result = tokio::select! {
         biased;
-        _ = job.cancelled() => Err(NodeError::BadRequest("cancelled".into())),
+        _ = job.cancelled() => Err(NodeError::Cancelled("cancelled".into())),
         r = work => r,
     };
     match result {
