@@ -1,10 +1,12 @@
-"""The official openai client, unmodified, against a running rbee node.
+"""The official openai client and langchain-openai, unmodified, against a running rbee node.
 
 Usage: python openai_client.py <base_url> <model>. Exits non-zero on the first failed check.
 """
 import sys
 
 import openai
+from langchain_openai import ChatOpenAI, OpenAI
+from pydantic import BaseModel
 
 base_url, model = sys.argv[1], sys.argv[2]
 client = openai.OpenAI(base_url=base_url, api_key="unused-on-loopback")
@@ -28,6 +30,7 @@ assert chat.usage.total_tokens == chat.usage.prompt_tokens + chat.usage.completi
 
 pieces = []
 usage = None
+ids = set()
 with client.chat.completions.create(
     model=model,
     messages=[{"role": "user", "content": "Name a colour."}],
@@ -38,6 +41,8 @@ with client.chat.completions.create(
     stream_options={"include_usage": True},
 ) as stream:
     for chunk in stream:
+        ids.add(chunk.id)
+        assert chunk.object == "chat.completion.chunk", chunk
         if chunk.usage:
             usage = chunk.usage
         for c in chunk.choices:
@@ -46,6 +51,7 @@ with client.chat.completions.create(
 streamed = "".join(pieces)
 assert streamed == choice.message.content, (streamed, choice.message.content)
 assert usage is not None and usage.completion_tokens == chat.usage.completion_tokens, usage
+assert len(ids) == 1, f"one stream, one id (the usage chunk's too): {ids}"
 
 comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6, temperature=0)
 assert comp.choices[0].text, comp
@@ -56,4 +62,85 @@ try:
 except openai.NotFoundError as e:
     assert "no-such-model" in str(e), e
 
-print("openai client: all checks passed")
+# What clients send routinely: the `developer` role, `seed: -1` (random), `top_k: 0` (off),
+# OpenAI's penalties. Every response names itself with `x-request-id`.
+raw = client.chat.completions.with_raw_response.create(
+    model=model,
+    messages=[
+        {"role": "developer", "content": "Answer in one word."},
+        {"role": "user", "content": "Name a colour."},
+    ],
+    max_tokens=4,
+    seed=-1,
+    frequency_penalty=0.5,
+    presence_penalty=0.5,
+    extra_body={"top_k": 0},
+)
+assert raw.headers.get("x-request-id"), dict(raw.headers)
+assert raw.parse().choices[0].message.content is not None
+
+# What rbee does not do yet is refused by name, not answered as if it had not been asked.
+tool = {"type": "function", "function": {"name": "lights_off", "parameters": {"type": "object", "properties": {}}}}
+for kwargs, field in [
+    ({"tools": [tool]}, "tools"),
+    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"logprobs": True}, "logprobs"),
+    ({"logit_bias": {"42": 5}}, "logit_bias"),
+]:
+    try:
+        client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=4, **kwargs
+        )
+        raise AssertionError(f"{field} accepted")
+    except openai.BadRequestError as e:
+        assert field in str(e), e
+# ... unless the request says not to use it.
+client.chat.completions.create(
+    model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=2, tools=[tool], tool_choice="none"
+)
+
+# A list of prompts: one choice each, in order, as each alone would be answered.
+multi = client.completions.create(model=model, prompt=["The sky is", "Grass is"], max_tokens=3, temperature=0)
+assert [c.index for c in multi.choices] == [0, 1], multi
+single = client.completions.create(model=model, prompt="Grass is", max_tokens=3, temperature=0)
+assert multi.choices[1].text == single.choices[0].text, (multi, single)
+assert multi.usage.prompt_tokens > single.usage.prompt_tokens, (multi.usage, single.usage)
+
+assert client.models.retrieve(model).id == model
+try:
+    client.models.retrieve("no-such-model")
+    raise AssertionError("unknown model retrieved")
+except openai.NotFoundError as e:
+    assert "no-such-model" in str(e), e
+
+try:
+    client.completions.create(model=model, prompt="word " * 40000, max_tokens=1)
+    raise AssertionError("a prompt beyond the context accepted")
+except openai.BadRequestError as e:
+    assert e.code == "context_length_exceeded", (e.code, e)
+
+# langchain-openai: chat, the completion LLM (which always sends `prompt` as a list), and the
+# features it would otherwise get nothing back from without an error.
+llm = ChatOpenAI(base_url=base_url, api_key="unused-on-loopback", model=model, max_tokens=8, temperature=0)
+assert llm.invoke("Name a colour.").content
+
+
+class Colour(BaseModel):
+    name: str
+
+
+for runnable, field in [
+    (llm.with_structured_output(Colour), "response_format"),
+    (llm.bind_tools([tool]), "tools"),
+]:
+    try:
+        out = runnable.invoke("Name a colour.")
+        raise AssertionError(f"{field}: answered {out!r} instead of refusing")
+    except openai.BadRequestError as e:
+        assert field in str(e), e
+text = OpenAI(base_url=base_url, api_key="unused-on-loopback", model=model, max_tokens=4, temperature=0).invoke(
+    "The capital of France is"
+)
+assert isinstance(text, str) and text, text
+
+print("openai and langchain clients: all checks passed")

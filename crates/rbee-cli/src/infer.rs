@@ -11,6 +11,10 @@ use rbee_infer::engine::{
 };
 use rbee_infer::sampling::SamplingParams;
 use rbee_node::NodeConfig;
+use rbee_node::api_types::{
+    ChatChunk, ChatRequest, Completion, CompletionRequest, Content, InMessage, NotYet, PromptInput,
+    Sampling, Stop, StreamOptions,
+};
 use rbee_proto::ModelRef;
 
 use crate::node::NodeClient;
@@ -68,41 +72,49 @@ fn model_path(data_dir: Option<PathBuf>, reference: &str) -> Result<PathBuf> {
 
 /// Sends the prompt to the running local node, streaming its answer.
 fn via_node(client: &NodeClient, args: &InferArgs) -> Result<()> {
-    let mut body = serde_json::json!({
-        "model": args.model,
-        "stream": true,
-        "stream_options": {"include_usage": true},
-        "max_tokens": args.max_tokens,
-        "temperature": args.temperature,
-        "repeat_penalty": args.repeat_penalty,
-    });
-    for (key, value) in [
-        ("seed", args.seed.map(serde_json::Value::from)),
-        ("top_k", args.top_k.map(serde_json::Value::from)),
-        ("top_p", args.top_p.map(serde_json::Value::from)),
-        ("min_p", args.min_p.map(serde_json::Value::from)),
-    ] {
-        if let Some(v) = value {
-            body[key] = v;
-        }
-    }
-    if !args.stop.is_empty() {
-        body["stop"] = serde_json::json!(args.stop);
-    }
-    let path = if args.chat || args.system.is_some() {
-        let mut messages = Vec::new();
-        if let Some(s) = &args.system {
-            messages.push(serde_json::json!({"role": "system", "content": s}));
-        }
-        messages.push(serde_json::json!({"role": "user", "content": args.prompt}));
-        body["messages"] = serde_json::json!(messages);
-        "/v1/chat/completions"
-    } else {
-        body["prompt"] = serde_json::json!(args.prompt);
-        "/v1/completions"
+    let sampling = Sampling {
+        max_tokens: Some(args.max_tokens),
+        temperature: Some(args.temperature),
+        repeat_penalty: Some(args.repeat_penalty),
+        seed: args.seed.map(|s| i64::try_from(s).unwrap_or(i64::MAX)),
+        top_k: args.top_k.map(|k| i64::try_from(k).unwrap_or(i64::MAX)),
+        top_p: args.top_p,
+        min_p: args.min_p,
+        stop: (!args.stop.is_empty()).then(|| Stop::Many(args.stop.clone())),
+        stream: true,
+        stream_options: Some(StreamOptions {
+            include_usage: true,
+        }),
+        ..Sampling::default()
     };
     let mut out = std::io::stdout().lock();
-    let usage = client.stream_completion(path, body, &mut out)?;
+    let usage = if args.chat || args.system.is_some() {
+        let text = |role: &str, text: &str| InMessage {
+            role: role.into(),
+            content: Some(Content::Text(text.into())),
+            tool_calls: None,
+        };
+        let mut messages = Vec::new();
+        if let Some(s) = &args.system {
+            messages.push(text("system", s));
+        }
+        messages.push(text("user", &args.prompt));
+        let req = ChatRequest {
+            model: args.model.clone(),
+            messages,
+            sampling,
+            not_yet: NotYet::default(),
+        };
+        client.stream_completion::<_, ChatChunk>("/v1/chat/completions", &req, &mut out)?
+    } else {
+        let req = CompletionRequest {
+            model: args.model.clone(),
+            prompt: PromptInput::One(args.prompt.clone()),
+            sampling,
+            not_yet: NotYet::default(),
+        };
+        client.stream_completion::<_, Completion>("/v1/completions", &req, &mut out)?
+    };
     writeln!(out)?;
     eprintln!("{usage}");
     Ok(())

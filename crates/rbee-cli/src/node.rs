@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use rbee_node::NodeConfig;
+use rbee_node::api_types::{ErrorBody, StreamChunk, StreamEvent};
 use rbee_node::config::parse_bytes;
+use serde::de::DeserializeOwned;
 
 #[derive(Debug, Args)]
 pub struct JoinArgs {
@@ -270,10 +272,10 @@ impl NodeClient {
     }
 
     /// Streams a completion to `out`; returns the final usage line for stderr.
-    pub fn stream_completion(
+    pub fn stream_completion<Req: serde::Serialize, C: StreamChunk + DeserializeOwned>(
         &self,
         path: &str,
-        body: serde_json::Value,
+        body: &Req,
         out: &mut impl Write,
     ) -> Result<String> {
         let resp = self
@@ -291,9 +293,8 @@ impl NodeClient {
         if !status.is_success() {
             let mut text = String::new();
             std::io::Read::read_to_string(&mut reader, &mut text)?;
-            let msg = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            let msg = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.error.message)
                 .unwrap_or(text);
             bail!("the node answered {status}: {msg}");
         }
@@ -304,21 +305,18 @@ impl NodeClient {
                 if data == "[DONE]" {
                     break;
                 }
-                let v: serde_json::Value = serde_json::from_str(data).unwrap_or_default();
-                if let Some(err) = v["error"]["message"].as_str() {
-                    bail!("{err}");
-                }
-                let choice = &v["choices"][0];
-                let text = choice["delta"]["content"]
-                    .as_str()
-                    .or(choice["text"].as_str())
-                    .unwrap_or("");
-                out.write_all(text.as_bytes())?;
+                let event: StreamEvent<C> = serde_json::from_str(data)
+                    .with_context(|| format!("the node sent an unreadable event: {data}"))?;
+                let chunk = match event {
+                    StreamEvent::Error(e) => bail!("{}", e.error.message),
+                    StreamEvent::Chunk(c) => c,
+                };
+                out.write_all(chunk.text().as_bytes())?;
                 out.flush()?;
-                if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+                if let Some(u) = chunk.usage() {
                     usage = format!(
                         "{} tokens (prompt {}) served by node {node}",
-                        u["completion_tokens"], u["prompt_tokens"]
+                        u.completion_tokens, u.prompt_tokens
                     );
                 }
             }

@@ -8,6 +8,7 @@ mod hub;
 mod jobs;
 mod openai;
 pub(crate) mod server;
+pub mod types;
 
 use std::sync::Arc;
 
@@ -29,6 +30,7 @@ pub fn router(node: Arc<NodeContext>) -> Router {
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/models", get(openai::models))
+        .route("/v1/models/{id}", get(openai::model))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))
         .route("/v1/jobs/{id}/stream", get(jobs::stream))
         .route(
@@ -45,7 +47,34 @@ pub fn router(node: Arc<NodeContext>) -> Router {
         app = app.layer(cors);
     }
     app.layer(middleware::from_fn_with_state(node.clone(), guard::gate))
+        .layer(middleware::from_fn(request_id))
         .with_state(node)
+}
+
+/// Every response carries an `x-request-id`: the client's own when it sent a sane one
+/// (up to 128 visible ASCII characters), else a new one, so a report can name the request.
+async fn request_id(req: axum::extract::Request, next: middleware::Next) -> Response {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let given = req
+        .headers()
+        .get("x-request-id")
+        .filter(|v| {
+            let b = v.as_bytes();
+            !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+        })
+        .cloned();
+    let id = given.unwrap_or_else(|| {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        HeaderValue::from_str(&format!("req-{started:x}-{n}"))
+            .unwrap_or(HeaderValue::from_static("req"))
+    });
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert("x-request-id", id);
+    resp
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
@@ -59,15 +88,7 @@ async fn not_found(uri: axum::http::Uri) -> Response {
 /// OpenAI's error shape: `{"error": {"message", "type", "param", "code"}}`.
 pub(crate) fn error_response(e: &NodeError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let body = serde_json::json!({
-        "error": {
-            "message": e.to_string(),
-            "type": e.error_type(),
-            "param": null,
-            "code": e.status(),
-        }
-    });
-    let mut resp = (status, axum::Json(body)).into_response();
+    let mut resp = (status, axum::Json(types::ErrorBody::of(e))).into_response();
     if let Some(secs) = e.retry_after()
         && let Ok(v) = HeaderValue::from_str(&secs.to_string())
     {

@@ -14,119 +14,64 @@ use axum::response::{IntoResponse, Response};
 use rbee_infer::chat::ChatMessage;
 use rbee_infer::engine::{GenerationStats, Prompt};
 use rbee_infer::sampling::SamplingParams;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::generate::{self, Chunk, Started};
+use super::types::{
+    AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Completion,
+    CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, PromptInput,
+    Sampling, Stop, TextChoice, Usage,
+};
 use crate::NodeContext;
 use crate::error::NodeError;
 
-/// Completion tokens when the request names no `max_tokens`.
-const DEFAULT_MAX_TOKENS: usize = 1024;
+/// Prompts one `/v1/completions` request may carry (each is a generation, run in turn).
+const MAX_PROMPTS: usize = 16;
 
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Stop {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<Part>),
-}
-
-#[derive(Debug, Deserialize)]
-struct Part {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct InMessage {
-    role: String,
-    content: Option<Content>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-struct StreamOptions {
-    #[serde(default)]
-    include_usage: bool,
-}
-
-/// The sampling fields both endpoints share (OpenAI's, plus llama.cpp's common extras).
-#[derive(Debug, Default, Deserialize)]
-struct Sampling {
-    max_tokens: Option<usize>,
-    max_completion_tokens: Option<usize>,
-    temperature: Option<f32>,
-    top_p: Option<f32>,
-    top_k: Option<usize>,
-    min_p: Option<f32>,
-    repeat_penalty: Option<f32>,
-    seed: Option<u64>,
-    stop: Option<Stop>,
-    n: Option<usize>,
-    #[serde(default)]
-    stream: bool,
-    stream_options: Option<StreamOptions>,
-}
-
-impl Sampling {
-    fn params(&self) -> Result<SamplingParams, NodeError> {
-        if self.n.is_some_and(|n| n != 1) {
-            return Err(NodeError::BadRequest("only n = 1 is supported".into()));
-        }
-        let d = SamplingParams::default();
-        let stop = match &self.stop {
-            None => Vec::new(),
-            Some(Stop::One(s)) => vec![s.clone()],
-            Some(Stop::Many(v)) => v.clone(),
-        };
-        let params = SamplingParams {
-            temperature: self.temperature.unwrap_or(d.temperature),
-            top_k: self.top_k.or(d.top_k),
-            top_p: self.top_p.or(d.top_p),
-            min_p: self.min_p.or(d.min_p),
-            repeat_penalty: self.repeat_penalty.unwrap_or(d.repeat_penalty),
-            seed: self.seed,
-            max_tokens: self
-                .max_completion_tokens
-                .or(self.max_tokens)
-                .unwrap_or(DEFAULT_MAX_TOKENS),
-            stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
-            ..d
-        };
-        params.validate().map_err(NodeError::BadRequest)?;
-        Ok(params)
+/// The engine's parameters from a request's sampling fields: llama.cpp's meanings for
+/// `seed: -1` (random) and `top_k: 0` (off); without `max_tokens` a generation runs until
+/// the model stops or the context is full.
+fn params(s: &Sampling) -> Result<SamplingParams, NodeError> {
+    if s.n.is_some_and(|n| n != 1) {
+        return Err(NodeError::BadRequest(
+            "`n` other than 1 is not supported yet; send one request per choice".into(),
+        ));
     }
-
-    fn include_usage(&self) -> bool {
-        self.stream_options
-            .as_ref()
-            .is_some_and(|o| o.include_usage)
-    }
+    let d = SamplingParams::default();
+    let stop = match &s.stop {
+        None => Vec::new(),
+        Some(Stop::One(one)) => vec![one.clone()],
+        Some(Stop::Many(v)) => v.clone(),
+    };
+    let top_k = match s.top_k {
+        None => d.top_k,
+        Some(k) if k <= 0 => None,
+        Some(k) => Some(usize::try_from(k).unwrap_or(usize::MAX)),
+    };
+    let params = SamplingParams {
+        temperature: s.temperature.unwrap_or(d.temperature),
+        top_k,
+        top_p: s.top_p.or(d.top_p),
+        min_p: s.min_p.or(d.min_p),
+        repeat_penalty: s.repeat_penalty.unwrap_or(d.repeat_penalty),
+        frequency_penalty: s.frequency_penalty.unwrap_or(0.0),
+        presence_penalty: s.presence_penalty.unwrap_or(0.0),
+        seed: s.seed.and_then(|v| u64::try_from(v).ok()),
+        max_tokens: s
+            .max_completion_tokens
+            .or(s.max_tokens)
+            .unwrap_or(rbee_infer::sampling::MAX_TOKENS),
+        stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        ..d
+    };
+    params.validate().map_err(NodeError::BadRequest)?;
+    Ok(params)
 }
 
-#[derive(Debug, Deserialize)]
-pub struct ChatRequest {
-    model: String,
-    messages: Vec<InMessage>,
-    #[serde(flatten)]
-    sampling: Sampling,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct CompletionRequest {
-    model: String,
-    prompt: String,
-    #[serde(flatten)]
-    sampling: Sampling,
+fn include_usage(s: &Sampling) -> bool {
+    s.stream_options.as_ref().is_some_and(|o| o.include_usage)
 }
 
 fn now() -> u64 {
@@ -183,7 +128,18 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, NodeError> {
                     texts.join("\n")
                 }
             };
-            Ok(ChatMessage::new(m.role, content))
+            if m.tool_calls.as_ref().is_some_and(|c| !c.is_null() && c != &json!([])) {
+                return Err(NodeError::BadRequest(format!(
+                    "`messages[{i}].tool_calls`: tool calling is not supported by this node yet"
+                )));
+            }
+            // OpenAI's newer name for the system role.
+            let role = if m.role == "developer" {
+                "system".to_string()
+            } else {
+                m.role
+            };
+            Ok(ChatMessage::new(role, content))
         })
         .collect()
 }
@@ -194,67 +150,100 @@ enum Kind {
     Text,
 }
 
+impl Kind {
+    fn id_prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl",
+            Kind::Text => "cmpl",
+        }
+    }
+}
+
+/// What one request asks for: the prompts (one per choice) and how to answer.
+struct Job {
+    model: String,
+    prompts: Vec<Prompt>,
+    params: SamplingParams,
+    kind: Kind,
+    stream: bool,
+    include_usage: bool,
+}
+
 pub async fn chat_completions(
     State(ctx): State<Arc<NodeContext>>,
     req: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
-    let result = async {
-        let req = body(req)?;
-        let params = req.sampling.params()?;
-        let prompt = Prompt::Chat(messages(req.messages)?);
-        let started = generate::start(&ctx, &req.model, prompt, params).await?;
-        Ok::<_, NodeError>(
-            respond(
-                ctx.clone(),
-                started,
-                Kind::Chat,
-                req.sampling.stream,
-                req.sampling.include_usage(),
-            )
-            .await,
-        )
-    }
-    .await;
-    result.unwrap_or_else(|e| e.into_response())
+    let job = body(req).and_then(|req| {
+        req.not_yet.refuse()?;
+        Ok(Job {
+            params: params(&req.sampling)?,
+            prompts: vec![Prompt::Chat(messages(req.messages)?)],
+            model: req.model,
+            kind: Kind::Chat,
+            stream: req.sampling.stream,
+            include_usage: include_usage(&req.sampling),
+        })
+    });
+    run(ctx, job).await
 }
 
 pub async fn completions(
     State(ctx): State<Arc<NodeContext>>,
     req: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    let result = async {
-        let req = body(req)?;
-        let params = req.sampling.params()?;
-        let started = generate::start(&ctx, &req.model, Prompt::Text(req.prompt), params).await?;
-        Ok::<_, NodeError>(
-            respond(
-                ctx.clone(),
-                started,
-                Kind::Text,
-                req.sampling.stream,
-                req.sampling.include_usage(),
-            )
-            .await,
-        )
-    }
-    .await;
-    result.unwrap_or_else(|e| e.into_response())
+    let job = body(req).and_then(|req| {
+        req.not_yet.refuse()?;
+        let prompts: Vec<Prompt> = match req.prompt {
+            PromptInput::One(p) => vec![Prompt::Text(p)],
+            PromptInput::Many(ps) => ps.into_iter().map(Prompt::Text).collect(),
+            PromptInput::Tokens(t) => vec![Prompt::Tokens(t)],
+            PromptInput::ManyTokens(ts) => ts.into_iter().map(Prompt::Tokens).collect(),
+        };
+        if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+            return Err(NodeError::BadRequest(format!(
+                "`prompt` is a list of {} prompts; send 1 to {MAX_PROMPTS}",
+                prompts.len()
+            )));
+        }
+        Ok(Job {
+            params: params(&req.sampling)?,
+            prompts,
+            model: req.model,
+            kind: Kind::Text,
+            stream: req.sampling.stream,
+            include_usage: include_usage(&req.sampling),
+        })
+    });
+    run(ctx, job).await
 }
 
-fn usage(prompt_tokens: usize, stats: Option<&GenerationStats>) -> Value {
-    let completion = stats.map_or(0, |s| s.completion_tokens);
-    json!({
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-    })
+async fn run(ctx: Arc<NodeContext>, job: Result<Job, NodeError>) -> Response {
+    let mut job = match job {
+        Ok(j) => j,
+        Err(e) => return e.into_response(),
+    };
+    // The first generation starts before the response does, so a request that cannot run
+    // (unknown model, prompt too long, no capacity) is an HTTP error, not a broken stream.
+    let first = job.prompts.remove(0);
+    let started = match generate::start(&ctx, &job.model, first, job.params.clone()).await {
+        Ok(s) => s,
+        Err(e) => return e.into_response(),
+    };
+    let node = started.node.clone();
+    let resp = if job.stream {
+        stream_response(ctx, started, job)
+    } else {
+        collect_response(ctx, started, job).await
+    };
+    with_node(resp, &node)
 }
 
-fn finish_reason(stats: &GenerationStats) -> &'static str {
+fn finish_reason(stats: &GenerationStats) -> String {
     match stats.finish_reason {
         rbee_infer::engine::FinishReason::Length => "length",
         _ => "stop",
     }
+    .into()
 }
 
 fn with_node(mut resp: Response, node: &str) -> Response {
@@ -264,70 +253,111 @@ fn with_node(mut resp: Response, node: &str) -> Response {
     resp
 }
 
-async fn respond(
-    ctx: Arc<NodeContext>,
-    started: Started,
-    kind: Kind,
-    stream: bool,
-    include_usage: bool,
-) -> Response {
-    let node = started.node.clone();
-    let resp = if stream {
-        stream_response(ctx, started, kind, include_usage)
-    } else {
-        collect_response(ctx, started, kind).await
-    };
-    with_node(resp, &node)
+fn add_usage(total: &mut Usage, prompt_tokens: usize, stats: &GenerationStats) {
+    total.prompt_tokens += prompt_tokens;
+    total.completion_tokens += stats.completion_tokens;
+    total.total_tokens = total.prompt_tokens + total.completion_tokens;
 }
 
-async fn collect_response(ctx: Arc<NodeContext>, mut started: Started, kind: Kind) -> Response {
+/// Runs one generation to its end: the text and the stats.
+async fn collect(
+    ctx: &NodeContext,
+    started: &mut Started,
+) -> Result<(String, GenerationStats), NodeError> {
     let mut text = String::new();
-    let mut stats = None;
     loop {
         let event = tokio::select! {
             event = started.events.recv() => event,
-            () = ctx.halted() => return shutting_down().into_response(),
+            () = ctx.halted() => return Err(shutting_down()),
         };
-        let Some(event) = event else { break };
         match event {
-            Chunk::Text(t) => text.push_str(&t),
-            Chunk::Done(s) => {
-                stats = Some(s);
-                break;
+            Some(Chunk::Text(t)) => text.push_str(&t),
+            Some(Chunk::Done(s)) => {
+                ctx.metrics
+                    .tokens_generated
+                    .fetch_add(s.completion_tokens as u64, Ordering::Relaxed);
+                return Ok((text, s));
             }
-            Chunk::Failed(e) => return e.into_response(),
+            Some(Chunk::Failed(e)) => return Err(e),
+            None => {
+                return Err(NodeError::Internal(
+                    "generation ended without a result".into(),
+                ));
+            }
         }
     }
-    let Some(stats) = stats else {
-        return NodeError::Internal("generation ended without a result".into()).into_response();
+}
+
+async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response {
+    let mut usage = Usage {
+        prompt_tokens: 0,
+        completion_tokens: 0,
+        total_tokens: 0,
     };
-    ctx.metrics
-        .tokens_generated
-        .fetch_add(stats.completion_tokens as u64, Ordering::Relaxed);
-    let choice = match kind {
-        Kind::Chat => json!({
-            "index": 0,
-            "message": {"role": "assistant", "content": text},
-            "logprobs": null,
-            "finish_reason": finish_reason(&stats),
-        }),
-        Kind::Text => json!({
-            "index": 0,
-            "text": text,
-            "logprobs": null,
-            "finish_reason": finish_reason(&stats),
-        }),
-    };
-    Json(json!({
-        "id": request_id(if kind == Kind::Chat { "chatcmpl" } else { "cmpl" }),
-        "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
-        "created": now(),
-        "model": started.model,
-        "system_fingerprint": null,
-        "choices": [choice],
-        "usage": usage(started.prompt_tokens, Some(&stats)),
-    }))
-    .into_response()
+    let model = first.model.clone();
+    let mut outputs = Vec::with_capacity(job.prompts.len() + 1);
+    let mut next = Some(first);
+    let mut rest = job.prompts.into_iter();
+    while let Some(mut started) = next.take() {
+        match collect(&ctx, &mut started).await {
+            Ok((text, stats)) => {
+                add_usage(&mut usage, started.prompt_tokens, &stats);
+                outputs.push((text, finish_reason(&stats)));
+            }
+            Err(e) => return e.into_response(),
+        }
+        if let Some(prompt) = rest.next() {
+            match generate::start(&ctx, &job.model, prompt, job.params.clone()).await {
+                Ok(s) => next = Some(s),
+                Err(e) => return e.into_response(),
+            }
+        }
+    }
+    let id = request_id(job.kind.id_prefix());
+    let created = now();
+    match job.kind {
+        Kind::Chat => Json(ChatCompletion {
+            id,
+            object: "chat.completion".into(),
+            created,
+            model,
+            system_fingerprint: None,
+            choices: outputs
+                .into_iter()
+                .enumerate()
+                .map(|(index, (content, finish_reason))| ChatChoice {
+                    index,
+                    message: AssistantMessage {
+                        role: "assistant".into(),
+                        content,
+                    },
+                    logprobs: None,
+                    finish_reason,
+                })
+                .collect(),
+            usage,
+        })
+        .into_response(),
+        Kind::Text => Json(Completion {
+            id,
+            object: "text_completion".into(),
+            created,
+            model,
+            system_fingerprint: None,
+            choices: outputs
+                .into_iter()
+                .enumerate()
+                .map(|(index, (text, finish_reason))| TextChoice {
+                    index,
+                    text,
+                    logprobs: None,
+                    finish_reason: Some(finish_reason),
+                })
+                .collect(),
+            usage: Some(usage),
+        })
+        .into_response(),
+    }
 }
 
 /// What a request still running when the shutdown drain ends gets.
@@ -337,95 +367,187 @@ pub(crate) fn shutting_down() -> NodeError {
     )
 }
 
-fn stream_response(
-    ctx: Arc<NodeContext>,
-    mut started: Started,
+/// Builds a stream's events: every chunk with the stream's id, object and `usage: null`.
+struct Chunks {
     kind: Kind,
-    include_usage: bool,
-) -> Response {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl Chunks {
+    fn event(value: &impl serde::Serialize) -> Event {
+        Event::default().data(serde_json::to_string(value).unwrap_or_default())
+    }
+
+    fn piece(
+        &self,
+        index: usize,
+        role: Option<&str>,
+        text: Option<String>,
+        finish: Option<String>,
+    ) -> Event {
+        match self.kind {
+            Kind::Chat => Self::event(&ChatChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: None,
+                choices: vec![ChunkChoice {
+                    index,
+                    delta: Delta {
+                        role: role.map(str::to_string),
+                        content: text,
+                    },
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                usage: None,
+            }),
+            Kind::Text => Self::event(&Completion {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: None,
+                choices: vec![TextChoice {
+                    index,
+                    text: text.unwrap_or_default(),
+                    logprobs: None,
+                    finish_reason: finish,
+                }],
+                usage: None,
+            }),
+        }
+    }
+
+    /// The last chunk when `include_usage` asked for it: no choices, the whole usage.
+    fn usage(&self, usage: Usage) -> Event {
+        match self.kind {
+            Kind::Chat => Self::event(&ChatChunk {
+                id: self.id.clone(),
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: None,
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+            Kind::Text => Self::event(&Completion {
+                id: self.id.clone(),
+                object: "text_completion".into(),
+                created: self.created,
+                model: self.model.clone(),
+                system_fingerprint: None,
+                choices: Vec::new(),
+                usage: Some(usage),
+            }),
+        }
+    }
+
+    fn error(e: &NodeError) -> Event {
+        Self::event(&ErrorBody::of(e))
+    }
+}
+
+/// Streams one generation's pieces as choice `index`; its stats at the end, or the event
+/// that ended the stream (an error already sent, or the client gone: `Err(())`).
+async fn stream_one(
+    ctx: &NodeContext,
+    started: &mut Started,
+    chunks: &Chunks,
+    index: usize,
+    tx: &mpsc::Sender<Result<Event, Infallible>>,
+) -> Result<GenerationStats, ()> {
+    // A send error means the client went away: returning drops the events receiver,
+    // which stops the model at its next token.
+    if chunks.kind == Kind::Chat
+        && tx
+            .send(Ok(chunks.piece(
+                index,
+                Some("assistant"),
+                Some(String::new()),
+                None,
+            )))
+            .await
+            .is_err()
+    {
+        return Err(());
+    }
+    loop {
+        let event = tokio::select! {
+            event = started.events.recv() => event,
+            () = ctx.halted() => {
+                let _ = tx.send(Ok(Chunks::error(&shutting_down()))).await;
+                return Err(());
+            }
+        };
+        let out = match event {
+            Some(Chunk::Text(text)) if text.is_empty() => continue,
+            Some(Chunk::Text(text)) => chunks.piece(index, None, Some(text), None),
+            Some(Chunk::Done(stats)) => {
+                ctx.metrics
+                    .tokens_generated
+                    .fetch_add(stats.completion_tokens as u64, Ordering::Relaxed);
+                let last = chunks.piece(index, None, None, Some(finish_reason(&stats)));
+                return match tx.send(Ok(last)).await {
+                    Ok(()) => Ok(stats),
+                    Err(_) => Err(()),
+                };
+            }
+            Some(Chunk::Failed(e)) => {
+                let e = NodeError::Internal(format!("generation failed mid-stream: {e}"));
+                let _ = tx.send(Ok(Chunks::error(&e))).await;
+                return Err(());
+            }
+            None => {
+                let e = NodeError::Internal("generation ended without a result".into());
+                let _ = tx.send(Ok(Chunks::error(&e))).await;
+                return Err(());
+            }
+        };
+        if tx.send(Ok(out)).await.is_err() {
+            return Err(());
+        }
+    }
+}
+
+fn stream_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response {
     let (tx, rx) = mpsc::channel::<Result<Event, Infallible>>(16);
-    let id = request_id(if kind == Kind::Chat {
-        "chatcmpl"
-    } else {
-        "cmpl"
-    });
-    let created = now();
-    let model = started.model.clone();
-    let chunk = move |delta: Value, finish: Option<&str>| -> Event {
-        let choice = match kind {
-            Kind::Chat => {
-                json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
-            }
-            Kind::Text => {
-                json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "logprobs": null, "finish_reason": finish})
-            }
-        };
-        let obj = if kind == Kind::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
-        Event::default().data(
-            json!({"id": id, "object": obj, "created": created, "model": model, "system_fingerprint": null, "choices": [choice]})
-                .to_string(),
-        )
+    let chunks = Chunks {
+        kind: job.kind,
+        id: request_id(job.kind.id_prefix()),
+        created: now(),
+        model: first.model.clone(),
     };
     tokio::spawn(async move {
-        // A send error means the client went away: returning drops the events receiver,
-        // which stops the model at its next token.
-        if kind == Kind::Chat
-            && tx
-                .send(Ok(chunk(json!({"role": "assistant", "content": ""}), None)))
-                .await
-                .is_err()
-        {
-            return;
-        }
-        loop {
-            let event = tokio::select! {
-                event = started.events.recv() => event,
-                () = ctx.halted() => {
-                    let e = shutting_down();
-                    let err = json!({"error": {"message": e.to_string(), "type": e.error_type(), "code": e.status()}});
-                    let _ = tx.send(Ok(Event::default().data(err.to_string()))).await;
-                    break;
-                }
-            };
-            let Some(event) = event else { break };
-            let out = match event {
-                Chunk::Text(text) => {
-                    if text.is_empty() {
-                        continue;
-                    }
-                    chunk(json!({"content": text}), None)
-                }
-                Chunk::Done(stats) => {
-                    ctx.metrics
-                        .tokens_generated
-                        .fetch_add(stats.completion_tokens as u64, Ordering::Relaxed);
-                    if tx
-                        .send(Ok(chunk(json!({}), Some(finish_reason(&stats)))))
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    if include_usage {
-                        let mut last = json!({"id": "usage", "object": "chat.completion.chunk", "created": created, "model": started.model, "choices": []});
-                        last["usage"] = usage(started.prompt_tokens, Some(&stats));
-                        let _ = tx.send(Ok(Event::default().data(last.to_string()))).await;
-                    }
-                    break;
-                }
-                Chunk::Failed(e) => {
-                    let err = json!({"error": {"message": format!("generation failed mid-stream: {e}"), "type": e.error_type(), "code": e.status()}});
-                    let _ = tx.send(Ok(Event::default().data(err.to_string()))).await;
-                    break;
-                }
-            };
-            if tx.send(Ok(out)).await.is_err() {
+        let mut usage = Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+        };
+        let mut next = Some(first);
+        let mut rest = job.prompts.into_iter();
+        let mut index = 0;
+        while let Some(mut started) = next.take() {
+            let Ok(stats) = stream_one(&ctx, &mut started, &chunks, index, &tx).await else {
+                let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
                 return;
+            };
+            add_usage(&mut usage, started.prompt_tokens, &stats);
+            index += 1;
+            if let Some(prompt) = rest.next() {
+                match generate::start(&ctx, &job.model, prompt, job.params.clone()).await {
+                    Ok(s) => next = Some(s),
+                    Err(e) => {
+                        let _ = tx.send(Ok(Chunks::error(&e))).await;
+                    }
+                }
             }
+        }
+        if job.include_usage {
+            let _ = tx.send(Ok(chunks.usage(usage))).await;
         }
         let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
     });
@@ -434,22 +556,48 @@ fn stream_response(
         .into_response()
 }
 
+fn cards(records: &[rbee_store::ModelRecord]) -> Vec<ModelCard> {
+    records
+        .iter()
+        .flat_map(|r| {
+            std::iter::once(&r.entry.name)
+                .chain(r.entry.aliases.iter())
+                .map(move |id| ModelCard {
+                    id: id.clone(),
+                    object: "model".into(),
+                    created: r.entry.added_at,
+                    owned_by: "rbee".into(),
+                    content_id: r.entry.content_id.to_hex(),
+                    architecture: r.manifest.metadata.architecture.clone(),
+                })
+        })
+        .collect()
+}
+
 pub async fn models(State(ctx): State<Arc<NodeContext>>) -> Response {
     match ctx.catalog.list().await {
-        Ok(records) => {
-            let data: Vec<Value> = records
-                .iter()
-                .flat_map(|r| {
-                    std::iter::once(&r.entry.name)
-                        .chain(r.entry.aliases.iter())
-                        .map(move |id| {
-                            json!({"id": id, "object": "model", "created": r.entry.added_at, "owned_by": "rbee",
-                                   "content_id": r.entry.content_id.to_hex(), "architecture": r.manifest.metadata.architecture})
-                        })
-                })
-                .collect();
-            Json(json!({"object": "list", "data": data})).into_response()
-        }
+        Ok(records) => Json(ModelList {
+            object: "list".into(),
+            data: cards(&records),
+        })
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /v1/models/{id}`: one model by a name or alias this node's catalog lists.
+pub async fn model(
+    State(ctx): State<Arc<NodeContext>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    match ctx.catalog.list().await {
+        Ok(records) => match cards(&records).into_iter().find(|c| c.id == id) {
+            Some(card) => Json(card).into_response(),
+            None => NodeError::NotFound(format!(
+                "no model `{id}` in this node's catalog (GET /v1/models lists them)"
+            ))
+            .into_response(),
+        },
         Err(e) => e.into_response(),
     }
 }
@@ -460,6 +608,38 @@ mod tests {
 
     fn parse(v: serde_json::Value) -> Result<Vec<ChatMessage>, NodeError> {
         messages(serde_json::from_value(v).unwrap())
+    }
+
+    fn sampling(v: serde_json::Value) -> Result<SamplingParams, NodeError> {
+        params(&serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn llama_cpp_meanings_and_no_default_token_limit() {
+        let p = sampling(json!({})).unwrap();
+        assert_eq!(
+            p.max_tokens,
+            rbee_infer::sampling::MAX_TOKENS,
+            "no default limit"
+        );
+        let p = sampling(json!({"seed": -1, "top_k": 0})).unwrap();
+        assert_eq!((p.seed, p.top_k), (None, None), "random seed, top-k off");
+        let p = sampling(json!({"seed": 7, "top_k": 5, "max_tokens": 9})).unwrap();
+        assert_eq!((p.seed, p.top_k, p.max_tokens), (Some(7), Some(5), 9));
+        let p = sampling(json!({"frequency_penalty": 0.5, "presence_penalty": -0.5})).unwrap();
+        assert_eq!((p.frequency_penalty, p.presence_penalty), (0.5, -0.5));
+        assert!(sampling(json!({"presence_penalty": 3})).is_err());
+        assert!(sampling(json!({"n": 2})).is_err());
+    }
+
+    #[test]
+    fn developer_is_the_system_role_and_tool_call_histories_are_refused() {
+        let m = parse(json!([{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]))
+            .unwrap();
+        assert_eq!(m[0].role, "system");
+        let e = parse(json!([{"role": "assistant", "content": null,
+            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]));
+        assert!(matches!(e, Err(NodeError::BadRequest(m)) if m.contains("tool_calls")));
     }
 
     #[test]
