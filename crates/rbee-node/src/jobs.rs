@@ -89,6 +89,20 @@ pub struct Job {
     cancel_notify: Notify,
 }
 
+/// See [`Job::fail_unless_ended`].
+#[derive(Debug)]
+pub struct FailUnlessEnded<'a> {
+    job: &'a Job,
+    message: &'static str,
+}
+
+impl Drop for FailUnlessEnded<'_> {
+    fn drop(&mut self) {
+        // A no-op for a job that already ended (`emit` ignores events after the last).
+        self.job.fail(self.message);
+    }
+}
+
 impl Job {
     pub fn emit(&self, event: JobEvent) {
         let Ok(mut st) = self.state.lock() else {
@@ -126,6 +140,12 @@ impl Job {
 
     pub fn done(&self, result: serde_json::Value) {
         self.emit(JobEvent::Done { result });
+    }
+
+    /// A guard that fails the job with `message` when dropped, unless it ended before: every
+    /// early return of the code that owns the job ends it, so none is left `running`.
+    pub fn fail_unless_ended(&self, message: &'static str) -> FailUnlessEnded<'_> {
+        FailUnlessEnded { job: self, message }
     }
 
     /// The history so far and a receiver for what comes next, with no gap between them.
@@ -284,6 +304,21 @@ mod tests {
         let (history, rx) = job.subscribe();
         assert_eq!(history.len(), 4);
         assert!(rx.is_none());
+        assert_eq!(job.status(), JobStatus::Done);
+    }
+
+    #[test]
+    fn a_dropped_guard_ends_a_running_job_and_leaves_an_ended_one() {
+        let jobs = Jobs::default();
+        let job = jobs.create("infer");
+        drop(job.fail_unless_ended("the peer went away"));
+        assert_eq!(job.status(), JobStatus::Failed);
+        assert!(job.summary().to_string().contains("the peer went away"));
+        let job = jobs.create("infer");
+        {
+            let _guard = job.fail_unless_ended("the peer went away");
+            job.done(serde_json::json!({"ok": true}));
+        }
         assert_eq!(job.status(), JobStatus::Done);
     }
 

@@ -282,6 +282,9 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
     // The request is a job here too: what happens before the first token (a pull from the
     // pool, a load) is listed in this node's jobs and relayed to the caller as it happens.
     let job = ctx.jobs.create("infer");
+    // Whichever way this returns, the job ends (a peer that dies before the first token
+    // left it `running` for good).
+    let _ends = job.fail_unless_ended("the peer went away before the generation finished");
     job.phase(&format!("serving a request from peer {peer}"));
     let (_, live) = job.subscribe();
     // `local_only`: a forwarded request never hops again, so there are no routing loops.
