@@ -27,8 +27,13 @@ pub enum ProvisionerMsg {
         hub: Box<rbee_hub::Hub>,
         job: Arc<Job>,
     },
-    /// Internal: an import finished.
-    Finished(String),
+    /// Internal: an import finished. The source is unlocked before the job ends, so a client
+    /// that sees the job done can import the same source again at once.
+    Finished {
+        source: String,
+        job: Arc<Job>,
+        outcome: Result<serde_json::Value, String>,
+    },
 }
 
 pub struct ProvisionerState {
@@ -62,8 +67,16 @@ impl Actor for ProvisionerActor {
         st: &mut ProvisionerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            ProvisionerMsg::Finished(source) => {
+            ProvisionerMsg::Finished {
+                source,
+                job,
+                outcome,
+            } => {
                 st.running.remove(&source);
+                match outcome {
+                    Ok(result) => job.done(result),
+                    Err(message) => job.fail(message),
+                }
             }
             ProvisionerMsg::Pull { hf, hub, job } => {
                 let store = st.store.clone();
@@ -85,8 +98,14 @@ impl Actor for ProvisionerActor {
                 }
                 let store = st.store.clone();
                 tokio::task::spawn_blocking(move || {
-                    import(&store, &source, name.as_deref(), &job);
-                    let _ = me.cast(ProvisionerMsg::Finished(source));
+                    let outcome = import(&store, &source, name.as_deref(), &job);
+                    if let Err(e) = me.cast(ProvisionerMsg::Finished {
+                        source,
+                        job: job.clone(),
+                        outcome,
+                    }) {
+                        job.fail(format!("the provisioner stopped: {e}"));
+                    }
                 });
             }
         }
@@ -150,14 +169,17 @@ fn pull(store: &Store, hub: &rbee_hub::Hub, hf: &rbee_proto::HfRef, job: &Job) {
     }
 }
 
-pub(crate) fn import(store: &Store, source: &str, name: Option<&str>, job: &Job) {
+/// Imports `source`, reporting progress on `job`; what the job ends with is returned.
+pub(crate) fn import(
+    store: &Store,
+    source: &str,
+    name: Option<&str>,
+    job: &Job,
+) -> Result<serde_json::Value, String> {
     job.phase("importing");
     let started = Instant::now();
     let mut last = Instant::now();
-    let src = match ImportSource::parse(source) {
-        Ok(s) => s,
-        Err(e) => return job.fail(e),
-    };
+    let src = ImportSource::parse(source).map_err(|e| e.to_string())?;
     // A cancelled job stops the import at its next shard (and unlocks the path, which the
     // actor holds until this returns).
     let cancelled = || job.is_cancelled();
@@ -177,17 +199,16 @@ pub(crate) fn import(store: &Store, source: &str, name: Option<&str>, job: &Job)
             eta_secs: (rate > 0.0).then(|| (p.total - p.done) as f64 / rate),
         });
     });
-    match result {
-        Ok(out) => {
-            job.done(serde_json::json!({
+    result
+        .map(|out| {
+            serde_json::json!({
                 "name": out.name,
                 "content_id": out.content_id.to_hex(),
                 "already_present": out.already_present,
                 "size": out.manifest.total_size(),
-            }));
-        }
-        Err(e) => job.fail(e),
-    }
+            })
+        })
+        .map_err(|e| e.to_string())
 }
 
 pub type ProvisionerHandle = Handle<ProvisionerMsg>;
@@ -205,28 +226,61 @@ mod tests {
         path
     }
 
-    #[test]
-    fn a_cancelled_import_ends_and_catalogs_nothing() {
+    async fn ended(job: &Job) -> JobStatus {
+        for _ in 0..500 {
+            if job.status() != JobStatus::Running {
+                return job.status();
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the job never ended: {}", job.summary());
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_import_ends_catalogs_nothing_and_frees_its_source() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("data")).unwrap();
-        let src = gguf(dir.path());
+        let src = gguf(dir.path()).to_str().unwrap().to_string();
+        let (actor, _done) = ractor::Actor::spawn(None, ProvisionerActor, store.clone())
+            .await
+            .unwrap();
         let jobs = Jobs::default();
-        let job = jobs.create("model_import");
+        let import = |name: &str| {
+            let job = jobs.create("model_import");
+            let msg = ProvisionerMsg::Import {
+                source: src.clone(),
+                name: Some(name.into()),
+                job: job.clone(),
+            };
+            (job, msg)
+        };
+
+        let (job, msg) = import("tiny");
         job.cancel();
-        import(&store, src.to_str().unwrap(), Some("tiny"), &job);
-        assert_eq!(job.status(), JobStatus::Cancelled);
+        actor.cast(msg).unwrap();
+        assert_eq!(ended(&job).await, JobStatus::Cancelled);
         assert!(
-            job.summary()["error"]
-                .as_str()
-                .unwrap()
-                .contains("cancelled")
+            job.summary().to_string().contains("cancelled"),
+            "{}",
+            job.summary()
         );
         assert!(store.list().unwrap().is_empty());
         // Nothing half-written is left behind for gc to find.
         assert_eq!(store.gc().unwrap().removed_paths, 0);
 
-        let job = jobs.create("model_import");
-        import(&store, src.to_str().unwrap(), Some("tiny"), &job);
-        assert_eq!(job.status(), JobStatus::Done, "{}", job.summary());
+        // A client that sees an import end may import the same source again at once: the
+        // source is unlocked before the job ends.
+        for round in 0..20 {
+            let (job, msg) = import("tiny");
+            actor.cast(msg).unwrap();
+            assert_eq!(
+                ended(&job).await,
+                JobStatus::Done,
+                "round {round}: {}",
+                job.summary()
+            );
+        }
+        assert_eq!(store.list().unwrap().len(), 1);
+        actor.stop(None);
     }
 }
