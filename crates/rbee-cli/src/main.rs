@@ -11,6 +11,14 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// jemalloc, not glibc's malloc: glibc keeps what a thread frees in that thread's arena once
+/// its mmap threshold has risen, so every model load left most of its buffers resident after
+/// unload and RSS grew with each load/unload cycle (`unloading_a_model_gives_its_memory_back_
+/// every_time` in `tests/tests/node.rs`). jemalloc's background thread returns freed pages to
+/// the OS within its decay time (seconds), whichever thread freed them.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "rbee-node",
@@ -104,6 +112,10 @@ fn init_logging(format: LogFormat) {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // Freed memory goes back to the OS on its own, not only when this process allocates.
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::debug!("jemalloc background purging is off: {e}");
+    }
     let hf = node::HfFlags {
         endpoint: cli.hf_endpoint.clone(),
         token: cli.hf_token.clone(),
