@@ -1312,7 +1312,7 @@ class Soak:
         p("")
         p(f"RESULT: {'PASS' if passed else 'FAIL'} — {len(self.defects)} defect(s), verify "
           f"{'clean' if verify_ok_all else 'FAILED'}, RSS "
-          f"{'within' if rss_ok_all else 'OVER'} budget+margin; logs and data in {self.tmp}")
+          f"{'within' if rss_ok_all else 'OVER'} budget+margin")
         print("\n".join(out), flush=True)
         self.passed = passed
         return 0 if passed else 1
