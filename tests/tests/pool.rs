@@ -91,6 +91,20 @@ fn chat(node: &NodeProcess, stream: bool) -> (u16, String, String) {
     (status, served, content)
 }
 
+fn tokens_generated(node: &NodeProcess) -> u64 {
+    let text = http()
+        .get(&node.url("/metrics"))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_to_string()
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("rbee_tokens_generated_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no rbee_tokens_generated_total in:\n{text}"))
+}
+
 #[test]
 fn requests_reach_the_node_with_the_model_and_fail_over_when_it_dies() {
     let tmp = tempfile::tempdir().unwrap();
@@ -138,6 +152,10 @@ fn requests_reach_the_node_with_the_model_and_fail_over_when_it_dies() {
     assert_eq!(served_direct, "node-b");
     assert_eq!(via_a, direct);
     assert!(!via_a.is_empty());
+    // Tokens count where they were generated: on B (asked twice), not on A, which only
+    // forwarded, so the pool view and /metrics tell a router the truth.
+    assert_eq!(tokens_generated(&a.node), 0);
+    assert!(tokens_generated(&b.node) >= 2, "B generated both answers");
     // Streaming through a peer: chunks arrive as server-sent events, same text.
     let (status, served, streamed) = chat(&a.node, true);
     assert_eq!((status, served.as_str()), (200, "node-b"));

@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod pool;
 pub mod pull;
 pub mod share;
+mod tasks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -201,7 +202,7 @@ pub async fn run(
                 queue_capacity: ctx.config.queue_capacity,
                 ..Default::default()
             },
-            metrics,
+            metrics: metrics.clone(),
             store: Some(store),
         },
         catalog: ctx.catalog.clone(),
@@ -235,9 +236,25 @@ pub async fn run(
 
     let mut background = Vec::new();
     if let Some(net) = net {
-        background.push(tokio::spawn(pool::publish_status(ctx.clone(), net.clone())));
-        background.push(tokio::spawn(share::serve_shards(ctx.clone(), net.clone())));
-        background.push(tokio::spawn(pool::serve_infer(ctx.clone(), net)));
+        // Each restarted after a panic (tasks.rs); aborted at shutdown.
+        let (c, n) = (ctx.clone(), net.clone());
+        background.push(tokio::spawn(tasks::supervise(
+            "status publisher",
+            metrics.clone(),
+            move || pool::publish_status(c.clone(), n.clone()),
+        )));
+        let (c, n) = (ctx.clone(), net.clone());
+        background.push(tokio::spawn(tasks::supervise(
+            "shard server",
+            metrics.clone(),
+            move || share::serve_shards(c.clone(), n.clone()),
+        )));
+        let (c, n) = (ctx.clone(), net);
+        background.push(tokio::spawn(tasks::supervise(
+            "infer server",
+            metrics.clone(),
+            move || pool::serve_infer(c.clone(), n.clone()),
+        )));
     }
 
     tracing::info!(%addr, node = %ctx.name, "API listening");

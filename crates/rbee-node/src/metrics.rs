@@ -17,6 +17,8 @@ pub struct Metrics {
     /// Shards sent to peers, and their bytes.
     pub shards_served: AtomicU64,
     pub shard_bytes_served: AtomicU64,
+    /// Background tasks (peer servers, status publisher) restarted after a panic.
+    pub task_restarts: AtomicU64,
 }
 
 /// Point-in-time values the metrics endpoint asks the actors for.
@@ -88,6 +90,12 @@ impl Metrics {
             "rbee_shard_bytes_served_total",
             "Bytes of model shards sent to peers.",
             self.shard_bytes_served.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rbee_task_restarts_total",
+            "Background tasks (peer servers, status publisher) restarted after a panic.",
+            self.task_restarts.load(Ordering::Relaxed),
         );
         counter(
             &mut out,

@@ -222,8 +222,11 @@ pub async fn start_local(
     let (started_tx, started_rx) = oneshot::channel::<Result<usize, NodeError>>();
     let (tx, rx) = mpsc::channel(BRIDGE_BUFFER);
     let cancel = generation.cancel_flag();
+    let metrics = ctx.metrics.clone();
     // The model thread's channel is blocking; a blocking task forwards it. When the HTTP side
     // goes away, the send fails, the generation is dropped, and the model stops.
+    // Tokens are counted here, where they are generated: a request forwarded from a peer
+    // counts on this node (which published tokens/s then reflects), not on the forwarder.
     tokio::task::spawn_blocking(move || {
         let mut started_tx = Some(started_tx);
         let mut ended = false;
@@ -241,7 +244,11 @@ pub async fn start_local(
                     }
                     return;
                 }
-                GenerateEvent::Token { text, .. } | GenerateEvent::Text(text) => Chunk::Text(text),
+                GenerateEvent::Token { text, .. } => {
+                    metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
+                    Chunk::Text(text)
+                }
+                GenerateEvent::Text(text) => Chunk::Text(text),
                 GenerateEvent::Done(stats) => Chunk::Done(stats),
                 GenerateEvent::Error(e) => Chunk::Failed(e.into()),
             };

@@ -2,7 +2,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Json;
@@ -272,12 +271,7 @@ async fn collect(
         };
         match event {
             Some(Chunk::Text(t)) => text.push_str(&t),
-            Some(Chunk::Done(s)) => {
-                ctx.metrics
-                    .tokens_generated
-                    .fetch_add(s.completion_tokens as u64, Ordering::Relaxed);
-                return Ok((text, s));
-            }
+            Some(Chunk::Done(s)) => return Ok((text, s)),
             Some(Chunk::Failed(e)) => return Err(e),
             None => {
                 return Err(NodeError::Internal(
@@ -487,9 +481,6 @@ async fn stream_one(
             Some(Chunk::Text(text)) if text.is_empty() => continue,
             Some(Chunk::Text(text)) => chunks.piece(index, None, Some(text), None),
             Some(Chunk::Done(stats)) => {
-                ctx.metrics
-                    .tokens_generated
-                    .fetch_add(stats.completion_tokens as u64, Ordering::Relaxed);
                 let last = chunks.piece(index, None, None, Some(finish_reason(&stats)));
                 return match tx.send(Ok(last)).await {
                     Ok(()) => Ok(stats),
