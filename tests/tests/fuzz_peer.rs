@@ -13,9 +13,9 @@ use futures::{AsyncReadExt, AsyncWriteExt};
 use rbee_infer::chat::ChatMessage;
 use rbee_infer::engine::Prompt;
 use rbee_infer::sampling::SamplingParams;
-use rbee_node::pool::{InferFrame, InferRequest};
-use rbee_node::share::{ShardReply, ShardRequest};
+use rbee_proto::infer::{InferFrame, InferRequest};
 use rbee_proto::pool::{INFER_PROTOCOL, SHARD_PROTOCOL};
+use rbee_proto::shard::{ShardReply, ShardRequest};
 use rbee_proto::{ContentId, ShardHash, codec};
 use rbee_tests::{Member, import_model, pool_key, workspace_root};
 

@@ -4,23 +4,8 @@
 //! the architecture when the model ships none.
 
 use minijinja::{Environment, ErrorKind, context};
-use serde::{Deserialize, Serialize};
 
-/// One message of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChatMessage {
-    pub role: String,
-    pub content: String,
-}
-
-impl ChatMessage {
-    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
-    }
-}
+pub use rbee_proto::generation::{ChatMessage, MessagesError, check_messages};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -28,10 +13,8 @@ pub enum ChatError {
     Compile(String),
     #[error("chat template failed to render: {0}")]
     Render(String),
-    #[error("message {index} has role `{role}`; use system, user, assistant or tool")]
-    BadRole { index: usize, role: String },
-    #[error("a chat needs at least one message")]
-    Empty,
+    #[error(transparent)]
+    Messages(#[from] MessagesError),
 }
 
 /// Gemma has no system role: system messages are prepended to the next user turn (several
@@ -75,23 +58,6 @@ pub fn builtin_template(architecture: &str, has_token: impl Fn(&str) -> bool) ->
         _ if has_token("<|im_start|>") => CHATML,
         _ => LLAMA2,
     }
-}
-
-/// What every template needs of a conversation: at least one message, each with a role it
-/// knows. Callers that queue work check it up front, so a bad chat fails when it is sent.
-pub fn check_messages(messages: &[ChatMessage]) -> Result<(), ChatError> {
-    if messages.is_empty() {
-        return Err(ChatError::Empty);
-    }
-    for (index, m) in messages.iter().enumerate() {
-        if !matches!(m.role.as_str(), "system" | "user" | "assistant" | "tool") {
-            return Err(ChatError::BadRole {
-                index,
-                role: m.role.clone(),
-            });
-        }
-    }
-    Ok(())
 }
 
 /// A compiled chat template.
@@ -277,11 +243,14 @@ mod tests {
     #[test]
     fn bad_input_is_refused() {
         let t = ChatTemplate::new(CHATML, "", "", false).unwrap();
-        assert!(matches!(t.render(&[], true), Err(ChatError::Empty)));
+        assert!(matches!(
+            t.render(&[], true),
+            Err(ChatError::Messages(MessagesError::Empty))
+        ));
         let bad = [ChatMessage::new("root", "x")];
         assert!(matches!(
             t.render(&bad, true),
-            Err(ChatError::BadRole { .. })
+            Err(ChatError::Messages(MessagesError::BadRole { .. }))
         ));
         assert!(matches!(
             ChatTemplate::new("{% for %}", "", "", true),

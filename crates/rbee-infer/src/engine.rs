@@ -13,12 +13,13 @@ use std::time::Instant;
 
 use candle_core::Device;
 
-use crate::chat::{ChatMessage, ChatTemplate, builtin_template};
+use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
 use crate::model::{ModelError, SafetensorsModel, Transformer};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tokenizer::Tokenizer;
+pub use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
 
 /// Context used when the caller does not ask for one: enough for chat, small enough that the
 /// KV cache of a small model stays in the hundreds of megabytes.
@@ -81,54 +82,10 @@ pub struct ModelInfo {
     pub model_chat_template: bool,
 }
 
-/// A prompt: raw text to continue, a conversation to format with the chat template, or token
-/// ids used exactly as given (no BOS added: include it if the model wants one).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum Prompt {
-    Text(String),
-    Chat(Vec<ChatMessage>),
-    Tokens(Vec<u32>),
-}
-
 #[derive(Debug, Clone)]
 pub struct GenerateRequest {
     pub prompt: Prompt,
     pub params: SamplingParams,
-}
-
-/// Why generation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub enum FinishReason {
-    /// End-of-sequence token or a stop sequence.
-    Stop,
-    /// `max_tokens` or the context was reached.
-    Length,
-    Cancelled,
-}
-
-impl FinishReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Cancelled => "cancelled",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct GenerationStats {
-    pub prompt_tokens: usize,
-    pub completion_tokens: usize,
-    pub finish_reason: FinishReason,
-    pub prefill_secs: f64,
-    pub decode_secs: f64,
-}
-
-impl GenerationStats {
-    pub fn decode_tokens_per_sec(&self) -> f64 {
-        self.completion_tokens as f64 / self.decode_secs.max(1e-9)
-    }
 }
 
 /// One step of a generation, in order: `Started`, any number of `Token`s, maybe a `Text`, then

@@ -4,105 +4,7 @@
 //! temperature, then a draw. Temperature 0 is greedy (argmax, first index on ties, as
 //! llama.cpp). A seed makes every draw reproducible; without one the seed comes from the clock.
 
-/// How to pick tokens and when to stop. Defaults match llama.cpp's CLI where it has one.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SamplingParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    pub top_k: Option<usize>,
-    pub top_p: Option<f32>,
-    pub min_p: Option<f32>,
-    /// 1.0 disables it.
-    pub repeat_penalty: f32,
-    /// How many recent tokens the penalties look at (prompt included, as llama.cpp).
-    pub repeat_last_n: usize,
-    /// OpenAI's: subtracted from a token's logit once per time it occurs in the window.
-    pub frequency_penalty: f32,
-    /// OpenAI's: subtracted from a token's logit once if it occurs in the window at all.
-    pub presence_penalty: f32,
-    pub seed: Option<u64>,
-    pub max_tokens: usize,
-    /// Generation stops before the first occurrence of any of these in the output text.
-    pub stop: Vec<String>,
-    /// Keep generating past end-of-sequence tokens (benchmarks need a fixed token count).
-    pub ignore_eos: bool,
-}
-
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 0.8,
-            top_k: Some(40),
-            top_p: Some(0.95),
-            min_p: Some(0.05),
-            repeat_penalty: 1.0,
-            repeat_last_n: 64,
-            frequency_penalty: 0.0,
-            presence_penalty: 0.0,
-            seed: None,
-            max_tokens: 256,
-            stop: Vec::new(),
-            ignore_eos: false,
-        }
-    }
-}
-
-impl SamplingParams {
-    pub fn greedy(max_tokens: usize) -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            max_tokens,
-            ..Default::default()
-        }
-    }
-
-    /// Rejects values that make no sense, naming the field.
-    pub fn validate(&self) -> Result<(), String> {
-        if !(0.0..=100.0).contains(&self.temperature) || self.temperature.is_nan() {
-            return Err(format!(
-                "temperature {} must be between 0 and 100",
-                self.temperature
-            ));
-        }
-        if let Some(p) = self.top_p
-            && !(p > 0.0 && p <= 1.0)
-        {
-            return Err(format!("top_p {p} must be in (0, 1]"));
-        }
-        if let Some(p) = self.min_p
-            && !(0.0..=1.0).contains(&p)
-        {
-            return Err(format!("min_p {p} must be in [0, 1]"));
-        }
-        if self.top_k == Some(0) {
-            return Err("top_k must be at least 1".into());
-        }
-        if !(self.repeat_penalty > 0.0 && self.repeat_penalty <= MAX_REPEAT_PENALTY) {
-            return Err(format!(
-                "repeat_penalty {} must be in (0, {MAX_REPEAT_PENALTY}] (1 is off, 1.1 typical)",
-                self.repeat_penalty
-            ));
-        }
-        for (name, v) in [
-            ("frequency_penalty", self.frequency_penalty),
-            ("presence_penalty", self.presence_penalty),
-        ] {
-            if !(-2.0..=2.0).contains(&v) {
-                return Err(format!("{name} {v} must be between -2 and 2 (0 is off)"));
-            }
-        }
-        if self.max_tokens == 0 || self.max_tokens > MAX_TOKENS {
-            return Err(format!(
-                "max_tokens {} must be 1..={MAX_TOKENS} (generation also stops at the context length)",
-                self.max_tokens
-            ));
-        }
-        if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
-            return Err("stop: at most 16 non-empty sequences of up to 256 bytes".into());
-        }
-        Ok(())
-    }
-}
+pub use rbee_proto::generation::{MAX_TOKENS, SamplingParams};
 
 /// A small, fast, seedable generator (SplitMix64): reproducible across platforms and releases,
 /// which a dependency's generator does not promise.
@@ -128,10 +30,6 @@ impl Rng {
 /// min-p: sorting a 262k vocabulary every step would cost more than the model's forward pass,
 /// and the tail beyond it carries negligible probability mass.
 const MAX_CANDIDATES: usize = 1024;
-/// Above this a repetition penalty only garbles text; huge values overflow to infinity.
-const MAX_REPEAT_PENALTY: f32 = 100.0;
-/// More tokens than any context holds; a bigger `max_tokens` is a typo.
-pub const MAX_TOKENS: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Sampler {

@@ -10,13 +10,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{AsyncWriteExt, StreamExt};
-use rbee_infer::engine::{GenerationStats, Prompt};
+use rbee_infer::engine::Prompt;
 use rbee_infer::sampling::SamplingParams;
 use rbee_net::frame::{read_frame, write_frame};
 use rbee_net::{Client, PeerId};
 use rbee_proto::pool::{DeviceStatus, DiskModel, INFER_PROTOCOL, LoadedModel, NodeStatus};
 use rbee_proto::{ContentId, ModelSource};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, mpsc};
 
 use crate::NodeContext;
@@ -24,12 +23,8 @@ use crate::actors::worker::ModelState;
 use crate::api::generate::{self, Chunk, Started};
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
-use rbee_proto::pool::ErrorCode;
+use rbee_proto::infer::{InferFrame, InferRequest, MAX_REQUEST_FRAME, MAX_RESPONSE_FRAME};
 
-/// Largest request frame (a long conversation; the HTTP body limit is the same).
-pub const MAX_REQUEST_FRAME: usize = 4 << 20;
-/// Largest response frame (one piece of text, or the final stats).
-pub const MAX_RESPONSE_FRAME: usize = 1 << 20;
 /// Generations served to peers at once; more are refused with "busy".
 const MAX_INBOUND: usize = 64;
 /// How long a peer has to send its request after opening the stream.
@@ -40,54 +35,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Events buffered between the peer stream and the HTTP response.
 const BRIDGE_BUFFER: usize = 64;
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct InferRequest {
-    pub model: String,
-    pub prompt: Prompt,
-    pub params: SamplingParams,
-}
-
-impl InferRequest {
-    /// What a serving node refuses before it pulls, loads or queues anything for a peer:
-    /// the same rules as the HTTP API's (a peer is not trusted more than a client).
-    pub fn check(&self) -> Result<(), NodeError> {
-        // (The parse error shows at most the start of a long name.)
-        if let Err(e) = self.model.parse::<rbee_proto::ModelRef>() {
-            return Err(NodeError::BadRequest(e.to_string()));
-        }
-        self.params.validate().map_err(NodeError::BadRequest)?;
-        if let Prompt::Chat(messages) = &self.prompt {
-            rbee_infer::chat::check_messages(messages)
-                .map_err(|e| NodeError::BadRequest(e.to_string()))?;
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum InferFrame {
-    Started {
-        node: String,
-        model: String,
-        prompt_tokens: u64,
-    },
-    Text(String),
-    Done(GenerationStats),
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-    /// Before `Started`: what the serving node is doing first (pulling the model from the
-    /// pool, loading it), for the caller's job stream.
-    Phase(String),
-    /// Before `Started`: the progress of a pull on the serving node.
-    Progress {
-        done: u64,
-        total: u64,
-        peers: Vec<String>,
-    },
-}
 
 /// The node's latest status, shared by the publisher and the router.
 pub type StatusCache = Arc<Mutex<Option<NodeStatus>>>;
@@ -273,7 +220,7 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
             }
             Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
         };
-    if let Err(e) = request.check() {
+    if let Err(e) = request.check().map_err(NodeError::BadRequest) {
         tracing::debug!(%peer, "refused an infer request: {e}");
         let _ = write_frame(stream, &error_frame(&e)).await;
         return;
@@ -517,6 +464,7 @@ pub async fn start_remote(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rbee_proto::pool::ErrorCode;
 
     #[test]
     fn frames_survive_the_codec() {

@@ -16,18 +16,14 @@ use rbee_net::{Client, PeerId};
 use rbee_proto::pool::SHARD_PROTOCOL;
 use rbee_proto::{ContentId, Manifest, ShardHash};
 use rbee_store::{ImportOutcome, PartialModel, Store, StoreError};
-use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
 use rbee_proto::pool::ErrorCode;
+use rbee_proto::shard::{REPLY_CAP, REQUEST_CAP, ShardReply, ShardRequest, manifest_reply};
 
-/// Largest request frame a peer may send on `/rbee/shard/1`.
-pub const REQUEST_CAP: usize = 4096;
-/// Largest reply frame (a manifest; shard bytes are not framed).
-pub const REPLY_CAP: usize = rbee_proto::codec::MAX_MESSAGE_SIZE;
 /// Longest wait for one shard (4 MiB) before the peer counts as stalled.
 const SHARD_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests in flight per peer during a pull.
@@ -51,23 +47,6 @@ const MAX_PEER_FAILURES: u32 = 3;
 const MAX_DROPPED_STREAMS: u32 = 8;
 /// Bytes written per rate-limiter step.
 const CHUNK: usize = 256 << 10;
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ShardRequest {
-    Manifest(ContentId),
-    /// A shard by hash; `range` is (offset, length) within it.
-    Shard {
-        hash: ShardHash,
-        range: Option<(u64, u64)>,
-    },
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ShardReply {
-    Manifest(Manifest),
-    Data { len: u64 },
-    Error { code: ErrorCode, message: String },
-}
 
 /// Caps upload bandwidth across all uploads of this node.
 #[derive(Debug)]
@@ -350,23 +329,6 @@ async fn request_manifest(net: &Client, peer: PeerId, id: ContentId) -> Result<M
             .map_err(|e| e.to_string())?;
     let _ = s.close().await;
     manifest_reply(reply, &id)
-}
-
-/// What a peer's answer to `ShardRequest::Manifest(id)` is worth: a manifest that is valid
-/// and hashes to `id`, or why not.
-pub fn manifest_reply(reply: Option<ShardReply>, id: &ContentId) -> Result<Manifest, String> {
-    match reply {
-        Some(ShardReply::Manifest(m)) => {
-            m.validate().map_err(|e| format!("invalid manifest: {e}"))?;
-            // The current rule, or the legacy one of a model cataloged before it.
-            if !m.matches_id(id) {
-                return Err("sent a manifest that does not hash to the content id".into());
-            }
-            Ok(m)
-        }
-        Some(ShardReply::Error { message, .. }) => Err(message),
-        _ => Err("broke the protocol".into()),
-    }
 }
 
 /// Why a shard did not come.

@@ -26,9 +26,9 @@ use proptest::prelude::*;
 use rbee_infer::chat::ChatMessage;
 use rbee_infer::engine::{FinishReason, GenerationStats, Prompt};
 use rbee_infer::sampling::SamplingParams;
-use rbee_node::pool::{self, InferFrame, InferRequest};
-use rbee_node::share::{self, ShardReply, ShardRequest};
+use rbee_proto::infer::{self, InferFrame, InferRequest};
 use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
+use rbee_proto::shard::{self, ShardReply, ShardRequest};
 use rbee_proto::{
     ContentId, FileEntry, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource, ShardHash,
     codec,
@@ -130,7 +130,7 @@ struct Target {
 }
 
 fn serving_node_reads_a_request(bytes: &[u8]) {
-    if let Some(req) = read_frame::<InferRequest>(bytes, pool::MAX_REQUEST_FRAME) {
+    if let Some(req) = read_frame::<InferRequest>(bytes, infer::MAX_REQUEST_FRAME) {
         // What `serve_one` does before anything else: refuse or accept, never panic.
         let _ = req.check();
     }
@@ -138,7 +138,7 @@ fn serving_node_reads_a_request(bytes: &[u8]) {
 
 fn calling_node_reads_a_reply(bytes: &[u8]) {
     if let Some(InferFrame::Error { code, message }) =
-        read_frame::<InferFrame>(bytes, pool::MAX_RESPONSE_FRAME)
+        read_frame::<InferFrame>(bytes, infer::MAX_RESPONSE_FRAME)
     {
         let e = rbee_node::NodeError::from_wire(code, message, "peer");
         let code = e.status();
@@ -147,12 +147,12 @@ fn calling_node_reads_a_reply(bytes: &[u8]) {
 }
 
 fn sharing_node_reads_a_request(bytes: &[u8]) {
-    let _ = read_frame::<ShardRequest>(bytes, share::REQUEST_CAP);
+    let _ = read_frame::<ShardRequest>(bytes, shard::REQUEST_CAP);
 }
 
 fn pulling_node_reads_a_reply(bytes: &[u8]) {
-    let reply = read_frame::<ShardReply>(bytes, share::REPLY_CAP);
-    let _ = share::manifest_reply(reply, &sample_manifest().content_id());
+    let reply = read_frame::<ShardReply>(bytes, shard::REPLY_CAP);
+    let _ = shard::manifest_reply(reply, &sample_manifest().content_id());
 }
 
 fn gossiped_status(bytes: &[u8]) {
@@ -179,25 +179,25 @@ fn model_reference(bytes: &[u8]) {
 const TARGETS: &[Target] = &[
     Target {
         name: "infer request (/rbee/infer/1, serving side)",
-        cap: pool::MAX_REQUEST_FRAME,
+        cap: infer::MAX_REQUEST_FRAME,
         framed: true,
         run: serving_node_reads_a_request,
     },
     Target {
         name: "infer frame (/rbee/infer/1, calling side)",
-        cap: pool::MAX_RESPONSE_FRAME,
+        cap: infer::MAX_RESPONSE_FRAME,
         framed: true,
         run: calling_node_reads_a_reply,
     },
     Target {
         name: "shard request (/rbee/shard/1, sharing side)",
-        cap: share::REQUEST_CAP,
+        cap: shard::REQUEST_CAP,
         framed: true,
         run: sharing_node_reads_a_request,
     },
     Target {
         name: "shard reply (/rbee/shard/1, pulling side)",
-        cap: share::REPLY_CAP,
+        cap: shard::REPLY_CAP,
         framed: true,
         run: pulling_node_reads_a_reply,
     },
@@ -459,10 +459,10 @@ fn the_corpus_is_accepted_as_valid() {
     // The mutations start from messages the node does accept, so they reach deep paths.
     let corpus = corpus();
     let chat = &corpus[0][0];
-    let req = read_frame::<InferRequest>(chat, pool::MAX_REQUEST_FRAME).unwrap();
+    let req = read_frame::<InferRequest>(chat, infer::MAX_REQUEST_FRAME).unwrap();
     req.check().unwrap();
-    let reply = read_frame::<ShardReply>(&corpus[3][0], share::REPLY_CAP);
-    share::manifest_reply(reply, &sample_manifest().content_id()).unwrap();
+    let reply = read_frame::<ShardReply>(&corpus[3][0], shard::REPLY_CAP);
+    shard::manifest_reply(reply, &sample_manifest().content_id()).unwrap();
     NodeStatus::from_wire(&corpus[4][0]).unwrap();
     Manifest::decode(&corpus[5][0]).unwrap().validate().unwrap();
 }
@@ -554,7 +554,7 @@ fn a_peer_cannot_make_a_request_bypass_the_http_rules() {
             params,
         };
         let bytes = framed(&codec::encode(&req).unwrap());
-        let back = read_frame::<InferRequest>(&bytes, pool::MAX_REQUEST_FRAME).unwrap();
+        let back = read_frame::<InferRequest>(&bytes, infer::MAX_REQUEST_FRAME).unwrap();
         assert!(back.check().is_err(), "{:?} accepted", back.params);
     }
     let no_messages = InferRequest {
@@ -626,7 +626,7 @@ proptest! {
     ) {
         let req = InferRequest { model, prompt, params };
         let bytes = framed(&codec::encode(&req).unwrap());
-        let back = read_frame::<InferRequest>(&bytes, pool::MAX_REQUEST_FRAME).unwrap();
+        let back = read_frame::<InferRequest>(&bytes, infer::MAX_REQUEST_FRAME).unwrap();
         prop_assert_eq!(format!("{back:?}"), format!("{req:?}"));
         // Accepting or refusing depends on the request, not on having crossed the wire.
         prop_assert_eq!(
@@ -639,7 +639,7 @@ proptest! {
     fn any_shard_request_round_trips(hash in any::<[u8; 32]>(), range in any::<Option<(u64, u64)>>()) {
         let req = ShardRequest::Shard { hash: ShardHash::from_bytes(hash), range };
         let bytes = framed(&codec::encode(&req).unwrap());
-        let back = read_frame::<ShardRequest>(&bytes, share::REQUEST_CAP).unwrap();
+        let back = read_frame::<ShardRequest>(&bytes, shard::REQUEST_CAP).unwrap();
         prop_assert_eq!(format!("{back:?}"), format!("{req:?}"));
         let _ = ContentId::from_bytes(hash);
     }

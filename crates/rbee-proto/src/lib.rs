@@ -12,11 +12,14 @@
 //! ```
 
 pub mod codec;
+pub mod generation;
 mod id;
+pub mod infer;
 mod manifest;
 mod model_ref;
 pub mod pool;
 pub mod quant;
+pub mod shard;
 
 pub use id::{ContentId, IdParseError, ShardHash};
 pub use manifest::{

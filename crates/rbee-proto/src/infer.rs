@@ -1,0 +1,59 @@
+//! `/rbee/infer/1`: a node asks a peer to run a generation. One request frame from the
+//! caller, then frames from the server until `Done` or `Error` (docs/PROTOCOL.md).
+
+use serde::{Deserialize, Serialize};
+
+use crate::generation::{GenerationStats, Prompt, SamplingParams, check_messages};
+use crate::pool::ErrorCode;
+
+/// Largest request frame (a long conversation; the HTTP body limit is the same).
+pub const MAX_REQUEST_FRAME: usize = 4 << 20;
+/// Largest response frame (one piece of text, or the final stats).
+pub const MAX_RESPONSE_FRAME: usize = 1 << 20;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InferRequest {
+    pub model: String,
+    pub prompt: Prompt,
+    pub params: SamplingParams,
+}
+
+impl InferRequest {
+    /// What a serving node refuses before it pulls, loads or queues anything for a peer:
+    /// the same rules as the HTTP API's (a peer is not trusted more than a client).
+    pub fn check(&self) -> Result<(), String> {
+        // (The parse error shows at most the start of a long name.)
+        self.model
+            .parse::<crate::ModelRef>()
+            .map_err(|e| e.to_string())?;
+        self.params.validate()?;
+        if let Prompt::Chat(messages) = &self.prompt {
+            check_messages(messages).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum InferFrame {
+    Started {
+        node: String,
+        model: String,
+        prompt_tokens: u64,
+    },
+    Text(String),
+    Done(GenerationStats),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// Before `Started`: what the serving node is doing first (pulling the model from the
+    /// pool, loading it), for the caller's job stream.
+    Phase(String),
+    /// Before `Started`: the progress of a pull on the serving node.
+    Progress {
+        done: u64,
+        total: u64,
+        peers: Vec<String>,
+    },
+}
