@@ -1,7 +1,6 @@
 //! The HTTP API (axum): OpenAI-compatible `/v1/*`, the job API with server-sent events,
 //! `/health` and `/metrics`. Every handler talks to the actors through their handles.
 
-pub(crate) mod generate;
 mod guard;
 mod health;
 mod hub;

@@ -218,3 +218,41 @@ impl From<rbee_proto::RefError> for NodeError {
 pub(crate) fn actor_failed(what: &str, e: impl std::fmt::Display) -> NodeError {
     NodeError::Unavailable(format!("{what} did not answer: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_crosses_the_wire_as_what_it_is() {
+        // What a client of the forwarding node sees is what it would have seen from the
+        // serving node: same HTTP status, same OpenAI code.
+        let errors = [
+            NodeError::BadRequest("x".into()),
+            NodeError::NotFound("x".into()),
+            NodeError::PromptTooLong("x".into()),
+            NodeError::InvalidModel("x".into()),
+            NodeError::Busy {
+                message: "x".into(),
+                retry_after_secs: 5,
+            },
+            NodeError::Unavailable("x".into()),
+            NodeError::Cancelled("x".into()),
+            NodeError::Internal("x".into()),
+            NodeError::NeverFits {
+                model: "m".into(),
+                device: "cpu".into(),
+                needed: 2,
+                budget: 1,
+            },
+        ];
+        for e in errors {
+            let back = NodeError::from_wire(e.wire_code(), e.to_string(), "b");
+            assert_eq!(
+                (back.status(), back.code(), back.retry_after()),
+                (e.status(), e.code(), e.retry_after()),
+                "{e:?}"
+            );
+        }
+    }
+}

@@ -9,8 +9,9 @@ pub mod config;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
-pub mod pool;
+pub mod peer;
 pub mod pull;
+pub mod serve;
 pub mod share;
 mod tasks;
 
@@ -45,7 +46,7 @@ pub struct NodeContext {
     /// The pool's public fingerprint, when in a pool.
     pub pool: Option<String>,
     /// This node's latest status as published to the pool.
-    pub status: pool::StatusCache,
+    pub status: peer::status::StatusCache,
     pub config: NodeConfig,
     pub catalog: CatalogHandle,
     pub router: RouterHandle,
@@ -241,7 +242,7 @@ pub async fn run(
         background.push(tokio::spawn(tasks::supervise(
             "status publisher",
             metrics.clone(),
-            move || pool::publish_status(c.clone(), n.clone()),
+            move || peer::status::publish_status(c.clone(), n.clone()),
         )));
         let (c, n) = (ctx.clone(), net.clone());
         background.push(tokio::spawn(tasks::supervise(
@@ -253,7 +254,7 @@ pub async fn run(
         background.push(tokio::spawn(tasks::supervise(
             "infer server",
             metrics.clone(),
-            move || pool::serve_infer(c.clone(), n.clone()),
+            move || peer::infer::serve_infer(c.clone(), n.clone()),
         )));
     }
 

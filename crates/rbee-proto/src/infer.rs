@@ -57,3 +57,25 @@ pub enum InferFrame {
         peers: Vec<String>,
     },
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_survive_the_codec() {
+        let req = InferRequest {
+            model: "gemma".into(),
+            prompt: Prompt::Chat(vec![crate::generation::ChatMessage::new("user", "hé 🐝")]),
+            params: SamplingParams {
+                seed: Some(7),
+                stop: vec!["\n".into()],
+                ..Default::default()
+            },
+        };
+        let bytes = crate::codec::encode(&req).unwrap();
+        let back: InferRequest = crate::codec::decode(&bytes).unwrap();
+        assert_eq!(back.prompt, req.prompt);
+        assert_eq!(back.params, req.params);
+    }
+}

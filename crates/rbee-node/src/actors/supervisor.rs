@@ -33,7 +33,7 @@ pub struct SupervisorArgs {
     pub router: RouterHandle,
     pub node: String,
     pub net: Option<rbee_net::Client>,
-    pub status: crate::pool::StatusCache,
+    pub status: crate::peer::status::StatusCache,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

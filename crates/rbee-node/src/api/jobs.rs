@@ -21,11 +21,11 @@ use serde_json::json;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::generate::{self, Chunk};
 use crate::NodeContext;
 use crate::actors::provisioner::ProvisionerMsg;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
+use crate::serve::{self, Chunk};
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "operation", rename_all = "snake_case")]
@@ -285,7 +285,7 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 let (prompt, params) = req.generation()?;
                 job.phase("loading");
                 let mut started =
-                    generate::start_with(&ctx, model, prompt, params, false, Some(&job)).await?;
+                    serve::start_with(&ctx, model, prompt, params, false, Some(&job)).await?;
                 job.phase(&format!("generating on node {}", started.node));
                 let mut text = String::new();
                 loop {

@@ -17,7 +17,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::generate::{self, Chunk, Started};
 use super::types::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Completion,
     CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, PromptInput,
@@ -25,6 +24,7 @@ use super::types::{
 };
 use crate::NodeContext;
 use crate::error::NodeError;
+use crate::serve::{self, Chunk, Started};
 
 /// Prompts one `/v1/completions` request may carry (each is a generation, run in turn).
 const MAX_PROMPTS: usize = 16;
@@ -224,7 +224,7 @@ async fn run(ctx: Arc<NodeContext>, job: Result<Job, NodeError>) -> Response {
     // The first generation starts before the response does, so a request that cannot run
     // (unknown model, prompt too long, no capacity) is an HTTP error, not a broken stream.
     let first = job.prompts.remove(0);
-    let started = match generate::start(&ctx, &job.model, first, job.params.clone()).await {
+    let started = match serve::start(&ctx, &job.model, first, job.params.clone()).await {
         Ok(s) => s,
         Err(e) => return e.into_response(),
     };
@@ -301,7 +301,7 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
             Err(e) => return e.into_response(),
         }
         if let Some(prompt) = rest.next() {
-            match generate::start(&ctx, &job.model, prompt, job.params.clone()).await {
+            match serve::start(&ctx, &job.model, prompt, job.params.clone()).await {
                 Ok(s) => next = Some(s),
                 Err(e) => return e.into_response(),
             }
@@ -529,7 +529,7 @@ fn stream_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response 
             add_usage(&mut usage, started.prompt_tokens, &stats);
             index += 1;
             if let Some(prompt) = rest.next() {
-                match generate::start(&ctx, &job.model, prompt, job.params.clone()).await {
+                match serve::start(&ctx, &job.model, prompt, job.params.clone()).await {
                     Ok(s) => next = Some(s),
                     Err(e) => {
                         let _ = tx.send(Ok(Chunks::error(&e))).await;

@@ -1,6 +1,10 @@
-//! Shared by the OpenAI endpoints, the `infer` job and requests from peers: route (this node
-//! or a peer, with failover), load, queue, and bridge the model thread's blocking event
-//! stream onto the async side.
+//! The request path, below the HTTP API and above the engine: route a generation (this
+//! node, a peer, or a pull here first, with failover and fallback chains), load and queue it
+//! on a worker, and bridge the model thread's blocking events to async [`Chunk`]s. Shared by
+//! the OpenAI routes, the `infer` job and requests from peers. A request walks one way:
+//! `api` → `serve` → the engine or a peer (`serve::remote`).
+
+pub mod remote;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -133,16 +137,8 @@ async fn start_one(
                 None,
             ),
             RouteTarget::Peer { peer, node } => (
-                crate::pool::start_remote(
-                    ctx,
-                    peer,
-                    &node,
-                    model,
-                    prompt.clone(),
-                    params.clone(),
-                    job,
-                )
-                .await,
+                remote::start_remote(ctx, peer, &node, model, prompt.clone(), params.clone(), job)
+                    .await,
                 Some((peer, node)),
             ),
         };

@@ -1,0 +1,176 @@
+//! The server of `/rbee/infer/1`: runs a generation a peer asks for, here only (a forwarded
+//! request never hops again), and streams it back frame by frame. The messages are
+//! `rbee_proto::infer`'s.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncWriteExt, StreamExt};
+use rbee_net::frame::{read_frame, write_frame};
+use rbee_net::{Client, PeerId};
+use rbee_proto::infer::{InferFrame, InferRequest, MAX_REQUEST_FRAME};
+use rbee_proto::pool::INFER_PROTOCOL;
+use tokio::sync::Semaphore;
+
+use crate::NodeContext;
+use crate::error::NodeError;
+use crate::jobs::JobEvent;
+use crate::serve::{self, Chunk};
+
+/// Generations served to peers at once; more are refused with "busy".
+const MAX_INBOUND: usize = 64;
+/// How long a peer has to send its request after opening the stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn error_frame(e: &NodeError) -> InferFrame {
+    InferFrame::Error {
+        code: e.wire_code(),
+        message: e.to_string(),
+    }
+}
+
+/// Serves `/rbee/infer/1` for peers until the network stops.
+pub async fn serve_infer(ctx: Arc<NodeContext>, net: Client) {
+    let mut incoming = match net.accept(INFER_PROTOCOL) {
+        Ok(i) => i,
+        Err(e) => return tracing::error!("cannot serve {INFER_PROTOCOL}: {e}"),
+    };
+    let slots = Arc::new(Semaphore::new(MAX_INBOUND));
+    while let Some((peer, mut stream)) = incoming.next().await {
+        let ctx = ctx.clone();
+        match slots.clone().try_acquire_owned() {
+            Ok(permit) => {
+                tokio::spawn(async move {
+                    serve_one(&ctx, peer, &mut stream).await;
+                    let _ = stream.close().await;
+                    drop(permit);
+                });
+            }
+            Err(_) => {
+                tokio::spawn(async move {
+                    let e = NodeError::Busy {
+                        message: format!(
+                            "node {} serves {MAX_INBOUND} peer requests already",
+                            ctx.name
+                        ),
+                        retry_after_secs: 1,
+                    };
+                    let _ = write_frame(&mut stream, &error_frame(&e)).await;
+                    let _ = stream.close().await;
+                });
+            }
+        }
+    }
+}
+
+async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Stream) {
+    let request: InferRequest =
+        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream, MAX_REQUEST_FRAME)).await {
+            Ok(Ok(Some(r))) => r,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, "bad infer request: {e}");
+                let e = NodeError::BadRequest(format!("malformed request: {e}"));
+                let _ = write_frame(stream, &error_frame(&e)).await;
+                return;
+            }
+            Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
+        };
+    if let Err(e) = request.check().map_err(NodeError::BadRequest) {
+        tracing::debug!(%peer, "refused an infer request: {e}");
+        let _ = write_frame(stream, &error_frame(&e)).await;
+        return;
+    }
+    tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
+    // The request is a job here too: what happens before the first token (a pull from the
+    // pool, a load) is listed in this node's jobs and relayed to the caller as it happens.
+    let job = ctx.jobs.create("infer");
+    // Whichever way this returns, the job ends (a peer that dies before the first token
+    // left it `running` for good).
+    let _ends = job.fail_unless_ended("the peer went away before the generation finished");
+    job.phase(&format!("serving a request from peer {peer}"));
+    let (_, live) = job.subscribe();
+    // `local_only`: a forwarded request never hops again, so there are no routing loops.
+    let start = serve::start_with(
+        ctx,
+        &request.model,
+        request.prompt,
+        request.params,
+        true,
+        Some(&job),
+    );
+    tokio::pin!(start);
+    let mut live = live.map(tokio_stream::wrappers::BroadcastStream::new);
+    let started = loop {
+        let event = async {
+            match live.as_mut() {
+                Some(l) => l.next().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            result = &mut start => break result,
+            event = event => {
+                let frame = match event {
+                    Some(Ok(JobEvent::Phase { phase })) => InferFrame::Phase(phase),
+                    Some(Ok(JobEvent::Progress { done, total, peers, .. })) => InferFrame::Progress {
+                        done,
+                        total,
+                        peers: peers.unwrap_or_default(),
+                    },
+                    Some(_) => continue,
+                    None => {
+                        live = None;
+                        continue;
+                    }
+                };
+                if write_frame(stream, &frame).await.is_err() {
+                    job.fail("the peer went away");
+                    return;
+                }
+            }
+        }
+    };
+    let mut started = match started {
+        Ok(s) => s,
+        Err(e) => {
+            job.fail(&e);
+            let _ = write_frame(stream, &error_frame(&e)).await;
+            return;
+        }
+    };
+    job.phase(&format!("generating for peer {peer}"));
+    let head = InferFrame::Started {
+        node: started.node.clone(),
+        model: started.model.clone(),
+        prompt_tokens: started.prompt_tokens as u64,
+    };
+    if write_frame(stream, &head).await.is_err() {
+        return;
+    }
+    while let Some(chunk) = started.events.recv().await {
+        let (frame, last) = match chunk {
+            Chunk::Text(t) => (InferFrame::Text(t), false),
+            Chunk::Done(stats) => {
+                job.done(serde_json::json!({"model": started.model, "for_peer": peer.to_string(),
+                    "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}));
+                (InferFrame::Done(stats), true)
+            }
+            Chunk::Failed(e) => {
+                job.fail(&e);
+                (error_frame(&e), true)
+            }
+        };
+        // A failed write means the caller went away: returning drops the events, which
+        // cancels the generation.
+        if write_frame(stream, &frame).await.is_err() {
+            job.fail("the peer went away");
+            return;
+        }
+        if last {
+            return;
+        }
+    }
+    job.fail("the generation ended without a result");
+}
