@@ -116,7 +116,7 @@ impl Lab {
             .env(
                 "RUST_LOG",
                 std::env::var("RBEE_TEST_LOG")
-                    .unwrap_or_else(|_| "info,rbee_node::share=debug,libp2p_stream=debug".into()),
+                    .unwrap_or_else(|_| "info,rbee_node::pull::pool=debug,rbee_node::peer::shards=debug,libp2p_stream=debug".into()),
             )
             .env("XDG_CONFIG_HOME", data.join("no-config"))
             .stderr(std::fs::File::create(log).unwrap())

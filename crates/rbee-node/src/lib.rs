@@ -12,7 +12,6 @@ pub mod metrics;
 pub mod peer;
 pub mod pull;
 pub mod serve;
-pub mod share;
 mod tasks;
 
 use std::future::Future;
@@ -58,7 +57,7 @@ pub struct NodeContext {
     /// The HuggingFace client (None: no HF cache dir could be found, so no pulls or search).
     pub hub: Option<rbee_hub::Hub>,
     /// Pool pulls under way on this node, one per model.
-    pub pulls: share::Pulls,
+    pub pulls: pull::pool::Pulls,
     /// What the HTTP API answers (hosts, origins, token, body deadline).
     pub http: api::HttpPolicy,
     /// Set when the shutdown drain is over: streams still running end with an error event.
@@ -184,7 +183,7 @@ pub async fn run(
         worker: Handle::empty("the cpu worker"),
         provisioner: Handle::empty("the provisioner"),
         jobs: jobs::Jobs::default(),
-        pulls: share::Pulls::default(),
+        pulls: pull::pool::Pulls::default(),
         metrics: metrics.clone(),
         started: Instant::now(),
         hub,
@@ -248,7 +247,7 @@ pub async fn run(
         background.push(tokio::spawn(tasks::supervise(
             "shard server",
             metrics.clone(),
-            move || share::serve_shards(c.clone(), n.clone()),
+            move || peer::shards::serve_shards(c.clone(), n.clone()),
         )));
         let (c, n) = (ctx.clone(), net);
         background.push(tokio::spawn(tasks::supervise(

@@ -2,4 +2,5 @@
 //! publishes its status. Each server runs under `tasks::supervise`.
 
 pub mod infer;
+pub mod shards;
 pub mod status;

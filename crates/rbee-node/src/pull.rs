@@ -1,6 +1,6 @@
 //! `model_pull` of a HuggingFace reference from the hub. Shared by the `ProvisionerActor` (as a
 //! job) and `rbee-node models pull` without a node. A node's job asks its pool first
-//! ([`crate::share::pull_from_pool`]) and only comes here when no peer has the model; a pull
+//! ([`pool::pull_from_pool`]) and only comes here when no peer has the model; a pull
 //! without a node has no pool to ask.
 //!
 //! Order: (1) the local catalog already has a model imported from this reference → done;
@@ -9,6 +9,8 @@
 //! the store with its source (repo, commit, file) recorded, so `org/repo:file` finds it later.
 //! Cancellation is honoured until the import starts; the import itself hard-links from the
 //! cache and either catalogs the whole model or nothing.
+
+pub mod pool;
 
 use rbee_hub::{Hub, HubError, PlanKind};
 use rbee_proto::{ContentId, HfRef, ModelRef};

@@ -180,7 +180,7 @@ async fn pull_and_start(
         return Err(NodeError::Internal("no job for the pull".into()));
     };
     tracing::info!(model, job = %pull_job.id, "no node can run the model now: pulling it here from the pool");
-    let pulled = match crate::share::pull_from_pool(ctx, model, pull_job).await {
+    let pulled = match crate::pull::pool::pull_from_pool(ctx, model, pull_job).await {
         Ok(Some(outcome)) => Ok(outcome),
         Ok(None) => Err(NodeError::NotFound(format!(
             "no peer shares `{model}` any more (GET /v1/pool shows what each node has)"
@@ -189,7 +189,7 @@ async fn pull_and_start(
     };
     if let Some(own) = &own {
         match &pulled {
-            Ok(o) => own.done(crate::share::pull_result(o, "pool")),
+            Ok(o) => own.done(crate::pull::pool::pull_result(o, "pool")),
             Err(e) => own.fail(e),
         }
     }

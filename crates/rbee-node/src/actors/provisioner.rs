@@ -159,7 +159,7 @@ fn pull(store: &Store, hub: &rbee_hub::Hub, hf: &rbee_proto::HfRef, job: &Job) {
     });
     match result {
         Ok(out) => {
-            let mut result = crate::share::pull_result(&out.import, &format!("hf:{hf}"));
+            let mut result = crate::pull::pool::pull_result(&out.import, &format!("hf:{hf}"));
             result["from"] = serde_json::json!(out.from);
             result["commit"] = serde_json::json!(out.commit);
             result["transferred"] = serde_json::json!(out.transferred);

@@ -225,8 +225,8 @@ async fn pool_first(
             "already_present": true, "source": "local", "size": found.record.manifest.total_size()}),
         ));
     }
-    match crate::share::pull_from_pool(ctx, model, job).await {
-        Ok(Some(out)) => Ok(Some(crate::share::pull_result(&out, "pool"))),
+    match crate::pull::pool::pull_from_pool(ctx, model, job).await {
+        Ok(Some(out)) => Ok(Some(crate::pull::pool::pull_result(&out, "pool"))),
         Ok(None) => Ok(None),
         Err(e) => Err(e),
     }
