@@ -557,11 +557,11 @@ fn unknown_architectures_are_refused_with_the_supported_list() {
     assert!(err.contains("llama, mistral, qwen2"), "{err}");
 }
 
-/// Every way a safetensors header can lie, for both readers of it: the engine's loader
-/// (`SafetensorsModel::open`, then the backend's load) and the store's import check. Each
-/// gives `Ok` or an error, never a panic; a refused import catalogs nothing.
+/// Every way a safetensors header can lie, for the engine's loader (`SafetensorsModel::open`,
+/// then the backend's load): `Ok` or an error, never a panic. (The store's own header check
+/// has the same cases in `crates/rbee-store/tests/store.rs`.)
 #[test]
-fn damaged_safetensors_headers_are_refused_by_loader_and_store() {
+fn damaged_safetensors_headers_are_refused_by_the_loader() {
     let tmp = tempfile::tempdir().unwrap();
     let folder = tmp.path().join("m");
     let model = random_model("llama", true, 9);
@@ -645,23 +645,12 @@ fn damaged_safetensors_headers_are_refused_by_loader_and_store() {
     cases.push(with_header(b"null"));
     cases.push(with_header(&b"[".repeat(10_000)));
 
-    let store = rbee_store::Store::open(tmp.path().join("store")).unwrap();
     let mut refused = 0;
     for (i, bytes) in cases.iter().enumerate() {
         std::fs::write(&file, bytes).unwrap();
         let outcome = std::panic::catch_unwind(|| {
             let opened = SafetensorsModel::open(&folder).is_ok();
             let loaded = CandleBackend.load(&folder, &LoadOptions::default()).is_ok();
-            let source = rbee_store::ImportSource::Path(folder.clone());
-            let before = store.list().unwrap().len();
-            let imported = store.import(&source, &mut |_| {});
-            if imported.is_err() {
-                assert_eq!(
-                    store.list().unwrap().len(),
-                    before,
-                    "a refused import cataloged"
-                );
-            }
             (opened, loaded)
         });
         let (opened, loaded) = outcome.unwrap_or_else(|_| {

@@ -384,6 +384,80 @@ fn write_safetensors_folder(dir: &Path) {
     );
 }
 
+/// Headers that lie (lengths, cuts, structural bytes, offsets and shapes that do not fit,
+/// unknown dtypes): the import refuses each with an error, never a panic, and catalogs
+/// nothing. (The engine's loader has the same cases in `crates/rbee-infer/tests/safetensors.rs`.)
+#[test]
+fn damaged_safetensors_headers_are_refused_and_catalog_nothing() {
+    let (tmp, store) = setup();
+    let dir = tmp.path().join("m");
+    write_safetensors_folder(&dir);
+    let file = dir.join("model-00001-of-00002.safetensors");
+    let good = fs::read(&file).unwrap();
+    let header_len = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&good[8..8 + header_len]).unwrap();
+    let data = good[8 + header_len..].to_vec();
+    let with_header = |h: &[u8]| {
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(h);
+        out.extend_from_slice(&data);
+        out
+    };
+    let mut cases = Vec::new();
+    for len in [0, 7, header_len as u64 + 1, good.len() as u64, u64::MAX] {
+        let mut v = good.clone();
+        v[..8].copy_from_slice(&len.to_le_bytes());
+        cases.push(v);
+    }
+    for cut in (0..8 + header_len).step_by(5) {
+        cases.push(good[..cut].to_vec());
+    }
+    for i in 8..8 + header_len {
+        let mut v = good.clone();
+        v[i] = b"\"{]9"[i % 4];
+        cases.push(v);
+    }
+    for (field, value) in [
+        ("data_offsets", serde_json::json!([0u64, u64::MAX])),
+        ("data_offsets", serde_json::json!([10, 5])),
+        ("data_offsets", serde_json::json!([0])),
+        ("shape", serde_json::json!([u64::MAX, 2])),
+        ("shape", serde_json::json!("32")),
+        ("dtype", serde_json::json!("F128")),
+    ] {
+        let mut h = header.clone();
+        h["a"][field] = value;
+        cases.push(with_header(&serde_json::to_vec(&h).unwrap()));
+    }
+    cases.push(with_header(b"[]"));
+    cases.push(with_header(&b"[".repeat(10_000)));
+    for (i, bytes) in cases.iter().enumerate() {
+        fs::write(&file, bytes).unwrap();
+        let result = std::panic::catch_unwind(|| {
+            store.import(&ImportSource::Path(dir.clone()), &mut |_| {})
+        });
+        let result = result.unwrap_or_else(|_| panic!("case {i} panicked"));
+        // A single changed byte can still be valid JSON that fits; everything else is refused.
+        match result {
+            Ok(out) => {
+                let id = rbee_proto::ModelRef::ContentId(out.content_id);
+                store.remove(&id, true).unwrap();
+            }
+            Err(_) => assert!(
+                store.list().unwrap().is_empty(),
+                "case {i}: a refused import cataloged"
+            ),
+        }
+    }
+    // Nothing half-written stays behind.
+    for sub in ["views", "manifests", "tmp"] {
+        assert!(
+            dir_entries(&store.root().join(sub)).is_empty(),
+            "{sub} not empty"
+        );
+    }
+}
+
 #[test]
 fn safetensors_folder_import() {
     let (tmp, store) = setup();
