@@ -297,3 +297,22 @@ impl Member {
         Member { node, p2p, data }
     }
 }
+
+/// A small deterministic generator (xorshift64) for the fuzz tests: fixed seeds, so every
+/// run sees the same cases.
+#[derive(Debug)]
+pub struct XorShift(pub u64);
+
+impl XorShift {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform-ish in `0..n` (0 when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n.max(1) as u64) as usize
+    }
+}

@@ -12,28 +12,14 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use rbee_tests::{NodeProcess, import_model, workspace_root};
+use rbee_tests::{NodeProcess, XorShift, import_model, workspace_root};
 use serde_json::{Value, json};
 
 fn tiny_model() -> PathBuf {
     workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen3.gguf")
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn hostile(rng: &mut Rng) -> Value {
+fn hostile(rng: &mut XorShift) -> Value {
     match rng.below(16) {
         0 => Value::Null,
         1 => json!(true),
@@ -91,7 +77,7 @@ fn at<'a>(v: &'a mut Value, path: &[String]) -> &'a mut Value {
     })
 }
 
-fn mutate_json(rng: &mut Rng, base: &Value) -> Value {
+fn mutate_json(rng: &mut XorShift, base: &Value) -> Value {
     let mut v = base.clone();
     for _ in 0..=rng.below(2) {
         let mut all = Vec::new();
@@ -123,13 +109,13 @@ fn mutate_json(rng: &mut Rng, base: &Value) -> Value {
     v
 }
 
-fn mutate_bytes(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
+fn mutate_bytes(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
     let mut b = base.to_vec();
     match rng.below(4) {
         0 => b.truncate(rng.below(b.len())),
         1 => {
             let i = rng.below(b.len());
-            b[i] = (rng.next() & 0xff) as u8;
+            b[i] = (rng.next_u64() & 0xff) as u8;
         }
         2 => {
             let i = rng.below(b.len());
@@ -255,7 +241,7 @@ fn every_route_answers_hostile_input_with_a_clear_error_and_keeps_serving() {
     let data = tmp.path().join("data");
     import_model(&data, &tiny_model(), "tiny");
     let node = NodeProcess::start(&data, &["--context-length", "128"]);
-    let mut rng = Rng(0x0ddb_a112_0260);
+    let mut rng = XorShift(0x0ddb_a112_0260);
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
 
     for (path, base) in corpus() {

@@ -17,7 +17,7 @@ use rbee_proto::infer::{InferFrame, InferRequest};
 use rbee_proto::pool::{INFER_PROTOCOL, SHARD_PROTOCOL};
 use rbee_proto::shard::{ShardReply, ShardRequest};
 use rbee_proto::{ContentId, ShardHash, codec};
-use rbee_tests::{Member, import_model, pool_key, workspace_root};
+use rbee_tests::{Member, XorShift, import_model, pool_key, workspace_root};
 
 fn framed(body: &[u8]) -> Vec<u8> {
     let mut out = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
@@ -25,21 +25,7 @@ fn framed(body: &[u8]) -> Vec<u8> {
     out
 }
 
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
+fn mutate(rng: &mut XorShift, base: &[u8]) -> Vec<u8> {
     let mut v = base.to_vec();
     match rng.below(4) {
         0 => v.truncate(rng.below(v.len())),
@@ -160,7 +146,7 @@ async fn a_hostile_peer_gets_errors_and_the_node_keeps_serving() {
         "{reply:?}"
     );
 
-    let mut rng = Rng(0x00f0_22ed_2026);
+    let mut rng = XorShift(0x00f0_22ed_2026);
     let shard = framed(
         &codec::encode(&ShardRequest::Shard {
             hash: ShardHash::of(b"x"),

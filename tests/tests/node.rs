@@ -259,14 +259,10 @@ fn a_full_queue_answers_503_with_retry_after() {
     });
 }
 
-#[test]
-fn a_corrupt_model_fails_within_a_second_with_the_reason() {
-    let tmp = tempfile::tempdir().unwrap();
-    let Some(data) = data_with_demo(tmp.path()) else {
-        return;
-    };
-    // Damage the stored file behind the catalog's back (bit rot, a bad disk).
-    let show = rbee(&data, &["models", "show", "demo", "--json"]);
+/// The demo model's stored file, made writable behind the catalog's back (bit rot, a bad
+/// disk), and opened for writing.
+fn stored_file_for_writing(data: &Path) -> (PathBuf, std::fs::File) {
+    let show = rbee(data, &["models", "show", "demo", "--json"]);
     let v: Value = serde_json::from_slice(&show.stdout).unwrap();
     let path = PathBuf::from(v["path"].as_str().unwrap());
     let mut perms = std::fs::metadata(&path).unwrap().permissions();
@@ -274,6 +270,17 @@ fn a_corrupt_model_fails_within_a_second_with_the_reason() {
     perms.set_readonly(false);
     std::fs::set_permissions(&path, perms).unwrap();
     let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    (path, f)
+}
+
+#[test]
+fn a_corrupt_model_fails_within_a_second_with_the_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    // Damage the stored file behind the catalog's back (bit rot, a bad disk).
+    let (_, f) = stored_file_for_writing(&data);
     let len = f.metadata().unwrap().len();
     f.set_len(len - (1 << 20)).unwrap();
     let node = NodeProcess::start(&data, &[]);
@@ -304,14 +311,7 @@ fn a_model_whose_bytes_changed_is_refused_before_it_loads() {
     let Some(data) = data_with_demo(tmp.path()) else {
         return;
     };
-    let show = rbee(&data, &["models", "show", "demo", "--json"]);
-    let v: Value = serde_json::from_slice(&show.stdout).unwrap();
-    let path = PathBuf::from(v["path"].as_str().unwrap());
-    let mut perms = std::fs::metadata(&path).unwrap().permissions();
-    #[allow(clippy::permissions_set_readonly_false)]
-    perms.set_readonly(false);
-    std::fs::set_permissions(&path, perms).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    let (path, f) = stored_file_for_writing(&data);
     let len = f.metadata().unwrap().len();
     use std::os::unix::fs::FileExt;
     let mut byte = [0u8; 1];

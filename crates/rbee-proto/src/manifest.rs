@@ -183,19 +183,18 @@ impl Manifest {
     /// out, so identical bytes are one model whether they came from `a.gguf`, `b.gguf`,
     /// HuggingFace or Ollama.
     pub fn content_id(&self) -> ContentId {
-        let single_gguf = self.metadata.format == ModelFormat::Gguf && self.files.len() == 1;
         let input = IdInput {
             domain: "rbee-model-v2",
             files: self
                 .files
                 .iter()
                 .map(|f| {
-                    let name = if single_gguf {
-                        GGUF_FILE_NAME
-                    } else {
-                        f.name.as_str()
-                    };
-                    (name, f.size, f.shard_size, f.shards.as_slice())
+                    (
+                        self.canonical_name(f),
+                        f.size,
+                        f.shard_size,
+                        f.shards.as_slice(),
+                    )
                 })
                 .collect(),
             metadata: &self.metadata,
@@ -225,18 +224,20 @@ impl Manifest {
     /// Files as the content id sees them: (canonical name, blob id), sorted by name. Two
     /// manifests with equal lists hold the same bytes under the same roles.
     pub fn canonical_files(&self) -> Vec<(&str, ContentId)> {
-        let single_gguf = self.metadata.format == ModelFormat::Gguf && self.files.len() == 1;
         self.files
             .iter()
-            .map(|f| {
-                let name = if single_gguf {
-                    GGUF_FILE_NAME
-                } else {
-                    f.name.as_str()
-                };
-                (name, f.blob_id())
-            })
+            .map(|f| (self.canonical_name(f), f.blob_id()))
             .collect()
+    }
+
+    /// The name the content id gives `file`: a single-file GGUF is `model.gguf` whatever it
+    /// was called; the files of a folder keep their names (they are its structure).
+    fn canonical_name<'a>(&self, file: &'a FileEntry) -> &'a str {
+        if self.metadata.format == ModelFormat::Gguf && self.files.len() == 1 {
+            GGUF_FILE_NAME
+        } else {
+            file.name.as_str()
+        }
     }
 
     pub fn total_size(&self) -> u64 {

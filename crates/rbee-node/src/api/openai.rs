@@ -361,6 +361,15 @@ pub(crate) fn shutting_down() -> NodeError {
     )
 }
 
+/// One choice's piece of a stream: its index, the role (first chat chunk), the text, and the
+/// finish reason (its last chunk).
+struct Piece<'a> {
+    index: usize,
+    role: Option<&'a str>,
+    text: Option<String>,
+    finish: Option<String>,
+}
+
 /// Builds a stream's events: every chunk with the stream's id, object and `usage: null`.
 struct Chunks {
     kind: Kind,
@@ -374,6 +383,52 @@ impl Chunks {
         Event::default().data(serde_json::to_string(value).unwrap_or_default())
     }
 
+    /// A chunk of this stream: one choice's piece, or (`None`) the usage chunk, whose
+    /// `choices` are empty.
+    fn chunk(&self, choice: Option<Piece<'_>>, usage: Option<Usage>) -> Event {
+        let id = self.id.clone();
+        let model = self.model.clone();
+        match self.kind {
+            Kind::Chat => Self::event(&ChatChunk {
+                id,
+                object: "chat.completion.chunk".into(),
+                created: self.created,
+                model,
+                system_fingerprint: None,
+                choices: choice
+                    .map(|p| ChunkChoice {
+                        index: p.index,
+                        delta: Delta {
+                            role: p.role.map(str::to_string),
+                            content: p.text,
+                        },
+                        logprobs: None,
+                        finish_reason: p.finish,
+                    })
+                    .into_iter()
+                    .collect(),
+                usage,
+            }),
+            Kind::Text => Self::event(&Completion {
+                id,
+                object: "text_completion".into(),
+                created: self.created,
+                model,
+                system_fingerprint: None,
+                choices: choice
+                    .map(|p| TextChoice {
+                        index: p.index,
+                        text: p.text.unwrap_or_default(),
+                        logprobs: None,
+                        finish_reason: p.finish,
+                    })
+                    .into_iter()
+                    .collect(),
+                usage,
+            }),
+        }
+    }
+
     fn piece(
         &self,
         index: usize,
@@ -381,63 +436,18 @@ impl Chunks {
         text: Option<String>,
         finish: Option<String>,
     ) -> Event {
-        match self.kind {
-            Kind::Chat => Self::event(&ChatChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk".into(),
-                created: self.created,
-                model: self.model.clone(),
-                system_fingerprint: None,
-                choices: vec![ChunkChoice {
-                    index,
-                    delta: Delta {
-                        role: role.map(str::to_string),
-                        content: text,
-                    },
-                    logprobs: None,
-                    finish_reason: finish,
-                }],
-                usage: None,
-            }),
-            Kind::Text => Self::event(&Completion {
-                id: self.id.clone(),
-                object: "text_completion".into(),
-                created: self.created,
-                model: self.model.clone(),
-                system_fingerprint: None,
-                choices: vec![TextChoice {
-                    index,
-                    text: text.unwrap_or_default(),
-                    logprobs: None,
-                    finish_reason: finish,
-                }],
-                usage: None,
-            }),
-        }
+        let piece = Piece {
+            index,
+            role,
+            text,
+            finish,
+        };
+        self.chunk(Some(piece), None)
     }
 
     /// The last chunk when `include_usage` asked for it: no choices, the whole usage.
     fn usage(&self, usage: Usage) -> Event {
-        match self.kind {
-            Kind::Chat => Self::event(&ChatChunk {
-                id: self.id.clone(),
-                object: "chat.completion.chunk".into(),
-                created: self.created,
-                model: self.model.clone(),
-                system_fingerprint: None,
-                choices: Vec::new(),
-                usage: Some(usage),
-            }),
-            Kind::Text => Self::event(&Completion {
-                id: self.id.clone(),
-                object: "text_completion".into(),
-                created: self.created,
-                model: self.model.clone(),
-                system_fingerprint: None,
-                choices: Vec::new(),
-                usage: Some(usage),
-            }),
-        }
+        self.chunk(None, Some(usage))
     }
 
     fn error(e: &NodeError) -> Event {
