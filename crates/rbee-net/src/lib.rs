@@ -16,14 +16,13 @@
 
 pub mod frame;
 mod identity;
-pub mod route;
 mod swarm;
 mod view;
 
 pub use identity::{PoolKey, load_or_create_identity};
 pub use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol};
 pub use swarm::{Client, Event, EventLoop, NetConfig, Transport, spawn};
-pub use view::{Change, Peer, PeerSummary, PoolView};
+pub use view::{Change, Peer, PoolView};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {

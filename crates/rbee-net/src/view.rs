@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use rbee_proto::pool::NodeStatus;
-use serde::Serialize;
 
 /// A peer as this node sees it.
 #[derive(Debug, Clone)]
@@ -17,32 +16,6 @@ pub struct Peer {
     pub connected: bool,
     /// Round-trip time of the last ping, when there is a direct connection.
     pub rtt: Option<Duration>,
-}
-
-/// The JSON shape of a peer for `GET /v1/pool` and `rbee-node peers`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PeerSummary {
-    pub peer_id: String,
-    pub name: String,
-    pub api_addr: Option<String>,
-    pub last_seen_ms: u64,
-    pub connected: bool,
-    pub rtt_ms: Option<f64>,
-    pub status: NodeStatus,
-}
-
-impl Peer {
-    pub fn summary(&self) -> PeerSummary {
-        PeerSummary {
-            peer_id: self.id.to_string(),
-            name: self.status.name.clone(),
-            api_addr: self.status.api_addr.clone(),
-            last_seen_ms: self.last_seen.elapsed().as_millis() as u64,
-            connected: self.connected,
-            rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1000.0),
-            status: self.status.clone(),
-        }
-    }
 }
 
 /// What changed when a status or a disconnect was applied.

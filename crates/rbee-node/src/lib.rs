@@ -11,6 +11,7 @@ pub mod jobs;
 pub mod metrics;
 pub mod peer;
 pub mod pull;
+pub mod route;
 pub mod serve;
 mod tasks;
 

@@ -1,13 +1,13 @@
 //! `RouterActor`: decides where a request runs — this node's worker or a peer — from the
-//! catalog, this node's status and the pool view ([`rbee_net::route`] ranks the candidates),
+//! catalog, this node's status and the pool view ([`crate::route`] ranks the candidates),
 //! and keeps a backoff for peers that failed recently.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::route::{Reason, Target, candidates, held_in_pool};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rbee_net::route::{Reason, Target, candidates, held_in_pool};
 use rbee_net::{Client, PeerId};
 use rbee_proto::ModelRef;
 use rbee_proto::pool::{DiskModel, NodeStatus};

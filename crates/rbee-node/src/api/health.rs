@@ -101,11 +101,37 @@ pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
         .into_iter()
         .map(|a| format!("{a}/p2p/{}", net.local_peer_id()))
         .collect();
-    let peers: Vec<_> = net.peers().iter().map(|p| p.summary()).collect();
+    let peers: Vec<_> = net.peers().iter().map(PeerSummary::of).collect();
     Json(json!({
         "pool": ctx.pool,
         "node": {"name": ctx.name, "peer_id": net.local_peer_id().to_string(), "listen_addrs": listen, "status": status},
         "peers": peers,
     }))
     .into_response()
+}
+
+/// The JSON shape of a peer for `GET /v1/pool` and `rbee-node peers`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PeerSummary {
+    pub peer_id: String,
+    pub name: String,
+    pub api_addr: Option<String>,
+    pub last_seen_ms: u64,
+    pub connected: bool,
+    pub rtt_ms: Option<f64>,
+    pub status: rbee_proto::pool::NodeStatus,
+}
+
+impl PeerSummary {
+    pub fn of(peer: &rbee_net::Peer) -> PeerSummary {
+        PeerSummary {
+            peer_id: peer.id.to_string(),
+            name: peer.status.name.clone(),
+            api_addr: peer.status.api_addr.clone(),
+            last_seen_ms: peer.last_seen.elapsed().as_millis() as u64,
+            connected: peer.connected,
+            rtt_ms: peer.rtt.map(|d| d.as_secs_f64() * 1000.0),
+            status: peer.status.clone(),
+        }
+    }
 }

@@ -12,11 +12,9 @@
 
 use std::time::Duration;
 
-use libp2p::PeerId;
+use rbee_net::{Peer, PeerId};
 use rbee_proto::ContentId;
 use rbee_proto::pool::{DiskModel, NodeStatus};
-
-use crate::view::Peer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Target {

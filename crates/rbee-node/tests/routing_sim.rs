@@ -2,14 +2,14 @@
 //! hop by hop over a random mesh (one hop per tick), nodes join over time, the pool splits in
 //! two and heals, a tenth of it dies. After each phase every view must match the nodes really
 //! reachable, and every route from every node must be valid. Time is simulated, so the test is
-//! fast and exact; the real swarms are exercised in `tests/pool.rs`.
+//! fast and exact; the real swarms are exercised in `routing_swarms.rs`.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
-use rbee_net::route::{Reason, Target, candidates};
 use rbee_net::{PeerId, PoolView};
+use rbee_node::route::{Reason, Target, candidates};
 use rbee_proto::ContentId;
 use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
 

@@ -8,8 +8,8 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use rbee_net::route::{Reason, Target, candidates};
 use rbee_net::{Client, Multiaddr, NetConfig, PeerId, PoolKey, Transport};
+use rbee_node::route::{Reason, Target, candidates};
 use rbee_proto::ContentId;
 use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
 
@@ -176,7 +176,7 @@ impl Truth {
         &self,
         from: PeerId,
         m: u8,
-        route: &[rbee_net::route::Candidate],
+        route: &[rbee_node::route::Candidate],
     ) -> Result<(), String> {
         let id = ContentId::of(&[m]);
         let Some(first) = route.first() else {

@@ -1,5 +1,5 @@
 //! Shared by the swarm tests and the simulation: the routing rules, stated independently of
-//! `rbee_net::route`, to check its decisions against.
+//! `rbee_node::route`, to check its decisions against.
 
 use rbee_proto::ContentId;
 use rbee_proto::pool::NodeStatus;
