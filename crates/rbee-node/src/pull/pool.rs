@@ -167,6 +167,94 @@ impl PullState {
     fn finished(&self) -> bool {
         self.done.len() >= self.total || self.fatal.is_some()
     }
+
+    /// The next shard for a worker: the queue first; when it is empty, a shard another
+    /// worker is still fetching (the endgame: at most two race for one), so one slow peer
+    /// cannot hold up the end.
+    fn take_next(&mut self) -> Option<(usize, usize)> {
+        let pick = self.queue.pop_front().or_else(|| {
+            self.in_flight
+                .iter()
+                .filter(|(k, n)| **n < 2 && !self.done.contains(k))
+                .map(|(k, _)| *k)
+                .min()
+        });
+        if let Some(k) = pick {
+            *self.in_flight.entry(k).or_insert(0) += 1;
+        }
+        pick
+    }
+
+    /// A worker fetched `key`: whether its bytes go to the writer (false when the other
+    /// racer of the endgame was first).
+    fn fetched(&mut self, key: (usize, usize)) -> bool {
+        self.release(key, false);
+        !self.done.contains(&key) && self.writing.insert(key)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(shards: usize) -> PullState {
+        PullState {
+            queue: (0..shards).map(|i| (0, i)).collect(),
+            total: shards,
+            active: vec!["a".into(), "b".into()],
+            ..PullState::default()
+        }
+    }
+
+    #[test]
+    fn shards_go_out_in_order_then_the_endgame_races_each_at_most_twice() {
+        let mut st = state(2);
+        assert_eq!(st.take_next(), Some((0, 0)));
+        assert_eq!(st.take_next(), Some((0, 1)));
+        // Queue empty: the endgame hands out shards still in flight, once more each.
+        assert_eq!(st.take_next(), Some((0, 0)));
+        assert_eq!(st.take_next(), Some((0, 1)));
+        assert_eq!(st.take_next(), None, "never a third racer");
+        // The first racer's bytes are written; the second's are dropped.
+        assert!(st.fetched((0, 0)));
+        assert!(!st.fetched((0, 0)));
+        assert!(!st.in_flight.contains_key(&(0, 0)));
+    }
+
+    #[test]
+    fn a_failed_shard_is_requeued_unless_someone_else_still_has_it() {
+        let mut st = state(1);
+        let k = st.take_next().unwrap();
+        let again = st.take_next().unwrap();
+        assert_eq!(k, again, "endgame racer");
+        st.release(k, true);
+        assert!(st.queue.is_empty(), "the other racer still fetches it");
+        st.release(k, true);
+        assert_eq!(st.queue, [(0, 0)], "nobody has it: back in the queue");
+        // Written already: a late failure does not bring it back.
+        let k = st.take_next().unwrap();
+        assert!(st.fetched(k));
+        st.done.insert(k);
+        st.release(k, true);
+        assert!(st.queue.is_empty());
+        assert!(st.finished());
+    }
+
+    #[test]
+    fn dropped_peers_are_recorded_once_and_a_local_failure_ends_the_pull() {
+        let mut st = state(3);
+        st.drop_peer("a", true);
+        st.drop_peer("a", true);
+        st.drop_peer("b", false);
+        assert_eq!(
+            (st.bad.as_slice(), st.gone.as_slice()),
+            (&["a".to_string()][..], &["b".to_string()][..])
+        );
+        assert!(st.active.is_empty());
+        assert!(!st.finished());
+        st.fatal = Some("disk full".into());
+        assert!(st.finished());
+    }
 }
 
 /// A fetched shard on its way to the writer.
@@ -546,17 +634,7 @@ async fn worker(
             if st.finished() || !st.active.iter().any(|n| n == name) {
                 return;
             }
-            let pick = st.queue.pop_front().or_else(|| {
-                st.in_flight
-                    .iter()
-                    .filter(|(k, n)| **n < 2 && !st.done.contains(k))
-                    .map(|(k, _)| *k)
-                    .next()
-            });
-            if let Some(k) = pick {
-                *st.in_flight.entry(k).or_insert(0) += 1;
-            }
-            pick
+            st.take_next()
         };
         let Some((fi, si)) = next else {
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -594,8 +672,7 @@ async fn worker(
             match result {
                 Ok(bytes) => {
                     (failures, dropped, answered) = (0, 0, true);
-                    st.release((fi, si), false);
-                    if st.done.contains(&(fi, si)) || !st.writing.insert((fi, si)) {
+                    if !st.fetched((fi, si)) {
                         continue; // the other racer of the endgame was first
                     }
                     Some(bytes)
