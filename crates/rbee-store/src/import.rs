@@ -10,9 +10,9 @@ use rbee_proto::{
     ModelSource,
 };
 
-use crate::catalog::CatalogEntry;
 use crate::error::{IoContext, StoreError};
 use crate::fsutil;
+use crate::outcome::ImportOutcome;
 use crate::safetensors;
 use crate::store::{Progress, Report, Store, home};
 use rbee_proto::quant;
@@ -52,27 +52,6 @@ impl ImportSource {
             None => PathBuf::from(s),
         };
         Ok(ImportSource::Path(path))
-    }
-}
-
-/// What an import did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportOutcome {
-    pub content_id: rbee_proto::ContentId,
-    pub name: String,
-    /// The same bytes were already cataloged (under `name`); nothing was added.
-    pub already_present: bool,
-    pub manifest: Manifest,
-}
-
-impl ImportOutcome {
-    pub(crate) fn existing(e: &CatalogEntry, manifest: Manifest) -> Self {
-        ImportOutcome {
-            content_id: e.content_id,
-            name: e.name.clone(),
-            already_present: true,
-            manifest,
-        }
     }
 }
 

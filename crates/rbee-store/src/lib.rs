@@ -30,6 +30,7 @@ mod error;
 mod fsutil;
 mod import;
 mod nodelock;
+mod outcome;
 mod partial;
 mod recover;
 /// The GGUF file choice lives in `rbee-proto` (the hub client needs it too); re-exported here.
@@ -40,10 +41,11 @@ mod verified;
 
 pub use catalog::{CatalogEntry, ModelRecord};
 pub use error::StoreError;
-pub use import::{ImportOutcome, ImportSource};
+pub use import::ImportSource;
 pub use nodelock::NodeLock;
+pub use outcome::{DamagedModel, ImportOutcome, RebuildReport};
 pub use partial::PartialModel;
-pub use recover::{DamagedModel, Listing, RebuildReport};
+pub use recover::Listing;
 pub use store::{
     GcReport, Progress, ShardLocation, Store, VerifyReport, default_data_dir, hf_cache_dir,
     ollama_models_dir,

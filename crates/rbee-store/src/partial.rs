@@ -12,7 +12,7 @@ use rbee_proto::{ContentId, Manifest, ShardHash, codec};
 
 use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, create_dir_all, remove_path};
-use crate::import::ImportOutcome;
+use crate::outcome::ImportOutcome;
 use crate::store::Store;
 
 /// A model being fetched shard by shard.

@@ -16,43 +16,14 @@ use rbee_proto::{ContentId, Manifest, ModelFormat, ModelSource};
 use crate::catalog::{CatalogEntry, CatalogState, ModelRecord};
 use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, create_dir_all, list_dir, sync_dir};
+use crate::outcome::{DamagedModel, RebuildReport};
 use crate::store::{Store, sanitize_name};
-
-/// A cataloged model whose manifest is missing or damaged.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DamagedModel {
-    pub entry: CatalogEntry,
-    /// What is wrong, naming the files (the manifest, and where it was moved).
-    pub reason: String,
-}
-
-impl DamagedModel {
-    /// The error a lookup of this model answers with.
-    pub fn error(&self) -> StoreError {
-        StoreError::DamagedModel {
-            name: self.entry.name.clone(),
-            id: self.entry.content_id,
-            reason: self.reason.clone(),
-        }
-    }
-}
 
 /// The whole catalog: the models that work, and those that are damaged.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Listing {
     pub models: Vec<ModelRecord>,
     pub damaged: Vec<DamagedModel>,
-}
-
-/// Why the catalog had to be rebuilt, and what it holds now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RebuildReport {
-    /// `catalog.json` was missing (`None`), or did not parse and was moved here.
-    pub damaged_catalog: Option<PathBuf>,
-    /// (name, content id) of every model cataloged again, with its default name.
-    pub models: Vec<(String, ContentId)>,
-    /// Manifests that were damaged too: quarantined, cataloged as `damaged-<id>`.
-    pub damaged: Vec<(String, ContentId)>,
 }
 
 /// A manifest that cannot be used, as opposed to an I/O error reading it.

@@ -11,8 +11,7 @@ use rbee_proto::{ContentId, FileEntry, Manifest, ModelRef, ShardHash};
 use crate::catalog::{Catalog, CatalogEntry, CatalogLock, CatalogState, ModelRecord, ReadCatalog};
 use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, create_dir_all, list_dir, read_full, remove_path, sync_dir};
-use crate::import::ImportOutcome;
-use crate::recover::{DamagedModel, RebuildReport};
+use crate::outcome::{DamagedModel, ImportOutcome, RebuildReport};
 
 /// Progress of a long operation, reported as it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
