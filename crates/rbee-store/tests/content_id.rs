@@ -2,21 +2,16 @@
 //! whatever the file was called or where it came from, and stores from before keep working.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::Path;
 
-use rbee_gguf::GgmlType;
-use rbee_gguf::writer::GgufWriter;
 use rbee_proto::{GGUF_FILE_NAME, ModelRef, ModelSource};
 use rbee_store::{ImportSource, Store};
 
 fn write_gguf(path: &Path, seed: u8) {
-    let mut w = GgufWriter::tiny_model("llama");
-    let data: Vec<u8> = (0..4000u32)
-        .map(|i| (i as u8).wrapping_mul(7) ^ seed)
-        .collect();
-    w.add_tensor("extra.weight", &[1000], GgmlType::F32, data);
-    w.write_file(path).unwrap();
+    common::write_gguf(path, "llama", 1000, seed);
 }
 
 #[test]

@@ -2,22 +2,14 @@
 //! corrupt manifest.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rbee_gguf::GgmlType;
-use rbee_gguf::writer::GgufWriter;
+use common::write_gguf;
 use rbee_proto::ModelRef;
 use rbee_store::{ImportSource, Store, StoreError};
-
-fn write_gguf(path: &Path, arch: &str, extra_floats: usize, seed: u8) {
-    let mut w = GgufWriter::tiny_model(arch);
-    let data: Vec<u8> = (0..extra_floats * 4)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    w.add_tensor("extra.weight", &[extra_floats as u64], GgmlType::F32, data);
-    w.write_file(path).unwrap();
-}
 
 fn entries(p: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = fs::read_dir(p)

@@ -1,10 +1,12 @@
 //! The store through its public API, on a real filesystem in a temp dir.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use rbee_gguf::GgmlType;
+use common::write_gguf;
 use rbee_gguf::writer::GgufWriter;
 use rbee_proto::{
     FileEntry, MIN_SHARD_SIZE, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
@@ -17,15 +19,6 @@ fn r(s: &str) -> ModelRef {
 }
 
 /// A valid tiny model plus one extra F32 tensor of `extra_floats` values (to control size).
-fn write_gguf(path: &Path, arch: &str, extra_floats: usize, seed: u8) {
-    let mut w = GgufWriter::tiny_model(arch);
-    let data: Vec<u8> = (0..extra_floats * 4)
-        .map(|i| (i as u8).wrapping_mul(31) ^ seed)
-        .collect();
-    w.add_tensor("extra.weight", &[extra_floats as u64], GgmlType::F32, data);
-    w.write_file(path).unwrap();
-}
-
 fn setup() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path().join("data")).unwrap();
