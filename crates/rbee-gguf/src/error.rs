@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
+use crate::arch::SUPPORTED_ARCHITECTURES;
 use crate::types::GgmlType;
-use crate::validate::SUPPORTED_ARCHITECTURES;
 
 /// Anything that can go wrong reading, validating or writing a GGUF file.
 #[derive(Debug, thiserror::Error)]

@@ -13,6 +13,7 @@
 //!   [`ModelSummary`].
 //! - [`writer::GgufWriter`]: write small files, mainly test fixtures.
 
+mod arch;
 mod error;
 mod reader;
 mod tensor;

@@ -6,8 +6,7 @@ use crate::error::GgufError;
 use crate::reader::GgufFile;
 use crate::value::{Metadata, Value};
 
-/// Architectures rbee can run.
-pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "qwen2", "qwen3", "gemma3", "phi3"];
+pub use crate::arch::SUPPORTED_ARCHITECTURES;
 
 /// What [`validate`] learned about a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
