@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rbee_gguf::{GgmlType, writer::GgufWriter};
 use rbee_hub::{Hub, HubConfig, HubError, PlanKind};
-use rbee_node::pull::{PullEvent, PullOutcome, pull};
+use rbee_node::pull::{PullEvent, PullOutcome, from_hub};
 use rbee_proto::{HfRef, ModelRef, ModelSource};
 use rbee_store::Store;
 use rbee_tests::hub_double::{COMMIT_A, COMMIT_B, DoubleFile, HubDouble, SearchEntry};
@@ -63,7 +63,7 @@ impl Env {
         reference: &str,
         cancel: &(dyn Fn() -> bool + Sync),
     ) -> Result<PullOutcome, rbee_node::NodeError> {
-        pull(&self.store, hub, &hf(reference), cancel, &mut |_| {})
+        from_hub(&self.store, hub, &hf(reference), cancel, &mut |_| {})
     }
 
     fn catalog_len(&self) -> usize {
@@ -336,7 +336,7 @@ fn gated_private_missing_and_empty_repos_say_what_to_do() {
     assert!(!e.double.token_leaked(), "the token reached the CDN");
 
     let err = e.pull("org/nope").unwrap_err();
-    assert!(matches!(err, rbee_node::NodeError::NotFound(_)), "{err}");
+    assert!(err.is_model_not_found() && err.status() == 404, "{err:?}");
     assert!(err.to_string().contains("no such repo"), "{err}");
     let err = e.pull("org/docs@v9").unwrap_err().to_string();
     assert!(err.contains("revision `v9`"), "{err}");
@@ -369,7 +369,7 @@ fn a_dropped_connection_resumes_and_only_the_rest_is_transferred() {
         size,
         "bytes were sent twice"
     );
-    assert_eq!(out.transferred, size);
+    assert_eq!(out.transferred, Some(size));
     let ranges: Vec<String> = e
         .double
         .requests()
@@ -406,7 +406,7 @@ fn cancel_stops_mid_file_leaves_no_model_and_the_next_pull_resumes() {
                     flag.store(true, Ordering::Relaxed);
                 }
             };
-            pull(
+            from_hub(
                 &e.store,
                 &hub,
                 &hf("org/r"),
@@ -430,7 +430,7 @@ fn cancel_stops_mid_file_leaves_no_model_and_the_next_pull_resumes() {
 
     let out = e.pull("org/r").unwrap();
     assert_eq!(out.import.manifest.total_size(), size);
-    assert_eq!(out.transferred, size - kept);
+    assert_eq!(out.transferred, Some(size - kept));
     assert!(!part.exists());
 }
 
@@ -466,7 +466,7 @@ fn two_concurrent_pulls_of_one_model_share_one_download() {
     });
     assert_eq!(a.import.content_id, b.import.content_id);
     assert_eq!(e.double.served("r-Q4_K_M.gguf"), size);
-    assert_eq!(a.transferred + b.transferred, size);
+    assert_eq!(a.transferred.unwrap() + b.transferred.unwrap(), size);
     assert_eq!(e.catalog_len(), 1);
     assert_eq!(
         e.double

@@ -252,7 +252,13 @@ fn a_node_without_the_pool_key_sees_nothing_and_is_seen_by_no_one() {
     // The outsider cannot use the pool's models either: a clear 404.
     let (status, _, body) = chat(&outsider.node, false);
     assert_eq!(status, 404, "{body}");
-    assert!(body.contains("no node in the pool has model"), "{body}");
+    assert!(
+        body.contains(
+            "no model `demo`: not on this node; none of the 0 peer(s) in the pool has it"
+        ),
+        "{body}"
+    );
+    assert!(body.contains("\"code\":\"model_not_found\""), "{body}");
 }
 
 #[test]

@@ -304,26 +304,49 @@ fn print_pulled(result: &serde_json::Value, how: &str) {
 }
 
 fn pull(config: &rbee_node::NodeConfig, store: &Store, model: &str) -> Result<()> {
-    let hf = hf_ref(model)?;
-    let hub = hub(config)?;
+    hf_ref(model)?;
+    let sources = rbee_node::pull::Sources {
+        store: store.clone(),
+        pool: None,
+        hub: Some(hub(config)?),
+    };
     let cancel = ctrl_c_flag(true);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let (bar, mut update) = output::progress_bar("pulling");
-    let mut phase = "pulling";
-    let outcome = rbee_node::pull::pull(
-        store,
-        &hub,
-        &hf,
-        &|| cancel.load(Ordering::Relaxed),
-        &mut |e| match e {
-            rbee_node::pull::PullEvent::Phase(p) => {
-                phase = p;
-                bar.set_message(p);
+    // The node's own pull (`pull::get`: catalog, then the hub; no pool without a node), its
+    // job's events drawn as the progress bar.
+    let job = rbee_node::jobs::Jobs::default().create("model_pull");
+    let outcome = rt.block_on(async {
+        let (_, mut events) = job.subscribe();
+        let run = rbee_node::pull::get(&sources, model, rbee_node::pull::Reach::Anywhere, &job);
+        tokio::pin!(run);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        loop {
+            let event = async {
+                match events.as_mut() {
+                    Some(rx) => rx.recv().await.ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                result = &mut run => break result,
+                Some(event) = event => match event {
+                    rbee_node::jobs::JobEvent::Phase { phase } => bar.set_message(phase),
+                    rbee_node::jobs::JobEvent::Progress { done, total, .. } => {
+                        update(rbee_store::Progress { phase: "pulling", done, total })
+                    }
+                    _ => {}
+                },
+                _ = tick.tick() => {
+                    if cancel.load(Ordering::Relaxed) {
+                        job.cancel();
+                    }
+                }
             }
-            rbee_node::pull::PullEvent::Progress { done, total } => {
-                update(rbee_store::Progress { phase, done, total })
-            }
-        },
-    );
+        }
+    });
     bar.finish_and_clear();
     let out = outcome?;
     print_pulled(
@@ -333,7 +356,7 @@ fn pull(config: &rbee_node::NodeConfig, store: &Store, model: &str) -> Result<()
             "already_present": out.import.already_present,
             "size": out.import.manifest.total_size(),
             "transferred": out.transferred,
-            "source": format!("hf:{hf}"),
+            "source": out.source,
         }),
         "in this process",
     );

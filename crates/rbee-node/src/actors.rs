@@ -81,6 +81,14 @@ impl<M: Message> Handle<M> {
         }
     }
 
+    /// Sends without waiting for an answer; an error when the actor is gone.
+    pub fn try_cast(&self, msg: M) -> Result<(), NodeError> {
+        let actor = self
+            .actor()
+            .ok_or_else(|| NodeError::Unavailable(format!("{} is gone", self.name)))?;
+        actor.cast(msg).map_err(|e| actor_failed(self.name, e))
+    }
+
     /// Fire and forget.
     pub fn cast(&self, msg: M) {
         if let Some(a) = self.actor() {

@@ -40,6 +40,11 @@ pub fn router(node: Arc<NodeContext>) -> Router {
         .route("/v1/pool", get(health::pool))
         .route("/health", get(health::health))
         .route("/metrics", get(health::metrics))
+        .route("/v1/tasks", get(health::tasks));
+    if node.config.fault_kill_tasks {
+        app = app.route("/v1/tasks/{name}/kill", post(health::kill_task));
+    }
+    let mut app = app
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(node.clone(), guard::admit));
     if let Some(cors) = node.http.cors() {

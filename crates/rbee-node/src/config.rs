@@ -86,6 +86,10 @@ pub struct NodeConfig {
     pub not_shared: Vec<String>,
     /// Test-only fault injection: flip a bit in every shard served (proves pullers detect it).
     pub fault_corrupt_uploads: bool,
+    /// Test-only fault injection: `POST /v1/tasks/{name}/kill` makes a supervised task (the
+    /// shard or infer server, the status publisher, `pull` for every pull) panic, to prove
+    /// it comes back.
+    pub fault_kill_tasks: bool,
 }
 
 impl Default for NodeConfig {
@@ -123,6 +127,7 @@ impl Default for NodeConfig {
             max_upload_rate: None,
             not_shared: Vec::new(),
             fault_corrupt_uploads: false,
+            fault_kill_tasks: false,
         }
     }
 }
@@ -291,6 +296,9 @@ impl NodeConfig {
         }
         if let Some(v) = env_parse("RBEE_FAULT_CORRUPT_UPLOADS")? {
             self.fault_corrupt_uploads = v;
+        }
+        if let Some(v) = env_parse("RBEE_FAULT_KILL_TASKS")? {
+            self.fault_kill_tasks = v;
         }
         if let Some(v) = env_parse("RBEE_STATUS_INTERVAL_MS")? {
             self.status_interval_ms = v;

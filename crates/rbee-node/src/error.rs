@@ -5,12 +5,26 @@ use rbee_infer::InferError;
 use rbee_proto::pool::ErrorCode;
 use rbee_store::StoreError;
 
+/// A node's errors by what went wrong, with the context a user needs to act on each; the
+/// HTTP status, OpenAI type and code, and wire code are decided here, at the edge, from the
+/// variant (and, for wrapped store, engine and hub errors, from their own kind).
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("{0}")]
     BadRequest(String),
+    /// Something other than a model (a job, a route) that does not exist.
     #[error("{0}")]
     NotFound(String),
+    /// No model answers to the reference anywhere this node looked; `checked` says where.
+    #[error("no model `{model}`: {}{}", checked.join("; "), hint.as_deref().map(|h| format!(". {h}")).unwrap_or_default())]
+    ModelNotFound {
+        model: String,
+        checked: Vec<String>,
+        hint: Option<String>,
+    },
+    /// [`NodeError::ModelNotFound`] as a peer reported it (its words).
+    #[error("{0}")]
+    ModelNotFoundOnPeer(String),
     #[error("{0}")]
     PromptTooLong(String),
     #[error("{message}")]
@@ -34,6 +48,18 @@ pub enum NodeError {
     NeverFitsOnPeer(String),
     #[error("{0}")]
     InvalidModel(String),
+    /// A peer could not be asked or stopped answering (not an error it reported).
+    #[error("node {node}: {why}")]
+    PeerFailed { node: String, why: String },
+    /// The model store refused or failed; its own kind decides the status.
+    #[error(transparent)]
+    Store(Box<StoreError>),
+    /// The engine refused or failed.
+    #[error(transparent)]
+    Infer(Box<InferError>),
+    /// HuggingFace refused or could not be reached.
+    #[error(transparent)]
+    Hub(Box<rbee_hub::HubError>),
     #[error("missing or wrong API token: send `Authorization: Bearer <token>`")]
     Unauthorized,
     #[error("{0}")]
@@ -53,79 +79,198 @@ pub enum NodeError {
     Internal(String),
 }
 
+/// What an error means to a client: every variant, wrapped errors by their kind, is one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    BadRequest,
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    ModelNotFound,
+    RequestTimeout,
+    BodyTooLarge,
+    UnsupportedMediaType,
+    PromptTooLong,
+    Cancelled,
+    InvalidModel,
+    Busy,
+    Loading,
+    Unavailable,
+    NeverFits,
+    Internal,
+}
+
+fn store_class(e: &StoreError) -> Class {
+    match e {
+        StoreError::NotFound(_) => Class::ModelNotFound,
+        StoreError::NodeRunning { .. } => Class::Unavailable,
+        StoreError::Gguf { .. }
+        | StoreError::Safetensors { .. }
+        | StoreError::Unsupported { .. }
+        | StoreError::DamagedModel { .. }
+        | StoreError::CorruptModelFile { .. } => Class::InvalidModel,
+        StoreError::BadSource(_)
+        | StoreError::InvalidName(_)
+        | StoreError::NameTaken { .. }
+        | StoreError::AlreadyCataloged { .. }
+        | StoreError::NotRegularFile { .. }
+        | StoreError::Pinned(_)
+        | StoreError::Ollama { .. }
+        | StoreError::HfCache(_) => Class::BadRequest,
+        StoreError::Cancelled => Class::Cancelled,
+        _ => Class::Internal,
+    }
+}
+
+fn infer_class(e: &InferError) -> Class {
+    match e {
+        InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
+            Class::PromptTooLong
+        }
+        InferError::QueueFull { .. } => Class::Busy,
+        InferError::InvalidRequest(_) | InferError::Chat(_) => Class::BadRequest,
+        InferError::Invalid { .. }
+        | InferError::Unsupported { .. }
+        | InferError::Model(rbee_infer::model::ModelError::NonFinite { .. }) => Class::InvalidModel,
+        InferError::Unloaded => Class::Unavailable,
+        _ => Class::Internal,
+    }
+}
+
+fn hub_class(e: &rbee_hub::HubError) -> Class {
+    use rbee_hub::HubError;
+    match e {
+        HubError::NotFound(_) => Class::ModelNotFound,
+        HubError::Gated { .. }
+        | HubError::NoUsableFiles { .. }
+        | HubError::Invalid(_)
+        | HubError::Config(_) => Class::BadRequest,
+        HubError::Cancelled => Class::Cancelled,
+        HubError::Io { .. } => Class::Internal,
+        _ => Class::Unavailable,
+    }
+}
+
 impl NodeError {
-    pub fn status(&self) -> u16 {
+    fn class(&self) -> Class {
         match self {
-            NodeError::BadRequest(_) => 400,
-            NodeError::Unauthorized => 401,
-            NodeError::Forbidden(_) => 403,
-            NodeError::RequestTimeout(_) => 408,
-            NodeError::BodyTooLarge(_) => 413,
-            NodeError::UnsupportedMediaType(_) => 415,
-            NodeError::NotFound(_) => 404,
-            NodeError::PromptTooLong(_) => 400,
+            NodeError::BadRequest(_) => Class::BadRequest,
+            NodeError::NotFound(_) => Class::NotFound,
+            NodeError::ModelNotFound { .. } | NodeError::ModelNotFoundOnPeer(_) => {
+                Class::ModelNotFound
+            }
+            NodeError::PromptTooLong(_) => Class::PromptTooLong,
+            NodeError::Busy { .. } => Class::Busy,
+            NodeError::Loading { .. } => Class::Loading,
+            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => Class::NeverFits,
+            NodeError::InvalidModel(_) => Class::InvalidModel,
+            NodeError::PeerFailed { .. } | NodeError::Unavailable(_) => Class::Unavailable,
+            NodeError::Store(e) => store_class(e),
+            NodeError::Infer(e) => infer_class(e),
+            NodeError::Hub(e) => hub_class(e),
+            NodeError::Unauthorized => Class::Unauthorized,
+            NodeError::Forbidden(_) => Class::Forbidden,
+            NodeError::BodyTooLarge(_) => Class::BodyTooLarge,
+            NodeError::UnsupportedMediaType(_) => Class::UnsupportedMediaType,
+            NodeError::RequestTimeout(_) => Class::RequestTimeout,
+            NodeError::Cancelled(_) => Class::Cancelled,
+            NodeError::Internal(_) => Class::Internal,
+        }
+    }
+
+    /// No model by that reference (here, in the pool, or on the hub).
+    pub fn is_model_not_found(&self) -> bool {
+        self.class() == Class::ModelNotFound
+    }
+
+    /// The failure is about the node that tried (busy, loading, out of memory, gone, no such
+    /// model there): another node may still serve the request.
+    pub fn is_node_specific(&self) -> bool {
+        matches!(
+            self.class(),
+            Class::Unavailable
+                | Class::Busy
+                | Class::Loading
+                | Class::NeverFits
+                | Class::NotFound
+                | Class::ModelNotFound
+                | Class::Internal
+        )
+    }
+
+    /// Busy or loading: a healthy node that cannot take this one now.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.class(), Class::Busy | Class::Loading)
+    }
+
+    pub fn status(&self) -> u16 {
+        match self.class() {
+            Class::BadRequest | Class::PromptTooLong => 400,
+            Class::Unauthorized => 401,
+            Class::Forbidden => 403,
+            Class::NotFound | Class::ModelNotFound => 404,
+            Class::RequestTimeout => 408,
+            Class::BodyTooLarge => 413,
+            Class::UnsupportedMediaType => 415,
+            Class::InvalidModel => 422,
             // nginx's "client closed request": what the few clients that see it expect.
-            NodeError::Cancelled(_) => 499,
-            NodeError::InvalidModel(_) => 422,
-            NodeError::Busy { .. } | NodeError::Loading { .. } | NodeError::Unavailable(_) => 503,
-            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => 507,
-            NodeError::Internal(_) => 500,
+            Class::Cancelled => 499,
+            Class::Internal => 500,
+            Class::Busy | Class::Loading | Class::Unavailable => 503,
+            Class::NeverFits => 507,
         }
     }
 
     /// OpenAI's `error.type` vocabulary where it has a word for it.
     pub fn error_type(&self) -> &'static str {
-        match self {
-            NodeError::BadRequest(_)
-            | NodeError::PromptTooLong(_)
-            | NodeError::BodyTooLarge(_)
-            | NodeError::UnsupportedMediaType(_)
-            | NodeError::RequestTimeout(_) => "invalid_request_error",
-            NodeError::Forbidden(_) => "permission_error",
-            NodeError::NotFound(_) => "not_found_error",
-            NodeError::Unauthorized => "authentication_error",
-            NodeError::InvalidModel(_) => "invalid_model",
-            NodeError::Busy { .. } | NodeError::Loading { .. } | NodeError::Unavailable(_) => {
-                "overloaded_error"
-            }
-            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => "insufficient_memory",
-            NodeError::Cancelled(_) => "cancelled",
-            NodeError::Internal(_) => "server_error",
+        match self.class() {
+            Class::BadRequest
+            | Class::PromptTooLong
+            | Class::BodyTooLarge
+            | Class::UnsupportedMediaType
+            | Class::RequestTimeout => "invalid_request_error",
+            Class::Forbidden => "permission_error",
+            Class::NotFound | Class::ModelNotFound => "not_found_error",
+            Class::Unauthorized => "authentication_error",
+            Class::InvalidModel => "invalid_model",
+            Class::Busy | Class::Loading | Class::Unavailable => "overloaded_error",
+            Class::NeverFits => "insufficient_memory",
+            Class::Cancelled => "cancelled",
+            Class::Internal => "server_error",
         }
     }
 
     /// OpenAI's `error.code`: a string where OpenAI has one for the case, else null.
     pub fn code(&self) -> Option<&'static str> {
-        match self {
-            NodeError::PromptTooLong(_) => Some("context_length_exceeded"),
-            NodeError::Unauthorized => Some("invalid_api_key"),
+        match self.class() {
+            Class::PromptTooLong => Some("context_length_exceeded"),
+            Class::Unauthorized => Some("invalid_api_key"),
+            Class::ModelNotFound => Some("model_not_found"),
             _ => None,
         }
     }
 
     /// What a peer is told about this error on `/rbee/infer/1` and `/rbee/shard/1`.
     pub fn wire_code(&self) -> ErrorCode {
-        match self {
-            NodeError::BadRequest(_)
-            | NodeError::BodyTooLarge(_)
-            | NodeError::UnsupportedMediaType(_)
-            | NodeError::RequestTimeout(_) => ErrorCode::BadRequest,
-            NodeError::NotFound(_) => ErrorCode::NotFound,
-            NodeError::PromptTooLong(_) => ErrorCode::ContextLengthExceeded,
-            NodeError::InvalidModel(_) => ErrorCode::InvalidModel,
-            NodeError::Busy {
-                retry_after_secs, ..
-            } => ErrorCode::Busy {
-                retry_after_secs: u32::try_from(*retry_after_secs).unwrap_or(u32::MAX),
+        match self.class() {
+            Class::BadRequest
+            | Class::BodyTooLarge
+            | Class::UnsupportedMediaType
+            | Class::RequestTimeout => ErrorCode::BadRequest,
+            Class::NotFound => ErrorCode::NotFound,
+            Class::ModelNotFound => ErrorCode::ModelNotFound,
+            Class::PromptTooLong => ErrorCode::ContextLengthExceeded,
+            Class::InvalidModel => ErrorCode::InvalidModel,
+            Class::Busy => ErrorCode::Busy {
+                retry_after_secs: u32::try_from(self.retry_after().unwrap_or(1))
+                    .unwrap_or(u32::MAX),
             },
-            NodeError::Loading { .. } => ErrorCode::Loading,
-            NodeError::NeverFits { .. } | NodeError::NeverFitsOnPeer(_) => ErrorCode::NeverFits,
-            NodeError::Unavailable(_) => ErrorCode::Unavailable,
-            NodeError::Cancelled(_) => ErrorCode::Cancelled,
+            Class::Loading => ErrorCode::Loading,
+            Class::NeverFits => ErrorCode::NeverFits,
+            Class::Unavailable => ErrorCode::Unavailable,
+            Class::Cancelled => ErrorCode::Cancelled,
             // Auth is between a client and its node; a peer never sees these.
-            NodeError::Unauthorized | NodeError::Forbidden(_) | NodeError::Internal(_) => {
-                ErrorCode::Internal
-            }
+            Class::Unauthorized | Class::Forbidden | Class::Internal => ErrorCode::Internal,
         }
     }
 
@@ -135,6 +280,7 @@ impl NodeError {
         match code {
             ErrorCode::BadRequest => NodeError::BadRequest(message),
             ErrorCode::NotFound => NodeError::NotFound(message),
+            ErrorCode::ModelNotFound => NodeError::ModelNotFoundOnPeer(message),
             ErrorCode::ContextLengthExceeded => NodeError::PromptTooLong(message),
             ErrorCode::InvalidModel => NodeError::InvalidModel(message),
             ErrorCode::Busy { retry_after_secs } => NodeError::Busy {
@@ -150,11 +296,15 @@ impl NodeError {
     }
 
     pub fn retry_after(&self) -> Option<u64> {
-        match self {
-            NodeError::Busy {
-                retry_after_secs, ..
-            } => Some(*retry_after_secs),
-            NodeError::Loading { .. } => Some(2),
+        match (self, self.class()) {
+            (
+                NodeError::Busy {
+                    retry_after_secs, ..
+                },
+                _,
+            ) => Some(*retry_after_secs),
+            (_, Class::Busy) => Some(1),
+            (_, Class::Loading) => Some(2),
             _ => None,
         }
     }
@@ -162,49 +312,19 @@ impl NodeError {
 
 impl From<StoreError> for NodeError {
     fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::NotFound(_) => NodeError::NotFound(e.to_string()),
-            StoreError::NodeRunning { .. } => NodeError::Unavailable(e.to_string()),
-            StoreError::Gguf { .. }
-            | StoreError::Safetensors { .. }
-            | StoreError::Unsupported { .. }
-            | StoreError::DamagedModel { .. }
-            | StoreError::CorruptModelFile { .. } => NodeError::InvalidModel(e.to_string()),
-            StoreError::BadSource(_)
-            | StoreError::InvalidName(_)
-            | StoreError::NameTaken { .. }
-            | StoreError::AlreadyCataloged { .. }
-            | StoreError::NotRegularFile { .. }
-            | StoreError::Pinned(_)
-            | StoreError::Ollama { .. }
-            | StoreError::HfCache(_) => NodeError::BadRequest(e.to_string()),
-            StoreError::Cancelled => NodeError::Cancelled(e.to_string()),
-            other => NodeError::Internal(other.to_string()),
-        }
+        NodeError::Store(Box::new(e))
     }
 }
 
 impl From<InferError> for NodeError {
     fn from(e: InferError) -> Self {
-        match e {
-            InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
-                NodeError::PromptTooLong(e.to_string())
-            }
-            InferError::QueueFull { .. } => NodeError::Busy {
-                message: e.to_string(),
-                retry_after_secs: 1,
-            },
-            InferError::InvalidRequest(_) | InferError::Chat(_) => {
-                NodeError::BadRequest(e.to_string())
-            }
-            InferError::Invalid { .. }
-            | InferError::Unsupported { .. }
-            | InferError::Model(rbee_infer::model::ModelError::NonFinite { .. }) => {
-                NodeError::InvalidModel(e.to_string())
-            }
-            InferError::Unloaded => NodeError::Unavailable(e.to_string()),
-            other => NodeError::Internal(other.to_string()),
-        }
+        NodeError::Infer(Box::new(e))
+    }
+}
+
+impl From<rbee_hub::HubError> for NodeError {
+    fn from(e: rbee_hub::HubError) -> Self {
+        NodeError::Hub(Box::new(e))
     }
 }
 
@@ -239,6 +359,19 @@ mod tests {
             NodeError::Unavailable("x".into()),
             NodeError::Cancelled("x".into()),
             NodeError::Internal("x".into()),
+            NodeError::ModelNotFound {
+                model: "m".into(),
+                checked: vec!["this node's catalog".into()],
+                hint: None,
+            },
+            NodeError::PeerFailed {
+                node: "b".into(),
+                why: "timed out".into(),
+            },
+            StoreError::NotFound("m".into()).into(),
+            StoreError::Cancelled.into(),
+            InferError::QueueFull { capacity: 4 }.into(),
+            rbee_hub::HubError::Cancelled.into(),
             NodeError::NeverFits {
                 model: "m".into(),
                 device: "cpu".into(),
@@ -254,5 +387,37 @@ mod tests {
                 "{e:?}"
             );
         }
+    }
+
+    #[test]
+    fn wrapped_errors_keep_their_meaning_at_the_edge() {
+        let cancelled = NodeError::from(StoreError::Cancelled);
+        assert_eq!(cancelled.status(), 499, "a cancel is not a 400");
+        let missing = NodeError::ModelNotFound {
+            model: "qwen".into(),
+            checked: vec![
+                "not in this node's catalog".into(),
+                "none of 2 peers has it".into(),
+            ],
+            hint: Some("pull it by a HuggingFace reference".into()),
+        };
+        assert_eq!(
+            (missing.status(), missing.code()),
+            (404, Some("model_not_found"))
+        );
+        assert_eq!(
+            missing.to_string(),
+            "no model `qwen`: not in this node's catalog; none of 2 peers has it. pull it by a HuggingFace reference"
+        );
+        let full = NodeError::from(InferError::QueueFull { capacity: 4 });
+        assert_eq!((full.status(), full.retry_after()), (503, Some(1)));
+        assert!(full.is_transient() && full.is_node_specific());
+        let peer = NodeError::PeerFailed {
+            node: "b".into(),
+            why: "did not answer in time".into(),
+        };
+        assert!(peer.is_node_specific() && !peer.is_transient());
+        assert_eq!(peer.to_string(), "node b: did not answer in time");
+        assert!(!NodeError::BadRequest("x".into()).is_node_specific());
     }
 }

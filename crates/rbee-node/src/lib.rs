@@ -13,7 +13,7 @@ pub mod peer;
 pub mod pull;
 pub mod route;
 pub mod serve;
-mod tasks;
+pub mod tasks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,8 +57,8 @@ pub struct NodeContext {
     pub started: Instant,
     /// The HuggingFace client (None: no HF cache dir could be found, so no pulls or search).
     pub hub: Option<rbee_hub::Hub>,
-    /// Pool pulls under way on this node, one per model.
-    pub pulls: pull::pool::Pulls,
+    /// The supervised tasks (peer servers, status publisher, pulls), by name.
+    pub tasks: Arc<tasks::Tasks>,
     /// What the HTTP API answers (hosts, origins, token, body deadline).
     pub http: api::HttpPolicy,
     /// Set when the shutdown drain is over: streams still running end with an error event.
@@ -157,6 +157,7 @@ pub async fn run(
         );
     }
     let metrics = Arc::new(metrics::Metrics::default());
+    let tasks = Arc::new(tasks::Tasks::new(metrics.clone()));
     let hub = match config.hub_config().map(rbee_hub::Hub::new) {
         Some(Ok(hub)) => Some(hub),
         Some(Err(e)) => return Err(NodeError::BadRequest(e.to_string())),
@@ -184,7 +185,7 @@ pub async fn run(
         worker: Handle::empty("the cpu worker"),
         provisioner: Handle::empty("the provisioner"),
         jobs: jobs::Jobs::default(),
-        pulls: pull::pool::Pulls::default(),
+        tasks: tasks.clone(),
         metrics: metrics.clone(),
         started: Instant::now(),
         hub,
@@ -192,8 +193,22 @@ pub async fn run(
         halt: tokio::sync::watch::channel(false).0,
         config,
     });
+    let sources = pull::Sources {
+        store: store.clone(),
+        pool: ctx.net.clone().map(|net| pull::pool::Pool {
+            net,
+            store: store.clone(),
+            router: ctx.router.clone(),
+            pulls: Arc::default(),
+        }),
+        hub: ctx.hub.clone(),
+    };
     let args = SupervisorArgs {
         store: store.clone(),
+        provisioning: actors::provisioner::ProvisionerArgs {
+            sources,
+            tasks: tasks.clone(),
+        },
         worker: WorkerArgs {
             device: "cpu".into(),
             budget: ctx.config.cpu_budget(),
@@ -238,24 +253,30 @@ pub async fn run(
     let mut background = Vec::new();
     if let Some(net) = net {
         // Each restarted after a panic (tasks.rs); aborted at shutdown.
-        let (c, n) = (ctx.clone(), net.clone());
-        background.push(tokio::spawn(tasks::supervise(
-            "status publisher",
-            metrics.clone(),
-            move || peer::status::publish_status(c.clone(), n.clone()),
-        )));
-        let (c, n) = (ctx.clone(), net.clone());
-        background.push(tokio::spawn(tasks::supervise(
-            "shard server",
-            metrics.clone(),
-            move || peer::shards::serve_shards(c.clone(), n.clone()),
-        )));
-        let (c, n) = (ctx.clone(), net);
-        background.push(tokio::spawn(tasks::supervise(
-            "infer server",
-            metrics.clone(),
-            move || peer::infer::serve_infer(c.clone(), n.clone()),
-        )));
+        let (c, n, t) = (ctx.clone(), net.clone(), tasks.clone());
+        background.push(tokio::spawn(async move {
+            let _ = t
+                .supervise("status publisher", None, move || {
+                    peer::status::publish_status(c.clone(), n.clone())
+                })
+                .await;
+        }));
+        let (c, n, t) = (ctx.clone(), net.clone(), tasks.clone());
+        background.push(tokio::spawn(async move {
+            let _ = t
+                .supervise("shard server", None, move || {
+                    peer::shards::serve_shards(c.clone(), n.clone())
+                })
+                .await;
+        }));
+        let (c, n, t) = (ctx.clone(), net, tasks.clone());
+        background.push(tokio::spawn(async move {
+            let _ = t
+                .supervise("infer server", None, move || {
+                    peer::infer::serve_infer(c.clone(), n.clone())
+                })
+                .await;
+        }));
     }
 
     tracing::info!(%addr, node = %ctx.name, "API listening");

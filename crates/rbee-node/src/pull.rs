@@ -1,22 +1,25 @@
-//! `model_pull` of a HuggingFace reference from the hub. Shared by the `ProvisionerActor` (as a
-//! job) and `rbee-node models pull` without a node. A node's job asks its pool first
-//! ([`pool::pull_from_pool`]) and only comes here when no peer has the model; a pull
-//! without a node has no pool to ask.
+//! Getting a model onto this node. [`get`] is the one place that decides the order: (1) this
+//! node's catalog, (2) the pool ([`pool::Pool`]: every peer that holds it at once, verified
+//! shard by shard), (3) HuggingFace ([`from_hub`]) for a HuggingFace reference. The
+//! provisioner runs it for `model_pull` jobs and for requests routed here to fetch a model;
+//! `rbee-node models pull` without a node runs it with no pool.
 //!
-//! Order: (1) the local catalog already has a model imported from this reference → done;
-//! (2) the hub: list the repo, choose the
-//! files, download them resumably into the HF cache (`rbee_hub`), then import the snapshot into
-//! the store with its source (repo, commit, file) recorded, so `org/repo:file` finds it later.
-//! Cancellation is honoured until the import starts; the import itself hard-links from the
-//! cache and either catalogs the whole model or nothing.
+//! A hub pull lists the repo, chooses the files, downloads them resumably into the HF cache
+//! (`rbee_hub`), then imports the snapshot into the store with its source (repo, commit,
+//! file) recorded, so `org/repo:file` finds it later. Cancellation is honoured until the
+//! import starts; the import itself hard-links from the cache and either catalogs the whole
+//! model or nothing.
 
 pub mod pool;
+
+use std::sync::Arc;
 
 use rbee_hub::{Hub, HubError, PlanKind};
 use rbee_proto::{ContentId, HfRef, ModelRef};
 use rbee_store::{ImportOutcome, ImportSource, Store};
 
 use crate::error::NodeError;
+use crate::jobs::{Job, JobEvent};
 
 /// What a pull reports as it goes.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,16 +36,185 @@ pub enum PullEvent {
 #[derive(Debug, Clone)]
 pub struct PullOutcome {
     pub import: ImportOutcome,
-    /// `pool`, `local` or `huggingface`.
+    /// `local`, `pool` or `huggingface`.
     pub from: &'static str,
+    /// What a job reports as the source: `local`, `pool`, or `hf:<reference>`.
+    pub source: String,
     /// The commit the reference resolved to (when the hub was asked).
     pub commit: Option<String>,
-    /// Bytes received from the network by this pull.
-    pub transferred: u64,
+    /// Bytes received from the hub by this pull (the pool's pull reports its own progress).
+    pub transferred: Option<u64>,
 }
 
-/// Pulls `hf` into `store`; `cancel` is polled between chunks.
-pub fn pull(
+/// Where a pull may look, after this node's catalog.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub store: Store,
+    /// The pool; `None` when the node runs alone (or without a node).
+    pub pool: Option<pool::Pool>,
+    /// HuggingFace; `None` without an HF cache dir.
+    pub hub: Option<Hub>,
+}
+
+/// How far a pull may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Catalog, pool, then HuggingFace: a `model_pull`.
+    Anywhere,
+    /// Catalog, then the pool: a request routed here because a peer holds the model; a chat
+    /// request never starts a download from the internet.
+    Pool,
+}
+
+impl PullOutcome {
+    /// The result a `model_pull` job ends with.
+    pub fn job_result(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.import.name,
+            "content_id": self.import.content_id.to_hex(),
+            "already_present": self.import.already_present,
+            "size": self.import.manifest.total_size(),
+            "source": self.source,
+            "from": self.from,
+            "commit": self.commit,
+            "transferred": self.transferred,
+        })
+    }
+}
+
+/// Gets `model` onto this node: the catalog, then the pool, then (for a HuggingFace
+/// reference, when `reach` allows) the hub. Reports phases and progress on `job`; a job
+/// cancelled meanwhile ends the pull (nothing half-written is cataloged).
+pub async fn get(
+    sources: &Sources,
+    model: &str,
+    reach: Reach,
+    job: &Arc<Job>,
+) -> Result<PullOutcome, NodeError> {
+    let reference: ModelRef = model.parse()?;
+    if let ModelRef::LocalPath(_) = reference {
+        return Err(NodeError::BadRequest(format!(
+            "`{model}` is a path: import it (`rbee-node models import {model}`, or a model_import job) instead of pulling it"
+        )));
+    }
+    let mut checked = Vec::new();
+    match sources.store.resolve(&reference) {
+        Ok(rec) => return existing(&sources.store, rec.entry.content_id, "local"),
+        Err(rbee_store::StoreError::NotFound(_)) => {
+            checked.push("not in this node's catalog".to_string())
+        }
+        Err(e) => return Err(e.into()),
+    }
+    match &sources.pool {
+        Some(pool) => {
+            if let Some(import) = pool.pull(model, job).await? {
+                return Ok(PullOutcome {
+                    import,
+                    from: "pool",
+                    source: "pool".into(),
+                    commit: None,
+                    transferred: None,
+                });
+            }
+            let peers = pool.net.peers().len();
+            checked.push(format!("none of the {peers} peer(s) in the pool shares it"));
+        }
+        None => checked.push("this node is in no pool".to_string()),
+    }
+    let hf = match (&reference, reach) {
+        (ModelRef::HuggingFace(hf), Reach::Anywhere) => hf.clone(),
+        (ModelRef::HuggingFace(_), Reach::Pool) => {
+            return Err(NodeError::ModelNotFound {
+                model: model.into(),
+                checked,
+                hint: Some(format!(
+                    "pull it from HuggingFace first: `rbee-node models pull {model}`"
+                )),
+            });
+        }
+        _ => {
+            checked.push("not a HuggingFace reference (`org/repo[:file]`)".into());
+            return Err(NodeError::ModelNotFound {
+                model: model.into(),
+                checked,
+                hint: Some(
+                    "`rbee-node models list` and GET /v1/pool show the models there are".into(),
+                ),
+            });
+        }
+    };
+    let Some(hub) = sources.hub.clone() else {
+        checked.push("this node has no HuggingFace cache dir (set HF_HOME or --hf-home)".into());
+        return Err(NodeError::ModelNotFound {
+            model: model.into(),
+            checked,
+            hint: None,
+        });
+    };
+    let store = sources.store.clone();
+    let pulling = job.clone();
+    let hub_pull = tokio::task::spawn_blocking(move || {
+        let mut throttle = Throttle::new();
+        from_hub(
+            &store,
+            &hub,
+            &hf,
+            &|| pulling.is_cancelled(),
+            &mut |e| match e {
+                PullEvent::Phase(p) => {
+                    throttle.restart();
+                    pulling.phase(p);
+                }
+                PullEvent::Progress { done, total } => throttle.progress(&pulling, done, total),
+            },
+        )
+    });
+    // The hub pull notices a cancel between reads; a stalled connection could delay that, so
+    // a cancel ends the pull at once (the download resumes next time; nothing is cataloged).
+    tokio::select! {
+        done = hub_pull => done.map_err(|e| NodeError::Internal(format!("the hub pull failed: {e}")))?,
+        () = job.cancelled() => Err(NodeError::Cancelled("cancelled; run the pull again to resume".into())),
+    }
+}
+
+/// Progress events at most every 100 ms, with rate and ETA over the current phase.
+pub(crate) struct Throttle {
+    started: std::time::Instant,
+    last: Option<std::time::Instant>,
+}
+
+impl Throttle {
+    pub(crate) fn new() -> Self {
+        Throttle {
+            started: std::time::Instant::now(),
+            last: None,
+        }
+    }
+
+    fn restart(&mut self) {
+        *self = Throttle::new();
+    }
+
+    pub(crate) fn progress(&mut self, job: &Job, done: u64, total: u64) {
+        if self.last.is_some_and(|l| l.elapsed().as_millis() < 100) && done < total {
+            return;
+        }
+        self.last = Some(std::time::Instant::now());
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs;
+        job.emit(JobEvent::Progress {
+            done,
+            total,
+            rate_bytes_per_sec: rate,
+            peers: None,
+            eta_secs: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
+        });
+    }
+}
+
+/// The hub step: pulls `hf` into `store` (the catalog is asked again first: a pull of the
+/// same reference may have finished meanwhile); `cancel` is polled between chunks.
+pub fn from_hub(
     store: &Store,
     hub: &Hub,
     hf: &HfRef,
@@ -93,8 +265,9 @@ pub fn pull(
     Ok(PullOutcome {
         import,
         from: "huggingface",
+        source: format!("hf:{hf}"),
         commit: Some(plan.commit),
-        transferred: got.transferred,
+        transferred: Some(got.transferred),
     })
 }
 
@@ -108,27 +281,8 @@ fn existing(store: &Store, id: ContentId, from: &'static str) -> Result<PullOutc
             manifest: rec.manifest,
         },
         from,
+        source: from.into(),
         commit: None,
-        transferred: 0,
+        transferred: None,
     })
-}
-
-impl From<HubError> for NodeError {
-    fn from(e: HubError) -> Self {
-        match e {
-            HubError::NotFound(_) => NodeError::NotFound(e.to_string()),
-            HubError::Gated { .. }
-            | HubError::NoUsableFiles { .. }
-            | HubError::Invalid(_)
-            | HubError::Config(_) => NodeError::BadRequest(e.to_string()),
-            HubError::Cancelled => NodeError::Cancelled(e.to_string()),
-            HubError::Integrity { .. }
-            | HubError::EtagChanged { .. }
-            | HubError::Interrupted { .. }
-            | HubError::Unreachable { .. }
-            | HubError::Status { .. }
-            | HubError::BadResponse(_) => NodeError::Unavailable(e.to_string()),
-            HubError::Io { .. } => NodeError::Internal(e.to_string()),
-        }
-    }
 }

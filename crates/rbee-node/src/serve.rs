@@ -54,20 +54,6 @@ pub async fn start(
     start_with(ctx, model, prompt, params, false, None).await
 }
 
-/// Errors worth trying another node for: the node, not the request, was the problem.
-fn node_specific(e: &NodeError) -> bool {
-    matches!(
-        e,
-        NodeError::Unavailable(_)
-            | NodeError::Busy { .. }
-            | NodeError::Loading { .. }
-            | NodeError::NeverFits { .. }
-            | NodeError::NeverFitsOnPeer(_)
-            | NodeError::NotFound(_)
-            | NodeError::Internal(_)
-    )
-}
-
 /// [`start`], for a request a peer forwarded (`local_only`: it never hops again) or for a
 /// job (`job`: where the phases of a pull it triggers are reported).
 pub async fn start_with(
@@ -95,7 +81,7 @@ pub async fn start_with(
         .await
         {
             Ok(started) => return Ok(started),
-            Err(e) if node_specific(&e) => {
+            Err(e) if e.is_node_specific() => {
                 tracing::info!(route = model, model = %candidate, "no capacity, trying the next model of the route: {e}");
                 last_error = Some(e);
             }
@@ -149,11 +135,11 @@ async fn start_one(
                 }
                 return Ok(started);
             }
-            Err(e) if node_specific(&e) => {
+            Err(e) if e.is_node_specific() => {
                 if let Some((peer, node)) = peer {
                     tracing::warn!(%peer, %node, "peer failed before its first token, trying the next: {e}");
                     // A busy peer is healthy; only failures count against it.
-                    if !matches!(e, NodeError::Busy { .. } | NodeError::Loading { .. }) {
+                    if !e.is_transient() {
                         ctx.router.peer_result(peer, false);
                     }
                 }
@@ -180,22 +166,19 @@ async fn pull_and_start(
         return Err(NodeError::Internal("no job for the pull".into()));
     };
     tracing::info!(model, job = %pull_job.id, "no node can run the model now: pulling it here from the pool");
-    let pulled = match crate::pull::pool::pull_from_pool(ctx, model, pull_job).await {
-        Ok(Some(outcome)) => Ok(outcome),
-        Ok(None) => Err(NodeError::NotFound(format!(
-            "no peer shares `{model}` any more (GET /v1/pool shows what each node has)"
-        ))),
-        Err(e) => Err(e),
-    };
+    let pulled = ctx
+        .provisioner
+        .pull(model, crate::pull::Reach::Pool, pull_job)
+        .await;
     if let Some(own) = &own {
         match &pulled {
-            Ok(o) => own.done(crate::pull::pool::pull_result(o, "pool")),
+            Ok(o) => own.done(o.job_result()),
             Err(e) => own.fail(e),
         }
     }
     let resolved = ctx
         .catalog
-        .resolve(ModelRef::ContentId(pulled?.content_id))
+        .resolve(ModelRef::ContentId(pulled?.import.content_id))
         .await?;
     if let Some(job) = job {
         job.phase("loading");

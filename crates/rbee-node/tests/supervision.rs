@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use rbee_infer::engine::{CandleBackend, LoadOptions};
 use rbee_node::actors::Handle;
+use rbee_node::actors::provisioner::ProvisionerArgs;
 use rbee_node::actors::supervisor::{NodeSupervisor, SupervisorArgs};
 use rbee_node::actors::worker::WorkerArgs;
 
@@ -15,6 +16,14 @@ async fn killed_children_come_back_behind_the_same_handles() {
     let store = rbee_store::Store::open(tmp.path()).unwrap();
     let args = SupervisorArgs {
         store: store.clone(),
+        provisioning: ProvisionerArgs {
+            sources: rbee_node::pull::Sources {
+                store: store.clone(),
+                pool: None,
+                hub: None,
+            },
+            tasks: Arc::default(),
+        },
         worker: WorkerArgs {
             device: "cpu".into(),
             budget: 1 << 30,

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     Cancelled,
     /// Anything else: a bug or an I/O failure on the peer.
     Internal,
+    /// No model by the requested reference on the peer (nor where it looked).
+    ModelNotFound,
 }
 
 /// Largest encoded status a node accepts from the topic.

@@ -1,19 +1,31 @@
 //! `ProvisionerActor`: gets models onto this node: imports from local sources (files, folders,
-//! Ollama, the HuggingFace cache) and pulls of HuggingFace references (see [`crate::pull`]:
-//! catalog, then the pool, then the hub), reported as job events. One import per source at a
-//! time; pulls of the same reference may run side by side, because the HF cache's per-file lock
-//! makes the second wait for the first one's download instead of downloading again.
+//! Ollama, the HuggingFace cache), and pulls ([`crate::pull::get`]: catalog, then the pool,
+//! then the hub) for `model_pull` jobs and for requests routed here to fetch a model, each
+//! reported as job events. It owns the pull sources (the pool's shared pull state among them).
+//!
+//! Each pull runs as a supervised task (`pull <job id>`): one that panics is restarted and
+//! resumes from the shards already verified, up to [`MAX_PULL_RESTARTS`] times, then its job
+//! fails saying so. One import per source at a time; pulls of the same model wait for each
+//! other (the pool's per-model lock; the HF cache's per-file lock).
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rbee_store::{ImportSource, Store};
 
 use super::Handle;
+use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
-use crate::pull::PullEvent;
+use crate::pull::{PullOutcome, Reach, Sources};
+use crate::tasks::Tasks;
+
+/// Restarts of a pull that panics before its job fails.
+pub const MAX_PULL_RESTARTS: u32 = 3;
+
+/// Where a pull's caller hears how it ended.
+pub type PullReply = tokio::sync::oneshot::Sender<Result<PullOutcome, NodeError>>;
 
 pub enum ProvisionerMsg {
     Import {
@@ -21,11 +33,13 @@ pub enum ProvisionerMsg {
         name: Option<String>,
         job: Arc<Job>,
     },
-    /// Pull a HuggingFace reference with `hub`.
+    /// Get `model` onto this node, reporting on `job`. Without `reply` the pull ends the
+    /// job; with one, the caller hears the outcome and the job stays the caller's.
     Pull {
-        hf: rbee_proto::HfRef,
-        hub: Box<rbee_hub::Hub>,
+        model: String,
+        reach: Reach,
         job: Arc<Job>,
+        reply: Option<PullReply>,
     },
     /// Internal: an import finished. The source is unlocked before the job ends, so a client
     /// that sees the job done can import the same source again at once.
@@ -36,8 +50,17 @@ pub enum ProvisionerMsg {
     },
 }
 
+/// What the provisioner (re)starts with.
+#[derive(Debug, Clone)]
+pub struct ProvisionerArgs {
+    pub sources: Sources,
+    pub tasks: Arc<Tasks>,
+}
+
 pub struct ProvisionerState {
     store: Store,
+    sources: Sources,
+    tasks: Arc<Tasks>,
     running: HashSet<String>,
 }
 
@@ -47,15 +70,17 @@ pub struct ProvisionerActor;
 impl Actor for ProvisionerActor {
     type Msg = ProvisionerMsg;
     type State = ProvisionerState;
-    type Arguments = Store;
+    type Arguments = ProvisionerArgs;
 
     async fn pre_start(
         &self,
         _me: ActorRef<ProvisionerMsg>,
-        store: Store,
+        args: ProvisionerArgs,
     ) -> Result<ProvisionerState, ActorProcessingErr> {
         Ok(ProvisionerState {
-            store,
+            store: args.sources.store.clone(),
+            sources: args.sources,
+            tasks: args.tasks,
             running: HashSet::new(),
         })
     }
@@ -78,18 +103,20 @@ impl Actor for ProvisionerActor {
                     Err(message) => job.fail(message),
                 }
             }
-            ProvisionerMsg::Pull { hf, hub, job } => {
-                let store = st.store.clone();
-                let watcher = job.clone();
-                let task = tokio::task::spawn_blocking(move || pull(&store, &hub, &hf, &job));
-                // The pull notices a cancel between reads; a stalled connection could delay that,
-                // so the job itself ends at once (nothing is cataloged after a cancel).
-                tokio::spawn(async move {
-                    tokio::select! {
-                        _ = watcher.cancelled() => watcher.fail("cancelled"),
-                        _ = task => {}
-                    }
-                });
+            ProvisionerMsg::Pull {
+                model,
+                reach,
+                job,
+                reply,
+            } => {
+                tokio::spawn(supervised_pull(
+                    st.sources.clone(),
+                    st.tasks.clone(),
+                    model,
+                    reach,
+                    job,
+                    reply,
+                ));
             }
             ProvisionerMsg::Import { source, name, job } => {
                 if !st.running.insert(source.clone()) {
@@ -113,59 +140,52 @@ impl Actor for ProvisionerActor {
     }
 }
 
-/// Progress events at most every 100 ms, with rate and ETA over the current phase.
-struct Throttle {
-    started: Instant,
-    last: Option<Instant>,
-}
-
-impl Throttle {
-    fn new() -> Self {
-        Throttle {
-            started: Instant::now(),
-            last: None,
+/// Runs one pull under supervision and reports how it ended (see the module docs).
+async fn supervised_pull(
+    sources: Sources,
+    tasks: Arc<Tasks>,
+    model: String,
+    reach: Reach,
+    job: Arc<Job>,
+    reply: Option<PullReply>,
+) {
+    let slot: Arc<Mutex<Option<Result<PullOutcome, NodeError>>>> = Arc::default();
+    let (s, m, j, out) = (sources, model, job.clone(), slot.clone());
+    let ended = tasks
+        .supervise(
+            format!("pull {}", job.id),
+            Some(MAX_PULL_RESTARTS),
+            move || {
+                let (sources, model, job, out) = (s.clone(), m.clone(), j.clone(), out.clone());
+                async move {
+                    let result = crate::pull::get(&sources, &model, reach, &job).await;
+                    *out.lock().unwrap_or_else(|p| p.into_inner()) = Some(result);
+                }
+            },
+        )
+        .await;
+    let outcome = match ended {
+        Err(crashed) => Err(NodeError::Internal(format!(
+            "{crashed}; verified shards are kept, run the pull again to resume"
+        ))),
+        Ok(()) => slot
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| {
+                Err(NodeError::Internal(
+                    "the pull ended without a result".into(),
+                ))
+            }),
+    };
+    match reply {
+        Some(reply) => {
+            let _ = reply.send(outcome);
         }
-    }
-
-    fn restart(&mut self) {
-        *self = Throttle::new();
-    }
-
-    fn progress(&mut self, job: &Job, done: u64, total: u64) {
-        if self.last.is_some_and(|l| l.elapsed().as_millis() < 100) && done < total {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let rate = done as f64 / secs;
-        job.emit(JobEvent::Progress {
-            done,
-            total,
-            rate_bytes_per_sec: rate,
-            peers: None,
-            eta_secs: (rate > 0.0).then(|| total.saturating_sub(done) as f64 / rate),
-        });
-    }
-}
-
-fn pull(store: &Store, hub: &rbee_hub::Hub, hf: &rbee_proto::HfRef, job: &Job) {
-    let mut throttle = Throttle::new();
-    let result = crate::pull::pull(store, hub, hf, &|| job.is_cancelled(), &mut |e| match e {
-        PullEvent::Phase(p) => {
-            throttle.restart();
-            job.phase(p);
-        }
-        PullEvent::Progress { done, total } => throttle.progress(job, done, total),
-    });
-    match result {
-        Ok(out) => {
-            let mut result = crate::pull::pool::pull_result(&out.import, &format!("hf:{hf}"));
-            result["from"] = serde_json::json!(out.from);
-            result["commit"] = serde_json::json!(out.commit);
-            result["transferred"] = serde_json::json!(out.transferred);
-            job.done(result);
-        }
-        Err(e) => job.fail(e),
+        None => match outcome {
+            Ok(out) => job.done(out.job_result()),
+            Err(e) => job.fail(e),
+        },
     }
 }
 
@@ -213,6 +233,40 @@ pub(crate) fn import(
 
 pub type ProvisionerHandle = Handle<ProvisionerMsg>;
 
+impl ProvisionerHandle {
+    /// Starts a `model_pull`: the pull ends `job`.
+    pub fn start_pull(&self, model: String, job: Arc<Job>) {
+        let sent = self.try_cast(ProvisionerMsg::Pull {
+            model,
+            reach: Reach::Anywhere,
+            job: job.clone(),
+            reply: None,
+        });
+        if let Err(e) = sent {
+            job.fail(e);
+        }
+    }
+
+    /// Pulls `model` and waits for it, reporting on `job` without ending it.
+    pub async fn pull(
+        &self,
+        model: &str,
+        reach: Reach,
+        job: &Arc<Job>,
+    ) -> Result<PullOutcome, NodeError> {
+        let (reply, outcome) = tokio::sync::oneshot::channel();
+        self.try_cast(ProvisionerMsg::Pull {
+            model: model.into(),
+            reach,
+            job: job.clone(),
+            reply: Some(reply),
+        })?;
+        outcome.await.map_err(|_| {
+            NodeError::Unavailable("the provisioner stopped during the pull; retry".into())
+        })?
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,7 +295,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("data")).unwrap();
         let src = gguf(dir.path()).to_str().unwrap().to_string();
-        let (actor, _done) = ractor::Actor::spawn(None, ProvisionerActor, store.clone())
+        let args = ProvisionerArgs {
+            sources: Sources {
+                store: store.clone(),
+                pool: None,
+                hub: None,
+            },
+            tasks: Arc::default(),
+        };
+        let (actor, _done) = ractor::Actor::spawn(None, ProvisionerActor, args)
             .await
             .unwrap();
         let jobs = Jobs::default();

@@ -149,7 +149,7 @@ async fn route(
         .ok_or_else(|| NodeError::Unavailable("this node has no worker".into()))?;
     let local = match args.catalog.resolve(reference).await {
         Ok(m) => Some(m),
-        Err(NodeError::NotFound(_)) => None,
+        Err(e) if e.is_model_not_found() => None,
         Err(e) => return Err(e),
     };
     let net = match (&args.net, local_only) {
@@ -167,9 +167,11 @@ async fn route(
                 {
                     Ok(vec![RouteTarget::Pull])
                 }
-                None => Err(NodeError::NotFound(format!(
-                    "model `{text}` not found on this node (GET /v1/models lists what is available)"
-                ))),
+                None => Err(NodeError::ModelNotFound {
+                    model: text.to_string(),
+                    checked: vec!["not on this node".into()],
+                    hint: Some("GET /v1/models lists what is available".into()),
+                }),
             };
         }
     };
@@ -236,13 +238,18 @@ async fn route(
         let seen = peers.len();
         let hint = match fetch_on {
             Some(node) => format!(
-                "; node {node} has the most free memory for it: pull it there (`rbee-node models pull <org/repo>` or `models import`) and ask again"
+                "Node {node} has the most free memory for it: pull it there (`rbee-node models pull <org/repo>` or `models import`) and ask again"
             ),
-            None => String::new(),
+            None => "GET /v1/pool shows what each node has".into(),
         };
-        return Err(NodeError::NotFound(format!(
-            "no node in the pool has model `{text}` (this node and {seen} peer(s) checked; GET /v1/pool shows what each has){hint}"
-        )));
+        return Err(NodeError::ModelNotFound {
+            model: text.to_string(),
+            checked: vec![
+                "not on this node".into(),
+                format!("none of the {seen} peer(s) in the pool has it"),
+            ],
+            hint: Some(hint),
+        });
     }
     Ok(targets)
 }

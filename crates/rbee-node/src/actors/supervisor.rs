@@ -3,7 +3,7 @@
 //! ```text
 //! NodeSupervisor
 //! ├── CatalogActor      the model store: lookups, removal, LRU stamps
-//! ├── ProvisionerActor  imports (later: pulls from peers and HuggingFace)
+//! ├── ProvisionerActor  imports, and pulls (catalog → pool → hub), each pull a supervised task
 //! ├── WorkerActor(cpu)  loaded models and the memory budget; one per device
 //! └── RouterActor       where a request runs
 //! ```
@@ -19,13 +19,14 @@ use ractor::{Actor, ActorCell, ActorId, ActorProcessingErr, ActorRef, Supervisio
 use rbee_store::Store;
 
 use super::catalog::{CatalogActor, CatalogHandle};
-use super::provisioner::{ProvisionerActor, ProvisionerHandle};
+use super::provisioner::{ProvisionerActor, ProvisionerArgs, ProvisionerHandle};
 use super::router::{RouterActor, RouterArgs, RouterHandle};
 use super::worker::{WorkerActor, WorkerArgs, WorkerHandle};
 
 /// Everything the supervisor needs to (re)start its children.
 pub struct SupervisorArgs {
     pub store: Store,
+    pub provisioning: ProvisionerArgs,
     pub worker: WorkerArgs,
     pub catalog: CatalogHandle,
     pub provisioner: ProvisionerHandle,
@@ -64,7 +65,7 @@ impl SupervisorState {
             }
             Child::Provisioner => {
                 let (r, _) =
-                    Actor::spawn_linked(None, ProvisionerActor, a.store.clone(), me).await?;
+                    Actor::spawn_linked(None, ProvisionerActor, a.provisioning.clone(), me).await?;
                 a.provisioner.replace(r.clone());
                 r.get_id()
             }

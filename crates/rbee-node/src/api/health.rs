@@ -1,4 +1,4 @@
-//! `/health` (liveness plus every model's state) and `/metrics` (Prometheus text).
+//! `/health` (liveness plus every model's state), `/metrics` (Prometheus text) and `/v1/tasks`.
 
 use std::sync::Arc;
 
@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::NodeContext;
 use crate::actors::worker::ModelState;
+use crate::error::NodeError;
 use crate::metrics::Gauges;
 
 pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
@@ -134,4 +135,31 @@ impl PeerSummary {
             status: peer.status.clone(),
         }
     }
+}
+
+/// `GET /v1/tasks`: the supervised tasks running now and how often each was restarted.
+pub async fn tasks(State(ctx): State<Arc<NodeContext>>) -> Response {
+    let data: Vec<_> = ctx
+        .tasks
+        .list()
+        .into_iter()
+        .map(|(name, restarts)| json!({"name": name, "restarts": restarts}))
+        .collect();
+    Json(json!({"object": "list", "data": data})).into_response()
+}
+
+/// `POST /v1/tasks/{name}/kill` (only with `fault_kill_tasks`): makes the named tasks panic.
+pub async fn kill_task(
+    State(ctx): State<Arc<NodeContext>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+) -> Response {
+    let killed = ctx.tasks.kill(&name);
+    if killed.is_empty() {
+        return NodeError::NotFound(format!(
+            "no running task `{name}` (GET /v1/tasks lists them)"
+        ))
+        .into_response();
+    }
+    tracing::warn!(?killed, "fault injection: killing tasks");
+    Json(json!({"killed": killed})).into_response()
 }

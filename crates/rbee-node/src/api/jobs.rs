@@ -160,16 +160,11 @@ pub async fn create(
     if let Err(e) = req.check() {
         return e.into_response();
     }
-    // A pull goes to the pool first; only a HuggingFace reference can fall back to the hub,
-    // so anything else is checked up front when this node is not in a pool.
-    let pull = match &req {
-        JobRequest::ModelPull { model } => match (pull_target(&ctx, model), &ctx.net) {
-            (Ok(p), _) => Some(Ok(p)),
-            (Err(e), Some(_)) => Some(Err(e)),
-            (Err(e), None) => return e.into_response(),
-        },
-        _ => None,
-    };
+    if let JobRequest::ModelPull { model } = &req
+        && let Err(e) = pull_possible(&ctx, model)
+    {
+        return e.into_response();
+    }
     let job = ctx.jobs.create(req.operation());
     let id = job.id.clone();
     match req {
@@ -177,27 +172,8 @@ pub async fn create(
             ctx.provisioner
                 .cast(ProvisionerMsg::Import { source, name, job });
         }
-        JobRequest::ModelPull { model } => {
-            let ctx = ctx.clone();
-            tokio::spawn(async move {
-                match pool_first(&ctx, &model, &job).await {
-                    Ok(Some(outcome)) => return job.done(outcome),
-                    Err(e) => return job.fail(e),
-                    Ok(None) => {}
-                }
-                match pull {
-                    Some(Ok((hf, hub))) => ctx.provisioner.cast(ProvisionerMsg::Pull {
-                        hf,
-                        hub: Box::new(hub),
-                        job,
-                    }),
-                    Some(Err(e)) => job.fail(NodeError::NotFound(format!(
-                        "no peer in the pool has `{model}`, and it cannot come from HuggingFace: {e}"
-                    ))),
-                    None => job.fail(NodeError::Internal("pull without a target".into())),
-                }
-            });
-        }
+        // The order (catalog, pool, hub) is the provisioner's (`pull::get`).
+        JobRequest::ModelPull { model } => ctx.provisioner.start_pull(model, job),
         other => {
             let ctx = ctx.clone();
             tokio::spawn(async move { run(ctx, job, other).await });
@@ -210,47 +186,20 @@ pub async fn create(
         .into_response()
 }
 
-/// The pool step of a pull: the local catalog, then peers. `Ok(None)`: nobody has it, go on
-/// to the hub.
-async fn pool_first(
-    ctx: &NodeContext,
-    model: &str,
-    job: &Arc<Job>,
-) -> Result<Option<serde_json::Value>, NodeError> {
-    if let Ok(r) = model.parse::<ModelRef>()
-        && let Ok(found) = ctx.catalog.resolve(r).await
-    {
-        return Ok(Some(
-            json!({"name": found.name(), "content_id": found.id().to_hex(),
-            "already_present": true, "source": "local", "size": found.record.manifest.total_size()}),
-        ));
+/// What is refused before a pull job starts: a reference that cannot parse or is a path, and,
+/// on a node in no pool, anything that is neither in the catalog nor on HuggingFace.
+fn pull_possible(ctx: &NodeContext, model: &str) -> Result<(), NodeError> {
+    let reference = model.parse::<ModelRef>()?;
+    match reference {
+        ModelRef::LocalPath(_) => Err(NodeError::BadRequest(format!(
+            "`{model}` is a path: import it with a model_import job instead of pulling it"
+        ))),
+        ModelRef::HuggingFace(_) => Ok(()),
+        _ if ctx.net.is_some() || ctx.store.resolve(&reference).is_ok() => Ok(()),
+        other => Err(NodeError::BadRequest(format!(
+            "this node is in no pool, so model_pull takes a HuggingFace reference (`org/repo`, `org/repo:file.gguf`, `org/repo@revision`); `{other}` is not one"
+        ))),
     }
-    match crate::pull::pool::pull_from_pool(ctx, model, job).await {
-        Ok(Some(out)) => Ok(Some(crate::pull::pool::pull_result(&out, "pool"))),
-        Ok(None) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// A pull needs a HuggingFace reference and a hub client; anything else is refused up front.
-fn pull_target(
-    ctx: &NodeContext,
-    model: &str,
-) -> Result<(rbee_proto::HfRef, rbee_hub::Hub), NodeError> {
-    let hf = match model.parse::<ModelRef>()? {
-        ModelRef::HuggingFace(hf) => hf,
-        other => {
-            return Err(NodeError::BadRequest(format!(
-                "model_pull takes a HuggingFace reference (`org/repo`, `org/repo:file.gguf`, `org/repo@revision`); `{other}` is not one (pulling by name or content id from peers comes with the pool)"
-            )));
-        }
-    };
-    let hub = ctx.hub.clone().ok_or_else(|| {
-        NodeError::Unavailable(
-            "this node has no HuggingFace cache dir: start it with HF_HOME or --hf-home set".into(),
-        )
-    })?;
-    Ok((hf, hub))
 }
 
 async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {

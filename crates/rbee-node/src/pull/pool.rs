@@ -1,4 +1,4 @@
-//! A pull from the pool: [`pull_from_pool`] fetches a model from every peer that holds it at
+//! A pull from the pool: [`Pool::pull`] fetches a model from every peer that holds it at
 //! once over `/rbee/shard/1`, verifying each shard before it is written, resuming from the
 //! store's record of verified shards, and dropping (and for a while distrusting) peers that
 //! send wrong bytes.
@@ -12,9 +12,9 @@ use rbee_net::frame::{read_frame, write_frame};
 use rbee_net::{Client, PeerId};
 use rbee_proto::pool::SHARD_PROTOCOL;
 use rbee_proto::{ContentId, Manifest, ShardHash};
-use rbee_store::{ImportOutcome, PartialModel, StoreError};
+use rbee_store::{ImportOutcome, PartialModel, Store, StoreError};
 
-use crate::NodeContext;
+use crate::actors::router::RouterHandle;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
 use rbee_proto::pool::ErrorCode;
@@ -312,40 +312,45 @@ impl Pulls {
     }
 }
 
+/// What a pull from the pool needs: the network, the store it writes to, the router (told
+/// about peers that fail), and the state this node's pulls share. The provisioner owns it.
+#[derive(Debug, Clone)]
+pub struct Pool {
+    pub net: Client,
+    pub store: Store,
+    pub router: RouterHandle,
+    pub pulls: Arc<Pulls>,
+}
+
 /// Pulls model `id` from `sources` into the store, resuming a partial pull. Returns the
 /// cataloged model, or an error naming the peers that failed.
 async fn pull_model(
-    ctx: &NodeContext,
+    ctx: &Pool,
     id: ContentId,
     name_hint: String,
     sources: Vec<Source>,
     job: &Arc<Job>,
 ) -> Result<ImportOutcome, NodeError> {
     let lock = ctx.pulls.lock_for(id);
-    let _one_at_a_time = match lock.try_lock() {
+    // Owned, because the writer takes it along: a pull restarted after a crash waits here
+    // until the crashed one's writer has let go of the partial files.
+    let one_at_a_time = match lock.clone().try_lock_owned() {
         Ok(guard) => guard,
         Err(_) => {
             job.phase("waiting for the pull of the same model already under way");
-            lock.lock().await
+            lock.lock_owned().await
         }
     };
     // The pull this one waited for may have brought the model.
-    if let Ok(found) = ctx
-        .catalog
-        .resolve(rbee_proto::ModelRef::ContentId(id))
-        .await
-    {
+    if let Ok(found) = ctx.store.resolve(&rbee_proto::ModelRef::ContentId(id)) {
         return Ok(ImportOutcome {
             content_id: id,
-            name: found.name().to_string(),
-            manifest: found.record.manifest,
+            name: found.entry.name,
+            manifest: found.manifest,
             already_present: true,
         });
     }
-    let net = ctx
-        .net
-        .clone()
-        .ok_or_else(|| NodeError::Internal("no pool network".into()))?;
+    let net = ctx.net.clone();
     // The manifest from the first source that answers. Sources are asked one after another,
     // the next as soon as one fails, or after MANIFEST_HEDGE while one says nothing (a
     // frozen peer would otherwise cost the request's 30 s timeout). A failed source is
@@ -439,6 +444,7 @@ async fn pull_model(
     let writer = {
         let (pull, job, router) = (pull.clone(), job.clone(), ctx.router.clone());
         tokio::task::spawn_blocking(move || {
+            let _one_at_a_time = one_at_a_time;
             write_shards(
                 partial,
                 write_rx,
@@ -499,7 +505,7 @@ async fn pull_model(
         )));
     }
     if job.is_cancelled() {
-        return Err(NodeError::BadRequest(
+        return Err(NodeError::Cancelled(
             "cancelled; run the pull again to resume".into(),
         ));
     }
@@ -544,7 +550,7 @@ fn write_shards(
     mut fetched: tokio::sync::mpsc::Receiver<Fetched>,
     pull: &Pull,
     job: &Job,
-    router: &crate::actors::router::RouterHandle,
+    router: &RouterHandle,
     started: Instant,
     total_bytes: u64,
 ) -> PartialModel {
@@ -724,25 +730,24 @@ async fn worker(
     }
 }
 
-/// A pull's result as jobs report it; `source` is where the bytes came from.
-pub fn pull_result(outcome: &ImportOutcome, source: &str) -> serde_json::Value {
-    serde_json::json!({
-        "name": outcome.name,
-        "content_id": outcome.content_id.to_hex(),
-        "already_present": outcome.already_present,
-        "source": source,
-        "size": outcome.manifest.total_size(),
-    })
+impl Pool {
+    /// The pool step of a pull: if peers hold a model that `reference` names, pull it from
+    /// them. `Ok(None)`: no peer has it (the caller goes on to the hub).
+    pub async fn pull(
+        &self,
+        reference: &str,
+        job: &Arc<Job>,
+    ) -> Result<Option<ImportOutcome>, NodeError> {
+        pull_from_pool(self, reference, job).await
+    }
 }
 
-/// The pool-first step of a pull: if peers hold a model that `reference` names, pull it from
-/// them. `Ok(None)`: no peer has it (the caller goes on to the hub).
-pub async fn pull_from_pool(
-    ctx: &NodeContext,
+async fn pull_from_pool(
+    ctx: &Pool,
     reference: &str,
     job: &Arc<Job>,
 ) -> Result<Option<ImportOutcome>, NodeError> {
-    let Some(net) = &ctx.net else { return Ok(None) };
+    let net = &ctx.net;
     job.phase("asking the pool");
     let mut by_model: HashMap<ContentId, Vec<Source>> = HashMap::new();
     let mut hint = None;

@@ -25,6 +25,13 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Events buffered between the peer stream and the HTTP response.
 const BRIDGE_BUFFER: usize = 64;
 
+fn peer_failed(node: &str, why: impl std::fmt::Display) -> NodeError {
+    NodeError::PeerFailed {
+        node: node.to_string(),
+        why: why.to_string(),
+    }
+}
+
 async fn next_frame(
     stream: &mut rbee_net::Stream,
     wait: Duration,
@@ -32,14 +39,12 @@ async fn next_frame(
 ) -> Result<InferFrame, NodeError> {
     match tokio::time::timeout(wait, read_frame(stream, MAX_RESPONSE_FRAME)).await {
         Ok(Ok(Some(f))) => Ok(f),
-        Ok(Ok(None)) => Err(NodeError::Unavailable(format!(
-            "node {node} closed the stream before finishing"
-        ))),
-        Ok(Err(e)) => Err(NodeError::Unavailable(format!("node {node}: {e}"))),
-        Err(_) => Err(NodeError::Unavailable(format!(
-            "node {node} sent nothing for {}s",
-            wait.as_secs()
-        ))),
+        Ok(Ok(None)) => Err(peer_failed(node, "it closed the stream before finishing")),
+        Ok(Err(e)) => Err(peer_failed(node, e)),
+        Err(_) => Err(peer_failed(
+            node,
+            format!("it sent nothing for {}s", wait.as_secs()),
+        )),
     }
 }
 
@@ -61,8 +66,8 @@ pub async fn start_remote(
     let t0 = Instant::now();
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, net.open_stream(peer, INFER_PROTOCOL))
         .await
-        .map_err(|_| NodeError::Unavailable(format!("node {node} did not answer in time")))?
-        .map_err(|e| NodeError::Unavailable(format!("node {node}: {e}")))?;
+        .map_err(|_| peer_failed(node, "it did not answer in time"))?
+        .map_err(|e| peer_failed(node, e))?;
     tracing::debug!(node, us = t0.elapsed().as_micros() as u64, "stream opened");
     let request = InferRequest {
         model: model.to_string(),
@@ -71,7 +76,7 @@ pub async fn start_remote(
     };
     write_frame(&mut stream, &request)
         .await
-        .map_err(|e| NodeError::Unavailable(format!("node {node}: {e}")))?;
+        .map_err(|e| peer_failed(node, e))?;
     // The peer may load the model first: as long as this node would wait itself.
     // (Each phase or progress frame restarts the wait: a pull there may take minutes.)
     let first_wait = Duration::from_secs(ctx.config.load_wait_secs) + Duration::from_secs(30);
@@ -102,9 +107,7 @@ pub async fn start_remote(
                 }
             }
             _ => {
-                return Err(NodeError::Unavailable(format!(
-                    "node {node} broke the protocol (no start frame)"
-                )));
+                return Err(peer_failed(node, "it broke the protocol (no start frame)"));
             }
         }
     };
@@ -116,9 +119,10 @@ pub async fn start_remote(
             return Err(NodeError::from_wire(code, message, node));
         }
         InferFrame::Started { .. } | InferFrame::Phase(_) | InferFrame::Progress { .. } => {
-            return Err(NodeError::Unavailable(format!(
-                "node {node} broke the protocol (a start frame after the start)"
-            )));
+            return Err(peer_failed(
+                node,
+                "it broke the protocol (a start frame after the start)",
+            ));
         }
     };
     tracing::debug!(
@@ -143,12 +147,9 @@ pub async fn start_remote(
                         InferFrame::Started { .. }
                         | InferFrame::Phase(_)
                         | InferFrame::Progress { .. },
-                    ) => Chunk::Failed(NodeError::Unavailable(format!(
-                        "node {node_name} broke the protocol mid-stream"
-                    ))),
-                    Err(e) => Chunk::Failed(NodeError::Unavailable(format!(
-                        "the generation was cut off: {e}"
-                    ))),
+                    ) => Chunk::Failed(peer_failed(&node_name, "it broke the protocol mid-stream")),
+                    // Says which node and why (it went silent, the stream closed).
+                    Err(e) => Chunk::Failed(e),
                 },
             };
             let last = !matches!(chunk, Chunk::Text(_));
