@@ -274,9 +274,22 @@ impl NodeError {
         }
     }
 
+    /// This error as a generation's last event.
+    pub fn to_event(&self) -> rbee_proto::generation::GenerationEvent {
+        rbee_proto::generation::GenerationEvent::Error {
+            code: self.wire_code(),
+            message: self.to_string(),
+        }
+    }
+
     /// The error a peer reported, as this node's own, its message naming the peer.
     pub fn from_wire(code: ErrorCode, message: String, node: &str) -> NodeError {
-        let message = format!("{message} (on node {node})");
+        NodeError::from_code(code, format!("{message} (on node {node})"))
+    }
+
+    /// The error a generation's `Error` event carries (same status, type and code as the
+    /// error it was made from).
+    pub fn from_code(code: ErrorCode, message: String) -> NodeError {
         match code {
             ErrorCode::BadRequest => NodeError::BadRequest(message),
             ErrorCode::NotFound => NodeError::NotFound(message),

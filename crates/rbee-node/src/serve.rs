@@ -1,6 +1,7 @@
 //! The request path, below the HTTP API and above the engine: route a generation (this
 //! node, a peer, or a pull here first, with failover and fallback chains), load and queue it
-//! on a worker, and bridge the model thread's blocking events to async [`Chunk`]s. Shared by
+//! on a worker, and bridge the model thread's blocking events to async
+//! [`GenerationEvent`]s (the one event type a generation has from here to the client). Shared by
 //! the OpenAI routes, the `infer` job and requests from peers. A request walks one way:
 //! `api` → `serve` → the engine or a peer (`serve::remote`).
 
@@ -10,9 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use rbee_infer::engine::{GenerateEvent, GenerateRequest, GenerationStats, Prompt};
+use rbee_infer::engine::{GenerateEvent, GenerateRequest, Prompt};
 use rbee_infer::sampling::SamplingParams;
 use rbee_proto::ModelRef;
+use rbee_proto::generation::GenerationEvent;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeContext;
@@ -25,14 +27,6 @@ use crate::jobs::Job;
 /// Events buffered between the model thread and the HTTP response.
 const BRIDGE_BUFFER: usize = 64;
 
-/// One piece of a running generation, wherever it runs.
-#[derive(Debug)]
-pub enum Chunk {
-    Text(String),
-    Done(GenerationStats),
-    Failed(NodeError),
-}
-
 /// A generation that has started: the prompt was accepted and output is coming.
 #[derive(Debug)]
 pub struct Started {
@@ -40,7 +34,8 @@ pub struct Started {
     pub node: String,
     pub model: String,
     pub prompt_tokens: usize,
-    pub events: mpsc::Receiver<Chunk>,
+    /// `Text`, then `Done` or `Error`.
+    pub events: mpsc::Receiver<GenerationEvent>,
 }
 
 /// Starts a generation wherever the router says, failing over to the next candidate when
@@ -225,20 +220,21 @@ pub async fn start_local(
                 }
                 GenerateEvent::Token { text, .. } => {
                     metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
-                    Chunk::Text(text)
+                    GenerationEvent::Text(text)
                 }
-                GenerateEvent::Text(text) => Chunk::Text(text),
-                GenerateEvent::Done(stats) => Chunk::Done(stats),
-                GenerateEvent::Error(e) => Chunk::Failed(e.into()),
+                GenerateEvent::Text(text) => GenerationEvent::Text(text),
+                GenerateEvent::Done(stats) => GenerationEvent::Done(stats),
+                GenerateEvent::Error(e) => NodeError::from(e).to_event(),
             };
-            ended = !matches!(chunk, Chunk::Text(_));
+            ended = chunk.is_last();
             if tx.blocking_send(chunk).is_err() {
                 cancel.store(true, Ordering::Relaxed);
                 return;
             }
         }
         if !ended {
-            let _ = tx.blocking_send(Chunk::Failed(rbee_infer::InferError::Unloaded.into()));
+            let unloaded = NodeError::from(rbee_infer::InferError::Unloaded);
+            let _ = tx.blocking_send(unloaded.to_event());
         }
     });
     let prompt_tokens = match started_rx.await {

@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::pool::ErrorCode;
+
 /// One message of a conversation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -193,5 +195,44 @@ impl SamplingParams {
             return Err("stop: at most 16 non-empty sequences of up to 256 bytes".into());
         }
         Ok(())
+    }
+}
+
+/// One step of a generation, wherever it runs: the one event type from the engine's bridge
+/// on the node that runs it, across `/rbee/infer/1` (it is the wire frame), to the SSE
+/// stream and the job of the node the client asked. In order: any `Phase`/`Progress`
+/// (a pull or load first), `Started`, any number of `Text`, then `Done` or `Error`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum GenerationEvent {
+    Started {
+        node: String,
+        model: String,
+        prompt_tokens: u64,
+    },
+    /// Valid UTF-8; may be empty.
+    Text(String),
+    Done(GenerationStats),
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
+    /// Before `Started`: what the serving node is doing first (pulling the model from the
+    /// pool, loading it).
+    Phase(String),
+    /// Before `Started`: the progress of a pull on the serving node.
+    Progress {
+        done: u64,
+        total: u64,
+        peers: Vec<String>,
+    },
+}
+
+impl GenerationEvent {
+    /// `Done` or `Error`: nothing follows.
+    pub fn is_last(&self) -> bool {
+        matches!(
+            self,
+            GenerationEvent::Done(_) | GenerationEvent::Error { .. }
+        )
     }
 }

@@ -3,8 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::generation::{GenerationStats, Prompt, SamplingParams, check_messages};
-use crate::pool::ErrorCode;
+use crate::generation::{GenerationEvent, Prompt, SamplingParams, check_messages};
 
 /// Largest request frame (a long conversation; the HTTP body limit is the same).
 pub const MAX_REQUEST_FRAME: usize = 4 << 20;
@@ -34,29 +33,9 @@ impl InferRequest {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub enum InferFrame {
-    Started {
-        node: String,
-        model: String,
-        prompt_tokens: u64,
-    },
-    Text(String),
-    Done(GenerationStats),
-    Error {
-        code: ErrorCode,
-        message: String,
-    },
-    /// Before `Started`: what the serving node is doing first (pulling the model from the
-    /// pool, loading it), for the caller's job stream.
-    Phase(String),
-    /// Before `Started`: the progress of a pull on the serving node.
-    Progress {
-        done: u64,
-        total: u64,
-        peers: Vec<String>,
-    },
-}
+/// The frames a server sends: the generation's own events (one type from the engine to
+/// the client, [`GenerationEvent`]).
+pub type InferFrame = GenerationEvent;
 
 #[cfg(test)]
 mod tests {

@@ -25,7 +25,8 @@ use crate::NodeContext;
 use crate::actors::provisioner::ProvisionerMsg;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
-use crate::serve::{self, Chunk};
+use crate::serve;
+use rbee_proto::generation::GenerationEvent;
 
 #[derive(Debug, Deserialize)]
 #[serde(tag = "operation", rename_all = "snake_case")]
@@ -244,20 +245,24 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                         e = started.events.recv() => e,
                     };
                     match event {
-                        Some(Chunk::Text(t)) => {
+                        Some(GenerationEvent::Text(t)) => {
                             if !t.is_empty() {
                                 text.push_str(&t);
                                 job.emit(JobEvent::Token { text: t });
                             }
                         }
-                        Some(Chunk::Done(s)) => {
+                        Some(GenerationEvent::Done(s)) => {
                             return Ok(
                                 json!({"text": text, "node": started.node, "prompt_tokens": s.prompt_tokens,
                                 "completion_tokens": s.completion_tokens, "finish_reason": s.finish_reason.as_str(),
                                 "tokens_per_sec": s.decode_tokens_per_sec()}),
                             );
                         }
-                        Some(Chunk::Failed(e)) => return Err(e),
+                        Some(GenerationEvent::Error { code, message }) => {
+                            return Err(NodeError::from_code(code, message));
+                        }
+                        // Phases come before the start; nothing else follows it.
+                        Some(_) => continue,
                         None => {
                             return Err(NodeError::Internal(
                                 "generation ended without a result".into(),

@@ -24,7 +24,8 @@ use super::types::{
 };
 use crate::NodeContext;
 use crate::error::NodeError;
-use crate::serve::{self, Chunk, Started};
+use crate::serve::{self, Started};
+use rbee_proto::generation::GenerationEvent;
 
 /// Prompts one `/v1/completions` request may carry (each is a generation, run in turn).
 const MAX_PROMPTS: usize = 16;
@@ -270,9 +271,13 @@ async fn collect(
             () = ctx.halted() => return Err(shutting_down()),
         };
         match event {
-            Some(Chunk::Text(t)) => text.push_str(&t),
-            Some(Chunk::Done(s)) => return Ok((text, s)),
-            Some(Chunk::Failed(e)) => return Err(e),
+            Some(GenerationEvent::Text(t)) => text.push_str(&t),
+            Some(GenerationEvent::Done(s)) => return Ok((text, s)),
+            Some(GenerationEvent::Error { code, message }) => {
+                return Err(NodeError::from_code(code, message));
+            }
+            // Phases come before the start; nothing else follows it.
+            Some(_) => continue,
             None => {
                 return Err(NodeError::Internal(
                     "generation ended without a result".into(),
@@ -488,20 +493,23 @@ async fn stream_one(
             }
         };
         let out = match event {
-            Some(Chunk::Text(text)) if text.is_empty() => continue,
-            Some(Chunk::Text(text)) => chunks.piece(index, None, Some(text), None),
-            Some(Chunk::Done(stats)) => {
+            Some(GenerationEvent::Text(text)) if text.is_empty() => continue,
+            Some(GenerationEvent::Text(text)) => chunks.piece(index, None, Some(text), None),
+            Some(GenerationEvent::Done(stats)) => {
                 let last = chunks.piece(index, None, None, Some(finish_reason(&stats)));
                 return match tx.send(Ok(last)).await {
                     Ok(()) => Ok(stats),
                     Err(_) => Err(()),
                 };
             }
-            Some(Chunk::Failed(e)) => {
-                let e = NodeError::Internal(format!("generation failed mid-stream: {e}"));
+            Some(GenerationEvent::Error { code, message }) => {
+                let e =
+                    NodeError::from_code(code, format!("generation failed mid-stream: {message}"));
                 let _ = tx.send(Ok(Chunks::error(&e))).await;
                 return Err(());
             }
+            // Phases come before the start; nothing else follows it.
+            Some(_) => continue,
             None => {
                 let e = NodeError::Internal("generation ended without a result".into());
                 let _ = tx.send(Ok(Chunks::error(&e))).await;

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::jobs::JobEvent;
-use crate::serve::{self, Chunk};
+use crate::serve;
 
 /// Generations served to peers at once; more are refused with "busy".
 const MAX_INBOUND: usize = 64;
@@ -23,10 +23,7 @@ const MAX_INBOUND: usize = 64;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn error_frame(e: &NodeError) -> InferFrame {
-    InferFrame::Error {
-        code: e.wire_code(),
-        message: e.to_string(),
-    }
+    e.to_event()
 }
 
 /// Serves `/rbee/infer/1` for peers until the network stops.
@@ -149,26 +146,22 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
     if write_frame(stream, &head).await.is_err() {
         return;
     }
-    while let Some(chunk) = started.events.recv().await {
-        let (frame, last) = match chunk {
-            Chunk::Text(t) => (InferFrame::Text(t), false),
-            Chunk::Done(stats) => {
-                job.done(serde_json::json!({"model": started.model, "for_peer": peer.to_string(),
-                    "prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.completion_tokens}));
-                (InferFrame::Done(stats), true)
-            }
-            Chunk::Failed(e) => {
-                job.fail(&e);
-                (error_frame(&e), true)
-            }
-        };
+    // The generation's events are the wire's frames: relayed as they come.
+    while let Some(frame) = started.events.recv().await {
+        match &frame {
+            InferFrame::Done(stats) => job.done(serde_json::json!({"model": started.model,
+                "for_peer": peer.to_string(), "prompt_tokens": stats.prompt_tokens,
+                "completion_tokens": stats.completion_tokens})),
+            InferFrame::Error { message, .. } => job.fail(message),
+            _ => {}
+        }
         // A failed write means the caller went away: returning drops the events, which
         // cancels the generation.
         if write_frame(stream, &frame).await.is_err() {
             job.fail("the peer went away");
             return;
         }
-        if last {
+        if frame.is_last() {
             return;
         }
     }

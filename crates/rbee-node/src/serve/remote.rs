@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::jobs::{Job, JobEvent};
-use crate::serve::{Chunk, Started};
+use crate::serve::Started;
 
 /// How long dialing a peer and opening a stream may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -113,11 +113,10 @@ pub async fn start_remote(
     };
     tracing::debug!(node, us = t0.elapsed().as_micros() as u64, "peer started");
     let first = match next_frame(&mut stream, IDLE_TIMEOUT, node).await? {
-        InferFrame::Text(t) => Chunk::Text(t),
-        InferFrame::Done(s) => Chunk::Done(s),
         InferFrame::Error { code, message } => {
             return Err(NodeError::from_wire(code, message, node));
         }
+        f @ (InferFrame::Text(_) | InferFrame::Done(_)) => f,
         InferFrame::Started { .. } | InferFrame::Phase(_) | InferFrame::Progress { .. } => {
             return Err(peer_failed(
                 node,
@@ -135,26 +134,26 @@ pub async fn start_remote(
     tokio::spawn(async move {
         let mut next = Some(first);
         loop {
-            let chunk = match next.take() {
-                Some(c) => c,
+            let event = match next.take() {
+                Some(e) => e,
                 None => match next_frame(&mut stream, IDLE_TIMEOUT, &node_name).await {
-                    Ok(InferFrame::Text(t)) => Chunk::Text(t),
-                    Ok(InferFrame::Done(s)) => Chunk::Done(s),
+                    Ok(f @ (InferFrame::Text(_) | InferFrame::Done(_))) => f,
+                    // The peer's error, its message naming the peer.
                     Ok(InferFrame::Error { code, message }) => {
-                        Chunk::Failed(NodeError::from_wire(code, message, &node_name))
+                        NodeError::from_wire(code, message, &node_name).to_event()
                     }
                     Ok(
                         InferFrame::Started { .. }
                         | InferFrame::Phase(_)
                         | InferFrame::Progress { .. },
-                    ) => Chunk::Failed(peer_failed(&node_name, "it broke the protocol mid-stream")),
+                    ) => peer_failed(&node_name, "it broke the protocol mid-stream").to_event(),
                     // Says which node and why (it went silent, the stream closed).
-                    Err(e) => Chunk::Failed(e),
+                    Err(e) => e.to_event(),
                 },
             };
-            let last = !matches!(chunk, Chunk::Text(_));
+            let last = event.is_last();
             // The client went away: dropping the stream cancels the peer's generation.
-            if tx.send(chunk).await.is_err() || last {
+            if tx.send(event).await.is_err() || last {
                 break;
             }
         }
