@@ -666,6 +666,21 @@ fn models_pull_through_a_running_node_and_in_process() {
     let created: serde_json::Value = resp.body_mut().read_json().unwrap();
     let id = created["job_id"].as_str().unwrap().to_string();
     gate.wait_reached();
+    // Mid-file for the node too: its job has seen the download start (resolving,
+    // downloading, progress) before the cancel.
+    let start = std::time::Instant::now();
+    while node.get_json(&format!("/v1/jobs/{id}"))["events"]
+        .as_u64()
+        .unwrap()
+        < 3
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{}",
+            node.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let resp = agent()
         .delete(&node.url(&format!("/v1/jobs/{id}")))
         .call()

@@ -238,6 +238,11 @@ fn kept_note(gc: &rbee_store::GcReport) {
 /// True once Ctrl-C was pressed; a second Ctrl-C exits at once. The handler is registered
 /// before this returns, so a Ctrl-C from then on is never the default "die at once".
 fn ctrl_c_flag(announce: bool) -> Arc<AtomicBool> {
+    ctrl_c(announce, || {})
+}
+
+/// [`ctrl_c_flag`], calling `on_cancel` at the first Ctrl-C (before it says so).
+fn ctrl_c(announce: bool, on_cancel: impl Fn() + Send + 'static) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let Ok(rt) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -256,6 +261,7 @@ fn ctrl_c_flag(announce: bool) -> Arc<AtomicBool> {
         rt.block_on(async {
             if interrupts.recv().await.is_some() {
                 set.store(true, Ordering::Relaxed);
+                on_cancel();
                 if announce {
                     eprintln!("cancelling (the partial download is kept; pull again to resume)");
                 }
@@ -310,19 +316,20 @@ fn pull(config: &rbee_node::NodeConfig, store: &Store, model: &str) -> Result<()
         pool: None,
         hub: Some(hub(config)?),
     };
-    let cancel = ctrl_c_flag(true);
+    let job = rbee_node::jobs::Jobs::default().create("model_pull");
+    // Ctrl-C cancels the job at once: the hub download checks it between chunks.
+    let cancelled = job.clone();
+    ctrl_c(true, move || cancelled.cancel());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     let (bar, mut update) = output::progress_bar("pulling");
     // The node's own pull (`pull::get`: catalog, then the hub; no pool without a node), its
     // job's events drawn as the progress bar.
-    let job = rbee_node::jobs::Jobs::default().create("model_pull");
     let outcome = rt.block_on(async {
         let (_, mut events) = job.subscribe();
         let run = rbee_node::pull::get(&sources, model, rbee_node::pull::Reach::Anywhere, &job);
         tokio::pin!(run);
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
         loop {
             let event = async {
                 match events.as_mut() {
@@ -339,11 +346,6 @@ fn pull(config: &rbee_node::NodeConfig, store: &Store, model: &str) -> Result<()
                     }
                     _ => {}
                 },
-                _ = tick.tick() => {
-                    if cancel.load(Ordering::Relaxed) {
-                        job.cancel();
-                    }
-                }
             }
         }
     });
