@@ -200,13 +200,13 @@ impl Drop for LiveGuard<'_> {
 #[derive(Debug, Default, Clone)]
 pub struct CandleBackend;
 
-fn validated(path: &Path) -> Result<rbee_gguf::GgufFile, InferError> {
+fn validated(path: &Path) -> Result<rbee_format::gguf::GgufFile, InferError> {
     let invalid = |source| InferError::Invalid {
         path: path.to_path_buf(),
         source,
     };
-    let file = rbee_gguf::GgufFile::open(path).map_err(invalid)?;
-    rbee_gguf::validate(&file).map_err(invalid)?;
+    let file = rbee_format::gguf::GgufFile::open(path).map_err(invalid)?;
+    rbee_format::gguf::validate(&file).map_err(invalid)?;
     Ok(file)
 }
 
@@ -214,7 +214,7 @@ fn validated(path: &Path) -> Result<rbee_gguf::GgufFile, InferError> {
 enum Opened {
     Gguf {
         path: PathBuf,
-        file: rbee_gguf::GgufFile,
+        file: rbee_format::gguf::GgufFile,
     },
     /// A Hugging Face folder: config.json, tokenizer.json, *.safetensors.
     Safetensors(SafetensorsModel),
@@ -265,7 +265,7 @@ impl Opened {
     }
 
     /// The header: the GGUF's own, or the one a conversion of the folder would have.
-    fn header(&self) -> &rbee_gguf::GgufFile {
+    fn header(&self) -> &rbee_format::gguf::GgufFile {
         match self {
             Opened::Gguf { file, .. } => file,
             Opened::Safetensors(m) => m.header(),
@@ -294,7 +294,10 @@ impl Opened {
     }
 }
 
-fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
+fn estimate_of(
+    file: &rbee_format::gguf::GgufFile,
+    context: usize,
+) -> Result<MemoryEstimate, InferError> {
     let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
     let total = Transformer::estimate_memory(file, context)?;
     Ok(MemoryEstimate {
@@ -303,7 +306,7 @@ fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstim
     })
 }
 
-fn context_for(file: &rbee_gguf::GgufFile, opts: &LoadOptions) -> usize {
+fn context_for(file: &rbee_format::gguf::GgufFile, opts: &LoadOptions) -> usize {
     let arch = file.architecture().unwrap_or_default();
     let model_ctx = file
         .metadata
@@ -381,7 +384,7 @@ impl Backend for CandleBackend {
 }
 
 fn chat_template(
-    file: &rbee_gguf::GgufFile,
+    file: &rbee_format::gguf::GgufFile,
     tokenizer: &Tokenizer,
 ) -> Result<ChatTemplate, InferError> {
     let text_of = |id: Option<u32>| {

@@ -8,7 +8,7 @@ pub enum InferError {
     Invalid {
         path: PathBuf,
         #[source]
-        source: rbee_gguf::GgufError,
+        source: rbee_format::gguf::GgufError,
     },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },

@@ -365,13 +365,13 @@ fn a_model_with_nan_weights_fails_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let broken = tmp.path().join("nan.gguf");
     let mut bytes = std::fs::read(&tiny).unwrap();
-    let header = rbee_gguf::GgufFile::open(&tiny).unwrap();
+    let header = rbee_format::gguf::GgufFile::open(&tiny).unwrap();
     let norm = header
         .tensors
         .iter()
         .find(|t| t.name == "output_norm.weight")
         .unwrap();
-    assert_eq!(norm.dtype, rbee_gguf::GgmlType::F32);
+    assert_eq!(norm.dtype, rbee_format::gguf::GgmlType::F32);
     let (start, end) = (norm.offset as usize, (norm.offset + norm.size) as usize);
     for chunk in bytes[start..end].chunks_mut(4) {
         chunk.copy_from_slice(&f32::NAN.to_le_bytes());

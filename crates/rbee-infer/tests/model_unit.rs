@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use rbee_gguf::{GgmlType, GgufFile, GgufWriter};
+use rbee_format::gguf::{GgmlType, GgufFile, GgufWriter};
 use rbee_infer::model::{ModelError, Transformer};
 
 const HIDDEN: usize = 64;

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use rbee_gguf::{GgmlType, GgufWriter};
+use rbee_format::gguf::{GgmlType, GgufWriter};
 use rbee_infer::engine::{
     Backend, CandleBackend, GenerateEvent, GenerateRequest, LoadOptions, Prompt,
 };

@@ -63,7 +63,7 @@ fn demo_model_path() -> Option<PathBuf> {
 /// tokenizer build took.
 fn load(path: &Path) -> Tokenizer {
     let t0 = Instant::now();
-    let file = rbee_gguf::GgufFile::open(path).unwrap();
+    let file = rbee_format::gguf::GgufFile::open(path).unwrap();
     let t1 = Instant::now();
     let tok = Tokenizer::from_gguf(&file.metadata).unwrap();
     let t2 = Instant::now();

@@ -377,8 +377,8 @@ pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
             ),
         });
     }
-    let file = rbee_gguf::GgufFile::open(path).map_err(wrap)?;
-    let summary = rbee_gguf::validate(&file).map_err(wrap)?;
+    let file = rbee_format::gguf::GgufFile::open(path).map_err(wrap)?;
+    let summary = rbee_format::gguf::validate(&file).map_err(wrap)?;
     Ok(ModelMetadata {
         format: ModelFormat::Gguf,
         architecture: summary.architecture,

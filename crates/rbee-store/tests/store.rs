@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::write_gguf;
-use rbee_gguf::writer::GgufWriter;
+use rbee_format::gguf::writer::GgufWriter;
 use rbee_proto::{
     FileEntry, MIN_SHARD_SIZE, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
     ShardHash,

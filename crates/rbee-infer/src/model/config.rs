@@ -5,7 +5,7 @@
 //! window), each choice taken from llama.cpp's graph for that architecture
 //! so our output matches it.
 
-use rbee_gguf::GgufFile;
+use rbee_format::gguf::GgufFile;
 
 use super::error::ModelError;
 

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ModelError {
     #[error("cannot read GGUF header: {0}")]
-    Gguf(#[from] rbee_gguf::GgufError),
+    Gguf(#[from] rbee_format::gguf::GgufError),
     #[error("cannot read tensor data of {tensor} from {}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum ModelError {
     #[error("tensor {tensor} has type {dtype}, which this engine cannot compute with")]
     TensorType {
         tensor: String,
-        dtype: rbee_gguf::GgmlType,
+        dtype: rbee_format::gguf::GgmlType,
     },
     #[error("{context}: {source}")]
     Candle {

@@ -19,7 +19,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use rbee_gguf::{GgmlType, GgufFile, Metadata, TensorInfo};
+use rbee_format::gguf::{GgmlType, GgufFile, Metadata, TensorInfo};
 use serde_json::Value as Json;
 
 use super::error::ModelError;

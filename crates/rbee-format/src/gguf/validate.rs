@@ -2,11 +2,11 @@
 
 use std::collections::HashSet;
 
-use crate::error::GgufError;
-use crate::reader::GgufFile;
-use crate::value::{Metadata, Value};
+use crate::gguf::error::GgufError;
+use crate::gguf::reader::GgufFile;
+use crate::gguf::value::{Metadata, Value};
 
-pub use crate::arch::SUPPORTED_ARCHITECTURES;
+pub use crate::gguf::arch::SUPPORTED_ARCHITECTURES;
 
 /// What [`validate`] learned about a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,7 +114,7 @@ fn wrong_type(key: &str, v: &Value, expected: &'static str) -> GgufError {
 
 /// The tensor type holding the most bytes; ties go to the lower type id.
 fn dominant_type(file: &GgufFile) -> String {
-    let mut by_type: Vec<(crate::GgmlType, u64)> = Vec::new();
+    let mut by_type: Vec<(crate::gguf::GgmlType, u64)> = Vec::new();
     for t in &file.tensors {
         match by_type.iter_mut().find(|(ty, _)| *ty == t.dtype) {
             Some((_, bytes)) => *bytes = bytes.saturating_add(t.size),

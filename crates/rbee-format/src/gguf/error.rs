@@ -3,8 +3,8 @@
 
 use std::path::PathBuf;
 
-use crate::arch::SUPPORTED_ARCHITECTURES;
-use crate::types::GgmlType;
+use crate::gguf::arch::SUPPORTED_ARCHITECTURES;
+use crate::gguf::types::GgmlType;
 
 /// Anything that can go wrong reading, validating or writing a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +52,7 @@ pub enum GgufError {
     DuplicateTensor { tensor: String },
     #[error(
         "tensor {tensor} has {n_dims} dimensions, expected 1 to {}",
-        crate::MAX_DIMS
+        crate::gguf::MAX_DIMS
     )]
     BadDims { tensor: String, n_dims: u32 },
     #[error("tensor {tensor} has unknown ggml type id {type_id}")]

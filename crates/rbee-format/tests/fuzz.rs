@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use rbee_gguf::{Array, GgufFile, GgufWriter, validate};
+use rbee_format::gguf::{Array, GgufFile, GgufWriter, validate};
 
 struct Tracking;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);

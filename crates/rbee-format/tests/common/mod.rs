@@ -3,7 +3,7 @@
 
 use std::io::Cursor;
 
-use rbee_gguf::{GgufError, GgufFile, GgufWriter};
+use rbee_format::gguf::{GgufError, GgufFile, GgufWriter};
 
 pub fn read(bytes: &[u8]) -> Result<GgufFile, GgufError> {
     GgufFile::read(Cursor::new(bytes), bytes.len() as u64)

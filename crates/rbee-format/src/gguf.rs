@@ -1,11 +1,5 @@
 //! Pure-Rust GGUF (v2/v3, little-endian) reader, validator and small writer.
 //!
-//! Model files arrive from users and untrusted peers, so the reader treats every
-//! count, length and offset as hostile: each is checked against the bytes left in
-//! the file and against an absolute cap (the `MAX_*` constants) before it drives
-//! an allocation, all arithmetic is checked, and bad input is an error, never a
-//! panic.
-//!
 //! - [`GgufFile::open`] / [`GgufFile::read`]: parse the header (metadata and
 //!   tensor table) and check every tensor lies inside the file; tensor data is
 //!   never read.

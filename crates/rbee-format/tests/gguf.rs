@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use rbee_gguf::*;
+use rbee_format::gguf::*;
 
 fn f32s(n: usize) -> Vec<u8> {
     (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect()
