@@ -1,6 +1,7 @@
 //! rbee-format: the structure of the model files rbee stores, shares and loads.
 //!
 //! - [`gguf`]: GGUF (v2/v3) reading, validation, and a small writer for fixtures.
+//! - [`safetensors`]: the header of a safetensors file, checked against the file.
 //!
 //! Model files arrive from users and untrusted peers, so every reader here treats each count,
 //! length and offset as hostile: each is checked against the bytes left in the file and against
@@ -8,3 +9,4 @@
 //! an error, never a panic.
 
 pub mod gguf;
+pub mod safetensors;
