@@ -244,7 +244,9 @@ impl SafetensorsHeader {
     /// `[start, end)` of `entry`'s bytes in the file.
     pub fn file_range(&self, entry: &TensorEntry) -> [u64; 2] {
         // Within the file size for a header that was read; saturating for a hand-built entry.
-        entry.data_offsets.map(|o| self.data_offset.saturating_add(o))
+        entry
+            .data_offsets
+            .map(|o| self.data_offset.saturating_add(o))
     }
 }
 

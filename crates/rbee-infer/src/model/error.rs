@@ -16,8 +16,16 @@ pub enum ModelError {
         tensor: String,
         source: std::io::Error,
     },
-    #[error("architecture {0:?} is not supported (llama, qwen2, qwen3, gemma3, phi3 are)")]
-    UnsupportedArchitecture(String),
+    /// A well-formed model of an architecture this engine does not run (a node built with
+    /// another engine might).
+    #[error("architecture {architecture:?} is not one this engine runs ({runs})")]
+    UnsupportedArchitecture {
+        architecture: String,
+        /// What it runs instead, in words: for GGUF the
+        /// [`SUPPORTED_ARCHITECTURES`](super::config::SUPPORTED_ARCHITECTURES), for a
+        /// safetensors folder the `model_type`s its conversion knows.
+        runs: String,
+    },
     #[error("metadata key {key} is missing or has the wrong type")]
     MissingMetadata { key: String },
     #[error("metadata {key} = {value} is invalid: {reason}")]
