@@ -15,6 +15,7 @@ use candle_core::Device;
 
 use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
+use crate::model::config::check_transformer_header;
 use crate::model::{Arch, ModelError, SafetensorsModel, Transformer};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stream::TextStream;
@@ -201,7 +202,8 @@ impl Drop for LiveGuard<'_> {
 #[derive(Debug, Default, Clone)]
 pub struct CandleBackend;
 
-/// Opens a GGUF file, checks it is well-formed and of an architecture this engine runs.
+/// Opens a GGUF file and checks, before any weight is read, that it is well-formed, of an
+/// architecture this engine runs, and has what the transformer reads.
 fn validated(path: &Path) -> Result<GgufFile, InferError> {
     let invalid = |source| InferError::Invalid {
         path: path.to_path_buf(),
@@ -209,7 +211,8 @@ fn validated(path: &Path) -> Result<GgufFile, InferError> {
     };
     let file = GgufFile::open(path).map_err(invalid)?;
     let summary = gguf::validate(&file).map_err(invalid)?;
-    Arch::parse(&summary.architecture).map_err(|e| at(path, e))?;
+    let arch = Arch::parse(&summary.architecture).map_err(|e| at(path, e))?;
+    check_transformer_header(&file, arch).map_err(invalid)?;
     Ok(file)
 }
 

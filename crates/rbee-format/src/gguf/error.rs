@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use crate::gguf::arch::SUPPORTED_ARCHITECTURES;
 use crate::gguf::types::GgmlType;
 
 /// Anything that can go wrong reading, validating or writing a GGUF file.
@@ -93,8 +92,12 @@ pub enum GgufError {
         found: &'static str,
         expected: &'static str,
     },
-    #[error("unsupported architecture {arch} (supported: {})", SUPPORTED_ARCHITECTURES.join(", "))]
-    UnsupportedArchitecture { arch: String },
     #[error("tensor {name} missing")]
     MissingTensor { name: String },
+    #[error("{key} is {blocks}, but block {block} has no tensors (blk.{block}.*)")]
+    MissingBlock {
+        key: String,
+        blocks: u64,
+        block: u64,
+    },
 }

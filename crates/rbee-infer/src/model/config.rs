@@ -5,7 +5,9 @@
 //! window), each choice taken from llama.cpp's graph for that architecture
 //! so our output matches it.
 
-use rbee_format::gguf::GgufFile;
+use std::collections::HashSet;
+
+use rbee_format::gguf::{GgufError, GgufFile, Value};
 
 use super::error::ModelError;
 
@@ -59,6 +61,42 @@ impl Arch {
                 runs: format!("it runs: {}", SUPPORTED_ARCHITECTURES.join(", ")),
             })
     }
+}
+
+/// What the transformer reads beyond a well-formed file (which `rbee_format::gguf::validate`
+/// checks for any architecture), from the header alone so a file it cannot load fails before
+/// any weight is read: the feed-forward width and head count, and in every block the attention
+/// norm, the query projection (or the fused `attn_qkv`) and the FFN down projection.
+pub fn check_transformer_header(file: &GgufFile, arch: Arch) -> Result<(), GgufError> {
+    let md = &file.metadata;
+    let arch = arch.name();
+    let int = |suffix: &str| md.require(&format!("{arch}.{suffix}"), Value::as_u64, "an integer");
+    let block_count = int("block_count")?;
+    int("feed_forward_length")?;
+    int("attention.head_count")?;
+    let names: HashSet<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
+    let need = |name: String| {
+        if names.contains(name.as_str()) {
+            Ok(())
+        } else {
+            Err(GgufError::MissingTensor { name })
+        }
+    };
+    // Stops at the first missing block, so a huge block_count costs nothing.
+    for i in 0..block_count {
+        need(format!("blk.{i}.attn_norm.weight"))?;
+        let (q, qkv) = (
+            format!("blk.{i}.attn_q.weight"),
+            format!("blk.{i}.attn_qkv.weight"),
+        );
+        if !names.contains(q.as_str()) && !names.contains(qkv.as_str()) {
+            return Err(GgufError::MissingTensor {
+                name: format!("{q} (or {qkv})"),
+            });
+        }
+        need(format!("blk.{i}.ffn_down.weight"))?;
+    }
+    Ok(())
 }
 
 /// How RoPE pairs up the dimensions of a head.
