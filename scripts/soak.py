@@ -102,7 +102,7 @@ def parse_size(s):
 
 
 def tiny_gguf(model_name):
-    """A minimal valid llama GGUF (rbee_gguf::GgufWriter::tiny_model("llama")), its bytes made
+    """A minimal valid llama GGUF (rbee_format::gguf::GgufWriter::tiny_model("llama")), its bytes made
     unique by `general.name`: a fresh small model for imports."""
     def s(x):
         b = x.encode()

@@ -222,8 +222,13 @@ pub fn write_random_gguf(path: &Path, bytes: u64) {
         state ^= state << 17;
         data.extend_from_slice(&state.to_le_bytes());
     }
-    let mut w = rbee_gguf::GgufWriter::tiny_model("llama");
-    w.add_tensor("big.weight", &[words * 2], rbee_gguf::GgmlType::F32, data);
+    let mut w = rbee_format::gguf::GgufWriter::tiny_model("llama");
+    w.add_tensor(
+        "big.weight",
+        &[words * 2],
+        rbee_format::gguf::GgmlType::F32,
+        data,
+    );
     w.write_file(path).expect("writing the generated GGUF");
 }
 

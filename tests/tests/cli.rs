@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use rbee_gguf::{GgmlType, writer::GgufWriter};
+use rbee_format::gguf::{GgmlType, writer::GgufWriter};
 use rbee_tests::{rbee, rbee_node_bin};
 
 fn write_gguf(path: &Path, arch: &str, floats: usize) {

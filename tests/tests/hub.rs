@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rbee_gguf::{GgmlType, writer::GgufWriter};
+use rbee_format::gguf::{GgmlType, writer::GgufWriter};
 use rbee_hub::{Hub, HubConfig, HubError, PlanKind};
 use rbee_node::pull::{PullEvent, PullOutcome, from_hub};
 use rbee_proto::{HfRef, ModelRef, ModelSource};

@@ -7,7 +7,7 @@ use std::process::Command;
 /// Lower number = lower layer. A new rbee crate must be placed here deliberately.
 const LAYERS: &[(&str, u32)] = &[
     ("rbee-proto", 0),
-    ("rbee-gguf", 0),
+    ("rbee-format", 0),
     ("rbee-pnet", 0),
     ("rbee-store", 1),
     ("rbee-net", 1),

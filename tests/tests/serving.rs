@@ -149,7 +149,7 @@ fn a_streaming_model_is_busy_and_never_evicted() {
     assert_eq!(post(&node, "/v1/chat/completions", hi("tiny")).0, 200);
 
     // The tiny model supports less than the 512 tokens asked for: it says so, and what it got.
-    let header = rbee_gguf::GgufFile::open(&tiny).unwrap();
+    let header = rbee_format::gguf::GgufFile::open(&tiny).unwrap();
     let own = header.metadata.get_u64("gemma3.context_length").unwrap() as usize;
     assert!(own < 512, "the fixture changed: {own}");
     let status = model_status(&node.get_json("/health"), "tiny");

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use candle_core::Device;
-use rbee_gguf::GgufFile;
+use rbee_format::gguf::GgufFile;
 use rbee_infer::model::Transformer;
 
 const TEXT: &str = "The history of the printing press begins in the fifteenth century, when \
@@ -128,7 +128,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// hyperparameters, and per layer the same tensor types (attn_v Q8_0 and
 /// ffn_down Q6_K in layers 0, 1, 4, 7, 10, 13, 15, 16, 17; Q5_0 / Q4_K elsewhere).
 fn synthetic_gemma3_270m() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    use rbee_gguf::{GgmlType, GgufWriter};
+    use rbee_format::gguf::{GgmlType, GgufWriter};
     const HIDDEN: u64 = 640;
     const FFN: u64 = 2048;
     const VOCAB: u64 = 262_144;

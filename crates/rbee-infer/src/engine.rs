@@ -15,10 +15,12 @@ use candle_core::Device;
 
 use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
-use crate::model::{ModelError, SafetensorsModel, Transformer};
+use crate::model::config::check_transformer_header;
+use crate::model::{Arch, ModelError, SafetensorsModel, Transformer};
 use crate::sampling::{Sampler, SamplingParams};
 use crate::stream::TextStream;
 use crate::tokenizer::Tokenizer;
+use rbee_format::gguf::{self, GgufFile};
 pub use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
 
 /// Context used when the caller does not ask for one: enough for chat, small enough that the
@@ -200,21 +202,40 @@ impl Drop for LiveGuard<'_> {
 #[derive(Debug, Default, Clone)]
 pub struct CandleBackend;
 
-fn validated(path: &Path) -> Result<rbee_gguf::GgufFile, InferError> {
+/// Opens a GGUF file and checks, before any weight is read, that it is well-formed, of an
+/// architecture this engine runs, and has what the transformer reads.
+fn validated(path: &Path) -> Result<GgufFile, InferError> {
     let invalid = |source| InferError::Invalid {
         path: path.to_path_buf(),
         source,
     };
-    let file = rbee_gguf::GgufFile::open(path).map_err(invalid)?;
-    rbee_gguf::validate(&file).map_err(invalid)?;
+    let file = GgufFile::open(path).map_err(invalid)?;
+    let summary = gguf::validate(&file).map_err(invalid)?;
+    let arch = Arch::parse(&summary.architecture).map_err(|e| at(path, e))?;
+    check_transformer_header(&file, arch).map_err(invalid)?;
     Ok(file)
+}
+
+/// A model error about the file at `path`: an architecture this engine does not run is the
+/// caller's choice of model, so it gets its own variant; the rest are model errors.
+fn at(path: &Path, e: ModelError) -> InferError {
+    match e {
+        ModelError::UnsupportedArchitecture { architecture, runs } => {
+            InferError::UnsupportedArchitecture {
+                path: path.to_path_buf(),
+                architecture,
+                runs,
+            }
+        }
+        e => InferError::Model(e),
+    }
 }
 
 /// A model on disk, opened and checked (headers only; no weights read yet).
 enum Opened {
     Gguf {
         path: PathBuf,
-        file: rbee_gguf::GgufFile,
+        file: GgufFile,
     },
     /// A Hugging Face folder: config.json, tokenizer.json, *.safetensors.
     Safetensors(SafetensorsModel),
@@ -229,7 +250,9 @@ impl Opened {
             reason,
         };
         let safetensors = |dir: &Path| -> Result<Opened, InferError> {
-            Ok(Opened::Safetensors(SafetensorsModel::open(dir)?))
+            Ok(Opened::Safetensors(
+                SafetensorsModel::open(dir).map_err(|e| at(dir, e))?,
+            ))
         };
         if !path.is_dir() {
             if path.extension().is_some_and(|x| x == "safetensors") {
@@ -265,7 +288,7 @@ impl Opened {
     }
 
     /// The header: the GGUF's own, or the one a conversion of the folder would have.
-    fn header(&self) -> &rbee_gguf::GgufFile {
+    fn header(&self) -> &GgufFile {
         match self {
             Opened::Gguf { file, .. } => file,
             Opened::Safetensors(m) => m.header(),
@@ -294,7 +317,7 @@ impl Opened {
     }
 }
 
-fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
+fn estimate_of(file: &GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
     let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
     let total = Transformer::estimate_memory(file, context)?;
     Ok(MemoryEstimate {
@@ -303,7 +326,7 @@ fn estimate_of(file: &rbee_gguf::GgufFile, context: usize) -> Result<MemoryEstim
     })
 }
 
-fn context_for(file: &rbee_gguf::GgufFile, opts: &LoadOptions) -> usize {
+fn context_for(file: &GgufFile, opts: &LoadOptions) -> usize {
     let arch = file.architecture().unwrap_or_default();
     let model_ctx = file
         .metadata
@@ -380,10 +403,7 @@ impl Backend for CandleBackend {
     }
 }
 
-fn chat_template(
-    file: &rbee_gguf::GgufFile,
-    tokenizer: &Tokenizer,
-) -> Result<ChatTemplate, InferError> {
+fn chat_template(file: &GgufFile, tokenizer: &Tokenizer) -> Result<ChatTemplate, InferError> {
     let text_of = |id: Option<u32>| {
         id.and_then(|i| tokenizer.id_to_token(i))
             .unwrap_or_default()

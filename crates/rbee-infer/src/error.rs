@@ -8,10 +8,19 @@ pub enum InferError {
     Invalid {
         path: PathBuf,
         #[source]
-        source: rbee_gguf::GgufError,
+        source: rbee_format::gguf::GgufError,
     },
     #[error("{path}: {reason}")]
     Unsupported { path: PathBuf, reason: String },
+    /// A well-formed model of an architecture this engine does not run: the store keeps and
+    /// shares it, and a node whose engine runs it can serve it.
+    #[error("{path}: architecture {architecture:?} is not one this engine runs ({runs})")]
+    UnsupportedArchitecture {
+        path: PathBuf,
+        architecture: String,
+        /// What it runs instead, in words (naming [`crate::SUPPORTED_ARCHITECTURES`] for GGUF).
+        runs: String,
+    },
     #[error("tokenizer: {0}")]
     Tokenizer(#[from] crate::tokenizer::TokenizerError),
     #[error("model: {0}")]
@@ -54,6 +63,7 @@ impl InferError {
     pub fn error_type(&self) -> &'static str {
         match self {
             InferError::Invalid { .. } | InferError::Unsupported { .. } => "invalid_model",
+            InferError::UnsupportedArchitecture { .. } => "unsupported_architecture",
             InferError::Tokenizer(_) => "tokenizer_error",
             InferError::Model(_) => "model_error",
             InferError::Chat(_) | InferError::InvalidRequest(_) => "invalid_request_error",

@@ -1,5 +1,6 @@
 //! Our transformer for the llama (and Mistral), qwen2, qwen3, gemma3 and
-//! phi3 architectures, loading quantised GGUF weights (or, for llama and
+//! phi3 architectures ([`config::SUPPORTED_ARCHITECTURES`], the engine's one
+//! list of what runs), loading quantised GGUF weights (or, for llama and
 //! qwen2, Hugging Face safetensors folders), on the CPU.
 //!
 //! Why not candle-transformers: its per-architecture models diverge from

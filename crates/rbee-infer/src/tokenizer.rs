@@ -104,7 +104,7 @@ impl Tokenizer {
     /// unoptimised dev build. That is small next to reading the model, so
     /// there is deliberately no cache file. `tests/tokenizer_reference.rs`
     /// prints the figure on every run.
-    pub fn from_gguf(meta: &rbee_gguf::Metadata) -> Result<Tokenizer, TokenizerError> {
+    pub fn from_gguf(meta: &rbee_format::gguf::Metadata) -> Result<Tokenizer, TokenizerError> {
         gguf::load(meta)
     }
 

@@ -365,13 +365,13 @@ fn a_model_with_nan_weights_fails_with_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let broken = tmp.path().join("nan.gguf");
     let mut bytes = std::fs::read(&tiny).unwrap();
-    let header = rbee_gguf::GgufFile::open(&tiny).unwrap();
+    let header = rbee_format::gguf::GgufFile::open(&tiny).unwrap();
     let norm = header
         .tensors
         .iter()
         .find(|t| t.name == "output_norm.weight")
         .unwrap();
-    assert_eq!(norm.dtype, rbee_gguf::GgmlType::F32);
+    assert_eq!(norm.dtype, rbee_format::gguf::GgmlType::F32);
     let (start, end) = (norm.offset as usize, (norm.offset + norm.size) as usize);
     for chunk in bytes[start..end].chunks_mut(4) {
         chunk.copy_from_slice(&f32::NAN.to_le_bytes());
@@ -394,4 +394,142 @@ fn a_model_with_nan_weights_fails_with_a_clear_error() {
         "{err}"
     );
     assert!(err.to_string().contains("non-finite"), "{err}");
+}
+
+/// A reference tiny model rewritten with `edit` applied to its header, at `dst`.
+fn rewritten(
+    arch: &str,
+    dst: &std::path::Path,
+    edit: impl FnOnce(&mut rbee_format::gguf::Metadata, &mut Vec<rbee_format::gguf::TensorInfo>),
+) -> PathBuf {
+    let src =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/reference/tiny-{arch}.gguf"));
+    let header = rbee_format::gguf::GgufFile::open(&src).unwrap();
+    let data = std::fs::read(&src).unwrap();
+    let (mut metadata, mut tensors) = (header.metadata.clone(), header.tensors.clone());
+    edit(&mut metadata, &mut tensors);
+    let mut w = rbee_format::gguf::GgufWriter::new();
+    for (k, v) in metadata.iter() {
+        if k != "general.alignment" {
+            w.add(k, v.clone());
+        }
+    }
+    for t in &tensors {
+        let bytes = data[t.offset as usize..(t.offset + t.size) as usize].to_vec();
+        w.add_tensor(t.name.clone(), &t.dims, t.dtype, bytes);
+    }
+    w.write_file(dst).unwrap();
+    dst.to_path_buf()
+}
+
+/// The store keeps any well-formed model (a peer's engine may run it); this engine refuses one
+/// whose architecture it does not run, at once, naming the architecture and what it runs.
+#[test]
+fn a_well_formed_model_of_another_architecture_is_refused_naming_what_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("mamba.gguf");
+    rbee_format::gguf::GgufWriter::tiny_model("mamba")
+        .write_file(&path)
+        .unwrap();
+    let opts = LoadOptions::default();
+    let started = Instant::now();
+    for err in [
+        CandleBackend.estimate(&path, &opts).unwrap_err(),
+        CandleBackend.load(&path, &opts).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, InferError::UnsupportedArchitecture { architecture, .. } if architecture == "mamba"),
+            "{err:?}"
+        );
+        assert_eq!(err.error_type(), "unsupported_architecture");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"mamba\"")
+                && msg.contains(&rbee_infer::SUPPORTED_ARCHITECTURES.join(", "))
+                && msg.contains(&path.display().to_string()),
+            "{msg}"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(1));
+
+    // The same file under a name the engine runs gets past that check.
+    let llama = tmp.path().join("llama.gguf");
+    rbee_format::gguf::GgufWriter::tiny_model("llama")
+        .write_file(&llama)
+        .unwrap();
+    let got = CandleBackend.estimate(&llama, &opts);
+    assert!(
+        !matches!(got, Err(InferError::UnsupportedArchitecture { .. })),
+        "{got:?}"
+    );
+}
+
+/// The format's validation is structure only; what this transformer reads beyond it is
+/// checked by the engine from the header, before any weight is read.
+#[test]
+fn what_the_transformer_reads_is_checked_before_any_weight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = LoadOptions::default();
+    let estimate_err = |path: PathBuf| {
+        let err = CandleBackend.estimate(&path, &opts).unwrap_err();
+        assert_eq!(err.error_type(), "invalid_model", "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(&format!("{}: invalid model: ", path.display())),
+            "{msg}"
+        );
+        msg
+    };
+    let dst = tmp.path().join("m.gguf");
+    // Unchanged, the rewritten models are fine.
+    for arch in ["qwen3", "phi3"] {
+        CandleBackend
+            .estimate(&rewritten(arch, &dst, |_, _| {}), &opts)
+            .unwrap();
+    }
+    let drop_tensor = |name: &'static str| {
+        move |_: &mut rbee_format::gguf::Metadata, t: &mut Vec<rbee_format::gguf::TensorInfo>| {
+            t.retain(|t| t.name != name)
+        }
+    };
+    let msg = estimate_err(rewritten(
+        "qwen3",
+        &dst,
+        drop_tensor("blk.1.ffn_down.weight"),
+    ));
+    assert!(
+        msg.ends_with("tensor blk.1.ffn_down.weight missing"),
+        "{msg}"
+    );
+    let msg = estimate_err(rewritten(
+        "qwen3",
+        &dst,
+        drop_tensor("blk.0.attn_norm.weight"),
+    ));
+    assert!(
+        msg.ends_with("tensor blk.0.attn_norm.weight missing"),
+        "{msg}"
+    );
+    let msg = estimate_err(rewritten(
+        "phi3",
+        &dst,
+        drop_tensor("blk.1.attn_qkv.weight"),
+    ));
+    assert!(
+        msg.ends_with("tensor blk.1.attn_q.weight (or blk.1.attn_qkv.weight) missing"),
+        "{msg}"
+    );
+    for key in ["feed_forward_length", "attention.head_count"] {
+        let msg = estimate_err(rewritten("phi3", &dst, |md, _| {
+            md.remove(&format!("phi3.{key}"));
+        }));
+        assert!(msg.ends_with(&format!("phi3.{key} missing")), "{msg}");
+    }
+    let msg = estimate_err(rewritten("qwen3", &dst, |md, _| {
+        md.insert("qwen3.feed_forward_length", "wide");
+    }));
+    assert!(
+        msg.ends_with("qwen3.feed_forward_length has type string, expected an integer"),
+        "{msg}"
+    );
 }

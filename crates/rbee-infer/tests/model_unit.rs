@@ -8,7 +8,8 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use rbee_gguf::{GgmlType, GgufFile, GgufWriter};
+use rbee_format::gguf::{GgmlType, GgufFile, GgufWriter};
+use rbee_infer::SUPPORTED_ARCHITECTURES;
 use rbee_infer::model::{ModelError, Transformer};
 
 const HIDDEN: usize = 64;
@@ -282,7 +283,7 @@ const PROMPT: [u32; 10] = [1, 17, 42, 5, 88, 23, 9, 61, 30, 2];
 #[test]
 fn every_architecture_loads_and_runs() {
     let dir = tempfile::tempdir().unwrap();
-    for arch in ["llama", "qwen2", "qwen3", "gemma3", "phi3"] {
+    for &arch in SUPPORTED_ARCHITECTURES {
         let path = tiny_model(arch, dir.path());
         let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
         let c = model.config();
@@ -406,7 +407,12 @@ fn unsupported_files_are_refused_with_a_reason() {
     w.write_file(&mamba).unwrap();
     let err = Transformer::load_gguf(&mamba, &Device::Cpu).unwrap_err();
     assert!(
-        matches!(err, ModelError::UnsupportedArchitecture(_)),
+        matches!(&err, ModelError::UnsupportedArchitecture { architecture, .. } if architecture == "mamba"),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains(&SUPPORTED_ARCHITECTURES.join(", ")),
         "{err}"
     );
 }

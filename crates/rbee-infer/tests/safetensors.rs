@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use rbee_gguf::{GgmlType, GgufWriter};
+use rbee_format::gguf::{GgmlType, GgufWriter};
+use rbee_infer::InferError;
 use rbee_infer::engine::{
     Backend, CandleBackend, GenerateEvent, GenerateRequest, LoadOptions, Prompt,
 };
@@ -555,11 +556,33 @@ fn unknown_architectures_are_refused_with_the_supported_list() {
     let err = open_err(tmp.path());
     assert!(err.contains("gpt_neox"), "{err}");
     assert!(err.contains("llama, mistral, qwen2"), "{err}");
+    // The backend says what kind of refusal it is, on the estimate (what a node asks first)
+    // as on the load.
+    let opts = LoadOptions::default();
+    for err in [
+        CandleBackend.estimate(tmp.path(), &opts).unwrap_err(),
+        CandleBackend.load(tmp.path(), &opts).unwrap_err(),
+    ] {
+        assert!(
+            matches!(&err, InferError::UnsupportedArchitecture { architecture, .. } if architecture == "gpt_neox"),
+            "{err}"
+        );
+        assert_eq!(err.error_type(), "unsupported_architecture");
+    }
+    // Without model_type, the classes named are what is refused.
+    config.as_object_mut().unwrap().remove("model_type");
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = open_err(tmp.path());
+    assert!(
+        err.contains("\"GPTNeoXForCausalLM\"") && err.contains("llama, mistral, qwen2"),
+        "{err}"
+    );
 }
 
 /// Every way a safetensors header can lie, for the engine's loader (`SafetensorsModel::open`,
-/// then the backend's load): `Ok` or an error, never a panic. (The store's own header check
-/// has the same cases in `crates/rbee-store/tests/store.rs`.)
+/// then the backend's load): `Ok` or an error, never a panic. (The header parser it shares with
+/// the store is fuzzed in `crates/rbee-format/tests/fuzz.rs`; the store's import runs these
+/// cases too, in `crates/rbee-store/tests/store.rs`.)
 #[test]
 fn damaged_safetensors_headers_are_refused_by_the_loader() {
     let tmp = tempfile::tempdir().unwrap();

@@ -4,7 +4,7 @@
 //! `tokenizer.json` folder.
 #![allow(clippy::unwrap_used)]
 
-use rbee_gguf::{Array, Metadata, Value};
+use rbee_format::gguf::{Array, Metadata, Value};
 use rbee_infer::tokenizer::{Tokenizer, TokenizerError};
 
 const NORMAL: i32 = 1;

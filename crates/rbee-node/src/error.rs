@@ -131,6 +131,7 @@ fn infer_class(e: &InferError) -> Class {
         InferError::InvalidRequest(_) | InferError::Chat(_) => Class::BadRequest,
         InferError::Invalid { .. }
         | InferError::Unsupported { .. }
+        | InferError::UnsupportedArchitecture { .. }
         | InferError::Model(rbee_infer::model::ModelError::NonFinite { .. }) => Class::InvalidModel,
         InferError::Unloaded => Class::Unavailable,
         _ => Class::Internal,

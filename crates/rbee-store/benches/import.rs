@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::time::Instant;
 
-use rbee_gguf::{GgmlType, writer::GgufWriter};
+use rbee_format::gguf::{GgmlType, writer::GgufWriter};
 use rbee_store::{ImportSource, Store};
 
 type BenchResult = Result<(), Box<dyn std::error::Error>>;

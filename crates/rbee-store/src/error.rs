@@ -21,7 +21,7 @@ pub enum StoreError {
     #[error("{path}: invalid GGUF: {source}")]
     Gguf {
         path: PathBuf,
-        source: rbee_gguf::GgufError,
+        source: rbee_format::gguf::GgufError,
     },
     #[error("{path}: invalid safetensors model: {reason}")]
     Safetensors { path: PathBuf, reason: String },

@@ -13,8 +13,9 @@ use rbee_proto::{
 use crate::error::{IoContext, StoreError};
 use crate::fsutil;
 use crate::outcome::ImportOutcome;
-use crate::safetensors;
 use crate::store::{Progress, Report, Store, home};
+use rbee_format::gguf;
+use rbee_format::safetensors::{SafetensorsError, SafetensorsHeader};
 use rbee_proto::quant;
 
 /// Where an import reads from.
@@ -358,7 +359,9 @@ impl Store {
     }
 }
 
-/// Opens and validates a GGUF, returning the summary the manifest records.
+/// Opens and validates a GGUF, returning the summary the manifest records. Structure only: a
+/// well-formed model of any architecture is accepted, since a peer's engine may run what this
+/// node's cannot.
 pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
     fsutil::require_regular(path)?;
     let wrap = |source| StoreError::Gguf {
@@ -377,8 +380,8 @@ pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
             ),
         });
     }
-    let file = rbee_gguf::GgufFile::open(path).map_err(wrap)?;
-    let summary = rbee_gguf::validate(&file).map_err(wrap)?;
+    let file = gguf::GgufFile::open(path).map_err(wrap)?;
+    let summary = gguf::validate(&file).map_err(wrap)?;
     Ok(ModelMetadata {
         format: ModelFormat::Gguf,
         architecture: summary.architecture,
@@ -448,19 +451,21 @@ fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), St
         }
     }
     let mut parameters = 0u64;
-    let mut by_dtype = std::collections::BTreeMap::<String, u64>::new();
+    let mut by_dtype = std::collections::BTreeMap::<&str, u64>::new();
     for w in &weights {
-        fsutil::require_regular(&dir.join(w))?;
-        let s = safetensors::check_file(&dir.join(w))?;
-        parameters += s.parameters;
-        for (k, v) in s.bytes_by_dtype {
-            *by_dtype.entry(k).or_default() += v;
+        let path = dir.join(w);
+        fsutil::require_regular(&path)?;
+        let header = safetensors_header(&path)?;
+        for (_, t) in &header.tensors {
+            parameters = parameters.saturating_add(t.n_elements());
+            let bytes = by_dtype.entry(t.dtype.name()).or_default();
+            *bytes = bytes.saturating_add(t.size());
         }
     }
     let quantization = by_dtype
         .iter()
         .max_by_key(|(_, bytes)| **bytes)
-        .map(|(d, _)| d.clone())
+        .map(|(d, _)| d.to_string())
         .unwrap_or_default();
     let mut files: Vec<SourceFile> = SAFETENSORS_SIDE_FILES
         .iter()
@@ -482,6 +487,19 @@ fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), St
         context_length,
     };
     Ok((files, metadata))
+}
+
+/// One safetensors file's header, checked by the shared parser; failing to read the file is an
+/// I/O error, not a broken model.
+fn safetensors_header(path: &Path) -> Result<SafetensorsHeader, StoreError> {
+    SafetensorsHeader::open(path).map_err(|e| match e {
+        SafetensorsError::Open { source, .. } => StoreError::io("open", path, source),
+        SafetensorsError::Io(source) => StoreError::io("read", path, source),
+        e => StoreError::Safetensors {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        },
+    })
 }
 
 /// Files under `dir` (following the HF cache's symlinks), relative names with sizes.

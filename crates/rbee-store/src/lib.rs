@@ -35,7 +35,6 @@ mod partial;
 mod recover;
 /// The GGUF file choice lives in `rbee-proto` (the hub client needs it too); re-exported here.
 pub use rbee_proto::quant;
-mod safetensors;
 mod store;
 mod verified;
 

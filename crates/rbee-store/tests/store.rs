@@ -7,7 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use common::write_gguf;
-use rbee_gguf::writer::GgufWriter;
+use rbee_format::gguf::writer::GgufWriter;
 use rbee_proto::{
     FileEntry, MIN_SHARD_SIZE, Manifest, ModelFormat, ModelMetadata, ModelRef, ModelSource,
     ShardHash,
@@ -128,12 +128,19 @@ fn invalid_gguf_is_refused_with_the_reason_and_leaves_nothing() {
     assert!(msg.contains("extends past end of file"), "{msg}");
     assert!(msg.contains("extra.weight"), "{msg}");
 
-    GgufWriter::tiny_model("mamba").write_file(&src).unwrap();
+    // A file that does not say what model it is.
+    let mut w = GgufWriter::new();
+    w.add("general.name", "nameless")
+        .add("general.architecture", 7u32);
+    w.write_file(&src).unwrap();
     let msg = store
         .import(&ImportSource::Path(src), &mut |_| {})
         .unwrap_err()
         .to_string();
-    assert!(msg.contains("mamba") && msg.contains("gemma3"), "{msg}");
+    assert!(
+        msg.contains("invalid GGUF: general.architecture has type u32, expected a string"),
+        "{msg}"
+    );
 
     assert!(store.list().unwrap().is_empty());
     for sub in ["blobs", "views", "manifests", "tmp"] {
@@ -142,6 +149,60 @@ fn invalid_gguf_is_refused_with_the_reason_and_leaves_nothing() {
             "{sub} not empty"
         );
     }
+}
+
+/// The store keeps and shares any well-formed model: an architecture no engine of this build
+/// runs (a peer's may) imports, verifies, lists, serves its shards and pulls into another store.
+#[test]
+fn a_model_of_an_architecture_this_build_does_not_run_imports_verifies_and_is_shared() {
+    let (tmp, store) = setup();
+    let src = tmp.path().join("tiny-mamba.gguf");
+    write_gguf(&src, "mamba", 3 << 20, 5);
+    let out = store
+        .import(&ImportSource::Path(src.clone()), &mut |_| {})
+        .unwrap();
+    assert_eq!(out.manifest.metadata.architecture, "mamba");
+    assert_eq!(out.manifest.metadata.context_length, 128);
+    assert!(
+        store
+            .verify(None, &mut |_| {})
+            .unwrap()
+            .iter()
+            .all(|r| r.is_ok())
+    );
+    let listed = store.list().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].entry.name, "tiny-mamba");
+    assert_eq!(listed[0].manifest.metadata.architecture, "mamba");
+    let rec = store.resolve(&r("tiny-mamba")).unwrap();
+    assert_eq!(
+        fs::read(store.primary_path(&rec).unwrap()).unwrap(),
+        fs::read(&src).unwrap()
+    );
+
+    // A peer pulls it shard by shard, each verified, into its own store.
+    let peer = Store::open(tmp.path().join("peer")).unwrap();
+    let manifest = out.manifest.clone();
+    let mut partial = peer.begin_partial(manifest.clone()).unwrap();
+    for (fi, si) in partial.missing() {
+        let shard = store.read_shard(&manifest, fi, si, true).unwrap();
+        partial.write_shard(fi, si, &shard).unwrap();
+    }
+    let pulled = partial.finish("tiny-mamba").unwrap();
+    assert_eq!(pulled.content_id, out.content_id);
+    let rec = peer.resolve(&r("tiny-mamba")).unwrap();
+    assert_eq!(rec.manifest.metadata.architecture, "mamba");
+    assert_eq!(
+        fs::read(peer.primary_path(&rec).unwrap()).unwrap(),
+        fs::read(&src).unwrap()
+    );
+    // A safetensors folder of such a model_type too.
+    let dir = tmp.path().join("mamba-st");
+    write_safetensors_folder(&dir);
+    fs::write(dir.join("config.json"), r#"{"model_type":"mamba"}"#).unwrap();
+    let out = store.import(&ImportSource::Path(dir), &mut |_| {}).unwrap();
+    assert_eq!(out.manifest.metadata.architecture, "mamba");
+    assert_eq!(out.manifest.metadata.format, ModelFormat::Safetensors);
 }
 
 #[test]
@@ -379,7 +440,9 @@ fn write_safetensors_folder(dir: &Path) {
 
 /// Headers that lie (lengths, cuts, structural bytes, offsets and shapes that do not fit,
 /// unknown dtypes): the import refuses each with an error, never a panic, and catalogs
-/// nothing. (The engine's loader has the same cases in `crates/rbee-infer/tests/safetensors.rs`.)
+/// nothing. (The header parser, shared with the engine's loader, is fuzzed in
+/// `crates/rbee-format/tests/fuzz.rs`; the loader has these cases in
+/// `crates/rbee-infer/tests/safetensors.rs`.)
 #[test]
 fn damaged_safetensors_headers_are_refused_and_catalog_nothing() {
     let (tmp, store) = setup();

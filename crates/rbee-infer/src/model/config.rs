@@ -1,46 +1,102 @@
 //! [`ModelConfig`]: the hyperparameters of one model, read from GGUF metadata.
 //!
-//! The five supported architectures share one transformer; what differs is
+//! The supported architectures ([`SUPPORTED_ARCHITECTURES`]) share one transformer; what differs is
 //! captured here as data (rope style, activation, norms, scales, sliding
 //! window), each choice taken from llama.cpp's graph for that architecture
 //! so our output matches it.
 
-use rbee_gguf::GgufFile;
+use std::collections::HashSet;
+
+use rbee_format::gguf::{GgufError, GgufFile, Value};
 
 use super::error::ModelError;
 
-/// A supported architecture (`general.architecture`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Arch {
+/// Declares [`Arch`], its names and [`SUPPORTED_ARCHITECTURES`] from one table, so the list of
+/// what runs and the enum the transformer matches on cannot drift apart.
+macro_rules! architectures {
+    ($($(#[$doc:meta])* $variant:ident => $name:literal,)+) => {
+        /// An architecture this engine runs (`general.architecture`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Arch {
+            $($(#[$doc])* $variant,)+
+        }
+
+        impl Arch {
+            /// Every architecture, in the order of [`SUPPORTED_ARCHITECTURES`].
+            pub const ALL: &'static [Arch] = &[$(Arch::$variant),+];
+
+            /// Its `general.architecture` name.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Arch::$variant => $name,)+
+                }
+            }
+        }
+
+        /// The `general.architecture` names this engine runs: the one list of what runs. The
+        /// model formats (`rbee-format`) and the store accept any well-formed model; loading
+        /// one of another architecture fails naming this list.
+        pub const SUPPORTED_ARCHITECTURES: &[&str] = &[$($name),+];
+    };
+}
+
+architectures! {
     /// Llama 1/2/3 and Mistral.
-    Llama,
-    Qwen2,
-    Qwen3,
-    Gemma3,
-    Phi3,
+    Llama => "llama",
+    Qwen2 => "qwen2",
+    Qwen3 => "qwen3",
+    Gemma3 => "gemma3",
+    Phi3 => "phi3",
 }
 
 impl Arch {
+    /// The architecture named `name`, or an error naming it and what runs.
     pub fn parse(name: &str) -> Result<Arch, ModelError> {
-        Ok(match name {
-            "llama" => Arch::Llama,
-            "qwen2" => Arch::Qwen2,
-            "qwen3" => Arch::Qwen3,
-            "gemma3" => Arch::Gemma3,
-            "phi3" => Arch::Phi3,
-            other => return Err(ModelError::UnsupportedArchitecture(other.to_owned())),
-        })
+        Arch::ALL
+            .iter()
+            .copied()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| ModelError::UnsupportedArchitecture {
+                architecture: name.to_owned(),
+                runs: format!("it runs: {}", SUPPORTED_ARCHITECTURES.join(", ")),
+            })
     }
+}
 
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Gemma3 => "gemma3",
-            Arch::Phi3 => "phi3",
+/// What the transformer reads beyond a well-formed file (which `rbee_format::gguf::validate`
+/// checks for any architecture), from the header alone so a file it cannot load fails before
+/// any weight is read: the feed-forward width and head count, and in every block the attention
+/// norm, the query projection (or the fused `attn_qkv`) and the FFN down projection.
+pub fn check_transformer_header(file: &GgufFile, arch: Arch) -> Result<(), GgufError> {
+    let md = &file.metadata;
+    let arch = arch.name();
+    let int = |suffix: &str| md.require(&format!("{arch}.{suffix}"), Value::as_u64, "an integer");
+    let block_count = int("block_count")?;
+    int("feed_forward_length")?;
+    int("attention.head_count")?;
+    let names: HashSet<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
+    let need = |name: String| {
+        if names.contains(name.as_str()) {
+            Ok(())
+        } else {
+            Err(GgufError::MissingTensor { name })
         }
+    };
+    // Stops at the first missing block, so a huge block_count costs nothing.
+    for i in 0..block_count {
+        need(format!("blk.{i}.attn_norm.weight"))?;
+        let (q, qkv) = (
+            format!("blk.{i}.attn_q.weight"),
+            format!("blk.{i}.attn_qkv.weight"),
+        );
+        if !names.contains(q.as_str()) && !names.contains(qkv.as_str()) {
+            return Err(GgufError::MissingTensor {
+                name: format!("{q} (or {qkv})"),
+            });
+        }
+        need(format!("blk.{i}.ffn_down.weight"))?;
     }
+    Ok(())
 }
 
 /// How RoPE pairs up the dimensions of a head.
@@ -338,5 +394,40 @@ fn positive(key: &str, v: u64) -> Result<usize, ModelError> {
     match usize::try_from(v) {
         Ok(n) if n > 0 && n <= 1 << 31 => Ok(n),
         _ => Err(bad(key, v, "must be between 1 and 2^31".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_name_parses_to_its_arch_and_back() {
+        assert_eq!(SUPPORTED_ARCHITECTURES.len(), Arch::ALL.len());
+        for (&name, &arch) in SUPPORTED_ARCHITECTURES.iter().zip(Arch::ALL) {
+            assert_eq!(Arch::parse(name).unwrap(), arch, "{name}");
+            assert_eq!(arch.name(), name);
+        }
+        let mut unique = SUPPORTED_ARCHITECTURES.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            SUPPORTED_ARCHITECTURES.len(),
+            "a name is listed twice"
+        );
+    }
+
+    #[test]
+    fn an_unlisted_name_is_refused_naming_what_runs() {
+        for name in ["mamba", "Llama", "", "llama "] {
+            let err = Arch::parse(name).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "architecture {name:?} is not one this engine runs (it runs: llama, qwen2, qwen3, gemma3, phi3)"
+                )
+            );
+        }
     }
 }

@@ -9,15 +9,23 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum ModelError {
     #[error("cannot read GGUF header: {0}")]
-    Gguf(#[from] rbee_gguf::GgufError),
+    Gguf(#[from] rbee_format::gguf::GgufError),
     #[error("cannot read tensor data of {tensor} from {}: {source}", path.display())]
     Io {
         path: PathBuf,
         tensor: String,
         source: std::io::Error,
     },
-    #[error("architecture {0:?} is not supported (llama, qwen2, qwen3, gemma3, phi3 are)")]
-    UnsupportedArchitecture(String),
+    /// A well-formed model of an architecture this engine does not run (a node built with
+    /// another engine might).
+    #[error("architecture {architecture:?} is not one this engine runs ({runs})")]
+    UnsupportedArchitecture {
+        architecture: String,
+        /// What it runs instead, in words: for GGUF the
+        /// [`SUPPORTED_ARCHITECTURES`](super::config::SUPPORTED_ARCHITECTURES), for a
+        /// safetensors folder the `model_type`s its conversion knows.
+        runs: String,
+    },
     #[error("metadata key {key} is missing or has the wrong type")]
     MissingMetadata { key: String },
     #[error("metadata {key} = {value} is invalid: {reason}")]
@@ -41,7 +49,7 @@ pub enum ModelError {
     #[error("tensor {tensor} has type {dtype}, which this engine cannot compute with")]
     TensorType {
         tensor: String,
-        dtype: rbee_gguf::GgmlType,
+        dtype: rbee_format::gguf::GgmlType,
     },
     #[error("{context}: {source}")]
     Candle {

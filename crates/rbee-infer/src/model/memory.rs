@@ -5,7 +5,7 @@
 //! kernels' layouts (see `weights::loaded_size`), the f16 KV cache and RoPE
 //! tables for `context` positions, and the activations of one full batch.
 
-use rbee_gguf::GgufFile;
+use rbee_format::gguf::GgufFile;
 
 use super::config::ModelConfig;
 use super::error::ModelError;

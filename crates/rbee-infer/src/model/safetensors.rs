@@ -11,24 +11,34 @@
 //! logits as the GGUF converted from it.
 //!
 //! Everything is checked when the folder is opened, before any weight is
-//! read: the architecture, every tensor's presence, shape and type, and that
+//! read: the architecture, every tensor's presence, shape and type, and (by
+//! `rbee_format::safetensors`, the header parser the store uses too) that
 //! every tensor lies inside its file. Errors name the tensor.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use rbee_gguf::{GgmlType, GgufFile, Metadata, TensorInfo};
+use rbee_format::gguf::{GgmlType, GgufFile, Metadata, TensorInfo};
+use rbee_format::safetensors::{Dtype, SafetensorsHeader};
 use serde_json::Value as Json;
 
+use super::config::Arch;
 use super::error::ModelError;
 
-/// `model_type`s of config.json we load, and the GGUF architecture each becomes.
-const SUPPORTED: &[(&str, &str)] = &[("llama", "llama"), ("mistral", "llama"), ("qwen2", "qwen2")];
+/// `model_type`s of config.json we load, and the architecture each runs as: the subset of
+/// [`Arch`] whose Hugging Face layout this conversion knows.
+const MODEL_TYPES: &[(&str, Arch)] = &[
+    ("llama", Arch::Llama),
+    ("mistral", Arch::Llama),
+    ("qwen2", Arch::Qwen2),
+];
 
-/// safetensors itself refuses headers over 100 MB.
-const MAX_HEADER: u64 = 100 << 20;
+/// config.json `architectures` classes, for a config without `model_type`.
+const CLASSES: &[(&str, Arch)] = &[
+    ("LlamaForCausalLM", Arch::Llama),
+    ("MistralForCausalLM", Arch::Llama),
+    ("Qwen2ForCausalLM", Arch::Qwen2),
+];
 
 /// A safetensors model folder, opened and checked.
 #[derive(Debug)]
@@ -53,7 +63,7 @@ pub(crate) struct Layout {
 /// One tensor of a safetensors header.
 struct Entry {
     file: usize,
-    dtype: String,
+    dtype: Dtype,
     shape: Vec<u64>,
     /// Absolute byte range in the file.
     start: u64,
@@ -65,7 +75,8 @@ impl SafetensorsModel {
     pub fn open(dir: &Path) -> Result<SafetensorsModel, ModelError> {
         let bad = |reason: String| invalid(dir, reason);
         let config = read_json(&dir.join("config.json"))?;
-        let arch = architecture(dir, &config)?;
+        let arch = architecture(&config)?;
+        let arch_name = arch.name();
         let tokenizer_config = match dir.join("tokenizer_config.json") {
             p if p.is_file() => Some(read_json(&p)?),
             _ => None,
@@ -74,8 +85,8 @@ impl SafetensorsModel {
         let cfg = HfConfig::read(dir, &config)?;
 
         let mut md = Metadata::new();
-        let key = |k: &str| format!("{arch}.{k}");
-        md.insert("general.architecture", arch);
+        let key = |k: &str| format!("{arch_name}.{k}");
+        md.insert("general.architecture", arch_name);
         if let Some(name) = dir.file_name().and_then(|n| n.to_str()) {
             md.insert("general.name", name);
         }
@@ -133,7 +144,7 @@ impl SafetensorsModel {
                 !cfg.tie_embeddings,
             ),
         ];
-        let qwen2 = arch == "qwen2";
+        let qwen2 = arch == Arch::Qwen2;
         for il in 0..cfg.layers {
             let hf = |t: &str| format!("model.layers.{il}.{t}");
             let gg = |t: &str| format!("blk.{il}.{t}");
@@ -207,22 +218,22 @@ impl SafetensorsModel {
                     e.shape
                 )));
             }
-            let dtype = match e.dtype.as_str() {
-                "F32" => GgmlType::F32,
-                "F16" => GgmlType::F16,
-                "BF16" => GgmlType::BF16,
+            let dtype = match e.dtype {
+                Dtype::F32 => GgmlType::F32,
+                Dtype::F16 => GgmlType::F16,
+                Dtype::BF16 => GgmlType::BF16,
                 other => {
                     return Err(bad(format!(
                         "tensor {hf_name} has dtype {other}; supported are F32, F16 and BF16"
                     )));
                 }
             };
-            if arch == "llama"
+            if arch == Arch::Llama
                 && (gg_name.ends_with("attn_q.weight") || gg_name.ends_with("attn_q.bias"))
             {
                 layout.permute.insert(gg_name.clone(), cfg.heads);
             }
-            if arch == "llama"
+            if arch == Arch::Llama
                 && (gg_name.ends_with("attn_k.weight") || gg_name.ends_with("attn_k.bias"))
             {
                 layout.permute.insert(gg_name.clone(), cfg.kv_heads);
@@ -265,52 +276,38 @@ impl SafetensorsModel {
     }
 }
 
-/// The GGUF architecture for config.json's `model_type` (or `architectures`).
-fn architecture(dir: &Path, config: &Json) -> Result<&'static str, ModelError> {
-    let supported = || {
-        SUPPORTED
-            .iter()
-            .map(|(m, _)| *m)
-            .collect::<Vec<_>>()
-            .join(", ")
+/// The architecture config.json's `model_type` (or, without one, its `architectures`) runs as.
+fn architecture(config: &Json) -> Result<Arch, ModelError> {
+    let model_types = MODEL_TYPES
+        .iter()
+        .map(|(m, _)| *m)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let refused = |architecture: String| ModelError::UnsupportedArchitecture {
+        architecture,
+        runs: format!("from a safetensors folder it runs config.json model_type {model_types}"),
     };
-    let model_type = config.get("model_type").and_then(Json::as_str);
-    let architectures: Vec<&str> = config
+    if let Some(m) = config.get("model_type").and_then(Json::as_str) {
+        return MODEL_TYPES
+            .iter()
+            .find(|(name, _)| *name == m)
+            .map(|(_, arch)| *arch)
+            .ok_or_else(|| refused(m.to_owned()));
+    }
+    let classes: Vec<&str> = config
         .get("architectures")
         .and_then(Json::as_array)
         .map(|a| a.iter().filter_map(Json::as_str).collect())
         .unwrap_or_default();
-    if let Some(m) = model_type {
-        return SUPPORTED
-            .iter()
-            .find(|(name, _)| *name == m)
-            .map(|(_, arch)| *arch)
-            .ok_or_else(|| {
-                invalid(
-                    dir,
-                    format!(
-                        "config.json model_type {m:?} (architectures {architectures:?}) is not supported; supported model types: {}",
-                        supported()
-                    ),
-                )
-            });
-    }
-    let from_class = |class: &str| match class {
-        "LlamaForCausalLM" | "MistralForCausalLM" => Some("llama"),
-        "Qwen2ForCausalLM" => Some("qwen2"),
-        _ => None,
-    };
-    architectures
+    classes
         .iter()
-        .find_map(|c| from_class(c))
+        .find_map(|c| CLASSES.iter().find(|(name, _)| name == c).map(|(_, a)| *a))
         .ok_or_else(|| {
-            invalid(
-                dir,
-                format!(
-                    "config.json has no model_type and architectures {architectures:?} are not supported; supported model types: {} (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM)",
-                    supported()
-                ),
-            )
+            refused(if classes.is_empty() {
+                "(config.json names none)".to_owned()
+            } else {
+                classes.join(", ")
+            })
         })
 }
 
@@ -570,90 +567,27 @@ fn read_headers(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, Entry>), M
     Ok((files, entries))
 }
 
-fn dtype_size(dtype: &str) -> Option<u64> {
-    Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E4M3" | "F8_E5M2" => 1,
-        "U16" | "I16" | "F16" | "BF16" => 2,
-        "U32" | "I32" | "F32" => 4,
-        "U64" | "I64" | "F64" => 8,
-        _ => return None,
-    })
-}
-
-/// One file's tensor table, every range checked against the file size.
+/// One file's tensor table, every range checked against the file size by the shared parser.
 fn read_header(path: &Path) -> Result<Vec<(String, Entry)>, ModelError> {
-    let bad = |reason: String| ModelError::Safetensors {
+    let header = SafetensorsHeader::open(path).map_err(|e| ModelError::Safetensors {
         path: path.to_owned(),
-        reason,
-    };
-    let io = |e: std::io::Error| bad(format!("cannot read: {e}"));
-    let mut file = File::open(path).map_err(io)?;
-    let file_size = file.metadata().map_err(io)?.len();
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len)
-        .map_err(|_| bad("file is shorter than the 8-byte header length".into()))?;
-    let header_len = u64::from_le_bytes(len);
-    if header_len > MAX_HEADER || header_len > file_size.saturating_sub(8) {
-        return Err(bad(format!(
-            "header length {header_len} is larger than the file ({file_size} bytes) or the 100 MB limit"
-        )));
-    }
-    let mut header = vec![0u8; header_len as usize];
-    file.read_exact(&mut header).map_err(io)?;
-    let table: BTreeMap<String, Json> = serde_json::from_slice(&header)
-        .map_err(|e| bad(format!("header is not a JSON object: {e}")))?;
-    let data_start = 8 + header_len;
-    let data_len = file_size - data_start;
-    let mut out = Vec::with_capacity(table.len());
-    for (name, value) in table {
-        if name == "__metadata__" {
-            continue;
-        }
-        let field = |k: &str| {
-            value
-                .get(k)
-                .ok_or_else(|| bad(format!("tensor {name} has no {k}")))
-        };
-        let dtype = field("dtype")?
-            .as_str()
-            .ok_or_else(|| bad(format!("tensor {name}: dtype is not a string")))?
-            .to_owned();
-        let shape: Vec<u64> = field("shape")?
-            .as_array()
-            .and_then(|a| a.iter().map(Json::as_u64).collect())
-            .ok_or_else(|| bad(format!("tensor {name}: shape is not a list of sizes")))?;
-        let offsets: Vec<u64> = field("data_offsets")?
-            .as_array()
-            .and_then(|a| a.iter().map(Json::as_u64).collect())
-            .ok_or_else(|| bad(format!("tensor {name}: data_offsets is not two offsets")))?;
-        let [start, end] = offsets[..] else {
-            return Err(bad(format!(
-                "tensor {name}: data_offsets is not two offsets"
-            )));
-        };
-        let size = dtype_size(&dtype)
-            .ok_or_else(|| bad(format!("tensor {name} has unknown dtype {dtype}")))?;
-        let expected = shape
-            .iter()
-            .try_fold(size, |acc, d| acc.checked_mul(*d))
-            .ok_or_else(|| bad(format!("tensor {name}: shape overflows")))?;
-        if start > end || end > data_len || end - start != expected {
-            return Err(bad(format!(
-                "tensor {name}: data_offsets [{start}, {end}] do not fit {expected} bytes inside the {data_len}-byte data section"
-            )));
-        }
-        out.push((
-            name,
-            Entry {
+        reason: e.to_string(),
+    })?;
+    Ok(header
+        .tensors
+        .iter()
+        .map(|(name, t)| {
+            let [start, end] = header.file_range(t);
+            let entry = Entry {
                 file: 0,
-                dtype,
-                shape,
-                start: data_start + start,
-                end: data_start + end,
-            },
-        ));
-    }
-    Ok(out)
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                start,
+                end,
+            };
+            (name.clone(), entry)
+        })
+        .collect())
 }
 
 /// Reorders the rows of a q or k projection (or its bias) from HF's layout to

@@ -24,7 +24,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Tensor};
-use rbee_gguf::GgufFile;
+use rbee_format::gguf::GgufFile;
 
 use super::attention::{AttnShape, attention};
 use super::config::{Arch, ModelConfig};

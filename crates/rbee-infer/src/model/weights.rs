@@ -2,7 +2,7 @@
 //! `safetensors`) as ggml block bytes (which `linear`
 //! turns into kernel matrices, or candle storage for the other types).
 //!
-//! The header comes from `rbee-gguf`, which has already checked that every
+//! The header comes from `rbee-format`, which has already checked that every
 //! tensor lies inside the file, so here we only seek, read and convert. Two
 //! conversions happen on the way in:
 //!
@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::CpuStorage;
 use candle_core::quantized::{GgmlDType, QuantizedType};
-use rbee_gguf::{GgmlType, GgufFile, TensorInfo};
+use rbee_format::gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::error::{CandleContext, ModelError};
 use super::safetensors::{Layout, SafetensorsModel, permute_rows};

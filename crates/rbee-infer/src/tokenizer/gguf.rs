@@ -3,7 +3,7 @@
 //! type, key overrides, the attribute fix-ups it applies by token text, the
 //! end-of-generation set, the special-token list and the output pieces.
 
-use rbee_gguf::{Array, Metadata, Value};
+use rbee_format::gguf::{Array, Metadata, Value};
 
 use super::bpe::Bpe;
 use super::byte_level;

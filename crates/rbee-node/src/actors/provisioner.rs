@@ -274,7 +274,7 @@ mod tests {
 
     fn gguf(dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("tiny.gguf");
-        rbee_gguf::writer::GgufWriter::tiny_model("llama")
+        rbee_format::gguf::writer::GgufWriter::tiny_model("llama")
             .write_file(&path)
             .unwrap();
         path

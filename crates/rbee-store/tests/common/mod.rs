@@ -2,8 +2,8 @@
 
 use std::path::Path;
 
-use rbee_gguf::GgmlType;
-use rbee_gguf::writer::GgufWriter;
+use rbee_format::gguf::GgmlType;
+use rbee_format::gguf::writer::GgufWriter;
 
 /// Writes a valid tiny `arch` GGUF with an extra tensor of `extra_floats` floats whose bytes
 /// depend on `seed`: different seeds, different content ids.

@@ -2,8 +2,8 @@
 
 use std::collections::HashSet;
 
-use crate::error::GgufError;
-use crate::types::GgmlType;
+use crate::gguf::error::GgufError;
+use crate::gguf::types::GgmlType;
 
 /// One entry of the tensor table.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,8 @@
 
 use std::io::Cursor;
 
-use rbee_gguf::{GgufError, GgufFile, GgufWriter};
+use rbee_format::gguf::{GgufError, GgufFile, GgufWriter};
+use rbee_format::safetensors::{SafetensorsError, SafetensorsHeader};
 
 pub fn read(bytes: &[u8]) -> Result<GgufFile, GgufError> {
     GgufFile::read(Cursor::new(bytes), bytes.len() as u64)
@@ -46,4 +47,22 @@ pub fn put_u32(bytes: &mut [u8], at: usize, v: u32) {
 
 pub fn put_u64(bytes: &mut [u8], at: usize, v: u64) {
     bytes[at..at + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+pub fn st_read(bytes: &[u8]) -> Result<SafetensorsHeader, SafetensorsError> {
+    SafetensorsHeader::read(Cursor::new(bytes), bytes.len() as u64)
+}
+
+pub fn st_read_err(bytes: &[u8]) -> String {
+    st_read(bytes)
+        .expect_err("expected a header error")
+        .to_string()
+}
+
+/// A safetensors file: the length of `json`, `json` itself, then `data_len` bytes of data.
+pub fn safetensors_file(json: &str, data_len: u64) -> Vec<u8> {
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(json.as_bytes());
+    out.extend((0..data_len).map(|i| i as u8));
+    out
 }

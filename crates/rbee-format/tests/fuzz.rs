@@ -1,6 +1,7 @@
 //! Fuzz-style robustness: every truncation, byte flip and huge-field variant of
 //! a valid file, plus seeded random mutations, must give `Ok` or `Err` from
-//! `read` + `validate`: never a panic and never a large allocation.
+//! GGUF `read` + `validate` and from the safetensors header reader: never a
+//! panic and never a large allocation.
 
 #![allow(clippy::unwrap_used)]
 // tests may unwrap
@@ -17,7 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
-use rbee_gguf::{Array, GgufFile, GgufWriter, validate};
+use rbee_format::gguf::{Array, GgufFile, GgufWriter, validate};
+use rbee_format::safetensors::SafetensorsHeader;
 
 struct Tracking;
 static LARGEST: AtomicUsize = AtomicUsize::new(0);
@@ -170,6 +172,120 @@ fn seeded_random_mutations() {
                 b.len() as u64
             };
             check(&b, size, &|| format!("edits {edits:?}, cut {cut}"));
+            Ok(())
+        })
+        .unwrap();
+}
+
+// ---- safetensors ----
+
+/// A valid header with metadata, a scalar, an empty tensor and several dtypes.
+fn st_corpus() -> (Vec<u8>, usize) {
+    let json = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]},"c":{"dtype":"I64","shape":[],"data_offsets":[22,30]},"d":{"dtype":"U8","shape":[0],"data_offsets":[30,30]}}"#;
+    let bytes = common::safetensors_file(json, 30);
+    common::st_read(&bytes).unwrap();
+    (bytes, 8 + json.len())
+}
+
+/// Reads the header; on success re-checks that the tensors tile the data section.
+fn st_check(bytes: &[u8], file_size: u64, label: &dyn Fn() -> String) {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        if let Ok(h) = SafetensorsHeader::read(Cursor::new(bytes), file_size) {
+            let mut at = h.data_offset;
+            for (name, t) in &h.tensors {
+                let [start, end] = h.file_range(t);
+                assert_eq!(start, at, "{name}");
+                assert!(end >= start && end <= file_size, "{name}");
+                at = end;
+            }
+            assert_eq!(at, file_size);
+        }
+    }));
+    assert!(outcome.is_ok(), "panicked on {}", label());
+    let largest = LARGEST.load(Ordering::Relaxed);
+    assert!(
+        largest < ALLOC_LIMIT,
+        "an allocation of {largest} bytes happened by {}",
+        label()
+    );
+}
+
+#[test]
+fn safetensors_every_truncation() {
+    let (bytes, _) = st_corpus();
+    for cut in 0..bytes.len() {
+        let b = &bytes[..cut];
+        st_check(b, cut as u64, &|| format!("truncation at {cut}"));
+        st_check(b, u64::MAX, &|| {
+            format!("truncation at {cut}, size u64::MAX")
+        });
+    }
+}
+
+#[test]
+fn safetensors_every_header_byte_flipped() {
+    let (bytes, header) = st_corpus();
+    for at in 0..header {
+        let orig = bytes[at];
+        for v in [
+            0x00,
+            0xff,
+            b'"',
+            b'{',
+            b'}',
+            b'[',
+            b']',
+            b',',
+            b'9',
+            b'-',
+            orig ^ 1,
+            orig.wrapping_add(1),
+        ] {
+            let mut b = bytes.clone();
+            b[at] = v;
+            st_check(&b, b.len() as u64, &|| format!("byte {at} = {v:#x}"));
+        }
+    }
+    // Every value of the length field's low bytes, and huge ones.
+    for v in (0..512u64).chain([1 << 32, 100 << 20, (100 << 20) + 1, u64::MAX]) {
+        let mut b = bytes.clone();
+        b[..8].copy_from_slice(&v.to_le_bytes());
+        st_check(&b, b.len() as u64, &|| format!("header length {v}"));
+        st_check(&b, u64::MAX, &|| {
+            format!("header length {v}, size u64::MAX")
+        });
+    }
+}
+
+#[test]
+fn safetensors_seeded_random_mutations() {
+    let (bytes, _) = st_corpus();
+    let len = bytes.len();
+    let config = Config {
+        cases: 400,
+        failure_persistence: None,
+        ..Config::default()
+    };
+    let mut runner =
+        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
+    let strategy = (
+        prop::collection::vec((0..len, any::<u8>()), 1..16),
+        0..=len,
+        any::<bool>(),
+    );
+    runner
+        .run(&strategy, |(edits, cut, lie)| {
+            let mut b = bytes.clone();
+            for &(at, v) in &edits {
+                b[at] = v;
+            }
+            b.truncate(cut);
+            let size = if lie {
+                b.len() as u64 + 4096
+            } else {
+                b.len() as u64
+            };
+            st_check(&b, size, &|| format!("edits {edits:?}, cut {cut}"));
             Ok(())
         })
         .unwrap();

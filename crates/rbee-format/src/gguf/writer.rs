@@ -2,15 +2,15 @@
 //!
 //! It writes exactly what it is given: duplicate keys, inconsistent dims or
 //! short tensor data are not rejected, so tests can build broken files too.
-//! Read the result back with [`GgufFile::read`](crate::GgufFile::read) to check it.
+//! Read the result back with [`GgufFile::read`](crate::gguf::GgufFile::read) to check it.
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
-use crate::error::GgufError;
-use crate::types::GgmlType;
-use crate::value::{Array, Value};
+use crate::gguf::error::GgufError;
+use crate::gguf::types::GgmlType;
+use crate::gguf::value::{Array, Value};
 
 /// Builder for a GGUF file; see the module docs.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ impl GgufWriter {
     pub fn new() -> Self {
         Self {
             version: 3,
-            alignment: crate::DEFAULT_ALIGNMENT,
+            alignment: crate::gguf::DEFAULT_ALIGNMENT,
             metadata: Vec::new(),
             tensors: Vec::new(),
         }
@@ -124,7 +124,7 @@ impl GgufWriter {
         self.write_to(BufWriter::new(file))
     }
 
-    /// A minimal model that passes [`validate`](crate::validate) for `arch`:
+    /// A minimal model that passes [`validate`](crate::gguf::validate) for `arch`:
     /// 2 blocks, embedding 8, feed-forward 16, 4 tokens, zeroed F32 tensors.
     /// phi3 gets the fused `attn_qkv` tensor, the others `attn_q/k/v`.
     pub fn tiny_model(arch: &str) -> GgufWriter {

@@ -7,10 +7,10 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::error::GgufError;
-use crate::tensor::{self, TensorInfo};
-use crate::types::GgmlType;
-use crate::value::*;
+use crate::gguf::error::GgufError;
+use crate::gguf::tensor::{self, TensorInfo};
+use crate::gguf::types::GgmlType;
+use crate::gguf::value::*;
 
 /// Longest metadata key, in bytes.
 pub const MAX_KEY_LEN: u64 = 65_535;

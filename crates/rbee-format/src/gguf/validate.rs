@@ -1,16 +1,16 @@
-//! Model-level checks: is this a file rbee can run, and what is in it.
+//! Model-level checks: is this a well-formed model, and what is in it. Structure only: which
+//! architectures run is the engine's list, not this crate's.
 
 use std::collections::HashSet;
 
-use crate::error::GgufError;
-use crate::reader::GgufFile;
-use crate::value::{Metadata, Value};
-
-pub use crate::arch::SUPPORTED_ARCHITECTURES;
+use crate::gguf::error::GgufError;
+use crate::gguf::reader::GgufFile;
+use crate::gguf::value::Value;
 
 /// What [`validate`] learned about a model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelSummary {
+    /// `general.architecture`, whatever it is: whether it runs is for an engine to say.
     pub architecture: String,
     /// e.g. `"Q4_K_M"` from `general.file_type`, else the tensor type holding the most bytes.
     pub quantization: String,
@@ -20,60 +20,50 @@ pub struct ModelSummary {
     pub name: Option<String>,
 }
 
-/// Checks that `file` (already bounds-checked by the reader) is a supported
-/// model with the keys, tokenizer and tensors every loader needs. Fails on the
-/// first problem, naming it.
+/// Checks that `file` (already bounds-checked by the reader) is a well-formed model of any
+/// architecture: it names its architecture and has the keys llama.cpp reads for every one
+/// (`{arch}.block_count`, `.context_length`, `.embedding_length`), a vocabulary, the token
+/// embedding, and tensors (`blk.{i}.*`) for every block it counts. An architecture no build of
+/// rbee runs passes as well, so a store can keep and share it. Fails on the first problem,
+/// naming it.
 pub fn validate(file: &GgufFile) -> Result<ModelSummary, GgufError> {
     let md = &file.metadata;
-    let arch = require(md, "general.architecture", Value::as_str, "a string")?;
-    if !SUPPORTED_ARCHITECTURES.contains(&arch) {
-        return Err(GgufError::UnsupportedArchitecture { arch: arch.into() });
-    }
-    let int = |suffix: &str| require(md, &format!("{arch}.{suffix}"), Value::as_u64, "an integer");
-    let block_count = int("block_count")?;
+    let arch = md.require("general.architecture", Value::as_str, "a string")?;
+    let block_count_key = format!("{arch}.block_count");
+    let block_count = md.require(&block_count_key, Value::as_u64, "an integer")?;
+    let int = |suffix: &str| md.require(&format!("{arch}.{suffix}"), Value::as_u64, "an integer");
     let context_length = int("context_length")?;
     int("embedding_length")?;
-    int("feed_forward_length")?;
-    int("attention.head_count")?;
 
-    let tokenizer_model = require(md, "tokenizer.ggml.model", Value::as_str, "a string")?;
-    require(
-        md,
+    let tokenizer_model = md.require("tokenizer.ggml.model", Value::as_str, "a string")?;
+    md.require(
         "tokenizer.ggml.tokens",
         Value::as_str_array,
         "an array of strings",
     )?;
 
-    let names: HashSet<&str> = file.tensors.iter().map(|t| t.name.as_str()).collect();
-    let need = |name: String| {
-        if names.contains(name.as_str()) {
-            Ok(())
-        } else {
-            Err(GgufError::MissingTensor { name })
-        }
-    };
-    need("token_embd.weight".into())?;
-    // Stops at the first missing block, so a huge block_count costs nothing.
-    for i in 0..block_count {
-        need(format!("blk.{i}.attn_norm.weight"))?;
-        let (q, qkv) = (
-            format!("blk.{i}.attn_q.weight"),
-            format!("blk.{i}.attn_qkv.weight"),
-        );
-        if !names.contains(q.as_str()) && !names.contains(qkv.as_str()) {
-            return Err(GgufError::MissingTensor {
-                name: format!("{q} (or {qkv})"),
-            });
-        }
-        need(format!("blk.{i}.ffn_down.weight"))?;
+    if file.tensor("token_embd.weight").is_none() {
+        return Err(GgufError::MissingTensor {
+            name: "token_embd.weight".into(),
+        });
+    }
+    let blocks: HashSet<u64> = file
+        .tensors
+        .iter()
+        .filter_map(|t| block_of(&t.name))
+        .collect();
+    // Stops at the first absent block, so a huge block_count costs nothing.
+    if let Some(block) = (0..block_count).find(|i| !blocks.contains(i)) {
+        return Err(GgufError::MissingBlock {
+            key: block_count_key,
+            blocks: block_count,
+            block,
+        });
     }
 
     let file_type = match md.get("general.file_type") {
         None => None,
-        Some(v) => Some(
-            v.as_u64()
-                .ok_or_else(|| wrong_type("general.file_type", v, "an integer"))?,
-        ),
+        Some(_) => Some(md.require("general.file_type", Value::as_u64, "an integer")?),
     };
     let quantization = match file_type.and_then(file_type_name) {
         Some(name) => name.to_owned(),
@@ -92,29 +82,15 @@ pub fn validate(file: &GgufFile) -> Result<ModelSummary, GgufError> {
     })
 }
 
-fn require<'a, T>(
-    md: &'a Metadata,
-    key: &str,
-    get: fn(&'a Value) -> Option<T>,
-    expected: &'static str,
-) -> Result<T, GgufError> {
-    let v = md
-        .get(key)
-        .ok_or_else(|| GgufError::MissingKey { key: key.into() })?;
-    get(v).ok_or_else(|| wrong_type(key, v, expected))
-}
-
-fn wrong_type(key: &str, v: &Value, expected: &'static str) -> GgufError {
-    GgufError::WrongType {
-        key: key.into(),
-        found: v.describe(),
-        expected,
-    }
+/// The block a tensor belongs to: `i` for `blk.{i}.…`.
+fn block_of(name: &str) -> Option<u64> {
+    let (index, _) = name.strip_prefix("blk.")?.split_once('.')?;
+    index.parse().ok()
 }
 
 /// The tensor type holding the most bytes; ties go to the lower type id.
 fn dominant_type(file: &GgufFile) -> String {
-    let mut by_type: Vec<(crate::GgmlType, u64)> = Vec::new();
+    let mut by_type: Vec<(crate::gguf::GgmlType, u64)> = Vec::new();
     for t in &file.tensors {
         match by_type.iter_mut().find(|(ty, _)| *ty == t.dtype) {
             Some((_, bytes)) => *bytes = bytes.saturating_add(t.size),

@@ -2,6 +2,8 @@
 
 use std::collections::HashMap;
 
+use crate::gguf::error::GgufError;
+
 // GGUF value type ids.
 pub(crate) const T_U8: u32 = 0;
 pub(crate) const T_I8: u32 = 1;
@@ -231,6 +233,24 @@ impl PartialEq for Metadata {
 impl Metadata {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The value of `key` as `get` reads it (e.g. [`Value::as_u64`]), or an error naming the
+    /// key: [`GgufError::MissingKey`], or [`GgufError::WrongType`] saying it is not `expected`.
+    pub fn require<'a, T>(
+        &'a self,
+        key: &str,
+        get: fn(&'a Value) -> Option<T>,
+        expected: &'static str,
+    ) -> Result<T, GgufError> {
+        let v = self
+            .get(key)
+            .ok_or_else(|| GgufError::MissingKey { key: key.into() })?;
+        get(v).ok_or_else(|| GgufError::WrongType {
+            key: key.into(),
+            found: v.describe(),
+            expected,
+        })
     }
 
     pub fn len(&self) -> usize {

@@ -3,8 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::arch::SUPPORTED_ARCHITECTURES;
-use crate::types::GgmlType;
+use crate::gguf::types::GgmlType;
 
 /// Anything that can go wrong reading, validating or writing a GGUF file.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +51,7 @@ pub enum GgufError {
     DuplicateTensor { tensor: String },
     #[error(
         "tensor {tensor} has {n_dims} dimensions, expected 1 to {}",
-        crate::MAX_DIMS
+        crate::gguf::MAX_DIMS
     )]
     BadDims { tensor: String, n_dims: u32 },
     #[error("tensor {tensor} has unknown ggml type id {type_id}")]
@@ -93,8 +92,12 @@ pub enum GgufError {
         found: &'static str,
         expected: &'static str,
     },
-    #[error("unsupported architecture {arch} (supported: {})", SUPPORTED_ARCHITECTURES.join(", "))]
-    UnsupportedArchitecture { arch: String },
     #[error("tensor {name} missing")]
     MissingTensor { name: String },
+    #[error("{key} is {blocks}, but block {block} has no tensors (blk.{block}.*)")]
+    MissingBlock {
+        key: String,
+        blocks: u64,
+        block: u64,
+    },
 }
