@@ -131,8 +131,25 @@ fn infer_class(e: &InferError) -> Class {
         InferError::InvalidRequest(_) | InferError::Chat(_) => Class::BadRequest,
         InferError::Invalid { .. }
         | InferError::Unsupported { .. }
-        | InferError::UnsupportedArchitecture { .. }
-        | InferError::Model(rbee_infer::model::ModelError::NonFinite { .. }) => Class::InvalidModel,
+        | InferError::UnsupportedArchitecture { .. } => Class::InvalidModel,
+        // The file's own fault (its metadata, tensors, a feature such as YaRN scaling the
+        // engine does not run, activations that turn NaN): a 422 naming it, not a 500.
+        InferError::Model(m) => {
+            use rbee_infer::model::ModelError as M;
+            match m {
+                M::Gguf(_)
+                | M::UnsupportedArchitecture { .. }
+                | M::MissingMetadata { .. }
+                | M::BadMetadata { .. }
+                | M::Unsupported(_)
+                | M::Safetensors { .. }
+                | M::MissingTensor(_)
+                | M::TensorShape { .. }
+                | M::TensorType { .. }
+                | M::NonFinite { .. } => Class::InvalidModel,
+                _ => Class::Internal,
+            }
+        }
         InferError::Unloaded => Class::Unavailable,
         _ => Class::Internal,
     }
@@ -433,5 +450,9 @@ mod tests {
         assert!(peer.is_node_specific() && !peer.is_transient());
         assert_eq!(peer.to_string(), "node b: did not answer in time");
         assert!(!NodeError::BadRequest("x".into()).is_node_specific());
+        let yarn = NodeError::from(InferError::Model(
+            rbee_infer::model::ModelError::Unsupported("YaRN rope scaling".into()),
+        ));
+        assert_eq!((yarn.status(), yarn.error_type()), (422, "invalid_model"));
     }
 }
