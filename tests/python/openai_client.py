@@ -61,6 +61,7 @@ try:
     raise AssertionError("unknown model accepted")
 except openai.NotFoundError as e:
     assert "no-such-model" in str(e), e
+    assert e.code == "model_not_found", e
 
 # What clients send routinely: the `developer` role, `seed: -1` (random), `top_k: 0` (off),
 # OpenAI's penalties. Every response names itself with `x-request-id`.
@@ -112,6 +113,7 @@ try:
     raise AssertionError("unknown model retrieved")
 except openai.NotFoundError as e:
     assert "no-such-model" in str(e), e
+    assert e.code == "model_not_found", e
 
 try:
     client.completions.create(model=model, prompt="word " * 40000, max_tokens=1)

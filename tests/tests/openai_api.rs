@@ -124,7 +124,7 @@ fn every_error_has_the_openai_shape_with_a_string_or_null_code() {
             "/v1/chat/completions",
             json!({"model": "ghost", "messages": [{"role": "user", "content": "hi"}]}),
             404,
-            None,
+            Some("model_not_found"),
         ),
         (
             "/v1/completions",

@@ -602,9 +602,11 @@ pub async fn model(
     match ctx.catalog.list().await {
         Ok(records) => match cards(&records).into_iter().find(|c| c.id == id) {
             Some(card) => Json(card).into_response(),
-            None => NodeError::NotFound(format!(
-                "no model `{id}` in this node's catalog (GET /v1/models lists them)"
-            ))
+            None => NodeError::ModelNotFound {
+                model: id,
+                checked: vec!["not in this node's catalog".into()],
+                hint: Some("GET /v1/models lists them".into()),
+            }
             .into_response(),
         },
         Err(e) => e.into_response(),
