@@ -1,45 +1,18 @@
 //! A crashed actor is restarted into the same handle, so callers keep working.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+#[path = "common/supervisor.rs"]
+mod supervisor;
+
 use std::time::Duration;
 
-use rbee_infer::engine::{CandleBackend, LoadOptions};
-use rbee_node::actors::Handle;
-use rbee_node::actors::provisioner::ProvisionerArgs;
-use rbee_node::actors::supervisor::{NodeSupervisor, SupervisorArgs};
-use rbee_node::actors::worker::WorkerArgs;
+use rbee_node::actors::supervisor::NodeSupervisor;
 
 #[tokio::test]
 async fn killed_children_come_back_behind_the_same_handles() {
     let tmp = tempfile::tempdir().unwrap();
     let store = rbee_store::Store::open(tmp.path()).unwrap();
-    let args = SupervisorArgs {
-        store: store.clone(),
-        provisioning: ProvisionerArgs {
-            sources: rbee_node::pull::Sources {
-                store: store.clone(),
-                pool: None,
-                hub: None,
-            },
-            tasks: Arc::default(),
-        },
-        worker: WorkerArgs {
-            device: "cpu".into(),
-            budget: 1 << 30,
-            backend: Arc::new(CandleBackend),
-            load: LoadOptions::default(),
-            metrics: Arc::default(),
-            store: Some(store),
-        },
-        catalog: Handle::empty("catalog"),
-        provisioner: Handle::empty("provisioner"),
-        worker_handle: Handle::empty("worker"),
-        router: Handle::empty("router"),
-        node: "test".into(),
-        net: None,
-        status: Default::default(),
-    };
+    let args = supervisor::lone_node(&store);
     let (catalog, worker) = (args.catalog.clone(), args.worker_handle.clone());
     let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args)
         .await

@@ -2,16 +2,14 @@
 //! well-formed model) is a client error naming the architecture, not a server error.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
+#[path = "common/supervisor.rs"]
+mod supervisor;
+
 use std::time::Duration;
 
 use axum::response::IntoResponse;
 use rbee_format::gguf::GgufWriter;
-use rbee_infer::engine::{CandleBackend, LoadOptions};
-use rbee_node::actors::Handle;
-use rbee_node::actors::provisioner::ProvisionerArgs;
-use rbee_node::actors::supervisor::{NodeSupervisor, SupervisorArgs};
-use rbee_node::actors::worker::WorkerArgs;
+use rbee_node::actors::supervisor::NodeSupervisor;
 use rbee_store::ImportSource;
 
 #[tokio::test]
@@ -21,32 +19,7 @@ async fn a_catalogued_model_of_another_architecture_is_refused_with_422_naming_i
     let src = tmp.path().join("tiny-mamba.gguf");
     GgufWriter::tiny_model("mamba").write_file(&src).unwrap();
     store.import(&ImportSource::Path(src), &mut |_| {}).unwrap();
-    let args = SupervisorArgs {
-        store: store.clone(),
-        provisioning: ProvisionerArgs {
-            sources: rbee_node::pull::Sources {
-                store: store.clone(),
-                pool: None,
-                hub: None,
-            },
-            tasks: Arc::default(),
-        },
-        worker: WorkerArgs {
-            device: "cpu".into(),
-            budget: 1 << 30,
-            backend: Arc::new(CandleBackend),
-            load: LoadOptions::default(),
-            metrics: Arc::default(),
-            store: Some(store),
-        },
-        catalog: Handle::empty("catalog"),
-        provisioner: Handle::empty("provisioner"),
-        worker_handle: Handle::empty("worker"),
-        router: Handle::empty("router"),
-        node: "test".into(),
-        net: None,
-        status: Default::default(),
-    };
+    let args = supervisor::lone_node(&store);
     let (catalog, worker) = (args.catalog.clone(), args.worker_handle.clone());
     let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args)
         .await

@@ -1,0 +1,39 @@
+//! The arguments of a lone node's supervision tree (no pool, no hub, a 1 GiB CPU budget), for
+//! the tests that start the actors without a node process.
+
+use std::sync::Arc;
+
+use rbee_infer::engine::{CandleBackend, LoadOptions};
+use rbee_node::actors::Handle;
+use rbee_node::actors::provisioner::ProvisionerArgs;
+use rbee_node::actors::supervisor::SupervisorArgs;
+use rbee_node::actors::worker::WorkerArgs;
+
+pub fn lone_node(store: &rbee_store::Store) -> SupervisorArgs {
+    SupervisorArgs {
+        store: store.clone(),
+        provisioning: ProvisionerArgs {
+            sources: rbee_node::pull::Sources {
+                store: store.clone(),
+                pool: None,
+                hub: None,
+            },
+            tasks: Arc::default(),
+        },
+        worker: WorkerArgs {
+            device: "cpu".into(),
+            budget: 1 << 30,
+            backend: Arc::new(CandleBackend),
+            load: LoadOptions::default(),
+            metrics: Arc::default(),
+            store: Some(store.clone()),
+        },
+        catalog: Handle::empty("catalog"),
+        provisioner: Handle::empty("provisioner"),
+        worker_handle: Handle::empty("worker"),
+        router: Handle::empty("router"),
+        node: "test".into(),
+        net: None,
+        status: Default::default(),
+    }
+}
