@@ -133,12 +133,14 @@ pub async fn get(
             });
         }
         _ => {
-            checked.push("not a HuggingFace reference (`org/repo[:file]`)".into());
+            if reach == Reach::Anywhere {
+                checked.push("not a HuggingFace reference (`org/repo[:file]`)".into());
+            }
             return Err(NodeError::ModelNotFound {
                 model: model.into(),
                 checked,
                 hint: Some(
-                    "`rbee-node models list` and GET /v1/pool show the models there are".into(),
+                    "`rbee-node models ls` and GET /v1/pool show the models there are".into(),
                 ),
             });
         }
