@@ -288,3 +288,60 @@ fn existing(store: &Store, id: ContentId, from: &'static str) -> Result<PullOutc
         transferred: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Jobs;
+
+    fn sources(dir: &std::path::Path) -> Sources {
+        let store = Store::open(dir.join("data")).unwrap();
+        let gguf = dir.join("tiny.gguf");
+        rbee_format::gguf::GgufWriter::tiny_model("llama")
+            .write_file(&gguf)
+            .unwrap();
+        store
+            .import_named(&ImportSource::Path(gguf), Some("tiny"), &mut |_| {})
+            .unwrap();
+        Sources {
+            store,
+            pool: None,
+            hub: None,
+        }
+    }
+
+    async fn get_err(s: &Sources, model: &str, reach: Reach) -> NodeError {
+        let job = Jobs::default().create("model_pull");
+        get(s, model, reach, &job).await.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn the_catalog_comes_first_and_a_miss_names_every_place_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sources(dir.path());
+        let job = Jobs::default().create("model_pull");
+        let found = get(&s, "tiny", Reach::Anywhere, &job).await.unwrap();
+        assert_eq!((found.from, found.import.already_present), ("local", true));
+        assert_eq!(found.job_result()["source"], "local");
+
+        let e = get_err(&s, "ghost", Reach::Anywhere).await;
+        assert_eq!((e.status(), e.code()), (404, Some("model_not_found")));
+        assert_eq!(
+            e.to_string(),
+            "no model `ghost`: not in this node's catalog; this node is in no pool; not a \
+             HuggingFace reference (`org/repo[:file]`). `rbee-node models ls` and GET /v1/pool \
+             show the models there are"
+        );
+        // A request routed here for a pool pull never goes to HuggingFace.
+        let e = get_err(&s, "org/repo", Reach::Pool).await;
+        assert!(e.is_model_not_found(), "{e}");
+        assert!(
+            e.to_string().contains("pull it from HuggingFace first"),
+            "{e}"
+        );
+        let e = get_err(&s, "org/repo", Reach::Anywhere).await;
+        assert!(e.to_string().contains("no HuggingFace cache dir"), "{e}");
+        let e = get_err(&s, "./model.gguf", Reach::Anywhere).await;
+        assert_eq!(e.status(), 400, "{e}");
+    }
+}
