@@ -143,9 +143,8 @@ fn every_field_position_huge() {
     }
 }
 
-#[test]
-fn seeded_random_mutations() {
-    let (bytes, _) = corpus();
+/// 400 seeded cases of up to 15 byte changes, a cut, and a size that may lie, through `check`.
+fn seeded_mutations(bytes: &[u8], check: fn(&[u8], u64, &dyn Fn() -> String)) {
     let len = bytes.len();
     let config = Config {
         cases: 400,
@@ -161,7 +160,7 @@ fn seeded_random_mutations() {
     );
     runner
         .run(&strategy, |(edits, cut, lie)| {
-            let mut b = bytes.clone();
+            let mut b = bytes.to_vec();
             for &(at, v) in &edits {
                 b[at] = v;
             }
@@ -175,6 +174,11 @@ fn seeded_random_mutations() {
             Ok(())
         })
         .unwrap();
+}
+
+#[test]
+fn seeded_random_mutations() {
+    seeded_mutations(&corpus().0, check);
 }
 
 // ---- safetensors ----
@@ -259,34 +263,5 @@ fn safetensors_every_header_byte_flipped() {
 
 #[test]
 fn safetensors_seeded_random_mutations() {
-    let (bytes, _) = st_corpus();
-    let len = bytes.len();
-    let config = Config {
-        cases: 400,
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner =
-        TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha));
-    let strategy = (
-        prop::collection::vec((0..len, any::<u8>()), 1..16),
-        0..=len,
-        any::<bool>(),
-    );
-    runner
-        .run(&strategy, |(edits, cut, lie)| {
-            let mut b = bytes.clone();
-            for &(at, v) in &edits {
-                b[at] = v;
-            }
-            b.truncate(cut);
-            let size = if lie {
-                b.len() as u64 + 4096
-            } else {
-                b.len() as u64
-            };
-            st_check(&b, size, &|| format!("edits {edits:?}, cut {cut}"));
-            Ok(())
-        })
-        .unwrap();
+    seeded_mutations(&st_corpus().0, st_check);
 }

@@ -10,14 +10,13 @@
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use rbee_store::{ImportSource, Store};
 
 use super::Handle;
 use crate::error::NodeError;
-use crate::jobs::{Job, JobEvent};
+use crate::jobs::Job;
 use crate::pull::{PullOutcome, Reach, Sources};
 use crate::tasks::Tasks;
 
@@ -197,27 +196,14 @@ pub(crate) fn import(
     job: &Job,
 ) -> Result<serde_json::Value, String> {
     job.phase("importing");
-    let started = Instant::now();
-    let mut last = Instant::now();
     let src = ImportSource::parse(source).map_err(|e| e.to_string())?;
     // A cancelled job stops the import at its next shard (and unlocks the path, which the
     // actor holds until this returns).
     let cancelled = || job.is_cancelled();
+    // Progress at most every 100 ms, with rate and ETA, as pulls report it.
+    let mut throttle = crate::pull::Throttle::new();
     let result = store.import_cancellable(&src, name, &cancelled, &mut |p| {
-        // A progress event at most every 100 ms keeps the stream readable.
-        if last.elapsed().as_millis() < 100 && p.done < p.total {
-            return;
-        }
-        last = Instant::now();
-        let secs = started.elapsed().as_secs_f64().max(1e-3);
-        let rate = p.done as f64 / secs;
-        job.emit(JobEvent::Progress {
-            done: p.done,
-            total: p.total,
-            rate_bytes_per_sec: rate,
-            peers: None,
-            eta_secs: (rate > 0.0).then(|| (p.total - p.done) as f64 / rate),
-        });
+        throttle.progress(job, p.done, p.total)
     });
     result
         .map(|out| {
