@@ -52,6 +52,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let started = Instant::now();
     let mut model = Transformer::load_gguf(&path, &Device::Cpu)?;
+    let mut cache = model.new_cache();
     let load = started.elapsed();
 
     let mut prompt: Vec<u32> = bos.map(|b| b as u32).into_iter().collect();
@@ -66,11 +67,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     prompt.truncate(prompt_len);
 
     // Warm-up pass (candle packs some weight types on first use) on a short prefix.
-    model.forward(&prompt[..prompt_len.min(8)], 0)?;
-    model.clear_cache();
+    model.forward(&mut cache, &prompt[..prompt_len.min(8)], 0)?;
+    cache.clear();
 
     let started = Instant::now();
-    let mut logits = model.forward(&prompt, 0)?;
+    let mut logits = model.forward(&mut cache, &prompt, 0)?;
     let prefill = started.elapsed();
 
     let mut generated = Vec::with_capacity(decode_len);
@@ -79,7 +80,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let next = logits.argmax(0)?.to_scalar::<u32>()?;
         generated.push(next);
         if i + 1 < decode_len {
-            logits = model.forward(&[next], prompt.len() + i)?;
+            logits = model.forward(&mut cache, &[next], prompt.len() + i)?;
         }
     }
     let decode = started.elapsed();

@@ -1,9 +1,15 @@
 //! The [`Backend`] trait and its candle implementation.
 //!
 //! A loaded model lives on its own OS thread, never on an async executor: the thread owns the
-//! weights, the KV cache and the tokenizer, and takes one job at a time from a bounded queue.
-//! Tokens flow back over a bounded channel; dropping the [`Generation`] (a client that went
-//! away) or calling [`Generation::cancel`] stops the work at the next token.
+//! weights, the per-sequence KV caches and the tokenizer, takes requests from a bounded queue
+//! and runs up to [`LoadOptions::max_sequences`] of them at once, batched step by step (see
+//! `scheduler`). Tokens flow back over a bounded channel per request; dropping the
+//! [`Generation`] (a client that went away) or calling [`Generation::cancel`] stops the work
+//! at the next step.
+
+mod scheduler;
+
+pub use scheduler::MIN_PREFIX_REUSE;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,8 +23,7 @@ use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
 use crate::model::config::check_transformer_header;
 use crate::model::{Arch, ModelError, SafetensorsModel, Transformer};
-use crate::sampling::{Sampler, SamplingParams};
-use crate::stream::TextStream;
+use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use rbee_format::gguf::{self, GgufFile};
 pub use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
@@ -26,17 +31,14 @@ pub use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
 /// Context used when the caller does not ask for one: enough for chat, small enough that the
 /// KV cache of a small model stays in the hundreds of megabytes.
 pub const DEFAULT_CONTEXT: usize = 4096;
-/// Prompt tokens per forward pass during prefill: bounds activation memory on long prompts.
-const PREFILL_CHUNK: usize = 512;
-/// Events buffered between the model thread and a slow reader before the thread waits.
+/// Events buffered between the model thread and a slow reader; beyond it the sequence pauses
+/// (the others go on).
 const EVENT_BUFFER: usize = 64;
-/// Prompt bytes per token of context beyond which a prompt is refused without tokenizing it.
-/// No vocabulary we run averages anywhere near this over a whole prompt (text runs 3-5 bytes
-/// per token), so only input that could never fit is refused.
-const MAX_PROMPT_BYTES_PER_TOKEN: usize = 64;
-/// Bytes per context token tokenized first: when that prefix alone overflows the context, the
-/// rest is never tokenized (a 4 MiB prompt costs seconds of the model thread otherwise).
-const PROBE_BYTES_PER_TOKEN: usize = 6;
+/// Sequences a model runs at once unless told otherwise.
+pub const DEFAULT_MAX_SEQUENCES: usize = 8;
+/// Tokens one batched step computes at most: decode rows plus prompt chunks (one chunk always
+/// runs). Bounds a step's activation memory and how long a long prompt holds up decoding.
+pub const MAX_STEP_TOKENS: usize = 2 * scheduler::PREFILL_CHUNK;
 
 /// Where and how big to load a model.
 #[derive(Debug, Clone)]
@@ -44,8 +46,25 @@ pub struct LoadOptions {
     /// Tokens of context (prompt + output); capped at the model's own limit.
     pub context_length: Option<usize>,
     pub device: Device,
-    /// Generation requests that may wait while one runs.
+    /// Generation requests that may wait while the running ones fill every slot.
     pub queue_capacity: usize,
+    /// Sequences generated at once, batched (each step decodes one token for all of them).
+    pub max_sequences: usize,
+    /// KV cache positions for all sequences together, live and kept for prefix reuse;
+    /// `None`: `max_sequences × context`, so every slot can run a full context. Never below
+    /// one context.
+    pub kv_budget_tokens: Option<usize>,
+    /// Keep finished sequences' caches to reuse shared prompt prefixes.
+    pub prefix_reuse: bool,
+}
+
+impl LoadOptions {
+    /// The KV budget in positions for a model loaded with `context`.
+    pub fn kv_budget(&self, context: usize) -> usize {
+        self.kv_budget_tokens
+            .unwrap_or(self.max_sequences.max(1).saturating_mul(context))
+            .max(context)
+    }
 }
 
 impl Default for LoadOptions {
@@ -54,6 +73,9 @@ impl Default for LoadOptions {
             context_length: None,
             device: Device::Cpu,
             queue_capacity: 16,
+            max_sequences: DEFAULT_MAX_SEQUENCES,
+            kv_budget_tokens: None,
+            prefix_reuse: true,
         }
     }
 }
@@ -62,6 +84,7 @@ impl Default for LoadOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemoryEstimate {
     pub weights: u64,
+    /// The whole KV budget (every sequence slot), plus tables and one step's activations.
     pub kv_cache: u64,
 }
 
@@ -79,6 +102,10 @@ pub struct ModelInfo {
     pub context_length: usize,
     pub vocab_size: usize,
     pub memory: MemoryEstimate,
+    /// Sequences it generates at once.
+    pub max_sequences: usize,
+    /// KV positions for all of them together.
+    pub kv_budget_tokens: usize,
     pub load_secs: f64,
     /// The model's own chat template is used (false: our built-in one).
     pub model_chat_template: bool,
@@ -156,11 +183,18 @@ pub struct Activity {
     pub queued: usize,
     /// Sequences the model thread is working on (prefill or decode).
     pub live: usize,
+    /// Sequences it runs at once: below this a new request joins the batch at once.
+    pub max_live: usize,
 }
 
 impl Activity {
     pub fn is_idle(&self) -> bool {
         self.queued == 0 && self.live == 0
+    }
+
+    /// A request sent now would start at the next step rather than wait.
+    pub fn has_free_slot(&self) -> bool {
+        self.queued == 0 && self.live < self.max_live
     }
 }
 
@@ -175,27 +209,9 @@ pub trait LoadedModel: Send + Sync + std::fmt::Debug {
 
 /// The counters behind [`Activity`], shared by the model handle and its thread.
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     queued: AtomicUsize,
     live: AtomicUsize,
-}
-
-/// Counts one sequence as live from the moment the model thread takes it until it is dropped,
-/// whichever way the generation ends.
-struct LiveGuard<'a>(&'a Counters);
-
-impl<'a> LiveGuard<'a> {
-    fn start(counters: &'a Counters) -> Self {
-        counters.live.fetch_add(1, Ordering::SeqCst);
-        counters.queued.fetch_sub(1, Ordering::SeqCst);
-        LiveGuard(counters)
-    }
-}
-
-impl Drop for LiveGuard<'_> {
-    fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::SeqCst);
-    }
 }
 
 /// The candle backend: CPU always, CUDA/Metal when built with those features.
@@ -317,9 +333,14 @@ impl Opened {
     }
 }
 
-fn estimate_of(file: &GgufFile, context: usize) -> Result<MemoryEstimate, InferError> {
+fn estimate_of(
+    file: &GgufFile,
+    context: usize,
+    opts: &LoadOptions,
+) -> Result<MemoryEstimate, InferError> {
     let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
-    let total = Transformer::estimate_memory(file, context)?;
+    let total =
+        Transformer::estimate_memory_for(file, context, opts.kv_budget(context), MAX_STEP_TOKENS)?;
     Ok(MemoryEstimate {
         weights,
         kv_cache: total.saturating_sub(weights),
@@ -342,7 +363,7 @@ impl Backend for CandleBackend {
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
         let opened = Opened::open(path)?;
         let file = opened.header();
-        estimate_of(file, context_for(file, opts))
+        estimate_of(file, context_for(file, opts), opts)
     }
 
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
@@ -362,38 +383,44 @@ impl Backend for CandleBackend {
             );
         }
         // The header read and validated above serves the estimate too: no second pass.
-        let memory = estimate_of(file, context)?;
+        let memory = estimate_of(file, context, opts)?;
         let tokenizer = opened.tokenizer()?;
         let template = chat_template(file, &tokenizer)?;
         let model = opened.load(&opts.device)?;
+        let max_sequences = opts.max_sequences.max(1);
+        let kv_budget = opts.kv_budget(context);
         let info = ModelInfo {
             path: path.clone(),
             architecture: model.config().architecture.clone(),
             context_length: context,
             vocab_size: model.config().vocab_size,
             memory,
+            max_sequences,
+            kv_budget_tokens: kv_budget,
             load_secs: started.elapsed().as_secs_f64(),
             model_chat_template: template.from_model,
         };
         let (jobs, inbox) = sync_channel::<Job>(opts.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
-        let mut worker = Worker {
-            model,
+        let prep = scheduler::Prep {
             tokenizer,
             template,
             context,
+            vocab: model.config().vocab_size,
         };
-        let thread_counters = counters.clone();
+        let limits = scheduler::Limits {
+            context,
+            max_sequences,
+            kv_budget,
+            max_step_tokens: MAX_STEP_TOKENS,
+            prefix_reuse: opts.prefix_reuse,
+        };
+        let scheduler = scheduler::Scheduler::new(model, prep, limits, inbox, counters.clone());
         std::thread::Builder::new()
             .name(format!("rbee-model-{}", info.architecture))
-            .spawn(move || {
-                while let Ok(job) = inbox.recv() {
-                    let _live = LiveGuard::start(&thread_counters);
-                    worker.run(job);
-                }
-            })
+            .spawn(move || scheduler.run())
             .map_err(InferError::Thread)?;
-        tracing::info!(path = %path.display(), secs = info.load_secs, "model loaded");
+        tracing::info!(path = %path.display(), secs = info.load_secs, max_sequences, kv_budget, "model loaded");
         Ok(Arc::new(CandleModel {
             info,
             jobs,
@@ -468,6 +495,7 @@ impl LoadedModel for CandleModel {
         Activity {
             queued: self.counters.queued.load(Ordering::SeqCst),
             live: self.counters.live.load(Ordering::SeqCst),
+            max_live: self.info.max_sequences,
         }
     }
 }
@@ -476,184 +504,4 @@ struct Job {
     request: GenerateRequest,
     events: SyncSender<GenerateEvent>,
     cancel: Arc<AtomicBool>,
-}
-
-/// The model thread's state.
-struct Worker {
-    model: Transformer,
-    tokenizer: Tokenizer,
-    template: ChatTemplate,
-    context: usize,
-}
-
-impl Worker {
-    fn run(&mut self, job: Job) {
-        if job.cancel.load(Ordering::Relaxed) {
-            return;
-        }
-        let events = job.events.clone();
-        if let Err(e) = self.generate(job) {
-            let _ = events.send(GenerateEvent::Error(e));
-        }
-    }
-
-    /// Prompt text to token ids, with BOS added once: not when the template already wrote it.
-    fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
-        let text = match prompt {
-            Prompt::Text(t) => t.clone(),
-            Prompt::Chat(messages) => self.template.render(messages, true)?,
-            Prompt::Tokens(ids) => {
-                let vocab = self.model.config().vocab_size;
-                if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
-                    return Err(InferError::InvalidRequest(format!(
-                        "prompt token id {bad} is out of range for a vocabulary of {vocab}"
-                    )));
-                }
-                return Ok(ids.clone());
-            }
-        };
-        let bos_text = self
-            .tokenizer
-            .bos_id()
-            .and_then(|id| self.tokenizer.id_to_token(id));
-        let has_bos = bos_text.is_some_and(|b| !b.is_empty() && text.starts_with(b));
-        let add_bos = self.tokenizer.add_bos_default() && !has_bos;
-        self.check_prompt_size(&text, add_bos)?;
-        Ok(self.tokenizer.encode(&text, add_bos)?)
-    }
-
-    /// Refuses a prompt that cannot fit before paying for its whole tokenization: by its size
-    /// in bytes, then by tokenizing a prefix cut at a space (a token boundary for every
-    /// tokenizer we run) and stopping once that prefix alone overflows the context.
-    fn check_prompt_size(&self, text: &str, add_bos: bool) -> Result<(), InferError> {
-        let limit = self.context.saturating_mul(MAX_PROMPT_BYTES_PER_TOKEN);
-        if text.len() > limit {
-            return Err(InferError::PromptTooLarge {
-                bytes: text.len(),
-                limit,
-                context: self.context,
-            });
-        }
-        let probe = self.context.saturating_mul(PROBE_BYTES_PER_TOKEN);
-        if text.len() <= probe {
-            return Ok(());
-        }
-        let mut cut = probe;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        let Some(space) = text[..cut].rfind(char::is_whitespace) else {
-            return Ok(());
-        };
-        let counted = self.tokenizer.encode(&text[..space], add_bos)?.len();
-        if counted >= self.context {
-            return Err(InferError::PromptTooLong {
-                tokens: counted,
-                context: self.context,
-                counted_all: false,
-            });
-        }
-        Ok(())
-    }
-
-    fn generate(&mut self, job: Job) -> Result<(), InferError> {
-        let Job {
-            request,
-            events,
-            cancel,
-        } = job;
-        let mut tokens = self.prompt_tokens(&request.prompt)?;
-        let prompt_len = tokens.len();
-        if prompt_len == 0 {
-            return Err(InferError::InvalidRequest("the prompt is empty".into()));
-        }
-        if prompt_len >= self.context {
-            return Err(InferError::PromptTooLong {
-                tokens: prompt_len,
-                context: self.context,
-                counted_all: true,
-            });
-        }
-        let budget = request.params.max_tokens.min(self.context - prompt_len);
-        if events
-            .send(GenerateEvent::Started {
-                prompt_tokens: prompt_len,
-            })
-            .is_err()
-        {
-            return Ok(());
-        }
-
-        let started = Instant::now();
-        self.model.clear_cache();
-        let mut logits = None;
-        for (i, chunk) in tokens.chunks(PREFILL_CHUNK).enumerate() {
-            if cancel.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            logits = Some(self.model.forward(chunk, i * PREFILL_CHUNK)?);
-        }
-        let prefill_secs = started.elapsed().as_secs_f64();
-        let decode_started = Instant::now();
-
-        let mut sampler = Sampler::new(request.params.clone());
-        let mut stream = TextStream::new(request.params.stop.clone());
-        let eos = if request.params.ignore_eos {
-            Vec::new()
-        } else {
-            self.tokenizer.eos_ids().to_vec()
-        };
-        let mut finish = FinishReason::Length;
-        let mut produced = 0;
-        while produced < budget {
-            if cancel.load(Ordering::Relaxed) {
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            let Some(l) = logits.take() else { break };
-            let mut values: Vec<f32> =
-                l.to_vec1()
-                    .map_err(|source| crate::model::ModelError::Candle {
-                        context: "reading logits".into(),
-                        source,
-                    })?;
-            let next = sampler.sample(&mut values, &tokens);
-            if eos.contains(&next) {
-                finish = FinishReason::Stop;
-                break;
-            }
-            produced += 1;
-            tokens.push(next);
-            let step = stream.push(self.tokenizer.token_bytes(next));
-            let sent = events.send(GenerateEvent::Token {
-                id: next,
-                text: step.text,
-            });
-            if sent.is_err() {
-                // The reader is gone: nobody wants the rest.
-                finish = FinishReason::Cancelled;
-                break;
-            }
-            if step.stopped {
-                finish = FinishReason::Stop;
-                break;
-            }
-            if produced < budget {
-                logits = Some(self.model.forward(&[next], tokens.len() - 1)?);
-            }
-        }
-        let tail = stream.finish();
-        if !tail.is_empty() {
-            let _ = events.send(GenerateEvent::Text(tail));
-        }
-        let stats = GenerationStats {
-            prompt_tokens: prompt_len,
-            completion_tokens: produced,
-            finish_reason: finish,
-            prefill_secs,
-            decode_secs: decode_started.elapsed().as_secs_f64(),
-        };
-        let _ = events.send(GenerateEvent::Done(stats));
-        Ok(())
-    }
 }

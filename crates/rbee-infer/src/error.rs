@@ -47,7 +47,9 @@ pub enum InferError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
-    #[error("the model's queue is full ({capacity} requests waiting); retry shortly")]
+    #[error(
+        "the model's queue is full: {capacity} requests already wait for a free batch slot or room in the KV cache budget; retry shortly"
+    )]
     QueueFull { capacity: usize },
     #[error("the model was unloaded or its worker thread stopped")]
     Unloaded,

@@ -41,4 +41,4 @@ mod weights;
 pub use config::{Activation, Arch, ModelConfig, RopeParams, RopeStyle};
 pub use error::ModelError;
 pub use safetensors::SafetensorsModel;
-pub use transformer::{MAX_BATCH, Transformer};
+pub use transformer::{MAX_BATCH, SeqCache, SeqStep, Transformer};

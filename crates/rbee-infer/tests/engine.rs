@@ -205,9 +205,11 @@ fn dropping_the_stream_cancels_and_frees_the_model() {
 #[test]
 fn limits_are_refused_with_clear_errors() {
     let Some(path) = demo_model() else { return };
+    // One batch slot: the second request waits, the third finds the queue full.
     let opts = LoadOptions {
         context_length: Some(32),
         queue_capacity: 1,
+        max_sequences: 1,
         ..Default::default()
     };
     let model = CandleBackend.load(&path, &opts).unwrap();
@@ -288,7 +290,11 @@ fn a_gpu_device_is_refused_at_load() {
 #[test]
 fn the_engine_counts_its_own_queued_and_live_sequences() {
     let Some(path) = demo_model() else { return };
-    let model = CandleBackend.load(&path, &LoadOptions::default()).unwrap();
+    let opts = LoadOptions {
+        max_sequences: 2,
+        ..Default::default()
+    };
+    let model = CandleBackend.load(&path, &opts).unwrap();
     assert!(model.activity().is_idle());
     let mut params = SamplingParams::greedy(2000);
     params.ignore_eos = true;
@@ -299,9 +305,17 @@ fn the_engine_counts_its_own_queued_and_live_sequences() {
     // The generation holds no handle on the model: only the engine can know it runs.
     let mut first = model.generate(req()).unwrap().peekable();
     assert!(first.peek().is_some(), "first request started");
-    let second = model.generate(req()).unwrap();
+    let mut second = model.generate(req()).unwrap().peekable();
+    assert!(second.peek().is_some(), "second request joined the batch");
+    let third = model.generate(req()).unwrap();
     let busy = model.activity();
-    assert_eq!((busy.live, busy.queued), (1, 1), "{busy:?}");
+    assert_eq!(
+        (busy.live, busy.queued, busy.max_live),
+        (2, 1, 2),
+        "{busy:?}"
+    );
+    assert!(!busy.has_free_slot());
+    drop(third);
     drop(second);
     drop(first);
     let deadline = Instant::now() + Duration::from_secs(30);

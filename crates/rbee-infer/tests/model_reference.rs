@@ -81,8 +81,12 @@ fn greedy(
     eog: &[u32],
     expected_top5: &[Vec<(u32, f32)>],
 ) -> Run {
-    model.clear_cache();
-    let mut logits = model.forward(prompt, 0).unwrap().to_vec1::<f32>().unwrap();
+    let mut cache = model.new_cache();
+    let mut logits = model
+        .forward(&mut cache, prompt, 0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let mut run = Run {
         tokens: Vec::new(),
         logits: Vec::new(),
@@ -112,7 +116,7 @@ fn greedy(
             break;
         }
         logits = model
-            .forward(&[token], prompt.len() + step)
+            .forward(&mut cache, &[token], prompt.len() + step)
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();

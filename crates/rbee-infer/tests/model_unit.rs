@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use rbee_format::gguf::{GgmlType, GgufFile, GgufWriter};
 use rbee_infer::SUPPORTED_ARCHITECTURES;
-use rbee_infer::model::{ModelError, Transformer};
+use rbee_infer::model::{ModelError, SeqCache, SeqStep, Transformer};
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -253,9 +253,9 @@ fn tiny_model(arch: &str, dir: &Path) -> PathBuf {
     path
 }
 
-fn logits(model: &mut Transformer, tokens: &[u32], start: usize) -> Vec<f32> {
+fn logits(model: &mut Transformer, cache: &mut SeqCache, tokens: &[u32], start: usize) -> Vec<f32> {
     model
-        .forward(tokens, start)
+        .forward(cache, tokens, start)
         .unwrap()
         .to_vec1::<f32>()
         .unwrap()
@@ -286,6 +286,7 @@ fn every_architecture_loads_and_runs() {
     for &arch in SUPPORTED_ARCHITECTURES {
         let path = tiny_model(arch, dir.path());
         let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
+        let mut cache = model.new_cache();
         let c = model.config();
         assert_eq!(
             (c.architecture.as_str(), c.vocab_size, c.n_layers),
@@ -295,10 +296,110 @@ fn every_architecture_loads_and_runs() {
             (c.n_heads, c.n_kv_heads, c.head_dim, c.hidden_size),
             (HEADS, KV_HEADS, HEAD_DIM, HIDDEN)
         );
-        let out = logits(&mut model, &PROMPT, 0);
+        let out = logits(&mut model, &mut cache, &PROMPT, 0);
         assert_eq!(out.len(), VOCAB, "{arch}");
         assert!(out.iter().all(|v| v.is_finite()), "{arch}: {out:?}");
-        assert_eq!(model.cached_positions(), PROMPT.len());
+        assert_eq!(cache.len(), PROMPT.len());
+    }
+}
+
+/// Token ids for a prompt of `n` tokens, different for each `salt`.
+fn prompt(n: usize, salt: u32) -> Vec<u32> {
+    (0..n as u32)
+        .map(|i| (i * 31 + salt * 17 + 3) % VOCAB as u32)
+        .collect()
+}
+
+/// Runs one entry as a step of its own; what the batch must reproduce bit for bit.
+fn alone(
+    model: &mut Transformer,
+    cache: &mut SeqCache,
+    tokens: &[u32],
+    start: usize,
+) -> Option<Vec<f32>> {
+    let mut step = [SeqStep {
+        cache,
+        tokens,
+        start,
+        logits: true,
+    }];
+    model.forward_batch(&mut step).unwrap().pop().flatten()
+}
+
+#[test]
+fn a_batched_step_gives_each_sequence_exactly_what_it_gets_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    for &arch in SUPPORTED_ARCHITECTURES {
+        let path = tiny_model(arch, dir.path());
+        let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
+        // Four sequences at different stages: decoding after a prompt, a long prefill (a
+        // tiled-kernel batch), a short prefill, and a second prompt chunk of a cached prompt.
+        let decoding = prompt(10, 1);
+        let long = prompt(12, 2);
+        let short = prompt(3, 3);
+        let chunked = prompt(9, 4);
+        let mut caches: Vec<SeqCache> = (0..4).map(|_| model.new_cache()).collect();
+        alone(&mut model, &mut caches[0], &decoding, 0);
+        alone(&mut model, &mut caches[3], &chunked[..5], 0);
+        let mut separate = caches.clone();
+        let inputs: [(&[u32], usize); 4] =
+            [(&[7], 10), (&long, 0), (&short, 0), (&chunked[5..], 5)];
+        let expected: Vec<_> = separate
+            .iter_mut()
+            .zip(inputs)
+            .map(|(cache, (tokens, start))| alone(&mut model, cache, tokens, start).unwrap())
+            .collect();
+        let mut steps: Vec<SeqStep<'_>> = caches
+            .iter_mut()
+            .zip(inputs)
+            .map(|(cache, (tokens, start))| SeqStep {
+                cache,
+                tokens,
+                start,
+                logits: true,
+            })
+            .collect();
+        let batched = model.forward_batch(&mut steps).unwrap();
+        for (i, (got, want)) in batched.iter().zip(&expected).enumerate() {
+            assert_eq!(got.as_ref(), Some(want), "{arch}: entry {i}");
+        }
+        for (got, want) in caches.iter().zip(&separate) {
+            assert_eq!(got.len(), want.len(), "{arch}");
+        }
+        // The next step, all decoding, still agrees: the caches hold the same keys and values.
+        let next: Vec<Vec<f32>> = separate
+            .iter_mut()
+            .map(|cache| {
+                let at = cache.len();
+                alone(&mut model, cache, &[11], at).unwrap()
+            })
+            .collect();
+        let mut steps: Vec<SeqStep<'_>> = caches
+            .iter_mut()
+            .map(|cache| {
+                let start = cache.len();
+                SeqStep {
+                    cache,
+                    tokens: &[11],
+                    start,
+                    logits: true,
+                }
+            })
+            .collect();
+        let batched = model.forward_batch(&mut steps).unwrap();
+        for (i, (got, want)) in batched.iter().zip(&next).enumerate() {
+            assert_eq!(got.as_ref(), Some(want), "{arch}: decode entry {i}");
+        }
+        // An entry that asks for no logits gets none, and fills its cache all the same.
+        let mut cache = model.new_cache();
+        let mut step = [SeqStep {
+            cache: &mut cache,
+            tokens: &long,
+            start: 0,
+            logits: false,
+        }];
+        assert_eq!(model.forward_batch(&mut step).unwrap(), vec![None]);
+        assert_eq!(cache.len(), long.len());
     }
 }
 
@@ -308,19 +409,20 @@ fn kv_cache_makes_incremental_decoding_match_a_full_prompt() {
     for arch in ["llama", "gemma3"] {
         let path = tiny_model(arch, dir.path());
         let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
-        let whole = logits(&mut model, &PROMPT, 0);
-        model.clear_cache();
-        assert_eq!(model.cached_positions(), 0);
+        let mut cache = model.new_cache();
+        let whole = logits(&mut model, &mut cache, &PROMPT, 0);
+        cache.clear();
+        assert_eq!(cache.len(), 0);
         let mut last = Vec::new();
         for (i, &t) in PROMPT.iter().enumerate() {
-            last = logits(&mut model, &[t], i);
+            last = logits(&mut model, &mut cache, &[t], i);
         }
         assert_close(&last, &whole, arch);
         // Half the prompt at once, then the rest token by token.
-        model.clear_cache();
-        logits(&mut model, &PROMPT[..5], 0);
+        cache.clear();
+        logits(&mut model, &mut cache, &PROMPT[..5], 0);
         for (i, &t) in PROMPT.iter().enumerate().skip(5) {
-            last = logits(&mut model, &[t], i);
+            last = logits(&mut model, &mut cache, &[t], i);
         }
         assert_close(&last, &whole, arch);
     }
@@ -331,26 +433,27 @@ fn runs_are_deterministic_and_rewinding_recomputes() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model("qwen3", dir.path());
     let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
-    let first = logits(&mut model, &PROMPT, 0);
-    model.clear_cache();
+    let mut cache = model.new_cache();
+    let first = logits(&mut model, &mut cache, &PROMPT, 0);
+    cache.clear();
     assert_eq!(
-        logits(&mut model, &PROMPT, 0),
+        logits(&mut model, &mut cache, &PROMPT, 0),
         first,
         "same input, same bits"
     );
     // Rewind to position 6 with a different suffix, then back to the original.
-    let other = logits(&mut model, &[3, 4, 5, 6], 6);
+    let other = logits(&mut model, &mut cache, &[3, 4, 5, 6], 6);
     assert_ne!(other, first);
-    assert_eq!(model.cached_positions(), 10);
-    assert_eq!(logits(&mut model, &PROMPT[6..], 6), first);
+    assert_eq!(cache.len(), 10);
+    assert_eq!(logits(&mut model, &mut cache, &PROMPT[6..], 6), first);
     // A greedy continuation is identical whether the prompt ran batched or not.
     let next = argmax(&first);
-    let batched = logits(&mut model, &[next], PROMPT.len());
-    model.clear_cache();
+    let batched = logits(&mut model, &mut cache, &[next], PROMPT.len());
+    cache.clear();
     for (i, &t) in PROMPT.iter().enumerate() {
-        logits(&mut model, &[t], i);
+        logits(&mut model, &mut cache, &[t], i);
     }
-    let stepped = logits(&mut model, &[next], PROMPT.len());
+    let stepped = logits(&mut model, &mut cache, &[next], PROMPT.len());
     assert_eq!(argmax(&batched), argmax(&stepped));
 }
 
@@ -359,13 +462,17 @@ fn bad_requests_are_errors() {
     let dir = tempfile::tempdir().unwrap();
     let path = tiny_model("llama", dir.path());
     let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
-    assert!(matches!(model.forward(&[], 0), Err(ModelError::EmptyInput)));
+    let mut cache = model.new_cache();
     assert!(matches!(
-        model.forward(&[VOCAB as u32], 0),
+        model.forward(&mut cache, &[], 0),
+        Err(ModelError::EmptyInput)
+    ));
+    assert!(matches!(
+        model.forward(&mut cache, &[VOCAB as u32], 0),
         Err(ModelError::TokenOutOfRange { .. })
     ));
     assert!(matches!(
-        model.forward(&[1], 3),
+        model.forward(&mut cache, &[1], 3),
         Err(ModelError::BadPosition {
             start_pos: 3,
             cached: 0
@@ -373,11 +480,11 @@ fn bad_requests_are_errors() {
     ));
     let long = vec![1u32; CONTEXT + 1];
     assert!(matches!(
-        model.forward(&long, 0),
+        model.forward(&mut cache, &long, 0),
         Err(ModelError::ContextOverflow { .. })
     ));
     // A failed call leaves the cache usable.
-    assert_eq!(logits(&mut model, &PROMPT, 0).len(), VOCAB);
+    assert_eq!(logits(&mut model, &mut cache, &PROMPT, 0).len(), VOCAB);
 }
 
 #[test]
@@ -428,7 +535,8 @@ fn memory_estimate_covers_weights_and_grows_with_context() {
     assert!(small >= weights, "{small} < {weights}");
     assert!(large > small);
     let mut model = Transformer::load_gguf(&path, &Device::Cpu).unwrap();
-    logits(&mut model, &PROMPT, 0);
+    let mut cache = model.new_cache();
+    logits(&mut model, &mut cache, &PROMPT, 0);
     assert!(
         model.memory_in_use() <= large,
         "{} > {large}",

@@ -308,15 +308,19 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// Logits after the prompt, and `steps` greedy tokens.
 fn run(model: &mut Transformer, prompt: &[u32], steps: usize) -> (Vec<f32>, Vec<u32>) {
-    model.clear_cache();
-    let first = model.forward(prompt, 0).unwrap().to_vec1::<f32>().unwrap();
+    let mut cache = model.new_cache();
+    let first = model
+        .forward(&mut cache, prompt, 0)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     let mut logits = first.clone();
     let mut tokens = Vec::new();
     for i in 0..steps {
         let next = argmax(&logits);
         tokens.push(next);
         logits = model
-            .forward(&[next], prompt.len() + i)
+            .forward(&mut cache, &[next], prompt.len() + i)
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();

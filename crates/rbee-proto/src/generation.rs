@@ -85,6 +85,9 @@ pub struct GenerationStats {
     pub finish_reason: FinishReason,
     pub prefill_secs: f64,
     pub decode_secs: f64,
+    /// Prompt tokens whose keys and values came from a kept cache (a shared prefix) rather
+    /// than being computed; OpenAI's `usage.prompt_tokens_details.cached_tokens`.
+    pub cached_tokens: usize,
 }
 
 impl GenerationStats {
@@ -199,7 +202,7 @@ impl SamplingParams {
 }
 
 /// One step of a generation, wherever it runs: the one event type from the engine's bridge
-/// on the node that runs it, across `/rbee/infer/1` (it is the wire frame), to the SSE
+/// on the node that runs it, across `/rbee/infer/2` (it is the wire frame), to the SSE
 /// stream and the job of the node the client asked. In order: any `Phase`/`Progress`
 /// (a pull or load first), `Started`, any number of `Text`, then `Done` or `Error`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ use super::f16::{f16_to_f32, f32_to_f16};
 /// Positions added to the capacity each time a layer's cache fills up.
 const GROW_CHUNK: usize = 256;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct LayerCache {
     /// f16 bits, `len * k_row` values.
     k: Vec<u16>,

@@ -22,29 +22,77 @@ use super::kernels::q6_k::Q6KMatrix;
 use super::kernels::q8_0::Q8_0Matrix;
 use super::weights::{Blocks, TensorReader};
 
-/// Where a batch of rows sits in llama.cpp's batch, which decides how some
-/// kernels round (see [`RowKernel`]): rows `first..first + count` of `batch`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Rows {
-    pub count: usize,
-    pub first: usize,
-    pub batch: usize,
+/// Where one activation row sits in the batch llama.cpp would run it in: row `row` of a
+/// batch of `batch` rows, of sequence `seq`. Some kernels round differently by that place
+/// (see [`RowKernel`]); a batched step hands rows of several sequences to one matmul, and
+/// each row is computed as its own batch would compute it, so a sequence's results never
+/// depend on which others share the step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Origin {
+    pub row: u32,
+    pub batch: u32,
+    pub seq: u32,
 }
 
-impl Rows {
-    pub fn all(count: usize) -> Rows {
-        Rows {
-            count,
-            first: 0,
-            batch: count,
+impl Origin {
+    /// The rows of one batch of `n` rows of sequence `seq`, in order.
+    pub fn batch(seq: u32, n: usize) -> impl Iterator<Item = Origin> {
+        let batch = n as u32;
+        (0..batch).map(move |row| Origin { row, batch, seq })
+    }
+
+    /// One row computed alone.
+    pub fn single(seq: u32) -> Origin {
+        Origin {
+            row: 0,
+            batch: 1,
+            seq,
         }
     }
 
-    fn kernels(&self) -> Vec<RowKernel> {
-        (self.first..self.first + self.count)
-            .map(|r| RowKernel::for_row(r, self.batch))
-            .collect()
+    fn kernel(&self) -> RowKernel {
+        RowKernel::for_row(self.row as usize, self.batch as usize)
     }
+}
+
+/// Runs `run(rows_x, m, key)` once per distinct `key(origin)`, on the rows with that key, and
+/// puts each result row back in its place: one call (no copies) when every row agrees.
+/// Rows with the same key share the weight reads of their call.
+fn by_class<K: PartialEq + Copy>(
+    x: &[f32],
+    k: usize,
+    n: usize,
+    origins: &[Origin],
+    key: impl Fn(&Origin) -> K,
+    mut run: impl FnMut(&[f32], usize, K) -> Result<Vec<f32>, ModelError>,
+) -> Result<Vec<f32>, ModelError> {
+    let Some(first) = origins.first().map(&key) else {
+        return Ok(Vec::new());
+    };
+    if origins.iter().all(|o| key(o) == first) {
+        return run(x, origins.len(), first);
+    }
+    let mut out = vec![0f32; origins.len() * n];
+    let mut done = vec![false; origins.len()];
+    for i in 0..origins.len() {
+        if done[i] {
+            continue;
+        }
+        let class = key(&origins[i]);
+        let members: Vec<usize> = (i..origins.len())
+            .filter(|&j| !done[j] && key(&origins[j]) == class)
+            .collect();
+        let mut xs = Vec::with_capacity(members.len() * k);
+        for &j in &members {
+            xs.extend_from_slice(&x[j * k..(j + 1) * k]);
+            done[j] = true;
+        }
+        let y = run(&xs, members.len(), class)?;
+        for (t, &j) in members.iter().enumerate() {
+            out[j * n..(j + 1) * n].copy_from_slice(&y[t * n..(t + 1) * n]);
+        }
+    }
+    Ok(out)
 }
 
 enum Kernel {
@@ -292,20 +340,66 @@ impl Linear {
         Ok(out)
     }
 
-    /// `x` holds `rows.count` rows of `k` values; returns as many rows of `n`.
-    pub fn forward(&self, x: &[f32], rows: Rows) -> Result<Vec<f32>, ModelError> {
-        let m = rows.count;
+    /// `x` holds one row of `k` values per origin; returns as many rows of `n`.
+    pub fn forward(&self, x: &[f32], origins: &[Origin]) -> Result<Vec<f32>, ModelError> {
+        let m = origins.len();
         debug_assert_eq!(x.len(), m * self.k);
+        let (k, n) = (self.k, self.n);
         let mut y = match &self.kernel {
+            // Row-independent arithmetic: every row in one call.
             Kernel::Q8_0(w) => w.matmul(x, m),
-            Kernel::Q4K(w) => w.matmul(x, m, &rows.kernels()),
-            Kernel::Q6K(w) => w.matmul(x, m, rows.batch >= 8),
-            Kernel::Float(w) => w.matmul(x, m, rows.batch > 1),
-            Kernel::Candle(qtensor) => Tensor::from_slice(x, (m, self.k), &Device::Cpu)
-                .and_then(|t| t.apply_op1_no_bwd(qtensor))
-                .and_then(|t| t.flatten_all())
-                .and_then(|t| t.to_vec1::<f32>())
-                .context(|| format!("matmul with {}", self.name))?,
+            Kernel::Q4K(w) => {
+                // Each row gets its own kernel; rows for the 4-row gemm first, so they tile.
+                let kernels: Vec<RowKernel> = origins.iter().map(Origin::kernel).collect();
+                let mut order: Vec<usize> = (0..m).collect();
+                order.sort_by_key(|&i| kernels[i] != RowKernel::Gemm);
+                if order.iter().enumerate().all(|(a, &b)| a == b) {
+                    w.matmul(x, m, &kernels)
+                } else {
+                    let mut xs = Vec::with_capacity(x.len());
+                    let sorted: Vec<RowKernel> = order.iter().map(|&i| kernels[i]).collect();
+                    for &i in &order {
+                        xs.extend_from_slice(&x[i * k..(i + 1) * k]);
+                    }
+                    let ys = w.matmul(&xs, m, &sorted);
+                    let mut y = vec![0f32; m * n];
+                    for (t, &i) in order.iter().enumerate() {
+                        y[i * n..(i + 1) * n].copy_from_slice(&ys[t * n..(t + 1) * n]);
+                    }
+                    y
+                }
+            }
+            Kernel::Q6K(w) => by_class(
+                x,
+                k,
+                n,
+                origins,
+                |o| o.batch >= 8,
+                |x, m, tiled| Ok(w.matmul(x, m, tiled)),
+            )?,
+            Kernel::Float(w) => by_class(
+                x,
+                k,
+                n,
+                origins,
+                |o| o.batch > 1,
+                |x, m, batched| Ok(w.matmul(x, m, batched)),
+            )?,
+            // candle's kernels make no promise about rows: one call per sequence.
+            Kernel::Candle(qtensor) => by_class(
+                x,
+                k,
+                n,
+                origins,
+                |o| o.seq,
+                |x, m, _| {
+                    Tensor::from_slice(x, (m, k), &Device::Cpu)
+                        .and_then(|t| t.apply_op1_no_bwd(qtensor))
+                        .and_then(|t| t.flatten_all())
+                        .and_then(|t| t.to_vec1::<f32>())
+                        .context(|| format!("matmul with {}", self.name))
+                },
+            )?,
         };
         if let Some(bias) = &self.bias {
             for row in y.chunks_exact_mut(self.n) {
@@ -366,18 +460,18 @@ impl MultiLinear {
         self.parts.iter().map(Linear::weight_bytes).sum()
     }
 
-    /// `rows.count` rows in, as many rows of `sum(widths)` out.
-    pub fn forward(&self, x: &[f32], rows: Rows) -> Result<Vec<f32>, ModelError> {
+    /// One row per origin in, as many rows of `sum(widths)` out.
+    pub fn forward(&self, x: &[f32], origins: &[Origin]) -> Result<Vec<f32>, ModelError> {
         if let [single] = self.parts.as_slice() {
-            return single.forward(x, rows);
+            return single.forward(x, origins);
         }
-        let m = rows.count;
+        let m = origins.len();
         let total: usize = self.widths.iter().sum();
         let mut out = vec![0f32; m * total];
         let mut col = 0;
         for part in &self.parts {
             let n = part.out_dim();
-            let y = part.forward(x, rows)?;
+            let y = part.forward(x, origins)?;
             for (dst, src) in out.chunks_exact_mut(total).zip(y.chunks_exact(n)) {
                 dst[col..col + n].copy_from_slice(src);
             }

@@ -16,18 +16,30 @@ impl Transformer {
     /// Bytes of weights plus KV cache (and working memory) needed to run the
     /// model in `file` over `context` positions, computed from the header alone.
     pub fn estimate_memory(file: &GgufFile, context: usize) -> Result<u64, ModelError> {
+        Self::estimate_memory_for(file, context, context, MAX_BATCH)
+    }
+
+    /// The same for a model serving several sequences: `kv_tokens` KV positions in all
+    /// (every sequence slot's cache), and steps of up to `step_tokens` rows.
+    pub fn estimate_memory_for(
+        file: &GgufFile,
+        context: usize,
+        kv_tokens: usize,
+        step_tokens: usize,
+    ) -> Result<u64, ModelError> {
         let c = ModelConfig::from_gguf(file)?;
         let context = context.min(c.context_length) as u64;
+        let kv_tokens = (kv_tokens as u64).max(context);
         let mut weights = 0u64;
         for t in &file.tensors {
             weights += loaded_size(t);
         }
         let (layers, hidden, ffn) = (c.n_layers as u64, c.hidden_size as u64, c.ffn_size as u64);
         let kv_row = (c.kv_dim() + c.kv_dim_v()) as u64;
-        let kv_cache = layers * context.next_multiple_of(256) * kv_row * 2;
+        let kv_cache = layers * kv_tokens.next_multiple_of(256) * kv_row * 2;
         let tables = if c.sliding_window.is_some() { 2 } else { 1 };
         let rope = tables * context.next_multiple_of(256) * (c.n_rot as u64 / 2) * 2 * 4;
-        let batch = MAX_BATCH as u64;
+        let batch = step_tokens.max(1) as u64;
         let qkv = (c.q_dim() + c.kv_dim() + c.kv_dim_v()) as u64;
         // Live per-layer buffers for one batch: x, h, qkv + split copies,
         // attention output, gate/up and activation, plus the widened KV.

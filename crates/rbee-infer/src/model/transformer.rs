@@ -1,4 +1,12 @@
-//! [`Transformer`]: loading a GGUF model (or a safetensors folder) and running it over token batches.
+//! [`Transformer`]: loading a GGUF model (or a safetensors folder) and running it over token
+//! batches of one or many sequences.
+//!
+//! The weights are loaded once and only read afterwards; each sequence's keys and values live
+//! in its own [`SeqCache`]. [`Transformer::forward_batch`] runs one step for several
+//! sequences at once — prompt chunks and single decode tokens side by side — so every weight
+//! matrix is read once per step for all of their rows. Each row is computed with the
+//! arithmetic its own sequence's batch would use ([`Origin`]), so a sequence's results are the
+//! same whichever others share the step.
 //!
 //! One decoder implementation serves every supported architecture; the
 //! per-architecture choices live in [`ModelConfig`]. The layer follows
@@ -30,7 +38,7 @@ use super::attention::{AttnShape, attention};
 use super::config::{Arch, ModelConfig};
 use super::error::{CandleContext, ModelError};
 use super::kv_cache::LayerCache;
-use super::linear::{Linear, MultiLinear, Rows};
+use super::linear::{Linear, MultiLinear, Origin};
 use super::ops::{add_assign, gated_activation, rms_norm, scale};
 use super::rope::Rope;
 use super::safetensors::SafetensorsModel;
@@ -42,7 +50,7 @@ use super::weights::TensorReader;
 /// llama.cpp.
 pub const MAX_BATCH: usize = 512;
 
-/// A loaded model with its KV cache. Runs on the CPU.
+/// A loaded model's weights. Runs on the CPU. Sequences' state lives in [`SeqCache`]s.
 #[derive(Debug)]
 pub struct Transformer {
     config: ModelConfig,
@@ -51,7 +59,6 @@ pub struct Transformer {
     output: Option<Linear>,
     output_norm: Vec<f32>,
     layers: Vec<Layer>,
-    caches: Vec<LayerCache>,
     rope_global: Rope,
     /// RoPE of sliding-window layers, when it differs (gemma3).
     rope_local: Option<Rope>,
@@ -141,16 +148,12 @@ impl Transformer {
         let rope_global = Rope::new(c.rope_style, c.n_rot, &c.rope, freq_factors);
         let rope_local = (c.sliding_window.is_some() && c.rope_local != c.rope)
             .then(|| Rope::new(c.rope_style, c.n_rot, &c.rope_local, None));
-        let caches = (0..c.n_layers)
-            .map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v()))
-            .collect();
         Ok(Transformer {
             config: config.clone(),
             embedding,
             output,
             output_norm,
             layers,
-            caches,
             rope_global,
             rope_local,
         })
@@ -246,26 +249,68 @@ impl Transformer {
         &self.config
     }
 
-    /// Positions currently in the KV cache.
-    pub fn cached_positions(&self) -> usize {
-        self.caches.first().map_or(0, LayerCache::len)
+    /// An empty KV cache for one sequence of this model.
+    pub fn new_cache(&self) -> SeqCache {
+        let c = &self.config;
+        SeqCache {
+            layers: (0..c.n_layers)
+                .map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v()))
+                .collect(),
+        }
     }
 
-    /// Runs `tokens` at positions `start_pos..` (appending to the KV cache)
-    /// and returns the logits of the last position as a 1-D f32 tensor of
-    /// `vocab_size` values.
+    /// Runs `tokens` of one sequence at positions `start_pos..` (appending to its KV cache)
+    /// and returns the logits of the last position as a 1-D f32 tensor of `vocab_size` values.
+    /// Prompts longer than [`MAX_BATCH`] run in slices of that many tokens.
     ///
-    /// `start_pos` may be below the number of cached positions to rewind (the
-    /// cache is truncated there first), but not above it.
-    pub fn forward(&mut self, tokens: &[u32], start_pos: usize) -> Result<Tensor, ModelError> {
+    /// `start_pos` may be below the number of cached positions to rewind (the cache is
+    /// truncated there first), but not above it.
+    pub fn forward(
+        &mut self,
+        cache: &mut SeqCache,
+        tokens: &[u32],
+        start_pos: usize,
+    ) -> Result<Tensor, ModelError> {
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
         }
-        let cached = self.cached_positions();
-        if start_pos > cached {
-            return Err(ModelError::BadPosition { start_pos, cached });
+        let mut logits = None;
+        let batches = tokens.chunks(MAX_BATCH);
+        let n_batches = batches.len();
+        for (i, batch) in batches.enumerate() {
+            let mut step = [SeqStep {
+                cache: &mut *cache,
+                tokens: batch,
+                start: start_pos + i * MAX_BATCH,
+                logits: i + 1 == n_batches,
+            }];
+            logits = self.forward_batch(&mut step)?.pop().flatten();
         }
-        let end = start_pos + tokens.len();
+        let logits = logits.ok_or(ModelError::EmptyInput)?;
+        let n = logits.len();
+        Tensor::from_vec(logits, n, &Device::Cpu).context(|| "building the logits tensor".into())
+    }
+
+    /// Checks one entry of a step before anything runs.
+    fn check(&self, step: &SeqStep<'_>) -> Result<(), ModelError> {
+        let tokens = step.tokens;
+        if tokens.is_empty() {
+            return Err(ModelError::EmptyInput);
+        }
+        if tokens.len() > MAX_BATCH {
+            return Err(ModelError::Unsupported(format!(
+                "a step entry of {} tokens exceeds the batch limit of {MAX_BATCH}",
+                tokens.len()
+            )));
+        }
+        let cached = step.cache.len();
+        if step.start > cached {
+            return Err(ModelError::BadPosition {
+                start_pos: step.start,
+                cached,
+            });
+        }
+        let end = step.start + tokens.len();
         if end > self.config.context_length {
             return Err(ModelError::ContextOverflow {
                 needed: end,
@@ -281,55 +326,75 @@ impl Transformer {
                 vocab: self.config.vocab_size,
             });
         }
-        self.caches.iter_mut().for_each(|c| c.truncate(start_pos));
-        let mut logits = None;
-        let batches = tokens.chunks(MAX_BATCH);
-        let n_batches = batches.len();
-        for (i, batch) in batches.enumerate() {
-            let start = start_pos + i * MAX_BATCH;
-            logits = self.run_batch(batch, start, i + 1 == n_batches)?;
-        }
-        let logits = logits.ok_or(ModelError::EmptyInput)?;
-        let n = logits.len();
-        Tensor::from_vec(logits, n, &Device::Cpu).context(|| "building the logits tensor".into())
+        Ok(())
     }
 
-    /// Empties the KV cache (RoPE tables are kept: they only depend on positions).
-    pub fn clear_cache(&mut self) {
-        self.caches.iter_mut().for_each(LayerCache::clear);
-    }
-
-    fn run_batch(
+    /// One forward step over several sequences: entry `i` runs its `tokens` (at most
+    /// [`MAX_BATCH`]) at positions `start..` of its own cache. Returns, per entry, the logits
+    /// of its last position when it asked for them.
+    ///
+    /// Rows of all entries go through each matmul together (each weight block is read once
+    /// for all of them), but every row is computed as it would be in a batch of its entry's
+    /// tokens alone: the results of an entry do not depend on the other entries.
+    pub fn forward_batch(
         &mut self,
-        tokens: &[u32],
-        start: usize,
-        want_logits: bool,
-    ) -> Result<Option<Vec<f32>>, ModelError> {
+        steps: &mut [SeqStep<'_>],
+    ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+        for step in steps.iter() {
+            self.check(step)?;
+        }
+        for step in steps.iter_mut() {
+            step.cache.truncate(step.start);
+        }
+        let end = steps
+            .iter()
+            .map(|s| s.start + s.tokens.len())
+            .max()
+            .unwrap_or(0);
+        self.rope_global.ensure(end);
+        if let Some(rope) = &mut self.rope_local {
+            rope.ensure(end);
+        }
+        self.run_batch(steps)
+    }
+
+    fn run_batch(&self, steps: &mut [SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         let c = &self.config;
-        let n = tokens.len();
         let hidden = c.hidden_size;
-        let mut x = self.embedding.embedding(tokens)?;
+        let all_tokens: Vec<u32> = steps
+            .iter()
+            .flat_map(|s| s.tokens.iter().copied())
+            .collect();
+        let mut x = self.embedding.embedding(&all_tokens)?;
         if let Some(s) = c.embedding_scale {
             scale(&mut x, s);
         }
-        self.rope_global.ensure(start + n);
-        if let Some(rope) = &mut self.rope_local {
-            rope.ensure(start + n);
-        }
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let n_layers = self.layers.len();
-        // Rows of `x` still being carried: all of them, until the last layer
-        // (where only the final position feeds the logits).
-        let mut rows = n;
-        for (il, (layer, cache)) in self.layers.iter().zip(self.caches.iter_mut()).enumerate() {
+        // The entries whose rows are still carried, with their row count in `x`: all of
+        // them, until the last layer (where only entries wanting logits keep their final row).
+        let mut carried: Vec<(usize, usize)> = steps
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (i, s.tokens.len()))
+            .collect();
+        let origins_of = |carried: &[(usize, usize)]| -> Vec<Origin> {
+            carried
+                .iter()
+                .flat_map(|&(i, n)| Origin::batch(i as u32, n))
+                .collect()
+        };
+        for (il, layer) in self.layers.iter().enumerate() {
             let last_layer = il + 1 == n_layers;
+            let origins = origins_of(&carried);
             let mut h = x.clone();
             rms_norm(&mut h, &layer.attn_norm, c.rms_eps);
-            let qkv = layer.qkv.forward(&h, Rows::all(n))?;
+            let qkv = layer.qkv.forward(&h, &origins)?;
             let width = q_dim + kv_dim + kv_dim_v;
-            let mut q = Vec::with_capacity(n * q_dim);
-            let mut k = Vec::with_capacity(n * kv_dim);
-            let mut v = Vec::with_capacity(n * kv_dim_v);
+            let rows = origins.len();
+            let mut q = Vec::with_capacity(rows * q_dim);
+            let mut k = Vec::with_capacity(rows * kv_dim);
+            let mut v = Vec::with_capacity(rows * kv_dim_v);
             for row in qkv.chunks_exact(width) {
                 q.extend_from_slice(&row[..q_dim]);
                 k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
@@ -343,14 +408,29 @@ impl Transformer {
                 Some(local) if layer.sliding => local,
                 _ => &self.rope_global,
             };
-            rope.apply(&mut q, c.n_heads, c.head_dim, start);
-            rope.apply(&mut k, c.n_kv_heads, c.head_dim, start);
+            let mut row = 0;
+            for &(i, n) in &carried {
+                let start = steps[i].start;
+                rope.apply(
+                    &mut q[row * q_dim..(row + n) * q_dim],
+                    c.n_heads,
+                    c.head_dim,
+                    start,
+                );
+                rope.apply(
+                    &mut k[row * kv_dim..(row + n) * kv_dim],
+                    c.n_kv_heads,
+                    c.head_dim,
+                    start,
+                );
+                steps[i].cache.layers[il].append(
+                    &k[row * kv_dim..(row + n) * kv_dim],
+                    &v[row * kv_dim_v..(row + n) * kv_dim_v],
+                );
+                row += n;
+            }
             if c.query_scale != 1.0 {
                 scale(&mut q, c.query_scale);
-            }
-            cache.append(&k, &v);
-            if last_layer && !want_logits {
-                break;
             }
             let shape = AttnShape {
                 n_heads: c.n_heads,
@@ -364,58 +444,113 @@ impl Transformer {
                     None
                 },
             };
-            // In the last layer only the final position matters (llama.cpp
-            // drops the other rows there too); rows are independent, so this
-            // does not change the result.
+            // In the last layer only each entry's final position matters (llama.cpp drops
+            // the other rows there too); rows are independent, so this does not change the
+            // result. Entries that want no logits stop here, their cache written.
+            let mut wo_origins = origins;
             if last_layer {
-                q.drain(..(n - 1) * q_dim);
-                x.drain(..(n - 1) * hidden);
-                rows = 1;
+                let mut kept = Vec::new();
+                let (mut kq, mut kx) = (Vec::new(), Vec::new());
+                let mut row = 0;
+                for &(i, n) in &carried {
+                    if steps[i].logits {
+                        let last = row + n - 1;
+                        kq.extend_from_slice(&q[last * q_dim..(last + 1) * q_dim]);
+                        kx.extend_from_slice(&x[last * hidden..(last + 1) * hidden]);
+                        kept.push((i, n));
+                    }
+                    row += n;
+                }
+                if kept.is_empty() {
+                    return Ok(vec![None; steps.len()]);
+                }
+                // llama.cpp projects every row and keeps the last one afterwards; the row's
+                // position in that batch decides how some kernels round.
+                wo_origins = kept
+                    .iter()
+                    .map(|&(i, n)| Origin {
+                        row: n as u32 - 1,
+                        batch: n as u32,
+                        seq: i as u32,
+                    })
+                    .collect();
+                q = kq;
+                x = kx;
+                carried = kept;
             }
-            let q_start = start + n - rows;
-            let attn = attention(&q, cache, q_start, &shape, n);
-            // llama.cpp projects every row and keeps the last one afterwards;
-            // the row's position in that batch decides how some kernels round.
-            let wo_rows = Rows {
-                count: rows,
-                first: n - rows,
-                batch: n,
-            };
-            let mut a = layer.wo.forward(&attn, wo_rows)?;
+            let mut attn = Vec::with_capacity(wo_origins.len() * c.n_heads * c.head_dim_v);
+            let mut row = 0;
+            for &(i, n) in &carried {
+                let step = &steps[i];
+                let rows = if last_layer { 1 } else { n };
+                let q_start = step.start + n - rows;
+                attn.extend(attention(
+                    &q[row * q_dim..(row + rows) * q_dim],
+                    &step.cache.layers[il],
+                    q_start,
+                    &shape,
+                    n,
+                ));
+                row += rows;
+            }
+            let mut a = layer.wo.forward(&attn, &wo_origins)?;
             if let Some(w) = &layer.post_attn_norm {
                 rms_norm(&mut a, w, c.rms_eps);
             }
             add_assign(&mut x, &a);
+            let ffn_origins: Vec<Origin> = if last_layer {
+                carried
+                    .iter()
+                    .map(|&(i, _)| Origin::single(i as u32))
+                    .collect()
+            } else {
+                wo_origins
+            };
             let mut h = x.clone();
             rms_norm(&mut h, &layer.ffn_norm, c.rms_eps);
-            let gate_up = layer.gate_up.forward(&h, Rows::all(rows))?;
+            let gate_up = layer.gate_up.forward(&h, &ffn_origins)?;
             let act = gated_activation(&gate_up, c.ffn_size, c.activation);
-            let mut f = layer.down.forward(&act, Rows::all(rows))?;
+            let mut f = layer.down.forward(&act, &ffn_origins)?;
             if let Some(w) = &layer.post_ffn_norm {
                 rms_norm(&mut f, w, c.rms_eps);
             }
             add_assign(&mut x, &f);
         }
-        if !want_logits {
-            return Ok(None);
-        }
-        let mut last = x[(rows - 1) * hidden..].to_vec();
-        rms_norm(&mut last, &self.output_norm, c.rms_eps);
-        // Checked here, not only on the logits: quantising a NaN activation for the output
-        // matmul turns it into zeros, and broken weights would answer token 0 forever.
-        let position = start + n - 1;
-        if !all_finite(&last) {
-            return Err(ModelError::NonFinite { position });
+        // `x` now holds one row per entry that wants logits, in `carried` order.
+        let mut out = vec![None; steps.len()];
+        let mut finals = Vec::with_capacity(carried.len() * hidden);
+        for (t, &(i, n)) in carried.iter().enumerate() {
+            let mut last = x[t * hidden..(t + 1) * hidden].to_vec();
+            rms_norm(&mut last, &self.output_norm, c.rms_eps);
+            // Checked here, not only on the logits: quantising a NaN activation for the output
+            // matmul turns it into zeros, and broken weights would answer token 0 forever.
+            if !all_finite(&last) {
+                return Err(ModelError::NonFinite {
+                    position: steps[i].start + n - 1,
+                });
+            }
+            finals.extend(last);
         }
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let logits = output.forward(&last, Rows::all(1))?;
-        if !all_finite(&logits) {
-            return Err(ModelError::NonFinite { position });
+        let singles: Vec<Origin> = carried
+            .iter()
+            .map(|&(i, _)| Origin::single(i as u32))
+            .collect();
+        let logits = output.forward(&finals, &singles)?;
+        let vocab = c.vocab_size;
+        for (t, &(i, n)) in carried.iter().enumerate() {
+            let row = logits[t * vocab..(t + 1) * vocab].to_vec();
+            if !all_finite(&row) {
+                return Err(ModelError::NonFinite {
+                    position: steps[i].start + n - 1,
+                });
+            }
+            out[i] = Some(row);
         }
-        Ok(Some(logits))
+        Ok(out)
     }
 
-    /// Bytes of weights plus the KV cache currently reserved.
+    /// Bytes of weights and tables (each sequence's [`SeqCache::bytes`] comes on top).
     pub fn memory_in_use(&self) -> u64 {
         let weights: usize = self.embedding.weight_bytes()
             + self.output.as_ref().map_or(0, Linear::weight_bytes)
@@ -429,10 +564,56 @@ impl Transformer {
                         + l.down.weight_bytes()
                 })
                 .sum::<usize>();
-        let cache: usize = self.caches.iter().map(LayerCache::bytes).sum();
         let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);
-        (weights + cache + rope) as u64
+        (weights + rope) as u64
     }
+}
+
+/// One sequence's keys and values, for every layer of the model that made it
+/// ([`Transformer::new_cache`]). Stored as f16; grows in chunks of positions as the sequence
+/// does.
+#[derive(Debug, Clone)]
+pub struct SeqCache {
+    layers: Vec<LayerCache>,
+}
+
+impl SeqCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.layers.first().map_or(0, LayerCache::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Keeps positions `..len` (a shorter prefix to extend differently).
+    pub fn truncate(&mut self, len: usize) {
+        self.layers.iter_mut().for_each(|l| l.truncate(len));
+    }
+
+    /// Drops everything and frees the memory.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(LayerCache::clear);
+    }
+
+    /// Bytes reserved.
+    pub fn bytes(&self) -> u64 {
+        self.layers.iter().map(LayerCache::bytes).sum::<usize>() as u64
+    }
+}
+
+/// One sequence's part of a [`Transformer::forward_batch`] step.
+#[derive(Debug)]
+pub struct SeqStep<'a> {
+    pub cache: &'a mut SeqCache,
+    /// At most [`MAX_BATCH`] tokens, at positions `start..`.
+    pub tokens: &'a [u32],
+    /// At most the cache's length; a shorter one rewinds the cache there first.
+    pub start: usize,
+    /// Return the logits of the last token (false: only fill the cache, a prompt chunk
+    /// before the last).
+    pub logits: bool,
 }
 
 /// True when no value is NaN or infinite. A branch-free OR over the exponent bits, so it

@@ -1,0 +1,614 @@
+//! The model thread: continuous batching over one loaded model.
+//!
+//! Each loop admits waiting requests while there is a free sequence slot and KV budget, then
+//! runs one step: the next prompt chunk of every sequence still reading its prompt and one
+//! decode token for every sequence generating, all in one
+//! [`Transformer::forward_batch`](crate::model::Transformer::forward_batch) call, so every
+//! weight block is read once per step for all of them. Each sequence samples with its own
+//! parameters and seed and streams on its own channel; one that finishes, is cancelled or whose
+//! reader went away leaves before the next step.
+//!
+//! **Exactness.** Batching never changes a sequence's tokens: prompt chunks always start at
+//! the sequence's own chunk boundaries (never cut to fit a step), and every row is computed
+//! with the arithmetic of its own sequence's batch (see `linear::Origin`).
+//!
+//! **KV budget.** Admission reserves a sequence's worst case, `min(prompt + max_tokens,
+//! context)` positions, against the model's budget of positions; a request that does not fit
+//! waits (first come, first served) until running ones finish, and the bounded queue behind it
+//! answers `QueueFull` when full. Finished sequences keep their cache, counted against the same
+//! budget, for **prefix reuse**: a new prompt that starts with at least [`MIN_PREFIX_REUSE`]
+//! tokens of a kept cache (a shared system prompt, the next turn of a chat) continues from it
+//! instead of recomputing them; kept caches are evicted least recently used first when room is
+//! needed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
+
+use super::{Counters, GenerateEvent, Job};
+use crate::chat::ChatTemplate;
+use crate::error::InferError;
+use crate::model::{MAX_BATCH, SeqCache, SeqStep, Transformer};
+use crate::sampling::Sampler;
+use crate::stream::TextStream;
+use crate::tokenizer::Tokenizer;
+use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
+
+/// Prompt tokens per chunk: a sequence's prompt is always cut at multiples of this from where
+/// its computation starts, whatever else runs in the step, so its results do not depend on the
+/// batch (llama.cpp's default `n_ubatch`).
+pub(crate) const PREFILL_CHUNK: usize = MAX_BATCH;
+/// Prompt bytes per token of context beyond which a prompt is refused without tokenizing it.
+/// No vocabulary we run averages anywhere near this over a whole prompt (text runs 3-5 bytes
+/// per token), so only input that could never fit is refused.
+const MAX_PROMPT_BYTES_PER_TOKEN: usize = 64;
+/// Bytes per context token tokenized first: when that prefix alone overflows the context, the
+/// rest is never tokenized (a 4 MiB prompt costs seconds of the model thread otherwise).
+const PROBE_BYTES_PER_TOKEN: usize = 6;
+/// Shortest shared prefix worth reusing: below it recomputing costs less than it saves, and a
+/// chat template's few opening tokens would otherwise tie every prompt to another's cache.
+pub const MIN_PREFIX_REUSE: usize = 32;
+/// Events a sequence holds back while its reader is slow; it does not step until they are
+/// delivered, so one slow reader never stalls the others.
+const MAX_PENDING_EVENTS: usize = 4;
+
+/// Limits of one model's scheduler.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub context: usize,
+    pub max_sequences: usize,
+    /// KV positions for all sequences, live and kept.
+    pub kv_budget: usize,
+    /// Tokens one step computes at most (at least one prompt chunk always runs).
+    pub max_step_tokens: usize,
+    pub prefix_reuse: bool,
+}
+
+/// Prompt text to tokens, with the model's tokenizer and template.
+pub(crate) struct Prep {
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub context: usize,
+    pub vocab: usize,
+}
+
+impl Prep {
+    /// Prompt text to token ids, with BOS added once: not when the template already wrote it.
+    fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
+        let text = match prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(messages) => self.template.render(messages, true)?,
+            Prompt::Tokens(ids) => {
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab) {
+                    return Err(InferError::InvalidRequest(format!(
+                        "prompt token id {bad} is out of range for a vocabulary of {}",
+                        self.vocab
+                    )));
+                }
+                return Ok(ids.clone());
+            }
+        };
+        let bos_text = self
+            .tokenizer
+            .bos_id()
+            .and_then(|id| self.tokenizer.id_to_token(id));
+        let has_bos = bos_text.is_some_and(|b| !b.is_empty() && text.starts_with(b));
+        let add_bos = self.tokenizer.add_bos_default() && !has_bos;
+        self.check_prompt_size(&text, add_bos)?;
+        Ok(self.tokenizer.encode(&text, add_bos)?)
+    }
+
+    /// Refuses a prompt that cannot fit before paying for its whole tokenization: by its size
+    /// in bytes, then by tokenizing a prefix cut at a space (a token boundary for every
+    /// tokenizer we run) and stopping once that prefix alone overflows the context.
+    fn check_prompt_size(&self, text: &str, add_bos: bool) -> Result<(), InferError> {
+        let limit = self.context.saturating_mul(MAX_PROMPT_BYTES_PER_TOKEN);
+        if text.len() > limit {
+            return Err(InferError::PromptTooLarge {
+                bytes: text.len(),
+                limit,
+                context: self.context,
+            });
+        }
+        let probe = self.context.saturating_mul(PROBE_BYTES_PER_TOKEN);
+        if text.len() <= probe {
+            return Ok(());
+        }
+        let mut cut = probe;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let Some(space) = text[..cut].rfind(char::is_whitespace) else {
+            return Ok(());
+        };
+        let counted = self.tokenizer.encode(&text[..space], add_bos)?.len();
+        if counted >= self.context {
+            return Err(InferError::PromptTooLong {
+                tokens: counted,
+                context: self.context,
+                counted_all: false,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A request tokenized and checked, waiting for a slot and KV room.
+struct Ready {
+    tokens: Vec<u32>,
+    /// Positions reserved: `min(prompt + max_tokens, context)`.
+    reserve: usize,
+    job: Job,
+}
+
+/// A finished sequence's cache, kept for prefix reuse.
+struct Kept {
+    /// The tokens whose keys and values `cache` holds, in order.
+    tokens: Vec<u32>,
+    cache: SeqCache,
+    last_used: u64,
+}
+
+/// A live sequence.
+struct Seq {
+    events: SyncSender<GenerateEvent>,
+    cancel: Arc<AtomicBool>,
+    sampler: Sampler,
+    stream: TextStream,
+    eos: Vec<u32>,
+    cache: SeqCache,
+    /// Prompt, then every generated token.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// Tokens whose keys and values are in `cache`.
+    computed: usize,
+    /// Where this sequence's prompt computation started (after a reused prefix): its chunks
+    /// are cut at multiples of [`PREFILL_CHUNK`] from here.
+    chunk_origin: usize,
+    cached_tokens: usize,
+    reserve: usize,
+    budget: usize,
+    produced: usize,
+    /// Events not yet taken by a slow reader.
+    pending: VecDeque<GenerateEvent>,
+    /// Set once `Done` or `Error` is queued: the sequence only waits for delivery.
+    finished: bool,
+    admitted: Instant,
+    prefill_secs: f64,
+    decode_started: Option<Instant>,
+}
+
+impl Seq {
+    /// Queues an event for the reader; false when the reader is gone.
+    fn emit(&mut self, event: GenerateEvent) -> bool {
+        self.pending.push_back(event);
+        self.flush()
+    }
+
+    /// Delivers held events while the reader takes them; false when the reader is gone.
+    fn flush(&mut self) -> bool {
+        while let Some(event) = self.pending.pop_front() {
+            match self.events.try_send(event) {
+                Ok(()) => {}
+                Err(TrySendError::Full(event)) => {
+                    self.pending.push_front(event);
+                    return true;
+                }
+                Err(TrySendError::Disconnected(_)) => return false,
+            }
+        }
+        true
+    }
+
+    fn runnable(&self) -> bool {
+        !self.finished && self.pending.len() < MAX_PENDING_EVENTS
+    }
+
+    /// This step's tokens: the next prompt chunk, or the last token to decode from.
+    fn next_input(&self) -> (usize, usize) {
+        if self.computed < self.prompt_len {
+            let into = self.computed - self.chunk_origin;
+            let end = (self.chunk_origin + (into / PREFILL_CHUNK + 1) * PREFILL_CHUNK)
+                .min(self.prompt_len);
+            (self.computed, end)
+        } else {
+            (self.tokens.len() - 1, self.tokens.len())
+        }
+    }
+
+    fn finish(&mut self, finish_reason: FinishReason) {
+        let tail = self.stream.finish();
+        if !tail.is_empty() {
+            self.pending.push_back(GenerateEvent::Text(tail));
+        }
+        let stats = GenerationStats {
+            prompt_tokens: self.prompt_len,
+            completion_tokens: self.produced,
+            finish_reason,
+            prefill_secs: self.prefill_secs,
+            decode_secs: self
+                .decode_started
+                .map_or(0.0, |t| t.elapsed().as_secs_f64()),
+            cached_tokens: self.cached_tokens,
+        };
+        self.pending.push_back(GenerateEvent::Done(stats));
+        self.finished = true;
+        self.flush();
+    }
+
+    fn fail(&mut self, e: InferError) {
+        self.pending.clear();
+        self.pending.push_back(GenerateEvent::Error(e));
+        self.finished = true;
+        self.flush();
+    }
+}
+
+pub(crate) struct Scheduler {
+    pub model: Transformer,
+    pub prep: Prep,
+    pub limits: Limits,
+    pub inbox: Receiver<Job>,
+    pub counters: Arc<Counters>,
+    waiting: Option<Ready>,
+    live: Vec<Seq>,
+    kept: Vec<Kept>,
+    tick: u64,
+}
+
+impl Scheduler {
+    pub fn new(
+        model: Transformer,
+        prep: Prep,
+        limits: Limits,
+        inbox: Receiver<Job>,
+        counters: Arc<Counters>,
+    ) -> Scheduler {
+        Scheduler {
+            model,
+            prep,
+            limits,
+            inbox,
+            counters,
+            waiting: None,
+            live: Vec::new(),
+            kept: Vec::new(),
+            tick: 0,
+        }
+    }
+
+    /// Runs until every handle to the model is gone and nothing is left to do.
+    pub fn run(mut self) {
+        loop {
+            if self.live.is_empty() && self.waiting.is_none() {
+                match self.inbox.recv() {
+                    Ok(job) => self.take(job),
+                    Err(_) => return,
+                }
+            }
+            self.admit();
+            self.reap();
+            if !self.step() {
+                // Nothing could run: every live sequence waits on a slow reader.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            self.reap();
+        }
+    }
+
+    /// Positions reserved by live sequences plus those held by kept caches.
+    fn used(&self) -> usize {
+        self.live.iter().map(|s| s.reserve).sum::<usize>()
+            + self.kept.iter().map(|k| k.tokens.len()).sum::<usize>()
+    }
+
+    fn publish(&self) {
+        self.counters.live.store(self.live.len(), Ordering::SeqCst);
+    }
+
+    /// Admits the waiting request, then more from the queue, while they fit.
+    fn admit(&mut self) {
+        if let Some(ready) = self.waiting.take() {
+            self.try_start(ready);
+        }
+        while self.waiting.is_none() && self.live.len() < self.limits.max_sequences {
+            match self.inbox.try_recv() {
+                Ok(job) => self.take(job),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    /// A job off the queue: tokenized and checked, then started or left waiting.
+    fn take(&mut self, job: Job) {
+        if job.cancel.load(Ordering::Relaxed) {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        match self.ready(&job) {
+            Ok((tokens, reserve)) => self.try_start(Ready {
+                tokens,
+                reserve,
+                job,
+            }),
+            Err(e) => {
+                self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                let _ = job.events.try_send(GenerateEvent::Error(e));
+            }
+        }
+    }
+
+    fn ready(&self, job: &Job) -> Result<(Vec<u32>, usize), InferError> {
+        let tokens = self.prep.prompt_tokens(&job.request.prompt)?;
+        let context = self.limits.context;
+        if tokens.is_empty() {
+            return Err(InferError::InvalidRequest("the prompt is empty".into()));
+        }
+        if tokens.len() >= context {
+            return Err(InferError::PromptTooLong {
+                tokens: tokens.len(),
+                context,
+                counted_all: true,
+            });
+        }
+        let reserve = tokens
+            .len()
+            .saturating_add(job.request.params.max_tokens)
+            .min(context);
+        Ok((tokens, reserve))
+    }
+
+    /// Starts `ready` if a slot and its KV reservation are free (evicting kept caches, least
+    /// recently used first); otherwise it waits, ahead of the queue.
+    fn try_start(&mut self, ready: Ready) {
+        if ready.job.cancel.load(Ordering::Relaxed) {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        if self.live.len() >= self.limits.max_sequences {
+            self.waiting = Some(ready);
+            return;
+        }
+        // The kept cache sharing the longest prefix, taken out so eviction spares it.
+        let reuse = self
+            .limits
+            .prefix_reuse
+            .then(|| self.best_prefix(&ready.tokens))
+            .flatten();
+        let (mut kept, reused) = match reuse {
+            Some((i, common)) => (Some(self.kept.swap_remove(i)), common),
+            None => (None, 0),
+        };
+        while self.used() + ready.reserve > self.limits.kv_budget && !self.kept.is_empty() {
+            let lru = (0..self.kept.len())
+                .min_by_key(|&i| self.kept[i].last_used)
+                .unwrap_or(0);
+            self.kept.swap_remove(lru);
+        }
+        if self.used() + ready.reserve > self.limits.kv_budget {
+            // Put the reusable cache back as it was; it is still worth keeping.
+            if let Some(kept) = kept.take() {
+                self.kept.push(kept);
+            }
+            self.waiting = Some(ready);
+            return;
+        }
+        let mut cache = kept.map_or_else(|| self.model.new_cache(), |k| k.cache);
+        cache.truncate(reused);
+        let Ready {
+            tokens,
+            reserve,
+            job,
+        } = ready;
+        let params = job.request.params;
+        let prompt_len = tokens.len();
+        let seq = Seq {
+            events: job.events,
+            cancel: job.cancel,
+            eos: if params.ignore_eos {
+                Vec::new()
+            } else {
+                self.prep.tokenizer.eos_ids().to_vec()
+            },
+            stream: TextStream::new(params.stop.clone()),
+            budget: params.max_tokens.min(self.limits.context - prompt_len),
+            sampler: Sampler::new(params),
+            cache,
+            tokens,
+            prompt_len,
+            computed: reused,
+            chunk_origin: reused,
+            cached_tokens: reused,
+            reserve,
+            produced: 0,
+            pending: VecDeque::new(),
+            finished: false,
+            admitted: Instant::now(),
+            prefill_secs: 0.0,
+            decode_started: None,
+        };
+        // Counted live before it stops counting as queued, so that the model never looks idle
+        // in between; and both before the reader hears it started. A reader already gone is
+        // reaped before the next step.
+        self.live.push(seq);
+        self.publish();
+        self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        if let Some(seq) = self.live.last_mut() {
+            seq.emit(GenerateEvent::Started {
+                prompt_tokens: prompt_len,
+            });
+        }
+    }
+
+    /// The kept cache with the longest common prefix with `tokens`, if it is long enough;
+    /// the prefix is capped so that at least the last prompt token is computed (its logits
+    /// start the generation).
+    fn best_prefix(&self, tokens: &[u32]) -> Option<(usize, usize)> {
+        let (i, common) = self
+            .kept
+            .iter()
+            .enumerate()
+            .map(|(i, k)| {
+                let common = k
+                    .tokens
+                    .iter()
+                    .zip(tokens)
+                    .take_while(|(a, b)| a == b)
+                    .count();
+                (i, common.min(tokens.len() - 1))
+            })
+            .max_by_key(|&(_, common)| common)?;
+        (common >= MIN_PREFIX_REUSE).then_some((i, common))
+    }
+
+    /// Ends cancelled sequences and removes the ones whose end was delivered (or whose reader
+    /// is gone), keeping their caches for prefix reuse.
+    fn reap(&mut self) {
+        let mut i = 0;
+        while i < self.live.len() {
+            let seq = &mut self.live[i];
+            let alive = seq.flush();
+            if alive && !seq.finished && seq.cancel.load(Ordering::Relaxed) {
+                seq.finish(FinishReason::Cancelled);
+            }
+            let seq = &self.live[i];
+            if !alive || (seq.finished && seq.pending.is_empty()) {
+                let seq = self.live.swap_remove(i);
+                self.keep(seq);
+            } else {
+                i += 1;
+            }
+        }
+        self.publish();
+    }
+
+    fn keep(&mut self, seq: Seq) {
+        if !self.limits.prefix_reuse || seq.computed < MIN_PREFIX_REUSE {
+            return;
+        }
+        let mut tokens = seq.tokens;
+        tokens.truncate(seq.computed);
+        self.tick += 1;
+        self.kept.push(Kept {
+            tokens,
+            cache: seq.cache,
+            last_used: self.tick,
+        });
+        // Kept caches never crowd out live reservations: trim to the budget now.
+        while self.used() > self.limits.kv_budget && !self.kept.is_empty() {
+            let lru = (0..self.kept.len())
+                .min_by_key(|&i| self.kept[i].last_used)
+                .unwrap_or(0);
+            self.kept.swap_remove(lru);
+        }
+    }
+
+    /// One batched forward step; false when no sequence could run.
+    fn step(&mut self) -> bool {
+        // Decode rows first (one token each), then prompt chunks while the step has room;
+        // one chunk always runs so that long prompts progress.
+        let mut chosen: Vec<(usize, usize, usize)> = Vec::new();
+        let mut tokens = 0;
+        for (i, seq) in self.live.iter().enumerate() {
+            if seq.runnable() && seq.computed >= seq.prompt_len {
+                chosen.push((i, seq.tokens.len() - 1, seq.tokens.len()));
+                tokens += 1;
+            }
+        }
+        let mut chunks = 0;
+        for (i, seq) in self.live.iter().enumerate() {
+            if seq.runnable() && seq.computed < seq.prompt_len {
+                let (a, b) = seq.next_input();
+                if chunks > 0 && tokens + (b - a) > self.limits.max_step_tokens {
+                    continue;
+                }
+                chosen.push((i, a, b));
+                tokens += b - a;
+                chunks += 1;
+            }
+        }
+        if chosen.is_empty() {
+            return false;
+        }
+        let results = {
+            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chosen.len());
+            let mut by_index: Vec<Option<&mut Seq>> = self.live.iter_mut().map(Some).collect();
+            for &(i, a, b) in &chosen {
+                let Some(seq) = by_index[i].take() else {
+                    continue;
+                };
+                let Seq {
+                    cache,
+                    tokens,
+                    prompt_len,
+                    ..
+                } = seq;
+                steps.push(SeqStep {
+                    cache,
+                    tokens: &tokens[a..b],
+                    start: a,
+                    logits: b >= *prompt_len,
+                });
+            }
+            match self.model.forward_batch(&mut steps) {
+                Ok(r) => r.into_iter().map(Ok).collect::<Vec<_>>(),
+                // Find whose input failed: each entry again on its own (entries rewind their
+                // cache to their start, and a row's result does not depend on the others).
+                Err(_) => steps
+                    .iter_mut()
+                    .map(|s| {
+                        self.model
+                            .forward_batch(std::slice::from_mut(s))
+                            .map(|mut r| r.pop().flatten())
+                    })
+                    .collect(),
+            }
+        };
+        for (&(i, a, b), result) in chosen.iter().zip(results) {
+            let seq = &mut self.live[i];
+            match result {
+                Ok(logits) => {
+                    seq.computed = b;
+                    if let Some(mut logits) = logits {
+                        if a < seq.prompt_len {
+                            seq.prefill_secs = seq.admitted.elapsed().as_secs_f64();
+                            seq.decode_started = Some(Instant::now());
+                        }
+                        sample(seq, &mut logits, &self.prep.tokenizer);
+                    }
+                }
+                Err(e) => seq.fail(InferError::Model(e)),
+            }
+        }
+        true
+    }
+}
+
+/// Picks a sequence's next token from its logits and streams it, or ends the sequence.
+fn sample(seq: &mut Seq, logits: &mut [f32], tokenizer: &Tokenizer) {
+    if seq.cancel.load(Ordering::Relaxed) {
+        return seq.finish(FinishReason::Cancelled);
+    }
+    let next = seq.sampler.sample(logits, &seq.tokens);
+    if seq.eos.contains(&next) {
+        return seq.finish(FinishReason::Stop);
+    }
+    seq.produced += 1;
+    seq.tokens.push(next);
+    let step = seq.stream.push(tokenizer.token_bytes(next));
+    if !seq.emit(GenerateEvent::Token {
+        id: next,
+        text: step.text,
+    }) {
+        // The reader is gone: nobody wants the rest.
+        seq.finished = true;
+        return;
+    }
+    if step.stopped {
+        seq.finish(FinishReason::Stop);
+    } else if seq.produced >= seq.budget {
+        seq.finish(FinishReason::Length);
+    }
+}
