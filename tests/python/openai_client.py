@@ -3,6 +3,8 @@
 Usage: python openai_client.py <base_url> <model>. Exits non-zero on the first failed check.
 """
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 from langchain_openai import ChatOpenAI, OpenAI
@@ -144,5 +146,60 @@ text = OpenAI(base_url=base_url, api_key="unused-on-loopback", model=model, max_
     "The capital of France is"
 )
 assert isinstance(text, str) and text, text
+
+# Eight users at once: the node batches their streams, and each gets exactly the tokens it gets
+# alone (seeded sampling, different settings per user).
+topics = ["bees", "rivers", "compilers", "bread", "glaciers", "chess", "lighthouses", "owls"]
+
+
+def ask(i, stream):
+    kwargs = dict(
+        model=model,
+        messages=[{"role": "user", "content": f"Write about {topics[i]}."}],
+        max_tokens=16 + i,
+        temperature=0.6 + 0.05 * i,
+        seed=100 + i,
+    )
+    if not stream:
+        return client.chat.completions.create(**kwargs).choices[0].message.content, None, None
+    pieces, first = [], None
+    with client.chat.completions.create(stream=True, **kwargs) as s:
+        for chunk in s:
+            for c in chunk.choices:
+                if c.delta.content:
+                    first = first or time.monotonic()
+                    pieces.append(c.delta.content)
+    return "".join(pieces), first, time.monotonic()
+
+
+alone = [ask(i, False)[0] for i in range(8)]
+with ThreadPoolExecutor(8) as pool:
+    together = list(pool.map(lambda i: ask(i, True), range(8)))
+for i, ((text, _, _), want) in enumerate(zip(together, alone)):
+    assert text == want, f"user {i}: batched {text!r} != alone {want!r}"
+first_end = min(end for _, _, end in together)
+overlapping = sum(1 for _, first, _ in together if first is not None and first < first_end)
+assert overlapping >= 7, f"only {overlapping} of 8 streams were running before the first ended"
+
+# The next turn of a conversation reuses the cached history: OpenAI's cached_tokens says so.
+system = (
+    "You are a concise assistant for a home lab. Answer in one sentence, name concrete tools, "
+    "and never invent version numbers you are not sure of."
+)
+history = [{"role": "system", "content": system}, {"role": "user", "content": "What is a reverse proxy?"}]
+first = client.chat.completions.create(model=model, messages=history, max_tokens=12, temperature=0)
+assert first.usage.prompt_tokens_details.cached_tokens == 0, first.usage
+history += [
+    {"role": "assistant", "content": first.choices[0].message.content},
+    {"role": "user", "content": "And a load balancer?"},
+]
+usage = None
+with client.chat.completions.create(
+    model=model, messages=history, max_tokens=4, temperature=0, stream=True, stream_options={"include_usage": True}
+) as s:
+    for chunk in s:
+        usage = chunk.usage or usage
+cached = usage.prompt_tokens_details.cached_tokens
+assert first.usage.prompt_tokens <= cached < usage.prompt_tokens, (first.usage, usage)
 
 print("openai and langchain clients: all checks passed")

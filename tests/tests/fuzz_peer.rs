@@ -1,5 +1,5 @@
 //! A hostile pool member: a real libp2p peer (pnet + noise, the pool's key) that opens
-//! `/rbee/infer/1` and `/rbee/shard/1` streams to a real `rbee-node join` and sends garbage,
+//! `/rbee/infer/2` and `/rbee/shard/1` streams to a real `rbee-node join` and sends garbage,
 //! truncated and mutated frames, lying length headers, and nothing at all. The in-process
 //! fuzz suite (`crates/rbee-node/tests/fuzz_wire.rs`) covers the readers case by case; this
 //! one checks the serving loops over real sockets: every stream ends (an error frame or a

@@ -161,6 +161,54 @@ fn a_streaming_model_is_busy_and_never_evicted() {
     );
 }
 
+/// A node short of memory for every batch slot at full context loads the model with a
+/// smaller KV budget (fewer long sequences at once) instead of refusing it.
+#[test]
+fn the_kv_budget_shrinks_to_fit_the_memory_budget() {
+    let tmp = tempfile::tempdir().unwrap();
+    let Some(data) = data_with_demo(tmp.path()) else {
+        return;
+    };
+    let hi =
+        json!({"model": "demo", "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]});
+    // What the model takes with one and with two batch slots of 2048 positions.
+    let bytes_with = |slots: &str| {
+        let node = NodeProcess::start(
+            &data,
+            &["--context-length", "2048", "--max-sequences", slots],
+        );
+        assert_eq!(post(&node, "/v1/chat/completions", hi.clone()).0, 200);
+        let status = model_status(&node.get_json("/health"), "demo");
+        assert_eq!(
+            status["kv_budget_tokens"].as_u64(),
+            Some(2048 * slots.parse::<u64>().unwrap()),
+            "{status}"
+        );
+        status["bytes"].as_u64().unwrap()
+    };
+    let one = bytes_with("1");
+    let per_context = bytes_with("2") - one;
+    // Room for the model and three and a half contexts of KV, not eight.
+    let budget = one + 5 * per_context / 2;
+    let node = NodeProcess::start(
+        &data,
+        &[
+            "--context-length",
+            "2048",
+            "--memory-budget",
+            &budget.to_string(),
+        ],
+    );
+    let (status, body) = post(&node, "/v1/chat/completions", hi);
+    assert_eq!(status, 200, "{body}\n{}", node.log_text());
+    let demo = model_status(&node.get_json("/health"), "demo");
+    let kv = demo["kv_budget_tokens"].as_u64().unwrap();
+    assert_eq!(demo["max_live"], 8, "{demo}");
+    assert!(3 * 2048 <= kv && kv < 4 * 2048, "{demo}");
+    assert!(demo["bytes"].as_u64().unwrap() <= budget, "{demo}");
+    assert!(node.log_text().contains("positions"), "{}", node.log_text());
+}
+
 /// Before: the jobs API answered 202 for input the OpenAI routes refuse at once and failed
 /// later, and a job's summary did not say why it failed.
 #[test]

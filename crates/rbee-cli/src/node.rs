@@ -48,6 +48,16 @@ pub struct JoinArgs {
     /// Requests that may wait per model.
     #[arg(long)]
     queue_capacity: Option<usize>,
+    /// Sequences each model generates at once, batched (default 8).
+    #[arg(long)]
+    max_sequences: Option<usize>,
+    /// KV cache positions per model for all its sequences, live and kept for prefix reuse
+    /// (default max-sequences × context-length).
+    #[arg(long)]
+    kv_budget_tokens: Option<usize>,
+    /// Do not keep finished sequences' caches to reuse shared prompt prefixes.
+    #[arg(long)]
+    no_prefix_cache: bool,
     /// Load these models at start (repeatable).
     #[arg(long)]
     preload: Vec<String>,
@@ -119,6 +129,15 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
     }
     if let Some(q) = args.queue_capacity {
         config.queue_capacity = q;
+    }
+    if let Some(n) = args.max_sequences {
+        config.max_sequences = n;
+    }
+    if args.kv_budget_tokens.is_some() {
+        config.kv_budget_tokens = args.kv_budget_tokens;
+    }
+    if args.no_prefix_cache {
+        config.prefix_cache = false;
     }
     config.preload.extend(args.preload);
     if args.pool_key.is_some() {

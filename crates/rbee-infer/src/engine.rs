@@ -86,6 +86,10 @@ pub struct MemoryEstimate {
     pub weights: u64,
     /// The whole KV budget (every sequence slot), plus tables and one step's activations.
     pub kv_cache: u64,
+    /// Positions in the KV budget, and what each costs: a caller short of memory can ask for
+    /// a smaller budget (`LoadOptions::kv_budget_tokens`).
+    pub kv_tokens: usize,
+    pub kv_bytes_per_token: u64,
 }
 
 impl MemoryEstimate {
@@ -339,11 +343,13 @@ fn estimate_of(
     opts: &LoadOptions,
 ) -> Result<MemoryEstimate, InferError> {
     let weights: u64 = file.tensors.iter().map(|t| t.size).sum();
-    let total =
-        Transformer::estimate_memory_for(file, context, opts.kv_budget(context), MAX_STEP_TOKENS)?;
+    let kv_tokens = opts.kv_budget(context);
+    let total = Transformer::estimate_memory_for(file, context, kv_tokens, MAX_STEP_TOKENS)?;
     Ok(MemoryEstimate {
         weights,
         kv_cache: total.saturating_sub(weights),
+        kv_tokens,
+        kv_bytes_per_token: Transformer::kv_bytes_per_token(file)?,
     })
 }
 

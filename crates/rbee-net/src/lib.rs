@@ -10,7 +10,7 @@
 //! - Pool view: every node publishes its [`NodeStatus`](rbee_proto::pool::NodeStatus) on a
 //!   gossipsub topic at a steady interval and on change; peers silent for three intervals,
 //!   or whose last connection closed, leave the view.
-//! - Streams: versioned protocols (`/rbee/infer/1`, `/rbee/shard/1`) opened with
+//! - Streams: versioned protocols (`/rbee/infer/2`, `/rbee/shard/1`) opened with
 //!   [`Client::open_stream`] and accepted with [`Client::accept`]; [`frame`] puts
 //!   size-capped messages on them.
 

@@ -49,8 +49,18 @@ pub struct NodeConfig {
     pub memory_fraction: f64,
     /// Context length models are loaded with (capped at each model's own).
     pub context_length: usize,
-    /// Requests that may wait per model while one runs; beyond that: 503 + Retry-After.
+    /// Requests that may wait per model while its batch slots are full; beyond that: 503 +
+    /// Retry-After.
     pub queue_capacity: usize,
+    /// Sequences each model generates at once, batched: every step decodes one token for all
+    /// of them, reading the weights once.
+    pub max_sequences: usize,
+    /// KV cache positions per model for all its sequences (live, and kept for prefix reuse);
+    /// default `max_sequences × context_length`. Counted in the model's memory.
+    pub kv_budget_tokens: Option<usize>,
+    /// Keep finished sequences' KV caches so a prompt sharing their prefix (the next chat
+    /// turn, a common system prompt) continues from them.
+    pub prefix_cache: bool,
     /// Seconds a request waits for its model to finish loading before it gets a 503.
     pub load_wait_secs: u64,
     /// Models to load at start.
@@ -111,6 +121,9 @@ impl Default for NodeConfig {
             memory_fraction: 0.7,
             context_length: 4096,
             queue_capacity: 16,
+            max_sequences: rbee_infer::engine::DEFAULT_MAX_SEQUENCES,
+            kv_budget_tokens: None,
+            prefix_cache: true,
             load_wait_secs: 60,
             preload: Vec::new(),
             hf_endpoint: None,
@@ -260,6 +273,15 @@ impl NodeConfig {
         }
         if let Some(v) = env_parse("RBEE_QUEUE_CAPACITY")? {
             self.queue_capacity = v;
+        }
+        if let Some(v) = env_parse("RBEE_MAX_SEQUENCES")? {
+            self.max_sequences = v;
+        }
+        if let Some(v) = env_parse("RBEE_KV_BUDGET_TOKENS")? {
+            self.kv_budget_tokens = Some(v);
+        }
+        if let Some(v) = env_parse("RBEE_PREFIX_CACHE")? {
+            self.prefix_cache = v;
         }
         if let Some(v) = env_parse("RBEE_LOAD_WAIT_SECS")? {
             self.load_wait_secs = v;
@@ -450,6 +472,20 @@ impl NodeConfig {
             return Err(ConfigError::Invalid(
                 "queue_capacity must be 1..=4096".into(),
             ));
+        }
+        if self.max_sequences == 0 || self.max_sequences > 256 {
+            return Err(ConfigError::Invalid(format!(
+                "max_sequences {} must be 1..=256",
+                self.max_sequences
+            )));
+        }
+        if let Some(kv) = self.kv_budget_tokens
+            && kv < self.context_length
+        {
+            return Err(ConfigError::Invalid(format!(
+                "kv_budget_tokens {kv} must hold at least one context ({} tokens)",
+                self.context_length
+            )));
         }
         if let Some(key) = &self.pool_key {
             key.parse::<rbee_net::PoolKey>()

@@ -268,7 +268,7 @@ impl NodeError {
         }
     }
 
-    /// What a peer is told about this error on `/rbee/infer/1` and `/rbee/shard/1`.
+    /// What a peer is told about this error on `/rbee/infer/2` and `/rbee/shard/1`.
     pub fn wire_code(&self) -> ErrorCode {
         match self.class() {
             Class::BadRequest

@@ -216,6 +216,9 @@ pub async fn run(
             load: LoadOptions {
                 context_length: Some(ctx.config.context_length),
                 queue_capacity: ctx.config.queue_capacity,
+                max_sequences: ctx.config.max_sequences,
+                kv_budget_tokens: ctx.config.kv_budget_tokens,
+                prefix_reuse: ctx.config.prefix_cache,
                 ..Default::default()
             },
             metrics: metrics.clone(),

@@ -1,4 +1,4 @@
-//! What this node does for its peers: serves `/rbee/infer/1` and `/rbee/shard/1`, and
+//! What this node does for its peers: serves `/rbee/infer/2` and `/rbee/shard/1`, and
 //! publishes its status. Each server runs under `tasks::supervise`.
 
 pub mod infer;

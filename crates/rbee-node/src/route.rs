@@ -1,7 +1,9 @@
 //! Where a request for a model should run, from this node's own status and its pool view.
 //!
 //! Order (the first that exists wins; the rest are failover candidates):
-//! 1. nodes with the model loaded and a free queue slot — shortest queue, then lowest latency;
+//! 1. nodes with the model loaded and a free queue slot — first those whose running batch has
+//!    a free slot (as good as idle: the request joins the next step), then shortest queue;
+//!    lowest latency among equals;
 //! 2. nodes with it on disk and enough free memory to load it — most free memory first;
 //! 3. nodes with it loaded but a full queue (they answer "busy", with a retry time);
 //! 4. when none of those can run it now, the node with the most free memory (and room for
@@ -94,10 +96,9 @@ pub fn candidates(
             content_id: Some(model.content_id),
         };
         match n.status.loaded(&model.content_id) {
-            Some(l) if l.has_slot() => loaded.push((
-                (l.queue + u32::from(l.busy), n.rtt),
-                candidate(Reason::Loaded),
-            )),
+            Some(l) if l.has_slot() => {
+                loaded.push(((wait_rank(l), n.rtt), candidate(Reason::Loaded)))
+            }
             Some(l) => busy.push(((l.queue, n.rtt), candidate(Reason::Busy))),
             None if n.status.max_free_bytes() >= model.size => on_disk.push((
                 std::cmp::Reverse(n.status.max_free_bytes()),
@@ -155,6 +156,16 @@ pub fn held_in_pool(reference: &str, known: Option<ContentId>, peers: &[Peer]) -
         .any(|p| has_model(&p.status, reference, known).is_some_and(|m| m.shared))
 }
 
+/// How long a request sent to this loaded model waits before it starts, in requests: none
+/// when its batch has a free slot, otherwise those queued ahead of it plus the batch itself.
+fn wait_rank(l: &rbee_proto::pool::LoadedModel) -> u32 {
+    if l.has_free_batch_slot() {
+        0
+    } else {
+        l.queue.saturating_add(1)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,6 +190,9 @@ mod tests {
                     queue: *q,
                     queue_capacity: 4,
                     busy: *q > 0,
+                    // One batch slot: a model with anything queued is busy.
+                    live: u32::from(*q > 0),
+                    max_live: 1,
                 })
                 .collect(),
             on_disk: disk
@@ -234,6 +248,35 @@ mod tests {
         let near = peers[1].id;
         let c = candidates("m", None, Some(&local), &peers, |p| *p == near);
         assert_eq!(c[0].node, "far");
+    }
+
+    #[test]
+    fn a_free_batch_slot_ranks_as_idle_and_a_full_batch_after_it() {
+        let local = node("local", 0, &[], &[]);
+        let batching = |name: &str, queue: u32, live: u32, rtt: u64| {
+            let mut n = node(name, 0, &[("m", 10)], &[("m", 0)]);
+            n.loaded[0].queue = queue;
+            n.loaded[0].live = live;
+            n.loaded[0].max_live = 8;
+            n.loaded[0].busy = live > 0;
+            peer(n, rtt)
+        };
+        let peers = vec![
+            batching("idle-far", 0, 0, 9),
+            batching("full-batch", 0, 8, 1),
+            batching("joining-near", 0, 5, 1),
+            batching("queued", 2, 8, 1),
+        ];
+        let c = candidates("m", None, Some(&local), &peers, |_| false);
+        assert_eq!(
+            names(&c),
+            vec![
+                ("joining-near", Reason::Loaded),
+                ("idle-far", Reason::Loaded),
+                ("full-batch", Reason::Loaded),
+                ("queued", Reason::Loaded),
+            ]
+        );
     }
 
     #[test]

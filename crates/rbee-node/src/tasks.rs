@@ -1,4 +1,4 @@
-//! The node's long-running tasks that are not actors — the servers of `/rbee/infer/1` and
+//! The node's long-running tasks that are not actors — the servers of `/rbee/infer/2` and
 //! `/rbee/shard/1`, the status publisher, and each pull — run under [`Tasks::supervise`]: one that
 //! panics is restarted after a pause (so a bug in the shard server does not silently end
 //! sharing for the life of the process, and a pull resumes from its verified shards), one

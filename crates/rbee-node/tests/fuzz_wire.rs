@@ -1,5 +1,5 @@
 //! Fuzz suite for everything a node reads from a peer or from its own disk's protocol files:
-//! the frames of `/rbee/infer/1` (both directions) and `/rbee/shard/1` (both directions),
+//! the frames of `/rbee/infer/2` (both directions) and `/rbee/shard/1` (both directions),
 //! gossiped node statuses, manifests and model references. Each goes through the exact
 //! production entry point with the production cap (`read_frame` with `MAX_REQUEST_FRAME`,
 //! `NodeStatus::from_wire`, `manifest_reply`, …) and what the node does next with a decoded
@@ -178,13 +178,13 @@ fn model_reference(bytes: &[u8]) {
 
 const TARGETS: &[Target] = &[
     Target {
-        name: "infer request (/rbee/infer/1, serving side)",
+        name: "infer request (/rbee/infer/2, serving side)",
         cap: infer::MAX_REQUEST_FRAME,
         framed: true,
         run: serving_node_reads_a_request,
     },
     Target {
-        name: "infer frame (/rbee/infer/1, calling side)",
+        name: "infer frame (/rbee/infer/2, calling side)",
         cap: infer::MAX_RESPONSE_FRAME,
         framed: true,
         run: calling_node_reads_a_reply,
@@ -261,6 +261,8 @@ fn sample_status() -> NodeStatus {
             queue: 1,
             queue_capacity: 16,
             busy: true,
+            live: 3,
+            max_live: 8,
         }],
         on_disk: vec![DiskModel {
             content_id: id,
@@ -320,6 +322,7 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
             finish_reason: FinishReason::Length,
             prefill_secs: 0.1,
             decode_secs: 1.5,
+            cached_tokens: 4,
         }),
         InferFrame::Error {
             code: rbee_proto::pool::ErrorCode::Busy {

@@ -79,6 +79,8 @@ fn status(i: usize, rng: &mut Rng) -> NodeStatus {
                 queue: rng.below(6) as u32,
                 queue_capacity: 4,
                 busy: false,
+                live: 0,
+                max_live: 8,
             })
             .collect(),
         on_disk: disk

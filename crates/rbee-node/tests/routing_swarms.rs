@@ -63,6 +63,8 @@ fn status(name: &str, loaded: &[u8], disk: &[u8], free: u64) -> NodeStatus {
                 queue: 0,
                 queue_capacity: 4,
                 busy: false,
+                live: 0,
+                max_live: 8,
             })
             .collect(),
         on_disk: disk

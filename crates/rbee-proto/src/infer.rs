@@ -1,4 +1,4 @@
-//! `/rbee/infer/1`: a node asks a peer to run a generation. One request frame from the
+//! `/rbee/infer/2`: a node asks a peer to run a generation. One request frame from the
 //! caller, then frames from the server until `Done` or `Error` (docs/PROTOCOL.md).
 
 use serde::{Deserialize, Serialize};

@@ -9,9 +9,9 @@ use crate::ContentId;
 
 /// Gossipsub topic every node of a pool publishes its [`NodeStatus`] on. The version is part
 /// of the name: nodes of another version do not see each other's statuses.
-pub const POOL_TOPIC: &str = "/rbee/pool/1";
+pub const POOL_TOPIC: &str = "/rbee/pool/2";
 /// The stream protocol that runs a generation on a peer.
-pub const INFER_PROTOCOL: &str = "/rbee/infer/1";
+pub const INFER_PROTOCOL: &str = "/rbee/infer/2";
 /// The stream protocol that serves shards of a model.
 pub const SHARD_PROTOCOL: &str = "/rbee/shard/1";
 
@@ -92,18 +92,28 @@ impl DeviceStatus {
 pub struct LoadedModel {
     pub content_id: ContentId,
     pub device: String,
-    /// Requests waiting for this model.
+    /// Requests waiting for a batch slot of this model.
     pub queue: u32,
     /// Requests that may wait before the node refuses more.
     pub queue_capacity: u32,
     /// A generation is running now.
     pub busy: bool,
+    /// Sequences generating now, batched.
+    pub live: u32,
+    /// Sequences the model generates at once.
+    pub max_live: u32,
 }
 
 impl LoadedModel {
-    /// A request sent now would be admitted.
+    /// A request sent now would be admitted (run or queued).
     pub fn has_slot(&self) -> bool {
         self.queue < self.queue_capacity
+    }
+
+    /// A request sent now would join the running batch at the next step, without waiting:
+    /// as good as an idle model.
+    pub fn has_free_batch_slot(&self) -> bool {
+        self.queue == 0 && self.live < self.max_live
     }
 }
 
@@ -234,6 +244,8 @@ mod tests {
                 queue: 0,
                 queue_capacity: 4,
                 busy: false,
+                live: 0,
+                max_live: 1,
             }],
             on_disk: vec![DiskModel {
                 content_id: id,

@@ -21,6 +21,13 @@ impl Transformer {
 
     /// The same for a model serving several sequences: `kv_tokens` KV positions in all
     /// (every sequence slot's cache), and steps of up to `step_tokens` rows.
+    /// Bytes of KV cache one position of one sequence takes (keys and values of every layer,
+    /// f16).
+    pub fn kv_bytes_per_token(file: &GgufFile) -> Result<u64, ModelError> {
+        let c = ModelConfig::from_gguf(file)?;
+        Ok(c.n_layers as u64 * (c.kv_dim() + c.kv_dim_v()) as u64 * 2)
+    }
+
     pub fn estimate_memory_for(
         file: &GgufFile,
         context: usize,
@@ -34,9 +41,9 @@ impl Transformer {
         for t in &file.tensors {
             weights += loaded_size(t);
         }
-        let (layers, hidden, ffn) = (c.n_layers as u64, c.hidden_size as u64, c.ffn_size as u64);
+        let (hidden, ffn) = (c.hidden_size as u64, c.ffn_size as u64);
         let kv_row = (c.kv_dim() + c.kv_dim_v()) as u64;
-        let kv_cache = layers * kv_tokens.next_multiple_of(256) * kv_row * 2;
+        let kv_cache = kv_tokens.next_multiple_of(256) * Self::kv_bytes_per_token(file)?;
         let tables = if c.sliding_window.is_some() { 2 } else { 1 };
         let rope = tables * context.next_multiple_of(256) * (c.n_rot as u64 / 2) * 2 * 4;
         let batch = step_tokens.max(1) as u64;

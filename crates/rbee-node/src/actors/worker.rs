@@ -12,7 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use rbee_infer::engine::{Backend, LoadOptions, LoadedModel};
+use rbee_infer::InferError;
+use rbee_infer::engine::{Backend, LoadOptions, LoadedModel, MemoryEstimate};
 use rbee_proto::ContentId;
 use serde::Serialize;
 
@@ -58,6 +59,10 @@ pub enum ModelState {
         queue: usize,
         /// Sequences the model thread is generating (the engine's count).
         live: usize,
+        /// Sequences it generates at once (its batch slots).
+        max_live: usize,
+        /// KV cache positions for all its sequences (counted in `bytes`).
+        kv_budget_tokens: usize,
         /// Tokens of context it was loaded with (the configured length, capped by the model's).
         context_length: usize,
     },
@@ -179,7 +184,8 @@ impl WorkerState {
         }
         // Validation and the memory estimate read only the header: fast, and a broken file
         // is reported here, before anything is committed.
-        let estimate = match self.args.backend.estimate(&model.path, &self.args.load) {
+        let mut opts = self.args.load.clone();
+        let estimate = match self.fitted(&model.path, &mut opts) {
             Ok(e) => e,
             Err(e) => {
                 let err = NodeError::from(e);
@@ -226,7 +232,6 @@ impl WorkerState {
             },
         );
         let backend = self.args.backend.clone();
-        let opts = self.args.load.clone();
         let path: PathBuf = model.path.clone();
         let me = me.clone();
         let store = self.args.store.clone();
@@ -249,6 +254,40 @@ impl WorkerState {
                 verified.and_then(|()| backend.load(&path, &opts).map_err(NodeError::from));
             let _ = me.cast(WorkerMsg::Loaded { id, result });
         });
+    }
+
+    /// The model's memory estimate; when the default KV budget (a full context for every
+    /// sequence slot) would not fit this device, the budget shrinks to what fits (never below
+    /// one context): fewer long sequences at once rather than no model. A budget set in the
+    /// configuration is kept as it is.
+    fn fitted(
+        &self,
+        path: &std::path::Path,
+        opts: &mut LoadOptions,
+    ) -> Result<MemoryEstimate, InferError> {
+        let estimate = self.args.backend.estimate(path, opts)?;
+        if estimate.total() <= self.args.budget
+            || opts.kv_budget_tokens.is_some()
+            || estimate.kv_bytes_per_token == 0
+        {
+            return Ok(estimate);
+        }
+        let kv = estimate.kv_tokens as u64 * estimate.kv_bytes_per_token;
+        let fixed = estimate.total().saturating_sub(kv);
+        // Less one rounding block: the estimate rounds positions up to 256.
+        let fits = (self.args.budget.saturating_sub(fixed) / estimate.kv_bytes_per_token)
+            .saturating_sub(256);
+        opts.kv_budget_tokens = Some(usize::try_from(fits).unwrap_or(usize::MAX));
+        let smaller = self.args.backend.estimate(path, opts)?;
+        tracing::info!(
+            path = %path.display(),
+            "the default KV budget of {} positions needs {} bytes, more than {} has; using {} positions",
+            estimate.kv_tokens,
+            estimate.total(),
+            self.args.device,
+            smaller.kv_tokens
+        );
+        Ok(smaller)
     }
 
     fn loaded(&mut self, id: ContentId, result: Result<Arc<dyn LoadedModel>, NodeError>) {
@@ -323,6 +362,8 @@ impl WorkerState {
                                 busy: !idle(model),
                                 queue: activity.queued,
                                 live: activity.live,
+                                max_live: activity.max_live,
+                                kv_budget_tokens: model.info().kv_budget_tokens,
                                 context_length: model.info().context_length,
                             },
                         )

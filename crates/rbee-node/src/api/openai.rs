@@ -257,6 +257,7 @@ fn add_usage(total: &mut Usage, prompt_tokens: usize, stats: &GenerationStats) {
     total.prompt_tokens += prompt_tokens;
     total.completion_tokens += stats.completion_tokens;
     total.total_tokens = total.prompt_tokens + total.completion_tokens;
+    total.prompt_tokens_details.cached_tokens += stats.cached_tokens;
 }
 
 /// Runs one generation to its end: the text and the stats.
@@ -288,11 +289,7 @@ async fn collect(
 }
 
 async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response {
-    let mut usage = Usage {
-        prompt_tokens: 0,
-        completion_tokens: 0,
-        total_tokens: 0,
-    };
+    let mut usage = Usage::default();
     let model = first.model.clone();
     let mut outputs = Vec::with_capacity(job.prompts.len() + 1);
     let mut next = Some(first);
@@ -531,11 +528,7 @@ fn stream_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response 
         model: first.model.clone(),
     };
     tokio::spawn(async move {
-        let mut usage = Usage {
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            total_tokens: 0,
-        };
+        let mut usage = Usage::default();
         let mut next = Some(first);
         let mut rest = job.prompts.into_iter();
         let mut index = 0;

@@ -224,11 +224,20 @@ pub struct CompletionRequest {
     pub not_yet: NotYet,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// As OpenAI reports it: how many prompt tokens came from a cache (prefix reuse).
+    #[serde(default)]
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose keys and values were reused rather than computed.
+    pub cached_tokens: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

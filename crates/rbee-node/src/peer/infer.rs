@@ -1,4 +1,4 @@
-//! The server of `/rbee/infer/1`: runs a generation a peer asks for, here only (a forwarded
+//! The server of `/rbee/infer/2`: runs a generation a peer asks for, here only (a forwarded
 //! request never hops again), and streams it back frame by frame. The messages are
 //! `rbee_proto::infer`'s.
 
@@ -26,7 +26,7 @@ fn error_frame(e: &NodeError) -> InferFrame {
     e.to_event()
 }
 
-/// Serves `/rbee/infer/1` for peers until the network stops.
+/// Serves `/rbee/infer/2` for peers until the network stops.
 pub async fn serve_infer(ctx: Arc<NodeContext>, net: Client) {
     let mut incoming = match net.accept(INFER_PROTOCOL) {
         Ok(i) => i,

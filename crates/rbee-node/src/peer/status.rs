@@ -68,14 +68,20 @@ async fn local_status(
         .iter()
         .filter_map(|(id, _, state)| match state {
             ModelState::Loaded {
-                queue, live, busy, ..
+                queue,
+                live,
+                max_live,
+                busy,
+                ..
             } => Some(LoadedModel {
                 content_id: id.parse::<ContentId>().ok()?,
                 device: worker.device.clone(),
-                // The wire's `queue` is requests waiting or running, as the engine counts them.
-                queue: u32::try_from(queue + live).unwrap_or(u32::MAX),
+                // Counts as the engine keeps them: waiting for a batch slot, and generating.
+                queue: u32::try_from(*queue).unwrap_or(u32::MAX),
                 queue_capacity: u32::try_from(ctx.config.queue_capacity).unwrap_or(u32::MAX),
                 busy: *busy,
+                live: u32::try_from(*live).unwrap_or(u32::MAX),
+                max_live: u32::try_from(*max_live).unwrap_or(u32::MAX),
             }),
             _ => None,
         })

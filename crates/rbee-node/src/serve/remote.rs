@@ -1,4 +1,4 @@
-//! The client of `/rbee/infer/1`: runs a request on a peer and bridges its frames into the
+//! The client of `/rbee/infer/2`: runs a request on a peer and bridges its frames into the
 //! same [`Started`] a local generation gives.
 
 use std::sync::Arc;
