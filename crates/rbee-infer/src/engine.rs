@@ -22,7 +22,7 @@ use candle_core::Device;
 use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
 use crate::model::config::check_transformer_header;
-use crate::model::{Arch, ModelError, SafetensorsModel, Transformer};
+use crate::model::{Arch, Cpu, ModelError, Runtime, SafetensorsModel, Transformer};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use rbee_format::gguf::{self, GgufFile};
@@ -39,6 +39,8 @@ pub const DEFAULT_MAX_SEQUENCES: usize = 8;
 /// Tokens one batched step computes at most: decode rows plus prompt chunks (one chunk always
 /// runs). Bounds a step's activation memory and how long a long prompt holds up decoding.
 pub const MAX_STEP_TOKENS: usize = 2 * scheduler::PREFILL_CHUNK;
+/// Inputs one encode request may carry (OpenAI's own limit for `/v1/embeddings`).
+pub const MAX_ENCODE_INPUTS: usize = 2048;
 
 /// Where and how big to load a model.
 #[derive(Debug, Clone)]
@@ -111,8 +113,89 @@ pub struct ModelInfo {
     /// KV positions for all of them together.
     pub kv_budget_tokens: usize,
     pub load_secs: f64,
+    /// The runtime it runs on: device and kernel set (`cpu (avx2+fma kernels, 2 threads)`).
+    pub runtime: String,
     /// The model's own chat template is used (false: our built-in one).
     pub model_chat_template: bool,
+    /// Values per embedding ([`LoadedModel::encode`]): the hidden size.
+    pub embedding_length: usize,
+    /// How [`LoadedModel::encode`] pools: the model's own `pooling_type`, else the last
+    /// token (what decoder embedding models use).
+    pub pooling: Pooling,
+    /// The file names a pooling (it was made for embeddings).
+    pub declares_pooling: bool,
+}
+
+/// How an input's embedding is pooled from the final hidden states of its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over every token.
+    Mean,
+    /// The first token (BERT's `[CLS]`).
+    Cls,
+    /// The last token (decoder embedding models: it has seen the whole input).
+    Last,
+}
+
+impl Pooling {
+    /// llama.cpp's `{arch}.pooling_type`: 1 mean, 2 cls, 3 last; 0 (none) and 4 (rank) are
+    /// not embeddings of the whole input.
+    pub fn from_gguf(value: u64) -> Option<Pooling> {
+        match value {
+            1 => Some(Pooling::Mean),
+            2 => Some(Pooling::Cls),
+            3 => Some(Pooling::Last),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
+    }
+}
+
+/// Inputs to embed, each on its own: one vector per input, in order.
+#[derive(Debug, Clone)]
+pub struct EncodeRequest {
+    /// Text (tokenized as a prompt, BOS as the model adds it) or token ids; not chat.
+    pub inputs: Vec<Prompt>,
+    /// Scale each vector to unit length (Euclidean).
+    pub normalize: bool,
+    /// Cut an input longer than the context to the context instead of refusing it.
+    pub truncate: bool,
+}
+
+/// The vectors of an [`EncodeRequest`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embeddings {
+    /// One per input, in order, each [`ModelInfo::embedding_length`] values.
+    pub vectors: Vec<Vec<f32>>,
+    /// Tokens of all inputs together (after truncation).
+    pub prompt_tokens: usize,
+}
+
+/// An encode request in flight: [`Encoding::wait`] for its vectors. Dropping it cancels.
+#[derive(Debug)]
+pub struct Encoding {
+    result: Receiver<Result<Embeddings, InferError>>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Encoding {
+    /// Blocks until every input is encoded.
+    pub fn wait(self) -> Result<Embeddings, InferError> {
+        self.result.recv().unwrap_or(Err(InferError::Unloaded))
+    }
+}
+
+impl Drop for Encoding {
+    fn drop(&mut self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -207,6 +290,9 @@ pub trait LoadedModel: Send + Sync + std::fmt::Debug {
     fn info(&self) -> &ModelInfo;
     /// Queues a request; fails at once with `QueueFull` when the queue is full.
     fn generate(&self, request: GenerateRequest) -> Result<Generation, InferError>;
+    /// Queues inputs to embed: each input's final hidden states, pooled
+    /// ([`ModelInfo::pooling`]). They run in the same batched steps as generations.
+    fn encode(&self, request: EncodeRequest) -> Result<Encoding, InferError>;
     /// The engine's own count of waiting and running requests.
     fn activity(&self) -> Activity;
 }
@@ -329,10 +415,10 @@ impl Opened {
         })
     }
 
-    fn load(&self, device: &Device) -> Result<Transformer, InferError> {
+    fn load<R: Runtime>(&self, runtime: R) -> Result<Transformer<R>, InferError> {
         Ok(match self {
-            Opened::Gguf { path, .. } => Transformer::load_gguf(path, device)?,
-            Opened::Safetensors(m) => Transformer::load_safetensors(m, device)?,
+            Opened::Gguf { path, .. } => Transformer::load_gguf_on(runtime, path)?,
+            Opened::Safetensors(m) => Transformer::load_safetensors_on(runtime, m)?,
         })
     }
 }
@@ -374,10 +460,9 @@ impl Backend for CandleBackend {
 
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
         let started = Instant::now();
-        // Our kernels are CPU code: say so before reading anything.
-        if !opts.device.is_cpu() {
-            return Err(ModelError::UnsupportedDevice(opts.device.location()).into());
-        }
+        // The runtime for the device, before reading anything: a device no runtime serves
+        // fails here.
+        let runtime = runtime_for(&opts.device)?;
         let opened = Opened::open(path)?;
         let file = opened.header();
         let path = opened.path().to_path_buf();
@@ -392,7 +477,12 @@ impl Backend for CandleBackend {
         let memory = estimate_of(file, context, opts)?;
         let tokenizer = opened.tokenizer()?;
         let template = chat_template(file, &tokenizer)?;
-        let model = opened.load(&opts.device)?;
+        let arch = file.architecture().unwrap_or_default();
+        let pooling = file
+            .metadata
+            .get_u64(&format!("{arch}.pooling_type"))
+            .and_then(Pooling::from_gguf);
+        let model = opened.load(runtime)?;
         let max_sequences = opts.max_sequences.max(1);
         let kv_budget = opts.kv_budget(context);
         let info = ModelInfo {
@@ -404,7 +494,11 @@ impl Backend for CandleBackend {
             max_sequences,
             kv_budget_tokens: kv_budget,
             load_secs: started.elapsed().as_secs_f64(),
+            runtime: model.runtime().describe(),
             model_chat_template: template.from_model,
+            embedding_length: model.config().hidden_size,
+            pooling: pooling.unwrap_or(Pooling::Last),
+            declares_pooling: pooling.is_some(),
         };
         let (jobs, inbox) = sync_channel::<Job>(opts.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
@@ -421,18 +515,27 @@ impl Backend for CandleBackend {
             max_step_tokens: MAX_STEP_TOKENS,
             prefix_reuse: opts.prefix_reuse,
         };
-        let scheduler = scheduler::Scheduler::new(model, prep, limits, inbox, counters.clone());
+        let scheduler =
+            scheduler::Scheduler::new(model, prep, limits, inbox, counters.clone(), info.pooling);
         std::thread::Builder::new()
             .name(format!("rbee-model-{}", info.architecture))
             .spawn(move || scheduler.run())
             .map_err(InferError::Thread)?;
-        tracing::info!(path = %path.display(), secs = info.load_secs, max_sequences, kv_budget, "model loaded");
+        tracing::info!(path = %path.display(), secs = info.load_secs, runtime = info.runtime, max_sequences, kv_budget, "model loaded");
         Ok(Arc::new(CandleModel {
             info,
             jobs,
             capacity: opts.queue_capacity.max(1),
             counters,
         }))
+    }
+}
+
+/// The runtime that serves `device`: the one place a new device's runtime is chosen.
+fn runtime_for(device: &Device) -> Result<Cpu, InferError> {
+    match device {
+        Device::Cpu => Ok(Cpu),
+        other => Err(ModelError::UnsupportedDevice(other.location()).into()),
     }
 }
 
@@ -477,24 +580,37 @@ impl LoadedModel for CandleModel {
             .map_err(InferError::InvalidRequest)?;
         let (events, rx) = sync_channel(EVENT_BUFFER);
         let cancel = Arc::new(AtomicBool::new(false));
-        let job = Job {
+        self.submit(Job::Generate(GenerateJob {
             request,
             events,
             cancel: cancel.clone(),
-        };
-        // Counted before the send, so the thread's decrement can never come first.
-        self.counters.queued.fetch_add(1, Ordering::SeqCst);
-        let sent = self.jobs.try_send(job);
-        if sent.is_err() {
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        }))?;
+        Ok(Generation { events: rx, cancel })
+    }
+
+    fn encode(&self, request: EncodeRequest) -> Result<Encoding, InferError> {
+        if request.inputs.is_empty() {
+            return Err(InferError::InvalidRequest("no inputs to embed".into()));
         }
-        match sent {
-            Ok(()) => Ok(Generation { events: rx, cancel }),
-            Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
-                capacity: self.capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
+        if request.inputs.len() > MAX_ENCODE_INPUTS {
+            return Err(InferError::InvalidRequest(format!(
+                "{} inputs in one request; at most {MAX_ENCODE_INPUTS}",
+                request.inputs.len()
+            )));
         }
+        if request.inputs.iter().any(|p| matches!(p, Prompt::Chat(_))) {
+            return Err(InferError::InvalidRequest(
+                "chat messages cannot be embedded: give text or token ids".into(),
+            ));
+        }
+        let (reply, result) = sync_channel(1);
+        let cancel = Arc::new(AtomicBool::new(false));
+        self.submit(Job::Encode(EncodeJob {
+            request,
+            reply,
+            cancel: cancel.clone(),
+        }))?;
+        Ok(Encoding { result, cancel })
     }
 
     fn activity(&self) -> Activity {
@@ -506,8 +622,48 @@ impl LoadedModel for CandleModel {
     }
 }
 
-struct Job {
+impl CandleModel {
+    /// Queues a job for the model thread; fails at once when the queue is full.
+    fn submit(&self, job: Job) -> Result<(), InferError> {
+        // Counted before the send, so the thread's decrement can never come first.
+        self.counters.queued.fetch_add(1, Ordering::SeqCst);
+        let sent = self.jobs.try_send(job);
+        if sent.is_err() {
+            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        }
+        match sent {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
+                capacity: self.capacity,
+            }),
+            Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
+        }
+    }
+}
+
+/// Work for the model thread.
+enum Job {
+    Generate(GenerateJob),
+    Encode(EncodeJob),
+}
+
+impl Job {
+    fn cancelled(&self) -> bool {
+        match self {
+            Job::Generate(j) => j.cancel.load(Ordering::Relaxed),
+            Job::Encode(j) => j.cancel.load(Ordering::Relaxed),
+        }
+    }
+}
+
+struct GenerateJob {
     request: GenerateRequest,
     events: SyncSender<GenerateEvent>,
+    cancel: Arc<AtomicBool>,
+}
+
+struct EncodeJob {
+    request: EncodeRequest,
+    reply: SyncSender<Result<Embeddings, InferError>>,
     cancel: Arc<AtomicBool>,
 }

@@ -21,6 +21,8 @@
 //! - `linear`: weight matrices on those kernels (candle's for other types),
 //!   fused where projections share an input.
 //! - `rope`, `kv_cache`, `attention`, `ops`: the layer's pieces.
+//! - [`runtime`]: the device seam the forward pass is written against, and [`Cpu`], the
+//!   runtime of the pieces above.
 //! - `transformer`: [`Transformer`], loading and the forward pass.
 //! - `memory`: [`Transformer::estimate_memory`], from the header alone.
 
@@ -34,11 +36,13 @@ mod linear;
 mod memory;
 mod ops;
 mod rope;
+pub mod runtime;
 mod safetensors;
 mod transformer;
 mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeParams, RopeStyle};
 pub use error::ModelError;
+pub use runtime::{Cpu, LayerKv, Runtime};
 pub use safetensors::SafetensorsModel;
-pub use transformer::{MAX_BATCH, SeqCache, SeqStep, Transformer};
+pub use transformer::{MAX_BATCH, Output, SeqCache, SeqStep, Transformer};

@@ -3,52 +3,22 @@
 //! refuses; a follow-up chat turn reuses its history.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
+mod common;
+use common::*;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rbee_infer::InferError;
 use rbee_infer::chat::ChatMessage;
 use rbee_infer::engine::{
-    Backend, CandleBackend, FinishReason, GenerateEvent, GenerateRequest, Generation,
-    GenerationStats, LoadOptions, LoadedModel, Prompt,
+    Backend, CandleBackend, FinishReason, GenerateEvent, GenerateRequest, LoadOptions, LoadedModel,
+    Prompt,
 };
 use rbee_infer::sampling::SamplingParams;
 
-fn demo_model() -> Option<PathBuf> {
-    let path = std::env::var_os("RBEE_DEMO_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/rbee/demo-model/gemma-3-270m-q4_k_m.gguf"))
-        })
-        .filter(|p| p.is_file());
-    if path.is_none() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "demo model missing in CI: scripts/test should have fetched it"
-        );
-        eprintln!("SKIPPED: demo model not found (run scripts/fetch-demo-model)");
-    }
-    path
-}
-
 fn load(opts: LoadOptions) -> Option<Arc<dyn LoadedModel>> {
     Some(CandleBackend.load(&demo_model()?, &opts).unwrap())
-}
-
-/// Reads a generation to its end: the token ids and the final stats.
-fn collect(generation: Generation) -> Result<(Vec<u32>, GenerationStats), InferError> {
-    let mut ids = Vec::new();
-    for event in generation {
-        match event {
-            GenerateEvent::Token { id, .. } => ids.push(id),
-            GenerateEvent::Done(stats) => return Ok((ids, stats)),
-            GenerateEvent::Error(e) => return Err(e),
-            _ => {}
-        }
-    }
-    panic!("generation ended without Done");
 }
 
 /// Sampled, seeded, of different lengths: each request has its own parameters.

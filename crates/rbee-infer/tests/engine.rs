@@ -4,6 +4,9 @@
 //! a broken file).
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -15,27 +18,6 @@ use rbee_infer::engine::{
     LoadOptions, LoadedModel, Prompt,
 };
 use rbee_infer::sampling::SamplingParams;
-
-fn demo_model() -> Option<PathBuf> {
-    let path = std::env::var_os("RBEE_DEMO_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/rbee/demo-model/gemma-3-270m-q4_k_m.gguf"))
-        })
-        .filter(|p| p.is_file());
-    if path.is_none() {
-        // CI runs scripts/test, which fetches the model: missing there is a failure, not a skip.
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "demo model missing in CI: scripts/test should have fetched it"
-        );
-        eprintln!(
-            "SKIPPED: demo model not found (run scripts/fetch-demo-model or set RBEE_DEMO_MODEL)"
-        );
-    }
-    path
-}
 
 fn shared_model() -> Option<Arc<dyn LoadedModel>> {
     static MODEL: OnceLock<Option<Arc<dyn LoadedModel>>> = OnceLock::new();

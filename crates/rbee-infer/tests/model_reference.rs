@@ -21,6 +21,9 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod common;
+use common::*;
+
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -236,26 +239,6 @@ fn tiny_phi3_matches_llama_cpp() {
 #[test]
 fn tiny_gemma3_matches_llama_cpp() {
     tiny("gemma3");
-}
-
-fn demo_model() -> Option<PathBuf> {
-    let path = std::env::var_os("RBEE_DEMO_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/rbee/demo-model/gemma-3-270m-q4_k_m.gguf")
-        });
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipping: demo model {} is absent (run scripts/fetch-demo-model or set RBEE_DEMO_MODEL)",
-            path.display()
-        );
-        None
-    }
 }
 
 #[test]

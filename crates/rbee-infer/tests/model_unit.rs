@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use candle_core::Device;
 use rbee_format::gguf::{GgmlType, GgufFile, GgufWriter};
 use rbee_infer::SUPPORTED_ARCHITECTURES;
-use rbee_infer::model::{ModelError, SeqCache, SeqStep, Transformer};
+use rbee_infer::model::{ModelError, Output, SeqCache, SeqStep, Transformer};
 
 const HIDDEN: usize = 64;
 const HEADS: usize = 4;
@@ -321,7 +321,7 @@ fn alone(
         cache,
         tokens,
         start,
-        logits: true,
+        output: Output::Logits,
     }];
     model.forward_batch(&mut step).unwrap().pop().flatten()
 }
@@ -356,7 +356,7 @@ fn a_batched_step_gives_each_sequence_exactly_what_it_gets_alone() {
                 cache,
                 tokens,
                 start,
-                logits: true,
+                output: Output::Logits,
             })
             .collect();
         let batched = model.forward_batch(&mut steps).unwrap();
@@ -382,7 +382,7 @@ fn a_batched_step_gives_each_sequence_exactly_what_it_gets_alone() {
                     cache,
                     tokens: &[11],
                     start,
-                    logits: true,
+                    output: Output::Logits,
                 }
             })
             .collect();
@@ -396,7 +396,7 @@ fn a_batched_step_gives_each_sequence_exactly_what_it_gets_alone() {
             cache: &mut cache,
             tokens: &long,
             start: 0,
-            logits: false,
+            output: Output::Nothing,
         }];
         assert_eq!(model.forward_batch(&mut step).unwrap(), vec![None]);
         assert_eq!(cache.len(), long.len());

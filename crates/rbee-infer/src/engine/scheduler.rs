@@ -27,10 +27,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
-use super::{Counters, GenerateEvent, Job};
+use super::{Counters, Embeddings, EncodeJob, GenerateEvent, GenerateJob, Job, Pooling};
 use crate::chat::ChatTemplate;
 use crate::error::InferError;
-use crate::model::{MAX_BATCH, SeqCache, SeqStep, Transformer};
+use crate::model::{MAX_BATCH, Output, Runtime, SeqCache, SeqStep, Transformer};
 use crate::sampling::Sampler;
 use crate::stream::TextStream;
 use crate::tokenizer::Tokenizer;
@@ -90,14 +90,37 @@ impl Prep {
                 return Ok(ids.clone());
             }
         };
+        let add_bos = self.adds_bos(&text);
+        self.check_prompt_size(&text, add_bos)?;
+        Ok(self.tokenizer.encode(&text, add_bos)?)
+    }
+
+    /// An input to embed as tokens. With `truncate`, text longer than the context could ever
+    /// hold is cut before tokenizing (the caller cuts the tokens to the context).
+    fn input_tokens(&self, input: &Prompt, truncate: bool) -> Result<Vec<u32>, InferError> {
+        match input {
+            Prompt::Text(text) if truncate => {
+                let mut cut = text
+                    .len()
+                    .min(self.context.saturating_mul(MAX_PROMPT_BYTES_PER_TOKEN));
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let text = &text[..cut];
+                Ok(self.tokenizer.encode(text, self.adds_bos(text))?)
+            }
+            other => self.prompt_tokens(other),
+        }
+    }
+
+    /// BOS goes first unless the tokenizer does not add one or the text already starts with it.
+    fn adds_bos(&self, text: &str) -> bool {
         let bos_text = self
             .tokenizer
             .bos_id()
             .and_then(|id| self.tokenizer.id_to_token(id));
         let has_bos = bos_text.is_some_and(|b| !b.is_empty() && text.starts_with(b));
-        let add_bos = self.tokenizer.add_bos_default() && !has_bos;
-        self.check_prompt_size(&text, add_bos)?;
-        Ok(self.tokenizer.encode(&text, add_bos)?)
+        self.tokenizer.add_bos_default() && !has_bos
     }
 
     /// Refuses a prompt that cannot fit before paying for its whole tokenization: by its size
@@ -140,25 +163,25 @@ struct Ready {
     tokens: Vec<u32>,
     /// Positions reserved: `min(prompt + max_tokens, context)`.
     reserve: usize,
-    job: Job,
+    job: GenerateJob,
 }
 
 /// A finished sequence's cache, kept for prefix reuse.
-struct Kept {
+struct Kept<R: Runtime> {
     /// The tokens whose keys and values `cache` holds, in order.
     tokens: Vec<u32>,
-    cache: SeqCache,
+    cache: SeqCache<R>,
     last_used: u64,
 }
 
 /// A live sequence.
-struct Seq {
+struct Seq<R: Runtime> {
     events: SyncSender<GenerateEvent>,
     cancel: Arc<AtomicBool>,
     sampler: Sampler,
     stream: TextStream,
     eos: Vec<u32>,
-    cache: SeqCache,
+    cache: SeqCache<R>,
     /// Prompt, then every generated token.
     tokens: Vec<u32>,
     prompt_len: usize,
@@ -180,7 +203,7 @@ struct Seq {
     decode_started: Option<Instant>,
 }
 
-impl Seq {
+impl<R: Runtime> Seq<R> {
     /// Queues an event for the reader; false when the reader is gone.
     fn emit(&mut self, event: GenerateEvent) -> bool {
         self.pending.push_back(event);
@@ -246,43 +269,59 @@ impl Seq {
     }
 }
 
-pub(crate) struct Scheduler {
-    pub model: Transformer,
+pub(crate) struct Scheduler<R: Runtime> {
+    pub model: Transformer<R>,
     pub prep: Prep,
     pub limits: Limits,
     pub inbox: Receiver<Job>,
     pub counters: Arc<Counters>,
+    pub pooling: Pooling,
     waiting: Option<Ready>,
-    live: Vec<Seq>,
-    kept: Vec<Kept>,
+    live: Vec<Seq<R>>,
+    kept: Vec<Kept<R>>,
+    /// The encode request being worked on, and the next one (FIFO with generations).
+    encoding: Option<Encode<R>>,
+    encode_waiting: Option<EncodeJob>,
     tick: u64,
 }
 
-impl Scheduler {
+impl<R: Runtime> Scheduler<R> {
     pub fn new(
-        model: Transformer,
+        model: Transformer<R>,
         prep: Prep,
         limits: Limits,
         inbox: Receiver<Job>,
         counters: Arc<Counters>,
-    ) -> Scheduler {
+        pooling: Pooling,
+    ) -> Scheduler<R> {
         Scheduler {
             model,
             prep,
             limits,
             inbox,
             counters,
+            pooling,
             waiting: None,
             live: Vec::new(),
             kept: Vec::new(),
+            encoding: None,
+            encode_waiting: None,
             tick: 0,
         }
+    }
+
+    /// Nothing running and nothing waiting.
+    fn idle(&self) -> bool {
+        self.live.is_empty()
+            && self.waiting.is_none()
+            && self.encoding.is_none()
+            && self.encode_waiting.is_none()
     }
 
     /// Runs until every handle to the model is gone and nothing is left to do.
     pub fn run(mut self) {
         loop {
-            if self.live.is_empty() && self.waiting.is_none() {
+            if self.idle() {
                 match self.inbox.recv() {
                     Ok(job) => self.take(job),
                     Err(_) => return,
@@ -298,14 +337,31 @@ impl Scheduler {
         }
     }
 
-    /// Positions reserved by live sequences plus those held by kept caches.
+    /// Positions reserved by live sequences and inputs being encoded, plus those held by kept
+    /// caches.
     fn used(&self) -> usize {
         self.live.iter().map(|s| s.reserve).sum::<usize>()
+            + self.encoding.as_ref().map_or(0, Encode::reserved)
             + self.kept.iter().map(|k| k.tokens.len()).sum::<usize>()
     }
 
+    /// Evicts kept caches, least recently used first, until `need` more positions fit the
+    /// budget or none is left; true when they fit.
+    fn make_room(&mut self, need: usize) -> bool {
+        while self.used() + need > self.limits.kv_budget && !self.kept.is_empty() {
+            let lru = (0..self.kept.len())
+                .min_by_key(|&i| self.kept[i].last_used)
+                .unwrap_or(0);
+            self.kept.swap_remove(lru);
+        }
+        self.used() + need <= self.limits.kv_budget
+    }
+
     fn publish(&self) {
-        self.counters.live.store(self.live.len(), Ordering::SeqCst);
+        let encoding = usize::from(self.encoding.is_some());
+        self.counters
+            .live
+            .store(self.live.len() + encoding, Ordering::SeqCst);
     }
 
     /// Admits the waiting request, then more from the queue, while they fit.
@@ -313,20 +369,38 @@ impl Scheduler {
         if let Some(ready) = self.waiting.take() {
             self.try_start(ready);
         }
-        while self.waiting.is_none() && self.live.len() < self.limits.max_sequences {
+        if self.encoding.is_none()
+            && let Some(job) = self.encode_waiting.take()
+        {
+            self.start_encode(job);
+        }
+        while self.waiting.is_none()
+            && self.encode_waiting.is_none()
+            && self.live.len() < self.limits.max_sequences
+        {
             match self.inbox.try_recv() {
                 Ok(job) => self.take(job),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        self.fill_encode();
     }
 
-    /// A job off the queue: tokenized and checked, then started or left waiting.
+    /// A job off the queue: started, or left waiting its turn.
     fn take(&mut self, job: Job) {
-        if job.cancel.load(Ordering::Relaxed) {
+        if job.cancelled() {
             self.counters.queued.fetch_sub(1, Ordering::SeqCst);
             return;
         }
+        match job {
+            Job::Generate(job) => self.take_generate(job),
+            Job::Encode(job) if self.encoding.is_none() => self.start_encode(job),
+            Job::Encode(job) => self.encode_waiting = Some(job),
+        }
+    }
+
+    /// A generation off the queue: tokenized and checked, then started or left waiting.
+    fn take_generate(&mut self, job: GenerateJob) {
         match self.ready(&job) {
             Ok((tokens, reserve)) => self.try_start(Ready {
                 tokens,
@@ -340,7 +414,7 @@ impl Scheduler {
         }
     }
 
-    fn ready(&self, job: &Job) -> Result<(Vec<u32>, usize), InferError> {
+    fn ready(&self, job: &GenerateJob) -> Result<(Vec<u32>, usize), InferError> {
         let tokens = self.prep.prompt_tokens(&job.request.prompt)?;
         let context = self.limits.context;
         if tokens.is_empty() {
@@ -381,13 +455,7 @@ impl Scheduler {
             Some((i, common)) => (Some(self.kept.swap_remove(i)), common),
             None => (None, 0),
         };
-        while self.used() + ready.reserve > self.limits.kv_budget && !self.kept.is_empty() {
-            let lru = (0..self.kept.len())
-                .min_by_key(|&i| self.kept[i].last_used)
-                .unwrap_or(0);
-            self.kept.swap_remove(lru);
-        }
-        if self.used() + ready.reserve > self.limits.kv_budget {
+        if !self.make_room(ready.reserve) {
             // Put the reusable cache back as it was; it is still worth keeping.
             if let Some(kept) = kept.take() {
                 self.kept.push(kept);
@@ -484,7 +552,7 @@ impl Scheduler {
         self.publish();
     }
 
-    fn keep(&mut self, seq: Seq) {
+    fn keep(&mut self, seq: Seq<R>) {
         if !self.limits.prefix_reuse || seq.computed < MIN_PREFIX_REUSE {
             return;
         }
@@ -497,60 +565,158 @@ impl Scheduler {
             last_used: self.tick,
         });
         // Kept caches never crowd out live reservations: trim to the budget now.
-        while self.used() > self.limits.kv_budget && !self.kept.is_empty() {
-            let lru = (0..self.kept.len())
-                .min_by_key(|&i| self.kept[i].last_used)
-                .unwrap_or(0);
-            self.kept.swap_remove(lru);
+        self.make_room(0);
+    }
+
+    /// An encode request becomes the one being worked on: its inputs tokenized and checked.
+    fn start_encode(&mut self, job: EncodeJob) {
+        self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+        if job.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        match self.encode_inputs(&job) {
+            Ok(inputs) => {
+                self.encoding = Some(Encode::new(job, inputs, self.pooling));
+                self.publish();
+            }
+            Err(e) => {
+                let _ = job.reply.try_send(Err(e));
+            }
+        }
+    }
+
+    fn encode_inputs(&self, job: &EncodeJob) -> Result<Vec<Vec<u32>>, InferError> {
+        let context = self.limits.context;
+        let mut inputs = Vec::with_capacity(job.request.inputs.len());
+        for (i, input) in job.request.inputs.iter().enumerate() {
+            let at = |e: InferError| InferError::InvalidRequest(format!("input {i}: {e}"));
+            let mut tokens = self
+                .prep
+                .input_tokens(input, job.request.truncate)
+                .map_err(at)?;
+            if tokens.is_empty() {
+                return Err(at(InferError::InvalidRequest(
+                    "it has no tokens (this model adds none to an empty text)".into(),
+                )));
+            }
+            if tokens.len() > context {
+                if !job.request.truncate {
+                    return Err(at(InferError::PromptTooLong {
+                        tokens: tokens.len(),
+                        context,
+                        counted_all: true,
+                    }));
+                }
+                tokens.truncate(context);
+            }
+            inputs.push(tokens);
+        }
+        Ok(inputs)
+    }
+
+    /// Starts inputs of the encode request while slots and KV room allow (one always, when
+    /// nothing else holds the budget), and ends the request when all are done or it was
+    /// cancelled.
+    fn fill_encode(&mut self) {
+        let Some(enc) = &self.encoding else {
+            return;
+        };
+        if enc.cancel.load(Ordering::Relaxed) {
+            self.encoding = None;
+            self.publish();
+            return;
+        }
+        loop {
+            let Some(enc) = &self.encoding else {
+                return;
+            };
+            if enc.done() {
+                if let Some(enc) = self.encoding.take() {
+                    enc.reply();
+                }
+                self.publish();
+                return;
+            }
+            let Some(need) = enc.next_len() else {
+                return;
+            };
+            if enc.active.len() >= self.limits.max_sequences || !self.make_room(need) {
+                return;
+            }
+            let cache = self.model.new_cache();
+            if let Some(enc) = &mut self.encoding {
+                enc.start_next(cache);
+            }
         }
     }
 
     /// One batched forward step; false when no sequence could run.
     fn step(&mut self) -> bool {
-        // Decode rows first (one token each), then prompt chunks while the step has room;
-        // one chunk always runs so that long prompts progress.
-        let mut chosen: Vec<(usize, usize, usize)> = Vec::new();
+        // Decode rows first (one token each), then prompt chunks while the step has room, then
+        // chunks of inputs being encoded; one chunk always runs so that long prompts progress.
+        let mut chosen: Vec<(Target, usize, usize)> = Vec::new();
         let mut tokens = 0;
         for (i, seq) in self.live.iter().enumerate() {
             if seq.runnable() && seq.computed >= seq.prompt_len {
-                chosen.push((i, seq.tokens.len() - 1, seq.tokens.len()));
+                chosen.push((Target::Live(i), seq.tokens.len() - 1, seq.tokens.len()));
                 tokens += 1;
             }
         }
         let mut chunks = 0;
-        for (i, seq) in self.live.iter().enumerate() {
-            if seq.runnable() && seq.computed < seq.prompt_len {
+        let prompt_chunks = self
+            .live
+            .iter()
+            .enumerate()
+            .filter(|(_, seq)| seq.runnable() && seq.computed < seq.prompt_len)
+            .map(|(i, seq)| {
                 let (a, b) = seq.next_input();
-                if chunks > 0 && tokens + (b - a) > self.limits.max_step_tokens {
-                    continue;
-                }
-                chosen.push((i, a, b));
-                tokens += b - a;
-                chunks += 1;
+                (Target::Live(i), a, b)
+            });
+        let encode_chunks = self.encoding.iter().flat_map(|enc| {
+            enc.active.iter().enumerate().map(|(j, input)| {
+                let (a, b) = input.next_chunk(enc.inputs[input.index].len());
+                (Target::Encode(j), a, b)
+            })
+        });
+        for (target, a, b) in prompt_chunks.chain(encode_chunks) {
+            if chunks > 0 && tokens + (b - a) > self.limits.max_step_tokens {
+                continue;
             }
+            chosen.push((target, a, b));
+            tokens += b - a;
+            chunks += 1;
         }
         if chosen.is_empty() {
             return false;
         }
         let results = {
-            let mut steps: Vec<SeqStep<'_>> = Vec::with_capacity(chosen.len());
-            let mut by_index: Vec<Option<&mut Seq>> = self.live.iter_mut().map(Some).collect();
-            for &(i, a, b) in &chosen {
-                let Some(seq) = by_index[i].take() else {
-                    continue;
+            let mut steps: Vec<SeqStep<'_, R>> = Vec::with_capacity(chosen.len());
+            let mut live: Vec<Option<&mut Seq<R>>> = self.live.iter_mut().map(Some).collect();
+            let (inputs, mut active): (&[Vec<u32>], Vec<Option<&mut EncodeInput<R>>>) =
+                match &mut self.encoding {
+                    Some(enc) => (&enc.inputs, enc.active.iter_mut().map(Some).collect()),
+                    None => (&[], Vec::new()),
                 };
-                let Seq {
-                    cache,
-                    tokens,
-                    prompt_len,
-                    ..
-                } = seq;
-                steps.push(SeqStep {
-                    cache,
-                    tokens: &tokens[a..b],
-                    start: a,
-                    logits: b >= *prompt_len,
-                });
+            for &(target, a, b) in &chosen {
+                let step = match target {
+                    Target::Live(i) => live[i].take().map(|seq| SeqStep {
+                        cache: &mut seq.cache,
+                        tokens: &seq.tokens[a..b],
+                        start: a,
+                        output: if b >= seq.prompt_len {
+                            Output::Logits
+                        } else {
+                            Output::Nothing
+                        },
+                    }),
+                    Target::Encode(j) => active[j].take().map(|input| SeqStep {
+                        cache: &mut input.cache,
+                        tokens: &inputs[input.index][a..b],
+                        start: a,
+                        output: Output::Hidden,
+                    }),
+                };
+                steps.extend(step);
             }
             match self.model.forward_batch(&mut steps) {
                 Ok(r) => r.into_iter().map(Ok).collect::<Vec<_>>(),
@@ -566,28 +732,206 @@ impl Scheduler {
                     .collect(),
             }
         };
-        for (&(i, a, b), result) in chosen.iter().zip(results) {
-            let seq = &mut self.live[i];
-            match result {
-                Ok(logits) => {
-                    seq.computed = b;
-                    if let Some(mut logits) = logits {
-                        if a < seq.prompt_len {
-                            seq.prefill_secs = seq.admitted.elapsed().as_secs_f64();
-                            seq.decode_started = Some(Instant::now());
+        let hidden = self.model.config().hidden_size;
+        for (&(target, a, b), result) in chosen.iter().zip(results) {
+            match target {
+                Target::Live(i) => {
+                    let seq = &mut self.live[i];
+                    match result {
+                        Ok(logits) => {
+                            seq.computed = b;
+                            if let Some(mut logits) = logits {
+                                if a < seq.prompt_len {
+                                    seq.prefill_secs = seq.admitted.elapsed().as_secs_f64();
+                                    seq.decode_started = Some(Instant::now());
+                                }
+                                sample(seq, &mut logits, &self.prep.tokenizer);
+                            }
                         }
-                        sample(seq, &mut logits, &self.prep.tokenizer);
+                        Err(e) => seq.fail(InferError::Model(e)),
                     }
                 }
-                Err(e) => seq.fail(InferError::Model(e)),
+                Target::Encode(j) => {
+                    let Some(enc) = &mut self.encoding else {
+                        continue;
+                    };
+                    match result {
+                        Ok(Some(rows)) => enc.absorb(j, a, b, &rows, hidden),
+                        Ok(None) => {
+                            enc.failed = Some(InferError::InvalidRequest(
+                                "the model returned no hidden states".into(),
+                            ))
+                        }
+                        Err(e) => enc.failed = Some(InferError::Model(e)),
+                    }
+                }
             }
+        }
+        if let Some(enc) = &mut self.encoding {
+            enc.retire();
         }
         true
     }
 }
 
+/// Whose entry a step's slot is.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// `live[i]`, a generation.
+    Live(usize),
+    /// `encoding.active[j]`, an input being encoded.
+    Encode(usize),
+}
+
+/// An input being encoded: its cache while its chunks run, and the pooled vector so far.
+struct EncodeInput<R: Runtime> {
+    index: usize,
+    cache: SeqCache<R>,
+    computed: usize,
+    /// Mean: the sum of rows so far; cls: the first row; last: the latest row.
+    pooled: Vec<f32>,
+}
+
+impl<R: Runtime> EncodeInput<R> {
+    /// The next chunk, cut at multiples of [`PREFILL_CHUNK`] from position 0 whatever the
+    /// batch, so the vector does not depend on what else runs.
+    fn next_chunk(&self, len: usize) -> (usize, usize) {
+        let a = self.computed;
+        (a, (a + PREFILL_CHUNK).min(len))
+    }
+}
+
+/// An encode request being worked on: inputs start as slots and KV room allow, each runs its
+/// chunks (batched with everything else in the step) and is pooled as its rows arrive.
+struct Encode<R: Runtime> {
+    reply: SyncSender<Result<Embeddings, InferError>>,
+    cancel: Arc<AtomicBool>,
+    normalize: bool,
+    pooling: Pooling,
+    inputs: Vec<Vec<u32>>,
+    vectors: Vec<Option<Vec<f32>>>,
+    /// The next input not started.
+    next: usize,
+    active: Vec<EncodeInput<R>>,
+    failed: Option<InferError>,
+}
+
+impl<R: Runtime> Encode<R> {
+    fn new(job: EncodeJob, inputs: Vec<Vec<u32>>, pooling: Pooling) -> Encode<R> {
+        Encode {
+            reply: job.reply,
+            cancel: job.cancel,
+            normalize: job.request.normalize,
+            pooling,
+            vectors: vec![None; inputs.len()],
+            inputs,
+            next: 0,
+            active: Vec::new(),
+            failed: None,
+        }
+    }
+
+    /// KV positions the active inputs hold (each its whole length, reserved at start).
+    fn reserved(&self) -> usize {
+        self.active.iter().map(|a| self.inputs[a.index].len()).sum()
+    }
+
+    /// Length of the next input to start, if any is left.
+    fn next_len(&self) -> Option<usize> {
+        self.inputs.get(self.next).map(Vec::len)
+    }
+
+    fn start_next(&mut self, cache: SeqCache<R>) {
+        self.active.push(EncodeInput {
+            index: self.next,
+            cache,
+            computed: 0,
+            pooled: Vec::new(),
+        });
+        self.next += 1;
+    }
+
+    fn done(&self) -> bool {
+        self.failed.is_some() || (self.next == self.inputs.len() && self.active.is_empty())
+    }
+
+    /// Pools the hidden rows of positions `a..b` of active input `j`.
+    fn absorb(&mut self, j: usize, a: usize, b: usize, rows: &[f32], hidden: usize) {
+        let input = &mut self.active[j];
+        input.computed = b;
+        match self.pooling {
+            Pooling::Mean => {
+                if input.pooled.is_empty() {
+                    input.pooled = vec![0.0; hidden];
+                }
+                for row in rows.chunks_exact(hidden) {
+                    input
+                        .pooled
+                        .iter_mut()
+                        .zip(row)
+                        .for_each(|(acc, v)| *acc += v);
+                }
+            }
+            Pooling::Cls => {
+                if a == 0 {
+                    input.pooled = rows[..hidden].to_vec();
+                }
+            }
+            Pooling::Last => input.pooled = rows[rows.len() - hidden..].to_vec(),
+        }
+    }
+
+    /// Moves inputs whose every token ran into `vectors`.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.active.len() {
+            let len = self.inputs[self.active[i].index].len();
+            if self.active[i].computed < len {
+                i += 1;
+                continue;
+            }
+            let input = self.active.swap_remove(i);
+            let mut v = input.pooled;
+            if self.pooling == Pooling::Mean {
+                let n = len as f32;
+                v.iter_mut().for_each(|x| *x /= n);
+            }
+            if self.normalize {
+                normalize(&mut v);
+            }
+            self.vectors[input.index] = Some(v);
+        }
+    }
+
+    /// Sends the result (or the failure) to the caller.
+    fn reply(self) {
+        let result = match self.failed {
+            Some(e) => Err(e),
+            None => Ok(Embeddings {
+                prompt_tokens: self.inputs.iter().map(Vec::len).sum(),
+                vectors: self.vectors.into_iter().flatten().collect(),
+            }),
+        };
+        let _ = self.reply.try_send(result);
+    }
+}
+
+/// Scales `v` to unit Euclidean length (the sum of squares in f64, as llama.cpp's
+/// `common_embd_normalize` does); a zero vector stays zero.
+fn normalize(v: &mut [f32]) {
+    let norm = v
+        .iter()
+        .map(|&x| f64::from(x) * f64::from(x))
+        .sum::<f64>()
+        .sqrt();
+    if norm > 0.0 {
+        let inv = (1.0 / norm) as f32;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
+}
+
 /// Picks a sequence's next token from its logits and streams it, or ends the sequence.
-fn sample(seq: &mut Seq, logits: &mut [f32], tokenizer: &Tokenizer) {
+fn sample<R: Runtime>(seq: &mut Seq<R>, logits: &mut [f32], tokenizer: &Tokenizer) {
     if seq.cancel.load(Ordering::Relaxed) {
         return seq.finish(FinishReason::Cancelled);
     }

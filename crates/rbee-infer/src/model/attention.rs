@@ -22,7 +22,7 @@ use super::kv_cache::LayerCache;
 
 /// Shape and scaling of one layer's attention.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct AttnShape {
+pub struct AttnShape {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,

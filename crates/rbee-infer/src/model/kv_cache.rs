@@ -13,7 +13,7 @@ use super::f16::{f16_to_f32, f32_to_f16};
 const GROW_CHUNK: usize = 256;
 
 #[derive(Debug, Default, Clone)]
-pub(crate) struct LayerCache {
+pub struct LayerCache {
     /// f16 bits, `len * k_row` values.
     k: Vec<u16>,
     v: Vec<u16>,
@@ -29,6 +29,15 @@ impl LayerCache {
             k_row,
             v_row,
         }
+    }
+
+    /// Values per position: keys, values.
+    pub fn k_row(&self) -> usize {
+        self.k_row
+    }
+
+    pub fn v_row(&self) -> usize {
+        self.v_row
     }
 
     /// Cached positions.

@@ -28,7 +28,7 @@ use super::weights::{Blocks, TensorReader};
 /// each row is computed as its own batch would compute it, so a sequence's results never
 /// depend on which others share the step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Origin {
+pub struct Origin {
     pub row: u32,
     pub batch: u32,
     pub seq: u32,
@@ -436,7 +436,7 @@ fn widen_floats(dtype: GgmlDType, data: &[u8]) -> Vec<f32> {
 /// Several projections of the same input, computed fused when possible.
 /// The output row is the concatenation of the parts' outputs.
 #[derive(Debug)]
-pub(crate) struct MultiLinear {
+pub struct MultiLinear {
     parts: Vec<Linear>,
     widths: Vec<usize>,
 }
@@ -444,6 +444,13 @@ pub(crate) struct MultiLinear {
 impl MultiLinear {
     pub fn new(parts: Vec<(Blocks, Option<Vec<f32>>)>) -> Result<MultiLinear, ModelError> {
         let widths: Vec<usize> = parts.iter().map(|(b, _)| b.rows).collect();
+        if parts.len() == 1 {
+            let parts = parts
+                .into_iter()
+                .map(|(blocks, bias)| Linear::new(blocks, bias))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(MultiLinear { parts, widths });
+        }
         let same_type = parts.windows(2).all(|w| w[0].0.dtype == w[1].0.dtype);
         let parts = if same_type {
             Linear::fuse(parts)?.into_iter().collect()
@@ -456,8 +463,26 @@ impl MultiLinear {
         Ok(MultiLinear { parts, widths })
     }
 
+    /// One matrix on its own.
+    pub(crate) fn single(linear: Linear) -> MultiLinear {
+        MultiLinear {
+            widths: vec![linear.out_dim()],
+            parts: vec![linear],
+        }
+    }
+
     pub fn weight_bytes(&self) -> usize {
         self.parts.iter().map(Linear::weight_bytes).sum()
+    }
+
+    /// Rows `ids` of a single matrix, dequantised: an embedding lookup.
+    pub fn embedding(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
+        match self.parts.as_slice() {
+            [single] => single.embedding(ids),
+            _ => Err(ModelError::Unsupported(
+                "an embedding lookup in fused projections".into(),
+            )),
+        }
     }
 
     /// One row per origin in, as many rows of `sum(widths)` out.

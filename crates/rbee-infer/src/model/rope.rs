@@ -13,7 +13,7 @@ use super::config::{RopeParams, RopeStyle};
 const GROW_CHUNK: usize = 256;
 
 #[derive(Debug)]
-pub(crate) struct Rope {
+pub struct Rope {
     style: RopeStyle,
     n_rot: usize,
     freq_scale: f32,

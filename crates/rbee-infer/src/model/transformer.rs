@@ -34,13 +34,12 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use rbee_format::gguf::GgufFile;
 
-use super::attention::{AttnShape, attention};
+use super::attention::AttnShape;
 use super::config::{Arch, ModelConfig};
 use super::error::{CandleContext, ModelError};
-use super::kv_cache::LayerCache;
-use super::linear::{Linear, MultiLinear, Origin};
-use super::ops::{add_assign, gated_activation, rms_norm, scale};
+use super::linear::Origin;
 use super::rope::Rope;
+use super::runtime::{Cpu, LayerKv, Runtime, Span};
 use super::safetensors::SafetensorsModel;
 use super::weights::TensorReader;
 
@@ -50,34 +49,36 @@ use super::weights::TensorReader;
 /// llama.cpp.
 pub const MAX_BATCH: usize = 512;
 
-/// A loaded model's weights. Runs on the CPU. Sequences' state lives in [`SeqCache`]s.
+/// A loaded model's weights on runtime `R` (the CPU unless said otherwise). Sequences' state
+/// lives in [`SeqCache`]s.
 #[derive(Debug)]
-pub struct Transformer {
+pub struct Transformer<R: Runtime = Cpu> {
+    runtime: R,
     config: ModelConfig,
     /// `token_embd.weight`, also the output projection when `output` is absent.
-    embedding: Linear,
-    output: Option<Linear>,
-    output_norm: Vec<f32>,
-    layers: Vec<Layer>,
+    embedding: R::Matrix,
+    output: Option<R::Matrix>,
+    output_norm: R::Vector,
+    layers: Vec<Layer<R>>,
     rope_global: Rope,
     /// RoPE of sliding-window layers, when it differs (gemma3).
     rope_local: Option<Rope>,
 }
 
 #[derive(Debug)]
-struct Layer {
-    attn_norm: Vec<f32>,
+struct Layer<R: Runtime> {
+    attn_norm: R::Vector,
     /// Output rows are `[q | k | v]`.
-    qkv: MultiLinear,
-    q_norm: Option<Vec<f32>>,
-    k_norm: Option<Vec<f32>>,
-    wo: Linear,
-    post_attn_norm: Option<Vec<f32>>,
-    ffn_norm: Vec<f32>,
+    qkv: R::Matrix,
+    q_norm: Option<R::Vector>,
+    k_norm: Option<R::Vector>,
+    wo: R::Matrix,
+    post_attn_norm: Option<R::Vector>,
+    ffn_norm: R::Vector,
     /// Output rows are `[gate | up]`.
-    gate_up: MultiLinear,
-    down: Linear,
-    post_ffn_norm: Option<Vec<f32>>,
+    gate_up: R::Matrix,
+    down: R::Matrix,
+    post_ffn_norm: Option<R::Vector>,
     sliding: bool,
 }
 
@@ -86,29 +87,17 @@ const _: () = {
     assert_send::<Transformer>();
 };
 
-impl Transformer {
-    /// Loads a GGUF model. Only `Device::Cpu` is supported.
+impl Transformer<Cpu> {
+    /// Loads a GGUF model on the CPU runtime; `device` must be the CPU.
     pub fn load_gguf(path: &Path, device: &Device) -> Result<Transformer, ModelError> {
         if !device.is_cpu() {
             return Err(ModelError::UnsupportedDevice(device.location()));
         }
-        let header = GgufFile::open(path)?;
-        let config = ModelConfig::from_gguf(&header)?;
-        let mut reader = TensorReader::open(path, &header)?;
-        let started = std::time::Instant::now();
-        let model = Self::load(&config, &mut reader)?;
-        tracing::debug!(
-            arch = config.architecture,
-            layers = config.n_layers,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "loaded model weights"
-        );
-        Ok(model)
+        Transformer::load_gguf_on(Cpu, path)
     }
 
-    /// Loads a safetensors folder opened with [`SafetensorsModel::open`]: the
-    /// same model, kernels and results as the GGUF converted from it.
-    /// Only `Device::Cpu` is supported.
+    /// Loads a safetensors folder opened with [`SafetensorsModel::open`] on the CPU runtime:
+    /// the same model, kernels and results as the GGUF converted from it.
     pub fn load_safetensors(
         model: &SafetensorsModel,
         device: &Device,
@@ -116,147 +105,7 @@ impl Transformer {
         if !device.is_cpu() {
             return Err(ModelError::UnsupportedDevice(device.location()));
         }
-        let config = ModelConfig::from_gguf(model.header())?;
-        let mut reader = TensorReader::open_safetensors(model)?;
-        Self::load(&config, &mut reader)
-    }
-
-    fn load(config: &ModelConfig, r: &mut TensorReader<'_>) -> Result<Transformer, ModelError> {
-        let c = config;
-        let hidden = c.hidden_size;
-        // The vocabulary-sized matrices are streamed: they dominate small models.
-        let embedding = Linear::load(r, "token_embd.weight", c.vocab_size, hidden, None)?;
-        let output = if r.has("output.weight") {
-            let bias = r.optional_vector("output.bias", c.vocab_size)?;
-            Some(Linear::load(
-                r,
-                "output.weight",
-                c.vocab_size,
-                hidden,
-                bias,
-            )?)
-        } else {
-            None
-        };
-        let output_norm = r.vector("output_norm.weight", hidden)?;
-        let mut layers = Vec::with_capacity(c.n_layers);
-        for il in 0..c.n_layers {
-            layers.push(Self::load_layer(c, r, il)?);
-        }
-        // llama 3 ships per-pair RoPE frequency divisors.
-        let freq_factors = r.optional_vector("rope_freqs.weight", c.n_rot / 2)?;
-        let rope_global = Rope::new(c.rope_style, c.n_rot, &c.rope, freq_factors);
-        let rope_local = (c.sliding_window.is_some() && c.rope_local != c.rope)
-            .then(|| Rope::new(c.rope_style, c.n_rot, &c.rope_local, None));
-        Ok(Transformer {
-            config: config.clone(),
-            embedding,
-            output,
-            output_norm,
-            layers,
-            rope_global,
-            rope_local,
-        })
-    }
-
-    fn load_layer(
-        c: &ModelConfig,
-        r: &mut TensorReader<'_>,
-        il: usize,
-    ) -> Result<Layer, ModelError> {
-        let name = |t: &str| format!("blk.{il}.{t}");
-        let hidden = c.hidden_size;
-        let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
-        let qkv = if r.has(&name("attn_qkv.weight")) {
-            let rows = q_dim + kv_dim + kv_dim_v;
-            let bias = r.optional_vector(&name("attn_qkv.bias"), rows)?;
-            MultiLinear::new(vec![(
-                r.matrix(&name("attn_qkv.weight"), rows, hidden)?,
-                bias,
-            )])?
-        } else {
-            let mut parts = Vec::with_capacity(3);
-            for (p, rows) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim_v)] {
-                let bias = r.optional_vector(&name(&format!("attn_{p}.bias")), rows)?;
-                parts.push((
-                    r.matrix(&name(&format!("attn_{p}.weight")), rows, hidden)?,
-                    bias,
-                ));
-            }
-            MultiLinear::new(parts)?
-        };
-        let (q_norm, k_norm) = if c.qk_norm {
-            (
-                Some(r.vector(&name("attn_q_norm.weight"), c.head_dim)?),
-                Some(r.vector(&name("attn_k_norm.weight"), c.head_dim)?),
-            )
-        } else {
-            (None, None)
-        };
-        let wo_bias = r.optional_vector(&name("attn_output.bias"), hidden)?;
-        let wo = Linear::new(
-            r.matrix(
-                &name("attn_output.weight"),
-                hidden,
-                c.n_heads * c.head_dim_v,
-            )?,
-            wo_bias,
-        )?;
-        let ffn = c.ffn_size;
-        let gate_up = if c.arch == Arch::Phi3 {
-            let bias = r.optional_vector(&name("ffn_up.bias"), 2 * ffn)?;
-            MultiLinear::new(vec![(
-                r.matrix(&name("ffn_up.weight"), 2 * ffn, hidden)?,
-                bias,
-            )])?
-        } else {
-            let mut parts = Vec::with_capacity(2);
-            for p in ["gate", "up"] {
-                let bias = r.optional_vector(&name(&format!("ffn_{p}.bias")), ffn)?;
-                parts.push((
-                    r.matrix(&name(&format!("ffn_{p}.weight")), ffn, hidden)?,
-                    bias,
-                ));
-            }
-            MultiLinear::new(parts)?
-        };
-        let down_bias = r.optional_vector(&name("ffn_down.bias"), hidden)?;
-        let down = Linear::new(r.matrix(&name("ffn_down.weight"), hidden, ffn)?, down_bias)?;
-        let (post_attn_norm, post_ffn_norm) = if c.post_norms {
-            (
-                Some(r.vector(&name("post_attention_norm.weight"), hidden)?),
-                Some(r.vector(&name("post_ffw_norm.weight"), hidden)?),
-            )
-        } else {
-            (None, None)
-        };
-        Ok(Layer {
-            attn_norm: r.vector(&name("attn_norm.weight"), hidden)?,
-            qkv,
-            q_norm,
-            k_norm,
-            wo,
-            post_attn_norm,
-            ffn_norm: r.vector(&name("ffn_norm.weight"), hidden)?,
-            gate_up,
-            down,
-            post_ffn_norm,
-            sliding: c.sliding_layers.get(il).copied().unwrap_or(false),
-        })
-    }
-
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    /// An empty KV cache for one sequence of this model.
-    pub fn new_cache(&self) -> SeqCache {
-        let c = &self.config;
-        SeqCache {
-            layers: (0..c.n_layers)
-                .map(|_| LayerCache::new(c.kv_dim(), c.kv_dim_v()))
-                .collect(),
-        }
+        Transformer::load_safetensors_on(Cpu, model)
     }
 
     /// Runs `tokens` of one sequence at positions `start_pos..` (appending to its KV cache)
@@ -282,7 +131,11 @@ impl Transformer {
                 cache: &mut *cache,
                 tokens: batch,
                 start: start_pos + i * MAX_BATCH,
-                logits: i + 1 == n_batches,
+                output: if i + 1 == n_batches {
+                    Output::Logits
+                } else {
+                    Output::Nothing
+                },
             }];
             logits = self.forward_batch(&mut step)?.pop().flatten();
         }
@@ -290,9 +143,184 @@ impl Transformer {
         let n = logits.len();
         Tensor::from_vec(logits, n, &Device::Cpu).context(|| "building the logits tensor".into())
     }
+}
+
+impl<R: Runtime> Transformer<R> {
+    /// Loads a GGUF model on `runtime`.
+    pub fn load_gguf_on(runtime: R, path: &Path) -> Result<Transformer<R>, ModelError> {
+        let header = GgufFile::open(path)?;
+        let config = ModelConfig::from_gguf(&header)?;
+        let mut reader = TensorReader::open(path, &header)?;
+        let started = std::time::Instant::now();
+        let model = Self::load(runtime, &config, &mut reader)?;
+        tracing::debug!(
+            arch = config.architecture,
+            layers = config.n_layers,
+            runtime = model.runtime.describe(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "loaded model weights"
+        );
+        Ok(model)
+    }
+
+    /// Loads a safetensors folder on `runtime`.
+    pub fn load_safetensors_on(
+        runtime: R,
+        model: &SafetensorsModel,
+    ) -> Result<Transformer<R>, ModelError> {
+        let config = ModelConfig::from_gguf(model.header())?;
+        let mut reader = TensorReader::open_safetensors(model)?;
+        Self::load(runtime, &config, &mut reader)
+    }
+
+    fn load(
+        rt: R,
+        config: &ModelConfig,
+        r: &mut TensorReader<'_>,
+    ) -> Result<Transformer<R>, ModelError> {
+        let c = config;
+        let hidden = c.hidden_size;
+        // The vocabulary-sized matrices are streamed: they dominate small models.
+        let embedding = rt.load_matrix(r, "token_embd.weight", c.vocab_size, hidden, None)?;
+        let output = if r.has("output.weight") {
+            let bias = r.optional_vector("output.bias", c.vocab_size)?;
+            Some(rt.load_matrix(r, "output.weight", c.vocab_size, hidden, bias)?)
+        } else {
+            None
+        };
+        let output_norm = rt.vector(r.vector("output_norm.weight", hidden)?)?;
+        let mut layers = Vec::with_capacity(c.n_layers);
+        for il in 0..c.n_layers {
+            layers.push(Self::load_layer(&rt, c, r, il)?);
+        }
+        // llama 3 ships per-pair RoPE frequency divisors.
+        let freq_factors = r.optional_vector("rope_freqs.weight", c.n_rot / 2)?;
+        let rope_global = Rope::new(c.rope_style, c.n_rot, &c.rope, freq_factors);
+        let rope_local = (c.sliding_window.is_some() && c.rope_local != c.rope)
+            .then(|| Rope::new(c.rope_style, c.n_rot, &c.rope_local, None));
+        Ok(Transformer {
+            runtime: rt,
+            config: config.clone(),
+            embedding,
+            output,
+            output_norm,
+            layers,
+            rope_global,
+            rope_local,
+        })
+    }
+
+    fn load_layer(
+        rt: &R,
+        c: &ModelConfig,
+        r: &mut TensorReader<'_>,
+        il: usize,
+    ) -> Result<Layer<R>, ModelError> {
+        let name = |t: &str| format!("blk.{il}.{t}");
+        let hidden = c.hidden_size;
+        let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
+        let qkv = if r.has(&name("attn_qkv.weight")) {
+            let rows = q_dim + kv_dim + kv_dim_v;
+            let bias = r.optional_vector(&name("attn_qkv.bias"), rows)?;
+            rt.fused(vec![(
+                r.matrix(&name("attn_qkv.weight"), rows, hidden)?,
+                bias,
+            )])?
+        } else {
+            let mut parts = Vec::with_capacity(3);
+            for (p, rows) in [("q", q_dim), ("k", kv_dim), ("v", kv_dim_v)] {
+                let bias = r.optional_vector(&name(&format!("attn_{p}.bias")), rows)?;
+                parts.push((
+                    r.matrix(&name(&format!("attn_{p}.weight")), rows, hidden)?,
+                    bias,
+                ));
+            }
+            rt.fused(parts)?
+        };
+        let (q_norm, k_norm) = if c.qk_norm {
+            (
+                Some(rt.vector(r.vector(&name("attn_q_norm.weight"), c.head_dim)?)?),
+                Some(rt.vector(r.vector(&name("attn_k_norm.weight"), c.head_dim)?)?),
+            )
+        } else {
+            (None, None)
+        };
+        let wo_bias = r.optional_vector(&name("attn_output.bias"), hidden)?;
+        let wo = rt.fused(vec![(
+            r.matrix(
+                &name("attn_output.weight"),
+                hidden,
+                c.n_heads * c.head_dim_v,
+            )?,
+            wo_bias,
+        )])?;
+        let ffn = c.ffn_size;
+        let gate_up = if c.arch == Arch::Phi3 {
+            let bias = r.optional_vector(&name("ffn_up.bias"), 2 * ffn)?;
+            rt.fused(vec![(
+                r.matrix(&name("ffn_up.weight"), 2 * ffn, hidden)?,
+                bias,
+            )])?
+        } else {
+            let mut parts = Vec::with_capacity(2);
+            for p in ["gate", "up"] {
+                let bias = r.optional_vector(&name(&format!("ffn_{p}.bias")), ffn)?;
+                parts.push((
+                    r.matrix(&name(&format!("ffn_{p}.weight")), ffn, hidden)?,
+                    bias,
+                ));
+            }
+            rt.fused(parts)?
+        };
+        let down_bias = r.optional_vector(&name("ffn_down.bias"), hidden)?;
+        let down = rt.fused(vec![(
+            r.matrix(&name("ffn_down.weight"), hidden, ffn)?,
+            down_bias,
+        )])?;
+        let (post_attn_norm, post_ffn_norm) = if c.post_norms {
+            (
+                Some(rt.vector(r.vector(&name("post_attention_norm.weight"), hidden)?)?),
+                Some(rt.vector(r.vector(&name("post_ffw_norm.weight"), hidden)?)?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(Layer {
+            attn_norm: rt.vector(r.vector(&name("attn_norm.weight"), hidden)?)?,
+            qkv,
+            q_norm,
+            k_norm,
+            wo,
+            post_attn_norm,
+            ffn_norm: rt.vector(r.vector(&name("ffn_norm.weight"), hidden)?)?,
+            gate_up,
+            down,
+            post_ffn_norm,
+            sliding: c.sliding_layers.get(il).copied().unwrap_or(false),
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The runtime the model runs on.
+    pub fn runtime(&self) -> &R {
+        &self.runtime
+    }
+
+    /// An empty KV cache for one sequence of this model.
+    pub fn new_cache(&self) -> SeqCache<R> {
+        let c = &self.config;
+        SeqCache {
+            layers: (0..c.n_layers)
+                .map(|_| self.runtime.new_kv(c.kv_dim(), c.kv_dim_v()))
+                .collect(),
+        }
+    }
 
     /// Checks one entry of a step before anything runs.
-    fn check(&self, step: &SeqStep<'_>) -> Result<(), ModelError> {
+    fn check(&self, step: &SeqStep<'_, R>) -> Result<(), ModelError> {
         let tokens = step.tokens;
         if tokens.is_empty() {
             return Err(ModelError::EmptyInput);
@@ -330,15 +358,15 @@ impl Transformer {
     }
 
     /// One forward step over several sequences: entry `i` runs its `tokens` (at most
-    /// [`MAX_BATCH`]) at positions `start..` of its own cache. Returns, per entry, the logits
-    /// of its last position when it asked for them.
+    /// [`MAX_BATCH`]) at positions `start..` of its own cache. Returns, per entry, what its
+    /// [`Output`] asked for.
     ///
     /// Rows of all entries go through each matmul together (each weight block is read once
     /// for all of them), but every row is computed as it would be in a batch of its entry's
     /// tokens alone: the results of an entry do not depend on the other entries.
     pub fn forward_batch(
         &mut self,
-        steps: &mut [SeqStep<'_>],
+        steps: &mut [SeqStep<'_, R>],
     ) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
         for step in steps.iter() {
             self.check(step)?;
@@ -358,79 +386,73 @@ impl Transformer {
         self.run_batch(steps)
     }
 
-    fn run_batch(&self, steps: &mut [SeqStep<'_>]) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+    fn run_batch(&self, steps: &mut [SeqStep<'_, R>]) -> Result<Vec<Option<Vec<f32>>>, ModelError> {
+        let rt = &self.runtime;
         let c = &self.config;
         let hidden = c.hidden_size;
         let all_tokens: Vec<u32> = steps
             .iter()
             .flat_map(|s| s.tokens.iter().copied())
             .collect();
-        let mut x = self.embedding.embedding(&all_tokens)?;
+        let mut x = rt.embed(&self.embedding, &all_tokens)?;
         if let Some(s) = c.embedding_scale {
-            scale(&mut x, s);
+            rt.scale(&mut x, s)?;
         }
         let (q_dim, kv_dim, kv_dim_v) = (c.q_dim(), c.kv_dim(), c.kv_dim_v());
         let n_layers = self.layers.len();
-        // The entries whose rows are still carried, with their row count in `x`: all of
-        // them, until the last layer (where only entries wanting logits keep their final row).
-        let mut carried: Vec<(usize, usize)> = steps
+        // The entries whose rows are still carried, with the rows they carry in `x`: every
+        // token, until the last layer (where an entry wanting logits keeps its final row, one
+        // wanting hidden states all of them, and one wanting nothing stops).
+        let mut carried: Vec<Carried> = steps
             .iter()
             .enumerate()
-            .map(|(i, s)| (i, s.tokens.len()))
+            .map(|(i, s)| Carried {
+                entry: i,
+                tokens: s.tokens.len(),
+                rows: s.tokens.len(),
+            })
             .collect();
-        let origins_of = |carried: &[(usize, usize)]| -> Vec<Origin> {
-            carried
-                .iter()
-                .flat_map(|&(i, n)| Origin::batch(i as u32, n))
-                .collect()
-        };
         for (il, layer) in self.layers.iter().enumerate() {
             let last_layer = il + 1 == n_layers;
-            let origins = origins_of(&carried);
-            let mut h = x.clone();
-            rms_norm(&mut h, &layer.attn_norm, c.rms_eps);
-            let qkv = layer.qkv.forward(&h, &origins)?;
-            let width = q_dim + kv_dim + kv_dim_v;
-            let rows = origins.len();
-            let mut q = Vec::with_capacity(rows * q_dim);
-            let mut k = Vec::with_capacity(rows * kv_dim);
-            let mut v = Vec::with_capacity(rows * kv_dim_v);
-            for row in qkv.chunks_exact(width) {
-                q.extend_from_slice(&row[..q_dim]);
-                k.extend_from_slice(&row[q_dim..q_dim + kv_dim]);
-                v.extend_from_slice(&row[q_dim + kv_dim..]);
-            }
+            let origins: Vec<Origin> = carried
+                .iter()
+                .flat_map(|cr| Origin::batch(cr.entry as u32, cr.tokens))
+                .collect();
+            let spans: Vec<Span> = carried
+                .iter()
+                .map(|cr| Span {
+                    rows: cr.tokens,
+                    start: steps[cr.entry].start,
+                    batch: cr.tokens,
+                })
+                .collect();
+            let mut h = rt.copy(&x)?;
+            rt.rms_norm(&mut h, &layer.attn_norm, c.rms_eps)?;
+            let qkv = rt.matmul(&layer.qkv, &h, &origins)?;
+            drop(h);
+            let [mut q, mut k, v]: [R::Act; 3] = rt
+                .split_columns(&qkv, &[q_dim, kv_dim, kv_dim_v])?
+                .try_into()
+                .map_err(|_| ModelError::Unsupported("a split into three parts".into()))?;
+            drop(qkv);
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                rms_norm(&mut q, qn, c.rms_eps);
-                rms_norm(&mut k, kn, c.rms_eps);
+                rt.rms_norm(&mut q, qn, c.rms_eps)?;
+                rt.rms_norm(&mut k, kn, c.rms_eps)?;
             }
             let rope = match &self.rope_local {
                 Some(local) if layer.sliding => local,
                 _ => &self.rope_global,
             };
+            rt.rope(&mut q, rope, c.n_heads, c.head_dim, &spans)?;
+            rt.rope(&mut k, rope, c.n_kv_heads, c.head_dim, &spans)?;
             let mut row = 0;
-            for &(i, n) in &carried {
-                let start = steps[i].start;
-                rope.apply(
-                    &mut q[row * q_dim..(row + n) * q_dim],
-                    c.n_heads,
-                    c.head_dim,
-                    start,
-                );
-                rope.apply(
-                    &mut k[row * kv_dim..(row + n) * kv_dim],
-                    c.n_kv_heads,
-                    c.head_dim,
-                    start,
-                );
-                steps[i].cache.layers[il].append(
-                    &k[row * kv_dim..(row + n) * kv_dim],
-                    &v[row * kv_dim_v..(row + n) * kv_dim_v],
-                );
-                row += n;
+            for cr in &carried {
+                let kv = &mut steps[cr.entry].cache.layers[il];
+                rt.append_kv(kv, &k, &v, row..row + cr.tokens)?;
+                row += cr.tokens;
             }
             if c.query_scale != 1.0 {
-                scale(&mut q, c.query_scale);
+                rt.scale(&mut q, c.query_scale)?;
             }
             let shape = AttnShape {
                 n_heads: c.n_heads,
@@ -444,124 +466,152 @@ impl Transformer {
                     None
                 },
             };
-            // In the last layer only each entry's final position matters (llama.cpp drops
-            // the other rows there too); rows are independent, so this does not change the
-            // result. Entries that want no logits stop here, their cache written.
+            // Which rows go on past attention, where each sits in its own batch, and the
+            // attention spans of the query rows.
             let mut wo_origins = origins;
+            let mut attn_spans = spans;
+            let mut ffn_origins = None;
             if last_layer {
+                // In the last layer only an entry's final position matters when it wants
+                // logits (llama.cpp drops the other rows there too); rows are independent, so
+                // this does not change the result. Entries that want hidden states keep all
+                // rows (as llama.cpp does for pooled embeddings); entries that want nothing
+                // stop here, their cache written.
+                let mut keep_rows = Vec::new();
                 let mut kept = Vec::new();
-                let (mut kq, mut kx) = (Vec::new(), Vec::new());
+                let (mut wo_o, mut ffn_o, mut a_spans) = (Vec::new(), Vec::new(), Vec::new());
                 let mut row = 0;
-                for &(i, n) in &carried {
-                    if steps[i].logits {
-                        let last = row + n - 1;
-                        kq.extend_from_slice(&q[last * q_dim..(last + 1) * q_dim]);
-                        kx.extend_from_slice(&x[last * hidden..(last + 1) * hidden]);
-                        kept.push((i, n));
+                for cr in &carried {
+                    let (n, start) = (cr.tokens, steps[cr.entry].start);
+                    let seq = cr.entry as u32;
+                    match steps[cr.entry].output {
+                        Output::Nothing => {}
+                        Output::Logits => {
+                            keep_rows.push(row + n - 1);
+                            // llama.cpp projects every row and keeps the last one afterwards;
+                            // the row's position in that batch decides how some kernels round.
+                            wo_o.push(Origin {
+                                row: n as u32 - 1,
+                                batch: n as u32,
+                                seq,
+                            });
+                            ffn_o.push(Origin::single(seq));
+                            a_spans.push(Span {
+                                rows: 1,
+                                start: start + n - 1,
+                                batch: n,
+                            });
+                            kept.push(Carried { rows: 1, ..*cr });
+                        }
+                        Output::Hidden => {
+                            keep_rows.extend(row..row + n);
+                            wo_o.extend(Origin::batch(seq, n));
+                            ffn_o.extend(Origin::batch(seq, n));
+                            a_spans.push(Span {
+                                rows: n,
+                                start,
+                                batch: n,
+                            });
+                            kept.push(*cr);
+                        }
                     }
                     row += n;
                 }
                 if kept.is_empty() {
                     return Ok(vec![None; steps.len()]);
                 }
-                // llama.cpp projects every row and keeps the last one afterwards; the row's
-                // position in that batch decides how some kernels round.
-                wo_origins = kept
-                    .iter()
-                    .map(|&(i, n)| Origin {
-                        row: n as u32 - 1,
-                        batch: n as u32,
-                        seq: i as u32,
-                    })
-                    .collect();
-                q = kq;
-                x = kx;
+                q = rt.gather_rows(&q, q_dim, &keep_rows)?;
+                x = rt.gather_rows(&x, hidden, &keep_rows)?;
+                wo_origins = wo_o;
+                ffn_origins = Some(ffn_o);
+                attn_spans = a_spans;
                 carried = kept;
             }
-            let mut attn = Vec::with_capacity(wo_origins.len() * c.n_heads * c.head_dim_v);
-            let mut row = 0;
-            for &(i, n) in &carried {
-                let step = &steps[i];
-                let rows = if last_layer { 1 } else { n };
-                let q_start = step.start + n - rows;
-                attn.extend(attention(
-                    &q[row * q_dim..(row + rows) * q_dim],
-                    &step.cache.layers[il],
-                    q_start,
-                    &shape,
-                    n,
-                ));
-                row += rows;
-            }
-            let mut a = layer.wo.forward(&attn, &wo_origins)?;
+            let entries: Vec<(Span, &R::Kv)> = attn_spans
+                .iter()
+                .zip(&carried)
+                .map(|(&span, cr)| (span, &steps[cr.entry].cache.layers[il]))
+                .collect();
+            let attn = rt.attention(&q, &entries, &shape)?;
+            drop(q);
+            let mut a = rt.matmul(&layer.wo, &attn, &wo_origins)?;
             if let Some(w) = &layer.post_attn_norm {
-                rms_norm(&mut a, w, c.rms_eps);
+                rt.rms_norm(&mut a, w, c.rms_eps)?;
             }
-            add_assign(&mut x, &a);
-            let ffn_origins: Vec<Origin> = if last_layer {
-                carried
-                    .iter()
-                    .map(|&(i, _)| Origin::single(i as u32))
-                    .collect()
-            } else {
-                wo_origins
-            };
-            let mut h = x.clone();
-            rms_norm(&mut h, &layer.ffn_norm, c.rms_eps);
-            let gate_up = layer.gate_up.forward(&h, &ffn_origins)?;
-            let act = gated_activation(&gate_up, c.ffn_size, c.activation);
-            let mut f = layer.down.forward(&act, &ffn_origins)?;
+            rt.add(&mut x, &a)?;
+            let ffn_origins = ffn_origins.unwrap_or(wo_origins);
+            let mut h = rt.copy(&x)?;
+            rt.rms_norm(&mut h, &layer.ffn_norm, c.rms_eps)?;
+            let gate_up = rt.matmul(&layer.gate_up, &h, &ffn_origins)?;
+            let act = rt.gated(&gate_up, c.ffn_size, c.activation)?;
+            let mut f = rt.matmul(&layer.down, &act, &ffn_origins)?;
             if let Some(w) = &layer.post_ffn_norm {
-                rms_norm(&mut f, w, c.rms_eps);
+                rt.rms_norm(&mut f, w, c.rms_eps)?;
             }
-            add_assign(&mut x, &f);
+            rt.add(&mut x, &f)?;
         }
-        // `x` now holds one row per entry that wants logits, in `carried` order.
+        // `x` now holds the rows of the entries that want an output, in `carried` order.
+        rt.rms_norm(&mut x, &self.output_norm, c.rms_eps)?;
         let mut out = vec![None; steps.len()];
-        let mut finals = Vec::with_capacity(carried.len() * hidden);
-        for (t, &(i, n)) in carried.iter().enumerate() {
-            let mut last = x[t * hidden..(t + 1) * hidden].to_vec();
-            rms_norm(&mut last, &self.output_norm, c.rms_eps);
+        let (mut logit_rows, mut singles) = (Vec::new(), Vec::new());
+        let mut row = 0;
+        let finals = rt.to_host(rt.copy(&x)?)?;
+        for cr in &carried {
+            let rows = &finals[row * hidden..(row + cr.rows) * hidden];
             // Checked here, not only on the logits: quantising a NaN activation for the output
             // matmul turns it into zeros, and broken weights would answer token 0 forever.
-            if !all_finite(&last) {
+            if !all_finite(rows) {
                 return Err(ModelError::NonFinite {
-                    position: steps[i].start + n - 1,
+                    position: steps[cr.entry].start + cr.tokens - 1,
                 });
             }
-            finals.extend(last);
+            match steps[cr.entry].output {
+                Output::Logits => {
+                    logit_rows.push(row);
+                    singles.push(Origin::single(cr.entry as u32));
+                }
+                Output::Hidden => out[cr.entry] = Some(rows.to_vec()),
+                Output::Nothing => {}
+            }
+            row += cr.rows;
         }
+        if logit_rows.is_empty() {
+            return Ok(out);
+        }
+        let last = if logit_rows.len() == row {
+            x
+        } else {
+            rt.gather_rows(&x, hidden, &logit_rows)?
+        };
         let output = self.output.as_ref().unwrap_or(&self.embedding);
-        let singles: Vec<Origin> = carried
-            .iter()
-            .map(|&(i, _)| Origin::single(i as u32))
-            .collect();
-        let logits = output.forward(&finals, &singles)?;
+        let logits = rt.to_host(rt.matmul(output, &last, &singles)?)?;
         let vocab = c.vocab_size;
-        for (t, &(i, n)) in carried.iter().enumerate() {
-            let row = logits[t * vocab..(t + 1) * vocab].to_vec();
-            if !all_finite(&row) {
+        for (t, origin) in singles.iter().enumerate() {
+            let entry = origin.seq as usize;
+            let logits = &logits[t * vocab..(t + 1) * vocab];
+            if !all_finite(logits) {
                 return Err(ModelError::NonFinite {
-                    position: steps[i].start + n - 1,
+                    position: steps[entry].start + steps[entry].tokens.len() - 1,
                 });
             }
-            out[i] = Some(row);
+            out[entry] = Some(logits.to_vec());
         }
         Ok(out)
     }
 
     /// Bytes of weights and tables (each sequence's [`SeqCache::bytes`] comes on top).
     pub fn memory_in_use(&self) -> u64 {
-        let weights: usize = self.embedding.weight_bytes()
-            + self.output.as_ref().map_or(0, Linear::weight_bytes)
+        let rt = &self.runtime;
+        let weights: usize = rt.matrix_bytes(&self.embedding)
+            + self.output.as_ref().map_or(0, |m| rt.matrix_bytes(m))
             + self
                 .layers
                 .iter()
                 .map(|l| {
-                    l.qkv.weight_bytes()
-                        + l.wo.weight_bytes()
-                        + l.gate_up.weight_bytes()
-                        + l.down.weight_bytes()
+                    rt.matrix_bytes(&l.qkv)
+                        + rt.matrix_bytes(&l.wo)
+                        + rt.matrix_bytes(&l.gate_up)
+                        + rt.matrix_bytes(&l.down)
                 })
                 .sum::<usize>();
         let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);
@@ -569,18 +619,39 @@ impl Transformer {
     }
 }
 
-/// One sequence's keys and values, for every layer of the model that made it
-/// ([`Transformer::new_cache`]). Stored as f16; grows in chunks of positions as the sequence
-/// does.
-#[derive(Debug, Clone)]
-pub struct SeqCache {
-    layers: Vec<LayerCache>,
+/// An entry's rows while they travel through the layers.
+#[derive(Debug, Clone, Copy)]
+struct Carried {
+    entry: usize,
+    /// Tokens the entry runs this step.
+    tokens: usize,
+    /// Rows of it still in the activations.
+    rows: usize,
 }
 
-impl SeqCache {
+/// One sequence's keys and values, for every layer of the model that made it
+/// ([`Transformer::new_cache`]), in runtime `R`'s storage (on the CPU f16, growing in chunks of
+/// positions as the sequence does).
+#[derive(Debug)]
+pub struct SeqCache<R: Runtime = Cpu> {
+    layers: Vec<R::Kv>,
+}
+
+impl<R: Runtime> Clone for SeqCache<R>
+where
+    R::Kv: Clone,
+{
+    fn clone(&self) -> Self {
+        SeqCache {
+            layers: self.layers.clone(),
+        }
+    }
+}
+
+impl<R: Runtime> SeqCache<R> {
     /// Positions held.
     pub fn len(&self) -> usize {
-        self.layers.first().map_or(0, LayerCache::len)
+        self.layers.first().map_or(0, LayerKv::len)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -594,26 +665,36 @@ impl SeqCache {
 
     /// Drops everything and frees the memory.
     pub fn clear(&mut self) {
-        self.layers.iter_mut().for_each(LayerCache::clear);
+        self.layers.iter_mut().for_each(LayerKv::clear);
     }
 
     /// Bytes reserved.
     pub fn bytes(&self) -> u64 {
-        self.layers.iter().map(LayerCache::bytes).sum::<usize>() as u64
+        self.layers.iter().map(LayerKv::bytes).sum::<usize>() as u64
     }
+}
+
+/// What an entry of a step returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    /// Nothing: a prompt chunk before the last only fills the cache.
+    Nothing,
+    /// The logits of its last token (`vocab_size` values).
+    Logits,
+    /// The final hidden state (after the output norm, before the output projection) of every
+    /// token, `tokens × hidden_size` values: what embeddings are pooled from.
+    Hidden,
 }
 
 /// One sequence's part of a [`Transformer::forward_batch`] step.
 #[derive(Debug)]
-pub struct SeqStep<'a> {
-    pub cache: &'a mut SeqCache,
+pub struct SeqStep<'a, R: Runtime = Cpu> {
+    pub cache: &'a mut SeqCache<R>,
     /// At most [`MAX_BATCH`] tokens, at positions `start..`.
     pub tokens: &'a [u32],
     /// At most the cache's length; a shorter one rewinds the cache there first.
     pub start: usize,
-    /// Return the logits of the last token (false: only fill the cache, a prompt chunk
-    /// before the last).
-    pub logits: bool,
+    pub output: Output,
 }
 
 /// True when no value is NaN or infinite. A branch-free OR over the exponent bits, so it

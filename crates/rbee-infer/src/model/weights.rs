@@ -30,14 +30,23 @@ const Q8_0_BLOCK: usize = 34;
 
 /// A model's tensor data open for reading: one GGUF file, or the files of a
 /// safetensors folder (whose `layout` says which file holds which tensor).
-pub(crate) struct TensorReader<'a> {
+pub struct TensorReader<'a> {
     header: &'a GgufFile,
     files: Vec<(PathBuf, BufReader<File>)>,
     layout: Option<&'a Layout>,
 }
 
+impl std::fmt::Debug for TensorReader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let files: Vec<_> = self.files.iter().map(|(p, _)| p).collect();
+        f.debug_struct("TensorReader")
+            .field("files", &files)
+            .finish_non_exhaustive()
+    }
+}
+
 /// One weight matrix as ggml block bytes: `rows` rows of `cols` values.
-pub(crate) struct Blocks {
+pub struct Blocks {
     pub name: String,
     pub dtype: GgmlDType,
     pub rows: usize,
