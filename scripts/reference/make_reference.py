@@ -8,13 +8,15 @@ Writes into crates/rbee-infer/tests/reference/:
   tiny-<arch>.gguf             tiny random-weight models (llama, qwen2, qwen3,
                                phi3, gemma3), < 1 MB each
   tiny-<arch>.json             their tokenization + greedy output from llama.cpp
+  tiny-<arch>-embed.gguf/.json the same tiny models with a pooling_type (qwen3: last,
+                               llama: mean) and llama.cpp's pooled embeddings of a corpus
 
 Run scripts/reference/setup.sh first (builds the pinned llama-cpp-python venv);
 this script re-executes itself with that venv's python when needed. The demo
 model is fetched with scripts/fetch-demo-model. Everything is deterministic:
 re-running produces byte-identical files.
 
-Usage: scripts/reference/make_reference.py [--only tokenizer,greedy,tiny]
+Usage: scripts/reference/make_reference.py [--only tokenizer,greedy,tiny,embed]
 """
 
 from __future__ import annotations
@@ -626,7 +628,7 @@ def encode_tensor(arr: np.ndarray, qt: QT) -> tuple[np.ndarray, QT | None]:
     return q, qt
 
 
-def write_tiny(arch: str, cfg: dict, path: Path) -> dict:
+def write_tiny(arch: str, cfg: dict, path: Path, pooling: gguf.PoolingType | None = None) -> dict:
     rng = np.random.default_rng(abs(hash_str(arch)) % (2**32))
     if cfg["vocab"] == "bpe":
         voc = build_bpe_vocab()
@@ -657,6 +659,8 @@ def write_tiny(arch: str, cfg: dict, path: Path) -> dict:
         w.add_vocab_size(n_vocab)
     if cfg.get("sliding_window"):
         w.add_sliding_window(cfg["sliding_window"])
+    if pooling is not None:
+        w.add_pooling_type(pooling)
     w.add_file_type(1)  # mostly F16 (informational only)
     w.add_quantization_version(2)
 
@@ -802,12 +806,50 @@ def make_tiny(arch: str) -> bool:
 
 
 # --------------------------------------------------------------------------
+# embeddings: the tiny models again (same weights: the rng is seeded by the arch), with a
+# pooling_type, through llama.cpp's embedding mode (embedding=True, pooled per sequence)
+
+EMBED = {"qwen3": gguf.PoolingType.LAST, "llama": gguf.PoolingType.MEAN}
+EMBED_TEXTS = [
+    "The bees returned to the hive before the storm.",
+    "fn main() { println!(\"hello\"); }",
+    "café 中文 😀 unicode",
+    "a",
+    "Hello world, the quick brown fox " * 6,
+]
+
+
+def make_embed(arch: str) -> bool:
+    path = OUT_DIR / f"tiny-{arch}-embed.gguf"
+    meta = write_tiny(arch, TINY[arch], path, pooling=EMBED[arch])
+    log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
+    llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=N_CTX, n_batch=512,
+                          n_ubatch=512, n_threads=N_THREADS, n_threads_batch=N_THREADS,
+                          seed=SEED, verbose=bool(os.environ.get("RBEE_REF_VERBOSE")))
+    try:
+        cases = []
+        for text in EMBED_TEXTS:
+            # What Llama.embed tokenizes: BOS as the vocab says, no special-token parsing.
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+            emb = llm.embed(text, normalize=False)
+            cases.append({"text": text, "ids": ids, "embedding": [f32(x) for x in emb]})
+        dump_json(OUT_DIR / f"tiny-{arch}-embed.json", {
+            "model": model_info(path),
+            "provenance": provenance(),
+            "hparams": meta,
+            "pooling": EMBED[arch].name.lower(),
+            "how": "Llama(embedding=True).embed(text, normalize=False): pooled, not normalised",
+            "cases": cases,
+        })
+    finally:
+        llm.close()
+    return True
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="tokenizer,greedy,tiny",
-                    help="comma list of: tokenizer, greedy, tiny, or tiny:<arch>")
+                    help="comma list of: tokenizer, greedy, tiny, tiny:<arch>, embed")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
@@ -828,6 +870,8 @@ def main() -> int:
 
     archs = list(TINY) if "tiny" in parts else [p.split(":", 1)[1] for p in parts if p.startswith("tiny:")]
     failed = [a for a in archs if not make_tiny(a)]
+    if "embed" in parts:
+        failed += [f"{a} (embed)" for a in EMBED if not make_embed(a)]
     if failed:
         log(f"FAILED to load in llama.cpp: {', '.join(failed)}")
         return 1

@@ -281,3 +281,71 @@ fn a_dropped_encode_request_stops_and_frees_the_model() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Cosine similarity in f64.
+fn cosine(a: &[f32], b: &[f32]) -> f64 {
+    let dot: f64 = a.iter().zip(b).map(|(&x, &y)| f64::from(x) * f64::from(y)).sum();
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    dot / (norm(a) * norm(b))
+}
+
+/// Tiny random-weight models with a `pooling_type` (qwen3: last token, llama: mean), against
+/// llama.cpp's embedding mode on the same token ids (`scripts/reference/make_reference.py
+/// --only embed`): pooled, unnormalised vectors.
+#[test]
+fn pooled_embeddings_of_tiny_models_match_llama_cpp() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/reference");
+    for (arch, pooling) in [("qwen3", Pooling::Last), ("llama", Pooling::Mean)] {
+        let json: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("tiny-{arch}-embed.json"))).unwrap(),
+        )
+        .unwrap();
+        let model = CandleBackend
+            .load(
+                &dir.join(format!("tiny-{arch}-embed.gguf")),
+                &LoadOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(model.info().pooling, pooling, "{arch}");
+        assert!(model.info().declares_pooling, "{arch}");
+        let cases = json["cases"].as_array().unwrap();
+        let inputs: Vec<Prompt> = cases
+            .iter()
+            .map(|c| {
+                Prompt::Tokens(
+                    c["ids"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .map(|x| x.as_u64().unwrap() as u32)
+                        .collect(),
+                )
+            })
+            .collect();
+        let got = encode(model.as_ref(), inputs, false);
+        for (case, ours) in cases.iter().zip(&got.vectors) {
+            let want: Vec<f32> = case["embedding"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+                .collect();
+            let cos = cosine(ours, &want);
+            let max_diff = ours
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            // Last-token pooling reads one row of the same arithmetic: bit for bit. Mean
+            // pooling sums the rows in another order than llama.cpp's matmul: last bits.
+            if pooling == Pooling::Last {
+                assert_eq!(ours, &want, "{arch} {:?}", case["text"]);
+            }
+            assert!(
+                cos >= 0.9999 && max_diff < 1e-5,
+                "{arch} {:?}: cosine {cos}, max |diff| {max_diff}",
+                case["text"]
+            );
+        }
+    }
+}
