@@ -185,6 +185,58 @@ mod tests {
         check(&w.matmul(&x, m, true), &want, "q6_k tiled");
     }
 
+    /// A batched step hands rows of many sequences to one matmul; each row must come out
+    /// bit for bit as its kernel computes it alone, whichever tile or row kernel it lands in.
+    #[test]
+    fn q4_k_and_q6_k_rows_are_the_same_in_any_batch() {
+        let (rows, cols, m) = (10, 512, 11);
+        let mut rng = Rng(3);
+        let x: Vec<f32> = (0..m * cols).map(|_| rng.float()).collect();
+        let mut q4 = Vec::new();
+        for _ in 0..rows * cols / 256 {
+            q4.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
+            q4.extend_from_slice(&f32_to_f16(0.002).to_le_bytes());
+            q4.extend((0..140).map(|_| rng.byte()));
+        }
+        let w = q4_k::Q4KMatrix::from_blocks(&q4, rows, cols).unwrap();
+        let row = |r: usize| &x[r * cols..(r + 1) * cols];
+        // Every kernel pattern a step makes: all gemv (decode rows), gemm rows first then
+        // gemv, and runs of each shorter than a tile.
+        use RowKernel::{Gemm, Gemv};
+        let patterns: [Vec<RowKernel>; 3] = [
+            vec![Gemv; m],
+            [vec![Gemm; 8], vec![Gemv; 3]].concat(),
+            [vec![Gemm; 6], vec![Gemv; 5]].concat(),
+        ];
+        for kernels in &patterns {
+            let batched = w.matmul(&x, m, kernels);
+            for (r, &k) in kernels.iter().enumerate() {
+                assert_eq!(
+                    &batched[r * rows..(r + 1) * rows],
+                    &w.matmul(row(r), 1, &[k])[..],
+                    "q4_k row {r} ({k:?}) of {kernels:?}"
+                );
+            }
+        }
+        let mut q6 = Vec::new();
+        for _ in 0..rows * cols / 256 {
+            q6.extend((0..192).map(|_| rng.byte()));
+            q6.extend((0..16).map(|_| rng.byte() / 2));
+            q6.extend_from_slice(&f32_to_f16(0.003).to_le_bytes());
+        }
+        let w = q6_k::Q6KMatrix::from_blocks(&q6, rows, cols).unwrap();
+        for tiled in [false, true] {
+            let batched = w.matmul(&x, m, tiled);
+            for r in 0..m {
+                assert_eq!(
+                    &batched[r * rows..(r + 1) * rows],
+                    &w.matmul(row(r), 1, tiled)[..],
+                    "q6_k row {r}, tiled {tiled}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn q8_0_and_floats_match_dequantised_products() {
         let (rows, cols, m) = (20, 96, 3);

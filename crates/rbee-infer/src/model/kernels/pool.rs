@@ -73,6 +73,24 @@ where
     out
 }
 
+/// Interleaved activation bytes a tile kernel streams for every weight row at most: blocks
+/// of row groups this big stay in the core's L2 (2 MiB here) beside the weight rows, where
+/// all of a long prompt's groups would not (a 330-token prompt against a 8960-wide FFN is
+/// 3 MB), and re-reading the weight rows once per block costs little.
+pub(crate) const GROUP_BLOCK_BYTES: usize = 192 << 10;
+
+/// `groups` row groups of `bytes_per_group` each, in consecutive ranges of at most
+/// [`GROUP_BLOCK_BYTES`] (at least one group each).
+pub(crate) fn group_blocks(
+    groups: usize,
+    bytes_per_group: usize,
+) -> impl Iterator<Item = std::ops::Range<usize>> {
+    let per = (GROUP_BLOCK_BYTES / bytes_per_group.max(1)).max(1);
+    (0..groups)
+        .step_by(per)
+        .map(move |g| g..(g + per).min(groups))
+}
+
 /// Runs `job(index, out)` for every `job_len`-sized chunk of `out`, spread
 /// over the pool in groups of about `group` jobs when `parallel` is set.
 pub(crate) fn par_jobs<F>(out: &mut [f32], job_len: usize, parallel: bool, job: F)

@@ -94,31 +94,31 @@ impl Q4KMatrix {
         quantize_q8_k(x, &mut acts);
         let a = codes(&acts.q);
         let nb = self.cols / QK_K;
-        let (tiles, first) = Tiles::new(&acts, kernels, nb);
+        let (tiles, rest) = Tiles::new(&acts, kernels, nb);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
+            // Row groups in blocks that stay in cache while every weight row passes them.
+            for groups in tiles.blocks(nb) {
+                for (i, c) in cols.clone().enumerate() {
+                    let w = &self.blocks[c * nb..(c + 1) * nb];
+                    tiles.each(groups.clone(), w, nb, |r, sums| {
+                        for (t, s) in sums.iter().enumerate() {
+                            out[(r + t) * width + i] = *s;
+                        }
+                    });
+                }
+            }
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
-                tiles.each(w, nb, |r, sums| {
-                    for (t, s) in sums.iter().enumerate() {
-                        out[(r + t) * width + i] = *s;
+                // The rows left to the row kernels: four share each unpacked weight block.
+                let (fours, ones) = rest.as_chunks::<4>();
+                for four in fours {
+                    let sums = dot_tile::<4>(w, &acts, &a, four.map(|r| (r, kernels[r])));
+                    for (&r, s) in four.iter().zip(sums) {
+                        out[r * width + i] = s;
                     }
-                });
-                // Four activation rows share each unpacked weight block.
-                let mut r = first;
-                while r + 4 <= m {
-                    let sums = dot_tile::<4>(
-                        w,
-                        &acts,
-                        &a,
-                        std::array::from_fn(|t| (r + t, kernels[r + t])),
-                    );
-                    for (t, s) in sums.iter().enumerate() {
-                        out[(r + t) * width + i] = *s;
-                    }
-                    r += 4;
                 }
-                for r in r..m {
+                for &r in ones {
                     out[r * width + i] = dot_tile::<1>(w, &acts, &a, [(r, kernels[r])])[0];
                 }
             }
@@ -330,34 +330,53 @@ fn dot_tile<const T: usize>(
     acc
 }
 
-/// Leading groups of four activation rows that all take the gemm kernel,
-/// block-interleaved for [`tile_gemm`]: per group and super-block the four
-/// rows' codes, scales and (for the mins) 32-value sums laid out as
-/// `[j][row](low, high)`.
+/// Groups of four consecutive activation rows that take the same kernel,
+/// block-interleaved for [`tile_gemm`] and [`tile_gemv`]: per group and
+/// super-block the four rows' codes, scales and (for the mins) 32-value sums
+/// laid out as `[j][row](low, high)`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 struct Tiles {
     q: Vec<[[i8; QK_K]; 4]>,
     d: Vec<[f32; 4]>,
     bsums: Vec<[i16; 32]>,
+    /// Each group's first row and kernel.
+    groups: Vec<(usize, RowKernel)>,
+}
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+/// Splits rows `0..kernels.len()` into groups of four consecutive rows with the same kernel
+/// (first rows, in order) and the rows left over.
+fn group_rows(kernels: &[RowKernel]) -> (Vec<(usize, RowKernel)>, Vec<usize>) {
+    let (mut groups, mut rest) = (Vec::new(), Vec::new());
+    let mut r = 0;
+    while r < kernels.len() {
+        let run = kernels[r..]
+            .iter()
+            .take_while(|&&k| k == kernels[r])
+            .count();
+        let whole = run - run % 4;
+        groups.extend((r..r + whole).step_by(4).map(|g| (g, kernels[r])));
+        rest.extend(r + whole..r + run);
+        r += run;
+    }
+    (groups, rest)
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 impl Tiles {
-    /// The tiles and the first row they leave to the row kernels.
-    fn new(acts: &Q8KRows, kernels: &[RowKernel], nb: usize) -> (Tiles, usize) {
-        let groups = kernels
-            .chunks_exact(4)
-            .take_while(|k| k.iter().all(|&k| k == RowKernel::Gemm))
-            .count();
+    /// The tiles and the rows they leave to the row kernels.
+    fn new(acts: &Q8KRows, kernels: &[RowKernel], nb: usize) -> (Tiles, Vec<usize>) {
+        let (groups, rest) = group_rows(kernels);
         let (blocks, _) = acts.q.as_chunks::<QK_K>();
         let mut tiles = Tiles {
-            q: Vec::with_capacity(groups * nb),
-            d: Vec::with_capacity(groups * nb),
-            bsums: Vec::with_capacity(groups * nb),
+            q: Vec::with_capacity(groups.len() * nb),
+            d: Vec::with_capacity(groups.len() * nb),
+            bsums: Vec::with_capacity(groups.len() * nb),
+            groups,
         };
-        for g in 0..groups {
+        for &(first, _) in &tiles.groups {
             for b in 0..nb {
-                let ab = |t: usize| (4 * g + t) * nb + b;
+                let ab = |t: usize| (first + t) * nb + b;
                 tiles.q.push(std::array::from_fn(|t| blocks[ab(t)]));
                 tiles.d.push(std::array::from_fn(|t| acts.d[ab(t)]));
                 let mut bs = [0i16; 32];
@@ -372,18 +391,35 @@ impl Tiles {
                 tiles.bsums.push(bs);
             }
         }
-        (tiles, 4 * groups)
+        (tiles, rest)
     }
 
-    /// `f(first_row, outputs)` for every group, against weight row `w`.
-    fn each(&self, w: &[Block], nb: usize, mut f: impl FnMut(usize, [f32; 4])) {
-        let groups = self
-            .q
+    /// The groups in cache-sized blocks.
+    fn blocks(&self, nb: usize) -> impl Iterator<Item = std::ops::Range<usize>> + use<> {
+        super::pool::group_blocks(self.groups.len(), nb * (4 * QK_K + 16 + 64))
+    }
+
+    /// `f(first_row, outputs)` for the groups `range`, against weight row `w`.
+    fn each(
+        &self,
+        range: std::ops::Range<usize>,
+        w: &[Block],
+        nb: usize,
+        mut f: impl FnMut(usize, [f32; 4]),
+    ) {
+        let blocks = range.start * nb..range.end * nb;
+        let groups = self.q[blocks.clone()]
             .chunks_exact(nb)
-            .zip(self.d.chunks_exact(nb))
-            .zip(self.bsums.chunks_exact(nb));
-        for (g, ((q, d), bs)) in groups.enumerate() {
-            f(4 * g, tile_gemm(w, q, d, bs));
+            .zip(self.d[blocks.clone()].chunks_exact(nb))
+            .zip(self.bsums[blocks].chunks_exact(nb));
+        for (&(first, kernel), ((q, d), bs)) in self.groups[range].iter().zip(groups) {
+            f(
+                first,
+                match kernel {
+                    RowKernel::Gemm => tile_gemm(w, q, d, bs),
+                    RowKernel::Gemv => tile_gemv(w, q, d, bs),
+                },
+            );
         }
     }
 }
@@ -394,11 +430,22 @@ struct Tiles;
 
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 impl Tiles {
-    fn new(_: &Q8KRows, _: &[RowKernel], _: usize) -> (Tiles, usize) {
-        (Tiles, 0)
+    fn new(_: &Q8KRows, kernels: &[RowKernel], _: usize) -> (Tiles, Vec<usize>) {
+        (Tiles, (0..kernels.len()).collect())
     }
 
-    fn each(&self, _: &[Block], _: usize, _: impl FnMut(usize, [f32; 4])) {}
+    fn blocks(&self, _: usize) -> std::iter::Empty<std::ops::Range<usize>> {
+        std::iter::empty()
+    }
+
+    fn each(
+        &self,
+        _: std::ops::Range<usize>,
+        _: &[Block],
+        _: usize,
+        _: impl FnMut(usize, [f32; 4]),
+    ) {
+    }
 }
 
 /// One weight row times a group of four gemm rows: [`dot_tile`]'s
@@ -457,6 +504,69 @@ fn tile_gemm(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
             acc = fused_mul_add_m128(per64[j], scale, acc);
             acc_min = fused_mul_add_m128(mins64[j], scale_min, acc_min);
         }
+    }
+    sub_m128(acc, acc_min).into()
+}
+
+/// One weight row times a group of four gemv rows: [`dot_tile`]'s arithmetic
+/// for [`RowKernel::Gemv`] (per super-block one exact integer for the scaled
+/// products and one for the mins, each rounded once), with the four rows'
+/// integer and float steps side by side (each lane the scalar code's
+/// operations in its order).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_gemv(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 32]]) -> [f32; 4] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
+        splat_i16,
+    };
+    use safe_arch::{
+        add_i32_m128i, cast_to_m128i_from_m256i, convert_to_m128_from_i32_m128i,
+        extract_m128i_from_m256i, fused_mul_add_m128, load_unaligned_m128, m128i, mul_m128,
+        set_splat_m128, sub_m128, zeroed_m128,
+    };
+    let mut acc = zeroed_m128();
+    let mut acc_min = zeroed_m128();
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        // Row t's lanes over the whole super-block (each 64-value part below 2^24, the
+        // total below 2^26: exact in i32).
+        let mut v = [m256i::default(); 4];
+        for j in 0..4 {
+            let (lo, hi) = nibbles(load_u8(&qs[j]));
+            let s_lo = splat_i16(i16::from(b.scales[2 * j]));
+            let s_hi = splat_i16(i16::from(b.scales[2 * j + 1]));
+            for (t, v) in v.iter_mut().enumerate() {
+                *v = add_i32_m256i(
+                    *v,
+                    add_i32_m256i(
+                        madd_i16(mul_u8_i8_pairs(lo, load_i8(&a[t][2 * j])), s_lo),
+                        madd_i16(mul_u8_i8_pairs(hi, load_i8(&a[t][2 * j + 1])), s_hi),
+                    ),
+                );
+            }
+        }
+        let total = convert_to_m128_from_i32_m128i(m128i::from(hsum_i32_4(v)));
+        let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
+        let (m_lo, m_hi) = mins.split_at(16);
+        let (b_lo, b_hi) = bs.split_at(16);
+        let pair = |m: &[i16], b: &[i16]| {
+            let m: [i16; 16] = std::array::from_fn(|i| m[i]);
+            let b: [i16; 16] = std::array::from_fn(|i| b[i]);
+            madd_i16(m256i::from(b), m256i::from(m))
+        };
+        // Lanes [j][row]: the four rows' mins over the super-block, summed over j.
+        let m = add_i32_m256i(pair(m_lo, b_lo), pair(m_hi, b_hi));
+        let min_total = convert_to_m128_from_i32_m128i(add_i32_m128i(
+            cast_to_m128i_from_m256i(m),
+            extract_m128i_from_m256i::<1>(m),
+        ));
+        let da = load_unaligned_m128(ad);
+        let scale = mul_m128(set_splat_m128(b.d), da);
+        let scale_min = mul_m128(set_splat_m128(b.dmin), da);
+        acc = fused_mul_add_m128(total, scale, acc);
+        acc_min = fused_mul_add_m128(min_total, scale_min, acc_min);
     }
     sub_m128(acc, acc_min).into()
 }

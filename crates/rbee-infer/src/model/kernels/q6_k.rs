@@ -109,16 +109,22 @@ impl Q6KMatrix {
         let a = permuted_f32(&acts.q);
         let nb = self.cols / QK_K;
         let finish = |lanes: &[f32; 8]| if tiled { lanes[0] } else { hsum8(lanes) };
-        let (tiles, first) = Tiles::new(&acts, if tiled { m / 4 } else { 0 }, nb);
+        let (tiles, first) = Tiles::new(&acts, m / 4, nb);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
+            // Row groups in blocks that stay in cache while every weight row passes them.
+            for groups in tiles.blocks(nb) {
+                for (i, c) in cols.clone().enumerate() {
+                    let w = &self.blocks[c * nb..(c + 1) * nb];
+                    tiles.each(groups.clone(), w, nb, tiled, |r, sums| {
+                        for (t, s) in sums.iter().enumerate() {
+                            out[(r + t) * width + i] = *s;
+                        }
+                    });
+                }
+            }
             for (i, c) in cols.clone().enumerate() {
                 let w = &self.blocks[c * nb..(c + 1) * nb];
-                tiles.each(w, nb, |r, sums| {
-                    for (t, s) in sums.iter().enumerate() {
-                        out[(r + t) * width + i] = *s;
-                    }
-                });
                 // Four activation rows share each unpacked weight block.
                 let mut r = first;
                 while r + 4 <= m {
@@ -351,15 +357,33 @@ impl Tiles {
         (tiles, 4 * groups)
     }
 
-    /// `f(first_row, outputs)` for every group, against weight row `w`.
-    fn each(&self, w: &[Block], nb: usize, mut f: impl FnMut(usize, [f32; 4])) {
-        let groups = self
-            .q
+    /// The groups in cache-sized blocks.
+    fn blocks(&self, nb: usize) -> impl Iterator<Item = std::ops::Range<usize>> + use<> {
+        super::pool::group_blocks(self.d.len() / nb.max(1), nb * (4 * QK_K + 16 + 128))
+    }
+
+    /// `f(first_row, outputs)` for the groups `range`, against weight row `w`, with the
+    /// tiled kernel's arithmetic or (not `tiled`) vec_dot's.
+    fn each(
+        &self,
+        range: std::ops::Range<usize>,
+        w: &[Block],
+        nb: usize,
+        tiled: bool,
+        mut f: impl FnMut(usize, [f32; 4]),
+    ) {
+        let blocks = range.start * nb..range.end * nb;
+        let groups = self.q[blocks.clone()]
             .chunks_exact(nb)
-            .zip(self.d.chunks_exact(nb))
-            .zip(self.bsums.chunks_exact(nb));
-        for (g, ((q, d), bs)) in groups.enumerate() {
-            f(4 * g, tile_tiled(w, q, d, bs));
+            .zip(self.d[blocks.clone()].chunks_exact(nb))
+            .zip(self.bsums[blocks].chunks_exact(nb));
+        for (g, ((q, d), bs)) in (range.start..).zip(groups) {
+            let out = if tiled {
+                tile_tiled(w, q, d, bs)
+            } else {
+                tile_vec_dot(w, q, d, bs).map(|lanes| hsum8(&lanes))
+            };
+            f(4 * g, out);
         }
     }
 }
@@ -374,7 +398,19 @@ impl Tiles {
         (Tiles, 0)
     }
 
-    fn each(&self, _: &[Block], _: usize, _: impl FnMut(usize, [f32; 4])) {}
+    fn blocks(&self, _: usize) -> std::iter::Empty<std::ops::Range<usize>> {
+        std::iter::empty()
+    }
+
+    fn each(
+        &self,
+        _: std::ops::Range<usize>,
+        _: &[Block],
+        _: usize,
+        _: bool,
+        _: impl FnMut(usize, [f32; 4]),
+    ) {
+    }
 }
 
 /// Byte shuffles that spread the two scales of chunk `c` over its 32
@@ -444,4 +480,53 @@ fn tile_tiled(
         acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
     }
     acc.into()
+}
+
+/// One weight row times a group of four rows with vec_dot's arithmetic ([`dot_tile`]
+/// without `tiled`): per super-block and row the eight integer lanes (as in [`tile_tiled`]),
+/// each rounded once and added with one FMA by `d_a * d_w`; the caller sums each row's eight
+/// accumulators with [`hsum8`].
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn tile_vec_dot(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [[f32; 8]; 4] {
+    use super::avx2::{
+        add_i32_m256i, fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16,
+        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
+    };
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
+    };
+    let mut acc: [m256; 4] = [zeroed_m256(); 4];
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (codes, _) = b.codes.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        let scales = m128i::from(b.scales);
+        let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+        let mut sums: [m256i; 4] = std::array::from_fn(|t| {
+            sub_i32_m256i(
+                m256i::default(),
+                shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
+            )
+        });
+        for (c, q) in codes.iter().enumerate() {
+            let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+                scales,
+                m128i::from(SCALE_SHUFFLE[c]),
+            ));
+            let q = load_u8(q);
+            for (sum, a) in sums.iter_mut().zip(&a) {
+                *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
+            }
+        }
+        for t in 0..4 {
+            let d = set_splat_m256(ad[t] * b.d);
+            acc[t] = fused_mul_add_m256(d, to_f32(sums[t]), acc[t]);
+        }
+    }
+    acc.map(|a| a.to_array())
 }

@@ -136,24 +136,27 @@ impl Q8_0Matrix {
         par_columns(m, self.rows, 16, |cols, out| {
             let width = cols.len();
             let weight = |c: usize| (&self.q[c * k..(c + 1) * k], &self.d[c * nb..(c + 1) * nb]);
-            let mut c = cols.start;
-            while c + 2 <= cols.end {
-                let (w0, w1) = (weight(c), weight(c + 1));
-                for (i, (tq, td)) in tiles.iter(nb).enumerate() {
-                    let sums = tile_4x2(w0, w1, tq, td);
-                    for (t, s) in sums.iter().enumerate() {
-                        let o = (4 * i + t) * width + c - cols.start;
-                        out[o..o + 2].copy_from_slice(s);
+            // Row groups in blocks that stay in cache while every weight row passes them.
+            for groups in super::pool::group_blocks(m / 4, nb * (4 * QK8_0 + 16)) {
+                let mut c = cols.start;
+                while c + 2 <= cols.end {
+                    let (w0, w1) = (weight(c), weight(c + 1));
+                    for (i, (tq, td)) in tiles.iter(groups.clone(), nb) {
+                        let sums = tile_4x2(w0, w1, tq, td);
+                        for (t, s) in sums.iter().enumerate() {
+                            let o = (4 * i + t) * width + c - cols.start;
+                            out[o..o + 2].copy_from_slice(s);
+                        }
                     }
+                    c += 2;
                 }
-                c += 2;
-            }
-            for c in c..cols.end {
-                let (wq, wd) = weight(c);
-                for (i, (tq, td)) in tiles.iter(nb).enumerate() {
-                    let sums = tile_4x1(wq, wd, tq, td);
-                    for (t, s) in sums.iter().enumerate() {
-                        out[(4 * i + t) * width + c - cols.start] = *s;
+                for c in c..cols.end {
+                    let (wq, wd) = weight(c);
+                    for (i, (tq, td)) in tiles.iter(groups.clone(), nb) {
+                        let sums = tile_4x1(wq, wd, tq, td);
+                        for (t, s) in sums.iter().enumerate() {
+                            out[(4 * i + t) * width + c - cols.start] = *s;
+                        }
                     }
                 }
             }
@@ -287,10 +290,19 @@ impl Tiles {
         Tiles { q, d }
     }
 
-    /// Each group's blocks and scales.
+    /// The groups `range`, each with its index, blocks and scales.
     #[allow(clippy::type_complexity)]
-    fn iter(&self, nb: usize) -> impl Iterator<Item = (&[[[i8; QK8_0]; 4]], &[[f32; 4]])> {
-        self.q.chunks_exact(nb).zip(self.d.chunks_exact(nb))
+    fn iter(
+        &self,
+        range: std::ops::Range<usize>,
+        nb: usize,
+    ) -> impl Iterator<Item = (usize, (&[[[i8; QK8_0]; 4]], &[[f32; 4]]))> {
+        let blocks = range.start * nb..range.end * nb;
+        (range.start..).zip(
+            self.q[blocks.clone()]
+                .chunks_exact(nb)
+                .zip(self.d[blocks].chunks_exact(nb)),
+        )
     }
 }
 
