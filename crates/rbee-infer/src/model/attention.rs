@@ -36,6 +36,7 @@ pub struct AttnShape {
 /// and values are already in `cache`. `q` is `n` rows of `n_heads * head_dim`;
 /// returns `n` rows of `n_heads * head_dim_v`. `batch_rows` is the size of
 /// the batch llama.cpp would run these rows in: it picks kernels by it.
+#[cfg(test)]
 pub(crate) fn attention(
     q: &[f32],
     cache: &LayerCache,
@@ -44,36 +45,70 @@ pub(crate) fn attention(
     batch_rows: usize,
 ) -> Vec<f32> {
     let n = q.len() / (shape.n_heads * shape.head_dim);
-    let end = start + n;
-    // The oldest position any query in the batch can see.
-    let first = match shape.window {
+    attention_many(q, &[(n, start, batch_rows, cache)], shape)
+}
+
+/// [`attention`] for several sequences at once: entry `(n, start, batch_rows, cache)` owns the
+/// next `n` rows of `q`. One job per (row, head) of every entry, spread over the pool together,
+/// so a step's many short decode rows use every thread; each job computes exactly what it
+/// computes alone.
+pub(crate) fn attention_many(
+    q: &[f32],
+    entries: &[(usize, usize, usize, &LayerCache)],
+    shape: &AttnShape,
+) -> Vec<f32> {
+    let first_of = |start: usize| match shape.window {
         Some(w) => (start + 1).saturating_sub(w),
         None => 0,
     };
-    let keys = cache.keys_f32(first..end);
-    let values = cache.values_f32(first..end);
-    let kv = KvView {
-        keys: &keys,
-        values: &values,
-        first,
-        k_row: shape.n_kv_heads * shape.head_dim,
-        v_row: shape.n_kv_heads * shape.head_dim_v,
-    };
-    let mut out = vec![0f32; n * shape.n_heads * shape.head_dim_v];
+    // Each entry's visible keys and values, widened once.
+    let widened: Vec<(Vec<f32>, Vec<f32>)> = entries
+        .iter()
+        .map(|&(n, start, _, cache)| {
+            let range = first_of(start)..start + n;
+            (cache.keys_f32(range.clone()), cache.values_f32(range))
+        })
+        .collect();
+    let views: Vec<KvView<'_>> = entries
+        .iter()
+        .zip(&widened)
+        .map(|(&(_, start, _, _), (keys, values))| KvView {
+            keys,
+            values,
+            first: first_of(start),
+            k_row: shape.n_kv_heads * shape.head_dim,
+            v_row: shape.n_kv_heads * shape.head_dim_v,
+        })
+        .collect();
+    // Job j belongs to the entry whose first job is the last one not above j.
+    let mut first_job = Vec::with_capacity(entries.len());
+    let mut jobs = 0;
+    let mut work = 0;
+    for &(n, start, _, _) in entries {
+        first_job.push(jobs);
+        jobs += n * shape.n_heads;
+        work +=
+            n * shape.n_heads * (start + n - first_of(start)) * (shape.head_dim + shape.head_dim_v);
+    }
+    let rows: usize = entries.iter().map(|e| e.0).sum();
+    let mut out = vec![0f32; rows * shape.n_heads * shape.head_dim_v];
     let group = shape.n_heads / shape.n_kv_heads;
-    // One job per (row, head); worth the pool only for prompt-sized work.
-    let work = n * shape.n_heads * (end - first) * (shape.head_dim + shape.head_dim_v);
-    par_jobs(&mut out, shape.head_dim_v, work >= 1 << 20, |job, dst| {
-        let (t, h) = (job / shape.n_heads, job % shape.n_heads);
+    // Worth the pool only for enough work in total.
+    par_jobs(&mut out, shape.head_dim_v, work >= 1 << 18, |job, dst| {
+        let e = first_job.partition_point(|&f| f <= job) - 1;
+        let (_, start, batch_rows, _) = entries[e];
+        let local = job - first_job[e];
+        let (t, h) = (local / shape.n_heads, local % shape.n_heads);
+        let row = first_job[e] / shape.n_heads + t;
         let pos = start + t;
         let lo = match shape.window {
             Some(w) => (pos + 1).saturating_sub(w),
             None => 0,
         };
-        let qrow = &q[(t * shape.n_heads + h) * shape.head_dim..][..shape.head_dim];
+        let qrow = &q[(row * shape.n_heads + h) * shape.head_dim..][..shape.head_dim];
         head(
             qrow,
-            &kv,
+            &views[e],
             h / group,
             lo..pos + 1,
             shape,

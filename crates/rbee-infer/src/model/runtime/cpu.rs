@@ -4,7 +4,7 @@
 use std::ops::Range;
 
 use super::{LayerKv, Origin, Runtime, Span};
-use crate::model::attention::{AttnShape, attention};
+use crate::model::attention::{AttnShape, attention_many};
 use crate::model::config::Activation;
 use crate::model::error::ModelError;
 use crate::model::kernels::pool;
@@ -195,21 +195,11 @@ impl Runtime for Cpu {
         entries: &[(Span, &LayerCache)],
         shape: &AttnShape,
     ) -> Result<Vec<f32>, ModelError> {
-        let q_width = shape.n_heads * shape.head_dim;
-        let rows: usize = entries.iter().map(|(s, _)| s.rows).sum();
-        let mut out = Vec::with_capacity(rows * shape.n_heads * shape.head_dim_v);
-        let mut row = 0;
-        for (span, kv) in entries {
-            out.extend(attention(
-                &q[row * q_width..(row + span.rows) * q_width],
-                kv,
-                span.start,
-                shape,
-                span.batch,
-            ));
-            row += span.rows;
-        }
-        Ok(out)
+        let entries: Vec<_> = entries
+            .iter()
+            .map(|&(span, kv)| (span.rows, span.start, span.batch, kv))
+            .collect();
+        Ok(attention_many(q, &entries, shape))
     }
 
     fn to_host(&self, x: Vec<f32>) -> Result<Vec<f32>, ModelError> {
