@@ -17,6 +17,8 @@
 //!   "cached_tokens"}`: a short first turn, and the next turn of a conversation whose history
 //!   was computed before (prefix reuse).
 //!
+//! `RBEE_BENCH_STREAMS_ONLY=1` stops after the streams runs (to profile them alone).
+//!
 //! The streams and join runs load the model with prefix reuse off, so that repeating a prompt
 //! across runs measures computation, not the cache; the follow-up run loads it with reuse on.
 
@@ -42,25 +44,26 @@ struct StreamTimes {
     cached: usize,
 }
 
-/// Submits a request and reads it to the end on a thread of its own; `first_token` hears
-/// when its first token arrived.
+/// Submits a request (on the calling thread, so requests submitted in a loop arrive together,
+/// as llama.cpp's side gets its prompts in one batch) and reads it to the end on a thread of
+/// its own; `first_token` hears when its first token arrived.
 fn spawn_stream(
     model: &Arc<dyn LoadedModel>,
     prompt: Vec<u32>,
     gen_tokens: usize,
     first_token: Option<mpsc::Sender<()>>,
 ) -> std::thread::JoinHandle<Result<StreamTimes, String>> {
-    let model = model.clone();
+    let mut params = SamplingParams::greedy(gen_tokens);
+    params.ignore_eos = true;
+    let submitted = Instant::now();
+    let generation = model
+        .generate(GenerateRequest {
+            prompt: Prompt::Tokens(prompt),
+            params,
+        })
+        .map_err(|e| e.to_string());
     std::thread::spawn(move || {
-        let mut params = SamplingParams::greedy(gen_tokens);
-        params.ignore_eos = true;
-        let submitted = Instant::now();
-        let generation = model
-            .generate(GenerateRequest {
-                prompt: Prompt::Tokens(prompt),
-                params,
-            })
-            .map_err(|e| e.to_string())?;
+        let generation = generation?;
         let mut times = StreamTimes {
             submitted,
             first: 0.0,
@@ -270,6 +273,10 @@ fn main() -> Result<(), Error> {
     join_all(vec![spawn_stream(&loaded, prompts[0].clone(), 4, None)])?;
     for &n in &counts {
         println!("{}", streams(&loaded, &prompts[..n], gen_tokens)?);
+    }
+    // For profiling the batched decode on its own.
+    if std::env::var_os("RBEE_BENCH_STREAMS_ONLY").is_some() {
+        return Ok(());
     }
     println!("{}", join(&loaded, &prompts, gen_tokens)?);
     drop(loaded);
