@@ -207,6 +207,24 @@ fn the_kv_budget_shrinks_to_fit_the_memory_budget() {
     assert!((3 * 2048..4 * 2048).contains(&kv), "{demo}");
     assert!(demo["bytes"].as_u64().unwrap() <= budget, "{demo}");
     assert!(node.log_text().contains("positions"), "{}", node.log_text());
+    // The runtime it runs on, and its batch, in /health and in `rbee-node status`.
+    let runtime = demo["runtime"].as_str().unwrap();
+    assert!(
+        runtime.starts_with("cpu (") && runtime.contains("threads"),
+        "{demo}"
+    );
+    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
+        .arg("status")
+        .env("RBEE_API_ADDR", node.base.trim_start_matches("http://"))
+        .env("XDG_CONFIG_HOME", tmp.path().join("no-config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("demo") && text.contains("of 8 sequences live") && text.contains(runtime),
+        "{text}"
+    );
 }
 
 /// Before: the jobs API answered 202 for input the OpenAI routes refuse at once and failed

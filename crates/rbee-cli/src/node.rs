@@ -469,10 +469,22 @@ pub fn status(config: &NodeConfig) -> Result<()> {
         );
     }
     for m in h["models"].as_array().into_iter().flatten() {
+        let s = &m["status"];
+        let state = s["state"].as_str().unwrap_or("?");
+        let detail = if state == "loaded" {
+            format!(
+                ", {} of {} sequences live, {} queued, on {}",
+                s["live"],
+                s["max_live"],
+                s["queue"],
+                s["runtime"].as_str().unwrap_or("?")
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "  model {:<32} {}",
+            "  model {:<32} {state}{detail}",
             m["name"].as_str().unwrap_or("?"),
-            m["status"]["state"].as_str().unwrap_or("?")
         );
     }
     Ok(())

@@ -65,6 +65,8 @@ pub enum ModelState {
         kv_budget_tokens: usize,
         /// Tokens of context it was loaded with (the configured length, capped by the model's).
         context_length: usize,
+        /// What it runs on: device and kernel set.
+        runtime: String,
     },
     Failed {
         reason: String,
@@ -365,6 +367,7 @@ impl WorkerState {
                                 max_live: activity.max_live,
                                 kv_budget_tokens: model.info().kv_budget_tokens,
                                 context_length: model.info().context_length,
+                                runtime: model.info().runtime.clone(),
                             },
                         )
                     }
