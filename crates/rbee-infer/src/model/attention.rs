@@ -93,29 +93,37 @@ pub(crate) fn attention_many(
     let rows: usize = entries.iter().map(|e| e.0).sum();
     let mut out = vec![0f32; rows * shape.n_heads * shape.head_dim_v];
     let group = shape.n_heads / shape.n_kv_heads;
-    // Worth the pool only for enough work in total.
-    par_jobs(&mut out, shape.head_dim_v, work >= 1 << 18, |job, dst| {
-        let e = first_job.partition_point(|&f| f <= job) - 1;
-        let (_, start, batch_rows, _) = entries[e];
-        let local = job - first_job[e];
-        let (t, h) = (local / shape.n_heads, local % shape.n_heads);
-        let row = first_job[e] / shape.n_heads + t;
-        let pos = start + t;
-        let lo = match shape.window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let qrow = &q[(row * shape.n_heads + h) * shape.head_dim..][..shape.head_dim];
-        head(
-            qrow,
-            &views[e],
-            h / group,
-            lo..pos + 1,
-            shape,
-            batch_rows == 1,
-            dst,
-        );
-    });
+    // One job per (row, KV head): the query heads sharing a KV head read its keys and values
+    // once, from L1, instead of once each. Worth the pool only for enough work in total.
+    let per_row = shape.n_kv_heads;
+    par_jobs(
+        &mut out,
+        group * shape.head_dim_v,
+        work >= 1 << 18,
+        |job, dst| {
+            let row_job = job / per_row;
+            let kv_head = job % per_row;
+            let e = first_job.partition_point(|&f| f / shape.n_heads <= row_job) - 1;
+            let (_, start, batch_rows, _) = entries[e];
+            let first_row = first_job[e] / shape.n_heads;
+            let pos = start + (row_job - first_row);
+            let lo = match shape.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let q_heads = &q[(row_job * shape.n_heads + kv_head * group) * shape.head_dim..]
+                [..group * shape.head_dim];
+            heads(
+                q_heads,
+                &views[e],
+                kv_head,
+                lo..pos + 1,
+                shape,
+                batch_rows == 1,
+                dst,
+            );
+        },
+    );
     out
 }
 
@@ -139,10 +147,12 @@ impl KvView<'_> {
 }
 
 /// ggml's `mul_mat(K, Q)`, `soft_max_ext`, `mul_mat(V, KQ)` for one query
-/// row and head. `single`: the batch has one row, so ggml uses `vec_dot_f16`
-/// rather than tinyBLAS for both matmuls.
-fn head(
-    qrow: &[f32],
+/// row and the query heads `q` (each `head_dim`) that share KV head `kv_head`; writes their
+/// outputs (each `head_dim_v`) side by side into `out`. Each head's arithmetic is its own,
+/// in ggml's order; the heads only share the loads of keys and values. `single`: the batch
+/// has one row, so ggml uses `vec_dot_f16` rather than tinyBLAS for both matmuls.
+fn heads(
+    q: &[f32],
     kv: &KvView<'_>,
     kv_head: usize,
     positions: std::ops::Range<usize>,
@@ -150,62 +160,83 @@ fn head(
     single: bool,
     out: &mut [f32],
 ) {
-    let q16: Vec<f32> = qrow.iter().map(|&v| round_f16(v)).collect();
-    let mut scores = Vec::with_capacity(positions.len());
-    let mut max = f32::NEG_INFINITY;
+    let g = q.len() / shape.head_dim;
+    let q16: Vec<Vec<f32>> = q
+        .chunks_exact(shape.head_dim)
+        .map(|q| q.iter().map(|&v| round_f16(v)).collect())
+        .collect();
+    let mut scores: Vec<Vec<f32>> = vec![Vec::with_capacity(positions.len()); g];
+    let mut max = vec![f32::NEG_INFINITY; g];
     let mut pos = positions.start;
     while pos < positions.end {
         let key = |p: usize| kv.key(p, kv_head, shape.head_dim);
         // Four keys at a time (independent FMA chains) for tinyBLAS's order.
-        let (dots, count) = if !single && pos + 4 <= positions.end {
-            (float::dot4(std::array::from_fn(|i| key(pos + i)), &q16), 4)
-        } else if single {
-            ([float::vec_dot(key(pos), &q16, true), 0.0, 0.0, 0.0], 1)
+        let count = if !single && pos + 4 <= positions.end {
+            4
         } else {
-            ([float::dot(key(pos), &q16), 0.0, 0.0, 0.0], 1)
+            1
         };
-        pos += count;
-        for &dot in &dots[..count] {
-            let s = dot * shape.kq_scale;
-            max = max.max(s);
-            scores.push(s);
+        for h in 0..g {
+            let dots = if count == 4 {
+                float::dot4(std::array::from_fn(|i| key(pos + i)), &q16[h])
+            } else if single {
+                [float::vec_dot(key(pos), &q16[h], true), 0.0, 0.0, 0.0]
+            } else {
+                [float::dot(key(pos), &q16[h]), 0.0, 0.0, 0.0]
+            };
+            for &dot in &dots[..count] {
+                let s = dot * shape.kq_scale;
+                max[h] = max[h].max(s);
+                scores[h].push(s);
+            }
         }
+        pos += count;
     }
-    let sum = softmax_exp(&mut scores, positions.start, max);
-    let inv = (1.0 / sum) as f32;
+    let inv: Vec<f32> = scores
+        .iter_mut()
+        .zip(&max)
+        .map(|(s, &m)| (1.0 / softmax_exp(s, positions.start, m)) as f32)
+        .collect();
     // The inner dimension of V·KQ is the cache cell, so accumulators are
     // indexed by position: `pos % 8` for tinyBLAS, `pos % 32` (four
     // registers of eight) for vec_dot_f16. Masked cells add exact zeros, so
     // they are skipped. Accumulators are lane-major: lanes[l * dim + d].
     let dim = shape.head_dim_v;
     let n_acc = if single { 32 } else { 8 };
-    let mut lanes = vec![0f32; n_acc * dim];
-    for (pos, &e) in positions.zip(scores.iter()) {
-        let p = round_f16(e * inv);
+    let mut lanes = vec![0f32; g * n_acc * dim];
+    for (i, pos) in positions.enumerate() {
         let v = kv.value(pos, kv_head, dim);
-        let acc = &mut lanes[(pos % n_acc) * dim..][..dim];
-        acc.iter_mut()
-            .zip(v)
-            .for_each(|(a, &x)| *a = x.mul_add(p, *a));
+        for (h, lanes) in lanes.chunks_exact_mut(n_acc * dim).enumerate() {
+            let p = round_f16(scores[h][i] * inv[h]);
+            let acc = &mut lanes[(pos % n_acc) * dim..][..dim];
+            acc.iter_mut()
+                .zip(v)
+                .for_each(|(a, &x)| *a = x.mul_add(p, *a));
+        }
     }
-    let at = |l: usize, d: usize| lanes[l * dim + d];
-    for (d, o) in out.iter_mut().enumerate() {
-        *o = if single {
-            // GGML_F32x8_REDUCE over the four registers, then two horizontal adds.
-            let x: [f32; 8] = std::array::from_fn(|l| {
-                (at(l, d) + at(16 + l, d)) + (at(8 + l, d) + at(24 + l, d))
-            });
-            let t0 = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
-            (t0[0] + t0[1]) + (t0[2] + t0[3])
-        } else {
-            // hsum8's adds, written out so that the loop over `d` vectorises
-            // (eight outputs per instruction) instead of one call per output.
-            let r0 = at(4, d) + at(0, d);
-            let r1 = at(5, d) + at(1, d);
-            let r2 = at(6, d) + at(2, d);
-            let r3 = at(7, d) + at(3, d);
-            (r0 + r2) + (r1 + r3)
-        };
+    for (lanes, out) in lanes
+        .chunks_exact(n_acc * dim)
+        .zip(out.chunks_exact_mut(dim))
+    {
+        let at = |l: usize, d: usize| lanes[l * dim + d];
+        for (d, o) in out.iter_mut().enumerate() {
+            *o = if single {
+                // GGML_F32x8_REDUCE over the four registers, then two horizontal adds.
+                let x: [f32; 8] = std::array::from_fn(|l| {
+                    (at(l, d) + at(16 + l, d)) + (at(8 + l, d) + at(24 + l, d))
+                });
+                let t0 = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+                (t0[0] + t0[1]) + (t0[2] + t0[3])
+            } else {
+                // hsum8's adds, written out so that the loop over `d` vectorises
+                // (eight outputs per instruction) instead of one call per output.
+                let r0 = at(4, d) + at(0, d);
+                let r1 = at(5, d) + at(1, d);
+                let r2 = at(6, d) + at(2, d);
+                let r3 = at(7, d) + at(3, d);
+                (r0 + r2) + (r1 + r3)
+            };
+        }
     }
 }
 
