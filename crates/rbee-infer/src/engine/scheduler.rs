@@ -282,6 +282,8 @@ pub(crate) struct Scheduler<R: Runtime> {
     /// The encode request being worked on, and the next one (FIFO with generations).
     encoding: Option<Encode<R>>,
     encode_waiting: Option<EncodeJob>,
+    /// The last step left the decode rows out for a finishing prompt.
+    held_decode: bool,
     tick: u64,
 }
 
@@ -306,6 +308,7 @@ impl<R: Runtime> Scheduler<R> {
             kept: Vec::new(),
             encoding: None,
             encode_waiting: None,
+            held_decode: false,
             tick: 0,
         }
     }
@@ -652,16 +655,18 @@ impl<R: Runtime> Scheduler<R> {
 
     /// One batched forward step; false when no sequence could run.
     fn step(&mut self) -> bool {
-        // Decode rows first (one token each), then prompt chunks while the step has room, then
-        // chunks of inputs being encoded; one chunk always runs so that long prompts progress.
+        // A decode row (one token) for every generating sequence, prompt chunks while the step
+        // has room, then chunks of inputs being encoded; one chunk always runs so that long
+        // prompts progress.
+        let decode: Vec<(Target, usize, usize)> = self
+            .live
+            .iter()
+            .enumerate()
+            .filter(|(_, seq)| seq.runnable() && seq.computed >= seq.prompt_len)
+            .map(|(i, seq)| (Target::Live(i), seq.tokens.len() - 1, seq.tokens.len()))
+            .collect();
         let mut chosen: Vec<(Target, usize, usize)> = Vec::new();
-        let mut tokens = 0;
-        for (i, seq) in self.live.iter().enumerate() {
-            if seq.runnable() && seq.computed >= seq.prompt_len {
-                chosen.push((Target::Live(i), seq.tokens.len() - 1, seq.tokens.len()));
-                tokens += 1;
-            }
-        }
+        let mut tokens = decode.len();
         let mut chunks = 0;
         let prompt_chunks = self
             .live
@@ -685,6 +690,18 @@ impl<R: Runtime> Scheduler<R> {
             chosen.push((target, a, b));
             tokens += b - a;
             chunks += 1;
+        }
+        // A step that ends some prompt leaves the decode rows to the next one: the newcomer's
+        // first token comes a decode step sooner, and the decoders' next token comes no later
+        // than a step holding both would have given it. Never twice in a row, so a stream of
+        // arrivals cannot stall the decoders.
+        let finishes_prompt = chosen.iter().any(
+            |&(target, _, b)| matches!(target, Target::Live(i) if b == self.live[i].prompt_len),
+        );
+        let hold = finishes_prompt && !decode.is_empty() && !self.held_decode;
+        self.held_decode = hold;
+        if !hold {
+            chosen.extend(decode);
         }
         if chosen.is_empty() {
             return false;
