@@ -107,6 +107,28 @@ mod tests {
         }
     }
 
+    /// `blocks` Q4_K super-blocks with fixed scales and random codes.
+    fn random_q4_k(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+        let mut q4 = Vec::new();
+        for _ in 0..blocks {
+            q4.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
+            q4.extend_from_slice(&f32_to_f16(0.002).to_le_bytes());
+            q4.extend((0..140).map(|_| rng.byte()));
+        }
+        q4
+    }
+
+    /// `blocks` Q6_K super-blocks with random codes and scales.
+    fn random_q6_k(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+        let mut q6 = Vec::new();
+        for _ in 0..blocks {
+            q6.extend((0..192).map(|_| rng.byte()));
+            q6.extend((0..16).map(|_| rng.byte() / 2));
+            q6.extend_from_slice(&f32_to_f16(0.003).to_le_bytes());
+        }
+        q6
+    }
+
     fn check(got: &[f32], want: &[f64], what: &str) {
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
         for (g, w) in got.iter().zip(want) {
@@ -145,12 +167,7 @@ mod tests {
             })
             .collect();
 
-        let mut q4 = Vec::new();
-        for _ in 0..rows * cols / 256 {
-            q4.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
-            q4.extend_from_slice(&f32_to_f16(0.002).to_le_bytes());
-            q4.extend((0..140).map(|_| rng.byte()));
-        }
+        let q4 = random_q4_k(&mut rng, rows * cols / 256);
         let w = q4_k::Q4KMatrix::from_blocks(&q4, rows, cols).unwrap();
         let w_rows: Vec<Vec<f32>> = (0..rows)
             .map(|r| {
@@ -166,12 +183,7 @@ mod tests {
             "q4_k",
         );
 
-        let mut q6 = Vec::new();
-        for _ in 0..rows * cols / 256 {
-            q6.extend((0..192).map(|_| rng.byte()));
-            q6.extend((0..16).map(|_| rng.byte() / 2));
-            q6.extend_from_slice(&f32_to_f16(0.003).to_le_bytes());
-        }
+        let q6 = random_q6_k(&mut rng, rows * cols / 256);
         let w = q6_k::Q6KMatrix::from_blocks(&q6, rows, cols).unwrap();
         let w_rows: Vec<Vec<f32>> = (0..rows)
             .map(|r| {
@@ -192,12 +204,7 @@ mod tests {
         let (rows, cols, m) = (10, 512, 11);
         let mut rng = Rng(3);
         let x: Vec<f32> = (0..m * cols).map(|_| rng.float()).collect();
-        let mut q4 = Vec::new();
-        for _ in 0..rows * cols / 256 {
-            q4.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
-            q4.extend_from_slice(&f32_to_f16(0.002).to_le_bytes());
-            q4.extend((0..140).map(|_| rng.byte()));
-        }
+        let q4 = random_q4_k(&mut rng, rows * cols / 256);
         let w = q4_k::Q4KMatrix::from_blocks(&q4, rows, cols).unwrap();
         let row = |r: usize| &x[r * cols..(r + 1) * cols];
         // Every kernel pattern a step makes: all gemv (decode rows), gemm rows first then
@@ -218,12 +225,7 @@ mod tests {
                 );
             }
         }
-        let mut q6 = Vec::new();
-        for _ in 0..rows * cols / 256 {
-            q6.extend((0..192).map(|_| rng.byte()));
-            q6.extend((0..16).map(|_| rng.byte() / 2));
-            q6.extend_from_slice(&f32_to_f16(0.003).to_le_bytes());
-        }
+        let q6 = random_q6_k(&mut rng, rows * cols / 256);
         let w = q6_k::Q6KMatrix::from_blocks(&q6, rows, cols).unwrap();
         for tiled in [false, true] {
             let batched = w.matmul(&x, m, tiled);

@@ -482,15 +482,8 @@ fn tile_gemm(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
             // Lane t: row t's integer over values 64j..64j+64 (below 2^24).
             per64[j] = hsum_i32_4_f32(v);
         }
-        let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
-        let (m_lo, m_hi) = mins.split_at(16);
-        let (b_lo, b_hi) = bs.split_at(16);
-        let pair = |m: &[i16], b: &[i16]| {
-            let m: [i16; 16] = std::array::from_fn(|i| m[i]);
-            let b: [i16; 16] = std::array::from_fn(|i| b[i]);
-            to_f32(madd_i16(m256i::from(b), m256i::from(m)))
-        };
-        let (m01, m23) = (pair(m_lo, b_lo), pair(m_hi, b_hi));
+        let (m01, m23) = tile_mins(b, bs);
+        let (m01, m23) = (to_f32(m01), to_f32(m23));
         let mins64 = [
             cast_to_m128_from_m256(m01),
             extract_m128_from_m256::<1>(m01),
@@ -506,6 +499,22 @@ fn tile_gemm(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
         }
     }
     sub_m128(acc, acc_min).into()
+}
+
+/// The mins term of super-block `b` for four interleaved rows (`bs`: their 32-value sums as
+/// `[j][row](low, high)`): lanes `[j][row]` of `min[2j] * bsum_lo + min[2j+1] * bsum_hi`,
+/// exact, for j = 0, 1 and for j = 2, 3.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn tile_mins(b: &Block, bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m256i) {
+    use super::avx2::{m256i, madd_i16};
+    let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
+    let pair = |half: usize| {
+        let m: [i16; 16] = std::array::from_fn(|i| mins[16 * half + i]);
+        let b: [i16; 16] = std::array::from_fn(|i| bs[16 * half + i]);
+        madd_i16(m256i::from(b), m256i::from(m))
+    };
+    (pair(0), pair(1))
 }
 
 /// One weight row times a group of four gemv rows: [`dot_tile`]'s arithmetic
@@ -548,16 +557,9 @@ fn tile_gemv(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
             }
         }
         let total = convert_to_m128_from_i32_m128i(m128i::from(hsum_i32_4(v)));
-        let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
-        let (m_lo, m_hi) = mins.split_at(16);
-        let (b_lo, b_hi) = bs.split_at(16);
-        let pair = |m: &[i16], b: &[i16]| {
-            let m: [i16; 16] = std::array::from_fn(|i| m[i]);
-            let b: [i16; 16] = std::array::from_fn(|i| b[i]);
-            madd_i16(m256i::from(b), m256i::from(m))
-        };
         // Lanes [j][row]: the four rows' mins over the super-block, summed over j.
-        let m = add_i32_m256i(pair(m_lo, b_lo), pair(m_hi, b_hi));
+        let (m01, m23) = tile_mins(b, bs);
+        let m = add_i32_m256i(m01, m23);
         let min_total = convert_to_m128_from_i32_m128i(add_i32_m128i(
             cast_to_m128i_from_m256i(m),
             extract_m128i_from_m256i::<1>(m),

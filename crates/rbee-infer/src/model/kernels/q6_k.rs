@@ -431,6 +431,43 @@ const SCALE_SHUFFLE: [[i8; 16]; 8] = {
     out
 };
 
+/// The eight integer lanes of one super-block `b` times each of four interleaved rows
+/// (`aq`, with 16-value sums `bs`): per 32-value chunk `vpmaddubsw` (codes times activation
+/// codes) and `vpmaddwd` (times the chunk's two scales), minus the code offsets from one
+/// `vpmaddwd` of the sums — what [`dot_tile`] computes per row.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [super::avx2::m256i; 4] {
+    use super::avx2::{
+        add_i32_m256i, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, sub_i32_m256i,
+    };
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
+    };
+    let (codes, _) = b.codes.as_chunks::<32>();
+    let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+    let scales = m128i::from(b.scales);
+    let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+    // Lane l of row t starts at -32 * (scale[2l] * bsum[2l] + scale[2l+1] * bsum[2l+1]).
+    let mut sums: [m256i; 4] = std::array::from_fn(|t| {
+        sub_i32_m256i(
+            m256i::default(),
+            shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
+        )
+    });
+    for (c, q) in codes.iter().enumerate() {
+        let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+            scales,
+            m128i::from(SCALE_SHUFFLE[c]),
+        ));
+        let q = load_u8(q);
+        for (sum, a) in sums.iter_mut().zip(&a) {
+            *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
+        }
+    }
+    sums
+}
+
 /// One weight row times a group of four rows with the tiled kernel's
 /// arithmetic ([`dot_tile`] with `tiled`): per super-block and row the exact
 /// integer `isum` (lanes of `vpmaddubsw` + `vpmaddwd`, minus the code
@@ -444,37 +481,13 @@ fn tile_tiled(
     td: &[[f32; 4]],
     tb: &[[[i16; 16]; 4]],
 ) -> [f32; 4] {
-    use super::avx2::{
-        add_i32_m256i, hsum_i32_4_f32, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs,
-        sub_i32_m256i,
-    };
+    use super::avx2::hsum_i32_4_f32;
     use safe_arch::{
-        convert_to_i16_m256i_from_i8_m128i, fused_mul_add_m128, load_unaligned_m128, m128i,
-        mul_m128, set_splat_m128, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i, zeroed_m128,
+        fused_mul_add_m128, load_unaligned_m128, mul_m128, set_splat_m128, zeroed_m128,
     };
     let mut acc = zeroed_m128();
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let (codes, _) = b.codes.as_chunks::<32>();
-        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
-        let scales = m128i::from(b.scales);
-        let wide = convert_to_i16_m256i_from_i8_m128i(scales);
-        // Lane l of row t: 32 * (scale[2l] * bsum[2l] + scale[2l+1] * bsum[2l+1]).
-        let mut sums: [m256i; 4] = std::array::from_fn(|t| {
-            sub_i32_m256i(
-                m256i::default(),
-                shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
-            )
-        });
-        for (c, q) in codes.iter().enumerate() {
-            let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
-                scales,
-                m128i::from(SCALE_SHUFFLE[c]),
-            ));
-            let q = load_u8(q);
-            for (sum, a) in sums.iter_mut().zip(&a) {
-                *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
-            }
-        }
+        let sums = tile_lanes(b, aq, bs);
         let isum = hsum_i32_4_f32(sums);
         let dw_isum = mul_m128(set_splat_m128(b.d), isum);
         acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
@@ -494,35 +507,10 @@ fn tile_vec_dot(
     td: &[[f32; 4]],
     tb: &[[[i16; 16]; 4]],
 ) -> [[f32; 8]; 4] {
-    use super::avx2::{
-        add_i32_m256i, fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16,
-        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
-    };
-    use safe_arch::{
-        convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
-    };
+    use super::avx2::{fused_mul_add_m256, m256, set_splat_m256, to_f32, zeroed_m256};
     let mut acc: [m256; 4] = [zeroed_m256(); 4];
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let (codes, _) = b.codes.as_chunks::<32>();
-        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
-        let scales = m128i::from(b.scales);
-        let wide = convert_to_i16_m256i_from_i8_m128i(scales);
-        let mut sums: [m256i; 4] = std::array::from_fn(|t| {
-            sub_i32_m256i(
-                m256i::default(),
-                shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
-            )
-        });
-        for (c, q) in codes.iter().enumerate() {
-            let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
-                scales,
-                m128i::from(SCALE_SHUFFLE[c]),
-            ));
-            let q = load_u8(q);
-            for (sum, a) in sums.iter_mut().zip(&a) {
-                *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
-            }
-        }
+        let sums = tile_lanes(b, aq, bs);
         for t in 0..4 {
             let d = set_splat_m256(ad[t] * b.d);
             acc[t] = fused_mul_add_m256(d, to_f32(sums[t]), acc[t]);
