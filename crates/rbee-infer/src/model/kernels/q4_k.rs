@@ -95,6 +95,11 @@ impl Q4KMatrix {
         let a = codes(&acts.q);
         let nb = self.cols / QK_K;
         let (tiles, rest) = Tiles::new(&acts, kernels, nb);
+        // Rows left to the row kernels: the gemv ones (decode rows) take four weight rows at
+        // a time; any other one goes alone.
+        let (gemv, others): (Vec<usize>, Vec<usize>) =
+            rest.iter().partition(|&&r| kernels[r] == RowKernel::Gemv);
+        let pair_sums = pair_sums(&acts);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             // Row groups in blocks that stay in cache while every weight row passes them.
@@ -108,10 +113,29 @@ impl Q4KMatrix {
                     });
                 }
             }
+            let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
+            let whole = cols.start + cols.len() / 4 * 4;
+            for &r in &gemv {
+                for c in (cols.start..whole).step_by(4) {
+                    let sums = row_gemv4(
+                        std::array::from_fn(|t| weight(c + t)),
+                        &acts,
+                        &a,
+                        &pair_sums,
+                        r,
+                    );
+                    let o = r * width + c - cols.start;
+                    out[o..o + 4].copy_from_slice(&sums);
+                }
+                for c in whole..cols.end {
+                    out[r * width + c - cols.start] =
+                        dot_tile::<1>(weight(c), &acts, &a, [(r, RowKernel::Gemv)])[0];
+                }
+            }
             for (i, c) in cols.clone().enumerate() {
-                let w = &self.blocks[c * nb..(c + 1) * nb];
-                // The rows left to the row kernels: four share each unpacked weight block.
-                let (fours, ones) = rest.as_chunks::<4>();
+                let w = weight(c);
+                // Any other rows: four share each unpacked weight block.
+                let (fours, ones) = others.as_chunks::<4>();
                 for four in fours {
                     let sums = dot_tile::<4>(w, &acts, &a, four.map(|r| (r, kernels[r])));
                     for (&r, s) in four.iter().zip(sums) {
@@ -573,6 +597,100 @@ fn tile_gemv(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
     sub_m128(acc, acc_min).into()
 }
 
+/// Per activation block, the 32-value code sums of each half of each 64-value part,
+/// `[lo0, hi0, lo1, hi1, lo2, hi2, lo3, hi3]` (at most 32 * 127 each), for [`row_gemv4`].
+fn pair_sums(acts: &Q8KRows) -> Vec<[i16; 8]> {
+    acts.bsums
+        .chunks_exact(16)
+        .map(|s| std::array::from_fn(|i| (s[2 * i] + s[2 * i + 1]) as i16))
+        .collect()
+}
+
+/// One activation row (`r`) times four weight rows with the gemv arithmetic: [`dot_tile`]'s
+/// [`RowKernel::Gemv`] per weight row (one exact integer per super-block for the products and
+/// one for the mins, each rounded once), the four weight rows side by side so that one
+/// horizontal sum and one set of float steps serve four outputs.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn row_gemv4(
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    pair_sums: &[[i16; 8]],
+    r: usize,
+) -> [f32; 4] {
+    use super::avx2::{
+        add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
+        splat_i16,
+    };
+    use safe_arch::{
+        add_horizontal_i32_m256i, cast_to_m128i_from_m256i, convert_to_m128_from_i32_m128i,
+        extract_m128i_from_m256i, fused_mul_add_m128, m128, m128i, mul_m128, set_splat_m128,
+        sub_m128, unpack_low_i32_m128i, zeroed_m128,
+    };
+    let nb = w[0].len();
+    let (a, _) = a.as_chunks::<32>();
+    let a = &a[r * nb * 8..(r + 1) * nb * 8];
+    let (ad, bsp) = (
+        &acts.d[r * nb..(r + 1) * nb],
+        &pair_sums[r * nb..(r + 1) * nb],
+    );
+    let mut acc = zeroed_m128();
+    let mut acc_min = zeroed_m128();
+    for bi in 0..nb {
+        let q8: [m256i; 8] = std::array::from_fn(|i| load_i8(&a[bi * 8 + i]));
+        let b: [&Block; 4] = std::array::from_fn(|t| &w[t][bi]);
+        let mut v = [m256i::default(); 4];
+        for (v, b) in v.iter_mut().zip(b) {
+            let (qs, _) = b.qs.as_chunks::<32>();
+            for j in 0..4 {
+                let (lo, hi) = nibbles(load_u8(&qs[j]));
+                *v = add_i32_m256i(
+                    *v,
+                    add_i32_m256i(
+                        madd_i16(
+                            mul_u8_i8_pairs(lo, q8[2 * j]),
+                            splat_i16(i16::from(b.scales[2 * j])),
+                        ),
+                        madd_i16(
+                            mul_u8_i8_pairs(hi, q8[2 * j + 1]),
+                            splat_i16(i16::from(b.scales[2 * j + 1])),
+                        ),
+                    ),
+                );
+            }
+        }
+        let total = convert_to_m128_from_i32_m128i(m128i::from(hsum_i32_4(v)));
+        // Each weight row's mins against the shared pair sums: lanes [row t: j] for two rows
+        // per vector, then summed over j and put in row order.
+        let sums = m256i::from(std::array::from_fn::<i16, 16, _>(|i| bsp[bi][i % 8]));
+        let mins = |t: usize| -> [i16; 16] {
+            std::array::from_fn(|i| i16::from(b[t + i / 8].mins[i % 8]))
+        };
+        let h = add_horizontal_i32_m256i(
+            madd_i16(m256i::from(mins(0)), sums),
+            madd_i16(m256i::from(mins(2)), sums),
+        );
+        let h = add_horizontal_i32_m256i(h, h);
+        let min_total = convert_to_m128_from_i32_m128i(unpack_low_i32_m128i(
+            cast_to_m128i_from_m256i(h),
+            extract_m128i_from_m256i::<1>(h),
+        ));
+        let da = set_splat_m128(ad[bi]);
+        let scale = mul_m128(m128::from(b.map(|b| b.d)), da);
+        let scale_min = mul_m128(m128::from(b.map(|b| b.dmin)), da);
+        acc = fused_mul_add_m128(total, scale, acc);
+        acc_min = fused_mul_add_m128(min_total, scale_min, acc_min);
+    }
+    sub_m128(acc, acc_min).into()
+}
+
+/// Without AVX2: [`dot_tile`] for each of the four weight rows.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn row_gemv4(w: [&[Block]; 4], acts: &Q8KRows, a: &[f32], _: &[[i16; 8]], r: usize) -> [f32; 4] {
+    w.map(|w| dot_tile::<1>(w, acts, a, [(r, RowKernel::Gemv)])[0])
+}
+
 /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
 fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
@@ -582,5 +700,63 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
             (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The row kernels that serve several rows at once compute, for each, exactly what the
+    /// one-row kernel computes: every output bit for bit.
+    #[test]
+    fn multi_row_kernels_equal_the_one_row_kernel() {
+        let (rows, cols, m) = (8, 768, 6);
+        let mut state = 17u64;
+        let mut byte = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 56) as u8
+        };
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / QK_K {
+            data.extend_from_slice(&crate::model::f16::f32_to_f16(0.013).to_le_bytes());
+            data.extend_from_slice(&crate::model::f16::f32_to_f16(0.004).to_le_bytes());
+            data.extend((0..140).map(|_| byte()));
+        }
+        let w = Q4KMatrix::from_blocks(&data, rows, cols).unwrap();
+        let x: Vec<f32> = (0..m * cols)
+            .map(|_| f32::from(byte()) / 64.0 - 2.0)
+            .collect();
+        let mut acts = Q8KRows::default();
+        quantize_q8_k(&x, &mut acts);
+        let a = codes(&acts.q);
+        let nb = cols / QK_K;
+        let weight = |c: usize| &w.blocks[c * nb..(c + 1) * nb];
+        let sums = pair_sums(&acts);
+        for r in 0..m {
+            for c in (0..rows).step_by(4) {
+                let four = row_gemv4(std::array::from_fn(|t| weight(c + t)), &acts, &a, &sums, r);
+                for (t, got) in four.iter().enumerate() {
+                    let want = dot_tile::<1>(weight(c + t), &acts, &a, [(r, RowKernel::Gemv)])[0];
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "row {r}, weight row {}",
+                        c + t
+                    );
+                }
+            }
+            for kernel in [RowKernel::Gemv, RowKernel::Gemm] {
+                let rows4: [usize; 4] = std::array::from_fn(|t| (r + t) % m);
+                let tile = dot_tile::<4>(weight(1), &acts, &a, rows4.map(|r| (r, kernel)));
+                for (t, &rr) in rows4.iter().enumerate() {
+                    let want = dot_tile::<1>(weight(1), &acts, &a, [(rr, kernel)])[0];
+                    assert_eq!(tile[t].to_bits(), want.to_bits(), "{kernel:?} row {rr}");
+                }
+            }
+        }
     }
 }

@@ -110,6 +110,7 @@ impl Q6KMatrix {
         let nb = self.cols / QK_K;
         let finish = |lanes: &[f32; 8]| if tiled { lanes[0] } else { hsum8(lanes) };
         let (tiles, first) = Tiles::new(&acts, m / 4, nb);
+        let sums16 = sums16(&acts);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             // Row groups in blocks that stay in cache while every weight row passes them.
@@ -123,8 +124,29 @@ impl Q6KMatrix {
                     });
                 }
             }
+            // vec_dot rows left over (decode rows): four weight rows at a time.
+            let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
+            let whole = cols.start + cols.len() / 4 * 4;
+            let row_first = if tiled { m } else { first };
+            for r in row_first..m {
+                for c in (cols.start..whole).step_by(4) {
+                    let lanes = row_vec_dot4(
+                        std::array::from_fn(|t| weight(c + t)),
+                        &acts,
+                        &a,
+                        &sums16,
+                        r,
+                    );
+                    for (t, lanes) in lanes.iter().enumerate() {
+                        out[r * width + c - cols.start + t] = hsum8(lanes);
+                    }
+                }
+            }
             for (i, c) in cols.clone().enumerate() {
-                let w = &self.blocks[c * nb..(c + 1) * nb];
+                let w = weight(c);
+                if !tiled && c < whole {
+                    continue;
+                }
                 // Four activation rows share each unpacked weight block.
                 let mut r = first;
                 while r + 4 <= m {
@@ -322,6 +344,78 @@ fn dot_tile<const T: usize>(
     acc
 }
 
+/// Each activation block's 16-value code sums as i16 (at most 16 * 127), for
+/// [`row_vec_dot4`].
+fn sums16(acts: &Q8KRows) -> Vec<[i16; 16]> {
+    acts.bsums
+        .chunks_exact(16)
+        .map(|s| std::array::from_fn(|i| s[i] as i16))
+        .collect()
+}
+
+/// One activation row (`r`) times four weight rows with vec_dot's arithmetic ([`dot_tile`]
+/// without `tiled`, per weight row), the four side by side so the activation codes are loaded
+/// once and the code offsets come from one `vpmaddwd` each instead of scalar products.
+/// Returns each weight row's eight lane accumulators (the caller sums them with [`hsum8`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+fn row_vec_dot4(
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    sums16: &[[i16; 16]],
+    r: usize,
+) -> [[f32; 8]; 4] {
+    use super::avx2::{
+        add_i32_m256i, fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16,
+        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
+    };
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
+    };
+    let nb = w[0].len();
+    let (a, _) = a.as_chunks::<32>();
+    let a = &a[r * nb * 8..(r + 1) * nb * 8];
+    let (ad, bs) = (&acts.d[r * nb..(r + 1) * nb], &sums16[r * nb..(r + 1) * nb]);
+    let mut acc: [m256; 4] = [zeroed_m256(); 4];
+    for bi in 0..nb {
+        let q8: [m256i; 8] = std::array::from_fn(|c| load_i8(&a[bi * 8 + c]));
+        let bsums = m256i::from(bs[bi]);
+        for (acc, w) in acc.iter_mut().zip(&w) {
+            let b = &w[bi];
+            let (codes, _) = b.codes.as_chunks::<32>();
+            let scales = m128i::from(b.scales);
+            let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+            // Lane l starts at -32 * (scale[2l] * bsum[2l] + scale[2l+1] * bsum[2l+1]).
+            let mut sum = sub_i32_m256i(
+                m256i::default(),
+                shl_imm_u32_m256i::<5>(madd_i16(bsums, wide)),
+            );
+            for (c, q) in codes.iter().enumerate() {
+                let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+                    scales,
+                    m128i::from(SCALE_SHUFFLE[c]),
+                ));
+                sum = add_i32_m256i(sum, madd_i16(mul_u8_i8_pairs(load_u8(q), q8[c]), sc));
+            }
+            *acc = fused_mul_add_m256(set_splat_m256(ad[bi] * b.d), to_f32(sum), *acc);
+        }
+    }
+    acc.map(|a| a.to_array())
+}
+
+/// Without AVX2: [`dot_tile`] for each of the four weight rows.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn row_vec_dot4(
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[f32],
+    _: &[[i16; 16]],
+    r: usize,
+) -> [[f32; 8]; 4] {
+    w.map(|w| dot_tile::<1>(w, acts, a, [r], false)[0])
+}
+
 /// Groups of four activation rows for the tiled kernel, block-interleaved
 /// for [`tile_tiled`]: per group and super-block the four rows' codes,
 /// scales and 16-value sums.
@@ -517,4 +611,55 @@ fn tile_vec_dot(
         }
     }
     acc.map(|a| a.to_array())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// The row kernel that serves four weight rows at once computes, for each, exactly what
+    /// the one-row kernel computes.
+    #[test]
+    fn the_four_weight_row_kernel_equals_the_one_row_kernel() {
+        let (rows, cols, m) = (8, 512, 3);
+        let mut state = 29u64;
+        let mut byte = || {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (state >> 56) as u8
+        };
+        let mut data = Vec::new();
+        for _ in 0..rows * cols / QK_K {
+            data.extend((0..192).map(|_| byte()));
+            data.extend((0..16).map(|_| byte() / 2));
+            data.extend_from_slice(&crate::model::f16::f32_to_f16(0.003).to_le_bytes());
+        }
+        let w = Q6KMatrix::from_blocks(&data, rows, cols).unwrap();
+        let x: Vec<f32> = (0..m * cols)
+            .map(|_| f32::from(byte()) / 64.0 - 2.0)
+            .collect();
+        let mut acts = Q8KRows::default();
+        quantize_q8_k(&x, &mut acts);
+        let a = permuted_f32(&acts.q);
+        let nb = cols / QK_K;
+        let weight = |c: usize| &w.blocks[c * nb..(c + 1) * nb];
+        let sums = sums16(&acts);
+        for r in 0..m {
+            for c in (0..rows).step_by(4) {
+                let four =
+                    row_vec_dot4(std::array::from_fn(|t| weight(c + t)), &acts, &a, &sums, r);
+                for (t, got) in four.iter().enumerate() {
+                    let want = dot_tile::<1>(weight(c + t), &acts, &a, [r], false)[0];
+                    assert_eq!(
+                        got.map(f32::to_bits),
+                        want.map(f32::to_bits),
+                        "row {r}, weight row {}",
+                        c + t
+                    );
+                }
+            }
+        }
+    }
 }
