@@ -230,7 +230,8 @@ fn a_full_queue_answers_503_with_retry_after() {
     let Some(data) = data_with_demo(tmp.path()) else {
         return;
     };
-    let node = NodeProcess::start(&data, &["--queue-capacity", "1"]);
+    // One batch slot: the second request waits in the queue (of one) instead of joining.
+    let node = NodeProcess::start(&data, &["--queue-capacity", "1", "--max-sequences", "1"]);
     // Warm the model so the first request is running, not loading.
     assert_eq!(chat(&node, "hi", json!({"max_tokens": 1})).0, 200);
     let long = json!({"model": "demo", "stream": true, "max_tokens": 400, "temperature": 0,
