@@ -303,8 +303,8 @@ impl<'a> TensorReader<'a> {
 }
 
 /// Bytes a 2-D weight occupies once loaded into its kernel's layout (see
-/// `kernels`): Q8_0 and Q5_0 as f32 scales plus i8 codes, k-quants with
-/// unpacked scales, float types widened to f32. 1-D tensors stay f32.
+/// `kernels`): Q8_0 and Q5_0 as f32 scales plus i8 codes, k-quants as their kernels'
+/// blocks (unpacked scales and codes), float types widened to f32. 1-D tensors stay f32.
 pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
     let n = info.n_elements();
     if info.dims.len() < 2 {
@@ -312,8 +312,8 @@ pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
     }
     match info.dtype {
         GgmlType::Q8_0 | GgmlType::Q5_0 => n / 32 * 36,
-        GgmlType::Q4_K => n / 256 * 152,
-        GgmlType::Q6_K => n / 256 * 276,
+        GgmlType::Q4_K => n / 256 * super::kernels::q4_k::LOADED_BLOCK_BYTES as u64,
+        GgmlType::Q6_K => n / 256 * super::kernels::q6_k::LOADED_BLOCK_BYTES as u64,
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => n * 4,
         _ => info.size,
     }

@@ -14,6 +14,8 @@ use super::pool::par_columns;
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 
 const BLOCK_BYTES: usize = 144;
+/// Bytes of one super-block once loaded ([`Block`]).
+pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
 
 /// One Q4_K super-block with its 6-bit scales and mins unpacked.
 #[derive(Debug, Clone)]
