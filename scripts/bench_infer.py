@@ -1,8 +1,10 @@
-"""Runs llama.cpp and rbee on one GGUF and prompt; prints both and the ratios (see bench-infer).
+"""Runs llama.cpp (the portable build, and the native one when given) and rbee on GGUFs with the
+same prompt ids; prints them side by side with the ratios, the weight bytes each engine reads
+per second while decoding, and this machine's memory read bandwidth (see bench-infer).
 
-Rounds alternate llama.cpp and rbee (RBEE_BENCH_ROUNDS, default 3) and each figure is the best
-of its rounds, so a burst of other work on the machine hurts both sides alike and is filtered
-out; the greedy tokens are compared in every round."""
+Rounds alternate the engines (RBEE_BENCH_ROUNDS, default 3) and each figure is the best of its
+rounds, so a burst of other work on the machine hurts all sides alike and is filtered out; the
+greedy tokens are compared with each llama.cpp build in every round."""
 import json
 import os
 import subprocess
@@ -23,7 +25,7 @@ TEXT = (
 )
 
 
-def llama_cpp_run(model: str, text: str) -> dict:
+def llama_cpp_run(python: str, model: str, text: str) -> dict:
     code = r'''
 import json, resource, sys, time
 import numpy as np
@@ -54,7 +56,7 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 print(json.dumps({"load_s": load, "prompt_tokens": len(ids), "prefill_tok_s": len(ids) / prefill,
                   "decode_tok_s": n_gen / decode, "peak_rss": rss, "tokens": out, "prompt_ids": ids}))
 '''
-    out = subprocess.run([sys.executable, "-c", code, model, text, str(PROMPT_TOKENS), str(GEN_TOKENS), str(THREADS)],
+    out = subprocess.run([python, "-c", code, model, text, str(PROMPT_TOKENS), str(GEN_TOKENS), str(THREADS)],
                          check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -75,34 +77,68 @@ def best(runs: list, key: str, higher: bool) -> float:
     return max(values) if higher else min(values)
 
 
-def main() -> int:
-    model, binary = sys.argv[1], sys.argv[2]
-    rounds = int(os.environ.get("RBEE_BENCH_ROUNDS", "3"))
-    refs, ours_runs = [], []
+def weight_bytes(model: str) -> int:
+    """Bytes of tensor data in the GGUF: what a decode step reads once."""
+    import gguf
+    return sum(int(t.n_bytes) for t in gguf.GGUFReader(model).tensors)
+
+
+def bandwidth(binary: str) -> float:
+    out = subprocess.run([binary, str(THREADS)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])["gb_s"]
+
+
+def agreement(ref: dict, ours: dict) -> str:
+    same = sum(1 for x, y in zip(ref["tokens"], ours["tokens"]) if x == y)
+    first_diff = next((i for i, (x, y) in enumerate(zip(ref["tokens"], ours["tokens"])) if x != y), None)
+    return f"{same}/{GEN_TOKENS}" + ("" if first_diff is None else f" (first difference at {first_diff})")
+
+
+def bench(model: str, binary: str, engines: dict, rounds: int, gb_s: float) -> None:
+    runs = {name: [] for name in [*engines, "rbee"]}
     for _ in range(rounds):
-        ref = llama_cpp_run(model, TEXT)
-        refs.append(ref)
-        ours_runs.append(rbee_run(binary, model, ref["prompt_ids"]))
+        for name, python in engines.items():
+            runs[name].append(llama_cpp_run(python, model, TEXT))
+        runs["rbee"].append(rbee_run(binary, model, runs["portable"][-1]["prompt_ids"]))
+    wbytes = weight_bytes(model)
+    names = list(runs)
+    print(f"\nmodel: {model} ({wbytes / 1e9:.2f} GB of weights)")
+    print(f"prompt: {runs['portable'][0]['prompt_tokens']} tokens, {GEN_TOKENS} greedy tokens, {THREADS} threads, "
+          f"best of {rounds} alternating rounds (load average at the end: {os.getloadavg()[0]:.2f})")
+    header = "| | " + " | ".join(f"llama.cpp {n}" if n != "rbee" else "rbee" for n in names)
+    header += " | " + " | ".join(f"rbee / {n}" for n in engines) + " |"
+    print(header)
+    print("|---" * (1 + len(names) + len(engines)) + "|")
     rows = [
         ("prefill tok/s", "prefill_tok_s", True, 1.0),
         ("decode tok/s", "decode_tok_s", True, 1.0),
         ("load s", "load_s", False, 1.0),
         ("peak RSS GB", "peak_rss", False, 1e9),
     ]
-    ref, ours = refs[0], ours_runs[0]
-    print(f"model: {model}")
-    print(f"prompt: {ref['prompt_tokens']} tokens (rbee: {ours['prompt_tokens']}), {GEN_TOKENS} greedy tokens, "
-          f"{THREADS} threads, best of {rounds} alternating rounds (load average at the end: {os.getloadavg()[0]:.2f})")
-    print(f"{'':<16}{'llama.cpp':>12}{'rbee':>12}{'rbee/llama.cpp':>16}")
-    for name, key, higher, unit in rows:
-        a = best(refs, key, higher) / unit
-        b = best(ours_runs, key, higher) / unit
-        print(f"{name:<16}{a:>12.2f}{b:>12.2f}{b / a:>15.2f}x")
-    for i, (ref, ours) in enumerate(zip(refs, ours_runs)):
-        same = sum(1 for x, y in zip(ref["tokens"], ours["tokens"]) if x == y)
-        first_diff = next((i for i, (x, y) in enumerate(zip(ref["tokens"], ours["tokens"])) if x != y), None)
-        print(f"round {i + 1}: greedy tokens identical: {same}/{GEN_TOKENS}"
-              + ("" if first_diff is None else f" (first difference at {first_diff})"))
+    for label, key, higher, unit in rows:
+        vals = {n: best(runs[n], key, higher) / unit for n in names}
+        cells = [f"{vals[n]:.2f}" for n in names] + [f"{vals['rbee'] / vals[n]:.2f}×" for n in engines]
+        print(f"| {label} | " + " | ".join(cells) + " |")
+    decode = {n: best(runs[n], "decode_tok_s", True) * wbytes / 1e9 for n in names}
+    cells = [f"{decode[n]:.1f} ({decode[n] / gb_s:.0%})" for n in names] + [""] * len(engines)
+    print("| decode GB/s read (of bandwidth) | " + " | ".join(cells) + " |")
+    print(f"memory read bandwidth, {THREADS} threads: {gb_s:.1f} GB/s")
+    for n in engines:
+        print(f"greedy tokens identical to llama.cpp {n}: " +
+              ", ".join(agreement(r, o) for r, o in zip(runs[n], runs["rbee"])))
+
+
+def main() -> int:
+    binary, bw_binary, portable = sys.argv[1], sys.argv[2], sys.argv[3]
+    native = os.environ.get("RBEE_BENCH_NATIVE_PYTHON")
+    models = sys.argv[4:]
+    rounds = int(os.environ.get("RBEE_BENCH_ROUNDS", "3"))
+    engines = {"portable": portable}
+    if native:
+        engines = {"native": native, "portable": portable}
+    gb_s = bandwidth(bw_binary)
+    for model in models:
+        bench(model, binary, engines, rounds, gb_s)
     return 0
 
 
