@@ -47,6 +47,16 @@ pub enum InferError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// A request to generate text from an encoder.
+    #[error(
+        "this is an embedding model ({architecture}); it cannot generate text: use it through the embeddings endpoints"
+    )]
+    EmbeddingOnly { architecture: String },
+    /// A request to embed with a decoder whose file names no pooling (not made for embeddings).
+    #[error(
+        "this is a text-generation model ({architecture}) without pooling metadata (`{architecture}.pooling_type`); it does not make embeddings: use an embedding model"
+    )]
+    NotAnEmbeddingModel { architecture: String },
     #[error(
         "the model's queue is full: {capacity} requests already wait for a free batch slot or room in the KV cache budget; retry shortly"
     )]
@@ -68,7 +78,10 @@ impl InferError {
             InferError::UnsupportedArchitecture { .. } => "unsupported_architecture",
             InferError::Tokenizer(_) => "tokenizer_error",
             InferError::Model(_) => "model_error",
-            InferError::Chat(_) | InferError::InvalidRequest(_) => "invalid_request_error",
+            InferError::Chat(_)
+            | InferError::InvalidRequest(_)
+            | InferError::EmbeddingOnly { .. }
+            | InferError::NotAnEmbeddingModel { .. } => "invalid_request_error",
             InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
                 "context_length_exceeded"
             }

@@ -282,17 +282,6 @@ fn a_dropped_encode_request_stops_and_frees_the_model() {
     }
 }
 
-/// Cosine similarity in f64.
-fn cosine(a: &[f32], b: &[f32]) -> f64 {
-    let dot: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(&x, &y)| f64::from(x) * f64::from(y))
-        .sum();
-    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
-    dot / (norm(a) * norm(b))
-}
-
 /// Tiny random-weight models with a `pooling_type` (qwen3: last token, llama: mean), against
 /// llama.cpp's embedding mode on the same token ids (`scripts/reference/make_reference.py
 /// --only embed`): pooled, unnormalised vectors.

@@ -58,7 +58,11 @@ impl Arch {
             .find(|a| a.name() == name)
             .ok_or_else(|| ModelError::UnsupportedArchitecture {
                 architecture: name.to_owned(),
-                runs: format!("it runs: {}", SUPPORTED_ARCHITECTURES.join(", ")),
+                runs: format!(
+                    "it runs: {} (generation), {} (embeddings)",
+                    SUPPORTED_ARCHITECTURES.join(", "),
+                    super::bert::ENCODER_ARCHITECTURES.join(", ")
+                ),
             })
     }
 }
