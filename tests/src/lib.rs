@@ -88,6 +88,33 @@ pub fn demo_model() -> Option<PathBuf> {
     path
 }
 
+/// The embedding model (all-MiniLM-L6-v2, a sentence-transformers folder), fetched by
+/// `scripts/fetch-embed-model`. None (with a printed reason) when absent outside CI; in CI a
+/// missing model is a failure.
+pub fn embed_model() -> Option<PathBuf> {
+    let path = std::env::var_os("RBEE_EMBED_MODEL")
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cache/rbee/embed-model/all-MiniLM-L6-v2"))
+        })
+        .filter(|p| p.join("model.safetensors").is_file());
+    if path.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "embedding model missing in CI: scripts/test should have fetched it"
+        );
+        eprintln!("SKIPPED: embedding model not found (run scripts/fetch-embed-model)");
+    }
+    path
+}
+
+/// Imports the embedding model into `data` as `name`; None (skipped) when it is absent.
+pub fn import_embed(data: &Path, name: &str) -> Option<()> {
+    import_model(data, &embed_model()?, name);
+    Some(())
+}
+
 /// A free TCP port on loopback (bound, read, released), never the same one twice in this
 /// process: tests run in parallel, and the kernel readily hands a just-released port to the
 /// next caller, so two nodes could otherwise be told the same port.

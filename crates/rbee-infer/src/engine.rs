@@ -197,6 +197,11 @@ pub struct Encoding {
 }
 
 impl Encoding {
+    /// A flag that cancels this request when set, for a caller that hands the waiting on.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
     /// Blocks until every input is encoded.
     pub fn wait(self) -> Result<Embeddings, InferError> {
         self.result.recv().unwrap_or(Err(InferError::Unloaded))
@@ -265,8 +270,20 @@ impl Drop for Generation {
     }
 }
 
+/// What a model on disk can do, known from its headers alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// It generates text (a decoder).
+    pub generates: bool,
+    /// It makes embeddings: an encoder, or a decoder whose file names a pooling (made for
+    /// embeddings, such as Qwen3-Embedding).
+    pub embeds: bool,
+}
+
 /// Something that can load models and run them.
 pub trait Backend: Send + Sync {
+    /// Validates the file and says what the model can do, without reading any weight.
+    fn capabilities(&self, path: &Path) -> Result<Capabilities, InferError>;
     /// Validates the file and says how much memory loading it with `opts` takes.
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError>;
     /// Validates, then loads. Fails fast (before reading weights) on an invalid file.
@@ -527,6 +544,27 @@ fn context_for(file: &GgufFile, opts: &LoadOptions) -> usize {
 }
 
 impl Backend for CandleBackend {
+    fn capabilities(&self, path: &Path) -> Result<Capabilities, InferError> {
+        Ok(match Opened::open(path)? {
+            Found::Encoder(_) => Capabilities {
+                generates: false,
+                embeds: true,
+            },
+            Found::Decoder(opened) => {
+                let file = opened.header();
+                let arch = file.architecture().unwrap_or_default();
+                Capabilities {
+                    generates: true,
+                    embeds: file
+                        .metadata
+                        .get_u64(&format!("{arch}.pooling_type"))
+                        .and_then(Pooling::from_gguf)
+                        .is_some(),
+                }
+            }
+        })
+    }
+
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
         let opened = match Opened::open(path)? {
             Found::Decoder(opened) => opened,

@@ -47,6 +47,14 @@ pub enum InferError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// One input of a request to embed could not be: which one, and why (with the kind of its
+    /// cause, so an input too long for the context is a context error).
+    #[error("input {index}: {source}")]
+    Input {
+        index: usize,
+        #[source]
+        source: Box<InferError>,
+    },
     /// A request to generate text from an encoder.
     #[error(
         "this is an embedding model ({architecture}); it cannot generate text: use it through the embeddings endpoints"
@@ -74,6 +82,7 @@ fn at_least(counted_all: &bool) -> &'static str {
 impl InferError {
     pub fn error_type(&self) -> &'static str {
         match self {
+            InferError::Input { source, .. } => source.error_type(),
             InferError::Invalid { .. } | InferError::Unsupported { .. } => "invalid_model",
             InferError::UnsupportedArchitecture { .. } => "unsupported_architecture",
             InferError::Tokenizer(_) => "tokenizer_error",

@@ -183,7 +183,7 @@ fn an_input_longer_than_the_context_is_refused_or_cut_as_asked() {
         msg.contains("input 1") && msg.contains("100") && msg.contains("64"),
         "{msg}"
     );
-    assert_eq!(err.error_type(), "invalid_request_error");
+    assert_eq!(err.error_type(), "context_length_exceeded");
     let cut = model.encode(request(true)).unwrap().wait().unwrap();
     let first_64 = encode(
         model.as_ref(),

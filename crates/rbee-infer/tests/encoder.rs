@@ -194,7 +194,7 @@ fn too_long_inputs_are_refused_unless_truncation_is_asked_for() {
         msg.contains("input 1") && msg.contains("402") && msg.contains("256"),
         "{msg}"
     );
-    assert_eq!(err.error_type(), "invalid_request_error");
+    assert_eq!(err.error_type(), "context_length_exceeded");
     let cut = model.encode(request(true)).unwrap().wait().unwrap();
     assert_eq!(cut.prompt_tokens, 3 + 256);
     // Token ids are used as given, cut to the limit when asked.

@@ -12,6 +12,7 @@
 //! ```
 
 pub mod codec;
+pub mod embed;
 pub mod generation;
 mod id;
 pub mod infer;

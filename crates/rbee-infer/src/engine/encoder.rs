@@ -235,7 +235,10 @@ impl Worker {
         let cut = request.truncate.then_some(max);
         let mut out = Vec::with_capacity(request.inputs.len());
         for (i, input) in request.inputs.iter().enumerate() {
-            let at = |e: InferError| InferError::InvalidRequest(format!("input {i}: {e}"));
+            let at = |e: InferError| InferError::Input {
+                index: i,
+                source: Box::new(e),
+            };
             let mut tokens = match input {
                 Prompt::Text(text) => {
                     // Far more text than `max` tokens could hold is cut (when allowed) or

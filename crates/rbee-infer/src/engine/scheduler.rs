@@ -600,7 +600,10 @@ impl<R: Runtime> Scheduler<R> {
         let context = self.limits.context;
         let mut inputs = Vec::with_capacity(job.request.inputs.len());
         for (i, input) in job.request.inputs.iter().enumerate() {
-            let at = |e: InferError| InferError::InvalidRequest(format!("input {i}: {e}"));
+            let at = |e: InferError| InferError::Input {
+                index: i,
+                source: Box::new(e),
+            };
             let mut tokens = self
                 .prep
                 .input_tokens(input, job.request.truncate)

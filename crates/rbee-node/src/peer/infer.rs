@@ -5,20 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
 use rbee_net::frame::{read_frame, write_frame};
 use rbee_net::{Client, PeerId};
 use rbee_proto::infer::{InferFrame, InferRequest, MAX_REQUEST_FRAME};
 use rbee_proto::pool::INFER_PROTOCOL;
-use tokio::sync::Semaphore;
 
 use crate::NodeContext;
 use crate::error::NodeError;
-use crate::jobs::JobEvent;
 use crate::serve;
 
-/// Generations served to peers at once; more are refused with "busy".
-const MAX_INBOUND: usize = 64;
+/// What the caller hears before the generation starts.
+const FRAMES: super::ProgressFrames<InferFrame> = super::ProgressFrames {
+    phase: InferFrame::Phase,
+    progress: |done, total, peers| InferFrame::Progress { done, total, peers },
+};
+
 /// How long a peer has to send its request after opening the stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,36 +29,17 @@ fn error_frame(e: &NodeError) -> InferFrame {
 
 /// Serves `/rbee/infer/2` for peers until the network stops.
 pub async fn serve_infer(ctx: Arc<NodeContext>, net: Client) {
-    let mut incoming = match net.accept(INFER_PROTOCOL) {
-        Ok(i) => i,
-        Err(e) => return tracing::error!("cannot serve {INFER_PROTOCOL}: {e}"),
-    };
-    let slots = Arc::new(Semaphore::new(MAX_INBOUND));
-    while let Some((peer, mut stream)) = incoming.next().await {
-        let ctx = ctx.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    serve_one(&ctx, peer, &mut stream).await;
-                    let _ = stream.close().await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let e = NodeError::Busy {
-                        message: format!(
-                            "node {} serves {MAX_INBOUND} peer requests already",
-                            ctx.name
-                        ),
-                        retry_after_secs: 1,
-                    };
-                    let _ = write_frame(&mut stream, &error_frame(&e)).await;
-                    let _ = stream.close().await;
-                });
-            }
-        }
-    }
+    super::accept(
+        ctx,
+        net,
+        INFER_PROTOCOL,
+        |ctx, peer, mut stream| async move {
+            serve_one(&ctx, peer, &mut stream).await;
+            stream
+        },
+        error_frame,
+    )
+    .await;
 }
 
 async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Stream) {
@@ -86,7 +68,6 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
     // left it `running` for good).
     let _ends = job.fail_unless_ended("the peer went away before the generation finished");
     job.phase(&format!("serving a request from peer {peer}"));
-    let (_, live) = job.subscribe();
     // `local_only`: a forwarded request never hops again, so there are no routing loops.
     let start = serve::start_with(
         ctx,
@@ -96,38 +77,8 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
         true,
         Some(&job),
     );
-    tokio::pin!(start);
-    let mut live = live.map(tokio_stream::wrappers::BroadcastStream::new);
-    let started = loop {
-        let event = async {
-            match live.as_mut() {
-                Some(l) => l.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            result = &mut start => break result,
-            event = event => {
-                let frame = match event {
-                    Some(Ok(JobEvent::Phase { phase })) => InferFrame::Phase(phase),
-                    Some(Ok(JobEvent::Progress { done, total, peers, .. })) => InferFrame::Progress {
-                        done,
-                        total,
-                        peers: peers.unwrap_or_default(),
-                    },
-                    Some(_) => continue,
-                    None => {
-                        live = None;
-                        continue;
-                    }
-                };
-                if write_frame(stream, &frame).await.is_err() {
-                    job.fail("the peer went away");
-                    return;
-                }
-            }
-        }
+    let Some(started) = super::relay_until_started(stream, &job, start, FRAMES).await else {
+        return;
     };
     let mut started = match started {
         Ok(s) => s,
