@@ -1,5 +1,5 @@
 //! Fuzz suite for everything a node reads from a peer or from its own disk's protocol files:
-//! the frames of `/rbee/infer/2` (both directions) and `/rbee/shard/1` (both directions),
+//! the frames of `/rbee/infer/2`, `/rbee/embed/1` and `/rbee/shard/1` (each in both directions),
 //! gossiped node statuses, manifests and model references. Each goes through the exact
 //! production entry point with the production cap (`read_frame` with `MAX_REQUEST_FRAME`,
 //! `NodeStatus::from_wire`, `manifest_reply`, …) and what the node does next with a decoded
