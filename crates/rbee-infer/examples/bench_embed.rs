@@ -7,8 +7,9 @@
 //!
 //! `sentences.json`: a list of strings. Each batch size N encodes the first N sentences once to
 //! warm up, then repeatedly for `secs` seconds; the line gives the mean rate:
-//! `{"batch": N, "sentences_per_sec": …, "runs": …, "tokens": …}`. Threads: candle's pool
-//! (`RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS`).
+//! `{"batch": N, "sentences_per_sec": …, "runs": …, "tokens": …}`. With `vectors` as the batch
+//! sizes, it prints `{"vectors": […]}` of all the sentences instead (to compare engines).
+//! Threads: candle's pool (`RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS`).
 
 use std::time::Instant;
 
@@ -26,6 +27,17 @@ fn main() -> Result<(), Error> {
     let secs: f64 = secs.parse()?;
     let model = CandleBackend.load(model.as_ref(), &LoadOptions::default())?;
     eprintln!("{}", model.info().runtime);
+    if batches == "vectors" {
+        let inputs = sentences.into_iter().map(Prompt::Text).collect();
+        let request = EncodeRequest {
+            inputs,
+            normalize: true,
+            truncate: true,
+        };
+        let vectors = model.encode(request)?.wait()?.vectors;
+        println!("{}", json!({ "vectors": vectors }));
+        return Ok(());
+    }
     for n in batches.split(',') {
         let n: usize = n.parse()?;
         let request = || EncodeRequest {
