@@ -2,7 +2,7 @@
 //! `/rbee/shard/1`, and publishes its status. Each server runs under `tasks::supervise`.
 //!
 //! The two request servers (`infer`, `embed`) share how they accept streams (at most
-//! [`MAX_INBOUND`] each at once, more refused as busy) and how they relay what happens before
+//! `MAX_INBOUND` each at once, more refused as busy) and how they relay what happens before
 //! a request starts (a pull from the pool, a load) to the caller as it happens.
 
 pub mod embed;

@@ -9,7 +9,7 @@
 //!
 //! Activations are `rows × width`, row-major, one row per token; which width an operation
 //! works on is always given (or follows from a weight). Rows of several sequences travel
-//! together through a step; [`Origin`] tells the matmul where each row sits in the batch its own
+//! together through a step; `Origin` tells the matmul where each row sits in the batch its own
 //! sequence would have run it in (the CPU kernels round by it, to stay exact under batching),
 //! and a [`Span`] tells the position-dependent operations (RoPE, the KV cache, attention) which
 //! consecutive rows belong to one sequence and at what positions.
