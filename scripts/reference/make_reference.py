@@ -826,14 +826,19 @@ EMBED_TEXTS = [
 ]
 
 
+def embedding_llama(path: Path, n_ctx: int) -> "llama_cpp.Llama":
+    """llama.cpp's embedding mode on `path`: pooled per sequence, 2 threads."""
+    return llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=n_ctx, n_batch=512,
+                           n_ubatch=512, n_threads=N_THREADS, n_threads_batch=N_THREADS,
+                           seed=SEED, verbose=bool(os.environ.get("RBEE_REF_VERBOSE")))
+
+
 def make_embed(arch: str) -> bool:
     path = OUT_DIR / f"tiny-{arch}-embed.gguf"
     # The last-token model appends EOS to an input, as Qwen3-Embedding's vocabulary says.
     meta = write_tiny(arch, TINY[arch], path, pooling=EMBED[arch], add_eos=arch == "qwen3")
     log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
-    llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=N_CTX, n_batch=512,
-                          n_ubatch=512, n_threads=N_THREADS, n_threads_batch=N_THREADS,
-                          seed=SEED, verbose=bool(os.environ.get("RBEE_REF_VERBOSE")))
+    llm = embedding_llama(path, N_CTX)
     try:
         cases = []
         for text in EMBED_TEXTS:
@@ -950,10 +955,7 @@ def make_tiny_bert() -> bool:
     path = OUT_DIR / "tiny-bert-embed.gguf"
     meta = write_tiny_bert(path)
     log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
-    llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=TINY_BERT["n_ctx"],
-                          n_batch=512, n_ubatch=512, n_threads=N_THREADS,
-                          n_threads_batch=N_THREADS, seed=SEED,
-                          verbose=bool(os.environ.get("RBEE_REF_VERBOSE")))
+    llm = embedding_llama(path, TINY_BERT["n_ctx"])
     try:
         cases = []
         for text in TINY_BERT_TEXTS:

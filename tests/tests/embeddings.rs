@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rbee_tests::{Member, NodeProcess, http, import_demo, import_embed, pool_key, workspace_root};
@@ -233,27 +232,12 @@ fn embedding_endpoints_serve_minilm_and_refuse_what_a_model_cannot_do() {
     }
 
     // The real clients, unmodified.
-    let Some(python) = std::env::var_os("RBEE_TEST_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RBEE_TEST_PYTHON unset in CI: scripts/test sets it"
-        );
-        eprintln!("SKIPPED (python clients): RBEE_TEST_PYTHON not set");
-        return;
-    };
-    let out = Command::new(python)
-        .arg(workspace_root().join("tests/python/embed_clients.py"))
-        .arg(node.url(""))
-        .arg("minilm")
-        .arg(workspace_root().join("crates/rbee-infer/tests/reference/minilm-corpus.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "embedding clients failed:\n{}\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        node.log_text()
+    let url = node.url("");
+    let corpus = workspace_root().join("crates/rbee-infer/tests/reference/minilm-corpus.json");
+    rbee_tests::run_python_clients(
+        "embed_clients.py",
+        &[url.as_ref(), "minilm".as_ref(), corpus.as_os_str()],
+        &node,
     );
 }
 

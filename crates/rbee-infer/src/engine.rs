@@ -769,19 +769,27 @@ impl LoadedModel for CandleModel {
 impl CandleModel {
     /// Queues a job for the model thread; fails at once when the queue is full.
     fn submit(&self, job: Job) -> Result<(), InferError> {
-        // Counted before the send, so the thread's decrement can never come first.
-        self.counters.queued.fetch_add(1, Ordering::SeqCst);
-        let sent = self.jobs.try_send(job);
-        if sent.is_err() {
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-        }
-        match sent {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
-                capacity: self.capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
-        }
+        submit(&self.jobs, &self.counters, self.capacity, job)
+    }
+}
+
+/// Queues `job` for a model thread, counted as queued; fails at once when the queue is full.
+fn submit<J>(
+    jobs: &SyncSender<J>,
+    counters: &Counters,
+    capacity: usize,
+    job: J,
+) -> Result<(), InferError> {
+    // Counted before the send, so the thread's decrement can never come first.
+    counters.queued.fetch_add(1, Ordering::SeqCst);
+    let sent = jobs.try_send(job);
+    if sent.is_err() {
+        counters.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+    match sent {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => Err(InferError::QueueFull { capacity }),
+        Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
     }
 }
 

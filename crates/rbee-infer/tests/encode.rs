@@ -275,11 +275,7 @@ fn a_dropped_encode_request_stops_and_frees_the_model() {
         "{:?}",
         started.elapsed()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !model.activity().is_idle() {
-        assert!(Instant::now() < deadline, "{:?}", model.activity());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_idle(model.as_ref(), 10);
 }
 
 /// Tiny random-weight models with a `pooling_type` (qwen3: last token, llama: mean), against

@@ -278,11 +278,7 @@ fn a_full_queue_refuses_at_once_and_dropped_requests_free_the_model() {
     assert_eq!(err.error_type(), "overloaded");
     drop(waiting);
     drop(running);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !model.activity().is_idle() {
-        assert!(Instant::now() < deadline, "{:?}", model.activity());
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_idle(model.as_ref(), 20);
     let ok = model
         .encode(EncodeRequest {
             inputs: vec![Prompt::Text("still serving".into())],

@@ -13,10 +13,13 @@ pub mod status;
 use std::future::Future;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use futures::{AsyncWriteExt, StreamExt};
-use rbee_net::frame::write_frame;
+use rbee_net::frame::{read_frame, write_frame};
 use rbee_net::{Client, PeerId};
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tokio::sync::Semaphore;
 
 use crate::NodeContext;
@@ -25,6 +28,40 @@ use crate::jobs::{Job, JobEvent};
 
 /// Requests of one protocol served to peers at once; more are refused with "busy".
 pub(crate) const MAX_INBOUND: usize = 64;
+/// How long a peer has to send its request after opening the stream.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Reads a peer's one request frame (at most `cap` bytes, within [`REQUEST_TIMEOUT`]) and
+/// checks it by `check`, the HTTP API's rules; a malformed or refused request is answered with
+/// `error(…)` as its one frame. `None`: nothing to serve.
+pub(crate) async fn read_request<R: DeserializeOwned, F: Serialize>(
+    stream: &mut rbee_net::Stream,
+    peer: PeerId,
+    cap: usize,
+    check: impl Fn(&R) -> Result<(), String>,
+    error: fn(&NodeError) -> F,
+) -> Option<R> {
+    let refuse = |why: String| NodeError::BadRequest(why);
+    let request: R = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream, cap)).await {
+        Ok(Ok(Some(r))) => r,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, "malformed request: {e}");
+            let _ = write_frame(stream, &error(&refuse(format!("malformed request: {e}")))).await;
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "peer sent no request in time");
+            return None;
+        }
+    };
+    if let Err(why) = check(&request) {
+        tracing::debug!(%peer, "refused a request: {why}");
+        let _ = write_frame(stream, &error(&refuse(why))).await;
+        return None;
+    }
+    Some(request)
+}
 
 /// Accepts `protocol` streams until the network stops, serving each with `serve` while fewer
 /// than [`MAX_INBOUND`] run; beyond that a stream gets `busy(error)` as its one frame.

@@ -324,11 +324,14 @@ async fn run_local(
 ) -> Result<Ran, NodeError> {
     let caps = ctx.kinds.of(model.id(), &model.path).await?;
     check_capability(&model, caps, &task)?;
+    let wait = Duration::from_secs(ctx.config.load_wait_secs);
+    let loaded = worker.acquire(model.clone(), wait).await?;
+    ctx.catalog.touch(model.id());
     match task {
-        Task::Generate { prompt, params } => start_local(ctx, model, worker, prompt, params)
+        Task::Generate { prompt, params } => start_local(ctx, &model, loaded, prompt, params)
             .await
             .map(Ran::Generation),
-        Task::Embed(embed) => embed_local(ctx, model, worker, embed)
+        Task::Embed(embed) => embed_local(ctx, &model, loaded, embed)
             .await
             .map(Ran::Embedding),
     }
@@ -367,17 +370,14 @@ async fn pull_and_run(
     run_local(ctx, resolved, ctx.worker.clone(), task).await
 }
 
-/// Runs a generation on this node's worker.
+/// Runs a generation on a model loaded on this node's worker.
 async fn start_local(
     ctx: &NodeContext,
-    model: ResolvedModel,
-    worker: WorkerHandle,
+    model: &ResolvedModel,
+    loaded: Arc<dyn LoadedModel>,
     prompt: Prompt,
     params: SamplingParams,
 ) -> Result<Started, NodeError> {
-    let wait = Duration::from_secs(ctx.config.load_wait_secs);
-    let loaded = worker.acquire(model.clone(), wait).await?;
-    ctx.catalog.touch(model.id());
     let generation = loaded.generate(GenerateRequest { prompt, params })?;
     let (started_tx, started_rx) = oneshot::channel::<Result<usize, NodeError>>();
     let (tx, rx) = mpsc::channel(BRIDGE_BUFFER);
@@ -453,18 +453,15 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Embeds on this node's worker: the model's own pooling and normalisation, then the
-/// `dimensions` asked for where the model was trained for them.
+/// Embeds with a model loaded on this node's worker: the model's own pooling and
+/// normalisation, then the `dimensions` asked for where the model was trained for them.
 async fn embed_local(
     ctx: &NodeContext,
-    model: ResolvedModel,
-    worker: WorkerHandle,
+    model: &ResolvedModel,
+    loaded: Arc<dyn LoadedModel>,
     task: EmbedTask,
 ) -> Result<Embedded, NodeError> {
-    let wait = Duration::from_secs(ctx.config.load_wait_secs);
-    let loaded = worker.acquire(model.clone(), wait).await?;
-    ctx.catalog.touch(model.id());
-    let dimensions = check_dimensions(&model, loaded.as_ref(), task.dimensions)?;
+    let dimensions = check_dimensions(model, loaded.as_ref(), task.dimensions)?;
     let normalize = loaded.info().normalize;
     let encoding = loaded.encode(EncodeRequest {
         inputs: task.inputs,

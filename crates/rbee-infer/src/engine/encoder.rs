@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, sync_channel};
 
 use super::{
     Activity, Counters, Embeddings, EncodeRequest, Encoding, GenerateRequest, Generation,
@@ -101,23 +101,13 @@ impl LoadedModel for EncoderModel {
         check_request(&request)?;
         let (reply, result) = sync_channel(1);
         let cancel = Arc::new(AtomicBool::new(false));
-        // Counted before the send, so the thread's decrement can never come first.
-        self.counters.queued.fetch_add(1, Ordering::SeqCst);
-        let sent = self.jobs.try_send(Job {
+        let job = Job {
             request,
             reply,
             cancel: cancel.clone(),
-        });
-        if sent.is_err() {
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-        }
-        match sent {
-            Ok(()) => Ok(Encoding { result, cancel }),
-            Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
-                capacity: self.capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
-        }
+        };
+        super::submit(&self.jobs, &self.counters, self.capacity, job)?;
+        Ok(Encoding { result, cancel })
     }
 
     fn activity(&self) -> Activity {

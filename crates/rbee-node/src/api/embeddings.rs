@@ -177,14 +177,14 @@ fn check_ollama_extras(
     }
 }
 
-/// Runs an Ollama embedding request: the vectors and Ollama's timing fields.
+/// Runs a parsed Ollama embedding request: the vectors, and the nanoseconds it took.
 async fn ollama_run(
     ctx: &NodeContext,
-    model: &str,
-    task: EmbedTask,
+    parsed: Result<(String, EmbedTask), NodeError>,
 ) -> Result<(Embedded, u64), NodeError> {
+    let (model, task) = parsed?;
     let started = Instant::now();
-    let embedded = serve::embed(ctx, model, task).await?;
+    let embedded = serve::embed(ctx, &model, task).await?;
     Ok((embedded, started.elapsed().as_nanos() as u64))
 }
 
@@ -207,11 +207,7 @@ pub async fn ollama_embed(
         };
         Ok((req.model, task))
     });
-    let result = match parsed {
-        Ok((model, task)) => ollama_run(&ctx, &model, task).await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match ollama_run(&ctx, parsed).await {
         Ok((embedded, nanos)) => {
             let node = embedded.node.clone();
             let resp = OllamaEmbedResponse {
@@ -241,11 +237,7 @@ pub async fn ollama_embeddings(
         };
         Ok((req.model, task))
     });
-    let result = match parsed {
-        Ok((model, task)) => ollama_run(&ctx, &model, task).await,
-        Err(e) => Err(e),
-    };
-    match result {
+    match ollama_run(&ctx, parsed).await {
         Ok((mut embedded, _)) => {
             let node = embedded.node.clone();
             let embedding = embedded.vectors.pop().unwrap_or_default();

@@ -3,9 +3,8 @@
 //! `rbee_proto::embed`'s.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use rbee_net::frame::{read_frame, write_frame};
+use rbee_net::frame::write_frame;
 use rbee_net::{Client, PeerId};
 use rbee_proto::embed::{EmbedFrame, EmbedRequest, MAX_REQUEST_FRAME, vectors_per_frame};
 use rbee_proto::pool::EMBED_PROTOCOL;
@@ -19,9 +18,6 @@ const FRAMES: super::ProgressFrames<EmbedFrame> = super::ProgressFrames {
     phase: EmbedFrame::Phase,
     progress: |done, total, peers| EmbedFrame::Progress { done, total, peers },
 };
-
-/// How long a peer has to send its request after opening the stream.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn error_frame(e: &NodeError) -> EmbedFrame {
     EmbedFrame::Error {
@@ -46,23 +42,17 @@ pub async fn serve_embed(ctx: Arc<NodeContext>, net: Client) {
 }
 
 async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Stream) {
-    let request: EmbedRequest =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream, MAX_REQUEST_FRAME)).await {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "bad embed request: {e}");
-                let e = NodeError::BadRequest(format!("malformed request: {e}"));
-                let _ = write_frame(stream, &error_frame(&e)).await;
-                return;
-            }
-            Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
-        };
-    if let Err(e) = request.check().map_err(NodeError::BadRequest) {
-        tracing::debug!(%peer, "refused an embed request: {e}");
-        let _ = write_frame(stream, &error_frame(&e)).await;
+    let Some(request) = super::read_request(
+        stream,
+        peer,
+        MAX_REQUEST_FRAME,
+        EmbedRequest::check,
+        error_frame,
+    )
+    .await
+    else {
         return;
-    }
+    };
     tracing::debug!(%peer, model = %request.model, inputs = request.inputs.len(), "embedding for a peer");
     // A job here too, so that a pull or a load it needs is listed and relayed to the caller.
     let job = ctx.jobs.create("embed");

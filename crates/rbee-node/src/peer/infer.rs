@@ -3,9 +3,8 @@
 //! `rbee_proto::infer`'s.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use rbee_net::frame::{read_frame, write_frame};
+use rbee_net::frame::write_frame;
 use rbee_net::{Client, PeerId};
 use rbee_proto::infer::{InferFrame, InferRequest, MAX_REQUEST_FRAME};
 use rbee_proto::pool::INFER_PROTOCOL;
@@ -19,9 +18,6 @@ const FRAMES: super::ProgressFrames<InferFrame> = super::ProgressFrames {
     phase: InferFrame::Phase,
     progress: |done, total, peers| InferFrame::Progress { done, total, peers },
 };
-
-/// How long a peer has to send its request after opening the stream.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn error_frame(e: &NodeError) -> InferFrame {
     e.to_event()
@@ -43,23 +39,17 @@ pub async fn serve_infer(ctx: Arc<NodeContext>, net: Client) {
 }
 
 async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Stream) {
-    let request: InferRequest =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream, MAX_REQUEST_FRAME)).await {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "bad infer request: {e}");
-                let e = NodeError::BadRequest(format!("malformed request: {e}"));
-                let _ = write_frame(stream, &error_frame(&e)).await;
-                return;
-            }
-            Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
-        };
-    if let Err(e) = request.check().map_err(NodeError::BadRequest) {
-        tracing::debug!(%peer, "refused an infer request: {e}");
-        let _ = write_frame(stream, &error_frame(&e)).await;
+    let Some(request) = super::read_request(
+        stream,
+        peer,
+        MAX_REQUEST_FRAME,
+        InferRequest::check,
+        error_frame,
+    )
+    .await
+    else {
         return;
-    }
+    };
     tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
     // The request is a job here too: what happens before the first token (a pull from the
     // pool, a load) is listed in this node's jobs and relayed to the caller as it happens.
