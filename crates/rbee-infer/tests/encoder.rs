@@ -344,3 +344,45 @@ fn decoder_inputs_get_llama_cpps_special_tokens() {
         }
     }
 }
+
+/// Encoders llama.cpp knows that rbee's encoder does not run yet are refused by name, with what
+/// does run; a broken `bert` GGUF names the tensor it lacks, before any weight is read.
+#[test]
+fn unsupported_and_broken_encoders_are_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let nomic = dir.path().join("nomic.gguf");
+    rbee_format::gguf::GgufWriter::tiny_model("nomic-bert")
+        .write_file(&nomic)
+        .unwrap();
+    let err = CandleBackend
+        .load(&nomic, &LoadOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(&err, InferError::UnsupportedArchitecture { architecture, .. } if architecture == "nomic-bert"),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("a `bert` model"), "{err}");
+    // A `bert` GGUF without the encoder's tensors.
+    let broken = dir.path().join("broken.gguf");
+    rbee_format::gguf::GgufWriter::tiny_model("bert")
+        .add("bert.attention.layer_norm_epsilon", 1e-12f32)
+        .write_file(&broken)
+        .unwrap();
+    let err = CandleBackend
+        .load(&broken, &LoadOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("position_embd.weight"), "{err}");
+    assert_eq!(err.error_type(), "model_error");
+    let caps = CandleBackend
+        .capabilities(&reference_dir().join("tiny-bert-embed.gguf"))
+        .unwrap();
+    assert!(caps.embeds && !caps.generates);
+    let caps = CandleBackend
+        .capabilities(&reference_dir().join("tiny-qwen3-embed.gguf"))
+        .unwrap();
+    assert!(caps.embeds && caps.generates);
+    let caps = CandleBackend
+        .capabilities(&reference_dir().join("tiny-qwen3.gguf"))
+        .unwrap();
+    assert!(!caps.embeds && caps.generates);
+}
