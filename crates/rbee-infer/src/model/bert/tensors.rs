@@ -50,8 +50,8 @@ impl std::fmt::Debug for Tensors {
     }
 }
 
-/// The HF name of a BERT tensor under llama.cpp's GGUF name, for the names this conversion
-/// knows (`bert.` prefixes and the old `gamma`/`beta` norm names are handled by the caller).
+/// llama.cpp's GGUF name for a Hugging Face BERT tensor name (a `bert.` prefix and the old
+/// `gamma`/`beta` norm names included); `None` for tensors the encoder does not read.
 fn gguf_name(hf: &str) -> Option<String> {
     let hf = hf.strip_prefix("bert.").unwrap_or(hf);
     let hf = hf
