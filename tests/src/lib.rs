@@ -68,24 +68,91 @@ pub fn rbee(data: &Path, args: &[&str]) -> Output {
         .expect("spawning rbee-node")
 }
 
-/// The demo model (Gemma 3 270M Q4_K_M), fetched by `scripts/fetch-demo-model`. None (with a
-/// printed reason) when absent outside CI; in CI a missing model is a failure.
-pub fn demo_model() -> Option<PathBuf> {
-    let path = std::env::var_os("RBEE_DEMO_MODEL")
+/// A model the test scripts fetch into the cache: `$var`, else `~/.cache/rbee/<cached>`, when
+/// `present` says it is there. None (with a printed reason) when absent outside CI; in CI a
+/// missing model is a failure, since `scripts/test` fetches it.
+fn cached_model(
+    var: &str,
+    cached: &str,
+    present: fn(&Path) -> bool,
+    script: &str,
+) -> Option<PathBuf> {
+    let path = std::env::var_os(var)
         .map(PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME")
-                .map(|h| PathBuf::from(h).join(".cache/rbee/demo-model/gemma-3-270m-q4_k_m.gguf"))
+            std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/rbee").join(cached))
         })
-        .filter(|p| p.is_file());
+        .filter(|p| present(p));
     if path.is_none() {
         assert!(
             std::env::var_os("CI").is_none(),
-            "demo model missing in CI: scripts/test should have fetched it"
+            "{cached} missing in CI: scripts/test should have fetched it"
         );
-        eprintln!("SKIPPED: demo model not found (run scripts/fetch-demo-model)");
+        eprintln!("SKIPPED: {cached} not found (run {script})");
     }
     path
+}
+
+/// The demo model (Gemma 3 270M Q4_K_M), fetched by `scripts/fetch-demo-model`.
+pub fn demo_model() -> Option<PathBuf> {
+    cached_model(
+        "RBEE_DEMO_MODEL",
+        "demo-model/gemma-3-270m-q4_k_m.gguf",
+        Path::is_file,
+        "scripts/fetch-demo-model",
+    )
+}
+
+/// The embedding model (all-MiniLM-L6-v2, a sentence-transformers folder), fetched by
+/// `scripts/fetch-embed-model`.
+pub fn embed_model() -> Option<PathBuf> {
+    cached_model(
+        "RBEE_EMBED_MODEL",
+        "embed-model/all-MiniLM-L6-v2",
+        |p| p.join("model.safetensors").is_file(),
+        "scripts/fetch-embed-model",
+    )
+}
+
+/// Imports the embedding model into `data` as `name`; None (skipped) when it is absent.
+pub fn import_embed(data: &Path, name: &str) -> Option<()> {
+    import_model(data, &embed_model()?, name);
+    Some(())
+}
+
+/// The python of the venv with the official clients (`scripts/test-venv`, exported by
+/// `scripts/test` as `RBEE_TEST_PYTHON`); None (with a printed reason) outside CI without it.
+pub fn test_python() -> Option<std::ffi::OsString> {
+    let python = std::env::var_os("RBEE_TEST_PYTHON");
+    if python.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RBEE_TEST_PYTHON unset in CI: scripts/test sets it"
+        );
+        eprintln!("SKIPPED: RBEE_TEST_PYTHON not set (scripts/test sets it up)");
+    }
+    python
+}
+
+/// Runs `tests/python/<script>` with the clients' python and `args`, failing with its output
+/// and the node's log when it fails; false (skipped) without the venv.
+pub fn run_python_clients(script: &str, args: &[&std::ffi::OsStr], node: &NodeProcess) -> bool {
+    let Some(python) = test_python() else {
+        return false;
+    };
+    let out = Command::new(python)
+        .arg(workspace_root().join("tests/python").join(script))
+        .args(args)
+        .output()
+        .expect("running python");
+    assert!(
+        out.status.success(),
+        "{script} failed:\n{}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node.log_text()
+    );
+    true
 }
 
 /// A free TCP port on loopback (bound, read, released), never the same one twice in this

@@ -19,6 +19,11 @@ fn tiny_model() -> PathBuf {
     workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen3.gguf")
 }
 
+/// A tiny BERT encoder (embeddings only).
+fn tiny_encoder() -> PathBuf {
+    workspace_root().join("crates/rbee-infer/tests/reference/tiny-bert-embed.gguf")
+}
+
 fn hostile(rng: &mut XorShift) -> Value {
     match rng.below(16) {
         0 => Value::Null,
@@ -144,7 +149,11 @@ fn judge(what: &str, status: u16, body: &str, stream: bool) -> u16 {
     if status >= 400 {
         let v: Value = serde_json::from_str(body)
             .unwrap_or_else(|e| panic!("{what}: {status} error body is not JSON ({e}): {body}"));
-        let message = v["error"]["message"].as_str().unwrap_or_default();
+        // OpenAI's shape, or Ollama's (`{"error": "…"}`) on its `/api/*` routes.
+        let message = v["error"]["message"]
+            .as_str()
+            .or(v["error"].as_str())
+            .unwrap_or_default();
         assert!(
             !message.is_empty(),
             "{what}: {status} without a message: {body}"
@@ -209,6 +218,24 @@ fn corpus() -> Vec<(&'static str, Value)> {
             json!({"model": "tiny", "prompt": "Once upon", "max_tokens": 6, "stream": true}),
         ),
         (
+            "/v1/embeddings",
+            json!({"model": "tiny-bert", "input": ["hello world", "the bees"]}),
+        ),
+        (
+            "/v1/embeddings",
+            json!({"model": "tiny-bert", "input": [[2, 110, 3]], "encoding_format": "base64",
+                   "dimensions": 64}),
+        ),
+        (
+            "/api/embed",
+            json!({"model": "tiny-bert", "input": "hello world", "truncate": true,
+                   "keep_alive": "5m"}),
+        ),
+        (
+            "/api/embeddings",
+            json!({"model": "tiny-bert", "prompt": "hello"}),
+        ),
+        (
             "/v1/jobs",
             json!({"operation": "infer", "model": "tiny", "prompt": "hi", "max_tokens": 4}),
         ),
@@ -240,6 +267,7 @@ fn every_route_answers_hostile_input_with_a_clear_error_and_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     import_model(&data, &tiny_model(), "tiny");
+    import_model(&data, &tiny_encoder(), "tiny-bert");
     let node = NodeProcess::start(&data, &["--context-length", "128"]);
     let mut rng = XorShift(0x0ddb_a112_0260);
     let mut statuses = std::collections::BTreeMap::<u16, usize>::new();

@@ -85,29 +85,9 @@ fn openai_python_client_works_unmodified() {
     let Some(data) = data_with_demo(tmp.path()) else {
         return;
     };
-    let Some(python) = std::env::var_os("RBEE_TEST_PYTHON") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RBEE_TEST_PYTHON unset in CI: scripts/test sets it"
-        );
-        eprintln!("SKIPPED: RBEE_TEST_PYTHON not set (scripts/test sets it up)");
-        return;
-    };
     let node = NodeProcess::start(&data, &[]);
-    let script = workspace_root().join("tests/python/openai_client.py");
-    let out = Command::new(python)
-        .arg(script)
-        .arg(node.url("/v1"))
-        .arg("demo")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "openai client failed:\n{}\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        node.log_text()
-    );
+    let url = node.url("/v1");
+    rbee_tests::run_python_clients("openai_client.py", &[url.as_ref(), "demo".as_ref()], &node);
 }
 
 #[test]

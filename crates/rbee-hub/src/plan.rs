@@ -168,13 +168,13 @@ pub(crate) fn parse_listing(
     })
 }
 
-/// Side files of a safetensors model: the first two are required.
-const SAFETENSORS_REQUIRED: &[&str] = &["config.json", "tokenizer.json"];
-const SAFETENSORS_OPTIONAL: &[&str] = &[
-    "generation_config.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-];
+/// Side files of a safetensors model: the store's own list, the first ones required.
+const SAFETENSORS_REQUIRED: &[&str] = rbee_proto::SAFETENSORS_SIDE_FILES
+    .split_at(rbee_proto::SAFETENSORS_REQUIRED_FILES)
+    .0;
+const SAFETENSORS_OPTIONAL: &[&str] = rbee_proto::SAFETENSORS_SIDE_FILES
+    .split_at(rbee_proto::SAFETENSORS_REQUIRED_FILES)
+    .1;
 pub(crate) const SAFETENSORS_INDEX: &str = "model.safetensors.index.json";
 
 /// Decides what `file` (or, without one, the repo) means:
@@ -354,6 +354,46 @@ mod tests {
         let broken = listing(&[("m-00001-of-00003.gguf", 1), ("m-00002-of-00003.gguf", 1)]);
         let err = plan(&broken, None).unwrap_err();
         assert!(err.to_string().contains("m-00003-of-00003.gguf"), "{err}");
+    }
+
+    /// A sentence-transformers repo (all-MiniLM-L6-v2's layout, ONNX and other exports
+    /// beside): the safetensors model with the files that say how it pools and normalises.
+    #[test]
+    fn a_sentence_transformers_repo_brings_its_pooling_files() {
+        let l = listing(&[
+            ("1_Pooling/config.json", 1),
+            ("README.md", 1),
+            ("config.json", 1),
+            ("config_sentence_transformers.json", 1),
+            ("model.safetensors", 9),
+            ("modules.json", 1),
+            ("onnx/model.onnx", 9),
+            ("pytorch_model.bin", 9),
+            ("sentence_bert_config.json", 1),
+            ("special_tokens_map.json", 1),
+            ("tokenizer.json", 1),
+            ("tokenizer_config.json", 1),
+            ("vocab.txt", 1),
+        ]);
+        let p = plan(&l, None).unwrap();
+        assert_eq!(p.kind, PlanKind::Safetensors);
+        let mut names: Vec<&str> = p.files.iter().map(|f| f.name.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(
+            names,
+            [
+                "1_Pooling/config.json",
+                "README.md",
+                "config.json",
+                "config_sentence_transformers.json",
+                "model.safetensors",
+                "modules.json",
+                "sentence_bert_config.json",
+                "special_tokens_map.json",
+                "tokenizer.json",
+                "tokenizer_config.json",
+            ]
+        );
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! [`Generation`] (a client that went away) or calling [`Generation::cancel`] stops the work
 //! at the next step.
 
+mod encoder;
 mod scheduler;
 
+pub use encoder::MAX_ENCODE_STEP_TOKENS;
 pub use scheduler::MIN_PREFIX_REUSE;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,7 @@ use candle_core::Device;
 
 use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
+use crate::model::bert::{self, BertSource};
 use crate::model::config::check_transformer_header;
 use crate::model::{Arch, Cpu, ModelError, Runtime, SafetensorsModel, Transformer};
 use crate::sampling::SamplingParams;
@@ -124,6 +127,14 @@ pub struct ModelInfo {
     pub pooling: Pooling,
     /// The file names a pooling (it was made for embeddings).
     pub declares_pooling: bool,
+    /// It generates text (a decoder); an encoder only embeds.
+    pub generates: bool,
+    /// Its vectors are scaled to unit length unless asked otherwise: the model's own
+    /// configuration (a sentence-transformers `Normalize` module), else true.
+    pub normalize: bool,
+    /// It declares Matryoshka training: a prefix of its vector, renormalised, is an embedding
+    /// too (OpenAI's `dimensions`).
+    pub matryoshka: bool,
 }
 
 /// How an input's embedding is pooled from the final hidden states of its tokens.
@@ -186,6 +197,11 @@ pub struct Encoding {
 }
 
 impl Encoding {
+    /// A flag that cancels this request when set, for a caller that hands the waiting on.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.cancel.clone()
+    }
+
     /// Blocks until every input is encoded.
     pub fn wait(self) -> Result<Embeddings, InferError> {
         self.result.recv().unwrap_or(Err(InferError::Unloaded))
@@ -254,8 +270,20 @@ impl Drop for Generation {
     }
 }
 
+/// What a model on disk can do, known from its headers alone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// It generates text (a decoder).
+    pub generates: bool,
+    /// It makes embeddings: an encoder, or a decoder whose file names a pooling (made for
+    /// embeddings, such as Qwen3-Embedding).
+    pub embeds: bool,
+}
+
 /// Something that can load models and run them.
 pub trait Backend: Send + Sync {
+    /// Validates the file and says what the model can do, without reading any weight.
+    fn capabilities(&self, path: &Path) -> Result<Capabilities, InferError>;
     /// Validates the file and says how much memory loading it with `opts` takes.
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError>;
     /// Validates, then loads. Fails fast (before reading weights) on an invalid file.
@@ -308,18 +336,34 @@ pub(crate) struct Counters {
 #[derive(Debug, Default, Clone)]
 pub struct CandleBackend;
 
-/// Opens a GGUF file and checks, before any weight is read, that it is well-formed, of an
-/// architecture this engine runs, and has what the transformer reads.
-fn validated(path: &Path) -> Result<GgufFile, InferError> {
+/// A GGUF file, opened and checked before any weight is read: well-formed, of an
+/// architecture this engine runs, with what its model reads.
+enum Validated {
+    Decoder(GgufFile),
+    Encoder(Box<BertSource>, GgufFile),
+}
+
+fn validated(path: &Path) -> Result<Validated, InferError> {
     let invalid = |source| InferError::Invalid {
         path: path.to_path_buf(),
         source,
     };
     let file = GgufFile::open(path).map_err(invalid)?;
     let summary = gguf::validate(&file).map_err(invalid)?;
+    if bert::ENCODER_ARCHITECTURES.contains(&summary.architecture.as_str()) {
+        let source = BertSource::gguf(path, &file).map_err(|e| at(path, e))?;
+        return Ok(Validated::Encoder(Box::new(source), file));
+    }
+    if let Some(why) = bert::not_yet(&summary.architecture) {
+        return Err(InferError::UnsupportedArchitecture {
+            path: path.to_path_buf(),
+            architecture: summary.architecture,
+            runs: why.into(),
+        });
+    }
     let arch = Arch::parse(&summary.architecture).map_err(|e| at(path, e))?;
     check_transformer_header(&file, arch).map_err(invalid)?;
-    Ok(file)
+    Ok(Validated::Decoder(file))
 }
 
 /// A model error about the file at `path`: an architecture this engine does not run is the
@@ -347,18 +391,72 @@ enum Opened {
     Safetensors(SafetensorsModel),
 }
 
+/// What a path holds: a decoder (generation, and embeddings where it pools), or an encoder
+/// (embeddings only).
+enum Found {
+    Decoder(Opened),
+    Encoder(OpenedEncoder),
+}
+
+/// An encoder, from a GGUF or a folder, checked (headers only).
+struct OpenedEncoder {
+    /// The file or folder.
+    path: PathBuf,
+    source: Box<BertSource>,
+    /// Where its tokenizer comes from: the GGUF's vocabulary, or the folder's tokenizer.json.
+    gguf: Option<GgufFile>,
+}
+
+impl OpenedEncoder {
+    fn tokenizer(&self) -> Result<Tokenizer, InferError> {
+        Ok(match &self.gguf {
+            Some(file) => Tokenizer::from_gguf(&file.metadata)?,
+            None => Tokenizer::from_dir(&self.path)?,
+        })
+    }
+}
+
+/// Whether the folder's config.json names an encoder `model_type`.
+fn is_encoder_folder(dir: &Path) -> bool {
+    std::fs::read(dir.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|c| c.get("model_type")?.as_str().map(str::to_owned))
+        .is_some_and(|m| bert::ENCODER_MODEL_TYPES.contains(&m.as_str()))
+}
+
 impl Opened {
     /// `path` is a GGUF file, a safetensors file of a model folder (the store's primary
     /// file), or a folder holding either (the store's view).
-    fn open(path: &Path) -> Result<Opened, InferError> {
+    fn open(path: &Path) -> Result<Found, InferError> {
         let unsupported = |reason: String| InferError::Unsupported {
             path: path.to_path_buf(),
             reason,
         };
-        let safetensors = |dir: &Path| -> Result<Opened, InferError> {
-            Ok(Opened::Safetensors(
+        let safetensors = |dir: &Path| -> Result<Found, InferError> {
+            if is_encoder_folder(dir) {
+                return Ok(Found::Encoder(OpenedEncoder {
+                    path: dir.to_path_buf(),
+                    source: Box::new(BertSource::folder(dir).map_err(|e| at(dir, e))?),
+                    gguf: None,
+                }));
+            }
+            Ok(Found::Decoder(Opened::Safetensors(
                 SafetensorsModel::open(dir).map_err(|e| at(dir, e))?,
-            ))
+            )))
+        };
+        let gguf = |path: &Path| -> Result<Found, InferError> {
+            Ok(match validated(path)? {
+                Validated::Decoder(file) => Found::Decoder(Opened::Gguf {
+                    path: path.to_path_buf(),
+                    file,
+                }),
+                Validated::Encoder(source, file) => Found::Encoder(OpenedEncoder {
+                    path: path.to_path_buf(),
+                    source,
+                    gguf: Some(file),
+                }),
+            })
         };
         if !path.is_dir() {
             if path.extension().is_some_and(|x| x == "safetensors") {
@@ -367,23 +465,17 @@ impl Opened {
                     .ok_or_else(|| unsupported("a safetensors file outside any folder".into()))?;
                 return safetensors(dir);
             }
-            return Ok(Opened::Gguf {
-                path: path.to_path_buf(),
-                file: validated(path)?,
-            });
+            return gguf(path);
         }
         let entries: Vec<PathBuf> = std::fs::read_dir(path)
             .map_err(|e| unsupported(e.to_string()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
-        if let Some(gguf) = entries
+        if let Some(file) = entries
             .iter()
             .find(|p| p.extension().is_some_and(|x| x == "gguf"))
         {
-            return Ok(Opened::Gguf {
-                file: validated(gguf)?,
-                path: gguf.clone(),
-            });
+            return gguf(file);
         }
         if entries.iter().any(|p| p.ends_with("config.json")) {
             return safetensors(path);
@@ -452,8 +544,32 @@ fn context_for(file: &GgufFile, opts: &LoadOptions) -> usize {
 }
 
 impl Backend for CandleBackend {
+    fn capabilities(&self, path: &Path) -> Result<Capabilities, InferError> {
+        Ok(match Opened::open(path)? {
+            Found::Encoder(_) => Capabilities {
+                generates: false,
+                embeds: true,
+            },
+            Found::Decoder(opened) => {
+                let file = opened.header();
+                let arch = file.architecture().unwrap_or_default();
+                Capabilities {
+                    generates: true,
+                    embeds: file
+                        .metadata
+                        .get_u64(&format!("{arch}.pooling_type"))
+                        .and_then(Pooling::from_gguf)
+                        .is_some(),
+                }
+            }
+        })
+    }
+
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
-        let opened = Opened::open(path)?;
+        let opened = match Opened::open(path)? {
+            Found::Decoder(opened) => opened,
+            Found::Encoder(encoder) => return Ok(encoder::estimate(&encoder.source)),
+        };
         let file = opened.header();
         estimate_of(file, context_for(file, opts), opts)
     }
@@ -463,7 +579,10 @@ impl Backend for CandleBackend {
         // The runtime for the device, before reading anything: a device no runtime serves
         // fails here.
         let runtime = runtime_for(&opts.device)?;
-        let opened = Opened::open(path)?;
+        let opened = match Opened::open(path)? {
+            Found::Decoder(opened) => opened,
+            Found::Encoder(encoder) => return load_encoder(encoder, opts, started),
+        };
         let file = opened.header();
         let path = opened.path().to_path_buf();
         let context = context_for(file, opts);
@@ -499,6 +618,9 @@ impl Backend for CandleBackend {
             embedding_length: model.config().hidden_size,
             pooling: pooling.unwrap_or(Pooling::Last),
             declares_pooling: pooling.is_some(),
+            generates: true,
+            normalize: true,
+            matryoshka: false,
         };
         let (jobs, inbox) = sync_channel::<Job>(opts.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
@@ -529,6 +651,28 @@ impl Backend for CandleBackend {
             counters,
         }))
     }
+}
+
+/// Loads an encoder's weights and starts its model thread.
+fn load_encoder(
+    encoder: OpenedEncoder,
+    opts: &LoadOptions,
+    started: Instant,
+) -> Result<Arc<dyn LoadedModel>, InferError> {
+    let tokenizer = encoder.tokenizer()?;
+    let path = encoder.path.clone();
+    if opts.context_length.is_some() {
+        tracing::debug!(path = %path.display(), "an encoder runs inputs of its own maximum length; the context length asked for does not apply");
+    }
+    let source = *encoder.source;
+    let info_at_load = encoder::info(&source, path.clone(), started);
+    let bert = source.load().map_err(|e| at(&path, e))?;
+    let info = ModelInfo {
+        load_secs: started.elapsed().as_secs_f64(),
+        ..info_at_load
+    };
+    tracing::info!(path = %path.display(), secs = info.load_secs, runtime = info.runtime, pooling = info.pooling.name(), "encoder loaded");
+    encoder::start(bert, tokenizer, info, opts)
 }
 
 /// The runtime that serves `device`: the one place a new device's runtime is chosen.
@@ -625,19 +769,27 @@ impl LoadedModel for CandleModel {
 impl CandleModel {
     /// Queues a job for the model thread; fails at once when the queue is full.
     fn submit(&self, job: Job) -> Result<(), InferError> {
-        // Counted before the send, so the thread's decrement can never come first.
-        self.counters.queued.fetch_add(1, Ordering::SeqCst);
-        let sent = self.jobs.try_send(job);
-        if sent.is_err() {
-            self.counters.queued.fetch_sub(1, Ordering::SeqCst);
-        }
-        match sent {
-            Ok(()) => Ok(()),
-            Err(TrySendError::Full(_)) => Err(InferError::QueueFull {
-                capacity: self.capacity,
-            }),
-            Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
-        }
+        submit(&self.jobs, &self.counters, self.capacity, job)
+    }
+}
+
+/// Queues `job` for a model thread, counted as queued; fails at once when the queue is full.
+fn submit<J>(
+    jobs: &SyncSender<J>,
+    counters: &Counters,
+    capacity: usize,
+    job: J,
+) -> Result<(), InferError> {
+    // Counted before the send, so the thread's decrement can never come first.
+    counters.queued.fetch_add(1, Ordering::SeqCst);
+    let sent = jobs.try_send(job);
+    if sent.is_err() {
+        counters.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+    match sent {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => Err(InferError::QueueFull { capacity }),
+        Err(TrySendError::Disconnected(_)) => Err(InferError::Unloaded),
     }
 }
 

@@ -47,6 +47,24 @@ pub enum InferError {
     },
     #[error("invalid request: {0}")]
     InvalidRequest(String),
+    /// One input of a request to embed could not be: which one, and why (with the kind of its
+    /// cause, so an input too long for the context is a context error).
+    #[error("input {index}: {source}")]
+    Input {
+        index: usize,
+        #[source]
+        source: Box<InferError>,
+    },
+    /// A request to generate text from an encoder.
+    #[error(
+        "this is an embedding model ({architecture}); it cannot generate text: use it through the embeddings endpoints"
+    )]
+    EmbeddingOnly { architecture: String },
+    /// A request to embed with a decoder whose file names no pooling (not made for embeddings).
+    #[error(
+        "this is a text-generation model ({architecture}) without pooling metadata (`{architecture}.pooling_type`); it does not make embeddings: use an embedding model"
+    )]
+    NotAnEmbeddingModel { architecture: String },
     #[error(
         "the model's queue is full: {capacity} requests already wait for a free batch slot or room in the KV cache budget; retry shortly"
     )]
@@ -64,11 +82,15 @@ fn at_least(counted_all: &bool) -> &'static str {
 impl InferError {
     pub fn error_type(&self) -> &'static str {
         match self {
+            InferError::Input { source, .. } => source.error_type(),
             InferError::Invalid { .. } | InferError::Unsupported { .. } => "invalid_model",
             InferError::UnsupportedArchitecture { .. } => "unsupported_architecture",
             InferError::Tokenizer(_) => "tokenizer_error",
             InferError::Model(_) => "model_error",
-            InferError::Chat(_) | InferError::InvalidRequest(_) => "invalid_request_error",
+            InferError::Chat(_)
+            | InferError::InvalidRequest(_)
+            | InferError::EmbeddingOnly { .. }
+            | InferError::NotAnEmbeddingModel { .. } => "invalid_request_error",
             InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
                 "context_length_exceeded"
             }

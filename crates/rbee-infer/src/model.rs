@@ -27,6 +27,7 @@
 //! - `memory`: [`Transformer::estimate_memory`], from the header alone.
 
 mod attention;
+pub mod bert;
 pub mod config;
 mod error;
 mod f16;

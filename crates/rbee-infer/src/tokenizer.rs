@@ -36,6 +36,7 @@ mod pretokenize;
 mod special;
 mod spm;
 mod vocab;
+mod wpm;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -60,6 +61,9 @@ struct Inner {
     add_bos: bool,
     /// End-of-generation ids, the main EOS first.
     eos_ids: Vec<u32>,
+    /// The main EOS ends an input to embed (`tokenizer.ggml.add_eos_token`; `[SEP]` for
+    /// WordPiece). Never appended to a prompt to continue.
+    add_eos: bool,
 }
 
 enum Engine {
@@ -83,7 +87,7 @@ impl std::fmt::Debug for Tokenizer {
         let kind = match &self.inner.engine {
             Engine::Spm { .. } => "gguf-spm",
             Engine::Bpe { .. } => "gguf-bpe",
-            Engine::Hf(_) => "tokenizer.json",
+            Engine::Hf(_) => "tokenizers",
         };
         f.debug_struct("Tokenizer")
             .field("kind", &kind)
@@ -169,6 +173,45 @@ impl Tokenizer {
                 out.extend_from_slice(enc.get_ids());
             }
         }
+        Ok(out)
+    }
+
+    /// Token ids of `text` as one input to embed: the model's special tokens around it (BOS or
+    /// `[CLS]` first, and EOS or `[SEP]` last when the model appends one), as llama.cpp's
+    /// `add_special` or a `tokenizer.json`'s post-processor add them. With `max`, the text's
+    /// own tokens are cut so that the whole input has at most `max` tokens (the special ones
+    /// are kept), as Hugging Face's truncation does.
+    pub fn encode_input(&self, text: &str, max: Option<usize>) -> Result<Vec<u32>, TokenizerError> {
+        let inner = &*self.inner;
+        if let Engine::Hf(tok) = &inner.engine
+            && let Some(post) = tok.get_post_processor()
+        {
+            use tokenizers::PostProcessor;
+            let hf = |source| TokenizerError::HfEncode { source };
+            let mut enc = tok.encode(text, false).map_err(hf)?;
+            if let Some(max) = max {
+                let room = max.saturating_sub(post.added_tokens(false));
+                if enc.len() > room {
+                    enc.truncate(room, 0, tokenizers::TruncationDirection::Right);
+                }
+            }
+            return Ok(tok
+                .post_process(enc, None, true)
+                .map_err(hf)?
+                .get_ids()
+                .to_vec());
+        }
+        let bos = inner.bos.filter(|_| inner.add_bos);
+        let eos = inner.eos_ids.first().copied().filter(|_| inner.add_eos);
+        let mut out = self.encode(text, false)?;
+        if let Some(max) = max {
+            let room = max.saturating_sub(usize::from(bos.is_some()) + usize::from(eos.is_some()));
+            out.truncate(room);
+        }
+        if let Some(bos) = bos {
+            out.insert(0, bos);
+        }
+        out.extend(eos);
         Ok(out)
     }
 

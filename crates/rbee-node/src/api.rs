@@ -1,6 +1,8 @@
-//! The HTTP API (axum): OpenAI-compatible `/v1/*`, the job API with server-sent events,
-//! `/health` and `/metrics`. Every handler talks to the actors through their handles.
+//! The HTTP API (axum): OpenAI-compatible `/v1/*`, Ollama's embedding routes, the job API
+//! with server-sent events, `/health` and `/metrics`. Every handler talks to the actors
+//! through their handles.
 
+mod embeddings;
 mod guard;
 mod health;
 mod hub;
@@ -28,6 +30,9 @@ pub fn router(node: Arc<NodeContext>) -> Router {
     let mut app = Router::new()
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
+        .route("/v1/embeddings", post(embeddings::openai))
+        .route("/api/embed", post(embeddings::ollama_embed))
+        .route("/api/embeddings", post(embeddings::ollama_embeddings))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))

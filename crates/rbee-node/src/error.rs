@@ -124,11 +124,15 @@ fn store_class(e: &StoreError) -> Class {
 
 fn infer_class(e: &InferError) -> Class {
     match e {
+        InferError::Input { source, .. } => infer_class(source),
         InferError::PromptTooLong { .. } | InferError::PromptTooLarge { .. } => {
             Class::PromptTooLong
         }
         InferError::QueueFull { .. } => Class::Busy,
-        InferError::InvalidRequest(_) | InferError::Chat(_) => Class::BadRequest,
+        InferError::InvalidRequest(_)
+        | InferError::Chat(_)
+        | InferError::EmbeddingOnly { .. }
+        | InferError::NotAnEmbeddingModel { .. } => Class::BadRequest,
         InferError::Invalid { .. }
         | InferError::Unsupported { .. }
         | InferError::UnsupportedArchitecture { .. } => Class::InvalidModel,

@@ -63,6 +63,8 @@ pub struct NodeContext {
     pub http: api::HttpPolicy,
     /// Set when the shutdown drain is over: streams still running end with an error event.
     pub halt: tokio::sync::watch::Sender<bool>,
+    /// What each model can do (generate, embed), from its headers.
+    pub kinds: serve::ModelKinds,
 }
 
 impl NodeContext {
@@ -173,7 +175,9 @@ pub async fn run(
         Some((client, fingerprint)) => (Some(client), Some(fingerprint)),
         None => (None, None),
     };
+    let backend: Arc<dyn rbee_infer::engine::Backend> = Arc::new(CandleBackend);
     let ctx = Arc::new(NodeContext {
+        kinds: serve::ModelKinds::new(backend.clone()),
         name,
         store: store.clone(),
         api_addr: addr,
@@ -212,7 +216,7 @@ pub async fn run(
         worker: WorkerArgs {
             device: "cpu".into(),
             budget: ctx.config.cpu_budget(),
-            backend: Arc::new(CandleBackend),
+            backend,
             load: LoadOptions {
                 context_length: Some(ctx.config.context_length),
                 queue_capacity: ctx.config.queue_capacity,
@@ -272,11 +276,19 @@ pub async fn run(
                 })
                 .await;
         }));
-        let (c, n, t) = (ctx.clone(), net, tasks.clone());
+        let (c, n, t) = (ctx.clone(), net.clone(), tasks.clone());
         background.push(tokio::spawn(async move {
             let _ = t
                 .supervise("infer server", None, move || {
                     peer::infer::serve_infer(c.clone(), n.clone())
+                })
+                .await;
+        }));
+        let (c, n, t) = (ctx.clone(), net, tasks.clone());
+        background.push(tokio::spawn(async move {
+            let _ = t
+                .supervise("embed server", None, move || {
+                    peer::embed::serve_embed(c.clone(), n.clone())
                 })
                 .await;
         }));

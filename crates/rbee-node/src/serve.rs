@@ -1,20 +1,29 @@
-//! The request path, below the HTTP API and above the engine: route a generation (this
-//! node, a peer, or a pull here first, with failover and fallback chains), load and queue it
-//! on a worker, and bridge the model thread's blocking events to async
-//! [`GenerationEvent`]s (the one event type a generation has from here to the client). Shared by
-//! the OpenAI routes, the `infer` job and requests from peers. A request walks one way:
-//! `api` → `serve` → the engine or a peer (`serve::remote`).
+//! The request path, below the HTTP API and above the engine: route a request (this node, a
+//! peer, or a pull here first, with failover and fallback chains), load and queue it on a
+//! worker, and bridge the model thread's blocking answer to async: a generation's events as
+//! [`GenerationEvent`]s (the one event type a generation has from here to the client), an
+//! embedding request's vectors as [`Embedded`]. Shared by the OpenAI and Ollama routes, the
+//! `infer` job and requests from peers. A request walks one way: `api` → `serve` → the engine
+//! or a peer (`serve::remote`).
+//!
+//! What a model can do (generate, embed) is known from its headers before it is loaded
+//! ([`ModelKinds`]), so a chat request to an embedding model, or an embedding request to a
+//! chat model, is a 400 that costs no load.
 
 pub mod remote;
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rbee_infer::engine::{GenerateEvent, GenerateRequest, Prompt};
+use rbee_infer::InferError;
+use rbee_infer::engine::{
+    Backend, Capabilities, EncodeRequest, GenerateEvent, GenerateRequest, LoadedModel, Prompt,
+};
 use rbee_infer::sampling::SamplingParams;
-use rbee_proto::ModelRef;
 use rbee_proto::generation::GenerationEvent;
+use rbee_proto::{ContentId, ModelRef};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::NodeContext;
@@ -26,6 +35,8 @@ use crate::jobs::Job;
 
 /// Events buffered between the model thread and the HTTP response.
 const BRIDGE_BUFFER: usize = 64;
+/// Models whose capabilities are remembered; beyond it the memory starts over.
+const MAX_KNOWN_MODELS: usize = 4096;
 
 /// A generation that has started: the prompt was accepted and output is coming.
 #[derive(Debug)]
@@ -36,6 +47,131 @@ pub struct Started {
     pub prompt_tokens: usize,
     /// `Text`, then `Done` or `Error`.
     pub events: mpsc::Receiver<GenerationEvent>,
+}
+
+/// Inputs to embed, and how.
+#[derive(Debug, Clone)]
+pub struct EmbedTask {
+    /// Text or token ids: one vector each, in order.
+    pub inputs: Vec<Prompt>,
+    /// Cut inputs longer than the model takes (else such a request is refused).
+    pub truncate: bool,
+    /// Keep this many leading values, renormalised (Matryoshka-trained models only).
+    pub dimensions: Option<u32>,
+}
+
+/// The answer to an [`EmbedTask`].
+#[derive(Debug)]
+pub struct Embedded {
+    /// The node that ran it.
+    pub node: String,
+    pub model: String,
+    pub vectors: Vec<Vec<f32>>,
+    pub prompt_tokens: usize,
+}
+
+/// What a request asks a model to do.
+#[derive(Debug, Clone)]
+enum Task {
+    Generate {
+        prompt: Prompt,
+        params: SamplingParams,
+    },
+    Embed(EmbedTask),
+}
+
+/// What a task gave: the started generation, or the vectors.
+#[derive(Debug)]
+enum Ran {
+    Generation(Started),
+    Embedding(Embedded),
+}
+
+impl Ran {
+    fn generation(self) -> Result<Started, NodeError> {
+        match self {
+            Ran::Generation(s) => Ok(s),
+            Ran::Embedding(_) => Err(NodeError::Internal("an embedding for a generation".into())),
+        }
+    }
+
+    fn embedding(self) -> Result<Embedded, NodeError> {
+        match self {
+            Ran::Embedding(e) => Ok(e),
+            Ran::Generation(_) => Err(NodeError::Internal("a generation for an embedding".into())),
+        }
+    }
+}
+
+/// What each cataloged model can do, read from its headers once (content ids never change
+/// what they name).
+pub struct ModelKinds {
+    backend: Arc<dyn Backend>,
+    known: Mutex<HashMap<ContentId, Capabilities>>,
+}
+
+impl std::fmt::Debug for ModelKinds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelKinds").finish_non_exhaustive()
+    }
+}
+
+impl ModelKinds {
+    pub fn new(backend: Arc<dyn Backend>) -> ModelKinds {
+        ModelKinds {
+            backend,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// What the model with content id `id` at `path` can do (reads its headers the first
+    /// time, on a blocking thread).
+    pub async fn of(
+        &self,
+        id: ContentId,
+        path: &std::path::Path,
+    ) -> Result<Capabilities, NodeError> {
+        if let Some(c) = self.lock().get(&id) {
+            return Ok(*c);
+        }
+        let backend = self.backend.clone();
+        let path = path.to_path_buf();
+        let caps = tokio::task::spawn_blocking(move || backend.capabilities(&path))
+            .await
+            .map_err(|e| NodeError::Internal(format!("reading model headers: {e}")))??;
+        let mut known = self.lock();
+        if known.len() >= MAX_KNOWN_MODELS {
+            known.clear();
+        }
+        known.insert(id, caps);
+        Ok(caps)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ContentId, Capabilities>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Refuses a task the model cannot do, naming the model: before it is loaded.
+fn check_capability(
+    model: &ResolvedModel,
+    caps: Capabilities,
+    task: &Task,
+) -> Result<(), NodeError> {
+    let arch = &model.record.manifest.metadata.architecture;
+    let refusal = match task {
+        Task::Generate { .. } if !caps.generates => InferError::EmbeddingOnly {
+            architecture: arch.clone(),
+        },
+        Task::Embed(_) if !caps.embeds => InferError::NotAnEmbeddingModel {
+            architecture: arch.clone(),
+        },
+        _ => return Ok(()),
+    };
+    Err(NodeError::BadRequest(format!(
+        "model `{}`: {refusal}",
+        model.name()
+    )))
 }
 
 /// Starts a generation wherever the router says, failing over to the next candidate when
@@ -59,23 +195,52 @@ pub async fn start_with(
     local_only: bool,
     job: Option<&Arc<Job>>,
 ) -> Result<Started, NodeError> {
+    run_with(
+        ctx,
+        model,
+        Task::Generate { prompt, params },
+        local_only,
+        job,
+    )
+    .await?
+    .generation()
+}
+
+/// Embeds the inputs wherever the router says (routed as a generation is: the model loaded
+/// with a free batch slot, else on disk with memory free, else pulled), failing over to the
+/// next candidate when one fails.
+pub async fn embed(ctx: &NodeContext, model: &str, task: EmbedTask) -> Result<Embedded, NodeError> {
+    embed_with(ctx, model, task, false, None).await
+}
+
+/// [`embed`], for a request a peer forwarded (`local_only`) or with a job for the phases.
+pub async fn embed_with(
+    ctx: &NodeContext,
+    model: &str,
+    task: EmbedTask,
+    local_only: bool,
+    job: Option<&Arc<Job>>,
+) -> Result<Embedded, NodeError> {
+    run_with(ctx, model, Task::Embed(task), local_only, job)
+        .await?
+        .embedding()
+}
+
+async fn run_with(
+    ctx: &NodeContext,
+    model: &str,
+    task: Task,
+    local_only: bool,
+    job: Option<&Arc<Job>>,
+) -> Result<Ran, NodeError> {
     // A fallback chain: each model in turn while the previous has no capacity anywhere.
     let Some(chain) = ctx.config.routes.get(model) else {
-        return start_one(ctx, model, prompt, params, local_only, job).await;
+        return run_one(ctx, model, task, local_only, job).await;
     };
     let mut last_error = None;
     for candidate in chain {
-        match start_one(
-            ctx,
-            candidate,
-            prompt.clone(),
-            params.clone(),
-            local_only,
-            job,
-        )
-        .await
-        {
-            Ok(started) => return Ok(started),
+        match run_one(ctx, candidate, task.clone(), local_only, job).await {
+            Ok(ran) => return Ok(ran),
             Err(e) if e.is_node_specific() => {
                 tracing::info!(route = model, model = %candidate, "no capacity, trying the next model of the route: {e}");
                 last_error = Some(e);
@@ -86,14 +251,13 @@ pub async fn start_with(
     Err(last_error.unwrap_or_else(|| NodeError::NotFound(format!("route `{model}` is empty"))))
 }
 
-async fn start_one(
+async fn run_one(
     ctx: &NodeContext,
     model: &str,
-    prompt: Prompt,
-    params: SamplingParams,
+    task: Task,
     local_only: bool,
     job: Option<&Arc<Job>>,
-) -> Result<Started, NodeError> {
+) -> Result<Ran, NodeError> {
     let reference: ModelRef = model.parse()?;
     if matches!(reference, ModelRef::LocalPath(_)) {
         return Err(NodeError::BadRequest(format!(
@@ -109,30 +273,34 @@ async fn start_one(
     let mut last_error = None;
     for target in targets {
         let (result, peer) = match target {
-            RouteTarget::Local { model, worker } => (
-                start_local(ctx, *model, worker, prompt.clone(), params.clone()).await,
-                None,
-            ),
-            RouteTarget::Pull => (
-                pull_and_start(ctx, model, job, prompt.clone(), params.clone()).await,
-                None,
-            ),
-            RouteTarget::Peer { peer, node } => (
-                remote::start_remote(ctx, peer, &node, model, prompt.clone(), params.clone(), job)
-                    .await,
-                Some((peer, node)),
-            ),
+            RouteTarget::Local { model, worker } => {
+                (run_local(ctx, *model, worker, task.clone()).await, None)
+            }
+            RouteTarget::Pull => (pull_and_run(ctx, model, job, task.clone()).await, None),
+            RouteTarget::Peer { peer, node } => {
+                let result = match task.clone() {
+                    Task::Generate { prompt, params } => {
+                        remote::start_remote(ctx, peer, &node, model, prompt, params, job)
+                            .await
+                            .map(Ran::Generation)
+                    }
+                    Task::Embed(embed) => remote::embed_remote(ctx, peer, &node, model, embed, job)
+                        .await
+                        .map(Ran::Embedding),
+                };
+                (result, Some((peer, node)))
+            }
         };
         match result {
-            Ok(started) => {
+            Ok(ran) => {
                 if let Some((peer, _)) = peer {
                     ctx.router.peer_result(peer, true);
                 }
-                return Ok(started);
+                return Ok(ran);
             }
             Err(e) if e.is_node_specific() => {
                 if let Some((peer, node)) = peer {
-                    tracing::warn!(%peer, %node, "peer failed before its first token, trying the next: {e}");
+                    tracing::warn!(%peer, %node, "peer failed before its first output, trying the next: {e}");
                     // A busy peer is healthy; only failures count against it.
                     if !e.is_transient() {
                         ctx.router.peer_result(peer, false);
@@ -147,15 +315,36 @@ async fn start_one(
         .unwrap_or_else(|| NodeError::NotFound(format!("no node in the pool can serve `{model}`"))))
 }
 
+/// Runs a task on this node's worker, once the model's headers say it can.
+async fn run_local(
+    ctx: &NodeContext,
+    model: ResolvedModel,
+    worker: WorkerHandle,
+    task: Task,
+) -> Result<Ran, NodeError> {
+    let caps = ctx.kinds.of(model.id(), &model.path).await?;
+    check_capability(&model, caps, &task)?;
+    let wait = Duration::from_secs(ctx.config.load_wait_secs);
+    let loaded = worker.acquire(model.clone(), wait).await?;
+    ctx.catalog.touch(model.id());
+    match task {
+        Task::Generate { prompt, params } => start_local(ctx, &model, loaded, prompt, params)
+            .await
+            .map(Ran::Generation),
+        Task::Embed(embed) => embed_local(ctx, &model, loaded, embed)
+            .await
+            .map(Ran::Embedding),
+    }
+}
+
 /// Pulls `model` from the peers that hold it (reporting to `job`, or to a `model_pull` job
 /// of its own that `GET /v1/jobs` lists), then runs the request here.
-async fn pull_and_start(
+async fn pull_and_run(
     ctx: &NodeContext,
     model: &str,
     job: Option<&Arc<Job>>,
-    prompt: Prompt,
-    params: SamplingParams,
-) -> Result<Started, NodeError> {
+    task: Task,
+) -> Result<Ran, NodeError> {
     let own = job.is_none().then(|| ctx.jobs.create("model_pull"));
     let Some(pull_job) = job.or(own.as_ref()) else {
         return Err(NodeError::Internal("no job for the pull".into()));
@@ -178,20 +367,17 @@ async fn pull_and_start(
     if let Some(job) = job {
         job.phase("loading");
     }
-    start_local(ctx, resolved, ctx.worker.clone(), prompt, params).await
+    run_local(ctx, resolved, ctx.worker.clone(), task).await
 }
 
-/// Runs on this node's worker.
-pub async fn start_local(
+/// Runs a generation on a model loaded on this node's worker.
+async fn start_local(
     ctx: &NodeContext,
-    model: ResolvedModel,
-    worker: WorkerHandle,
+    model: &ResolvedModel,
+    loaded: Arc<dyn LoadedModel>,
     prompt: Prompt,
     params: SamplingParams,
 ) -> Result<Started, NodeError> {
-    let wait = Duration::from_secs(ctx.config.load_wait_secs);
-    let loaded = worker.acquire(model.clone(), wait).await?;
-    ctx.catalog.touch(model.id());
     let generation = loaded.generate(GenerateRequest { prompt, params })?;
     let (started_tx, started_rx) = oneshot::channel::<Result<usize, NodeError>>();
     let (tx, rx) = mpsc::channel(BRIDGE_BUFFER);
@@ -255,4 +441,95 @@ pub async fn start_local(
         prompt_tokens,
         events: rx,
     })
+}
+
+/// Sets a flag when dropped: an embedding request whose caller went away (the HTTP client,
+/// the peer) is cancelled on the model thread.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Embeds with a model loaded on this node's worker: the model's own pooling and
+/// normalisation, then the `dimensions` asked for where the model was trained for them.
+async fn embed_local(
+    ctx: &NodeContext,
+    model: &ResolvedModel,
+    loaded: Arc<dyn LoadedModel>,
+    task: EmbedTask,
+) -> Result<Embedded, NodeError> {
+    let dimensions = check_dimensions(model, loaded.as_ref(), task.dimensions)?;
+    let normalize = loaded.info().normalize;
+    let encoding = loaded.encode(EncodeRequest {
+        inputs: task.inputs,
+        normalize,
+        truncate: task.truncate,
+    })?;
+    let _cancel = CancelOnDrop(encoding.cancel_flag());
+    let result = tokio::task::spawn_blocking(move || {
+        // Holding the model while it works: it is busy, never evicted.
+        let _loaded = loaded;
+        encoding.wait()
+    })
+    .await
+    .map_err(|e| NodeError::Internal(format!("the embedding task failed: {e}")))??;
+    ctx.metrics
+        .prompt_tokens
+        .fetch_add(result.prompt_tokens as u64, Ordering::Relaxed);
+    let mut vectors = result.vectors;
+    if let Some(d) = dimensions {
+        for v in &mut vectors {
+            v.truncate(d);
+            if normalize {
+                rescale_to_unit(v);
+            }
+        }
+    }
+    Ok(Embedded {
+        node: ctx.name.clone(),
+        model: model.name().to_string(),
+        vectors,
+        prompt_tokens: result.prompt_tokens,
+    })
+}
+
+/// The `dimensions` to cut vectors to: none when the full length is asked; a shorter prefix
+/// only for a model trained for it (Matryoshka); anything else is a 400 naming the field.
+fn check_dimensions(
+    model: &ResolvedModel,
+    loaded: &dyn LoadedModel,
+    dimensions: Option<u32>,
+) -> Result<Option<usize>, NodeError> {
+    let full = loaded.info().embedding_length;
+    let Some(d) = dimensions.map(|d| d as usize) else {
+        return Ok(None);
+    };
+    if d == full {
+        return Ok(None);
+    }
+    if d == 0 || d > full {
+        return Err(NodeError::BadRequest(format!(
+            "`dimensions` {d}: model `{}` makes vectors of {full} values; ask for 1 to {full}",
+            model.name()
+        )));
+    }
+    if !loaded.info().matryoshka {
+        return Err(NodeError::BadRequest(format!(
+            "`dimensions` {d}: model `{}` does not declare Matryoshka training (its model card's tags), so a shorter vector is not an embedding; omit `dimensions` or ask for {full}",
+            model.name()
+        )));
+    }
+    Ok(Some(d))
+}
+
+/// Scales `v` to unit Euclidean length (sum of squares in f64); a zero vector stays zero.
+fn rescale_to_unit(v: &mut [f32]) {
+    let norm = v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    if norm > 0.0 {
+        let inv = (1.0 / norm) as f32;
+        v.iter_mut().for_each(|x| *x *= inv);
+    }
 }

@@ -1,5 +1,5 @@
 //! Fuzz suite for everything a node reads from a peer or from its own disk's protocol files:
-//! the frames of `/rbee/infer/2` (both directions) and `/rbee/shard/1` (both directions),
+//! the frames of `/rbee/infer/2`, `/rbee/embed/1` and `/rbee/shard/1` (each in both directions),
 //! gossiped node statuses, manifests and model references. Each goes through the exact
 //! production entry point with the production cap (`read_frame` with `MAX_REQUEST_FRAME`,
 //! `NodeStatus::from_wire`, `manifest_reply`, …) and what the node does next with a decoded
@@ -26,6 +26,7 @@ use proptest::prelude::*;
 use rbee_infer::chat::ChatMessage;
 use rbee_infer::engine::{FinishReason, GenerationStats, Prompt};
 use rbee_infer::sampling::SamplingParams;
+use rbee_proto::embed::{self, EmbedFrame, EmbedRequest};
 use rbee_proto::infer::{self, InferFrame, InferRequest};
 use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
 use rbee_proto::shard::{self, ShardReply, ShardRequest};
@@ -146,6 +147,25 @@ fn calling_node_reads_a_reply(bytes: &[u8]) {
     }
 }
 
+fn embedding_node_reads_a_request(bytes: &[u8]) {
+    if let Some(req) = read_frame::<EmbedRequest>(bytes, embed::MAX_REQUEST_FRAME) {
+        let _ = req.check();
+    }
+}
+
+fn calling_node_reads_vectors(bytes: &[u8]) {
+    match read_frame::<EmbedFrame>(bytes, embed::MAX_RESPONSE_FRAME) {
+        Some(EmbedFrame::Vectors(vectors)) => {
+            let _ = embed::check_vectors(&vectors, vectors.len(), None);
+        }
+        Some(EmbedFrame::Error { code, message }) => {
+            let code = rbee_node::NodeError::from_wire(code, message, "peer").status();
+            assert!((400..600).contains(&code), "a peer's error became {code}");
+        }
+        _ => {}
+    }
+}
+
 fn sharing_node_reads_a_request(bytes: &[u8]) {
     let _ = read_frame::<ShardRequest>(bytes, shard::REQUEST_CAP);
 }
@@ -188,6 +208,18 @@ const TARGETS: &[Target] = &[
         cap: infer::MAX_RESPONSE_FRAME,
         framed: true,
         run: calling_node_reads_a_reply,
+    },
+    Target {
+        name: "embed request (/rbee/embed/1, serving side)",
+        cap: embed::MAX_REQUEST_FRAME,
+        framed: true,
+        run: embedding_node_reads_a_request,
+    },
+    Target {
+        name: "embed frame (/rbee/embed/1, calling side)",
+        cap: embed::MAX_RESPONSE_FRAME,
+        framed: true,
+        run: calling_node_reads_vectors,
     },
     Target {
         name: "shard request (/rbee/shard/1, sharing side)",
@@ -337,6 +369,41 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
             peers: vec!["attic".into()],
         },
     ];
+    let embed_requests = [
+        EmbedRequest {
+            model: "minilm".into(),
+            inputs: vec![
+                Prompt::Text("kitchen lights".into()),
+                Prompt::Tokens(vec![101, 102]),
+            ],
+            truncate: true,
+            dimensions: None,
+        },
+        EmbedRequest {
+            model: "hf:nomic-ai/nomic-embed-text-v1.5-GGUF".into(),
+            inputs: vec![Prompt::Text("search_query: bees".into())],
+            truncate: false,
+            dimensions: Some(256),
+        },
+    ];
+    let embed_frames = [
+        EmbedFrame::Phase("loading".into()),
+        EmbedFrame::Progress {
+            done: 1,
+            total: 2,
+            peers: vec!["attic".into()],
+        },
+        EmbedFrame::Vectors(vec![vec![0.25, -0.5, 1.0e-3], vec![0.0, 1.0, -1.0]]),
+        EmbedFrame::Done {
+            node: "attic".into(),
+            model: "minilm".into(),
+            prompt_tokens: 9,
+        },
+        EmbedFrame::Error {
+            code: rbee_proto::pool::ErrorCode::ContextLengthExceeded,
+            message: "input 0 is too long".into(),
+        },
+    ];
     let m = sample_manifest();
     let shard_requests = [
         ShardRequest::Manifest(m.content_id()),
@@ -361,6 +428,8 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
     vec![
         framed_all(vec![enc(&chat), enc(&text), enc(&tokens)]),
         framed_all(frames.iter().map(|f| enc(f)).collect()),
+        framed_all(embed_requests.iter().map(|r| enc(r)).collect()),
+        framed_all(embed_frames.iter().map(|f| enc(f)).collect()),
         framed_all(shard_requests.iter().map(|r| enc(r)).collect()),
         framed_all(shard_replies.iter().map(|r| enc(r)).collect()),
         vec![enc(&sample_status())],
@@ -464,10 +533,14 @@ fn the_corpus_is_accepted_as_valid() {
     let chat = &corpus[0][0];
     let req = read_frame::<InferRequest>(chat, infer::MAX_REQUEST_FRAME).unwrap();
     req.check().unwrap();
-    let reply = read_frame::<ShardReply>(&corpus[3][0], shard::REPLY_CAP);
+    for embed in &corpus[2] {
+        let req = read_frame::<EmbedRequest>(embed, embed::MAX_REQUEST_FRAME).unwrap();
+        req.check().unwrap();
+    }
+    let reply = read_frame::<ShardReply>(&corpus[5][0], shard::REPLY_CAP);
     shard::manifest_reply(reply, &sample_manifest().content_id()).unwrap();
-    NodeStatus::from_wire(&corpus[4][0]).unwrap();
-    Manifest::decode(&corpus[5][0]).unwrap().validate().unwrap();
+    NodeStatus::from_wire(&corpus[6][0]).unwrap();
+    Manifest::decode(&corpus[7][0]).unwrap().validate().unwrap();
 }
 
 #[test]

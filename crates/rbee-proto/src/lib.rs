@@ -12,6 +12,7 @@
 //! ```
 
 pub mod codec;
+pub mod embed;
 pub mod generation;
 mod id;
 pub mod infer;
@@ -24,6 +25,7 @@ pub mod shard;
 pub use id::{ContentId, IdParseError, ShardHash};
 pub use manifest::{
     DEFAULT_SHARD_SIZE, FileEntry, GGUF_FILE_NAME, MAX_FILES, MAX_SHARD_SIZE, MIN_SHARD_SIZE,
-    Manifest, ManifestError, ModelFormat, ModelMetadata, ModelSource, check_relative_file_name,
+    Manifest, ManifestError, ModelFormat, ModelMetadata, ModelSource, SAFETENSORS_REQUIRED_FILES,
+    SAFETENSORS_SIDE_FILES, check_relative_file_name,
 };
 pub use model_ref::{HfRef, ModelRef, RefError, is_valid_name};

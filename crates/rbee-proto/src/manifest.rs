@@ -21,6 +21,27 @@ const MAX_FILE_NAME: usize = 512;
 /// The name a single-file GGUF model's file has in its manifest and view, whatever it was
 /// called where it came from (that name is kept in [`ModelSource`], outside the id).
 pub const GGUF_FILE_NAME: &str = "model.gguf";
+/// The files of a Hugging Face model folder, besides its `*.safetensors` weights and their
+/// index, that a model is made of (the first two it cannot do without): its configuration and
+/// tokenizer, generation settings, and the sentence-transformers files that say how an
+/// embedding model pools, normalises and cuts its inputs (`modules.json`, the pooling module's
+/// config, `sentence_bert_config.json`, `config_sentence_transformers.json`), plus the model
+/// card, whose tags say whether it was trained for Matryoshka dimensions. Imports, HuggingFace
+/// pulls and pulls from peers keep the same set.
+pub const SAFETENSORS_SIDE_FILES: &[&str] = &[
+    "config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "special_tokens_map.json",
+    "modules.json",
+    "1_Pooling/config.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "README.md",
+];
+/// How many of [`SAFETENSORS_SIDE_FILES`], from the first, a folder must have.
+pub const SAFETENSORS_REQUIRED_FILES: usize = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum ModelFormat {

@@ -12,6 +12,8 @@ use crate::ContentId;
 pub const POOL_TOPIC: &str = "/rbee/pool/2";
 /// The stream protocol that runs a generation on a peer.
 pub const INFER_PROTOCOL: &str = "/rbee/infer/2";
+/// The stream protocol that embeds inputs on a peer.
+pub const EMBED_PROTOCOL: &str = "/rbee/embed/1";
 /// The stream protocol that serves shards of a model.
 pub const SHARD_PROTOCOL: &str = "/rbee/shard/1";
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rbee_proto::{
     DEFAULT_SHARD_SIZE, GGUF_FILE_NAME, HfRef, Manifest, ModelFormat, ModelMetadata, ModelRef,
-    ModelSource,
+    ModelSource, SAFETENSORS_REQUIRED_FILES, SAFETENSORS_SIDE_FILES,
 };
 
 use crate::error::{IoContext, StoreError};
@@ -391,22 +391,13 @@ pub(crate) fn gguf_metadata(path: &Path) -> Result<ModelMetadata, StoreError> {
     })
 }
 
-const SAFETENSORS_SIDE_FILES: &[&str] = &[
-    "config.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "generation_config.json",
-    "special_tokens_map.json",
-    "model.safetensors.index.json",
-];
-
 /// Checks a safetensors model folder and lists the files that make it up.
 fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), StoreError> {
     let bad = |reason: String| StoreError::Safetensors {
         path: dir.to_path_buf(),
         reason,
     };
-    for required in ["config.json", "tokenizer.json"] {
+    for required in &SAFETENSORS_SIDE_FILES[..SAFETENSORS_REQUIRED_FILES] {
         if !dir.join(required).is_file() {
             return Err(bad(format!(
                 "{required} is missing (a safetensors model folder needs config.json, tokenizer.json and *.safetensors)"
@@ -469,6 +460,7 @@ fn safetensors_folder(dir: &Path) -> Result<(Vec<SourceFile>, ModelMetadata), St
         .unwrap_or_default();
     let mut files: Vec<SourceFile> = SAFETENSORS_SIDE_FILES
         .iter()
+        .chain(&["model.safetensors.index.json"])
         .filter(|n| dir.join(n).is_file())
         .map(|n| SourceFile {
             path: dir.join(n),

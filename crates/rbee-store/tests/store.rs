@@ -514,6 +514,60 @@ fn damaged_safetensors_headers_are_refused_and_catalog_nothing() {
     }
 }
 
+/// A sentence-transformers folder keeps what says how it embeds: `modules.json`, the pooling
+/// module's config in its subfolder, `sentence_bert_config.json`, the model card; files that
+/// are no part of a model (a stray script, an ONNX export) stay out.
+#[test]
+fn sentence_transformers_files_survive_an_import() {
+    let (tmp, store) = setup();
+    let dir = tmp.path().join("minilm-like");
+    write_safetensors_folder(&dir);
+    fs::write(
+        dir.join("modules.json"),
+        r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"}]"#,
+    )
+    .unwrap();
+    fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    fs::write(
+        dir.join("1_Pooling/config.json"),
+        r#"{"pooling_mode_mean_tokens": true}"#,
+    )
+    .unwrap();
+    fs::write(
+        dir.join("sentence_bert_config.json"),
+        r#"{"max_seq_length": 256}"#,
+    )
+    .unwrap();
+    fs::write(dir.join("README.md"), "---\ntags:\n- matryoshka\n---\n").unwrap();
+    fs::create_dir_all(dir.join("onnx")).unwrap();
+    fs::write(dir.join("onnx/model.onnx"), b"not a part of this model").unwrap();
+    fs::write(dir.join("train.py"), b"print()").unwrap();
+    let out = store
+        .import(&ImportSource::Path(dir.clone()), &mut |_| {})
+        .unwrap();
+    let names: Vec<_> = out.manifest.files.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "1_Pooling/config.json",
+            "README.md",
+            "config.json",
+            "model-00001-of-00002.safetensors",
+            "model-00002-of-00002.safetensors",
+            "modules.json",
+            "sentence_bert_config.json",
+            "tokenizer.json"
+        ]
+    );
+    out.manifest.validate().unwrap();
+    let view = store.model_dir(&out.content_id);
+    assert_eq!(
+        fs::read(view.join("1_Pooling/config.json")).unwrap(),
+        fs::read(dir.join("1_Pooling/config.json")).unwrap()
+    );
+    assert!(view.join("modules.json").is_file());
+}
+
 #[test]
 fn safetensors_folder_import() {
     let (tmp, store) = setup();

@@ -43,7 +43,7 @@ pub(crate) const PREFILL_CHUNK: usize = MAX_BATCH;
 /// Prompt bytes per token of context beyond which a prompt is refused without tokenizing it.
 /// No vocabulary we run averages anywhere near this over a whole prompt (text runs 3-5 bytes
 /// per token), so only input that could never fit is refused.
-const MAX_PROMPT_BYTES_PER_TOKEN: usize = 64;
+pub(super) const MAX_PROMPT_BYTES_PER_TOKEN: usize = 64;
 /// Bytes per context token tokenized first: when that prefix alone overflows the context, the
 /// rest is never tokenized (a 4 MiB prompt costs seconds of the model thread otherwise).
 const PROBE_BYTES_PER_TOKEN: usize = 6;
@@ -95,8 +95,11 @@ impl Prep {
         Ok(self.tokenizer.encode(&text, add_bos)?)
     }
 
-    /// An input to embed as tokens. With `truncate`, text longer than the context could ever
-    /// hold is cut before tokenizing (the caller cuts the tokens to the context).
+    /// An input to embed as tokens, with the special tokens the model puts around an input
+    /// (BOS, and EOS where the vocabulary appends one, as llama.cpp's embedding mode does).
+    /// With `truncate`, text longer than the context could ever hold is cut before tokenizing
+    /// and its tokens are cut to the context, the closing special token kept; token ids are
+    /// cut by the caller.
     fn input_tokens(&self, input: &Prompt, truncate: bool) -> Result<Vec<u32>, InferError> {
         match input {
             Prompt::Text(text) if truncate => {
@@ -106,8 +109,13 @@ impl Prep {
                 while !text.is_char_boundary(cut) {
                     cut -= 1;
                 }
-                let text = &text[..cut];
-                Ok(self.tokenizer.encode(text, self.adds_bos(text))?)
+                Ok(self
+                    .tokenizer
+                    .encode_input(&text[..cut], Some(self.context))?)
+            }
+            Prompt::Text(text) => {
+                self.check_prompt_size(text, self.tokenizer.add_bos_default())?;
+                Ok(self.tokenizer.encode_input(text, None)?)
             }
             other => self.prompt_tokens(other),
         }
@@ -592,7 +600,10 @@ impl<R: Runtime> Scheduler<R> {
         let context = self.limits.context;
         let mut inputs = Vec::with_capacity(job.request.inputs.len());
         for (i, input) in job.request.inputs.iter().enumerate() {
-            let at = |e: InferError| InferError::InvalidRequest(format!("input {i}: {e}"));
+            let at = |e: InferError| InferError::Input {
+                index: i,
+                source: Box::new(e),
+            };
             let mut tokens = self
                 .prep
                 .input_tokens(input, job.request.truncate)
@@ -935,7 +946,7 @@ impl<R: Runtime> Encode<R> {
 
 /// Scales `v` to unit Euclidean length (the sum of squares in f64, as llama.cpp's
 /// `common_embd_normalize` does); a zero vector stays zero.
-fn normalize(v: &mut [f32]) {
+pub(super) fn normalize(v: &mut [f32]) {
     let norm = v
         .iter()
         .map(|&x| f64::from(x) * f64::from(x))

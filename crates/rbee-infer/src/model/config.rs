@@ -58,7 +58,11 @@ impl Arch {
             .find(|a| a.name() == name)
             .ok_or_else(|| ModelError::UnsupportedArchitecture {
                 architecture: name.to_owned(),
-                runs: format!("it runs: {}", SUPPORTED_ARCHITECTURES.join(", ")),
+                runs: format!(
+                    "it runs: {} (generation), {} (embeddings)",
+                    SUPPORTED_ARCHITECTURES.join(", "),
+                    super::bert::ENCODER_ARCHITECTURES.join(", ")
+                ),
             })
     }
 }
@@ -425,7 +429,7 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 format!(
-                    "architecture {name:?} is not one this engine runs (it runs: llama, qwen2, qwen3, gemma3, phi3)"
+                    "architecture {name:?} is not one this engine runs (it runs: llama, qwen2, qwen3, gemma3, phi3 (generation), bert (embeddings))"
                 )
             );
         }

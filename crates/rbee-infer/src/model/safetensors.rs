@@ -61,13 +61,13 @@ pub(crate) struct Layout {
 }
 
 /// One tensor of a safetensors header.
-struct Entry {
-    file: usize,
-    dtype: Dtype,
-    shape: Vec<u64>,
+pub(crate) struct Entry {
+    pub file: usize,
+    pub dtype: Dtype,
+    pub shape: Vec<u64>,
     /// Absolute byte range in the file.
-    start: u64,
-    end: u64,
+    pub start: u64,
+    pub end: u64,
 }
 
 impl SafetensorsModel {
@@ -285,7 +285,10 @@ fn architecture(config: &Json) -> Result<Arch, ModelError> {
         .join(", ");
     let refused = |architecture: String| ModelError::UnsupportedArchitecture {
         architecture,
-        runs: format!("from a safetensors folder it runs config.json model_type {model_types}"),
+        runs: format!(
+            "from a safetensors folder it runs config.json model_type {model_types} (generation), {} (embeddings)",
+            super::bert::ENCODER_MODEL_TYPES.join(", ")
+        ),
     };
     if let Some(m) = config.get("model_type").and_then(Json::as_str) {
         return MODEL_TYPES
@@ -475,14 +478,14 @@ fn chat_template(config: &Json) -> Option<String> {
     }
 }
 
-fn invalid(dir: &Path, reason: String) -> ModelError {
+pub(crate) fn invalid(dir: &Path, reason: String) -> ModelError {
     ModelError::Safetensors {
         path: dir.to_owned(),
         reason,
     }
 }
 
-fn read_json(path: &Path) -> Result<Json, ModelError> {
+pub(crate) fn read_json(path: &Path) -> Result<Json, ModelError> {
     let bytes = std::fs::read(path).map_err(|e| ModelError::Safetensors {
         path: path.to_owned(),
         reason: format!("cannot read: {e}"),
@@ -495,7 +498,9 @@ fn read_json(path: &Path) -> Result<Json, ModelError> {
 
 /// The safetensors files of the folder (from the index when there is one)
 /// and every tensor in them, by HF name.
-fn read_headers(dir: &Path) -> Result<(Vec<PathBuf>, BTreeMap<String, Entry>), ModelError> {
+pub(crate) fn read_headers(
+    dir: &Path,
+) -> Result<(Vec<PathBuf>, BTreeMap<String, Entry>), ModelError> {
     let bad = |reason: String| invalid(dir, reason);
     let index_path = dir.join("model.safetensors.index.json");
     let index: Option<BTreeMap<String, String>> = if index_path.is_file() {

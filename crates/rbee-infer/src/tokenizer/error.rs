@@ -26,7 +26,7 @@ pub enum TokenizerError {
     },
 
     #[error(
-        "unsupported tokenizer model `{model}` (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE))"
+        "unsupported tokenizer model `{model}` (supported: \"llama\" (SentencePiece), \"gpt2\" (byte-level BPE), \"bert\" (WordPiece))"
     )]
     UnsupportedModel { model: String },
 
@@ -65,6 +65,12 @@ pub enum TokenizerError {
     #[error("cannot load {}: {source}", path.display())]
     HfLoad {
         path: PathBuf,
+        #[source]
+        source: tokenizers::Error,
+    },
+
+    #[error("cannot build the WordPiece tokenizer from the GGUF vocabulary: {source}")]
+    HfBuild {
         #[source]
         source: tokenizers::Error,
     },

@@ -21,6 +21,7 @@ const KEY_SCORES: &str = "tokenizer.ggml.scores";
 const KEY_TYPES: &str = "tokenizer.ggml.token_type";
 const KEY_MERGES: &str = "tokenizer.ggml.merges";
 const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
 const KEY_ADD_SPACE_PREFIX: &str = "tokenizer.ggml.add_space_prefix";
 
 /// Texts llama.cpp treats as end-of-generation whatever their type (and then
@@ -125,6 +126,7 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
     let kind = match model {
         "llama" => Kind::Spm,
         "gpt2" => Kind::Bpe,
+        "bert" => return super::wpm::load(meta, required_str_array(meta, KEY_TOKENS)?),
         other => {
             return Err(TokenizerError::UnsupportedModel {
                 model: other.to_owned(),
@@ -207,6 +209,8 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
     if let Some(v) = optional_bool(meta, KEY_ADD_BOS)? {
         add_bos = v;
     }
+    // Appended by llama.cpp's `add_special` (an input to embed, never a prompt to continue).
+    let add_eos = optional_bool(meta, KEY_ADD_EOS)?.unwrap_or(false) && eos.is_some();
 
     // Auto-detection by text, each forcing the token to control type.
     let find_first = |texts: &[&str]| -> Option<u32> {
@@ -355,6 +359,7 @@ pub(super) fn load(meta: &Metadata) -> Result<Tokenizer, TokenizerError> {
             bos,
             add_bos,
             eos_ids,
+            add_eos,
         }),
     })
 }
@@ -455,7 +460,7 @@ fn optional_bool(meta: &Metadata, key: &'static str) -> Result<Option<bool>, Tok
 
 /// A token id key: `None` if absent; a warning and `None` (keep the default)
 /// if out of range, as llama.cpp.
-fn token_id_key(
+pub(super) fn token_id_key(
     meta: &Metadata,
     key: &'static str,
     n: usize,
@@ -503,7 +508,7 @@ fn read_scores(meta: &Metadata, n: usize) -> Result<Vec<f32>, TokenizerError> {
     Ok(scores)
 }
 
-fn read_attrs(meta: &Metadata, n: usize) -> Result<Vec<u16>, TokenizerError> {
+pub(super) fn read_attrs(meta: &Metadata, n: usize) -> Result<Vec<u16>, TokenizerError> {
     let Some(v) = meta.get(KEY_TYPES) else {
         return Ok(vec![attr::NORMAL; n]);
     };

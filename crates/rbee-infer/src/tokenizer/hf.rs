@@ -31,7 +31,17 @@ const END_OF_TURN: &[&str] = &[
 
 pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
     let path = dir.join("tokenizer.json");
-    let tok = tokenizers::Tokenizer::from_file(&path)
+    let mut tok =
+        tokenizers::Tokenizer::from_file(&path).map_err(|source| TokenizerError::HfLoad {
+            path: path.clone(),
+            source,
+        })?;
+    // A tokenizer.json may pad every encoding to a fixed length and cut it (sentence-transformers
+    // folders ship `"padding": {"Fixed": 128}` and `"truncation": {"max_length": 128}`): that
+    // is batching for a Python caller, not tokenization. We cut inputs ourselves, to the
+    // model's own limit, and never pad.
+    tok.with_padding(None);
+    tok.with_truncation(None)
         .map_err(|source| TokenizerError::HfLoad { path, source })?;
     let config = read_json_if_present(&dir.join("tokenizer_config.json"))?;
     let generation = read_json_if_present(&dir.join("generation_config.json"))?;
@@ -135,6 +145,9 @@ pub(super) fn load(dir: &Path) -> Result<Tokenizer, TokenizerError> {
             bos,
             add_bos,
             eos_ids,
+            add_eos: config_get("add_eos_token")
+                .and_then(Json::as_bool)
+                .unwrap_or(false),
         }),
     })
 }

@@ -558,29 +558,44 @@ fn stream_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response 
         .into_response()
 }
 
-fn cards(records: &[rbee_store::ModelRecord]) -> Vec<ModelCard> {
-    records
-        .iter()
-        .flat_map(|r| {
-            std::iter::once(&r.entry.name)
-                .chain(r.entry.aliases.iter())
-                .map(move |id| ModelCard {
-                    id: id.clone(),
-                    object: "model".into(),
-                    created: r.entry.added_at,
-                    owned_by: "rbee".into(),
-                    content_id: r.entry.content_id.to_hex(),
-                    architecture: r.manifest.metadata.architecture.clone(),
-                })
-        })
-        .collect()
+/// One card per name and alias, each saying what the model does (from its headers, read
+/// once per model).
+async fn cards(ctx: &NodeContext, records: &[rbee_store::ModelRecord]) -> Vec<ModelCard> {
+    let mut cards = Vec::new();
+    for r in records {
+        let caps = match ctx.store.primary_path(r) {
+            Some(path) => ctx.kinds.of(r.entry.content_id, &path).await.ok(),
+            None => None,
+        };
+        let capabilities: Vec<String> = caps
+            .map(|c| {
+                [(c.generates, "completion"), (c.embeds, "embedding")]
+                    .into_iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, name)| name.to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for id in std::iter::once(&r.entry.name).chain(r.entry.aliases.iter()) {
+            cards.push(ModelCard {
+                id: id.clone(),
+                object: "model".into(),
+                created: r.entry.added_at,
+                owned_by: "rbee".into(),
+                content_id: r.entry.content_id.to_hex(),
+                architecture: r.manifest.metadata.architecture.clone(),
+                capabilities: capabilities.clone(),
+            });
+        }
+    }
+    cards
 }
 
 pub async fn models(State(ctx): State<Arc<NodeContext>>) -> Response {
     match ctx.catalog.list().await {
         Ok(records) => Json(ModelList {
             object: "list".into(),
-            data: cards(&records),
+            data: cards(&ctx, &records).await,
         })
         .into_response(),
         Err(e) => e.into_response(),
@@ -593,15 +608,21 @@ pub async fn model(
     axum::extract::Path(id): axum::extract::Path<String>,
 ) -> Response {
     match ctx.catalog.list().await {
-        Ok(records) => match cards(&records).into_iter().find(|c| c.id == id) {
-            Some(card) => Json(card).into_response(),
-            None => NodeError::ModelNotFound {
-                model: id,
-                checked: vec!["not in this node's catalog".into()],
-                hint: Some("GET /v1/models lists them".into()),
+        Ok(records) => {
+            let record: Vec<_> = records
+                .into_iter()
+                .filter(|r| r.entry.name == id || r.entry.aliases.contains(&id))
+                .collect();
+            match cards(&ctx, &record).await.into_iter().find(|c| c.id == id) {
+                Some(card) => Json(card).into_response(),
+                None => NodeError::ModelNotFound {
+                    model: id,
+                    checked: vec!["not in this node's catalog".into()],
+                    hint: Some("GET /v1/models lists them".into()),
+                }
+                .into_response(),
             }
-            .into_response(),
-        },
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -203,8 +203,9 @@ pub struct ChatRequest {
     pub not_yet: NotYet,
 }
 
-/// `/v1/completions`' `prompt`: a string, a list of strings (one choice each), token ids,
-/// or a list of token id lists.
+/// `/v1/completions`' `prompt` (a string, a list of strings (one choice each), token ids, or
+/// a list of token id lists), and `/v1/embeddings`' `input` of the same shapes (one vector
+/// each).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum PromptInput {
@@ -352,6 +353,120 @@ pub struct ModelCard {
     pub owned_by: String,
     pub content_id: String,
     pub architecture: String,
+    /// What it does, in Ollama's words: `completion` (chat and completions), `embedding`
+    /// (the embeddings endpoints), or both; empty when its headers cannot be read here.
+    pub capabilities: Vec<String>,
+}
+
+/// `POST /v1/embeddings`. Unknown fields are refused by name, never ignored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EmbeddingRequest {
+    pub model: String,
+    pub input: PromptInput,
+    /// `float` (the default) or `base64` (little-endian f32 bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding_format: Option<String>,
+    /// Keep this many leading values, renormalised: models trained with Matryoshka loss only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<i64>,
+    /// The caller's end user, for their own records (OpenAI uses it to watch for abuse): it
+    /// does not change the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+}
+
+/// One vector: a list of numbers, or their little-endian f32 bytes in base64.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EmbeddingValue {
+    Float(Vec<f32>),
+    Base64(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingData {
+    pub object: String,
+    pub index: usize,
+    pub embedding: EmbeddingValue,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbeddingUsage {
+    pub prompt_tokens: usize,
+    pub total_tokens: usize,
+}
+
+/// The answer of `/v1/embeddings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EmbeddingList {
+    pub object: String,
+    pub data: Vec<EmbeddingData>,
+    pub model: String,
+    pub usage: EmbeddingUsage,
+}
+
+/// Ollama's `input`: one text or several.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OllamaInput {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Ollama's `POST /api/embed`. Unknown fields are refused by name.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OllamaEmbedRequest {
+    pub model: String,
+    pub input: OllamaInput,
+    /// Cut inputs longer than the model takes (Ollama's default: true); false refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncate: Option<bool>,
+    /// Model options: none applies to an embedding here, so any given is refused by name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Map<String, Value>>,
+    /// How long to keep the model loaded: accepted; rbee keeps a model loaded until its memory
+    /// is needed (see docs/API.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dimensions: Option<i64>,
+}
+
+/// The answer of `/api/embed`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaEmbedResponse {
+    pub model: String,
+    pub embeddings: Vec<Vec<f32>>,
+    /// Nanoseconds, as Ollama reports them.
+    pub total_duration: u64,
+    pub load_duration: u64,
+    pub prompt_eval_count: usize,
+}
+
+/// Ollama's older `POST /api/embeddings`: one `prompt`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OllamaEmbeddingsRequest {
+    pub model: String,
+    pub prompt: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub options: Option<serde_json::Map<String, Value>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive: Option<Value>,
+}
+
+/// The answer of `/api/embeddings`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaEmbeddingsResponse {
+    pub embedding: Vec<f32>,
+}
+
+/// Ollama's error body: `{"error": "message"}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OllamaError {
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -3,24 +3,21 @@
 //! `rbee_proto::infer`'s.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures::{AsyncWriteExt, StreamExt};
-use rbee_net::frame::{read_frame, write_frame};
+use rbee_net::frame::write_frame;
 use rbee_net::{Client, PeerId};
 use rbee_proto::infer::{InferFrame, InferRequest, MAX_REQUEST_FRAME};
 use rbee_proto::pool::INFER_PROTOCOL;
-use tokio::sync::Semaphore;
 
 use crate::NodeContext;
 use crate::error::NodeError;
-use crate::jobs::JobEvent;
 use crate::serve;
 
-/// Generations served to peers at once; more are refused with "busy".
-const MAX_INBOUND: usize = 64;
-/// How long a peer has to send its request after opening the stream.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// What the caller hears before the generation starts.
+const FRAMES: super::ProgressFrames<InferFrame> = super::ProgressFrames {
+    phase: InferFrame::Phase,
+    progress: |done, total, peers| InferFrame::Progress { done, total, peers },
+};
 
 fn error_frame(e: &NodeError) -> InferFrame {
     e.to_event()
@@ -28,56 +25,31 @@ fn error_frame(e: &NodeError) -> InferFrame {
 
 /// Serves `/rbee/infer/2` for peers until the network stops.
 pub async fn serve_infer(ctx: Arc<NodeContext>, net: Client) {
-    let mut incoming = match net.accept(INFER_PROTOCOL) {
-        Ok(i) => i,
-        Err(e) => return tracing::error!("cannot serve {INFER_PROTOCOL}: {e}"),
-    };
-    let slots = Arc::new(Semaphore::new(MAX_INBOUND));
-    while let Some((peer, mut stream)) = incoming.next().await {
-        let ctx = ctx.clone();
-        match slots.clone().try_acquire_owned() {
-            Ok(permit) => {
-                tokio::spawn(async move {
-                    serve_one(&ctx, peer, &mut stream).await;
-                    let _ = stream.close().await;
-                    drop(permit);
-                });
-            }
-            Err(_) => {
-                tokio::spawn(async move {
-                    let e = NodeError::Busy {
-                        message: format!(
-                            "node {} serves {MAX_INBOUND} peer requests already",
-                            ctx.name
-                        ),
-                        retry_after_secs: 1,
-                    };
-                    let _ = write_frame(&mut stream, &error_frame(&e)).await;
-                    let _ = stream.close().await;
-                });
-            }
-        }
-    }
+    super::accept(
+        ctx,
+        net,
+        INFER_PROTOCOL,
+        |ctx, peer, mut stream| async move {
+            serve_one(&ctx, peer, &mut stream).await;
+            stream
+        },
+        error_frame,
+    )
+    .await;
 }
 
 async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Stream) {
-    let request: InferRequest =
-        match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(stream, MAX_REQUEST_FRAME)).await {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, "bad infer request: {e}");
-                let e = NodeError::BadRequest(format!("malformed request: {e}"));
-                let _ = write_frame(stream, &error_frame(&e)).await;
-                return;
-            }
-            Err(_) => return tracing::debug!(%peer, "peer sent no request in time"),
-        };
-    if let Err(e) = request.check().map_err(NodeError::BadRequest) {
-        tracing::debug!(%peer, "refused an infer request: {e}");
-        let _ = write_frame(stream, &error_frame(&e)).await;
+    let Some(request) = super::read_request(
+        stream,
+        peer,
+        MAX_REQUEST_FRAME,
+        InferRequest::check,
+        error_frame,
+    )
+    .await
+    else {
         return;
-    }
+    };
     tracing::debug!(%peer, model = %request.model, "serving a generation for a peer");
     // The request is a job here too: what happens before the first token (a pull from the
     // pool, a load) is listed in this node's jobs and relayed to the caller as it happens.
@@ -86,7 +58,6 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
     // left it `running` for good).
     let _ends = job.fail_unless_ended("the peer went away before the generation finished");
     job.phase(&format!("serving a request from peer {peer}"));
-    let (_, live) = job.subscribe();
     // `local_only`: a forwarded request never hops again, so there are no routing loops.
     let start = serve::start_with(
         ctx,
@@ -96,38 +67,8 @@ async fn serve_one(ctx: &NodeContext, peer: PeerId, stream: &mut rbee_net::Strea
         true,
         Some(&job),
     );
-    tokio::pin!(start);
-    let mut live = live.map(tokio_stream::wrappers::BroadcastStream::new);
-    let started = loop {
-        let event = async {
-            match live.as_mut() {
-                Some(l) => l.next().await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            biased;
-            result = &mut start => break result,
-            event = event => {
-                let frame = match event {
-                    Some(Ok(JobEvent::Phase { phase })) => InferFrame::Phase(phase),
-                    Some(Ok(JobEvent::Progress { done, total, peers, .. })) => InferFrame::Progress {
-                        done,
-                        total,
-                        peers: peers.unwrap_or_default(),
-                    },
-                    Some(_) => continue,
-                    None => {
-                        live = None;
-                        continue;
-                    }
-                };
-                if write_frame(stream, &frame).await.is_err() {
-                    job.fail("the peer went away");
-                    return;
-                }
-            }
-        }
+    let Some(started) = super::relay_until_started(stream, &job, start, FRAMES).await else {
+        return;
     };
     let mut started = match started {
         Ok(s) => s,
