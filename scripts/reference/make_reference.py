@@ -895,13 +895,17 @@ def tiny_bert_vocab() -> dict[str, int]:
     return seen
 
 
-def write_tiny_bert(path: Path) -> dict:
+def write_tiny_bert(path: Path, arch: str = "bert") -> dict:
+    """A tiny random-weight encoder in llama.cpp's layout for `arch`: `bert` (absolute
+    positions, separate q/k/v with biases, GELU) or `nomic-bert` (rotary positions on a fused
+    qkv, SwiGLU, no biases: nomic-embed-text-v1.5's shape)."""
     c = TINY_BERT
-    rng = np.random.default_rng(abs(hash_str("bert")) % (2**32))
+    nomic = arch == "nomic-bert"
+    rng = np.random.default_rng(abs(hash_str(arch)) % (2**32))
     vocab = tiny_bert_vocab()
-    w = gguf.GGUFWriter(str(path), "bert")
+    w = gguf.GGUFWriter(str(path), arch)
     w.add_type("model")
-    w.add_name("rbee tiny bert (random weights)")
+    w.add_name(f"rbee tiny {arch} (random weights)")
     w.add_context_length(c["n_ctx"])
     w.add_embedding_length(c["n_embd"])
     w.add_feed_forward_length(c["n_ff"])
@@ -910,6 +914,8 @@ def write_tiny_bert(path: Path) -> dict:
     w.add_layer_norm_eps(c["eps"])
     w.add_causal_attention(False)
     w.add_pooling_type(gguf.PoolingType.MEAN)
+    if nomic:
+        w.add_rope_freq_base(1000.0)
     w.add_file_type(1)
     specials = {t: vocab[t] for t in ("[CLS]", "[SEP]", "[UNK]", "[PAD]", "[MASK]")}
     bert_reference.add_bert_vocab(w, vocab, specials)
@@ -926,22 +932,31 @@ def write_tiny_bert(path: Path) -> dict:
     e, f = c["n_embd"], c["n_ff"]
     t("token_embd.weight", (len(vocab), e), QT.F16, 1.0)
     t("token_types.weight", (2, e), QT.F32, 0.1)
-    t("position_embd.weight", (c["n_ctx"], e), QT.F32, 0.3)
+    if not nomic:
+        t("position_embd.weight", (c["n_ctx"], e), QT.F32, 0.3)
     t("token_embd_norm.weight", (e,), QT.F32, 0.1, 1.0)
     t("token_embd_norm.bias", (e,), QT.F32, 0.1)
     for i in range(c["n_layer"]):
         p = f"blk.{i}."
-        for name, qt in (("attn_q", QT.F32), ("attn_k", QT.F16), ("attn_v", QT.Q8_0)):
-            t(p + name + ".weight", (e, e), qt, 2.0 * e ** -0.5)
-            t(p + name + ".bias", (e,), QT.F32, 0.1)
+        if nomic:
+            t(p + "attn_qkv.weight", (3 * e, e), QT.F16, 2.0 * e ** -0.5)
+        else:
+            for name, qt in (("attn_q", QT.F32), ("attn_k", QT.F16), ("attn_v", QT.Q8_0)):
+                t(p + name + ".weight", (e, e), qt, 2.0 * e ** -0.5)
+                t(p + name + ".bias", (e,), QT.F32, 0.1)
         t(p + "attn_output.weight", (e, e), QT.F16, e ** -0.5)
-        t(p + "attn_output.bias", (e,), QT.F32, 0.1)
+        if not nomic:
+            t(p + "attn_output.bias", (e,), QT.F32, 0.1)
         t(p + "attn_output_norm.weight", (e,), QT.F32, 0.1, 1.0)
         t(p + "attn_output_norm.bias", (e,), QT.F32, 0.1)
         t(p + "ffn_up.weight", (f, e), QT.Q8_0, e ** -0.5)
-        t(p + "ffn_up.bias", (f,), QT.F32, 0.1)
+        if nomic:
+            t(p + "ffn_gate.weight", (f, e), QT.F16, e ** -0.5)
+        else:
+            t(p + "ffn_up.bias", (f,), QT.F32, 0.1)
         t(p + "ffn_down.weight", (e, f), QT.F32, f ** -0.5)
-        t(p + "ffn_down.bias", (e,), QT.F32, 0.1)
+        if not nomic:
+            t(p + "ffn_down.bias", (e,), QT.F32, 0.1)
         t(p + "layer_output_norm.weight", (e,), QT.F32, 0.1, 1.0)
         t(p + "layer_output_norm.bias", (e,), QT.F32, 0.1)
     w.write_header_to_file()
@@ -951,9 +966,9 @@ def write_tiny_bert(path: Path) -> dict:
     return {**c, "n_vocab": len(vocab), "tensor_types": dtypes}
 
 
-def make_tiny_bert() -> bool:
-    path = OUT_DIR / "tiny-bert-embed.gguf"
-    meta = write_tiny_bert(path)
+def make_tiny_bert(arch: str = "bert") -> bool:
+    path = OUT_DIR / f"tiny-{arch}-embed.gguf"
+    meta = write_tiny_bert(path, arch)
     log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
     llm = embedding_llama(path, TINY_BERT["n_ctx"])
     try:
@@ -962,13 +977,14 @@ def make_tiny_bert() -> bool:
             ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
             emb = llm.embed(text, normalize=False)
             cases.append({"text": text, "ids": ids, "embedding": [f32(x) for x in emb]})
-        dump_json(OUT_DIR / "tiny-bert-embed.json", {
+        dump_json(OUT_DIR / f"tiny-{arch}-embed.json", {
             "model": model_info(path),
             "provenance": provenance(),
             "hparams": meta,
             "pooling": "mean",
             "how": "Llama(embedding=True).embed(text, normalize=False): [CLS] text [SEP], mean-pooled, "
-                   "not normalised; llama.cpp's BERT GELU is the tanh approximation (f16 table)",
+                   "not normalised; " + ("rotary positions (neox, base 1000), SwiGLU" if arch == "nomic-bert"
+                   else "llama.cpp's BERT GELU is the tanh approximation (f16 table)"),
             "cases": cases,
         })
     finally:
@@ -1061,8 +1077,7 @@ def main() -> int:
     failed = [a for a in archs if not make_tiny(a)]
     if "embed" in parts:
         failed += [f"{a} (embed)" for a in EMBED if not make_embed(a)]
-        if not make_tiny_bert():
-            failed.append("bert (embed)")
+        failed += [f"{a} (embed)" for a in ("bert", "nomic-bert") if not make_tiny_bert(a)]
     if "minilm" in parts:
         make_minilm()
     if failed:

@@ -296,13 +296,24 @@ fn a_full_queue_refuses_at_once_and_dropped_requests_free_the_model() {
 /// cosine 0.9999 (llama.cpp's GELU is the tanh approximation, ours the exact one).
 #[test]
 fn a_tiny_bert_gguf_matches_llama_cpp() {
-    let path = reference_dir().join("tiny-bert-embed.gguf");
-    let reference = json("tiny-bert-embed.json");
+    tiny_encoder_matches_llama_cpp("bert");
+}
+
+/// A tiny random-weight `nomic-bert` GGUF (nomic-embed-text-v1.5's shape: rotary positions with
+/// base 1000 on a fused qkv, SwiGLU, no biases) against llama.cpp's embedding mode, as above.
+#[test]
+fn a_tiny_nomic_bert_gguf_matches_llama_cpp() {
+    tiny_encoder_matches_llama_cpp("nomic-bert");
+}
+
+fn tiny_encoder_matches_llama_cpp(arch: &str) {
+    let path = reference_dir().join(format!("tiny-{arch}-embed.gguf"));
+    let reference = json(&format!("tiny-{arch}-embed.json"));
     let model = CandleBackend.load(&path, &LoadOptions::default()).unwrap();
     let info = model.info();
     assert_eq!(
         (info.architecture.as_str(), info.pooling),
-        ("bert", Pooling::Mean)
+        (arch, Pooling::Mean)
     );
     assert!(info.declares_pooling && !info.generates);
     let file = rbee_format::gguf::GgufFile::open(&path).unwrap();
@@ -321,7 +332,7 @@ fn a_tiny_bert_gguf_matches_llama_cpp() {
             "tokens of {text:?}"
         );
         let cos = cosine(ours, &floats(&case["embedding"]));
-        assert!(cos >= 0.9999, "{text:?}: cosine {cos}");
+        assert!(cos >= 0.9999, "{arch} {text:?}: cosine {cos}");
     }
 }
 
@@ -350,18 +361,18 @@ fn decoder_inputs_get_llama_cpps_special_tokens() {
 #[test]
 fn unsupported_and_broken_encoders_are_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
-    let nomic = dir.path().join("nomic.gguf");
-    rbee_format::gguf::GgufWriter::tiny_model("nomic-bert")
-        .write_file(&nomic)
+    let jina = dir.path().join("jina.gguf");
+    rbee_format::gguf::GgufWriter::tiny_model("jina-bert-v2")
+        .write_file(&jina)
         .unwrap();
     let err = CandleBackend
-        .load(&nomic, &LoadOptions::default())
+        .load(&jina, &LoadOptions::default())
         .unwrap_err();
     assert!(
-        matches!(&err, InferError::UnsupportedArchitecture { architecture, .. } if architecture == "nomic-bert"),
+        matches!(&err, InferError::UnsupportedArchitecture { architecture, .. } if architecture == "jina-bert-v2"),
         "{err:?}"
     );
-    assert!(err.to_string().contains("a `bert` model"), "{err}");
+    assert!(err.to_string().contains("`nomic-bert` model"), "{err}");
     // A `bert` GGUF without the encoder's tensors.
     let broken = dir.path().join("broken.gguf");
     rbee_format::gguf::GgufWriter::tiny_model("bert")
@@ -377,6 +388,20 @@ fn unsupported_and_broken_encoders_are_refused_by_name() {
         .capabilities(&reference_dir().join("tiny-bert-embed.gguf"))
         .unwrap();
     assert!(caps.embeds && !caps.generates);
+    let caps = CandleBackend
+        .capabilities(&reference_dir().join("tiny-nomic-bert-embed.gguf"))
+        .unwrap();
+    assert!(caps.embeds && !caps.generates);
+    // A nomic-bert GGUF with a decoder's tensors names the first encoder tensor it lacks.
+    let gateless = dir.path().join("gateless.gguf");
+    rbee_format::gguf::GgufWriter::tiny_model("nomic-bert")
+        .add("nomic-bert.attention.layer_norm_epsilon", 1e-12f32)
+        .write_file(&gateless)
+        .unwrap();
+    let err = CandleBackend
+        .load(&gateless, &LoadOptions::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("token_embd_norm.weight"), "{err}");
     let caps = CandleBackend
         .capabilities(&reference_dir().join("tiny-qwen3-embed.gguf"))
         .unwrap();

@@ -1,7 +1,9 @@
 //! BERT-family encoders: the transformer behind sentence-transformers models such as
 //! all-MiniLM-L6-v2 and the bge/e5/gte families, from a Hugging Face folder or a llama.cpp
-//! `bert` GGUF. Embeddings only: every token attends to every other token of its input, and
-//! an input's vector is its final hidden states pooled (mean, `[CLS]` or last token).
+//! `bert` GGUF, and nomic-bert (nomic-embed-text) GGUFs: the same post-norm encoder with
+//! rotary positions, a fused qkv projection, a SwiGLU feed-forward and no biases. Embeddings
+//! only: every token attends to every other token of its input, and an input's vector is its
+//! final hidden states pooled (mean, `[CLS]` or last token).
 //!
 //! Why not candle-transformers' BERT: it runs a batch as a padded rectangle with a mask, so a
 //! batch of inputs of mixed lengths computes every padding row, and its results depend on
@@ -11,7 +13,8 @@
 //! batched with (to float rounding: the GEMM may block rows differently for another row
 //! count, see `tests/encoder.rs`). It is also small enough to own: the architecture is the
 //! published one (post-norm layers, absolute positions, exact GELU), written from the paper,
-//! and checked against an independent numpy implementation and llama.cpp.
+//! and checked against an independent numpy implementation and llama.cpp; nomic-bert's
+//! differences are written from its technical report and checked against llama.cpp.
 //!
 //! - [`config`]: [`EncoderConfig`], from GGUF metadata or the sentence-transformers files.
 //! - `tensors`: the weights by llama.cpp's names, from either format, as f32.
@@ -24,9 +27,11 @@ mod tensors;
 use candle_core::{Device, Tensor};
 use rbee_format::gguf::GgufFile;
 
+use super::config::{RopeParams, RopeStyle};
 use super::error::{CandleContext, ModelError};
+use super::rope::Rope;
 pub(crate) use config::not_yet;
-pub use config::{ENCODER_ARCHITECTURES, ENCODER_MODEL_TYPES, EncoderConfig};
+pub use config::{ENCODER_ARCHITECTURES, ENCODER_MODEL_TYPES, EncoderConfig, Positions};
 use math::Span;
 use tensors::Tensors;
 
@@ -36,6 +41,7 @@ struct Linear {
     /// `wᵀ`, `in × out` (a transposed view of the `out × in` weights; the GEMM reads it by
     /// strides).
     wt: Tensor,
+    /// Empty when the model has no bias here.
     bias: Vec<f32>,
     cols: usize,
 }
@@ -44,9 +50,14 @@ impl Linear {
     fn load(t: &mut Tensors, name: &str) -> Result<Linear, ModelError> {
         let w = t.tensor(&format!("{name}.weight"))?;
         let cols = w.dims()[1];
+        let bias = format!("{name}.bias");
         Ok(Linear {
             wt: w.t().context(|| format!("transposing {name}"))?,
-            bias: t.values(&format!("{name}.bias"))?,
+            bias: if t.has(&bias) {
+                t.values(&bias)?
+            } else {
+                Vec::new()
+            },
             cols,
         })
     }
@@ -60,11 +71,19 @@ impl Linear {
             .and_then(|t| t.contiguous())
             .and_then(|t| t.t())
             .context(|| "fusing projections".into())?;
-        Ok(Linear {
-            wt,
-            bias: parts.into_iter().flat_map(|p| p.bias).collect(),
-            cols,
-        })
+        // Biases fused too; a part without one adds zeros, unless no part has one.
+        let bias = if parts.iter().all(|p| p.bias.is_empty()) {
+            Vec::new()
+        } else {
+            parts
+                .into_iter()
+                .flat_map(|p| match p.bias.is_empty() {
+                    true => vec![0.0; p.wt.dims()[1]],
+                    false => p.bias,
+                })
+                .collect()
+        };
+        Ok(Linear { wt, bias, cols })
     }
 
     /// `x · wᵀ` for `x` of rows `cols` wide (the bias is the caller's, fused with what follows).
@@ -99,6 +118,7 @@ struct Layer {
     qkv: Linear,
     output: Linear,
     attn_norm: Norm,
+    /// `x·up`, or `[x·up | x·gate]` for a gated feed-forward.
     up: Linear,
     down: Linear,
     out_norm: Norm,
@@ -114,6 +134,8 @@ pub struct Bert {
     token_type: Vec<f32>,
     embd_norm: Norm,
     layers: Vec<Layer>,
+    /// Rotary tables for every position, with rotary positions.
+    rope: Option<Rope>,
 }
 
 /// An encoder on disk, checked (headers only), ready to load.
@@ -160,8 +182,22 @@ impl BertSource {
         let t = &mut self.tensors;
         let cfg = self.config;
         let h = cfg.hidden;
-        let mut position_embd = t.values("position_embd.weight")?;
-        position_embd.truncate(cfg.positions * h);
+        let (position_embd, rope) = match cfg.position_kind {
+            Positions::Absolute => {
+                let mut table = t.values("position_embd.weight")?;
+                table.truncate(cfg.positions * h);
+                (table, None)
+            }
+            Positions::Rotary { freq_base, dims } => {
+                let params = RopeParams {
+                    freq_base,
+                    freq_scale: 1.0,
+                };
+                let mut rope = Rope::new(RopeStyle::HalfSplit, dims, &params, None);
+                rope.ensure(cfg.positions);
+                (Vec::new(), Some(rope))
+            }
+        };
         let token_type = if t.has("token_types.weight") {
             let mut v = t.values("token_types.weight")?;
             v.truncate(h);
@@ -172,15 +208,28 @@ impl BertSource {
         let mut layers = Vec::with_capacity(cfg.layers);
         for i in 0..cfg.layers {
             let p = |s: &str| format!("blk.{i}.{s}");
-            layers.push(Layer {
-                qkv: Linear::fused(vec![
+            let qkv = if t.has(&p("attn_qkv.weight")) {
+                Linear::load(t, &p("attn_qkv"))?
+            } else {
+                Linear::fused(vec![
                     Linear::load(t, &p("attn_q"))?,
                     Linear::load(t, &p("attn_k"))?,
                     Linear::load(t, &p("attn_v"))?,
-                ])?,
+                ])?
+            };
+            let up = if cfg.gated_ffn {
+                Linear::fused(vec![
+                    Linear::load(t, &p("ffn_up"))?,
+                    Linear::load(t, &p("ffn_gate"))?,
+                ])?
+            } else {
+                Linear::load(t, &p("ffn_up"))?
+            };
+            layers.push(Layer {
+                qkv,
                 output: Linear::load(t, &p("attn_output"))?,
                 attn_norm: Norm::load(t, &p("attn_output_norm"))?,
-                up: Linear::load(t, &p("ffn_up"))?,
+                up,
                 down: Linear::load(t, &p("ffn_down"))?,
                 out_norm: Norm::load(t, &p("layer_output_norm"))?,
             });
@@ -191,6 +240,7 @@ impl BertSource {
             token_type,
             embd_norm: Norm::load(t, "token_embd_norm")?,
             layers,
+            rope,
             config: cfg,
         };
         tracing::debug!(from = %t.origin().display(), layers = bert.layers.len(), "encoder weights loaded");
@@ -237,11 +287,17 @@ impl Bert {
                 }
                 let row = &mut x[(span.start + pos) * h..][..h];
                 let word = &self.token_embd[token as usize * h..][..h];
-                let position = &self.position_embd[pos * h..][..h];
-                for (((v, &w), &p), &t) in
-                    row.iter_mut().zip(word).zip(position).zip(&self.token_type)
-                {
-                    *v = w + p + t;
+                if self.position_embd.is_empty() {
+                    for ((v, &w), &t) in row.iter_mut().zip(word).zip(&self.token_type) {
+                        *v = w + t;
+                    }
+                } else {
+                    let position = &self.position_embd[pos * h..][..h];
+                    for (((v, &w), &p), &t) in
+                        row.iter_mut().zip(word).zip(position).zip(&self.token_type)
+                    {
+                        *v = w + p + t;
+                    }
                 }
             }
         }
@@ -250,6 +306,9 @@ impl Bert {
         for layer in &self.layers {
             let mut qkv = layer.qkv.matmul(x.clone())?;
             math::add_bias(&mut qkv, &layer.qkv.bias);
+            if let Some(rope) = &self.rope {
+                math::rotate_queries_and_keys(&mut qkv, &spans, rope, cfg.heads, head_dim);
+            }
             let context = math::attention(&qkv, &spans, cfg.heads, head_dim);
             drop(qkv);
             let mut attn = layer.output.matmul(context)?;
@@ -263,7 +322,12 @@ impl Bert {
             );
             drop(attn);
             let mut up = layer.up.matmul(x.clone())?;
-            math::add_bias_gelu(&mut up, &layer.up.bias);
+            if cfg.gated_ffn {
+                math::add_bias(&mut up, &layer.up.bias);
+                up = math::swiglu(&up, cfg.ffn);
+            } else {
+                math::add_bias_gelu(&mut up, &layer.up.bias);
+            }
             let mut down = layer.down.matmul(up)?;
             math::add_bias(&mut down, &layer.down.bias);
             math::add_layer_norm(&mut x, &down, &layer.out_norm.w, &layer.out_norm.b, cfg.eps);
@@ -276,9 +340,14 @@ impl Bert {
 
     /// Bytes of activations one forward pass over `rows` rows needs at its peak.
     pub fn step_bytes(config: &EncoderConfig, rows: usize) -> u64 {
-        // x, its copy, qkv (3h) and the attention output, or the FFN's up (ffn) and down (h).
-        let per_row =
-            (2 * config.hidden + (4 * config.hidden).max(config.ffn + config.hidden)) as u64;
+        // x, its copy, qkv (3h) and the attention output, or the FFN's up (ffn; twice and once
+        // more for the gated product) and down (h).
+        let ffn = if config.gated_ffn {
+            3 * config.ffn
+        } else {
+            config.ffn
+        };
+        let per_row = (2 * config.hidden + (4 * config.hidden).max(ffn + config.hidden)) as u64;
         4 * per_row * rows as u64
     }
 }

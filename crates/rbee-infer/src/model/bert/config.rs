@@ -13,7 +13,7 @@ use crate::engine::Pooling;
 
 /// `general.architecture` names of the encoders this engine runs (embeddings only). The
 /// decoders are [`SUPPORTED_ARCHITECTURES`](crate::SUPPORTED_ARCHITECTURES).
-pub const ENCODER_ARCHITECTURES: &[&str] = &["bert"];
+pub const ENCODER_ARCHITECTURES: &[&str] = &["bert", "nomic-bert"];
 
 /// config.json `model_type`s of the encoder folders this engine runs.
 pub const ENCODER_MODEL_TYPES: &[&str] = &["bert"];
@@ -22,20 +22,16 @@ pub const ENCODER_MODEL_TYPES: &[&str] = &["bert"];
 /// rather than as an unknown architecture.
 const NOT_YET: &[(&str, &str)] = &[
     (
-        "nomic-bert",
-        "nomic-bert (rotary positions, SwiGLU) is not implemented by rbee's encoder yet; a `bert` model (e.g. all-MiniLM-L6-v2, bge-small-en-v1.5) runs",
-    ),
-    (
         "jina-bert-v2",
-        "jina-bert-v2 (ALiBi positions) is not implemented by rbee's encoder yet; a `bert` model runs",
+        "jina-bert-v2 (ALiBi positions) is not implemented by rbee's encoder yet; a `bert` or `nomic-bert` model runs",
     ),
     (
         "nomic-bert-moe",
-        "nomic-bert-moe is not implemented by rbee's encoder yet; a `bert` model runs",
+        "nomic-bert-moe is not implemented by rbee's encoder yet; a `bert` or `nomic-bert` model (e.g. nomic-embed-text-v1.5) runs",
     ),
     (
         "modern-bert",
-        "modern-bert is not implemented by rbee's encoder yet; a `bert` model runs",
+        "modern-bert is not implemented by rbee's encoder yet; a `bert` or `nomic-bert` model runs",
     ),
 ];
 
@@ -47,6 +43,16 @@ pub(crate) fn not_yet(architecture: &str) -> Option<&'static str> {
         .map(|(_, why)| *why)
 }
 
+/// How an encoder's tokens get their positions.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Positions {
+    /// A learned `position_embd` row added to each token's embedding (BERT).
+    Absolute,
+    /// Rotary embedding of queries and keys in every layer, pairs `(i, i + dims/2)` (ggml's
+    /// NEOX style), with this base and over the first `dims` values of each head (nomic-bert).
+    Rotary { freq_base: f32, dims: usize },
+}
+
 /// An encoder: its shape, and how an input's token states become its vector.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EncoderConfig {
@@ -56,8 +62,15 @@ pub struct EncoderConfig {
     pub layers: usize,
     pub heads: usize,
     pub ffn: usize,
-    /// Rows of the position embeddings: no input may be longer.
+    /// Rows of the position embeddings (or, with rotary positions, the trained context): no
+    /// input may be longer.
     pub positions: usize,
+    /// How a token knows its position: BERT's learned table added to the embeddings, or
+    /// nomic-bert's rotary embedding of queries and keys.
+    pub position_kind: Positions,
+    /// The feed-forward block: BERT's `gelu(x·up)·down` with biases, or nomic-bert's
+    /// `(silu(x·gate) ⊙ x·up)·down`.
+    pub gated_ffn: bool,
     pub eps: f32,
     /// Tokens of one input at most (special tokens included): sentence-transformers'
     /// `max_seq_length` when the folder gives one, else the positions.
@@ -97,6 +110,33 @@ impl EncoderConfig {
             .ok_or_else(|| ModelError::MissingTensor("token_embd.weight".into()))?
             as usize;
         let positions = int("context_length")?;
+        let nomic = arch == "nomic-bert";
+        let position_kind = if nomic {
+            // llama.cpp's defaults when a key is absent: base 10000, the whole head.
+            let head_dim = if heads == 0 { 0 } else { hidden / heads };
+            let dims = md
+                .get_u64(&format!("{arch}.rope.dimension_count"))
+                .map_or(head_dim, |d| d as usize);
+            if dims == 0 || dims > head_dim || dims % 2 == 1 {
+                return Err(ModelError::BadMetadata {
+                    key: format!("{arch}.rope.dimension_count"),
+                    value: dims.to_string(),
+                    reason: format!("must be even and at most the head size {head_dim}"),
+                });
+            }
+            let base_key = format!("{arch}.rope.freq_base");
+            let freq_base = md.get_f32(&base_key).unwrap_or(10_000.0);
+            if !(freq_base.is_finite() && freq_base > 1.0) {
+                return Err(ModelError::BadMetadata {
+                    key: base_key,
+                    value: freq_base.to_string(),
+                    reason: "a rotary base must be a number above 1".into(),
+                });
+            }
+            Positions::Rotary { freq_base, dims }
+        } else {
+            Positions::Absolute
+        };
         let pooling_key = format!("{arch}.pooling_type");
         let pooling = match md.get_u64(&pooling_key) {
             None => None,
@@ -115,6 +155,8 @@ impl EncoderConfig {
             heads,
             ffn: int("feed_forward_length")?,
             positions,
+            position_kind,
+            gated_ffn: nomic,
             eps,
             max_tokens: positions,
             // llama.cpp's converter always writes a pooling type; mean is what BERT
@@ -174,6 +216,8 @@ impl EncoderConfig {
             heads: int("num_attention_heads")?,
             ffn: int("intermediate_size")?,
             positions,
+            position_kind: Positions::Absolute,
+            gated_ffn: false,
             eps: config
                 .get("layer_norm_eps")
                 .and_then(Json::as_f64)

@@ -7,6 +7,8 @@
 
 use std::sync::Mutex;
 
+use super::super::rope::Rope;
+
 /// Runs `f` on every `chunk`-sized piece of `data` (the last may be shorter), in parallel on
 /// candle's thread pool when there is enough work to pay for it.
 pub(crate) fn par_chunks<F>(data: &mut [f32], chunk: usize, f: F)
@@ -68,9 +70,12 @@ pub(crate) fn add_layer_norm(x: &mut [f32], residual: &[f32], w: &[f32], b: &[f3
     });
 }
 
-/// Adds `bias` to every row of `x` (rows of `bias.len()`).
+/// Adds `bias` to every row of `x` (rows of `bias.len()`); an empty bias adds nothing.
 pub(crate) fn add_bias(x: &mut [f32], bias: &[f32]) {
     let width = bias.len();
+    if width == 0 {
+        return;
+    }
     let rows = rows_per_chunk(width);
     par_chunks(x, rows * width, |_, part| {
         for row in part.chunks_exact_mut(width) {
@@ -79,18 +84,64 @@ pub(crate) fn add_bias(x: &mut [f32], bias: &[f32]) {
     });
 }
 
-/// `x = gelu(x + bias)` with the exact (erf) GELU that BERT was trained with.
+/// `x = gelu(x + bias)` with the exact (erf) GELU that BERT was trained with; an empty bias
+/// adds nothing.
 pub(crate) fn add_bias_gelu(x: &mut [f32], bias: &[f32]) {
+    let gelu = |y: f32| 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+    if bias.is_empty() {
+        par_chunks(x, 16_384, |_, part| {
+            part.iter_mut().for_each(|v| *v = gelu(*v))
+        });
+        return;
+    }
     let width = bias.len();
     let rows = rows_per_chunk(width);
     par_chunks(x, rows * width, |_, part| {
         for row in part.chunks_exact_mut(width) {
             for (v, b) in row.iter_mut().zip(bias) {
-                let y = *v + b;
-                *v = 0.5 * y * (1.0 + erf(y * std::f32::consts::FRAC_1_SQRT_2));
+                *v = gelu(*v + b);
             }
         }
     });
+}
+
+/// The gated feed-forward's product: rows of `[up | gate]`, each `2 × width` wide, become rows
+/// of `up ⊙ silu(gate)`, `width` wide.
+pub(crate) fn swiglu(x: &[f32], width: usize) -> Vec<f32> {
+    let rows = x.len() / (2 * width);
+    let mut out = vec![0f32; rows * width];
+    let per = rows_per_chunk(width);
+    par_chunks(&mut out, per * width, |chunk, part| {
+        for (r, row) in part.chunks_exact_mut(width).enumerate() {
+            let src = &x[(chunk * per + r) * 2 * width..][..2 * width];
+            let (up, gate) = src.split_at(width);
+            for ((o, &u), &g) in row.iter_mut().zip(up).zip(gate) {
+                *o = u * (g / (1.0 + (-g).exp()));
+            }
+        }
+    });
+    out
+}
+
+/// Rotary positions for packed rows of `[q | k | v]`: the queries and keys of each span's
+/// `i`-th row are rotated as position `i`.
+pub(crate) fn rotate_queries_and_keys(
+    qkv: &mut [f32],
+    spans: &[Span],
+    rope: &Rope,
+    heads: usize,
+    head_dim: usize,
+) {
+    let width = heads * head_dim;
+    for span in spans {
+        let rows = &mut qkv[span.start * 3 * width..][..span.len * 3 * width];
+        for (pos, row) in rows.chunks_exact_mut(3 * width).enumerate() {
+            let (qk, _) = row.split_at_mut(2 * width);
+            let (q, k) = qk.split_at_mut(width);
+            rope.apply(q, heads, head_dim, pos);
+            rope.apply(k, heads, head_dim, pos);
+        }
+    }
 }
 
 /// erf for f32 as a rational function of x on [-4, 4] (outside, erf is ±1 in f32): an odd

@@ -1,4 +1,4 @@
-//! An encoder's weights, by their GGUF names (llama.cpp's `bert` layout), from a GGUF file or
+//! An encoder's weights, by their GGUF names (llama.cpp's `bert`/`nomic-bert` layout), from a GGUF file or
 //! from a Hugging Face folder, as f32.
 //!
 //! Every tensor the encoder reads is listed with its shape and checked against the headers
@@ -18,7 +18,7 @@ use rbee_format::safetensors::Dtype;
 
 use super::super::error::{CandleContext, ModelError};
 use super::super::safetensors::{Entry, invalid, read_headers};
-use super::config::EncoderConfig;
+use super::config::{EncoderConfig, Positions};
 
 /// Where the bytes are.
 enum Store {
@@ -154,28 +154,44 @@ impl Tensors {
         })
     }
 
-    /// Every tensor the encoder of `cfg` reads, with its shape.
-    fn wanted(cfg: &EncoderConfig) -> Vec<(String, Vec<usize>)> {
+    /// Every tensor the encoder of `cfg` reads, with its shape and whether it must be there.
+    /// Biases are optional, as llama.cpp has them (nomic-bert has none); a layer's attention
+    /// projections are one fused `attn_qkv` or three.
+    fn wanted(&self, cfg: &EncoderConfig) -> Vec<(String, Vec<usize>, bool)> {
         let (h, f) = (cfg.hidden, cfg.ffn);
-        let mut out = vec![
-            ("token_embd.weight".into(), vec![cfg.vocab, h]),
-            ("position_embd.weight".into(), vec![cfg.positions, h]),
-            ("token_embd_norm.weight".into(), vec![h]),
-            ("token_embd_norm.bias".into(), vec![h]),
+        let mut out: Vec<(String, Vec<usize>, bool)> = vec![
+            ("token_embd.weight".into(), vec![cfg.vocab, h], true),
+            ("token_embd_norm.weight".into(), vec![h], true),
+            ("token_embd_norm.bias".into(), vec![h], true),
         ];
+        if cfg.position_kind == Positions::Absolute {
+            out.insert(
+                1,
+                ("position_embd.weight".into(), vec![cfg.positions, h], true),
+            );
+        }
+        let linear = |out: &mut Vec<(String, Vec<usize>, bool)>, name: String, rows, cols| {
+            out.push((format!("{name}.weight"), vec![rows, cols], true));
+            out.push((format!("{name}.bias"), vec![rows], false));
+        };
         for i in 0..cfg.layers {
             let p = |s: &str| format!("blk.{i}.{s}");
-            for name in ["attn_q", "attn_k", "attn_v", "attn_output"] {
-                out.push((p(&format!("{name}.weight")), vec![h, h]));
-                out.push((p(&format!("{name}.bias")), vec![h]));
+            if self.has(&p("attn_qkv.weight")) {
+                linear(&mut out, p("attn_qkv"), 3 * h, h);
+            } else {
+                for name in ["attn_q", "attn_k", "attn_v"] {
+                    linear(&mut out, p(name), h, h);
+                }
             }
-            out.push((p("ffn_up.weight"), vec![f, h]));
-            out.push((p("ffn_up.bias"), vec![f]));
-            out.push((p("ffn_down.weight"), vec![h, f]));
-            out.push((p("ffn_down.bias"), vec![h]));
+            linear(&mut out, p("attn_output"), h, h);
+            linear(&mut out, p("ffn_up"), f, h);
+            if cfg.gated_ffn {
+                linear(&mut out, p("ffn_gate"), f, h);
+            }
+            linear(&mut out, p("ffn_down"), h, f);
             for norm in ["attn_output_norm", "layer_output_norm"] {
-                out.push((p(&format!("{norm}.weight")), vec![h]));
-                out.push((p(&format!("{norm}.bias")), vec![h]));
+                out.push((p(&format!("{norm}.weight")), vec![h], true));
+                out.push((p(&format!("{norm}.bias")), vec![h], true));
             }
         }
         out
@@ -185,11 +201,13 @@ impl Tensors {
     /// returns the bytes they take as f32.
     pub fn check(&self, cfg: &EncoderConfig) -> Result<u64, ModelError> {
         let mut bytes = 0u64;
-        for (name, expected) in Self::wanted(cfg) {
-            let found = self
-                .shapes
-                .get(&name)
-                .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
+        for (name, expected, required) in self.wanted(cfg) {
+            let Some(found) = self.shapes.get(&name) else {
+                if required {
+                    return Err(ModelError::MissingTensor(name));
+                }
+                continue;
+            };
             // A position table may be longer than the positions used; never shorter.
             let ok = if name == "position_embd.weight" {
                 found.len() == 2 && found[0] >= expected[0] && found[1] == expected[1]
@@ -206,6 +224,14 @@ impl Tensors {
             bytes += 4 * expected.iter().product::<usize>() as u64;
         }
         if let Some(types) = self.shapes.get("token_types.weight") {
+            // Row 0 is what every input adds.
+            if types.len() != 2 || types[0] == 0 || types[1] != cfg.hidden {
+                return Err(ModelError::TensorShape {
+                    tensor: "token_types.weight".into(),
+                    found: types.iter().map(|&d| d as u64).collect(),
+                    expected: vec![1, cfg.hidden as u64],
+                });
+            }
             bytes += 4 * types.iter().product::<usize>() as u64;
         }
         Ok(bytes)
