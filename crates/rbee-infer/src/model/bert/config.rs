@@ -113,7 +113,7 @@ impl EncoderConfig {
         let nomic = arch == "nomic-bert";
         let position_kind = if nomic {
             // llama.cpp's defaults when a key is absent: base 10000, the whole head.
-            let head_dim = if heads == 0 { 0 } else { hidden / heads };
+            let head_dim = hidden.checked_div(heads).unwrap_or(0);
             let dims = md
                 .get_u64(&format!("{arch}.rope.dimension_count"))
                 .map_or(head_dim, |d| d as usize);
