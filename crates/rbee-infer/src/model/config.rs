@@ -429,7 +429,7 @@ mod tests {
             assert_eq!(
                 err.to_string(),
                 format!(
-                    "architecture {name:?} is not one this engine runs (it runs: llama, qwen2, qwen3, gemma3, phi3 (generation), bert (embeddings))"
+                    "architecture {name:?} is not one this engine runs (it runs: llama, qwen2, qwen3, gemma3, phi3 (generation), bert, nomic-bert (embeddings))"
                 )
             );
         }
