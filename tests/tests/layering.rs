@@ -78,3 +78,69 @@ fn the_rule_catches_a_sideways_edge() {
     assert!(layers["rbee-net"] >= layers["rbee-store"]);
     assert!(layers["rbee-proto"] < layers["rbee-store"]);
 }
+
+/// Library code may use `unsafe` only where an issue allowed it (mapping model files, the
+/// kernels' instruction-set dispatch) and every `unsafe` block there says why it is sound in a
+/// `SAFETY:` comment right above it. Test files are exempt (the fuzz tests' counting allocator).
+#[test]
+fn unsafe_code_lives_only_in_the_audited_modules() {
+    const ALLOWED: &[&str] = &["crates/rbee-infer/src/model/mapped.rs"];
+    let root = rbee_tests::workspace_root();
+    let mut sources = Vec::new();
+    let mut stack = vec![root.join("crates")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                if !path.ends_with("tests") && !path.ends_with("target") {
+                    stack.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                sources.push(path);
+            }
+        }
+    }
+    assert!(sources.len() > 50, "found only {} sources", sources.len());
+    let mut allowed_seen = 0;
+    for path in sources {
+        let rel = path
+            .strip_prefix(&root)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let allows = text.contains("allow(unsafe_code)");
+        let allowed = ALLOWED.contains(&rel.as_str());
+        assert!(
+            !allows || allowed,
+            "{rel} allows unsafe code; only {ALLOWED:?} may"
+        );
+        if !allowed {
+            continue;
+        }
+        allowed_seen += 1;
+        let lines: Vec<&str> = text.lines().collect();
+        for (i, line) in lines.iter().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            if !code.contains("unsafe {") && !code.contains("unsafe{") {
+                continue;
+            }
+            // The nearest comment block above the statement must contain SAFETY:.
+            let above = lines[..i]
+                .iter()
+                .rev()
+                .take_while(|l| l.trim_start().starts_with("//"))
+                .any(|l| l.contains("SAFETY:"));
+            assert!(
+                above,
+                "{rel}:{}: an unsafe block without a SAFETY: comment above it",
+                i + 1
+            );
+        }
+    }
+    assert_eq!(
+        allowed_seen,
+        ALLOWED.len(),
+        "an audited module moved: update ALLOWED"
+    );
+}

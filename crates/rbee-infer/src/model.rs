@@ -34,6 +34,7 @@ mod f16;
 mod kernels;
 mod kv_cache;
 mod linear;
+mod mapped;
 mod memory;
 mod ops;
 mod rope;

@@ -28,6 +28,7 @@
 pub(crate) mod avx2;
 pub(crate) mod expf;
 pub(crate) mod float;
+pub(crate) mod pages;
 pub(crate) mod pool;
 pub(crate) mod q4_k;
 pub(crate) mod q6_k;

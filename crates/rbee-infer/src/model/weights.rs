@@ -13,15 +13,14 @@
 //! - Small tensors (norms, biases) become plain `Vec<f32>`.
 
 use std::borrow::Cow;
-use std::fs::File;
-use std::io::{BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use candle_core::CpuStorage;
 use candle_core::quantized::{GgmlDType, QuantizedType};
 use rbee_format::gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::error::{CandleContext, ModelError};
+use super::mapped::MappedFile;
 use super::safetensors::{Layout, SafetensorsModel, permute_rows};
 
 /// Bytes of one Q5_0 block and of one Q8_0 block (32 values each).
@@ -29,16 +28,17 @@ const Q5_0_BLOCK: usize = 22;
 const Q8_0_BLOCK: usize = 34;
 
 /// A model's tensor data open for reading: one GGUF file, or the files of a
-/// safetensors folder (whose `layout` says which file holds which tensor).
+/// safetensors folder (whose `layout` says which file holds which tensor), each mapped
+/// (`mapped`) for as long as the model loads.
 pub struct TensorReader<'a> {
     header: &'a GgufFile,
-    files: Vec<(PathBuf, BufReader<File>)>,
+    files: Vec<MappedFile>,
     layout: Option<&'a Layout>,
 }
 
 impl std::fmt::Debug for TensorReader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self.files.iter().map(|(p, _)| p).collect();
+        let files: Vec<_> = self.files.iter().map(MappedFile::path).collect();
         f.debug_struct("TensorReader")
             .field("files", &files)
             .finish_non_exhaustive()
@@ -119,10 +119,7 @@ impl<'a> TensorReader<'a> {
     }
 
     /// The file holding `info`'s bytes.
-    fn file_for(
-        &mut self,
-        info: &TensorInfo,
-    ) -> Result<&mut (PathBuf, BufReader<File>), ModelError> {
+    fn file_for(&self, info: &TensorInfo) -> Result<&MappedFile, ModelError> {
         let index = match self.layout {
             Some(l) => *l
                 .file_of
@@ -131,8 +128,22 @@ impl<'a> TensorReader<'a> {
             None => 0,
         };
         self.files
-            .get_mut(index)
+            .get(index)
             .ok_or_else(|| ModelError::MissingTensor(info.name.clone()))
+    }
+
+    /// `info`'s bytes, in place in the mapped file.
+    fn bytes_of(&self, info: &TensorInfo) -> Result<&[u8], ModelError> {
+        let file = self.file_for(info)?;
+        file.bytes(info.offset, info.size)
+            .ok_or_else(|| ModelError::Io {
+                path: file.path().to_owned(),
+                tensor: info.name.clone(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the tensor's bytes lie past the end of the file (was it truncated after it was checked?)",
+                ),
+            })
     }
 
     /// Heads whose rows must be permuted on the way in (safetensors llama q/k).
@@ -141,27 +152,14 @@ impl<'a> TensorReader<'a> {
     }
 
     fn raw(&mut self, info: &TensorInfo) -> Result<Vec<u8>, ModelError> {
-        let size = usize::try_from(info.size).map_err(|_| {
-            ModelError::Unsupported(format!(
+        if usize::try_from(info.size).is_err() {
+            return Err(ModelError::Unsupported(format!(
                 "{}: {} bytes do not fit in memory",
                 info.name, info.size
-            ))
-        })?;
+            )));
+        }
         let heads = self.permuted_heads(&info.name);
-        let (path, file) = self.file_for(info)?;
-        let io_err = |source| ModelError::Io {
-            path: path.clone(),
-            tensor: info.name.clone(),
-            source,
-        };
-        file.seek(SeekFrom::Start(info.offset)).map_err(io_err)?;
-        let mut data = vec![0u8; size];
-        file.read_exact(&mut data)
-            .map_err(|source| ModelError::Io {
-                path: path.clone(),
-                tensor: info.name.clone(),
-                source,
-            })?;
+        let mut data = self.bytes_of(info)?.to_vec();
         if let Some(heads) = heads {
             // A row is dims[0] values of a matrix (a bias has one value per row).
             let per_row = if info.dims.len() < 2 { 1 } else { info.dims[0] };
@@ -220,31 +218,15 @@ impl<'a> TensorReader<'a> {
             sink(dtype, &self.raw(info)?)?;
             return Ok(dtype);
         }
-        let block = info.dtype.type_size();
-        let step = (CHUNK / block).max(1) * block;
-        let (path, file) = self.file_for(info)?;
-        file.seek(SeekFrom::Start(info.offset))
-            .map_err(|source| ModelError::Io {
-                path: path.clone(),
-                tensor: info.name.clone(),
-                source,
-            })?;
-        let mut buf = Vec::new();
-        let mut done = 0;
-        while done < info.size {
-            let len = step.min(info.size - done) as usize;
-            buf.resize(len, 0);
-            file.read_exact(&mut buf).map_err(|source| ModelError::Io {
-                path: path.clone(),
-                tensor: info.name.clone(),
-                source,
-            })?;
+        // Whole blocks at a time, so a Q5_0 widening never holds more than one chunk.
+        let block = info.dtype.type_size() as usize;
+        let step = (CHUNK as usize / block).max(1) * block;
+        for chunk in self.bytes_of(info)?.chunks(step) {
             if dtype == GgmlDType::Q5_0 {
-                sink(GgmlDType::Q8_0, &q5_0_to_q8_0(&buf))?;
+                sink(GgmlDType::Q8_0, &q5_0_to_q8_0(chunk))?;
             } else {
-                sink(dtype, &buf)?;
+                sink(dtype, chunk)?;
             }
-            done += len as u64;
         }
         Ok(if dtype == GgmlDType::Q5_0 {
             GgmlDType::Q8_0
@@ -319,13 +301,12 @@ pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
     }
 }
 
-fn open_file(path: &Path) -> Result<(PathBuf, BufReader<File>), ModelError> {
-    let file = File::open(path).map_err(|source| ModelError::Io {
+fn open_file(path: &Path) -> Result<MappedFile, ModelError> {
+    MappedFile::open(path).map_err(|source| ModelError::Io {
         path: path.to_owned(),
         tensor: String::new(),
         source,
-    })?;
-    Ok((path.to_owned(), BufReader::with_capacity(1 << 20, file)))
+    })
 }
 
 fn check_shape(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {

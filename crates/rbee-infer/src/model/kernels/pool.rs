@@ -91,11 +91,15 @@ pub(crate) fn group_blocks(
         .map(move |g| g..(g + per).min(groups))
 }
 
+/// Weight blocks a load converts on one thread; more are spread over the pool.
+pub(crate) const PARALLEL_UNPACK: usize = 4096;
+
 /// Runs `job(index, out)` for every `job_len`-sized chunk of `out`, spread
 /// over the pool in groups of about `group` jobs when `parallel` is set.
-pub(crate) fn par_jobs<F>(out: &mut [f32], job_len: usize, parallel: bool, job: F)
+pub(crate) fn par_jobs<T, F>(out: &mut [T], job_len: usize, parallel: bool, job: F)
 where
-    F: Fn(usize, &mut [f32]) + Sync,
+    T: Send,
+    F: Fn(usize, &mut [T]) + Sync,
 {
     let jobs = out.len() / job_len.max(1);
     let threads = threads();
@@ -106,7 +110,7 @@ where
         return;
     }
     let per_group = jobs.div_ceil(threads * 4).max(1);
-    let groups: Vec<Mutex<(usize, &mut [f32])>> = out
+    let groups: Vec<Mutex<(usize, &mut [T])>> = out
         .chunks_mut(per_group * job_len)
         .enumerate()
         .map(|(g, chunk)| Mutex::new((g * per_group, chunk)))

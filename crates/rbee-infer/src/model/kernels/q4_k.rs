@@ -10,7 +10,8 @@
 use std::borrow::Cow;
 
 use super::RowKernel;
-use super::pool::par_columns;
+use super::pages::Pages;
+use super::pool::{PARALLEL_UNPACK, par_columns};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 
 const BLOCK_BYTES: usize = 144;
@@ -18,7 +19,7 @@ const BLOCK_BYTES: usize = 144;
 pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
 
 /// One Q4_K super-block with its 6-bit scales and mins unpacked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
 struct Block {
     d: f32,
     dmin: f32,
@@ -27,11 +28,31 @@ struct Block {
     qs: [u8; 128],
 }
 
+/// A ggml Q4_K block's bytes, its scales and mins unpacked.
+fn unpack(b: &[u8]) -> Block {
+    let half = |i: usize| crate::model::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
+    let sc = &b[4..16];
+    let mut scales = [0u8; 8];
+    let mut mins = [0u8; 8];
+    for j in 0..8 {
+        (scales[j], mins[j]) = scale_min_k4(j, sc);
+    }
+    let mut qs = [0u8; 128];
+    qs.copy_from_slice(&b[16..144]);
+    Block {
+        d: half(0),
+        dmin: half(2),
+        scales,
+        mins,
+        qs,
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Q4KMatrix {
     pub rows: usize,
     pub cols: usize,
-    blocks: Vec<Block>,
+    blocks: Pages<Block>,
 }
 
 impl Q4KMatrix {
@@ -43,10 +64,11 @@ impl Q4KMatrix {
 
     /// An empty matrix to be filled by [`push`](Self::push), row by row.
     pub fn empty(rows: usize, cols: usize) -> Option<Q4KMatrix> {
-        cols.is_multiple_of(QK_K).then(|| Q4KMatrix {
+        cols.is_multiple_of(QK_K).then_some(())?;
+        Some(Q4KMatrix {
             rows,
             cols,
-            blocks: Vec::with_capacity(rows * cols / QK_K),
+            blocks: Pages::with_capacity(rows.checked_mul(cols)? / QK_K),
         })
     }
 
@@ -59,25 +81,13 @@ impl Q4KMatrix {
         {
             return false;
         }
-        self.blocks.extend(data.chunks_exact(BLOCK_BYTES).map(|b| {
-            let half =
-                |i: usize| crate::model::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
-            let sc = &b[4..16];
-            let mut scales = [0u8; 8];
-            let mut mins = [0u8; 8];
-            for j in 0..8 {
-                (scales[j], mins[j]) = scale_min_k4(j, sc);
-            }
-            let mut qs = [0u8; 128];
-            qs.copy_from_slice(&b[16..144]);
-            Block {
-                d: half(0),
-                dmin: half(2),
-                scales,
-                mins,
-                qs,
-            }
-        }));
+        super::pool::par_jobs(
+            &mut self.blocks.spare_mut()[..n],
+            1,
+            n >= PARALLEL_UNPACK,
+            |i, out| out[0] = unpack(&data[i * BLOCK_BYTES..][..BLOCK_BYTES]),
+        );
+        self.blocks.set_filled(n);
         true
     }
 

@@ -15,14 +15,15 @@
 use std::borrow::Cow;
 
 use super::hsum8;
-use super::pool::par_columns;
+use super::pages::Pages;
+use super::pool::{PARALLEL_UNPACK, par_columns};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 
 const BLOCK_BYTES: usize = 210;
 /// Bytes of one super-block once loaded ([`Block`]).
 pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
 struct Block {
     d: f32,
     scales: [i8; 16],
@@ -32,11 +33,42 @@ struct Block {
     codes: [u8; QK_K],
 }
 
+/// A ggml Q6_K block's bytes, its codes unpacked and permuted for the kernels.
+fn unpack(b: &[u8]) -> Block {
+    let (ql, rest) = b.split_at(128);
+    let (qh, rest) = rest.split_at(64);
+    let (sc, d) = rest.split_at(16);
+    let mut natural = [0u8; QK_K];
+    for half in 0..2 {
+        let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
+        let out = &mut natural[128 * half..];
+        for l in 0..32 {
+            out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
+            out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
+            out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
+            out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
+        }
+    }
+    let mut codes = [0u8; QK_K];
+    for (i, &c) in natural.iter().enumerate() {
+        codes[i / 32 * 32 + permuted(i % 32)] = c;
+    }
+    let mut scales = [0i8; 16];
+    for (s, &v) in scales.iter_mut().zip(sc) {
+        *s = v as i8;
+    }
+    Block {
+        d: crate::model::f16::f16_to_f32(u16::from_le_bytes([d[0], d[1]])),
+        scales,
+        codes,
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Q6KMatrix {
     pub rows: usize,
     pub cols: usize,
-    blocks: Vec<Block>,
+    blocks: Pages<Block>,
 }
 
 impl Q6KMatrix {
@@ -48,10 +80,11 @@ impl Q6KMatrix {
 
     /// An empty matrix to be filled by [`push`](Self::push), row by row.
     pub fn empty(rows: usize, cols: usize) -> Option<Q6KMatrix> {
-        cols.is_multiple_of(QK_K).then(|| Q6KMatrix {
+        cols.is_multiple_of(QK_K).then_some(())?;
+        Some(Q6KMatrix {
             rows,
             cols,
-            blocks: Vec::with_capacity(rows * cols / QK_K),
+            blocks: Pages::with_capacity(rows.checked_mul(cols)? / QK_K),
         })
     }
 
@@ -64,35 +97,13 @@ impl Q6KMatrix {
         {
             return false;
         }
-        self.blocks.extend(data.chunks_exact(BLOCK_BYTES).map(|b| {
-            let (ql, rest) = b.split_at(128);
-            let (qh, rest) = rest.split_at(64);
-            let (sc, d) = rest.split_at(16);
-            let mut natural = [0u8; QK_K];
-            for half in 0..2 {
-                let (ql, qh) = (&ql[64 * half..], &qh[32 * half..]);
-                let out = &mut natural[128 * half..];
-                for l in 0..32 {
-                    out[l] = (ql[l] & 0x0f) | ((qh[l] & 3) << 4);
-                    out[l + 32] = (ql[l + 32] & 0x0f) | (((qh[l] >> 2) & 3) << 4);
-                    out[l + 64] = (ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4);
-                    out[l + 96] = (ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4);
-                }
-            }
-            let mut codes = [0u8; QK_K];
-            for (i, &c) in natural.iter().enumerate() {
-                codes[i / 32 * 32 + permuted(i % 32)] = c;
-            }
-            let mut scales = [0i8; 16];
-            for (s, &v) in scales.iter_mut().zip(sc) {
-                *s = v as i8;
-            }
-            Block {
-                d: crate::model::f16::f16_to_f32(u16::from_le_bytes([d[0], d[1]])),
-                scales,
-                codes,
-            }
-        }));
+        super::pool::par_jobs(
+            &mut self.blocks.spare_mut()[..n],
+            1,
+            n >= PARALLEL_UNPACK,
+            |i, out| out[0] = unpack(&data[i * BLOCK_BYTES..][..BLOCK_BYTES]),
+        );
+        self.blocks.set_filled(n);
         true
     }
 

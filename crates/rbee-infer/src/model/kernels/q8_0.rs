@@ -15,7 +15,8 @@
 //! 2^24, so both are exact and give the same lane sums as ggml's integer
 //! arithmetic.
 
-use super::pool::par_columns;
+use super::pages::Pages;
+use super::pool::{PARALLEL_UNPACK, par_columns};
 use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
 use super::{hsum8, hsum8_each};
 
@@ -48,9 +49,9 @@ pub(crate) struct Q8_0Matrix {
     pub rows: usize,
     pub cols: usize,
     /// Block scales (f16 values, widened), `rows * cols / 32`.
-    d: Vec<f32>,
+    d: Pages<f32>,
     /// Codes, `rows * cols`, permuted within each block (see [`permuted`]).
-    q: Vec<i8>,
+    q: Pages<i8>,
 }
 
 /// Rows of activations prepared for the kernel: block scales and codes
@@ -381,11 +382,13 @@ const BLOCK_BYTES: usize = 34;
 impl Q8_0Matrix {
     /// An empty matrix to be filled by [`push`](Self::push), row by row.
     pub fn empty(rows: usize, cols: usize) -> Option<Q8_0Matrix> {
-        cols.is_multiple_of(QK8_0).then(|| Q8_0Matrix {
+        cols.is_multiple_of(QK8_0).then_some(())?;
+        let n = rows.checked_mul(cols)?;
+        Some(Q8_0Matrix {
             rows,
             cols,
-            d: Vec::with_capacity(rows * cols / QK8_0),
-            q: Vec::with_capacity(rows * cols),
+            d: Pages::with_capacity(n / QK8_0),
+            q: Pages::with_capacity(n),
         })
     }
 
@@ -398,17 +401,22 @@ impl Q8_0Matrix {
         {
             return false;
         }
-        for block in data.chunks_exact(BLOCK_BYTES) {
-            self.d
-                .push(crate::model::f16::f16_to_f32(u16::from_le_bytes([
-                    block[0], block[1],
-                ])));
-            let start = self.q.len();
-            self.q.resize(start + QK8_0, 0);
-            for (i, &v) in block[2..].iter().enumerate() {
-                self.q[start + permuted(i)] = v as i8;
-            }
-        }
+        self.d.extend(
+            data.chunks_exact(BLOCK_BYTES).map(|block| {
+                crate::model::f16::f16_to_f32(u16::from_le_bytes([block[0], block[1]]))
+            }),
+        );
+        super::pool::par_jobs(
+            &mut self.q.spare_mut()[..blocks * QK8_0],
+            QK8_0,
+            blocks >= PARALLEL_UNPACK,
+            |b, out| {
+                for (i, &v) in data[b * BLOCK_BYTES + 2..][..QK8_0].iter().enumerate() {
+                    out[permuted(i)] = v as i8;
+                }
+            },
+        );
+        self.q.set_filled(blocks * QK8_0);
         true
     }
 
