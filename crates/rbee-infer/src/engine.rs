@@ -10,6 +10,7 @@
 mod encoder;
 mod scheduler;
 
+pub use crate::model::config::Pooling;
 pub use encoder::MAX_ENCODE_STEP_TOKENS;
 pub use scheduler::MIN_PREFIX_REUSE;
 
@@ -135,38 +136,6 @@ pub struct ModelInfo {
     /// It declares Matryoshka training: a prefix of its vector, renormalised, is an embedding
     /// too (OpenAI's `dimensions`).
     pub matryoshka: bool,
-}
-
-/// How an input's embedding is pooled from the final hidden states of its tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Pooling {
-    /// The mean over every token.
-    Mean,
-    /// The first token (BERT's `[CLS]`).
-    Cls,
-    /// The last token (decoder embedding models: it has seen the whole input).
-    Last,
-}
-
-impl Pooling {
-    /// llama.cpp's `{arch}.pooling_type`: 1 mean, 2 cls, 3 last; 0 (none) and 4 (rank) are
-    /// not embeddings of the whole input.
-    pub fn from_gguf(value: u64) -> Option<Pooling> {
-        match value {
-            1 => Some(Pooling::Mean),
-            2 => Some(Pooling::Cls),
-            3 => Some(Pooling::Last),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Pooling::Mean => "mean",
-            Pooling::Cls => "cls",
-            Pooling::Last => "last",
-        }
-    }
 }
 
 /// Inputs to embed, each on its own: one vector per input, in order.

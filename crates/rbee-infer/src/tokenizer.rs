@@ -30,6 +30,7 @@ mod bpe;
 mod byte_level;
 mod error;
 mod gguf;
+mod gguf_meta;
 mod hash;
 mod hf;
 mod pretokenize;

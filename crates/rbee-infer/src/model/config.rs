@@ -61,7 +61,7 @@ impl Arch {
                 runs: format!(
                     "it runs: {} (generation), {} (embeddings)",
                     SUPPORTED_ARCHITECTURES.join(", "),
-                    super::bert::ENCODER_ARCHITECTURES.join(", ")
+                    ENCODER_ARCHITECTURES.join(", ")
                 ),
             })
     }
@@ -398,6 +398,45 @@ fn positive(key: &str, v: u64) -> Result<usize, ModelError> {
     match usize::try_from(v) {
         Ok(n) if n > 0 && n <= 1 << 31 => Ok(n),
         _ => Err(bad(key, v, "must be between 1 and 2^31".into())),
+    }
+}
+
+/// `general.architecture` names of the encoders this engine runs (embeddings only). The
+/// decoders are [`SUPPORTED_ARCHITECTURES`].
+pub const ENCODER_ARCHITECTURES: &[&str] = &["bert", "nomic-bert"];
+
+/// config.json `model_type`s of the encoder folders this engine runs.
+pub const ENCODER_MODEL_TYPES: &[&str] = &["bert"];
+
+/// How an input's embedding is pooled from the final hidden states of its tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The mean over every token.
+    Mean,
+    /// The first token (BERT's `[CLS]`).
+    Cls,
+    /// The last token (decoder embedding models: it has seen the whole input).
+    Last,
+}
+
+impl Pooling {
+    /// llama.cpp's `{arch}.pooling_type`: 1 mean, 2 cls, 3 last; 0 (none) and 4 (rank) are
+    /// not embeddings of the whole input.
+    pub fn from_gguf(value: u64) -> Option<Pooling> {
+        match value {
+            1 => Some(Pooling::Mean),
+            2 => Some(Pooling::Cls),
+            3 => Some(Pooling::Last),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Mean => "mean",
+            Pooling::Cls => "cls",
+            Pooling::Last => "last",
+        }
     }
 }
 

@@ -287,7 +287,7 @@ fn architecture(config: &Json) -> Result<Arch, ModelError> {
         architecture,
         runs: format!(
             "from a safetensors folder it runs config.json model_type {model_types} (generation), {} (embeddings)",
-            super::bert::ENCODER_MODEL_TYPES.join(", ")
+            super::config::ENCODER_MODEL_TYPES.join(", ")
         ),
     };
     if let Some(m) = config.get("model_type").and_then(Json::as_str) {

@@ -8,6 +8,7 @@ use rbee_format::gguf::{Array, Metadata, Value};
 use super::bpe::Bpe;
 use super::byte_level;
 use super::error::TokenizerError;
+use super::gguf_meta::{read_attrs, token_id_key};
 use super::pretokenize::{gpt2_fallback, pre_config};
 use super::special::SpecialMatcher;
 use super::spm::{SPACE_MARK, Spm};
@@ -18,7 +19,6 @@ const KEY_MODEL: &str = "tokenizer.ggml.model";
 const KEY_PRE: &str = "tokenizer.ggml.pre";
 const KEY_TOKENS: &str = "tokenizer.ggml.tokens";
 const KEY_SCORES: &str = "tokenizer.ggml.scores";
-const KEY_TYPES: &str = "tokenizer.ggml.token_type";
 const KEY_MERGES: &str = "tokenizer.ggml.merges";
 const KEY_ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
 const KEY_ADD_EOS: &str = "tokenizer.ggml.add_eos_token";
@@ -458,33 +458,6 @@ fn optional_bool(meta: &Metadata, key: &'static str) -> Result<Option<bool>, Tok
     }
 }
 
-/// A token id key: `None` if absent; a warning and `None` (keep the default)
-/// if out of range, as llama.cpp.
-pub(super) fn token_id_key(
-    meta: &Metadata,
-    key: &'static str,
-    n: usize,
-) -> Result<Option<u32>, TokenizerError> {
-    let Some(v) = meta.get(key) else {
-        return Ok(None);
-    };
-    let id = v.as_u64().ok_or(TokenizerError::WrongType {
-        key,
-        expected: "non-negative integer",
-        found: v.type_name(),
-    })?;
-    if id >= n as u64 {
-        tracing::warn!(
-            key,
-            id,
-            vocab_size = n,
-            "special token id out of range; ignored"
-        );
-        return Ok(None);
-    }
-    Ok(Some(id as u32))
-}
-
 fn read_scores(meta: &Metadata, n: usize) -> Result<Vec<f32>, TokenizerError> {
     let Some(v) = meta.get(KEY_SCORES) else {
         return Ok(vec![0.0; n]);
@@ -506,25 +479,6 @@ fn read_scores(meta: &Metadata, n: usize) -> Result<Vec<f32>, TokenizerError> {
         found: v.as_array().map_or(0, Array::len),
     })?;
     Ok(scores)
-}
-
-pub(super) fn read_attrs(meta: &Metadata, n: usize) -> Result<Vec<u16>, TokenizerError> {
-    let Some(v) = meta.get(KEY_TYPES) else {
-        return Ok(vec![attr::NORMAL; n]);
-    };
-    let Value::Array(Array::I32(types)) = v else {
-        return Err(TokenizerError::WrongType {
-            key: KEY_TYPES,
-            expected: "array of i32",
-            found: v.type_name(),
-        });
-    };
-    let types = types.get(..n).ok_or(TokenizerError::LengthMismatch {
-        key: KEY_TYPES,
-        expected: n,
-        found: types.len(),
-    })?;
-    Ok(types.iter().map(|&t| attr::from_gguf_type(t)).collect())
 }
 
 #[cfg(test)]

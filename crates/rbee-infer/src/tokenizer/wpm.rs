@@ -30,14 +30,14 @@ const MAX_WORD_CHARS: usize = 100;
 pub(super) fn load(meta: &Metadata, tokens: &[String]) -> Result<Tokenizer, TokenizerError> {
     let n = tokens.len();
     let vocab = Vocab::new(tokens.iter().map(String::as_str))?;
-    let attrs = super::gguf::read_attrs(meta, n)?;
+    let attrs = super::gguf_meta::read_attrs(meta, n)?;
     let id_key = |key, default: u32| -> Result<Option<u32>, TokenizerError> {
-        Ok(super::gguf::token_id_key(meta, key, n)?
+        Ok(super::gguf_meta::token_id_key(meta, key, n)?
             .or(Some(default))
             .filter(|&id| (id as usize) < n))
     };
     // llama.cpp's WPM defaults: [CLS] 101 opens (as BOS), [SEP] 102 closes, [UNK] 100.
-    let cls = match super::gguf::token_id_key(meta, "tokenizer.ggml.bos_token_id", n)? {
+    let cls = match super::gguf_meta::token_id_key(meta, "tokenizer.ggml.bos_token_id", n)? {
         Some(id) => Some(id),
         None => id_key("tokenizer.ggml.cls_token_id", 101)?,
     };

@@ -7,16 +7,10 @@ use std::path::Path;
 use rbee_format::gguf::{GgufFile, Value};
 use serde_json::Value as Json;
 
+use super::super::config::Pooling;
+pub use super::super::config::{ENCODER_ARCHITECTURES, ENCODER_MODEL_TYPES};
 use super::super::error::ModelError;
 use super::super::safetensors::{invalid, read_json};
-use crate::engine::Pooling;
-
-/// `general.architecture` names of the encoders this engine runs (embeddings only). The
-/// decoders are [`SUPPORTED_ARCHITECTURES`](crate::SUPPORTED_ARCHITECTURES).
-pub const ENCODER_ARCHITECTURES: &[&str] = &["bert", "nomic-bert"];
-
-/// config.json `model_type`s of the encoder folders this engine runs.
-pub const ENCODER_MODEL_TYPES: &[&str] = &["bert"];
 
 /// Encoders llama.cpp knows that this engine does not run yet, with why: refused by name
 /// rather than as an unknown architecture.
