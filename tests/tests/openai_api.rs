@@ -115,9 +115,10 @@ fn every_error_has_the_openai_shape_with_a_string_or_null_code() {
     let (_tmp, node) = node("64");
     let cases = [
         (
+            // A chat model asked for embeddings: a 400 that says so, before any load.
             "/v1/embeddings",
             json!({"model": "tiny", "input": "x"}),
-            404,
+            400,
             None,
         ),
         (

@@ -322,8 +322,11 @@ async fn run_local(
     worker: WorkerHandle,
     task: Task,
 ) -> Result<Ran, NodeError> {
-    let caps = ctx.kinds.of(model.id(), &model.path).await?;
-    check_capability(&model, caps, &task)?;
+    // A file whose headers cannot be read is left to the worker: its load finds the same
+    // fault, answers with it and records it in the model's status (`/health`: failed).
+    if let Ok(caps) = ctx.kinds.of(model.id(), &model.path).await {
+        check_capability(&model, caps, &task)?;
+    }
     let wait = Duration::from_secs(ctx.config.load_wait_secs);
     let loaded = worker.acquire(model.clone(), wait).await?;
     ctx.catalog.touch(model.id());
