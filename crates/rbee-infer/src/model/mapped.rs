@@ -12,7 +12,11 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap};
+use memmap2::{Advice, Mmap, UncheckedAdvice};
+
+/// The page size `release` aligns to (x86-64's; where pages are larger the advice is refused
+/// and ignored: the pages then stay mapped until the load ends, as without it).
+const PAGE: usize = 4096;
 
 /// A whole file, mapped read-only.
 pub(crate) struct MappedFile {
@@ -54,6 +58,34 @@ impl MappedFile {
         &self.path
     }
 
+    /// Drops this process's mapping of the whole pages inside `offset..offset + len` (the page
+    /// cache keeps them): a load that has converted a tensor no longer counts its file bytes
+    /// in its resident memory, so the peak is the converted weights, not those plus the file.
+    /// Reading the range again afterwards is still correct, only slower.
+    pub fn release(&self, offset: u64, len: u64) {
+        let (Ok(start), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+            return;
+        };
+        let Some(first) = start.checked_next_multiple_of(PAGE) else {
+            return;
+        };
+        let end = start.saturating_add(len).min(self.map.len()) / PAGE * PAGE;
+        if end <= first {
+            return;
+        }
+        // SAFETY: MADV_DONTNEED is unchecked advice because on private or anonymous memory it
+        // discards contents. This mapping is a read-only shared mapping of a file: the kernel
+        // drops only the page-table entries, and the next access maps the same page-cache page
+        // again (or reads it back from the file), so every byte reads the same before and
+        // after, including through slices `bytes` handed out earlier. The range lies inside
+        // the mapping (clamped above). That the file itself does not change is the invariant
+        // `open` already relies on.
+        let _ = unsafe {
+            self.map
+                .unchecked_advise_range(UncheckedAdvice::DontNeed, first, end - first)
+        };
+    }
+
     /// Bytes `offset..offset + len`, or `None` when they do not lie inside the file.
     pub fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
         let start = usize::try_from(offset).ok()?;
@@ -78,6 +110,14 @@ mod tests {
         assert_eq!(m.bytes(9_999, 2), None);
         assert_eq!(m.bytes(u64::MAX, 1), None);
         assert_eq!(m.bytes(10_000, 0), Some(&[][..]));
+        // Released pages read the same again (and ranges past the end are ignored).
+        let before = m.bytes(0, 10_000).unwrap().to_vec();
+        m.release(0, 10_000);
+        m.release(100, 5000);
+        m.release(8192, u64::MAX);
+        m.release(u64::MAX, 10);
+        assert_eq!(m.bytes(0, 10_000), Some(&before[..]));
+        assert_eq!(before, data);
         // Unlinked while mapped (how the store evicts): the pages stay readable.
         std::fs::remove_file(&path).unwrap();
         assert_eq!(m.bytes(123, 4), Some(&data[123..127]));

@@ -160,6 +160,7 @@ impl<'a> TensorReader<'a> {
         }
         let heads = self.permuted_heads(&info.name);
         let mut data = self.bytes_of(info)?.to_vec();
+        self.file_for(info)?.release(info.offset, info.size);
         if let Some(heads) = heads {
             // A row is dims[0] values of a matrix (a bias has one value per row).
             let per_row = if info.dims.len() < 2 { 1 } else { info.dims[0] };
@@ -221,12 +222,17 @@ impl<'a> TensorReader<'a> {
         // Whole blocks at a time, so a Q5_0 widening never holds more than one chunk.
         let block = info.dtype.type_size() as usize;
         let step = (CHUNK as usize / block).max(1) * block;
+        let file = self.file_for(info)?;
+        let mut at = info.offset;
         for chunk in self.bytes_of(info)?.chunks(step) {
             if dtype == GgmlDType::Q5_0 {
                 sink(GgmlDType::Q8_0, &q5_0_to_q8_0(chunk))?;
             } else {
                 sink(dtype, chunk)?;
             }
+            // Converted: its file pages need not count in this process's memory any more.
+            file.release(at, chunk.len() as u64);
+            at += chunk.len() as u64;
         }
         Ok(if dtype == GgmlDType::Q5_0 {
             GgmlDType::Q8_0
