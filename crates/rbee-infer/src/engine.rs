@@ -702,20 +702,7 @@ impl LoadedModel for CandleModel {
     }
 
     fn encode(&self, request: EncodeRequest) -> Result<Encoding, InferError> {
-        if request.inputs.is_empty() {
-            return Err(InferError::InvalidRequest("no inputs to embed".into()));
-        }
-        if request.inputs.len() > MAX_ENCODE_INPUTS {
-            return Err(InferError::InvalidRequest(format!(
-                "{} inputs in one request; at most {MAX_ENCODE_INPUTS}",
-                request.inputs.len()
-            )));
-        }
-        if request.inputs.iter().any(|p| matches!(p, Prompt::Chat(_))) {
-            return Err(InferError::InvalidRequest(
-                "chat messages cannot be embedded: give text or token ids".into(),
-            ));
-        }
+        encoder::check_request(&request)?;
         let (reply, result) = sync_channel(1);
         let cancel = Arc::new(AtomicBool::new(false));
         self.submit(Job::Encode(EncodeJob {
