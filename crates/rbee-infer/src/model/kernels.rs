@@ -82,34 +82,27 @@ impl RowKernel {
     }
 }
 
+/// Test data shared by the kernel tests: a deterministic byte stream and random blocks.
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    //! Each kernel against a plain reference: dequantised weights times
-    //! dequantised activation codes, summed in f64. The kernels' float steps
-    //! differ from that only by rounding, so a relative 1e-5 catches any
-    //! mistake in the integer decomposition (lanes, scales, offsets).
-
-    use super::quantize::{Q8_0Rows, Q8KRows, quantize_q8_0, quantize_q8_k};
-    use super::*;
+pub(crate) mod test_blocks {
     use crate::model::f16::f32_to_f16;
 
-    struct Rng(u64);
+    pub(crate) struct Rng(pub u64);
     impl Rng {
-        fn byte(&mut self) -> u8 {
+        pub fn byte(&mut self) -> u8 {
             self.0 = self
                 .0
                 .wrapping_mul(6_364_136_223_846_793_005)
                 .wrapping_add(1_442_695_040_888_963_407);
             (self.0 >> 56) as u8
         }
-        fn float(&mut self) -> f32 {
+        pub fn float(&mut self) -> f32 {
             f32::from(self.byte()) / 128.0 - 1.0
         }
     }
 
     /// `blocks` Q4_K super-blocks with fixed scales and random codes.
-    fn random_q4_k(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+    pub(crate) fn random_q4_k(rng: &mut Rng, blocks: usize) -> Vec<u8> {
         let mut q4 = Vec::new();
         for _ in 0..blocks {
             q4.extend_from_slice(&f32_to_f16(0.01).to_le_bytes());
@@ -120,7 +113,7 @@ mod tests {
     }
 
     /// `blocks` Q6_K super-blocks with random codes and scales.
-    fn random_q6_k(rng: &mut Rng, blocks: usize) -> Vec<u8> {
+    pub(crate) fn random_q6_k(rng: &mut Rng, blocks: usize) -> Vec<u8> {
         let mut q6 = Vec::new();
         for _ in 0..blocks {
             q6.extend((0..192).map(|_| rng.byte()));
@@ -129,6 +122,20 @@ mod tests {
         }
         q6
     }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! Each kernel against a plain reference: dequantised weights times
+    //! dequantised activation codes, summed in f64. The kernels' float steps
+    //! differ from that only by rounding, so a relative 1e-5 catches any
+    //! mistake in the integer decomposition (lanes, scales, offsets).
+
+    use super::quantize::{Q8_0Rows, Q8KRows, quantize_q8_0, quantize_q8_k};
+    use super::test_blocks::{Rng, random_q4_k, random_q6_k};
+    use super::*;
+    use crate::model::f16::f32_to_f16;
 
     fn check(got: &[f32], want: &[f64], what: &str) {
         let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));

@@ -718,6 +718,7 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::test_blocks::{Rng, random_q4_k};
     use super::*;
 
     /// The row kernels that serve several rows at once compute, for each, exactly what the
@@ -725,23 +726,10 @@ mod tests {
     #[test]
     fn multi_row_kernels_equal_the_one_row_kernel() {
         let (rows, cols, m) = (8, 768, 6);
-        let mut state = 17u64;
-        let mut byte = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            (state >> 56) as u8
-        };
-        let mut data = Vec::new();
-        for _ in 0..rows * cols / QK_K {
-            data.extend_from_slice(&crate::model::f16::f32_to_f16(0.013).to_le_bytes());
-            data.extend_from_slice(&crate::model::f16::f32_to_f16(0.004).to_le_bytes());
-            data.extend((0..140).map(|_| byte()));
-        }
+        let mut rng = Rng(17);
+        let data = random_q4_k(&mut rng, rows * cols / QK_K);
         let w = Q4KMatrix::from_blocks(&data, rows, cols).unwrap();
-        let x: Vec<f32> = (0..m * cols)
-            .map(|_| f32::from(byte()) / 64.0 - 2.0)
-            .collect();
+        let x: Vec<f32> = (0..m * cols).map(|_| 2.0 * rng.float()).collect();
         let mut acts = Q8KRows::default();
         quantize_q8_k(&x, &mut acts);
         let a = codes(&acts.q);

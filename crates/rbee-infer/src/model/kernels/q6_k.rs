@@ -629,6 +629,7 @@ fn tile_vec_dot(
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
+    use super::super::test_blocks::{Rng, random_q6_k};
     use super::*;
 
     /// The row kernel that serves four weight rows at once computes, for each, exactly what
@@ -636,23 +637,10 @@ mod tests {
     #[test]
     fn the_four_weight_row_kernel_equals_the_one_row_kernel() {
         let (rows, cols, m) = (8, 512, 3);
-        let mut state = 29u64;
-        let mut byte = || {
-            state = state
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1);
-            (state >> 56) as u8
-        };
-        let mut data = Vec::new();
-        for _ in 0..rows * cols / QK_K {
-            data.extend((0..192).map(|_| byte()));
-            data.extend((0..16).map(|_| byte() / 2));
-            data.extend_from_slice(&crate::model::f16::f32_to_f16(0.003).to_le_bytes());
-        }
+        let mut rng = Rng(29);
+        let data = random_q6_k(&mut rng, rows * cols / QK_K);
         let w = Q6KMatrix::from_blocks(&data, rows, cols).unwrap();
-        let x: Vec<f32> = (0..m * cols)
-            .map(|_| f32::from(byte()) / 64.0 - 2.0)
-            .collect();
+        let x: Vec<f32> = (0..m * cols).map(|_| 2.0 * rng.float()).collect();
         let mut acts = Q8KRows::default();
         quantize_q8_k(&x, &mut acts);
         let a = permuted_f32(&acts.q);
