@@ -301,6 +301,17 @@ pub(crate) struct Counters {
     live: AtomicUsize,
 }
 
+impl Counters {
+    /// What a model thread reports: its queue, its live sequences, and the most it runs.
+    fn activity(&self, max_live: usize) -> Activity {
+        Activity {
+            queued: self.queued.load(Ordering::SeqCst),
+            live: self.live.load(Ordering::SeqCst),
+            max_live,
+        }
+    }
+}
+
 /// The candle backend: CPU always, CUDA/Metal when built with those features.
 #[derive(Debug, Default, Clone)]
 pub struct CandleBackend;
@@ -714,11 +725,7 @@ impl LoadedModel for CandleModel {
     }
 
     fn activity(&self) -> Activity {
-        Activity {
-            queued: self.counters.queued.load(Ordering::SeqCst),
-            live: self.counters.live.load(Ordering::SeqCst),
-            max_live: self.info.max_sequences,
-        }
+        self.counters.activity(self.info.max_sequences)
     }
 }
 

@@ -111,11 +111,7 @@ impl LoadedModel for EncoderModel {
     }
 
     fn activity(&self) -> Activity {
-        Activity {
-            queued: self.counters.queued.load(Ordering::SeqCst),
-            live: self.counters.live.load(Ordering::SeqCst),
-            max_live: self.info.max_sequences,
-        }
+        self.counters.activity(self.info.max_sequences)
     }
 }
 
