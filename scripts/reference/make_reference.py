@@ -837,26 +837,34 @@ def make_embed(arch: str) -> bool:
     path = OUT_DIR / f"tiny-{arch}-embed.gguf"
     # The last-token model appends EOS to an input, as Qwen3-Embedding's vocabulary says.
     meta = write_tiny(arch, TINY[arch], path, pooling=EMBED[arch], add_eos=arch == "qwen3")
+    record_embeddings(path, N_CTX, EMBED_TEXTS, meta, EMBED[arch].name.lower(),
+                      "Llama(embedding=True).embed(text, normalize=False): pooled, not normalised")
+    return True
+
+
+def record_embeddings(path: Path, n_ctx: int, texts: list[str], meta: dict, pooling: str,
+                      how: str) -> None:
+    """llama.cpp's pooled, unnormalised embedding of each text, with the ids it embedded, into
+    the `.json` beside the tiny model at `path`."""
     log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
-    llm = embedding_llama(path, N_CTX)
+    llm = embedding_llama(path, n_ctx)
     try:
         cases = []
-        for text in EMBED_TEXTS:
+        for text in texts:
             # What Llama.embed tokenizes: BOS as the vocab says, no special-token parsing.
             ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
             emb = llm.embed(text, normalize=False)
             cases.append({"text": text, "ids": ids, "embedding": [f32(x) for x in emb]})
-        dump_json(OUT_DIR / f"tiny-{arch}-embed.json", {
+        dump_json(path.with_suffix(".json"), {
             "model": model_info(path),
             "provenance": provenance(),
             "hparams": meta,
-            "pooling": EMBED[arch].name.lower(),
-            "how": "Llama(embedding=True).embed(text, normalize=False): pooled, not normalised",
+            "pooling": pooling,
+            "how": how,
             "cases": cases,
         })
     finally:
         llm.close()
-    return True
 
 
 # --------------------------------------------------------------------------
@@ -969,26 +977,11 @@ def write_tiny_bert(path: Path, arch: str = "bert") -> dict:
 def make_tiny_bert(arch: str = "bert") -> bool:
     path = OUT_DIR / f"tiny-{arch}-embed.gguf"
     meta = write_tiny_bert(path, arch)
-    log(f"wrote {path.relative_to(REPO_ROOT)} ({path.stat().st_size} bytes)")
-    llm = embedding_llama(path, TINY_BERT["n_ctx"])
-    try:
-        cases = []
-        for text in TINY_BERT_TEXTS:
-            ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
-            emb = llm.embed(text, normalize=False)
-            cases.append({"text": text, "ids": ids, "embedding": [f32(x) for x in emb]})
-        dump_json(OUT_DIR / f"tiny-{arch}-embed.json", {
-            "model": model_info(path),
-            "provenance": provenance(),
-            "hparams": meta,
-            "pooling": "mean",
-            "how": "Llama(embedding=True).embed(text, normalize=False): [CLS] text [SEP], mean-pooled, "
-                   "not normalised; " + ("rotary positions (neox, base 1000), SwiGLU" if arch == "nomic-bert"
-                   else "llama.cpp's BERT GELU is the tanh approximation (f16 table)"),
-            "cases": cases,
-        })
-    finally:
-        llm.close()
+    record_embeddings(
+        path, TINY_BERT["n_ctx"], TINY_BERT_TEXTS, meta, "mean",
+        "Llama(embedding=True).embed(text, normalize=False): [CLS] text [SEP], mean-pooled, "
+        "not normalised; " + ("rotary positions (neox, base 1000), SwiGLU" if arch == "nomic-bert"
+                              else "llama.cpp's BERT GELU is the tanh approximation (f16 table)"))
     return True
 
 
