@@ -56,7 +56,7 @@ pub struct InferArgs {
 }
 
 /// The model file for a reference: a path as is, anything else from the catalog.
-fn model_path(data_dir: Option<PathBuf>, reference: &str) -> Result<PathBuf> {
+pub(crate) fn model_path(data_dir: Option<PathBuf>, reference: &str) -> Result<PathBuf> {
     let r: ModelRef = reference.parse()?;
     if let ModelRef::LocalPath(p) = &r {
         return Ok(PathBuf::from(p));

@@ -1,6 +1,7 @@
 //! `rbee-node`: the one command of rbee. Thin by design: parsing, output and exit codes here,
 //! everything else in the library crates.
 
+mod chat;
 mod infer;
 mod models;
 mod node;
@@ -71,6 +72,16 @@ enum Command {
     Status,
     /// Run one prompt (through the local node if one is running, else in this process).
     Infer(infer::InferArgs),
+    /// Chat with a model: interactive (history, `"""` multi-line, `/bye`, `/set system`),
+    /// or one prompt given after the model's name.
+    Run(chat::RunArgs),
+    /// List the models the running node holds in memory.
+    Ps,
+    /// Unload a model from the running node's memory (it stays on disk).
+    Stop {
+        /// The model's name, alias or content id.
+        model: String,
+    },
     /// Configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -125,6 +136,9 @@ fn main() -> ExitCode {
         |config| match cli.command {
             Command::Models(cmd) => models::run(&config, cmd),
             Command::Infer(args) => infer::run(&config, args),
+            Command::Run(args) => chat::run(&config, args),
+            Command::Ps => chat::ps(&config),
+            Command::Stop { model } => chat::stop(&config, &model),
             Command::Join(args) => node::join(config, args),
             Command::Status => node::status(&config),
             Command::Pool(PoolCommand::New) => node::pool_new(),
