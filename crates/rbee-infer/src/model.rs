@@ -21,8 +21,9 @@
 //! - `linear`: weight matrices on those kernels (candle's for other types),
 //!   fused where projections share an input.
 //! - `rope`, `kv_cache`, `attention`, `ops`: the layer's pieces.
-//! - [`runtime`]: the device seam the forward pass is written against, and [`Cpu`], the
-//!   runtime of the pieces above.
+//! - [`runtime`]: the device seam the forward pass is written against, [`Cpu`], the
+//!   runtime of the pieces above, and [`DeviceRuntime`], candle's kernels on a candle device
+//!   (the GPU path).
 //! - `transformer`: [`Transformer`], loading and the forward pass.
 //! - `memory`: [`Transformer::estimate_memory`], from the header alone.
 
@@ -45,6 +46,6 @@ mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeParams, RopeStyle};
 pub use error::ModelError;
-pub use runtime::{Cpu, LayerKv, Runtime};
+pub use runtime::{Cpu, DeviceRuntime, LayerKv, Runtime};
 pub use safetensors::SafetensorsModel;
 pub use transformer::{MAX_BATCH, Output, SeqCache, SeqStep, Transformer};

@@ -102,6 +102,22 @@ impl Rope {
         }
     }
 
+    /// The cosines and sines of `rows` positions from `start` (`rows × n_rot/2` each,
+    /// position-major); `ensure` must cover them.
+    pub(crate) fn table(&self, start: usize, rows: usize) -> (&[f32], &[f32]) {
+        let half = self.n_rot / 2;
+        let span = start * half..(start + rows) * half;
+        (&self.cos[span.clone()], &self.sin[span])
+    }
+
+    pub(crate) fn n_rot(&self) -> usize {
+        self.n_rot
+    }
+
+    pub(crate) fn style(&self) -> RopeStyle {
+        self.style
+    }
+
     /// Bytes held by the tables.
     pub fn bytes(&self) -> usize {
         (self.cos.capacity() + self.sin.capacity()) * 4

@@ -2,10 +2,11 @@
 //!
 //! [`Transformer`](super::Transformer) is written once against [`Runtime`]; a runtime owns how
 //! weights are stored, how activations live between operations, how one sequence's keys and
-//! values are kept, and how each operation of a decoder layer is computed. [`Cpu`] is today's
-//! llama.cpp-exact kernels on host memory. A GPU runtime adds one more implementation (weights
-//! and KV on the device, activations as device tensors) and leaves the transformer, the
-//! scheduler and sampling as they are.
+//! values are kept, and how each operation of a decoder layer is computed. [`Cpu`] is the
+//! llama.cpp-exact kernels on host memory; [`DeviceRuntime`] is candle's kernels on any candle
+//! device (weights and KV on the device, activations as device tensors: CUDA, Metal, and
+//! candle's CPU device where it is tested). The transformer, the scheduler and sampling are
+//! the same for both.
 //!
 //! Activations are `rows × width`, row-major, one row per token; which width an operation
 //! works on is always given (or follows from a weight). Rows of several sequences travel
@@ -15,6 +16,7 @@
 //! consecutive rows belong to one sequence and at what positions.
 
 mod cpu;
+mod device;
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -27,6 +29,7 @@ use super::rope::Rope;
 use super::weights::{Blocks, TensorReader};
 
 pub use cpu::Cpu;
+pub use device::{DeviceKv, DeviceMatrix, DeviceRuntime};
 
 /// Consecutive activation rows of one sequence, at positions `start..start + rows`. `batch`:
 /// how many rows that sequence's own batch had (attention picks its kernel by it; in the last
@@ -82,6 +85,18 @@ pub trait Runtime: Send + Sync + Debug + 'static {
         cols: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<Self::Matrix, ModelError>;
+    /// The token-embedding table `name` (`rows × cols`): looked up by [`embed`](Self::embed),
+    /// and the output projection too when the model ties them. A runtime whose matrices live
+    /// away from the host keeps a host copy for the lookup here.
+    fn load_embedding(
+        &self,
+        reader: &mut TensorReader<'_>,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::Matrix, ModelError> {
+        self.load_matrix(reader, name, rows, cols, None)
+    }
     /// Projections of the same input; the output row is the parts' outputs side by side.
     fn fused(&self, parts: Vec<(Blocks, Option<Vec<f32>>)>) -> Result<Self::Matrix, ModelError>;
     fn vector(&self, values: Vec<f32>) -> Result<Self::Vector, ModelError>;

@@ -181,7 +181,7 @@ impl<R: Runtime> Transformer<R> {
         let c = config;
         let hidden = c.hidden_size;
         // The vocabulary-sized matrices are streamed: they dominate small models.
-        let embedding = rt.load_matrix(r, "token_embd.weight", c.vocab_size, hidden, None)?;
+        let embedding = rt.load_embedding(r, "token_embd.weight", c.vocab_size, hidden)?;
         let output = if r.has("output.weight") {
             let bias = r.optional_vector("output.bias", c.vocab_size)?;
             Some(rt.load_matrix(r, "output.weight", c.vocab_size, hidden, bias)?)

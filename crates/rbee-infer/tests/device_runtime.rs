@@ -1,0 +1,212 @@
+//! The device runtime (candle's kernels, the code a GPU runs) against the CPU runtime
+//! (llama.cpp-exact), on candle's CPU device: the same transformer, scheduler-shaped batches and
+//! caches, so what the CUDA build runs is checked on machines with no GPU. The contract is the
+//! one in docs/ARCHITECTURE.md ("Devices"): per-position logits within a tolerance of the CPU
+//! runtime's and greedy top-1 agreement under teacher forcing.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Device;
+use rbee_infer::model::{
+    DeviceRuntime, Output, Runtime, SeqCache, SeqStep, Transformer, runtime::Cpu,
+};
+
+fn reference(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/reference")
+        .join(name)
+}
+
+/// Prompt and greedy continuation of a reference file: the teacher-forced sequence.
+fn forced_tokens(json: &Path) -> Vec<Vec<u32>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(json).unwrap()).unwrap();
+    let ids = |x: &serde_json::Value| -> Vec<u32> {
+        x.as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap() as u32)
+            .collect()
+    };
+    match v.get("prompts") {
+        Some(prompts) => prompts
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| [ids(&p["prompt_ids"]), ids(&p["tokens"])].concat())
+            .collect(),
+        None => vec![[ids(&v["prompt_ids"]), ids(&v["greedy"]["tokens"])].concat()],
+    }
+}
+
+/// Logits after every token of `tokens`, fed one step at a time (the decode path), except
+/// that the first `prefill` go in one batch (the prefill path).
+fn logits_per_position<R: Runtime>(
+    model: &mut Transformer<R>,
+    tokens: &[u32],
+    prefill: usize,
+) -> Vec<Vec<f32>> {
+    let mut cache: SeqCache<R> = model.new_cache();
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < tokens.len() {
+        let n = if at == 0 { prefill.max(1) } else { 1 };
+        let mut step = [SeqStep {
+            cache: &mut cache,
+            tokens: &tokens[at..at + n],
+            start: at,
+            output: Output::Logits,
+        }];
+        out.push(
+            model
+                .forward_batch(&mut step)
+                .unwrap()
+                .pop()
+                .unwrap()
+                .unwrap(),
+        );
+        at += n;
+    }
+    out
+}
+
+fn argmax(v: &[f32]) -> usize {
+    v.iter()
+        .enumerate()
+        .fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b })
+        .0
+}
+
+struct Agreement {
+    positions: usize,
+    top1_equal: usize,
+    /// Largest |Δlogit| over the logits' spread (max − min) at that position.
+    worst_relative: f32,
+    /// Per position, that ratio.
+    relative: Vec<f32>,
+    /// Disagreements where the CPU's own top two were further apart than 1% of the spread:
+    /// not a near-tie that rounding may flip.
+    clear_disagreements: usize,
+}
+
+impl Agreement {
+    fn median_relative(&self) -> f32 {
+        let mut r = self.relative.clone();
+        r.sort_by(f32::total_cmp);
+        r.get(r.len() / 2).copied().unwrap_or(0.0)
+    }
+
+    fn report(&self, name: &str) {
+        eprintln!(
+            "{name}: top-1 {}/{} positions ({:.1}%), {} clear disagreements; |Δlogit| / spread median {:.4}, worst {:.4}",
+            self.top1_equal,
+            self.positions,
+            100.0 * self.top1_equal as f64 / self.positions.max(1) as f64,
+            self.clear_disagreements,
+            self.median_relative(),
+            self.worst_relative
+        );
+    }
+}
+
+fn compare(path: &Path, json: &Path) -> Agreement {
+    let mut cpu = Transformer::load_gguf_on(Cpu, path).unwrap();
+    let mut dev =
+        Transformer::load_gguf_on(DeviceRuntime::new(Device::Cpu, "candle-cpu"), path).unwrap();
+    let mut a = Agreement {
+        positions: 0,
+        top1_equal: 0,
+        worst_relative: 0.0,
+        relative: Vec::new(),
+        clear_disagreements: 0,
+    };
+    for tokens in forced_tokens(json) {
+        let prefill = tokens.len() / 2;
+        let want = logits_per_position(&mut cpu, &tokens, prefill);
+        let got = logits_per_position(&mut dev, &tokens, prefill);
+        assert_eq!(want.len(), got.len());
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w.len(), g.len());
+            let spread = w.iter().fold(f32::MIN, |m, &x| m.max(x))
+                - w.iter().fold(f32::MAX, |m, &x| m.min(x));
+            let diff = w.iter().zip(g).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+            let relative = diff / spread.max(1e-6);
+            a.worst_relative = a.worst_relative.max(relative);
+            a.relative.push(relative);
+            let (i, j) = (argmax(w), argmax(g));
+            if i != j && (w[i] - w[j]) / spread.max(1e-6) > 0.01 {
+                a.clear_disagreements += 1;
+            }
+            a.positions += 1;
+            a.top1_equal += usize::from(i == j);
+        }
+    }
+    a
+}
+
+#[test]
+fn the_device_runtime_agrees_with_the_cpu_runtime_on_every_architecture() {
+    for name in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-gemma3",
+        "tiny-phi3",
+    ] {
+        let a = compare(
+            &reference(&format!("{name}.gguf")),
+            &reference(&format!("{name}.json")),
+        );
+        a.report(name);
+        assert!(a.positions >= 16, "{name}: {} positions", a.positions);
+        assert_eq!(a.clear_disagreements, 0, "{name}");
+        assert!(
+            a.worst_relative < 0.02,
+            "{name}: logits differ by {:.4} of their spread",
+            a.worst_relative
+        );
+        assert!(
+            a.top1_equal * 100 >= a.positions * 90,
+            "{name}: top-1 agreement {}/{}",
+            a.top1_equal,
+            a.positions
+        );
+    }
+}
+
+/// The demo model (Gemma 3 270M Q4_K_M, a real GGUF) on its reference prompts, teacher forced.
+#[test]
+fn the_device_runtime_keeps_the_demo_models_greedy_choices() {
+    let Some(path) = std::env::var_os("RBEE_DEMO_MODEL").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RBEE_DEMO_MODEL unset in CI"
+        );
+        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set (scripts/fetch-demo-model)");
+        return;
+    };
+    let a = compare(&path, &reference("gemma3-270m-greedy.json"));
+    a.report("demo");
+    assert!(a.positions >= 100, "{} positions", a.positions);
+    // Gemma 3 270M (a base model) has many near-ties: every disagreement measured is one
+    // where the CPU's own top two are within 1% of the spread. Those may flip; no other may.
+    assert_eq!(a.clear_disagreements, 0, "a clear top-1 disagreement");
+    assert!(
+        a.top1_equal * 100 >= a.positions * 95,
+        "top-1 agreement {}/{}",
+        a.top1_equal,
+        a.positions
+    );
+    assert!(a.median_relative() < 0.03, "median {}", a.median_relative());
+    assert!(a.worst_relative < 0.15, "worst {}", a.worst_relative);
+}
+
+#[test]
+fn the_device_runtime_names_itself_and_counts_its_weights() {
+    let rt = DeviceRuntime::new(Device::Cpu, "candle-cpu");
+    assert_eq!(rt.describe(), "candle-cpu (candle kernels)");
+    let model = Transformer::load_gguf_on(rt, &reference("tiny-qwen3.gguf")).unwrap();
+    assert!(model.memory_in_use() > 0);
+}
