@@ -26,7 +26,7 @@ use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
 use crate::model::bert::{self, BertSource};
 use crate::model::config::check_transformer_header;
-use crate::model::{Arch, Cpu, ModelError, Runtime, SafetensorsModel, Transformer};
+use crate::model::{Arch, Cpu, DeviceRuntime, ModelError, Runtime, SafetensorsModel, Transformer};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use rbee_format::gguf::{self, GgufFile};
@@ -62,6 +62,10 @@ pub struct LoadOptions {
     pub kv_budget_tokens: Option<usize>,
     /// Keep finished sequences' caches to reuse shared prompt prefixes.
     pub prefix_reuse: bool,
+    /// Run on the device runtime (candle's kernels, what a GPU runs) even on the CPU: how the
+    /// GPU path is tested and compared on machines without one. Off: the CPU runs its own
+    /// llama.cpp-exact kernels.
+    pub device_runtime_on_cpu: bool,
 }
 
 impl LoadOptions {
@@ -82,6 +86,7 @@ impl Default for LoadOptions {
             max_sequences: DEFAULT_MAX_SEQUENCES,
             kv_budget_tokens: None,
             prefix_reuse: true,
+            device_runtime_on_cpu: false,
         }
     }
 }
@@ -556,9 +561,7 @@ impl Backend for CandleBackend {
 
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
         let started = Instant::now();
-        // The runtime for the device, before reading anything: a device no runtime serves
-        // fails here.
-        let runtime = runtime_for(&opts.device)?;
+        let runtime = runtime_for(&opts.device, opts);
         let opened = match Opened::open(path)? {
             Found::Decoder(opened) => opened,
             Found::Encoder(encoder) => return load_encoder(encoder, opts, started),
@@ -581,6 +584,52 @@ impl Backend for CandleBackend {
             .metadata
             .get_u64(&format!("{arch}.pooling_type"))
             .and_then(Pooling::from_gguf);
+        let decoder = Decoder {
+            opened,
+            path,
+            context,
+            memory,
+            tokenizer,
+            template,
+            pooling,
+            started,
+        };
+        match runtime {
+            Picked::Cpu(cpu) => decoder.start(cpu, opts),
+            Picked::Device(device) => decoder.start(device, opts),
+        }
+    }
+}
+
+/// A decoder opened and checked, ready to load on a runtime.
+struct Decoder {
+    opened: Opened,
+    path: PathBuf,
+    context: usize,
+    memory: MemoryEstimate,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    pooling: Option<Pooling>,
+    started: Instant,
+}
+
+impl Decoder {
+    /// Loads the weights on `runtime` and starts the model thread.
+    fn start<R: Runtime>(
+        self,
+        runtime: R,
+        opts: &LoadOptions,
+    ) -> Result<Arc<dyn LoadedModel>, InferError> {
+        let Decoder {
+            opened,
+            path,
+            context,
+            memory,
+            tokenizer,
+            template,
+            pooling,
+            started,
+        } = self;
         let model = opened.load(runtime)?;
         let max_sequences = opts.max_sequences.max(1);
         let kv_budget = opts.kv_budget(context);
@@ -655,11 +704,27 @@ fn load_encoder(
     encoder::start(bert, tokenizer, info, opts)
 }
 
-/// The runtime that serves `device`: the one place a new device's runtime is chosen.
-fn runtime_for(device: &Device) -> Result<Cpu, InferError> {
+/// The runtime a load runs on.
+enum Picked {
+    Cpu(Cpu),
+    Device(DeviceRuntime),
+}
+
+/// The runtime that serves `device`: the one place a device's runtime is chosen. The CPU runs
+/// the llama.cpp-exact kernels (or, asked to, the device runtime on candle's CPU device); a GPU
+/// runs the device runtime.
+fn runtime_for(device: &Device, opts: &LoadOptions) -> Picked {
     match device {
-        Device::Cpu => Ok(Cpu),
-        other => Err(ModelError::UnsupportedDevice(other.location()).into()),
+        Device::Cpu if !opts.device_runtime_on_cpu => Picked::Cpu(Cpu),
+        Device::Cpu => Picked::Device(DeviceRuntime::new(Device::Cpu, "cpu (device runtime)")),
+        other => {
+            let name = match other.location() {
+                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+                candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+                candle_core::DeviceLocation::Cpu => "cpu".to_string(),
+            };
+            Picked::Device(DeviceRuntime::new(other.clone(), name))
+        }
     }
 }
 

@@ -57,8 +57,8 @@ pub enum ModelError {
         source: candle_core::Error,
     },
     #[error(
-        "cannot run on {0:?}: rbee's transformer kernels run on the CPU only (the cuda/metal \
-         features build candle with GPU support, but no model code runs there yet); load it on the CPU"
+        "cannot run on {0:?} with the CPU runtime: load it through the engine \
+         (`LoadOptions::device`) or with `Transformer::load_gguf_on(DeviceRuntime::new(..))`"
     )]
     UnsupportedDevice(candle_core::DeviceLocation),
     #[error("token id {token} is out of range for a vocabulary of {vocab}")]
