@@ -67,7 +67,7 @@ enum Command {
     #[command(subcommand)]
     Models(models::ModelsCommand),
     /// Start a node: serve the API and the models in the data dir until SIGTERM/Ctrl-C.
-    Join(node::JoinArgs),
+    Join(Box<node::JoinArgs>),
     /// Show the running local node: devices, memory, models and their state.
     Status,
     /// Run one prompt (through the local node if one is running, else in this process).
@@ -139,7 +139,7 @@ fn main() -> ExitCode {
             Command::Run(args) => chat::run(&config, args),
             Command::Ps => chat::ps(&config),
             Command::Stop { model } => chat::stop(&config, &model),
-            Command::Join(args) => node::join(config, args),
+            Command::Join(args) => node::join(config, *args),
             Command::Status => node::status(&config),
             Command::Pool(PoolCommand::New) => node::pool_new(),
             Command::Peers => node::peers(&config),

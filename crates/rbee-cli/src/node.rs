@@ -42,6 +42,14 @@ pub struct JoinArgs {
     /// Memory for models on this node, e.g. 8GiB (default: 70% of RAM).
     #[arg(long, value_parser = parse_bytes)]
     memory_budget: Option<u64>,
+    /// Devices to offer, comma-separated: cpu, cuda:N, metal:N, or sim:N=SIZE (a simulated
+    /// GPU of SIZE, computed on the CPU; for trying placement and routing). Default: the CPU
+    /// and every GPU this build can open.
+    #[arg(long)]
+    devices: Option<String>,
+    /// Memory to leave free on each GPU (default 512MiB).
+    #[arg(long, value_parser = parse_bytes)]
+    gpu_reserve: Option<u64>,
     /// Context length models are loaded with.
     #[arg(long)]
     context_length: Option<usize>,
@@ -123,6 +131,12 @@ pub fn join(mut config: NodeConfig, args: JoinArgs) -> Result<()> {
     }
     if args.memory_budget.is_some() {
         config.memory_budget = args.memory_budget;
+    }
+    if args.devices.is_some() {
+        config.devices = args.devices.clone();
+    }
+    if let Some(r) = args.gpu_reserve {
+        config.gpu_reserve = r;
     }
     if let Some(c) = args.context_length {
         config.context_length = c;

@@ -10,6 +10,7 @@
 //! - [`engine`]: the [`Backend`](engine::Backend) trait and the candle backend, one thread per loaded model.
 
 pub mod chat;
+pub mod devices;
 pub mod engine;
 mod error;
 pub mod model;

@@ -8,6 +8,7 @@ pub mod provisioner;
 pub mod router;
 pub mod supervisor;
 pub mod worker;
+pub mod workers;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

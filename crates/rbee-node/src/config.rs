@@ -47,6 +47,12 @@ pub struct NodeConfig {
     pub memory_budget: Option<u64>,
     /// Share of total RAM for models when no budget is given; the rest is the OS's headroom.
     pub memory_fraction: f64,
+    /// The devices this node offers, comma-separated: `cpu`, `cuda:N`, `metal:N`, `sim:N=SIZE`
+    /// (a simulated GPU). Default: the CPU and every GPU the build can open.
+    pub devices: Option<String>,
+    /// Memory left free on each GPU: its budget is what the driver reports free at start,
+    /// less this.
+    pub gpu_reserve: u64,
     /// Context length models are loaded with (capped at each model's own).
     pub context_length: usize,
     /// Requests that may wait per model while its batch slots are full; beyond that: 503 +
@@ -119,6 +125,8 @@ impl Default for NodeConfig {
             drain_secs: 30,
             memory_budget: None,
             memory_fraction: 0.7,
+            devices: None,
+            gpu_reserve: 512 << 20,
             context_length: 4096,
             queue_capacity: 16,
             max_sequences: rbee_infer::engine::DEFAULT_MAX_SEQUENCES,
@@ -268,6 +276,15 @@ impl NodeConfig {
         if let Some(v) = env_parse("RBEE_MEMORY_FRACTION")? {
             self.memory_fraction = v;
         }
+        if let Some(v) = env("RBEE_DEVICES") {
+            self.devices = Some(v);
+        }
+        if let Some(v) = env("RBEE_GPU_RESERVE") {
+            self.gpu_reserve = parse_bytes(&v).map_err(|reason| ConfigError::Env {
+                var: "RBEE_GPU_RESERVE",
+                reason,
+            })?;
+        }
         if let Some(v) = env_parse("RBEE_CONTEXT_LENGTH")? {
             self.context_length = v;
         }
@@ -398,6 +415,7 @@ impl NodeConfig {
 
     /// Refuses settings that are unsafe or meaningless.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.device_specs().map_err(ConfigError::Invalid)?;
         if let Some(token) = &self.api_token
             && (token.is_empty()
                 || token.len() > MAX_TOKEN
@@ -516,6 +534,14 @@ impl NodeConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The devices asked for, parsed (`None`: not set, offer what the build finds).
+    pub fn device_specs(&self) -> Result<Option<Vec<crate::devices::DeviceSpec>>, String> {
+        self.devices
+            .as_deref()
+            .map(crate::devices::parse_list)
+            .transpose()
     }
 
     /// The CPU budget: the configured bytes, else a share of total RAM.

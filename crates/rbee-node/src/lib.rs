@@ -6,6 +6,7 @@
 pub mod actors;
 mod api;
 pub mod config;
+pub mod devices;
 pub mod error;
 pub mod jobs;
 pub mod metrics;
@@ -29,6 +30,7 @@ use crate::actors::provisioner::ProvisionerHandle;
 use crate::actors::router::RouterHandle;
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs};
 use crate::actors::worker::{WorkerArgs, WorkerHandle};
+use crate::actors::workers::{DeviceWorker, Workers};
 pub use crate::api::types as api_types;
 pub use crate::config::NodeConfig;
 pub use crate::error::NodeError;
@@ -50,7 +52,8 @@ pub struct NodeContext {
     pub config: NodeConfig,
     pub catalog: CatalogHandle,
     pub router: RouterHandle,
-    pub worker: WorkerHandle,
+    /// One worker per device this node offers (`--devices`), and placement across them.
+    pub workers: Workers,
     pub provisioner: ProvisionerHandle,
     pub jobs: jobs::Jobs,
     pub metrics: Arc<metrics::Metrics>,
@@ -176,6 +179,26 @@ pub async fn run(
         None => (None, None),
     };
     let backend: Arc<dyn rbee_infer::engine::Backend> = Arc::new(CandleBackend);
+    let base_load = LoadOptions {
+        context_length: Some(config.context_length),
+        queue_capacity: config.queue_capacity,
+        max_sequences: config.max_sequences,
+        kv_budget_tokens: config.kv_budget_tokens,
+        prefix_reuse: config.prefix_cache,
+        ..Default::default()
+    };
+    let asked = config.device_specs().map_err(NodeError::BadRequest)?;
+    let offered = devices::offer(
+        asked.as_deref(),
+        config.cpu_budget(),
+        config.gpu_reserve,
+        &base_load,
+    );
+    if offered.is_empty() {
+        return Err(NodeError::BadRequest(
+            "none of the devices asked for (--devices) can be used: see the warnings above".into(),
+        ));
+    }
     let ctx = Arc::new(NodeContext {
         kinds: serve::ModelKinds::new(backend.clone()),
         name,
@@ -186,7 +209,19 @@ pub async fn run(
         status: Default::default(),
         catalog: Handle::empty("the catalog"),
         router: Handle::empty("the router"),
-        worker: Handle::empty("the cpu worker"),
+        workers: Workers::new(
+            offered
+                .iter()
+                .map(|o| DeviceWorker {
+                    device: o.name.clone(),
+                    is_gpu: o.is_gpu,
+                    // Named once per device for the node's life.
+                    handle: WorkerHandle::empty(Box::leak(
+                        format!("the {} worker", o.name).into_boxed_str(),
+                    )),
+                })
+                .collect(),
+        ),
         provisioner: Handle::empty("the provisioner"),
         jobs: jobs::Jobs::default(),
         tasks: tasks.clone(),
@@ -213,24 +248,20 @@ pub async fn run(
             sources,
             tasks: tasks.clone(),
         },
-        worker: WorkerArgs {
-            device: "cpu".into(),
-            budget: ctx.config.cpu_budget(),
-            backend,
-            load: LoadOptions {
-                context_length: Some(ctx.config.context_length),
-                queue_capacity: ctx.config.queue_capacity,
-                max_sequences: ctx.config.max_sequences,
-                kv_budget_tokens: ctx.config.kv_budget_tokens,
-                prefix_reuse: ctx.config.prefix_cache,
-                ..Default::default()
-            },
-            metrics: metrics.clone(),
-            store: Some(store),
-        },
+        worker: offered
+            .into_iter()
+            .map(|o| WorkerArgs {
+                device: o.name,
+                budget: o.budget,
+                backend: backend.clone(),
+                load: o.load,
+                metrics: metrics.clone(),
+                store: Some(store.clone()),
+            })
+            .collect(),
         catalog: ctx.catalog.clone(),
         provisioner: ctx.provisioner.clone(),
-        worker_handle: ctx.worker.clone(),
+        workers: ctx.workers.clone(),
         router: ctx.router.clone(),
         node: ctx.name.clone(),
         net: net.clone(),
@@ -245,7 +276,7 @@ pub async fn run(
         tokio::spawn(async move {
             let result = async {
                 let resolved = ctx.catalog.resolve(model.parse()?).await?;
-                ctx.worker
+                ctx.workers
                     .acquire(resolved, Duration::from_secs(3600))
                     .await
             }

@@ -1,12 +1,15 @@
 //! Where a request for a model should run, from this node's own status and its pool view.
 //!
 //! Order (the first that exists wins; the rest are failover candidates):
-//! 1. nodes with the model loaded and a free queue slot — first those whose running batch has
-//!    a free slot (as good as idle: the request joins the next step), then shortest queue;
-//!    lowest latency among equals;
-//! 2. nodes with it on disk and enough free memory to load it — most free memory first;
-//! 3. nodes with it loaded but a full queue (they answer "busy", with a retry time);
-//! 4. when none of those can run it now, the node with the most free memory (and room for
+//! 1. nodes with the model loaded on a GPU whose running batch has a free slot (as good as
+//!    idle: the request joins the next step) — lowest latency first;
+//! 2. nodes with it on disk and a GPU with room to load it — most free GPU memory first;
+//! 3. the other nodes with it loaded and a free queue slot (on the CPU, or a GPU with a full
+//!    batch) — first those whose batch has a free slot, then shortest queue; lowest latency
+//!    among equals;
+//! 4. nodes with it on disk and enough free memory (any device) to load it — most free first;
+//! 5. nodes with it loaded but a full queue (they answer "busy", with a retry time);
+//! 6. when none of those can run it now, the node with the most free memory (and room for
 //!    it) fetches it from a node that holds it — ahead of full queues and of holders that
 //!    would have to evict; when no node holds it at all, that node is the only candidate.
 //!
@@ -82,6 +85,8 @@ pub fn candidates(
         rtt: p.rtt.unwrap_or(Duration::from_millis(50)),
     }));
 
+    let mut gpu_ready = Vec::new();
+    let mut gpu_room = Vec::new();
     let mut loaded = Vec::new();
     let mut on_disk = Vec::new();
     let mut busy = Vec::new();
@@ -96,10 +101,17 @@ pub fn candidates(
             content_id: Some(model.content_id),
         };
         match n.status.loaded(&model.content_id) {
+            Some(l) if l.device != "cpu" && l.has_free_batch_slot() => {
+                gpu_ready.push((n.rtt, candidate(Reason::Loaded)))
+            }
             Some(l) if l.has_slot() => {
                 loaded.push(((wait_rank(l), n.rtt), candidate(Reason::Loaded)))
             }
             Some(l) => busy.push(((l.queue, n.rtt), candidate(Reason::Busy))),
+            None if n.status.max_gpu_free_bytes() >= model.size => gpu_room.push((
+                std::cmp::Reverse(n.status.max_gpu_free_bytes()),
+                candidate(Reason::OnDisk),
+            )),
             None if n.status.max_free_bytes() >= model.size => on_disk.push((
                 std::cmp::Reverse(n.status.max_free_bytes()),
                 candidate(Reason::OnDisk),
@@ -109,6 +121,8 @@ pub fn candidates(
             None => busy.push(((u32::MAX, n.rtt), candidate(Reason::OnDisk))),
         }
     }
+    gpu_ready.sort_by_key(|x| x.0);
+    gpu_room.sort_by_key(|x| x.0);
     loaded.sort_by_key(|x| x.0);
     on_disk.sort_by_key(|x| x.0);
     busy.sort_by_key(|x| x.0);
@@ -120,25 +134,28 @@ pub fn candidates(
         .filter_map(|n| has_model(n.status, reference, known))
         .map(|m| m.size)
         .max();
-    let fetch = if loaded.is_empty() && on_disk.is_empty() {
-        nodes
-            .iter()
-            .filter(|n| has_model(n.status, reference, known).is_none())
-            .max_by_key(|n| n.status.max_free_bytes())
-            .filter(|n| size.is_none_or(|s| n.status.max_free_bytes() >= s))
-            .map(|n| Candidate {
-                target: n.target,
-                node: n.status.name.clone(),
-                reason: Reason::Fetch,
-                content_id: None,
-            })
-    } else {
-        None
-    };
+    let fetch =
+        if gpu_ready.is_empty() && gpu_room.is_empty() && loaded.is_empty() && on_disk.is_empty() {
+            nodes
+                .iter()
+                .filter(|n| has_model(n.status, reference, known).is_none())
+                .max_by_key(|n| n.status.max_free_bytes())
+                .filter(|n| size.is_none_or(|s| n.status.max_free_bytes() >= s))
+                .map(|n| Candidate {
+                    target: n.target,
+                    node: n.status.name.clone(),
+                    reason: Reason::Fetch,
+                    content_id: None,
+                })
+        } else {
+            None
+        };
     let held = size.is_some();
-    let mut out: Vec<Candidate> = loaded
+    let mut out: Vec<Candidate> = gpu_ready
         .into_iter()
         .map(|x| x.1)
+        .chain(gpu_room.into_iter().map(|x| x.1))
+        .chain(loaded.into_iter().map(|x| x.1))
         .chain(on_disk.into_iter().map(|x| x.1))
         .chain(fetch.clone().filter(|_| held))
         .chain(busy.into_iter().map(|x| x.1))
@@ -221,6 +238,53 @@ mod tests {
 
     fn names(c: &[Candidate]) -> Vec<(&str, Reason)> {
         c.iter().map(|c| (c.node.as_str(), c.reason)).collect()
+    }
+
+    /// `node` with a GPU of `gpu_free` bytes free besides its CPU, the model `m` loaded on
+    /// `on` (if any) with `live` of 2 batch slots busy.
+    fn gpu_node(name: &str, gpu_free: u64, on: Option<(&str, u32)>) -> NodeStatus {
+        let mut n = node(name, 50, &[("m", 10)], &[]);
+        n.devices.push(DeviceStatus {
+            name: "cuda:0".into(),
+            budget_bytes: gpu_free + 1,
+            used_bytes: 1,
+        });
+        if let Some((device, live)) = on {
+            n.loaded.push(LoadedModel {
+                content_id: ContentId::of(b"m"),
+                device: device.into(),
+                queue: 0,
+                queue_capacity: 4,
+                busy: live > 0,
+                live,
+                max_live: 2,
+            });
+        }
+        n
+    }
+
+    #[test]
+    fn a_gpu_with_the_model_beats_a_gpu_with_room_beats_the_cpu() {
+        let peers = vec![
+            peer(gpu_node("cpu-loaded", 0, Some(("cpu", 0))), 1),
+            peer(gpu_node("gpu-room-small", 20, None), 1),
+            peer(gpu_node("gpu-room-big", 40, None), 1),
+            peer(gpu_node("gpu-loaded-far", 0, Some(("cuda:0", 1))), 9),
+            peer(gpu_node("gpu-loaded-full-batch", 0, Some(("cuda:0", 2))), 1),
+            peer(gpu_node("gpu-too-small", 5, None), 1),
+        ];
+        let c = candidates("m", None, None, &peers, |_| false);
+        assert_eq!(
+            names(&c),
+            vec![
+                ("gpu-loaded-far", Reason::Loaded),
+                ("gpu-room-big", Reason::OnDisk),
+                ("gpu-room-small", Reason::OnDisk),
+                ("cpu-loaded", Reason::Loaded),
+                ("gpu-loaded-full-batch", Reason::Loaded),
+                ("gpu-too-small", Reason::OnDisk),
+            ]
+        );
     }
 
     #[test]

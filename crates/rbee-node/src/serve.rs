@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::NodeContext;
 use crate::actors::catalog::ResolvedModel;
 use crate::actors::router::RouteTarget;
-use crate::actors::worker::WorkerHandle;
+use crate::actors::workers::Workers;
 use crate::error::NodeError;
 use crate::jobs::Job;
 
@@ -319,7 +319,7 @@ async fn run_one(
 async fn run_local(
     ctx: &NodeContext,
     model: ResolvedModel,
-    worker: WorkerHandle,
+    worker: Workers,
     task: Task,
 ) -> Result<Ran, NodeError> {
     // A file whose headers cannot be read is left to the worker: its load finds the same
@@ -370,7 +370,7 @@ async fn pull_and_run(
     if let Some(job) = job {
         job.phase("loading");
     }
-    run_local(ctx, resolved, ctx.worker.clone(), task).await
+    run_local(ctx, resolved, ctx.workers.clone(), task).await
 }
 
 /// Runs a generation on a model loaded on this node's worker.

@@ -13,7 +13,10 @@ async fn killed_children_come_back_behind_the_same_handles() {
     let tmp = tempfile::tempdir().unwrap();
     let store = rbee_store::Store::open(tmp.path()).unwrap();
     let args = supervisor::lone_node(&store);
-    let (catalog, worker) = (args.catalog.clone(), args.worker_handle.clone());
+    let (catalog, worker) = (
+        args.catalog.clone(),
+        args.workers.devices()[0].handle.clone(),
+    );
     let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args)
         .await
         .unwrap();

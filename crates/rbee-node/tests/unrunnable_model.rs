@@ -20,7 +20,10 @@ async fn a_catalogued_model_of_another_architecture_is_refused_with_422_naming_i
     GgufWriter::tiny_model("mamba").write_file(&src).unwrap();
     store.import(&ImportSource::Path(src), &mut |_| {}).unwrap();
     let args = supervisor::lone_node(&store);
-    let (catalog, worker) = (args.catalog.clone(), args.worker_handle.clone());
+    let (catalog, worker) = (
+        args.catalog.clone(),
+        args.workers.devices()[0].handle.clone(),
+    );
     let (sup, _) = ractor::Actor::spawn(None, NodeSupervisor, args)
         .await
         .unwrap();

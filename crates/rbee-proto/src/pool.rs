@@ -88,6 +88,11 @@ impl DeviceStatus {
     pub fn free_bytes(&self) -> u64 {
         self.budget_bytes.saturating_sub(self.used_bytes)
     }
+
+    /// Every device but the CPU is a GPU (`cuda:0`, `metal:0`, simulated `sim:0`).
+    pub fn is_gpu(&self) -> bool {
+        self.name != "cpu"
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -206,6 +211,16 @@ impl NodeStatus {
     }
 
     /// Free memory on the device with the most of it.
+    /// The most memory free on one of its GPUs (every device but `cpu`); 0 without GPUs.
+    pub fn max_gpu_free_bytes(&self) -> u64 {
+        self.devices
+            .iter()
+            .filter(|d| d.is_gpu())
+            .map(DeviceStatus::free_bytes)
+            .max()
+            .unwrap_or(0)
+    }
+
     pub fn max_free_bytes(&self) -> u64 {
         self.devices
             .iter()

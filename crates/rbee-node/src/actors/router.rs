@@ -13,7 +13,7 @@ use rbee_proto::ModelRef;
 use rbee_proto::pool::{DiskModel, NodeStatus};
 
 use super::catalog::{CatalogHandle, ResolvedModel};
-use super::worker::WorkerHandle;
+use super::workers::Workers;
 use super::{Handle, QUICK};
 use crate::error::NodeError;
 
@@ -26,7 +26,7 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 pub enum RouteTarget {
     Local {
         model: Box<ResolvedModel>,
-        worker: WorkerHandle,
+        worker: Workers,
     },
     Peer {
         peer: PeerId,
@@ -53,7 +53,7 @@ pub enum RouterMsg {
 pub struct RouterArgs {
     pub node: String,
     pub catalog: CatalogHandle,
-    pub workers: Vec<WorkerHandle>,
+    pub workers: Workers,
     pub net: Option<Client>,
     /// This node's latest status (kept fresh by the status publisher).
     pub status: Arc<Mutex<Option<NodeStatus>>>,
@@ -142,11 +142,7 @@ async fn route(
     local_only: bool,
     avoid: &[PeerId],
 ) -> Result<Vec<RouteTarget>, NodeError> {
-    let worker = args
-        .workers
-        .first()
-        .cloned()
-        .ok_or_else(|| NodeError::Unavailable("this node has no worker".into()))?;
+    let worker = args.workers.clone();
     let local = match args.catalog.resolve(reference).await {
         Ok(m) => Some(m),
         Err(e) if e.is_model_not_found() => None,

@@ -4,7 +4,7 @@
 //! NodeSupervisor
 //! ├── CatalogActor      the model store: lookups, removal, LRU stamps
 //! ├── ProvisionerActor  imports, and pulls (catalog → pool → hub), each pull a supervised task
-//! ├── WorkerActor(cpu)  loaded models and the memory budget; one per device
+//! ├── WorkerActor(cpu)  loaded models and the memory budget; one per device (`cuda:0`, …)
 //! └── RouterActor       where a request runs
 //! ```
 //!
@@ -21,16 +21,18 @@ use rbee_store::Store;
 use super::catalog::{CatalogActor, CatalogHandle};
 use super::provisioner::{ProvisionerActor, ProvisionerArgs, ProvisionerHandle};
 use super::router::{RouterActor, RouterArgs, RouterHandle};
-use super::worker::{WorkerActor, WorkerArgs, WorkerHandle};
+use super::worker::{WorkerActor, WorkerArgs};
+use super::workers::Workers;
 
 /// Everything the supervisor needs to (re)start its children.
 pub struct SupervisorArgs {
     pub store: Store,
     pub provisioning: ProvisionerArgs,
-    pub worker: WorkerArgs,
+    /// One per device, in the order of `workers`.
+    pub worker: Vec<WorkerArgs>,
     pub catalog: CatalogHandle,
     pub provisioner: ProvisionerHandle,
-    pub worker_handle: WorkerHandle,
+    pub workers: Workers,
     pub router: RouterHandle,
     pub node: String,
     pub net: Option<rbee_net::Client>,
@@ -41,7 +43,8 @@ pub struct SupervisorArgs {
 enum Child {
     Catalog,
     Provisioner,
-    Worker,
+    /// The worker of device `n` (index into `workers`).
+    Worker(usize),
     Router,
 }
 
@@ -69,16 +72,19 @@ impl SupervisorState {
                 a.provisioner.replace(r.clone());
                 r.get_id()
             }
-            Child::Worker => {
-                let (r, _) = Actor::spawn_linked(None, WorkerActor, a.worker.clone(), me).await?;
-                a.worker_handle.replace(r.clone());
+            Child::Worker(n) => {
+                let (Some(args), Some(w)) = (a.worker.get(n), a.workers.devices().get(n)) else {
+                    return Err(format!("no worker {n}").into());
+                };
+                let (r, _) = Actor::spawn_linked(None, WorkerActor, args.clone(), me).await?;
+                w.handle.replace(r.clone());
                 r.get_id()
             }
             Child::Router => {
                 let args = RouterArgs {
                     node: a.node.clone(),
                     catalog: a.catalog.clone(),
-                    workers: vec![a.worker_handle.clone()],
+                    workers: a.workers.clone(),
                     net: a.net.clone(),
                     status: a.status.clone(),
                 };
@@ -110,12 +116,13 @@ impl Actor for NodeSupervisor {
             children: HashMap::new(),
             restarts: 0,
         };
-        for child in [
-            Child::Catalog,
-            Child::Provisioner,
-            Child::Worker,
-            Child::Router,
-        ] {
+        let workers = (0..st.args.worker.len()).map(Child::Worker);
+        let children: Vec<Child> = [Child::Catalog, Child::Provisioner]
+            .into_iter()
+            .chain(workers)
+            .chain([Child::Router])
+            .collect();
+        for child in children {
             st.start(child, me.get_cell()).await?;
         }
         Ok(st)

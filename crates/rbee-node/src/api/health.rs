@@ -14,17 +14,24 @@ use crate::error::NodeError;
 use crate::metrics::Gauges;
 
 pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
-    let worker = ctx.worker.status().await;
+    let worker = ctx.workers.status().await;
     let catalog = ctx.catalog.list().await;
     let mut models: Vec<Value> = Vec::new();
     if let Ok(records) = &catalog {
         for r in records {
             let id = r.entry.content_id.to_hex();
+            // Where it is loaded (or loading, or failed): the device's state, with its name.
             let state = worker
                 .as_ref()
                 .ok()
-                .and_then(|w| w.models.iter().find(|(mid, _, _)| *mid == id))
-                .map(|(_, _, s)| serde_json::to_value(s).unwrap_or(Value::Null))
+                .and_then(|ws| {
+                    ws.iter().find_map(|w| {
+                        let (_, _, s) = w.models.iter().find(|(mid, _, _)| *mid == id)?;
+                        let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+                        v["device"] = json!(w.device);
+                        Some(v)
+                    })
+                })
                 .unwrap_or_else(|| json!({"state": "on_disk"}));
             models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(), "status": state}));
         }
@@ -50,7 +57,7 @@ pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
         "node": ctx.name,
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_secs": ctx.started.elapsed().as_secs(),
-        "devices": worker.as_ref().map(|w| vec![json!({"device": w.device, "budget_bytes": w.budget_bytes, "used_bytes": w.used_bytes})]).unwrap_or_default(),
+        "devices": worker.as_ref().map(|ws| ws.iter().map(device_json).collect::<Vec<_>>()).unwrap_or_default(),
         "models": models,
         "errors": errors,
     });
@@ -62,9 +69,27 @@ pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
         .into_response()
 }
 
+/// One device in `/health`: its budget, what models use, what is free, and what it holds.
+fn device_json(w: &crate::actors::worker::WorkerStatus) -> Value {
+    let models: Vec<&str> = w
+        .models
+        .iter()
+        .filter(|(_, _, s)| matches!(s, ModelState::Loaded { .. } | ModelState::Loading { .. }))
+        .map(|(_, name, _)| name.as_str())
+        .collect();
+    json!({
+        "device": w.device,
+        "kind": if w.device == "cpu" { "cpu" } else { "gpu" },
+        "budget_bytes": w.budget_bytes,
+        "used_bytes": w.used_bytes,
+        "free_bytes": w.budget_bytes.saturating_sub(w.used_bytes),
+        "models": models,
+    })
+}
+
 pub async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
     let mut gauges = Gauges::default();
-    if let Ok(w) = ctx.worker.status().await {
+    for w in ctx.workers.status().await.unwrap_or_default() {
         gauges
             .memory
             .push((w.device.clone(), w.used_bytes, w.budget_bytes));

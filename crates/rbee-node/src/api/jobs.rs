@@ -212,7 +212,7 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
                 let resolved = ctx.catalog.resolve(model.parse::<ModelRef>()?).await?;
                 job.phase("loading");
                 let wait = Duration::from_secs(ctx.config.load_wait_secs.max(600));
-                let loaded = ctx.worker.acquire(resolved.clone(), wait).await?;
+                let loaded = ctx.workers.acquire(resolved.clone(), wait).await?;
                 let info = loaded.info();
                 Ok(
                     json!({"model": resolved.name(), "load_secs": info.load_secs, "memory_bytes": info.memory.total(), "node": ctx.name}),
@@ -220,13 +220,13 @@ async fn run(ctx: Arc<NodeContext>, job: Arc<Job>, req: JobRequest) {
             }
             JobRequest::ModelUnload { model } => {
                 let resolved = ctx.catalog.resolve(model.parse::<ModelRef>()?).await?;
-                let was_loaded = ctx.worker.unload(resolved.id()).await?;
+                let was_loaded = ctx.workers.unload(resolved.id()).await?;
                 Ok(json!({"model": resolved.name(), "was_loaded": was_loaded}))
             }
             JobRequest::ModelRemove { model } => {
                 let r: ModelRef = model.parse()?;
                 if let Ok(resolved) = ctx.catalog.resolve(r.clone()).await {
-                    ctx.worker.unload(resolved.id()).await?;
+                    ctx.workers.unload(resolved.id()).await?;
                 }
                 let removed = ctx.catalog.remove(r).await?;
                 Ok(json!({"model": removed.name, "content_id": removed.content_id.to_hex()}))

@@ -62,11 +62,11 @@ async fn local_status(
     tokens_per_sec: f32,
     on_disk: Vec<DiskModel>,
 ) -> Result<NodeStatus, NodeError> {
-    let worker = ctx.worker.status().await?;
-    let loaded = worker
-        .models
+    let workers = ctx.workers.status().await?;
+    let loaded = workers
         .iter()
-        .filter_map(|(id, _, state)| match state {
+        .flat_map(|w| w.models.iter().map(move |m| (w, m)))
+        .filter_map(|(worker, (id, _, state))| match state {
             ModelState::Loaded {
                 queue,
                 live,
@@ -91,11 +91,14 @@ async fn local_status(
         name: ctx.name.clone(),
         api_addr: Some(ctx.api_addr.to_string()),
         seq: 0,
-        devices: vec![DeviceStatus {
-            name: worker.device.clone(),
-            budget_bytes: worker.budget_bytes,
-            used_bytes: worker.used_bytes,
-        }],
+        devices: workers
+            .iter()
+            .map(|w| DeviceStatus {
+                name: w.device.clone(),
+                budget_bytes: w.budget_bytes,
+                used_bytes: w.used_bytes,
+            })
+            .collect(),
         loaded,
         on_disk,
         tokens_per_sec,

@@ -8,6 +8,7 @@ use rbee_node::actors::Handle;
 use rbee_node::actors::provisioner::ProvisionerArgs;
 use rbee_node::actors::supervisor::SupervisorArgs;
 use rbee_node::actors::worker::WorkerArgs;
+use rbee_node::actors::workers::{DeviceWorker, Workers};
 
 pub fn lone_node(store: &rbee_store::Store) -> SupervisorArgs {
     SupervisorArgs {
@@ -20,17 +21,21 @@ pub fn lone_node(store: &rbee_store::Store) -> SupervisorArgs {
             },
             tasks: Arc::default(),
         },
-        worker: WorkerArgs {
+        worker: vec![WorkerArgs {
             device: "cpu".into(),
             budget: 1 << 30,
             backend: Arc::new(CandleBackend),
             load: LoadOptions::default(),
             metrics: Arc::default(),
             store: Some(store.clone()),
-        },
+        }],
         catalog: Handle::empty("catalog"),
         provisioner: Handle::empty("provisioner"),
-        worker_handle: Handle::empty("worker"),
+        workers: Workers::new(vec![DeviceWorker {
+            device: "cpu".into(),
+            is_gpu: false,
+            handle: Handle::empty("worker"),
+        }]),
         router: Handle::empty("router"),
         node: "test".into(),
         net: None,

@@ -1,0 +1,189 @@
+//! Devices on real node processes: a worker per device, placement across them, per-device
+//! status, and routing by free GPU memory across a pool. With no GPU here, the GPUs are
+//! simulated (`--devices sim:N=SIZE`: announced and budgeted as GPUs, computed by the device
+//! runtime on the CPU — the code a CUDA GPU runs).
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key, rbee};
+use serde_json::{Value, json};
+
+fn health(node: &NodeProcess) -> Value {
+    node.get_json("/health")
+}
+
+fn device<'a>(h: &'a Value, name: &str) -> &'a Value {
+    h["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == name)
+        .unwrap_or_else(|| panic!("no device {name} in {h:#}"))
+}
+
+fn model_state<'a>(h: &'a Value, name: &str) -> &'a Value {
+    &h["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .unwrap_or_else(|| panic!("no model {name} in {h:#}"))["status"]
+}
+
+/// A greedy chat; returns (status, serving node, body).
+fn chat(node: &NodeProcess, model: &str) -> (u16, String, String) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "Name a colour."}],
+                      "max_tokens": 4, "temperature": 0});
+    let mut resp = http()
+        .post(&node.url("/v1/chat/completions"))
+        .send_json(body)
+        .unwrap();
+    let served = resp
+        .headers()
+        .get("x-rbee-node")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    (
+        resp.status().as_u16(),
+        served,
+        resp.body_mut().read_to_string().unwrap(),
+    )
+}
+
+#[test]
+fn a_model_goes_to_the_gpu_with_room_and_one_too_big_for_it_to_the_cpu() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    if import_demo(&data, "demo").is_none() {
+        return;
+    }
+    let tiny =
+        rbee_tests::workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen3.gguf");
+    let out = rbee(
+        &data,
+        &["models", "import", tiny.to_str().unwrap(), "--name", "tiny"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let node = NodeProcess::start(&data, &["--devices", "sim:0=700MiB,cpu"]);
+    let h = health(&node);
+    assert_eq!(device(&h, "sim:0")["kind"], "gpu");
+    assert_eq!(device(&h, "sim:0")["budget_bytes"], 700u64 << 20);
+    assert_eq!(device(&h, "cpu")["kind"], "cpu");
+
+    // The demo fits the simulated GPU: it goes there, on the device runtime.
+    let (status, _, body) = chat(&node, "demo");
+    assert_eq!(status, 200, "{body}");
+    let h = health(&node);
+    let s = model_state(&h, "demo");
+    assert_eq!(s["device"], "sim:0", "{h:#}");
+    assert!(
+        s["runtime"].as_str().unwrap().contains("device runtime"),
+        "{s}"
+    );
+    let gpu = device(&h, "sim:0");
+    assert!(gpu["used_bytes"].as_u64().unwrap() > 0);
+    assert_eq!(gpu["models"], json!(["demo"]));
+
+    // A second model that fits beside it goes to the GPU too.
+    let (status, _, body) = chat(&node, "tiny");
+    assert_eq!(status, 200, "{body}");
+    let h = health(&node);
+    assert_eq!(model_state(&h, "tiny")["device"], "sim:0", "{h:#}");
+    drop(node);
+
+    // A GPU too small for the demo: it runs on the CPU, and the GPU stays empty.
+    let node = NodeProcess::start(&data, &["--devices", "sim:0=64MiB,cpu"]);
+    let (status, _, body) = chat(&node, "demo");
+    assert_eq!(status, 200, "{body}");
+    let h = health(&node);
+    assert_eq!(model_state(&h, "demo")["device"], "cpu", "{h:#}");
+    assert_eq!(device(&h, "sim:0")["used_bytes"], 0);
+    // `rbee-node status` lists both devices.
+    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
+        .args(["--data-dir", data.to_str().unwrap(), "status"])
+        .env("RBEE_API_ADDR", node.base.trim_start_matches("http://"))
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("device sim:0"), "{text}");
+    assert!(text.contains("device cpu"), "{text}");
+}
+
+#[test]
+fn bad_device_lists_are_refused_at_start_with_what_a_device_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rbee(
+        &tmp.path().join("data"),
+        &["join", "--api-addr", "127.0.0.1:0", "--devices", "gpu0"],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown device `gpu0`"), "{err}");
+    assert!(err.contains("sim:N=SIZE"), "{err}");
+}
+
+/// Two nodes hold the model; neither has it loaded. The one with a (simulated) GPU with room
+/// serves it, whichever node the request reaches.
+#[test]
+fn the_pool_routes_to_the_node_with_a_gpu_that_has_room() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let (a_dir, b_dir) = (tmp.path().join("cpu-node"), tmp.path().join("gpu-node"));
+    if import_demo(&a_dir, "demo").is_none() {
+        return;
+    }
+    import_demo(&b_dir, "demo").unwrap();
+    let a = Member::start(
+        tmp.path(),
+        "cpu-node",
+        &key,
+        None,
+        "",
+        &["--devices", "cpu"],
+    );
+    let b = Member::start(
+        tmp.path(),
+        "gpu-node",
+        &key,
+        Some(&a.p2p),
+        "",
+        &["--devices", "sim:0=1GiB,cpu"],
+    );
+    // A sees B's GPU in its pool view.
+    let start = Instant::now();
+    loop {
+        let v = a.node.get_json("/v1/pool");
+        let sees_gpu = v["peers"].as_array().unwrap().iter().any(|p| {
+            p["name"] == "gpu-node"
+                && p["status"]["devices"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|d| d["name"] == "sim:0")
+        });
+        if sees_gpu {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "pool view: {v:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (status, served, body) = chat(&a.node, "demo");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(served, "gpu-node", "served by the node with GPU room");
+    let h = health(&b.node);
+    assert_eq!(model_state(&h, "demo")["device"], "sim:0", "{h:#}");
+    // The CPU-only node loaded nothing.
+    let h = health(&a.node);
+    assert_eq!(model_state(&h, "demo")["state"], "on_disk", "{h:#}");
+}
