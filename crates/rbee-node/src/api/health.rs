@@ -85,15 +85,19 @@ pub async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
 
 /// `GET /v1/pool`: this node and every peer in its view.
 pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
+    Json(pool_view(&ctx).await).into_response()
+}
+
+/// The body of `GET /v1/pool` (and of each `GET /v1/pool/events` event).
+pub(crate) async fn pool_view(ctx: &NodeContext) -> Value {
     let status = ctx.status.lock().ok().and_then(|s| s.clone());
     let Some(net) = &ctx.net else {
-        return Json(json!({
+        return json!({
             "pool": null,
             "node": {"name": ctx.name, "peer_id": null, "listen_addrs": [], "status": status},
             "peers": [],
             "message": "this node runs alone: start it with --pool-key (make one with `rbee-node pool new`)",
-        }))
-        .into_response();
+        });
     };
     let listen: Vec<String> = net
         .listen_addrs()
@@ -103,12 +107,11 @@ pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
         .map(|a| format!("{a}/p2p/{}", net.local_peer_id()))
         .collect();
     let peers: Vec<_> = net.peers().iter().map(PeerSummary::of).collect();
-    Json(json!({
+    json!({
         "pool": ctx.pool,
         "node": {"name": ctx.name, "peer_id": net.local_peer_id().to_string(), "listen_addrs": listen, "status": status},
         "peers": peers,
-    }))
-    .into_response()
+    })
 }
 
 /// The JSON shape of a peer for `GET /v1/pool` and `rbee-node peers`.

@@ -1,0 +1,226 @@
+"""Drives the dashboard in Debian's chromium with Playwright (run by tests/tests/dashboard.rs).
+
+usage: dashboard.py pool <url> <screenshot dir>   (the Rust side answers WANT lines on stdin)
+       dashboard.py token <url> <token> <screenshot dir>
+
+Prints METRIC lines the Rust test reports; exits non-zero (with the reason) on any failure,
+a browser console error included.
+"""
+
+import sys
+import time
+
+from playwright.sync_api import expect, sync_playwright
+
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+def say(*parts):
+    print(*parts, flush=True)
+
+
+def ask(what):
+    """Asks the Rust side to do something to the pool; returns its answer line."""
+    say("WANT", what)
+    line = sys.stdin.readline().strip()
+    if not line.startswith("DONE"):
+        raise SystemExit(f"the test harness answered {line!r} to {what}")
+    return line
+
+
+class Console:
+    """Collects console errors and uncaught page errors; `allowed` filters expected ones."""
+
+    def __init__(self, page):
+        self.errors = []
+        self.allowed = []
+        page.on("console", lambda m: m.type == "error" and self.errors.append(m.text))
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def check(self):
+        bad = [e for e in self.errors if not any(a in e for a in self.allowed)]
+        if bad:
+            raise SystemExit(f"browser console errors: {bad}")
+
+
+def open_browser(p):
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    return browser, page
+
+
+def node_rows(page):
+    return page.locator("#nodes tbody tr")
+
+
+def page_metrics(page):
+    """Bytes the page transferred (the document and every resource) and its first paint."""
+    m = page.evaluate(
+        """() => {
+        const nav = performance.getEntriesByType('navigation')[0];
+        const res = performance.getEntriesByType('resource')
+            .filter(r => !r.name.includes('/v1/') && !r.name.endsWith('/health'));
+        const paint = performance.getEntriesByType('paint').find(p => p.name === 'first-contentful-paint')
+            || performance.getEntriesByType('paint')[0];
+        return {
+            transfer: nav.transferSize + res.reduce((s, r) => s + r.transferSize, 0),
+            decoded: nav.decodedBodySize + res.reduce((s, r) => s + r.decodedBodySize, 0),
+            files: 1 + res.length,
+            paint: paint ? paint.startTime : null,
+        };
+    }"""
+    )
+    say("METRIC page_transfer_bytes", m["transfer"])
+    say("METRIC page_decoded_bytes", m["decoded"])
+    say("METRIC page_files", m["files"])
+    say("METRIC first_contentful_paint_ms", round(m["paint"], 1))
+    if m["paint"] is None:
+        raise SystemExit("no paint timing recorded")
+
+
+def pool(url, shots):
+    with sync_playwright() as p:
+        browser, page = open_browser(p)
+        console = Console(page)
+        started = time.monotonic()
+        page.goto(url + "/")
+        # Three nodes within 3 s of opening the page.
+        expect(node_rows(page)).to_have_count(3, timeout=3000)
+        say("METRIC three_nodes_shown_ms", round((time.monotonic() - started) * 1000))
+        page_metrics(page)
+        for name in ["node-a", "node-b", "node-c"]:
+            expect(page.locator(f'#nodes tr[data-node="{name}"]')).to_be_visible()
+        # The memory meters and the device name are drawn from each node's status.
+        expect(page.locator('#nodes tr[data-node="node-a"] meter')).to_have_count(1, timeout=3000)
+        page.screenshot(path=f"{shots}/pool.png", full_page=True)
+
+        # A fourth node joins; then one is killed.
+        ask("join node-d")
+        t = time.monotonic()
+        expect(page.locator('#nodes tr[data-node="node-d"]')).to_be_visible(timeout=5000)
+        say("METRIC join_shown_ms", round((time.monotonic() - t) * 1000))
+        expect(node_rows(page)).to_have_count(4)
+        ask("kill node-b")
+        t = time.monotonic()
+        expect(page.locator('#nodes tr[data-node="node-b"]')).to_have_count(0, timeout=5000)
+        say("METRIC leave_shown_ms", round((time.monotonic() - t) * 1000))
+        expect(node_rows(page)).to_have_count(3)
+
+        # Keyboard: the views are links in the nav, reachable with Tab and Enter.
+        page.locator('nav a[href="#Models"]').focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#models-h")).to_be_visible()
+        # The demo model is held by node-a only; pull it here (node-c) from the pool.
+        row = page.locator('#models tr[data-model="demo"]')
+        expect(row).to_contain_text("node-a", timeout=5000)
+        page.get_by_label("Pull a model").fill("demo")
+        page.get_by_role("button", name="Pull", exact=True).click()
+        job = page.locator('li.job[data-job="model_pull"]')
+        expect(job).to_be_visible(timeout=5000)
+        expect(job.locator("progress")).to_be_visible(timeout=60000)
+        expect(job.locator(".state")).to_have_text("done", timeout=120000)
+        text = job.inner_text()
+        say("METRIC pull_job_text", " ".join(text.split()))
+        if "from node-a" not in text or "253" not in text:
+            raise SystemExit(f"the pull shows no progress from the peer: {text!r}")
+        expect(row).to_contain_text("node-a, node-c", timeout=5000)
+        page.screenshot(path=f"{shots}/models.png", full_page=True)
+
+        # Chat: streamed tokens, the serving node, tokens/s and TTFT.
+        page.locator('nav a[href="#Chat"]').click()
+        page.get_by_label("Model").select_option("demo")
+        page.get_by_label("System prompt").fill("You answer briefly.")
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Max tokens").fill("24")
+        page.get_by_label("Message").fill("Name three colours.")
+        page.evaluate(
+            """() => {
+            window.__updates = 0;
+            new MutationObserver(() => window.__updates++).observe(
+                document.querySelector('.messages'), {subtree: true, characterData: true, childList: true});
+        }"""
+        )
+        page.get_by_role("button", name="Send").click()
+        served = page.locator(".msg.assistant .served-by")
+        expect(served).to_be_visible(timeout=120000)
+        node = served.inner_text()
+        updates = page.evaluate("window.__updates")
+        reply = page.locator(".msg.assistant .text").inner_text()
+        stats = page.locator(".msg.assistant .served").inner_text()
+        say("METRIC chat_served_by", node)
+        say("METRIC chat_stats", stats)
+        say("METRIC chat_dom_updates", updates)
+        if node not in ("node-a", "node-c"):
+            raise SystemExit(f"the chat names {node!r} as the serving node")
+        if not reply.strip() or updates < 4:
+            raise SystemExit(f"the reply did not stream ({updates} updates): {reply!r}")
+        if "TTFT" not in stats or "tok/s" not in stats or "TTFT –" in stats:
+            raise SystemExit(f"no TTFT or tokens/s shown: {stats!r}")
+        page.screenshot(path=f"{shots}/chat.png", full_page=True)
+
+        # Activity: the chat request, with its model and node.
+        page.locator('nav a[href="#Activity"]').click()
+        req = page.locator("#requests tbody tr", has_text="/v1/chat/completions")
+        expect(req.first).to_contain_text("demo", timeout=5000)
+        expect(req.first).to_contain_text(node)
+        expect(page.locator("figure.chart")).to_have_count(2)
+        page.screenshot(path=f"{shots}/activity.png", full_page=True)
+
+        # Phone width and dark mode render without overflowing the page.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.emulate_media(color_scheme="dark")
+        page.locator('nav a[href="#Pool"]').click()
+        expect(node_rows(page)).to_have_count(3)
+        wide = page.evaluate("document.documentElement.scrollWidth > window.innerWidth + 1")
+        if wide:
+            raise SystemExit("the page scrolls sideways at phone width")
+        page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
+        console.check()
+        browser.close()
+
+
+def token(url, secret, shots):
+    with sync_playwright() as p:
+        browser, page = open_browser(p)
+        console = Console(page)
+        # The page loads without the token, tries the API, is refused: those 401s are expected.
+        console.allowed.append("401 (Unauthorized)")
+        page.goto(url + "/")
+        field = page.get_by_role("textbox", name="API token")
+        expect(field).to_be_visible(timeout=3000)
+        status = page.evaluate("fetch('/v1/pool').then(r => r.status)")
+        if status != 401:
+            raise SystemExit(f"GET /v1/pool without the token answered {status}")
+        page.screenshot(path=f"{shots}/login.png", full_page=True)
+        field.fill("not-the-token")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_contain_text("refused", timeout=3000)
+        field.fill(secret)
+        page.get_by_role("button", name="Sign in").click()
+        expect(node_rows(page)).to_have_count(1, timeout=3000)
+        stored = page.evaluate("sessionStorage.getItem('rbee-token')")
+        if stored != secret:
+            raise SystemExit("the token is not kept in sessionStorage")
+        urls = page.evaluate("performance.getEntriesByType('resource').map(r => r.name)")
+        if any(secret in u for u in urls):
+            raise SystemExit(f"the token appeared in a URL: {urls}")
+        console.check()
+        browser.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "pool":
+        pool(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "token":
+        token(sys.argv[2], sys.argv[3], sys.argv[4])
+    else:
+        raise SystemExit(__doc__)

@@ -1,0 +1,243 @@
+//! The dashboard in a real browser (Debian's chromium, driven by Playwright for Python:
+//! `tests/python/dashboard.py`) against real node processes on loopback: three nodes shown
+//! within 3 s, a fourth joining and a killed one leaving, a pull from a peer started from the
+//! page with its progress, a streamed chat naming the serving node, and, with a token set, the
+//! login field and the APIs refusing without it. Screenshots go to
+//! `target/dashboard-screenshots/`; the page's transfer size and first paint are printed.
+//! `GET /` answers non-browsers as Ollama does.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key, test_python, workspace_root};
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// The python with Playwright, and chromium; None (skipped, said why) without them, except
+/// in CI, where `scripts/test` installs both.
+fn browser() -> Option<std::ffi::OsString> {
+    let python = test_python()?;
+    if !Path::new(CHROMIUM).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "no {CHROMIUM} in CI: scripts/test runs scripts/install-chromium"
+        );
+        eprintln!("SKIPPED: no {CHROMIUM} (scripts/install-chromium installs it)");
+        return None;
+    }
+    Some(python)
+}
+
+fn screenshots() -> PathBuf {
+    let dir = workspace_root().join("target/dashboard-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn script() -> PathBuf {
+    workspace_root().join("tests/python/dashboard.py")
+}
+
+#[test]
+fn get_root_answers_ollama_clients_as_ollama_does_and_browsers_with_the_page() {
+    let tmp = tempfile::tempdir().unwrap();
+    let node = NodeProcess::start(&tmp.path().join("data"), &["--api-token", "s3cret"]);
+    // A client that does not ask for HTML (Ollama's clients, curl), without the token.
+    let mut resp = http().get(&node.url("/")).call().unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    assert_eq!(
+        resp.body_mut().read_to_string().unwrap(),
+        "Ollama is running"
+    );
+    // A browser gets the page, which names its hashed assets; they are served gzipped when
+    // asked, cached for good, and need no token (they carry no data).
+    let mut resp = http()
+        .get(&node.url("/"))
+        .header("Accept", "text/html,application/xhtml+xml,*/*;q=0.8")
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let page = resp.body_mut().read_to_string().unwrap();
+    assert!(page.contains("<title>rbee</title>"), "{page}");
+    let script = page
+        .split("src=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    assert!(
+        script.starts_with("/assets/app-") && script.ends_with(".js"),
+        "{script}"
+    );
+    // Raw HTTP: the client library would unpack the gzip and hide the header.
+    let head = raw_get(&node, &script, "Accept-Encoding: gzip, deflate, br\r\n");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    assert!(head.contains("immutable"), "{head}");
+    assert!(head.contains("content-type: text/javascript"), "{head}");
+    let head = raw_get(&node, &script, "");
+    assert!(!head.contains("content-encoding"), "{head}");
+    assert_eq!(
+        http()
+            .get(&node.url("/assets/app-nope.js"))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16(),
+        404
+    );
+    // Every data route the page uses still needs the token.
+    for path in [
+        "/v1/pool",
+        "/v1/pool/events",
+        "/v1/activity",
+        "/v1/jobs",
+        "/v1/models",
+    ] {
+        let status = http()
+            .get(&node.url(path))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16();
+        assert_eq!(status, 401, "{path}");
+    }
+}
+
+/// The status line and headers of `GET path` with `extra` request headers, lower-cased.
+fn raw_get(node: &NodeProcess, path: &str, extra: &str) -> String {
+    use std::io::Read;
+    let addr = node.base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    String::from_utf8_lossy(&bytes[..end]).to_lowercase()
+}
+
+/// Runs the pool scenario, answering the script's WANT lines; returns its METRIC lines.
+fn drive(python: &std::ffi::OsStr, url: &str, mut on_want: impl FnMut(&str)) -> Vec<String> {
+    let mut child = Command::new(python)
+        .arg(script())
+        .args(["pool", url])
+        .arg(screenshots())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut metrics = Vec::new();
+    for line in stdout.lines() {
+        let line = line.unwrap();
+        eprintln!("dashboard.py: {line}");
+        if let Some(want) = line.strip_prefix("WANT ") {
+            on_want(want);
+            writeln!(stdin, "DONE {want}").unwrap();
+            stdin.flush().unwrap();
+        } else if line.starts_with("METRIC ") {
+            metrics.push(line);
+        }
+    }
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "dashboard.py failed ({status}); see its output above"
+    );
+    metrics
+}
+
+#[test]
+fn the_page_shows_the_pool_live_pulls_chats_and_lists_the_activity() {
+    let Some(python) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let a = Member::start(tmp.path(), "node-a", &key, None, "", &[]);
+    if import_demo(&a.data, "demo").is_none() {
+        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set");
+        return;
+    }
+    let mut b = Some(Member::start(
+        tmp.path(),
+        "node-b",
+        &key,
+        Some(&a.p2p),
+        "",
+        &[],
+    ));
+    let c = Member::start(tmp.path(), "node-c", &key, Some(&a.p2p), "", &[]);
+    // The page opens once node-c sees both peers (the 3 s are the page's, not the pool's).
+    let formed = Instant::now();
+    while c.node.get_json("/v1/pool")["peers"]
+        .as_array()
+        .unwrap()
+        .len()
+        < 2
+    {
+        assert!(
+            formed.elapsed() < Duration::from_secs(30),
+            "{}",
+            c.node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut d = None;
+    let metrics = drive(&python, &c.node.base, |want| match want {
+        "join node-d" => {
+            d = Some(Member::start(
+                tmp.path(),
+                "node-d",
+                &key,
+                Some(&a.p2p),
+                "",
+                &[],
+            ));
+        }
+        "kill node-b" => drop(b.take()),
+        other => panic!("dashboard.py asked for {other}"),
+    });
+    drop(d);
+    for m in &metrics {
+        eprintln!("{m}");
+    }
+    assert!(
+        metrics
+            .iter()
+            .any(|m| m.starts_with("METRIC first_contentful_paint_ms"))
+    );
+}
+
+#[test]
+fn with_a_token_the_page_asks_for_it_and_the_apis_refuse_without_it() {
+    let Some(python) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = "dashboard-test-token-1";
+    let node = NodeProcess::start(&tmp.path().join("data"), &["--api-token", secret]);
+    let out = Command::new(&python)
+        .arg(script())
+        .args(["token", &node.base, secret])
+        .arg(screenshots())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dashboard.py token failed:\n{}\n{}\nnode log:\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        node.log_text()
+    );
+}
