@@ -137,7 +137,7 @@ def pool(url, shots):
 
         # Chat: streamed tokens, the serving node, tokens/s and TTFT.
         page.locator('nav a[href="#Chat"]').click()
-        page.get_by_label("Model").select_option("demo")
+        page.get_by_label("Model", exact=True).select_option("demo")
         page.get_by_label("System prompt").fill("You answer briefly.")
         page.get_by_label("Temperature").fill("0")
         page.get_by_label("Max tokens").fill("24")
@@ -165,6 +165,11 @@ def pool(url, shots):
             raise SystemExit(f"the reply did not stream ({updates} updates): {reply!r}")
         if "TTFT" not in stats or "tok/s" not in stats or "TTFT –" in stats:
             raise SystemExit(f"no TTFT or tokens/s shown: {stats!r}")
+        # Embeddings get their own panel because node-c holds an embedding model.
+        page.get_by_label("Embedding model").select_option("minilm")
+        page.get_by_label("Text to embed").fill("a home-lab pool")
+        page.get_by_role("button", name="Embed").click()
+        expect(page.locator(".embed-result")).to_contain_text("384 dimensions from node-c", timeout=60000)
         page.screenshot(path=f"{shots}/chat.png", full_page=True)
 
         # Activity: the chat request, with its model and node.
@@ -180,9 +185,16 @@ def pool(url, shots):
         page.emulate_media(color_scheme="dark")
         page.locator('nav a[href="#Pool"]').click()
         expect(node_rows(page)).to_have_count(3)
-        wide = page.evaluate("document.documentElement.scrollWidth > window.innerWidth + 1")
+        page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
+        wide = page.evaluate(
+            """() => document.documentElement.scrollWidth <= innerWidth + 1 ? null
+            : [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > innerWidth + 1
+                    && !e.closest('.scroll'))
+                .slice(0, 5).map(e => e.outerHTML.slice(0, 120))"""
+        )
         if wide:
-            raise SystemExit("the page scrolls sideways at phone width")
+            raise SystemExit(f"the page scrolls sideways at phone width: {wide}")
         page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
         console.check()
         browser.close()

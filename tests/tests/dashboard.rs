@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key, test_python, workspace_root};
+use rbee_tests::{
+    Member, NodeProcess, http, import_demo, import_embed, pool_key, test_python, workspace_root,
+};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -180,6 +182,10 @@ fn the_page_shows_the_pool_live_pulls_chats_and_lists_the_activity() {
         &[],
     ));
     let c = Member::start(tmp.path(), "node-c", &key, Some(&a.p2p), "", &[]);
+    if import_embed(&c.data, "minilm").is_none() {
+        eprintln!("SKIPPED: RBEE_EMBED_MODEL not set");
+        return;
+    }
     // The page opens once node-c sees both peers (the 3 s are the page's, not the pool's).
     let formed = Instant::now();
     while c.node.get_json("/v1/pool")["peers"]

@@ -228,8 +228,52 @@ function ModelsView({ pool, onAuth }) {
   </section>`;
 }
 
+// Embeddings, shown when a model of this node embeds: the vector's length, its first values,
+// and the node that made it.
+function EmbedPanel({ models, onAuth }) {
+  const [model, setModel] = useState(models[0]);
+  const [text, setText] = useState("");
+  const [out, setOut] = useState(null);
+  const [error, setError] = useState(null);
+  async function embed(e) {
+    e.preventDefault();
+    if (!text.trim()) return;
+    setError(null);
+    const started = performance.now();
+    try {
+      const resp = await fetch("/v1/embeddings", {
+        method: "POST",
+        headers: { "Content-Type": "application/json", ...(token.get() ? { Authorization: `Bearer ${token.get()}` } : {}) },
+        body: JSON.stringify({ model, input: text }),
+      });
+      const body = await resp.json();
+      if (resp.status === 401) return onAuth();
+      if (!resp.ok) throw new Error(body?.error?.message || resp.statusText);
+      const v = body.data[0].embedding;
+      setOut({ dims: v.length, head: v.slice(0, 6), node: resp.headers.get("x-rbee-node"), ms: performance.now() - started, tokens: body.usage?.prompt_tokens });
+    } catch (err) {
+      setError(err.message);
+    }
+  }
+  return html`<section aria-labelledby="embed-h" class="embed">
+    <h3 id="embed-h">Embeddings</h3>
+    <form class="row" onSubmit=${embed}>
+      <label for="embed-model">Embedding model</label>
+      <select id="embed-model" value=${model} onChange=${(e) => setModel(e.target.value)}>
+        ${models.map((m) => html`<option value=${m}>${m}</option>`)}
+      </select>
+      <label for="embed-text">Text to embed</label>
+      <input id="embed-text" value=${text} onInput=${(e) => setText(e.target.value)} />
+      <button type="submit">Embed</button>
+    </form>
+    ${error && html`<p class="error" role="alert">${error}</p>`}
+    ${out && html`<p class="embed-result"><strong>${out.dims} dimensions</strong> from <strong>${out.node}</strong> in ${fmt.ms(out.ms)} (${out.tokens} tokens): [${out.head.map((x) => x.toFixed(4)).join(", ")}, …]</p>`}
+  </section>`;
+}
+
 function ChatView({ pool, onAuth }) {
   const [models, setModels] = useState([]);
+  const [embedders, setEmbedders] = useState([]);
   const [model, setModel] = useState("");
   const [system, setSystem] = useState("");
   const [temperature, setTemperature] = useState("0.7");
@@ -244,8 +288,10 @@ function ChatView({ pool, onAuth }) {
     call("/v1/models")
       .then((r) => {
         const local = r.data.filter((m) => (m.capabilities || ["completion"]).includes("completion")).map((m) => m.id);
+        setEmbedders(r.data.filter((m) => (m.capabilities || []).includes("embedding")).map((m) => m.id));
+        const embedOnly = new Set(r.data.filter((m) => !(m.capabilities || ["completion"]).includes("completion")).map((m) => m.content_id));
         const pooled = [];
-        for (const n of nodes) for (const m of n.status?.on_disk || []) pooled.push(m.names[0]);
+        for (const n of nodes) for (const m of n.status?.on_disk || []) if (!embedOnly.has(m.content_id)) pooled.push(m.names[0]);
         const all = [...new Set([...local, ...pooled])];
         setModels(all);
         setModel((cur) => cur || all[0] || "");
@@ -344,6 +390,7 @@ function ChatView({ pool, onAuth }) {
       <button type="submit" disabled=${busy || !model}>Send</button>
       <button type="button" onClick=${() => abort.current?.abort()} disabled=${!busy}>Stop</button>
     </form>
+    ${embedders.length > 0 && html`<${EmbedPanel} models=${embedders} onAuth=${onAuth} />`}
   </section>`;
 }
 
@@ -384,8 +431,8 @@ function ActivityView({ onAuth }) {
   const failedJobs = jobs.filter((j) => j.state === "failed");
   const row = (r) => html`<tr>
     <td>${new Date(r.at_ms).toLocaleTimeString()}</td><td>${r.route}</td><td>${r.model || "–"}</td><td>${r.node || "–"}</td>
-    <td>${r.completion_tokens ?? "–"}</td><td>${fmt.ms(r.duration_ms)}</td><td>${r.status}</td></tr>`;
-  const head = html`<thead><tr><th scope="col">Time</th><th scope="col">Route</th><th scope="col">Model</th><th scope="col">Node</th><th scope="col">Tokens</th><th scope="col">Duration</th><th scope="col">Status</th></tr></thead>`;
+    <td>${r.completion_tokens ?? "–"}</td><td>${fmt.ms(r.first_byte_ms)}</td><td>${fmt.ms(r.duration_ms)}</td><td>${r.status}</td></tr>`;
+  const head = html`<thead><tr><th scope="col">Time</th><th scope="col">Route</th><th scope="col">Model</th><th scope="col">Node</th><th scope="col">Tokens</th><th scope="col">First byte</th><th scope="col">Duration</th><th scope="col">Status</th></tr></thead>`;
   return html`<section aria-labelledby="act-h">
     <h2 id="act-h">Activity <small>this node</small></h2>
     ${error && html`<p class="error" role="alert">${error}</p>`}
@@ -460,4 +507,6 @@ function App() {
   return html`<${Dashboard} key=${session} onAuth=${() => setNeedsToken(true)} />`;
 }
 
-render(html`<${App} />`, document.getElementById("app"));
+const root = document.getElementById("app");
+root.textContent = ""; // the "Loading…" line shown until the script runs
+render(html`<${App} />`, root);
