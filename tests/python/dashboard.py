@@ -180,6 +180,12 @@ def pool(url, shots):
         expect(page.locator("figure.chart")).to_have_count(2)
         page.screenshot(path=f"{shots}/activity.png", full_page=True)
 
+        # The pool after the chat: node-c has the demo model loaded (README's screenshot).
+        page.locator('nav a[href="#Pool"]').click()
+        expect(page.locator('#nodes tr[data-node="node-c"]')).to_contain_text("demo: 0/", timeout=5000)
+        page.screenshot(path=f"{shots}/pool-loaded.png")
+        page.locator('nav a[href="#Activity"]').click()
+
         # Phone width and dark mode render without overflowing the page.
         page.set_viewport_size({"width": 390, "height": 844})
         page.emulate_media(color_scheme="dark")
