@@ -133,6 +133,9 @@ def pool(url, shots):
         if "from node-a" not in text or "253" not in text:
             raise SystemExit(f"the pull shows no progress from the peer: {text!r}")
         expect(row).to_contain_text("node-a, node-c", timeout=5000)
+        # Now held here too: its headers' architecture and quantization show.
+        expect(row).to_contain_text("gemma3")
+        expect(row).to_contain_text("Q4_K_M")
         page.screenshot(path=f"{shots}/models.png", full_page=True)
 
         # Chat: streamed tokens, the serving node, tokens/s and TTFT.

@@ -13,7 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rbee_tests::{
-    Member, NodeProcess, http, import_demo, import_embed, pool_key, test_python, workspace_root,
+    Member, NodeProcess, http, import_demo, import_embed, pool_key, run_python_clients,
+    test_python, workspace_root,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -229,21 +230,18 @@ fn the_page_shows_the_pool_live_pulls_chats_and_lists_the_activity() {
 
 #[test]
 fn with_a_token_the_page_asks_for_it_and_the_apis_refuse_without_it() {
-    let Some(python) = browser() else { return };
+    if browser().is_none() {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let secret = "dashboard-test-token-1";
     let node = NodeProcess::start(&tmp.path().join("data"), &["--api-token", secret]);
-    let out = Command::new(&python)
-        .arg(script())
-        .args(["token", &node.base, secret])
-        .arg(screenshots())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "dashboard.py token failed:\n{}\n{}\nnode log:\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        node.log_text()
-    );
+    let shots = screenshots();
+    let args = [
+        "token".as_ref(),
+        node.base.as_ref(),
+        secret.as_ref(),
+        shots.as_os_str(),
+    ];
+    run_python_clients("dashboard.py", &args, &node);
 }

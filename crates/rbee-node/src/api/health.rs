@@ -26,7 +26,10 @@ pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
                 .and_then(|w| w.models.iter().find(|(mid, _, _)| *mid == id))
                 .map(|(_, _, s)| serde_json::to_value(s).unwrap_or(Value::Null))
                 .unwrap_or_else(|| json!({"state": "on_disk"}));
-            models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(), "status": state}));
+            let meta = &r.manifest.metadata;
+            models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(),
+                "architecture": meta.architecture, "quantization": meta.quantization,
+                "parameter_count": meta.parameter_count, "status": state}));
         }
         // A damaged model is shown as such; it does not make the node unhealthy.
         let store = ctx.store.clone();

@@ -90,6 +90,11 @@ export const fmt = {
     if (n == null) return "–";
     return n < 1000 ? `${Math.round(n)} ms` : `${(n / 1000).toFixed(1)} s`;
   },
+  count(n) {
+    if (n >= 1e9) return `${(n / 1e9).toFixed(1)} B`;
+    if (n >= 1e6) return `${Math.round(n / 1e6)} M`;
+    return String(n);
+  },
   rate(n) {
     return n == null ? "–" : `${n.toFixed(1)} tok/s`;
   },

@@ -170,9 +170,11 @@ function ModelsView({ pool, onAuth }) {
   const [ref, setRef] = useState("");
   const [error, setError] = useState(null);
   const { jobs, start, cancel } = useJobs();
+  // Architecture, quantization and parameters come from this node's catalog (the pool's
+  // statuses carry names and sizes only): shown for the models this node holds.
   const refresh = () =>
-    call("/v1/models")
-      .then((r) => setLocal(r.data))
+    call("/health")
+      .then((r) => setLocal(r.models))
       .catch((e) => (e instanceof AuthError ? onAuth() : setError(e.message)));
   useEffect(() => {
     refresh();
@@ -207,13 +209,15 @@ function ModelsView({ pool, onAuth }) {
     ${error && html`<p class="error" role="alert">${error}</p>`}
     ${jobs.length > 0 && html`<h3>Jobs on this node</h3><ul class="jobs">${jobs.map((j) => html`<${JobRow} job=${j} cancel=${cancel} key=${j.id} />`)}</ul>`}
     <div class="scroll"><table id="models">
-      <thead><tr><th scope="col">Model</th><th scope="col">Architecture</th><th scope="col">Size</th><th scope="col">Held by</th><th scope="col">Loaded on</th><th scope="col">Actions (this node)</th></tr></thead>
+      <thead><tr><th scope="col">Model</th><th scope="col">Architecture</th><th scope="col">Quantization</th><th scope="col">Parameters</th><th scope="col">Size</th><th scope="col">Held by</th><th scope="col">Loaded on</th><th scope="col">Actions (this node)</th></tr></thead>
       <tbody>${[...models.values()].map((m) => {
         const here = m.holders.includes(selfName);
         const name = m.names[0];
         return html`<tr data-model=${name} key=${m.id}>
           <th scope="row">${name}${m.names.length > 1 ? html`<br /><small>${m.names.slice(1).join(", ")}</small>` : ""}<br /><small>${short(m.id)}${m.source ? ` · ${m.source}` : ""}</small></th>
           <td>${info(m.id)?.architecture || "–"}</td>
+          <td>${info(m.id)?.quantization || "–"}</td>
+          <td>${info(m.id)?.parameter_count ? fmt.count(info(m.id).parameter_count) : "–"}</td>
           <td>${fmt.bytes(m.size)}</td>
           <td>${m.holders.join(", ")}</td>
           <td>${m.loaded.join(", ") || "–"}</td>
