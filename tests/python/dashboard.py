@@ -7,6 +7,7 @@ Prints METRIC lines the Rust test reports; exits non-zero (with the reason) on a
 a browser console error included.
 """
 
+import re
 import sys
 import time
 
@@ -168,6 +169,19 @@ def pool(url, shots):
             raise SystemExit(f"the reply did not stream ({updates} updates): {reply!r}")
         if "TTFT" not in stats or "tok/s" not in stats or "TTFT –" in stats:
             raise SystemExit(f"no TTFT or tokens/s shown: {stats!r}")
+        # Stop ends a long answer at once and says so.
+        page.get_by_label("Max tokens").fill("2000")
+        page.get_by_label("Message").fill("Tell me a long story.")
+        page.get_by_role("button", name="Send").click()
+        last = page.locator(".msg.assistant").last
+        expect(last.locator(".text")).to_have_text(re.compile(r"\w\w"), timeout=60000)
+        page.get_by_role("button", name="Stop").click()
+        expect(last.locator(".served")).to_contain_text("stopped", timeout=5000)
+        stopped = last.locator(".served").inner_text()
+        say("METRIC chat_stopped", stopped)
+        if "TTFT –" in stopped or " 0 tokens" in stopped:
+            raise SystemExit(f"a stopped answer lost what it streamed: {stopped!r}")
+
         # Embeddings get their own panel because node-c holds an embedding model.
         page.get_by_label("Embedding model").select_option("minilm")
         page.get_by_label("Text to embed").fill("a home-lab pool")
@@ -187,7 +201,12 @@ def pool(url, shots):
         page.locator('nav a[href="#Pool"]').click()
         expect(page.locator('#nodes tr[data-node="node-c"]')).to_contain_text("demo: 0/", timeout=5000)
         page.screenshot(path=f"{shots}/pool-loaded.png")
-        page.locator('nav a[href="#Activity"]').click()
+
+        # Unload from the Models view: the pool view shows it gone from node-c.
+        page.locator('nav a[href="#Models"]').click()
+        row.get_by_role("button", name="Unload").click()
+        expect(page.locator('li.job[data-job="model_unload"] .state')).to_have_text("done", timeout=10000)
+        expect(row.locator("td").nth(5)).to_have_text("–", timeout=5000)
 
         # Phone width and dark mode render without overflowing the page.
         page.set_viewport_size({"width": 390, "height": 844})

@@ -27,9 +27,11 @@ pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
                 .map(|(_, _, s)| serde_json::to_value(s).unwrap_or(Value::Null))
                 .unwrap_or_else(|| json!({"state": "on_disk"}));
             let meta = &r.manifest.metadata;
-            models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(),
+            models.push(
+                json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(),
                 "architecture": meta.architecture, "quantization": meta.quantization,
-                "parameter_count": meta.parameter_count, "status": state}));
+                "parameter_count": meta.parameter_count, "status": state}),
+            );
         }
         // A damaged model is shown as such; it does not make the node unhealthy.
         let store = ctx.store.clone();
