@@ -2,6 +2,7 @@
 
 usage: dashboard.py pool <url> <screenshot dir>   (the Rust side answers WANT lines on stdin)
        dashboard.py token <url> <token> <screenshot dir>
+       dashboard.py cancel <url> <screenshot dir>   (a HuggingFace pull the hub holds mid-file)
 
 Prints METRIC lines the Rust test reports; exits non-zero (with the reason) on any failure,
 a browser console error included.
@@ -257,9 +258,33 @@ def token(url, secret, shots):
         browser.close()
 
 
+def cancel(url, shots):
+    with sync_playwright() as p:
+        browser, page = open_browser(p)
+        console = Console(page)
+        page.goto(url + "/#Models")
+        page.get_by_label("Pull a model").fill("org/slow")
+        page.get_by_role("button", name="Pull", exact=True).click()
+        job = page.locator('li.job[data-job="model_pull"]')
+        # The hub double stops sending after 64 KiB: the page shows the download under way,
+        # with the file's size.
+        expect(job.locator("progress")).to_be_visible(timeout=30000)
+        expect(job).to_contain_text("downloading")
+        expect(job).to_contain_text("B of 404 KB")
+        page.screenshot(path=f"{shots}/pull-progress.png", full_page=True)
+        job.get_by_role("button", name="Cancel").click()
+        expect(job.locator(".state")).to_have_text("failed", timeout=10000)
+        expect(job.get_by_role("alert")).to_contain_text("cancel")
+        say("METRIC cancelled_job_text", " ".join(job.inner_text().split()))
+        console.check()
+        browser.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "pool":
         pool(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "cancel":
+        cancel(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "token":
         token(sys.argv[2], sys.argv[3], sys.argv[4])
     else:

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use rbee_format::gguf::{GgmlType, GgufWriter};
+use rbee_tests::hub_double::{COMMIT_B, DoubleFile, HubDouble};
 use rbee_tests::{
     Member, NodeProcess, http, import_demo, import_embed, pool_key, run_python_clients,
     test_python, workspace_root,
@@ -244,4 +246,41 @@ fn with_a_token_the_page_asks_for_it_and_the_apis_refuse_without_it() {
         shots.as_os_str(),
     ];
     run_python_clients("dashboard.py", &args, &node);
+}
+
+#[test]
+fn a_hub_pull_from_the_page_shows_its_progress_and_is_cancelled() {
+    if browser().is_none() {
+        return;
+    }
+    let double = HubDouble::start();
+    let mut w = GgufWriter::tiny_model("qwen3");
+    let floats = 100_000usize;
+    let data: Vec<u8> = (0..floats * 4).map(|i| (i % 251) as u8).collect();
+    w.add_tensor("extra.weight", &[floats as u64], GgmlType::F32, data);
+    double.add(
+        "org/slow",
+        "main",
+        COMMIT_B,
+        vec![DoubleFile::lfs("slow-Q4_K_M.gguf", w.to_bytes().unwrap())],
+    );
+    let gate = double.pause_after("slow-Q4_K_M.gguf", 65_536);
+    let tmp = tempfile::tempdir().unwrap();
+    let hf_home = tmp.path().join("hf");
+    let node = NodeProcess::start(
+        &tmp.path().join("data"),
+        &[
+            "--hf-endpoint",
+            &double.endpoint,
+            "--hf-home",
+            hf_home.to_str().unwrap(),
+        ],
+    );
+    let shots = screenshots();
+    let args = ["cancel".as_ref(), node.base.as_ref(), shots.as_os_str()];
+    run_python_clients("dashboard.py", &args, &node);
+    gate.release();
+    // Cancelled: nothing was cataloged.
+    let models = node.get_json("/health")["models"].clone();
+    assert_eq!(models, serde_json::json!([]), "{models}");
 }

@@ -210,7 +210,8 @@ function ModelsView({ pool, onAuth }) {
     ${jobs.length > 0 && html`<h3>Jobs on this node</h3><ul class="jobs">${jobs.map((j) => html`<${JobRow} job=${j} cancel=${cancel} key=${j.id} />`)}</ul>`}
     <div class="scroll"><table id="models">
       <thead><tr><th scope="col">Model</th><th scope="col">Architecture</th><th scope="col">Quantization</th><th scope="col">Parameters</th><th scope="col">Size</th><th scope="col">Held by</th><th scope="col">Loaded on</th><th scope="col">Actions (this node)</th></tr></thead>
-      <tbody>${[...models.values()].map((m) => {
+      <tbody>${models.size === 0 && html`<tr><td colspan="8">No models in the pool yet: pull one above, or import one with <code>rbee-node models import</code>.</td></tr>`}
+      ${[...models.values()].map((m) => {
         const here = m.holders.includes(selfName);
         const name = m.names[0];
         return html`<tr data-model=${name} key=${m.id}>
