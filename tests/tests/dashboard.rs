@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use rbee_format::gguf::{GgmlType, GgufWriter};
 use rbee_tests::hub_double::{COMMIT_B, DoubleFile, HubDouble};
 use rbee_tests::{
-    Member, NodeProcess, http, import_demo, import_embed, pool_key, run_python_clients,
-    test_python, workspace_root,
+    Member, NodeProcess, http, import_demo, import_embed, import_model, pool_key,
+    run_python_clients, test_python, workspace_root,
 };
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -283,4 +283,82 @@ fn a_hub_pull_from_the_page_shows_its_progress_and_is_cancelled() {
     // Cancelled: nothing was cataloged.
     let models = node.get_json("/health")["models"].clone();
     assert_eq!(models, serde_json::json!([]), "{models}");
+}
+
+#[test]
+fn activity_lists_requests_with_node_tokens_and_errors_and_samples_the_history() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let model = workspace_root().join("crates/rbee-infer/tests/reference/tiny-qwen3.gguf");
+    import_model(&data, &model, "tiny");
+    let node = NodeProcess::start(&data, &["--name", "actnode"]);
+    let chat = |extra: serde_json::Value| {
+        let mut body = serde_json::json!({"model": "tiny", "max_tokens": 3, "seed": 1,
+            "messages": [{"role": "user", "content": "hi"}]});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let mut resp = http()
+            .post(&node.url("/v1/chat/completions"))
+            .send_json(body)
+            .unwrap();
+        let status = resp.status().as_u16();
+        let _ = resp.body_mut().read_to_string().unwrap();
+        status
+    };
+    assert_eq!(chat(serde_json::json!({})), 200);
+    assert_eq!(chat(serde_json::json!({"stream": true})), 200);
+    assert_eq!(
+        chat(serde_json::json!({"stream": true, "stream_options": {"include_usage": true}})),
+        200
+    );
+    assert_eq!(chat(serde_json::json!({"model": "no-such-model"})), 404);
+    // A GET is not a model request and is not listed.
+    let _ = node.get_json("/v1/models");
+    std::thread::sleep(Duration::from_millis(2500));
+    let a = node.get_json("/v1/activity");
+    let reqs = a["requests"].as_array().unwrap();
+    assert_eq!(reqs.len(), 4, "{a}");
+    // Newest first.
+    let (missing, with_usage, no_usage, plain) = (&reqs[0], &reqs[1], &reqs[2], &reqs[3]);
+    for r in [with_usage, no_usage, plain] {
+        assert_eq!(r["route"], "/v1/chat/completions", "{r}");
+        assert_eq!(r["model"], "tiny", "{r}");
+        assert_eq!(r["node"], "actnode", "{r}");
+        assert_eq!(r["status"], 200, "{r}");
+        assert!(r["error"].is_null(), "{r}");
+        assert!(r["first_byte_ms"].as_u64().unwrap() <= r["duration_ms"].as_u64().unwrap());
+    }
+    assert_eq!(plain["completion_tokens"], 3, "{plain}");
+    assert_eq!(with_usage["completion_tokens"], 3, "{with_usage}");
+    assert!(no_usage["completion_tokens"].is_null(), "{no_usage}");
+    assert_eq!(missing["status"], 404, "{missing}");
+    assert_eq!(missing["model"], "no-such-model", "{missing}");
+    let message = missing["error"].as_str().unwrap();
+    assert!(message.contains("no-such-model"), "{message}");
+    let errors = a["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{a}");
+    assert_eq!(errors[0]["status"], 404);
+    // The history has a sample with this node's memory budget.
+    let history = a["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{a}");
+    assert!(history[0]["budget_bytes"].as_u64().unwrap() > 0, "{a}");
+    // The pool stream sends the view at once, as GET /v1/pool answers it.
+    let addr = node.base.trim_start_matches("http://").to_string();
+    let mut s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET /v1/pool/events HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("\n\n")
+        || !String::from_utf8_lossy(&got).contains("event: pool")
+    {
+        use std::io::Read;
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("text/event-stream"), "{text}");
+    assert!(text.contains("\"name\":\"actnode\""), "{text}");
 }
