@@ -248,6 +248,8 @@ def token(url, secret, shots):
         field.fill(secret)
         page.get_by_role("button", name="Sign in").click()
         expect(node_rows(page)).to_have_count(1, timeout=3000)
+        # A node alone still shows its device and memory budget.
+        expect(page.locator("#nodes tbody tr meter")).to_have_count(1, timeout=3000)
         stored = page.evaluate("sessionStorage.getItem('rbee-token')")
         if stored != secret:
             raise SystemExit("the token is not kept in sessionStorage")

@@ -114,6 +114,14 @@ impl Activity {
         push(&mut self.rings().history, MAX_SAMPLES, s);
     }
 
+    /// Tokens/s of the latest history sample (0 before the first).
+    pub fn latest_rate(&self) -> f64 {
+        self.rings()
+            .history
+            .back()
+            .map_or(0.0, |s| s.tokens_per_sec)
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         let rings = self.rings();
         Snapshot {

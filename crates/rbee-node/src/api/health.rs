@@ -97,6 +97,17 @@ pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
 pub(crate) async fn pool_view(ctx: &NodeContext) -> Value {
     let status = ctx.status.lock().ok().and_then(|s| s.clone());
     let Some(net) = &ctx.net else {
+        // Alone, nothing publishes (and caches) a status: make one now, with the tokens/s of
+        // the latest history sample.
+        let status = match crate::peer::status::disk_models(ctx).await {
+            Ok(models) => {
+                let rate = ctx.activity.latest_rate() as f32;
+                crate::peer::status::local_status(ctx, rate, models)
+                    .await
+                    .ok()
+            }
+            Err(_) => None,
+        };
         return json!({
             "pool": null,
             "node": {"name": ctx.name, "peer_id": null, "listen_addrs": [], "status": status},
