@@ -355,6 +355,27 @@ mod tests {
     }
 
     #[test]
+    fn ages_and_round_trips_alone_are_not_a_change_of_the_pool() {
+        let view = |seen: u64, rtt: f64, tps: f64| {
+            serde_json::json!({"pool": "k", "peers": [{"name": "a", "last_seen_ms": seen,
+                "rtt_ms": rtt, "status": {"tokens_per_sec": tps}}]})
+        };
+        assert_eq!(
+            pool_fingerprint(&view(10, 0.3, 1.0)),
+            pool_fingerprint(&view(900, 0.5, 1.0))
+        );
+        assert_ne!(
+            pool_fingerprint(&view(10, 0.3, 1.0)),
+            pool_fingerprint(&view(10, 0.3, 2.0))
+        );
+        let fewer = serde_json::json!({"pool": "k", "peers": []});
+        assert_ne!(
+            pool_fingerprint(&view(10, 0.3, 1.0)),
+            pool_fingerprint(&fewer)
+        );
+    }
+
+    #[test]
     fn browsers_get_the_page_and_other_clients_ollamas_answer() {
         let mut h = HeaderMap::new();
         assert!(!wants_html(&h));
