@@ -29,7 +29,8 @@ async function failure(resp) {
   return new Error(message);
 }
 
-export async function call(path, { method = "GET", body, signal } = {}) {
+// A JSON call: its body and the response's headers (x-rbee-node names the serving node).
+export async function request(path, { method = "GET", body, signal } = {}) {
   const resp = await fetch(path, {
     method,
     signal,
@@ -37,8 +38,10 @@ export async function call(path, { method = "GET", body, signal } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!resp.ok) throw await failure(resp);
-  return resp.json();
+  return { body: await resp.json(), headers: resp.headers };
 }
+
+export const call = async (path, opts) => (await request(path, opts)).body;
 
 // Reads an SSE response; calls onEvent(name, data) for each event. Resolves when it ends.
 export async function readEvents(resp, onEvent) {

@@ -2,7 +2,7 @@
 import { h, render } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import htm from "htm";
-import { AuthError, call, fmt, stream, token } from "./api.js";
+import { AuthError, call, fmt, request, stream, token } from "./api.js";
 
 const html = htm.bind(h);
 const VIEWS = ["Pool", "Models", "Chat", "Activity"];
@@ -246,17 +246,11 @@ function EmbedPanel({ models, onAuth }) {
     setError(null);
     const started = performance.now();
     try {
-      const resp = await fetch("/v1/embeddings", {
-        method: "POST",
-        headers: { "Content-Type": "application/json", ...(token.get() ? { Authorization: `Bearer ${token.get()}` } : {}) },
-        body: JSON.stringify({ model, input: text }),
-      });
-      const body = await resp.json();
-      if (resp.status === 401) return onAuth();
-      if (!resp.ok) throw new Error(body?.error?.message || resp.statusText);
+      const { body, headers } = await request("/v1/embeddings", { method: "POST", body: { model, input: text } });
       const v = body.data[0].embedding;
-      setOut({ dims: v.length, head: v.slice(0, 6), node: resp.headers.get("x-rbee-node"), ms: performance.now() - started, tokens: body.usage?.prompt_tokens });
+      setOut({ dims: v.length, head: v.slice(0, 6), node: headers.get("x-rbee-node"), ms: performance.now() - started, tokens: body.usage?.prompt_tokens });
     } catch (err) {
+      if (err instanceof AuthError) return onAuth();
       setError(err.message);
     }
   }
