@@ -2,6 +2,7 @@
 //! with server-sent events, `/health` and `/metrics`. Every handler talks to the actors
 //! through their handles.
 
+mod dashboard;
 mod embeddings;
 mod guard;
 mod health;
@@ -28,6 +29,10 @@ use crate::error::NodeError;
 /// CORS preflights (when origins are configured), then the token and the body.
 pub fn router(node: Arc<NodeContext>) -> Router {
     let mut app = Router::new()
+        .route("/", get(dashboard::index))
+        .route("/assets/{file}", get(dashboard::asset))
+        .route("/v1/pool/events", get(dashboard::pool_events))
+        .route("/v1/activity", get(dashboard::activity))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(embeddings::openai))
@@ -51,6 +56,10 @@ pub fn router(node: Arc<NodeContext>) -> Router {
     }
     let mut app = app
         .fallback(not_found)
+        .layer(middleware::from_fn_with_state(
+            node.clone(),
+            dashboard::record,
+        ))
         .layer(middleware::from_fn_with_state(node.clone(), guard::admit));
     if let Some(cors) = node.http.cors() {
         app = app.layer(cors);

@@ -3,6 +3,7 @@
 //! [`run`] starts the supervision tree (see [`actors::supervisor`]) and serves the API until
 //! the shutdown future resolves; in-flight requests finish before it returns.
 
+pub mod activity;
 pub mod actors;
 mod api;
 pub mod config;
@@ -68,6 +69,8 @@ pub struct NodeContext {
     pub halt: tokio::sync::watch::Sender<bool>,
     /// What each model can do (generate, embed), from its headers.
     pub kinds: serve::ModelKinds,
+    /// Recent requests, errors and the tokens/s and memory history (the dashboard's).
+    pub activity: activity::Activity,
 }
 
 impl NodeContext {
@@ -230,6 +233,7 @@ pub async fn run(
         hub,
         http: api::HttpPolicy::new(&config, addr, &host_name()),
         halt: tokio::sync::watch::channel(false).0,
+        activity: Default::default(),
         config,
     });
     let sources = pull::Sources {
@@ -289,6 +293,14 @@ pub async fn run(
     }
 
     let mut background = Vec::new();
+    let (c, t) = (ctx.clone(), tasks.clone());
+    background.push(tokio::spawn(async move {
+        let _ = t
+            .supervise("activity sampler", None, move || {
+                activity::sample_history(c.clone())
+            })
+            .await;
+    }));
     if let Some(net) = net {
         // Each restarted after a panic (tasks.rs); aborted at shutdown.
         let (c, n, t) = (ctx.clone(), net.clone(), tasks.clone());

@@ -214,7 +214,9 @@ pub(crate) async fn admit(
 }
 
 async fn admit_request(policy: &HttpPolicy, req: Request) -> Result<Request, NodeError> {
-    if !policy.authorized(req.headers().get(header::AUTHORIZATION)) {
+    if !super::dashboard::is_public(req.method(), req.uri().path())
+        && !policy.authorized(req.headers().get(header::AUTHORIZATION))
+    {
         return Err(NodeError::Unauthorized);
     }
     if req.method() != Method::POST && req.method() != Method::PUT {

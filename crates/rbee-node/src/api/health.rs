@@ -33,7 +33,12 @@ pub async fn health(State(ctx): State<Arc<NodeContext>>) -> Response {
                     })
                 })
                 .unwrap_or_else(|| json!({"state": "on_disk"}));
-            models.push(json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(), "status": state}));
+            let meta = &r.manifest.metadata;
+            models.push(
+                json!({"name": r.entry.name, "content_id": id, "size": r.manifest.total_size(),
+                "architecture": meta.architecture, "quantization": meta.quantization,
+                "parameter_count": meta.parameter_count, "status": state}),
+            );
         }
         // A damaged model is shown as such; it does not make the node unhealthy.
         let store = ctx.store.clone();
@@ -110,15 +115,30 @@ pub async fn metrics(State(ctx): State<Arc<NodeContext>>) -> Response {
 
 /// `GET /v1/pool`: this node and every peer in its view.
 pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
+    Json(pool_view(&ctx).await).into_response()
+}
+
+/// The body of `GET /v1/pool` (and of each `GET /v1/pool/events` event).
+pub(crate) async fn pool_view(ctx: &NodeContext) -> Value {
     let status = ctx.status.lock().ok().and_then(|s| s.clone());
     let Some(net) = &ctx.net else {
-        return Json(json!({
+        // Alone, nothing publishes (and caches) a status: make one now, with the tokens/s of
+        // the latest history sample.
+        let status = match crate::peer::status::disk_models(ctx).await {
+            Ok(models) => {
+                let rate = ctx.activity.latest_rate() as f32;
+                crate::peer::status::local_status(ctx, rate, models)
+                    .await
+                    .ok()
+            }
+            Err(_) => None,
+        };
+        return json!({
             "pool": null,
             "node": {"name": ctx.name, "peer_id": null, "listen_addrs": [], "status": status},
             "peers": [],
             "message": "this node runs alone: start it with --pool-key (make one with `rbee-node pool new`)",
-        }))
-        .into_response();
+        });
     };
     let listen: Vec<String> = net
         .listen_addrs()
@@ -128,12 +148,11 @@ pub async fn pool(State(ctx): State<Arc<NodeContext>>) -> Response {
         .map(|a| format!("{a}/p2p/{}", net.local_peer_id()))
         .collect();
     let peers: Vec<_> = net.peers().iter().map(PeerSummary::of).collect();
-    Json(json!({
+    json!({
         "pool": ctx.pool,
         "node": {"name": ctx.name, "peer_id": net.local_peer_id().to_string(), "listen_addrs": listen, "status": status},
         "peers": peers,
-    }))
-    .into_response()
+    })
 }
 
 /// The JSON shape of a peer for `GET /v1/pool` and `rbee-node peers`.

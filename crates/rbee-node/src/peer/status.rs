@@ -37,7 +37,7 @@ fn source_ref(source: &ModelSource) -> Option<String> {
 }
 
 /// The models in this node's store, as the pool sees them.
-async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, NodeError> {
+pub(crate) async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, NodeError> {
     let records = ctx.catalog.list().await?;
     Ok(records
         .iter()
@@ -57,7 +57,7 @@ async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, NodeError> {
 }
 
 /// This node as its peers should see it.
-async fn local_status(
+pub(crate) async fn local_status(
     ctx: &NodeContext,
     tokens_per_sec: f32,
     on_disk: Vec<DiskModel>,
