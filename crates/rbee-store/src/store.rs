@@ -494,6 +494,21 @@ impl Store {
         })
     }
 
+    /// Removes one alias of a model (its name and other aliases stay); an alias it does not
+    /// have is `NotFound`.
+    pub fn unalias(&self, r: &ModelRef, alias: &str) -> Result<ModelRecord, StoreError> {
+        self.modify(r, |state, id| {
+            let e = state
+                .get_mut(&id)
+                .ok_or_else(|| StoreError::NotFound(alias.to_string()))?;
+            if !e.aliases.iter().any(|a| a == alias) {
+                return Err(StoreError::NotFound(alias.to_string()));
+            }
+            e.aliases.retain(|a| a != alias);
+            Ok(())
+        })
+    }
+
     /// Changes a model's primary name (the old one is gone).
     pub fn rename(&self, r: &ModelRef, new_name: &str) -> Result<ModelRecord, StoreError> {
         self.modify(r, |state, id| {

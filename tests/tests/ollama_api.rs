@@ -1,0 +1,179 @@
+//! Ollama's API on a real pool of two node processes serving the demo model (Gemma 3 270M):
+//! the official `ollama` Python client, unmodified (`tests/python/ollama_client.py`: pull from
+//! the peer with progress, list, show, chat streamed and not, generate, ps, copy, delete,
+//! keep_alive 0), and a replay of Home Assistant's Ollama integration's requests as raw JSON.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key};
+use serde_json::{Value, json};
+
+fn sees(node: &NodeProcess, peers: usize) {
+    let start = Instant::now();
+    while node.get_json("/v1/pool")["peers"].as_array().unwrap().len() < peers {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "pool did not form:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The statuses (with the models on disk) arrive a moment later.
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+/// POSTs `body`; the status and every NDJSON object of the answer (one for `stream: false`).
+fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Vec<Value>, String) {
+    let mut resp = http().post(&node.url(path)).send_json(body).unwrap();
+    let status = resp.status().as_u16();
+    let kind = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let text = resp.body_mut().read_to_string().unwrap();
+    let lines = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (status, lines, kind)
+}
+
+/// Home Assistant's conversation agent (`homeassistant/components/ollama`) calls
+/// `AsyncClient.chat(model, messages, tools, stream=True, keep_alive="-1s",
+/// options={"num_ctx": 8192}, think=…, format=…)`; the client drops unset fields. These are
+/// the bodies it sends.
+fn home_assistant(node: &NodeProcess, model: &str) {
+    let messages = json!([
+        {"role": "system", "content": "You are a voice assistant for Home Assistant.\nAnswer questions about the world truthfully.\nAnswer in plain text. Keep it simple and to the point.\nCurrent time is 18:04:11. Today's date is 2026-12-06."},
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"}
+    ]);
+    let body = json!({
+        "model": model,
+        "messages": messages,
+        "stream": true,
+        "keep_alive": "-1s",
+        "options": {"num_ctx": 8192, "num_predict": 16, "temperature": 0},
+    });
+    let (status, lines, kind) = post(node, "/api/chat", &body);
+    assert_eq!(status, 200, "{lines:?}\n{}", node.log_text());
+    assert_eq!(kind, "application/x-ndjson");
+    let (last, pieces) = lines.split_last().unwrap();
+    assert!(!pieces.is_empty(), "{lines:?}");
+    for p in pieces {
+        assert_eq!(p["done"], false, "{p}");
+        assert_eq!(p["message"]["role"], "assistant", "{p}");
+        assert!(p["message"]["content"].is_string(), "{p}");
+        assert_eq!(p["model"], model, "{p}");
+        assert!(p["created_at"].as_str().unwrap().ends_with('Z'), "{p}");
+    }
+    assert_eq!(last["done"], true, "{last}");
+    assert!(matches!(
+        last["done_reason"].as_str(),
+        Some("stop" | "length")
+    ));
+    for field in [
+        "total_duration",
+        "load_duration",
+        "prompt_eval_count",
+        "prompt_eval_duration",
+        "eval_count",
+        "eval_duration",
+    ] {
+        assert!(last[field].is_u64(), "{field}: {last}");
+    }
+    let answer: String = pieces
+        .iter()
+        .map(|p| p["message"]["content"].as_str().unwrap())
+        .collect();
+    assert!(!answer.trim().is_empty(), "{lines:?}");
+    // num_ctx 8192 is within this model's trained context: no clamp; keep_alive -1 keeps it.
+    let ps = node.get_json("/api/ps");
+    assert!(
+        ps["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == format!("{model}:latest")),
+        "{ps}"
+    );
+
+    // The tools branch flips these two to 200 (tool calls; a JSON answer to the schema).
+    // Until then each is refused with a 400 naming the field, never answered without it.
+    let mut with_tools = body.clone();
+    with_tools["tools"] = json!([{"type": "function", "function": {
+        "name": "HassTurnOn",
+        "description": "Turns on/opens/presses a device or entity",
+        "parameters": {"type": "object", "properties": {
+            "name": {"type": "string"}, "area": {"type": "string"},
+            "domain": {"type": "array", "items": {"type": "string", "enum": ["light", "switch"]}}},
+            "required": []}}}]);
+    let (status, lines, _) = post(node, "/api/chat", &with_tools);
+    assert_eq!(status, 400, "{lines:?}");
+    assert!(
+        lines[0]["error"].as_str().unwrap().contains("`tools`"),
+        "{lines:?}"
+    );
+    let mut with_format = body.clone();
+    with_format["stream"] = json!(false);
+    with_format["format"] = json!({"type": "object",
+        "properties": {"capital": {"type": "string"}}, "required": ["capital"]});
+    let (status, lines, _) = post(node, "/api/chat", &with_format);
+    assert_eq!(status, 400, "{lines:?}");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("response_format"),
+        "{lines:?}"
+    );
+
+    // Not streaming: one object.
+    let mut once = body.clone();
+    once["stream"] = json!(false);
+    let (status, lines, _) = post(node, "/api/chat", &once);
+    assert_eq!(status, 200, "{lines:?}");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert_eq!(lines[0]["message"]["content"], answer.as_str(), "{lines:?}");
+}
+
+#[test]
+fn the_ollama_client_and_home_assistant_get_well_formed_answers_from_a_pool() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    let a_data = tmp.path().join("a");
+    if import_demo(&a_data, "gemma").is_none() {
+        return;
+    }
+    let a = Member::start(tmp.path(), "a", &key, None, "", &[]);
+    let b = Member::start(tmp.path(), "b", &key, Some(&a.p2p), "", &[]);
+    sees(&b.node, 1);
+
+    // Errors are Ollama's shape.
+    let (status, lines, _) = post(
+        &b.node,
+        "/api/chat",
+        &json!({"model": "gemma", "messages": [{"role": "user", "content": "hi"}],
+            "options": {"mirostat": 2}}),
+    );
+    assert_eq!(status, 400, "{lines:?}");
+    assert!(
+        lines[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("options.mirostat"),
+        "{lines:?}"
+    );
+
+    let url = b.node.url("");
+    rbee_tests::run_python_clients(
+        "ollama_client.py",
+        &[url.as_ref(), "gemma".as_ref()],
+        &b.node,
+    );
+    // After the client's run (which needs the model to run on b, not on a's loaded copy).
+    home_assistant(&a.node, "gemma");
+}
