@@ -118,12 +118,47 @@ try:
 except ollama.ResponseError as e:
     assert e.status_code == 404, e
 
-# Presets are not built yet: refused by name.
+# A preset from Modelfile parts: its SYSTEM observably applies.
+system = "You are a pirate. Answer every question as a pirate would, in one sentence."
+statuses = [p.status for p in client.create(
+    model="pirate", from_=tagged, system=system,
+    parameters={"temperature": 0, "num_predict": 8, "seed": 1, "stop": ["###"]},
+    stream=True)]
+assert statuses[-1] == "success", statuses
+listed = {m.model: m for m in client.list().models}
+assert "pirate:latest" in listed, listed.keys()
+assert listed["pirate:latest"].details.parent_model == tagged, listed["pirate:latest"]
+as_preset = client.chat(model="pirate", messages=messages, stream=False)
+assert as_preset.prompt_eval_count > r.prompt_eval_count + 10, (as_preset, r)
+assert as_preset.eval_count <= 8, as_preset  # the preset's num_predict
+assert as_preset.message.content != r.message.content, (as_preset, r)
+# The same as sending the system prompt by hand.
+by_hand = client.chat(model=tagged, messages=[{"role": "system", "content": system}] + messages,
+                      options=greedy, stream=False)
+assert by_hand.message.content == as_preset.message.content, (by_hand, as_preset)
+# The request's own options override the preset's parameters.
+longer = client.chat(model="pirate", messages=messages, options={"num_predict": 2}, stream=False)
+assert longer.eval_count <= 2, longer
+# show prints the Modelfile.
+shown = client.show("pirate")
+assert "FROM gemma:latest" in shown.modelfile and "SYSTEM" in shown.modelfile, shown.modelfile
+assert "PARAMETER stop" in shown.modelfile and "temperature" in shown.parameters, shown
+# Bad Modelfile parts are refused clearly.
+for bad, word in [({"template": "{{ .Prompt }}"}, "template"),
+                  ({"parameters": {"mirostat": 2}}, "mirostat"),
+                  ({"adapters": {"lora.gguf": "sha256:00"}}, "adapters")]:
+    try:
+        client.create(model="bad", from_=tagged, stream=False, **bad)
+        raise AssertionError(f"{bad} accepted")
+    except ollama.ResponseError as e:
+        assert e.status_code == 400 and word in e.error, (bad, e)
 try:
-    client.create(model="brief", from_=tagged, system="Be brief.")
-    raise AssertionError("create accepted")
+    client.create(model="orphan", from_="no-such-base", stream=False)
+    raise AssertionError("a preset over nothing")
 except ollama.ResponseError as e:
-    assert e.status_code == 400 and "/api/create" in e.error, e
+    assert e.status_code == 404, e
+assert client.delete("pirate").status == "success"
+assert "pirate:latest" not in {m.model for m in client.list().models}
 
 # keep_alive 0 unloads: ps no longer lists it.
 client.generate(model=tagged, prompt="Hi", options={"num_predict": 2}, keep_alive=0)

@@ -9,6 +9,7 @@ mod hub;
 mod jobs;
 mod ollama;
 mod openai;
+mod presets;
 pub(crate) mod server;
 pub mod types;
 

@@ -30,12 +30,14 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::embeddings::ollama_error;
 use super::openai::{self, body, chat_job, completion_job, finish_reason, with_node};
+use super::presets::{self, map_options};
 use super::types::{
-    ChatRequest, CompletionRequest, Content, InMessage, NotYet, PromptInput, Sampling, Stop,
+    ChatRequest, CompletionRequest, Content, InMessage, NotYet, PromptInput, Sampling,
 };
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::jobs::JobEvent;
+use crate::preset::{self as modelfile, Modelfile, Preset};
 use crate::serve::{self, Started};
 
 /// The Ollama version this API answers as: clients gate features on it (VS Code Copilot
@@ -95,122 +97,30 @@ pub fn display_name(name: &str) -> String {
     }
 }
 
-/// Resolves an Ollama name against this node's catalog.
+/// Resolves an Ollama name against this node's catalog and presets.
 async fn reference(ctx: &NodeContext, name: &str) -> Result<String, NodeError> {
-    let names: Vec<String> = ctx
+    let mut names: Vec<String> = ctx
         .catalog
         .list()
         .await?
         .into_iter()
         .flat_map(|r| std::iter::once(r.entry.name).chain(r.entry.aliases))
         .collect();
+    names.extend(presets::all(ctx).await?.into_iter().map(|(n, _)| n));
     Ok(OllamaName::parse(name, |n| names.iter().any(|c| c == n))?.reference)
+}
+
+/// The reference a request runs on and the preset it names, if it names one.
+async fn with_preset(ctx: &NodeContext, name: &str) -> Result<(String, Option<Preset>), NodeError> {
+    let model = reference(ctx, name).await?;
+    Ok(match presets::find(ctx, &model).await? {
+        Some(p) => (presets::base_reference(&p), Some(p)),
+        None => (model, None),
+    })
 }
 
 // ---------------------------------------------------------------------------------------
 // Options and keep_alive
-
-/// Ollama's `options` that change nothing about the answer (threads, batch size, memory
-/// mapping, GPU layers): accepted and left to this node's own settings.
-const RUNTIME_OPTIONS: &[&str] = &[
-    "num_keep",
-    "num_batch",
-    "num_gpu",
-    "main_gpu",
-    "low_vram",
-    "f16_kv",
-    "logits_all",
-    "vocab_only",
-    "use_mmap",
-    "use_mlock",
-    "num_thread",
-    "numa",
-];
-
-/// The `options` of a chat or generate request, mapped onto the OpenAI route's sampling
-/// fields. Options that would change the answer but are not implemented are refused by
-/// name; `num_ctx` is returned for the caller to check against the loaded context.
-pub fn map_options(
-    options: Option<&Map<String, Value>>,
-    sampling: &mut Sampling,
-) -> Result<Option<u64>, NodeError> {
-    let Some(options) = options else {
-        return Ok(None);
-    };
-    let bad = |key: &str, want: &str, got: &Value| {
-        NodeError::BadRequest(format!("`options.{key}` is {got}: give {want}"))
-    };
-    let float = |key: &str, v: &Value| -> Result<f32, NodeError> {
-        v.as_f64()
-            .map(|f| f as f32)
-            .ok_or_else(|| bad(key, "a number", v))
-    };
-    let int = |key: &str, v: &Value| -> Result<i64, NodeError> {
-        v.as_i64()
-            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .ok_or_else(|| bad(key, "an integer", v))
-    };
-    let mut num_ctx = None;
-    for (key, v) in options {
-        if v.is_null() {
-            continue;
-        }
-        match key.as_str() {
-            "num_ctx" => {
-                let n = int(key, v)?;
-                num_ctx = Some(
-                    u64::try_from(n)
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| bad(key, "a positive number of tokens", v))?,
-                );
-            }
-            // -1: until the model stops; -2: until the context is full. Both are what no
-            // limit means here (a generation never runs past the context).
-            "num_predict" => match int(key, v)? {
-                -1 | -2 => sampling.max_tokens = None,
-                n if n > 0 => sampling.max_tokens = usize::try_from(n).ok(),
-                _ => return Err(bad(key, "a positive count, -1 or -2", v)),
-            },
-            "temperature" => sampling.temperature = Some(float(key, v)?),
-            "top_k" => sampling.top_k = Some(int(key, v)?),
-            "top_p" => sampling.top_p = Some(float(key, v)?),
-            "min_p" => sampling.min_p = Some(float(key, v)?),
-            "repeat_penalty" => sampling.repeat_penalty = Some(float(key, v)?),
-            "frequency_penalty" => sampling.frequency_penalty = Some(float(key, v)?),
-            "presence_penalty" => sampling.presence_penalty = Some(float(key, v)?),
-            "seed" => sampling.seed = Some(int(key, v)?),
-            "stop" => {
-                sampling.stop = Some(match v {
-                    Value::String(s) => Stop::One(s.clone()),
-                    Value::Array(a) => Stop::Many(
-                        a.iter()
-                            .map(|s| {
-                                s.as_str()
-                                    .map(str::to_string)
-                                    .ok_or_else(|| bad(key, "a list of strings", v))
-                            })
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    _ => return Err(bad(key, "a string or a list of strings", v)),
-                });
-            }
-            // The penalty window is llama.cpp's 64 tokens here.
-            "repeat_last_n" if int(key, v)? == 64 => {}
-            // Off values of samplers this node does not have.
-            "mirostat" if int(key, v)? == 0 => {}
-            "typical_p" | "tfs_z" if float(key, v)? == 1.0 => {}
-            "penalize_newline" if v.as_bool() == Some(true) => {}
-            k if RUNTIME_OPTIONS.contains(&k) => {}
-            k => {
-                return Err(NodeError::BadRequest(format!(
-                    "`options.{k}` ({v}) is not supported by this node; remove it (supported: num_ctx, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, seed, stop)"
-                )));
-            }
-        }
-    }
-    Ok(num_ctx)
-}
 
 /// Ollama's `keep_alive`: how long the model stays loaded after the request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -635,7 +545,31 @@ pub async fn tags(State(ctx): State<Arc<NodeContext>>) -> Response {
             }));
         }
     }
+    let presets = match presets::all(&ctx).await {
+        Ok(p) => p,
+        Err(e) => return err(&e),
+    };
+    for (name, preset) in presets {
+        let base = records
+            .iter()
+            .find(|r| r.entry.content_id.to_hex() == preset.base);
+        let mut d = base.map(details).unwrap_or_else(|| json!({}));
+        d["parent_model"] = json!(display_name(&preset.base_name));
+        models.push(json!({
+            "name": display_name(&name),
+            "model": display_name(&name),
+            "modified_at": base.map(modified_at).unwrap_or_default(),
+            "size": base.map(|r| r.manifest.total_size()).unwrap_or(0),
+            "digest": preset_digest(&preset),
+            "details": d,
+        }));
+    }
     Json(json!({"models": models})).into_response()
+}
+
+/// A preset's digest: the content id of its definition.
+fn preset_digest(preset: &Preset) -> String {
+    rbee_proto::ContentId::of(&serde_json::to_vec(preset).unwrap_or_default()).to_hex()
 }
 
 /// `/api/show`'s and `/api/delete`'s body: `model` (older clients send `name`).
@@ -725,7 +659,8 @@ pub async fn show(
     let result = async {
         let req = body(req)?;
         let name = req.model()?.to_string();
-        let model = resolve_local(&ctx, &name).await?;
+        let (base, preset) = with_preset(&ctx, &name).await?;
+        let model = resolve_local(&ctx, &base).await?;
         let caps = ctx.kinds.of(model.id(), &model.path).await?;
         let path = model.path.clone();
         let (mut info, template) = tokio::task::spawn_blocking(move || header_info(&path))
@@ -755,21 +690,39 @@ pub async fn show(
         if caps.generates && template_text.contains("<think>") {
             capabilities.push("thinking");
         }
-        let shown = display_name(model.name());
-        let modelfile = format!(
-            "# Modelfile generated by rbee for {shown}\nFROM {}\n",
-            model.path.display()
-        );
-        Ok::<_, NodeError>(json!({
-            "license": "",
+        let (modelfile, parameters, license, mut details) = match &preset {
+            Some(p) => {
+                let mut d = details(&model.record);
+                d["parent_model"] = json!(display_name(&p.base_name));
+                (
+                    p.modelfile.render(&display_name(model.name())),
+                    p.modelfile.parameters_text(),
+                    p.modelfile.license.join("\n"),
+                    d,
+                )
+            }
+            None => (
+                Modelfile::default().render(&model.path.display().to_string()),
+                String::new(),
+                String::new(),
+                details(&model.record),
+            ),
+        };
+        details["format"] = json!(details["format"].as_str().unwrap_or("gguf"));
+        let mut shown = json!({
+            "license": license,
             "modelfile": modelfile,
-            "parameters": "",
+            "parameters": parameters,
             "template": template_text,
-            "details": details(&model.record),
+            "details": details,
             "model_info": info,
             "capabilities": capabilities,
             "modified_at": modified_at(&model.record),
-        }))
+        });
+        if let Some(system) = preset.and_then(|p| p.modelfile.system) {
+            shown["system"] = json!(system);
+        }
+        Ok::<_, NodeError>(shown)
     }
     .await;
     match result {
@@ -1057,7 +1010,7 @@ pub async fn chat(
         Ok(k) => k,
         Err(e) => return err(&e),
     };
-    let model = match reference(&ctx, &req.model).await {
+    let (model, preset) = match with_preset(&ctx, &req.model).await {
         Ok(m) => m,
         Err(e) => return err(&e),
     };
@@ -1066,11 +1019,12 @@ pub async fn chat(
     }
     let stream = req.stream.unwrap_or(true);
     let parsed = (|| {
-        let mut num_ctx = None;
-        if let Some(o) = req.options.as_ref() {
-            num_ctx = map_options(Some(o), &mut Sampling::default())?;
+        let num_ctx = map_options(req.options.as_ref(), &mut Sampling::default())?;
+        let mut shared = chat_request(req, model)?;
+        if let Some(p) = &preset {
+            presets::apply_chat(p, &mut shared)?;
         }
-        let job = chat_job(chat_request(req, model)?)?;
+        let job = chat_job(shared)?;
         Ok(Generate {
             job,
             shown,
@@ -1097,7 +1051,7 @@ pub async fn generate(
         Ok(k) => k,
         Err(e) => return err(&e),
     };
-    let model = match reference(&ctx, &req.model).await {
+    let (model, preset) = match with_preset(&ctx, &req.model).await {
         Ok(m) => m,
         Err(e) => return err(&e),
     };
@@ -1108,8 +1062,19 @@ pub async fn generate(
     let parsed = (|| {
         let num_ctx = map_options(req.options.as_ref(), &mut Sampling::default())?;
         let job = match generate_request(req, model)? {
-            GenerateShape::Chat(c) => chat_job(c)?,
-            GenerateShape::Raw(r) => completion_job(r)?,
+            GenerateShape::Chat(mut c) => {
+                if let Some(p) = &preset {
+                    presets::apply_chat(p, &mut c)?;
+                }
+                chat_job(c)?
+            }
+            GenerateShape::Raw(mut r) => {
+                if let Some(p) = &preset {
+                    presets::apply_sampling(p, &mut r.sampling)?;
+                    r.model = presets::base_reference(p);
+                }
+                completion_job(r)?
+            }
         };
         Ok(Generate {
             job,
@@ -1234,8 +1199,15 @@ pub async fn delete(
     let result = async {
         let req = body(req)?;
         let name = req.model()?.to_string();
-        let model = resolve_local(&ctx, &name).await?;
         let reference = reference(&ctx, &name).await?;
+        if presets::find(&ctx, &reference).await?.is_some() {
+            let store = ctx.store.clone();
+            tokio::task::spawn_blocking(move || store.remove_preset(&reference))
+                .await
+                .map_err(|e| NodeError::Internal(format!("removing the preset: {e}")))??;
+            return Ok(());
+        }
+        let model = resolve_local(&ctx, &name).await?;
         if model.record.entry.aliases.contains(&reference) {
             let store = ctx.store.clone();
             let id = model.id();
@@ -1271,7 +1243,8 @@ pub async fn copy(
 ) -> Response {
     let result = async {
         let req = body(req)?;
-        let model = resolve_local(&ctx, &req.source).await?;
+        let source = reference(&ctx, &req.source).await?;
+        let preset = presets::find(&ctx, &source).await?;
         let destination = req
             .destination
             .trim()
@@ -1284,6 +1257,10 @@ pub async fn copy(
                 req.destination
             )));
         }
+        if let Some(p) = preset {
+            return save_preset(&ctx, &destination, &p).await;
+        }
+        let model = resolve_local(&ctx, &req.source).await?;
         let store = ctx.store.clone();
         let id = model.id();
         tokio::task::spawn_blocking(move || store.alias(&ModelRef::ContentId(id), &destination))
@@ -1298,12 +1275,211 @@ pub async fn copy(
     }
 }
 
-/// `POST /api/create`: presets (a model made from a Modelfile) are not built yet; refused by
-/// name rather than answered with a model that is not what was asked.
-pub async fn create() -> Response {
-    err(&NodeError::BadRequest(
-        "`/api/create` (a model from a Modelfile: presets) is not supported by this node yet; use the base model by name with `system` and `options` in each request".into(),
-    ))
+/// Stores `preset` as `name` (atomically), unless a cataloged model has that name.
+async fn save_preset(ctx: &NodeContext, name: &str, preset: &Preset) -> Result<(), NodeError> {
+    let taken = ctx
+        .catalog
+        .list()
+        .await?
+        .iter()
+        .any(|r| r.entry.answers_to(name));
+    if taken {
+        return Err(NodeError::BadRequest(format!(
+            "`{name}` already names a model in this node's catalog; choose another name for the preset"
+        )));
+    }
+    let bytes = serde_json::to_vec_pretty(preset)
+        .map_err(|e| NodeError::Internal(format!("writing the preset: {e}")))?;
+    let store = ctx.store.clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || store.save_preset(&name, &bytes))
+        .await
+        .map_err(|e| NodeError::Internal(format!("saving the preset: {e}")))??;
+    Ok(())
+}
+
+/// `/api/create`'s body: a Modelfile's parts as fields (what the `ollama` client sends), or
+/// the whole `modelfile` text (older clients).
+#[derive(Debug, Deserialize)]
+pub struct CreateBody {
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub from: Option<String>,
+    #[serde(default)]
+    pub modelfile: Option<String>,
+    #[serde(default)]
+    pub system: Option<String>,
+    #[serde(default)]
+    pub template: Option<String>,
+    #[serde(default)]
+    pub license: Option<Value>,
+    #[serde(default)]
+    pub parameters: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub messages: Option<Vec<OllamaMessage>>,
+    #[serde(default)]
+    pub adapters: Option<Value>,
+    #[serde(default)]
+    pub files: Option<Value>,
+    #[serde(default)]
+    pub quantize: Option<String>,
+    #[serde(default)]
+    pub stream: Option<bool>,
+}
+
+/// The Modelfile a create body means.
+pub fn create_modelfile(req: &CreateBody) -> Result<Modelfile, NodeError> {
+    let bad = |m: String| NodeError::BadRequest(m);
+    if is_set(&req.adapters) {
+        return Err(bad("`adapters` is not supported: rbee does not apply LoRA adapters; merge the adapter into the GGUF and import it".into()));
+    }
+    if is_set(&req.files) {
+        return Err(bad("`files` (a model from uploaded blobs) is not supported: import the GGUF with `rbee-node models import <path>`, then create from its name".into()));
+    }
+    if req.quantize.as_ref().is_some_and(|q| !q.is_empty()) {
+        return Err(bad("`quantize` is not supported: rbee does not requantize; pull or import the quantization you want".into()));
+    }
+    if req.template.as_ref().is_some_and(|t| !t.is_empty()) {
+        return Err(bad("`template` is not supported: rbee renders the base model's own chat template (Ollama's Go templates are not rendered); remove it".into()));
+    }
+    let mut file = match &req.modelfile {
+        Some(text) if !text.trim().is_empty() => {
+            modelfile::parse(text).map_err(|e| bad(e.to_string()))?
+        }
+        _ => Modelfile::default(),
+    };
+    if let Some(from) = req.from.as_ref().filter(|f| !f.trim().is_empty()) {
+        file.from = from.trim().to_string();
+    }
+    if file.from.is_empty() {
+        return Err(bad("`from` is missing: name the base model".into()));
+    }
+    if let Some(system) = &req.system {
+        file.system = Some(system.clone());
+    }
+    for (key, value) in req.parameters.iter().flatten() {
+        modelfile::add_parameter(&mut file.parameters, key, value.clone());
+    }
+    for (i, m) in req.messages.iter().flatten().enumerate() {
+        if !matches!(m.role.as_str(), "system" | "user" | "assistant") {
+            return Err(bad(format!(
+                "`messages[{i}].role` `{}`: use system, user or assistant",
+                m.role
+            )));
+        }
+        file.messages.push(modelfile::PresetMessage {
+            role: m.role.clone(),
+            content: m.content.clone(),
+        });
+    }
+    match &req.license {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => file.license.push(s.clone()),
+        Some(Value::Array(a)) => file
+            .license
+            .extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
+        Some(other) => return Err(bad(format!("`license` {other}: give a string or a list"))),
+    }
+    // Parameters are checked as a request's options would be, so a preset never fails later.
+    map_options(Some(&file.parameters), &mut Sampling::default())
+        .map_err(|e| bad(e.to_string().replace("options.", "parameter ")))?;
+    Ok(file)
+}
+
+/// `POST /api/create`: a preset over a cataloged model (or over another preset, whose
+/// settings it starts from).
+pub async fn create(
+    State(ctx): State<Arc<NodeContext>>,
+    req: Result<Json<CreateBody>, JsonRejection>,
+) -> Response {
+    let result = async {
+        let req = body(req)?;
+        let name = req
+            .model
+            .clone()
+            .or(req.name.clone())
+            .ok_or_else(|| NodeError::BadRequest("`model` (the new name) is missing".into()))?;
+        let name = name.trim().strip_suffix(LATEST).unwrap_or(name.trim()).to_string();
+        if !rbee_proto::is_valid_name(&name) {
+            return Err(NodeError::BadRequest(format!(
+                "`model` {name:?} is not a valid name (letters, digits, `.`, `-`, `_`, `:`)"
+            )));
+        }
+        let mut file = create_modelfile(&req)?;
+        if matches!(file.from.parse::<ModelRef>(), Ok(ModelRef::LocalPath(_))) {
+            return Err(NodeError::BadRequest(format!(
+                "FROM {}: a path; import the GGUF first (`rbee-node models import {}`) and create from its name",
+                file.from, file.from
+            )));
+        }
+        let from = reference(&ctx, &file.from).await?;
+        let preset = match presets::find(&ctx, &from).await? {
+            // Over another preset: its settings, then these.
+            Some(parent) => {
+                let mut merged = parent.modelfile.clone();
+                if file.system.is_some() {
+                    merged.system = file.system.take();
+                }
+                for (k, v) in std::mem::take(&mut file.parameters) {
+                    if k == "stop" {
+                        merged.parameters.remove("stop");
+                    }
+                    modelfile::add_parameter(&mut merged.parameters, &k, v);
+                }
+                merged.messages.append(&mut file.messages);
+                merged.license.append(&mut file.license);
+                merged.from = file.from;
+                Preset {
+                    base: parent.base,
+                    base_name: parent.base_name,
+                    modelfile: merged,
+                }
+            }
+            None => {
+                let base = resolve_local(&ctx, &from).await?;
+                let caps = ctx.kinds.of(base.id(), &base.path).await?;
+                if !caps.generates {
+                    return Err(NodeError::BadRequest(format!(
+                        "FROM {}: an embedding model; a preset needs a model that generates text",
+                        file.from
+                    )));
+                }
+                Preset {
+                    base: base.id().to_hex(),
+                    base_name: base.name().to_string(),
+                    modelfile: file,
+                }
+            }
+        };
+        save_preset(&ctx, &name, &preset).await?;
+        tracing::info!(preset = name, base = preset.base_name, "preset created");
+        Ok::<_, NodeError>((req.stream.unwrap_or(true), preset))
+    }
+    .await;
+    match result {
+        Ok((true, preset)) => {
+            let (tx, rx) = mpsc::channel::<Value>(LINES);
+            let lines = [
+                json!({"status": "reading model metadata"}),
+                json!({"status": format!("using existing layer sha256:{}", preset.base)}),
+                json!({"status": "writing manifest"}),
+                json!({"status": "success"}),
+            ];
+            tokio::spawn(async move {
+                for l in lines {
+                    if tx.send(l).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            ndjson(rx)
+        }
+        Ok((false, _)) => Json(json!({"status": "success"})).into_response(),
+        Err(e) => err(&e),
+    }
 }
 
 #[cfg(test)]
@@ -1339,48 +1515,6 @@ mod tests {
         }
         for f in ["model.Q4_K_M.gguf", "latest", "instruct", "sub/q4.gguf"] {
             assert!(!rbee_proto::quant::is_quant_tag(f), "{f}");
-        }
-    }
-
-    fn options(v: Value) -> Result<(Sampling, Option<u64>), NodeError> {
-        let mut s = Sampling::default();
-        let n = map_options(v.as_object(), &mut s)?;
-        Ok((s, n))
-    }
-
-    #[test]
-    fn options_map_onto_the_shared_sampling_fields() {
-        let (s, n) = options(json!({"num_ctx": 8192, "num_predict": 12, "temperature": 0,
-            "top_k": 5, "top_p": 0.9, "min_p": 0.1, "repeat_penalty": 1.1, "seed": 42,
-            "stop": ["\n", "###"], "num_thread": 4, "repeat_last_n": 64, "mirostat": 0}))
-        .unwrap();
-        assert_eq!(n, Some(8192));
-        assert_eq!(s.max_tokens, Some(12));
-        assert_eq!(s.temperature, Some(0.0));
-        assert_eq!((s.top_k, s.seed), (Some(5), Some(42)));
-        assert_eq!(
-            (s.top_p, s.min_p, s.repeat_penalty),
-            (Some(0.9), Some(0.1), Some(1.1))
-        );
-        assert!(matches!(s.stop, Some(Stop::Many(v)) if v == ["\n", "###"]));
-        assert_eq!(
-            options(json!({"num_predict": -1})).unwrap().0.max_tokens,
-            None
-        );
-        assert_eq!(
-            options(json!({"num_predict": -2})).unwrap().0.max_tokens,
-            None
-        );
-        for (bad, field) in [
-            (json!({"num_ctx": 0}), "options.num_ctx"),
-            (json!({"num_predict": 0}), "options.num_predict"),
-            (json!({"temperature": "hot"}), "options.temperature"),
-            (json!({"mirostat": 2}), "options.mirostat"),
-            (json!({"repeat_last_n": 128}), "options.repeat_last_n"),
-            (json!({"frobnicate": 1}), "options.frobnicate"),
-        ] {
-            let msg = options(bad.clone()).unwrap_err().to_string();
-            assert!(msg.contains(field), "{bad}: {msg}");
         }
     }
 

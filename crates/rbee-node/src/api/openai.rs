@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::presets;
 use super::types::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Completion,
     CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, PromptInput,
@@ -189,7 +190,14 @@ pub async fn chat_completions(
     State(ctx): State<Arc<NodeContext>>,
     req: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
-    let job = body(req).and_then(chat_job);
+    let job = match body(req) {
+        Ok(mut req) => match presets::find(&ctx, &req.model).await {
+            Ok(Some(p)) => presets::apply_chat(&p, &mut req).and_then(|()| chat_job(req)),
+            Ok(None) => chat_job(req),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     run(ctx, job).await
 }
 
@@ -197,7 +205,17 @@ pub async fn completions(
     State(ctx): State<Arc<NodeContext>>,
     req: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    let job = body(req).and_then(completion_job);
+    let job = match body(req) {
+        Ok(mut req) => match presets::find(&ctx, &req.model).await {
+            Ok(Some(p)) => presets::apply_sampling(&p, &mut req.sampling).and_then(|()| {
+                req.model = presets::base_reference(&p);
+                completion_job(req)
+            }),
+            Ok(None) => completion_job(req),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     run(ctx, job).await
 }
 
