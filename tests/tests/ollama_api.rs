@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key};
+use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key, rbee};
 use serde_json::{Value, json};
 
 fn sees(node: &NodeProcess, peers: usize) {
@@ -176,4 +176,115 @@ fn the_ollama_client_and_home_assistant_get_well_formed_answers_from_a_pool() {
     );
     // After the client's run (which needs the model to run on b, not on a's loaded copy).
     home_assistant(&a.node, "gemma");
+}
+
+/// `models create/show/ls/export` from the command line, and the preset used by name on the
+/// OpenAI route of a node.
+#[test]
+fn a_modelfile_preset_from_the_cli_is_shown_exported_and_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    if import_demo(&data, "gemma").is_none() {
+        return;
+    }
+    let modelfile = tmp.path().join("Modelfile");
+    std::fs::write(
+        &modelfile,
+        "# a pirate\nFROM gemma:latest\nSYSTEM \"\"\"You are a pirate.\nAnswer as one.\"\"\"\nPARAMETER temperature 0\nPARAMETER stop \"###\"\nPARAMETER stop END\nMESSAGE user Who are you?\nMESSAGE assistant \"Arr, a pirate!\"\nLICENSE MIT\n",
+    )
+    .unwrap();
+    let ok = |args: &[&str]| {
+        let out = rbee(&data, args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let file = modelfile.to_str().unwrap();
+    ok(&["models", "create", "pirate", "-f", file]);
+    let shown = ok(&["models", "show", "pirate"]);
+    assert!(shown.contains("FROM gemma"), "{shown}");
+    assert!(
+        shown.contains("SYSTEM \"\"\"You are a pirate.\nAnswer as one.\"\"\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("PARAMETER stop \"###\"") && shown.contains("PARAMETER stop \"END\""),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("MESSAGE assistant \"Arr, a pirate!\""),
+        "{shown}"
+    );
+    let listed = ok(&["models", "ls"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("pirate") && l.contains("preset over gemma")),
+        "{listed}"
+    );
+
+    // Export: the GGUF, whole, and a Modelfile over it that reads back the same.
+    let out = tmp.path().join("export");
+    ok(&["models", "export", "pirate", out.to_str().unwrap()]);
+    let exported = std::fs::read_to_string(out.join("Modelfile")).unwrap();
+    let parsed = rbee_node::preset::parse(&exported).unwrap();
+    assert_eq!(parsed.from, "./gemma.gguf");
+    assert_eq!(
+        parsed.system.as_deref(),
+        Some("You are a pirate.\nAnswer as one.")
+    );
+    assert_eq!(parsed.parameters["stop"], json!(["###", "END"]));
+    assert_eq!(parsed.messages.len(), 2);
+    assert_eq!(
+        std::fs::metadata(out.join("gemma.gguf")).unwrap().len(),
+        std::fs::metadata(rbee_tests::demo_model().unwrap())
+            .unwrap()
+            .len()
+    );
+
+    // Bad Modelfiles: refused with the line, nothing stored.
+    std::fs::write(&modelfile, "FROM gemma\nSYSTEM hi\nADAPTER ./lora.gguf\n").unwrap();
+    let out = rbee(&data, &["models", "create", "bad", "-f", file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("line 3") && err.contains("ADAPTER"),
+        "{err}"
+    );
+    std::fs::write(&modelfile, "FROM gemma\nPARAMETER mirostat 2\n").unwrap();
+    let out = rbee(&data, &["models", "create", "bad", "-f", file]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("mirostat"), "{err}");
+    assert!(!ok(&["models", "ls"]).contains("bad"));
+
+    // Served by name on the OpenAI route: the preset's system prompt and example messages
+    // are read (more prompt tokens than the base), and its parameters apply (greedy: the
+    // same answer twice).
+    let node = NodeProcess::start(&data, &[]);
+    let ask = |model: &str| {
+        let (status, lines, _) = post(
+            &node,
+            "/v1/chat/completions",
+            &json!({"model": model, "max_tokens": 6, "seed": 3,
+                "messages": [{"role": "user", "content": "Name a colour."}]}),
+        );
+        assert_eq!(status, 200, "{lines:?}");
+        lines[0].clone()
+    };
+    let base = ask("gemma");
+    let pirate = ask("pirate");
+    assert!(
+        pirate["usage"]["prompt_tokens"].as_u64().unwrap()
+            > base["usage"]["prompt_tokens"].as_u64().unwrap() + 15,
+        "{pirate}\n{base}"
+    );
+    assert_eq!(
+        ask("pirate")["choices"][0]["message"]["content"],
+        pirate["choices"][0]["message"]["content"],
+        "temperature 0 from the preset"
+    );
+    ok(&["models", "rm", "pirate"]);
+    assert!(!ok(&["models", "ls"]).contains("pirate"));
 }

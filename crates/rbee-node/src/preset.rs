@@ -12,6 +12,9 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::api_types::{Sampling, Stop};
+use crate::error::NodeError;
+
 /// The largest Modelfile read (a preset is a few kilobytes).
 pub const MAX_MODELFILE_BYTES: usize = 512 * 1024;
 
@@ -276,6 +279,142 @@ impl Modelfile {
             }
         }
         out
+    }
+}
+
+/// Ollama's `options` that change nothing about the answer (threads, batch size, memory
+/// mapping, GPU layers): accepted and left to this node's own settings.
+const RUNTIME_OPTIONS: &[&str] = &[
+    "num_keep",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mmap",
+    "use_mlock",
+    "num_thread",
+    "numa",
+];
+
+/// The `options` of a chat or generate request, mapped onto the OpenAI route's sampling
+/// fields. Options that would change the answer but are not implemented are refused by
+/// name; `num_ctx` is returned for the caller to check against the loaded context.
+pub fn map_options(
+    options: Option<&Map<String, Value>>,
+    sampling: &mut Sampling,
+) -> Result<Option<u64>, NodeError> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let bad = |key: &str, want: &str, got: &Value| {
+        NodeError::BadRequest(format!("`options.{key}` is {got}: give {want}"))
+    };
+    let float = |key: &str, v: &Value| -> Result<f32, NodeError> {
+        v.as_f64()
+            .map(|f| f as f32)
+            .ok_or_else(|| bad(key, "a number", v))
+    };
+    let int = |key: &str, v: &Value| -> Result<i64, NodeError> {
+        v.as_i64()
+            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
+            .ok_or_else(|| bad(key, "an integer", v))
+    };
+    let mut num_ctx = None;
+    for (key, v) in options {
+        if v.is_null() {
+            continue;
+        }
+        match key.as_str() {
+            "num_ctx" => {
+                let n = int(key, v)?;
+                num_ctx = Some(
+                    u64::try_from(n)
+                        .ok()
+                        .filter(|&n| n > 0)
+                        .ok_or_else(|| bad(key, "a positive number of tokens", v))?,
+                );
+            }
+            // -1: until the model stops; -2: until the context is full. Both are what no
+            // limit means here (a generation never runs past the context).
+            "num_predict" => match int(key, v)? {
+                -1 | -2 => sampling.max_tokens = None,
+                n if n > 0 => sampling.max_tokens = usize::try_from(n).ok(),
+                _ => return Err(bad(key, "a positive count, -1 or -2", v)),
+            },
+            "temperature" => sampling.temperature = Some(float(key, v)?),
+            "top_k" => sampling.top_k = Some(int(key, v)?),
+            "top_p" => sampling.top_p = Some(float(key, v)?),
+            "min_p" => sampling.min_p = Some(float(key, v)?),
+            "repeat_penalty" => sampling.repeat_penalty = Some(float(key, v)?),
+            "frequency_penalty" => sampling.frequency_penalty = Some(float(key, v)?),
+            "presence_penalty" => sampling.presence_penalty = Some(float(key, v)?),
+            "seed" => sampling.seed = Some(int(key, v)?),
+            "stop" => {
+                sampling.stop = Some(match v {
+                    Value::String(s) => Stop::One(s.clone()),
+                    Value::Array(a) => Stop::Many(
+                        a.iter()
+                            .map(|s| {
+                                s.as_str()
+                                    .map(str::to_string)
+                                    .ok_or_else(|| bad(key, "a list of strings", v))
+                            })
+                            .collect::<Result<_, _>>()?,
+                    ),
+                    _ => return Err(bad(key, "a string or a list of strings", v)),
+                });
+            }
+            // The penalty window is llama.cpp's 64 tokens here.
+            "repeat_last_n" if int(key, v)? == 64 => {}
+            // Off values of samplers this node does not have.
+            "mirostat" if int(key, v)? == 0 => {}
+            "typical_p" | "tfs_z" if float(key, v)? == 1.0 => {}
+            "penalize_newline" if v.as_bool() == Some(true) => {}
+            k if RUNTIME_OPTIONS.contains(&k) => {}
+            k => {
+                return Err(NodeError::BadRequest(format!(
+                    "`options.{k}` ({v}) is not supported by this node; remove it (supported: num_ctx, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, seed, stop)"
+                )));
+            }
+        }
+    }
+    Ok(num_ctx)
+}
+
+/// Checks a Modelfile's parameters as a request's `options` are checked, so a preset never
+/// fails later.
+pub fn check_parameters(parameters: &Map<String, Value>) -> Result<(), NodeError> {
+    map_options(Some(parameters), &mut Sampling::default())
+        .map(|_| ())
+        .map_err(|e| NodeError::BadRequest(e.to_string().replace("`options.", "PARAMETER `")))
+}
+
+impl Preset {
+    /// A preset over this one: this one's settings, then `child`'s (its SYSTEM replaces this
+    /// one's, its parameters override (a `stop` list replaces this one's), its MESSAGEs and
+    /// LICENSE follow this one's).
+    pub fn derive(&self, mut child: Modelfile) -> Preset {
+        let mut merged = self.modelfile.clone();
+        if child.system.is_some() {
+            merged.system = child.system.take();
+        }
+        if child.parameters.contains_key("stop") {
+            merged.parameters.remove("stop");
+        }
+        for (k, v) in std::mem::take(&mut child.parameters) {
+            add_parameter(&mut merged.parameters, &k, v);
+        }
+        merged.messages.append(&mut child.messages);
+        merged.license.append(&mut child.license);
+        merged.from = child.from;
+        Preset {
+            base: self.base.clone(),
+            base_name: self.base_name.clone(),
+            modelfile: merged,
+        }
     }
 }
 

@@ -1383,9 +1383,7 @@ pub fn create_modelfile(req: &CreateBody) -> Result<Modelfile, NodeError> {
             .extend(a.iter().filter_map(Value::as_str).map(str::to_string)),
         Some(other) => return Err(bad(format!("`license` {other}: give a string or a list"))),
     }
-    // Parameters are checked as a request's options would be, so a preset never fails later.
-    map_options(Some(&file.parameters), &mut Sampling::default())
-        .map_err(|e| bad(e.to_string().replace("options.", "parameter ")))?;
+    modelfile::check_parameters(&file.parameters)?;
     Ok(file)
 }
 
@@ -1408,7 +1406,7 @@ pub async fn create(
                 "`model` {name:?} is not a valid name (letters, digits, `.`, `-`, `_`, `:`)"
             )));
         }
-        let mut file = create_modelfile(&req)?;
+        let file = create_modelfile(&req)?;
         if matches!(file.from.parse::<ModelRef>(), Ok(ModelRef::LocalPath(_))) {
             return Err(NodeError::BadRequest(format!(
                 "FROM {}: a path; import the GGUF first (`rbee-node models import {}`) and create from its name",
@@ -1418,26 +1416,7 @@ pub async fn create(
         let from = reference(&ctx, &file.from).await?;
         let preset = match presets::find(&ctx, &from).await? {
             // Over another preset: its settings, then these.
-            Some(parent) => {
-                let mut merged = parent.modelfile.clone();
-                if file.system.is_some() {
-                    merged.system = file.system.take();
-                }
-                for (k, v) in std::mem::take(&mut file.parameters) {
-                    if k == "stop" {
-                        merged.parameters.remove("stop");
-                    }
-                    modelfile::add_parameter(&mut merged.parameters, &k, v);
-                }
-                merged.messages.append(&mut file.messages);
-                merged.license.append(&mut file.license);
-                merged.from = file.from;
-                Preset {
-                    base: parent.base,
-                    base_name: parent.base_name,
-                    modelfile: merged,
-                }
-            }
+            Some(parent) => parent.derive(file),
             None => {
                 let base = resolve_local(&ctx, &from).await?;
                 let caps = ctx.kinds.of(base.id(), &base.path).await?;

@@ -4,12 +4,11 @@
 //! preset's PARAMETERs, then the engine's defaults; the preset's SYSTEM when the request has
 //! no system message; its MESSAGEs after the system message, before the conversation.
 
-use serde_json::{Map, Value};
-
-use super::types::{ChatRequest, Content, InMessage, Sampling, Stop};
+use super::types::{ChatRequest, Content, InMessage, Sampling};
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::preset::Preset;
+pub(super) use crate::preset::map_options;
 
 /// The preset named `name` (a name as the catalog spells it, `:latest` already dropped),
 /// if this node stores one.
@@ -107,114 +106,13 @@ pub(super) fn apply_chat(preset: &Preset, req: &mut ChatRequest) -> Result<(), N
     Ok(())
 }
 
-/// Ollama's `options` that change nothing about the answer (threads, batch size, memory
-/// mapping, GPU layers): accepted and left to this node's own settings.
-const RUNTIME_OPTIONS: &[&str] = &[
-    "num_keep",
-    "num_batch",
-    "num_gpu",
-    "main_gpu",
-    "low_vram",
-    "f16_kv",
-    "logits_all",
-    "vocab_only",
-    "use_mmap",
-    "use_mlock",
-    "num_thread",
-    "numa",
-];
-
-/// The `options` of a chat or generate request, mapped onto the OpenAI route's sampling
-/// fields. Options that would change the answer but are not implemented are refused by
-/// name; `num_ctx` is returned for the caller to check against the loaded context.
-pub(super) fn map_options(
-    options: Option<&Map<String, Value>>,
-    sampling: &mut Sampling,
-) -> Result<Option<u64>, NodeError> {
-    let Some(options) = options else {
-        return Ok(None);
-    };
-    let bad = |key: &str, want: &str, got: &Value| {
-        NodeError::BadRequest(format!("`options.{key}` is {got}: give {want}"))
-    };
-    let float = |key: &str, v: &Value| -> Result<f32, NodeError> {
-        v.as_f64()
-            .map(|f| f as f32)
-            .ok_or_else(|| bad(key, "a number", v))
-    };
-    let int = |key: &str, v: &Value| -> Result<i64, NodeError> {
-        v.as_i64()
-            .or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64))
-            .ok_or_else(|| bad(key, "an integer", v))
-    };
-    let mut num_ctx = None;
-    for (key, v) in options {
-        if v.is_null() {
-            continue;
-        }
-        match key.as_str() {
-            "num_ctx" => {
-                let n = int(key, v)?;
-                num_ctx = Some(
-                    u64::try_from(n)
-                        .ok()
-                        .filter(|&n| n > 0)
-                        .ok_or_else(|| bad(key, "a positive number of tokens", v))?,
-                );
-            }
-            // -1: until the model stops; -2: until the context is full. Both are what no
-            // limit means here (a generation never runs past the context).
-            "num_predict" => match int(key, v)? {
-                -1 | -2 => sampling.max_tokens = None,
-                n if n > 0 => sampling.max_tokens = usize::try_from(n).ok(),
-                _ => return Err(bad(key, "a positive count, -1 or -2", v)),
-            },
-            "temperature" => sampling.temperature = Some(float(key, v)?),
-            "top_k" => sampling.top_k = Some(int(key, v)?),
-            "top_p" => sampling.top_p = Some(float(key, v)?),
-            "min_p" => sampling.min_p = Some(float(key, v)?),
-            "repeat_penalty" => sampling.repeat_penalty = Some(float(key, v)?),
-            "frequency_penalty" => sampling.frequency_penalty = Some(float(key, v)?),
-            "presence_penalty" => sampling.presence_penalty = Some(float(key, v)?),
-            "seed" => sampling.seed = Some(int(key, v)?),
-            "stop" => {
-                sampling.stop = Some(match v {
-                    Value::String(s) => Stop::One(s.clone()),
-                    Value::Array(a) => Stop::Many(
-                        a.iter()
-                            .map(|s| {
-                                s.as_str()
-                                    .map(str::to_string)
-                                    .ok_or_else(|| bad(key, "a list of strings", v))
-                            })
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    _ => return Err(bad(key, "a string or a list of strings", v)),
-                });
-            }
-            // The penalty window is llama.cpp's 64 tokens here.
-            "repeat_last_n" if int(key, v)? == 64 => {}
-            // Off values of samplers this node does not have.
-            "mirostat" if int(key, v)? == 0 => {}
-            "typical_p" | "tfs_z" if float(key, v)? == 1.0 => {}
-            "penalize_newline" if v.as_bool() == Some(true) => {}
-            k if RUNTIME_OPTIONS.contains(&k) => {}
-            k => {
-                return Err(NodeError::BadRequest(format!(
-                    "`options.{k}` ({v}) is not supported by this node; remove it (supported: num_ctx, num_predict, temperature, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, seed, stop)"
-                )));
-            }
-        }
-    }
-    Ok(num_ctx)
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::api::types::Stop;
     use crate::preset::{Modelfile, PresetMessage};
-    use serde_json::json;
+    use serde_json::{Map, Value, json};
 
     fn options(v: Value) -> Result<(Sampling, Option<u64>), NodeError> {
         let mut s = Sampling::default();
