@@ -728,7 +728,7 @@ fn export(store: &Store, model: &str, dir: &std::path::Path) -> Result<()> {
     let Some(path) = store.primary_path(&record) else {
         bail!("model {} has no model file", record.entry.name);
     };
-    if !path.extension().is_some_and(|e| e == "gguf") {
+    if path.extension().is_none_or(|e| e != "gguf") {
         bail!(
             "model {} is a {} folder; Ollama imports GGUF files: export a GGUF model",
             record.entry.name,
