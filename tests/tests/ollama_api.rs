@@ -4,24 +4,8 @@
 //! keep_alive 0), and a replay of Home Assistant's Ollama integration's requests as raw JSON.
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
-
 use rbee_tests::{Member, NodeProcess, http, import_demo, pool_key, rbee};
 use serde_json::{Value, json};
-
-fn sees(node: &NodeProcess, peers: usize) {
-    let start = Instant::now();
-    while node.get_json("/v1/pool")["peers"].as_array().unwrap().len() < peers {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "pool did not form:\n{}",
-            node.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // The statuses (with the models on disk) arrive a moment later.
-    std::thread::sleep(Duration::from_millis(1500));
-}
 
 /// POSTs `body`; the status and every NDJSON object of the answer (one for `stream: false`).
 fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Vec<Value>, String) {
@@ -150,7 +134,7 @@ fn the_ollama_client_and_home_assistant_get_well_formed_answers_from_a_pool() {
     }
     let a = Member::start(tmp.path(), "a", &key, None, "", &[]);
     let b = Member::start(tmp.path(), "b", &key, Some(&a.p2p), "", &[]);
-    sees(&b.node, 1);
+    rbee_tests::wait_for_peers(&b.node, 1);
 
     // Errors are Ollama's shape.
     let (status, lines, _) = post(

@@ -886,7 +886,7 @@ async fn generate_common(ctx: Arc<NodeContext>, parsed: Result<Generate, NodeErr
         });
         ndjson(rx)
     } else {
-        let collected = collect(&ctx, &mut run).await;
+        let collected = openai::collect(&ctx, &mut run).await;
         drop(run);
         if g.keep_alive == KeepAlive::Unload
             && let Err(e) = unload(&ctx, &model).await
@@ -970,30 +970,16 @@ async fn stream_generation(
     }
 }
 
-async fn collect(
+/// What a chat or generate request runs on: its `keep_alive`, the reference, and the preset
+/// it names, if any.
+async fn target(
     ctx: &NodeContext,
-    run: &mut Started,
-) -> Result<(String, GenerationStats), NodeError> {
-    let mut text = String::new();
-    loop {
-        let event = tokio::select! {
-            event = run.events.recv() => event,
-            () = ctx.halted() => return Err(openai::shutting_down()),
-        };
-        match event {
-            Some(GenerationEvent::Text(t)) => text.push_str(&t),
-            Some(GenerationEvent::Done(s)) => return Ok((text, s)),
-            Some(GenerationEvent::Error { code, message }) => {
-                return Err(NodeError::from_code(code, message));
-            }
-            Some(_) => continue,
-            None => {
-                return Err(NodeError::Internal(
-                    "generation ended without a result".into(),
-                ));
-            }
-        }
-    }
+    name: &str,
+    keep_alive: Option<&Value>,
+) -> Result<(KeepAlive, String, Option<Preset>), NodeError> {
+    let keep_alive = parse_keep_alive(keep_alive)?;
+    let (model, preset) = with_preset(ctx, name).await?;
+    Ok((keep_alive, model, preset))
 }
 
 /// `POST /api/chat`.
@@ -1006,12 +992,9 @@ pub async fn chat(
         Err(e) => return err(&e),
     };
     let shown = req.model.clone();
-    let keep_alive = match parse_keep_alive(req.keep_alive.as_ref()) {
-        Ok(k) => k,
-        Err(e) => return err(&e),
-    };
-    let (model, preset) = match with_preset(&ctx, &req.model).await {
-        Ok(m) => m,
+    let (keep_alive, model, preset) = match target(&ctx, &req.model, req.keep_alive.as_ref()).await
+    {
+        Ok(t) => t,
         Err(e) => return err(&e),
     };
     if req.messages.is_empty() {
@@ -1047,12 +1030,9 @@ pub async fn generate(
         Err(e) => return err(&e),
     };
     let shown = req.model.clone();
-    let keep_alive = match parse_keep_alive(req.keep_alive.as_ref()) {
-        Ok(k) => k,
-        Err(e) => return err(&e),
-    };
-    let (model, preset) = match with_preset(&ctx, &req.model).await {
-        Ok(m) => m,
+    let (keep_alive, model, preset) = match target(&ctx, &req.model, req.keep_alive.as_ref()).await
+    {
+        Ok(t) => t,
         Err(e) => return err(&e),
     };
     if req.prompt.is_empty() && req.system.as_deref().unwrap_or("").is_empty() {

@@ -288,7 +288,7 @@ fn add_usage(total: &mut Usage, prompt_tokens: usize, stats: &GenerationStats) {
 }
 
 /// Runs one generation to its end: the text and the stats.
-async fn collect(
+pub(super) async fn collect(
     ctx: &NodeContext,
     started: &mut Started,
 ) -> Result<(String, GenerationStats), NodeError> {
