@@ -272,3 +272,73 @@ fn a_modelfile_preset_from_the_cli_is_shown_exported_and_served() {
     ok(&["models", "rm", "pirate"]);
     assert!(!ok(&["models", "ls"]).contains("pirate"));
 }
+
+/// `models import ollama:<name>` keeps the Ollama model's system prompt, parameters and
+/// messages as a preset over its GGUF (its Go template is not rendered, and says so).
+#[test]
+fn an_ollama_import_keeps_its_settings_as_a_preset() {
+    let Some(gguf) = rbee_tests::demo_model() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let ollama = tmp.path().join("ollama");
+    let blobs = ollama.join("blobs");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let layer = |byte: &str, bytes: &[u8]| {
+        let hex = byte.repeat(32);
+        std::fs::write(blobs.join(format!("sha256-{hex}")), bytes).unwrap();
+        format!("sha256:{hex}")
+    };
+    let model_hex = "ab".repeat(32);
+    std::fs::hard_link(&gguf, blobs.join(format!("sha256-{model_hex}")))
+        .or_else(|_| std::fs::copy(&gguf, blobs.join(format!("sha256-{model_hex}"))).map(|_| ()))
+        .unwrap();
+    let system = layer("01", b"You are a pirate.");
+    let params = layer(
+        "02",
+        br#"{"stop": ["<end_of_turn>"], "temperature": 0.3, "mirostat": 2}"#,
+    );
+    let template = layer("03", b"{{ .System }} {{ .Prompt }}");
+    let messages = layer("04", br#"[{"role": "user", "content": "Ahoy?"}]"#);
+    let manifest = json!({"schemaVersion": 2, "layers": [
+        {"mediaType": "application/vnd.ollama.image.model", "digest": format!("sha256:{model_hex}")},
+        {"mediaType": "application/vnd.ollama.image.system", "digest": system},
+        {"mediaType": "application/vnd.ollama.image.params", "digest": params},
+        {"mediaType": "application/vnd.ollama.image.template", "digest": template},
+        {"mediaType": "application/vnd.ollama.image.messages", "digest": messages},
+    ]});
+    let dir = ollama.join("manifests/registry.ollama.ai/library/pirate");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("latest"), manifest.to_string()).unwrap();
+
+    let data = tmp.path().join("data");
+    let run = |args: &[&str]| {
+        std::process::Command::new(rbee_tests::rbee_node_bin())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .env("OLLAMA_MODELS", &ollama)
+            .env("XDG_CONFIG_HOME", tmp.path().join("no-config"))
+            .output()
+            .unwrap()
+    };
+    let out = run(&["models", "import", "ollama:pirate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("`mirostat`") && err.contains("template"),
+        "{err}"
+    );
+    let shown = String::from_utf8(run(&["models", "show", "pirate"]).stdout).unwrap();
+    assert!(shown.contains("FROM pirate-gguf"), "{shown}");
+    assert!(shown.contains("SYSTEM \"You are a pirate.\""), "{shown}");
+    assert!(
+        shown.contains("PARAMETER stop \"<end_of_turn>\"")
+            && shown.contains("PARAMETER temperature 0.3")
+            && !shown.contains("mirostat"),
+        "{shown}"
+    );
+    assert!(shown.contains("MESSAGE user \"Ahoy?\""), "{shown}");
+    let listed = String::from_utf8(run(&["models", "ls"]).stdout).unwrap();
+    assert!(listed.contains("pirate-gguf"), "{listed}");
+}

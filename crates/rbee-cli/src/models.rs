@@ -127,6 +127,36 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
             return Ok(());
         }
     }
+    // An Ollama model's system prompt, parameters and messages become a preset under its
+    // name, over its GGUF cataloged as `<name>-gguf`.
+    let ollama = match &cmd {
+        ModelsCommand::Import { source, name } => ollama_plan(
+            &open_store(config.data_dir.clone())?,
+            source,
+            name.as_deref(),
+        )?,
+        _ => None,
+    };
+    let cmd = match (cmd, &ollama) {
+        (ModelsCommand::Import { source, .. }, Some(plan)) => ModelsCommand::Import {
+            source,
+            name: Some(plan.gguf_name.clone()),
+        },
+        (cmd, _) => cmd,
+    };
+    let result = run_command(config, &node, node_up, cmd);
+    if let (Ok(()), Some(plan)) = (&result, ollama) {
+        keep_ollama_settings(&open_store(config.data_dir.clone())?, plan)?;
+    }
+    result
+}
+
+fn run_command(
+    config: &rbee_node::NodeConfig,
+    node: &crate::node::NodeClient,
+    node_up: bool,
+    cmd: ModelsCommand,
+) -> Result<()> {
     match &cmd {
         ModelsCommand::Import { source, name } if node_up => {
             // The node resolves paths itself: hand it an absolute one.
@@ -756,6 +786,91 @@ fn export(store: &Store, model: &str, dir: &std::path::Path) -> Result<()> {
         gguf.display(),
         out.display(),
         out.display()
+    );
+    Ok(())
+}
+
+/// An `ollama:` import whose model has settings besides its GGUF.
+struct OllamaPlan {
+    preset_name: String,
+    gguf_name: String,
+    settings: rbee_store::OllamaSettings,
+}
+
+/// For `ollama:<name>`: its settings and the names to use, when it has settings.
+fn ollama_plan(store: &Store, source: &str, name: Option<&str>) -> Result<Option<OllamaPlan>> {
+    let ImportSource::Ollama(ollama_name) = ImportSource::parse(source)? else {
+        return Ok(None);
+    };
+    let settings = store.ollama_settings(&ollama_name)?;
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let preset_name = match name {
+        Some(n) => n.to_string(),
+        None => ollama_name
+            .strip_suffix(":latest")
+            .unwrap_or(&ollama_name)
+            .replace('/', "-"),
+    };
+    Ok(Some(OllamaPlan {
+        gguf_name: format!("{preset_name}-gguf"),
+        preset_name,
+        settings,
+    }))
+}
+
+/// Stores an imported Ollama model's settings as a preset over its GGUF. Parameters rbee does
+/// not implement are left out, each named; the Go template is not kept (the GGUF's own chat
+/// template applies).
+fn keep_ollama_settings(store: &Store, plan: OllamaPlan) -> Result<()> {
+    let base = store.resolve(&ModelRef::Name(plan.gguf_name.clone()))?;
+    let mut mf = Modelfile {
+        from: plan.gguf_name.clone(),
+        system: plan.settings.system.clone(),
+        license: plan.settings.license.clone(),
+        ..Modelfile::default()
+    };
+    for (key, value) in &plan.settings.params {
+        let mut one = serde_json::Map::new();
+        preset::add_parameter(&mut one, key, value.clone());
+        match preset::check_parameters(&one) {
+            Ok(()) => preset::add_parameter(&mut mf.parameters, key, value.clone()),
+            Err(e) => eprintln!("note: parameter `{key}` left out of the preset: {e}"),
+        }
+    }
+    for (role, content) in &plan.settings.messages {
+        if matches!(role.as_str(), "system" | "user" | "assistant") {
+            mf.messages.push(preset::PresetMessage {
+                role: role.clone(),
+                content: content.clone(),
+            });
+        }
+    }
+    if plan.settings.template.is_some() {
+        eprintln!(
+            "note: the Ollama template is not kept: rbee renders the GGUF's own chat template"
+        );
+    }
+    if store
+        .resolve_entry(&ModelRef::Name(plan.preset_name.clone()))
+        .is_ok()
+    {
+        eprintln!(
+            "note: `{}` already names a model, so its settings were not kept as a preset; import it again with `--name <other>` to keep them",
+            plan.preset_name
+        );
+        return Ok(());
+    }
+    let p = Preset {
+        base: base.entry.content_id.to_hex(),
+        base_name: base.entry.name.clone(),
+        modelfile: mf,
+    };
+    store.save_preset(&plan.preset_name, &serde_json::to_vec_pretty(&p)?)?;
+    println!(
+        "kept its system prompt and parameters as preset {} over {} (`rbee-node models show {}`)",
+        plan.preset_name, plan.gguf_name, plan.preset_name
     );
     Ok(())
 }
