@@ -1096,12 +1096,29 @@ pub async fn pull(
         Ok(m) => m,
         Err(e) => return err(&e),
     };
+    let stream = req.stream.unwrap_or(true);
     let job = ctx.jobs.create("model_pull");
+    if !stream {
+        // One answer: the pull's own error, with its status.
+        return match ctx
+            .provisioner
+            .pull(&model, crate::pull::Reach::Anywhere, &job)
+            .await
+        {
+            Ok(outcome) => {
+                job.done(outcome.job_result());
+                Json(json!({"status": "success"})).into_response()
+            }
+            Err(e) => {
+                job.fail(&e);
+                err(&e)
+            }
+        };
+    }
     ctx.provisioner.start_pull(model.clone(), job.clone());
     let (past, live) = job.subscribe();
     let (tx, rx) = mpsc::channel::<Value>(LINES);
-    let stream = req.stream.unwrap_or(true);
-    let task = tokio::spawn(async move {
+    tokio::spawn(async move {
         let _ = tx.send(json!({"status": "pulling manifest"})).await;
         let mut digest = String::new();
         let mut forward = |event: JobEvent| -> (Option<Value>, bool) {
@@ -1150,24 +1167,7 @@ pub async fn pull(
             }
         }
     });
-    if stream {
-        return ndjson(rx);
-    }
-    // Not streaming: the last status, or the error with its status code.
-    let mut rx = rx;
-    let mut last = json!({"status": "success"});
-    while let Some(v) = rx.recv().await {
-        last = v;
-    }
-    let _ = task.await;
-    if let Some(message) = last.get("error").and_then(Value::as_str) {
-        return (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Json(json!({"error": message})),
-        )
-            .into_response();
-    }
-    Json(last).into_response()
+    ndjson(rx)
 }
 
 /// `DELETE /api/delete`: removes a name. An alias goes alone; a model's own name removes the
