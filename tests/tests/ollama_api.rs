@@ -342,3 +342,47 @@ fn an_ollama_import_keeps_its_settings_as_a_preset() {
     let listed = String::from_utf8(run(&["models", "ls"]).stdout).unwrap();
     assert!(listed.contains("pirate-gguf"), "{listed}");
 }
+
+/// `options.num_ctx` per request: the model is loaded (or reloaded when idle) with a context
+/// that fits it; beyond the model's trained context it is clamped, and the log says so.
+#[test]
+fn num_ctx_loads_the_model_with_a_context_that_fits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    if import_demo(&data, "gemma").is_none() {
+        return;
+    }
+    let node = NodeProcess::start(&data, &["--context-length", "512", "--max-sequences", "2"]);
+    let context = |num_ctx: Option<u64>| {
+        let mut body = json!({"model": "gemma", "stream": false,
+            "messages": [{"role": "user", "content": "Hi"}],
+            "options": {"num_predict": 2, "temperature": 0}});
+        if let Some(n) = num_ctx {
+            body["options"]["num_ctx"] = json!(n);
+        }
+        let (status, lines, _) = post(&node, "/api/chat", &body);
+        assert_eq!(status, 200, "{lines:?}");
+        node.get_json("/api/ps")["models"][0]["context_length"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(context(None), 512, "the configured context");
+    assert_eq!(
+        context(Some(256)),
+        512,
+        "a smaller num_ctx reuses the loaded model"
+    );
+    assert_eq!(
+        context(Some(2048)),
+        2048,
+        "reloaded with a larger context: {}",
+        node.log_text()
+    );
+    assert_eq!(
+        context(Some(1_000_000)),
+        32768,
+        "clamped to the trained context"
+    );
+    assert!(node.log_text().contains("clamped"), "{}", node.log_text());
+    assert_eq!(context(None), 32768, "kept until its memory is needed");
+}

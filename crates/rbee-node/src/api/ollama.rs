@@ -863,14 +863,13 @@ async fn generate_common(ctx: Arc<NodeContext>, parsed: Result<Generate, NodeErr
         return err(&NodeError::BadRequest("nothing to generate".into()));
     };
     let model = g.job.model.clone();
-    let mut run = match serve::start(&ctx, &model, prompt, g.job.params.clone()).await {
-        Ok(s) => s,
-        Err(e) => return err(&e),
-    };
+    let context = g.num_ctx.and_then(|n| usize::try_from(n).ok());
+    let mut run =
+        match serve::start_sized(&ctx, &model, prompt, g.job.params.clone(), context).await {
+            Ok(s) => s,
+            Err(e) => return err(&e),
+        };
     let load = started.elapsed();
-    if let Some(n) = g.num_ctx {
-        check_num_ctx(&ctx, &model, n).await;
-    }
     let node = run.node.clone();
     let resp = if g.stream {
         let (tx, rx) = mpsc::channel::<Value>(LINES);
@@ -903,27 +902,6 @@ async fn generate_common(ctx: Arc<NodeContext>, parsed: Result<Generate, NodeErr
         }
     };
     with_node(resp, &node)
-}
-
-/// Logs when `num_ctx` asks for more context than the model is loaded with here (rbee loads a
-/// model with the node's `--context-length`, capped by the model's trained context).
-async fn check_num_ctx(ctx: &NodeContext, model: &str, num_ctx: u64) {
-    let Ok(status) = ctx.worker.status().await else {
-        return;
-    };
-    for (_, name, state) in status.models {
-        if let crate::actors::worker::ModelState::Loaded { context_length, .. } = state
-            && name == model
-            && num_ctx > context_length as u64
-        {
-            tracing::info!(
-                model,
-                num_ctx,
-                context_length,
-                "options.num_ctx is larger than the context the model is loaded with: clamped to {context_length}"
-            );
-        }
-    }
 }
 
 /// Streams a generation as NDJSON lines; the error that ended it early, if any (a client that
