@@ -312,6 +312,25 @@ impl NodeProcess {
     }
 }
 
+/// Waits (up to 30 s) until `node` sees `peers` peers, then a moment more for their statuses
+/// (with the models on disk) to arrive.
+pub fn wait_for_peers(node: &NodeProcess, peers: usize) {
+    let start = std::time::Instant::now();
+    while node.get_json("/v1/pool")["peers"]
+        .as_array()
+        .map_or(0, Vec::len)
+        < peers
+    {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "pool did not form:\n{}",
+            node.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+}
+
 /// A fresh pool key from the real CLI (`rbee-node pool new`).
 pub fn pool_key(scratch: &Path) -> String {
     let out = rbee(&scratch.join("keygen"), &["pool", "new"]);

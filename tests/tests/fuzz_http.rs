@@ -236,6 +236,34 @@ fn corpus() -> Vec<(&'static str, Value)> {
             json!({"model": "tiny-bert", "prompt": "hello"}),
         ),
         (
+            "/api/chat",
+            json!({"model": "tiny:latest", "messages": [{"role": "system", "content": "Be brief."},
+                   {"role": "user", "content": "hi"}], "stream": false, "keep_alive": "-1s",
+                   "options": {"num_predict": 6, "temperature": 0.5, "stop": ["\n"], "num_ctx": 8192}}),
+        ),
+        (
+            "/api/chat",
+            json!({"model": "tiny", "messages": [{"role": "user", "content": "hi"}],
+                   "options": {"num_predict": 4, "seed": 2}}),
+        ),
+        (
+            "/api/generate",
+            json!({"model": "tiny", "prompt": "Once upon", "raw": true, "stream": false,
+                   "options": {"num_predict": 4, "top_k": 5}}),
+        ),
+        ("/api/show", json!({"model": "tiny:latest"})),
+        ("/api/pull", json!({"model": "tiny", "stream": false})),
+        (
+            "/api/copy",
+            json!({"source": "tiny", "destination": "tiny-copy:v1"}),
+        ),
+        (
+            "/api/create",
+            json!({"model": "brief", "from": "tiny", "system": "Be brief.",
+                   "parameters": {"temperature": 0.2, "stop": ["###"]},
+                   "messages": [{"role": "user", "content": "hi"}], "stream": false}),
+        ),
+        (
             "/v1/jobs",
             json!({"operation": "infer", "model": "tiny", "prompt": "hi", "max_tokens": 4}),
         ),

@@ -20,17 +20,7 @@ fn member(tmp: &Path, name: &str, key: &str, bootstrap: Option<&str>, config: &s
 }
 
 fn sees(node: &NodeProcess, peers: usize) {
-    let start = Instant::now();
-    while node.get_json("/v1/pool")["peers"].as_array().unwrap().len() < peers {
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "pool did not form:\n{}",
-            node.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // Give the statuses (with the models on disk) a moment to arrive.
-    std::thread::sleep(Duration::from_millis(1500));
+    rbee_tests::wait_for_peers(node, peers);
 }
 
 /// Starts a `model_pull` job; returns its stream URL.

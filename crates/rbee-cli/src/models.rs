@@ -11,6 +11,7 @@ use rbee_store::{ImportSource, ModelRecord, Store};
 use serde_json::json;
 
 use crate::output;
+use rbee_node::preset::{self, Modelfile, Preset};
 
 #[derive(Debug, Subcommand)]
 pub enum ModelsCommand {
@@ -83,6 +84,19 @@ pub enum ModelsCommand {
     },
     /// Delete unreferenced files and leftovers of interrupted imports.
     Gc,
+    /// Make a preset from a Modelfile (FROM, SYSTEM, PARAMETER, MESSAGE, LICENSE): a model
+    /// name, usable on every API, for a base model with these settings (no weights copied).
+    Create {
+        name: String,
+        /// The Modelfile.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// Write a model's GGUF and a Modelfile that `ollama create` accepts into DIR.
+    Export {
+        model: String,
+        dir: PathBuf,
+    },
 }
 
 pub fn open_store(data_dir: Option<PathBuf>) -> Result<Store> {
@@ -103,6 +117,46 @@ fn parse_ref(s: &str) -> Result<ModelRef> {
 pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
     let node = crate::node::NodeClient::new(config);
     let node_up = node.health().is_some();
+    // A preset is a file in the store, not a cataloged model: removed here, node or not.
+    if let ModelsCommand::Rm { model, .. } = &cmd {
+        let store = open_store(config.data_dir.clone())?;
+        if find_preset(&store, model)?.is_some() {
+            let name = model.strip_suffix(":latest").unwrap_or(model);
+            store.remove_preset(name)?;
+            println!("removed preset {name}");
+            return Ok(());
+        }
+    }
+    // An Ollama model's system prompt, parameters and messages become a preset under its
+    // name, over its GGUF cataloged as `<name>-gguf`.
+    let ollama = match &cmd {
+        ModelsCommand::Import { source, name } => ollama_plan(
+            &open_store(config.data_dir.clone())?,
+            source,
+            name.as_deref(),
+        )?,
+        _ => None,
+    };
+    let cmd = match (cmd, &ollama) {
+        (ModelsCommand::Import { source, .. }, Some(plan)) => ModelsCommand::Import {
+            source,
+            name: Some(plan.gguf_name.clone()),
+        },
+        (cmd, _) => cmd,
+    };
+    let result = run_command(config, &node, node_up, cmd);
+    if let (Ok(()), Some(plan)) = (&result, ollama) {
+        keep_ollama_settings(&open_store(config.data_dir.clone())?, plan)?;
+    }
+    result
+}
+
+fn run_command(
+    config: &rbee_node::NodeConfig,
+    node: &crate::node::NodeClient,
+    node_up: bool,
+    cmd: ModelsCommand,
+) -> Result<()> {
     match &cmd {
         ModelsCommand::Import { source, name } if node_up => {
             // The node resolves paths itself: hand it an absolute one.
@@ -173,6 +227,15 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
         } => search(config, &query, gguf, limit, json),
         ModelsCommand::Ls { json } => ls(&store, json),
         ModelsCommand::Show { model, json } => {
+            if let Some((name, preset)) = find_preset(&store, &model)? {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&preset)?);
+                } else {
+                    println!("# preset {name} over {}", preset.base_name);
+                    print!("{}", preset.modelfile.render(&preset.base_name));
+                }
+                return Ok(());
+            }
             let rec = store.resolve(&parse_ref(&model)?)?;
             if json {
                 println!(
@@ -184,6 +247,8 @@ pub fn run(config: &rbee_node::NodeConfig, cmd: ModelsCommand) -> Result<()> {
             }
             Ok(())
         }
+        ModelsCommand::Create { name, file } => create(&store, &name, &file),
+        ModelsCommand::Export { model, dir } => export(&store, &model, &dir),
         ModelsCommand::Rm { model, force } => {
             let (entry, gc) = store.remove(&parse_ref(&model)?, force)?;
             println!(
@@ -475,6 +540,12 @@ fn ls(store: &Store, json: bool) -> Result<()> {
             if r.entry.pinned { " (pinned)" } else { "" }
         );
     }
+    for (name, bytes) in store.presets()? {
+        let base = serde_json::from_slice::<Preset>(&bytes)
+            .map(|p| p.base_name)
+            .unwrap_or_else(|_| "?".into());
+        println!("{name:<32} {:<12} preset over {base}", "-");
+    }
     for d in damaged {
         println!(
             "{:<32} {:<12} DAMAGED (see the warning above)",
@@ -600,6 +671,206 @@ fn pin(store: &Store, model: &str, pinned: bool) -> Result<()> {
         "{} {}",
         rec.entry.name,
         if pinned { "pinned" } else { "unpinned" }
+    );
+    Ok(())
+}
+
+/// The preset `name` (`:latest` dropped) names, if the store holds one.
+fn find_preset(store: &Store, name: &str) -> Result<Option<(String, Preset)>> {
+    let name = name.strip_suffix(":latest").unwrap_or(name);
+    for (n, bytes) in store.presets()? {
+        if n == name {
+            let p = serde_json::from_slice(&bytes)
+                .with_context(|| format!("preset `{n}` does not parse"))?;
+            return Ok(Some((n, p)));
+        }
+    }
+    Ok(None)
+}
+
+/// `models create NAME -f Modelfile`: FROM a preset (its settings, then these), a cataloged
+/// model, or a GGUF path (imported first, relative to the Modelfile's folder).
+fn create(store: &Store, name: &str, file: &std::path::Path) -> Result<()> {
+    let size = std::fs::metadata(file)
+        .with_context(|| format!("reading {}", file.display()))?
+        .len();
+    if size > preset::MAX_MODELFILE_BYTES as u64 {
+        bail!(
+            "{} is {size} bytes; a Modelfile is at most {}",
+            file.display(),
+            preset::MAX_MODELFILE_BYTES
+        );
+    }
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mf: Modelfile = preset::parse(&text).with_context(|| file.display().to_string())?;
+    preset::check_parameters(&mf.parameters)?;
+    let name = name.strip_suffix(":latest").unwrap_or(name);
+    if !rbee_proto::is_valid_name(name) {
+        bail!("`{name}` is not a valid name (letters, digits, `.`, `-`, `_`, `:`)");
+    }
+    if store
+        .resolve_entry(&ModelRef::Name(name.to_string()))
+        .is_ok()
+    {
+        bail!("`{name}` already names a model in the catalog; choose another name for the preset");
+    }
+    let preset = if let Some((_, parent)) = find_preset(store, &mf.from)? {
+        parent.derive(mf)
+    } else {
+        let from = mf.from.strip_suffix(":latest").unwrap_or(&mf.from);
+        let record = match parse_ref(from)? {
+            ModelRef::LocalPath(p) => {
+                let path = file
+                    .parent()
+                    .map_or_else(|| PathBuf::from(&p), |dir| dir.join(&p));
+                let outcome = store.import_named(
+                    &ImportSource::Path(path.clone()),
+                    None,
+                    &mut |_| {},
+                )?;
+                println!("imported {} from {}", outcome.name, path.display());
+                store.resolve(&ModelRef::ContentId(outcome.content_id))?
+            }
+            r => store.resolve(&r).with_context(|| {
+                format!("FROM {}: not in the catalog (`rbee-node models ls`; `models pull` fetches one)", mf.from)
+            })?,
+        };
+        Preset {
+            base: record.entry.content_id.to_hex(),
+            base_name: record.entry.name.clone(),
+            modelfile: mf,
+        }
+    };
+    store.save_preset(name, &serde_json::to_vec_pretty(&preset)?)?;
+    println!("created preset {name} over {}", preset.base_name);
+    Ok(())
+}
+
+/// `models export MODEL DIR`: the GGUF (hard-linked when DIR is on the same file system,
+/// else copied) and a Modelfile whose FROM is that file, which `ollama create -f` accepts.
+fn export(store: &Store, model: &str, dir: &std::path::Path) -> Result<()> {
+    let found = find_preset(store, model)?;
+    let record = match &found {
+        Some((_, p)) => store.resolve(&ModelRef::ContentId(p.base.parse()?))?,
+        None => store.resolve(&parse_ref(model)?)?,
+    };
+    let Some(path) = store.primary_path(&record) else {
+        bail!("model {} has no model file", record.entry.name);
+    };
+    if path.extension().is_none_or(|e| e != "gguf") {
+        bail!(
+            "model {} is a {} folder; Ollama imports GGUF files: export a GGUF model",
+            record.entry.name,
+            record.manifest.metadata.format.as_str()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let gguf_name = format!("{}.gguf", record.entry.name.replace(':', "-"));
+    let gguf = dir.join(&gguf_name);
+    if !gguf.exists() && std::fs::hard_link(&path, &gguf).is_err() {
+        let tmp = dir.join(format!(".{gguf_name}.partial"));
+        std::fs::copy(&path, &tmp).with_context(|| format!("copying to {}", tmp.display()))?;
+        std::fs::rename(&tmp, &gguf)?;
+    }
+    let modelfile = match &found {
+        Some((_, p)) => p.modelfile.render(&format!("./{gguf_name}")),
+        None => Modelfile::default().render(&format!("./{gguf_name}")),
+    };
+    let out = dir.join("Modelfile");
+    let tmp = dir.join(".Modelfile.partial");
+    std::fs::write(&tmp, modelfile)?;
+    std::fs::rename(&tmp, &out)?;
+    println!(
+        "wrote {} and {} (`ollama create <name> -f {}`)",
+        gguf.display(),
+        out.display(),
+        out.display()
+    );
+    Ok(())
+}
+
+/// An `ollama:` import whose model has settings besides its GGUF.
+struct OllamaPlan {
+    preset_name: String,
+    gguf_name: String,
+    settings: rbee_store::OllamaSettings,
+}
+
+/// For `ollama:<name>`: its settings and the names to use, when it has settings.
+fn ollama_plan(store: &Store, source: &str, name: Option<&str>) -> Result<Option<OllamaPlan>> {
+    let ImportSource::Ollama(ollama_name) = ImportSource::parse(source)? else {
+        return Ok(None);
+    };
+    let settings = store.ollama_settings(&ollama_name)?;
+    if settings.is_empty() {
+        return Ok(None);
+    }
+    let preset_name = match name {
+        Some(n) => n.to_string(),
+        None => ollama_name
+            .strip_suffix(":latest")
+            .unwrap_or(&ollama_name)
+            .replace('/', "-"),
+    };
+    Ok(Some(OllamaPlan {
+        gguf_name: format!("{preset_name}-gguf"),
+        preset_name,
+        settings,
+    }))
+}
+
+/// Stores an imported Ollama model's settings as a preset over its GGUF. Parameters rbee does
+/// not implement are left out, each named; the Go template is not kept (the GGUF's own chat
+/// template applies).
+fn keep_ollama_settings(store: &Store, plan: OllamaPlan) -> Result<()> {
+    let base = store.resolve(&ModelRef::Name(plan.gguf_name.clone()))?;
+    let mut mf = Modelfile {
+        from: plan.gguf_name.clone(),
+        system: plan.settings.system.clone(),
+        license: plan.settings.license.clone(),
+        ..Modelfile::default()
+    };
+    for (key, value) in &plan.settings.params {
+        let mut one = serde_json::Map::new();
+        preset::add_parameter(&mut one, key, value.clone());
+        match preset::check_parameters(&one) {
+            Ok(()) => preset::add_parameter(&mut mf.parameters, key, value.clone()),
+            Err(e) => eprintln!("note: parameter `{key}` left out of the preset: {e}"),
+        }
+    }
+    for (role, content) in &plan.settings.messages {
+        if matches!(role.as_str(), "system" | "user" | "assistant") {
+            mf.messages.push(preset::PresetMessage {
+                role: role.clone(),
+                content: content.clone(),
+            });
+        }
+    }
+    if plan.settings.template.is_some() {
+        eprintln!(
+            "note: the Ollama template is not kept: rbee renders the GGUF's own chat template"
+        );
+    }
+    if store
+        .resolve_entry(&ModelRef::Name(plan.preset_name.clone()))
+        .is_ok()
+    {
+        eprintln!(
+            "note: `{}` already names a model, so its settings were not kept as a preset; import it again with `--name <other>` to keep them",
+            plan.preset_name
+        );
+        return Ok(());
+    }
+    let p = Preset {
+        base: base.entry.content_id.to_hex(),
+        base_name: base.entry.name.clone(),
+        modelfile: mf,
+    };
+    store.save_preset(&plan.preset_name, &serde_json::to_vec_pretty(&p)?)?;
+    println!(
+        "kept its system prompt and parameters as preset {} over {} (`rbee-node models show {}`)",
+        plan.preset_name, plan.gguf_name, plan.preset_name
     );
     Ok(())
 }

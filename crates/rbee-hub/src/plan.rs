@@ -194,6 +194,35 @@ pub fn plan(listing: &RepoListing, file: Option<&str>) -> Result<Plan, HubError>
         files,
     };
     let chosen = match file {
+        // `org/repo:Q4_K_M` (Ollama's `hf.co/…` names): the repo's GGUF with that
+        // quantization tag, the first by name.
+        Some(f) if listing.get(f).is_none() && quant::is_quant_tag(f) => {
+            let mut hits: Vec<&str> = listing
+                .files
+                .iter()
+                .map(|r| r.name.as_str())
+                .filter(|n| n.to_ascii_lowercase().ends_with(".gguf"))
+                .filter(|n| !quant::is_later_split_part(n))
+                .filter(|n| {
+                    !n.rsplit('/')
+                        .next()
+                        .unwrap_or(n)
+                        .to_ascii_lowercase()
+                        .starts_with("mmproj")
+                })
+                .filter(|n| quant::has_quant_tag(n, &f.to_ascii_uppercase()))
+                .collect();
+            hits.sort_unstable();
+            let Some(name) = hits.first() else {
+                return Err(HubError::NotFound(format!(
+                    "{}@{}: no GGUF with quantization `{f}`; the repo has: {}",
+                    listing.repo,
+                    listing.revision,
+                    listing.names()
+                )));
+            };
+            Some((*name).to_string())
+        }
         Some(f) => {
             let Some(remote) = listing.get(f) else {
                 return Err(HubError::NotFound(format!(
@@ -330,6 +359,31 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_quantization_tag_picks_the_gguf_with_it() {
+        let l = listing(&[
+            ("model-Q4_K_M.gguf", 5),
+            ("model-Q8_0.gguf", 9),
+            ("mmproj-model-Q8_0.gguf", 1),
+        ]);
+        let p = plan(&l, Some("Q8_0")).unwrap();
+        assert_eq!(
+            p.kind,
+            PlanKind::Gguf {
+                file: "model-Q8_0.gguf".into()
+            }
+        );
+        let p = plan(&l, Some("q4_k_m")).unwrap();
+        assert_eq!(
+            p.kind,
+            PlanKind::Gguf {
+                file: "model-Q4_K_M.gguf".into()
+            }
+        );
+        let e = plan(&l, Some("IQ2_XS")).unwrap_err().to_string();
+        assert!(e.contains("IQ2_XS") && e.contains("model-Q8_0.gguf"), "{e}");
     }
 
     #[test]

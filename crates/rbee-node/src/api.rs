@@ -8,7 +8,9 @@ mod guard;
 mod health;
 mod hub;
 mod jobs;
+mod ollama;
 mod openai;
+mod presets;
 pub(crate) mod server;
 pub mod types;
 
@@ -38,6 +40,16 @@ pub fn router(node: Arc<NodeContext>) -> Router {
         .route("/v1/embeddings", post(embeddings::openai))
         .route("/api/embed", post(embeddings::ollama_embed))
         .route("/api/embeddings", post(embeddings::ollama_embeddings))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/show", post(ollama::show))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/pull", post(ollama::pull))
+        .route("/api/delete", axum::routing::delete(ollama::delete))
+        .route("/api/copy", post(ollama::copy))
+        .route("/api/create", post(ollama::create))
         .route("/v1/models", get(openai::models))
         .route("/v1/models/{id}", get(openai::model))
         .route("/v1/jobs", post(jobs::create).get(jobs::list))

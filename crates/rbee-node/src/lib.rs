@@ -12,6 +12,7 @@ pub mod error;
 pub mod jobs;
 pub mod metrics;
 pub mod peer;
+pub mod preset;
 pub mod pull;
 pub mod route;
 pub mod serve;

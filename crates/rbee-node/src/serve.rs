@@ -76,6 +76,8 @@ enum Task {
     Generate {
         prompt: Prompt,
         params: SamplingParams,
+        /// Tokens of context wanted on this node (Ollama's `num_ctx`); a peer loads with its own.
+        context: Option<usize>,
     },
     Embed(EmbedTask),
 }
@@ -185,6 +187,31 @@ pub async fn start(
     start_with(ctx, model, prompt, params, false, None).await
 }
 
+/// [`start`] with at least `context` tokens of context where this node runs it (Ollama's
+/// `num_ctx`; see `WorkerHandle::acquire_with_context`). A peer that serves it loads the model
+/// with its own configured context.
+pub async fn start_sized(
+    ctx: &NodeContext,
+    model: &str,
+    prompt: Prompt,
+    params: SamplingParams,
+    context: Option<usize>,
+) -> Result<Started, NodeError> {
+    run_with(
+        ctx,
+        model,
+        Task::Generate {
+            prompt,
+            params,
+            context,
+        },
+        false,
+        None,
+    )
+    .await?
+    .generation()
+}
+
 /// [`start`], for a request a peer forwarded (`local_only`: it never hops again) or for a
 /// job (`job`: where the phases of a pull it triggers are reported).
 pub async fn start_with(
@@ -198,7 +225,11 @@ pub async fn start_with(
     run_with(
         ctx,
         model,
-        Task::Generate { prompt, params },
+        Task::Generate {
+            prompt,
+            params,
+            context: None,
+        },
         local_only,
         job,
     )
@@ -279,7 +310,7 @@ async fn run_one(
             RouteTarget::Pull => (pull_and_run(ctx, model, job, task.clone()).await, None),
             RouteTarget::Peer { peer, node } => {
                 let result = match task.clone() {
-                    Task::Generate { prompt, params } => {
+                    Task::Generate { prompt, params, .. } => {
                         remote::start_remote(ctx, peer, &node, model, prompt, params, job)
                             .await
                             .map(Ran::Generation)
@@ -328,10 +359,16 @@ async fn run_local(
         check_capability(&model, caps, &task)?;
     }
     let wait = Duration::from_secs(ctx.config.load_wait_secs);
-    let loaded = worker.acquire(model.clone(), wait).await?;
+    let context = match &task {
+        Task::Generate { context, .. } => *context,
+        Task::Embed(_) => None,
+    };
+    let loaded = worker
+        .acquire_with_context(model.clone(), context, wait)
+        .await?;
     ctx.catalog.touch(model.id());
     match task {
-        Task::Generate { prompt, params } => start_local(ctx, &model, loaded, prompt, params)
+        Task::Generate { prompt, params, .. } => start_local(ctx, &model, loaded, prompt, params)
             .await
             .map(Ran::Generation),
         Task::Embed(embed) => embed_local(ctx, &model, loaded, embed)

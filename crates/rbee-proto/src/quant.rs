@@ -7,6 +7,18 @@
 /// Best first.
 pub const QUANT_PREFERENCE: &[&str] = &["Q4_K_M", "Q5_K_M", "Q4_0", "Q5_0", "Q8_0"];
 
+/// Whether `tag` is a quantization tag (`Q4_K_M`, `IQ2_XS`, `Q8_0`, `F16`, `BF16`) rather
+/// than a file name: what Ollama's `org/repo:Q4_K_M` names put after the colon.
+pub fn is_quant_tag(tag: &str) -> bool {
+    let upper = tag.to_ascii_uppercase();
+    !tag.is_empty()
+        && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && (upper.starts_with('Q')
+            || upper.starts_with("IQ")
+            || ["F16", "BF16", "F32"].contains(&upper.as_str()))
+        && upper.chars().any(|c| c.is_ascii_digit())
+}
+
 /// True when `name` carries the quantization tag `quant` as a whole token, in any case and with
 /// `.`, `-` or `_` around it (`model.Q4_K_M.gguf`, `model-q4_k_m.gguf`).
 pub fn has_quant_tag(name: &str, quant: &str) -> bool {

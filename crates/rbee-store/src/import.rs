@@ -3,6 +3,7 @@
 //! no-op that says so.
 
 use std::fs;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use rbee_proto::{
@@ -173,11 +174,64 @@ impl Store {
         self.import_files(files, metadata, source, &stem, false, progress)
     }
 
-    fn import_ollama(
-        &self,
-        name: &str,
-        progress: &mut Report<'_>,
-    ) -> Result<ImportOutcome, StoreError> {
+    /// What an Ollama model carries besides its GGUF: the system prompt, parameters,
+    /// template, license and example messages of its manifest's layers (each read up to
+    /// 1 MiB). Nothing is imported.
+    pub fn ollama_settings(&self, name: &str) -> Result<OllamaSettings, StoreError> {
+        let (root, manifest) = self.ollama_manifest(name)?;
+        let err = |reason: String| StoreError::Ollama {
+            name: name.to_string(),
+            reason,
+        };
+        let mut settings = OllamaSettings::default();
+        for layer in manifest["layers"].as_array().into_iter().flatten() {
+            let kind = layer["mediaType"].as_str().unwrap_or("");
+            let Some(slot) = kind.strip_prefix("application/vnd.ollama.image.") else {
+                continue;
+            };
+            if !matches!(
+                slot,
+                "system" | "params" | "template" | "license" | "messages"
+            ) {
+                continue;
+            }
+            let blob = ollama_blob(&root, layer["digest"].as_str().unwrap_or(""))
+                .ok_or_else(|| err(format!("unexpected {slot} layer digest")))?;
+            let mut text = String::new();
+            fs::File::open(&blob)
+                .ctx("open", &blob)?
+                .take(MAX_SETTINGS_LAYER)
+                .read_to_string(&mut text)
+                .ctx("read", &blob)?;
+            let json = |t: &str| {
+                serde_json::from_str::<serde_json::Value>(t)
+                    .map_err(|e| err(format!("the {slot} layer is not JSON: {e}")))
+            };
+            match slot {
+                "system" => settings.system = Some(text),
+                "template" => settings.template = Some(text),
+                "license" => settings.license.push(text),
+                "params" => settings.params = json(&text)?.as_object().cloned().unwrap_or_default(),
+                _ => {
+                    settings.messages = json(&text)?
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|m| {
+                            Some((
+                                m["role"].as_str()?.to_string(),
+                                m["content"].as_str()?.to_string(),
+                            ))
+                        })
+                        .collect();
+                }
+            }
+        }
+        Ok(settings)
+    }
+
+    /// The Ollama store's root and the manifest of `name` (`model[:tag]`, `:latest` by default).
+    fn ollama_manifest(&self, name: &str) -> Result<(PathBuf, serde_json::Value), StoreError> {
         let err = |reason: String| StoreError::Ollama {
             name: name.to_string(),
             reason,
@@ -201,6 +255,20 @@ impl Store {
         })?;
         let json: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| err(format!("manifest is not JSON: {e}")))?;
+        Ok((root, json))
+    }
+
+    fn import_ollama(
+        &self,
+        name: &str,
+        progress: &mut Report<'_>,
+    ) -> Result<ImportOutcome, StoreError> {
+        let err = |reason: String| StoreError::Ollama {
+            name: name.to_string(),
+            reason,
+        };
+        let (root, json) = self.ollama_manifest(name)?;
+        let (model, tag) = name.split_once(':').unwrap_or((name, "latest"));
         let digest = json["layers"]
             .as_array()
             .and_then(|layers| {
@@ -210,11 +278,8 @@ impl Store {
             })
             .and_then(|l| l["digest"].as_str())
             .ok_or_else(|| err("manifest has no model layer".into()))?;
-        let hex = digest
-            .strip_prefix("sha256:")
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        let blob = ollama_blob(&root, digest)
             .ok_or_else(|| err(format!("unexpected layer digest `{digest}`")))?;
-        let blob = root.join("blobs").join(format!("sha256-{hex}"));
         let metadata = gguf_metadata(&blob)?;
         let display = if tag == "latest" {
             model.to_string()
@@ -522,4 +587,39 @@ fn names(listing: &[(String, Option<u64>)]) -> String {
         .map(|(n, _)| n.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// The largest settings layer of an Ollama model read (system prompts and templates are a few
+/// kilobytes).
+const MAX_SETTINGS_LAYER: u64 = 1 << 20;
+
+/// The blob of an Ollama layer digest (`sha256:<64 hex>`), or None for any other shape.
+fn ollama_blob(root: &Path, digest: &str) -> Option<PathBuf> {
+    let hex = digest
+        .strip_prefix("sha256:")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    Some(root.join("blobs").join(format!("sha256-{hex}")))
+}
+
+/// An Ollama model's settings layers ([`Store::ollama_settings`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OllamaSettings {
+    pub system: Option<String>,
+    /// Its `params` layer: Ollama's options (`stop`, `temperature`, …).
+    pub params: serde_json::Map<String, serde_json::Value>,
+    /// Its Go template (rbee does not render it: the GGUF's own chat template applies).
+    pub template: Option<String>,
+    pub license: Vec<String>,
+    /// Example messages: role and content.
+    pub messages: Vec<(String, String)>,
+}
+
+impl OllamaSettings {
+    /// Whether anything besides the template would change how the model answers or is shown.
+    pub fn is_empty(&self) -> bool {
+        self.system.is_none()
+            && self.params.is_empty()
+            && self.license.is_empty()
+            && self.messages.is_empty()
+    }
 }

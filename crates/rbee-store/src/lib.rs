@@ -40,7 +40,7 @@ mod verified;
 
 pub use catalog::{CatalogEntry, ModelRecord};
 pub use error::StoreError;
-pub use import::ImportSource;
+pub use import::{ImportSource, OllamaSettings};
 pub use nodelock::NodeLock;
 pub use outcome::{DamagedModel, ImportOutcome, RebuildReport};
 pub use partial::PartialModel;

@@ -13,6 +13,9 @@ use crate::error::{IoContext, StoreError};
 use crate::fsutil::{self, create_dir_all, list_dir, read_full, remove_path, sync_dir};
 use crate::outcome::{DamagedModel, ImportOutcome, RebuildReport};
 
+/// The largest preset definition read back ([`Store::presets`]); larger files are skipped.
+pub const MAX_PRESET_BYTES: u64 = 1 << 20;
+
 /// Progress of a long operation, reported as it goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -490,6 +493,78 @@ impl Store {
             {
                 e.aliases.push(alias.to_string());
             }
+            Ok(())
+        })
+    }
+
+    fn preset_path(&self, name: &str) -> Result<PathBuf, StoreError> {
+        if !rbee_proto::is_valid_name(name) {
+            return Err(StoreError::InvalidName(name.to_string()));
+        }
+        // `:` is kept readable in the file name as `%3A` (some file systems refuse `:`).
+        Ok(self
+            .root
+            .join("presets")
+            .join(format!("{}.json", name.replace(':', "%3A"))))
+    }
+
+    /// Stores a preset's definition (opaque bytes, at most 1 MiB) under `name`, atomically:
+    /// a reader sees the old definition or the new, never a mix.
+    pub fn save_preset(&self, name: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let path = self.preset_path(name)?;
+        fsutil::create_dir_all(&self.root.join("presets"))?;
+        fsutil::write_atomic(&path, bytes)
+    }
+
+    /// The stored presets: name and definition, by name.
+    pub fn presets(&self) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let dir = self.root.join("presets");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for entry in entries.flatten() {
+            let file = entry.file_name().to_string_lossy().to_string();
+            let Some(stem) = file.strip_suffix(".json") else {
+                continue;
+            };
+            let name = stem.replace("%3A", ":");
+            if !rbee_proto::is_valid_name(&name) {
+                continue;
+            }
+            let path = entry.path();
+            if std::fs::metadata(&path).is_ok_and(|m| m.len() <= MAX_PRESET_BYTES) {
+                match std::fs::read(&path) {
+                    Ok(bytes) => out.push((name, bytes)),
+                    Err(e) => tracing::warn!("could not read preset {}: {e}", path.display()),
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Removes the preset `name`; whether there was one.
+    pub fn remove_preset(&self, name: &str) -> Result<bool, StoreError> {
+        let path = self.preset_path(name)?;
+        if !path.exists() {
+            return Ok(false);
+        }
+        fsutil::remove_path(&path)?;
+        Ok(true)
+    }
+
+    /// Removes one alias of a model (its name and other aliases stay); an alias it does not
+    /// have is `NotFound`.
+    pub fn unalias(&self, r: &ModelRef, alias: &str) -> Result<ModelRecord, StoreError> {
+        self.modify(r, |state, id| {
+            let e = state
+                .get_mut(&id)
+                .ok_or_else(|| StoreError::NotFound(alias.to_string()))?;
+            if !e.aliases.iter().any(|a| a == alias) {
+                return Err(StoreError::NotFound(alias.to_string()));
+            }
+            e.aliases.retain(|a| a != alias);
             Ok(())
         })
     }

@@ -65,6 +65,15 @@ fn import_list_show_alias_remove() {
     assert_eq!(store.resolve(&r(&id.short())).unwrap().entry.content_id, id);
     store.alias(&r("tiny-Q4_K_M"), "demo").unwrap();
     assert_eq!(store.resolve(&r("demo")).unwrap().entry.content_id, id);
+    // An alias goes alone; the model and its name stay.
+    store.alias(&r("tiny-Q4_K_M"), "extra:v1").unwrap();
+    store.unalias(&r("tiny-Q4_K_M"), "extra:v1").unwrap();
+    assert!(store.resolve(&r("extra:v1")).is_err());
+    assert!(matches!(
+        store.unalias(&r("tiny-Q4_K_M"), "never-was"),
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.resolve(&r("demo")).unwrap().entry.content_id, id);
     store.rename(&r("demo"), "fav").unwrap();
     assert_eq!(
         store.resolve(&r("fav")).unwrap().entry.aliases,
@@ -995,4 +1004,31 @@ fn blobs_are_verified_before_a_load_when_new_or_changed() {
         !record.contains(&rec.manifest.files[0].blob_id().to_hex()),
         "{record}"
     );
+}
+
+#[test]
+fn presets_are_stored_atomically_listed_by_name_and_removed() {
+    let (_tmp, store) = setup();
+    assert!(store.presets().unwrap().is_empty());
+    store.save_preset("pirate:v2", b"{\"a\": 1}").unwrap();
+    store.save_preset("mario", b"{}").unwrap();
+    store.save_preset("mario", b"{\"b\": 2}").unwrap();
+    let listed = store.presets().unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            ("mario".to_string(), b"{\"b\": 2}".to_vec()),
+            ("pirate:v2".to_string(), b"{\"a\": 1}".to_vec()),
+        ]
+    );
+    // No temporary file is left beside them.
+    let dir = store.root().join("presets");
+    assert_eq!(dir_entries(&dir).len(), 2, "{:?}", dir_entries(&dir));
+    assert!(matches!(
+        store.save_preset("../evil", b"{}"),
+        Err(StoreError::InvalidName(_))
+    ));
+    assert!(store.remove_preset("mario").unwrap());
+    assert!(!store.remove_preset("mario").unwrap());
+    assert_eq!(store.presets().unwrap().len(), 1);
 }

@@ -24,10 +24,20 @@ use crate::metrics::Metrics;
 
 type Reply = RpcReplyPort<Result<Arc<dyn LoadedModel>, NodeError>>;
 
+/// How long a request for a larger context waits for a busy model to go idle (so it can be
+/// reloaded) before it is served within the context the model has: `GROW_WAITS` × `GROW_WAIT`.
+const GROW_WAITS: u8 = 25;
+const GROW_WAIT: Duration = Duration::from_millis(20);
+
 pub enum WorkerMsg {
-    /// The loaded model, loading it first if needed.
+    /// The loaded model, loading it first if needed; with `context`, loaded (or reloaded,
+    /// when idle) with at least that many tokens of context where it fits.
     Acquire {
         model: Box<ResolvedModel>,
+        context: Option<usize>,
+        /// Times this request already waited for a busy model to go idle before growing its
+        /// context (bounded by [`GROW_WAITS`]).
+        waited: u8,
         reply: Reply,
     },
     /// Internal: a load finished.
@@ -168,15 +178,59 @@ impl WorkerState {
         true
     }
 
-    fn acquire(&mut self, me: &ActorRef<WorkerMsg>, model: ResolvedModel, reply: Reply) {
+    fn acquire(
+        &mut self,
+        me: &ActorRef<WorkerMsg>,
+        model: ResolvedModel,
+        context: Option<usize>,
+        waited: u8,
+        reply: Reply,
+    ) {
         let id = model.id();
+        let trained = usize::try_from(model.record.manifest.metadata.context_length)
+            .unwrap_or(usize::MAX)
+            .max(1);
+        // A context asked for beyond what the model was trained for is clamped to it.
+        let wanted = context.map(|c| {
+            if c > trained {
+                tracing::info!(model = %model.name(), asked = c, trained, "the context asked for is larger than the model's trained context: clamped");
+            }
+            c.min(trained)
+        });
         match self.slots.get_mut(&id) {
             Some(Slot::Loaded {
-                model, last_used, ..
+                model: loaded,
+                last_used,
+                ..
             }) => {
-                *last_used = Instant::now();
-                let _ = reply.send(Ok(model.clone()));
-                return;
+                let has = loaded.info().context_length;
+                let grow = wanted.is_some_and(|w| w > has);
+                if grow && idle(loaded) {
+                    tracing::info!(model = %model.name(), from = has, to = ?wanted, "reloading with a larger context");
+                    self.slots.remove(&id);
+                } else {
+                    if grow && waited < GROW_WAITS {
+                        // A request that just finished may not have left the model thread
+                        // yet: ask again shortly, then serve within what it has.
+                        let me = me.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(GROW_WAIT).await;
+                            let _ = me.cast(WorkerMsg::Acquire {
+                                model: Box::new(model),
+                                context,
+                                waited: waited + 1,
+                                reply,
+                            });
+                        });
+                        return;
+                    }
+                    if grow {
+                        tracing::info!(model = %model.name(), context = has, asked = ?wanted, "busy with a smaller context: serving within it");
+                    }
+                    *last_used = Instant::now();
+                    let _ = reply.send(Ok(loaded.clone()));
+                    return;
+                }
             }
             Some(Slot::Loading { waiters, .. }) => {
                 waiters.push(reply);
@@ -187,6 +241,19 @@ impl WorkerState {
         // Validation and the memory estimate read only the header: fast, and a broken file
         // is reported here, before anything is committed.
         let mut opts = self.args.load.clone();
+        if let (Some(w), Some(configured)) = (wanted, opts.context_length)
+            && w > configured
+        {
+            let mut larger = opts.clone();
+            larger.context_length = Some(w);
+            // Only when it fits the budget; else the configured context.
+            match self.fitted(&model.path, &mut larger) {
+                Ok(e) if e.total() <= self.args.budget => opts = larger,
+                _ => {
+                    tracing::info!(model = %model.name(), asked = w, configured, "a larger context does not fit the memory budget: loading with the configured one")
+                }
+            }
+        }
         let estimate = match self.fitted(&model.path, &mut opts) {
             Ok(e) => e,
             Err(e) => {
@@ -414,7 +481,12 @@ impl Actor for WorkerActor {
         state: &mut WorkerState,
     ) -> Result<(), ActorProcessingErr> {
         match msg {
-            WorkerMsg::Acquire { model, reply } => state.acquire(&me, *model, reply),
+            WorkerMsg::Acquire {
+                model,
+                context,
+                waited,
+                reply,
+            } => state.acquire(&me, *model, context, waited, reply),
             WorkerMsg::Loaded { id, result } => state.loaded(id, result),
             WorkerMsg::Unload { id, reply } => {
                 let was = matches!(state.slots.remove(&id), Some(Slot::Loaded { .. }));
@@ -437,12 +509,26 @@ impl WorkerHandle {
         model: ResolvedModel,
         wait: Duration,
     ) -> Result<Arc<dyn LoadedModel>, NodeError> {
+        self.acquire_with_context(model, None, wait).await
+    }
+
+    /// [`WorkerHandle::acquire`] with at least `context` tokens of context where it fits the
+    /// memory budget: a model loaded with less is reloaded when idle (busy, it serves within
+    /// what it has); beyond the model's trained context it is clamped (and logged).
+    pub async fn acquire_with_context(
+        &self,
+        model: ResolvedModel,
+        context: Option<usize>,
+        wait: Duration,
+    ) -> Result<Arc<dyn LoadedModel>, NodeError> {
         let name = model.name().to_string();
         let started = Instant::now();
         match self
             .call(
                 |reply| WorkerMsg::Acquire {
                     model: Box::new(model),
+                    context,
+                    waited: 0,
                     reply,
                 },
                 wait,

@@ -66,6 +66,17 @@ impl Workers {
         model: ResolvedModel,
         wait: Duration,
     ) -> Result<Arc<dyn LoadedModel>, NodeError> {
+        self.acquire_with_context(model, None, wait).await
+    }
+
+    /// [`acquire`](Self::acquire) with at least `context` tokens of context where the device
+    /// chosen can hold it ([`WorkerHandle::acquire_with_context`]).
+    pub async fn acquire_with_context(
+        &self,
+        model: ResolvedModel,
+        context: Option<usize>,
+        wait: Duration,
+    ) -> Result<Arc<dyn LoadedModel>, NodeError> {
         let id = model.id().to_hex();
         let mut statuses = Vec::with_capacity(self.all.len());
         for w in self.all.iter() {
@@ -83,7 +94,7 @@ impl Workers {
                 })
             });
             if holds {
-                return w.handle.acquire(model, wait).await;
+                return w.handle.acquire_with_context(model, context, wait).await;
             }
         }
         // 2. GPUs by free memory, then 3. the CPU.
@@ -103,7 +114,11 @@ impl Workers {
         let mut refused = None;
         for (i, _) in order {
             let w = &self.all[i];
-            match w.handle.acquire(model.clone(), wait).await {
+            match w
+                .handle
+                .acquire_with_context(model.clone(), context, wait)
+                .await
+            {
                 Err(e @ (NodeError::NeverFits { .. } | NodeError::Busy { .. })) => {
                     tracing::debug!(device = %w.device, model = model.name(), "not placed here: {e}");
                     refused = Some(e);

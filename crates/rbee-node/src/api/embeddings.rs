@@ -140,7 +140,7 @@ pub fn base64_f32(v: &[f32]) -> String {
 }
 
 /// Ollama's error shape, with the status (and `Retry-After`) the error has everywhere.
-fn ollama_error(e: &NodeError) -> Response {
+pub(super) fn ollama_error(e: &NodeError) -> Response {
     let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = (
         status,

@@ -17,6 +17,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::presets;
 use super::types::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Completion,
     CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, PromptInput,
@@ -89,7 +90,7 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{nanos:x}")
 }
 
-fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, NodeError> {
+pub(super) fn body<T>(parsed: Result<Json<T>, JsonRejection>) -> Result<T, NodeError> {
     parsed
         .map(|Json(v)| v)
         .map_err(|e| NodeError::BadRequest(format!("invalid request body: {}", e.body_text())))
@@ -159,31 +160,44 @@ impl Kind {
     }
 }
 
-/// What one request asks for: the prompts (one per choice) and how to answer.
-struct Job {
-    model: String,
-    prompts: Vec<Prompt>,
-    params: SamplingParams,
+/// What one request asks for: the prompts (one per choice) and how to answer. The OpenAI
+/// and the Ollama routes both build it, from [`chat_job`] and [`completion_job`].
+pub(super) struct Job {
+    pub(super) model: String,
+    pub(super) prompts: Vec<Prompt>,
+    pub(super) params: SamplingParams,
     kind: Kind,
     stream: bool,
     include_usage: bool,
+}
+
+/// The one place a chat request becomes a generation: fields not implemented refused by
+/// name, sampling checked, messages converted. Ollama's `/api/chat` and `/api/generate`
+/// convert their bodies into a [`ChatRequest`] and come through here too.
+pub(super) fn chat_job(req: ChatRequest) -> Result<Job, NodeError> {
+    req.not_yet.refuse()?;
+    Ok(Job {
+        params: params(&req.sampling)?,
+        prompts: vec![Prompt::Chat(messages(req.messages)?)],
+        model: req.model,
+        kind: Kind::Chat,
+        stream: req.sampling.stream,
+        include_usage: include_usage(&req.sampling),
+    })
 }
 
 pub async fn chat_completions(
     State(ctx): State<Arc<NodeContext>>,
     req: Result<Json<ChatRequest>, JsonRejection>,
 ) -> Response {
-    let job = body(req).and_then(|req| {
-        req.not_yet.refuse()?;
-        Ok(Job {
-            params: params(&req.sampling)?,
-            prompts: vec![Prompt::Chat(messages(req.messages)?)],
-            model: req.model,
-            kind: Kind::Chat,
-            stream: req.sampling.stream,
-            include_usage: include_usage(&req.sampling),
-        })
-    });
+    let job = match body(req) {
+        Ok(mut req) => match presets::find(&ctx, &req.model).await {
+            Ok(Some(p)) => presets::apply_chat(&p, &mut req).and_then(|()| chat_job(req)),
+            Ok(None) => chat_job(req),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     run(ctx, job).await
 }
 
@@ -191,30 +205,43 @@ pub async fn completions(
     State(ctx): State<Arc<NodeContext>>,
     req: Result<Json<CompletionRequest>, JsonRejection>,
 ) -> Response {
-    let job = body(req).and_then(|req| {
-        req.not_yet.refuse()?;
-        let prompts: Vec<Prompt> = match req.prompt {
-            PromptInput::One(p) => vec![Prompt::Text(p)],
-            PromptInput::Many(ps) => ps.into_iter().map(Prompt::Text).collect(),
-            PromptInput::Tokens(t) => vec![Prompt::Tokens(t)],
-            PromptInput::ManyTokens(ts) => ts.into_iter().map(Prompt::Tokens).collect(),
-        };
-        if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
-            return Err(NodeError::BadRequest(format!(
-                "`prompt` is a list of {} prompts; send 1 to {MAX_PROMPTS}",
-                prompts.len()
-            )));
-        }
-        Ok(Job {
-            params: params(&req.sampling)?,
-            prompts,
-            model: req.model,
-            kind: Kind::Text,
-            stream: req.sampling.stream,
-            include_usage: include_usage(&req.sampling),
-        })
-    });
+    let job = match body(req) {
+        Ok(mut req) => match presets::find(&ctx, &req.model).await {
+            Ok(Some(p)) => presets::apply_sampling(&p, &mut req.sampling).and_then(|()| {
+                req.model = presets::base_reference(&p);
+                completion_job(req)
+            }),
+            Ok(None) => completion_job(req),
+            Err(e) => Err(e),
+        },
+        Err(e) => Err(e),
+    };
     run(ctx, job).await
+}
+
+/// [`chat_job`] for a text completion (one generation per prompt).
+pub(super) fn completion_job(req: CompletionRequest) -> Result<Job, NodeError> {
+    req.not_yet.refuse()?;
+    let prompts: Vec<Prompt> = match req.prompt {
+        PromptInput::One(p) => vec![Prompt::Text(p)],
+        PromptInput::Many(ps) => ps.into_iter().map(Prompt::Text).collect(),
+        PromptInput::Tokens(t) => vec![Prompt::Tokens(t)],
+        PromptInput::ManyTokens(ts) => ts.into_iter().map(Prompt::Tokens).collect(),
+    };
+    if prompts.is_empty() || prompts.len() > MAX_PROMPTS {
+        return Err(NodeError::BadRequest(format!(
+            "`prompt` is a list of {} prompts; send 1 to {MAX_PROMPTS}",
+            prompts.len()
+        )));
+    }
+    Ok(Job {
+        params: params(&req.sampling)?,
+        prompts,
+        model: req.model,
+        kind: Kind::Text,
+        stream: req.sampling.stream,
+        include_usage: include_usage(&req.sampling),
+    })
 }
 
 async fn run(ctx: Arc<NodeContext>, job: Result<Job, NodeError>) -> Response {
@@ -238,7 +265,7 @@ async fn run(ctx: Arc<NodeContext>, job: Result<Job, NodeError>) -> Response {
     with_node(resp, &node)
 }
 
-fn finish_reason(stats: &GenerationStats) -> String {
+pub(super) fn finish_reason(stats: &GenerationStats) -> String {
     match stats.finish_reason {
         rbee_infer::engine::FinishReason::Length => "length",
         _ => "stop",
@@ -246,7 +273,7 @@ fn finish_reason(stats: &GenerationStats) -> String {
     .into()
 }
 
-fn with_node(mut resp: Response, node: &str) -> Response {
+pub(super) fn with_node(mut resp: Response, node: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(node) {
         resp.headers_mut().insert("x-rbee-node", v);
     }
@@ -261,7 +288,7 @@ fn add_usage(total: &mut Usage, prompt_tokens: usize, stats: &GenerationStats) {
 }
 
 /// Runs one generation to its end: the text and the stats.
-async fn collect(
+pub(super) async fn collect(
     ctx: &NodeContext,
     started: &mut Started,
 ) -> Result<(String, GenerationStats), NodeError> {

@@ -1,0 +1,217 @@
+//! Ollama's `options` as the shared sampling fields, and presets applied to a request: the
+//! OpenAI and Ollama routes both call [`find`] and [`apply_chat`] / [`apply_sampling`], so a
+//! preset is usable by name on every route. Precedence: the request's own values, then the
+//! preset's PARAMETERs, then the engine's defaults; the preset's SYSTEM when the request has
+//! no system message; its MESSAGEs after the system message, before the conversation.
+
+use super::types::{ChatRequest, Content, InMessage, Sampling};
+use crate::NodeContext;
+use crate::error::NodeError;
+use crate::preset::Preset;
+pub(super) use crate::preset::map_options;
+
+/// The preset named `name` (a name as the catalog spells it, `:latest` already dropped),
+/// if this node stores one.
+pub(super) async fn find(ctx: &NodeContext, name: &str) -> Result<Option<Preset>, NodeError> {
+    Ok(all(ctx)
+        .await?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p))
+}
+
+/// Every preset this node stores, by name. One that does not parse is skipped with a warning.
+pub(super) async fn all(ctx: &NodeContext) -> Result<Vec<(String, Preset)>, NodeError> {
+    let store = ctx.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.presets())
+        .await
+        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))??;
+    Ok(stored
+        .into_iter()
+        .filter_map(
+            |(name, bytes)| match serde_json::from_slice::<Preset>(&bytes) {
+                Ok(p) => Some((name, p)),
+                Err(e) => {
+                    tracing::warn!(preset = name, "skipping a preset that does not parse: {e}");
+                    None
+                }
+            },
+        )
+        .collect())
+}
+
+/// The reference a request for the preset runs on: its base, by content id.
+pub(super) fn base_reference(preset: &Preset) -> String {
+    format!("cid:{}", preset.base)
+}
+
+/// Fills what the request left unset from the preset's PARAMETERs.
+pub(super) fn apply_sampling(preset: &Preset, sampling: &mut Sampling) -> Result<(), NodeError> {
+    let mut from = Sampling::default();
+    map_options(Some(&preset.modelfile.parameters), &mut from)?;
+    macro_rules! fill {
+        ($($field:ident),*) => {$(
+            if sampling.$field.is_none() {
+                sampling.$field = from.$field.clone();
+            }
+        )*};
+    }
+    fill!(
+        max_tokens,
+        temperature,
+        top_p,
+        top_k,
+        min_p,
+        repeat_penalty,
+        frequency_penalty,
+        presence_penalty,
+        seed,
+        stop
+    );
+    Ok(())
+}
+
+/// Applies the preset to a chat: its base as the model, its parameters under the request's,
+/// its SYSTEM when the request has none, its MESSAGEs before the conversation.
+pub(super) fn apply_chat(preset: &Preset, req: &mut ChatRequest) -> Result<(), NodeError> {
+    apply_sampling(preset, &mut req.sampling)?;
+    req.model = base_reference(preset);
+    let text = |role: &str, content: &str| InMessage {
+        role: role.to_string(),
+        content: Some(Content::Text(content.to_string())),
+        tool_calls: None,
+    };
+    let has_system = req
+        .messages
+        .iter()
+        .any(|m| m.role == "system" || m.role == "developer");
+    let mut lead: Vec<InMessage> = Vec::new();
+    if !has_system && let Some(system) = &preset.modelfile.system {
+        lead.push(text("system", system));
+    }
+    let leading_system = req
+        .messages
+        .iter()
+        .take_while(|m| m.role == "system" || m.role == "developer")
+        .count();
+    lead.extend(
+        preset
+            .modelfile
+            .messages
+            .iter()
+            .map(|m| text(&m.role, &m.content)),
+    );
+    let at = if has_system { leading_system } else { 0 };
+    req.messages.splice(at..at, lead);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::api::types::Stop;
+    use crate::preset::{Modelfile, PresetMessage};
+    use serde_json::{Map, Value, json};
+
+    fn options(v: Value) -> Result<(Sampling, Option<u64>), NodeError> {
+        let mut s = Sampling::default();
+        let n = map_options(v.as_object(), &mut s)?;
+        Ok((s, n))
+    }
+
+    #[test]
+    fn options_map_onto_the_shared_sampling_fields() {
+        let (s, n) = options(json!({"num_ctx": 8192, "num_predict": 12, "temperature": 0,
+            "top_k": 5, "top_p": 0.9, "min_p": 0.1, "repeat_penalty": 1.1, "seed": 42,
+            "stop": ["\n", "###"], "num_thread": 4, "repeat_last_n": 64, "mirostat": 0}))
+        .unwrap();
+        assert_eq!(n, Some(8192));
+        assert_eq!(s.max_tokens, Some(12));
+        assert_eq!(s.temperature, Some(0.0));
+        assert_eq!((s.top_k, s.seed), (Some(5), Some(42)));
+        assert_eq!(
+            (s.top_p, s.min_p, s.repeat_penalty),
+            (Some(0.9), Some(0.1), Some(1.1))
+        );
+        assert!(matches!(s.stop, Some(Stop::Many(v)) if v == ["\n", "###"]));
+        assert_eq!(
+            options(json!({"num_predict": -1})).unwrap().0.max_tokens,
+            None
+        );
+        assert_eq!(
+            options(json!({"num_predict": -2})).unwrap().0.max_tokens,
+            None
+        );
+        for (bad, field) in [
+            (json!({"num_ctx": 0}), "options.num_ctx"),
+            (json!({"num_predict": 0}), "options.num_predict"),
+            (json!({"temperature": "hot"}), "options.temperature"),
+            (json!({"mirostat": 2}), "options.mirostat"),
+            (json!({"repeat_last_n": 128}), "options.repeat_last_n"),
+            (json!({"frobnicate": 1}), "options.frobnicate"),
+        ] {
+            let msg = options(bad.clone()).unwrap_err().to_string();
+            assert!(msg.contains(field), "{bad}: {msg}");
+        }
+    }
+
+    fn preset() -> Preset {
+        let mut parameters = Map::new();
+        parameters.insert("temperature".into(), json!(0.2));
+        parameters.insert("top_k".into(), json!(7));
+        parameters.insert("stop".into(), json!(["###"]));
+        Preset {
+            base: "ab".repeat(32),
+            base_name: "gemma".into(),
+            modelfile: Modelfile {
+                from: "gemma".into(),
+                system: Some("Be Mario.".into()),
+                parameters,
+                messages: vec![PresetMessage {
+                    role: "user".into(),
+                    content: "Who are you?".into(),
+                }],
+                license: vec![],
+            },
+        }
+    }
+
+    fn chat(v: Value) -> ChatRequest {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn request_values_override_preset_parameters_which_override_defaults() {
+        let mut req = chat(json!({"model": "mario", "temperature": 0.9,
+            "messages": [{"role": "user", "content": "hi"}]}));
+        apply_chat(&preset(), &mut req).unwrap();
+        assert_eq!(req.model, format!("cid:{}", "ab".repeat(32)));
+        assert_eq!(req.sampling.temperature, Some(0.9), "the request's own");
+        assert_eq!(req.sampling.top_k, Some(7), "the preset's");
+        assert_eq!(req.sampling.top_p, None, "the engine's default");
+        assert!(matches!(&req.sampling.stop, Some(Stop::Many(v)) if v == &["###"]));
+        let roles: Vec<&str> = req.messages.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "user"],
+            "SYSTEM, MESSAGE, the chat"
+        );
+    }
+
+    #[test]
+    fn the_requests_own_system_message_wins() {
+        let mut req = chat(json!({"model": "mario", "messages": [
+            {"role": "system", "content": "Be Luigi."}, {"role": "user", "content": "hi"}]}));
+        apply_chat(&preset(), &mut req).unwrap();
+        let texts: Vec<String> = req
+            .messages
+            .iter()
+            .map(|m| match &m.content {
+                Some(Content::Text(t)) => t.clone(),
+                _ => String::new(),
+            })
+            .collect();
+        assert_eq!(texts, ["Be Luigi.", "Who are you?", "hi"]);
+    }
+}
