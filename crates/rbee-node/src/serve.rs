@@ -197,19 +197,12 @@ pub async fn start_sized(
     params: SamplingParams,
     context: Option<usize>,
 ) -> Result<Started, NodeError> {
-    run_with(
-        ctx,
-        model,
-        Task::Generate {
-            prompt,
-            params,
-            context,
-        },
-        false,
-        None,
-    )
-    .await?
-    .generation()
+    let task = Task::Generate {
+        prompt,
+        params,
+        context,
+    };
+    run_with(ctx, model, task, false, None).await?.generation()
 }
 
 /// [`start`], for a request a peer forwarded (`local_only`: it never hops again) or for a
@@ -222,19 +215,14 @@ pub async fn start_with(
     local_only: bool,
     job: Option<&Arc<Job>>,
 ) -> Result<Started, NodeError> {
-    run_with(
-        ctx,
-        model,
-        Task::Generate {
-            prompt,
-            params,
-            context: None,
-        },
-        local_only,
-        job,
-    )
-    .await?
-    .generation()
+    let task = Task::Generate {
+        prompt,
+        params,
+        context: None,
+    };
+    run_with(ctx, model, task, local_only, job)
+        .await?
+        .generation()
 }
 
 /// Embeds the inputs wherever the router says (routed as a generation is: the model loaded

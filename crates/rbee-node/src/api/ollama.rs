@@ -951,16 +951,48 @@ async fn stream_generation(
     }
 }
 
-/// What a chat or generate request runs on: its `keep_alive`, the reference, and the preset
-/// it names, if any.
-async fn target(
-    ctx: &NodeContext,
-    name: &str,
-    keep_alive: Option<&Value>,
-) -> Result<(KeepAlive, String, Option<Preset>), NodeError> {
-    let keep_alive = parse_keep_alive(keep_alive)?;
-    let (model, preset) = with_preset(ctx, name).await?;
-    Ok((keep_alive, model, preset))
+/// What `/api/chat` and `/api/generate` share once their body is read: the model (a preset
+/// resolved to its base), `keep_alive`, load-only requests (nothing to generate), and the
+/// run; `build` makes the shared job from the reference and the preset.
+struct Ask {
+    name: String,
+    keep_alive: Option<Value>,
+    options: Option<Map<String, Value>>,
+    stream: bool,
+    chat: bool,
+    /// Nothing to generate: load (or with `keep_alive` 0 unload) the model.
+    load_only: bool,
+}
+
+async fn answer(
+    ctx: Arc<NodeContext>,
+    ask: Ask,
+    build: impl FnOnce(String, Option<&Preset>) -> Result<openai::Job, NodeError>,
+) -> Response {
+    let prepared = async {
+        let keep_alive = parse_keep_alive(ask.keep_alive.as_ref())?;
+        let (model, preset) = with_preset(&ctx, &ask.name).await?;
+        Ok::<_, NodeError>((keep_alive, model, preset))
+    }
+    .await;
+    let (keep_alive, model, preset) = match prepared {
+        Ok(p) => p,
+        Err(e) => return err(&e),
+    };
+    if ask.load_only {
+        return load_only(&ctx, &model, &ask.name, keep_alive, ask.chat).await;
+    }
+    let parsed = map_options(ask.options.as_ref(), &mut Sampling::default()).and_then(|num_ctx| {
+        Ok(Generate {
+            job: build(model, preset.as_ref())?,
+            shown: ask.name,
+            stream: ask.stream,
+            chat: ask.chat,
+            keep_alive,
+            num_ctx,
+        })
+    });
+    generate_common(ctx, parsed).await
 }
 
 /// `POST /api/chat`.
@@ -972,33 +1004,22 @@ pub async fn chat(
         Ok(r) => r,
         Err(e) => return err(&e),
     };
-    let shown = req.model.clone();
-    let (keep_alive, model, preset) = match target(&ctx, &req.model, req.keep_alive.as_ref()).await
-    {
-        Ok(t) => t,
-        Err(e) => return err(&e),
+    let ask = Ask {
+        name: req.model.clone(),
+        keep_alive: req.keep_alive.clone(),
+        options: req.options.clone(),
+        stream: req.stream.unwrap_or(true),
+        chat: true,
+        load_only: req.messages.is_empty(),
     };
-    if req.messages.is_empty() {
-        return load_only(&ctx, &model, &shown, keep_alive, true).await;
-    }
-    let stream = req.stream.unwrap_or(true);
-    let parsed = (|| {
-        let num_ctx = map_options(req.options.as_ref(), &mut Sampling::default())?;
+    answer(ctx, ask, |model, preset| {
         let mut shared = chat_request(req, model)?;
-        if let Some(p) = &preset {
+        if let Some(p) = preset {
             presets::apply_chat(p, &mut shared)?;
         }
-        let job = chat_job(shared)?;
-        Ok(Generate {
-            job,
-            shown,
-            stream,
-            chat: true,
-            keep_alive,
-            num_ctx,
-        })
-    })();
-    generate_common(ctx, parsed).await
+        chat_job(shared)
+    })
+    .await
 }
 
 /// `POST /api/generate`.
@@ -1010,43 +1031,32 @@ pub async fn generate(
         Ok(r) => r,
         Err(e) => return err(&e),
     };
-    let shown = req.model.clone();
-    let (keep_alive, model, preset) = match target(&ctx, &req.model, req.keep_alive.as_ref()).await
-    {
-        Ok(t) => t,
-        Err(e) => return err(&e),
+    let ask = Ask {
+        name: req.model.clone(),
+        keep_alive: req.keep_alive.clone(),
+        options: req.options.clone(),
+        stream: req.stream.unwrap_or(true),
+        chat: false,
+        load_only: req.prompt.is_empty() && req.system.as_deref().unwrap_or("").is_empty(),
     };
-    if req.prompt.is_empty() && req.system.as_deref().unwrap_or("").is_empty() {
-        return load_only(&ctx, &model, &shown, keep_alive, false).await;
-    }
-    let stream = req.stream.unwrap_or(true);
-    let parsed = (|| {
-        let num_ctx = map_options(req.options.as_ref(), &mut Sampling::default())?;
-        let job = match generate_request(req, model)? {
+    answer(ctx, ask, |model, preset| {
+        match generate_request(req, model)? {
             GenerateShape::Chat(mut c) => {
-                if let Some(p) = &preset {
+                if let Some(p) = preset {
                     presets::apply_chat(p, &mut c)?;
                 }
-                chat_job(c)?
+                chat_job(c)
             }
             GenerateShape::Raw(mut r) => {
-                if let Some(p) = &preset {
+                if let Some(p) = preset {
                     presets::apply_sampling(p, &mut r.sampling)?;
                     r.model = presets::base_reference(p);
                 }
-                completion_job(r)?
+                completion_job(r)
             }
-        };
-        Ok(Generate {
-            job,
-            shown,
-            stream,
-            chat: false,
-            keep_alive,
-            num_ctx,
-        })
-    })();
-    generate_common(ctx, parsed).await
+        }
+    })
+    .await
 }
 
 /// `/api/pull`'s body.
