@@ -71,7 +71,12 @@ fn a_model_goes_to_the_gpu_with_room_and_one_too_big_for_it_to_the_cpu() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let node = NodeProcess::start(&data, &["--devices", "sim:0=700MiB,cpu"]);
+    // A KV budget of one context keeps the demo well inside the GPU (by default the worker
+    // would grow its KV budget to fill the device).
+    let node = NodeProcess::start(
+        &data,
+        &["--devices", "sim:0=700MiB,cpu", "--kv-budget-tokens", "4096"],
+    );
     let h = health(&node);
     assert_eq!(device(&h, "sim:0")["kind"], "gpu");
     assert_eq!(device(&h, "sim:0")["budget_bytes"], 700u64 << 20);
