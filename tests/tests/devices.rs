@@ -75,7 +75,12 @@ fn a_model_goes_to_the_gpu_with_room_and_one_too_big_for_it_to_the_cpu() {
     // would grow its KV budget to fill the device).
     let node = NodeProcess::start(
         &data,
-        &["--devices", "sim:0=700MiB,cpu", "--kv-budget-tokens", "4096"],
+        &[
+            "--devices",
+            "sim:0=700MiB,cpu",
+            "--kv-budget-tokens",
+            "4096",
+        ],
     );
     let h = health(&node);
     assert_eq!(device(&h, "sim:0")["kind"], "gpu");
@@ -183,6 +188,20 @@ fn the_pool_routes_to_the_node_with_a_gpu_that_has_room() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // `rbee-node peers` on the CPU node lists the peer's devices with their free memory.
+    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
+        .args(["--data-dir", a.data.to_str().unwrap(), "peers"])
+        .env("RBEE_API_ADDR", a.node.base.trim_start_matches("http://"))
+        .env("XDG_CONFIG_HOME", a.data.join("no-config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("gpu-node"))
+        .unwrap_or("");
+    assert!(line.contains("sim:0 1.0 GiB free"), "{text}");
+    assert!(line.contains("cpu "), "{text}");
     let (status, served, body) = chat(&a.node, "demo");
     assert_eq!(status, 200, "{body}");
     assert_eq!(served, "gpu-node", "served by the node with GPU room");

@@ -554,28 +554,33 @@ pub fn peers(config: &NodeConfig) -> Result<()> {
     }
     for p in peers {
         let st = &p["status"];
-        let free: u64 = st["devices"]
+        // Every device with its free memory: `cpu 12 GB free, cuda:0 7.5 GB free`.
+        let devices: Vec<String> = st["devices"]
             .as_array()
             .into_iter()
             .flatten()
             .map(|d| {
-                d["budget_bytes"]
+                let free = d["budget_bytes"]
                     .as_u64()
                     .unwrap_or(0)
-                    .saturating_sub(d["used_bytes"].as_u64().unwrap_or(0))
+                    .saturating_sub(d["used_bytes"].as_u64().unwrap_or(0));
+                format!(
+                    "{} {} free",
+                    d["name"].as_str().unwrap_or("?"),
+                    crate::output::bytes(free)
+                )
             })
-            .max()
-            .unwrap_or(0);
+            .collect();
         let loaded = st["loaded"].as_array().map_or(0, Vec::len);
         let disk = st["on_disk"].as_array().map_or(0, Vec::len);
         let rtt = p["rtt_ms"]
             .as_f64()
             .map_or_else(|| "-".to_string(), |r| format!("{r:.1} ms"));
         println!(
-            "{:<20} {:<54} free {:>9}  models {disk} ({loaded} loaded)  rtt {rtt}  seen {} ms ago",
+            "{:<20} {:<54} {}  models {disk} ({loaded} loaded)  rtt {rtt}  seen {} ms ago",
             p["name"].as_str().unwrap_or("?"),
             p["peer_id"].as_str().unwrap_or("?"),
-            crate::output::bytes(free),
+            devices.join(", "),
             p["last_seen_ms"]
         );
     }
