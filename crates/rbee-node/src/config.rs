@@ -6,14 +6,16 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::units::{parse_bytes, total_ram};
+
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:7835";
-/// Peers connect here; only nodes with the pool key get past the first bytes.
 /// The longest API token accepted.
 const MAX_TOKEN: usize = 1024;
 /// The largest token file read.
 const MAX_TOKEN_FILE: u64 = 4096;
 /// Below this no model fits; a budget of 0 is a typo.
 const MIN_BUDGET: u64 = 1 << 20;
+/// Peers connect here; only nodes with the pool key get past the first bytes.
 pub const DEFAULT_P2P_ADDR: &str = "/ip4/0.0.0.0/tcp/7836";
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,31 +171,6 @@ pub fn default_config_path() -> Option<PathBuf> {
         return Some(PathBuf::from(d).join("rbee/config.toml"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/rbee/config.toml"))
-}
-
-/// Parses `4GiB`, `512MiB`, `2G`, `1.5GB` or a plain byte count.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size (e.g. 4GiB, 512MiB, 2000000000)"))?;
-    let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kb" => 1e3,
-        "kib" => 1024.0,
-        "m" | "mb" => 1e6,
-        "mib" => 1024.0 * 1024.0,
-        "g" | "gb" => 1e9,
-        "gib" => 1024.0 * 1024.0 * 1024.0,
-        "t" | "tb" => 1e12,
-        "tib" => 1024f64.powi(4),
-        other => return Err(format!("unknown size unit `{other}` in `{s}`")),
-    };
-    Ok((value * mult) as u64)
 }
 
 fn env(var: &'static str) -> Option<String> {
@@ -572,14 +549,6 @@ fn list(v: &str) -> Vec<String> {
         .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty())
         .collect()
-}
-
-/// Total RAM from /proc/meminfo.
-pub fn total_ram() -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
 }
 
 #[cfg(test)]

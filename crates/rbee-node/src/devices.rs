@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use rbee_infer::engine::LoadOptions;
 
-use crate::config::parse_bytes;
+use crate::units::parse_bytes;
 
 /// One device a node may offer.
 #[derive(Debug, Clone, PartialEq)]
@@ -210,7 +210,7 @@ mod gpu {
 
     /// Metal shares the machine's memory: half of it, as the budget to start from.
     pub fn metal(i: usize) -> Result<(Device, u64), String> {
-        open_metal(i, crate::config::total_ram().unwrap_or(0) / 2)
+        open_metal(i, crate::units::total_ram().unwrap_or(0) / 2)
     }
 }
 

@@ -17,6 +17,7 @@ pub mod pull;
 pub mod route;
 pub mod serve;
 pub mod tasks;
+pub mod units;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -32,13 +32,6 @@ mod assets {
 /// What Ollama's server answers at `GET /`; Ollama clients and tools check for it.
 const OLLAMA_IS_RUNNING: &str = "Ollama is running";
 
-/// The routes anyone may `GET` without the API token: the page and its assets carry no data
-/// (every data route the page calls still needs the token).
-pub(crate) fn is_public(method: &Method, path: &str) -> bool {
-    (method == Method::GET || method == Method::HEAD)
-        && (path == "/" || path.starts_with("/assets/"))
-}
-
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
@@ -386,8 +379,5 @@ mod tests {
             HeaderValue::from_static("text/html,application/xhtml+xml;q=0.9"),
         );
         assert!(wants_html(&h));
-        assert!(is_public(&Method::GET, "/assets/app-1.js"));
-        assert!(!is_public(&Method::GET, "/v1/pool"));
-        assert!(!is_public(&Method::POST, "/"));
     }
 }

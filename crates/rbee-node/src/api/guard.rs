@@ -26,6 +26,14 @@ use crate::error::NodeError;
 /// Request bodies larger than this are refused before reading (a long chat is far smaller).
 pub(crate) const MAX_BODY: usize = 4 << 20;
 
+/// The routes anyone may `GET` without the API token: the dashboard page and its assets carry
+/// no data (every data route the page calls still needs the token).
+fn is_public(method: &axum::http::Method, path: &str) -> bool {
+    use axum::http::Method;
+    (method == Method::GET || method == Method::HEAD)
+        && (path == "/" || path.starts_with("/assets/"))
+}
+
 /// What the API answers, fixed at start from the configuration.
 #[derive(Debug, Clone)]
 pub struct HttpPolicy {
@@ -214,7 +222,7 @@ pub(crate) async fn admit(
 }
 
 async fn admit_request(policy: &HttpPolicy, req: Request) -> Result<Request, NodeError> {
-    if !super::dashboard::is_public(req.method(), req.uri().path())
+    if !is_public(req.method(), req.uri().path())
         && !policy.authorized(req.headers().get(header::AUTHORIZATION))
     {
         return Err(NodeError::Unauthorized);
@@ -298,6 +306,16 @@ fn too_large(declared: Option<u64>) -> NodeError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_page_and_its_assets_are_public() {
+        use axum::http::Method;
+        assert!(is_public(&Method::GET, "/"));
+        assert!(is_public(&Method::HEAD, "/assets/app-1.js"));
+        assert!(!is_public(&Method::GET, "/v1/pool"));
+        assert!(!is_public(&Method::GET, "/api/tags"));
+        assert!(!is_public(&Method::POST, "/"));
+    }
 
     fn policy(config: NodeConfig, listen: &str) -> HttpPolicy {
         HttpPolicy::new(&config, listen.parse().unwrap(), "homelab")
