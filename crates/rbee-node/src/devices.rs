@@ -149,24 +149,17 @@ pub fn offer(
                 },
                 is_gpu: true,
             }),
-            DeviceSpec::Cuda(i) => gpu::cuda(i).map(|(device, free)| Offered {
-                name,
-                budget: free.saturating_sub(gpu_reserve),
-                load: LoadOptions {
-                    device,
-                    ..base.clone()
-                },
-                is_gpu: true,
-            }),
-            DeviceSpec::Metal(i) => gpu::metal(i).map(|(device, free)| Offered {
-                name,
-                budget: free.saturating_sub(gpu_reserve),
-                load: LoadOptions {
-                    device,
-                    ..base.clone()
-                },
-                is_gpu: true,
-            }),
+            DeviceSpec::Cuda(_) | DeviceSpec::Metal(_) => {
+                gpu::open(&spec).map(|(device, free)| Offered {
+                    name,
+                    budget: free.saturating_sub(gpu_reserve),
+                    load: LoadOptions {
+                        device,
+                        ..base.clone()
+                    },
+                    is_gpu: true,
+                })
+            }
         };
         match offered {
             Ok(o) => {
@@ -206,6 +199,15 @@ mod gpu {
 
     pub fn cuda(i: usize) -> Result<(Device, u64), String> {
         open_cuda(i)
+    }
+
+    /// A GPU of the list, opened: the device and the memory it can give.
+    pub fn open(spec: &DeviceSpec) -> Result<(Device, u64), String> {
+        match spec {
+            DeviceSpec::Cuda(i) => cuda(*i),
+            DeviceSpec::Metal(i) => metal(*i),
+            other => Err(format!("{}: not a GPU", other.name())),
+        }
     }
 
     /// Metal shares the machine's memory: half of it, as the budget to start from.
