@@ -2,7 +2,8 @@
 //! `tests/python/dashboard.py`) against real node processes on loopback: three nodes shown
 //! within 3 s, a fourth joining and a killed one leaving, a pull from a peer started from the
 //! page with its progress, a streamed chat naming the serving node, and, with a token set, the
-//! login field and the APIs refusing without it. Screenshots go to
+//! login field and the APIs refusing without it; a preset made, used from the chat, edited,
+//! refused (an unknown base) and deleted from the Models view's editor. Screenshots go to
 //! `target/dashboard-screenshots/`; the page's transfer size and first paint are printed.
 //! `GET /` answers non-browsers as Ollama does.
 #![allow(clippy::unwrap_used)]
@@ -246,6 +247,32 @@ fn with_a_token_the_page_asks_for_it_and_the_apis_refuse_without_it() {
         shots.as_os_str(),
     ];
     run_python_clients("dashboard.py", &args, &node);
+}
+
+#[test]
+fn a_preset_is_made_chatted_with_edited_refused_and_deleted_from_the_page() {
+    if browser().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    if import_demo(&data, "demo").is_none() {
+        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set");
+        return;
+    }
+    let node = NodeProcess::start(&data, &["--name", "presetnode"]);
+    let shots = screenshots();
+    let args = ["preset".as_ref(), node.base.as_ref(), shots.as_os_str()];
+    run_python_clients("dashboard.py", &args, &node);
+    // The page deleted its preset; the base model it was made over is untouched.
+    let tags = node.get_json("/api/tags");
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo:latest"], "{tags}");
 }
 
 #[test]
