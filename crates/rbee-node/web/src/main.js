@@ -202,6 +202,7 @@ function ModelsView({ pool, onAuth }) {
     m.loaded.sort();
   }
   const info = (id) => local.find((m) => m.content_id === id);
+  const baseInfo = (p) => local.find((m) => m.name === p.base);
   const act = (operation, model, label) => start(operation, { model }, label).catch((e) => setError(e.message));
   const selfName = pool?.node?.name;
   return html`<section aria-labelledby="models-h">
@@ -248,7 +249,7 @@ function ModelsView({ pool, onAuth }) {
           <th scope="row">${p.name} <span class="badge">preset</span><br /><small>of ${p.base}</small></th>
           <td>${p.details.family || "–"}</td>
           <td>${p.details.quantization_level || "–"}</td>
-          <td>${p.details.parameter_size || "–"}</td>
+          <td>${baseInfo(p)?.parameter_count ? fmt.count(baseInfo(p).parameter_count) : "–"}</td>
           <td>–</td>
           <td>${selfName}</td>
           <td>–</td>

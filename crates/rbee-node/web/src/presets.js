@@ -140,7 +140,7 @@ export function PresetEditor({ editing, bases, onSaved, onDeleted, onClose, onAu
       setForm({
         ...blank(),
         name,
-        from: f.from,
+        from: f.from.replace(/:latest$/, ""), // Ollama's default tag, as the table shows names
         system: shown.system ?? f.system,
         params: f.params,
         stopText: f.stop.map(escape).join("\n"),
