@@ -90,6 +90,19 @@ def page_metrics(page):
         raise SystemExit("no paint timing recorded")
 
 
+def no_sideways_scroll(page):
+    """Fails when the page is wider than the viewport (tables scroll in their own box)."""
+    wide = page.evaluate(
+        """() => document.documentElement.scrollWidth <= innerWidth + 1 ? null
+        : [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > innerWidth + 1
+                && !e.closest('.scroll'))
+            .slice(0, 5).map(e => e.outerHTML.slice(0, 120))"""
+    )
+    if wide:
+        raise SystemExit(f"the page scrolls sideways at phone width: {wide}")
+
+
 def pool(url, shots):
     with sync_playwright() as p:
         browser, page = open_browser(p)
@@ -216,15 +229,7 @@ def pool(url, shots):
         page.locator('nav a[href="#Pool"]').click()
         expect(node_rows(page)).to_have_count(3)
         page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
-        wide = page.evaluate(
-            """() => document.documentElement.scrollWidth <= innerWidth + 1 ? null
-            : [...document.querySelectorAll('body *')]
-                .filter(e => e.getBoundingClientRect().right > innerWidth + 1
-                    && !e.closest('.scroll'))
-                .slice(0, 5).map(e => e.outerHTML.slice(0, 120))"""
-        )
-        if wide:
-            raise SystemExit(f"the page scrolls sideways at phone width: {wide}")
+        no_sideways_scroll(page)
         page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
         console.check()
         browser.close()
@@ -425,14 +430,7 @@ def preset(url, shots):
         page.emulate_media(color_scheme="dark")
         page.get_by_role("button", name="Edit preset pirate").click()
         expect(page.get_by_label("System prompt")).to_have_value(edited, timeout=5000)
-        wide = page.evaluate(
-            """() => document.documentElement.scrollWidth <= innerWidth + 1 ? null
-            : [...document.querySelectorAll('body *')]
-                .filter(e => e.getBoundingClientRect().right > innerWidth + 1 && !e.closest('.scroll'))
-                .slice(0, 5).map(e => e.outerHTML.slice(0, 120))"""
-        )
-        if wide:
-            raise SystemExit(f"the editor scrolls sideways at phone width: {wide}")
+        no_sideways_scroll(page)
         page.screenshot(path=f"{shots}/preset-editor-phone-dark.png", full_page=True)
 
         # Delete: gone from the table and from the node; the base stays.

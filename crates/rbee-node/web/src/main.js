@@ -3,7 +3,7 @@ import { h, render } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import htm from "htm";
 import { AuthError, call, fmt, request, stream, token } from "./api.js";
-import { PresetEditor } from "./presets.js";
+import { PresetEditor, presetsOf } from "./presets.js";
 
 const html = htm.bind(h);
 const VIEWS = ["Pool", "Models", "Chat", "Activity"];
@@ -181,7 +181,7 @@ function ModelsView({ pool, onAuth }) {
     Promise.all([call("/health"), call("/api/tags")])
       .then(([r, tags]) => {
         setLocal(r.models);
-        setPresets(tags.models.filter((m) => m.details?.parent_model).map((m) => ({ name: m.name.replace(/:latest$/, ""), base: m.details.parent_model.replace(/:latest$/, ""), details: m.details })));
+        setPresets(presetsOf(tags));
       })
       .catch((e) => (e instanceof AuthError ? onAuth() : setError(e.message)));
   useEffect(() => {
@@ -315,7 +315,7 @@ function ChatView({ pool, onAuth }) {
     // OpenAI model list leaves them out).
     Promise.all([call("/v1/models"), call("/api/tags")])
       .then(([r, tags]) => {
-        const presets = tags.models.filter((m) => m.details?.parent_model).map((m) => m.name.replace(/:latest$/, ""));
+        const presets = presetsOf(tags).map((p) => p.name);
         const local = r.data.filter((m) => (m.capabilities || ["completion"]).includes("completion")).map((m) => m.id);
         setEmbedders(r.data.filter((m) => (m.capabilities || []).includes("embedding")).map((m) => m.id));
         const embedOnly = new Set(r.data.filter((m) => !(m.capabilities || ["completion"]).includes("completion")).map((m) => m.content_id));

@@ -23,6 +23,14 @@ export const PARAMS = [
 ];
 const KNOWN = new Set([...PARAMS.map((p) => p.key), "stop"]);
 
+// Names as the dashboard shows them: Ollama's default tag left off.
+export const bare = (name) => name.replace(/:latest$/, "");
+
+// This node's presets from GET /api/tags (a preset's `details.parent_model` names its base;
+// a model's is empty): name, base and the base's details.
+export const presetsOf = (tags) =>
+  tags.models.filter((m) => m.details?.parent_model).map((m) => ({ name: bare(m.name), base: bare(m.details.parent_model), details: m.details }));
+
 // A Modelfile value: `"""…"""` (may span lines), `"…"`, or the rest of the line, as the
 // server reads it. Returns [value, lines consumed after this one].
 function value(rest, lines, at) {
@@ -140,7 +148,7 @@ export function PresetEditor({ editing, bases, onSaved, onDeleted, onClose, onAu
       setForm({
         ...blank(),
         name,
-        from: f.from.replace(/:latest$/, ""), // Ollama's default tag, as the table shows names
+        from: bare(f.from),
         system: shown.system ?? f.system,
         params: f.params,
         stopText: f.stop.map(escape).join("\n"),
