@@ -123,7 +123,8 @@ const quoted = (t) => (t.includes("\n") || t.includes('"') ? `"""${t}"""` : `"${
 export function render(body) {
   let out = `FROM ${body.from}\n`;
   if (body.system != null) out += `SYSTEM ${quoted(body.system)}\n`;
-  for (const [k, v] of Object.entries(body.parameters))
+  // Sorted by name, as the server keeps them.
+  for (const [k, v] of Object.entries(body.parameters).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
     for (const one of Array.isArray(v) ? v : [v]) out += `PARAMETER ${k} ${typeof one === "string" ? quoted(one) : JSON.stringify(one)}\n`;
   for (const m of body.messages) out += `MESSAGE ${m.role} ${quoted(m.content)}\n`;
   if (body.license) out += `LICENSE ${quoted(body.license)}\n`;

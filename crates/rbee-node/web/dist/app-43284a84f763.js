@@ -11,7 +11,7 @@ var oe,x,Re,vt,W,Fe,Ue,qe,Be,fe,de,pe,yt,K={},We=[],kt=/acit|ex(?:s|g|n|p|$)|rph
 `).filter(i=>i!=="").map(Ft);s.length&&(n.stop=s);let a=e.messages.filter(i=>i.content.trim()!==""),o={model:t,from:e.from.trim(),parameters:n,messages:a,stream:!1};e.system.trim()&&(o.system=e.system);let r=e.license.trim();return r&&(o.license=r),{body:o}}var ue=e=>e.includes(`
 `)||e.includes('"')?`"""${e}"""`:`"${e}"`;function Lt(e){let t=`FROM ${e.from}
 `;e.system!=null&&(t+=`SYSTEM ${ue(e.system)}
-`);for(let[n,s]of Object.entries(e.parameters))for(let a of Array.isArray(s)?s:[s])t+=`PARAMETER ${n} ${typeof a=="string"?ue(a):JSON.stringify(a)}
+`);for(let[n,s]of Object.entries(e.parameters).sort(([a],[o])=>a<o?-1:a>o?1:0))for(let a of Array.isArray(s)?s:[s])t+=`PARAMETER ${n} ${typeof a=="string"?ue(a):JSON.stringify(a)}
 `;for(let n of e.messages)t+=`MESSAGE ${n.role} ${ue(n.content)}
 `;return e.license&&(t+=`LICENSE ${ue(e.license)}
 `),t}var xe=e=>({name:"",from:e||"",system:"",params:{},stopText:"",messages:[],license:"",other:{}});function mt({editing:e,bases:t,onSaved:n,onDeleted:s,onClose:a,onAuth:o}){let[r,i]=g(()=>xe(t[0])),[_,c]=g(!!e),[u,l]=g(null),[h,m]=g(null),[y,S]=g(!1),w=f=>f instanceof H?o():l(f.message),v=f=>F("/api/show",{method:"POST",body:{model:f}}).then(d=>{let k=Dt(d.modelfile||"");i({...xe(),name:f,from:Se(k.from),system:d.system??k.system,params:k.params,stopText:k.stop.map(Ht).join(`
