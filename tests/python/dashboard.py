@@ -3,6 +3,7 @@
 usage: dashboard.py pool <url> <screenshot dir>   (the Rust side answers WANT lines on stdin)
        dashboard.py token <url> <token> <screenshot dir>
        dashboard.py cancel <url> <screenshot dir>   (a HuggingFace pull the hub holds mid-file)
+       dashboard.py preset <url> <screenshot dir>   (a node holding the demo model as `demo`)
 
 Prints METRIC lines the Rust test reports; exits non-zero (with the reason) on any failure,
 a browser console error included.
@@ -87,6 +88,19 @@ def page_metrics(page):
     say("METRIC first_contentful_paint_ms", round(m["paint"], 1))
     if m["paint"] is None:
         raise SystemExit("no paint timing recorded")
+
+
+def no_sideways_scroll(page):
+    """Fails when the page is wider than the viewport (tables scroll in their own box)."""
+    wide = page.evaluate(
+        """() => document.documentElement.scrollWidth <= innerWidth + 1 ? null
+        : [...document.querySelectorAll('body *')]
+            .filter(e => e.getBoundingClientRect().right > innerWidth + 1
+                && !e.closest('.scroll'))
+            .slice(0, 5).map(e => e.outerHTML.slice(0, 120))"""
+    )
+    if wide:
+        raise SystemExit(f"the page scrolls sideways at phone width: {wide}")
 
 
 def pool(url, shots):
@@ -215,15 +229,7 @@ def pool(url, shots):
         page.locator('nav a[href="#Pool"]').click()
         expect(node_rows(page)).to_have_count(3)
         page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
-        wide = page.evaluate(
-            """() => document.documentElement.scrollWidth <= innerWidth + 1 ? null
-            : [...document.querySelectorAll('body *')]
-                .filter(e => e.getBoundingClientRect().right > innerWidth + 1
-                    && !e.closest('.scroll'))
-                .slice(0, 5).map(e => e.outerHTML.slice(0, 120))"""
-        )
-        if wide:
-            raise SystemExit(f"the page scrolls sideways at phone width: {wide}")
+        no_sideways_scroll(page)
         page.screenshot(path=f"{shots}/pool-phone-dark.png", full_page=True)
         console.check()
         browser.close()
@@ -282,9 +288,169 @@ def cancel(url, shots):
         browser.close()
 
 
+def show(page, name):
+    """POST /api/show from the page (the server's view of a preset), or its status on failure."""
+    return page.evaluate(
+        """async (name) => {
+        const r = await fetch('/api/show', {method: 'POST', body: JSON.stringify({model: name}),
+            headers: {'Content-Type': 'application/json'}});
+        return r.ok ? await r.json() : r.status;
+    }""",
+        name,
+    )
+
+
+def tag_names(page):
+    return page.evaluate("fetch('/api/tags').then(r => r.json()).then(t => t.models.map(m => m.name))")
+
+
+def chat_once(page, model, message):
+    """One chat from the Chat view (no system prompt of its own); its text and stats line."""
+    page.get_by_role("button", name="New chat").click()
+    page.get_by_label("Model", exact=True).select_option(model)
+    page.get_by_label("System prompt").fill("")
+    page.get_by_label("Temperature").fill("0")
+    page.get_by_label("Max tokens").fill("40")
+    page.get_by_label("Message").fill(message)
+    page.get_by_role("button", name="Send").click()
+    last = page.locator(".msg.assistant").last
+    expect(last.locator(".served")).to_be_visible(timeout=120000)
+    expect(last.locator(".prompt-tokens")).to_be_visible()
+    prompt = int(last.locator(".prompt-tokens").inner_text().split()[0])
+    return last.locator(".text").inner_text(), last.locator(".served").inner_text(), prompt
+
+
+def preset(url, shots):
+    system = "You are a pirate. Answer every question in one short sentence, starting with Arr."
+    edited = "You are a polite librarian. Answer every question with a book title."
+    with sync_playwright() as p:
+        browser, page = open_browser(p)
+        console = Console(page)
+        page.on("dialog", lambda d: d.accept())  # the Delete confirmation
+        page.goto(url + "/#Models")
+        expect(page.locator('#models tr[data-model="demo"]')).to_be_visible(timeout=5000)
+
+        # New preset, reached by keyboard: system prompt, temperature 0, a stop.
+        page.get_by_role("button", name="New preset").focus()
+        page.keyboard.press("Enter")
+        expect(page.locator("#preset-h")).to_have_text("New preset")
+        page.get_by_label("Preset name").fill("pirate")
+        page.get_by_label("Base model").fill("demo")
+        page.get_by_label("System prompt").fill(system)
+        page.get_by_label("Temperature").fill("0")
+        page.get_by_label("Stop sequences").fill(".")
+        page.get_by_role("button", name="Add message").click()
+        page.get_by_label("Text of message 1").fill("Where is the treasure?")
+        page.get_by_role("button", name="Add message").click()
+        expect(page.get_by_label("Role of message 2")).to_have_value("assistant")
+        page.get_by_label("Text of message 2").fill("Arr, under the old oak")
+        preview = page.locator("#preset-preview")
+        expect(preview).to_contain_text("FROM demo")
+        expect(preview).to_contain_text(f'SYSTEM "{system}"')
+        expect(preview).to_contain_text("PARAMETER temperature 0")
+        expect(preview).to_contain_text('PARAMETER stop "."')
+        expect(preview).to_contain_text('MESSAGE assistant "Arr, under the old oak"')
+        page.get_by_role("button", name="Save preset").click()
+        expect(page.get_by_role("status").filter(has_text="Saved preset")).to_contain_text("pirate", timeout=10000)
+        # Saved: now edited in place (Delete offered), listed as a preset over its base.
+        expect(page.locator("#preset-h")).to_have_text("Edit preset pirate")
+        row = page.locator('#models tr[data-model="pirate"]')
+        expect(row).to_contain_text("preset", timeout=5000)
+        expect(row).to_contain_text("of demo")
+        expect(row).to_contain_text("gemma3")
+        shown = show(page, "pirate")
+        say("METRIC preset_modelfile", " | ".join(shown["modelfile"].splitlines()))
+        if shown.get("system") != system or "temperature" not in shown["parameters"]:
+            raise SystemExit(f"/api/show does not have the preset as saved: {shown}")
+        if '"."' not in shown["parameters"] or shown["details"]["parent_model"] != "demo:latest":
+            raise SystemExit(f"/api/show lost the stop or the base: {shown}")
+        page.screenshot(path=f"{shots}/models-preset-editor.png", full_page=True)
+
+        # Chat with the base and then with the preset, the same message: the preset's system
+        # prompt and example messages add prompt tokens; its stop ends the answer at a ".".
+        page.locator('nav a[href="#Chat"]').click()
+        expect(page.get_by_label("Model", exact=True).locator('option[value="pirate"]')).to_have_count(1, timeout=5000)
+        question = "What is the capital of France? Say it in a few sentences."
+        base_text, base_stats, base_prompt = chat_once(page, "demo", question)
+        text, stats, prompt = chat_once(page, "pirate", question)
+        say("METRIC base_answer", repr(base_text), "|", base_stats)
+        say("METRIC preset_answer", repr(text), "|", stats)
+        say("METRIC prompt_tokens_base_preset", base_prompt, prompt)
+        if prompt < base_prompt + 20:
+            raise SystemExit(f"the preset's system prompt did not reach the model: {base_prompt} → {prompt} prompt tokens")
+        if "." in text:
+            raise SystemExit(f"the preset's stop sequence did not apply: {text!r}")
+        if text == base_text:
+            raise SystemExit(f"the preset answered as its base did: {text!r}")
+
+        # Edit: prefilled from /api/show, the system prompt changed, saved and shown again.
+        page.locator('nav a[href="#Models"]').click()
+        page.get_by_role("button", name="Edit preset pirate").click()
+        expect(page.get_by_label("System prompt")).to_have_value(system, timeout=5000)
+        expect(page.get_by_label("Base model")).to_have_value("demo")
+        expect(page.get_by_label("Temperature")).to_have_value("0")
+        expect(page.get_by_label("Stop sequences")).to_have_value(".")
+        expect(page.get_by_label("Text of message 2")).to_have_value("Arr, under the old oak")
+        page.get_by_label("System prompt").fill(edited)
+        page.get_by_role("button", name="Save preset").click()
+        expect(page.get_by_role("status").filter(has_text="Saved preset")).to_be_visible(timeout=10000)
+        if show(page, "pirate").get("system") != edited:
+            raise SystemExit("the edited system prompt was not saved")
+        page.get_by_role("button", name="Close editor").click()
+        expect(page.locator(".preset-editor")).to_have_count(0)
+        page.get_by_role("button", name="Edit preset pirate").click()
+        expect(page.get_by_label("System prompt")).to_have_value(edited, timeout=5000)
+        expect(page.get_by_label("Temperature")).to_have_value("0")
+
+        # A bad save (an unknown base) shows the server's message and changes nothing.
+        before = show(page, "pirate")
+        tags = tag_names(page)
+        page.get_by_label("Base model").fill("no-such-base")
+        page.get_by_label("System prompt").fill("this must not be saved")
+        seen = len(console.errors)
+        page.get_by_role("button", name="Save preset").click()
+        alert = page.locator("#preset-error")
+        expect(alert).to_contain_text("no-such-base", timeout=5000)
+        say("METRIC bad_save_error", alert.inner_text())
+        # The browser logs the refused request itself; that one is expected.
+        new = console.errors[seen:]
+        if len(new) != 1 or "api/create" not in new[0] and "status of 4" not in new[0]:
+            raise SystemExit(f"unexpected console output on the refused save: {new}")
+        del console.errors[seen:]
+        if show(page, "pirate") != before or tag_names(page) != tags:
+            raise SystemExit("a refused save changed the preset")
+        # Nor does a missing name reach the server.
+        page.get_by_role("button", name="Close editor").click()
+        page.get_by_role("button", name="New preset").click()
+        page.get_by_role("button", name="Save preset").click()
+        expect(page.locator("#preset-error")).to_contain_text("name")
+
+        # Phone width, dark: the editor fits without sideways scrolling.
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.emulate_media(color_scheme="dark")
+        page.get_by_role("button", name="Edit preset pirate").click()
+        expect(page.get_by_label("System prompt")).to_have_value(edited, timeout=5000)
+        no_sideways_scroll(page)
+        page.screenshot(path=f"{shots}/preset-editor-phone-dark.png", full_page=True)
+
+        # Delete: gone from the table and from the node; the base stays.
+        page.get_by_role("button", name="Delete preset").click()
+        expect(page.locator('#models tr[data-model="pirate"]')).to_have_count(0, timeout=5000)
+        expect(page.locator(".preset-editor")).to_have_count(0)
+        if show(page, "pirate") != 404 or "pirate:latest" in tag_names(page):
+            raise SystemExit("the deleted preset is still on the node")
+        expect(page.locator('#models tr[data-model="demo"]')).to_be_visible()
+        # The show of the deleted preset was a 404 the browser logs: expected.
+        console.errors = [e for e in console.errors if "status of 404" not in e]
+        console.check()
+        browser.close()
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "pool":
         pool(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "preset":
+        preset(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "cancel":
         cancel(sys.argv[2], sys.argv[3])
     elif sys.argv[1] == "token":

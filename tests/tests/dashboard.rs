@@ -2,7 +2,8 @@
 //! `tests/python/dashboard.py`) against real node processes on loopback: three nodes shown
 //! within 3 s, a fourth joining and a killed one leaving, a pull from a peer started from the
 //! page with its progress, a streamed chat naming the serving node, and, with a token set, the
-//! login field and the APIs refusing without it. Screenshots go to
+//! login field and the APIs refusing without it; a preset made, used from the chat, edited,
+//! refused (an unknown base) and deleted from the Models view's editor. Screenshots go to
 //! `target/dashboard-screenshots/`; the page's transfer size and first paint are printed.
 //! `GET /` answers non-browsers as Ollama does.
 #![allow(clippy::unwrap_used)]
@@ -134,11 +135,16 @@ fn raw_get(node: &NodeProcess, path: &str, extra: &str) -> String {
     String::from_utf8_lossy(&bytes[..end]).to_lowercase()
 }
 
-/// Runs the pool scenario, answering the script's WANT lines; returns its METRIC lines.
-fn drive(python: &std::ffi::OsStr, url: &str, mut on_want: impl FnMut(&str)) -> Vec<String> {
+/// Runs a scenario of the script, answering its WANT lines; returns its METRIC lines.
+fn drive(
+    python: &std::ffi::OsStr,
+    scenario: &str,
+    url: &str,
+    mut on_want: impl FnMut(&str),
+) -> Vec<String> {
     let mut child = Command::new(python)
         .arg(script())
-        .args(["pool", url])
+        .args([scenario, url])
         .arg(screenshots())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -205,7 +211,7 @@ fn the_page_shows_the_pool_live_pulls_chats_and_lists_the_activity() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let mut d = None;
-    let metrics = drive(&python, &c.node.base, |want| match want {
+    let metrics = drive(&python, "pool", &c.node.base, |want| match want {
         "join node-d" => {
             d = Some(Member::start(
                 tmp.path(),
@@ -246,6 +252,40 @@ fn with_a_token_the_page_asks_for_it_and_the_apis_refuse_without_it() {
         shots.as_os_str(),
     ];
     run_python_clients("dashboard.py", &args, &node);
+}
+
+#[test]
+fn a_preset_is_made_chatted_with_edited_refused_and_deleted_from_the_page() {
+    let Some(python) = browser() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    if import_demo(&data, "demo").is_none() {
+        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set");
+        return;
+    }
+    let node = NodeProcess::start(&data, &["--name", "presetnode"]);
+    let metrics = drive(&python, "preset", &node.base, |want| {
+        panic!("dashboard.py asked for {want}:\n{}", node.log_text())
+    });
+    // The preset's system prompt reached the model: more prompt tokens than its base's.
+    let tokens = metrics
+        .iter()
+        .find_map(|m| m.strip_prefix("METRIC prompt_tokens_base_preset "))
+        .unwrap();
+    let (base, preset) = tokens.split_once(' ').unwrap();
+    assert!(
+        preset.parse::<u64>().unwrap() > base.parse::<u64>().unwrap(),
+        "{tokens}"
+    );
+    // The page deleted its preset; the base model it was made over is untouched.
+    let tags = node.get_json("/api/tags");
+    let names: Vec<&str> = tags["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["demo:latest"], "{tags}");
 }
 
 #[test]

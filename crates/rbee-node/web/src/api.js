@@ -38,7 +38,9 @@ export async function request(path, { method = "GET", body, signal } = {}) {
     body: body === undefined ? undefined : JSON.stringify(body),
   });
   if (!resp.ok) throw await failure(resp);
-  return { body: await resp.json(), headers: resp.headers };
+  // Some answers have no body (Ollama's DELETE /api/delete is a bare 200).
+  const text = await resp.text();
+  return { body: text ? JSON.parse(text) : null, headers: resp.headers };
 }
 
 export const call = async (path, opts) => (await request(path, opts)).body;

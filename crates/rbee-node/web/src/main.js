@@ -3,6 +3,7 @@ import { h, render } from "preact";
 import { useEffect, useRef, useState } from "preact/hooks";
 import htm from "htm";
 import { AuthError, call, fmt, request, stream, token } from "./api.js";
+import { PresetEditor, presetsOf } from "./presets.js";
 
 const html = htm.bind(h);
 const VIEWS = ["Pool", "Models", "Chat", "Activity"];
@@ -169,16 +170,24 @@ function ModelsView({ pool, onAuth }) {
   const [local, setLocal] = useState([]);
   const [ref, setRef] = useState("");
   const [error, setError] = useState(null);
+  const [presets, setPresets] = useState([]);
+  // The editor: closed (false), a new preset (null) or a preset's name.
+  const [editing, setEditing] = useState(false);
   const { jobs, start, cancel } = useJobs();
   // Architecture, quantization and parameters come from this node's catalog (the pool's
-  // statuses carry names and sizes only): shown for the models this node holds.
+  // statuses carry names and sizes only): shown for the models this node holds. Presets are
+  // this node's own (Ollama's /api/tags lists them, with their base as `parent_model`).
   const refresh = () =>
-    call("/health")
-      .then((r) => setLocal(r.models))
+    Promise.all([call("/health"), call("/api/tags")])
+      .then(([r, tags]) => {
+        setLocal(r.models);
+        setPresets(presetsOf(tags));
+      })
       .catch((e) => (e instanceof AuthError ? onAuth() : setError(e.message)));
   useEffect(() => {
     refresh();
   }, [pool?.node?.status?.on_disk?.length, jobs.filter((j) => j.state !== "running").length]);
+  const bases = [...local.filter((m) => m.name).map((m) => m.name), ...presets.map((p) => p.name)];
   const models = new Map();
   for (const n of nodes) {
     for (const m of n.status?.on_disk || []) {
@@ -193,6 +202,7 @@ function ModelsView({ pool, onAuth }) {
     m.loaded.sort();
   }
   const info = (id) => local.find((m) => m.content_id === id);
+  const baseInfo = (p) => local.find((m) => m.name === p.base);
   const act = (operation, model, label) => start(operation, { model }, label).catch((e) => setError(e.message));
   const selfName = pool?.node?.name;
   return html`<section aria-labelledby="models-h">
@@ -206,11 +216,16 @@ function ModelsView({ pool, onAuth }) {
       <input id="pull-ref" value=${ref} onInput=${(e) => setRef(e.target.value)} placeholder="e.g. Qwen/Qwen2.5-0.5B-Instruct-GGUF:Q4_K_M" />
       <button type="submit">Pull</button>
     </form>
+    <div class="row"><button type="button" onClick=${() => setEditing(null)} aria-expanded=${editing === null}>New preset</button></div>
+    ${editing !== false && html`<${PresetEditor} editing=${editing} bases=${bases} onAuth=${onAuth}
+      onSaved=${(name) => (setEditing(name), refresh())}
+      onDeleted=${() => (setEditing(false), refresh())}
+      onClose=${() => setEditing(false)} />`}
     ${error && html`<p class="error" role="alert">${error}</p>`}
     ${jobs.length > 0 && html`<h3>Jobs on this node</h3><ul class="jobs">${jobs.map((j) => html`<${JobRow} job=${j} cancel=${cancel} key=${j.id} />`)}</ul>`}
     <div class="scroll"><table id="models">
       <thead><tr><th scope="col">Model</th><th scope="col">Architecture</th><th scope="col">Quantization</th><th scope="col">Parameters</th><th scope="col">Size</th><th scope="col">Held by</th><th scope="col">Loaded on</th><th scope="col">Actions (this node)</th></tr></thead>
-      <tbody>${models.size === 0 && html`<tr><td colspan="8">No models in the pool yet: pull one above, or import one with <code>rbee-node models import</code>.</td></tr>`}
+      <tbody>${models.size === 0 && presets.length === 0 && html`<tr><td colspan="8">No models in the pool yet: pull one above, or import one with <code>rbee-node models import</code>.</td></tr>`}
       ${[...models.values()].map((m) => {
         const here = m.holders.includes(selfName);
         const name = m.names[0];
@@ -228,7 +243,19 @@ function ModelsView({ pool, onAuth }) {
                 <button type="button" class="danger" onClick=${() => confirm(`Remove ${name} from this node's store?`) && act("model_remove", name, `remove ${name}`)}>Remove</button>`
             : html`<button type="button" onClick=${() => act("model_pull", m.id, `pull ${name}`)}>Pull here</button>`}</td>
         </tr>`;
-      })}</tbody>
+      })}
+      ${presets.map(
+        (p) => html`<tr data-model=${p.name} data-preset=${p.base} class="preset" key=${`preset:${p.name}`}>
+          <th scope="row">${p.name} <span class="badge">preset</span><br /><small>of ${p.base}</small></th>
+          <td>${p.details.family || "–"}</td>
+          <td>${p.details.quantization_level || "–"}</td>
+          <td>${baseInfo(p)?.parameter_count ? fmt.count(baseInfo(p).parameter_count) : "–"}</td>
+          <td>–</td>
+          <td>${selfName}</td>
+          <td>–</td>
+          <td class="actions"><button type="button" onClick=${() => setEditing(p.name)} aria-label=${`Edit preset ${p.name}`}>Edit</button></td>
+        </tr>`,
+      )}</tbody>
     </table></div>
   </section>`;
 }
@@ -284,14 +311,17 @@ function ChatView({ pool, onAuth }) {
   const abort = useRef(null);
   const nodes = nodesOf(pool);
   useEffect(() => {
-    call("/v1/models")
-      .then((r) => {
+    // Presets run by name on every route; /api/tags lists them (they hold no weights, so the
+    // OpenAI model list leaves them out).
+    Promise.all([call("/v1/models"), call("/api/tags")])
+      .then(([r, tags]) => {
+        const presets = presetsOf(tags).map((p) => p.name);
         const local = r.data.filter((m) => (m.capabilities || ["completion"]).includes("completion")).map((m) => m.id);
         setEmbedders(r.data.filter((m) => (m.capabilities || []).includes("embedding")).map((m) => m.id));
         const embedOnly = new Set(r.data.filter((m) => !(m.capabilities || ["completion"]).includes("completion")).map((m) => m.content_id));
         const pooled = [];
         for (const n of nodes) for (const m of n.status?.on_disk || []) if (!embedOnly.has(m.content_id)) pooled.push(m.names[0]);
-        const all = [...new Set([...local, ...pooled])];
+        const all = [...new Set([...local, ...presets, ...pooled])];
         setModels(all);
         setModel((cur) => cur || all[0] || "");
       })
@@ -315,6 +345,7 @@ function ChatView({ pool, onAuth }) {
     let first = null;
     let node = null;
     let tokens = null;
+    let prompt = null;
     let chunks = 0;
     const show = (patch) => setMessages([...history, { ...reply, ...patch }]);
     try {
@@ -334,7 +365,10 @@ function ChatView({ pool, onAuth }) {
           if (data === "[DONE]") return;
           const c = JSON.parse(data);
           if (c.error) throw new Error(c.error.message);
-          if (c.usage) tokens = c.usage.completion_tokens;
+          if (c.usage) {
+            tokens = c.usage.completion_tokens;
+            prompt = c.usage.prompt_tokens;
+          }
           const delta = c.choices?.[0]?.delta?.content;
           if (delta) {
             if (first == null) first = performance.now();
@@ -353,7 +387,7 @@ function ChatView({ pool, onAuth }) {
     const end = performance.now();
     const n = tokens ?? chunks;
     const tps = first != null && n > 1 ? (n - 1) / ((end - first) / 1000) : null;
-    show({ pending: false, node, ttft: first != null ? first - started : null, tokens: n, tps, stopped: abort.current?.signal.aborted });
+    show({ pending: false, node, ttft: first != null ? first - started : null, tokens: n, prompt, tps, stopped: abort.current?.signal.aborted });
     setBusy(false);
   }
   return html`<section aria-labelledby="chat-h">
@@ -377,7 +411,7 @@ function ChatView({ pool, onAuth }) {
         (m) => html`<li class=${`msg ${m.role}`}>
           <span class="who">${m.role === "user" ? "You" : "Model"}</span>
           <div class="text">${m.content}${m.pending ? "▍" : ""}</div>
-          ${m.role === "assistant" && !m.pending && html`<small class="served">served by <strong class="served-by">${m.node || "?"}</strong> · ${m.tokens} tokens · TTFT ${fmt.ms(m.ttft)} · ${fmt.rate(m.tps)}${m.stopped ? " · stopped" : ""}</small>`}
+          ${m.role === "assistant" && !m.pending && html`<small class="served">served by <strong class="served-by">${m.node || "?"}</strong> · ${m.tokens} tokens${m.prompt != null ? html` · <span class="prompt-tokens">${m.prompt} prompt tokens</span>` : ""} · TTFT ${fmt.ms(m.ttft)} · ${fmt.rate(m.tps)}${m.stopped ? " · stopped" : ""}</small>`}
         </li>`,
       )}
     </ol>
