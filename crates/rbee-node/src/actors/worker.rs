@@ -36,7 +36,7 @@ pub enum WorkerMsg {
         model: Box<ResolvedModel>,
         context: Option<usize>,
         /// Times this request already waited for a busy model to go idle before growing its
-        /// context (bounded by [`GROW_WAITS`]).
+        /// context (bounded by `GROW_WAITS`).
         waited: u8,
         reply: Reply,
     },
