@@ -3,9 +3,11 @@
 //! renders it (trim_blocks, lstrip_blocks, Python string methods), or a built-in template for
 //! the architecture when the model ships none.
 
-use minijinja::{Environment, ErrorKind, context};
+use minijinja::{Environment, ErrorKind, Value};
 
-pub use rbee_proto::generation::{ChatMessage, MessagesError, check_messages};
+pub use rbee_proto::generation::{ChatMessage, ChatOptions, MessagesError, check_messages};
+
+use crate::tools::{ToolFormat, messages_value, tools_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -68,6 +70,9 @@ pub struct ChatTemplate {
     eos_token: String,
     /// The model's own template (true) or our built-in one (false).
     pub from_model: bool,
+    /// How this template's model writes tool calls ([`ToolFormat::Generic`] when the template
+    /// knows no tools).
+    pub tool_format: ToolFormat,
 }
 
 impl ChatTemplate {
@@ -99,6 +104,7 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             from_model,
+            tool_format: ToolFormat::of_template(source),
         })
     }
 
@@ -109,18 +115,48 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_with(messages, &ChatOptions::default(), add_generation_prompt)
+    }
+
+    /// Renders `messages` with the request's tools (as `tools`, the list of
+    /// `{"type": "function", "function": {…}}` HuggingFace templates read, or in the generic
+    /// format of [`crate::tools`] when the template knows no tools), assistant turns'
+    /// `tool_calls` and tool results' `tool_call_id`, and the template variables of
+    /// `options.template_kwargs` (`enable_thinking`, `reasoning_effort`, …; they cannot
+    /// replace `messages`, `tools` or the special tokens).
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
         check_messages(messages)?;
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| ChatError::Compile(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| ChatError::Render(e.to_string()))
+        let mut vars = std::collections::BTreeMap::new();
+        for (name, json) in &options.template_kwargs {
+            let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+                ChatError::Render(format!("template variable `{name}` is not JSON: {e}"))
+            })?;
+            vars.insert(name.clone(), Value::from_serialize(&value));
+        }
+        let msgs = messages_value(messages, self.tool_format, &options.tools);
+        vars.insert("messages".into(), Value::from_serialize(&msgs));
+        vars.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+        vars.insert("bos_token".into(), Value::from(self.bos_token.as_str()));
+        vars.insert("eos_token".into(), Value::from(self.eos_token.as_str()));
+        if options.tools.is_empty() || self.tool_format == ToolFormat::Generic {
+            vars.remove("tools");
+        } else {
+            vars.insert(
+                "tools".into(),
+                Value::from_serialize(tools_value(&options.tools)),
+            );
+        }
+        tmpl.render(Value::from_serialize(&vars))
+            .map_err(|e| ChatError::Render(e.to_string()))
     }
 }
 
