@@ -23,22 +23,14 @@ use serde_json::{Value, json};
 /// tiny-qwen2 (byte-level BPE, random weights) with Qwen 2.5's tool-calling chat template,
 /// and a context long enough for the template's tool instructions in byte-sized tokens.
 fn tool_model(dir: &Path) -> PathBuf {
-    let src = reference_dir().join("tiny-qwen2.gguf");
     let template = std::fs::read_to_string(reference_dir().join("qwen2.5-tools.jinja")).unwrap();
-    let header = rbee_format::gguf::GgufFile::open(&src).unwrap();
-    let data = std::fs::read(&src).unwrap();
-    let mut w = rbee_format::gguf::GgufWriter::new();
-    for (k, v) in header.metadata.iter() {
-        if !["general.alignment", "tokenizer.chat_template", "qwen2.context_length"].contains(&k) {
-            w.add(k, v.clone());
-        }
-    }
-    w.add("tokenizer.chat_template", template);
-    w.add("qwen2.context_length", 4096u32);
-    for t in &header.tensors {
-        let bytes = data[t.offset as usize..(t.offset + t.size) as usize].to_vec();
-        w.add_tensor(t.name.clone(), &t.dims, t.dtype, bytes);
-    }
+    let mut w = rbee_format::gguf::GgufWriter::copy_of(
+        &reference_dir().join("tiny-qwen2.gguf"),
+        &["tokenizer.chat_template", "qwen2.context_length"],
+    )
+    .unwrap();
+    w.add("tokenizer.chat_template", template)
+        .add("qwen2.context_length", 4096u32);
     let dst = dir.join("tiny-qwen2-tools.gguf");
     w.write_file(&dst).unwrap();
     dst

@@ -8,6 +8,7 @@ mod health;
 mod hub;
 mod jobs;
 mod openai;
+pub mod output;
 pub(crate) mod server;
 pub mod types;
 

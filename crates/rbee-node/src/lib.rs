@@ -29,6 +29,7 @@ use crate::actors::provisioner::ProvisionerHandle;
 use crate::actors::router::RouterHandle;
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs};
 use crate::actors::worker::{WorkerArgs, WorkerHandle};
+pub use crate::api::output as api_output;
 pub use crate::api::types as api_types;
 pub use crate::config::NodeConfig;
 pub use crate::error::NodeError;
