@@ -144,7 +144,10 @@ impl ChatTemplate {
         }
         let msgs = messages_value(messages, self.tool_format, &options.tools);
         vars.insert("messages".into(), Value::from_serialize(&msgs));
-        vars.insert("add_generation_prompt".into(), Value::from(add_generation_prompt));
+        vars.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
         vars.insert("bos_token".into(), Value::from(self.bos_token.as_str()));
         vars.insert("eos_token".into(), Value::from(self.eos_token.as_str()));
         if options.tools.is_empty() || self.tool_format == ToolFormat::Generic {

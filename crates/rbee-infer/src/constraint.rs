@@ -177,16 +177,47 @@ impl SeqConstraint {
     /// may end, every id in `eos` (the model's end-of-generation tokens) stays allowed.
     pub fn mask(&mut self, logits: &mut [f32], eos: &[u32]) -> Result<(), String> {
         let start = std::time::Instant::now();
-        let mask = self.matcher.compute_mask_or_eos().map_err(|e| e.to_string())?;
+        let mask = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| e.to_string())?;
         let can_end = mask.is_allowed(self.eos);
-        let mut any = false;
-        for (i, l) in logits.iter_mut().enumerate() {
-            let id = i as u32;
-            if mask.is_allowed(id) || (can_end && eos.contains(&id)) {
-                any |= l.is_finite() || *l == f32::INFINITY;
-            } else {
-                *l = f32::NEG_INFINITY;
+        let allowed = mask.num_set();
+        // Touch as few logits as possible: keep the allowed few and fill the rest, or (inside
+        // a free string, where nearly everything is allowed) knock out the disallowed few.
+        let kept_eos: Vec<(usize, f32)> = if can_end {
+            eos.iter()
+                .filter_map(|&e| logits.get(e as usize).map(|&l| (e as usize, l)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if allowed < logits.len() / 2 {
+            let mut keep = Vec::with_capacity(allowed);
+            mask.iter_set_entries(|i| {
+                if let Some(&l) = logits.get(i) {
+                    keep.push((i, l));
+                }
+            });
+            logits.fill(f32::NEG_INFINITY);
+            for (i, l) in keep {
+                logits[i] = l;
             }
+        } else {
+            let len = logits.len();
+            mask.iter_unset_entries(|i| {
+                if i < len {
+                    logits[i] = f32::NEG_INFINITY;
+                }
+            });
+            // Ids past the grammar's vocabulary (padding rows) are never allowed.
+            if let Some(extra) = logits.get_mut(mask.len()..) {
+                extra.fill(f32::NEG_INFINITY);
+            }
+        }
+        let any = allowed > 0 || !kept_eos.is_empty();
+        for (i, l) in kept_eos {
+            logits[i] = l;
         }
         self.mask_secs += start.elapsed().as_secs_f64();
         self.masks += 1;

@@ -461,7 +461,10 @@ mod tests {
             serde_json::from_str::<Value>(&calls[0].arguments).unwrap(),
             json!({"city": "Paris"})
         );
-        assert_eq!((calls[1].id.as_str(), calls[1].arguments.as_str()), ("call_1", "{}"));
+        assert_eq!(
+            (calls[1].id.as_str(), calls[1].arguments.as_str()),
+            ("call_1", "{}")
+        );
     }
 
     #[test]
@@ -471,7 +474,10 @@ mod tests {
         assert_eq!(calls[0].arguments, r#"{"city":"Oslo"}"#);
         let mistral = r#"[TOOL_CALLS][{"name": "lights", "arguments": "{\"on\": true}"}]"#;
         let (_, calls) = parse_tool_calls(mistral, &weather()).unwrap();
-        assert_eq!((calls[0].name.as_str(), calls[0].arguments.as_str()), ("lights", "{\"on\": true}"));
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("lights", "{\"on\": true}")
+        );
     }
 
     #[test]
@@ -486,7 +492,10 @@ mod tests {
     #[test]
     fn the_grammar_names_only_the_chosen_tool() {
         let g = tool_call_grammar(ToolFormat::Hermes, &weather(), Some("lights"), None).unwrap();
-        assert!(g.contains("\"lights\"") && !g.contains("get_weather"), "{g}");
+        assert!(
+            g.contains("\"lights\"") && !g.contains("get_weather"),
+            "{g}"
+        );
         assert!(g.starts_with("start: \"<tool_call>\\n\" call"));
         let g = tool_call_grammar(ToolFormat::Llama3, &weather(), None, None).unwrap();
         assert!(g.contains("anyOf") && g.contains("\"parameters\""), "{g}");
@@ -508,13 +517,23 @@ mod tests {
         let v = messages_value(&msgs, ToolFormat::Generic, &weather());
         let v = v.as_array().unwrap();
         assert_eq!(v[0]["role"], "system");
-        assert!(v[0]["content"].as_str().unwrap().contains("\"get_weather\""));
-        assert!(v[2]["content"].as_str().unwrap().contains("<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}"));
+        assert!(
+            v[0]["content"]
+                .as_str()
+                .unwrap()
+                .contains("\"get_weather\"")
+        );
+        assert!(v[2]["content"].as_str().unwrap().contains(
+            "<tool_call>\n{\"name\":\"get_weather\",\"arguments\":{\"city\":\"Paris\"}}"
+        ));
         assert_eq!(v[3]["role"], "user");
         assert_eq!(v[3]["content"], "<tool_response>\n18 C\n</tool_response>");
         // A template with tool support gets the calls as structured data.
         let v = messages_value(&msgs, ToolFormat::Hermes, &weather());
-        assert_eq!(v[1]["tool_calls"][0]["function"]["arguments"]["city"], "Paris");
+        assert_eq!(
+            v[1]["tool_calls"][0]["function"]["arguments"]["city"],
+            "Paris"
+        );
         assert_eq!(v[2]["tool_call_id"], "c1");
     }
 
@@ -545,7 +564,10 @@ mod tests {
         );
         assert_eq!((r.as_str(), c.as_str()), ("x", "Checking."));
         assert_eq!(calls[0].name, "lights");
-        let (_, c, calls) = split(r#"{"name": "get_weather", "parameters": {"city": "Rome"}}"#, weather());
+        let (_, c, calls) = split(
+            r#"{"name": "get_weather", "parameters": {"city": "Rome"}}"#,
+            weather(),
+        );
         assert_eq!((c.as_str(), calls[0].name.as_str()), ("", "get_weather"));
         // JSON that is no call comes back as text.
         let (_, c, calls) = split(r#"{"answer": 42}"#, weather());

@@ -190,7 +190,12 @@ fn each_sequence_of_a_mixed_batch_keeps_its_own_constraint() {
         assert!(ok["ok"].is_boolean(), "{ok}");
         let (content, calls) = parse_tool_calls(&out[3].text, &tools())
             .unwrap_or_else(|| panic!("not a tool call: {:?}", out[3].text));
-        assert_eq!((content.as_str(), calls.len()), ("", 1), "{:?}", out[3].text);
+        assert_eq!(
+            (content.as_str(), calls.len()),
+            ("", 1),
+            "{:?}",
+            out[3].text
+        );
         if calls[0].name == "set_light" {
             let args: Value = serde_json::from_str(&calls[0].arguments).unwrap();
             assert!(["kitchen", "hall"].contains(&args["room"].as_str().unwrap()));
@@ -251,10 +256,12 @@ fn a_bad_schema_is_refused_naming_the_problem() {
                     ..SamplingParams::greedy(4)
                 },
             })
-            .map(|g| g.into_iter().find_map(|e| match e {
-                GenerateEvent::Error(e) => Some(e.to_string()),
-                _ => None,
-            }));
+            .map(|g| {
+                g.into_iter().find_map(|e| match e {
+                    GenerateEvent::Error(e) => Some(e.to_string()),
+                    _ => None,
+                })
+            });
         let msg = match g {
             Ok(Some(m)) => m,
             Err(e) => e.to_string(),

@@ -410,7 +410,9 @@ async fn start_local(
                 GenerateEvent::Token { text, logprob, .. } => {
                     metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
                     if let Some(lp) = logprob
-                        && tx.blocking_send(GenerationEvent::Logprobs(vec![lp])).is_err()
+                        && tx
+                            .blocking_send(GenerationEvent::Logprobs(vec![lp]))
+                            .is_err()
                     {
                         cancel.store(true, Ordering::Relaxed);
                         return;

@@ -302,9 +302,7 @@ impl SamplingParams {
         if let Some(n) = self.logprobs
             && n > MAX_TOP_LOGPROBS
         {
-            return Err(format!(
-                "top_logprobs {n} must be 0..={MAX_TOP_LOGPROBS}"
-            ));
+            return Err(format!("top_logprobs {n} must be 0..={MAX_TOP_LOGPROBS}"));
         }
         if let Some(c) = &self.constraint
             && c.text_len() > MAX_CONSTRAINT_BYTES
@@ -327,11 +325,11 @@ impl SamplingParams {
                 "the tools' definitions are {tool_bytes} bytes; at most {MAX_CONSTRAINT_BYTES}"
             ));
         }
-        if let Some(t) = tools.iter().find(|t| t.name.is_empty() || t.name.len() > 64) {
-            return Err(format!(
-                "tool name `{}` must be 1 to 64 characters",
-                t.name
-            ));
+        if let Some(t) = tools
+            .iter()
+            .find(|t| t.name.is_empty() || t.name.len() > 64)
+        {
+            return Err(format!("tool name `{}` must be 1 to 64 characters", t.name));
         }
         if self.chat.template_kwargs.len() > MAX_TEMPLATE_KWARGS {
             return Err(format!(
@@ -346,7 +344,9 @@ impl SamplingParams {
             Some(Constraint::ToolCall { only: Some(name) })
                 if !tools.iter().any(|t| &t.name == name) =>
             {
-                return Err(format!("the tool `{name}` asked for is not among the tools"));
+                return Err(format!(
+                    "the tool `{name}` asked for is not among the tools"
+                ));
             }
             _ => {}
         }

@@ -1035,7 +1035,11 @@ fn sample<R: Runtime>(seq: &mut Seq<R>, logits: &mut [f32], tokenizer: &Tokenize
     {
         return seq.fail(InferError::InvalidRequest(e));
     }
-    let logprob_of = seq.sampler.params().logprobs.map(|top| Logprobs::of(logits, top));
+    let logprob_of = seq
+        .sampler
+        .params()
+        .logprobs
+        .map(|top| Logprobs::of(logits, top));
     let next = seq.sampler.sample(logits, &seq.tokens);
     if seq.eos.contains(&next) {
         return seq.finish(FinishReason::Stop);
@@ -1101,7 +1105,11 @@ impl Logprobs {
     }
 
     fn token(&self, id: u32, tokenizer: &Tokenizer) -> TokenLogprob {
-        let logit = self.logits.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY);
+        let logit = self
+            .logits
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
         TokenLogprob {
             bytes: tokenizer.token_bytes(id).to_vec(),
             logprob: logit - self.log_norm,

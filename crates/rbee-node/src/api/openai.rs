@@ -163,7 +163,9 @@ fn tool_calls_in(i: usize, calls: &serde_json::Value) -> Result<Vec<ToolCall>, N
     list.iter()
         .enumerate()
         .map(|(n, c)| {
-            let f = c.get("function").ok_or_else(|| bad("a call has no `function`"))?;
+            let f = c
+                .get("function")
+                .ok_or_else(|| bad("a call has no `function`"))?;
             let name = f
                 .get("name")
                 .and_then(serde_json::Value::as_str)
@@ -394,9 +396,10 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
         match collect(&ctx, &mut started).await {
             Ok((text, stats, logprobs)) => {
                 add_usage(&mut usage, started.prompt_tokens, &stats);
-                let logprobs = job.params.logprobs.is_some().then(|| {
-                    super::output::logprobs_json(&logprobs, job.kind == Kind::Chat, 0)
-                });
+                let logprobs =
+                    job.params.logprobs.is_some().then(|| {
+                        super::output::logprobs_json(&logprobs, job.kind == Kind::Chat, 0)
+                    });
                 outputs.push((text, stats, logprobs));
             }
             Err(e) => return e.into_response(),
@@ -667,8 +670,8 @@ async fn stream_one(
                     // Held back (a tag may be starting); its log-probabilities wait with it.
                     continue;
                 }
-                let lp = wants_logprobs
-                    .then(|| super::output::logprobs_json(&logprobs, chat, offset));
+                let lp =
+                    wants_logprobs.then(|| super::output::logprobs_json(&logprobs, chat, offset));
                 offset += text.len();
                 logprobs.clear();
                 chunks.reply(index, text, reasoning, lp)
@@ -746,7 +749,9 @@ fn stream_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response 
                 job.params.logprobs.is_some(),
                 &job.tools,
                 &tx,
-            ).await else {
+            )
+            .await
+            else {
                 let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
                 return;
             };

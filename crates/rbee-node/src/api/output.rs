@@ -91,7 +91,11 @@ pub fn logprobs(
         let on = match logprobs {
             None | Some(Value::Bool(false)) => false,
             Some(Value::Bool(true)) => true,
-            Some(other) => return Err(bad(format!("`logprobs` must be true or false, not {other}"))),
+            Some(other) => {
+                return Err(bad(format!(
+                    "`logprobs` must be true or false, not {other}"
+                )));
+            }
         };
         if !on {
             if top.is_some_and(|n| n > 0) {
@@ -131,13 +135,19 @@ pub fn tools(
                 .filter(|v| !v.is_null())
                 .is_some_and(|c| c.as_str().is_none_or(|c| c != "none" && c != "auto"));
             return if asks {
-                Err(bad("`tool_choice` asks for a tool call but there are no `tools`"))
+                Err(bad(
+                    "`tool_choice` asks for a tool call but there are no `tools`",
+                ))
             } else {
                 Ok((Vec::new(), None))
             };
         }
         Some(Value::Array(list)) => list,
-        Some(_) => return Err(bad("`tools` must be a list of `{\"type\": \"function\", \"function\": {…}}`")),
+        Some(_) => {
+            return Err(bad(
+                "`tools` must be a list of `{\"type\": \"function\", \"function\": {…}}`",
+            ));
+        }
     };
     let mut defs = Vec::with_capacity(list.len());
     for (i, t) in list.iter().enumerate() {
@@ -227,7 +237,11 @@ pub fn template_kwargs(
             out.retain(|(k, _)| k != "reasoning_effort");
             out.push(("reasoning_effort".into(), v.to_string()));
         }
-        Some(_) => return Err(bad("`reasoning_effort` must be a string (`low`, `medium`, `high`)")),
+        Some(_) => {
+            return Err(bad(
+                "`reasoning_effort` must be a string (`low`, `medium`, `high`)",
+            ));
+        }
     }
     Ok(out)
 }
