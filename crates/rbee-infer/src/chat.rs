@@ -62,6 +62,63 @@ pub fn builtin_template(architecture: &str, has_token: impl Fn(&str) -> bool) ->
     }
 }
 
+/// `value` as Python's `json.dumps(value, ensure_ascii=False, indent=indent)` writes it.
+fn python_json(value: &Value, indent: Option<usize>) -> Result<String, serde_json::Error> {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&pad),
+            );
+            value.serialize(&mut ser)?;
+        }
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+            value.serialize(&mut ser)?;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// serde_json's compact output with Python's default separators.
+struct PythonFormatter;
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        if first {
+            Ok(())
+        } else {
+            writer.write_all(b", ")
+        }
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
 /// A compiled chat template.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -90,6 +147,18 @@ impl ChatTemplate {
             "raise_exception",
             |msg: String| -> Result<String, minijinja::Error> {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
+        // transformers' `tojson`: keys in their order, Python's `json.dumps` separators
+        // (`", "`, `": "`), non-ASCII kept, and `indent=N`; minijinja's own sorts keys and
+        // writes no spaces, so a tool list would not be what the model was trained on.
+        env.add_filter(
+            "tojson",
+            |v: Value, kwargs: minijinja::value::Kwargs| -> Result<String, minijinja::Error> {
+                let indent: Option<usize> = kwargs.get("indent")?;
+                kwargs.assert_all_used()?;
+                python_json(&v, indent)
+                    .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))
             },
         );
         env.add_function("strftime_now", |_fmt: String| -> String {
@@ -295,5 +364,74 @@ mod tests {
             ChatTemplate::new("{% for %}", "", "", true),
             Err(ChatError::Compile(_))
         ));
+    }
+
+    #[test]
+    fn qwen_template_renders_tools_calls_results_and_kwargs() {
+        use rbee_proto::generation::{ToolCall, ToolDef};
+        let source = include_str!("../tests/reference/qwen2.5-tools.jinja");
+        let t = ChatTemplate::new(source, "", "<|im_end|>", true).unwrap();
+        assert_eq!(t.tool_format, ToolFormat::Hermes);
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = vec![ToolCall {
+            id: "c1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city": "Paris"}"#.into(),
+        }];
+        let mut result = ChatMessage::new("tool", "18 C");
+        result.tool_call_id = Some("c1".into());
+        let chat = [ChatMessage::new("user", "Weather in Paris?"), call, result];
+        let options = ChatOptions {
+            tools: vec![ToolDef {
+                name: "get_weather".into(),
+                description: "Weather in a city".into(),
+                parameters: r#"{"type": "object", "properties": {"city": {"type": "string"}}}"#
+                    .into(),
+            }],
+            template_kwargs: Vec::new(),
+        };
+        let text = t.render_with(&chat, &options, true).unwrap();
+        assert!(text.contains("# Tools"), "{text}");
+        assert!(
+            text.contains(r#"{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#),
+            "the tool as JSON: {text}"
+        );
+        assert!(
+            text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"),
+            "the call: {text}"
+        );
+        assert!(
+            text.contains("<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>"),
+            "the result: {text}"
+        );
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+        // Without tools the template's plain branch runs.
+        let plain = t.render(&chat[..1], true).unwrap();
+        assert!(!plain.contains("# Tools"), "{plain}");
+        // Template variables reach the template, and cannot replace the messages.
+        let t = ChatTemplate::new(
+            "{{ messages | length }}{% if enable_thinking is defined and not enable_thinking %} no-think{% endif %} {{ reasoning_effort }}",
+            "",
+            "",
+            true,
+        )
+        .unwrap();
+        let options = ChatOptions {
+            tools: Vec::new(),
+            template_kwargs: vec![
+                ("enable_thinking".into(), "false".into()),
+                ("reasoning_effort".into(), "\"low\"".into()),
+                ("messages".into(), "[]".into()),
+            ],
+        };
+        assert_eq!(
+            t.render_with(&chat, &options, true).unwrap(),
+            "3 no-think low"
+        );
+        let bad = ChatOptions {
+            tools: Vec::new(),
+            template_kwargs: vec![("x".into(), "{not json".into())],
+        };
+        assert!(t.render_with(&chat, &bad, true).is_err());
     }
 }
