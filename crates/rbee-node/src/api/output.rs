@@ -2,7 +2,7 @@
 //! vocabulary in one place, so every front end (the OpenAI routes here, the Ollama routes)
 //! means the same thing by it:
 //!
-//! - [`response_format`] / [`format`]: OpenAI's `response_format` and Ollama's `format` to a
+//! - [`response_format`] / [`format()`]: OpenAI's `response_format` and Ollama's `format` to a
 //!   [`Constraint`] (constrained decoding, compiled by the node that runs the model);
 //! - [`tools`]: OpenAI's `tools` and `tool_choice` to tool definitions (for the template) and,
 //!   for `required` or a named function, a [`Constraint::ToolCall`];
