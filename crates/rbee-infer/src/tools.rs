@@ -303,6 +303,13 @@ fn tag_start(text: &str, tag: &str) -> usize {
         .unwrap_or(0)
 }
 
+/// Moves `pending` into `into`, all but a tail that could still become `tag`.
+fn release(pending: &mut String, tag: &str, into: &mut String) {
+    let cut = pending.len() - tag_start(pending, tag);
+    into.push_str(&pending[..cut]);
+    pending.drain(..cut);
+}
+
 impl ReplySplitter {
     /// `tools`: the request's tools (none: no call is looked for).
     pub fn new(tools: Vec<ToolDef>) -> ReplySplitter {
@@ -358,10 +365,7 @@ impl ReplySplitter {
                         self.phase = Phase::Start;
                         continue;
                     }
-                    let keep = tag_start(&self.pending, "</think>");
-                    let cut = self.pending.len() - keep;
-                    out.reasoning.push_str(&self.pending[..cut]);
-                    self.pending.drain(..cut);
+                    release(&mut self.pending, "</think>", &mut out.reasoning);
                     return out;
                 }
                 Phase::Content => {
@@ -377,10 +381,7 @@ impl ReplySplitter {
                         self.phase = Phase::Calls;
                         return out;
                     }
-                    let keep = tag_start(&self.pending, "<tool_call>");
-                    let cut = self.pending.len() - keep;
-                    out.content.push_str(&self.pending[..cut]);
-                    self.pending.drain(..cut);
+                    release(&mut self.pending, "<tool_call>", &mut out.content);
                     return out;
                 }
                 Phase::Calls => {
