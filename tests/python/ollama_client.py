@@ -5,6 +5,7 @@ does not hold <model> yet and a peer of its pool does. Each step asserts what a 
 client relies on; any failure exits non-zero with the traceback.
 """
 
+import json
 import sys
 
 import ollama
@@ -84,12 +85,25 @@ raw = client.generate(model=tagged, prompt="Count: one, two,", raw=True, options
 templated = client.generate(model=tagged, prompt="Count: one, two,", options=greedy)
 assert raw.prompt_eval_count < templated.prompt_eval_count, (raw, templated)
 
+# format="json": the answer is a JSON value (constrained decoding).
+as_json = client.chat(model=tagged, messages=messages, format="json", options=greedy, stream=False)
+json.loads(as_json.message.content)
+
+# Tools with the client's own function-to-schema conversion: a well-formed answer, its
+# calls (if the model makes any) of the tool offered, with arguments as a mapping.
+def light_on(room: str) -> str:
+    """Turn on the light in a room.
+
+    Args:
+      room: the room's name
+    """
+    return "on"
+
+with_tools = client.chat(model=tagged, messages=messages, tools=[light_on], options=greedy, stream=False)
+for call in with_tools.message.tool_calls or []:
+    assert call.function.name == "light_on" and isinstance(call.function.arguments, dict), call
+
 # A field not implemented is a 400 naming it, not silently ignored.
-try:
-    client.chat(model=tagged, messages=messages, format="json", stream=False)
-    raise AssertionError("format accepted")
-except ollama.ResponseError as e:
-    assert e.status_code == 400 and "response_format" in e.error, e
 try:
     client.generate(model=tagged, prompt="what is this?", images=[b"\x89PNG"])
     raise AssertionError("images accepted")

@@ -24,6 +24,13 @@ fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Vec<Value>, Strin
     (status, lines, kind)
 }
 
+/// `body` answered as one object.
+fn once_off(body: &Value) -> Value {
+    let mut b = body.clone();
+    b["stream"] = json!(false);
+    b
+}
+
 /// Home Assistant's conversation agent (`homeassistant/components/ollama`) calls
 /// `AsyncClient.chat(model, messages, tools, stream=True, keep_alive="-1s",
 /// options={"num_ctx": 8192}, think=…, format=…)`; the client drops unset fields. These are
@@ -85,8 +92,8 @@ fn home_assistant(node: &NodeProcess, model: &str) {
         "{ps}"
     );
 
-    // The tools branch flips these two to 200 (tool calls; a JSON answer to the schema).
-    // Until then each is refused with a 400 naming the field, never answered without it.
+    // With HA's device-control tools: a well-formed stream whose reply is text or calls of
+    // the offered tool, with the arguments as objects (HA reads them as a dict).
     let mut with_tools = body.clone();
     with_tools["tools"] = json!([{"type": "function", "function": {
         "name": "HassTurnOn",
@@ -96,22 +103,42 @@ fn home_assistant(node: &NodeProcess, model: &str) {
             "domain": {"type": "array", "items": {"type": "string", "enum": ["light", "switch"]}}},
             "required": []}}}]);
     let (status, lines, _) = post(node, "/api/chat", &with_tools);
-    assert_eq!(status, 400, "{lines:?}");
-    assert!(
-        lines[0]["error"].as_str().unwrap().contains("`tools`"),
-        "{lines:?}"
-    );
+    assert_eq!(status, 200, "{lines:?}");
+    assert_eq!(lines.last().unwrap()["done"], true, "{lines:?}");
+    for l in &lines {
+        assert!(l["message"]["content"].is_string(), "{l}");
+        for call in l["message"]["tool_calls"].as_array().into_iter().flatten() {
+            assert_eq!(call["function"]["name"], "HassTurnOn", "{l}");
+            assert!(call["function"]["arguments"].is_object(), "{l}");
+        }
+    }
+    // HA's AI tasks send a JSON schema as `format`: the answer is JSON that fits it.
     let mut with_format = body.clone();
     with_format["stream"] = json!(false);
     with_format["format"] = json!({"type": "object",
-        "properties": {"capital": {"type": "string"}}, "required": ["capital"]});
+        "properties": {"capital": {"type": "string"}}, "required": ["capital"],
+        "additionalProperties": false});
+    with_format["options"]["num_predict"] = json!(64);
     let (status, lines, _) = post(node, "/api/chat", &with_format);
+    assert_eq!(status, 200, "{lines:?}");
+    assert_eq!(
+        lines[0]["done_reason"], "stop",
+        "the grammar ends it: {lines:?}"
+    );
+    let content = lines[0]["message"]["content"].as_str().unwrap();
+    let parsed: Value = serde_json::from_str(content)
+        .unwrap_or_else(|e| panic!("`format` answer is not JSON ({e}): {content}"));
+    assert!(parsed["capital"].is_string(), "{parsed}");
+    // `think` reaches the template as its switch; a value that is neither is refused by name.
+    let mut thinking = once_off(&body);
+    thinking["think"] = json!(false);
+    let (status, lines, _) = post(node, "/api/chat", &thinking);
+    assert_eq!(status, 200, "{lines:?}");
+    thinking["think"] = json!("maybe");
+    let (status, lines, _) = post(node, "/api/chat", &thinking);
     assert_eq!(status, 400, "{lines:?}");
     assert!(
-        lines[0]["error"]
-            .as_str()
-            .unwrap()
-            .contains("response_format"),
+        lines[0]["error"].as_str().unwrap().contains("`think`"),
         "{lines:?}"
     );
 

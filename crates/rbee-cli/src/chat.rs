@@ -155,6 +155,7 @@ impl Answerer for ViaNode {
                     role: m.role.clone(),
                     content: Some(Content::Text(m.content.clone())),
                     tool_calls: None,
+                    tool_call_id: None,
                 })
                 .collect(),
             sampling: Sampling {
@@ -172,6 +173,9 @@ impl Answerer for ViaNode {
                 }),
                 ..Sampling::default()
             },
+            chat_template_kwargs: None,
+            reasoning_effort: None,
+            parallel_tool_calls: None,
             not_yet: NotYet::default(),
         };
         let mut tee = Tee {

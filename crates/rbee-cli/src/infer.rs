@@ -93,6 +93,7 @@ fn via_node(client: &NodeClient, args: &InferArgs) -> Result<()> {
             role: role.into(),
             content: Some(Content::Text(text.into())),
             tool_calls: None,
+            tool_call_id: None,
         };
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
@@ -102,6 +103,9 @@ fn via_node(client: &NodeClient, args: &InferArgs) -> Result<()> {
         let req = ChatRequest {
             model: args.model.clone(),
             messages,
+            chat_template_kwargs: None,
+            reasoning_effort: None,
+            parallel_tool_calls: None,
             sampling,
             not_yet: NotYet::default(),
         };

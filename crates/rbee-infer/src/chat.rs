@@ -3,9 +3,11 @@
 //! renders it (trim_blocks, lstrip_blocks, Python string methods), or a built-in template for
 //! the architecture when the model ships none.
 
-use minijinja::{Environment, ErrorKind, context};
+use minijinja::{Environment, ErrorKind, Value};
 
-pub use rbee_proto::generation::{ChatMessage, MessagesError, check_messages};
+pub use rbee_proto::generation::{ChatMessage, ChatOptions, MessagesError, check_messages};
+
+use crate::tools::{ToolFormat, messages_value, tools_value};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ChatError {
@@ -60,6 +62,67 @@ pub fn builtin_template(architecture: &str, has_token: impl Fn(&str) -> bool) ->
     }
 }
 
+/// `value` as Python's `json.dumps(value, ensure_ascii=False, indent=indent)` writes it.
+fn python_json(value: &Value, indent: Option<usize>) -> Result<String, serde_json::Error> {
+    use serde::Serialize;
+    let mut out = Vec::new();
+    match indent {
+        Some(n) => {
+            let pad = vec![b' '; n];
+            let mut ser = serde_json::Serializer::with_formatter(
+                &mut out,
+                serde_json::ser::PrettyFormatter::with_indent(&pad),
+            );
+            value.serialize(&mut ser)?;
+        }
+        None => {
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, PythonFormatter);
+            value.serialize(&mut ser)?;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// serde_json's compact output with Python's default separators.
+struct PythonFormatter;
+
+/// `", "` before every item but the first, of a list or an object.
+fn python_separator<W: ?Sized + std::io::Write>(
+    writer: &mut W,
+    first: bool,
+) -> std::io::Result<()> {
+    if first {
+        Ok(())
+    } else {
+        writer.write_all(b", ")
+    }
+}
+
+impl serde_json::ser::Formatter for PythonFormatter {
+    fn begin_array_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        python_separator(writer, first)
+    }
+
+    fn begin_object_key<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+        first: bool,
+    ) -> std::io::Result<()> {
+        python_separator(writer, first)
+    }
+
+    fn begin_object_value<W: ?Sized + std::io::Write>(
+        &mut self,
+        writer: &mut W,
+    ) -> std::io::Result<()> {
+        writer.write_all(b": ")
+    }
+}
+
 /// A compiled chat template.
 #[derive(Debug)]
 pub struct ChatTemplate {
@@ -68,6 +131,9 @@ pub struct ChatTemplate {
     eos_token: String,
     /// The model's own template (true) or our built-in one (false).
     pub from_model: bool,
+    /// How this template's model writes tool calls ([`ToolFormat::Generic`] when the template
+    /// knows no tools).
+    pub tool_format: ToolFormat,
 }
 
 impl ChatTemplate {
@@ -87,6 +153,18 @@ impl ChatTemplate {
                 Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
             },
         );
+        // transformers' `tojson`: keys in their order, Python's `json.dumps` separators
+        // (`", "`, `": "`), non-ASCII kept, and `indent=N`; minijinja's own sorts keys and
+        // writes no spaces, so a tool list would not be what the model was trained on.
+        env.add_filter(
+            "tojson",
+            |v: Value, kwargs: minijinja::value::Kwargs| -> Result<String, minijinja::Error> {
+                let indent: Option<usize> = kwargs.get("indent")?;
+                kwargs.assert_all_used()?;
+                python_json(&v, indent)
+                    .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))
+            },
+        );
         env.add_function("strftime_now", |_fmt: String| -> String {
             // Templates use it for "Today is …"; a fixed, honest answer beats the wall clock
             // leaking into reproducible prompts.
@@ -99,6 +177,7 @@ impl ChatTemplate {
             bos_token: bos_token.to_string(),
             eos_token: eos_token.to_string(),
             from_model,
+            tool_format: ToolFormat::of_template(source),
         })
     }
 
@@ -109,18 +188,51 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, ChatError> {
+        self.render_with(messages, &ChatOptions::default(), add_generation_prompt)
+    }
+
+    /// Renders `messages` with the request's tools (as `tools`, the list of
+    /// `{"type": "function", "function": {…}}` HuggingFace templates read, or in the generic
+    /// format of [`crate::tools`] when the template knows no tools), assistant turns'
+    /// `tool_calls` and tool results' `tool_call_id`, and the template variables of
+    /// `options.template_kwargs` (`enable_thinking`, `reasoning_effort`, …; they cannot
+    /// replace `messages`, `tools` or the special tokens).
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        options: &ChatOptions,
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatError> {
         check_messages(messages)?;
         let tmpl = self
             .env
             .get_template("chat")
             .map_err(|e| ChatError::Compile(e.to_string()))?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => add_generation_prompt,
-            bos_token => self.bos_token,
-            eos_token => self.eos_token,
-        })
-        .map_err(|e| ChatError::Render(e.to_string()))
+        let mut vars = std::collections::BTreeMap::new();
+        for (name, json) in &options.template_kwargs {
+            let value: serde_json::Value = serde_json::from_str(json).map_err(|e| {
+                ChatError::Render(format!("template variable `{name}` is not JSON: {e}"))
+            })?;
+            vars.insert(name.clone(), Value::from_serialize(&value));
+        }
+        let msgs = messages_value(messages, self.tool_format, &options.tools);
+        vars.insert("messages".into(), Value::from_serialize(&msgs));
+        vars.insert(
+            "add_generation_prompt".into(),
+            Value::from(add_generation_prompt),
+        );
+        vars.insert("bos_token".into(), Value::from(self.bos_token.as_str()));
+        vars.insert("eos_token".into(), Value::from(self.eos_token.as_str()));
+        if options.tools.is_empty() || self.tool_format == ToolFormat::Generic {
+            vars.remove("tools");
+        } else {
+            vars.insert(
+                "tools".into(),
+                Value::from_serialize(tools_value(&options.tools)),
+            );
+        }
+        tmpl.render(Value::from_serialize(&vars))
+            .map_err(|e| ChatError::Render(e.to_string()))
     }
 }
 
@@ -256,5 +368,74 @@ mod tests {
             ChatTemplate::new("{% for %}", "", "", true),
             Err(ChatError::Compile(_))
         ));
+    }
+
+    #[test]
+    fn qwen_template_renders_tools_calls_results_and_kwargs() {
+        use rbee_proto::generation::{ToolCall, ToolDef};
+        let source = include_str!("../tests/reference/qwen2.5-tools.jinja");
+        let t = ChatTemplate::new(source, "", "<|im_end|>", true).unwrap();
+        assert_eq!(t.tool_format, ToolFormat::Hermes);
+        let mut call = ChatMessage::new("assistant", "");
+        call.tool_calls = vec![ToolCall {
+            id: "c1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city": "Paris"}"#.into(),
+        }];
+        let mut result = ChatMessage::new("tool", "18 C");
+        result.tool_call_id = Some("c1".into());
+        let chat = [ChatMessage::new("user", "Weather in Paris?"), call, result];
+        let options = ChatOptions {
+            tools: vec![ToolDef {
+                name: "get_weather".into(),
+                description: "Weather in a city".into(),
+                parameters: r#"{"type": "object", "properties": {"city": {"type": "string"}}}"#
+                    .into(),
+            }],
+            template_kwargs: Vec::new(),
+        };
+        let text = t.render_with(&chat, &options, true).unwrap();
+        assert!(text.contains("# Tools"), "{text}");
+        assert!(
+            text.contains(r#"{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}"#),
+            "the tool as JSON: {text}"
+        );
+        assert!(
+            text.contains("<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>"),
+            "the call: {text}"
+        );
+        assert!(
+            text.contains("<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>"),
+            "the result: {text}"
+        );
+        assert!(text.ends_with("<|im_start|>assistant\n"), "{text}");
+        // Without tools the template's plain branch runs.
+        let plain = t.render(&chat[..1], true).unwrap();
+        assert!(!plain.contains("# Tools"), "{plain}");
+        // Template variables reach the template, and cannot replace the messages.
+        let t = ChatTemplate::new(
+            "{{ messages | length }}{% if enable_thinking is defined and not enable_thinking %} no-think{% endif %} {{ reasoning_effort }}",
+            "",
+            "",
+            true,
+        )
+        .unwrap();
+        let options = ChatOptions {
+            tools: Vec::new(),
+            template_kwargs: vec![
+                ("enable_thinking".into(), "false".into()),
+                ("reasoning_effort".into(), "\"low\"".into()),
+                ("messages".into(), "[]".into()),
+            ],
+        };
+        assert_eq!(
+            t.render_with(&chat, &options, true).unwrap(),
+            "3 no-think low"
+        );
+        let bad = ChatOptions {
+            tools: Vec::new(),
+            template_kwargs: vec![("x".into(), "{not json".into())],
+        };
+        assert!(t.render_with(&chat, &bad, true).is_err());
     }
 }

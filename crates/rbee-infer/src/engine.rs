@@ -30,7 +30,9 @@ use crate::model::{Arch, Cpu, DeviceRuntime, ModelError, Runtime, SafetensorsMod
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use rbee_format::gguf::{self, GgufFile};
-pub use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
+pub use rbee_proto::generation::{
+    Constraint, FinishReason, GenerationStats, Prompt, TokenLogprob, TopLogprob,
+};
 
 /// Context used when the caller does not ask for one: enough for chat, small enough that the
 /// KV cache of a small model stays in the hundreds of megabytes.
@@ -205,6 +207,8 @@ pub enum GenerateEvent {
     Token {
         id: u32,
         text: String,
+        /// The token's log-probability (and the top alternatives) when the request asked.
+        logprob: Option<TokenLogprob>,
     },
     /// Text released at the end without a new token (bytes that were held back).
     Text(String),
@@ -658,6 +662,7 @@ impl Decoder {
             template,
             context,
             vocab: model.config().vocab_size,
+            grammars: std::sync::OnceLock::new(),
         };
         let limits = scheduler::Limits {
             context,

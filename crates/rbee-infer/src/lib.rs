@@ -6,10 +6,14 @@
 //!   ([`model::bert`]) for the embedding-only architectures in [`ENCODER_ARCHITECTURES`]
 //!   (bert): together, the lists of what runs.
 //! - [`chat`]: chat templates (the model's own Jinja template, or a built-in one).
+//! - [`constraint`]: constrained decoding (JSON, JSON schema, Lark grammars) with llguidance.
+//! - [`tools`]: tool-call formats per template family, the grammar that forces a call,
+//!   parsing calls and reasoning out of a reply.
 //! - [`sampling`]: greedy, temperature, top-k/p, min-p, repetition penalty, seeds.
 //! - [`engine`]: the [`Backend`](engine::Backend) trait and the candle backend, one thread per loaded model.
 
 pub mod chat;
+pub mod constraint;
 pub mod devices;
 pub mod engine;
 mod error;
@@ -17,6 +21,7 @@ pub mod model;
 pub mod sampling;
 pub mod stream;
 pub mod tokenizer;
+pub mod tools;
 
 pub use error::InferError;
 pub use model::bert::ENCODER_ARCHITECTURES;

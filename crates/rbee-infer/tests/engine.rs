@@ -47,7 +47,7 @@ fn run(
     for event in generation {
         match event {
             GenerateEvent::Started { prompt_tokens: n } => prompt_tokens = n,
-            GenerateEvent::Token { id, text: t } => {
+            GenerateEvent::Token { id, text: t, .. } => {
                 ids.push(id);
                 text.push_str(&t);
             }

@@ -10,6 +10,7 @@ mod hub;
 mod jobs;
 mod ollama;
 mod openai;
+pub mod output;
 mod presets;
 pub(crate) mod server;
 pub mod types;

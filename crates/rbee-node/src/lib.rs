@@ -34,6 +34,7 @@ use crate::actors::router::RouterHandle;
 use crate::actors::supervisor::{NodeSupervisor, SupervisorArgs};
 use crate::actors::worker::{WorkerArgs, WorkerHandle};
 use crate::actors::workers::{DeviceWorker, Workers};
+pub use crate::api::output as api_output;
 pub use crate::api::types as api_types;
 pub use crate::config::NodeConfig;
 pub use crate::error::NodeError;

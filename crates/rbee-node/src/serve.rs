@@ -432,8 +432,16 @@ async fn start_local(
                     }
                     return;
                 }
-                GenerateEvent::Token { text, .. } => {
+                GenerateEvent::Token { text, logprob, .. } => {
                     metrics.tokens_generated.fetch_add(1, Ordering::Relaxed);
+                    if let Some(lp) = logprob
+                        && tx
+                            .blocking_send(GenerationEvent::Logprobs(vec![lp]))
+                            .is_err()
+                    {
+                        cancel.store(true, Ordering::Relaxed);
+                        return;
+                    }
                     GenerationEvent::Text(text)
                 }
                 GenerateEvent::Text(text) => GenerationEvent::Text(text),

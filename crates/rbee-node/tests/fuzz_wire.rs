@@ -355,6 +355,7 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
             prefill_secs: 0.1,
             decode_secs: 1.5,
             cached_tokens: 4,
+            mask_secs: 0.0,
         }),
         InferFrame::Error {
             code: rbee_proto::pool::ErrorCode::Busy {

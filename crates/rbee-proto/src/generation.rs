@@ -12,6 +12,12 @@ use crate::pool::ErrorCode;
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant turn's tool calls (the history of a tool-using client).
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -19,9 +25,43 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
 }
+
+/// A call of one of the request's tools, as the model made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments: a JSON object's text.
+    pub arguments: String,
+}
+
+/// A function the model may call: OpenAI's `tools[].function`, Ollama's `tools[].function`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolDef {
+    pub name: String,
+    pub description: String,
+    /// The JSON schema of its arguments (JSON text; `{}` when it takes none).
+    pub parameters: String,
+}
+
+/// How a chat prompt is rendered beyond its messages: the tools the model is told about, and
+/// extra variables for the model's chat template (`enable_thinking`, `reasoning_effort`, …).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatOptions {
+    pub tools: Vec<ToolDef>,
+    /// Template variables: a name and its value as JSON text.
+    pub template_kwargs: Vec<(String, String)>,
+}
+
+/// Tools one request may define.
+pub const MAX_TOOLS: usize = 128;
+/// Template variables one request may set.
+pub const MAX_TEMPLATE_KWARGS: usize = 32;
 
 /// Why a conversation cannot be formatted at all.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -88,6 +128,8 @@ pub struct GenerationStats {
     /// Prompt tokens whose keys and values came from a kept cache (a shared prefix) rather
     /// than being computed; OpenAI's `usage.prompt_tokens_details.cached_tokens`.
     pub cached_tokens: usize,
+    /// Time spent computing the output constraint's token masks (0 without a constraint).
+    pub mask_secs: f64,
 }
 
 impl GenerationStats {
@@ -123,6 +165,63 @@ pub struct SamplingParams {
     pub stop: Vec<String>,
     /// Keep generating past end-of-sequence tokens (benchmarks need a fixed token count).
     pub ignore_eos: bool,
+    /// What the output must be; the node that runs the generation compiles it.
+    pub constraint: Option<Constraint>,
+    /// Report each sampled token's log-probability and, with `Some(n)`, the `n` most likely
+    /// alternatives (0..=[`MAX_TOP_LOGPROBS`]).
+    pub logprobs: Option<u8>,
+    /// Tools and template variables for a chat prompt (ignored for text and token prompts).
+    pub chat: ChatOptions,
+}
+
+/// Most alternatives per token `logprobs` may ask for (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u8 = 20;
+/// Largest constraint text (a JSON schema or grammar): it crosses the wire inside the request.
+pub const MAX_CONSTRAINT_BYTES: usize = 256 << 10;
+
+/// What a generation's output must be (constrained decoding). The text form travels to the
+/// node that serves the request, which compiles it over its own model's vocabulary, so a
+/// constraint means the same thing on every node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Constraint {
+    /// Any JSON object (OpenAI's `json_object`, Ollama's `format: "json"`).
+    JsonObject,
+    /// JSON valid against this JSON schema (its JSON text): OpenAI's `json_schema`, Ollama's
+    /// `format: {schema}`. Properties the schema does not list are not generated.
+    JsonSchema(String),
+    /// A grammar in llguidance's Lark dialect.
+    Lark(String),
+    /// A call of one of the request's tools (`ChatOptions::tools`), or of the named one, in
+    /// the model's own tool-call format (the serving node knows its template): the output
+    /// always parses as a call with arguments valid against the tool's schema.
+    ToolCall { only: Option<String> },
+}
+
+impl Constraint {
+    fn text_len(&self) -> usize {
+        match self {
+            Constraint::JsonObject => 0,
+            Constraint::JsonSchema(s) | Constraint::Lark(s) => s.len(),
+            Constraint::ToolCall { only } => only.as_ref().map_or(0, String::len),
+        }
+    }
+}
+
+/// One generated token's log-probability (natural log), and the most likely alternatives at
+/// that step, most likely first; from the log-softmax of the model's logits after any
+/// constraint's mask (disallowed tokens never appear), before penalties and temperature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's bytes (not always valid UTF-8 on their own).
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
 }
 
 impl Default for SamplingParams {
@@ -140,6 +239,9 @@ impl Default for SamplingParams {
             max_tokens: 256,
             stop: Vec::new(),
             ignore_eos: false,
+            constraint: None,
+            logprobs: None,
+            chat: ChatOptions::default(),
         }
     }
 }
@@ -197,6 +299,57 @@ impl SamplingParams {
         if self.stop.len() > 16 || self.stop.iter().any(|s| s.is_empty() || s.len() > 256) {
             return Err("stop: at most 16 non-empty sequences of up to 256 bytes".into());
         }
+        if let Some(n) = self.logprobs
+            && n > MAX_TOP_LOGPROBS
+        {
+            return Err(format!("top_logprobs {n} must be 0..={MAX_TOP_LOGPROBS}"));
+        }
+        if let Some(c) = &self.constraint
+            && c.text_len() > MAX_CONSTRAINT_BYTES
+        {
+            return Err(format!(
+                "the output constraint (JSON schema or grammar) is {} bytes; at most {MAX_CONSTRAINT_BYTES}",
+                c.text_len()
+            ));
+        }
+        let tools = &self.chat.tools;
+        if tools.len() > MAX_TOOLS {
+            return Err(format!("{} tools; at most {MAX_TOOLS}", tools.len()));
+        }
+        let tool_bytes: usize = tools
+            .iter()
+            .map(|t| t.name.len() + t.description.len() + t.parameters.len())
+            .sum();
+        if tool_bytes > MAX_CONSTRAINT_BYTES {
+            return Err(format!(
+                "the tools' definitions are {tool_bytes} bytes; at most {MAX_CONSTRAINT_BYTES}"
+            ));
+        }
+        if let Some(t) = tools
+            .iter()
+            .find(|t| t.name.is_empty() || t.name.len() > 64)
+        {
+            return Err(format!("tool name `{}` must be 1 to 64 characters", t.name));
+        }
+        if self.chat.template_kwargs.len() > MAX_TEMPLATE_KWARGS {
+            return Err(format!(
+                "{} template variables; at most {MAX_TEMPLATE_KWARGS}",
+                self.chat.template_kwargs.len()
+            ));
+        }
+        match &self.constraint {
+            Some(Constraint::ToolCall { only: None }) if tools.is_empty() => {
+                return Err("a tool call is required but no tools are given".into());
+            }
+            Some(Constraint::ToolCall { only: Some(name) })
+                if !tools.iter().any(|t| &t.name == name) =>
+            {
+                return Err(format!(
+                    "the tool `{name}` asked for is not among the tools"
+                ));
+            }
+            _ => {}
+        }
         Ok(())
     }
 }
@@ -214,6 +367,9 @@ pub enum GenerationEvent {
     },
     /// Valid UTF-8; may be empty.
     Text(String),
+    /// The log-probabilities of the tokens generated since the last one, when the request
+    /// asked for `logprobs`; sent before the `Text` they produced.
+    Logprobs(Vec<TokenLogprob>),
     Done(GenerationStats),
     Error {
         code: ErrorCode,

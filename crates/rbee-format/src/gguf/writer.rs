@@ -38,6 +38,34 @@ impl GgufWriter {
         }
     }
 
+    /// A writer holding `path`'s metadata (less `general.alignment` and the keys in `drop`)
+    /// and tensors, to write a variant of a model: a fixture with another chat template or
+    /// context length.
+    pub fn copy_of(path: &Path, drop: &[&str]) -> Result<Self, GgufError> {
+        let file = crate::gguf::GgufFile::open(path)?;
+        let data = std::fs::read(path)?;
+        let mut w = Self::new();
+        for (k, v) in file.metadata.iter() {
+            if k != "general.alignment" && !drop.contains(&k) {
+                w.add(k, v.clone());
+            }
+        }
+        for t in &file.tensors {
+            let bytes = usize::try_from(t.offset)
+                .ok()
+                .zip(usize::try_from(t.offset + t.size).ok())
+                .and_then(|(a, b)| data.get(a..b))
+                .ok_or_else(|| GgufError::PastEndOfFile {
+                    tensor: t.name.clone(),
+                    offset: t.offset,
+                    size: t.size,
+                    file_size: data.len() as u64,
+                })?;
+            w.add_tensor(t.name.clone(), &t.dims, t.dtype, bytes.to_vec());
+        }
+        Ok(w)
+    }
+
     /// The version field to write (the reader accepts 2 and 3).
     pub fn set_version(&mut self, version: u32) -> &mut Self {
         self.version = version;

@@ -29,12 +29,15 @@ use std::time::{Duration, Instant};
 
 use super::{Counters, Embeddings, EncodeJob, GenerateEvent, GenerateJob, Job, Pooling};
 use crate::chat::ChatTemplate;
+use crate::constraint::{Grammars, SeqConstraint};
 use crate::error::InferError;
 use crate::model::{MAX_BATCH, Output, Runtime, SeqCache, SeqStep, Transformer};
 use crate::sampling::Sampler;
 use crate::stream::TextStream;
 use crate::tokenizer::Tokenizer;
-use rbee_proto::generation::{FinishReason, GenerationStats, Prompt};
+use rbee_proto::generation::{
+    ChatOptions, Constraint, FinishReason, GenerationStats, Prompt, TokenLogprob, TopLogprob,
+};
 
 /// Prompt tokens per chunk: a sequence's prompt is always cut at multiples of this from where
 /// its computation starts, whatever else runs in the step, so its results do not depend on the
@@ -72,14 +75,54 @@ pub(crate) struct Prep {
     pub template: ChatTemplate,
     pub context: usize,
     pub vocab: usize,
+    /// The grammar compiler over this vocabulary, built by the first constrained request.
+    pub grammars: std::sync::OnceLock<Result<Grammars, String>>,
 }
 
 impl Prep {
+    /// A fresh matcher for a request's constraint, if it has one.
+    fn constraint(
+        &self,
+        params: &crate::sampling::SamplingParams,
+    ) -> Result<Option<SeqConstraint>, InferError> {
+        let Some(constraint) = &params.constraint else {
+            return Ok(None);
+        };
+        // A required tool call becomes a grammar in this model's own call format.
+        let lark;
+        let constraint = match constraint {
+            Constraint::ToolCall { only } => {
+                let format = self.template.tool_format;
+                let marker = self.tokenizer.token_to_id("[TOOL_CALLS]");
+                lark = Constraint::Lark(
+                    crate::tools::tool_call_grammar(
+                        format,
+                        &params.chat.tools,
+                        only.as_deref(),
+                        marker,
+                    )
+                    .map_err(InferError::InvalidRequest)?,
+                );
+                &lark
+            }
+            other => other,
+        };
+        let grammars = self
+            .grammars
+            .get_or_init(|| Grammars::new(&self.tokenizer, self.vocab))
+            .as_ref()
+            .map_err(|e| InferError::InvalidRequest(format!("constrained decoding: {e}")))?;
+        grammars
+            .compile(constraint)
+            .map(Some)
+            .map_err(InferError::InvalidRequest)
+    }
+
     /// Prompt text to token ids, with BOS added once: not when the template already wrote it.
-    fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>, InferError> {
+    fn prompt_tokens(&self, prompt: &Prompt, chat: &ChatOptions) -> Result<Vec<u32>, InferError> {
         let text = match prompt {
             Prompt::Text(t) => t.clone(),
-            Prompt::Chat(messages) => self.template.render(messages, true)?,
+            Prompt::Chat(messages) => self.template.render_with(messages, chat, true)?,
             Prompt::Tokens(ids) => {
                 if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.vocab) {
                     return Err(InferError::InvalidRequest(format!(
@@ -117,7 +160,7 @@ impl Prep {
                 self.check_prompt_size(text, self.tokenizer.add_bos_default())?;
                 Ok(self.tokenizer.encode_input(text, None)?)
             }
-            other => self.prompt_tokens(other),
+            other => self.prompt_tokens(other, &ChatOptions::default()),
         }
     }
 
@@ -169,6 +212,7 @@ impl Prep {
 /// A request tokenized and checked, waiting for a slot and KV room.
 struct Ready {
     tokens: Vec<u32>,
+    constraint: Option<SeqConstraint>,
     /// Positions reserved: `min(prompt + max_tokens, context)`.
     reserve: usize,
     job: GenerateJob,
@@ -187,6 +231,8 @@ struct Seq<R: Runtime> {
     events: SyncSender<GenerateEvent>,
     cancel: Arc<AtomicBool>,
     sampler: Sampler,
+    /// The output constraint's matcher, if the request has one.
+    constraint: Option<SeqConstraint>,
     stream: TextStream,
     eos: Vec<u32>,
     cache: SeqCache<R>,
@@ -263,6 +309,7 @@ impl<R: Runtime> Seq<R> {
                 .decode_started
                 .map_or(0.0, |t| t.elapsed().as_secs_f64()),
             cached_tokens: self.cached_tokens,
+            mask_secs: self.constraint.as_ref().map_or(0.0, |c| c.mask_secs),
         };
         self.pending.push_back(GenerateEvent::Done(stats));
         self.finished = true;
@@ -413,11 +460,18 @@ impl<R: Runtime> Scheduler<R> {
     /// A generation off the queue: tokenized and checked, then started or left waiting.
     fn take_generate(&mut self, job: GenerateJob) {
         match self.ready(&job) {
-            Ok((tokens, reserve)) => self.try_start(Ready {
-                tokens,
-                reserve,
-                job,
-            }),
+            Ok((tokens, reserve)) => match self.prep.constraint(&job.request.params) {
+                Ok(constraint) => self.try_start(Ready {
+                    tokens,
+                    constraint,
+                    reserve,
+                    job,
+                }),
+                Err(e) => {
+                    self.counters.queued.fetch_sub(1, Ordering::SeqCst);
+                    let _ = job.events.try_send(GenerateEvent::Error(e));
+                }
+            },
             Err(e) => {
                 self.counters.queued.fetch_sub(1, Ordering::SeqCst);
                 let _ = job.events.try_send(GenerateEvent::Error(e));
@@ -426,7 +480,9 @@ impl<R: Runtime> Scheduler<R> {
     }
 
     fn ready(&self, job: &GenerateJob) -> Result<(Vec<u32>, usize), InferError> {
-        let tokens = self.prep.prompt_tokens(&job.request.prompt)?;
+        let tokens = self
+            .prep
+            .prompt_tokens(&job.request.prompt, &job.request.params.chat)?;
         let context = self.limits.context;
         if tokens.is_empty() {
             return Err(InferError::InvalidRequest("the prompt is empty".into()));
@@ -478,6 +534,7 @@ impl<R: Runtime> Scheduler<R> {
         cache.truncate(reused);
         let Ready {
             tokens,
+            constraint,
             reserve,
             job,
         } = ready;
@@ -494,6 +551,7 @@ impl<R: Runtime> Scheduler<R> {
             stream: TextStream::new(params.stop.clone()),
             budget: params.max_tokens.min(self.limits.context - prompt_len),
             sampler: Sampler::new(params),
+            constraint,
             cache,
             tokens,
             prompt_len,
@@ -958,29 +1016,111 @@ pub(super) fn normalize(v: &mut [f32]) {
     }
 }
 
-/// Picks a sequence's next token from its logits and streams it, or ends the sequence.
+/// Picks a sequence's next token from its logits and streams it, or ends the sequence. A
+/// constrained sequence's logits are masked by its own matcher first (each sequence of a step
+/// has its own constraint or none), and the matcher advances with the sampled token.
 fn sample<R: Runtime>(seq: &mut Seq<R>, logits: &mut [f32], tokenizer: &Tokenizer) {
     if seq.cancel.load(Ordering::Relaxed) {
         return seq.finish(FinishReason::Cancelled);
     }
+    // The tokens that may end a constrained output: the sequence's end-of-generation tokens
+    // (the model's own even when `ignore_eos` left the list empty, so a grammar can finish).
+    let eos: &[u32] = if seq.eos.is_empty() {
+        tokenizer.eos_ids()
+    } else {
+        &seq.eos
+    };
+    if let Some(c) = &mut seq.constraint
+        && let Err(e) = c.mask(logits, eos)
+    {
+        return seq.fail(InferError::InvalidRequest(e));
+    }
+    let logprob_of = seq
+        .sampler
+        .params()
+        .logprobs
+        .map(|top| Logprobs::of(logits, top));
     let next = seq.sampler.sample(logits, &seq.tokens);
     if seq.eos.contains(&next) {
         return seq.finish(FinishReason::Stop);
     }
+    if let Some(c) = &mut seq.constraint
+        && let Err(e) = c.advance(next)
+    {
+        return seq.fail(InferError::InvalidRequest(e));
+    }
     seq.produced += 1;
     seq.tokens.push(next);
     let step = seq.stream.push(tokenizer.token_bytes(next));
+    let logprob = logprob_of.map(|l| l.token(next, tokenizer));
     if !seq.emit(GenerateEvent::Token {
         id: next,
         text: step.text,
+        logprob,
     }) {
         // The reader is gone: nobody wants the rest.
         seq.finished = true;
         return;
     }
-    if step.stopped {
+    let grammar_done = seq.constraint.as_ref().is_some_and(SeqConstraint::is_done);
+    if step.stopped || grammar_done {
         seq.finish(FinishReason::Stop);
     } else if seq.produced >= seq.budget {
         seq.finish(FinishReason::Length);
+    }
+}
+
+/// One step's log-probabilities, taken from the (masked) logits before the sampler's penalties
+/// and temperature change them: OpenAI's `logprobs` are the model's distribution.
+struct Logprobs {
+    /// log(sum(exp(logits))), with the maximum taken out for stability.
+    log_norm: f32,
+    logits: Vec<f32>,
+    top: Vec<(u32, f32)>,
+}
+
+impl Logprobs {
+    fn of(logits: &[f32], top: u8) -> Logprobs {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = logits.iter().map(|&l| f64::from((l - max).exp())).sum();
+        let log_norm = max + sum.ln() as f32;
+        let mut best: Vec<(u32, f32)> = Vec::with_capacity(usize::from(top) + 1);
+        if top > 0 {
+            for (i, &l) in logits.iter().enumerate() {
+                if l == f32::NEG_INFINITY {
+                    continue;
+                }
+                if best.len() < usize::from(top) || l > best[best.len() - 1].1 {
+                    let at = best.partition_point(|&(_, b)| b >= l);
+                    best.insert(at, (i as u32, l));
+                    best.truncate(usize::from(top));
+                }
+            }
+        }
+        Logprobs {
+            log_norm,
+            logits: logits.to_vec(),
+            top: best,
+        }
+    }
+
+    fn token(&self, id: u32, tokenizer: &Tokenizer) -> TokenLogprob {
+        let logit = self
+            .logits
+            .get(id as usize)
+            .copied()
+            .unwrap_or(f32::NEG_INFINITY);
+        TokenLogprob {
+            bytes: tokenizer.token_bytes(id).to_vec(),
+            logprob: logit - self.log_norm,
+            top: self
+                .top
+                .iter()
+                .map(|&(t, l)| TopLogprob {
+                    bytes: tokenizer.token_bytes(t).to_vec(),
+                    logprob: l - self.log_norm,
+                })
+                .collect(),
+        }
     }
 }

@@ -10,6 +10,8 @@
 //! Ollama's NDJSON objects. Errors are Ollama's `{"error": "…"}` with the statuses the
 //! OpenAI routes use.
 
+use rbee_infer::tools::{ReplyPiece, ReplySplitter};
+use rbee_proto::generation::ToolCall;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -298,29 +300,40 @@ pub fn response_format(format: Option<&Value>) -> Result<Option<Value>, NodeErro
     })
 }
 
-/// What the Ollama fields that belong to the tools branch (tool calling, constrained
-/// decoding, reasoning) become in the shared request. `tools` and `format` go where the
-/// OpenAI route receives `tools` / `response_format`, so [`NotYet::refuse`] answers them as
-/// it answers the OpenAI route (today: a 400 naming the field). `think` has no OpenAI field
-/// here yet: it is refused here by name.
-// TOOLS-MERGE: when the OpenAI request gains its reasoning field (`reasoning_effort` /
-// `chat_template_kwargs.enable_thinking`), set it from `think` here instead of refusing.
+/// Ollama's agent fields in the shared request: `tools` where the OpenAI route receives
+/// `tools`, `format` as its `response_format` (see [`response_format`]), and `think` as the
+/// template's reasoning switch: `true`/`false` set `enable_thinking` (Qwen 3's and others'
+/// template variable), a level (`"low"`, `"medium"`, `"high"`, as gpt-oss takes) is
+/// `reasoning_effort`.
+struct Agent {
+    tools: Option<Value>,
+    response_format: Option<Value>,
+    chat_template_kwargs: Option<Value>,
+    reasoning_effort: Option<Value>,
+}
+
 fn agent_fields(
     tools: Option<Value>,
     format: Option<&Value>,
     think: Option<&Value>,
-) -> Result<NotYet, NodeError> {
-    if let Some(t) = think
-        && !matches!(t, Value::Null | Value::Bool(false))
-    {
-        return Err(NodeError::BadRequest(format!(
-            "`think` ({t}) is not supported by this node yet (reasoning models); remove it or send false"
-        )));
-    }
-    Ok(NotYet {
+) -> Result<Agent, NodeError> {
+    let (chat_template_kwargs, reasoning_effort) = match think {
+        None | Some(Value::Null) => (None, None),
+        Some(Value::Bool(b)) => (Some(json!({"enable_thinking": b})), None),
+        Some(Value::String(level)) if ["low", "medium", "high"].contains(&level.as_str()) => {
+            (None, Some(json!(level)))
+        }
+        Some(other) => {
+            return Err(NodeError::BadRequest(format!(
+                "`think` {other}: give true, false, or a level (\"low\", \"medium\", \"high\")"
+            )));
+        }
+    };
+    Ok(Agent {
         tools,
         response_format: response_format(format)?,
-        ..NotYet::default()
+        chat_template_kwargs,
+        reasoning_effort,
     })
 }
 
@@ -331,6 +344,8 @@ pub fn chat_request(req: OllamaChatRequest, model: String) -> Result<ChatRequest
         ..Sampling::default()
     };
     map_options(req.options.as_ref(), &mut sampling)?;
+    let agent = agent_fields(req.tools, req.format.as_ref(), req.think.as_ref())?;
+    sampling.response_format = agent.response_format;
     let mut messages = Vec::with_capacity(req.messages.len());
     for (i, m) in req.messages.into_iter().enumerate() {
         if is_set(&m.images) {
@@ -342,13 +357,20 @@ pub fn chat_request(req: OllamaChatRequest, model: String) -> Result<ChatRequest
             role: m.role,
             content: Some(Content::Text(m.content)),
             tool_calls: m.tool_calls,
+            tool_call_id: None,
         });
     }
     Ok(ChatRequest {
         model,
         messages,
         sampling,
-        not_yet: agent_fields(req.tools, req.format.as_ref(), req.think.as_ref())?,
+        chat_template_kwargs: agent.chat_template_kwargs,
+        reasoning_effort: agent.reasoning_effort,
+        parallel_tool_calls: None,
+        not_yet: NotYet {
+            tools: agent.tools,
+            ..NotYet::default()
+        },
     })
 }
 
@@ -395,7 +417,8 @@ pub fn generate_request(
         ..Sampling::default()
     };
     map_options(req.options.as_ref(), &mut sampling)?;
-    let not_yet = agent_fields(None, req.format.as_ref(), req.think.as_ref())?;
+    let agent = agent_fields(None, req.format.as_ref(), req.think.as_ref())?;
+    sampling.response_format = agent.response_format;
     if req.raw {
         if req.system.as_ref().is_some_and(|s| !s.is_empty()) {
             return Err(NodeError::BadRequest(
@@ -406,7 +429,7 @@ pub fn generate_request(
             model,
             prompt: PromptInput::One(req.prompt),
             sampling,
-            not_yet,
+            not_yet: NotYet::default(),
         }));
     }
     let mut messages = Vec::with_capacity(2);
@@ -415,18 +438,23 @@ pub fn generate_request(
             role: "system".into(),
             content: Some(Content::Text(system)),
             tool_calls: None,
+            tool_call_id: None,
         });
     }
     messages.push(InMessage {
         role: "user".into(),
         content: Some(Content::Text(req.prompt)),
         tool_calls: None,
+        tool_call_id: None,
     });
     Ok(GenerateShape::Chat(ChatRequest {
         model,
         messages,
         sampling,
-        not_yet,
+        chat_template_kwargs: agent.chat_template_kwargs,
+        reasoning_effort: agent.reasoning_effort,
+        parallel_tool_calls: None,
+        not_yet: NotYet::default(),
     }))
 }
 
@@ -836,13 +864,55 @@ fn final_fields(v: &mut Value, stats: &GenerationStats, started: Instant, load: 
 
 /// One object of a chat or generate answer: `message` or `response` with `text`.
 fn piece(shown: &str, chat: bool, text: &str) -> Value {
+    reply_piece(
+        shown,
+        chat,
+        &ReplyPiece {
+            reasoning: String::new(),
+            content: text.into(),
+        },
+        &[],
+    )
+}
+
+/// One object of an answer with its thinking (`thinking`, as Ollama returns a reasoning
+/// model's) and, on chat, the tool calls the reply made (arguments as objects, as Ollama's
+/// clients read them).
+fn reply_piece(shown: &str, chat: bool, part: &ReplyPiece, calls: &[ToolCall]) -> Value {
     let mut v = json!({"model": shown, "created_at": rfc3339(unix_now()), "done": false});
     if chat {
-        v["message"] = json!({"role": "assistant", "content": text});
+        let mut m = json!({"role": "assistant", "content": part.content});
+        if !part.reasoning.is_empty() {
+            m["thinking"] = json!(part.reasoning);
+        }
+        if !calls.is_empty() {
+            m["tool_calls"] = calls
+                .iter()
+                .map(|c| {
+                    let arguments: Value =
+                        serde_json::from_str(&c.arguments).unwrap_or_else(|_| json!({}));
+                    json!({"function": {"name": c.name, "arguments": arguments}})
+                })
+                .collect();
+        }
+        v["message"] = m;
     } else {
-        v["response"] = json!(text);
+        v["response"] = json!(part.content);
+        if !part.reasoning.is_empty() {
+            v["thinking"] = json!(part.reasoning);
+        }
     }
     v
+}
+
+/// The reply's splitter: thinking apart from the answer, and on chat the request's tools'
+/// calls read back out (as the OpenAI route does).
+fn splitter(g: &Generate) -> ReplySplitter {
+    ReplySplitter::new(if g.chat {
+        g.job.tools.clone()
+    } else {
+        Vec::new()
+    })
 }
 
 /// A generation request, parsed: the shared job, how to answer, and what to do after.
@@ -896,8 +966,15 @@ async fn generate_common(ctx: Arc<NodeContext>, parsed: Result<Generate, NodeErr
             tracing::warn!(model, "keep_alive 0: could not unload: {e}");
         }
         match collected {
-            Ok((text, stats)) => {
-                let mut v = piece(&g.shown, g.chat, &text);
+            Ok((text, stats, _)) => {
+                let mut split = splitter(&g);
+                let first = split.push(&text);
+                let (rest, calls) = split.finish();
+                let whole = ReplyPiece {
+                    reasoning: first.reasoning + &rest.reasoning,
+                    content: first.content + &rest.content,
+                };
+                let mut v = reply_piece(&g.shown, g.chat, &whole, &calls);
                 final_fields(&mut v, &stats, started, load);
                 Json(v).into_response()
             }
@@ -917,6 +994,7 @@ async fn stream_generation(
     started: Instant,
     load: Duration,
 ) -> Option<NodeError> {
+    let mut split = Some(splitter(g));
     loop {
         let event = tokio::select! {
             event = run.events.recv() => event,
@@ -925,11 +1003,33 @@ async fn stream_generation(
         match event {
             Some(GenerationEvent::Text(t)) if t.is_empty() => continue,
             Some(GenerationEvent::Text(t)) => {
-                if tx.send(piece(&g.shown, g.chat, &t)).await.is_err() {
+                let Some(s) = split.as_mut() else { continue };
+                let part = s.push(&t);
+                if part.content.is_empty() && part.reasoning.is_empty() {
+                    // Held back: a tag or a tool call may be starting.
+                    continue;
+                }
+                if tx
+                    .send(reply_piece(&g.shown, g.chat, &part, &[]))
+                    .await
+                    .is_err()
+                {
                     return None;
                 }
             }
             Some(GenerationEvent::Done(stats)) => {
+                if let Some(s) = split.take() {
+                    let (rest, calls) = s.finish();
+                    let said = !rest.content.is_empty() || !rest.reasoning.is_empty();
+                    if (said || !calls.is_empty())
+                        && tx
+                            .send(reply_piece(&g.shown, g.chat, &rest, &calls))
+                            .await
+                            .is_err()
+                    {
+                        return None;
+                    }
+                }
                 let mut v = piece(&g.shown, g.chat, "");
                 final_fields(&mut v, &stats, started, load);
                 let _ = tx.send(v).await;

@@ -13,20 +13,20 @@ use axum::response::{IntoResponse, Response};
 use rbee_infer::chat::ChatMessage;
 use rbee_infer::engine::{GenerationStats, Prompt};
 use rbee_infer::sampling::SamplingParams;
-use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::presets;
 use super::types::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Completion,
-    CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, PromptInput,
-    Sampling, Stop, TextChoice, Usage,
+    CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, OutFunction,
+    OutToolCall, PromptInput, Sampling, Stop, TextChoice, Usage,
 };
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::serve::{self, Started};
-use rbee_proto::generation::GenerationEvent;
+use rbee_infer::tools::ReplySplitter;
+use rbee_proto::generation::{ChatOptions, GenerationEvent, TokenLogprob, ToolCall, ToolDef};
 
 /// Prompts one `/v1/completions` request may carry (each is a generation, run in turn).
 const MAX_PROMPTS: usize = 16;
@@ -34,7 +34,7 @@ const MAX_PROMPTS: usize = 16;
 /// The engine's parameters from a request's sampling fields: llama.cpp's meanings for
 /// `seed: -1` (random) and `top_k: 0` (off); without `max_tokens` a generation runs until
 /// the model stops or the context is full.
-fn params(s: &Sampling) -> Result<SamplingParams, NodeError> {
+fn params(s: &Sampling, kind: Kind) -> Result<SamplingParams, NodeError> {
     if s.n.is_some_and(|n| n != 1) {
         return Err(NodeError::BadRequest(
             "`n` other than 1 is not supported yet; send one request per choice".into(),
@@ -65,6 +65,12 @@ fn params(s: &Sampling) -> Result<SamplingParams, NodeError> {
             .or(s.max_tokens)
             .unwrap_or(rbee_infer::sampling::MAX_TOKENS),
         stop: stop.into_iter().filter(|s| !s.is_empty()).collect(),
+        constraint: super::output::response_format(s.response_format.as_ref())?,
+        logprobs: super::output::logprobs(
+            s.logprobs.as_ref(),
+            s.top_logprobs.as_ref(),
+            kind == Kind::Chat,
+        )?,
         ..d
     };
     params.validate().map_err(NodeError::BadRequest)?;
@@ -129,18 +135,56 @@ fn messages(input: Vec<InMessage>) -> Result<Vec<ChatMessage>, NodeError> {
                     texts.join("\n")
                 }
             };
-            if m.tool_calls.as_ref().is_some_and(|c| !c.is_null() && c != &json!([])) {
-                return Err(NodeError::BadRequest(format!(
-                    "`messages[{i}].tool_calls`: tool calling is not supported by this node yet"
-                )));
-            }
+            let tool_calls = match m.tool_calls {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(calls) => tool_calls_in(i, &calls)?,
+            };
             // OpenAI's newer name for the system role.
             let role = if m.role == "developer" {
                 "system".to_string()
             } else {
                 m.role
             };
-            Ok(ChatMessage::new(role, content))
+            let mut message = ChatMessage::new(role, content);
+            message.tool_calls = tool_calls;
+            message.tool_call_id = m.tool_call_id;
+            Ok(message)
+        })
+        .collect()
+}
+
+/// An assistant message's `tool_calls` (OpenAI's shape, `arguments` a JSON text).
+fn tool_calls_in(i: usize, calls: &serde_json::Value) -> Result<Vec<ToolCall>, NodeError> {
+    let bad = |what: &str| {
+        NodeError::BadRequest(format!(
+            "`messages[{i}].tool_calls`: {what} (each is {{\"id\", \"type\": \"function\", \"function\": {{\"name\", \"arguments\"}}}})"
+        ))
+    };
+    let list = calls.as_array().ok_or_else(|| bad("not a list"))?;
+    list.iter()
+        .enumerate()
+        .map(|(n, c)| {
+            let f = c
+                .get("function")
+                .ok_or_else(|| bad("a call has no `function`"))?;
+            let name = f
+                .get("name")
+                .and_then(serde_json::Value::as_str)
+                .ok_or_else(|| bad("a call has no `function.name`"))?;
+            let arguments = match f.get("arguments") {
+                None | Some(serde_json::Value::Null) => "{}".to_string(),
+                Some(serde_json::Value::String(a)) => a.clone(),
+                // Some clients send the object itself.
+                Some(other) => other.to_string(),
+            };
+            Ok(ToolCall {
+                id: c
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .map_or_else(|| format!("call_{n}"), str::to_string),
+                name: name.to_string(),
+                arguments,
+            })
         })
         .collect()
 }
@@ -166,6 +210,8 @@ pub(super) struct Job {
     pub(super) model: String,
     pub(super) prompts: Vec<Prompt>,
     pub(super) params: SamplingParams,
+    /// Tools whose calls are read back out of a chat reply (none: the reply is all text).
+    pub(super) tools: Vec<ToolDef>,
     kind: Kind,
     stream: bool,
     include_usage: bool,
@@ -174,10 +220,32 @@ pub(super) struct Job {
 /// The one place a chat request becomes a generation: fields not implemented refused by
 /// name, sampling checked, messages converted. Ollama's `/api/chat` and `/api/generate`
 /// convert their bodies into a [`ChatRequest`] and come through here too.
-pub(super) fn chat_job(req: ChatRequest) -> Result<Job, NodeError> {
+pub(super) fn chat_job(mut req: ChatRequest) -> Result<Job, NodeError> {
+    // Tools are implemented on chat (the not-yet list keeps them for completions).
+    let tools = req.not_yet.tools.take();
+    let tool_choice = req.not_yet.tool_choice.take();
     req.not_yet.refuse()?;
+    let mut params = params(&req.sampling, Kind::Chat)?;
+    let (tools, forced) = super::output::tools(tools.as_ref(), tool_choice.as_ref())?;
+    if let Some(forced) = forced {
+        if params.constraint.is_some() {
+            return Err(NodeError::BadRequest(
+                "`response_format` and a forced `tool_choice` cannot both constrain the reply; drop one".into(),
+            ));
+        }
+        params.constraint = Some(forced);
+    }
+    params.chat = ChatOptions {
+        tools: tools.clone(),
+        template_kwargs: super::output::template_kwargs(
+            req.chat_template_kwargs.as_ref(),
+            req.reasoning_effort.as_ref(),
+        )?,
+    };
+    params.validate().map_err(NodeError::BadRequest)?;
     Ok(Job {
-        params: params(&req.sampling)?,
+        params,
+        tools,
         prompts: vec![Prompt::Chat(messages(req.messages)?)],
         model: req.model,
         kind: Kind::Chat,
@@ -235,7 +303,8 @@ pub(super) fn completion_job(req: CompletionRequest) -> Result<Job, NodeError> {
         )));
     }
     Ok(Job {
-        params: params(&req.sampling)?,
+        params: params(&req.sampling, Kind::Text)?,
+        tools: Vec::new(),
         prompts,
         model: req.model,
         kind: Kind::Text,
@@ -273,6 +342,33 @@ pub(super) fn finish_reason(stats: &GenerationStats) -> String {
     .into()
 }
 
+/// A chat choice's finish reason: `tool_calls` when the reply is calls.
+fn chat_finish_reason(stats: &GenerationStats, calls: bool) -> String {
+    if calls {
+        "tool_calls".into()
+    } else {
+        finish_reason(stats)
+    }
+}
+
+/// Calls in OpenAI's shape, with ids unique to this response (`call_<response id>_<n>`); in
+/// a stream each carries its `index`.
+fn out_tool_calls(response_id: &str, calls: &[ToolCall], stream: bool) -> Vec<OutToolCall> {
+    calls
+        .iter()
+        .enumerate()
+        .map(|(n, c)| OutToolCall {
+            index: stream.then_some(n),
+            id: format!("call_{}_{n}", response_id.trim_start_matches("chatcmpl-")),
+            kind: "function".into(),
+            function: OutFunction {
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            },
+        })
+        .collect()
+}
+
 pub(super) fn with_node(mut resp: Response, node: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(node) {
         resp.headers_mut().insert("x-rbee-node", v);
@@ -291,8 +387,9 @@ fn add_usage(total: &mut Usage, prompt_tokens: usize, stats: &GenerationStats) {
 pub(super) async fn collect(
     ctx: &NodeContext,
     started: &mut Started,
-) -> Result<(String, GenerationStats), NodeError> {
+) -> Result<(String, GenerationStats, Vec<TokenLogprob>), NodeError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     loop {
         let event = tokio::select! {
             event = started.events.recv() => event,
@@ -300,7 +397,8 @@ pub(super) async fn collect(
         };
         match event {
             Some(GenerationEvent::Text(t)) => text.push_str(&t),
-            Some(GenerationEvent::Done(s)) => return Ok((text, s)),
+            Some(GenerationEvent::Logprobs(l)) => logprobs.extend(l),
+            Some(GenerationEvent::Done(s)) => return Ok((text, s, logprobs)),
             Some(GenerationEvent::Error { code, message }) => {
                 return Err(NodeError::from_code(code, message));
             }
@@ -323,9 +421,13 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
     let mut rest = job.prompts.into_iter();
     while let Some(mut started) = next.take() {
         match collect(&ctx, &mut started).await {
-            Ok((text, stats)) => {
+            Ok((text, stats, logprobs)) => {
                 add_usage(&mut usage, started.prompt_tokens, &stats);
-                outputs.push((text, finish_reason(&stats)));
+                let logprobs =
+                    job.params.logprobs.is_some().then(|| {
+                        super::output::logprobs_json(&logprobs, job.kind == Kind::Chat, 0)
+                    });
+                outputs.push((text, stats, logprobs));
             }
             Err(e) => return e.into_response(),
         }
@@ -340,24 +442,33 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
     let created = now();
     match job.kind {
         Kind::Chat => Json(ChatCompletion {
+            choices: outputs
+                .into_iter()
+                .enumerate()
+                .map(|(index, (text, stats, logprobs))| {
+                    let mut split = ReplySplitter::new(job.tools.clone());
+                    let first = split.push(&text);
+                    let (rest, calls) = split.finish();
+                    let reasoning = first.reasoning + &rest.reasoning;
+                    ChatChoice {
+                        index,
+                        message: AssistantMessage {
+                            role: "assistant".into(),
+                            content: first.content + &rest.content,
+                            reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
+                            tool_calls: (!calls.is_empty())
+                                .then(|| out_tool_calls(&id, &calls, false)),
+                        },
+                        logprobs,
+                        finish_reason: chat_finish_reason(&stats, !calls.is_empty()),
+                    }
+                })
+                .collect(),
             id,
             object: "chat.completion".into(),
             created,
             model,
             system_fingerprint: None,
-            choices: outputs
-                .into_iter()
-                .enumerate()
-                .map(|(index, (content, finish_reason))| ChatChoice {
-                    index,
-                    message: AssistantMessage {
-                        role: "assistant".into(),
-                        content,
-                    },
-                    logprobs: None,
-                    finish_reason,
-                })
-                .collect(),
             usage,
         })
         .into_response(),
@@ -370,11 +481,11 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
             choices: outputs
                 .into_iter()
                 .enumerate()
-                .map(|(index, (text, finish_reason))| TextChoice {
+                .map(|(index, (text, stats, logprobs))| TextChoice {
                     index,
                     text,
-                    logprobs: None,
-                    finish_reason: Some(finish_reason),
+                    logprobs,
+                    finish_reason: Some(finish_reason(&stats)),
                 })
                 .collect(),
             usage: Some(usage),
@@ -397,6 +508,9 @@ struct Piece<'a> {
     role: Option<&'a str>,
     text: Option<String>,
     finish: Option<String>,
+    logprobs: Option<serde_json::Value>,
+    reasoning: Option<String>,
+    tool_calls: Option<Vec<OutToolCall>>,
 }
 
 /// Builds a stream's events: every chunk with the stream's id, object and `usage: null`.
@@ -430,8 +544,10 @@ impl Chunks {
                         delta: Delta {
                             role: p.role.map(str::to_string),
                             content: p.text,
+                            reasoning_content: p.reasoning,
+                            tool_calls: p.tool_calls,
                         },
-                        logprobs: None,
+                        logprobs: p.logprobs,
                         finish_reason: p.finish,
                     })
                     .into_iter()
@@ -448,7 +564,7 @@ impl Chunks {
                     .map(|p| TextChoice {
                         index: p.index,
                         text: p.text.unwrap_or_default(),
-                        logprobs: None,
+                        logprobs: p.logprobs,
                         finish_reason: p.finish,
                     })
                     .into_iter()
@@ -470,6 +586,45 @@ impl Chunks {
             role,
             text,
             finish,
+            logprobs: None,
+            reasoning: None,
+            tool_calls: None,
+        };
+        self.chunk(Some(piece), None)
+    }
+
+    /// A piece of a reply: answer text and thinking (either may be empty), with the
+    /// log-probabilities of the tokens that made it when they were asked for.
+    fn reply(
+        &self,
+        index: usize,
+        text: String,
+        reasoning: String,
+        logprobs: Option<serde_json::Value>,
+    ) -> Event {
+        let piece = Piece {
+            index,
+            role: None,
+            text: (!text.is_empty() || self.kind == Kind::Text).then_some(text),
+            finish: None,
+            logprobs,
+            reasoning: (!reasoning.is_empty()).then_some(reasoning),
+            tool_calls: None,
+        };
+        self.chunk(Some(piece), None)
+    }
+
+    /// The reply's tool calls, whole, in one delta (the client's accumulation joins deltas by
+    /// `index`).
+    fn calls(&self, index: usize, calls: Vec<OutToolCall>) -> Event {
+        let piece = Piece {
+            index,
+            role: None,
+            text: None,
+            finish: None,
+            logprobs: None,
+            reasoning: None,
+            tool_calls: Some(calls),
         };
         self.chunk(Some(piece), None)
     }
@@ -491,6 +646,8 @@ async fn stream_one(
     started: &mut Started,
     chunks: &Chunks,
     index: usize,
+    wants_logprobs: bool,
+    tools: &[ToolDef],
     tx: &mpsc::Sender<Result<Event, Infallible>>,
 ) -> Result<GenerationStats, ()> {
     // A send error means the client went away: returning drops the events receiver,
@@ -508,6 +665,12 @@ async fn stream_one(
     {
         return Err(());
     }
+    // Log-probabilities of tokens whose text has not been sent yet (held back, e.g. half a
+    // character), and the text offset of the next piece (completions report it).
+    let mut logprobs: Vec<TokenLogprob> = Vec::new();
+    let mut offset = 0;
+    let chat = chunks.kind == Kind::Chat;
+    let mut split = chat.then(|| ReplySplitter::new(tools.to_vec()));
     loop {
         let event = tokio::select! {
             event = started.events.recv() => event,
@@ -517,10 +680,55 @@ async fn stream_one(
             }
         };
         let out = match event {
+            Some(GenerationEvent::Logprobs(l)) => {
+                logprobs.extend(l);
+                continue;
+            }
             Some(GenerationEvent::Text(text)) if text.is_empty() => continue,
-            Some(GenerationEvent::Text(text)) => chunks.piece(index, None, Some(text), None),
+            Some(GenerationEvent::Text(text)) => {
+                let (text, reasoning) = match &mut split {
+                    Some(split) => {
+                        let p = split.push(&text);
+                        (p.content, p.reasoning)
+                    }
+                    None => (text, String::new()),
+                };
+                if text.is_empty() && reasoning.is_empty() {
+                    // Held back (a tag may be starting); its log-probabilities wait with it.
+                    continue;
+                }
+                let lp =
+                    wants_logprobs.then(|| super::output::logprobs_json(&logprobs, chat, offset));
+                offset += text.len();
+                logprobs.clear();
+                chunks.reply(index, text, reasoning, lp)
+            }
             Some(GenerationEvent::Done(stats)) => {
-                let last = chunks.piece(index, None, None, Some(finish_reason(&stats)));
+                let mut calls = Vec::new();
+                if let Some(split) = split.take() {
+                    let (rest, found) = split.finish();
+                    if !rest.content.is_empty() || !rest.reasoning.is_empty() {
+                        let lp = wants_logprobs
+                            .then(|| super::output::logprobs_json(&logprobs, chat, offset));
+                        let event = chunks.reply(index, rest.content, rest.reasoning, lp);
+                        if tx.send(Ok(event)).await.is_err() {
+                            return Err(());
+                        }
+                    }
+                    calls = found;
+                }
+                if !calls.is_empty() {
+                    let event = chunks.calls(index, out_tool_calls(&chunks.id, &calls, true));
+                    if tx.send(Ok(event)).await.is_err() {
+                        return Err(());
+                    }
+                }
+                let finish = if chat {
+                    chat_finish_reason(&stats, !calls.is_empty())
+                } else {
+                    finish_reason(&stats)
+                };
+                let last = chunks.piece(index, None, None, Some(finish));
                 return match tx.send(Ok(last)).await {
                     Ok(()) => Ok(stats),
                     Err(_) => Err(()),
@@ -560,7 +768,17 @@ fn stream_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Response 
         let mut rest = job.prompts.into_iter();
         let mut index = 0;
         while let Some(mut started) = next.take() {
-            let Ok(stats) = stream_one(&ctx, &mut started, &chunks, index, &tx).await else {
+            let Ok(stats) = stream_one(
+                &ctx,
+                &mut started,
+                &chunks,
+                index,
+                job.params.logprobs.is_some(),
+                &job.tools,
+                &tx,
+            )
+            .await
+            else {
                 let _ = tx.send(Ok(Event::default().data("[DONE]"))).await;
                 return;
             };
@@ -657,13 +875,14 @@ pub async fn model(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn parse(v: serde_json::Value) -> Result<Vec<ChatMessage>, NodeError> {
         messages(serde_json::from_value(v).unwrap())
     }
 
     fn sampling(v: serde_json::Value) -> Result<SamplingParams, NodeError> {
-        params(&serde_json::from_value(v).unwrap())
+        params(&serde_json::from_value(v).unwrap(), Kind::Chat)
     }
 
     #[test]
@@ -685,12 +904,18 @@ mod tests {
     }
 
     #[test]
-    fn developer_is_the_system_role_and_tool_call_histories_are_refused() {
+    fn developer_is_the_system_role_and_tool_call_histories_are_read() {
         let m = parse(json!([{"role": "developer", "content": "be brief"}, {"role": "user", "content": "hi"}]))
             .unwrap();
         assert_eq!(m[0].role, "system");
-        let e = parse(json!([{"role": "assistant", "content": null,
-            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]));
+        let m = parse(json!([{"role": "assistant", "content": null,
+            "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}}]},
+            {"role": "tool", "tool_call_id": "1", "content": "ok"}]))
+        .unwrap();
+        assert_eq!(m[0].tool_calls[0].name, "f");
+        assert_eq!(m[0].tool_calls[0].arguments, "{\"a\": 1}");
+        assert_eq!(m[1].tool_call_id.as_deref(), Some("1"));
+        let e = parse(json!([{"role": "assistant", "tool_calls": [{"id": "1"}]}]));
         assert!(matches!(e, Err(NodeError::BadRequest(m)) if m.contains("tool_calls")));
     }
 

@@ -77,6 +77,7 @@ pub(super) fn apply_chat(preset: &Preset, req: &mut ChatRequest) -> Result<(), N
     apply_sampling(preset, &mut req.sampling)?;
     req.model = base_reference(preset);
     let text = |role: &str, content: &str| InMessage {
+        tool_call_id: None,
         role: role.to_string(),
         content: Some(Content::Text(content.to_string())),
         tool_calls: None,

@@ -37,9 +37,13 @@ pub struct InMessage {
     pub role: String,
     #[serde(default)]
     pub content: Option<Content>,
-    /// An assistant turn's tool calls (a history from a tool-using client).
+    /// An assistant turn's tool calls (a history from a tool-using client):
+    /// `[{"id", "type": "function", "function": {"name", "arguments"}}]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tool_calls: Option<Value>,
+    /// A `tool` message: the id of the call it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,11 +85,23 @@ pub struct Sampling {
     pub stream: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stream_options: Option<StreamOptions>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"schema", …}}`:
+    /// the output is constrained to it (constrained decoding).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_format: Option<Value>,
+    /// Chat: `true` returns each token's log-probability; completions: the number of
+    /// alternatives per token (0..=5, OpenAI's legacy shape).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<Value>,
+    /// Chat: alternatives per token (0..=20), with `logprobs: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub top_logprobs: Option<Value>,
 }
 
-/// Fields of OpenAI's API that rbee does not implement yet. Accepting them silently would
-/// answer a different question than the one asked (`response_format` without the format,
-/// `tools` without calls), so any that asks for something is refused with a 400 naming it.
+/// Fields of OpenAI's API that rbee does not implement yet (or not on every route: the chat
+/// route takes `tools` and `tool_choice` out before refusing the rest). Accepting them
+/// silently would answer a different question than the one asked, so any that asks for
+/// something is refused with a 400 naming it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct NotYet {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -96,12 +112,6 @@ pub struct NotYet {
     pub functions: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_call: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub response_format: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub logprobs: Option<Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub top_logprobs: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub logit_bias: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -149,21 +159,7 @@ impl NotYet {
         if !is_off(&self.functions) && !function_call_none {
             return refuse("functions", " (function calling)");
         }
-        if let Some(format) = &self.response_format {
-            let kind = format.get("type").and_then(Value::as_str);
-            if kind != Some("text") && !format.is_null() {
-                return refuse(
-                    "response_format",
-                    &format!(
-                        " (structured output: `{}`; only `text` is)",
-                        kind.unwrap_or("?")
-                    ),
-                );
-            }
-        }
         let checks = [
-            ("logprobs", &self.logprobs),
-            ("top_logprobs", &self.top_logprobs),
             ("logit_bias", &self.logit_bias),
             ("echo", &self.echo),
             ("suffix", &self.suffix),
@@ -197,6 +193,16 @@ impl NotYet {
 pub struct ChatRequest {
     pub model: String,
     pub messages: Vec<InMessage>,
+    /// Variables for the model's chat template (`{"enable_thinking": false}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chat_template_kwargs: Option<Value>,
+    /// Reaches the chat template as the variable `reasoning_effort`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_effort: Option<Value>,
+    /// Accepted; a forced call (`tool_choice: required`) is one call, a free one may be
+    /// several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub sampling: Sampling,
     #[serde(flatten)]
@@ -245,6 +251,30 @@ pub struct PromptTokensDetails {
 pub struct AssistantMessage {
     pub role: String,
     pub content: String,
+    /// A reasoning model's thinking (its `<think>…</think>`), kept out of `content`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    /// The model's calls of the request's tools (`finish_reason` is then `tool_calls`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<OutToolCall>>,
+}
+
+/// One tool call in a reply: `{"id", "type": "function", "function": {"name", "arguments"}}`,
+/// `arguments` a JSON object's text; in a stream's deltas also its `index`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutToolCall {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub function: OutFunction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OutFunction {
+    pub name: String,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -272,6 +302,10 @@ pub struct Delta {
     pub role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reasoning_content: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<OutToolCall>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -536,11 +570,8 @@ mod tests {
                 serde_json::json!({"tools": [{"type": "function"}]}),
                 "tools",
             ),
-            (
-                serde_json::json!({"response_format": {"type": "json_object"}}),
-                "response_format",
-            ),
-            (serde_json::json!({"logprobs": true}), "logprobs"),
+            // (`response_format` and `logprobs` are implemented; `tools` is taken out of this
+            // list by the chat route, so it stays refused on completions.)
             (serde_json::json!({"logit_bias": {"42": 5}}), "logit_bias"),
             (serde_json::json!({"echo": true}), "echo"),
             (serde_json::json!({"suffix": "x"}), "suffix"),

@@ -153,7 +153,7 @@ pub async fn start_remote(
         InferFrame::Error { code, message } => {
             return Err(NodeError::from_wire(code, message, node));
         }
-        f @ (InferFrame::Text(_) | InferFrame::Done(_)) => f,
+        f @ (InferFrame::Text(_) | InferFrame::Logprobs(_) | InferFrame::Done(_)) => f,
         InferFrame::Started { .. } | InferFrame::Phase(_) | InferFrame::Progress { .. } => {
             return Err(peer_failed(
                 node,
@@ -176,7 +176,9 @@ pub async fn start_remote(
                 None => match next_frame(&mut stream, IDLE_TIMEOUT, MAX_RESPONSE_FRAME, &node_name)
                     .await
                 {
-                    Ok(f @ (InferFrame::Text(_) | InferFrame::Done(_))) => f,
+                    Ok(
+                        f @ (InferFrame::Text(_) | InferFrame::Logprobs(_) | InferFrame::Done(_)),
+                    ) => f,
                     // The peer's error, its message naming the peer.
                     Ok(InferFrame::Error { code, message }) => {
                         NodeError::from_wire(code, message, &node_name).to_event()
