@@ -710,8 +710,8 @@ pub async fn show(
             capabilities.push("embedding");
         }
         let template_text = template.clone().unwrap_or_default();
-        // TOOLS-MERGE: `tools` and `thinking` are reported from the template; requests that
-        // use them are refused until the tools branch implements them.
+        // `tools` and `thinking` are reported from the template (what Copilot and Open WebUI
+        // check before offering them).
         if caps.generates && template_text.contains("tools") {
             capabilities.push("tools");
         }
@@ -1600,27 +1600,44 @@ mod tests {
         assert_eq!(shared.sampling.max_tokens, Some(3));
         let job = chat_job(shared).unwrap();
         assert_eq!(job.params.max_tokens, 3);
-        // The agent fields land where the OpenAI route receives them: refused there, by name.
-        for (extra, field) in [
-            (
-                json!({"tools": [{"type": "function", "function": {"name": "f"}}]}),
-                "tools",
-            ),
-            (json!({"format": "json"}), "response_format"),
-            (json!({"format": {"type": "object"}}), "response_format"),
-            (json!({"think": true}), "think"),
-            (
-                json!({"messages": [{"role": "user", "content": "x", "images": ["AAAA"]}]}),
-                "images",
-            ),
-        ] {
+        // The agent fields land where the OpenAI route receives them.
+        let with = |extra: Value| {
             let mut v = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
             v.as_object_mut()
                 .unwrap()
                 .extend(extra.as_object().unwrap().clone());
             let req: OllamaChatRequest = serde_json::from_value(v).unwrap();
-            let msg = chat_request(req, "m".into())
-                .and_then(chat_job)
+            chat_request(req, "m".into()).and_then(chat_job)
+        };
+        let job =
+            with(json!({"tools": [{"type": "function", "function": {"name": "f"}}]})).unwrap();
+        assert_eq!(job.tools.len(), 1);
+        assert_eq!(job.params.chat.tools[0].name, "f");
+        let job = with(json!({"format": "json"})).unwrap();
+        assert_eq!(
+            job.params.constraint,
+            Some(rbee_proto::generation::Constraint::JsonObject)
+        );
+        let job = with(json!({"format": {"type": "object"}})).unwrap();
+        assert!(matches!(
+            job.params.constraint,
+            Some(rbee_proto::generation::Constraint::JsonSchema(_))
+        ));
+        let job = with(json!({"think": false})).unwrap();
+        assert_eq!(
+            job.params.chat.template_kwargs,
+            vec![("enable_thinking".to_string(), "false".to_string())]
+        );
+        // What is not implemented is refused by name.
+        for (extra, field) in [
+            (json!({"think": "maybe"}), "think"),
+            (json!({"format": 3}), "format"),
+            (
+                json!({"messages": [{"role": "user", "content": "x", "images": ["AAAA"]}]}),
+                "images",
+            ),
+        ] {
+            let msg = with(extra.clone())
                 .err()
                 .unwrap_or_else(|| panic!("{extra} accepted"))
                 .to_string();
