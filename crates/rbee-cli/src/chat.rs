@@ -436,13 +436,7 @@ pub fn run(config: &NodeConfig, args: RunArgs) -> Result<()> {
 
 /// `rbee-node ps`: the models the running node holds in memory.
 pub fn ps(config: &NodeConfig) -> Result<()> {
-    let client = NodeClient::new(config);
-    let Some(h) = client.health_checked()? else {
-        bail!(
-            "no node answers at {}: start one with `rbee-node join`",
-            config.api_addr
-        );
-    };
+    let h = crate::node::running_health(config)?;
     println!(
         "{:<32} {:<12} {:>9}  {:<10} {:<24} IDLE",
         "NAME", "ID", "SIZE", "STATE", "PROCESSOR"

@@ -459,14 +459,19 @@ impl NodeClient {
     }
 }
 
-pub fn status(config: &NodeConfig) -> Result<()> {
-    let client = NodeClient::new(config);
-    let Some(h) = client.health_checked()? else {
-        bail!(
+/// The running local node's `/health`, or the error that says how to start one.
+pub fn running_health(config: &NodeConfig) -> Result<serde_json::Value> {
+    match NodeClient::new(config).health_checked()? {
+        Some(h) => Ok(h),
+        None => bail!(
             "no node answers at {}: start one with `rbee-node join`",
             config.api_addr
-        );
-    };
+        ),
+    }
+}
+
+pub fn status(config: &NodeConfig) -> Result<()> {
+    let h = running_health(config)?;
     println!(
         "node {} ({}), up {}s, rbee {}",
         h["node"].as_str().unwrap_or("?"),

@@ -77,6 +77,10 @@ impl Workers {
         context: Option<usize>,
         wait: Duration,
     ) -> Result<Arc<dyn LoadedModel>, NodeError> {
+        // One device (the common node): nothing to place, no status round trip per request.
+        if let [only] = self.all.as_slice() {
+            return only.handle.acquire_with_context(model, context, wait).await;
+        }
         let id = model.id().to_hex();
         let mut statuses = Vec::with_capacity(self.all.len());
         for w in self.all.iter() {
