@@ -26,7 +26,9 @@ use crate::chat::{ChatTemplate, builtin_template};
 use crate::error::InferError;
 use crate::model::bert::{self, BertSource};
 use crate::model::config::check_transformer_header;
-use crate::model::{Arch, Cpu, DeviceRuntime, ModelError, Runtime, SafetensorsModel, Transformer};
+use crate::model::{
+    Arch, Cpu, DeviceRuntime, ModelError, Runtime, SafetensorsModel, Split, Transformer,
+};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use rbee_format::gguf::{self, GgufFile};
@@ -68,6 +70,12 @@ pub struct LoadOptions {
     /// GPU path is tested and compared on machines without one. Off: the CPU runs its own
     /// llama.cpp-exact kernels.
     pub device_runtime_on_cpu: bool,
+    /// Layers on the device when it runs the device runtime (a GPU, or the CPU with
+    /// `device_runtime_on_cpu`): `None`, all of them; fewer split the model — its last layers
+    /// on the device, the others, the token embedding and the output projection on the CPU's
+    /// own kernels (partial offload, llama.cpp's `-ngl`; [`device_layers_for`] plans it from a
+    /// budget).
+    pub device_layers: Option<usize>,
 }
 
 impl LoadOptions {
@@ -89,6 +97,7 @@ impl Default for LoadOptions {
             kv_budget_tokens: None,
             prefix_reuse: true,
             device_runtime_on_cpu: false,
+            device_layers: None,
         }
     }
 }
@@ -565,12 +574,15 @@ impl Backend for CandleBackend {
 
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError> {
         let started = Instant::now();
-        let runtime = runtime_for(&opts.device, opts);
         let opened = match Opened::open(path)? {
             Found::Decoder(opened) => opened,
             Found::Encoder(encoder) => return load_encoder(encoder, opts, started),
         };
         let file = opened.header();
+        let layers = crate::model::config::ModelConfig::from_gguf(file)
+            .map_err(InferError::from)?
+            .n_layers;
+        let runtime = runtime_for(&opts.device, opts, layers);
         let path = opened.path().to_path_buf();
         let context = context_for(file, opts);
         if let Some(wanted) = opts.context_length.filter(|&c| c > context) {
@@ -601,6 +613,7 @@ impl Backend for CandleBackend {
         match runtime {
             Picked::Cpu(cpu) => decoder.start(cpu, opts),
             Picked::Device(device) => decoder.start(device, opts),
+            Picked::Split(split) => decoder.start(split, opts),
         }
     }
 }
@@ -713,24 +726,58 @@ fn load_encoder(
 enum Picked {
     Cpu(Cpu),
     Device(DeviceRuntime),
+    Split(Split),
 }
 
-/// The runtime that serves `device`: the one place a device's runtime is chosen. The CPU runs
-/// the llama.cpp-exact kernels (or, asked to, the device runtime on candle's CPU device); a GPU
-/// runs the device runtime.
-fn runtime_for(device: &Device, opts: &LoadOptions) -> Picked {
-    match device {
-        Device::Cpu if !opts.device_runtime_on_cpu => Picked::Cpu(Cpu),
-        Device::Cpu => Picked::Device(DeviceRuntime::new(Device::Cpu, "cpu (device runtime)")),
+/// The runtime that serves `device` for a model of `layers` layers: the one place a device's
+/// runtime is chosen. The CPU runs the llama.cpp-exact kernels (or, asked to, the device
+/// runtime on candle's CPU device); a GPU runs the device runtime, for every layer or, with
+/// `device_layers` below `layers`, for the last ones with the CPU's kernels for the rest.
+fn runtime_for(device: &Device, opts: &LoadOptions, layers: usize) -> Picked {
+    let device = match device {
+        Device::Cpu if !opts.device_runtime_on_cpu => return Picked::Cpu(Cpu),
+        Device::Cpu => DeviceRuntime::new(Device::Cpu, "cpu (device runtime)"),
         other => {
             let name = match other.location() {
                 candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
                 candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
                 candle_core::DeviceLocation::Cpu => "cpu".to_string(),
             };
-            Picked::Device(DeviceRuntime::new(other.clone(), name))
+            DeviceRuntime::new(other.clone(), name)
         }
+    };
+    match opts.device_layers {
+        Some(n) if n < layers => Picked::Split(Split::new(device, layers, n)),
+        _ => Picked::Device(device),
     }
+}
+
+/// Partial offload's plan for the model at `path` on a device with `budget` bytes free: how
+/// many of its last layers fit there with their share of the KV budget `opts` sets (the rest,
+/// the embedding and the output projection then run on the CPU). `None` when not one layer
+/// fits; a model that fits whole needs no plan (compare its [`Backend::estimate`] with the
+/// budget first).
+pub fn device_layers_for(
+    path: &Path,
+    opts: &LoadOptions,
+    budget: u64,
+) -> Result<Option<usize>, InferError> {
+    let opened = match Opened::open(path)? {
+        Found::Decoder(opened) => opened,
+        Found::Encoder(_) => {
+            return Err(InferError::InvalidRequest(
+                "partial offload applies to decoders; an encoder loads whole".into(),
+            ));
+        }
+    };
+    let file = opened.header();
+    let kv_tokens = opts.kv_budget(context_for(file, opts));
+    Ok(Transformer::device_layers_for(
+        file,
+        kv_tokens,
+        MAX_STEP_TOKENS,
+        budget,
+    )?)
 }
 
 fn chat_template(file: &GgufFile, tokenizer: &Tokenizer) -> Result<ChatTemplate, InferError> {

@@ -46,6 +46,6 @@ mod weights;
 
 pub use config::{Activation, Arch, ModelConfig, RopeParams, RopeStyle};
 pub use error::ModelError;
-pub use runtime::{Cpu, DeviceRuntime, LayerKv, Runtime};
+pub use runtime::{Cpu, DeviceRuntime, LayerKv, Runtime, Split, plan_offload};
 pub use safetensors::SafetensorsModel;
 pub use transformer::{MAX_BATCH, Output, SeqCache, SeqStep, Transformer};

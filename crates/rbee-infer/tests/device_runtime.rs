@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use rbee_infer::model::{
-    DeviceRuntime, Output, Runtime, SeqCache, SeqStep, Transformer, runtime::Cpu,
+    DeviceRuntime, Output, Runtime, SeqCache, SeqStep, Split, Transformer, runtime::Cpu,
 };
 
 fn reference(name: &str) -> PathBuf {
@@ -112,9 +112,14 @@ impl Agreement {
 }
 
 fn compare(path: &Path, json: &Path) -> Agreement {
-    let mut cpu = Transformer::load_gguf_on(Cpu, path).unwrap();
-    let mut dev =
+    let dev =
         Transformer::load_gguf_on(DeviceRuntime::new(Device::Cpu, "candle-cpu"), path).unwrap();
+    compare_with(path, json, dev)
+}
+
+/// The CPU runtime's logits against `dev`'s, every position of the reference sequences.
+fn compare_with<R: Runtime>(path: &Path, json: &Path, mut dev: Transformer<R>) -> Agreement {
+    let mut cpu = Transformer::load_gguf_on(Cpu, path).unwrap();
     let mut a = Agreement {
         positions: 0,
         top1_equal: 0,
@@ -209,4 +214,101 @@ fn the_device_runtime_names_itself_and_counts_its_weights() {
     assert_eq!(rt.describe(), "candle-cpu (candle kernels)");
     let model = Transformer::load_gguf_on(rt, &reference("tiny-qwen3.gguf")).unwrap();
     assert!(model.memory_in_use() > 0);
+}
+
+/// A model split between the device runtime and the CPU (partial offload, llama.cpp's `-ngl`).
+fn split(path: &Path, on_device: usize) -> Transformer<Split> {
+    let layers = Transformer::load_gguf_on(Cpu, path)
+        .unwrap()
+        .config()
+        .n_layers;
+    let rt = Split::new(
+        DeviceRuntime::new(Device::Cpu, "candle-cpu"),
+        layers,
+        on_device,
+    );
+    Transformer::load_gguf_on(rt, path).unwrap()
+}
+
+#[test]
+fn a_split_with_no_device_layers_is_the_cpu_runtime_exactly() {
+    for name in ["tiny-llama", "tiny-gemma3"] {
+        let path = reference(&format!("{name}.gguf"));
+        let a = compare_with(&path, &reference(&format!("{name}.json")), split(&path, 0));
+        assert_eq!(a.top1_equal, a.positions, "{name}");
+        assert_eq!(
+            a.worst_relative, 0.0,
+            "{name}: the same kernels, the same logits"
+        );
+    }
+}
+
+#[test]
+fn a_model_split_between_device_and_cpu_agrees_with_the_cpu_runtime() {
+    for name in [
+        "tiny-llama",
+        "tiny-qwen2",
+        "tiny-qwen3",
+        "tiny-gemma3",
+        "tiny-phi3",
+    ] {
+        let path = reference(&format!("{name}.gguf"));
+        let json = reference(&format!("{name}.json"));
+        let layers = Transformer::load_gguf_on(Cpu, &path)
+            .unwrap()
+            .config()
+            .n_layers;
+        for on_device in [1, layers] {
+            let model = split(&path, on_device);
+            assert_eq!(model.runtime().layers_on_device(), on_device.min(layers));
+            let a = compare_with(&path, &json, model);
+            a.report(&format!("{name} split {on_device}/{layers}"));
+            assert!(a.positions >= 16, "{name}: {} positions", a.positions);
+            assert_eq!(a.clear_disagreements, 0, "{name} {on_device}");
+            assert!(
+                a.worst_relative < 0.02,
+                "{name} {on_device}: {:.4}",
+                a.worst_relative
+            );
+            assert!(
+                a.worst_relative > 0.0 || name == "tiny-llama" || name == "tiny-qwen3",
+                "{name} {on_device}: device layers computed, so some rounding differs"
+            );
+        }
+    }
+}
+
+/// The demo model with half its layers on the device runtime: the greedy choices kept as
+/// with the whole model there (the same near-ties may flip, nothing else).
+#[test]
+fn the_demo_model_split_in_half_keeps_its_greedy_choices() {
+    let Some(path) = std::env::var_os("RBEE_DEMO_MODEL").map(PathBuf::from) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RBEE_DEMO_MODEL unset in CI"
+        );
+        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set (scripts/fetch-demo-model)");
+        return;
+    };
+    let layers = Transformer::load_gguf_on(Cpu, &path)
+        .unwrap()
+        .config()
+        .n_layers;
+    let model = split(&path, layers / 2);
+    assert!(
+        model
+            .runtime()
+            .describe()
+            .contains(&format!("{} layers of {layers}", layers / 2))
+    );
+    let a = compare_with(&path, &reference("gemma3-270m-greedy.json"), model);
+    a.report("demo split in half");
+    assert!(a.positions >= 100, "{} positions", a.positions);
+    assert_eq!(a.clear_disagreements, 0, "a clear top-1 disagreement");
+    assert!(
+        a.top1_equal * 100 >= a.positions * 95,
+        "top-1 agreement {}/{}",
+        a.top1_equal,
+        a.positions
+    );
 }

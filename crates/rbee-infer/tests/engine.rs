@@ -309,6 +309,66 @@ fn the_engine_runs_the_device_runtime_batched_on_the_cpu() {
     assert_eq!(ic, ia, "after prefix reuse");
 }
 
+/// Partial offload: the last layers on the device runtime, the rest on the CPU's kernels, with
+/// the split planned from a budget the way a GPU worker plans it from its free memory.
+#[test]
+fn the_engine_splits_a_model_that_does_not_fit_the_device() {
+    let Some(path) = demo_model() else { return };
+    let base = LoadOptions {
+        device_runtime_on_cpu: true,
+        max_sequences: 2,
+        ..LoadOptions::default()
+    };
+    let whole = CandleBackend.estimate(&path, &base).unwrap();
+    let all = rbee_infer::engine::device_layers_for(&path, &base, u64::MAX)
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        all, 18,
+        "Gemma 3 270M has 18 layers; all fit an unbounded device"
+    );
+    assert_eq!(
+        rbee_infer::engine::device_layers_for(&path, &base, 1 << 20).unwrap(),
+        None,
+        "not one layer in 1 MiB"
+    );
+    let half_budget = (whole.weights + whole.kv_cache) / 3;
+    let n = rbee_infer::engine::device_layers_for(&path, &base, half_budget)
+        .unwrap()
+        .unwrap();
+    assert!(
+        n > 0 && n < 18,
+        "a third of the model's memory holds some layers: {n}"
+    );
+    let model = CandleBackend
+        .load(
+            &path,
+            &LoadOptions {
+                device_layers: Some(n),
+                ..base.clone()
+            },
+        )
+        .unwrap();
+    assert!(
+        model
+            .info()
+            .runtime
+            .starts_with(&format!("{n} layers of 18 on cpu (device runtime)")),
+        "{}",
+        model.info().runtime
+    );
+    let req = || GenerateRequest {
+        prompt: Prompt::Text("The capital of France is".into()),
+        params: SamplingParams::greedy(8),
+    };
+    let a = model.generate(req()).unwrap();
+    let b = model.generate(req()).unwrap();
+    let (ia, sa) = collect(a).unwrap();
+    let (ib, _) = collect(b).unwrap();
+    assert_eq!(ia.len(), 8, "{sa:?}");
+    assert_eq!(ia, ib, "batched greedy sequences agree");
+}
+
 #[test]
 fn the_engine_counts_its_own_queued_and_live_sequences() {
     let Some(path) = demo_model() else { return };

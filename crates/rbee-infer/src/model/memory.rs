@@ -54,4 +54,40 @@ impl Transformer {
         let logits = c.vocab_size as u64 * 4;
         Ok(weights + kv_cache + rope + activations + logits)
     }
+
+    /// Partial offload's plan: how many of the model's layers a device with `budget` bytes
+    /// free holds when the whole model does not fit it (the token embedding and the output
+    /// projection stay on the CPU, as llama.cpp keeps them below full offload). Each layer
+    /// costs its weights and its part of the KV cache (`kv_tokens` positions); the device
+    /// also needs one step's activations. `None` when not even one layer fits.
+    pub fn device_layers_for(
+        file: &GgufFile,
+        kv_tokens: usize,
+        step_tokens: usize,
+        budget: u64,
+    ) -> Result<Option<usize>, ModelError> {
+        let c = ModelConfig::from_gguf(file)?;
+        let mut layers = vec![0u64; c.n_layers];
+        for t in &file.tensors {
+            let layer = t
+                .name
+                .strip_prefix("blk.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok());
+            if let Some(l) = layer.and_then(|i| layers.get_mut(i)) {
+                *l += loaded_size(t);
+            }
+        }
+        let kv_row = (c.kv_dim() + c.kv_dim_v()) as u64;
+        let kv_per_layer = (kv_tokens as u64).next_multiple_of(256) * kv_row * 2;
+        let (hidden, ffn) = (c.hidden_size as u64, c.ffn_size as u64);
+        let qkv = (c.q_dim() + c.kv_dim() + c.kv_dim_v()) as u64;
+        let activations = step_tokens.max(1) as u64 * (3 * hidden + 2 * qkv + 4 * ffn) * 4;
+        Ok(super::runtime::plan_offload(
+            &layers,
+            kv_per_layer,
+            activations,
+            budget,
+        ))
+    }
 }

@@ -17,6 +17,7 @@
 
 mod cpu;
 mod device;
+mod split;
 
 use std::fmt::Debug;
 use std::ops::Range;
@@ -30,6 +31,7 @@ use super::weights::{Blocks, TensorReader};
 
 pub use cpu::Cpu;
 pub use device::{DeviceKv, DeviceMatrix, DeviceRuntime};
+pub use split::{Split, SplitAct, SplitKv, SplitMatrix, SplitVector, plan_offload};
 
 /// Consecutive activation rows of one sequence, at positions `start..start + rows`. `batch`:
 /// how many rows that sequence's own batch had (attention picks its kernel by it; in the last

@@ -47,7 +47,12 @@ impl DeviceRuntime {
         &self.device
     }
 
-    fn upload(&self, values: Vec<f32>, rows: usize, width: usize) -> Result<Tensor, ModelError> {
+    pub(super) fn upload(
+        &self,
+        values: Vec<f32>,
+        rows: usize,
+        width: usize,
+    ) -> Result<Tensor, ModelError> {
         Tensor::from_vec(values, (rows, width), &self.device)
             .context(|| format!("uploading {rows}×{width} values to {}", self.name))
     }
@@ -104,7 +109,24 @@ pub struct DeviceKv {
     device: Device,
 }
 
+impl DeviceMatrix {
+    /// Input width.
+    pub(super) fn cols(&self) -> usize {
+        self.cols
+    }
+}
+
 impl DeviceKv {
+    /// Key values per position.
+    pub(super) fn k_row(&self) -> usize {
+        self.k_row
+    }
+
+    /// Value values per position.
+    pub(super) fn v_row(&self) -> usize {
+        self.v_row
+    }
+
     fn reserve(&mut self, needed: usize) -> Result<(), ModelError> {
         if needed <= self.capacity {
             return Ok(());
