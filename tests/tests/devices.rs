@@ -53,7 +53,8 @@ fn chat(node: &NodeProcess, model: &str) -> (u16, String, String) {
 }
 
 #[test]
-fn a_model_goes_to_the_gpu_with_room_and_one_too_big_for_it_to_the_cpu() {
+fn a_model_goes_to_the_gpu_with_room_is_split_when_too_big_and_goes_to_the_cpu_when_no_layer_fits()
+{
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     if import_demo(&data, "demo").is_none() {
@@ -108,8 +109,72 @@ fn a_model_goes_to_the_gpu_with_room_and_one_too_big_for_it_to_the_cpu() {
     assert_eq!(model_state(&h, "tiny")["device"], "sim:0", "{h:#}");
     drop(node);
 
-    // A GPU too small for the demo: it runs on the CPU, and the GPU stays empty.
-    let node = NodeProcess::start(&data, &["--devices", "sim:0=64MiB,cpu"]);
+    // A GPU too small for the whole demo: its last layers go there and the rest runs on the
+    // CPU (partial offload), the CPU's budget charged with that rest.
+    let node = NodeProcess::start(&data, &["--devices", "sim:0=128MiB,cpu"]);
+    let (status, _, body) = chat(&node, "demo");
+    assert_eq!(status, 200, "{body}");
+    let h = health(&node);
+    let s = model_state(&h, "demo");
+    assert_eq!(s["device"], "sim:0", "{h:#}");
+    let runtime = s["runtime"].as_str().unwrap();
+    let layers: usize = runtime
+        .split(" layers of 18 on ")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("a split runtime: {runtime}"));
+    assert!((1..18).contains(&layers), "{runtime}");
+    assert!(runtime.contains("the rest on cpu"), "{runtime}");
+    let host_bytes = s["host_bytes"].as_u64().unwrap();
+    assert!(
+        host_bytes > 100 << 20,
+        "the embedding and the other layers: {s}"
+    );
+    let gpu = device(&h, "sim:0");
+    assert!(gpu["used_bytes"].as_u64().unwrap() <= 128 << 20, "{gpu}");
+    assert!(
+        device(&h, "cpu")["used_bytes"].as_u64().unwrap() >= host_bytes,
+        "the host part counts on the CPU: {h:#}"
+    );
+    // Unloaded, it gives both back.
+    let unload = http()
+        .post(&node.url("/api/generate"))
+        .send_json(json!({"model": "demo", "keep_alive": 0}))
+        .unwrap();
+    assert_eq!(unload.status().as_u16(), 200);
+    let h = health(&node);
+    assert_eq!(device(&h, "cpu")["used_bytes"], 0, "{h:#}");
+    assert_eq!(device(&h, "sim:0")["used_bytes"], 0, "{h:#}");
+    drop(node);
+
+    // A layer count configured for the model (`gpu_layers`) splits it even on a GPU that
+    // would hold it whole.
+    let node = NodeProcess::start_with_env(
+        &data,
+        &[
+            "--devices",
+            "sim:0=700MiB,cpu",
+            "--kv-budget-tokens",
+            "4096",
+        ],
+        &[("RBEE_GPU_LAYERS", "demo=3")],
+    );
+    let (status, _, body) = chat(&node, "demo");
+    assert_eq!(status, 200, "{body}");
+    let h = health(&node);
+    let s = model_state(&h, "demo");
+    assert_eq!(s["device"], "sim:0", "{h:#}");
+    assert!(
+        s["runtime"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 layers of 18 on "),
+        "{s}"
+    );
+    drop(node);
+
+    // A GPU too small for even one layer: the model runs on the CPU, the GPU stays empty.
+    let node = NodeProcess::start(&data, &["--devices", "sim:0=32MiB,cpu"]);
     let (status, _, body) = chat(&node, "demo");
     assert_eq!(status, 200, "{body}");
     let h = health(&node);

@@ -71,10 +71,10 @@ pub struct LoadOptions {
     /// llama.cpp-exact kernels.
     pub device_runtime_on_cpu: bool,
     /// Layers on the device when it runs the device runtime (a GPU, or the CPU with
-    /// `device_runtime_on_cpu`): `None`, all of them; fewer split the model — its last layers
-    /// on the device, the others, the token embedding and the output projection on the CPU's
-    /// own kernels (partial offload, llama.cpp's `-ngl`; [`device_layers_for`] plans it from a
-    /// budget).
+    /// `device_runtime_on_cpu`): `None`, the whole model; `Some(n)` splits it — its last `n`
+    /// layers on the device, the others, the token embedding and the output projection on the
+    /// CPU's own kernels (partial offload, llama.cpp's `-ngl`; [`device_layers_for`] plans it
+    /// from a budget).
     pub device_layers: Option<usize>,
 }
 
@@ -273,6 +273,16 @@ pub trait Backend: Send + Sync {
     fn capabilities(&self, path: &Path) -> Result<Capabilities, InferError>;
     /// Validates the file and says how much memory loading it with `opts` takes.
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError>;
+    /// How to split the model at `path` over a device with `budget` bytes (at most `cap`
+    /// layers there) and the host ([`device_layers_for`]); `None`: this model cannot be split
+    /// (an encoder), or not one layer fits.
+    fn plan_offload(
+        &self,
+        path: &Path,
+        opts: &LoadOptions,
+        budget: u64,
+        cap: usize,
+    ) -> Result<Option<OffloadPlan>, InferError>;
     /// Validates, then loads. Fails fast (before reading weights) on an invalid file.
     fn load(&self, path: &Path, opts: &LoadOptions) -> Result<Arc<dyn LoadedModel>, InferError>;
 }
@@ -563,6 +573,16 @@ impl Backend for CandleBackend {
         })
     }
 
+    fn plan_offload(
+        &self,
+        path: &Path,
+        opts: &LoadOptions,
+        budget: u64,
+        cap: usize,
+    ) -> Result<Option<OffloadPlan>, InferError> {
+        device_layers_for(path, opts, budget, cap)
+    }
+
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
         let opened = match Opened::open(path)? {
             Found::Decoder(opened) => opened,
@@ -731,8 +751,8 @@ enum Picked {
 
 /// The runtime that serves `device` for a model of `layers` layers: the one place a device's
 /// runtime is chosen. The CPU runs the llama.cpp-exact kernels (or, asked to, the device
-/// runtime on candle's CPU device); a GPU runs the device runtime, for every layer or, with
-/// `device_layers` below `layers`, for the last ones with the CPU's kernels for the rest.
+/// runtime on candle's CPU device); a GPU runs the device runtime, for the whole model or, with
+/// `device_layers`, for that many of its last layers with the CPU's kernels for the rest.
 fn runtime_for(device: &Device, opts: &LoadOptions, layers: usize) -> Picked {
     let device = match device {
         Device::Cpu if !opts.device_runtime_on_cpu => return Picked::Cpu(Cpu),
@@ -747,37 +767,57 @@ fn runtime_for(device: &Device, opts: &LoadOptions, layers: usize) -> Picked {
         }
     };
     match opts.device_layers {
-        Some(n) if n < layers => Picked::Split(Split::new(device, layers, n)),
-        _ => Picked::Device(device),
+        Some(n) => Picked::Split(Split::new(device, layers, n)),
+        None => Picked::Device(device),
     }
 }
 
 /// Partial offload's plan for the model at `path` on a device with `budget` bytes free: how
-/// many of its last layers fit there with their share of the KV budget `opts` sets (the rest,
-/// the embedding and the output projection then run on the CPU). `None` when not one layer
-/// fits; a model that fits whole needs no plan (compare its [`Backend::estimate`] with the
-/// budget first).
+/// many of its last layers (at most `cap`) fit there with their share of the KV budget `opts`
+/// sets (the rest, the embedding and the output projection then run on the CPU), and the
+/// memory each side needs. `None` when not one layer fits; a model that fits whole needs no
+/// plan (compare its [`Backend::estimate`] with the budget first).
 pub fn device_layers_for(
     path: &Path,
     opts: &LoadOptions,
     budget: u64,
-) -> Result<Option<usize>, InferError> {
+    cap: usize,
+) -> Result<Option<OffloadPlan>, InferError> {
     let opened = match Opened::open(path)? {
         Found::Decoder(opened) => opened,
-        Found::Encoder(_) => {
-            return Err(InferError::InvalidRequest(
-                "partial offload applies to decoders; an encoder loads whole".into(),
-            ));
-        }
+        Found::Encoder(_) => return Ok(None),
     };
     let file = opened.header();
-    let kv_tokens = opts.kv_budget(context_for(file, opts));
-    Ok(Transformer::device_layers_for(
+    let context = context_for(file, opts);
+    let whole = estimate_of(file, context, opts)?;
+    let (of, plan) = Transformer::device_layers_for(
         file,
-        kv_tokens,
+        opts.kv_budget(context),
         MAX_STEP_TOKENS,
         budget,
-    )?)
+        cap,
+    )?;
+    // The host keeps everything that does not move, one step's activations included.
+    Ok(plan.map(|share| OffloadPlan {
+        layers: share.layers,
+        of,
+        device_bytes: share.device_bytes,
+        host_bytes: whole.total().saturating_sub(share.moved),
+    }))
+}
+
+/// How a model too large for a device is split (see [`device_layers_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OffloadPlan {
+    /// Layers on the device (its last ones): [`LoadOptions::device_layers`].
+    pub layers: usize,
+    /// Layers the model has (`layers == of`: the layers all fit; the embedding and output
+    /// projection still stay on the CPU).
+    pub of: usize,
+    /// What they take on the device: weights, their KV share and one step's activations.
+    pub device_bytes: u64,
+    /// What the rest takes in host memory.
+    pub host_bytes: u64,
 }
 
 fn chat_template(file: &GgufFile, tokenizer: &Tokenizer) -> Result<ChatTemplate, InferError> {

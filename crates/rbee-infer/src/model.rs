@@ -37,6 +37,7 @@ mod kv_cache;
 mod linear;
 mod mapped;
 mod memory;
+pub use memory::DeviceShare;
 mod ops;
 mod rope;
 pub mod runtime;

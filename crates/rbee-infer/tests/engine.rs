@@ -320,25 +320,38 @@ fn the_engine_splits_a_model_that_does_not_fit_the_device() {
         ..LoadOptions::default()
     };
     let whole = CandleBackend.estimate(&path, &base).unwrap();
-    let all = rbee_infer::engine::device_layers_for(&path, &base, u64::MAX)
+    let all = rbee_infer::engine::device_layers_for(&path, &base, u64::MAX, usize::MAX)
         .unwrap()
         .unwrap();
     assert_eq!(
-        all, 18,
+        all.layers, 18,
         "Gemma 3 270M has 18 layers; all fit an unbounded device"
     );
+    assert!(all.host_bytes < whole.total() && all.device_bytes < whole.total());
+    assert_eq!(all.of, 18);
+    let capped = rbee_infer::engine::device_layers_for(&path, &base, u64::MAX, 4)
+        .unwrap()
+        .unwrap();
+    assert_eq!(capped.layers, 4, "a configured layer count caps the plan");
+    assert!(capped.device_bytes < all.device_bytes && capped.host_bytes > all.host_bytes);
     assert_eq!(
-        rbee_infer::engine::device_layers_for(&path, &base, 1 << 20).unwrap(),
+        rbee_infer::engine::device_layers_for(&path, &base, 1 << 20, usize::MAX).unwrap(),
         None,
         "not one layer in 1 MiB"
     );
     let half_budget = (whole.weights + whole.kv_cache) / 3;
-    let n = rbee_infer::engine::device_layers_for(&path, &base, half_budget)
+    let plan = rbee_infer::engine::device_layers_for(&path, &base, half_budget, usize::MAX)
         .unwrap()
         .unwrap();
+    let n = plan.layers;
     assert!(
         n > 0 && n < 18,
         "a third of the model's memory holds some layers: {n}"
+    );
+    assert!(plan.device_bytes <= half_budget, "{plan:?}");
+    assert!(
+        plan.host_bytes > whole.weights / 2,
+        "the embedding and most layers stay on the host: {plan:?}"
     );
     let model = CandleBackend
         .load(

@@ -102,6 +102,10 @@ pub struct NodeConfig {
     pub max_upload_rate: Option<u64>,
     /// Models (names) this node keeps to itself: not announced as shared, not served.
     pub not_shared: Vec<String>,
+    /// Per model name, the most of its layers a GPU takes (llama.cpp's `-ngl`): the rest run
+    /// on the CPU even when the whole model would fit the GPU (`[gpu_layers] "qwen2.5:7b" =
+    /// 20`). Unlisted models: as many as fit, the whole model when it fits.
+    pub gpu_layers: std::collections::BTreeMap<String, usize>,
     /// Test-only fault injection: flip a bit in every shard served (proves pullers detect it).
     pub fault_corrupt_uploads: bool,
     /// Test-only fault injection: `POST /v1/tasks/{name}/kill` makes a supervised task (the
@@ -149,6 +153,7 @@ impl Default for NodeConfig {
             max_uploads: 4,
             max_upload_rate: None,
             not_shared: Vec::new(),
+            gpu_layers: Default::default(),
             fault_corrupt_uploads: false,
             fault_kill_tasks: false,
         }
@@ -309,6 +314,19 @@ impl NodeConfig {
         }
         if let Some(v) = env("RBEE_NOT_SHARED") {
             self.not_shared = list(&v);
+        }
+        if let Some(v) = env("RBEE_GPU_LAYERS") {
+            self.gpu_layers = list(&v)
+                .iter()
+                .map(|pair| {
+                    let (name, n) = pair.rsplit_once('=').ok_or(())?;
+                    Ok((name.trim().to_string(), n.trim().parse().map_err(|_| ())?))
+                })
+                .collect::<Result<_, ()>>()
+                .map_err(|()| ConfigError::Env {
+                    var: "RBEE_GPU_LAYERS",
+                    reason: "expected `model=N,model=N` (N: layers on a GPU)".into(),
+                })?;
         }
         if let Some(v) = env_parse("RBEE_FAULT_CORRUPT_UPLOADS")? {
             self.fault_corrupt_uploads = v;
@@ -500,6 +518,13 @@ impl NodeConfig {
                 )));
             }
         }
+        for (name, &n) in &self.gpu_layers {
+            if name.is_empty() || n == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "gpu_layers `{name}` = {n}: give a model name and at least one layer (to keep a model off the GPUs, offer only the CPU: --devices cpu)"
+                )));
+            }
+        }
         if !(50..=60_000).contains(&self.status_interval_ms) {
             return Err(ConfigError::Invalid(
                 "status_interval_ms must be 50..=60000".into(),
@@ -553,6 +578,17 @@ fn list(v: &str) -> Vec<String> {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn gpu_layers_come_from_the_file_and_a_zero_is_refused() {
+        let c: NodeConfig = toml::from_str("[gpu_layers]\n\"qwen2.5:7b\" = 20\n").unwrap();
+        assert_eq!(c.gpu_layers.get("qwen2.5:7b"), Some(&20));
+        c.validate().unwrap();
+        let zero: NodeConfig = toml::from_str("[gpu_layers]\nm = 0\n").unwrap();
+        let e = zero.validate().unwrap_err().to_string();
+        assert!(e.contains("at least one layer"), "{e}");
+    }
+
     use super::*;
 
     #[test]

@@ -205,6 +205,11 @@ pub async fn run(
             "none of the devices asked for (--devices) can be used: see the warnings above".into(),
         ));
     }
+    // The host's memory is the CPU worker's budget; without a CPU worker, GPU workers have no
+    // host memory to split models with.
+    let host =
+        actors::worker::HostMemory::new(offered.iter().find(|o| !o.is_gpu).map_or(0, |o| o.budget));
+    let gpu_layers = Arc::new(config.gpu_layers.clone());
     let ctx = Arc::new(NodeContext {
         kinds: serve::ModelKinds::new(backend.clone()),
         name,
@@ -264,6 +269,9 @@ pub async fn run(
                 load: o.load,
                 metrics: metrics.clone(),
                 store: Some(store.clone()),
+                host: host.clone(),
+                is_gpu: o.is_gpu,
+                gpu_layers: gpu_layers.clone(),
             })
             .collect(),
         catalog: ctx.catalog.clone(),

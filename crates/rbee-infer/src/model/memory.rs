@@ -12,6 +12,17 @@ use super::error::ModelError;
 use super::transformer::{MAX_BATCH, Transformer};
 use super::weights::loaded_size;
 
+/// The part of a model a device takes in a split ([`Transformer::device_layers_for`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceShare {
+    /// Its last layers this many.
+    pub layers: usize,
+    /// Bytes on the device: those layers' weights and KV share, one step's activations.
+    pub device_bytes: u64,
+    /// Of those, the bytes that leave the host (weights and KV cache).
+    pub moved: u64,
+}
+
 impl Transformer {
     /// Bytes of weights plus KV cache (and working memory) needed to run the
     /// model in `file` over `context` positions, computed from the header alone.
@@ -57,15 +68,17 @@ impl Transformer {
 
     /// Partial offload's plan: how many of the model's layers a device with `budget` bytes
     /// free holds when the whole model does not fit it (the token embedding and the output
-    /// projection stay on the CPU, as llama.cpp keeps them below full offload). Each layer
-    /// costs its weights and its part of the KV cache (`kv_tokens` positions); the device
-    /// also needs one step's activations. `None` when not even one layer fits.
+    /// projection stay on the CPU, as llama.cpp keeps them below full offload), the bytes they
+    /// take there, and of those the weights and KV cache that leave the host. Each layer costs its weights and its part of the KV cache (`kv_tokens`
+    /// positions); the device also needs one step's activations. At most `cap` layers; `None`
+    /// when not even one layer fits. Also returns the model's layer count.
     pub fn device_layers_for(
         file: &GgufFile,
         kv_tokens: usize,
         step_tokens: usize,
         budget: u64,
-    ) -> Result<Option<usize>, ModelError> {
+        cap: usize,
+    ) -> Result<(usize, Option<DeviceShare>), ModelError> {
         let c = ModelConfig::from_gguf(file)?;
         let mut layers = vec![0u64; c.n_layers];
         for t in &file.tensors {
@@ -83,11 +96,18 @@ impl Transformer {
         let (hidden, ffn) = (c.hidden_size as u64, c.ffn_size as u64);
         let qkv = (c.q_dim() + c.kv_dim() + c.kv_dim_v()) as u64;
         let activations = step_tokens.max(1) as u64 * (3 * hidden + 2 * qkv + 4 * ffn) * 4;
-        Ok(super::runtime::plan_offload(
-            &layers,
-            kv_per_layer,
-            activations,
-            budget,
+        let Some(n) = super::runtime::plan_offload(&layers, kv_per_layer, activations, budget, cap)
+        else {
+            return Ok((c.n_layers, None));
+        };
+        let moved = layers.iter().rev().take(n).sum::<u64>() + n as u64 * kv_per_layer;
+        Ok((
+            c.n_layers,
+            Some(DeviceShare {
+                layers: n,
+                device_bytes: activations + moved,
+                moved,
+            }),
         ))
     }
 }

@@ -5,15 +5,20 @@
 //! timeout). A model that does not fit evicts least-recently-used idle models first; one that
 //! can never fit is refused with the numbers. Validation runs before any memory is committed,
 //! so a broken file is reported at once.
+//!
+//! A GPU worker splits a model too large for its budget (partial offload, llama.cpp's `-ngl`
+//! chosen from memory): as many of its last layers as fit go on the GPU, the rest runs on the
+//! CPU. That rest is host memory, so it is charged to the CPU worker's budget through
+//! [`HostMemory`], which both see: the split is refused when the host has no room for it.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rbee_infer::InferError;
-use rbee_infer::engine::{Backend, LoadOptions, LoadedModel, MemoryEstimate};
+use rbee_infer::engine::{Backend, LoadOptions, LoadedModel, MemoryEstimate, OffloadPlan};
 use rbee_proto::ContentId;
 use serde::Serialize;
 
@@ -75,8 +80,11 @@ pub enum ModelState {
         kv_budget_tokens: usize,
         /// Tokens of context it was loaded with (the configured length, capped by the model's).
         context_length: usize,
-        /// What it runs on: device and kernel set.
+        /// What it runs on: device and kernel set (for a split model, its layers on each).
         runtime: String,
+        /// Host memory its layers on the CPU take, charged to the CPU's budget (a model split
+        /// by a GPU worker; 0 otherwise).
+        host_bytes: u64,
     },
     Failed {
         reason: String,
@@ -92,18 +100,95 @@ pub struct WorkerStatus {
     pub models: Vec<(String, String, ModelState)>,
 }
 
+/// The host's memory budget (the CPU worker's), seen by every worker: the CPU worker's own
+/// models, and the host parts of models GPU workers split.
+#[derive(Debug)]
+pub struct HostMemory {
+    budget: u64,
+    used: Mutex<HostUse>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct HostUse {
+    /// The CPU worker's models (loading or loaded).
+    own: u64,
+    /// Host parts of split models, held by GPU workers.
+    shares: u64,
+}
+
+impl HostMemory {
+    pub fn new(budget: u64) -> Arc<HostMemory> {
+        Arc::new(HostMemory {
+            budget,
+            used: Mutex::new(HostUse::default()),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut HostUse) -> T) -> T {
+        let mut used = self
+            .used
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut used)
+    }
+
+    /// Bytes the host parts of split models hold.
+    fn shares(&self) -> u64 {
+        self.with(|u| u.shares)
+    }
+
+    /// The CPU worker's own use, as it changes.
+    fn set_own(&self, own: u64) {
+        self.with(|u| u.own = own);
+    }
+
+    /// `bytes` of host memory for a split model's CPU part, if the host has them free.
+    fn share(self: &Arc<Self>, bytes: u64) -> Result<HostShare, u64> {
+        self.with(|u| {
+            let free = self.budget.saturating_sub(u.own + u.shares);
+            if bytes > free {
+                return Err(free);
+            }
+            u.shares += bytes;
+            Ok(HostShare {
+                host: self.clone(),
+                bytes,
+            })
+        })
+    }
+}
+
+/// A split model's host part: given back when the model's slot goes (evicted, unloaded,
+/// reloaded or failed).
+#[derive(Debug)]
+struct HostShare {
+    host: Arc<HostMemory>,
+    bytes: u64,
+}
+
+impl Drop for HostShare {
+    fn drop(&mut self) {
+        let bytes = self.bytes;
+        self.host
+            .with(|u| u.shares = u.shares.saturating_sub(bytes));
+    }
+}
+
 enum Slot {
     Loading {
         name: String,
         started: Instant,
         bytes: u64,
         waiters: Vec<Reply>,
+        host: Option<HostShare>,
     },
     Loaded {
         name: String,
         model: Arc<dyn LoadedModel>,
         bytes: u64,
         last_used: Instant,
+        /// Held for the model's host part while it lives (`None`: not split).
+        host: Option<HostShare>,
     },
     Failed {
         name: String,
@@ -130,6 +215,15 @@ pub struct WorkerArgs {
     /// Where models come from: their files are verified against the manifest through it
     /// before each load (hashed when new or changed). `None` loads files as they are.
     pub store: Option<rbee_store::Store>,
+    /// The host's memory: the CPU worker publishes its use there; a GPU worker charges the
+    /// host parts of the models it splits to it.
+    pub host: Arc<HostMemory>,
+    /// A GPU: models too large for it are split with the CPU. Not a GPU: this is the CPU
+    /// worker, whose budget `host` is.
+    pub is_gpu: bool,
+    /// Per model name, the most layers a GPU takes (the config's `gpu_layers`): fewer leave
+    /// the rest on the CPU even when the whole model would fit.
+    pub gpu_layers: Arc<std::collections::BTreeMap<String, usize>>,
 }
 
 pub struct WorkerState {
@@ -148,8 +242,62 @@ fn idle(model: &Arc<dyn LoadedModel>) -> bool {
 }
 
 impl WorkerState {
+    /// Memory in use on this device: its models, and on the CPU the host parts of models the
+    /// GPU workers split.
     fn used(&self) -> u64 {
-        self.slots.values().map(Slot::bytes).sum()
+        let own: u64 = self.slots.values().map(Slot::bytes).sum();
+        if self.args.is_gpu {
+            own
+        } else {
+            own + self.args.host.shares()
+        }
+    }
+
+    /// The CPU worker tells the host ledger what its own models take.
+    fn publish(&self) {
+        if !self.args.is_gpu {
+            self.args
+                .host
+                .set_own(self.slots.values().map(Slot::bytes).sum());
+        }
+    }
+
+    /// How `model` would be split over this GPU and the host: planned from this device's
+    /// budget, at most `cap` layers here; `None` when not one layer fits.
+    fn plan_split(
+        &self,
+        model: &ResolvedModel,
+        opts: &LoadOptions,
+        cap: usize,
+    ) -> Result<Option<OffloadPlan>, NodeError> {
+        Ok(self
+            .args
+            .backend
+            .plan_offload(&model.path, opts, self.args.budget, cap)?)
+    }
+
+    /// The host part of a split reserved, and the load options given its layer count.
+    fn reserve_split(
+        &self,
+        model: &ResolvedModel,
+        plan: &OffloadPlan,
+        opts: &mut LoadOptions,
+    ) -> Result<HostShare, NodeError> {
+        let share = self.args.host.share(plan.host_bytes).map_err(|free| {
+            NodeError::Busy {
+                message: format!(
+                    "`{}` would run {} of its {} layers on {} and the rest on the CPU, which needs {} bytes of host memory; the CPU budget has {free} free",
+                    model.name(),
+                    plan.layers,
+                    plan.of,
+                    self.args.device,
+                    plan.host_bytes
+                ),
+                retry_after_secs: 2,
+            }
+        })?;
+        opts.device_layers = Some(plan.layers);
+        Ok(share)
     }
 
     /// Evicts idle models, least recently used first, until `need` more bytes fit.
@@ -269,8 +417,51 @@ impl WorkerState {
                 return;
             }
         };
-        let need = estimate.total();
-        if need > self.args.budget {
+        let mut need = estimate.total();
+        let mut host = None;
+        // A layer count configured for this model (`gpu_layers`), on a GPU.
+        let cap = self
+            .args
+            .is_gpu
+            .then(|| self.args.gpu_layers.get(model.name()).copied())
+            .flatten();
+        if self.args.is_gpu && (need > self.args.budget || cap.is_some()) {
+            // Too large for this GPU whole, or configured to keep only some layers here: as
+            // many of its last layers as fit (at most the configured count), the rest on the
+            // CPU.
+            let plan = match self.plan_split(&model, &opts, cap.unwrap_or(usize::MAX)) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            let whole_fits = need <= self.args.budget;
+            match plan {
+                Some(plan) if plan.layers == plan.of && whole_fits => {}
+                Some(plan) => match self.reserve_split(&model, &plan, &mut opts) {
+                    Ok(share) => {
+                        tracing::info!(model = %model.name(), device = %self.args.device, layers = plan.layers, of = plan.of, device_bytes = plan.device_bytes, host_bytes = plan.host_bytes, "splitting it with the CPU");
+                        need = plan.device_bytes;
+                        host = Some(share);
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                        return;
+                    }
+                },
+                None if whole_fits => {}
+                None => {
+                    let _ = reply.send(Err(NodeError::NeverFits {
+                        model: model.name().to_string(),
+                        device: self.args.device.clone(),
+                        needed: need,
+                        budget: self.args.budget,
+                    }));
+                    return;
+                }
+            }
+        } else if need > self.args.budget {
             let _ = reply.send(Err(NodeError::NeverFits {
                 model: model.name().to_string(),
                 device: self.args.device.clone(),
@@ -298,8 +489,10 @@ impl WorkerState {
                 started: Instant::now(),
                 bytes: need,
                 waiters: vec![reply],
+                host,
             },
         );
+        self.publish();
         let backend = self.args.backend.clone();
         let path: PathBuf = model.path.clone();
         let me = me.clone();
@@ -365,6 +558,7 @@ impl WorkerState {
             started,
             bytes,
             waiters,
+            host,
         }) = self.slots.remove(&id)
         else {
             return;
@@ -384,6 +578,7 @@ impl WorkerState {
                         model,
                         bytes,
                         last_used: Instant::now(),
+                        host,
                     },
                 );
             }
@@ -421,6 +616,7 @@ impl WorkerState {
                         model,
                         bytes,
                         last_used,
+                        host,
                     } => {
                         let activity = model.activity();
                         (
@@ -435,6 +631,7 @@ impl WorkerState {
                                 kv_budget_tokens: model.info().kv_budget_tokens,
                                 context_length: model.info().context_length,
                                 runtime: model.info().runtime.clone(),
+                                host_bytes: host.as_ref().map_or(0, |h| h.bytes),
                             },
                         )
                     }
@@ -496,6 +693,7 @@ impl Actor for WorkerActor {
                 let _ = reply.send(Ok(state.status()));
             }
         }
+        state.publish();
         Ok(())
     }
 }

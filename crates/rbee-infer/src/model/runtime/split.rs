@@ -423,17 +423,19 @@ impl Runtime for Split {
 /// `-ngl` chosen from memory: each offloaded layer costs its weights and its share of the KV
 /// budget on the device (`layer_bytes[i]`: layer `i`'s weights; `kv_per_layer`: one layer's KV
 /// cache at the model's KV budget; `overhead`: what the device needs whatever the split, e.g.
-/// one step's activations). The last layers go first, as llama.cpp offloads them. `None`
-/// when not even one layer fits (the model stays on the CPU).
+/// one step's activations). The last layers go first, as llama.cpp offloads them; at most
+/// `cap` of them (a configured layer count). `None` when not even one layer fits (the model
+/// stays on the CPU).
 pub fn plan_offload(
     layer_bytes: &[u64],
     kv_per_layer: u64,
     overhead: u64,
     budget: u64,
+    cap: usize,
 ) -> Option<usize> {
     let mut used = overhead;
     let mut n = 0;
-    for &w in layer_bytes.iter().rev() {
+    for &w in layer_bytes.iter().rev().take(cap) {
         let next = used.saturating_add(w).saturating_add(kv_per_layer);
         if next > budget {
             break;
@@ -467,10 +469,29 @@ mod tests {
     #[test]
     fn the_plan_offloads_the_last_layers_that_fit() {
         let layers = [100, 100, 100, 100];
-        assert_eq!(plan_offload(&layers, 10, 50, 1000), Some(4), "all fit");
-        assert_eq!(plan_offload(&layers, 10, 50, 50 + 3 * 110), Some(3));
-        assert_eq!(plan_offload(&layers, 10, 50, 50 + 3 * 110 - 1), Some(2));
-        assert_eq!(plan_offload(&layers, 10, 50, 159), None, "not one layer");
-        assert_eq!(plan_offload(&[], 10, 0, 1000), None, "no layers");
+        let all = usize::MAX;
+        assert_eq!(plan_offload(&layers, 10, 50, 1000, all), Some(4), "all fit");
+        assert_eq!(plan_offload(&layers, 10, 50, 50 + 3 * 110, all), Some(3));
+        assert_eq!(
+            plan_offload(&layers, 10, 50, 50 + 3 * 110 - 1, all),
+            Some(2)
+        );
+        assert_eq!(
+            plan_offload(&layers, 10, 50, 159, all),
+            None,
+            "not one layer"
+        );
+        assert_eq!(plan_offload(&[], 10, 0, 1000, all), None, "no layers");
+        assert_eq!(
+            plan_offload(&layers, 10, 50, 1000, 2),
+            Some(2),
+            "a configured cap"
+        );
+        assert_eq!(
+            plan_offload(&layers, 10, 50, 50 + 110, 3),
+            Some(1),
+            "memory first"
+        );
+        assert_eq!(plan_offload(&layers, 10, 50, 1000, 0), None);
     }
 }
