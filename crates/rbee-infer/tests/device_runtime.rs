@@ -19,6 +19,19 @@ fn reference(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The demo model (`RBEE_DEMO_MODEL`, which CI always sets; `scripts/fetch-demo-model`).
+fn demo_model() -> Option<PathBuf> {
+    let path = std::env::var_os("RBEE_DEMO_MODEL").map(PathBuf::from);
+    if path.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "RBEE_DEMO_MODEL unset in CI"
+        );
+        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set (scripts/fetch-demo-model)");
+    }
+    path
+}
+
 /// Prompt and greedy continuation of a reference file: the teacher-forced sequence.
 fn forced_tokens(json: &Path) -> Vec<Vec<u32>> {
     let v: serde_json::Value =
@@ -184,14 +197,7 @@ fn the_device_runtime_agrees_with_the_cpu_runtime_on_every_architecture() {
 /// The demo model (Gemma 3 270M Q4_K_M, a real GGUF) on its reference prompts, teacher forced.
 #[test]
 fn the_device_runtime_keeps_the_demo_models_greedy_choices() {
-    let Some(path) = std::env::var_os("RBEE_DEMO_MODEL").map(PathBuf::from) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RBEE_DEMO_MODEL unset in CI"
-        );
-        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set (scripts/fetch-demo-model)");
-        return;
-    };
+    let Some(path) = demo_model() else { return };
     let a = compare(&path, &reference("gemma3-270m-greedy.json"));
     a.report("demo");
     assert!(a.positions >= 100, "{} positions", a.positions);
@@ -282,14 +288,7 @@ fn a_model_split_between_device_and_cpu_agrees_with_the_cpu_runtime() {
 /// with the whole model there (the same near-ties may flip, nothing else).
 #[test]
 fn the_demo_model_split_in_half_keeps_its_greedy_choices() {
-    let Some(path) = std::env::var_os("RBEE_DEMO_MODEL").map(PathBuf::from) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "RBEE_DEMO_MODEL unset in CI"
-        );
-        eprintln!("SKIPPED: RBEE_DEMO_MODEL not set (scripts/fetch-demo-model)");
-        return;
-    };
+    let Some(path) = demo_model() else { return };
     let layers = Transformer::load_gguf_on(Cpu, &path)
         .unwrap()
         .config()

@@ -294,11 +294,16 @@ fn the_engine_runs_the_device_runtime_batched_on_the_cpu() {
         model.info().runtime,
         "cpu (device runtime) (candle kernels)"
     );
+    two_batched_greedy_requests_agree(&*model);
+}
+
+/// Two greedy requests queued before either is read (so they run in the same steps), then a
+/// third after them (prefix reuse): all three give the same 8 tokens.
+fn two_batched_greedy_requests_agree(model: &dyn LoadedModel) {
     let req = || GenerateRequest {
         prompt: Prompt::Text("The capital of France is".into()),
         params: SamplingParams::greedy(8),
     };
-    // Both queued before either is read: they run in the same steps.
     let a = model.generate(req()).unwrap();
     let b = model.generate(req()).unwrap();
     let (ia, sa) = collect(a).unwrap();
@@ -370,16 +375,7 @@ fn the_engine_splits_a_model_that_does_not_fit_the_device() {
         "{}",
         model.info().runtime
     );
-    let req = || GenerateRequest {
-        prompt: Prompt::Text("The capital of France is".into()),
-        params: SamplingParams::greedy(8),
-    };
-    let a = model.generate(req()).unwrap();
-    let b = model.generate(req()).unwrap();
-    let (ia, sa) = collect(a).unwrap();
-    let (ib, _) = collect(b).unwrap();
-    assert_eq!(ia.len(), 8, "{sa:?}");
-    assert_eq!(ia, ib, "batched greedy sequences agree");
+    two_batched_greedy_requests_agree(&*model);
 }
 
 #[test]

@@ -262,6 +262,15 @@ impl WorkerState {
         }
     }
 
+    fn never_fits(&self, model: &ResolvedModel, needed: u64) -> NodeError {
+        NodeError::NeverFits {
+            model: model.name().to_string(),
+            device: self.args.device.clone(),
+            needed,
+            budget: self.args.budget,
+        }
+    }
+
     /// How `model` would be split over this GPU and the host: planned from this device's
     /// budget, at most `cap` layers here; `None` when not one layer fits.
     fn plan_split(
@@ -452,22 +461,12 @@ impl WorkerState {
                 },
                 None if whole_fits => {}
                 None => {
-                    let _ = reply.send(Err(NodeError::NeverFits {
-                        model: model.name().to_string(),
-                        device: self.args.device.clone(),
-                        needed: need,
-                        budget: self.args.budget,
-                    }));
+                    let _ = reply.send(Err(self.never_fits(&model, need)));
                     return;
                 }
             }
         } else if need > self.args.budget {
-            let _ = reply.send(Err(NodeError::NeverFits {
-                model: model.name().to_string(),
-                device: self.args.device.clone(),
-                needed: need,
-                budget: self.args.budget,
-            }));
+            let _ = reply.send(Err(self.never_fits(&model, need)));
             return;
         }
         self.slots.remove(&id);
