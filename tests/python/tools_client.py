@@ -137,9 +137,10 @@ with client.chat.completions.stream(
     temperature=0,
     max_tokens=128,
 ) as stream:
-    arg_events = [e for e in stream if e.type == "tool_calls.function.arguments.delta"]
+    arg_events = [e for e in stream if e.type == "tool_calls.function.arguments.delta" and e.arguments_delta]
     final = stream.get_final_completion()
 assert len(arg_events) > 1, arg_events
+assert arg_events[-1].arguments == call.function.arguments, arg_events[-1]
 assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments, final
 
 
