@@ -104,6 +104,45 @@ for chunk in client.chat.completions.create(
             raise AssertionError(f"a forced call streamed content: {c.delta.content!r}")
 assert raw_deltas and raw_deltas[0].index == 0 and raw_deltas[0].id, raw_deltas
 
+# Streamed calls come as OpenAI sends them: the first delta of a call has its index, id, type
+# and name with empty arguments; the arguments follow in fragments as the model writes them,
+# and they join to exactly the arguments of the same request not streamed.
+deltas, finish = [], None
+for chunk in client.chat.completions.create(
+    model=tiny,
+    messages=ask,
+    tools=[light, clock],
+    tool_choice={"type": "function", "function": {"name": "set_light"}},
+    temperature=0,
+    max_tokens=128,
+    stream=True,
+):
+    for c in chunk.choices:
+        deltas += c.delta.tool_calls or []
+        finish = c.finish_reason or finish
+assert finish == "tool_calls", finish
+head = deltas[0]
+assert (head.index, head.type, head.function.name, head.function.arguments) == (0, "function", "set_light", ""), head
+assert head.id and head.id.startswith("call_"), head
+fragments = [d.function.arguments for d in deltas[1:] if d.function.arguments]
+assert len(fragments) > 1, deltas
+assert all(d.index == 0 and d.id is None and d.function.name is None for d in deltas[1:]), deltas
+assert "".join(fragments) == call.function.arguments, ("".join(fragments), call.function.arguments)
+# The SDK's stream helper: argument deltas as events, the final call exactly the non-streamed one.
+with client.chat.completions.stream(
+    model=tiny,
+    messages=ask,
+    tools=[light, clock],
+    tool_choice={"type": "function", "function": {"name": "set_light"}},
+    temperature=0,
+    max_tokens=128,
+) as stream:
+    arg_events = [e for e in stream if e.type == "tool_calls.function.arguments.delta" and e.arguments_delta]
+    final = stream.get_final_completion()
+assert len(arg_events) > 1, arg_events
+assert arg_events[-1].arguments == call.function.arguments, arg_events[-1]
+assert final.choices[0].message.tool_calls[0].function.arguments == call.function.arguments, final
+
 
 # Structured output: the SDK's parse with a pydantic model; the reply validates.
 class Light(BaseModel):
@@ -191,6 +230,14 @@ llm = ChatOpenAI(base_url=base_url, api_key="unused-on-loopback", model=tiny, ma
 msg = llm.bind_tools([light], tool_choice="set_light").invoke("Kitchen light on.")
 assert msg.tool_calls and msg.tool_calls[0]["name"] == "set_light", msg
 assert msg.tool_calls[0]["args"]["room"] in ("kitchen", "hall"), msg.tool_calls
+# Streaming: the tool_call_chunks (the name first, then argument fragments) add up to the call.
+joined, with_args = None, 0
+for piece in llm.bind_tools([light], tool_choice="set_light").stream("Kitchen light on."):
+    joined = piece if joined is None else joined + piece
+    with_args += sum(1 for c in piece.tool_call_chunks if c.get("args"))
+assert with_args > 1, with_args
+assert joined.tool_calls[0]["name"] == "set_light", joined
+assert joined.tool_calls[0]["args"] == msg.tool_calls[0]["args"], (joined.tool_calls, msg.tool_calls)
 out = llm.with_structured_output(Light).invoke("Kitchen, on, 5.")
 assert isinstance(out, Light), out
 out = llm.with_structured_output(Light, method="function_calling").invoke("Kitchen, on, 5.")

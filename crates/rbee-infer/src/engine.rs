@@ -690,12 +690,15 @@ impl Decoder {
         };
         let (jobs, inbox) = sync_channel::<Job>(opts.queue_capacity.max(1));
         let counters = Arc::new(Counters::default());
+        let vocab = model.config().vocab_size;
         let prep = scheduler::Prep {
+            // Built now, off the model thread, so that a constrained request never pauses
+            // the model's other sequences for it.
+            grammars: crate::constraint::GrammarsCell::build(tokenizer.clone(), vocab),
             tokenizer,
             template,
             context,
-            vocab: model.config().vocab_size,
-            grammars: std::sync::OnceLock::new(),
+            vocab,
         };
         let limits = scheduler::Limits {
             context,

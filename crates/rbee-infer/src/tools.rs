@@ -191,106 +191,344 @@ pub fn tool_call_grammar(
     })
 }
 
-/// One call read out of text: `{"name", "arguments" | "parameters"}` naming one of the
-/// tools.
-fn call_of(v: &Value, tools: &[ToolDef], n: usize) -> Option<ToolCall> {
-    let name = v.get("name")?.as_str()?;
-    if !tools.iter().any(|t| t.name == name) {
-        return None;
-    }
-    let args = v
-        .get("arguments")
-        .or_else(|| v.get("parameters"))
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let arguments = match args {
-        // Some models write the arguments as a JSON string.
-        Value::String(s) if serde_json::from_str::<Value>(&s).is_ok_and(|v| v.is_object()) => s,
-        other => other.to_string(),
-    };
-    Some(ToolCall {
-        id: format!("call_{n}"),
-        name: name.to_string(),
-        arguments,
-    })
-}
-
 /// The tool calls in a model's reply, in any family's form, and the text around them (the
 /// reply's `content`). `None` when the reply holds no call of one of `tools`. Call ids are
-/// `call_0`, `call_1`, … (the API node gives them their final, unique ids).
+/// `call_0`, `call_1`, … (the API node gives them their final, unique ids). This is
+/// [`ReplySplitter`] run over the whole text, so a reply reads the same streamed or not.
 pub fn parse_tool_calls(text: &str, tools: &[ToolDef]) -> Option<(String, Vec<ToolCall>)> {
-    if tools.is_empty() {
-        return None;
-    }
-    // Hermes: any number of tagged calls, with text before (and rarely between) them.
-    if let Some(first) = text.find("<tool_call>") {
-        let mut calls = Vec::new();
-        let mut content = text[..first].to_string();
-        let mut rest = &text[first..];
-        while let Some(start) = rest.find("<tool_call>") {
-            content.push_str(&rest[..start]);
-            let body = &rest[start + "<tool_call>".len()..];
-            let (inner, after) = match body.find("</tool_call>") {
-                Some(end) => (&body[..end], &body[end + "</tool_call>".len()..]),
-                None => (body, ""),
-            };
-            let v: Value = serde_json::from_str(inner.trim()).ok()?;
-            calls.push(call_of(&v, tools, calls.len())?);
-            rest = after;
-        }
-        content.push_str(rest);
-        return Some((content.trim().to_string(), calls));
-    }
-    // Llama 3 (a bare object, maybe after `<|python_tag|>`) and Mistral (a list, after the
-    // invisible `[TOOL_CALLS]` control token or its text).
-    let body = text
-        .trim()
-        .trim_start_matches("[TOOL_CALLS]")
-        .trim_start_matches("<|python_tag|>")
-        .trim();
-    match serde_json::from_str::<Value>(body).ok()? {
-        Value::Array(items) if !items.is_empty() => {
-            let calls: Option<Vec<ToolCall>> = items
-                .iter()
-                .enumerate()
-                .map(|(n, v)| call_of(v, tools, n))
-                .collect();
-            calls.map(|c| (String::new(), c))
-        }
-        v @ Value::Object(_) => call_of(&v, tools, 0).map(|c| (String::new(), vec![c])),
-        _ => None,
-    }
+    let mut split = ReplySplitter::new(tools.to_vec());
+    let first = split.push(text);
+    let (rest, calls) = split.finish();
+    (!calls.is_empty()).then(|| (first.content + &rest.content, calls))
 }
 
-/// What one piece of a reply is: thinking (`reasoning_content`) and answer text.
+/// One streamed piece of a tool call, in the order the model writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallDelta {
+    /// Call `index` (0, 1, … in the reply) starts: its function's name is known.
+    Start { index: usize, name: String },
+    /// More of call `index`'s arguments, as the model wrote them.
+    Arguments { index: usize, text: String },
+}
+
+/// What one piece of a reply is: thinking (`reasoning_content`), answer text, and pieces of
+/// tool calls.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReplyPiece {
     pub reasoning: String,
     pub content: String,
+    pub calls: Vec<CallDelta>,
+}
+
+impl ReplyPiece {
+    /// Nothing to show yet.
+    pub fn is_empty(&self) -> bool {
+        self.reasoning.is_empty() && self.content.is_empty() && self.calls.is_empty()
+    }
+}
+
+/// Which field of a call object a value belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    Name,
+    Arguments,
+    Other,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ObjState {
+    /// Before the object's `{`.
+    Open,
+    /// After `{` or `,`: a key (or, right after `{`, the `}` of an empty object).
+    Key {
+        first: bool,
+    },
+    /// Inside a key's string.
+    KeyText {
+        escaped: bool,
+    },
+    Colon,
+    /// Before a value.
+    Value,
+    /// Inside a value: its nesting depth, whether in a string, after a backslash, a scalar.
+    Scan {
+        depth: usize,
+        in_string: bool,
+        escaped: bool,
+        scalar: bool,
+    },
+    /// After a value: `,` or `}`.
+    Next,
+    Done,
+}
+
+/// What feeding one character to a [`CallObject`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fed {
+    More,
+    /// The `name` value just ended (it is in `name`, or the value was no string).
+    Name,
+    /// The object's closing `}`.
+    Done,
+    /// Not JSON a call can be.
+    Error,
+}
+
+/// One call's JSON object, read a character at a time: `name` once its string ends, the
+/// `arguments` (or Llama's `parameters`) value's text as it arrives, other keys skipped. Only
+/// the structure is checked (keys, strings, nesting); the arguments are the model's text.
+#[derive(Debug)]
+struct CallObject {
+    state: ObjState,
+    key: String,
+    field: Field,
+    /// The text of the `name` value, or of arguments written as a JSON string, until it ends.
+    value: String,
+    name: Option<String>,
+    args_seen: bool,
+    /// The arguments are a JSON string (Mistral models do this): held until it ends.
+    args_string: bool,
+    /// Arguments text read and not yet taken.
+    args_out: String,
+}
+
+impl CallObject {
+    fn new() -> CallObject {
+        CallObject {
+            state: ObjState::Open,
+            key: String::new(),
+            field: Field::Other,
+            value: String::new(),
+            name: None,
+            args_seen: false,
+            args_string: false,
+            args_out: String::new(),
+        }
+    }
+
+    fn feed(&mut self, c: char) -> Fed {
+        match self.state {
+            ObjState::Open => match c {
+                '{' => self.state = ObjState::Key { first: true },
+                c if c.is_whitespace() => {}
+                _ => return Fed::Error,
+            },
+            ObjState::Key { first } => match c {
+                '"' => {
+                    self.key.clear();
+                    self.key.push('"');
+                    self.state = ObjState::KeyText { escaped: false };
+                }
+                '}' if first => {
+                    self.state = ObjState::Done;
+                    return Fed::Done;
+                }
+                c if c.is_whitespace() => {}
+                _ => return Fed::Error,
+            },
+            ObjState::KeyText { escaped } => {
+                self.key.push(c);
+                if escaped {
+                    self.state = ObjState::KeyText { escaped: false };
+                } else if c == '\\' {
+                    self.state = ObjState::KeyText { escaped: true };
+                } else if c == '"' {
+                    let Ok(key) = serde_json::from_str::<String>(&self.key) else {
+                        return Fed::Error;
+                    };
+                    self.field = match key.as_str() {
+                        "name" if self.name.is_none() => Field::Name,
+                        "arguments" | "parameters" if !self.args_seen => Field::Arguments,
+                        _ => Field::Other,
+                    };
+                    self.state = ObjState::Colon;
+                }
+            }
+            ObjState::Colon => match c {
+                ':' => self.state = ObjState::Value,
+                c if c.is_whitespace() => {}
+                _ => return Fed::Error,
+            },
+            ObjState::Value => {
+                if c.is_whitespace() {
+                    return Fed::More;
+                }
+                let (depth, in_string, scalar) = match c {
+                    '{' | '[' => (1, false, false),
+                    '"' => (0, true, false),
+                    '}' | ']' | ',' | ':' => return Fed::Error,
+                    _ => (0, false, true),
+                };
+                if self.field == Field::Name && !in_string {
+                    return Fed::Error;
+                }
+                if self.field == Field::Arguments {
+                    self.args_seen = true;
+                    self.args_string = in_string;
+                }
+                self.value.clear();
+                self.keep(c);
+                self.state = ObjState::Scan {
+                    depth,
+                    in_string,
+                    escaped: false,
+                    scalar,
+                };
+            }
+            ObjState::Scan {
+                mut depth,
+                mut in_string,
+                mut escaped,
+                scalar,
+            } => {
+                if scalar {
+                    if c == ',' || c == '}' || c.is_whitespace() {
+                        self.state = ObjState::Next;
+                        return self.feed(c);
+                    }
+                    self.keep(c);
+                    return Fed::More;
+                }
+                self.keep(c);
+                let mut ended = false;
+                if in_string {
+                    if escaped {
+                        escaped = false;
+                    } else if c == '\\' {
+                        escaped = true;
+                    } else if c == '"' {
+                        in_string = false;
+                        ended = depth == 0;
+                    }
+                } else {
+                    match c {
+                        '"' => in_string = true,
+                        '{' | '[' => depth += 1,
+                        '}' | ']' => {
+                            depth -= 1;
+                            ended = depth == 0;
+                        }
+                        _ => {}
+                    }
+                }
+                if !ended {
+                    self.state = ObjState::Scan {
+                        depth,
+                        in_string,
+                        escaped,
+                        scalar,
+                    };
+                    return Fed::More;
+                }
+                self.state = ObjState::Next;
+                return self.value_ended();
+            }
+            ObjState::Next => match c {
+                ',' => self.state = ObjState::Key { first: false },
+                '}' => {
+                    self.state = ObjState::Done;
+                    return Fed::Done;
+                }
+                c if c.is_whitespace() => {}
+                _ => return Fed::Error,
+            },
+            ObjState::Done => return Fed::Error,
+        }
+        Fed::More
+    }
+
+    /// Keeps a character of the value being read.
+    fn keep(&mut self, c: char) {
+        match self.field {
+            Field::Arguments if !self.args_string => self.args_out.push(c),
+            Field::Name | Field::Arguments => self.value.push(c),
+            Field::Other => {}
+        }
+    }
+
+    fn value_ended(&mut self) -> Fed {
+        match self.field {
+            Field::Name => {
+                match serde_json::from_str::<String>(&self.value) {
+                    Ok(name) => self.name = Some(name),
+                    Err(_) => return Fed::Error,
+                }
+                Fed::Name
+            }
+            Field::Arguments if self.args_string => {
+                // Arguments written as a JSON string: the object inside it, when it is one.
+                let text = std::mem::take(&mut self.value);
+                match serde_json::from_str::<String>(&text) {
+                    Ok(inner)
+                        if serde_json::from_str::<Value>(&inner).is_ok_and(|v| v.is_object()) =>
+                    {
+                        self.args_out.push_str(&inner);
+                    }
+                    _ => self.args_out.push_str(&text),
+                }
+                Fed::More
+            }
+            _ => Fed::More,
+        }
+    }
+
+    /// The arguments text not yet taken; at the end of a cut-off call, also a string value
+    /// still held.
+    fn take_args(&mut self, end: bool) -> String {
+        if end && self.args_string && self.state != ObjState::Done {
+            let held = std::mem::take(&mut self.value);
+            self.args_out.push_str(&held);
+        }
+        std::mem::take(&mut self.args_out)
+    }
+}
+
+#[derive(Debug)]
 enum Phase {
     /// Nothing but whitespace seen since the start (or since the thinking ended).
     Start,
     Thinking,
     Content,
-    /// Inside tool calls: kept until the end, then parsed.
-    Calls,
+    /// After `[TOOL_CALLS]` or `<|python_tag|>`: a call object or a list of them.
+    Opening,
+    /// Inside `<tool_call>`: its object.
+    Tagged(CallObject),
+    /// After a tagged call's object, up to `</tool_call>`.
+    TagClose,
+    /// A reply that starts as JSON: one call (Llama 3).
+    Bare(CallObject),
+    /// A reply that starts as a JSON list: calls (Mistral); `ListNext` is between items.
+    ListItem(CallObject),
+    ListNext,
 }
 
 /// Splits a reply, as it streams, into thinking, answer text and tool calls: a leading
 /// `<think>…</think>` is reasoning; with tools, a reply that starts as a call (`<tool_call>`,
-/// or the JSON of a Llama 3 / Mistral call) or reaches a `<tool_call>` is held from there and
-/// parsed at the end. Text that could still be the start of a tag is held back until it is
-/// known, so no piece of a tag ever shows as content.
+/// or the JSON of a Llama 3 / Mistral call) or reaches a `<tool_call>` is read as calls, each
+/// one's name given as soon as it is known and its arguments as they arrive
+/// ([`CallDelta`]). Text that could still be the start of a tag or a call is held back until
+/// it is known, so no piece of a tag ever shows as content; text that looked like a call and
+/// is not one (no `name` of one of the tools, or not JSON) is released as content.
+///
+/// A call's `arguments` are the model's own text of the arguments value (as OpenAI's are),
+/// whitespace included: the streamed fragments join to exactly the non-streamed value.
+/// Arguments written as a JSON string holding an object (some Mistral models) are that
+/// object's text, given in one piece when the string ends. A call without arguments gets
+/// `{}`. Once a call's name has been given, the call stays: if the model's JSON then breaks,
+/// the call keeps the arguments read so far and the text from there on is content.
 #[derive(Debug)]
 pub struct ReplySplitter {
     tools: Vec<ToolDef>,
     phase: Phase,
     thought: bool,
     pending: String,
-    calls: String,
+    /// Text of a call not yet known to be one (released as content if it is not).
+    held: String,
+    /// The current object's call has been given (its name is valid).
+    committed: bool,
+    /// A call ended just before: whitespace until more text is dropped.
+    after_call: bool,
+    calls: Vec<ToolCall>,
 }
 
 /// The longest suffix of `text` that is a proper prefix of `tag`, on a char boundary.
@@ -310,6 +548,10 @@ fn release(pending: &mut String, tag: &str, into: &mut String) {
     pending.drain(..cut);
 }
 
+/// Texts some templates put before a call list or object (`[TOOL_CALLS]` is Mistral's control
+/// token when it shows as text, `<|python_tag|>` Llama 3's).
+const CALL_PREFIXES: [&str; 2] = ["[TOOL_CALLS]", "<|python_tag|>"];
+
 impl ReplySplitter {
     /// `tools`: the request's tools (none: no call is looked for).
     pub fn new(tools: Vec<ToolDef>) -> ReplySplitter {
@@ -318,7 +560,10 @@ impl ReplySplitter {
             phase: Phase::Start,
             thought: false,
             pending: String::new(),
-            calls: String::new(),
+            held: String::new(),
+            committed: false,
+            after_call: false,
+            calls: Vec::new(),
         }
     }
 
@@ -327,7 +572,7 @@ impl ReplySplitter {
         self.pending.push_str(text);
         let mut out = ReplyPiece::default();
         loop {
-            match self.phase {
+            match &mut self.phase {
                 Phase::Start => {
                     let t = self.pending.trim_start();
                     if t.is_empty() {
@@ -344,17 +589,34 @@ impl ReplySplitter {
                         }
                     }
                     if !self.tools.is_empty() {
-                        if t.starts_with('{') || t.starts_with('[') || t.starts_with("<tool_call>")
-                        {
-                            self.calls = std::mem::take(&mut self.pending);
-                            self.phase = Phase::Calls;
+                        let t = t.to_string();
+                        if let Some(rest) = t.strip_prefix("<tool_call>") {
+                            self.open_tagged(rest.to_string());
                             continue;
                         }
-                        if "<tool_call>".starts_with(t) {
+                        if let Some(p) = CALL_PREFIXES.iter().find(|p| t.starts_with(**p)) {
+                            self.held = p.to_string();
+                            self.pending = t[p.len()..].to_string();
+                            self.phase = Phase::Opening;
+                            continue;
+                        }
+                        if t.starts_with('{')
+                            || (t.starts_with('[') && !"[TOOL_CALLS]".starts_with(&t))
+                        {
+                            self.pending = t;
+                            self.phase = Phase::Opening;
+                            continue;
+                        }
+                        if std::iter::once("<tool_call>")
+                            .chain(CALL_PREFIXES)
+                            .any(|p| p.starts_with(&t))
+                        {
                             return out;
                         }
+                        self.pending = t;
+                    } else {
+                        self.pending = t.to_string();
                     }
-                    self.pending = t.to_string();
                     self.phase = Phase::Content;
                 }
                 Phase::Thinking => {
@@ -374,41 +636,243 @@ impl ReplySplitter {
                         self.pending.clear();
                         return out;
                     }
-                    if let Some(at) = self.pending.find("<tool_call>") {
-                        out.content.push_str(&self.pending[..at]);
-                        self.calls = self.pending[at..].to_string();
-                        self.pending.clear();
-                        self.phase = Phase::Calls;
-                        return out;
+                    if self.after_call {
+                        let t = self.pending.trim_start();
+                        if t.is_empty() {
+                            return out;
+                        }
+                        self.pending = t.to_string();
+                        self.after_call = false;
                     }
-                    release(&mut self.pending, "<tool_call>", &mut out.content);
+                    if let Some(at) = self.pending.find("<tool_call>") {
+                        out.content.push_str(self.pending[..at].trim_end());
+                        let rest = self.pending[at + "<tool_call>".len()..].to_string();
+                        self.open_tagged(rest);
+                        continue;
+                    }
+                    // All but a tail that may become a tag, and whitespace that may come
+                    // before one.
+                    let tag = tag_start(&self.pending, "<tool_call>");
+                    let text = &self.pending[..self.pending.len() - tag];
+                    let cut = text.trim_end().len();
+                    out.content.push_str(&self.pending[..cut]);
+                    self.pending.drain(..cut);
                     return out;
                 }
-                Phase::Calls => {
-                    self.calls.push_str(&self.pending);
+                Phase::Opening => {
+                    let t = self.pending.trim_start();
+                    let Some(first) = t.chars().next() else {
+                        return out;
+                    };
+                    // Whitespace after a prefix is the call's text too (if it is no call).
+                    let space = self.pending.len() - t.len();
+                    let t = t.to_string();
+                    self.held.push_str(&self.pending[..space]);
                     self.pending.clear();
-                    return out;
+                    self.committed = false;
+                    if first == '[' {
+                        self.held.push('[');
+                        self.pending = t[1..].to_string();
+                        self.phase = Phase::ListItem(CallObject::new());
+                    } else {
+                        self.pending = t;
+                        self.phase = Phase::Bare(CallObject::new());
+                    }
+                }
+                Phase::Tagged(_) | Phase::Bare(_) | Phase::ListItem(_) => {
+                    if !self.read_call(&mut out) {
+                        return out;
+                    }
+                }
+                Phase::TagClose => {
+                    let t = self.pending.trim_start();
+                    if let Some(rest) = t.strip_prefix("</tool_call>") {
+                        self.pending = rest.to_string();
+                        self.after_call = true;
+                        self.phase = Phase::Content;
+                        continue;
+                    }
+                    if t.is_empty() || "</tool_call>".starts_with(t) {
+                        return out;
+                    }
+                    // No closing tag: what follows is text (or the next call).
+                    self.pending = t.to_string();
+                    self.after_call = true;
+                    self.phase = Phase::Content;
+                }
+                Phase::ListNext => {
+                    let t = self.pending.trim_start();
+                    let Some(first) = t.chars().next() else {
+                        self.pending.clear();
+                        return out;
+                    };
+                    let rest = t[first.len_utf8()..].to_string();
+                    match first {
+                        ',' => {
+                            self.pending = rest;
+                            self.held = ",".into();
+                            self.committed = false;
+                            self.phase = Phase::ListItem(CallObject::new());
+                        }
+                        ']' => {
+                            self.pending = rest;
+                            self.after_call = true;
+                            self.phase = Phase::Content;
+                        }
+                        _ => {
+                            self.pending = t.to_string();
+                            self.after_call = true;
+                            self.phase = Phase::Content;
+                        }
+                    }
                 }
             }
         }
     }
 
-    /// The end of the reply: the rest of the text, and the tool calls if it held any. Text
-    /// that looked like a call but is not one is returned as content.
+    /// Starts reading a tagged call; `rest` is the text after `<tool_call>`.
+    fn open_tagged(&mut self, rest: String) {
+        self.held = "<tool_call>".into();
+        self.pending = rest;
+        self.committed = false;
+        self.phase = Phase::Tagged(CallObject::new());
+    }
+
+    /// Feeds pending text to the call object being read; true when the phase changed (the
+    /// rest of the text is still pending), false when all of it was taken.
+    fn read_call(&mut self, out: &mut ReplyPiece) -> bool {
+        let text = std::mem::take(&mut self.pending);
+        for (at, c) in text.char_indices() {
+            let (Phase::Tagged(obj) | Phase::Bare(obj) | Phase::ListItem(obj)) = &mut self.phase
+            else {
+                self.pending = text[at..].to_string();
+                return true;
+            };
+            let fed = obj.feed(c);
+            if !self.committed {
+                self.held.push(c);
+            }
+            let rest = &text[at + c.len_utf8()..];
+            match fed {
+                Fed::More => {}
+                Fed::Name => {
+                    let valid = obj
+                        .name
+                        .as_ref()
+                        .is_some_and(|n| self.tools.iter().any(|t| &t.name == n));
+                    if !valid {
+                        self.false_start(out, rest);
+                        return true;
+                    }
+                    let name = obj.name.clone().unwrap_or_default();
+                    let index = self.calls.len();
+                    self.calls.push(ToolCall {
+                        id: format!("call_{index}"),
+                        name: name.clone(),
+                        arguments: String::new(),
+                    });
+                    out.calls.push(CallDelta::Start { index, name });
+                    self.committed = true;
+                    self.held.clear();
+                }
+                Fed::Error if self.committed => {
+                    self.flush_args(out, true);
+                    self.pending = text[at..].to_string();
+                    self.after_call = true;
+                    self.phase = Phase::Content;
+                    return true;
+                }
+                Fed::Error => {
+                    self.false_start(out, rest);
+                    return true;
+                }
+                Fed::Done if !self.committed => {
+                    // An object without the name of one of the tools: no call.
+                    self.false_start(out, rest);
+                    return true;
+                }
+                Fed::Done => {
+                    self.flush_args(out, true);
+                    self.pending = rest.to_string();
+                    self.phase = match self.phase {
+                        Phase::Tagged(_) => Phase::TagClose,
+                        Phase::ListItem(_) => Phase::ListNext,
+                        _ => {
+                            self.after_call = true;
+                            Phase::Content
+                        }
+                    };
+                    return true;
+                }
+            }
+        }
+        self.flush_args(out, false);
+        false
+    }
+
+    /// Gives the arguments read so far of the call being read, if it has been given; at its
+    /// end (`end`), `{}` for a call that had none.
+    fn flush_args(&mut self, out: &mut ReplyPiece, end: bool) {
+        if !self.committed {
+            return;
+        }
+        let obj = match &mut self.phase {
+            Phase::Tagged(o) | Phase::Bare(o) | Phase::ListItem(o) => o,
+            _ => return,
+        };
+        let mut text = obj.take_args(end);
+        if end && !obj.args_seen {
+            text = "{}".into();
+        }
+        let Some(call) = self.calls.last_mut() else {
+            return;
+        };
+        if text.is_empty() {
+            return;
+        }
+        call.arguments.push_str(&text);
+        let index = self.calls.len() - 1;
+        match out.calls.last_mut() {
+            Some(CallDelta::Arguments { index: i, text: t }) if *i == index => t.push_str(&text),
+            _ => out.calls.push(CallDelta::Arguments { index, text }),
+        }
+    }
+
+    /// What looked like a call is not one: its text is content, and so is what follows.
+    fn false_start(&mut self, out: &mut ReplyPiece, rest: &str) {
+        out.content.push_str(&std::mem::take(&mut self.held));
+        self.pending = rest.to_string();
+        self.after_call = false;
+        self.committed = false;
+        self.phase = Phase::Content;
+    }
+
+    /// The end of the reply: the rest of the text and of the calls, and every tool call it
+    /// held (all of their pieces having been given by [`push`](Self::push) and this).
     pub fn finish(mut self) -> (ReplyPiece, Vec<ToolCall>) {
         let mut out = ReplyPiece::default();
-        match self.phase {
+        match &self.phase {
             Phase::Thinking => out.reasoning = std::mem::take(&mut self.pending),
-            Phase::Calls => match parse_tool_calls(&self.calls, &self.tools) {
-                Some((content, calls)) => {
-                    out.content = content;
-                    return (out, calls);
+            Phase::Tagged(_) | Phase::Bare(_) | Phase::ListItem(_) => {
+                if self.committed {
+                    // Cut off inside a call: it keeps what it has.
+                    self.flush_args(&mut out, true);
+                } else {
+                    out.content = std::mem::take(&mut self.held);
                 }
-                None => out.content = std::mem::take(&mut self.calls),
-            },
-            Phase::Start | Phase::Content => out.content = std::mem::take(&mut self.pending),
+            }
+            Phase::Opening => out.content = std::mem::take(&mut self.held) + &self.pending,
+            Phase::TagClose | Phase::ListNext => {
+                out.content = self.pending.trim().to_string();
+            }
+            Phase::Start | Phase::Content => {
+                out.content = std::mem::take(&mut self.pending);
+                if !self.calls.is_empty() {
+                    out.content = out.content.trim_end().to_string();
+                }
+            }
         }
-        (out, Vec::new())
+        (out, self.calls)
     }
 }
 
@@ -472,7 +936,8 @@ mod tests {
     fn llama_and_mistral_calls_parse() {
         let llama = r#"<|python_tag|>{"name": "get_weather", "parameters": {"city": "Oslo"}}"#;
         let (_, calls) = parse_tool_calls(llama, &weather()).unwrap();
-        assert_eq!(calls[0].arguments, r#"{"city":"Oslo"}"#);
+        // The arguments are the model's own text.
+        assert_eq!(calls[0].arguments, r#"{"city": "Oslo"}"#);
         let mistral = r#"[TOOL_CALLS][{"name": "lights", "arguments": "{\"on\": true}"}]"#;
         let (_, calls) = parse_tool_calls(mistral, &weather()).unwrap();
         assert_eq!(
@@ -575,5 +1040,161 @@ mod tests {
         assert_eq!((c.as_str(), calls.len()), (r#"{"answer": 42}"#, 0));
         let (_, c, _) = split("a <tool_c", weather());
         assert_eq!(c, "a <tool_c");
+    }
+
+    /// Feeds `text` in pieces of `size` characters; the call deltas joined per call, and the
+    /// content.
+    fn stream(text: &str, size: usize) -> (String, Vec<CallDelta>, Vec<ToolCall>) {
+        let mut s = ReplySplitter::new(weather());
+        let chars: Vec<char> = text.chars().collect();
+        let (mut content, mut deltas) = (String::new(), Vec::new());
+        for piece in chars.chunks(size) {
+            let p = s.push(&piece.iter().collect::<String>());
+            content.push_str(&p.content);
+            deltas.extend(p.calls);
+        }
+        let (p, calls) = s.finish();
+        content.push_str(&p.content);
+        deltas.extend(p.calls);
+        (content, deltas, calls)
+    }
+
+    /// Each call's name and its arguments joined from the deltas, checking that a call's
+    /// start comes before its arguments.
+    fn joined(deltas: &[CallDelta]) -> Vec<(String, String)> {
+        let mut calls: Vec<(String, String)> = Vec::new();
+        for d in deltas {
+            match d {
+                CallDelta::Start { index, name } => {
+                    assert_eq!(*index, calls.len(), "{deltas:?}");
+                    calls.push((name.clone(), String::new()));
+                }
+                CallDelta::Arguments { index, text } => calls[*index].1.push_str(text),
+            }
+        }
+        calls
+    }
+
+    #[test]
+    fn calls_stream_as_a_name_then_argument_fragments_equal_to_the_whole() {
+        let hermes = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris \\\"Nord\\\"\", \"days\": [1, {\"x\": \"}\"}]}}\n</tool_call>\n<tool_call>\n{\"name\": \"lights\"}\n</tool_call>";
+        let whole = parse_tool_calls(hermes, &weather()).unwrap();
+        assert_eq!(whole.0, "Let me check.");
+        assert_eq!(
+            whole.1[0].arguments,
+            r#"{"city": "Paris \"Nord\"", "days": [1, {"x": "}"}]}"#
+        );
+        assert_eq!(whole.1[1].arguments, "{}", "no arguments: an empty object");
+        for size in [1, 2, 3, 7, 1000] {
+            let (content, deltas, calls) = stream(hermes, size);
+            assert_eq!(content, "Let me check.", "size {size}");
+            assert_eq!(calls, whole.1, "size {size}");
+            let got = joined(&deltas);
+            let want: Vec<(String, String)> = whole
+                .1
+                .iter()
+                .map(|c| (c.name.clone(), c.arguments.clone()))
+                .collect();
+            assert_eq!(got, want, "size {size}");
+            if size == 1 {
+                // The arguments come in many fragments, the name before any of them.
+                let fragments = deltas
+                    .iter()
+                    .filter(|d| matches!(d, CallDelta::Arguments { index: 0, .. }))
+                    .count();
+                assert!(fragments > 10, "{deltas:?}");
+                assert!(
+                    matches!(&deltas[0], CallDelta::Start { index: 0, name } if name == "get_weather")
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_name_is_given_as_soon_as_it_is_known() {
+        let mut s = ReplySplitter::new(weather());
+        assert!(s.push("<tool_call>\n{\"name\": \"get_wea").is_empty());
+        let p = s.push("ther\", \"argu");
+        assert_eq!(
+            p.calls,
+            vec![CallDelta::Start {
+                index: 0,
+                name: "get_weather".into()
+            }]
+        );
+        let p = s.push("ments\": {\"ci");
+        assert_eq!(
+            p.calls,
+            vec![CallDelta::Arguments {
+                index: 0,
+                text: "{\"ci".into()
+            }]
+        );
+        // Arguments before the name wait for it.
+        let mut s = ReplySplitter::new(weather());
+        assert!(s.push("{\"parameters\": {\"city\": \"Oslo\"}, ").is_empty());
+        let p = s.push("\"name\": \"get_weather\"}");
+        assert_eq!(
+            joined(&p.calls),
+            vec![("get_weather".into(), "{\"city\": \"Oslo\"}".into())]
+        );
+    }
+
+    #[test]
+    fn llama_and_mistral_calls_stream_too() {
+        let llama = r#"{"name": "get_weather", "parameters": {"city": "Oslo"}}"#;
+        for size in [1, 4] {
+            let (content, deltas, calls) = stream(llama, size);
+            assert_eq!((content.as_str(), calls.len()), ("", 1));
+            assert_eq!(
+                joined(&deltas),
+                vec![("get_weather".into(), r#"{"city": "Oslo"}"#.into())]
+            );
+        }
+        let mistral = r#"[TOOL_CALLS][{"name": "lights", "arguments": "{\"on\": true}"}, {"name": "get_weather", "arguments": {"city": "Rome"}}]"#;
+        for size in [1, 5] {
+            let (content, deltas, calls) = stream(mistral, size);
+            assert_eq!(content, "");
+            assert_eq!(
+                joined(&deltas),
+                vec![
+                    ("lights".into(), r#"{"on": true}"#.into()),
+                    ("get_weather".into(), r#"{"city": "Rome"}"#.into())
+                ]
+            );
+            assert_eq!(calls[1].id, "call_1");
+        }
+    }
+
+    #[test]
+    fn false_starts_are_content_and_a_broken_call_keeps_what_it_had() {
+        for text in [
+            r#"{"answer": 42}"#,
+            r#"{"name": "rm_rf", "arguments": {}}"#,
+            "<tool_call>\n{broken\n</tool_call>",
+            "[1, 2, 3]",
+            "[TOOL_CALLS] is a marker",
+        ] {
+            let (content, deltas, calls) = stream(text, 1);
+            assert_eq!((content.as_str(), deltas.len(), calls.len()), (text, 0, 0));
+        }
+        // Text after a false start is still read for calls.
+        let text = "<tool_call>{\"x\": 1}</tool_call> then <tool_call>{\"name\": \"lights\", \"arguments\": {}}</tool_call>";
+        let (content, _, calls) = stream(text, 1);
+        assert_eq!(content, "<tool_call>{\"x\": 1}</tool_call> then");
+        assert_eq!(calls[0].name, "lights");
+        // Cut off inside the arguments (max_tokens): the call keeps them, unfinished.
+        let (content, deltas, calls) = stream(
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Pa",
+            2,
+        );
+        assert_eq!(
+            (content.as_str(), calls[0].arguments.as_str()),
+            ("", "{\"city\": \"Pa")
+        );
+        assert_eq!(joined(&deltas)[0].1, calls[0].arguments);
+        // Broken after the name: the call stays, the rest is content.
+        let (content, _, calls) = stream("{\"name\": \"lights\", \"arguments\": {} oops", 1);
+        assert_eq!((content.as_str(), calls.len()), ("oops", 1));
     }
 }

@@ -322,3 +322,62 @@ fn a_follow_up_chat_turn_reports_its_history_as_cached_tokens() {
         other.prompt_tokens
     );
 }
+
+/// The grammar vocabulary (llguidance's token trie over Gemma's 262k tokens, about a second to
+/// build) is built off the model thread as the model loads: a constrained request that arrives
+/// first waits for it without holding up a request that came after it, then runs, valid.
+#[test]
+fn a_constrained_request_waiting_for_the_grammar_holds_nothing_up() {
+    let Some(model) = load(LoadOptions {
+        context_length: Some(1024),
+        ..LoadOptions::default()
+    }) else {
+        return;
+    };
+    // Right after the load, before the vocabulary can be ready.
+    let mut json_params = SamplingParams::greedy(48);
+    json_params.constraint = Some(rbee_infer::engine::Constraint::JsonSchema(
+        r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}}, "required": ["name"], "additionalProperties": false}"#.into(),
+    ));
+    let json = model
+        .generate(GenerateRequest {
+            prompt: Prompt::Chat(vec![ChatMessage::new("user", "A cat as JSON.")]),
+            params: json_params,
+        })
+        .unwrap();
+    let free = model
+        .generate(GenerateRequest {
+            prompt: Prompt::Text("The sea is".into()),
+            params: SamplingParams::greedy(2),
+        })
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for event in json {
+            match event {
+                GenerateEvent::Started { .. } => tx.send(Instant::now()).unwrap(),
+                GenerateEvent::Token { text: t, .. } | GenerateEvent::Text(t) => text.push_str(&t),
+                GenerateEvent::Done(stats) => return (text, stats.finish_reason),
+                GenerateEvent::Error(e) => panic!("the constrained request failed: {e}"),
+            }
+        }
+        panic!("the constrained request ended without a result");
+    });
+    let (ids, stats) = collect(free).unwrap();
+    let free_done = Instant::now();
+    assert_eq!((ids.len(), stats.finish_reason), (2, FinishReason::Length));
+    let (text, finish) = reader.join().unwrap();
+    let json_started = rx.recv().unwrap();
+    // Before, the first constrained request built the trie on the model thread: the request
+    // behind it got nothing until then.
+    assert!(
+        free_done < json_started,
+        "the unconstrained request waited for the grammar vocabulary ({:?} after the constrained one started)",
+        free_done - json_started
+    );
+    let value: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"));
+    assert!(value["name"].is_string(), "{text}");
+    assert_eq!(finish, FinishReason::Stop);
+}

@@ -24,12 +24,12 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
 use super::{Counters, Embeddings, EncodeJob, GenerateEvent, GenerateJob, Job, Pooling};
 use crate::chat::ChatTemplate;
-use crate::constraint::{Grammars, SeqConstraint};
+use crate::constraint::{GrammarsCell, SeqConstraint};
 use crate::error::InferError;
 use crate::model::{MAX_BATCH, Output, Runtime, SeqCache, SeqStep, Transformer};
 use crate::sampling::Sampler;
@@ -75,12 +75,19 @@ pub(crate) struct Prep {
     pub template: ChatTemplate,
     pub context: usize,
     pub vocab: usize,
-    /// The grammar compiler over this vocabulary, built by the first constrained request.
-    pub grammars: std::sync::OnceLock<Result<Grammars, String>>,
+    /// The grammar compiler over this vocabulary, built off this thread as the model loads.
+    pub grammars: GrammarsCell,
 }
 
 impl Prep {
-    /// A fresh matcher for a request's constraint, if it has one.
+    /// The request can be prepared now: it has no constraint, or the grammar compiler is
+    /// built (or failed to build, which [`constraint`](Self::constraint) reports).
+    fn grammar_ready(&self, params: &crate::sampling::SamplingParams) -> bool {
+        params.constraint.is_none() || self.grammars.get().is_some()
+    }
+
+    /// A fresh matcher for a request's constraint, if it has one (once
+    /// [`grammar_ready`](Self::grammar_ready)).
     fn constraint(
         &self,
         params: &crate::sampling::SamplingParams,
@@ -109,7 +116,12 @@ impl Prep {
         };
         let grammars = self
             .grammars
-            .get_or_init(|| Grammars::new(&self.tokenizer, self.vocab))
+            .get()
+            .ok_or_else(|| {
+                InferError::InvalidRequest(
+                    "constrained decoding: the grammar vocabulary is still being built".into(),
+                )
+            })?
             .as_ref()
             .map_err(|e| InferError::InvalidRequest(format!("constrained decoding: {e}")))?;
         grammars
@@ -332,6 +344,10 @@ pub(crate) struct Scheduler<R: Runtime> {
     pub counters: Arc<Counters>,
     pub pooling: Pooling,
     waiting: Option<Ready>,
+    /// Constrained requests that came before the grammar compiler was built, in order; they
+    /// wait here while everything else runs (at most `max_sequences` of them, after which the
+    /// queue is left to hold the rest).
+    grammar_wait: VecDeque<GenerateJob>,
     live: Vec<Seq<R>>,
     kept: Vec<Kept<R>>,
     /// The encode request being worked on, and the next one (FIFO with generations).
@@ -359,6 +375,7 @@ impl<R: Runtime> Scheduler<R> {
             counters,
             pooling,
             waiting: None,
+            grammar_wait: VecDeque::new(),
             live: Vec::new(),
             kept: Vec::new(),
             encoding: None,
@@ -374,6 +391,16 @@ impl<R: Runtime> Scheduler<R> {
             && self.waiting.is_none()
             && self.encoding.is_none()
             && self.encode_waiting.is_none()
+            && self.grammar_wait.is_empty()
+    }
+
+    /// Only constrained requests waiting for the grammar compiler: nothing to step.
+    fn only_grammar_wait(&self) -> bool {
+        self.live.is_empty()
+            && self.waiting.is_none()
+            && self.encoding.is_none()
+            && self.encode_waiting.is_none()
+            && !self.grammar_wait.is_empty()
     }
 
     /// Runs until every handle to the model is gone and nothing is left to do.
@@ -383,6 +410,12 @@ impl<R: Runtime> Scheduler<R> {
                 match self.inbox.recv() {
                     Ok(job) => self.take(job),
                     Err(_) => return,
+                }
+            } else if self.only_grammar_wait() {
+                // Waiting for the grammar compiler: new requests are taken as they come.
+                match self.inbox.recv_timeout(Duration::from_millis(5)) {
+                    Ok(job) => self.take(job),
+                    Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => {}
                 }
             }
             self.admit();
@@ -432,9 +465,11 @@ impl<R: Runtime> Scheduler<R> {
         {
             self.start_encode(job);
         }
+        self.release_grammar_wait();
         while self.waiting.is_none()
             && self.encode_waiting.is_none()
             && self.live.len() < self.limits.max_sequences
+            && self.grammar_wait.len() < self.limits.max_sequences
         {
             match self.inbox.try_recv() {
                 Ok(job) => self.take(job),
@@ -442,6 +477,28 @@ impl<R: Runtime> Scheduler<R> {
             }
         }
         self.fill_encode();
+    }
+
+    /// Constrained requests whose grammar compiler is now built go on, in order, while there is
+    /// room; cancelled ones leave.
+    fn release_grammar_wait(&mut self) {
+        let counters = &self.counters;
+        self.grammar_wait.retain(|job| {
+            let cancelled = job.cancel.load(Ordering::Relaxed);
+            if cancelled {
+                counters.queued.fetch_sub(1, Ordering::SeqCst);
+            }
+            !cancelled
+        });
+        if self.prep.grammars.get().is_none() {
+            return;
+        }
+        while self.waiting.is_none() && self.live.len() < self.limits.max_sequences {
+            let Some(job) = self.grammar_wait.pop_front() else {
+                return;
+            };
+            self.take_generate(job);
+        }
     }
 
     /// A job off the queue: started, or left waiting its turn.
@@ -459,6 +516,11 @@ impl<R: Runtime> Scheduler<R> {
 
     /// A generation off the queue: tokenized and checked, then started or left waiting.
     fn take_generate(&mut self, job: GenerateJob) {
+        if !self.prep.grammar_ready(&job.request.params) {
+            // Its grammar needs the compiler still being built: it waits, the others run.
+            self.grammar_wait.push_back(job);
+            return;
+        }
         match self.ready(&job) {
             Ok((tokens, reserve)) => match self.prep.constraint(&job.request.params) {
                 Ok(constraint) => self.try_start(Ready {

@@ -868,8 +868,8 @@ fn piece(shown: &str, chat: bool, text: &str) -> Value {
         shown,
         chat,
         &ReplyPiece {
-            reasoning: String::new(),
             content: text.into(),
+            ..ReplyPiece::default()
         },
         &[],
     )
@@ -973,6 +973,7 @@ async fn generate_common(ctx: Arc<NodeContext>, parsed: Result<Generate, NodeErr
                 let whole = ReplyPiece {
                     reasoning: first.reasoning + &rest.reasoning,
                     content: first.content + &rest.content,
+                    ..ReplyPiece::default()
                 };
                 let mut v = reply_piece(&g.shown, g.chat, &whole, &calls);
                 final_fields(&mut v, &stats, started, load);
@@ -1006,7 +1007,8 @@ async fn stream_generation(
                 let Some(s) = split.as_mut() else { continue };
                 let part = s.push(&t);
                 if part.content.is_empty() && part.reasoning.is_empty() {
-                    // Held back: a tag or a tool call may be starting.
+                    // Held back (a tag may be starting), or pieces of a tool call: Ollama
+                    // sends each call whole, when the reply ends.
                     continue;
                 }
                 if tx

@@ -19,13 +19,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::presets;
 use super::types::{
     AssistantMessage, ChatChoice, ChatChunk, ChatCompletion, ChatRequest, ChunkChoice, Completion,
-    CompletionRequest, Content, Delta, ErrorBody, InMessage, ModelCard, ModelList, OutFunction,
-    OutToolCall, PromptInput, Sampling, Stop, TextChoice, Usage,
+    CompletionRequest, Content, Delta, DeltaFunction, DeltaToolCall, ErrorBody, InMessage,
+    ModelCard, ModelList, OutFunction, OutToolCall, PromptInput, Sampling, Stop, TextChoice, Usage,
 };
 use crate::NodeContext;
 use crate::error::NodeError;
 use crate::serve::{self, Started};
-use rbee_infer::tools::ReplySplitter;
+use rbee_infer::tools::{CallDelta, ReplyPiece, ReplySplitter};
 use rbee_proto::generation::{ChatOptions, GenerationEvent, TokenLogprob, ToolCall, ToolDef};
 
 /// Prompts one `/v1/completions` request may carry (each is a generation, run in turn).
@@ -342,24 +342,28 @@ pub(super) fn finish_reason(stats: &GenerationStats) -> String {
     .into()
 }
 
-/// A chat choice's finish reason: `tool_calls` when the reply is calls.
+/// A chat choice's finish reason: `tool_calls` when the reply holds calls, unless it was cut
+/// off by `max_tokens` (`length`, as OpenAI says then: the last call may be unfinished).
 fn chat_finish_reason(stats: &GenerationStats, calls: bool) -> String {
-    if calls {
+    if calls && stats.finish_reason != rbee_infer::engine::FinishReason::Length {
         "tool_calls".into()
     } else {
         finish_reason(stats)
     }
 }
 
-/// Calls in OpenAI's shape, with ids unique to this response (`call_<response id>_<n>`); in
-/// a stream each carries its `index`.
-fn out_tool_calls(response_id: &str, calls: &[ToolCall], stream: bool) -> Vec<OutToolCall> {
+/// Call `n`'s id, unique to this response: `call_<response id>_<n>`.
+fn call_id(response_id: &str, n: usize) -> String {
+    format!("call_{}_{n}", response_id.trim_start_matches("chatcmpl-"))
+}
+
+/// Calls in OpenAI's shape, with ids unique to this response.
+fn out_tool_calls(response_id: &str, calls: &[ToolCall]) -> Vec<OutToolCall> {
     calls
         .iter()
         .enumerate()
         .map(|(n, c)| OutToolCall {
-            index: stream.then_some(n),
-            id: format!("call_{}_{n}", response_id.trim_start_matches("chatcmpl-")),
+            id: call_id(response_id, n),
             kind: "function".into(),
             function: OutFunction {
                 name: c.name.clone(),
@@ -446,6 +450,8 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
                 .into_iter()
                 .enumerate()
                 .map(|(index, (text, stats, logprobs))| {
+                    // The splitter a stream uses, over the whole text: the same content and
+                    // calls, to the byte, as the same generation streamed.
                     let mut split = ReplySplitter::new(job.tools.clone());
                     let first = split.push(&text);
                     let (rest, calls) = split.finish();
@@ -456,8 +462,7 @@ async fn collect_response(ctx: Arc<NodeContext>, first: Started, job: Job) -> Re
                             role: "assistant".into(),
                             content: first.content + &rest.content,
                             reasoning_content: (!reasoning.is_empty()).then_some(reasoning),
-                            tool_calls: (!calls.is_empty())
-                                .then(|| out_tool_calls(&id, &calls, false)),
+                            tool_calls: (!calls.is_empty()).then(|| out_tool_calls(&id, &calls)),
                         },
                         logprobs,
                         finish_reason: chat_finish_reason(&stats, !calls.is_empty()),
@@ -510,7 +515,7 @@ struct Piece<'a> {
     finish: Option<String>,
     logprobs: Option<serde_json::Value>,
     reasoning: Option<String>,
-    tool_calls: Option<Vec<OutToolCall>>,
+    tool_calls: Option<Vec<DeltaToolCall>>,
 }
 
 /// Builds a stream's events: every chunk with the stream's id, object and `usage: null`.
@@ -614,19 +619,58 @@ impl Chunks {
         self.chunk(Some(piece), None)
     }
 
-    /// The reply's tool calls, whole, in one delta (the client's accumulation joins deltas by
-    /// `index`).
-    fn calls(&self, index: usize, calls: Vec<OutToolCall>) -> Event {
+    /// A piece of a tool call, in a chunk of its own, as OpenAI sends them: a call's first
+    /// delta has its `index`, `id`, `type`, `function.name` and `arguments: ""`, the next ones
+    /// fragments of its `arguments` (clients join them by `index`).
+    fn call(&self, index: usize, delta: CallDelta, logprobs: Option<serde_json::Value>) -> Event {
+        let call = match delta {
+            CallDelta::Start { index: n, name } => DeltaToolCall {
+                index: n,
+                id: Some(call_id(&self.id, n)),
+                kind: Some("function".into()),
+                function: DeltaFunction {
+                    name: Some(name),
+                    arguments: String::new(),
+                },
+            },
+            CallDelta::Arguments { index: n, text } => DeltaToolCall {
+                index: n,
+                id: None,
+                kind: None,
+                function: DeltaFunction {
+                    name: None,
+                    arguments: text,
+                },
+            },
+        };
         let piece = Piece {
             index,
             role: None,
             text: None,
             finish: None,
-            logprobs: None,
+            logprobs,
             reasoning: None,
-            tool_calls: Some(calls),
+            tool_calls: Some(vec![call]),
         };
         self.chunk(Some(piece), None)
+    }
+
+    /// A piece of a chat reply as events: its thinking and text, then its call deltas; the
+    /// log-probabilities (of the tokens that made the piece) ride on the first.
+    fn reply_events(
+        &self,
+        index: usize,
+        piece: ReplyPiece,
+        mut logprobs: Option<serde_json::Value>,
+    ) -> Vec<Event> {
+        let mut events = Vec::with_capacity(1 + piece.calls.len());
+        if !piece.content.is_empty() || !piece.reasoning.is_empty() {
+            events.push(self.reply(index, piece.content, piece.reasoning, logprobs.take()));
+        }
+        for delta in piece.calls {
+            events.push(self.call(index, delta, logprobs.take()));
+        }
+        events
     }
 
     /// The last chunk when `include_usage` asked for it: no choices, the whole usage.
@@ -686,45 +730,43 @@ async fn stream_one(
             }
             Some(GenerationEvent::Text(text)) if text.is_empty() => continue,
             Some(GenerationEvent::Text(text)) => {
-                let (text, reasoning) = match &mut split {
-                    Some(split) => {
-                        let p = split.push(&text);
-                        (p.content, p.reasoning)
-                    }
-                    None => (text, String::new()),
+                let piece = match &mut split {
+                    Some(split) => split.push(&text),
+                    None => ReplyPiece {
+                        content: text,
+                        ..ReplyPiece::default()
+                    },
                 };
-                if text.is_empty() && reasoning.is_empty() {
-                    // Held back (a tag may be starting); its log-probabilities wait with it.
+                if piece.is_empty() {
+                    // Held back (a tag or a call may be starting); its log-probabilities wait
+                    // with it.
                     continue;
                 }
                 let lp =
                     wants_logprobs.then(|| super::output::logprobs_json(&logprobs, chat, offset));
-                offset += text.len();
+                offset += piece.content.len();
                 logprobs.clear();
-                chunks.reply(index, text, reasoning, lp)
+                if chat {
+                    chunks.reply_events(index, piece, lp)
+                } else {
+                    vec![chunks.reply(index, piece.content, String::new(), lp)]
+                }
             }
             Some(GenerationEvent::Done(stats)) => {
-                let mut calls = Vec::new();
+                let mut calls = false;
                 if let Some(split) = split.take() {
                     let (rest, found) = split.finish();
-                    if !rest.content.is_empty() || !rest.reasoning.is_empty() {
-                        let lp = wants_logprobs
-                            .then(|| super::output::logprobs_json(&logprobs, chat, offset));
-                        let event = chunks.reply(index, rest.content, rest.reasoning, lp);
+                    let lp = (wants_logprobs && !rest.is_empty())
+                        .then(|| super::output::logprobs_json(&logprobs, chat, offset));
+                    for event in chunks.reply_events(index, rest, lp) {
                         if tx.send(Ok(event)).await.is_err() {
                             return Err(());
                         }
                     }
-                    calls = found;
-                }
-                if !calls.is_empty() {
-                    let event = chunks.calls(index, out_tool_calls(&chunks.id, &calls, true));
-                    if tx.send(Ok(event)).await.is_err() {
-                        return Err(());
-                    }
+                    calls = !found.is_empty();
                 }
                 let finish = if chat {
-                    chat_finish_reason(&stats, !calls.is_empty())
+                    chat_finish_reason(&stats, calls)
                 } else {
                     finish_reason(&stats)
                 };
@@ -748,8 +790,10 @@ async fn stream_one(
                 return Err(());
             }
         };
-        if tx.send(Ok(out)).await.is_err() {
-            return Err(());
+        for event in out {
+            if tx.send(Ok(event)).await.is_err() {
+                return Err(());
+            }
         }
     }
 }

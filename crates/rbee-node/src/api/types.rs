@@ -260,11 +260,9 @@ pub struct AssistantMessage {
 }
 
 /// One tool call in a reply: `{"id", "type": "function", "function": {"name", "arguments"}}`,
-/// `arguments` a JSON object's text; in a stream's deltas also its `index`.
+/// `arguments` the model's text of the arguments (a JSON object's text).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct OutToolCall {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<usize>,
     pub id: String,
     #[serde(rename = "type")]
     pub kind: String,
@@ -305,7 +303,27 @@ pub struct Delta {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reasoning_content: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tool_calls: Option<Vec<OutToolCall>>,
+    pub tool_calls: Option<Vec<DeltaToolCall>>,
+}
+
+/// A piece of a tool call in a stream, as OpenAI sends them: the first of a call carries its
+/// `index`, `id`, `type: "function"`, `function.name` and `arguments: ""`; the next ones only
+/// the `index` and a fragment of `function.arguments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeltaToolCall {
+    pub index: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub function: DeltaFunction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeltaFunction {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
