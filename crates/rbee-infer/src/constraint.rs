@@ -155,56 +155,77 @@ pub fn compact_json(mut schema: serde_json::Value) -> serde_json::Value {
     schema
 }
 
-/// A model's [`Grammars`], built on a thread of its own when the model loads: building
-/// llguidance's token trie over a large vocabulary takes about a second (1.07 s for Gemma 3's
-/// 262k tokens), which on the model thread would pause every sequence of the model. The
-/// scheduler asks [`get`](Self::get) and lets a constrained request wait, without blocking
-/// anything else, until it is there.
+/// A model's [`Grammars`], built on a thread of its own when its first constrained request
+/// arrives: building llguidance's token trie over a large vocabulary takes about a second
+/// (1.07 s for Gemma 3's 262k tokens), which on the model thread would pause every sequence of
+/// the model, and models that never see a constrained request never pay it. The scheduler
+/// asks [`get`](Self::get) and lets a constrained request wait, without blocking anything
+/// else, until it is there.
 #[derive(Clone)]
 pub struct GrammarsCell {
-    cell: Arc<std::sync::OnceLock<Result<Grammars, String>>>,
+    inner: Arc<GrammarsInner>,
+}
+
+struct GrammarsInner {
+    cell: std::sync::OnceLock<Result<Grammars, String>>,
+    start: std::sync::Once,
+    tokenizer: Tokenizer,
+    vocab: usize,
 }
 
 impl std::fmt::Debug for GrammarsCell {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GrammarsCell")
-            .field("ready", &self.cell.get().is_some())
+            .field("ready", &self.inner.cell.get().is_some())
             .finish()
     }
 }
 
 impl GrammarsCell {
-    /// Starts building the compiler for `tokenizer` (and `vocab` logits) on a new thread.
-    pub fn build(tokenizer: Tokenizer, vocab: usize) -> GrammarsCell {
-        let cell = Arc::new(std::sync::OnceLock::new());
-        let into = cell.clone();
-        let spawned = std::thread::Builder::new()
-            .name("rbee-grammar".into())
-            .spawn(move || {
-                let started = std::time::Instant::now();
-                // A panic inside llguidance must not leave constrained requests waiting forever.
-                let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    Grammars::new(&tokenizer, vocab)
-                }))
-                .unwrap_or_else(|_| Err("building the grammar vocabulary panicked".into()));
-                tracing::debug!(
-                    secs = started.elapsed().as_secs_f64(),
-                    ok = built.is_ok(),
-                    "grammar vocabulary built"
-                );
-                let _ = into.set(built);
-            });
-        if let Err(e) = spawned {
-            let _ = cell.set(Err(format!(
-                "could not start the thread that builds the grammar vocabulary: {e}"
-            )));
+    /// The compiler for `tokenizer` (and `vocab` logits), built on first use.
+    pub fn new(tokenizer: Tokenizer, vocab: usize) -> GrammarsCell {
+        GrammarsCell {
+            inner: Arc::new(GrammarsInner {
+                cell: std::sync::OnceLock::new(),
+                start: std::sync::Once::new(),
+                tokenizer,
+                vocab,
+            }),
         }
-        GrammarsCell { cell }
     }
 
-    /// The compiler, once built (or why it could not be).
+    /// The compiler once built (or why it could not be); the first call starts the build on
+    /// a thread of its own.
     pub fn get(&self) -> Option<&Result<Grammars, String>> {
-        self.cell.get()
+        if let Some(built) = self.inner.cell.get() {
+            return Some(built);
+        }
+        self.inner.start.call_once(|| {
+            let inner = self.inner.clone();
+            let spawned = std::thread::Builder::new()
+                .name("rbee-grammar".into())
+                .spawn(move || {
+                    let started = std::time::Instant::now();
+                    // A panic inside llguidance must not leave constrained requests waiting
+                    // forever.
+                    let built = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        Grammars::new(&inner.tokenizer, inner.vocab)
+                    }))
+                    .unwrap_or_else(|_| Err("building the grammar vocabulary panicked".into()));
+                    tracing::debug!(
+                        secs = started.elapsed().as_secs_f64(),
+                        ok = built.is_ok(),
+                        "grammar vocabulary built"
+                    );
+                    let _ = inner.cell.set(built);
+                });
+            if let Err(e) = spawned {
+                let _ = self.inner.cell.set(Err(format!(
+                    "could not start the thread that builds the grammar vocabulary: {e}"
+                )));
+            }
+        });
+        self.inner.cell.get()
     }
 }
 

@@ -692,9 +692,9 @@ impl Decoder {
         let counters = Arc::new(Counters::default());
         let vocab = model.config().vocab_size;
         let prep = scheduler::Prep {
-            // Built now, off the model thread, so that a constrained request never pauses
-            // the model's other sequences for it.
-            grammars: crate::constraint::GrammarsCell::build(tokenizer.clone(), vocab),
+            // Built off the model thread when the first constrained request comes, so that it
+            // never pauses the model's other sequences.
+            grammars: crate::constraint::GrammarsCell::new(tokenizer.clone(), vocab),
             tokenizer,
             template,
             context,

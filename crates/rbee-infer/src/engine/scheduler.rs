@@ -75,7 +75,8 @@ pub(crate) struct Prep {
     pub template: ChatTemplate,
     pub context: usize,
     pub vocab: usize,
-    /// The grammar compiler over this vocabulary, built off this thread as the model loads.
+    /// The grammar compiler over this vocabulary, built off this thread when the first
+    /// constrained request comes.
     pub grammars: GrammarsCell,
 }
 
@@ -490,7 +491,7 @@ impl<R: Runtime> Scheduler<R> {
             }
             !cancelled
         });
-        if self.prep.grammars.get().is_none() {
+        if self.grammar_wait.is_empty() || self.prep.grammars.get().is_none() {
             return;
         }
         while self.waiting.is_none() && self.live.len() < self.limits.max_sequences {
