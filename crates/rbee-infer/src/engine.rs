@@ -133,7 +133,7 @@ pub struct ModelInfo {
     /// KV positions for all of them together.
     pub kv_budget_tokens: usize,
     pub load_secs: f64,
-    /// The runtime it runs on: device and kernel set (`cpu (avx2+fma kernels, 2 threads)`).
+    /// The runtime it runs on: device and kernel set (`cpu (avx512-vnni kernels, 2 threads)`).
     pub runtime: String,
     /// The model's own chat template is used (false: our built-in one).
     pub model_chat_template: bool,

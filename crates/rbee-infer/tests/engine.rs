@@ -278,6 +278,36 @@ fn a_gpu_load_runs_on_the_device_runtime() {
     assert!(!out.text.is_empty());
 }
 
+/// The loaded model names the kernel set it runs (what `/health` and `rbee-node status` show):
+/// the best this CPU has, since no setting overrides it here.
+#[test]
+fn the_runtime_names_the_kernel_set_chosen_for_this_cpu() {
+    let Some(model) = shared_model() else { return };
+    let runtime = model.info().runtime.clone();
+    #[cfg(target_arch = "x86_64")]
+    let best = if is_x86_feature_detected!("avx512vnni")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
+    {
+        "avx512-vnni"
+    } else if is_x86_feature_detected!("avxvnni") {
+        "avx-vnni"
+    } else {
+        "avx2"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let best = "portable";
+    let best = if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
+        best
+    } else {
+        "portable"
+    };
+    assert!(
+        runtime.starts_with(&format!("cpu ({best} kernels, ")),
+        "{runtime}"
+    );
+}
+
 /// The device runtime (what a GPU runs) through the whole engine on the CPU: batched
 /// scheduling, caches, sampling. Two identical greedy requests batched together give the
 /// same text, and a third after them reuses their prefix and agrees too.

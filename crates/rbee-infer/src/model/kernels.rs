@@ -26,6 +26,7 @@
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) mod avx2;
+pub mod dispatch;
 pub(crate) mod expf;
 pub(crate) mod float;
 pub(crate) mod pages;
@@ -34,6 +35,8 @@ pub(crate) mod q4_k;
 pub(crate) mod q6_k;
 pub(crate) mod q8_0;
 pub(crate) mod quantize;
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) mod vnni;
 
 /// ggml's `hsum_float_8` (and tinyBLAS's `hsum`): the order in which the
 /// eight lanes of an AVX register are added.

@@ -10,6 +10,7 @@
 use std::borrow::Cow;
 
 use super::RowKernel;
+use super::dispatch::Kernels;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
@@ -20,7 +21,7 @@ pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
 
 /// One Q4_K super-block with its 6-bit scales and mins unpacked.
 #[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
-struct Block {
+pub(crate) struct Block {
     d: f32,
     dmin: f32,
     scales: [u8; 8],
@@ -102,6 +103,17 @@ impl Q4KMatrix {
     /// `m` rows of activations times the transpose; `kernels[r]` chooses the
     /// rounding of row `r`.
     pub fn matmul(&self, x: &[f32], m: usize, kernels: &[RowKernel]) -> Vec<f32> {
+        self.matmul_with(super::dispatch::active(), x, m, kernels)
+    }
+
+    /// [`matmul`](Self::matmul) on the kernel set `set`.
+    pub(crate) fn matmul_with(
+        &self,
+        set: Kernels,
+        x: &[f32],
+        m: usize,
+        kernels: &[RowKernel],
+    ) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
         let a = codes(&acts.q);
@@ -118,7 +130,7 @@ impl Q4KMatrix {
             for groups in tiles.blocks(nb) {
                 for (i, c) in cols.clone().enumerate() {
                     let w = &self.blocks[c * nb..(c + 1) * nb];
-                    tiles.each(groups.clone(), w, nb, |r, sums| {
+                    tiles.each(set, groups.clone(), w, nb, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
                         }
@@ -129,7 +141,8 @@ impl Q4KMatrix {
             let whole = cols.start + cols.len() / 4 * 4;
             for &r in &gemv {
                 for c in (cols.start..whole).step_by(4) {
-                    let sums = row_gemv4(
+                    let sums = row_gemv4_on(
+                        set,
                         std::array::from_fn(|t| weight(c + t)),
                         &acts,
                         &a,
@@ -438,11 +451,13 @@ impl Tiles {
     /// `f(first_row, outputs)` for the groups `range`, against weight row `w`.
     fn each(
         &self,
+        set: Kernels,
         range: std::ops::Range<usize>,
         w: &[Block],
         nb: usize,
         mut f: impl FnMut(usize, [f32; 4]),
     ) {
+        use super::dispatch::{q4_k_tile_gemm, q4_k_tile_gemv};
         let blocks = range.start * nb..range.end * nb;
         let groups = self.q[blocks.clone()]
             .chunks_exact(nb)
@@ -452,8 +467,8 @@ impl Tiles {
             f(
                 first,
                 match kernel {
-                    RowKernel::Gemm => tile_gemm(w, q, d, bs),
-                    RowKernel::Gemv => tile_gemv(w, q, d, bs),
+                    RowKernel::Gemm => q4_k_tile_gemm(set, w, q, d, bs),
+                    RowKernel::Gemv => q4_k_tile_gemv(set, w, q, d, bs),
                 },
             );
         }
@@ -476,6 +491,7 @@ impl Tiles {
 
     fn each(
         &self,
+        _: Kernels,
         _: std::ops::Range<usize>,
         _: &[Block],
         _: usize,
@@ -490,11 +506,37 @@ impl Tiles {
 /// order as the scalar code).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_gemm(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 32]]) -> [f32; 4] {
-    use super::avx2::{
-        add_i32_m256i, hsum_i32_4_f32, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
-        splat_i16, to_f32,
-    };
+pub(crate) fn tile_gemm(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    tile_gemm_with(super::avx2::q4_step, w, tq, td, tb)
+}
+
+/// The integer step of the Q4_K kernels ([`super::avx2::q4_step`]'s signature): ggml's, or a
+/// VNNI one that computes the same total.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Step: Fn(Int, (Int, Int, u8), (Int, Int, u8)) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, (Int, Int, u8), (Int, Int, u8)) -> Int + Copy> Step for F {}
+
+/// An AVX register of integers.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) type Int = super::avx2::m256i;
+
+/// [`tile_gemm`] with the integer step `step`: inlined into each instruction set's kernel.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_gemm_with(
+    step: impl Step,
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    use super::avx2::{hsum_i32_4_f32, load_i8, load_u8, m256i, nibbles, to_f32};
     use safe_arch::{
         cast_to_m128_from_m256, extract_m128_from_m256, fused_mul_add_m128, load_unaligned_m128,
         mul_m128, set_splat_m128, sub_m128, zeroed_m128,
@@ -507,12 +549,12 @@ fn tile_gemm(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
         let mut per64 = [zeroed_m128(); 4];
         for j in 0..4 {
             let (lo, hi) = nibbles(load_u8(&qs[j]));
-            let s_lo = splat_i16(i16::from(b.scales[2 * j]));
-            let s_hi = splat_i16(i16::from(b.scales[2 * j + 1]));
+            let (s_lo, s_hi) = (b.scales[2 * j], b.scales[2 * j + 1]);
             let v: [m256i; 4] = std::array::from_fn(|t| {
-                add_i32_m256i(
-                    madd_i16(mul_u8_i8_pairs(lo, load_i8(&a[t][2 * j])), s_lo),
-                    madd_i16(mul_u8_i8_pairs(hi, load_i8(&a[t][2 * j + 1])), s_hi),
+                step(
+                    m256i::default(),
+                    (lo, load_i8(&a[t][2 * j]), s_lo),
+                    (hi, load_i8(&a[t][2 * j + 1]), s_hi),
                 )
             });
             // Lane t: row t's integer over values 64j..64j+64 (below 2^24).
@@ -560,11 +602,26 @@ fn tile_mins(b: &Block, bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m25
 /// operations in its order).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_gemv(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 32]]) -> [f32; 4] {
-    use super::avx2::{
-        add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
-        splat_i16,
-    };
+pub(crate) fn tile_gemv(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    tile_gemv_with(super::avx2::q4_step, w, tq, td, tb)
+}
+
+/// [`tile_gemv`] with the integer step `step` (see [`tile_gemm_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_gemv_with(
+    step: impl Step,
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    use super::avx2::{add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, nibbles};
     use safe_arch::{
         add_i32_m128i, cast_to_m128i_from_m256i, convert_to_m128_from_i32_m128i,
         extract_m128i_from_m256i, fused_mul_add_m128, load_unaligned_m128, m128i, mul_m128,
@@ -580,15 +637,12 @@ fn tile_gemv(w: &[Block], tq: &[[[i8; QK_K]; 4]], td: &[[f32; 4]], tb: &[[i16; 3
         let mut v = [m256i::default(); 4];
         for j in 0..4 {
             let (lo, hi) = nibbles(load_u8(&qs[j]));
-            let s_lo = splat_i16(i16::from(b.scales[2 * j]));
-            let s_hi = splat_i16(i16::from(b.scales[2 * j + 1]));
+            let (s_lo, s_hi) = (b.scales[2 * j], b.scales[2 * j + 1]);
             for (t, v) in v.iter_mut().enumerate() {
-                *v = add_i32_m256i(
+                *v = step(
                     *v,
-                    add_i32_m256i(
-                        madd_i16(mul_u8_i8_pairs(lo, load_i8(&a[t][2 * j])), s_lo),
-                        madd_i16(mul_u8_i8_pairs(hi, load_i8(&a[t][2 * j + 1])), s_hi),
-                    ),
+                    (lo, load_i8(&a[t][2 * j]), s_lo),
+                    (hi, load_i8(&a[t][2 * j + 1]), s_hi),
                 );
             }
         }
@@ -624,17 +678,28 @@ fn pair_sums(acts: &Q8KRows) -> Vec<[i16; 8]> {
 /// horizontal sum and one set of float steps serve four outputs.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn row_gemv4(
+pub(crate) fn row_gemv4(
     w: [&[Block]; 4],
     acts: &Q8KRows,
     a: &[i8],
     pair_sums: &[[i16; 8]],
     r: usize,
 ) -> [f32; 4] {
-    use super::avx2::{
-        add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, nibbles,
-        splat_i16,
-    };
+    row_gemv4_with(super::avx2::q4_step, w, acts, a, pair_sums, r)
+}
+
+/// [`row_gemv4`] with the integer step `step` (see [`tile_gemm_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn row_gemv4_with(
+    step: impl Step,
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    pair_sums: &[[i16; 8]],
+    r: usize,
+) -> [f32; 4] {
+    use super::avx2::{hsum_i32_4, load_i8, load_u8, m256i, madd_i16, nibbles};
     use safe_arch::{
         add_horizontal_i32_m256i, cast_to_m128i_from_m256i, convert_to_m128_from_i32_m128i,
         extract_m128i_from_m256i, fused_mul_add_m128, m128, m128i, mul_m128, set_splat_m128,
@@ -657,18 +722,10 @@ fn row_gemv4(
             let (qs, _) = b.qs.as_chunks::<32>();
             for j in 0..4 {
                 let (lo, hi) = nibbles(load_u8(&qs[j]));
-                *v = add_i32_m256i(
+                *v = step(
                     *v,
-                    add_i32_m256i(
-                        madd_i16(
-                            mul_u8_i8_pairs(lo, q8[2 * j]),
-                            splat_i16(i16::from(b.scales[2 * j])),
-                        ),
-                        madd_i16(
-                            mul_u8_i8_pairs(hi, q8[2 * j + 1]),
-                            splat_i16(i16::from(b.scales[2 * j + 1])),
-                        ),
-                    ),
+                    (lo, q8[2 * j], b.scales[2 * j]),
+                    (hi, q8[2 * j + 1], b.scales[2 * j + 1]),
                 );
             }
         }
@@ -695,6 +752,34 @@ fn row_gemv4(
         acc_min = fused_mul_add_m128(min_total, scale_min, acc_min);
     }
     sub_m128(acc, acc_min).into()
+}
+
+/// [`row_gemv4`] on the kernel set `set`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn row_gemv4_on(
+    set: Kernels,
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    pair_sums: &[[i16; 8]],
+    r: usize,
+) -> [f32; 4] {
+    super::dispatch::q4_k_row_gemv4(set, w, acts, a, pair_sums, r)
+}
+
+/// [`row_gemv4`]: portable builds have one kernel set.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+#[inline(always)]
+fn row_gemv4_on(
+    _: Kernels,
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[f32],
+    pair_sums: &[[i16; 8]],
+    r: usize,
+) -> [f32; 4] {
+    row_gemv4(w, acts, a, pair_sums, r)
 }
 
 /// Without AVX2: [`dot_tile`] for each of the four weight rows.

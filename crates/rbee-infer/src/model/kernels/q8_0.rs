@@ -15,6 +15,7 @@
 //! 2^24, so both are exact and give the same lane sums as ggml's integer
 //! arithmetic.
 
+use super::dispatch::Kernels;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
 use super::quantize::{Q8_0Rows, QK8_0, quantize_q8_0};
@@ -42,6 +43,10 @@ fn permuted(i: usize) -> usize {
 type Code = f32;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 type Code = i8;
+
+/// An AVX register of integers.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) type Int = super::avx2::m256i;
 
 /// A row-major `rows × cols` matrix of Q8_0 codes and scales.
 #[derive(Debug)]
@@ -86,20 +91,25 @@ impl Q8_0Matrix {
 
     /// `x` (`m` rows of `cols`) times the transpose: `m` rows of `rows` outputs.
     pub fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+        self.matmul_with(super::dispatch::active(), x, m)
+    }
+
+    /// [`matmul`](Self::matmul) on the kernel set `k`.
+    pub(crate) fn matmul_with(&self, k: Kernels, x: &[f32], m: usize) -> Vec<f32> {
         let mut raw = Q8_0Rows::default();
         quantize_q8_0(x, &mut raw);
         let acts = Acts::new(raw);
         if m == 1 {
             return par_columns(1, self.rows, 16, |cols, out| {
-                self.single_row(cols, &acts, out)
+                self.single_row(k, cols, &acts, out)
             });
         }
-        self.batch(acts, m)
+        self.batch(k, acts, m)
     }
 
     /// Several activation rows (prefill).
     #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-    fn batch(&self, acts: Acts, m: usize) -> Vec<f32> {
+    fn batch(&self, _: Kernels, acts: Acts, m: usize) -> Vec<f32> {
         let k = self.cols;
         let nb = k / QK8_0;
         par_columns(m, self.rows, 16, |cols, out| {
@@ -129,7 +139,8 @@ impl Q8_0Matrix {
     /// (interleaved by block, see [`Tiles`]) times two weight rows at once, so
     /// every loaded block serves several products; leftover rows one by one.
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-    fn batch(&self, acts: Acts, m: usize) -> Vec<f32> {
+    fn batch(&self, kernels: Kernels, acts: Acts, m: usize) -> Vec<f32> {
+        use super::dispatch::{q8_0_dot_tile, q8_0_tile_4x1, q8_0_tile_4x2};
         let k = self.cols;
         let nb = k / QK8_0;
         let tiles = Tiles::new(&acts, m, nb);
@@ -143,7 +154,7 @@ impl Q8_0Matrix {
                 while c + 2 <= cols.end {
                     let (w0, w1) = (weight(c), weight(c + 1));
                     for (i, (tq, td)) in tiles.iter(groups.clone(), nb) {
-                        let sums = tile_4x2(w0, w1, tq, td);
+                        let sums = q8_0_tile_4x2(kernels, w0, w1, tq, td);
                         for (t, s) in sums.iter().enumerate() {
                             let o = (4 * i + t) * width + c - cols.start;
                             out[o..o + 2].copy_from_slice(s);
@@ -154,7 +165,7 @@ impl Q8_0Matrix {
                 for c in c..cols.end {
                     let (wq, wd) = weight(c);
                     for (i, (tq, td)) in tiles.iter(groups.clone(), nb) {
-                        let sums = tile_4x1(wq, wd, tq, td);
+                        let sums = q8_0_tile_4x1(kernels, wq, wd, tq, td);
                         for (t, s) in sums.iter().enumerate() {
                             out[(4 * i + t) * width + c - cols.start] = *s;
                         }
@@ -165,7 +176,8 @@ impl Q8_0Matrix {
                 let (wq, wd) = weight(c);
                 for r in full..m {
                     let row = (&acts.q[r * k..(r + 1) * k], &acts.d[r * nb..(r + 1) * nb]);
-                    out[r * width + c - cols.start] = hsum8(&dot_tile::<1>(wq, wd, [row])[0]);
+                    out[r * width + c - cols.start] =
+                        hsum8(&q8_0_dot_tile::<1>(kernels, wq, wd, [row])[0]);
                 }
             }
         })
@@ -173,11 +185,18 @@ impl Q8_0Matrix {
 
     /// One activation row (decode) against the weight rows `cols`; one
     /// out-of-line horizontal sum serves four outputs.
-    fn single_row(&self, cols: std::ops::Range<usize>, acts: &Acts, out: &mut [f32]) {
+    fn single_row(
+        &self,
+        kernels: Kernels,
+        cols: std::ops::Range<usize>,
+        acts: &Acts,
+        out: &mut [f32],
+    ) {
         let k = self.cols;
         let nb = k / QK8_0;
         let dot = |c: usize| {
-            dot_tile::<1>(
+            dot_tile_on::<1>(
+                kernels,
                 &self.q[c * k..(c + 1) * k],
                 &self.d[c * nb..(c + 1) * nb],
                 [(&acts.q, &acts.d)],
@@ -203,6 +222,30 @@ impl Q8_0Matrix {
             out.extend((0..QK8_0).map(|i| f32::from(block[permuted(i)]) * d));
         }
     }
+}
+
+/// [`dot_tile`] on the kernel set `k`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn dot_tile_on<const T: usize>(
+    k: Kernels,
+    wq: &[i8],
+    wd: &[f32],
+    rows: [(&[Code], &[f32]); T],
+) -> [[f32; 8]; T] {
+    super::dispatch::q8_0_dot_tile(k, wq, wd, rows)
+}
+
+/// [`dot_tile`]: portable builds have one kernel set.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+#[inline(always)]
+fn dot_tile_on<const T: usize>(
+    _: Kernels,
+    wq: &[i8],
+    wd: &[f32],
+    rows: [(&[Code], &[f32]); T],
+) -> [[f32; 8]; T] {
+    dot_tile(wq, wd, rows)
 }
 
 /// One weight row times `T` activation rows (codes, block scales): per
@@ -243,10 +286,25 @@ fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[f32], &[f32]); T]) 
 /// same FMA by `d_w * d_a`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn dot_tile<const T: usize>(wq: &[i8], wd: &[f32], rows: [(&[i8], &[f32]); T]) -> [[f32; 8]; T] {
-    use super::avx2::{
-        abs_i8, dot_i8, fused_mul_add_m256, load_i8, set_splat_m256, to_f32, zeroed_m256,
-    };
+pub(crate) fn dot_tile<const T: usize>(
+    wq: &[i8],
+    wd: &[f32],
+    rows: [(&[i8], &[f32]); T],
+) -> [[f32; 8]; T] {
+    dot_tile_with(super::avx2::dot_i8, wq, wd, rows)
+}
+
+/// [`dot_tile`] with the integer step `dot_i8` (ggml's [`super::avx2::dot_i8`], or the VNNI
+/// one that computes the same lanes): inlined into each instruction set's kernel.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn dot_tile_with<const T: usize>(
+    dot_i8: impl Fn(Int, Int, Int) -> Int,
+    wq: &[i8],
+    wd: &[f32],
+    rows: [(&[i8], &[f32]); T],
+) -> [[f32; 8]; T] {
+    use super::avx2::{abs_i8, fused_mul_add_m256, load_i8, set_splat_m256, to_f32, zeroed_m256};
     let (wblocks, _) = wq.as_chunks::<QK8_0>();
     let nb = wblocks.len().min(wd.len());
     let rows = rows.map(|(q, d)| {
@@ -311,9 +369,27 @@ impl Tiles {
 /// arithmetic, horizontal sums included.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_4x1(wq: &[i8], wd: &[f32], tq: &[[[i8; QK8_0]; 4]], td: &[[f32; 4]]) -> [f32; 4] {
+pub(crate) fn tile_4x1(
+    wq: &[i8],
+    wd: &[f32],
+    tq: &[[[i8; QK8_0]; 4]],
+    td: &[[f32; 4]],
+) -> [f32; 4] {
+    tile_4x1_with(super::avx2::dot_i8, wq, wd, tq, td)
+}
+
+/// [`tile_4x1`] with the integer step `dot_i8` (see [`dot_tile_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_4x1_with(
+    dot_i8: impl Fn(Int, Int, Int) -> Int,
+    wq: &[i8],
+    wd: &[f32],
+    tq: &[[[i8; QK8_0]; 4]],
+    td: &[[f32; 4]],
+) -> [f32; 4] {
     use super::avx2::{
-        abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, set_splat_m256, to_f32, zeroed_m256,
+        abs_i8, fused_mul_add_m256, hsum8, load_i8, set_splat_m256, to_f32, zeroed_m256,
     };
     let (wblocks, _) = wq.as_chunks::<QK8_0>();
     let mut acc = [zeroed_m256(); 4];
@@ -331,13 +407,26 @@ fn tile_4x1(wq: &[i8], wd: &[f32], tq: &[[[i8; QK8_0]; 4]], td: &[[f32; 4]]) -> 
 /// Four interleaved activation rows times two weight rows: `[row][weight]`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_4x2(
+pub(crate) fn tile_4x2(
+    w0: (&[i8], &[f32]),
+    w1: (&[i8], &[f32]),
+    tq: &[[[i8; QK8_0]; 4]],
+    td: &[[f32; 4]],
+) -> [[f32; 2]; 4] {
+    tile_4x2_with(super::avx2::dot_i8, w0, w1, tq, td)
+}
+
+/// [`tile_4x2`] with the integer step `dot_i8` (see [`dot_tile_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_4x2_with(
+    dot_i8: impl Fn(Int, Int, Int) -> Int,
     (wq0, wd0): (&[i8], &[f32]),
     (wq1, wd1): (&[i8], &[f32]),
     tq: &[[[i8; QK8_0]; 4]],
     td: &[[f32; 4]],
 ) -> [[f32; 2]; 4] {
-    use super::avx2::{abs_i8, dot_i8, fused_mul_add_m256, hsum8, load_i8, to_f32, zeroed_m256};
+    use super::avx2::{abs_i8, fused_mul_add_m256, hsum8, load_i8, to_f32, zeroed_m256};
     use safe_arch::{load_f32_splat_m256, load_unaligned_m128, mul_m128, set_splat_m128};
     let (w0blocks, _) = wq0.as_chunks::<QK8_0>();
     let (w1blocks, _) = wq1.as_chunks::<QK8_0>();

@@ -7,7 +7,7 @@ use super::{LayerKv, Origin, Runtime, Span};
 use crate::model::attention::{AttnShape, attention_many};
 use crate::model::config::Activation;
 use crate::model::error::ModelError;
-use crate::model::kernels::pool;
+use crate::model::kernels::{dispatch, pool};
 use crate::model::kv_cache::LayerCache;
 use crate::model::linear::{Linear, MultiLinear};
 use crate::model::ops;
@@ -33,13 +33,9 @@ impl LayerKv for LayerCache {
     }
 }
 
-/// The kernel set this build's matmuls use.
+/// The kernel set the matmuls use, chosen at run time ([`dispatch`]).
 fn kernel_set() -> &'static str {
-    if cfg!(all(target_arch = "x86_64", target_feature = "avx2")) {
-        "avx2+fma"
-    } else {
-        "portable"
-    }
+    dispatch::active().set().name()
 }
 
 impl Runtime for Cpu {
@@ -64,6 +60,8 @@ impl Runtime for Cpu {
         cols: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<MultiLinear, ModelError> {
+        // A kernel set the setting names but this CPU lacks refuses the load, with the reason.
+        dispatch::chosen().map_err(ModelError::Unsupported)?;
         Ok(MultiLinear::single(Linear::load(
             reader, name, rows, cols, bias,
         )?))

@@ -1,0 +1,131 @@
+//! Kernels for CPUs with the VNNI dot products, in two encodings: `avx512` (AVX-512 VL, on
+//! 256-bit registers) and `avxvnni` (the VEX encoding of Alder Lake and later). Each is a
+//! `#[target_feature]` function, reached only through [`super::dispatch`], which checks the
+//! CPU first.
+//!
+//! They are the AVX2 kernels (`q8_0::*_with`, `q4_k::*_with`) with the integer step swapped,
+//! so every float step stays in place and in order:
+//! - Q8_0: `vpdpbusd(0, |w|, sign(a, w))` gives the eight lanes of four products that
+//!   `vpmaddubsw` + `vpmaddwd` give (one multiply instead of two);
+//! - Q4_K: `vpdpbusd` sums each 32-value half's nibble products in lanes of four (at most
+//!   4 · 15 · 127, so they pack to i16 exactly), and one `vpdpwssd` multiplies them by the
+//!   two sub-block scales and adds them to the accumulator. The lanes differ from ggml's, the
+//!   total (an exact integer) does not, and only totals reach a float step.
+//!
+//! So each computes bit for bit what the AVX2 kernel computes (`dispatch`'s tests check it).
+
+macro_rules! vnni_kernels {
+    ($name:ident, $features:literal, $dpbusd:ident, $dpwssd:ident) => {
+        pub(crate) mod $name {
+            use std::arch::x86_64::{
+                _mm256_packs_epi32, _mm256_set1_epi16, _mm256_setzero_si256, _mm256_unpacklo_epi64,
+                $dpbusd, $dpwssd,
+            };
+
+            use crate::model::kernels::avx2::m256i;
+            use crate::model::kernels::q4_k::{self, Block};
+            use crate::model::kernels::q8_0;
+            use crate::model::kernels::quantize::{Q8KRows, QK_K, QK8_0};
+
+            /// `sum(|w| * sign(a, w))` in lanes of four bytes: ggml's `mul_sum_i8_pairs`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn dot_i8(aw: m256i, w: m256i, a: m256i) -> m256i {
+                let signed = safe_arch::sign_apply_i8_m256i(a, w);
+                m256i($dpbusd(_mm256_setzero_si256(), aw.0, signed.0))
+            }
+
+            /// `acc` plus lanes totalling `s_lo * (lo · a_lo) + s_hi * (hi · a_hi)`.
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q4_step(
+                acc: m256i,
+                (lo, a_lo, s_lo): (m256i, m256i, u8),
+                (hi, a_hi, s_hi): (m256i, m256i, u8),
+            ) -> m256i {
+                let l = $dpbusd(_mm256_setzero_si256(), lo.0, a_lo.0);
+                let h = $dpbusd(_mm256_setzero_si256(), hi.0, a_hi.0);
+                // Per 128 bits: l's four lanes then h's, as i16 (each at most 7620: exact).
+                let p = _mm256_packs_epi32(l, h);
+                let s = _mm256_unpacklo_epi64(
+                    _mm256_set1_epi16(i16::from(s_lo)),
+                    _mm256_set1_epi16(i16::from(s_hi)),
+                );
+                m256i($dpwssd(acc.0, p, s))
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q8_0_dot_tile<const T: usize>(
+                wq: &[i8],
+                wd: &[f32],
+                rows: [(&[i8], &[f32]); T],
+            ) -> [[f32; 8]; T] {
+                q8_0::dot_tile_with(|aw, w, a| dot_i8(aw, w, a), wq, wd, rows)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q8_0_tile_4x1(
+                wq: &[i8],
+                wd: &[f32],
+                tq: &[[[i8; QK8_0]; 4]],
+                td: &[[f32; 4]],
+            ) -> [f32; 4] {
+                q8_0::tile_4x1_with(|aw, w, a| dot_i8(aw, w, a), wq, wd, tq, td)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q8_0_tile_4x2(
+                w0: (&[i8], &[f32]),
+                w1: (&[i8], &[f32]),
+                tq: &[[[i8; QK8_0]; 4]],
+                td: &[[f32; 4]],
+            ) -> [[f32; 2]; 4] {
+                q8_0::tile_4x2_with(|aw, w, a| dot_i8(aw, w, a), w0, w1, tq, td)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q4_k_tile_gemm(
+                w: &[Block],
+                tq: &[[[i8; QK_K]; 4]],
+                td: &[[f32; 4]],
+                tb: &[[i16; 32]],
+            ) -> [f32; 4] {
+                q4_k::tile_gemm_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q4_k_tile_gemv(
+                w: &[Block],
+                tq: &[[[i8; QK_K]; 4]],
+                td: &[[f32; 4]],
+                tb: &[[i16; 32]],
+            ) -> [f32; 4] {
+                q4_k::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q4_k_row_gemv4(
+                w: [&[Block]; 4],
+                acts: &Q8KRows,
+                a: &[i8],
+                pair_sums: &[[i16; 8]],
+                r: usize,
+            ) -> [f32; 4] {
+                q4_k::row_gemv4_with(|acc, lo, hi| q4_step(acc, lo, hi), w, acts, a, pair_sums, r)
+            }
+        }
+    };
+}
+
+vnni_kernels!(
+    avx512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
+    _mm256_dpbusd_epi32,
+    _mm256_dpwssd_epi32
+);
+vnni_kernels!(
+    avxvnni,
+    "avx2,fma,f16c,avxvnni",
+    _mm256_dpbusd_avx_epi32,
+    _mm256_dpwssd_avx_epi32
+);
