@@ -158,7 +158,8 @@ shown = client.show("pirate")
 assert "FROM gemma:latest" in shown.modelfile and "SYSTEM" in shown.modelfile, shown.modelfile
 assert "PARAMETER stop" in shown.modelfile and "temperature" in shown.parameters, shown
 # Bad Modelfile parts are refused clearly.
-for bad, word in [({"template": "{{ .Prompt }}"}, "template"),
+for bad, word in [({"template": "{{ range .Messages }}{{ break }}{{ end }}"}, "`break`"),
+                  ({"template": "{{ .Prompt | upper }}"}, "`upper`"),
                   ({"parameters": {"mirostat": 2}}, "mirostat"),
                   ({"adapters": {"lora.gguf": "sha256:00"}}, "adapters")]:
     try:
@@ -173,6 +174,35 @@ except ollama.ResponseError as e:
     assert e.status_code == 404, e
 assert client.delete("pirate").status == "success"
 assert "pirate:latest" not in {m.model for m in client.list().models}
+
+# A preset with an Ollama (Go) TEMPLATE: the chat is rendered through it. One that writes
+# Gemma's turns as the model's own template does gives the same prompt token for token and
+# so the same greedy answer; one that adds an instruction gives a longer prompt.
+gemma_turns = ('{{- range .Messages }}<start_of_turn>'
+               '{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n'
+               '{{ .Content }}<end_of_turn>\n{{ end }}<start_of_turn>model\n')
+assert client.create(model="turns", from_=tagged, template=gemma_turns,
+                     stream=False).status == "success"
+shown = client.show("turns")
+assert shown.template == gemma_turns, shown.template
+assert "TEMPLATE" in shown.modelfile and "<start_of_turn>" in shown.modelfile, shown.modelfile
+same = client.chat(model="turns", messages=messages, options=greedy, stream=False)
+assert same.prompt_eval_count == r.prompt_eval_count, (same, r)
+assert same.message.content == r.message.content, (same, r)
+framed = gemma_turns.replace("{{ .Content }}", "Answer in French. {{ .Content }}")
+assert client.create(model="french", from_=tagged, template=framed,
+                     stream=False).status == "success"
+fr = client.chat(model="french", messages=messages, options=greedy, stream=False)
+assert fr.prompt_eval_count > r.prompt_eval_count + 3, (fr, r)
+# The same template in a Modelfile, as `ollama create -f` sends it.
+modelfile = "FROM " + tagged + "\nTEMPLATE \"\"\"" + gemma_turns + "\"\"\"\n"
+from_file = client._request_raw("POST", "/api/create", json={
+    "model": "turns-mf", "modelfile": modelfile, "stream": False}).json()
+assert from_file["status"] == "success", from_file
+again = client.chat(model="turns-mf", messages=messages, options=greedy, stream=False)
+assert again.message.content == r.message.content, (again, r)
+for name in ("turns", "french", "turns-mf"):
+    assert client.delete(name).status == "success"
 
 # keep_alive 0 unloads: ps no longer lists it.
 client.generate(model=tagged, prompt="Hi", options={"num_predict": 2}, keep_alive=0)

@@ -300,8 +300,8 @@ fn a_modelfile_preset_from_the_cli_is_shown_exported_and_served() {
     assert!(!ok(&["models", "ls"]).contains("pirate"));
 }
 
-/// `models import ollama:<name>` keeps the Ollama model's system prompt, parameters and
-/// messages as a preset over its GGUF (its Go template is not rendered, and says so).
+/// `models import ollama:<name>` keeps the Ollama model's system prompt, parameters,
+/// messages and Go template as a preset over its GGUF.
 #[test]
 fn an_ollama_import_keeps_its_settings_as_a_preset() {
     let Some(gguf) = rbee_tests::demo_model() else {
@@ -353,7 +353,7 @@ fn an_ollama_import_keeps_its_settings_as_a_preset() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
     assert!(
-        err.contains("`mirostat`") && err.contains("template"),
+        err.contains("`mirostat`") && !err.contains("template is not kept"),
         "{err}"
     );
     let shown = String::from_utf8(run(&["models", "show", "pirate"]).stdout).unwrap();
@@ -366,6 +366,10 @@ fn an_ollama_import_keeps_its_settings_as_a_preset() {
         "{shown}"
     );
     assert!(shown.contains("MESSAGE user \"Ahoy?\""), "{shown}");
+    assert!(
+        shown.contains("TEMPLATE \"{{ .System }} {{ .Prompt }}\""),
+        "{shown}"
+    );
     let listed = String::from_utf8(run(&["models", "ls"]).stdout).unwrap();
     assert!(listed.contains("pirate-gguf"), "{listed}");
 }

@@ -820,9 +820,10 @@ fn ollama_plan(store: &Store, source: &str, name: Option<&str>) -> Result<Option
     }))
 }
 
-/// Stores an imported Ollama model's settings as a preset over its GGUF. Parameters rbee does
-/// not implement are left out, each named; the Go template is not kept (the GGUF's own chat
-/// template applies).
+/// Stores an imported Ollama model's settings as a preset over its GGUF: its system prompt,
+/// parameters, messages, license and Go template (rendered in place of the GGUF's own chat
+/// template). Parameters rbee does not implement, and a template using what rbee's Go
+/// template renderer does not support, are left out, each named.
 fn keep_ollama_settings(store: &Store, plan: OllamaPlan) -> Result<()> {
     let base = store.resolve(&ModelRef::Name(plan.gguf_name.clone()))?;
     let mut mf = Modelfile {
@@ -847,10 +848,13 @@ fn keep_ollama_settings(store: &Store, plan: OllamaPlan) -> Result<()> {
             });
         }
     }
-    if plan.settings.template.is_some() {
-        eprintln!(
-            "note: the Ollama template is not kept: rbee renders the GGUF's own chat template"
-        );
+    if let Some(template) = &plan.settings.template {
+        match preset::check_template(template) {
+            Ok(()) => mf.template = Some(template.clone()),
+            Err(e) => eprintln!(
+                "note: the Ollama template is not kept ({e}); the GGUF's own chat template applies"
+            ),
+        }
     }
     if store
         .resolve_entry(&ModelRef::Name(plan.preset_name.clone()))
@@ -869,7 +873,7 @@ fn keep_ollama_settings(store: &Store, plan: OllamaPlan) -> Result<()> {
     };
     store.save_preset(&plan.preset_name, &serde_json::to_vec_pretty(&p)?)?;
     println!(
-        "kept its system prompt and parameters as preset {} over {} (`rbee-node models show {}`)",
+        "kept its system prompt, parameters and template as preset {} over {} (`rbee-node models show {}`)",
         plan.preset_name, plan.gguf_name, plan.preset_name
     );
     Ok(())

@@ -9,6 +9,7 @@ mod api;
 pub mod config;
 pub mod devices;
 pub mod error;
+pub mod gotemplate;
 pub mod jobs;
 pub mod metrics;
 pub mod peer;

@@ -6,8 +6,10 @@
 //! Modelfile syntax (as Ollama reads it): one instruction a line, case-insensitive, `#`
 //! comments; a value may be quoted with `"…"` or, across lines, `"""…"""`. `FROM`, `SYSTEM`,
 //! `PARAMETER <key> <value>` (repeatable; `stop` collects), `MESSAGE <role> <text>`,
-//! `LICENSE` (repeatable) are kept; `TEMPLATE` is refused (rbee renders the model's own chat
-//! template; Ollama's Go templates are not rendered) and so is `ADAPTER` (no LoRA support).
+//! `LICENSE` (repeatable) and `TEMPLATE` (an Ollama Go template, rendered by
+//! [`crate::gotemplate`] in place of the base model's own chat template; one it cannot render
+//! exactly is refused here, naming the construct) are kept; `ADAPTER` is refused (no LoRA
+//! support).
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -30,6 +32,9 @@ pub struct PresetMessage {
 pub struct Modelfile {
     /// The base as written: a catalog name or reference, or a GGUF path.
     pub from: String,
+    /// An Ollama (Go) chat template that replaces the base model's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system: Option<String>,
     /// Ollama's options (`temperature`, `num_ctx`, `stop`: a list, …).
@@ -201,10 +206,12 @@ pub fn parse(text: &str) -> Result<Modelfile, ModelfileError> {
             }
             "LICENSE" => file.license.push(value(rest, n, &mut lines)?),
             "TEMPLATE" => {
-                return Err(error(
-                    n,
-                    "TEMPLATE is not supported: rbee renders the base model's own chat template (Ollama's Go templates are not rendered); remove the TEMPLATE block",
-                ));
+                if file.template.is_some() {
+                    return Err(error(n, "a second TEMPLATE: give one template"));
+                }
+                let template = value(rest, n, &mut lines)?;
+                check_template(&template).map_err(|e| error(n, e))?;
+                file.template = Some(template);
             }
             "ADAPTER" => {
                 return Err(error(
@@ -216,7 +223,7 @@ pub fn parse(text: &str) -> Result<Modelfile, ModelfileError> {
                 return Err(error(
                     n,
                     format!(
-                        "unknown instruction `{other}`: use FROM, SYSTEM, PARAMETER, MESSAGE or LICENSE"
+                        "unknown instruction `{other}`: use FROM, TEMPLATE, SYSTEM, PARAMETER, MESSAGE or LICENSE"
                     ),
                 ));
             }
@@ -226,6 +233,14 @@ pub fn parse(text: &str) -> Result<Modelfile, ModelfileError> {
         return Err(error(0, "no FROM: name the base model"));
     }
     Ok(file)
+}
+
+/// Checks that a TEMPLATE is one [`crate::gotemplate`] renders exactly; the error names what
+/// it does not support.
+pub fn check_template(template: &str) -> Result<(), String> {
+    crate::gotemplate::Template::parse(template)
+        .map(|_| ())
+        .map_err(|e| format!("{e}; rbee cannot render this template, so it is not kept"))
 }
 
 /// A value as a Modelfile writes it: `"""…"""` when it spans lines or has quotes.
@@ -241,6 +256,9 @@ impl Modelfile {
     /// The Modelfile text, with `from` as its FROM line: what `ollama create` accepts.
     pub fn render(&self, from: &str) -> String {
         let mut out = format!("FROM {from}\n");
+        if let Some(template) = &self.template {
+            out.push_str(&format!("TEMPLATE {}\n", quoted(template)));
+        }
         if let Some(system) = &self.system {
             out.push_str(&format!("SYSTEM {}\n", quoted(system)));
         }
@@ -401,6 +419,9 @@ impl Preset {
         if child.system.is_some() {
             merged.system = child.system.take();
         }
+        if child.template.is_some() {
+            merged.template = child.template.take();
+        }
         if child.parameters.contains_key("stop") {
             merged.parameters.remove("stop");
         }
@@ -429,6 +450,9 @@ mod tests {
         let text = r#"
 # a comment
 FROM gemma:latest
+TEMPLATE """{{- range .Messages }}<{{ .Role }}>
+{{ .Content }}{{ end }}<model>
+"""
 system """You are Mario.
 Answer as Mario."""
 PARAMETER temperature 0.7
@@ -455,6 +479,10 @@ LICENSE Apache-2.0
         assert_eq!(m.messages.len(), 2);
         assert_eq!(m.messages[1].content, "It's-a me,\nMario!");
         assert_eq!(m.license, ["MIT", "Apache-2.0"]);
+        assert_eq!(
+            m.template.as_deref(),
+            Some("{{- range .Messages }}<{{ .Role }}>\n{{ .Content }}{{ end }}<model>\n")
+        );
         // What render writes parses back to the same.
         let again = parse(&m.render("gemma:latest")).unwrap();
         assert_eq!(again, m);
@@ -464,7 +492,12 @@ LICENSE Apache-2.0
     fn errors_name_the_line() {
         for (text, line, words) in [
             ("FROM a\nADAPTER ./lora.gguf", 2, "ADAPTER"),
-            ("FROM a\n\nTEMPLATE \"{{ .Prompt }}\"", 3, "TEMPLATE"),
+            (
+                "FROM a\n\nTEMPLATE \"{{ template \\\"x\\\" }}\"",
+                3,
+                "`template` is not supported",
+            ),
+            ("FROM a\nTEMPLATE \"{{ upper .Prompt }}\"", 2, "`upper`"),
             ("FROM a\nSYSTEM \"\"\"never closed\nmore", 2, "never closed"),
             ("FROM a\nPARAMETER temperature", 2, "PARAMETER needs"),
             ("FROM a\nMESSAGE tool hi", 2, "role `tool`"),

@@ -607,7 +607,7 @@ pub struct OllamaSettings {
     pub system: Option<String>,
     /// Its `params` layer: Ollama's options (`stop`, `temperature`, …).
     pub params: serde_json::Map<String, serde_json::Value>,
-    /// Its Go template (rbee does not render it: the GGUF's own chat template applies).
+    /// Its Go template (kept in the preset an import makes; rbee-node renders it).
     pub template: Option<String>,
     pub license: Vec<String>,
     /// Example messages: role and content.
@@ -615,9 +615,10 @@ pub struct OllamaSettings {
 }
 
 impl OllamaSettings {
-    /// Whether anything besides the template would change how the model answers or is shown.
+    /// Whether it has no settings at all (the GGUF alone is the model).
     pub fn is_empty(&self) -> bool {
         self.system.is_none()
+            && self.template.is_none()
             && self.params.is_empty()
             && self.license.is_empty()
             && self.messages.is_empty()

@@ -1,7 +1,7 @@
 //! Ollama's API on the same port, for clients that speak only it (Home Assistant, Enchanted,
 //! VS Code Copilot's Ollama provider, the `ollama` Python client): `/api/version`,
 //! `/api/tags`, `/api/show`, `/api/ps`, `/api/chat`, `/api/generate`, `/api/pull`,
-//! `/api/delete`, `/api/copy`, and `/api/create` (refused by name until presets exist).
+//! `/api/delete`, `/api/copy`, and `/api/create` (a preset from a Modelfile, its TEMPLATE included).
 //!
 //! A chat or generate request is converted into the OpenAI route's own request
 //! ([`ChatRequest`] / [`CompletionRequest`]) and through [`openai::chat_job`] /
@@ -709,10 +709,15 @@ pub async fn show(
         if caps.embeds {
             capabilities.push("embedding");
         }
-        let template_text = template.clone().unwrap_or_default();
+        // A preset's own TEMPLATE is the one its chats are rendered with.
+        let template_text = preset
+            .as_ref()
+            .and_then(|p| p.modelfile.template.clone())
+            .or(template)
+            .unwrap_or_default();
         // `tools` and `thinking` are reported from the template (what Copilot and Open WebUI
         // check before offering them).
-        if caps.generates && template_text.contains("tools") {
+        if caps.generates && (template_text.contains("tools") || template_text.contains(".Tools")) {
             capabilities.push("tools");
         }
         if caps.generates && template_text.contains("<think>") {
@@ -1116,10 +1121,13 @@ pub async fn chat(
     };
     answer(ctx, ask, |model, preset| {
         let mut shared = chat_request(req, model)?;
-        if let Some(p) = preset {
-            presets::apply_chat(p, &mut shared)?;
+        match preset {
+            Some(p) => {
+                presets::apply_chat(p, &mut shared)?;
+                presets::apply_template(p, chat_job(shared)?)
+            }
+            None => chat_job(shared),
         }
-        chat_job(shared)
     })
     .await
 }
@@ -1143,12 +1151,13 @@ pub async fn generate(
     };
     answer(ctx, ask, |model, preset| {
         match generate_request(req, model)? {
-            GenerateShape::Chat(mut c) => {
-                if let Some(p) = preset {
+            GenerateShape::Chat(mut c) => match preset {
+                Some(p) => {
                     presets::apply_chat(p, &mut c)?;
+                    presets::apply_template(p, chat_job(c)?)
                 }
-                chat_job(c)
-            }
+                None => chat_job(c),
+            },
             GenerateShape::Raw(mut r) => {
                 if let Some(p) = preset {
                     presets::apply_sampling(p, &mut r.sampling)?;
@@ -1415,9 +1424,6 @@ pub fn create_modelfile(req: &CreateBody) -> Result<Modelfile, NodeError> {
     if req.quantize.as_ref().is_some_and(|q| !q.is_empty()) {
         return Err(bad("`quantize` is not supported: rbee does not requantize; pull or import the quantization you want".into()));
     }
-    if req.template.as_ref().is_some_and(|t| !t.is_empty()) {
-        return Err(bad("`template` is not supported: rbee renders the base model's own chat template (Ollama's Go templates are not rendered); remove it".into()));
-    }
     let mut file = match &req.modelfile {
         Some(text) if !text.trim().is_empty() => {
             modelfile::parse(text).map_err(|e| bad(e.to_string()))?
@@ -1432,6 +1438,10 @@ pub fn create_modelfile(req: &CreateBody) -> Result<Modelfile, NodeError> {
     }
     if let Some(system) = &req.system {
         file.system = Some(system.clone());
+    }
+    if let Some(template) = req.template.as_ref().filter(|t| !t.is_empty()) {
+        modelfile::check_template(template).map_err(|e| bad(format!("`template`: {e}")))?;
+        file.template = Some(template.clone());
     }
     for (key, value) in req.parameters.iter().flatten() {
         modelfile::add_parameter(&mut file.parameters, key, value.clone());

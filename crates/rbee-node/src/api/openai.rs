@@ -260,7 +260,9 @@ pub async fn chat_completions(
 ) -> Response {
     let job = match body(req) {
         Ok(mut req) => match presets::find(&ctx, &req.model).await {
-            Ok(Some(p)) => presets::apply_chat(&p, &mut req).and_then(|()| chat_job(req)),
+            Ok(Some(p)) => presets::apply_chat(&p, &mut req)
+                .and_then(|()| chat_job(req))
+                .and_then(|job| presets::apply_template(&p, job)),
             Ok(None) => chat_job(req),
             Err(e) => Err(e),
         },

@@ -3,7 +3,14 @@
 //! preset is usable by name on every route. Precedence: the request's own values, then the
 //! preset's PARAMETERs, then the engine's defaults; the preset's SYSTEM when the request has
 //! no system message; its MESSAGEs after the system message, before the conversation.
+//! A preset with a TEMPLATE has its chat rendered here ([`apply_template`], Ollama's Go
+//! template semantics) and sent to the engine as text, so the base's own template is not used.
 
+use rbee_infer::tools::{ToolFormat, messages_value, tools_value};
+use rbee_proto::generation::Prompt;
+use serde_json::{Map, Value};
+
+use super::openai::Job;
 use super::types::{ChatRequest, Content, InMessage, Sampling};
 use crate::NodeContext;
 use crate::error::NodeError;
@@ -107,6 +114,73 @@ pub(super) fn apply_chat(preset: &Preset, req: &mut ChatRequest) -> Result<(), N
     Ok(())
 }
 
+/// Renders a chat job's conversation through the preset's TEMPLATE, as Ollama renders it,
+/// into the text the engine continues. Without a TEMPLATE the job is left to the base
+/// model's own chat template.
+///
+/// Tools: a template that writes `.Tools` gets them (and the history's calls as `.ToolCalls`)
+/// and the reply is read back by the same parsers as any chat ([`rbee_infer::tools`] reads
+/// every family's call format). A template that does not write `.Tools` gets them in the
+/// generic format: a system message describing the tools and asking for
+/// `<tool_call>{…}</tool_call>`, earlier calls and results written into the turns' text.
+/// A forced call (`tool_choice: required` or a named function) is constrained to the base
+/// model's own call format, which the same parsers read.
+pub(super) fn apply_template(preset: &Preset, mut job: Job) -> Result<Job, NodeError> {
+    let Some(source) = &preset.modelfile.template else {
+        return Ok(job);
+    };
+    let template = crate::gotemplate::Template::parse(source)
+        .map_err(|e| NodeError::BadRequest(format!("preset's {e}")))?;
+    let mut extra = Map::new();
+    for (name, json) in std::mem::take(&mut job.params.chat.template_kwargs) {
+        let v: Value = serde_json::from_str(&json).unwrap_or(Value::String(json.clone()));
+        match name.as_str() {
+            "enable_thinking" => {
+                extra.insert("Think".into(), Value::Bool(v.as_bool().unwrap_or(true)));
+                extra.insert("IsThinkSet".into(), Value::Bool(true));
+            }
+            "reasoning_effort" => {
+                extra.insert("Think".into(), Value::Bool(true));
+                extra.insert("IsThinkSet".into(), Value::Bool(true));
+                extra.insert("ThinkLevel".into(), v);
+            }
+            other => {
+                return Err(NodeError::BadRequest(format!(
+                    "`chat_template_kwargs.{other}`: this preset renders its own Ollama TEMPLATE, which takes only `enable_thinking` (`think`) and `reasoning_effort`; remove it"
+                )));
+            }
+        }
+    }
+    let tools = job.params.chat.tools.clone();
+    let format = if template.uses_tools() {
+        ToolFormat::Hermes
+    } else {
+        ToolFormat::Generic
+    };
+    let tools_json: Vec<Value> = if template.uses_tools() {
+        tools_value(&tools).as_array().cloned().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut prompts = Vec::with_capacity(job.prompts.len());
+    for prompt in std::mem::take(&mut job.prompts) {
+        let Prompt::Chat(messages) = prompt else {
+            prompts.push(prompt);
+            continue;
+        };
+        rbee_infer::chat::check_messages(&messages)
+            .map_err(|e| NodeError::BadRequest(e.to_string()))?;
+        let msgs = messages_value(&messages, format, &tools);
+        let msgs = msgs.as_array().cloned().unwrap_or_default();
+        let text = template
+            .render_chat(&msgs, &tools_json, &extra)
+            .map_err(|e| NodeError::BadRequest(format!("preset's {e}")))?;
+        prompts.push(Prompt::Text(text));
+    }
+    job.prompts = prompts;
+    Ok(job)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -167,6 +241,7 @@ mod tests {
             base_name: "gemma".into(),
             modelfile: Modelfile {
                 from: "gemma".into(),
+                template: None,
                 system: Some("Be Mario.".into()),
                 parameters,
                 messages: vec![PresetMessage {
@@ -197,6 +272,87 @@ mod tests {
             roles,
             ["system", "user", "user"],
             "SYSTEM, MESSAGE, the chat"
+        );
+    }
+
+    fn templated(template: &str, body: Value) -> Result<Vec<Prompt>, NodeError> {
+        let mut p = preset();
+        p.modelfile.template = Some(template.into());
+        let mut req = chat(body);
+        apply_chat(&p, &mut req)?;
+        let job = crate::api::openai::chat_job(req)?;
+        Ok(apply_template(&p, job)?.prompts)
+    }
+
+    #[test]
+    fn a_template_renders_the_chat_into_the_prompt() {
+        let prompts = templated(
+            "{{ range .Messages }}[{{ .Role }}]{{ .Content }}{{ end }}<reply>",
+            json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .unwrap();
+        // SYSTEM, then MESSAGE and the chat's user turn merged as Ollama's collate merges them.
+        assert_eq!(
+            prompts,
+            [Prompt::Text(
+                "[system]Be Mario.[user]Who are you?\n\nhi<reply>".into()
+            )]
+        );
+        // Without a TEMPLATE the chat goes to the base's own template untouched.
+        let mut req = chat(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
+        apply_chat(&preset(), &mut req).unwrap();
+        let job = apply_template(&preset(), crate::api::openai::chat_job(req).unwrap()).unwrap();
+        assert!(matches!(&job.prompts[..], [Prompt::Chat(_)]));
+    }
+
+    #[test]
+    fn tools_go_through_a_tools_template_else_the_generic_system_message() {
+        let body = json!({"model": "mario", "messages": [{"role": "user", "content": "light?"}],
+            "tools": [{"type": "function", "function": {"name": "light_on",
+                "parameters": {"type": "object", "properties": {"room": {"type": "string"}}}}}]});
+        let with = templated(
+            "{{ range .Tools }}{{ .Function.Name }}={{ json .Function.Parameters }};{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}",
+            body.clone(),
+        )
+        .unwrap();
+        assert_eq!(
+            with,
+            [Prompt::Text(
+                "light_on={\"type\":\"object\",\"properties\":{\"room\":{\"type\":\"string\"}}};Be Mario.Who are you?\n\nlight?".into()
+            )]
+        );
+        let without = templated("{{ .System }}|{{ .Prompt }}", body).unwrap();
+        let [Prompt::Text(text)] = &without[..] else {
+            panic!("{without:?}")
+        };
+        assert!(
+            text.contains("<tools>") && text.contains("\"light_on\""),
+            "{text}"
+        );
+        assert!(text.ends_with("|Who are you?\n\nlight?"), "{text}");
+    }
+
+    #[test]
+    fn jinja_variables_are_refused_with_a_go_template() {
+        let e = templated(
+            "{{ .Prompt }}",
+            json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": {"add_vision_id": true}}),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("chat_template_kwargs.add_vision_id"),
+            "{e}"
+        );
+        let ok = templated(
+            "{{ if .Think }}T{{ end }}{{ .Prompt }}",
+            json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": {"enable_thinking": true}}),
+        )
+        .unwrap();
+        assert!(
+            matches!(&ok[..], [Prompt::Text(t)] if t.starts_with('T')),
+            "{ok:?}"
         );
     }
 

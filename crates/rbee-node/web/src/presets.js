@@ -61,7 +61,7 @@ function scalar(text) {
 
 // The form's fields from a Modelfile's text (what /api/show answers for a preset).
 export function fromModelfile(text) {
-  const form = { from: "", system: "", params: {}, stop: [], messages: [], license: [], other: {} };
+  const form = { from: "", system: "", template: null, params: {}, stop: [], messages: [], license: [], other: {} };
   const lines = text.split("\n");
   for (let i = 0; i < lines.length; i++) {
     const line = lines[i].trim();
@@ -84,6 +84,7 @@ export function fromModelfile(text) {
     i += used;
     if (word === "FROM") form.from = v;
     else if (word === "SYSTEM") form.system = v;
+    else if (word === "TEMPLATE") form.template = v;
     else if (word === "LICENSE") form.license.push(v);
   }
   return form;
@@ -112,6 +113,8 @@ export function createBody(form) {
   const messages = form.messages.filter((m) => m.content.trim() !== "");
   const body = { model: name, from: form.from.trim(), parameters, messages, stream: false };
   if (form.system.trim()) body.system = form.system;
+  // A preset's Ollama TEMPLATE is not edited here, but kept when the preset is saved.
+  if (form.template) body.template = form.template;
   const license = form.license.trim();
   if (license) body.license = license;
   return { body };
@@ -122,6 +125,7 @@ const quoted = (t) => (t.includes("\n") || t.includes('"') ? `"""${t}"""` : `"${
 // The Modelfile the form makes, written as the server writes it.
 export function render(body) {
   let out = `FROM ${body.from}\n`;
+  if (body.template != null) out += `TEMPLATE ${quoted(body.template)}\n`;
   if (body.system != null) out += `SYSTEM ${quoted(body.system)}\n`;
   // Sorted by name, as the server keeps them.
   for (const [k, v] of Object.entries(body.parameters).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
@@ -131,7 +135,7 @@ export function render(body) {
   return out;
 }
 
-const blank = (from) => ({ name: "", from: from || "", system: "", params: {}, stopText: "", messages: [], license: "", other: {} });
+const blank = (from) => ({ name: "", from: from || "", system: "", template: null, params: {}, stopText: "", messages: [], license: "", other: {} });
 
 // The editor. `editing` names the preset to edit (prefilled from /api/show), or is null for a
 // new one; `bases` are this node's models (the base's suggestions); `onSaved(name)` and
@@ -151,6 +155,7 @@ export function PresetEditor({ editing, bases, onSaved, onDeleted, onClose, onAu
         name,
         from: bare(f.from),
         system: shown.system ?? f.system,
+        template: f.template,
         params: f.params,
         stopText: f.stop.map(escape).join("\n"),
         messages: f.messages,
