@@ -339,8 +339,10 @@ fn lex(src: &str) -> Result<Vec<Item>, TemplateError> {
 
 // ---------------------------------------------------------------- parsing
 
+/// What ended a list of nodes.
 enum End {
-    End,
+    /// `{{ end }}`.
+    Keyword,
     Else(Vec<Spanned>),
     Eof,
 }
@@ -370,7 +372,7 @@ impl Parser {
                     if toks.len() > 1 {
                         return parse_err("`end` takes nothing after it");
                     }
-                    return Ok((nodes, End::End));
+                    return Ok((nodes, End::Keyword));
                 }
                 "else" => return Ok((nodes, End::Else(toks[1..].to_vec()))),
                 "if" | "range" | "with" => nodes.push(self.block(&keyword, &toks[1..])?),
@@ -399,10 +401,10 @@ impl Parser {
         }
         let (body, end) = self.list()?;
         let els = match end {
-            End::End => Vec::new(),
+            End::Keyword => Vec::new(),
             End::Eof => return parse_err(format!("`{keyword}` has no `end`")),
             End::Else(rest) if rest.is_empty() => match self.list()? {
-                (els, End::End) => els,
+                (els, End::Keyword) => els,
                 (_, End::Else(_)) => return parse_err(format!("`{keyword}` has two `else`")),
                 (_, End::Eof) => return parse_err(format!("`{keyword}` has no `end`")),
             },
@@ -442,7 +444,7 @@ fn pipeline(toks: &[Spanned], allow_two: bool) -> Result<Pipe, TemplateError> {
                 _ => ok = false,
             }
         }
-        if !ok || names.len() % 2 == 0 {
+        if !ok || names.len().is_multiple_of(2) {
             return parse_err("a declaration is `$name := pipeline` (or `$i, $v :=` in `range`)");
         }
         assign = matches!(toks[at].0, Tok::Assign);
@@ -631,7 +633,7 @@ impl Template {
         let (mut nodes, end) = parser.list()?;
         match end {
             End::Eof => {}
-            End::End => return parse_err("an `end` without its `if`, `range` or `with`"),
+            End::Keyword => return parse_err("an `end` without its `if`, `range` or `with`"),
             End::Else(_) => return parse_err("an `else` outside `if`, `range` or `with`"),
         }
         let mut vars = Vec::new();
