@@ -1124,7 +1124,7 @@ pub async fn chat(
         match preset {
             Some(p) => {
                 presets::apply_chat(p, &mut shared)?;
-                presets::apply_template(p, chat_job(shared)?)
+                chat_job(shared)?.with_template(p)
             }
             None => chat_job(shared),
         }
@@ -1154,7 +1154,7 @@ pub async fn generate(
             GenerateShape::Chat(mut c) => match preset {
                 Some(p) => {
                     presets::apply_chat(p, &mut c)?;
-                    presets::apply_template(p, chat_job(c)?)
+                    chat_job(c)?.with_template(p)
                 }
                 None => chat_job(c),
             },

@@ -217,6 +217,19 @@ pub(super) struct Job {
     include_usage: bool,
 }
 
+impl Job {
+    /// A preset's Ollama TEMPLATE applied ([`presets::apply_template`]): the chat rendered to
+    /// text through it; unchanged without one.
+    pub(super) fn with_template(
+        mut self,
+        preset: &crate::preset::Preset,
+    ) -> Result<Job, NodeError> {
+        let prompts = std::mem::take(&mut self.prompts);
+        self.prompts = presets::apply_template(preset, &mut self.params.chat, prompts)?;
+        Ok(self)
+    }
+}
+
 /// The one place a chat request becomes a generation: fields not implemented refused by
 /// name, sampling checked, messages converted. Ollama's `/api/chat` and `/api/generate`
 /// convert their bodies into a [`ChatRequest`] and come through here too.
@@ -262,7 +275,7 @@ pub async fn chat_completions(
         Ok(mut req) => match presets::find(&ctx, &req.model).await {
             Ok(Some(p)) => presets::apply_chat(&p, &mut req)
                 .and_then(|()| chat_job(req))
-                .and_then(|job| presets::apply_template(&p, job)),
+                .and_then(|job| job.with_template(&p)),
             Ok(None) => chat_job(req),
             Err(e) => Err(e),
         },
@@ -922,6 +935,95 @@ pub async fn model(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    mod preset_templates {
+        #![allow(clippy::unwrap_used)]
+        use super::super::presets::apply_chat;
+        use super::super::presets::tests::{chat, preset};
+        use super::*;
+        use serde_json::Value;
+
+        fn templated(template: &str, body: Value) -> Result<Vec<Prompt>, NodeError> {
+            let mut p = preset();
+            p.modelfile.template = Some(template.into());
+            let mut req = chat(body);
+            apply_chat(&p, &mut req)?;
+            Ok(chat_job(req)?.with_template(&p)?.prompts)
+        }
+
+        #[test]
+        fn a_template_renders_the_chat_into_the_prompt() {
+            let prompts = templated(
+                "{{ range .Messages }}[{{ .Role }}]{{ .Content }}{{ end }}<reply>",
+                json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .unwrap();
+            // SYSTEM, then MESSAGE and the chat's user turn merged as Ollama's collate merges them.
+            assert_eq!(
+                prompts,
+                [Prompt::Text(
+                    "[system]Be Mario.[user]Who are you?\n\nhi<reply>".into()
+                )]
+            );
+            // Without a TEMPLATE the chat goes to the base's own template untouched.
+            let mut req =
+                chat(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
+            apply_chat(&preset(), &mut req).unwrap();
+            let job = chat_job(req).unwrap().with_template(&preset()).unwrap();
+            assert!(matches!(&job.prompts[..], [Prompt::Chat(_)]));
+        }
+
+        #[test]
+        fn tools_go_through_a_tools_template_else_the_generic_system_message() {
+            let body = json!({"model": "mario", "messages": [{"role": "user", "content": "light?"}],
+            "tools": [{"type": "function", "function": {"name": "light_on",
+                "parameters": {"type": "object", "properties": {"room": {"type": "string"}}}}}]});
+            let with = templated(
+            "{{ range .Tools }}{{ .Function.Name }}={{ json .Function.Parameters }};{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}",
+            body.clone(),
+        )
+        .unwrap();
+            assert_eq!(
+            with,
+            [Prompt::Text(
+                "light_on={\"type\":\"object\",\"properties\":{\"room\":{\"type\":\"string\"}}};Be Mario.Who are you?\n\nlight?".into()
+            )]
+        );
+            let without = templated("{{ .System }}|{{ .Prompt }}", body).unwrap();
+            let [Prompt::Text(text)] = &without[..] else {
+                panic!("{without:?}")
+            };
+            assert!(
+                text.contains("<tools>") && text.contains("\"light_on\""),
+                "{text}"
+            );
+            assert!(text.ends_with("|Who are you?\n\nlight?"), "{text}");
+        }
+
+        #[test]
+        fn jinja_variables_are_refused_with_a_go_template() {
+            let e = templated(
+                "{{ .Prompt }}",
+                json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": {"add_vision_id": true}}),
+            )
+            .unwrap_err();
+            assert!(
+                e.to_string().contains("chat_template_kwargs.add_vision_id"),
+                "{e}"
+            );
+            let ok = templated(
+                "{{ if .Think }}T{{ end }}{{ .Prompt }}",
+                json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}],
+                "chat_template_kwargs": {"enable_thinking": true}}),
+            )
+            .unwrap();
+            assert!(
+                matches!(&ok[..], [Prompt::Text(t)] if t.starts_with('T')),
+                "{ok:?}"
+            );
+        }
+    }
 
     fn parse(v: serde_json::Value) -> Result<Vec<ChatMessage>, NodeError> {
         messages(serde_json::from_value(v).unwrap())

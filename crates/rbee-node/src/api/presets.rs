@@ -7,10 +7,9 @@
 //! template semantics) and sent to the engine as text, so the base's own template is not used.
 
 use rbee_infer::tools::{ToolFormat, messages_value, tools_value};
-use rbee_proto::generation::Prompt;
+use rbee_proto::generation::{ChatOptions, Prompt};
 use serde_json::{Map, Value};
 
-use super::openai::Job;
 use super::types::{ChatRequest, Content, InMessage, Sampling};
 use crate::NodeContext;
 use crate::error::NodeError;
@@ -125,14 +124,18 @@ pub(super) fn apply_chat(preset: &Preset, req: &mut ChatRequest) -> Result<(), N
 /// `<tool_call>{…}</tool_call>`, earlier calls and results written into the turns' text.
 /// A forced call (`tool_choice: required` or a named function) is constrained to the base
 /// model's own call format, which the same parsers read.
-pub(super) fn apply_template(preset: &Preset, mut job: Job) -> Result<Job, NodeError> {
+pub(super) fn apply_template(
+    preset: &Preset,
+    chat: &mut ChatOptions,
+    prompts: Vec<Prompt>,
+) -> Result<Vec<Prompt>, NodeError> {
     let Some(source) = &preset.modelfile.template else {
-        return Ok(job);
+        return Ok(prompts);
     };
     let template = crate::gotemplate::Template::parse(source)
         .map_err(|e| NodeError::BadRequest(format!("preset's {e}")))?;
     let mut extra = Map::new();
-    for (name, json) in std::mem::take(&mut job.params.chat.template_kwargs) {
+    for (name, json) in std::mem::take(&mut chat.template_kwargs) {
         let v: Value = serde_json::from_str(&json).unwrap_or(Value::String(json.clone()));
         match name.as_str() {
             "enable_thinking" => {
@@ -151,7 +154,7 @@ pub(super) fn apply_template(preset: &Preset, mut job: Job) -> Result<Job, NodeE
             }
         }
     }
-    let tools = job.params.chat.tools.clone();
+    let tools = chat.tools.clone();
     let format = if template.uses_tools() {
         ToolFormat::Hermes
     } else {
@@ -162,10 +165,10 @@ pub(super) fn apply_template(preset: &Preset, mut job: Job) -> Result<Job, NodeE
     } else {
         Vec::new()
     };
-    let mut prompts = Vec::with_capacity(job.prompts.len());
-    for prompt in std::mem::take(&mut job.prompts) {
+    let mut out = Vec::with_capacity(prompts.len());
+    for prompt in prompts {
         let Prompt::Chat(messages) = prompt else {
-            prompts.push(prompt);
+            out.push(prompt);
             continue;
         };
         rbee_infer::chat::check_messages(&messages)
@@ -175,14 +178,13 @@ pub(super) fn apply_template(preset: &Preset, mut job: Job) -> Result<Job, NodeE
         let text = template
             .render_chat(&msgs, &tools_json, &extra)
             .map_err(|e| NodeError::BadRequest(format!("preset's {e}")))?;
-        prompts.push(Prompt::Text(text));
+        out.push(Prompt::Text(text));
     }
-    job.prompts = prompts;
-    Ok(job)
+    Ok(out)
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::api::types::Stop;
@@ -231,7 +233,7 @@ mod tests {
         }
     }
 
-    fn preset() -> Preset {
+    pub(in crate::api) fn preset() -> Preset {
         let mut parameters = Map::new();
         parameters.insert("temperature".into(), json!(0.2));
         parameters.insert("top_k".into(), json!(7));
@@ -253,7 +255,7 @@ mod tests {
         }
     }
 
-    fn chat(v: Value) -> ChatRequest {
+    pub(in crate::api) fn chat(v: Value) -> ChatRequest {
         serde_json::from_value(v).unwrap()
     }
 
@@ -272,87 +274,6 @@ mod tests {
             roles,
             ["system", "user", "user"],
             "SYSTEM, MESSAGE, the chat"
-        );
-    }
-
-    fn templated(template: &str, body: Value) -> Result<Vec<Prompt>, NodeError> {
-        let mut p = preset();
-        p.modelfile.template = Some(template.into());
-        let mut req = chat(body);
-        apply_chat(&p, &mut req)?;
-        let job = crate::api::openai::chat_job(req)?;
-        Ok(apply_template(&p, job)?.prompts)
-    }
-
-    #[test]
-    fn a_template_renders_the_chat_into_the_prompt() {
-        let prompts = templated(
-            "{{ range .Messages }}[{{ .Role }}]{{ .Content }}{{ end }}<reply>",
-            json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}]}),
-        )
-        .unwrap();
-        // SYSTEM, then MESSAGE and the chat's user turn merged as Ollama's collate merges them.
-        assert_eq!(
-            prompts,
-            [Prompt::Text(
-                "[system]Be Mario.[user]Who are you?\n\nhi<reply>".into()
-            )]
-        );
-        // Without a TEMPLATE the chat goes to the base's own template untouched.
-        let mut req = chat(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]}));
-        apply_chat(&preset(), &mut req).unwrap();
-        let job = apply_template(&preset(), crate::api::openai::chat_job(req).unwrap()).unwrap();
-        assert!(matches!(&job.prompts[..], [Prompt::Chat(_)]));
-    }
-
-    #[test]
-    fn tools_go_through_a_tools_template_else_the_generic_system_message() {
-        let body = json!({"model": "mario", "messages": [{"role": "user", "content": "light?"}],
-            "tools": [{"type": "function", "function": {"name": "light_on",
-                "parameters": {"type": "object", "properties": {"room": {"type": "string"}}}}}]});
-        let with = templated(
-            "{{ range .Tools }}{{ .Function.Name }}={{ json .Function.Parameters }};{{ end }}{{ range .Messages }}{{ .Content }}{{ end }}",
-            body.clone(),
-        )
-        .unwrap();
-        assert_eq!(
-            with,
-            [Prompt::Text(
-                "light_on={\"type\":\"object\",\"properties\":{\"room\":{\"type\":\"string\"}}};Be Mario.Who are you?\n\nlight?".into()
-            )]
-        );
-        let without = templated("{{ .System }}|{{ .Prompt }}", body).unwrap();
-        let [Prompt::Text(text)] = &without[..] else {
-            panic!("{without:?}")
-        };
-        assert!(
-            text.contains("<tools>") && text.contains("\"light_on\""),
-            "{text}"
-        );
-        assert!(text.ends_with("|Who are you?\n\nlight?"), "{text}");
-    }
-
-    #[test]
-    fn jinja_variables_are_refused_with_a_go_template() {
-        let e = templated(
-            "{{ .Prompt }}",
-            json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}],
-                "chat_template_kwargs": {"add_vision_id": true}}),
-        )
-        .unwrap_err();
-        assert!(
-            e.to_string().contains("chat_template_kwargs.add_vision_id"),
-            "{e}"
-        );
-        let ok = templated(
-            "{{ if .Think }}T{{ end }}{{ .Prompt }}",
-            json!({"model": "mario", "messages": [{"role": "user", "content": "hi"}],
-                "chat_template_kwargs": {"enable_thinking": true}}),
-        )
-        .unwrap();
-        assert!(
-            matches!(&ok[..], [Prompt::Text(t)] if t.starts_with('T')),
-            "{ok:?}"
         );
     }
 
