@@ -111,6 +111,18 @@ impl Agreement {
         r.get(r.len() / 2).copied().unwrap_or(0.0)
     }
 
+    /// A tiny reference model's contract: enough positions, no clear top-1 disagreement, and
+    /// logits within 2% of their spread.
+    fn assert_close_on_a_tiny_model(&self, what: &str) {
+        assert!(self.positions >= 16, "{what}: {} positions", self.positions);
+        assert_eq!(self.clear_disagreements, 0, "{what}");
+        assert!(
+            self.worst_relative < 0.02,
+            "{what}: logits differ by {:.4} of their spread",
+            self.worst_relative
+        );
+    }
+
     fn report(&self, name: &str) {
         eprintln!(
             "{name}: top-1 {}/{} positions ({:.1}%), {} clear disagreements; |Δlogit| / spread median {:.4}, worst {:.4}",
@@ -178,13 +190,7 @@ fn the_device_runtime_agrees_with_the_cpu_runtime_on_every_architecture() {
             &reference(&format!("{name}.json")),
         );
         a.report(name);
-        assert!(a.positions >= 16, "{name}: {} positions", a.positions);
-        assert_eq!(a.clear_disagreements, 0, "{name}");
-        assert!(
-            a.worst_relative < 0.02,
-            "{name}: logits differ by {:.4} of their spread",
-            a.worst_relative
-        );
+        a.assert_close_on_a_tiny_model(name);
         assert!(
             a.top1_equal * 100 >= a.positions * 90,
             "{name}: top-1 agreement {}/{}",
@@ -269,13 +275,7 @@ fn a_model_split_between_device_and_cpu_agrees_with_the_cpu_runtime() {
             assert_eq!(model.runtime().layers_on_device(), on_device.min(layers));
             let a = compare_with(&path, &json, model);
             a.report(&format!("{name} split {on_device}/{layers}"));
-            assert!(a.positions >= 16, "{name}: {} positions", a.positions);
-            assert_eq!(a.clear_disagreements, 0, "{name} {on_device}");
-            assert!(
-                a.worst_relative < 0.02,
-                "{name} {on_device}: {:.4}",
-                a.worst_relative
-            );
+            a.assert_close_on_a_tiny_model(&format!("{name} {on_device}"));
             assert!(
                 a.worst_relative > 0.0 || name == "tiny-llama" || name == "tiny-qwen3",
                 "{name} {on_device}: device layers computed, so some rounding differs"
