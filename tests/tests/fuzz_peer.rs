@@ -156,6 +156,8 @@ async fn a_hostile_peer_gets_errors_and_the_node_keeps_serving() {
     );
     let manifest =
         framed(&codec::encode(&ShardRequest::Manifest(ContentId::from_bytes([7; 32]))).unwrap());
+    let preset =
+        framed(&codec::encode(&ShardRequest::Preset(ContentId::from_bytes([9; 32]))).unwrap());
     let missing = framed(&codec::encode(&request("ghost", 4)).unwrap());
     let mut cases: Vec<(&'static str, Vec<u8>)> = vec![
         (INFER_PROTOCOL, Vec::new()),
@@ -167,11 +169,13 @@ async fn a_hostile_peer_gets_errors_and_the_node_keeps_serving() {
         (SHARD_PROTOCOL, 4097u32.to_le_bytes().to_vec()),
         (SHARD_PROTOCOL, shard.clone()),
         (SHARD_PROTOCOL, manifest.clone()),
+        (SHARD_PROTOCOL, preset.clone()),
     ];
     for _ in 0..60 {
         cases.push((INFER_PROTOCOL, mutate(&mut rng, &valid)));
         cases.push((SHARD_PROTOCOL, mutate(&mut rng, &shard)));
         cases.push((SHARD_PROTOCOL, mutate(&mut rng, &manifest)));
+        cases.push((SHARD_PROTOCOL, mutate(&mut rng, &preset)));
     }
     for (protocol, bytes) in &cases {
         let out = exchange(&client, node_peer, protocol, bytes).await;
@@ -187,7 +191,7 @@ async fn a_hostile_peer_gets_errors_and_the_node_keeps_serving() {
             for f in frames::<ShardReply>(&out) {
                 assert!(
                     matches!(f, ShardReply::Error { .. }),
-                    "a shard the node does not have: {f:?}"
+                    "a shard or preset the node does not have: {f:?}"
                 );
             }
         }

@@ -417,3 +417,126 @@ fn num_ctx_loads_the_model_with_a_context_that_fits() {
     assert!(node.log_text().contains("clamped"), "{}", node.log_text());
     assert_eq!(context(None), 32768, "kept until its memory is needed");
 }
+
+/// Waits until `node`'s pool view lists a peer sharing the preset `name`.
+fn wait_for_shared_preset(node: &NodeProcess, name: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let pool = node.get_json("/v1/pool");
+        let listed = pool["peers"].as_array().unwrap().iter().any(|p| {
+            p["status"]["presets"]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|x| x["name"] == name))
+        });
+        if listed {
+            return;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "no peer lists preset {name}: {pool}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The `/api/tags` entry named `name`, if listed.
+fn tagged(node: &NodeProcess, name: &str) -> Option<Value> {
+    node.get_json("/api/tags")["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .cloned()
+}
+
+/// A preset made on one node is a model of the pool: a node that never saw its Modelfile
+/// serves it by name (the definition fetched from the peer, checked against the content id
+/// the peer's status lists, and kept), lists and shows it with the same digest, and
+/// `/api/pull` of the preset on a third node brings its base model along.
+#[test]
+fn a_preset_made_on_one_node_is_served_listed_and_pulled_by_name_on_others() {
+    let tmp = tempfile::tempdir().unwrap();
+    let key = pool_key(tmp.path());
+    if import_demo(&tmp.path().join("a"), "gemma").is_none() {
+        return;
+    }
+    let a = Member::start(tmp.path(), "a", &key, None, "", &[]);
+    let (status, lines, _) = post(
+        &a.node,
+        "/api/create",
+        &json!({"model": "pirate", "from": "gemma", "stream": false,
+            "system": "You are a pirate. Answer every question as a pirate would, in one sentence.",
+            "parameters": {"temperature": 0, "num_predict": 5}}),
+    );
+    assert_eq!(status, 200, "{lines:?}");
+    let made = tagged(&a.node, "pirate:latest").unwrap();
+
+    let b = Member::start(tmp.path(), "b", &key, Some(&a.p2p), "", &[]);
+    rbee_tests::wait_for_peers(&b.node, 1);
+    assert!(tagged(&b.node, "pirate:latest").is_none());
+    wait_for_shared_preset(&b.node, "pirate");
+
+    let ask = |model: &str, options: Value| {
+        let (status, lines, _) = post(
+            &b.node,
+            "/api/chat",
+            &json!({"model": model, "stream": false, "options": options,
+                "messages": [{"role": "user", "content": "Who are you?"}]}),
+        );
+        assert_eq!(status, 200, "{lines:?}\n{}", b.node.log_text());
+        lines[0].clone()
+    };
+    // No num_predict in the request: the preset's applies.
+    let pirate = ask("pirate", json!({}));
+    let base = ask("gemma", json!({"num_predict": 5}));
+    // The preset's SYSTEM is in the prompt, its num_predict caps the answer.
+    assert!(
+        pirate["prompt_eval_count"].as_u64().unwrap()
+            > base["prompt_eval_count"].as_u64().unwrap() + 10,
+        "{pirate}\n{base}"
+    );
+    assert!(pirate["eval_count"].as_u64().unwrap() <= 5, "{pirate}");
+    assert_eq!(pirate["model"], "pirate", "{pirate}");
+
+    // Kept on b: listed with the same definition (digest), shown with its system prompt.
+    let kept = tagged(&b.node, "pirate:latest").unwrap_or_else(|| {
+        panic!(
+            "b does not list the preset: {}",
+            b.node.get_json("/api/tags")
+        )
+    });
+    assert_eq!(kept["digest"], made["digest"], "{kept}\n{made}");
+    let (status, shown, _) = post(&b.node, "/api/show", &json!({"model": "pirate"}));
+    assert_eq!(status, 200, "{shown:?}");
+    assert!(
+        shown[0]["system"].as_str().unwrap().contains("a pirate"),
+        "{shown:?}"
+    );
+
+    // `/api/pull` of the preset on a third node: the definition and the base's weights.
+    let c = Member::start(tmp.path(), "c", &key, Some(&a.p2p), "", &[]);
+    rbee_tests::wait_for_peers(&c.node, 2);
+    wait_for_shared_preset(&c.node, "pirate");
+    let (status, lines, _) = post(
+        &c.node,
+        "/api/pull",
+        &json!({"model": "pirate", "stream": false}),
+    );
+    assert_eq!(status, 200, "{lines:?}\n{}", c.node.log_text());
+    assert_eq!(lines[0]["status"], "success", "{lines:?}");
+    let pulled = tagged(&c.node, "pirate:latest").unwrap();
+    assert_eq!(pulled["digest"], made["digest"]);
+    let base_on_c = tagged(&c.node, "gemma:latest")
+        .unwrap_or_else(|| panic!("{}", c.node.get_json("/api/tags")));
+    let base_on_a = tagged(&a.node, "gemma:latest").unwrap();
+    assert_eq!(base_on_c["digest"], base_on_a["digest"]);
+
+    // A name no peer shares is still a clear 404.
+    let (status, lines, _) = post(
+        &c.node,
+        "/api/chat",
+        &json!({"model": "parrot", "stream": false,
+            "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(status, 404, "{lines:?}");
+}

@@ -130,6 +130,7 @@ mod tests {
             loaded: vec![],
             on_disk: vec![],
             tokens_per_sec: 0.0,
+            presets: Vec::new(),
         }
     }
 

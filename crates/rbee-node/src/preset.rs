@@ -410,7 +410,54 @@ pub fn check_parameters(parameters: &Map<String, Value>) -> Result<(), NodeError
         .map_err(|e| NodeError::BadRequest(e.to_string().replace("`options.", "PARAMETER `")))
 }
 
+/// Stores `preset` as `name`, atomically (a reader sees the old definition or the new). It
+/// blocks: call it off the async runtime.
+pub fn save(store: &rbee_store::Store, name: &str, preset: &Preset) -> Result<(), NodeError> {
+    let bytes = serde_json::to_vec_pretty(preset)
+        .map_err(|e| NodeError::Internal(format!("writing the preset: {e}")))?;
+    Ok(store.save_preset(name, &bytes)?)
+}
+
+/// The stored preset `name`, if there is one that parses. It blocks.
+pub fn find(store: &rbee_store::Store, name: &str) -> Option<Preset> {
+    let stored = store.presets().ok()?;
+    let (_, bytes) = stored.into_iter().find(|(n, _)| n == name)?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 impl Preset {
+    /// The definition as peers exchange it: compact JSON. Its BLAKE3 is the preset's
+    /// content id ([`Preset::id`]), which the pool status lists and a fetch is checked against.
+    pub fn canonical(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The content id of the definition (also the digest `/api/tags` shows).
+    pub fn id(&self) -> rbee_proto::ContentId {
+        rbee_proto::ContentId::of(&self.canonical())
+    }
+
+    /// The base model's content id.
+    pub fn base_id(&self) -> Option<rbee_proto::ContentId> {
+        self.base.parse().ok()
+    }
+
+    /// A definition a peer sent (already checked to hash to the id it was asked for), held
+    /// to what `models create` holds a Modelfile to: a base named by content id, parameters
+    /// a request could carry, a template this node renders exactly.
+    pub fn from_peer(bytes: &[u8]) -> Result<Preset, String> {
+        let preset: Preset =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a preset definition: {e}"))?;
+        if preset.base_id().is_none() {
+            return Err(format!("its base `{}` is not a content id", preset.base));
+        }
+        check_parameters(&preset.modelfile.parameters).map_err(|e| e.to_string())?;
+        if let Some(t) = &preset.modelfile.template {
+            check_template(t)?;
+        }
+        Ok(preset)
+    }
+
     /// A preset over this one: this one's settings, then `child`'s (its SYSTEM replaces this
     /// one's, its parameters override (a `stop` list replaces this one's), its MESSAGEs and
     /// LICENSE follow this one's).
@@ -444,6 +491,38 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_peers_definition_is_held_to_what_a_local_modelfile_is() {
+        let base = rbee_proto::ContentId::of(b"base").to_hex();
+        let good = Preset {
+            base: base.clone(),
+            base_name: "gemma".into(),
+            modelfile: Modelfile {
+                from: "gemma".into(),
+                system: Some("Be brief.".into()),
+                ..Default::default()
+            },
+        };
+        let back = Preset::from_peer(&good.canonical()).unwrap();
+        assert_eq!(back, good);
+        assert_eq!(back.id(), good.id(), "the id survives the trip");
+        let with = |f: &dyn Fn(&mut Preset)| {
+            let mut p = good.clone();
+            f(&mut p);
+            Preset::from_peer(&p.canonical())
+        };
+        let e = with(&|p| p.base = "gemma".into()).unwrap_err();
+        assert!(e.contains("not a content id"), "{e}");
+        let e = with(&|p| {
+            p.modelfile.parameters.insert("mirostat".into(), json!(2));
+        })
+        .unwrap_err();
+        assert!(e.contains("mirostat"), "{e}");
+        let e = with(&|p| p.modelfile.template = Some("{{ printf \"%d\" 1 }}".into())).unwrap_err();
+        assert!(e.contains("cannot render"), "{e}");
+        assert!(Preset::from_peer(b"[1, 2]").is_err());
+    }
 
     #[test]
     fn every_instruction_and_quoting() {

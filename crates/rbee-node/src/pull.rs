@@ -11,6 +11,7 @@
 //! model or nothing.
 
 pub mod pool;
+pub mod presets;
 
 use std::sync::Arc;
 
@@ -105,6 +106,22 @@ pub async fn get(
         }
         Err(e) => return Err(e.into()),
     }
+    // A preset's weights are its base's: pulling a preset pulls its base (by content id),
+    // after fetching its definition from the pool when this node has none.
+    if let ModelRef::Name(name) = &reference
+        && let Some(preset) = preset(sources, name, job).await?
+    {
+        let base = format!("cid:{}", preset.base);
+        let outcome = Box::pin(get(sources, &base, reach, job)).await?;
+        let (store, name, p) = (sources.store.clone(), name.clone(), preset.clone());
+        tokio::task::spawn_blocking(move || match crate::preset::find(&store, &name) {
+            Some(_) => Ok(()),
+            None => crate::preset::save(&store, &name, &p),
+        })
+        .await
+        .map_err(|e| NodeError::Internal(format!("saving the preset: {e}")))??;
+        return Ok(outcome);
+    }
     match &sources.pool {
         Some(pool) => {
             if let Some(import) = pool.pull(model, job).await? {
@@ -177,6 +194,27 @@ pub async fn get(
         done = hub_pull => done.map_err(|e| NodeError::Internal(format!("the hub pull failed: {e}")))?,
         () = job.cancelled() => Err(NodeError::Cancelled("cancelled; run the pull again to resume".into())),
     }
+}
+
+/// The preset `name` names: this node's own, else one the pool shares (its definition
+/// fetched and checked, not yet stored).
+async fn preset(
+    sources: &Sources,
+    name: &str,
+    job: &Arc<Job>,
+) -> Result<Option<crate::preset::Preset>, NodeError> {
+    let (store, n) = (sources.store.clone(), name.to_string());
+    let local = tokio::task::spawn_blocking(move || crate::preset::find(&store, &n))
+        .await
+        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))?;
+    if local.is_some() {
+        return Ok(local);
+    }
+    let Some(pool) = &sources.pool else {
+        return Ok(None);
+    };
+    job.phase("asking the pool for a preset");
+    presets::fetch(&pool.net, name).await
 }
 
 /// Progress events at most every 100 ms, with rate and ETA over the current phase.

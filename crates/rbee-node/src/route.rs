@@ -223,6 +223,7 @@ mod tests {
                 })
                 .collect(),
             tokens_per_sec: 0.0,
+            presets: Vec::new(),
         }
     }
 

@@ -173,6 +173,24 @@ fn sharing_node_reads_a_request(bytes: &[u8]) {
 fn pulling_node_reads_a_reply(bytes: &[u8]) {
     let reply = read_frame::<ShardReply>(bytes, shard::REPLY_CAP);
     let _ = shard::manifest_reply(reply, &sample_manifest().content_id());
+    // The same bytes as the answer to a preset request, under its own cap.
+    let reply = read_frame::<ShardReply>(bytes, shard::PRESET_REPLY_CAP);
+    if let Ok(bytes) = shard::preset_reply(reply, &sample_preset_id()) {
+        let _ = rbee_node::preset::Preset::from_peer(&bytes);
+    }
+}
+
+/// A preset definition as a peer sends it, and its id.
+fn sample_preset() -> Vec<u8> {
+    format!(
+        r#"{{"base":"{}","base_name":"gemma","from":"gemma","system":"Be brief.","parameters":{{"temperature":0.5,"stop":["END"]}}}}"#,
+        sample_manifest().content_id()
+    )
+    .into_bytes()
+}
+
+fn sample_preset_id() -> rbee_proto::ContentId {
+    rbee_proto::ContentId::of(&sample_preset())
 }
 
 fn gossiped_status(bytes: &[u8]) {
@@ -304,6 +322,11 @@ fn sample_status() -> NodeStatus {
             shared: true,
         }],
         tokens_per_sec: 23.5,
+        presets: vec![rbee_proto::pool::PresetStatus {
+            name: "pirate:v2".into(),
+            id: sample_preset_id(),
+            base: sample_manifest().content_id(),
+        }],
     }
 }
 
@@ -416,6 +439,7 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
             hash: m.files[0].shards[0],
             range: None,
         },
+        ShardRequest::Preset(sample_preset_id()),
     ];
     let shard_replies = [
         ShardReply::Manifest(m.clone()),
@@ -424,6 +448,7 @@ fn corpus() -> Vec<Vec<Vec<u8>>> {
             code: rbee_proto::pool::ErrorCode::NotFound,
             message: "no such shard".into(),
         },
+        ShardReply::Preset(sample_preset()),
     ];
     let framed_all = |items: Vec<Vec<u8>>| items.iter().map(|b| framed(b)).collect::<Vec<_>>();
     vec![
@@ -540,6 +565,9 @@ fn the_corpus_is_accepted_as_valid() {
     }
     let reply = read_frame::<ShardReply>(&corpus[5][0], shard::REPLY_CAP);
     shard::manifest_reply(reply, &sample_manifest().content_id()).unwrap();
+    let reply = read_frame::<ShardReply>(&corpus[5][3], shard::PRESET_REPLY_CAP);
+    let preset = shard::preset_reply(reply, &sample_preset_id()).unwrap();
+    rbee_node::preset::Preset::from_peer(&preset).unwrap();
     NodeStatus::from_wire(&corpus[6][0]).unwrap();
     Manifest::decode(&corpus[7][0]).unwrap().validate().unwrap();
 }

@@ -94,6 +94,7 @@ fn status(i: usize, rng: &mut Rng) -> NodeStatus {
             })
             .collect(),
         tokens_per_sec: 0.0,
+        presets: Vec::new(),
     }
 }
 

@@ -78,6 +78,7 @@ fn status(name: &str, loaded: &[u8], disk: &[u8], free: u64) -> NodeStatus {
             })
             .collect(),
         tokens_per_sec: 0.0,
+        presets: Vec::new(),
     }
 }
 

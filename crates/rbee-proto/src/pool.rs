@@ -9,7 +9,7 @@ use crate::ContentId;
 
 /// Gossipsub topic every node of a pool publishes its [`NodeStatus`] on. The version is part
 /// of the name: nodes of another version do not see each other's statuses.
-pub const POOL_TOPIC: &str = "/rbee/pool/2";
+pub const POOL_TOPIC: &str = "/rbee/pool/3";
 /// The stream protocol that runs a generation on a peer.
 pub const INFER_PROTOCOL: &str = "/rbee/infer/2";
 /// The stream protocol that embeds inputs on a peer.
@@ -55,6 +55,8 @@ pub const MAX_MODEL_NAMES: usize = 16;
 pub const MAX_DEVICES: usize = 16;
 /// Longest string in a status (names, addresses).
 pub const MAX_STATUS_STRING: usize = 512;
+/// Presets listed in one status.
+pub const MAX_STATUS_PRESETS: usize = 256;
 
 /// One node's view of itself, published periodically and on every change.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -72,6 +74,17 @@ pub struct NodeStatus {
     pub on_disk: Vec<DiskModel>,
     /// Decode speed over the node's recent generations, tokens per second (0 when idle).
     pub tokens_per_sec: f32,
+    /// Presets (models derived by a Modelfile) the node stores and shares.
+    pub presets: Vec<PresetStatus>,
+}
+
+/// A preset a node shares: its name, the content id of its definition (what a peer asks for
+/// with `ShardRequest::Preset` and checks the reply against) and its base model's content id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresetStatus {
+    pub name: String,
+    pub id: ContentId,
+    pub base: ContentId,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -202,6 +215,12 @@ impl NodeStatus {
                 return Err(StatusError("a model has too many or too long names".into()));
             }
         }
+        if self.presets.len() > MAX_STATUS_PRESETS {
+            return Err(StatusError(format!("{} presets", self.presets.len())));
+        }
+        if self.presets.iter().any(|p| long(&p.name)) {
+            return Err(StatusError("a preset name is too long".into()));
+        }
         if !self.tokens_per_sec.is_finite() || self.tokens_per_sec < 0.0 {
             return Err(StatusError(
                 "tokens_per_sec is not a finite positive number".into(),
@@ -232,6 +251,11 @@ impl NodeStatus {
     /// The stored model a reference names, if this node has one.
     pub fn find_on_disk(&self, reference: &str) -> Option<&DiskModel> {
         self.on_disk.iter().find(|m| m.matches(reference))
+    }
+
+    /// The shared preset named `name` (a name as the catalog spells it), if this node has one.
+    pub fn find_preset(&self, name: &str) -> Option<&PresetStatus> {
+        self.presets.iter().find(|p| p.name == name)
     }
 
     pub fn loaded(&self, id: &ContentId) -> Option<&LoadedModel> {
@@ -272,6 +296,11 @@ mod tests {
                 shared: true,
             }],
             tokens_per_sec: 12.5,
+            presets: vec![PresetStatus {
+                name: "pirate".into(),
+                id: ContentId::of(b"preset"),
+                base: id,
+            }],
         }
     }
 
@@ -312,6 +341,12 @@ mod tests {
         assert!(s.validate().is_err());
         let mut s = status();
         s.tokens_per_sec = f32::NAN;
+        assert!(s.validate().is_err());
+        let mut s = status();
+        s.presets = vec![s.presets[0].clone(); MAX_STATUS_PRESETS + 1];
+        assert!(s.validate().is_err());
+        let mut s = status();
+        s.presets[0].name = "p".repeat(MAX_STATUS_STRING + 1);
         assert!(s.validate().is_err());
     }
 }

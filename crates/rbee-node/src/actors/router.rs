@@ -184,6 +184,7 @@ async fn route(
             loaded: Vec::new(),
             on_disk: Vec::new(),
             tokens_per_sec: 0.0,
+            presets: Vec::new(),
         });
     // The cached status may predate an import a moment ago: the catalog has the last word.
     if let Some(m) = &local

@@ -124,10 +124,10 @@ pub(crate) async fn pool_view(ctx: &NodeContext) -> Value {
     let Some(net) = &ctx.net else {
         // Alone, nothing publishes (and caches) a status: make one now, with the tokens/s of
         // the latest history sample.
-        let status = match crate::peer::status::disk_models(ctx).await {
-            Ok(models) => {
+        let status = match crate::peer::status::Stored::read(ctx).await {
+            Ok(stored) => {
                 let rate = ctx.activity.latest_rate() as f32;
-                crate::peer::status::local_status(ctx, rate, models)
+                crate::peer::status::local_status(ctx, rate, stored)
                     .await
                     .ok()
             }

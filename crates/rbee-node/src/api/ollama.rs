@@ -597,7 +597,7 @@ pub async fn tags(State(ctx): State<Arc<NodeContext>>) -> Response {
 
 /// A preset's digest: the content id of its definition.
 fn preset_digest(preset: &Preset) -> String {
-    rbee_proto::ContentId::of(&serde_json::to_vec(preset).unwrap_or_default()).to_hex()
+    preset.id().to_hex()
 }
 
 /// `/api/show`'s and `/api/delete`'s body: `model` (older clients send `name`).
@@ -688,7 +688,12 @@ pub async fn show(
         let req = body(req)?;
         let name = req.model()?.to_string();
         let (base, preset) = with_preset(&ctx, &name).await?;
-        let model = resolve_local(&ctx, &base).await?;
+        let model = match (resolve_local(&ctx, &base).await, &preset) {
+            (Ok(m), _) => m,
+            // A preset from the pool whose base only peers hold: what the preset says.
+            (Err(e), Some(p)) if e.status() == 404 => return Ok(preset_only(p)),
+            (Err(e), _) => return Err(e),
+        };
         let caps = ctx.kinds.of(model.id(), &model.path).await?;
         let path = model.path.clone();
         let (mut info, template) = tokio::task::spawn_blocking(move || header_info(&path))
@@ -762,6 +767,33 @@ pub async fn show(
         Ok(v) => Json(v).into_response(),
         Err(e) => err(&e),
     }
+}
+
+/// `/api/show` of a preset whose base model is not in this node's catalog (it runs on a peer
+/// that has it): the preset's own fields; the base's header (`model_info`, its template) is
+/// on the peers, so `model_info` is empty until the base is pulled here.
+fn preset_only(p: &Preset) -> Value {
+    let template = p.modelfile.template.clone().unwrap_or_default();
+    let mut capabilities = vec!["completion"];
+    if template.contains("tools") || template.contains(".Tools") {
+        capabilities.push("tools");
+    }
+    if template.contains("<think>") {
+        capabilities.push("thinking");
+    }
+    let mut shown = json!({
+        "license": p.modelfile.license.join("\n"),
+        "modelfile": p.modelfile.render(&display_name(&p.base_name)),
+        "parameters": p.modelfile.parameters_text(),
+        "template": template,
+        "details": {"format": "gguf", "parent_model": display_name(&p.base_name)},
+        "model_info": {},
+        "capabilities": capabilities,
+    });
+    if let Some(system) = &p.modelfile.system {
+        shown["system"] = json!(system);
+    }
+    shown
 }
 
 /// `GET /api/ps`: the models loaded on this node.
@@ -1370,14 +1402,10 @@ async fn save_preset(ctx: &NodeContext, name: &str, preset: &Preset) -> Result<(
             "`{name}` already names a model in this node's catalog; choose another name for the preset"
         )));
     }
-    let bytes = serde_json::to_vec_pretty(preset)
-        .map_err(|e| NodeError::Internal(format!("writing the preset: {e}")))?;
-    let store = ctx.store.clone();
-    let name = name.to_string();
-    tokio::task::spawn_blocking(move || store.save_preset(&name, &bytes))
+    let (store, name, preset) = (ctx.store.clone(), name.to_string(), preset.clone());
+    tokio::task::spawn_blocking(move || modelfile::save(&store, &name, &preset))
         .await
-        .map_err(|e| NodeError::Internal(format!("saving the preset: {e}")))??;
-    Ok(())
+        .map_err(|e| NodeError::Internal(format!("saving the preset: {e}")))?
 }
 
 /// `/api/create`'s body: a Modelfile's parts as fields (what the `ollama` client sends), or

@@ -16,14 +16,50 @@ use crate::error::NodeError;
 use crate::preset::Preset;
 pub(super) use crate::preset::map_options;
 
-/// The preset named `name` (a name as the catalog spells it, `:latest` already dropped),
-/// if this node stores one.
+/// The preset named `name` (a name as the catalog spells it, `:latest` already dropped):
+/// one this node stores, else one a peer shares, unless this node's catalog has a model by
+/// that name (a local model is never shadowed by a peer's preset). A preset from the pool is
+/// stored here first ([`crate::pull::presets`]), so it is listed and shared from then on.
 pub(super) async fn find(ctx: &NodeContext, name: &str) -> Result<Option<Preset>, NodeError> {
-    Ok(all(ctx)
+    if let Some(p) = all(ctx)
         .await?
         .into_iter()
         .find(|(n, _)| n == name)
-        .map(|(_, p)| p))
+        .map(|(_, p)| p)
+    {
+        return Ok(Some(p));
+    }
+    let Some(net) = &ctx.net else { return Ok(None) };
+    if !rbee_proto::is_valid_name(name)
+        || !net
+            .peers()
+            .iter()
+            .any(|p| p.status.find_preset(name).is_some())
+    {
+        return Ok(None);
+    }
+    if ctx
+        .catalog
+        .list()
+        .await?
+        .iter()
+        .any(|r| r.entry.answers_to(name))
+    {
+        return Ok(None);
+    }
+    let Some(preset) = crate::pull::presets::fetch(net, name).await? else {
+        return Ok(None);
+    };
+    save_fetched(ctx, name, &preset).await?;
+    Ok(Some(preset))
+}
+
+/// Stores a preset fetched from the pool under `name`.
+async fn save_fetched(ctx: &NodeContext, name: &str, preset: &Preset) -> Result<(), NodeError> {
+    let (store, name, preset) = (ctx.store.clone(), name.to_string(), preset.clone());
+    tokio::task::spawn_blocking(move || crate::preset::save(&store, &name, &preset))
+        .await
+        .map_err(|e| NodeError::Internal(format!("saving the preset: {e}")))?
 }
 
 /// Every preset this node stores, by name. One that does not parse is skipped with a warning.

@@ -1,6 +1,6 @@
 //! The server of `/rbee/shard/1`: manifests and verified shards of the models this node
-//! stores and shares, at most `max_uploads` at once, paced to `max_upload_rate`. The
-//! messages are `rbee_proto::shard`'s.
+//! stores and shares, at most `max_uploads` at once, paced to `max_upload_rate`, and the
+//! definitions of the presets it shares. The messages are `rbee_proto::shard`'s.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use crate::NodeContext;
 use crate::error::NodeError;
-use rbee_proto::shard::{REQUEST_CAP, ShardReply, ShardRequest};
+use rbee_proto::shard::{MAX_PRESET_BYTES, REQUEST_CAP, ShardReply, ShardRequest};
 
 /// How long one write of an upload may wait for the puller to take it.
 const UPLOAD_STALL: Duration = Duration::from_secs(20);
@@ -151,6 +151,27 @@ pub async fn serve_shards(ctx: Arc<NodeContext>, net: Client) {
 }
 
 /// Answers one request; false when the stream is no longer usable.
+/// The canonical definition of the shared preset whose content id is `id`.
+async fn shared_preset(ctx: &NodeContext, id: ContentId) -> Result<Vec<u8>, NodeError> {
+    let store = ctx.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.presets())
+        .await
+        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))??;
+    stored
+        .into_iter()
+        .filter(|(name, _)| !ctx.config.not_shared.iter().any(|n| n == name))
+        .filter_map(|(_, bytes)| serde_json::from_slice::<crate::preset::Preset>(&bytes).ok())
+        .map(|p| p.canonical())
+        .find(|bytes| ContentId::of(bytes) == id && bytes.len() <= MAX_PRESET_BYTES)
+        .ok_or_else(|| {
+            NodeError::NotFound(format!(
+                "node {} does not share preset {}",
+                ctx.name,
+                id.short()
+            ))
+        })
+}
+
 async fn serve_one(
     ctx: &NodeContext,
     peer: PeerId,
@@ -166,6 +187,8 @@ async fn serve_one(
     let known = match &req {
         ShardRequest::Manifest(id) => idx.manifests.contains_key(id),
         ShardRequest::Shard { hash, .. } => idx.shards.contains_key(hash),
+        // Presets are read from the store when asked for, not indexed.
+        ShardRequest::Preset(_) => true,
     };
     if !known && idx.stale() {
         let mut fresh = std::mem::take(&mut *idx);
@@ -178,6 +201,14 @@ async fn serve_one(
         }
     }
     match req {
+        ShardRequest::Preset(id) => {
+            drop(idx);
+            let reply = match shared_preset(ctx, id).await {
+                Ok(bytes) => ShardReply::Preset(bytes),
+                Err(e) => error_reply(&e),
+            };
+            write_frame(stream, &reply).await.is_ok()
+        }
         ShardRequest::Manifest(id) => {
             let reply = match idx.manifests.get(&id) {
                 Some(m) => ShardReply::Manifest(Manifest::clone(m)),

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rbee_net::Client;
-use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus};
+use rbee_proto::pool::{DeviceStatus, DiskModel, LoadedModel, NodeStatus, PresetStatus};
 use rbee_proto::{ContentId, ModelSource};
 
 use crate::NodeContext;
@@ -56,11 +56,50 @@ pub(crate) async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, Nod
         .collect())
 }
 
+/// The presets this node shares: every stored one that parses and whose name is not in
+/// `not_shared`, with the content ids of its definition and its base.
+pub(crate) async fn shared_presets(ctx: &NodeContext) -> Result<Vec<PresetStatus>, NodeError> {
+    let store = ctx.store.clone();
+    let stored = tokio::task::spawn_blocking(move || store.presets())
+        .await
+        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))??;
+    Ok(stored
+        .into_iter()
+        .filter(|(name, _)| !ctx.config.not_shared.iter().any(|n| n == name))
+        .filter_map(|(name, bytes)| {
+            let preset: crate::preset::Preset = serde_json::from_slice(&bytes).ok()?;
+            Some(PresetStatus {
+                base: preset.base_id()?,
+                id: preset.id(),
+                name,
+            })
+        })
+        .filter(|p| p.name.len() <= rbee_proto::pool::MAX_STATUS_STRING)
+        .take(rbee_proto::pool::MAX_STATUS_PRESETS)
+        .collect())
+}
+
+/// What a node stores, as its status lists it.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Stored {
+    pub models: Vec<DiskModel>,
+    pub presets: Vec<PresetStatus>,
+}
+
+impl Stored {
+    pub(crate) async fn read(ctx: &NodeContext) -> Result<Stored, NodeError> {
+        Ok(Stored {
+            models: disk_models(ctx).await?,
+            presets: shared_presets(ctx).await?,
+        })
+    }
+}
+
 /// This node as its peers should see it.
 pub(crate) async fn local_status(
     ctx: &NodeContext,
     tokens_per_sec: f32,
-    on_disk: Vec<DiskModel>,
+    stored: Stored,
 ) -> Result<NodeStatus, NodeError> {
     let workers = ctx.workers.status().await?;
     let loaded = workers
@@ -100,8 +139,9 @@ pub(crate) async fn local_status(
             })
             .collect(),
         loaded,
-        on_disk,
+        on_disk: stored.models,
         tokens_per_sec,
+        presets: stored.presets,
     })
 }
 
@@ -119,15 +159,15 @@ pub async fn publish_status(ctx: Arc<NodeContext>, net: Client) {
     let mut rate = 0f32;
     // The worker's state changes by the moment and is asked every tick; the catalog (files
     // on disk) changes rarely and is read once per interval.
-    let mut on_disk: Option<(Instant, Vec<DiskModel>)> = None;
+    let mut on_disk: Option<(Instant, Stored)> = None;
     loop {
         tick.tick().await;
         if on_disk
             .as_ref()
             .is_none_or(|(t, _)| t.elapsed() >= interval)
         {
-            match disk_models(&ctx).await {
-                Ok(models) => on_disk = Some((Instant::now(), models)),
+            match Stored::read(&ctx).await {
+                Ok(stored) => on_disk = Some((Instant::now(), stored)),
                 Err(e) => tracing::debug!("catalog not available: {e}"),
             }
         }
