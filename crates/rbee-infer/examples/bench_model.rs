@@ -10,12 +10,15 @@
 //! longest match over the GGUF vocabulary (a stand-in for the real tokenizer,
 //! good enough for timing and eyeballing), cut or padded to the requested length.
 //!
-//! Instead of a path, `synthetic-gemma3-270m` writes (to the temp directory)
+//! Instead of a path, `synthetic-gemma3-270m` (or `synthetic-qwen2-1.5b`) writes (to the temp directory)
 //! and times a random-weight model with Gemma 3 270M Q4_K_M's exact shapes
 //! and tensor types, for timing on machines without the real file.
 
 use std::path::PathBuf;
 use std::time::Instant;
+
+#[path = "common/synthetic.rs"]
+mod synthetic;
 
 use candle_core::Device;
 use rbee_format::gguf::GgufFile;
@@ -34,7 +37,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .ok_or("usage: bench_model <model.gguf> [prompt tokens] [decode tokens]")?;
     let path = if path == "synthetic-gemma3-270m" {
-        synthetic_gemma3_270m()?
+        synthetic::gemma3_270m()?
+    } else if path == "synthetic-qwen2-1.5b" {
+        synthetic::qwen2_1_5b()?
     } else {
         PathBuf::from(path)
     };
@@ -123,116 +128,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("generated:    {:?}", text(&generated));
     println!("ids:          {generated:?}");
     Ok(())
-}
-
-/// Writes a random-weight model shaped like Gemma 3 270M Q4_K_M: same
-/// hyperparameters, and per layer the same tensor types (attn_v Q8_0 and
-/// ffn_down Q6_K in layers 0, 1, 4, 7, 10, 13, 15, 16, 17; Q5_0 / Q4_K elsewhere).
-fn synthetic_gemma3_270m() -> Result<PathBuf, Box<dyn std::error::Error>> {
-    use rbee_format::gguf::{GgmlType, GgufWriter};
-    const HIDDEN: u64 = 640;
-    const FFN: u64 = 2048;
-    const VOCAB: u64 = 262_144;
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let mut bytes = |n: u64| -> Vec<u8> {
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
-    };
-    // Random codes with sane f16 scales (0x1400 ~ 0.001).
-    let mut blocks = |ty: GgmlType, n: u64| -> Vec<u8> {
-        let (size, scales): (u64, &[usize]) = match ty {
-            GgmlType::Q8_0 => (34, &[0]),
-            GgmlType::Q5_0 => (22, &[0]),
-            GgmlType::Q4_K => (144, &[0, 2]),
-            _ => (210, &[208]),
-        };
-        let per = ty.block_size();
-        let mut out = bytes(n / per * size);
-        for block in out.chunks_exact_mut(size as usize) {
-            for &at in scales {
-                block[at..at + 2].copy_from_slice(&0x1400u16.to_le_bytes());
-            }
-        }
-        out
-    };
-    let mut w = GgufWriter::new();
-    let arch = "gemma3";
-    w.add("general.architecture", arch)
-        .add("gemma3.context_length", 32_768u32)
-        .add("gemma3.embedding_length", HIDDEN as u32)
-        .add("gemma3.block_count", 18u32)
-        .add("gemma3.feed_forward_length", FFN as u32)
-        .add("gemma3.attention.head_count", 4u32)
-        .add("gemma3.attention.head_count_kv", 1u32)
-        .add("gemma3.attention.key_length", 256u32)
-        .add("gemma3.attention.value_length", 256u32)
-        .add("gemma3.attention.layer_norm_rms_epsilon", 1e-6f32)
-        .add("gemma3.rope.freq_base", 1e6f32)
-        .add("gemma3.attention.sliding_window", 512u32)
-        .add("tokenizer.ggml.bos_token_id", 2u32)
-        .add(
-            "tokenizer.ggml.tokens",
-            (0..VOCAB).map(|i| format!("t{i}")).collect::<Vec<String>>(),
-        );
-    let ones: Vec<u8> = (0..HIDDEN).flat_map(|_| 1f32.to_le_bytes()).collect();
-    let head_ones: Vec<u8> = (0..256).flat_map(|_| 1f32.to_le_bytes()).collect();
-    w.add_tensor(
-        "token_embd.weight",
-        &[HIDDEN, VOCAB],
-        GgmlType::Q8_0,
-        blocks(GgmlType::Q8_0, HIDDEN * VOCAB),
-    );
-    w.add_tensor("output_norm.weight", &[HIDDEN], GgmlType::F32, ones.clone());
-    for il in 0..18 {
-        let wide = [0, 1, 4, 7, 10, 13, 15, 16, 17].contains(&il);
-        let (v_ty, down_ty) = if wide {
-            (GgmlType::Q8_0, GgmlType::Q6_K)
-        } else {
-            (GgmlType::Q5_0, GgmlType::Q4_K)
-        };
-        let name = |t: &str| format!("blk.{il}.{t}");
-        for t in [
-            "attn_norm",
-            "ffn_norm",
-            "post_attention_norm",
-            "post_ffw_norm",
-        ] {
-            w.add_tensor(
-                name(&format!("{t}.weight")),
-                &[HIDDEN],
-                GgmlType::F32,
-                ones.clone(),
-            );
-        }
-        for t in ["attn_q_norm", "attn_k_norm"] {
-            w.add_tensor(
-                name(&format!("{t}.weight")),
-                &[256],
-                GgmlType::F32,
-                head_ones.clone(),
-            );
-        }
-        let mut matrix = |t: &str, ty: GgmlType, cols: u64, rows: u64| {
-            let data = blocks(ty, cols * rows);
-            w.add_tensor(name(&format!("{t}.weight")), &[cols, rows], ty, data);
-        };
-        matrix("attn_q", GgmlType::Q5_0, HIDDEN, 1024);
-        matrix("attn_k", GgmlType::Q5_0, HIDDEN, 256);
-        matrix("attn_v", v_ty, HIDDEN, 256);
-        matrix("attn_output", GgmlType::Q4_K, 1024, HIDDEN);
-        matrix("ffn_gate", GgmlType::Q5_0, HIDDEN, FFN);
-        matrix("ffn_up", GgmlType::Q5_0, HIDDEN, FFN);
-        matrix("ffn_down", down_ty, FFN, HIDDEN);
-    }
-    let path = std::env::temp_dir().join("rbee-synthetic-gemma3-270m.gguf");
-    w.write_file(&path)?;
-    Ok(path)
 }
 
 /// Greedy longest-match over the vocabulary, SentencePiece style (spaces as U+2581).
