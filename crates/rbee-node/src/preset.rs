@@ -418,11 +418,39 @@ pub fn save(store: &rbee_store::Store, name: &str, preset: &Preset) -> Result<()
     Ok(store.save_preset(name, &bytes)?)
 }
 
+/// Every stored preset, by name; one that does not parse is skipped with a warning. It
+/// blocks: call it off the async runtime.
+pub fn all(store: &rbee_store::Store) -> Result<Vec<(String, Preset)>, NodeError> {
+    Ok(store
+        .presets()?
+        .into_iter()
+        .filter_map(
+            |(name, bytes)| match serde_json::from_slice::<Preset>(&bytes) {
+                Ok(p) => Some((name, p)),
+                Err(e) => {
+                    tracing::warn!(preset = name, "skipping a preset that does not parse: {e}");
+                    None
+                }
+            },
+        )
+        .collect())
+}
+
 /// The stored preset `name`, if there is one that parses. It blocks.
 pub fn find(store: &rbee_store::Store, name: &str) -> Option<Preset> {
-    let stored = store.presets().ok()?;
-    let (_, bytes) = stored.into_iter().find(|(n, _)| n == name)?;
-    serde_json::from_slice(&bytes).ok()
+    all(store)
+        .ok()?
+        .into_iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, p)| p)
+}
+
+/// [`all`], off the async runtime.
+pub async fn all_async(store: &rbee_store::Store) -> Result<Vec<(String, Preset)>, NodeError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || all(&store))
+        .await
+        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))?
 }
 
 impl Preset {

@@ -64,22 +64,7 @@ async fn save_fetched(ctx: &NodeContext, name: &str, preset: &Preset) -> Result<
 
 /// Every preset this node stores, by name. One that does not parse is skipped with a warning.
 pub(super) async fn all(ctx: &NodeContext) -> Result<Vec<(String, Preset)>, NodeError> {
-    let store = ctx.store.clone();
-    let stored = tokio::task::spawn_blocking(move || store.presets())
-        .await
-        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))??;
-    Ok(stored
-        .into_iter()
-        .filter_map(
-            |(name, bytes)| match serde_json::from_slice::<Preset>(&bytes) {
-                Ok(p) => Some((name, p)),
-                Err(e) => {
-                    tracing::warn!(preset = name, "skipping a preset that does not parse: {e}");
-                    None
-                }
-            },
-        )
-        .collect())
+    crate::preset::all_async(&ctx.store).await
 }
 
 /// The reference a request for the preset runs on: its base, by content id.

@@ -153,15 +153,11 @@ pub async fn serve_shards(ctx: Arc<NodeContext>, net: Client) {
 /// Answers one request; false when the stream is no longer usable.
 /// The canonical definition of the shared preset whose content id is `id`.
 async fn shared_preset(ctx: &NodeContext, id: ContentId) -> Result<Vec<u8>, NodeError> {
-    let store = ctx.store.clone();
-    let stored = tokio::task::spawn_blocking(move || store.presets())
-        .await
-        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))??;
-    stored
+    crate::preset::all_async(&ctx.store)
+        .await?
         .into_iter()
         .filter(|(name, _)| !ctx.config.not_shared.iter().any(|n| n == name))
-        .filter_map(|(_, bytes)| serde_json::from_slice::<crate::preset::Preset>(&bytes).ok())
-        .map(|p| p.canonical())
+        .map(|(_, p)| p.canonical())
         .find(|bytes| ContentId::of(bytes) == id && bytes.len() <= MAX_PRESET_BYTES)
         .ok_or_else(|| {
             NodeError::NotFound(format!(

@@ -59,15 +59,11 @@ pub(crate) async fn disk_models(ctx: &NodeContext) -> Result<Vec<DiskModel>, Nod
 /// The presets this node shares: every stored one that parses and whose name is not in
 /// `not_shared`, with the content ids of its definition and its base.
 pub(crate) async fn shared_presets(ctx: &NodeContext) -> Result<Vec<PresetStatus>, NodeError> {
-    let store = ctx.store.clone();
-    let stored = tokio::task::spawn_blocking(move || store.presets())
-        .await
-        .map_err(|e| NodeError::Internal(format!("reading presets: {e}")))??;
-    Ok(stored
+    Ok(crate::preset::all_async(&ctx.store)
+        .await?
         .into_iter()
         .filter(|(name, _)| !ctx.config.not_shared.iter().any(|n| n == name))
-        .filter_map(|(name, bytes)| {
-            let preset: crate::preset::Preset = serde_json::from_slice(&bytes).ok()?;
+        .filter_map(|(name, preset)| {
             Some(PresetStatus {
                 base: preset.base_id()?,
                 id: preset.id(),
