@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 
+use super::dispatch::Kernels;
 use super::hsum8;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
@@ -24,7 +25,7 @@ const BLOCK_BYTES: usize = 210;
 pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
 
 #[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
-struct Block {
+pub(crate) struct Block {
     d: f32,
     scales: [i8; 16],
     /// Unsigned codes 0..=63 (value = d * scale * (code - 32)), permuted
@@ -117,6 +118,11 @@ impl Q6KMatrix {
 
     /// `tiled`: llama.cpp's batch has at least 8 rows (see the module docs).
     pub fn matmul(&self, x: &[f32], m: usize, tiled: bool) -> Vec<f32> {
+        self.matmul_with(super::dispatch::active(), x, m, tiled)
+    }
+
+    /// [`matmul`](Self::matmul) on the kernel set `set`.
+    pub(crate) fn matmul_with(&self, set: Kernels, x: &[f32], m: usize, tiled: bool) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
         let a = permuted_f32(&acts.q);
@@ -130,7 +136,7 @@ impl Q6KMatrix {
             for groups in tiles.blocks(nb) {
                 for (i, c) in cols.clone().enumerate() {
                     let w = &self.blocks[c * nb..(c + 1) * nb];
-                    tiles.each(groups.clone(), w, nb, tiled, |r, sums| {
+                    tiles.each(set, groups.clone(), w, nb, tiled, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
                         }
@@ -143,7 +149,8 @@ impl Q6KMatrix {
             let row_first = if tiled { m } else { first };
             for r in row_first..m {
                 for c in (cols.start..whole).step_by(4) {
-                    let lanes = row_vec_dot4(
+                    let lanes = row_vec_dot4_on(
+                        set,
                         std::array::from_fn(|t| weight(c + t)),
                         &acts,
                         &a,
@@ -372,7 +379,33 @@ fn sums16(acts: &Q8KRows) -> Vec<[i16; 16]> {
 /// Returns each weight row's eight lane accumulators (the caller sums them with [`hsum8`]).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn row_vec_dot4(
+pub(crate) fn row_vec_dot4(
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    sums16: &[[i16; 16]],
+    r: usize,
+) -> [[f32; 8]; 4] {
+    row_vec_dot4_with(super::avx2::q6_step, w, acts, a, sums16, r)
+}
+
+/// The integer step of the Q6_K kernels ([`super::avx2::q6_step`]'s signature: `acc` plus
+/// the lanes of 32 codes times activation codes times their scales): ggml's, or a VNNI one
+/// that computes the same lanes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Step: Fn(Int, Int, Int, Int) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, Int, Int, Int) -> Int + Copy> Step for F {}
+
+/// An AVX register of integers.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) type Int = super::avx2::m256i;
+
+/// [`row_vec_dot4`] with the integer step `step`: inlined into each instruction set's kernel.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn row_vec_dot4_with(
+    step: impl Step,
     w: [&[Block]; 4],
     acts: &Q8KRows,
     a: &[i8],
@@ -380,8 +413,8 @@ fn row_vec_dot4(
     r: usize,
 ) -> [[f32; 8]; 4] {
     use super::avx2::{
-        add_i32_m256i, fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16,
-        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
+        fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16, set_splat_m256, sub_i32_m256i,
+        to_f32, zeroed_m256,
     };
     use safe_arch::{
         convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
@@ -409,12 +442,40 @@ fn row_vec_dot4(
                     scales,
                     m128i::from(SCALE_SHUFFLE[c]),
                 ));
-                sum = add_i32_m256i(sum, madd_i16(mul_u8_i8_pairs(load_u8(q), q8[c]), sc));
+                sum = step(sum, load_u8(q), q8[c], sc);
             }
             *acc = fused_mul_add_m256(set_splat_m256(ad[bi] * b.d), to_f32(sum), *acc);
         }
     }
     acc.map(|a| a.to_array())
+}
+
+/// [`row_vec_dot4`] on the kernel set `set`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn row_vec_dot4_on(
+    set: Kernels,
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    sums16: &[[i16; 16]],
+    r: usize,
+) -> [[f32; 8]; 4] {
+    super::dispatch::q6_k_row_vec_dot4(set, w, acts, a, sums16, r)
+}
+
+/// [`row_vec_dot4`]: portable builds have one kernel set.
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+#[inline(always)]
+fn row_vec_dot4_on(
+    _: Kernels,
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[f32],
+    sums16: &[[i16; 16]],
+    r: usize,
+) -> [[f32; 8]; 4] {
+    row_vec_dot4(w, acts, a, sums16, r)
 }
 
 /// Without AVX2: [`dot_tile`] for each of the four weight rows.
@@ -470,15 +531,17 @@ impl Tiles {
     }
 
     /// `f(first_row, outputs)` for the groups `range`, against weight row `w`, with the
-    /// tiled kernel's arithmetic or (not `tiled`) vec_dot's.
+    /// tiled kernel's arithmetic or (not `tiled`) vec_dot's, on the kernel set `set`.
     fn each(
         &self,
+        set: Kernels,
         range: std::ops::Range<usize>,
         w: &[Block],
         nb: usize,
         tiled: bool,
         mut f: impl FnMut(usize, [f32; 4]),
     ) {
+        use super::dispatch::{q6_k_tile_tiled, q6_k_tile_vec_dot};
         let blocks = range.start * nb..range.end * nb;
         let groups = self.q[blocks.clone()]
             .chunks_exact(nb)
@@ -486,9 +549,9 @@ impl Tiles {
             .zip(self.bsums[blocks].chunks_exact(nb));
         for (g, ((q, d), bs)) in (range.start..).zip(groups) {
             let out = if tiled {
-                tile_tiled(w, q, d, bs)
+                q6_k_tile_tiled(set, w, q, d, bs)
             } else {
-                tile_vec_dot(w, q, d, bs).map(|lanes| hsum8(&lanes))
+                q6_k_tile_vec_dot(set, w, q, d, bs).map(|lanes| hsum8(&lanes))
             };
             f(4 * g, out);
         }
@@ -511,6 +574,7 @@ impl Tiles {
 
     fn each(
         &self,
+        _: Kernels,
         _: std::ops::Range<usize>,
         _: &[Block],
         _: usize,
@@ -539,15 +603,14 @@ const SCALE_SHUFFLE: [[i8; 16]; 8] = {
 };
 
 /// The eight integer lanes of one super-block `b` times each of four interleaved rows
-/// (`aq`, with 16-value sums `bs`): per 32-value chunk `vpmaddubsw` (codes times activation
-/// codes) and `vpmaddwd` (times the chunk's two scales), minus the code offsets from one
-/// `vpmaddwd` of the sums — what [`dot_tile`] computes per row.
+/// (`aq`, with 16-value sums `bs`): per 32-value chunk the integer step (ggml's `vpmaddubsw`,
+/// codes times activation codes, and `vpmaddwd`, times the chunk's two scales, or a VNNI form
+/// of it with the same lanes), minus the code offsets from one `vpmaddwd` of the sums — what
+/// [`dot_tile`] computes per row.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [super::avx2::m256i; 4] {
-    use super::avx2::{
-        add_i32_m256i, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, sub_i32_m256i,
-    };
+fn tile_lanes(step: impl Step, b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [Int; 4] {
+    use super::avx2::{load_i8, load_u8, m256i, madd_i16, sub_i32_m256i};
     use safe_arch::{
         convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
     };
@@ -569,7 +632,7 @@ fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [super::a
         ));
         let q = load_u8(q);
         for (sum, a) in sums.iter_mut().zip(&a) {
-            *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
+            *sum = step(*sum, q, load_i8(&a[c]), sc);
         }
     }
     sums
@@ -582,7 +645,20 @@ fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [super::a
 /// `fma(d_w * isum, d_a, acc)` on four lanes at once.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_tiled(
+pub(crate) fn tile_tiled(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [f32; 4] {
+    tile_tiled_with(super::avx2::q6_step, w, tq, td, tb)
+}
+
+/// [`tile_tiled`] with the integer step `step` (see [`row_vec_dot4_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_tiled_with(
+    step: impl Step,
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
@@ -594,7 +670,7 @@ fn tile_tiled(
     };
     let mut acc = zeroed_m128();
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let sums = tile_lanes(b, aq, bs);
+        let sums = tile_lanes(step, b, aq, bs);
         let isum = hsum_i32_4_f32(sums);
         let dw_isum = mul_m128(set_splat_m128(b.d), isum);
         acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
@@ -608,7 +684,20 @@ fn tile_tiled(
 /// accumulators with [`hsum8`].
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_vec_dot(
+pub(crate) fn tile_vec_dot(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [[f32; 8]; 4] {
+    tile_vec_dot_with(super::avx2::q6_step, w, tq, td, tb)
+}
+
+/// [`tile_vec_dot`] with the integer step `step` (see [`row_vec_dot4_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_vec_dot_with(
+    step: impl Step,
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
@@ -617,7 +706,7 @@ fn tile_vec_dot(
     use super::avx2::{fused_mul_add_m256, m256, set_splat_m256, to_f32, zeroed_m256};
     let mut acc: [m256; 4] = [zeroed_m256(); 4];
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let sums = tile_lanes(b, aq, bs);
+        let sums = tile_lanes(step, b, aq, bs);
         for t in 0..4 {
             let d = set_splat_m256(ad[t] * b.d);
             acc[t] = fused_mul_add_m256(d, to_f32(sums[t]), acc[t]);
@@ -631,6 +720,131 @@ fn tile_vec_dot(
 mod tests {
     use super::super::test_blocks::{Rng, random_q6_k};
     use super::*;
+
+    /// Not a test: the speed of the Q6_K kernels on every kernel set this CPU runs, in one
+    /// run, on one thread (`cargo test -p rbee-infer --lib q6_k_kernel_speed -- --ignored
+    /// --nocapture`; `--config 'profile.test.package.rbee-infer.debug-assertions=false'`
+    /// drops the standard library's debug checks from the loads, as release builds do).
+    /// Prompt tiles: 192 weight rows of a 1.5B model's ffn_down (8960 wide) times 32 rows
+    /// (eight groups of four, their activations in L2, as the matmul's row-group blocks keep
+    /// them), and times 4 rows of a 2048-wide matrix (all in L1). Decode: one row against all
+    /// 1536 weight rows of ffn_down (streamed from memory).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    #[ignore = "a benchmark: run it with --ignored --nocapture"]
+    fn q6_k_kernel_speed() {
+        use super::super::dispatch::{
+            KernelSet, q6_k_row_vec_dot4, q6_k_tile_tiled, q6_k_tile_vec_dot,
+        };
+        use std::hint::black_box;
+        use std::time::Instant;
+        struct Case {
+            w: Q6KMatrix,
+            acts: Q8KRows,
+            tiles: Tiles,
+            sums: Vec<[i16; 16]>,
+            m: usize,
+        }
+        let case = |rows: usize, cols: usize, m: usize, rng: &mut Rng| {
+            let w =
+                Q6KMatrix::from_blocks(&random_q6_k(rng, rows * cols / QK_K), rows, cols).unwrap();
+            let x: Vec<f32> = (0..m * cols).map(|_| 2.0 * rng.float()).collect();
+            let mut acts = Q8KRows::default();
+            quantize_q8_k(&x, &mut acts);
+            let (tiles, _) = Tiles::new(&acts, m / 4, cols / QK_K);
+            let sums = sums16(&acts);
+            Case {
+                w,
+                acts,
+                tiles,
+                sums,
+                m,
+            }
+        };
+        let mut rng = Rng(31);
+        let cases = [case(1536, 8960, 32, &mut rng), case(192, 2048, 4, &mut rng)];
+        let sets: Vec<Kernels> = KernelSet::ALL
+            .into_iter()
+            .filter_map(|s| Kernels::new(s).ok())
+            .collect();
+        // ns per super-block times one activation row, best of alternating rounds.
+        let time = |f: &mut dyn FnMut(), products: usize| {
+            let t = Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / (10 * products) as f64
+        };
+        let mut best = vec![[f64::INFINITY; 5]; sets.len()];
+        for _ in 0..7 {
+            for (k, best) in sets.iter().zip(&mut best) {
+                let k = *k;
+                for (i, c) in cases.iter().enumerate() {
+                    let nb = c.w.cols / QK_K;
+                    let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
+                    let group = |g: usize| {
+                        let b = g * nb..(g + 1) * nb;
+                        (
+                            &c.tiles.q[b.clone()],
+                            &c.tiles.d[b.clone()],
+                            &c.tiles.bsums[b],
+                        )
+                    };
+                    let products = 192 * c.m * nb;
+                    let tiled = time(
+                        &mut || {
+                            for r in 0..192 {
+                                for g in 0..c.m / 4 {
+                                    let (q, d, bs) = group(g);
+                                    black_box(q6_k_tile_tiled(k, weight(r), q, d, bs));
+                                }
+                            }
+                        },
+                        products,
+                    );
+                    best[2 * i] = best[2 * i].min(tiled);
+                    let vec_dot = time(
+                        &mut || {
+                            for r in 0..192 {
+                                for g in 0..c.m / 4 {
+                                    let (q, d, bs) = group(g);
+                                    black_box(q6_k_tile_vec_dot(k, weight(r), q, d, bs));
+                                }
+                            }
+                        },
+                        products,
+                    );
+                    best[2 * i + 1] = best[2 * i + 1].min(vec_dot);
+                }
+                let c = &cases[0];
+                let nb = c.w.cols / QK_K;
+                let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
+                let decode = time(
+                    &mut || {
+                        for r in (0..c.w.rows).step_by(4) {
+                            let four = std::array::from_fn(|t| weight(r + t));
+                            black_box(q6_k_row_vec_dot4(k, four, &c.acts, &c.acts.q, &c.sums, 0));
+                        }
+                    },
+                    c.w.rows * nb,
+                );
+                best[4] = best[4].min(decode);
+            }
+        }
+        eprintln!("Q6_K kernels, ns per super-block x row, best of 7 rounds, 1 thread:");
+        eprintln!("set          tiled(L2)  vec_dot(L2)  tiled(L1)  vec_dot(L1)  decode4");
+        for (k, b) in sets.iter().zip(&best) {
+            eprintln!(
+                "{:<12} {:>9.2} {:>12.2} {:>10.2} {:>12.2} {:>8.2}",
+                k.set().name(),
+                b[0],
+                b[1],
+                b[2],
+                b[3],
+                b[4]
+            );
+        }
+    }
 
     /// The row kernel that serves four weight rows at once computes, for each, exactly what
     /// the one-row kernel computes.

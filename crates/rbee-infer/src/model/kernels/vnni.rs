@@ -12,6 +12,10 @@
 //!   two sub-block scales and adds them to the accumulator. The lanes differ from ggml's, the
 //!   total (an exact integer) does not, and only totals reach a float step.
 //!
+//! - Q6_K: `vpdpwssd` adds the scaled pairs of `vpmaddubsw` (6-bit codes times activation
+//!   codes, exact in i16) straight into the accumulator, in place of `vpmaddwd` + `vpaddd`.
+//!   Every lane is ggml's lane, so vec_dot's per-lane rounding is kept too.
+//!
 //! So each computes bit for bit what the AVX2 kernel computes (`dispatch`'s tests check it).
 
 macro_rules! vnni_kernels {
@@ -22,10 +26,10 @@ macro_rules! vnni_kernels {
                 $dpbusd, $dpwssd,
             };
 
-            use crate::model::kernels::avx2::m256i;
+            use crate::model::kernels::avx2::{m256i, mul_u8_i8_pairs};
             use crate::model::kernels::q4_k::{self, Block};
-            use crate::model::kernels::q8_0;
             use crate::model::kernels::quantize::{Q8KRows, QK_K, QK8_0};
+            use crate::model::kernels::{q6_k, q8_0};
 
             /// `sum(|w| * sign(a, w))` in lanes of four bytes: ggml's `mul_sum_i8_pairs`.
             #[target_feature(enable = $features)]
@@ -52,6 +56,14 @@ macro_rules! vnni_kernels {
                     _mm256_set1_epi16(i16::from(s_hi)),
                 );
                 m256i($dpwssd(acc.0, p, s))
+            }
+
+            /// `acc` plus the lanes of `vpmaddwd(vpmaddubsw(codes, a), scales)`: the pairs'
+            /// products with the scales are added into `acc` by one `vpdpwssd` (ggml's lanes).
+            #[target_feature(enable = $features)]
+            #[inline]
+            fn q6_step(acc: m256i, codes: m256i, a: m256i, scales: m256i) -> m256i {
+                m256i($dpwssd(acc.0, mul_u8_i8_pairs(codes, a).0, scales.0))
             }
 
             #[target_feature(enable = $features)]
@@ -112,6 +124,37 @@ macro_rules! vnni_kernels {
                 r: usize,
             ) -> [f32; 4] {
                 q4_k::row_gemv4_with(|acc, lo, hi| q4_step(acc, lo, hi), w, acts, a, pair_sums, r)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q6_k_tile_tiled(
+                w: &[q6_k::Block],
+                tq: &[[[i8; QK_K]; 4]],
+                td: &[[f32; 4]],
+                tb: &[[[i16; 16]; 4]],
+            ) -> [f32; 4] {
+                q6_k::tile_tiled_with(|acc, q, a, s| q6_step(acc, q, a, s), w, tq, td, tb)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q6_k_tile_vec_dot(
+                w: &[q6_k::Block],
+                tq: &[[[i8; QK_K]; 4]],
+                td: &[[f32; 4]],
+                tb: &[[[i16; 16]; 4]],
+            ) -> [[f32; 8]; 4] {
+                q6_k::tile_vec_dot_with(|acc, q, a, s| q6_step(acc, q, a, s), w, tq, td, tb)
+            }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q6_k_row_vec_dot4(
+                w: [&[q6_k::Block]; 4],
+                acts: &Q8KRows,
+                a: &[i8],
+                sums16: &[[i16; 16]],
+                r: usize,
+            ) -> [[f32; 8]; 4] {
+                q6_k::row_vec_dot4_with(|acc, q, a, s| q6_step(acc, q, a, s), w, acts, a, sums16, r)
             }
         }
     };
