@@ -72,14 +72,6 @@ pub(crate) fn q4_step(
     )
 }
 
-/// The Q6_K integer step: `acc` plus the eight i32 lanes of
-/// `vpmaddwd(vpmaddubsw(codes, a), scales)` (32 unsigned 6-bit codes times activation codes,
-/// summed in pairs, times their i16 scales, summed in pairs), as ggml computes it.
-#[inline(always)]
-pub(crate) fn q6_step(acc: m256i, codes: m256i, a: m256i, scales: m256i) -> m256i {
-    add_i32_m256i(acc, madd_i16(mul_u8_i8_pairs(codes, a), scales))
-}
-
 #[inline(always)]
 pub(crate) fn splat_i16(v: i16) -> m256i {
     set_splat_i16_m256i(v)

@@ -358,28 +358,8 @@ mod x86 {
             // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
             // feature `avx512::q6_k_tile_vec_dot` is compiled for.
             KernelSet::Avx512Vnni => unsafe { avx512::q6_k_tile_vec_dot(w, tq, td, tb) },
-            // SAFETY: as above, for AvxVnni and `avxvnni::q6_k_tile_vec_dot`'s features.
-            KernelSet::AvxVnni => unsafe { avxvnni::q6_k_tile_vec_dot(w, tq, td, tb) },
+            // The VEX encoding has no more registers than AVX2's: the same code.
             _ => q6_k::tile_vec_dot(w, tq, td, tb),
-        }
-    }
-
-    /// Q6_K: one activation row times four weight rows (decode), eight lanes each.
-    pub(crate) fn q6_k_row_vec_dot4(
-        k: Kernels,
-        w: [&[q6_k::Block]; 4],
-        acts: &Q8KRows,
-        a: &[i8],
-        sums16: &[[i16; 16]],
-        r: usize,
-    ) -> [[f32; 8]; 4] {
-        match k.0 {
-            // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
-            // feature `avx512::q6_k_row_vec_dot4` is compiled for.
-            KernelSet::Avx512Vnni => unsafe { avx512::q6_k_row_vec_dot4(w, acts, a, sums16, r) },
-            // SAFETY: as above, for AvxVnni and `avxvnni::q6_k_row_vec_dot4`'s features.
-            KernelSet::AvxVnni => unsafe { avxvnni::q6_k_row_vec_dot4(w, acts, a, sums16, r) },
-            _ => q6_k::row_vec_dot4(w, acts, a, sums16, r),
         }
     }
 }

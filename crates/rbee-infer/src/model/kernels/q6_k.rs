@@ -149,8 +149,7 @@ impl Q6KMatrix {
             let row_first = if tiled { m } else { first };
             for r in row_first..m {
                 for c in (cols.start..whole).step_by(4) {
-                    let lanes = row_vec_dot4_on(
-                        set,
+                    let lanes = row_vec_dot4(
                         std::array::from_fn(|t| weight(c + t)),
                         &acts,
                         &a,
@@ -379,33 +378,7 @@ fn sums16(acts: &Q8KRows) -> Vec<[i16; 16]> {
 /// Returns each weight row's eight lane accumulators (the caller sums them with [`hsum8`]).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-pub(crate) fn row_vec_dot4(
-    w: [&[Block]; 4],
-    acts: &Q8KRows,
-    a: &[i8],
-    sums16: &[[i16; 16]],
-    r: usize,
-) -> [[f32; 8]; 4] {
-    row_vec_dot4_with(super::avx2::q6_step, w, acts, a, sums16, r)
-}
-
-/// The integer step of the Q6_K kernels ([`super::avx2::q6_step`]'s signature: `acc` plus
-/// the lanes of 32 codes times activation codes times their scales): ggml's, or a VNNI one
-/// that computes the same lanes.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-pub(crate) trait Step: Fn(Int, Int, Int, Int) -> Int + Copy {}
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-impl<F: Fn(Int, Int, Int, Int) -> Int + Copy> Step for F {}
-
-/// An AVX register of integers.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-pub(crate) type Int = super::avx2::m256i;
-
-/// [`row_vec_dot4`] with the integer step `step`: inlined into each instruction set's kernel.
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-pub(crate) fn row_vec_dot4_with(
-    step: impl Step,
+fn row_vec_dot4(
     w: [&[Block]; 4],
     acts: &Q8KRows,
     a: &[i8],
@@ -413,8 +386,8 @@ pub(crate) fn row_vec_dot4_with(
     r: usize,
 ) -> [[f32; 8]; 4] {
     use super::avx2::{
-        fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16, set_splat_m256, sub_i32_m256i,
-        to_f32, zeroed_m256,
+        add_i32_m256i, fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16,
+        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
     };
     use safe_arch::{
         convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
@@ -442,7 +415,7 @@ pub(crate) fn row_vec_dot4_with(
                     scales,
                     m128i::from(SCALE_SHUFFLE[c]),
                 ));
-                sum = step(sum, load_u8(q), q8[c], sc);
+                sum = add_i32_m256i(sum, madd_i16(mul_u8_i8_pairs(load_u8(q), q8[c]), sc));
             }
             *acc = fused_mul_add_m256(set_splat_m256(ad[bi] * b.d), to_f32(sum), *acc);
         }
@@ -450,33 +423,9 @@ pub(crate) fn row_vec_dot4_with(
     acc.map(|a| a.to_array())
 }
 
-/// [`row_vec_dot4`] on the kernel set `set`.
+/// An AVX register of integers.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-#[inline(always)]
-fn row_vec_dot4_on(
-    set: Kernels,
-    w: [&[Block]; 4],
-    acts: &Q8KRows,
-    a: &[i8],
-    sums16: &[[i16; 16]],
-    r: usize,
-) -> [[f32; 8]; 4] {
-    super::dispatch::q6_k_row_vec_dot4(set, w, acts, a, sums16, r)
-}
-
-/// [`row_vec_dot4`]: portable builds have one kernel set.
-#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-#[inline(always)]
-fn row_vec_dot4_on(
-    _: Kernels,
-    w: [&[Block]; 4],
-    acts: &Q8KRows,
-    a: &[f32],
-    sums16: &[[i16; 16]],
-    r: usize,
-) -> [[f32; 8]; 4] {
-    row_vec_dot4(w, acts, a, sums16, r)
-}
+pub(crate) type Int = super::avx2::m256i;
 
 /// Without AVX2: [`dot_tile`] for each of the four weight rows.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
@@ -602,15 +551,97 @@ const SCALE_SHUFFLE: [[i8; 16]; 8] = {
     out
 };
 
-/// The eight integer lanes of one super-block `b` times each of four interleaved rows
-/// (`aq`, with 16-value sums `bs`): per 32-value chunk the integer step (ggml's `vpmaddubsw`,
-/// codes times activation codes, and `vpmaddwd`, times the chunk's two scales, or a VNNI form
-/// of it with the same lanes), minus the code offsets from one `vpmaddwd` of the sums — what
-/// [`dot_tile`] computes per row.
+/// Byte shuffles for [`tile_totals`]: the four scales of chunks `2p` and `2p + 1` laid out
+/// as `vpackssdw` lays out their lanes (per 128 bits four lanes of chunk `2p`, then four of
+/// `2p + 1`; the low 128 bits hold each chunk's first 16 values, the high its last 16), before
+/// widening to i16.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+const SCALE_PAIR_SHUFFLE: [[i8; 16]; 4] = {
+    let mut out = [[0i8; 16]; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut i = 0;
+        while i < 16 {
+            // i / 4: chunk 2p low, chunk 2p + 1 low, chunk 2p high, chunk 2p + 1 high.
+            out[p][i] = (4 * p + [0, 2, 1, 3][i / 4]) as i8;
+            i += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+/// Sums of four products in i32 lanes (`vpdpbusd`: `acc` plus unsigned bytes times signed
+/// bytes, four to a lane).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Dot4: Fn(Int, Int, Int) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, Int, Int) -> Int + Copy> Dot4 for F {}
+
+/// Sums of two products in i32 lanes (`vpdpwssd`: `acc` plus i16 pairs times i16 pairs).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Dot2: Fn(Int, Int, Int) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, Int, Int) -> Int + Copy> Dot2 for F {}
+
+/// Lanes of one super-block `b` times each of four interleaved rows whose totals are what
+/// [`tile_lanes`]' lanes total (not lane by lane, so only for [`tile_tiled_with`]), with the
+/// VNNI dot products: per 32-value chunk one `vpdpbusd` (codes times activation codes, four
+/// to a lane: at most 4 · 63 · 127, exact in i16), two chunks packed to i16 (`vpackssdw`),
+/// and one `vpdpwssd` by their four scales into the row's lanes, which start at minus the
+/// code offsets. Per two chunks and row: two `vpdpbusd`, a pack and a `vpdpwssd` (which LLVM,
+/// tuning for no particular x86-64, emits as `vpmaddwd` + `vpaddd`) where ggml's steps take
+/// four multiplies and two adds.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-fn tile_lanes(step: impl Step, b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [Int; 4] {
+pub(crate) fn tile_totals(
+    dot4: impl Dot4,
+    dot2: impl Dot2,
+    b: &Block,
+    aq: &[[i8; QK_K]; 4],
+    bs: &[[i16; 16]; 4],
+) -> [Int; 4] {
     use super::avx2::{load_i8, load_u8, m256i, madd_i16, sub_i32_m256i};
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, m128i, pack_i32_to_i16_m256i, shl_imm_u32_m256i,
+        shuffle_av_i8z_all_m128i,
+    };
+    let (codes, _) = b.codes.as_chunks::<32>();
+    let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+    let scales = m128i::from(b.scales);
+    let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+    // As in tile_lanes: lanes start at minus the code offsets.
+    let mut sums: [m256i; 4] = std::array::from_fn(|t| {
+        sub_i32_m256i(
+            m256i::default(),
+            shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
+        )
+    });
+    for p in 0..4 {
+        let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+            scales,
+            m128i::from(SCALE_PAIR_SHUFFLE[p]),
+        ));
+        let (q0, q1) = (load_u8(&codes[2 * p]), load_u8(&codes[2 * p + 1]));
+        for (sum, a) in sums.iter_mut().zip(&a) {
+            let v0 = dot4(m256i::default(), q0, load_i8(&a[2 * p]));
+            let v1 = dot4(m256i::default(), q1, load_i8(&a[2 * p + 1]));
+            *sum = dot2(*sum, pack_i32_to_i16_m256i(v0, v1), sc);
+        }
+    }
+    sums
+}
+
+/// The eight integer lanes of one super-block `b` times each of four interleaved rows
+/// (`aq`, with 16-value sums `bs`): per 32-value chunk `vpmaddubsw` (codes times activation
+/// codes) and `vpmaddwd` (times the chunk's two scales), minus the code offsets from one
+/// `vpmaddwd` of the sums — what [`dot_tile`] computes per row.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [Int; 4] {
+    use super::avx2::{
+        add_i32_m256i, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, sub_i32_m256i,
+    };
     use safe_arch::{
         convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
     };
@@ -632,7 +663,7 @@ fn tile_lanes(step: impl Step, b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16];
         ));
         let q = load_u8(q);
         for (sum, a) in sums.iter_mut().zip(&a) {
-            *sum = step(*sum, q, load_i8(&a[c]), sc);
+            *sum = add_i32_m256i(*sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&a[c])), sc));
         }
     }
     sums
@@ -651,14 +682,26 @@ pub(crate) fn tile_tiled(
     td: &[[f32; 4]],
     tb: &[[[i16; 16]; 4]],
 ) -> [f32; 4] {
-    tile_tiled_with(super::avx2::q6_step, w, tq, td, tb)
+    tile_tiled_with(|b, aq, bs| tile_lanes(b, aq, bs), w, tq, td, tb)
 }
 
-/// [`tile_tiled`] with the integer step `step` (see [`row_vec_dot4_with`]).
+/// Lanes of one super-block times four interleaved rows whose totals are the rows' exact
+/// integers ([`tile_lanes`], or [`tile_totals`]): only totals reach [`tile_tiled_with`]'s
+/// float steps.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait BlockLanes:
+    Fn(&Block, &[[i8; QK_K]; 4], &[[i16; 16]; 4]) -> [Int; 4] + Copy
+{
+}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(&Block, &[[i8; QK_K]; 4], &[[i16; 16]; 4]) -> [Int; 4] + Copy> BlockLanes for F {}
+
+/// [`tile_tiled`] with the block's integer lanes from `lanes`: inlined into each instruction
+/// set's kernel.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
 pub(crate) fn tile_tiled_with(
-    step: impl Step,
+    lanes: impl BlockLanes,
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
@@ -670,8 +713,7 @@ pub(crate) fn tile_tiled_with(
     };
     let mut acc = zeroed_m128();
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let sums = tile_lanes(step, b, aq, bs);
-        let isum = hsum_i32_4_f32(sums);
+        let isum = hsum_i32_4_f32(lanes(b, aq, bs));
         let dw_isum = mul_m128(set_splat_m128(b.d), isum);
         acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
     }
@@ -690,14 +732,14 @@ pub(crate) fn tile_vec_dot(
     td: &[[f32; 4]],
     tb: &[[[i16; 16]; 4]],
 ) -> [[f32; 8]; 4] {
-    tile_vec_dot_with(super::avx2::q6_step, w, tq, td, tb)
+    tile_vec_dot_inlined(w, tq, td, tb)
 }
 
-/// [`tile_vec_dot`] with the integer step `step` (see [`row_vec_dot4_with`]).
+/// [`tile_vec_dot`], inlined: into the AVX-512 set's copy ([`super::vnni`]), whose 32 vector
+/// registers hold the four rows' accumulators and lanes that the AVX2 encoding's 16 spill.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-pub(crate) fn tile_vec_dot_with(
-    step: impl Step,
+pub(crate) fn tile_vec_dot_inlined(
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
@@ -706,7 +748,7 @@ pub(crate) fn tile_vec_dot_with(
     use super::avx2::{fused_mul_add_m256, m256, set_splat_m256, to_f32, zeroed_m256};
     let mut acc: [m256; 4] = [zeroed_m256(); 4];
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let sums = tile_lanes(step, b, aq, bs);
+        let sums = tile_lanes(b, aq, bs);
         for t in 0..4 {
             let d = set_splat_m256(ad[t] * b.d);
             acc[t] = fused_mul_add_m256(d, to_f32(sums[t]), acc[t]);
@@ -727,22 +769,19 @@ mod tests {
     /// drops the standard library's debug checks from the loads, as release builds do).
     /// Prompt tiles: 192 weight rows of a 1.5B model's ffn_down (8960 wide) times 32 rows
     /// (eight groups of four, their activations in L2, as the matmul's row-group blocks keep
-    /// them), and times 4 rows of a 2048-wide matrix (all in L1). Decode: one row against all
-    /// 1536 weight rows of ffn_down (streamed from memory).
+    /// them), and times 4 rows of a 2048-wide matrix (all in L1); the tiled kernel's rounding
+    /// (batches of 8 rows or more) and vec_dot's (fewer). Decode rows run the AVX2 kernel in
+    /// every set (a VNNI form measured no gain: they wait on memory).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     #[test]
     #[ignore = "a benchmark: run it with --ignored --nocapture"]
     fn q6_k_kernel_speed() {
-        use super::super::dispatch::{
-            KernelSet, q6_k_row_vec_dot4, q6_k_tile_tiled, q6_k_tile_vec_dot,
-        };
+        use super::super::dispatch::{KernelSet, q6_k_tile_tiled, q6_k_tile_vec_dot};
         use std::hint::black_box;
         use std::time::Instant;
         struct Case {
             w: Q6KMatrix,
-            acts: Q8KRows,
             tiles: Tiles,
-            sums: Vec<[i16; 16]>,
             m: usize,
         }
         let case = |rows: usize, cols: usize, m: usize, rng: &mut Rng| {
@@ -752,14 +791,7 @@ mod tests {
             let mut acts = Q8KRows::default();
             quantize_q8_k(&x, &mut acts);
             let (tiles, _) = Tiles::new(&acts, m / 4, cols / QK_K);
-            let sums = sums16(&acts);
-            Case {
-                w,
-                acts,
-                tiles,
-                sums,
-                m,
-            }
+            Case { w, tiles, m }
         };
         let mut rng = Rng(31);
         let cases = [case(1536, 8960, 32, &mut rng), case(192, 2048, 4, &mut rng)];
@@ -775,7 +807,7 @@ mod tests {
             }
             t.elapsed().as_nanos() as f64 / (10 * products) as f64
         };
-        let mut best = vec![[f64::INFINITY; 5]; sets.len()];
+        let mut best = vec![[f64::INFINITY; 4]; sets.len()];
         for _ in 0..7 {
             for (k, best) in sets.iter().zip(&mut best) {
                 let k = *k;
@@ -816,32 +848,18 @@ mod tests {
                     );
                     best[2 * i + 1] = best[2 * i + 1].min(vec_dot);
                 }
-                let c = &cases[0];
-                let nb = c.w.cols / QK_K;
-                let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
-                let decode = time(
-                    &mut || {
-                        for r in (0..c.w.rows).step_by(4) {
-                            let four = std::array::from_fn(|t| weight(r + t));
-                            black_box(q6_k_row_vec_dot4(k, four, &c.acts, &c.acts.q, &c.sums, 0));
-                        }
-                    },
-                    c.w.rows * nb,
-                );
-                best[4] = best[4].min(decode);
             }
         }
         eprintln!("Q6_K kernels, ns per super-block x row, best of 7 rounds, 1 thread:");
-        eprintln!("set          tiled(L2)  vec_dot(L2)  tiled(L1)  vec_dot(L1)  decode4");
+        eprintln!("set          tiled(L2)  vec_dot(L2)  tiled(L1)  vec_dot(L1)");
         for (k, b) in sets.iter().zip(&best) {
             eprintln!(
-                "{:<12} {:>9.2} {:>12.2} {:>10.2} {:>12.2} {:>8.2}",
+                "{:<12} {:>9.2} {:>12.2} {:>10.2} {:>12.2}",
                 k.set().name(),
                 b[0],
                 b[1],
                 b[2],
-                b[3],
-                b[4]
+                b[3]
             );
         }
     }
