@@ -682,7 +682,7 @@ pub(crate) fn tile_tiled(
     td: &[[f32; 4]],
     tb: &[[[i16; 16]; 4]],
 ) -> [f32; 4] {
-    tile_tiled_with(|b, aq, bs| tile_lanes(b, aq, bs), w, tq, td, tb)
+    tile_tiled_with(tile_lanes, w, tq, td, tb)
 }
 
 /// Lanes of one super-block times four interleaved rows whose totals are the rows' exact
