@@ -443,9 +443,13 @@ mod tests {
         let q4 =
             q4_k::Q4KMatrix::from_blocks(&random_q4_k(&mut rng, rows * cols / 256), rows, cols)
                 .unwrap();
-        let q6 =
-            q6_k::Q6KMatrix::from_blocks(&random_q6_k(&mut rng, rows * cols / 256), rows, cols)
-                .unwrap();
+        // Q6_K with signed scales over the whole i8 range (-128 included).
+        let mut q6_bytes = random_q6_k(&mut rng, rows * cols / 256);
+        for block in q6_bytes.chunks_exact_mut(210) {
+            block[192..208].fill_with(|| rng.byte());
+            block[192] = 0x80;
+        }
+        let q6 = q6_k::Q6KMatrix::from_blocks(&q6_bytes, rows, cols).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         for m in [1, 3, 4, 9, 12] {
             let x: Vec<f32> = (0..m * cols).map(|_| 4.0 * rng.float()).collect();
