@@ -215,7 +215,7 @@ pub(crate) fn active() -> Kernels {
 mod x86 {
     use super::super::q4_k::Block;
     use super::super::vnni::{avx512, avxvnni};
-    use super::super::{q4_k, q8_0};
+    use super::super::{q4_k, q6_k, q8_0};
     use super::{KernelSet, Kernels};
     use crate::model::kernels::quantize::{Q8KRows, QK_K, QK8_0};
 
@@ -327,6 +327,41 @@ mod x86 {
             _ => q4_k::row_gemv4(w, acts, a, pair_sums, r),
         }
     }
+
+    /// Q6_K: one weight row times a group of four rows, the tiled kernel's rounding.
+    pub(crate) fn q6_k_tile_tiled(
+        k: Kernels,
+        w: &[q6_k::Block],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[[i16; 16]; 4]],
+    ) -> [f32; 4] {
+        match k.0 {
+            // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
+            // feature `avx512::q6_k_tile_tiled` is compiled for.
+            KernelSet::Avx512Vnni => unsafe { avx512::q6_k_tile_tiled(w, tq, td, tb) },
+            // SAFETY: as above, for AvxVnni and `avxvnni::q6_k_tile_tiled`'s features.
+            KernelSet::AvxVnni => unsafe { avxvnni::q6_k_tile_tiled(w, tq, td, tb) },
+            _ => q6_k::tile_tiled(w, tq, td, tb),
+        }
+    }
+
+    /// Q6_K: one weight row times a group of four rows, vec_dot's rounding (eight lanes each).
+    pub(crate) fn q6_k_tile_vec_dot(
+        k: Kernels,
+        w: &[q6_k::Block],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[[i16; 16]; 4]],
+    ) -> [[f32; 8]; 4] {
+        match k.0 {
+            // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
+            // feature `avx512::q6_k_tile_vec_dot` is compiled for.
+            KernelSet::Avx512Vnni => unsafe { avx512::q6_k_tile_vec_dot(w, tq, td, tb) },
+            // The VEX encoding has no more registers than AVX2's: the same code.
+            _ => q6_k::tile_vec_dot(w, tq, td, tb),
+        }
+    }
 }
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -387,8 +422,8 @@ mod tests {
     #[test]
     fn every_kernel_set_this_cpu_runs_computes_the_avx2_bits() {
         use super::super::RowKernel::{self, Gemm, Gemv};
-        use super::super::test_blocks::{Rng, random_q4_k};
-        use super::super::{q4_k, q8_0};
+        use super::super::test_blocks::{Rng, random_q4_k, random_q6_k};
+        use super::super::{q4_k, q6_k, q8_0};
         use crate::model::f16::f32_to_f16;
 
         let avx2 = Kernels::new(KernelSet::Avx2).unwrap();
@@ -408,6 +443,13 @@ mod tests {
         let q4 =
             q4_k::Q4KMatrix::from_blocks(&random_q4_k(&mut rng, rows * cols / 256), rows, cols)
                 .unwrap();
+        // Q6_K with signed scales over the whole i8 range (-128 included).
+        let mut q6_bytes = random_q6_k(&mut rng, rows * cols / 256);
+        for block in q6_bytes.chunks_exact_mut(210) {
+            block[192..208].fill_with(|| rng.byte());
+            block[192] = 0x80;
+        }
+        let q6 = q6_k::Q6KMatrix::from_blocks(&q6_bytes, rows, cols).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
         for m in [1, 3, 4, 9, 12] {
             let x: Vec<f32> = (0..m * cols).map(|_| 4.0 * rng.float()).collect();
@@ -423,6 +465,8 @@ mod tests {
                 .iter()
                 .map(|p| bits(q4.matmul_with(avx2, &x, m, p)))
                 .collect();
+            // Q6_K: vec_dot's rounding (batches under 8) and the tiled kernel's.
+            let want6 = [false, true].map(|tiled| bits(q6.matmul_with(avx2, &x, m, tiled)));
             for &k in &sets {
                 assert_eq!(
                     bits(q8.matmul_with(k, &x, m)),
@@ -434,6 +478,13 @@ mod tests {
                         &bits(q4.matmul_with(k, &x, m, p)),
                         want,
                         "q4_k, {k:?}, {m} rows {p:?}"
+                    );
+                }
+                for (tiled, want) in [false, true].into_iter().zip(&want6) {
+                    assert_eq!(
+                        &bits(q6.matmul_with(k, &x, m, tiled)),
+                        want,
+                        "q6_k, {k:?}, {m} rows, tiled {tiled}"
                     );
                 }
             }

@@ -14,6 +14,7 @@
 
 use std::borrow::Cow;
 
+use super::dispatch::Kernels;
 use super::hsum8;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
@@ -24,7 +25,7 @@ const BLOCK_BYTES: usize = 210;
 pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
 
 #[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
-struct Block {
+pub(crate) struct Block {
     d: f32,
     scales: [i8; 16],
     /// Unsigned codes 0..=63 (value = d * scale * (code - 32)), permuted
@@ -117,6 +118,11 @@ impl Q6KMatrix {
 
     /// `tiled`: llama.cpp's batch has at least 8 rows (see the module docs).
     pub fn matmul(&self, x: &[f32], m: usize, tiled: bool) -> Vec<f32> {
+        self.matmul_with(super::dispatch::active(), x, m, tiled)
+    }
+
+    /// [`matmul`](Self::matmul) on the kernel set `set`.
+    pub(crate) fn matmul_with(&self, set: Kernels, x: &[f32], m: usize, tiled: bool) -> Vec<f32> {
         let mut acts = Q8KRows::default();
         quantize_q8_k(x, &mut acts);
         let a = permuted_f32(&acts.q);
@@ -130,7 +136,7 @@ impl Q6KMatrix {
             for groups in tiles.blocks(nb) {
                 for (i, c) in cols.clone().enumerate() {
                     let w = &self.blocks[c * nb..(c + 1) * nb];
-                    tiles.each(groups.clone(), w, nb, tiled, |r, sums| {
+                    tiles.each(set, groups.clone(), w, nb, tiled, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
                         }
@@ -417,6 +423,10 @@ fn row_vec_dot4(
     acc.map(|a| a.to_array())
 }
 
+/// An AVX register of integers.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) type Int = super::avx2::m256i;
+
 /// Without AVX2: [`dot_tile`] for each of the four weight rows.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 fn row_vec_dot4(
@@ -470,15 +480,17 @@ impl Tiles {
     }
 
     /// `f(first_row, outputs)` for the groups `range`, against weight row `w`, with the
-    /// tiled kernel's arithmetic or (not `tiled`) vec_dot's.
+    /// tiled kernel's arithmetic or (not `tiled`) vec_dot's, on the kernel set `set`.
     fn each(
         &self,
+        set: Kernels,
         range: std::ops::Range<usize>,
         w: &[Block],
         nb: usize,
         tiled: bool,
         mut f: impl FnMut(usize, [f32; 4]),
     ) {
+        use super::dispatch::{q6_k_tile_tiled, q6_k_tile_vec_dot};
         let blocks = range.start * nb..range.end * nb;
         let groups = self.q[blocks.clone()]
             .chunks_exact(nb)
@@ -486,9 +498,9 @@ impl Tiles {
             .zip(self.bsums[blocks].chunks_exact(nb));
         for (g, ((q, d), bs)) in (range.start..).zip(groups) {
             let out = if tiled {
-                tile_tiled(w, q, d, bs)
+                q6_k_tile_tiled(set, w, q, d, bs)
             } else {
-                tile_vec_dot(w, q, d, bs).map(|lanes| hsum8(&lanes))
+                q6_k_tile_vec_dot(set, w, q, d, bs).map(|lanes| hsum8(&lanes))
             };
             f(4 * g, out);
         }
@@ -511,6 +523,7 @@ impl Tiles {
 
     fn each(
         &self,
+        _: Kernels,
         _: std::ops::Range<usize>,
         _: &[Block],
         _: usize,
@@ -538,13 +551,94 @@ const SCALE_SHUFFLE: [[i8; 16]; 8] = {
     out
 };
 
+/// Byte shuffles for [`tile_totals`]: the four scales of chunks `2p` and `2p + 1` laid out
+/// as `vpackssdw` lays out their lanes (per 128 bits four lanes of chunk `2p`, then four of
+/// `2p + 1`; the low 128 bits hold each chunk's first 16 values, the high its last 16), before
+/// widening to i16.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+const SCALE_PAIR_SHUFFLE: [[i8; 16]; 4] = {
+    let mut out = [[0i8; 16]; 4];
+    let mut p = 0;
+    while p < 4 {
+        let mut i = 0;
+        while i < 16 {
+            // i / 4: chunk 2p low, chunk 2p + 1 low, chunk 2p high, chunk 2p + 1 high.
+            out[p][i] = (4 * p + [0, 2, 1, 3][i / 4]) as i8;
+            i += 1;
+        }
+        p += 1;
+    }
+    out
+};
+
+/// Sums of four products in i32 lanes (`vpdpbusd`: `acc` plus unsigned bytes times signed
+/// bytes, four to a lane).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Dot4: Fn(Int, Int, Int) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, Int, Int) -> Int + Copy> Dot4 for F {}
+
+/// Sums of two products in i32 lanes (`vpdpwssd`: `acc` plus i16 pairs times i16 pairs).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Dot2: Fn(Int, Int, Int) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, Int, Int) -> Int + Copy> Dot2 for F {}
+
+/// Lanes of one super-block `b` times each of four interleaved rows whose totals are what
+/// [`tile_lanes`]' lanes total (not lane by lane, so only for [`tile_tiled_with`]), with the
+/// VNNI dot products: per 32-value chunk one `vpdpbusd` (codes times activation codes, four
+/// to a lane: at most 4 · 63 · 127, exact in i16), two chunks packed to i16 (`vpackssdw`),
+/// and one `vpdpwssd` by their four scales into the row's lanes, which start at minus the
+/// code offsets. Per two chunks and row: two `vpdpbusd`, a pack and a `vpdpwssd` (which LLVM,
+/// tuning for no particular x86-64, emits as `vpmaddwd` + `vpaddd`) where ggml's steps take
+/// four multiplies and two adds.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_totals(
+    dot4: impl Dot4,
+    dot2: impl Dot2,
+    b: &Block,
+    aq: &[[i8; QK_K]; 4],
+    bs: &[[i16; 16]; 4],
+) -> [Int; 4] {
+    use super::avx2::{load_i8, load_u8, m256i, madd_i16, sub_i32_m256i};
+    use safe_arch::{
+        convert_to_i16_m256i_from_i8_m128i, m128i, pack_i32_to_i16_m256i, shl_imm_u32_m256i,
+        shuffle_av_i8z_all_m128i,
+    };
+    let (codes, _) = b.codes.as_chunks::<32>();
+    let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+    let scales = m128i::from(b.scales);
+    let wide = convert_to_i16_m256i_from_i8_m128i(scales);
+    // As in tile_lanes: lanes start at minus the code offsets.
+    let mut sums: [m256i; 4] = std::array::from_fn(|t| {
+        sub_i32_m256i(
+            m256i::default(),
+            shl_imm_u32_m256i::<5>(madd_i16(m256i::from(bs[t]), wide)),
+        )
+    });
+    for p in 0..4 {
+        let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
+            scales,
+            m128i::from(SCALE_PAIR_SHUFFLE[p]),
+        ));
+        let (q0, q1) = (load_u8(&codes[2 * p]), load_u8(&codes[2 * p + 1]));
+        for (sum, a) in sums.iter_mut().zip(&a) {
+            let v0 = dot4(m256i::default(), q0, load_i8(&a[2 * p]));
+            let v1 = dot4(m256i::default(), q1, load_i8(&a[2 * p + 1]));
+            *sum = dot2(*sum, pack_i32_to_i16_m256i(v0, v1), sc);
+        }
+    }
+    sums
+}
+
 /// The eight integer lanes of one super-block `b` times each of four interleaved rows
 /// (`aq`, with 16-value sums `bs`): per 32-value chunk `vpmaddubsw` (codes times activation
 /// codes) and `vpmaddwd` (times the chunk's two scales), minus the code offsets from one
 /// `vpmaddwd` of the sums — what [`dot_tile`] computes per row.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [super::avx2::m256i; 4] {
+fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [Int; 4] {
     use super::avx2::{
         add_i32_m256i, load_i8, load_u8, m256i, madd_i16, mul_u8_i8_pairs, sub_i32_m256i,
     };
@@ -582,7 +676,32 @@ fn tile_lanes(b: &Block, aq: &[[i8; QK_K]; 4], bs: &[[i16; 16]; 4]) -> [super::a
 /// `fma(d_w * isum, d_a, acc)` on four lanes at once.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_tiled(
+pub(crate) fn tile_tiled(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [f32; 4] {
+    tile_tiled_with(tile_lanes, w, tq, td, tb)
+}
+
+/// Lanes of one super-block times four interleaved rows whose totals are the rows' exact
+/// integers ([`tile_lanes`], or [`tile_totals`]): only totals reach [`tile_tiled_with`]'s
+/// float steps.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait BlockLanes:
+    Fn(&Block, &[[i8; QK_K]; 4], &[[i16; 16]; 4]) -> [Int; 4] + Copy
+{
+}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(&Block, &[[i8; QK_K]; 4], &[[i16; 16]; 4]) -> [Int; 4] + Copy> BlockLanes for F {}
+
+/// [`tile_tiled`] with the block's integer lanes from `lanes`: inlined into each instruction
+/// set's kernel.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_tiled_with(
+    lanes: impl BlockLanes,
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
@@ -594,8 +713,7 @@ fn tile_tiled(
     };
     let mut acc = zeroed_m128();
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let sums = tile_lanes(b, aq, bs);
-        let isum = hsum_i32_4_f32(sums);
+        let isum = hsum_i32_4_f32(lanes(b, aq, bs));
         let dw_isum = mul_m128(set_splat_m128(b.d), isum);
         acc = fused_mul_add_m128(dw_isum, load_unaligned_m128(ad), acc);
     }
@@ -608,7 +726,20 @@ fn tile_tiled(
 /// accumulators with [`hsum8`].
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
-fn tile_vec_dot(
+pub(crate) fn tile_vec_dot(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[[i16; 16]; 4]],
+) -> [[f32; 8]; 4] {
+    tile_vec_dot_inlined(w, tq, td, tb)
+}
+
+/// [`tile_vec_dot`], inlined: into the AVX-512 set's copy ([`super::vnni`]), whose 32 vector
+/// registers hold the four rows' accumulators and lanes that the AVX2 encoding's 16 spill.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_vec_dot_inlined(
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
@@ -631,6 +762,107 @@ fn tile_vec_dot(
 mod tests {
     use super::super::test_blocks::{Rng, random_q6_k};
     use super::*;
+
+    /// Not a test: the speed of the Q6_K kernels on every kernel set this CPU runs, in one
+    /// run, on one thread (`cargo test -p rbee-infer --lib q6_k_kernel_speed -- --ignored
+    /// --nocapture`; `--config 'profile.test.package.rbee-infer.debug-assertions=false'`
+    /// drops the standard library's debug checks from the loads, as release builds do).
+    /// Prompt tiles: 192 weight rows of a 1.5B model's ffn_down (8960 wide) times 32 rows
+    /// (eight groups of four, their activations in L2, as the matmul's row-group blocks keep
+    /// them), and times 4 rows of a 2048-wide matrix (all in L1); the tiled kernel's rounding
+    /// (batches of 8 rows or more) and vec_dot's (fewer). Decode rows run the AVX2 kernel in
+    /// every set (a VNNI form measured no gain: they wait on memory).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    #[ignore = "a benchmark: run it with --ignored --nocapture"]
+    fn q6_k_kernel_speed() {
+        use super::super::dispatch::{KernelSet, q6_k_tile_tiled, q6_k_tile_vec_dot};
+        use std::hint::black_box;
+        use std::time::Instant;
+        struct Case {
+            w: Q6KMatrix,
+            tiles: Tiles,
+            m: usize,
+        }
+        let case = |rows: usize, cols: usize, m: usize, rng: &mut Rng| {
+            let w =
+                Q6KMatrix::from_blocks(&random_q6_k(rng, rows * cols / QK_K), rows, cols).unwrap();
+            let x: Vec<f32> = (0..m * cols).map(|_| 2.0 * rng.float()).collect();
+            let mut acts = Q8KRows::default();
+            quantize_q8_k(&x, &mut acts);
+            let (tiles, _) = Tiles::new(&acts, m / 4, cols / QK_K);
+            Case { w, tiles, m }
+        };
+        let mut rng = Rng(31);
+        let cases = [case(1536, 8960, 32, &mut rng), case(192, 2048, 4, &mut rng)];
+        let sets: Vec<Kernels> = KernelSet::ALL
+            .into_iter()
+            .filter_map(|s| Kernels::new(s).ok())
+            .collect();
+        // ns per super-block times one activation row, best of alternating rounds.
+        let time = |f: &mut dyn FnMut(), products: usize| {
+            let t = Instant::now();
+            for _ in 0..10 {
+                f();
+            }
+            t.elapsed().as_nanos() as f64 / (10 * products) as f64
+        };
+        let mut best = vec![[f64::INFINITY; 4]; sets.len()];
+        for _ in 0..7 {
+            for (k, best) in sets.iter().zip(&mut best) {
+                let k = *k;
+                for (i, c) in cases.iter().enumerate() {
+                    let nb = c.w.cols / QK_K;
+                    let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
+                    let group = |g: usize| {
+                        let b = g * nb..(g + 1) * nb;
+                        (
+                            &c.tiles.q[b.clone()],
+                            &c.tiles.d[b.clone()],
+                            &c.tiles.bsums[b],
+                        )
+                    };
+                    let products = 192 * c.m * nb;
+                    let tiled = time(
+                        &mut || {
+                            for r in 0..192 {
+                                for g in 0..c.m / 4 {
+                                    let (q, d, bs) = group(g);
+                                    black_box(q6_k_tile_tiled(k, weight(r), q, d, bs));
+                                }
+                            }
+                        },
+                        products,
+                    );
+                    best[2 * i] = best[2 * i].min(tiled);
+                    let vec_dot = time(
+                        &mut || {
+                            for r in 0..192 {
+                                for g in 0..c.m / 4 {
+                                    let (q, d, bs) = group(g);
+                                    black_box(q6_k_tile_vec_dot(k, weight(r), q, d, bs));
+                                }
+                            }
+                        },
+                        products,
+                    );
+                    best[2 * i + 1] = best[2 * i + 1].min(vec_dot);
+                }
+            }
+        }
+        eprintln!("Q6_K kernels, ns per super-block x row, best of 7 rounds, 1 thread:");
+        eprintln!("set          tiled(L2)  vec_dot(L2)  tiled(L1)  vec_dot(L1)");
+        for (k, b) in sets.iter().zip(&best) {
+            eprintln!(
+                "{:<12} {:>9.2} {:>12.2} {:>10.2} {:>12.2}",
+                k.set().name(),
+                b[0],
+                b[1],
+                b[2],
+                b[3]
+            );
+        }
+    }
 
     /// The row kernel that serves four weight rows at once computes, for each, exactly what
     /// the one-row kernel computes.

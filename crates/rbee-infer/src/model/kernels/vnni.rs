@@ -12,10 +12,19 @@
 //!   two sub-block scales and adds them to the accumulator. The lanes differ from ggml's, the
 //!   total (an exact integer) does not, and only totals reach a float step.
 //!
+//! - Q6_K, prompt tiles of the tiled kernel (batches of 8 rows or more), whose rounding
+//!   sees only each super-block's integer total: `vpdpbusd` sums each 32-value chunk's code
+//!   products in lanes of four (at most 4 · 63 · 127, so they pack to i16 exactly), two
+//!   chunks are packed, and one `vpdpwssd` multiplies them by their four scales into the
+//!   accumulator ([`super::q6_k::tile_totals`]). vec_dot's tiles round each of ggml's lanes,
+//!   so their step stays ggml's (a `vpdpwssd` in place of `vpmaddwd` + `vpaddd` measured
+//!   nothing: LLVM emits it as those two); the AVX-512 set runs that same code in its
+//!   encoding only for the 32 registers. Q6_K's decode rows stay AVX2 (they wait on memory).
+//!
 //! So each computes bit for bit what the AVX2 kernel computes (`dispatch`'s tests check it).
 
 macro_rules! vnni_kernels {
-    ($name:ident, $features:literal, $dpbusd:ident, $dpwssd:ident) => {
+    ($name:ident, $features:literal, $dpbusd:ident, $dpwssd:ident, $($extra:item)*) => {
         pub(crate) mod $name {
             use std::arch::x86_64::{
                 _mm256_packs_epi32, _mm256_set1_epi16, _mm256_setzero_si256, _mm256_unpacklo_epi64,
@@ -24,8 +33,8 @@ macro_rules! vnni_kernels {
 
             use crate::model::kernels::avx2::m256i;
             use crate::model::kernels::q4_k::{self, Block};
-            use crate::model::kernels::q8_0;
             use crate::model::kernels::quantize::{Q8KRows, QK_K, QK8_0};
+            use crate::model::kernels::{q6_k, q8_0};
 
             /// `sum(|w| * sign(a, w))` in lanes of four bytes: ggml's `mul_sum_i8_pairs`.
             #[target_feature(enable = $features)]
@@ -113,6 +122,32 @@ macro_rules! vnni_kernels {
             ) -> [f32; 4] {
                 q4_k::row_gemv4_with(|acc, lo, hi| q4_step(acc, lo, hi), w, acts, a, pair_sums, r)
             }
+
+            #[target_feature(enable = $features)]
+            pub(crate) fn q6_k_tile_tiled(
+                w: &[q6_k::Block],
+                tq: &[[[i8; QK_K]; 4]],
+                td: &[[f32; 4]],
+                tb: &[[[i16; 16]; 4]],
+            ) -> [f32; 4] {
+                q6_k::tile_tiled_with(
+                    |b, aq, bs| {
+                        q6_k::tile_totals(
+                            |acc: m256i, u: m256i, s: m256i| m256i($dpbusd(acc.0, u.0, s.0)),
+                            |acc: m256i, p: m256i, s: m256i| m256i($dpwssd(acc.0, p.0, s.0)),
+                            b,
+                            aq,
+                            bs,
+                        )
+                    },
+                    w,
+                    tq,
+                    td,
+                    tb,
+                )
+            }
+
+            $($extra)*
         }
     };
 }
@@ -121,11 +156,22 @@ vnni_kernels!(
     avx512,
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     _mm256_dpbusd_epi32,
-    _mm256_dpwssd_epi32
+    _mm256_dpwssd_epi32,
+    /// Q6_K's vec_dot tile: ggml's own integer steps, compiled for AVX-512 VL only for its 32
+    /// vector registers (the AVX2 encoding's 16 spill the four rows' lanes).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn q6_k_tile_vec_dot(
+        w: &[q6_k::Block],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[[i16; 16]; 4]],
+    ) -> [[f32; 8]; 4] {
+        q6_k::tile_vec_dot_inlined(w, tq, td, tb)
+    }
 );
 vnni_kernels!(
     avxvnni,
     "avx2,fma,f16c,avxvnni",
     _mm256_dpbusd_avx_epi32,
-    _mm256_dpwssd_avx_epi32
+    _mm256_dpwssd_avx_epi32,
 );
