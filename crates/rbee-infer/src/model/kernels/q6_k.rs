@@ -763,22 +763,35 @@ mod tests {
     use super::super::test_blocks::{Rng, random_q6_k};
     use super::*;
 
-    /// Not a test: the speed of the Q6_K kernels on every kernel set this CPU runs, in one
-    /// run, on one thread (`cargo test -p rbee-infer --lib q6_k_kernel_speed -- --ignored
-    /// --nocapture`; `--config 'profile.test.package.rbee-infer.debug-assertions=false'`
-    /// drops the standard library's debug checks from the loads, as release builds do).
-    /// Prompt tiles: 192 weight rows of a 1.5B model's ffn_down (8960 wide) times 32 rows
-    /// (eight groups of four, their activations in L2, as the matmul's row-group blocks keep
-    /// them), and times 4 rows of a 2048-wide matrix (all in L1); the tiled kernel's rounding
-    /// (batches of 8 rows or more) and vec_dot's (fewer). Decode rows run the AVX2 kernel in
-    /// every set (a VNNI form measured no gain: they wait on memory).
+    /// The Q6_K prompt tiles on every kernel set this CPU runs, at a real model's sizes: every
+    /// set gives the AVX2 set's bits (the tiled kernel's rounding, for batches of 8 rows or
+    /// more, and vec_dot's, for fewer). Cases: 192 weight rows of a 1.5B model's ffn_down (8960
+    /// wide) times 32 rows (eight groups of four, their activations in L2, as the matmul's
+    /// row-group blocks keep them), and 192 rows of a 2048-wide matrix times 4 rows (in L1).
+    ///
+    /// With `RBEE_KERNEL_BENCH_ROUNDS=N` it also times them, one thread, best of N alternating
+    /// rounds, and prints ns per super-block times one activation row (docs/BENCHMARKS.md:
+    /// `RBEE_KERNEL_BENCH_ROUNDS=7 cargo test --config
+    /// 'profile.test.package.rbee-infer.debug-assertions=false' -p rbee-infer --lib
+    /// q6_k_prompt_tiles -- --nocapture`; the config drops the standard library's debug
+    /// checks from the loads, as release builds do). Decode rows run the AVX2 kernel in every
+    /// set (a VNNI form measured no gain: they wait on memory).
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     #[test]
-    #[ignore = "a benchmark: run it with --ignored --nocapture"]
-    fn q6_k_kernel_speed() {
+    fn q6_k_prompt_tiles_agree_on_every_kernel_set_at_model_sizes() {
         use super::super::dispatch::{KernelSet, q6_k_tile_tiled, q6_k_tile_vec_dot};
         use std::hint::black_box;
         use std::time::Instant;
+        type Kernel =
+            fn(Kernels, &[Block], &[[[i8; QK_K]; 4]], &[[f32; 4]], &[[[i16; 16]; 4]]) -> Vec<f32>;
+        let kernels: [(&str, Kernel); 2] = [
+            ("tiled", |k, w, q, d, b| {
+                q6_k_tile_tiled(k, w, q, d, b).to_vec()
+            }),
+            ("vec_dot", |k, w, q, d, b| {
+                q6_k_tile_vec_dot(k, w, q, d, b).concat()
+            }),
+        ];
         struct Case {
             w: Q6KMatrix,
             tiles: Tiles,
@@ -794,73 +807,78 @@ mod tests {
             Case { w, tiles, m }
         };
         let mut rng = Rng(31);
-        let cases = [case(1536, 8960, 32, &mut rng), case(192, 2048, 4, &mut rng)];
+        let cases = [case(192, 8960, 32, &mut rng), case(192, 2048, 4, &mut rng)];
         let sets: Vec<Kernels> = KernelSet::ALL
             .into_iter()
             .filter_map(|s| Kernels::new(s).ok())
             .collect();
-        // ns per super-block times one activation row, best of alternating rounds.
-        let time = |f: &mut dyn FnMut(), products: usize| {
-            let t = Instant::now();
-            for _ in 0..10 {
-                f();
-            }
-            t.elapsed().as_nanos() as f64 / (10 * products) as f64
-        };
+        let avx2 = Kernels::new(KernelSet::Avx2).unwrap();
+        let rounds: usize = std::env::var("RBEE_KERNEL_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        // Per set: ns per super-block times one activation row, per case and kernel.
         let mut best = vec![[f64::INFINITY; 4]; sets.len()];
-        for _ in 0..7 {
-            for (k, best) in sets.iter().zip(&mut best) {
-                let k = *k;
-                for (i, c) in cases.iter().enumerate() {
-                    let nb = c.w.cols / QK_K;
-                    let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
-                    let group = |g: usize| {
-                        let b = g * nb..(g + 1) * nb;
-                        (
-                            &c.tiles.q[b.clone()],
-                            &c.tiles.d[b.clone()],
-                            &c.tiles.bsums[b],
-                        )
-                    };
-                    let products = 192 * c.m * nb;
-                    let tiled = time(
-                        &mut || {
-                            for r in 0..192 {
-                                for g in 0..c.m / 4 {
-                                    let (q, d, bs) = group(g);
-                                    black_box(q6_k_tile_tiled(k, weight(r), q, d, bs));
-                                }
-                            }
-                        },
-                        products,
+        for (i, c) in cases.iter().enumerate() {
+            let nb = c.w.cols / QK_K;
+            let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
+            let group = |g: usize| {
+                let b = g * nb..(g + 1) * nb;
+                (
+                    &c.tiles.q[b.clone()],
+                    &c.tiles.d[b.clone()],
+                    &c.tiles.bsums[b],
+                )
+            };
+            let every = |k: Kernels, kernel: Kernel, each: &mut dyn FnMut(Vec<f32>)| {
+                for r in 0..192 {
+                    for g in 0..c.m / 4 {
+                        let (q, d, b) = group(g);
+                        each(kernel(k, weight(r), q, d, b));
+                    }
+                }
+            };
+            for (j, &(name, kernel)) in kernels.iter().enumerate() {
+                let mut want = Vec::new();
+                every(avx2, kernel, &mut |v| {
+                    want.extend(v.iter().map(|x| x.to_bits()))
+                });
+                for &k in &sets {
+                    let mut got = Vec::new();
+                    every(k, kernel, &mut |v| {
+                        got.extend(v.iter().map(|x| x.to_bits()))
+                    });
+                    assert!(
+                        got == want,
+                        "{name} on {} differs from avx2",
+                        k.set().name()
                     );
-                    best[2 * i] = best[2 * i].min(tiled);
-                    let vec_dot = time(
-                        &mut || {
-                            for r in 0..192 {
-                                for g in 0..c.m / 4 {
-                                    let (q, d, bs) = group(g);
-                                    black_box(q6_k_tile_vec_dot(k, weight(r), q, d, bs));
-                                }
-                            }
-                        },
-                        products,
-                    );
-                    best[2 * i + 1] = best[2 * i + 1].min(vec_dot);
+                }
+                for _ in 0..rounds {
+                    for (k, best) in sets.iter().zip(&mut best) {
+                        let t = Instant::now();
+                        every(*k, kernel, &mut |v| {
+                            black_box(v);
+                        });
+                        let ns = t.elapsed().as_nanos() as f64 / (192 * c.m * nb) as f64;
+                        best[2 * i + j] = best[2 * i + j].min(ns);
+                    }
                 }
             }
         }
-        eprintln!("Q6_K kernels, ns per super-block x row, best of 7 rounds, 1 thread:");
-        eprintln!("set          tiled(L2)  vec_dot(L2)  tiled(L1)  vec_dot(L1)");
-        for (k, b) in sets.iter().zip(&best) {
-            eprintln!(
-                "{:<12} {:>9.2} {:>12.2} {:>10.2} {:>12.2}",
-                k.set().name(),
-                b[0],
-                b[1],
-                b[2],
-                b[3]
-            );
+        if rounds > 0 {
+            eprintln!("Q6_K kernels, ns per super-block x row, best of {rounds} rounds, 1 thread:");
+            eprintln!("set          tiled(L2)  vec_dot(L2)  tiled(L1)  vec_dot(L1)");
+            for (k, b) in sets.iter().zip(&best) {
+                eprintln!(
+                    "{:<12} {:>9.2} {:>12.2} {:>10.2} {:>12.2}",
+                    k.set().name(),
+                    b[0],
+                    b[1],
+                    b[2],
+                    b[3]
+                );
+            }
         }
     }
 
