@@ -79,12 +79,7 @@ impl KernelSet {
                 self.name()
             )),
             _ => {
-                let lacking: Vec<&str> = self
-                    .features()
-                    .iter()
-                    .copied()
-                    .filter(|f| !cpu_has(f))
-                    .collect();
+                let lacking = self.lacking();
                 (!lacking.is_empty()).then(|| {
                     format!(
                         "this CPU lacks {} (kernel sets it supports: {})",
@@ -136,10 +131,31 @@ fn cpu_has(_: &str) -> bool {
     false
 }
 
+impl KernelSet {
+    /// The CPU features this set needs that the CPU lacks.
+    fn lacking(self) -> Vec<&'static str> {
+        self.features()
+            .iter()
+            .copied()
+            .filter(|f| !cpu_has(f))
+            .collect()
+    }
+
+    /// Whether this build and CPU run it: [`missing`](Self::missing) without the message (which
+    /// lists the sets that do run, so it cannot ask `missing` itself).
+    fn runs_here(self) -> bool {
+        let avx2_build = cfg!(all(target_arch = "x86_64", target_feature = "avx2"));
+        match self {
+            KernelSet::Portable => !avx2_build,
+            _ => avx2_build && self.lacking().is_empty(),
+        }
+    }
+}
+
 fn supported_names() -> String {
     KernelSet::ALL
         .into_iter()
-        .filter(|s| s.missing().is_none())
+        .filter(|s| s.runs_here())
         .map(KernelSet::name)
         .collect::<Vec<_>>()
         .join(", ")
@@ -396,6 +412,27 @@ mod tests {
                 set.missing().is_some(),
                 "{set:?} runs but {best:?} was taken"
             );
+        }
+    }
+
+    /// Every set answers whether it runs here, and a set that does not says which ones do (a
+    /// CPU lacking one set's features once sent this into endless recursion: AVX-512 VNNI
+    /// without AVX-VNNI).
+    #[test]
+    fn every_set_says_whether_it_runs_and_names_the_ones_that_do() {
+        let runs = supported_names();
+        assert!(!runs.is_empty(), "some set always runs");
+        for set in KernelSet::ALL {
+            match set.missing() {
+                None => assert!(set.runs_here() && runs.contains(set.name()), "{set:?}"),
+                Some(why) => {
+                    assert!(!set.runs_here(), "{set:?}");
+                    assert!(!why.is_empty(), "{set:?}");
+                    if why.contains("this CPU lacks") {
+                        assert!(why.contains(&runs), "{set:?}: {why}");
+                    }
+                }
+            }
         }
     }
 
