@@ -192,6 +192,76 @@ fn a_model_goes_to_the_gpu_with_room_is_split_when_too_big_and_goes_to_the_cpu_w
     assert!(text.contains("device cpu"), "{text}");
 }
 
+/// A model too large for either of two GPUs spans both by layers (llama.cpp's layer split
+/// over several GPUs): the roomiest takes its last layers, the other the layers before them,
+/// the CPU the rest; each device's memory counts its part, and unloading gives all back.
+#[test]
+fn a_model_too_large_for_one_gpu_spans_two() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    if import_demo(&data, "demo").is_none() {
+        return;
+    }
+    let node = NodeProcess::start(&data, &["--devices", "sim:0=128MiB,sim:1=96MiB,cpu"]);
+    let (status, _, body) = chat(&node, "demo");
+    assert_eq!(status, 200, "{body}");
+    let h = health(&node);
+    let s = model_state(&h, "demo");
+    assert_eq!(
+        s["device"], "sim:0",
+        "the GPU with the most free memory: {h:#}"
+    );
+    let runtime = s["runtime"].as_str().unwrap();
+    let count = |text: &str| -> usize {
+        text.trim()
+            .split(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a layer count in `{text}` ({runtime})"))
+    };
+    let (first, rest) = runtime
+        .split_once(" layers of 18 on ")
+        .unwrap_or_else(|| panic!("a split runtime: {runtime}"));
+    let first = count(first);
+    let second = rest
+        .split(", ")
+        .find(|part| part.contains(" on sim:1"))
+        .map(count)
+        .unwrap_or_else(|| panic!("layers on sim:1: {runtime}"));
+    assert!(
+        first >= 1 && second >= 1 && first + second < 18,
+        "{runtime}"
+    );
+    assert!(
+        runtime.ends_with("the rest on cpu") || runtime.contains("the rest on cpu ("),
+        "{runtime}"
+    );
+    for (name, budget) in [("sim:0", 128u64 << 20), ("sim:1", 96 << 20)] {
+        let used = device(&h, name)["used_bytes"].as_u64().unwrap();
+        assert!(used > 0 && used <= budget, "{name}: {h:#}");
+    }
+    assert_eq!(
+        device(&h, "sim:1")["models"],
+        json!([]),
+        "its part is not a model of its own: {h:#}"
+    );
+    let host_bytes = s["host_bytes"].as_u64().unwrap();
+    assert!(
+        device(&h, "cpu")["used_bytes"].as_u64().unwrap() >= host_bytes && host_bytes > 0,
+        "{h:#}"
+    );
+    // Unloaded, every device gets its memory back.
+    let unload = http()
+        .post(&node.url("/api/generate"))
+        .send_json(json!({"model": "demo", "keep_alive": 0}))
+        .unwrap();
+    assert_eq!(unload.status().as_u16(), 200);
+    let h = health(&node);
+    for name in ["sim:0", "sim:1", "cpu"] {
+        assert_eq!(device(&h, name)["used_bytes"], 0, "{name}: {h:#}");
+    }
+}
+
 #[test]
 fn bad_device_lists_are_refused_at_start_with_what_a_device_is() {
     let tmp = tempfile::tempdir().unwrap();

@@ -23,7 +23,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use rbee_infer::model::{DeviceRuntime, Output, Runtime, SeqStep, Transformer, runtime::Cpu};
+use rbee_infer::model::{
+    DeviceRuntime, Output, Runtime, SeqStep, Transformer,
+    runtime::{Cpu, Nudged},
+};
 use serde_json::json;
 
 type Error = Box<dyn std::error::Error>;
@@ -79,15 +82,20 @@ fn logits_per_position<R: Runtime>(
 fn fidelity(model: &str, path: &Path, device: &Device, quick: bool) -> Result<(), Error> {
     let mut cpu = Transformer::load_gguf_on(Cpu, path)?;
     let mut dev = Transformer::load_gguf_on(DeviceRuntime::new(device.clone(), "check"), path)?;
+    // The floor: the CPU runtime one bit off (see `runtime::Nudged`).
+    let mut nudged = Transformer::load_gguf_on(Nudged::new(7), path)?;
     let vocab = cpu.config().vocab_size;
     let (sequences, len) = if quick { (1, 16) } else { (3, 64) };
     let (mut positions, mut top1, mut clear) = (0usize, 0usize, 0usize);
+    // Positions the floor keeps (a one-bit change does not flip them), and the device's there.
+    let (mut stable, mut stable_top1) = (0usize, 0usize);
     let mut relative = Vec::new();
     for s in 0..sequences {
         let ids = tokens(0x5eed + s as u64, len, vocab);
         let want = logits_per_position(&mut cpu, &ids)?;
         let got = logits_per_position(&mut dev, &ids)?;
-        for (w, g) in want.iter().zip(&got) {
+        let floor = logits_per_position(&mut nudged, &ids)?;
+        for ((w, g), f) in want.iter().zip(&got).zip(&floor) {
             let spread = w.iter().fold(f32::MIN, |m, &x| m.max(x))
                 - w.iter().fold(f32::MAX, |m, &x| m.min(x));
             let diff = w.iter().zip(g).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
@@ -98,6 +106,10 @@ fn fidelity(model: &str, path: &Path, device: &Device, quick: bool) -> Result<()
             }
             top1 += usize::from(i == j);
             positions += 1;
+            if argmax(f) == i {
+                stable += 1;
+                stable_top1 += usize::from(i == j);
+            }
         }
     }
     relative.sort_by(f32::total_cmp);
@@ -108,6 +120,7 @@ fn fidelity(model: &str, path: &Path, device: &Device, quick: bool) -> Result<()
             "positions": positions, "top1_equal": top1,
             "top1_percent": 100.0 * top1 as f64 / positions.max(1) as f64,
             "clear_disagreements": clear,
+            "floor_top1_equal": stable, "stable_top1_equal": stable_top1,
             "median_relative": relative.get(relative.len() / 2),
             "worst_relative": relative.last(),
         })

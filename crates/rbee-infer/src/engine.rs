@@ -76,6 +76,19 @@ pub struct LoadOptions {
     /// CPU's own kernels (partial offload, llama.cpp's `-ngl`; [`device_layers_for`] plans it
     /// from a budget).
     pub device_layers: Option<usize>,
+    /// With `device_layers`: more devices of this node that take layers too (a model spanning
+    /// several GPUs by layers). The first takes the layers just before `device`'s, the next the
+    /// ones before those; the CPU runs what is left ([`device_layers_across`] plans it).
+    pub more_devices: Vec<SpanDevice>,
+}
+
+/// A further device of a split model ([`LoadOptions::more_devices`]).
+#[derive(Debug, Clone)]
+pub struct SpanDevice {
+    pub device: Device,
+    /// How logs and status call it (`cuda:1`).
+    pub name: String,
+    pub layers: usize,
 }
 
 impl LoadOptions {
@@ -98,6 +111,7 @@ impl Default for LoadOptions {
             prefix_reuse: true,
             device_runtime_on_cpu: false,
             device_layers: None,
+            more_devices: Vec::new(),
         }
     }
 }
@@ -273,14 +287,15 @@ pub trait Backend: Send + Sync {
     fn capabilities(&self, path: &Path) -> Result<Capabilities, InferError>;
     /// Validates the file and says how much memory loading it with `opts` takes.
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError>;
-    /// How to split the model at `path` over a device with `budget` bytes (at most `cap`
-    /// layers there) and the host ([`device_layers_for`]); `None`: this model cannot be split
-    /// (an encoder), or not one layer fits.
+    /// How to split the model at `path` over devices with `budgets` bytes (the first is the
+    /// device it is loaded on, the others further devices of the node; at most `cap` layers on
+    /// them in all) and the host ([`device_layers_across`]); `None`: this model cannot be split
+    /// (an encoder), or not one layer fits the first device.
     fn plan_offload(
         &self,
         path: &Path,
         opts: &LoadOptions,
-        budget: u64,
+        budgets: &[u64],
         cap: usize,
     ) -> Result<Option<OffloadPlan>, InferError>;
     /// Validates, then loads. Fails fast (before reading weights) on an invalid file.
@@ -577,10 +592,10 @@ impl Backend for CandleBackend {
         &self,
         path: &Path,
         opts: &LoadOptions,
-        budget: u64,
+        budgets: &[u64],
         cap: usize,
     ) -> Result<Option<OffloadPlan>, InferError> {
-        device_layers_for(path, opts, budget, cap)
+        device_layers_across(path, opts, budgets, cap)
     }
 
     fn estimate(&self, path: &Path, opts: &LoadOptions) -> Result<MemoryEstimate, InferError> {
@@ -770,7 +785,16 @@ fn runtime_for(device: &Device, opts: &LoadOptions, layers: usize) -> Picked {
         }
     };
     match opts.device_layers {
-        Some(n) => Picked::Split(Split::new(device, layers, n)),
+        Some(n) => {
+            let mut devices = vec![(device, n)];
+            devices.extend(opts.more_devices.iter().map(|d| {
+                (
+                    DeviceRuntime::new(d.device.clone(), d.name.clone()),
+                    d.layers,
+                )
+            }));
+            Picked::Split(Split::across(devices, layers))
+        }
         None => Picked::Device(device),
     }
 }
@@ -786,6 +810,19 @@ pub fn device_layers_for(
     budget: u64,
     cap: usize,
 ) -> Result<Option<OffloadPlan>, InferError> {
+    device_layers_across(path, opts, &[budget], cap)
+}
+
+/// [`device_layers_for`] over several devices of one node (`budgets`: the first device's,
+/// then further ones'): the first takes as many of the last layers as fit, the next as many
+/// of the layers before those, and so on (at most `cap` in all); the CPU runs the rest.
+/// `None` when not one layer fits the first device.
+pub fn device_layers_across(
+    path: &Path,
+    opts: &LoadOptions,
+    budgets: &[u64],
+    cap: usize,
+) -> Result<Option<OffloadPlan>, InferError> {
     let opened = match Opened::open(path)? {
         Found::Decoder(opened) => opened,
         Found::Encoder(_) => return Ok(None),
@@ -793,34 +830,66 @@ pub fn device_layers_for(
     let file = opened.header();
     let context = context_for(file, opts);
     let whole = estimate_of(file, context, opts)?;
-    let (of, plan) = Transformer::device_layers_for(
+    let (of, shares) = Transformer::device_layers_across(
         file,
         opts.kv_budget(context),
         MAX_STEP_TOKENS,
-        budget,
+        budgets,
         cap,
     )?;
+    let mut shares = shares.into_iter();
+    let Some(first) = shares.next().filter(|s| s.layers > 0) else {
+        return Ok(None);
+    };
+    let more: Vec<DevicePart> = shares
+        .map(|s| DevicePart {
+            layers: s.layers,
+            device_bytes: s.device_bytes,
+            moved: s.moved,
+        })
+        .collect();
+    let moved = first.moved + more.iter().map(|p| p.moved).sum::<u64>();
     // The host keeps everything that does not move, one step's activations included.
-    Ok(plan.map(|share| OffloadPlan {
-        layers: share.layers,
+    Ok(Some(OffloadPlan {
+        layers: first.layers,
         of,
-        device_bytes: share.device_bytes,
-        host_bytes: whole.total().saturating_sub(share.moved),
+        device_bytes: first.device_bytes,
+        more,
+        host_bytes: whole.total().saturating_sub(moved),
     }))
 }
 
-/// How a model too large for a device is split (see [`device_layers_for`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a model too large for a device is split (see [`device_layers_across`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OffloadPlan {
     /// Layers on the device (its last ones): [`LoadOptions::device_layers`].
     pub layers: usize,
-    /// Layers the model has (`layers == of`: the layers all fit; the embedding and output
-    /// projection still stay on the CPU).
+    /// Layers the model has (all of them on devices: the embedding and output projection
+    /// still stay on the CPU).
     pub of: usize,
     /// What they take on the device: weights, their KV share and one step's activations.
     pub device_bytes: u64,
+    /// The further devices' parts, in the order of their budgets (`layers == 0`: none there).
+    pub more: Vec<DevicePart>,
     /// What the rest takes in host memory.
     pub host_bytes: u64,
+}
+
+impl OffloadPlan {
+    /// Layers on devices, all together.
+    pub fn device_layers(&self) -> usize {
+        self.layers + self.more.iter().map(|p| p.layers).sum::<usize>()
+    }
+}
+
+/// A further device's part of a split ([`OffloadPlan::more`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DevicePart {
+    pub layers: usize,
+    /// Its layers' weights and KV share, and one step's activations.
+    pub device_bytes: u64,
+    /// Of those, what leaves the host.
+    pub moved: u64,
 }
 
 fn chat_template(file: &GgufFile, tokenizer: &Tokenizer) -> Result<ChatTemplate, InferError> {

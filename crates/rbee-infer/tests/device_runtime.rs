@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use rbee_infer::model::{
-    DeviceRuntime, Output, Runtime, SeqCache, SeqStep, Split, Transformer, runtime::Cpu,
+    DeviceRuntime, Output, Runtime, SeqCache, SeqStep, Split, Transformer,
+    runtime::{Cpu, Nudged},
 };
 
 fn reference(name: &str) -> PathBuf {
@@ -102,6 +103,10 @@ struct Agreement {
     /// Disagreements where the CPU's own top two were further apart than 1% of the spread:
     /// not a near-tie that rounding may flip.
     clear_disagreements: usize,
+    /// Positions where the CPU's own top two are within 1% of the spread.
+    near_ties: usize,
+    /// Per position, whether the top-1 choices agree.
+    equal: Vec<bool>,
 }
 
 impl Agreement {
@@ -123,12 +128,26 @@ impl Agreement {
         );
     }
 
+    /// Agreement on the positions where `floor` agrees: the ones a one-bit change does not
+    /// flip. (agreeing, of).
+    fn where_stable(&self, floor: &Agreement) -> (usize, usize) {
+        let stable: Vec<bool> = self
+            .equal
+            .iter()
+            .zip(&floor.equal)
+            .filter(|(_, f)| **f)
+            .map(|(e, _)| *e)
+            .collect();
+        (stable.iter().filter(|e| **e).count(), stable.len())
+    }
+
     fn report(&self, name: &str) {
         eprintln!(
-            "{name}: top-1 {}/{} positions ({:.1}%), {} clear disagreements; |Δlogit| / spread median {:.4}, worst {:.4}",
+            "{name}: top-1 {}/{} positions ({:.1}%), {} near-ties, {} clear disagreements; |Δlogit| / spread median {:.4}, worst {:.4}",
             self.top1_equal,
             self.positions,
             100.0 * self.top1_equal as f64 / self.positions.max(1) as f64,
+            self.near_ties,
             self.clear_disagreements,
             self.median_relative(),
             self.worst_relative
@@ -151,6 +170,8 @@ fn compare_with<R: Runtime>(path: &Path, json: &Path, mut dev: Transformer<R>) -
         worst_relative: 0.0,
         relative: Vec::new(),
         clear_disagreements: 0,
+        near_ties: 0,
+        equal: Vec::new(),
     };
     for tokens in forced_tokens(json) {
         let prefill = tokens.len() / 2;
@@ -169,6 +190,13 @@ fn compare_with<R: Runtime>(path: &Path, json: &Path, mut dev: Transformer<R>) -
             if i != j && (w[i] - w[j]) / spread.max(1e-6) > 0.01 {
                 a.clear_disagreements += 1;
             }
+            let runner_up = w
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| k != i)
+                .fold(f32::MIN, |m, (_, &x)| m.max(x));
+            a.near_ties += usize::from((w[i] - runner_up) / spread.max(1e-6) <= 0.01);
+            a.equal.push(i == j);
             a.positions += 1;
             a.top1_equal += usize::from(i == j);
         }
@@ -204,19 +232,45 @@ fn the_device_runtime_agrees_with_the_cpu_runtime_on_every_architecture() {
 #[test]
 fn the_device_runtime_keeps_the_demo_models_greedy_choices() {
     let Some(path) = demo_model() else { return };
-    let a = compare(&path, &reference("gemma3-270m-greedy.json"));
+    let json = reference("gemma3-270m-greedy.json");
+    let a = compare(&path, &json);
     a.report("demo");
+    // The floor: the llama.cpp-exact CPU runtime against itself with one bit of one in seven
+    // norm outputs flipped. Gemma 3 270M (a base model) has many near-ties, and activations are
+    // quantised to 8 bits before every matmul, so a one-bit difference already flips some:
+    // no engine that is not bit-exact (llama.cpp's own CUDA build included) can do better
+    // than this on these positions.
+    let floor = compare_with(
+        &path,
+        &json,
+        Transformer::load_gguf_on(Nudged::new(7), &path).unwrap(),
+    );
+    floor.report("demo, the CPU runtime one bit off (the floor)");
+    let (stable_equal, stable) = a.where_stable(&floor);
+    eprintln!(
+        "demo: top-1 {stable_equal}/{stable} on the positions a one-bit change does not flip"
+    );
     assert!(a.positions >= 100, "{} positions", a.positions);
-    // Gemma 3 270M (a base model) has many near-ties: every disagreement measured is one
-    // where the CPU's own top two are within 1% of the spread. Those may flip; no other may.
+    assert!(floor.top1_equal < floor.positions, "the nudge must show");
+    // Every disagreement is a near-tie (the CPU's own top two within 1% of the spread).
     assert_eq!(a.clear_disagreements, 0, "a clear top-1 disagreement");
     assert!(
-        a.top1_equal * 100 >= a.positions * 95,
-        "top-1 agreement {}/{}",
+        a.top1_equal * 100 >= a.positions * 95 && a.top1_equal + 3 >= floor.top1_equal,
+        "top-1 agreement {}/{} (the floor's {})",
         a.top1_equal,
-        a.positions
+        a.positions,
+        floor.top1_equal
     );
-    assert!(a.median_relative() < 0.03, "median {}", a.median_relative());
+    assert!(
+        stable_equal * 100 >= stable * 99,
+        "top-1 agreement {stable_equal}/{stable} where a one-bit change flips nothing"
+    );
+    assert!(
+        a.median_relative() < 1.5 * floor.median_relative().max(0.01),
+        "median {} (the floor's {})",
+        a.median_relative(),
+        floor.median_relative()
+    );
     assert!(a.worst_relative < 0.15, "worst {}", a.worst_relative);
 }
 
@@ -281,6 +335,36 @@ fn a_model_split_between_device_and_cpu_agrees_with_the_cpu_runtime() {
                 "{name} {on_device}: device layers computed, so some rounding differs"
             );
         }
+    }
+}
+
+/// A model spanning two devices by layers (several GPUs of one node), on candle's CPU device:
+/// activations cross from one device to the other through the host, and each layer's cache
+/// lives on its device.
+#[test]
+fn a_model_spanning_two_devices_agrees_with_the_cpu_runtime() {
+    for name in ["tiny-llama", "tiny-gemma3", "tiny-phi3"] {
+        let path = reference(&format!("{name}.gguf"));
+        let json = reference(&format!("{name}.json"));
+        let layers = Transformer::load_gguf_on(Cpu, &path)
+            .unwrap()
+            .config()
+            .n_layers;
+        let first = layers / 2;
+        let rt = Split::across(
+            vec![
+                (DeviceRuntime::new(Device::Cpu, "first"), first.max(1)),
+                (DeviceRuntime::new(Device::Cpu, "second"), 1),
+            ],
+            layers,
+        );
+        let per_device = rt.layers_per_device();
+        assert_eq!(per_device.len(), 2, "{name}: {per_device:?}");
+        let model = Transformer::load_gguf_on(rt, &path).unwrap();
+        let a = compare_with(&path, &json, model);
+        a.report(&format!("{name} across two devices {per_device:?}"));
+        a.assert_close_on_a_tiny_model(&format!("{name} across two devices"));
+        assert_eq!(a.top1_equal, a.positions, "{name}");
     }
 }
 

@@ -408,6 +408,81 @@ fn the_engine_splits_a_model_that_does_not_fit_the_device() {
     two_batched_greedy_requests_agree(&*model);
 }
 
+/// A model spanning two devices by layers (several GPUs of one node): planned from both
+/// budgets, loaded with the second device's layers before the first's, and batched.
+#[test]
+fn the_engine_spans_a_model_across_two_devices() {
+    let Some(path) = demo_model() else { return };
+    let base = LoadOptions {
+        device_runtime_on_cpu: true,
+        max_sequences: 2,
+        ..LoadOptions::default()
+    };
+    let whole = CandleBackend.estimate(&path, &base).unwrap();
+    let one = rbee_infer::engine::device_layers_for(&path, &base, whole.total() / 4, usize::MAX)
+        .unwrap()
+        .unwrap();
+    let plan = rbee_infer::engine::device_layers_across(
+        &path,
+        &base,
+        &[whole.total() / 4, whole.total() / 4],
+        usize::MAX,
+    )
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        plan.layers, one.layers,
+        "the first device fills up as it would alone"
+    );
+    assert_eq!(plan.more.len(), 1);
+    let second = plan.more[0];
+    assert!(second.layers > 0, "{plan:?}");
+    assert!(second.device_bytes <= whole.total() / 4, "{plan:?}");
+    assert!(
+        plan.host_bytes < one.host_bytes,
+        "the host keeps less when a second device takes layers: {plan:?} vs {one:?}"
+    );
+    assert_eq!(
+        rbee_infer::engine::device_layers_across(&path, &base, &[1 << 20, u64::MAX], usize::MAX)
+            .unwrap(),
+        None,
+        "not one layer on the first device: no plan"
+    );
+    let capped =
+        rbee_infer::engine::device_layers_across(&path, &base, &[u64::MAX, u64::MAX], 5).unwrap();
+    assert_eq!(
+        capped.map(|p| (p.layers, p.more[0].layers)),
+        Some((5, 0)),
+        "a configured count caps the layers on every device together"
+    );
+    let model = CandleBackend
+        .load(
+            &path,
+            &LoadOptions {
+                device_layers: Some(plan.layers),
+                more_devices: vec![rbee_infer::engine::SpanDevice {
+                    device: candle_core::Device::Cpu,
+                    name: "second".into(),
+                    layers: second.layers,
+                }],
+                ..base.clone()
+            },
+        )
+        .unwrap();
+    let runtime = &model.info().runtime;
+    assert!(
+        runtime.starts_with(&format!(
+            "{} layers of 18 on cpu (device runtime)",
+            plan.layers
+        )) && runtime.contains(&format!(
+            ", {} on second (candle kernels), the rest on cpu",
+            second.layers
+        )),
+        "{runtime}"
+    );
+    two_batched_greedy_requests_agree(&*model);
+}
+
 #[test]
 fn the_engine_counts_its_own_queued_and_live_sequences() {
     let Some(path) = demo_model() else { return };

@@ -206,10 +206,33 @@ pub async fn run(
             "none of the devices asked for (--devices) can be used: see the warnings above".into(),
         ));
     }
-    // The host's memory is the CPU worker's budget; without a CPU worker, GPU workers have no
-    // host memory to split models with.
-    let host =
-        actors::worker::HostMemory::new(offered.iter().find(|o| !o.is_gpu).map_or(0, |o| o.budget));
+    // One memory ledger per device, which every worker sees: a model split across devices
+    // charges its parts to theirs. The host's memory is the CPU worker's budget; without a CPU
+    // worker, GPU workers have no host memory to split models with.
+    let ledgers: Vec<_> = offered
+        .iter()
+        .map(|o| actors::worker::DeviceMemory::new(o.budget))
+        .collect();
+    let host = offered.iter().position(|o| !o.is_gpu).map_or_else(
+        || actors::worker::DeviceMemory::new(0),
+        |i| ledgers[i].clone(),
+    );
+    let gpus: Vec<(usize, actors::worker::OtherGpu)> = offered
+        .iter()
+        .zip(&ledgers)
+        .enumerate()
+        .filter(|(_, (o, _))| o.is_gpu)
+        .map(|(i, (o, memory))| {
+            (
+                i,
+                actors::worker::OtherGpu {
+                    name: o.name.clone(),
+                    device: o.load.device.clone(),
+                    memory: memory.clone(),
+                },
+            )
+        })
+        .collect();
     let gpu_layers = Arc::new(config.gpu_layers.clone());
     let ctx = Arc::new(NodeContext {
         kinds: serve::ModelKinds::new(backend.clone()),
@@ -263,13 +286,24 @@ pub async fn run(
         },
         worker: offered
             .into_iter()
-            .map(|o| WorkerArgs {
+            .zip(ledgers)
+            .enumerate()
+            .map(|(i, (o, memory))| WorkerArgs {
+                other_gpus: if o.is_gpu {
+                    gpus.iter()
+                        .filter(|(j, _)| *j != i)
+                        .map(|(_, g)| g.clone())
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 device: o.name,
                 budget: o.budget,
                 backend: backend.clone(),
                 load: o.load,
                 metrics: metrics.clone(),
                 store: Some(store.clone()),
+                memory,
                 host: host.clone(),
                 is_gpu: o.is_gpu,
                 gpu_layers: gpu_layers.clone(),

@@ -12,7 +12,7 @@ use super::error::ModelError;
 use super::transformer::{MAX_BATCH, Transformer};
 use super::weights::loaded_size;
 
-/// The part of a model a device takes in a split ([`Transformer::device_layers_for`]).
+/// The part of a model a device takes in a split ([`Transformer::device_layers_across`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeviceShare {
     /// Its last layers this many.
@@ -66,19 +66,21 @@ impl Transformer {
         Ok(weights + kv_cache + rope + activations + logits)
     }
 
-    /// Partial offload's plan: how many of the model's layers a device with `budget` bytes
-    /// free holds when the whole model does not fit it (the token embedding and the output
-    /// projection stay on the CPU, as llama.cpp keeps them below full offload), the bytes they
-    /// take there, and of those the weights and KV cache that leave the host. Each layer costs its weights and its part of the KV cache (`kv_tokens`
-    /// positions); the device also needs one step's activations. At most `cap` layers; `None`
-    /// when not even one layer fits. Also returns the model's layer count.
-    pub fn device_layers_for(
+    /// Partial offload's plan: how many of the model's layers each device holds, given its
+    /// `budgets` (bytes free), when the whole model does not fit one (the token embedding and
+    /// the output projection stay on the CPU, as llama.cpp keeps them below full offload): the
+    /// first device takes the last layers, the next the ones before those
+    /// ([`plan_offload_across`](super::runtime::plan_offload_across)). Each layer costs its
+    /// weights and its part of the KV cache (`kv_tokens` positions); each device that takes a
+    /// layer also needs one step's activations. At most `cap` layers in all. Returns the
+    /// model's layer count and one share per budget (`layers == 0`: that device takes none).
+    pub fn device_layers_across(
         file: &GgufFile,
         kv_tokens: usize,
         step_tokens: usize,
-        budget: u64,
+        budgets: &[u64],
         cap: usize,
-    ) -> Result<(usize, Option<DeviceShare>), ModelError> {
+    ) -> Result<(usize, Vec<DeviceShare>), ModelError> {
         let c = ModelConfig::from_gguf(file)?;
         let mut layers = vec![0u64; c.n_layers];
         for t in &file.tensors {
@@ -96,18 +98,20 @@ impl Transformer {
         let (hidden, ffn) = (c.hidden_size as u64, c.ffn_size as u64);
         let qkv = (c.q_dim() + c.kv_dim() + c.kv_dim_v()) as u64;
         let activations = step_tokens.max(1) as u64 * (3 * hidden + 2 * qkv + 4 * ffn) * 4;
-        let Some(n) = super::runtime::plan_offload(&layers, kv_per_layer, activations, budget, cap)
-        else {
-            return Ok((c.n_layers, None));
-        };
-        let moved = layers.iter().rev().take(n).sum::<u64>() + n as u64 * kv_per_layer;
-        Ok((
-            c.n_layers,
-            Some(DeviceShare {
-                layers: n,
-                device_bytes: activations + moved,
-                moved,
-            }),
-        ))
+        let counts =
+            super::runtime::plan_offload_across(&layers, kv_per_layer, activations, budgets, cap);
+        let mut from_end = layers.iter().rev();
+        let shares = counts
+            .into_iter()
+            .map(|n| {
+                let moved = from_end.by_ref().take(n).sum::<u64>() + n as u64 * kv_per_layer;
+                DeviceShare {
+                    layers: n,
+                    device_bytes: if n > 0 { activations + moved } else { 0 },
+                    moved,
+                }
+            })
+            .collect();
+        Ok((c.n_layers, shares))
     }
 }

@@ -17,6 +17,7 @@
 
 mod cpu;
 mod device;
+mod nudged;
 mod split;
 
 use std::fmt::Debug;
@@ -31,7 +32,10 @@ use super::weights::{Blocks, TensorReader};
 
 pub use cpu::Cpu;
 pub use device::{DeviceKv, DeviceMatrix, DeviceRuntime};
-pub use split::{Split, SplitAct, SplitKv, SplitMatrix, SplitVector, plan_offload};
+pub use nudged::Nudged;
+pub use split::{
+    Split, SplitAct, SplitKv, SplitMatrix, SplitVector, plan_offload, plan_offload_across,
+};
 
 /// Consecutive activation rows of one sequence, at positions `start..start + rows`. `batch`:
 /// how many rows that sequence's own batch had (attention picks its kernel by it; in the last

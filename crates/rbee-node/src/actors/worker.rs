@@ -7,9 +7,11 @@
 //! so a broken file is reported at once.
 //!
 //! A GPU worker splits a model too large for its budget (partial offload, llama.cpp's `-ngl`
-//! chosen from memory): as many of its last layers as fit go on the GPU, the rest runs on the
-//! CPU. That rest is host memory, so it is charged to the CPU worker's budget through
-//! [`HostMemory`], which both see: the split is refused when the host has no room for it.
+//! chosen from memory): as many of its last layers as fit go on its GPU, as many of the layers
+//! before those as fit the node's other GPUs' free memory go there (a model spanning GPUs by
+//! layers, the GPU with the most free first), and the rest runs on the CPU. Each device's
+//! memory is a [`DeviceMemory`] ledger that every worker sees: a split charges its parts to the
+//! other devices' ledgers (the CPU's for the host part) and is refused when one has no room.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use rbee_infer::InferError;
-use rbee_infer::engine::{Backend, LoadOptions, LoadedModel, MemoryEstimate, OffloadPlan};
+use rbee_infer::engine::{
+    Backend, LoadOptions, LoadedModel, MemoryEstimate, OffloadPlan, SpanDevice,
+};
 use rbee_proto::ContentId;
 use serde::Serialize;
 
@@ -100,25 +104,26 @@ pub struct WorkerStatus {
     pub models: Vec<(String, String, ModelState)>,
 }
 
-/// The host's memory budget (the CPU worker's), seen by every worker: the CPU worker's own
-/// models, and the host parts of models GPU workers split.
+/// One device's memory budget, seen by every worker: what its own worker's models take, and
+/// the parts of models other workers split onto it (on the CPU, the host parts of models GPU
+/// workers split; on a GPU, the layers of a model spanning GPUs).
 #[derive(Debug)]
-pub struct HostMemory {
+pub struct DeviceMemory {
     budget: u64,
     used: Mutex<HostUse>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
 struct HostUse {
-    /// The CPU worker's models (loading or loaded).
+    /// Its own worker's models (loading or loaded).
     own: u64,
-    /// Host parts of split models, held by GPU workers.
+    /// Parts of models split onto it, held by other workers.
     shares: u64,
 }
 
-impl HostMemory {
-    pub fn new(budget: u64) -> Arc<HostMemory> {
-        Arc::new(HostMemory {
+impl DeviceMemory {
+    pub fn new(budget: u64) -> Arc<DeviceMemory> {
+        Arc::new(DeviceMemory {
             budget,
             used: Mutex::new(HostUse::default()),
         })
@@ -132,46 +137,72 @@ impl HostMemory {
         f(&mut used)
     }
 
-    /// Bytes the host parts of split models hold.
+    /// Bytes the parts of other workers' split models hold here.
     fn shares(&self) -> u64 {
         self.with(|u| u.shares)
     }
 
-    /// The CPU worker's own use, as it changes.
+    /// Bytes free: the budget less its own models and the shares.
+    fn free(&self) -> u64 {
+        self.with(|u| self.budget.saturating_sub(u.own + u.shares))
+    }
+
+    /// Its own worker's use, as it changes.
     fn set_own(&self, own: u64) {
         self.with(|u| u.own = own);
     }
 
-    /// `bytes` of host memory for a split model's CPU part, if the host has them free.
-    fn share(self: &Arc<Self>, bytes: u64) -> Result<HostShare, u64> {
+    /// `bytes` here for a part of a split model, if they are free (else the bytes free).
+    fn share(self: &Arc<Self>, bytes: u64) -> Result<Share, u64> {
         self.with(|u| {
             let free = self.budget.saturating_sub(u.own + u.shares);
             if bytes > free {
                 return Err(free);
             }
             u.shares += bytes;
-            Ok(HostShare {
-                host: self.clone(),
+            Ok(Share {
+                memory: self.clone(),
                 bytes,
             })
         })
     }
 }
 
-/// A split model's host part: given back when the model's slot goes (evicted, unloaded,
-/// reloaded or failed).
+/// A split model's part on another device: given back when the model's slot goes (evicted,
+/// unloaded, reloaded or failed).
 #[derive(Debug)]
-struct HostShare {
-    host: Arc<HostMemory>,
+struct Share {
+    memory: Arc<DeviceMemory>,
     bytes: u64,
 }
 
-impl Drop for HostShare {
+impl Drop for Share {
     fn drop(&mut self) {
         let bytes = self.bytes;
-        self.host
+        self.memory
             .with(|u| u.shares = u.shares.saturating_sub(bytes));
     }
+}
+
+/// What a split model holds on other devices: its host part, and its layers on other GPUs.
+#[derive(Debug, Default)]
+struct Parts {
+    host: Option<Share>,
+    gpus: Vec<Share>,
+}
+
+impl Parts {
+    fn host_bytes(&self) -> u64 {
+        self.host.as_ref().map_or(0, |h| h.bytes)
+    }
+}
+
+/// Another GPU of this node, which a model too large for this one may span.
+#[derive(Debug, Clone)]
+pub struct OtherGpu {
+    pub name: String,
+    pub device: rbee_infer::devices::Device,
+    pub memory: Arc<DeviceMemory>,
 }
 
 enum Slot {
@@ -180,15 +211,15 @@ enum Slot {
         started: Instant,
         bytes: u64,
         waiters: Vec<Reply>,
-        host: Option<HostShare>,
+        parts: Parts,
     },
     Loaded {
         name: String,
         model: Arc<dyn LoadedModel>,
         bytes: u64,
         last_used: Instant,
-        /// Held for the model's host part while it lives (`None`: not split).
-        host: Option<HostShare>,
+        /// Held for the model's parts on other devices while it lives (none: not split).
+        parts: Parts,
     },
     Failed {
         name: String,
@@ -215,9 +246,14 @@ pub struct WorkerArgs {
     /// Where models come from: their files are verified against the manifest through it
     /// before each load (hashed when new or changed). `None` loads files as they are.
     pub store: Option<rbee_store::Store>,
-    /// The host's memory: the CPU worker publishes its use there; a GPU worker charges the
-    /// host parts of the models it splits to it.
-    pub host: Arc<HostMemory>,
+    /// This device's memory ledger: the worker publishes its own use there; other workers
+    /// charge the parts of models they split onto this device to it.
+    pub memory: Arc<DeviceMemory>,
+    /// The host's (the CPU worker's) ledger: a GPU worker charges the host parts of the models
+    /// it splits to it.
+    pub host: Arc<DeviceMemory>,
+    /// The node's other GPUs (on a GPU worker): a model too large for this GPU spans them.
+    pub other_gpus: Vec<OtherGpu>,
     /// A GPU: models too large for it are split with the CPU. Not a GPU: this is the CPU
     /// worker, whose budget `host` is.
     pub is_gpu: bool,
@@ -242,24 +278,18 @@ fn idle(model: &Arc<dyn LoadedModel>) -> bool {
 }
 
 impl WorkerState {
-    /// Memory in use on this device: its models, and on the CPU the host parts of models the
-    /// GPU workers split.
+    /// Memory in use on this device: its models, and the parts of models other workers split
+    /// onto it.
     fn used(&self) -> u64 {
         let own: u64 = self.slots.values().map(Slot::bytes).sum();
-        if self.args.is_gpu {
-            own
-        } else {
-            own + self.args.host.shares()
-        }
+        own + self.args.memory.shares()
     }
 
-    /// The CPU worker tells the host ledger what its own models take.
+    /// The worker tells its device's ledger what its own models take.
     fn publish(&self) {
-        if !self.args.is_gpu {
-            self.args
-                .host
-                .set_own(self.slots.values().map(Slot::bytes).sum());
-        }
+        self.args
+            .memory
+            .set_own(self.slots.values().map(Slot::bytes).sum());
     }
 
     fn never_fits(&self, model: &ResolvedModel, needed: u64) -> NodeError {
@@ -271,42 +301,80 @@ impl WorkerState {
         }
     }
 
-    /// How `model` would be split over this GPU and the host: planned from this device's
-    /// budget, at most `cap` layers here; `None` when not one layer fits.
+    /// How `model` would be split over this GPU, the node's other GPUs (most free memory
+    /// first) and the host: planned from this device's budget and the others' free memory, at
+    /// most `cap` layers on GPUs in all; `None` when not one layer fits this GPU. Also returns
+    /// the other GPUs in the order of the plan's parts.
     fn plan_split(
         &self,
         model: &ResolvedModel,
         opts: &LoadOptions,
         cap: usize,
-    ) -> Result<Option<OffloadPlan>, NodeError> {
-        Ok(self
+    ) -> Result<Option<(OffloadPlan, Vec<OtherGpu>)>, NodeError> {
+        let mut others: Vec<(u64, OtherGpu)> = self
+            .args
+            .other_gpus
+            .iter()
+            .map(|g| (g.memory.free(), g.clone()))
+            .filter(|(free, _)| *free > 0)
+            .collect();
+        others.sort_by_key(|(free, _)| std::cmp::Reverse(*free));
+        let mut budgets = vec![self.args.budget];
+        budgets.extend(others.iter().map(|(free, _)| *free));
+        let plan = self
             .args
             .backend
-            .plan_offload(&model.path, opts, self.args.budget, cap)?)
+            .plan_offload(&model.path, opts, &budgets, cap)?;
+        Ok(plan.map(|p| (p, others.into_iter().map(|(_, g)| g).collect())))
     }
 
-    /// The host part of a split reserved, and the load options given its layer count.
+    /// The parts of a split on other devices reserved (the host's and other GPUs'), and the
+    /// load options given its layers on each device.
     fn reserve_split(
         &self,
         model: &ResolvedModel,
         plan: &OffloadPlan,
+        others: &[OtherGpu],
         opts: &mut LoadOptions,
-    ) -> Result<HostShare, NodeError> {
-        let share = self.args.host.share(plan.host_bytes).map_err(|free| {
-            NodeError::Busy {
-                message: format!(
-                    "`{}` would run {} of its {} layers on {} and the rest on the CPU, which needs {} bytes of host memory; the CPU budget has {free} free",
-                    model.name(),
-                    plan.layers,
-                    plan.of,
-                    self.args.device,
+    ) -> Result<Parts, NodeError> {
+        let busy = |what: String, free: u64| NodeError::Busy {
+            message: format!(
+                "`{}` would run {} of its {} layers on {} and the rest elsewhere, which needs {what}; it has {free} bytes free",
+                model.name(),
+                plan.layers,
+                plan.of,
+                self.args.device,
+            ),
+            retry_after_secs: 2,
+        };
+        let mut parts = Parts::default();
+        opts.more_devices.clear();
+        for (part, gpu) in plan.more.iter().zip(others) {
+            if part.layers == 0 {
+                continue;
+            }
+            let share = gpu.memory.share(part.device_bytes).map_err(|free| {
+                busy(format!("{} bytes on {}", part.device_bytes, gpu.name), free)
+            })?;
+            parts.gpus.push(share);
+            opts.more_devices.push(SpanDevice {
+                device: gpu.device.clone(),
+                name: gpu.name.clone(),
+                layers: part.layers,
+            });
+        }
+        let host = self.args.host.share(plan.host_bytes).map_err(|free| {
+            busy(
+                format!(
+                    "{} bytes of host memory (the CPU's budget)",
                     plan.host_bytes
                 ),
-                retry_after_secs: 2,
-            }
+                free,
+            )
         })?;
+        parts.host = Some(host);
         opts.device_layers = Some(plan.layers);
-        Ok(share)
+        Ok(parts)
     }
 
     /// Evicts idle models, least recently used first, until `need` more bytes fit.
@@ -427,7 +495,7 @@ impl WorkerState {
             }
         };
         let mut need = estimate.total();
-        let mut host = None;
+        let mut parts = Parts::default();
         // A layer count configured for this model (`gpu_layers`), on a GPU.
         let cap = self
             .args
@@ -435,10 +503,11 @@ impl WorkerState {
             .then(|| self.args.gpu_layers.get(model.name()).copied())
             .flatten();
         if self.args.is_gpu && (need > self.args.budget || cap.is_some()) {
-            // Too large for this GPU whole, or configured to keep only some layers here: as
-            // many of its last layers as fit (at most the configured count), the rest on the
-            // CPU.
-            let plan = match self.plan_split(&model, &opts, cap.unwrap_or(usize::MAX)) {
+            // Too large for this GPU whole, or configured to keep only some layers on GPUs: as
+            // many of its last layers as fit here, the layers before them on the node's other
+            // GPUs as far as they have room (at most the configured count in all), the rest on
+            // the CPU.
+            let planned = match self.plan_split(&model, &opts, cap.unwrap_or(usize::MAX)) {
                 Ok(plan) => plan,
                 Err(e) => {
                     let _ = reply.send(Err(e));
@@ -446,19 +515,26 @@ impl WorkerState {
                 }
             };
             let whole_fits = need <= self.args.budget;
-            match plan {
-                Some(plan) if plan.layers == plan.of && whole_fits => {}
-                Some(plan) => match self.reserve_split(&model, &plan, &mut opts) {
-                    Ok(share) => {
-                        tracing::info!(model = %model.name(), device = %self.args.device, layers = plan.layers, of = plan.of, device_bytes = plan.device_bytes, host_bytes = plan.host_bytes, "splitting it with the CPU");
-                        need = plan.device_bytes;
-                        host = Some(share);
+            match planned {
+                Some((plan, _)) if plan.layers == plan.of && whole_fits => {}
+                Some((plan, others)) => {
+                    match self.reserve_split(&model, &plan, &others, &mut opts) {
+                        Ok(reserved) => {
+                            let elsewhere: Vec<String> = opts
+                                .more_devices
+                                .iter()
+                                .map(|d| format!("{} on {}", d.layers, d.name))
+                                .collect();
+                            tracing::info!(model = %model.name(), device = %self.args.device, layers = plan.layers, of = plan.of, other_gpus = ?elsewhere, device_bytes = plan.device_bytes, host_bytes = plan.host_bytes, "splitting it across devices");
+                            need = plan.device_bytes;
+                            parts = reserved;
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                            return;
+                        }
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                        return;
-                    }
-                },
+                }
                 None if whole_fits => {}
                 None => {
                     let _ = reply.send(Err(self.never_fits(&model, need)));
@@ -488,7 +564,7 @@ impl WorkerState {
                 started: Instant::now(),
                 bytes: need,
                 waiters: vec![reply],
-                host,
+                parts,
             },
         );
         self.publish();
@@ -557,7 +633,7 @@ impl WorkerState {
             started,
             bytes,
             waiters,
-            host,
+            parts,
         }) = self.slots.remove(&id)
         else {
             return;
@@ -577,7 +653,7 @@ impl WorkerState {
                         model,
                         bytes,
                         last_used: Instant::now(),
-                        host,
+                        parts,
                     },
                 );
             }
@@ -615,7 +691,7 @@ impl WorkerState {
                         model,
                         bytes,
                         last_used,
-                        host,
+                        parts,
                     } => {
                         let activity = model.activity();
                         (
@@ -630,7 +706,7 @@ impl WorkerState {
                                 kv_budget_tokens: model.info().kv_budget_tokens,
                                 context_length: model.info().context_length,
                                 runtime: model.info().runtime.clone(),
-                                host_bytes: host.as_ref().map_or(0, |h| h.bytes),
+                                host_bytes: parts.host_bytes(),
                             },
                         )
                     }

@@ -21,16 +21,21 @@ pub fn lone_node(store: &rbee_store::Store) -> SupervisorArgs {
             },
             tasks: Arc::default(),
         },
-        worker: vec![WorkerArgs {
-            device: "cpu".into(),
-            budget: 1 << 30,
-            backend: Arc::new(CandleBackend),
-            load: LoadOptions::default(),
-            metrics: Arc::default(),
-            store: Some(store.clone()),
-            host: rbee_node::actors::worker::HostMemory::new(1 << 30),
-            is_gpu: false,
-            gpu_layers: Arc::default(),
+        worker: vec![{
+            let memory = rbee_node::actors::worker::DeviceMemory::new(1 << 30);
+            WorkerArgs {
+                device: "cpu".into(),
+                budget: 1 << 30,
+                backend: Arc::new(CandleBackend),
+                load: LoadOptions::default(),
+                metrics: Arc::default(),
+                store: Some(store.clone()),
+                host: memory.clone(),
+                memory,
+                other_gpus: Vec::new(),
+                is_gpu: false,
+                gpu_layers: Arc::default(),
+            }
         }],
         catalog: Handle::empty("catalog"),
         provisioner: Handle::empty("provisioner"),

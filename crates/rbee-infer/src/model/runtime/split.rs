@@ -1,16 +1,18 @@
-//! Partial offload: a model's last layers on a device (the [`DeviceRuntime`]), the others, the
-//! token embedding and the output projection on the CPU (the llama.cpp-exact [`Cpu`] runtime),
-//! as llama.cpp's `-ngl N` splits a model that does not fit its GPU (it offloads the last `N`
-//! layers; the output projection stays on the CPU until every layer is offloaded).
+//! Partial offload: a model's last layers on one or several devices (each a
+//! [`DeviceRuntime`]), the others, the token embedding and the output projection on the CPU
+//! (the llama.cpp-exact [`Cpu`] runtime), as llama.cpp's `-ngl N` splits a model that does not
+//! fit its GPU (it offloads the last `N` layers; the output projection stays on the CPU until
+//! every layer is offloaded) and spreads the offloaded layers over several GPUs by layer.
 //!
 //! Where a layer lives is decided once, at load, from its tensors' names (`blk.{i}.…`): its
 //! matrices go to the side that owns layer `i`. Activations carry their side and move when an
-//! operation needs them on the other (a matmul runs where its weights are, so the hidden state
-//! crosses once into the device layers and once back out of them per step). Norm weights are
-//! small and kept on both sides. A layer's KV cache takes the side of the first keys written to
-//! it, which is that layer's side.
+//! operation needs them elsewhere (a matmul runs where its weights are, so the hidden state
+//! crosses once into each device's layers and once back out per step; between two devices it
+//! goes through host memory). Norm weights are small and kept on every side. A layer's KV
+//! cache takes the side of the first keys written to it, which is that layer's side.
 //!
-//! What the split itself plans — how many layers fit a device's budget — is [`plan_offload`].
+//! What the split itself plans — how many layers fit each device's budget — is
+//! [`plan_offload_across`].
 
 use std::ops::Range;
 
@@ -25,34 +27,73 @@ use crate::model::linear::MultiLinear;
 use crate::model::rope::Rope;
 use crate::model::weights::{Blocks, TensorReader};
 
-/// Layers `first_on_device..layers` on `device`, the rest on `cpu`.
+/// One device of a split and the layers it holds.
+#[derive(Debug, Clone)]
+struct Stage {
+    runtime: DeviceRuntime,
+    layers: Range<usize>,
+}
+
+/// Layers on devices (each device a consecutive range, together the model's last layers), the
+/// rest on `cpu`.
 #[derive(Debug, Clone)]
 pub struct Split {
     cpu: Cpu,
-    device: DeviceRuntime,
-    first_on_device: usize,
+    /// Primary first: the device that takes the model's last layers, then the ones before.
+    stages: Vec<Stage>,
     layers: usize,
 }
 
 impl Split {
     /// The last `on_device` of `layers` layers on `device` (all of them at most).
     pub fn new(device: DeviceRuntime, layers: usize, on_device: usize) -> Split {
+        Split::across(vec![(device, on_device)], layers)
+    }
+
+    /// A model spanning several devices: the first takes the last layers (its count of them),
+    /// the next the layers before those, and so on; the CPU runs the layers left before them.
+    /// Counts beyond the model's layers are cut; devices left with none take no part.
+    pub fn across(devices: Vec<(DeviceRuntime, usize)>, layers: usize) -> Split {
+        let mut end = layers;
+        let mut stages = Vec::with_capacity(devices.len());
+        for (runtime, n) in devices {
+            let first = end - n.min(end);
+            if first < end {
+                stages.push(Stage {
+                    runtime,
+                    layers: first..end,
+                });
+            }
+            end = first;
+        }
         Split {
             cpu: Cpu,
-            device,
-            first_on_device: layers - on_device.min(layers),
+            stages,
             layers,
         }
     }
 
-    /// Layers on the device.
+    /// Layers on devices, all together.
     pub fn layers_on_device(&self) -> usize {
-        self.layers - self.first_on_device
+        self.stages.iter().map(|s| s.layers.len()).sum()
     }
 
-    /// Whether the tensor `name` belongs on the device.
-    fn on_device(&self, name: &str) -> bool {
-        layer_of(name).is_some_and(|i| i >= self.first_on_device)
+    /// Each device's name and layer count, primary first.
+    pub fn layers_per_device(&self) -> Vec<(String, usize)> {
+        self.stages
+            .iter()
+            .map(|s| (s.runtime.describe(), s.layers.len()))
+            .collect()
+    }
+
+    /// The stage the tensor `name` belongs on; `None`: the CPU.
+    fn stage_of(&self, name: &str) -> Option<usize> {
+        let layer = layer_of(name)?;
+        self.stages.iter().position(|s| s.layers.contains(&layer))
+    }
+
+    fn device(&self, stage: usize) -> &DeviceRuntime {
+        &self.stages[stage].runtime
     }
 }
 
@@ -61,25 +102,25 @@ fn layer_of(name: &str) -> Option<usize> {
     name.strip_prefix("blk.")?.split('.').next()?.parse().ok()
 }
 
-/// A matrix on one side.
+/// A matrix on one side (a device by its stage).
 #[derive(Debug)]
 pub enum SplitMatrix {
     Host(MultiLinear),
-    Device(DeviceMatrix),
+    Device(usize, DeviceMatrix),
 }
 
 /// Activations on one side.
 #[derive(Debug)]
 pub enum SplitAct {
     Host(Vec<f32>),
-    Device(Tensor),
+    Device(usize, Tensor),
 }
 
-/// A norm's weights on both sides (they are small; the device copy only with device layers).
+/// A norm's weights on every side (they are small): the host's, and one copy per device.
 #[derive(Debug)]
 pub struct SplitVector {
     host: Vec<f32>,
-    device: Option<Tensor>,
+    device: Vec<Tensor>,
 }
 
 /// A layer's cache on its layer's side: which one is known at the first append.
@@ -87,7 +128,7 @@ pub struct SplitVector {
 pub enum SplitKv {
     Unplaced { k_row: usize, v_row: usize },
     Host(LayerCache),
-    Device(DeviceKv),
+    Device(usize, DeviceKv),
 }
 
 impl LayerKv for SplitKv {
@@ -95,28 +136,28 @@ impl LayerKv for SplitKv {
         match self {
             SplitKv::Unplaced { .. } => 0,
             SplitKv::Host(kv) => kv.len(),
-            SplitKv::Device(kv) => kv.len(),
+            SplitKv::Device(_, kv) => kv.len(),
         }
     }
     fn truncate(&mut self, len: usize) {
         match self {
             SplitKv::Unplaced { .. } => {}
             SplitKv::Host(kv) => LayerKv::truncate(kv, len),
-            SplitKv::Device(kv) => kv.truncate(len),
+            SplitKv::Device(_, kv) => kv.truncate(len),
         }
     }
     fn clear(&mut self) {
         match self {
             SplitKv::Unplaced { .. } => {}
             SplitKv::Host(kv) => LayerKv::clear(kv),
-            SplitKv::Device(kv) => kv.clear(),
+            SplitKv::Device(_, kv) => kv.clear(),
         }
     }
     fn bytes(&self) -> usize {
         match self {
             SplitKv::Unplaced { .. } => 0,
             SplitKv::Host(kv) => LayerKv::bytes(kv),
-            SplitKv::Device(kv) => kv.bytes(),
+            SplitKv::Device(_, kv) => kv.bytes(),
         }
     }
 }
@@ -125,15 +166,19 @@ impl Split {
     fn host(&self, x: &SplitAct) -> Result<Vec<f32>, ModelError> {
         match x {
             SplitAct::Host(v) => Ok(v.clone()),
-            SplitAct::Device(t) => self.device.to_host(t.clone()),
+            SplitAct::Device(s, t) => self.device(*s).to_host(t.clone()),
         }
     }
 
-    /// `x` on the device, `width` wide.
-    fn dev(&self, x: &SplitAct, width: usize) -> Result<Tensor, ModelError> {
+    /// `x` on stage `stage`'s device, `width` wide (from another device through the host).
+    fn dev(&self, x: &SplitAct, stage: usize, width: usize) -> Result<Tensor, ModelError> {
         match x {
-            SplitAct::Device(t) => Ok(t.clone()),
-            SplitAct::Host(v) => self.device.upload(v.clone(), v.len() / width.max(1), width),
+            SplitAct::Device(s, t) if *s == stage => Ok(t.clone()),
+            _ => {
+                let v = self.host(x)?;
+                self.device(stage)
+                    .upload(v.clone(), v.len() / width.max(1), width)
+            }
         }
     }
 
@@ -141,7 +186,7 @@ impl Split {
     fn beside(&self, x: &SplitAct, y: &SplitAct, width: usize) -> Result<SplitAct, ModelError> {
         Ok(match x {
             SplitAct::Host(_) => SplitAct::Host(self.host(y)?),
-            SplitAct::Device(_) => SplitAct::Device(self.dev(y, width)?),
+            SplitAct::Device(s, _) => SplitAct::Device(*s, self.dev(y, *s, width)?),
         })
     }
 }
@@ -158,13 +203,25 @@ impl Runtime for Split {
     type Kv = SplitKv;
 
     fn describe(&self) -> String {
-        format!(
-            "{} layers of {} on {}, the rest on {}",
-            self.layers_on_device(),
+        let mut devices = self.stages.iter();
+        let Some(first) = devices.next() else {
+            return format!(
+                "0 layers of {} on a device, all on {}",
+                self.layers,
+                self.cpu.describe()
+            );
+        };
+        let mut out = format!(
+            "{} layers of {} on {}",
+            first.layers.len(),
             self.layers,
-            self.device.describe(),
-            self.cpu.describe()
-        )
+            first.runtime.describe()
+        );
+        for s in devices {
+            out.push_str(&format!(", {} on {}", s.layers.len(), s.runtime.describe()));
+        }
+        out.push_str(&format!(", the rest on {}", self.cpu.describe()));
+        out
     }
 
     fn load_matrix(
@@ -175,15 +232,13 @@ impl Runtime for Split {
         cols: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<SplitMatrix, ModelError> {
-        if self.on_device(name) {
-            Ok(SplitMatrix::Device(
-                self.device.load_matrix(reader, name, rows, cols, bias)?,
-            ))
-        } else {
-            Ok(SplitMatrix::Host(
-                self.cpu.load_matrix(reader, name, rows, cols, bias)?,
-            ))
-        }
+        Ok(match self.stage_of(name) {
+            Some(s) => SplitMatrix::Device(
+                s,
+                self.device(s).load_matrix(reader, name, rows, cols, bias)?,
+            ),
+            None => SplitMatrix::Host(self.cpu.load_matrix(reader, name, rows, cols, bias)?),
+        })
     }
 
     fn load_embedding(
@@ -199,20 +254,20 @@ impl Runtime for Split {
     }
 
     fn fused(&self, parts: Vec<(Blocks, Option<Vec<f32>>)>) -> Result<SplitMatrix, ModelError> {
-        let device = parts.iter().all(|(b, _)| self.on_device(&b.name));
-        if device {
-            Ok(SplitMatrix::Device(self.device.fused(parts)?))
-        } else {
-            Ok(SplitMatrix::Host(self.cpu.fused(parts)?))
+        let stage = parts.first().and_then(|(b, _)| self.stage_of(&b.name));
+        let together = parts.iter().all(|(b, _)| self.stage_of(&b.name) == stage);
+        match stage {
+            Some(s) if together => Ok(SplitMatrix::Device(s, self.device(s).fused(parts)?)),
+            _ => Ok(SplitMatrix::Host(self.cpu.fused(parts)?)),
         }
     }
 
     fn vector(&self, values: Vec<f32>) -> Result<SplitVector, ModelError> {
-        let device = if self.layers_on_device() > 0 {
-            Some(self.device.vector(values.clone())?)
-        } else {
-            None
-        };
+        let device = self
+            .stages
+            .iter()
+            .map(|s| s.runtime.vector(values.clone()))
+            .collect::<Result<_, _>>()?;
         Ok(SplitVector {
             host: values,
             device,
@@ -222,7 +277,7 @@ impl Runtime for Split {
     fn matrix_bytes(&self, m: &SplitMatrix) -> usize {
         match m {
             SplitMatrix::Host(m) => self.cpu.matrix_bytes(m),
-            SplitMatrix::Device(m) => self.device.matrix_bytes(m),
+            SplitMatrix::Device(s, m) => self.device(*s).matrix_bytes(m),
         }
     }
 
@@ -233,7 +288,9 @@ impl Runtime for Split {
     fn embed(&self, m: &SplitMatrix, tokens: &[u32]) -> Result<SplitAct, ModelError> {
         match m {
             SplitMatrix::Host(m) => Ok(SplitAct::Host(self.cpu.embed(m, tokens)?)),
-            SplitMatrix::Device(m) => Ok(SplitAct::Device(self.device.embed(m, tokens)?)),
+            SplitMatrix::Device(s, m) => {
+                Ok(SplitAct::Device(*s, self.device(*s).embed(m, tokens)?))
+            }
         }
     }
 
@@ -247,13 +304,16 @@ impl Runtime for Split {
             SplitMatrix::Host(m) => {
                 let x = match x {
                     SplitAct::Host(v) => std::borrow::Cow::Borrowed(v),
-                    SplitAct::Device(t) => std::borrow::Cow::Owned(self.device.to_host(t.clone())?),
+                    device => std::borrow::Cow::Owned(self.host(device)?),
                 };
                 Ok(SplitAct::Host(self.cpu.matmul(m, &x, origins)?))
             }
-            SplitMatrix::Device(dm) => {
-                let x = self.dev(x, dm.cols())?;
-                Ok(SplitAct::Device(self.device.matmul(dm, &x, origins)?))
+            SplitMatrix::Device(s, dm) => {
+                let x = self.dev(x, *s, dm.cols())?;
+                Ok(SplitAct::Device(
+                    *s,
+                    self.device(*s).matmul(dm, &x, origins)?,
+                ))
             }
         }
     }
@@ -261,31 +321,31 @@ impl Runtime for Split {
     fn rms_norm(&self, x: &mut SplitAct, w: &SplitVector, eps: f32) -> Result<(), ModelError> {
         match x {
             SplitAct::Host(v) => self.cpu.rms_norm(v, &w.host, eps),
-            SplitAct::Device(t) => {
-                let w = w.device.as_ref().ok_or_else(|| {
-                    ModelError::Unsupported("a norm on the device with no device copy".into())
+            SplitAct::Device(s, t) => {
+                let w = w.device.get(*s).ok_or_else(|| {
+                    ModelError::Unsupported("a norm on a device with no copy there".into())
                 })?;
-                self.device.rms_norm(t, w, eps)
+                self.device(*s).rms_norm(t, w, eps)
             }
         }
     }
 
-    fn scale(&self, x: &mut SplitAct, s: f32) -> Result<(), ModelError> {
+    fn scale(&self, x: &mut SplitAct, f: f32) -> Result<(), ModelError> {
         match x {
-            SplitAct::Host(v) => self.cpu.scale(v, s),
-            SplitAct::Device(t) => self.device.scale(t, s),
+            SplitAct::Host(v) => self.cpu.scale(v, f),
+            SplitAct::Device(s, t) => self.device(*s).scale(t, f),
         }
     }
 
     fn add(&self, x: &mut SplitAct, y: &SplitAct) -> Result<(), ModelError> {
         let width = match x {
-            SplitAct::Device(t) => width_of(t),
+            SplitAct::Device(_, t) => width_of(t),
             SplitAct::Host(_) => 1,
         };
         let y = self.beside(x, y, width)?;
         match (x, &y) {
             (SplitAct::Host(a), SplitAct::Host(b)) => self.cpu.add(a, b),
-            (SplitAct::Device(a), SplitAct::Device(b)) => self.device.add(a, b),
+            (SplitAct::Device(s, a), SplitAct::Device(_, b)) => self.device(*s).add(a, b),
             _ => Err(ModelError::Unsupported("activations on two sides".into())),
         }
     }
@@ -293,7 +353,7 @@ impl Runtime for Split {
     fn copy(&self, x: &SplitAct) -> Result<SplitAct, ModelError> {
         Ok(match x {
             SplitAct::Host(v) => SplitAct::Host(self.cpu.copy(v)?),
-            SplitAct::Device(t) => SplitAct::Device(self.device.copy(t)?),
+            SplitAct::Device(s, t) => SplitAct::Device(*s, self.device(*s).copy(t)?),
         })
     }
 
@@ -305,7 +365,9 @@ impl Runtime for Split {
     ) -> Result<SplitAct, ModelError> {
         Ok(match gate_up {
             SplitAct::Host(v) => SplitAct::Host(self.cpu.gated(v, ffn, activation)?),
-            SplitAct::Device(t) => SplitAct::Device(self.device.gated(t, ffn, activation)?),
+            SplitAct::Device(s, t) => {
+                SplitAct::Device(*s, self.device(*s).gated(t, ffn, activation)?)
+            }
         })
     }
 
@@ -317,11 +379,11 @@ impl Runtime for Split {
                 .into_iter()
                 .map(SplitAct::Host)
                 .collect(),
-            SplitAct::Device(t) => self
-                .device
+            SplitAct::Device(s, t) => self
+                .device(*s)
                 .split_columns(t, widths)?
                 .into_iter()
-                .map(SplitAct::Device)
+                .map(|t| SplitAct::Device(*s, t))
                 .collect(),
         })
     }
@@ -334,7 +396,9 @@ impl Runtime for Split {
     ) -> Result<SplitAct, ModelError> {
         Ok(match x {
             SplitAct::Host(v) => SplitAct::Host(self.cpu.gather_rows(v, width, rows)?),
-            SplitAct::Device(t) => SplitAct::Device(self.device.gather_rows(t, width, rows)?),
+            SplitAct::Device(s, t) => {
+                SplitAct::Device(*s, self.device(*s).gather_rows(t, width, rows)?)
+            }
         })
     }
 
@@ -348,7 +412,7 @@ impl Runtime for Split {
     ) -> Result<(), ModelError> {
         match x {
             SplitAct::Host(v) => self.cpu.rope(v, rope, n_heads, head_dim, spans),
-            SplitAct::Device(t) => self.device.rope(t, rope, n_heads, head_dim, spans),
+            SplitAct::Device(s, t) => self.device(*s).rope(t, rope, n_heads, head_dim, spans),
         }
     }
 
@@ -362,7 +426,7 @@ impl Runtime for Split {
         if let SplitKv::Unplaced { k_row, v_row } = *kv {
             *kv = match k {
                 SplitAct::Host(_) => SplitKv::Host(self.cpu.new_kv(k_row, v_row)),
-                SplitAct::Device(_) => SplitKv::Device(self.device.new_kv(k_row, v_row)),
+                SplitAct::Device(s, _) => SplitKv::Device(*s, self.device(*s).new_kv(k_row, v_row)),
             };
         }
         match kv {
@@ -370,9 +434,12 @@ impl Runtime for Split {
                 let (k, v) = (self.host(k)?, self.host(v)?);
                 self.cpu.append_kv(cache, &k, &v, rows)
             }
-            SplitKv::Device(cache) => {
-                let (k, v) = (self.dev(k, cache.k_row())?, self.dev(v, cache.v_row())?);
-                self.device.append_kv(cache, &k, &v, rows)
+            SplitKv::Device(s, cache) => {
+                let (k, v) = (
+                    self.dev(k, *s, cache.k_row())?,
+                    self.dev(v, *s, cache.v_row())?,
+                );
+                self.device(*s).append_kv(cache, &k, &v, rows)
             }
             SplitKv::Unplaced { .. } => Err(ModelError::EmptyInput),
         }
@@ -384,20 +451,24 @@ impl Runtime for Split {
         entries: &[(Span, &SplitKv)],
         shape: &AttnShape,
     ) -> Result<SplitAct, ModelError> {
-        let on_device = entries
-            .iter()
-            .any(|(_, kv)| matches!(kv, SplitKv::Device(_)));
         let mixed = || ModelError::Unsupported("one layer's caches on two sides".into());
-        if on_device {
+        let stage = entries.iter().find_map(|(_, kv)| match kv {
+            SplitKv::Device(s, _) => Some(*s),
+            _ => None,
+        });
+        if let Some(s) = stage {
             let caches = entries
                 .iter()
                 .map(|&(span, kv)| match kv {
-                    SplitKv::Device(kv) => Ok((span, kv)),
+                    SplitKv::Device(at, kv) if *at == s => Ok((span, kv)),
                     _ => Err(mixed()),
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            let q = self.dev(q, shape.n_heads * shape.head_dim)?;
-            Ok(SplitAct::Device(self.device.attention(&q, &caches, shape)?))
+            let q = self.dev(q, s, shape.n_heads * shape.head_dim)?;
+            Ok(SplitAct::Device(
+                s,
+                self.device(s).attention(&q, &caches, shape)?,
+            ))
         } else {
             let caches = entries
                 .iter()
@@ -414,7 +485,7 @@ impl Runtime for Split {
     fn to_host(&self, x: SplitAct) -> Result<Vec<f32>, ModelError> {
         match x {
             SplitAct::Host(v) => Ok(v),
-            SplitAct::Device(t) => self.device.to_host(t),
+            SplitAct::Device(s, t) => self.device(s).to_host(t),
         }
     }
 }
@@ -433,17 +504,39 @@ pub fn plan_offload(
     budget: u64,
     cap: usize,
 ) -> Option<usize> {
-    let mut used = overhead;
-    let mut n = 0;
-    for &w in layer_bytes.iter().rev().take(cap) {
-        let next = used.saturating_add(w).saturating_add(kv_per_layer);
-        if next > budget {
-            break;
-        }
-        used = next;
-        n += 1;
-    }
+    let n = plan_offload_across(layer_bytes, kv_per_layer, overhead, &[budget], cap)[0];
     (n > 0).then_some(n)
+}
+
+/// [`plan_offload`] over several devices of one node (a model spanning GPUs by layers): the
+/// first device takes as many of the last layers as fit its budget, the next as many of the
+/// layers before those as fit its own, and so on; each device that takes a layer also needs
+/// `overhead`. At most `cap` layers in all. Returns each device's layer count (0: none).
+pub fn plan_offload_across(
+    layer_bytes: &[u64],
+    kv_per_layer: u64,
+    overhead: u64,
+    budgets: &[u64],
+    cap: usize,
+) -> Vec<usize> {
+    let mut left = layer_bytes.iter().rev().take(cap).peekable();
+    budgets
+        .iter()
+        .map(|&budget| {
+            let mut used = overhead;
+            let mut n = 0;
+            while let Some(&&w) = left.peek() {
+                let next = used.saturating_add(w).saturating_add(kv_per_layer);
+                if next > budget {
+                    break;
+                }
+                used = next;
+                n += 1;
+                left.next();
+            }
+            n
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -453,16 +546,77 @@ mod tests {
     #[test]
     fn layers_are_placed_by_their_tensor_names() {
         let s = Split::new(DeviceRuntime::new(candle_core::Device::Cpu, "cpu"), 4, 1);
-        assert!(s.on_device("blk.3.attn_q.weight"));
-        assert!(s.on_device("blk.3.attn_q.weight+blk.3.attn_k.weight"));
-        assert!(!s.on_device("blk.2.ffn_down.weight"));
-        assert!(!s.on_device("token_embd.weight"));
-        assert!(!s.on_device("output.weight"));
+        assert_eq!(s.stage_of("blk.3.attn_q.weight"), Some(0));
+        assert_eq!(
+            s.stage_of("blk.3.attn_q.weight+blk.3.attn_k.weight"),
+            Some(0)
+        );
+        assert_eq!(s.stage_of("blk.2.ffn_down.weight"), None);
+        assert_eq!(s.stage_of("token_embd.weight"), None);
+        assert_eq!(s.stage_of("output.weight"), None);
         assert_eq!(s.layers_on_device(), 1);
         assert_eq!(
             Split::new(DeviceRuntime::new(candle_core::Device::Cpu, "c"), 4, 9).layers_on_device(),
             4,
             "never more than the model has"
+        );
+    }
+
+    #[test]
+    fn a_model_spans_several_devices_by_consecutive_layers() {
+        let dev = |n: &str| DeviceRuntime::new(candle_core::Device::Cpu, n);
+        let s = Split::across(vec![(dev("a"), 2), (dev("b"), 3)], 8);
+        assert_eq!(s.stage_of("blk.7.attn_q.weight"), Some(0));
+        assert_eq!(s.stage_of("blk.6.ffn_up.weight"), Some(0));
+        assert_eq!(s.stage_of("blk.5.ffn_up.weight"), Some(1));
+        assert_eq!(s.stage_of("blk.3.ffn_up.weight"), Some(1));
+        assert_eq!(s.stage_of("blk.2.ffn_up.weight"), None);
+        assert_eq!(s.stage_of("output.weight"), None);
+        assert_eq!(s.layers_on_device(), 5);
+        assert!(
+            s.describe().starts_with(
+                "2 layers of 8 on a (candle kernels), 3 on b (candle kernels), the rest on cpu"
+            ),
+            "{}",
+            s.describe()
+        );
+        // More than the model has: the first takes what it can, the next what is left.
+        let s = Split::across(vec![(dev("a"), 6), (dev("b"), 6), (dev("c"), 1)], 8);
+        assert_eq!(
+            s.layers_per_device(),
+            [
+                ("a (candle kernels)".to_string(), 6),
+                ("b (candle kernels)".to_string(), 2)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_plan_fills_each_device_in_turn() {
+        let layers = [100u64; 6];
+        let all = usize::MAX;
+        // Each device: 50 overhead + 110 per layer.
+        assert_eq!(
+            plan_offload_across(&layers, 10, 50, &[270, 380], all),
+            [2, 3]
+        );
+        assert_eq!(
+            plan_offload_across(&layers, 10, 50, &[10_000, 380], all),
+            [6, 0]
+        );
+        assert_eq!(
+            plan_offload_across(&layers, 10, 50, &[159, 270], all),
+            [0, 2],
+            "the first takes none"
+        );
+        assert_eq!(
+            plan_offload_across(&layers, 10, 50, &[270, 380], 3),
+            [2, 1],
+            "a configured cap"
+        );
+        assert_eq!(
+            plan_offload_across(&layers, 10, 50, &[], all),
+            Vec::<usize>::new()
         );
     }
 
