@@ -476,6 +476,18 @@ fn a_preset_made_on_one_node_is_served_listed_and_pulled_by_name_on_others() {
     assert!(tagged(&b.node, "pirate:latest").is_none());
     wait_for_shared_preset(&b.node, "pirate");
 
+    // First asked for on the OpenAI route, as Ollama's clients spell it (`:latest`): the peer's
+    // preset applies (its num_predict caps an answer that asked for no limit).
+    let (status, lines, _) = post(
+        &b.node,
+        "/v1/chat/completions",
+        &json!({"model": "pirate:latest",
+            "messages": [{"role": "user", "content": "Who are you?"}]}),
+    );
+    assert_eq!(status, 200, "{lines:?}\n{}", b.node.log_text());
+    let tokens = lines[0]["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(tokens <= 5, "{lines:?}");
+
     let ask = |model: &str, options: Value| {
         let (status, lines, _) = post(
             &b.node,

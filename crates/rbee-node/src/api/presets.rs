@@ -16,11 +16,22 @@ use crate::error::NodeError;
 use crate::preset::Preset;
 pub(super) use crate::preset::map_options;
 
-/// The preset named `name` (a name as the catalog spells it, `:latest` already dropped):
-/// one this node stores, else one a peer shares, unless this node's catalog has a model by
-/// that name (a local model is never shadowed by a peer's preset). A preset from the pool is
-/// stored here first ([`crate::pull::presets`]), so it is listed and shared from then on.
+/// The preset named `name`: one this node stores, else one a peer shares, unless this node's
+/// catalog has a model by that name (a local model is never shadowed by a peer's preset). A
+/// preset from the pool is stored here first ([`crate::pull::presets`]), so it is listed and
+/// shared from then on. `NAME:latest` that names nothing is `NAME`, as Ollama reads it (the
+/// OpenAI routes pass names as the client spelt them).
 pub(super) async fn find(ctx: &NodeContext, name: &str) -> Result<Option<Preset>, NodeError> {
+    if let Some(p) = find_exact(ctx, name).await? {
+        return Ok(Some(p));
+    }
+    match name.strip_suffix(":latest") {
+        Some(bare) if !bare.is_empty() => find_exact(ctx, bare).await,
+        _ => Ok(None),
+    }
+}
+
+async fn find_exact(ctx: &NodeContext, name: &str) -> Result<Option<Preset>, NodeError> {
     if let Some(p) = all(ctx)
         .await?
         .into_iter()
