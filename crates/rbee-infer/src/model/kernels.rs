@@ -32,8 +32,11 @@ pub(crate) mod float;
 pub(crate) mod pages;
 pub(crate) mod pool;
 pub(crate) mod q4_k;
+pub(crate) mod q4_k_tiles;
 pub(crate) mod q6_k;
+pub(crate) mod q6_k_tiles;
 pub(crate) mod q8_0;
+pub(crate) mod q8_0_tiles;
 pub(crate) mod quantize;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) mod vnni;

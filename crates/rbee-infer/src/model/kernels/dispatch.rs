@@ -229,9 +229,9 @@ pub(crate) fn active() -> Kernels {
 
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 mod x86 {
-    use super::super::q4_k::Block;
+    use super::super::q4_k_tiles::Block;
     use super::super::vnni::{avx512, avxvnni};
-    use super::super::{q4_k, q6_k, q8_0};
+    use super::super::{q4_k_tiles, q6_k_tiles, q8_0_tiles};
     use super::{KernelSet, Kernels};
     use crate::model::kernels::quantize::{Q8KRows, QK_K, QK8_0};
 
@@ -248,7 +248,7 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q8_0_dot_tile(wq, wd, rows) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q8_0_dot_tile`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q8_0_dot_tile(wq, wd, rows) },
-            _ => q8_0::dot_tile(wq, wd, rows),
+            _ => q8_0_tiles::dot_tile(wq, wd, rows),
         }
     }
 
@@ -266,7 +266,7 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q8_0_tile_4x1(wq, wd, tq, td) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q8_0_tile_4x1`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q8_0_tile_4x1(wq, wd, tq, td) },
-            _ => q8_0::tile_4x1(wq, wd, tq, td),
+            _ => q8_0_tiles::tile_4x1(wq, wd, tq, td),
         }
     }
 
@@ -285,7 +285,7 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q8_0_tile_4x2(w0, w1, tq, td) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q8_0_tile_4x2`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q8_0_tile_4x2(w0, w1, tq, td) },
-            _ => q8_0::tile_4x2(w0, w1, tq, td),
+            _ => q8_0_tiles::tile_4x2(w0, w1, tq, td),
         }
     }
 
@@ -303,7 +303,7 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q4_k_tile_gemm(w, tq, td, tb) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q4_k_tile_gemm`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q4_k_tile_gemm(w, tq, td, tb) },
-            _ => q4_k::tile_gemm(w, tq, td, tb),
+            _ => q4_k_tiles::tile_gemm(w, tq, td, tb),
         }
     }
 
@@ -321,7 +321,7 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q4_k_tile_gemv(w, tq, td, tb) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q4_k_tile_gemv`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q4_k_tile_gemv(w, tq, td, tb) },
-            _ => q4_k::tile_gemv(w, tq, td, tb),
+            _ => q4_k_tiles::tile_gemv(w, tq, td, tb),
         }
     }
 
@@ -340,14 +340,14 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q4_k_row_gemv4(w, acts, a, pair_sums, r) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q4_k_row_gemv4`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q4_k_row_gemv4(w, acts, a, pair_sums, r) },
-            _ => q4_k::row_gemv4(w, acts, a, pair_sums, r),
+            _ => q4_k_tiles::row_gemv4(w, acts, a, pair_sums, r),
         }
     }
 
     /// Q6_K: one weight row times a group of four rows, the tiled kernel's rounding.
     pub(crate) fn q6_k_tile_tiled(
         k: Kernels,
-        w: &[q6_k::Block],
+        w: &[q6_k_tiles::Block],
         tq: &[[[i8; QK_K]; 4]],
         td: &[[f32; 4]],
         tb: &[[[i16; 16]; 4]],
@@ -358,14 +358,14 @@ mod x86 {
             KernelSet::Avx512Vnni => unsafe { avx512::q6_k_tile_tiled(w, tq, td, tb) },
             // SAFETY: as above, for AvxVnni and `avxvnni::q6_k_tile_tiled`'s features.
             KernelSet::AvxVnni => unsafe { avxvnni::q6_k_tile_tiled(w, tq, td, tb) },
-            _ => q6_k::tile_tiled(w, tq, td, tb),
+            _ => q6_k_tiles::tile_tiled(w, tq, td, tb),
         }
     }
 
     /// Q6_K: one weight row times a group of four rows, vec_dot's rounding (eight lanes each).
     pub(crate) fn q6_k_tile_vec_dot(
         k: Kernels,
-        w: &[q6_k::Block],
+        w: &[q6_k_tiles::Block],
         tq: &[[[i8; QK_K]; 4]],
         td: &[[f32; 4]],
         tb: &[[[i16; 16]; 4]],
@@ -375,7 +375,7 @@ mod x86 {
             // feature `avx512::q6_k_tile_vec_dot` is compiled for.
             KernelSet::Avx512Vnni => unsafe { avx512::q6_k_tile_vec_dot(w, tq, td, tb) },
             // The VEX encoding has no more registers than AVX2's: the same code.
-            _ => q6_k::tile_vec_dot(w, tq, td, tb),
+            _ => q6_k_tiles::tile_vec_dot(w, tq, td, tb),
         }
     }
 }

@@ -76,11 +76,14 @@ where
 /// Interleaved activation bytes a tile kernel streams for every weight row at most: blocks
 /// of row groups this big stay in the core's L2 (2 MiB here) beside the weight rows, where
 /// all of a long prompt's groups would not (a 330-token prompt against a 8960-wide FFN is
-/// 3 MB), and re-reading the weight rows once per block costs little.
+/// 3 MB), and re-reading the weight rows once per block costs little. (Only the AVX2 builds
+/// have tile kernels.)
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) const GROUP_BLOCK_BYTES: usize = 192 << 10;
 
 /// `groups` row groups of `bytes_per_group` each, in consecutive ranges of at most
 /// [`GROUP_BLOCK_BYTES`] (at least one group each).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) fn group_blocks(
     groups: usize,
     bytes_per_group: usize,

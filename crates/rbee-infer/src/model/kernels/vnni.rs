@@ -3,7 +3,7 @@
 //! `#[target_feature]` function, reached only through [`super::dispatch`], which checks the
 //! CPU first.
 //!
-//! They are the AVX2 kernels (`q8_0::*_with`, `q4_k::*_with`) with the integer step swapped,
+//! They are the AVX2 kernels (`q8_0_tiles::*_with`, `q4_k_tiles::*_with`) with the integer step swapped,
 //! so every float step stays in place and in order:
 //! - Q8_0: `vpdpbusd(0, |w|, sign(a, w))` gives the eight lanes of four products that
 //!   `vpmaddubsw` + `vpmaddwd` give (one multiply instead of two);
@@ -16,7 +16,7 @@
 //!   sees only each super-block's integer total: `vpdpbusd` sums each 32-value chunk's code
 //!   products in lanes of four (at most 4 · 63 · 127, so they pack to i16 exactly), two
 //!   chunks are packed, and one `vpdpwssd` multiplies them by their four scales into the
-//!   accumulator ([`super::q6_k::tile_totals`]). vec_dot's tiles round each of ggml's lanes,
+//!   accumulator ([`super::q6_k_tiles::tile_totals`]). vec_dot's tiles round each of ggml's lanes,
 //!   so their step stays ggml's (a `vpdpwssd` in place of `vpmaddwd` + `vpaddd` measured
 //!   nothing: LLVM emits it as those two); the AVX-512 set runs that same code in its
 //!   encoding only for the 32 registers. Q6_K's decode rows stay AVX2 (they wait on memory).
@@ -32,9 +32,9 @@ macro_rules! vnni_kernels {
             };
 
             use crate::model::kernels::avx2::m256i;
-            use crate::model::kernels::q4_k::{self, Block};
+            use crate::model::kernels::q4_k_tiles::{self, Block};
             use crate::model::kernels::quantize::{Q8KRows, QK_K, QK8_0};
-            use crate::model::kernels::{q6_k, q8_0};
+            use crate::model::kernels::{q6_k_tiles, q8_0_tiles};
 
             /// `sum(|w| * sign(a, w))` in lanes of four bytes: ggml's `mul_sum_i8_pairs`.
             #[target_feature(enable = $features)]
@@ -69,7 +69,7 @@ macro_rules! vnni_kernels {
                 wd: &[f32],
                 rows: [(&[i8], &[f32]); T],
             ) -> [[f32; 8]; T] {
-                q8_0::dot_tile_with(|aw, w, a| dot_i8(aw, w, a), wq, wd, rows)
+                q8_0_tiles::dot_tile_with(|aw, w, a| dot_i8(aw, w, a), wq, wd, rows)
             }
 
             #[target_feature(enable = $features)]
@@ -79,7 +79,7 @@ macro_rules! vnni_kernels {
                 tq: &[[[i8; QK8_0]; 4]],
                 td: &[[f32; 4]],
             ) -> [f32; 4] {
-                q8_0::tile_4x1_with(|aw, w, a| dot_i8(aw, w, a), wq, wd, tq, td)
+                q8_0_tiles::tile_4x1_with(|aw, w, a| dot_i8(aw, w, a), wq, wd, tq, td)
             }
 
             #[target_feature(enable = $features)]
@@ -89,7 +89,7 @@ macro_rules! vnni_kernels {
                 tq: &[[[i8; QK8_0]; 4]],
                 td: &[[f32; 4]],
             ) -> [[f32; 2]; 4] {
-                q8_0::tile_4x2_with(|aw, w, a| dot_i8(aw, w, a), w0, w1, tq, td)
+                q8_0_tiles::tile_4x2_with(|aw, w, a| dot_i8(aw, w, a), w0, w1, tq, td)
             }
 
             #[target_feature(enable = $features)]
@@ -99,7 +99,7 @@ macro_rules! vnni_kernels {
                 td: &[[f32; 4]],
                 tb: &[[i16; 32]],
             ) -> [f32; 4] {
-                q4_k::tile_gemm_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
+                q4_k_tiles::tile_gemm_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
             }
 
             #[target_feature(enable = $features)]
@@ -109,7 +109,7 @@ macro_rules! vnni_kernels {
                 td: &[[f32; 4]],
                 tb: &[[i16; 32]],
             ) -> [f32; 4] {
-                q4_k::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
+                q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
             }
 
             #[target_feature(enable = $features)]
@@ -120,19 +120,19 @@ macro_rules! vnni_kernels {
                 pair_sums: &[[i16; 8]],
                 r: usize,
             ) -> [f32; 4] {
-                q4_k::row_gemv4_with(|acc, lo, hi| q4_step(acc, lo, hi), w, acts, a, pair_sums, r)
+                q4_k_tiles::row_gemv4_with(|acc, lo, hi| q4_step(acc, lo, hi), w, acts, a, pair_sums, r)
             }
 
             #[target_feature(enable = $features)]
             pub(crate) fn q6_k_tile_tiled(
-                w: &[q6_k::Block],
+                w: &[q6_k_tiles::Block],
                 tq: &[[[i8; QK_K]; 4]],
                 td: &[[f32; 4]],
                 tb: &[[[i16; 16]; 4]],
             ) -> [f32; 4] {
-                q6_k::tile_tiled_with(
+                q6_k_tiles::tile_tiled_with(
                     |b, aq, bs| {
-                        q6_k::tile_totals(
+                        q6_k_tiles::tile_totals(
                             |acc: m256i, u: m256i, s: m256i| m256i($dpbusd(acc.0, u.0, s.0)),
                             |acc: m256i, p: m256i, s: m256i| m256i($dpwssd(acc.0, p.0, s.0)),
                             b,
@@ -161,12 +161,12 @@ vnni_kernels!(
     /// vector registers (the AVX2 encoding's 16 spill the four rows' lanes).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     pub(crate) fn q6_k_tile_vec_dot(
-        w: &[q6_k::Block],
+        w: &[q6_k_tiles::Block],
         tq: &[[[i8; QK_K]; 4]],
         td: &[[f32; 4]],
         tb: &[[[i16; 16]; 4]],
     ) -> [[f32; 8]; 4] {
-        q6_k::tile_vec_dot_inlined(w, tq, td, tb)
+        q6_k_tiles::tile_vec_dot_inlined(w, tq, td, tb)
     }
 );
 vnni_kernels!(

@@ -1,0 +1,263 @@
+//! The loaded Q4_K super-block and the AVX2 Q4_K kernels' bodies ([`super::q4_k`] explains
+//! the arithmetic): each body written once over its integer step (`*_with`), instantiated for
+//! AVX2 here and for the VNNI sets in `vnni`, and called through `dispatch`, which picks the
+//! set. They sit below both the matrix code and the dispatch, so neither depends on the
+//! other through them.
+
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::quantize::{Q8KRows, QK_K};
+
+/// One Q4_K super-block with its 6-bit scales and mins unpacked.
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
+pub(crate) struct Block {
+    pub(crate) d: f32,
+    pub(crate) dmin: f32,
+    pub(crate) scales: [u8; 8],
+    pub(crate) mins: [u8; 8],
+    pub(crate) qs: [u8; 128],
+}
+
+/// One weight row times a group of four gemm rows: `dot_tile`'s
+/// arithmetic for `RowKernel::Gemm`, with the float steps of the four rows
+/// side by side in one register (each lane the same operations in the same
+/// order as the scalar code).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+pub(crate) fn tile_gemm(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    tile_gemm_with(super::avx2::q4_step, w, tq, td, tb)
+}
+
+/// The integer step of the Q4_K kernels ([`super::avx2::q4_step`]'s signature): ggml's, or a
+/// VNNI one that computes the same total.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Step: Fn(Int, (Int, Int, u8), (Int, Int, u8)) -> Int + Copy {}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(Int, (Int, Int, u8), (Int, Int, u8)) -> Int + Copy> Step for F {}
+
+/// An AVX register of integers.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) type Int = super::avx2::m256i;
+
+/// [`tile_gemm`] with the integer step `step`: inlined into each instruction set's kernel.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_gemm_with(
+    step: impl Step,
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    use super::avx2::{hsum_i32_4_f32, load_i8, load_u8, m256i, nibbles, to_f32};
+    use safe_arch::{
+        cast_to_m128_from_m256, extract_m128_from_m256, fused_mul_add_m128, load_unaligned_m128,
+        mul_m128, set_splat_m128, sub_m128, zeroed_m128,
+    };
+    let mut acc = zeroed_m128();
+    let mut acc_min = zeroed_m128();
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        let mut per64 = [zeroed_m128(); 4];
+        for j in 0..4 {
+            let (lo, hi) = nibbles(load_u8(&qs[j]));
+            let (s_lo, s_hi) = (b.scales[2 * j], b.scales[2 * j + 1]);
+            let v: [m256i; 4] = std::array::from_fn(|t| {
+                step(
+                    m256i::default(),
+                    (lo, load_i8(&a[t][2 * j]), s_lo),
+                    (hi, load_i8(&a[t][2 * j + 1]), s_hi),
+                )
+            });
+            // Lane t: row t's integer over values 64j..64j+64 (below 2^24).
+            per64[j] = hsum_i32_4_f32(v);
+        }
+        let (m01, m23) = tile_mins(b, bs);
+        let (m01, m23) = (to_f32(m01), to_f32(m23));
+        let mins64 = [
+            cast_to_m128_from_m256(m01),
+            extract_m128_from_m256::<1>(m01),
+            cast_to_m128_from_m256(m23),
+            extract_m128_from_m256::<1>(m23),
+        ];
+        let da = load_unaligned_m128(ad);
+        let scale = mul_m128(set_splat_m128(b.d), da);
+        let scale_min = mul_m128(set_splat_m128(b.dmin), da);
+        for j in 0..4 {
+            acc = fused_mul_add_m128(per64[j], scale, acc);
+            acc_min = fused_mul_add_m128(mins64[j], scale_min, acc_min);
+        }
+    }
+    sub_m128(acc, acc_min).into()
+}
+
+/// The mins term of super-block `b` for four interleaved rows (`bs`: their 32-value sums as
+/// `[j][row](low, high)`): lanes `[j][row]` of `min[2j] * bsum_lo + min[2j+1] * bsum_hi`,
+/// exact, for j = 0, 1 and for j = 2, 3.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn tile_mins(b: &Block, bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m256i) {
+    use super::avx2::{m256i, madd_i16};
+    let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
+    let pair = |half: usize| {
+        let m: [i16; 16] = std::array::from_fn(|i| mins[16 * half + i]);
+        let b: [i16; 16] = std::array::from_fn(|i| bs[16 * half + i]);
+        madd_i16(m256i::from(b), m256i::from(m))
+    };
+    (pair(0), pair(1))
+}
+
+/// One weight row times a group of four gemv rows: `dot_tile`'s arithmetic
+/// for `RowKernel::Gemv` (per super-block one exact integer for the scaled
+/// products and one for the mins, each rounded once), with the four rows'
+/// integer and float steps side by side (each lane the scalar code's
+/// operations in its order).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+pub(crate) fn tile_gemv(
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    tile_gemv_with(super::avx2::q4_step, w, tq, td, tb)
+}
+
+/// [`tile_gemv`] with the integer step `step` (see [`tile_gemm_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn tile_gemv_with(
+    step: impl Step,
+    w: &[Block],
+    tq: &[[[i8; QK_K]; 4]],
+    td: &[[f32; 4]],
+    tb: &[[i16; 32]],
+) -> [f32; 4] {
+    use super::avx2::{add_i32_m256i, hsum_i32_4, load_i8, load_u8, m256i, nibbles};
+    use safe_arch::{
+        add_i32_m128i, cast_to_m128i_from_m256i, convert_to_m128_from_i32_m128i,
+        extract_m128i_from_m256i, fused_mul_add_m128, load_unaligned_m128, m128i, mul_m128,
+        set_splat_m128, sub_m128, zeroed_m128,
+    };
+    let mut acc = zeroed_m128();
+    let mut acc_min = zeroed_m128();
+    for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
+        // Row t's lanes over the whole super-block (each 64-value part below 2^24, the
+        // total below 2^26: exact in i32).
+        let mut v = [m256i::default(); 4];
+        for j in 0..4 {
+            let (lo, hi) = nibbles(load_u8(&qs[j]));
+            let (s_lo, s_hi) = (b.scales[2 * j], b.scales[2 * j + 1]);
+            for (t, v) in v.iter_mut().enumerate() {
+                *v = step(
+                    *v,
+                    (lo, load_i8(&a[t][2 * j]), s_lo),
+                    (hi, load_i8(&a[t][2 * j + 1]), s_hi),
+                );
+            }
+        }
+        let total = convert_to_m128_from_i32_m128i(m128i::from(hsum_i32_4(v)));
+        // Lanes [j][row]: the four rows' mins over the super-block, summed over j.
+        let (m01, m23) = tile_mins(b, bs);
+        let m = add_i32_m256i(m01, m23);
+        let min_total = convert_to_m128_from_i32_m128i(add_i32_m128i(
+            cast_to_m128i_from_m256i(m),
+            extract_m128i_from_m256i::<1>(m),
+        ));
+        let da = load_unaligned_m128(ad);
+        let scale = mul_m128(set_splat_m128(b.d), da);
+        let scale_min = mul_m128(set_splat_m128(b.dmin), da);
+        acc = fused_mul_add_m128(total, scale, acc);
+        acc_min = fused_mul_add_m128(min_total, scale_min, acc_min);
+    }
+    sub_m128(acc, acc_min).into()
+}
+
+/// One activation row (`r`) times four weight rows with the gemv arithmetic: `dot_tile`'s
+/// `RowKernel::Gemv` per weight row (one exact integer per super-block for the products and
+/// one for the mins, each rounded once), the four weight rows side by side so that one
+/// horizontal sum and one set of float steps serve four outputs.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(never)]
+pub(crate) fn row_gemv4(
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    pair_sums: &[[i16; 8]],
+    r: usize,
+) -> [f32; 4] {
+    row_gemv4_with(super::avx2::q4_step, w, acts, a, pair_sums, r)
+}
+
+/// [`row_gemv4`] with the integer step `step` (see [`tile_gemm_with`]).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn row_gemv4_with(
+    step: impl Step,
+    w: [&[Block]; 4],
+    acts: &Q8KRows,
+    a: &[i8],
+    pair_sums: &[[i16; 8]],
+    r: usize,
+) -> [f32; 4] {
+    use super::avx2::{hsum_i32_4, load_i8, load_u8, m256i, madd_i16, nibbles};
+    use safe_arch::{
+        add_horizontal_i32_m256i, cast_to_m128i_from_m256i, convert_to_m128_from_i32_m128i,
+        extract_m128i_from_m256i, fused_mul_add_m128, m128, m128i, mul_m128, set_splat_m128,
+        sub_m128, unpack_low_i32_m128i, zeroed_m128,
+    };
+    let nb = w[0].len();
+    let (a, _) = a.as_chunks::<32>();
+    let a = &a[r * nb * 8..(r + 1) * nb * 8];
+    let (ad, bsp) = (
+        &acts.d[r * nb..(r + 1) * nb],
+        &pair_sums[r * nb..(r + 1) * nb],
+    );
+    let mut acc = zeroed_m128();
+    let mut acc_min = zeroed_m128();
+    for bi in 0..nb {
+        let q8: [m256i; 8] = std::array::from_fn(|i| load_i8(&a[bi * 8 + i]));
+        let b: [&Block; 4] = std::array::from_fn(|t| &w[t][bi]);
+        let mut v = [m256i::default(); 4];
+        for (v, b) in v.iter_mut().zip(b) {
+            let (qs, _) = b.qs.as_chunks::<32>();
+            for j in 0..4 {
+                let (lo, hi) = nibbles(load_u8(&qs[j]));
+                *v = step(
+                    *v,
+                    (lo, q8[2 * j], b.scales[2 * j]),
+                    (hi, q8[2 * j + 1], b.scales[2 * j + 1]),
+                );
+            }
+        }
+        let total = convert_to_m128_from_i32_m128i(m128i::from(hsum_i32_4(v)));
+        // Each weight row's mins against the shared pair sums: lanes [row t: j] for two rows
+        // per vector, then summed over j and put in row order.
+        let sums = m256i::from(std::array::from_fn::<i16, 16, _>(|i| bsp[bi][i % 8]));
+        let mins = |t: usize| -> [i16; 16] {
+            std::array::from_fn(|i| i16::from(b[t + i / 8].mins[i % 8]))
+        };
+        let h = add_horizontal_i32_m256i(
+            madd_i16(m256i::from(mins(0)), sums),
+            madd_i16(m256i::from(mins(2)), sums),
+        );
+        let h = add_horizontal_i32_m256i(h, h);
+        let min_total = convert_to_m128_from_i32_m128i(unpack_low_i32_m128i(
+            cast_to_m128i_from_m256i(h),
+            extract_m128i_from_m256i::<1>(h),
+        ));
+        let da = set_splat_m128(ad[bi]);
+        let scale = mul_m128(m128::from(b.map(|b| b.d)), da);
+        let scale_min = mul_m128(m128::from(b.map(|b| b.dmin)), da);
+        acc = fused_mul_add_m128(total, scale, acc);
+        acc_min = fused_mul_add_m128(min_total, scale_min, acc_min);
+    }
+    sub_m128(acc, acc_min).into()
+}
