@@ -240,11 +240,23 @@ fn a_model_too_large_for_one_gpu_spans_two() {
         let used = device(&h, name)["used_bytes"].as_u64().unwrap();
         assert!(used > 0 && used <= budget, "{name}: {h:#}");
     }
-    assert_eq!(
-        device(&h, "sim:1")["models"],
-        json!([]),
-        "its part is not a model of its own: {h:#}"
-    );
+    // sim:1 loaded no model of its own: it holds a part of sim:0's, and says so.
+    assert_eq!(device(&h, "sim:1")["models"], json!([]), "{h:#}");
+    for holder in ["sim:1", "cpu"] {
+        let parts = device(&h, holder)["parts"].as_array().unwrap().clone();
+        assert_eq!(parts.len(), 1, "{holder}: {h:#}");
+        assert_eq!(parts[0]["model"], "demo");
+        assert_eq!(parts[0]["held_by"], "sim:0");
+        assert!(parts[0]["bytes"].as_u64().unwrap() > 0);
+    }
+    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
+        .args(["--data-dir", data.to_str().unwrap(), "status"])
+        .env("RBEE_API_ADDR", node.base.trim_start_matches("http://"))
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("of demo (loaded by sim:0)"), "{text}");
     let host_bytes = s["host_bytes"].as_u64().unwrap();
     assert!(
         device(&h, "cpu")["used_bytes"].as_u64().unwrap() >= host_bytes && host_bytes > 0,
@@ -259,6 +271,7 @@ fn a_model_too_large_for_one_gpu_spans_two() {
     let h = health(&node);
     for name in ["sim:0", "sim:1", "cpu"] {
         assert_eq!(device(&h, name)["used_bytes"], 0, "{name}: {h:#}");
+        assert_eq!(device(&h, name)["parts"], json!([]), "{name}: {h:#}");
     }
 }
 

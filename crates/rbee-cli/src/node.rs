@@ -486,6 +486,14 @@ pub fn status(config: &NodeConfig) -> Result<()> {
             crate::output::bytes(d["used_bytes"].as_u64().unwrap_or(0)),
             crate::output::bytes(d["budget_bytes"].as_u64().unwrap_or(0))
         );
+        for p in d["parts"].as_array().into_iter().flatten() {
+            println!(
+                "    {} of {} (loaded by {})",
+                crate::output::bytes(p["bytes"].as_u64().unwrap_or(0)),
+                p["model"].as_str().unwrap_or("?"),
+                p["held_by"].as_str().unwrap_or("?")
+            );
+        }
     }
     for m in h["models"].as_array().into_iter().flatten() {
         let s = &m["status"];

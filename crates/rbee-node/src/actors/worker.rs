@@ -102,6 +102,9 @@ pub struct WorkerStatus {
     pub used_bytes: u64,
     /// Content id (hex) → name and state.
     pub models: Vec<(String, String, ModelState)>,
+    /// Parts of other workers' models held here (layers of a model spanning devices, or the
+    /// host part of one a GPU split).
+    pub parts: Vec<PartStatus>,
 }
 
 /// One device's memory budget, seen by every worker: what its own worker's models take, and
@@ -113,12 +116,24 @@ pub struct DeviceMemory {
     used: Mutex<HostUse>,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 struct HostUse {
     /// Its own worker's models (loading or loaded).
     own: u64,
     /// Parts of models split onto it, held by other workers.
     shares: u64,
+    /// Those parts, by a number of their own.
+    parts: Vec<(u64, PartStatus)>,
+    next: u64,
+}
+
+/// A part of another worker's model held on a device: shown with the device's status.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PartStatus {
+    pub model: String,
+    pub bytes: u64,
+    /// The device whose worker loaded the model (and holds its last layers).
+    pub held_by: String,
 }
 
 impl DeviceMemory {
@@ -152,19 +167,36 @@ impl DeviceMemory {
         self.with(|u| u.own = own);
     }
 
-    /// `bytes` here for a part of a split model, if they are free (else the bytes free).
-    fn share(self: &Arc<Self>, bytes: u64) -> Result<Share, u64> {
+    /// `bytes` here for a part of `model`, split by `held_by`'s worker, if they are free (else
+    /// the bytes free).
+    fn share(self: &Arc<Self>, bytes: u64, model: &str, held_by: &str) -> Result<Share, u64> {
         self.with(|u| {
             let free = self.budget.saturating_sub(u.own + u.shares);
             if bytes > free {
                 return Err(free);
             }
             u.shares += bytes;
+            u.next += 1;
+            let id = u.next;
+            u.parts.push((
+                id,
+                PartStatus {
+                    model: model.to_string(),
+                    bytes,
+                    held_by: held_by.to_string(),
+                },
+            ));
             Ok(Share {
                 memory: self.clone(),
                 bytes,
+                id,
             })
         })
+    }
+
+    /// The parts of other workers' models held here.
+    fn parts(&self) -> Vec<PartStatus> {
+        self.with(|u| u.parts.iter().map(|(_, p)| p.clone()).collect())
     }
 }
 
@@ -174,13 +206,16 @@ impl DeviceMemory {
 struct Share {
     memory: Arc<DeviceMemory>,
     bytes: u64,
+    id: u64,
 }
 
 impl Drop for Share {
     fn drop(&mut self) {
-        let bytes = self.bytes;
-        self.memory
-            .with(|u| u.shares = u.shares.saturating_sub(bytes));
+        let (bytes, id) = (self.bytes, self.id);
+        self.memory.with(|u| {
+            u.shares = u.shares.saturating_sub(bytes);
+            u.parts.retain(|(i, _)| *i != id);
+        });
     }
 }
 
@@ -353,9 +388,12 @@ impl WorkerState {
             if part.layers == 0 {
                 continue;
             }
-            let share = gpu.memory.share(part.device_bytes).map_err(|free| {
-                busy(format!("{} bytes on {}", part.device_bytes, gpu.name), free)
-            })?;
+            let share = gpu
+                .memory
+                .share(part.device_bytes, model.name(), &self.args.device)
+                .map_err(|free| {
+                    busy(format!("{} bytes on {}", part.device_bytes, gpu.name), free)
+                })?;
             parts.gpus.push(share);
             opts.more_devices.push(SpanDevice {
                 device: gpu.device.clone(),
@@ -363,15 +401,19 @@ impl WorkerState {
                 layers: part.layers,
             });
         }
-        let host = self.args.host.share(plan.host_bytes).map_err(|free| {
-            busy(
-                format!(
-                    "{} bytes of host memory (the CPU's budget)",
-                    plan.host_bytes
-                ),
-                free,
-            )
-        })?;
+        let host = self
+            .args
+            .host
+            .share(plan.host_bytes, model.name(), &self.args.device)
+            .map_err(|free| {
+                busy(
+                    format!(
+                        "{} bytes of host memory (the CPU's budget)",
+                        plan.host_bytes
+                    ),
+                    free,
+                )
+            })?;
         parts.host = Some(host);
         opts.device_layers = Some(plan.layers);
         Ok(parts)
@@ -725,6 +767,7 @@ impl WorkerState {
             budget_bytes: self.args.budget,
             used_bytes: self.used(),
             models,
+            parts: self.args.memory.parts(),
         }
     }
 }

@@ -89,6 +89,7 @@ fn device_json(w: &crate::actors::worker::WorkerStatus) -> Value {
         "used_bytes": w.used_bytes,
         "free_bytes": w.budget_bytes.saturating_sub(w.used_bytes),
         "models": models,
+        "parts": w.parts,
     })
 }
 
