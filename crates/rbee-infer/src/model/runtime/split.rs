@@ -176,8 +176,8 @@ impl Split {
             SplitAct::Device(s, t) if *s == stage => Ok(t.clone()),
             _ => {
                 let v = self.host(x)?;
-                self.device(stage)
-                    .upload(v.clone(), v.len() / width.max(1), width)
+                let rows = v.len() / width.max(1);
+                self.device(stage).upload(v, rows, width)
             }
         }
     }
