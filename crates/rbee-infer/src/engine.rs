@@ -80,6 +80,9 @@ pub struct LoadOptions {
     /// several GPUs by layers). The first takes the layers just before `device`'s, the next the
     /// ones before those; the CPU runs what is left ([`device_layers_across`] plans it).
     pub more_devices: Vec<SpanDevice>,
+    /// How logs and status call `device` when it runs the device runtime (a simulated GPU's
+    /// `sim:0`); `None`: named from the device (`cuda:0`, `cpu (device runtime)`).
+    pub device_name: Option<String>,
 }
 
 /// A further device of a split model ([`LoadOptions::more_devices`]).
@@ -112,6 +115,7 @@ impl Default for LoadOptions {
             device_runtime_on_cpu: false,
             device_layers: None,
             more_devices: Vec::new(),
+            device_name: None,
         }
     }
 }
@@ -772,18 +776,18 @@ enum Picked {
 /// runtime on candle's CPU device); a GPU runs the device runtime, for the whole model or, with
 /// `device_layers`, for that many of its last layers with the CPU's kernels for the rest.
 fn runtime_for(device: &Device, opts: &LoadOptions, layers: usize) -> Picked {
-    let device = match device {
-        Device::Cpu if !opts.device_runtime_on_cpu => return Picked::Cpu(Cpu),
-        Device::Cpu => DeviceRuntime::new(Device::Cpu, "cpu (device runtime)"),
-        other => {
-            let name = match other.location() {
-                candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-                candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
-                candle_core::DeviceLocation::Cpu => "cpu".to_string(),
-            };
-            DeviceRuntime::new(other.clone(), name)
-        }
-    };
+    if matches!(device, Device::Cpu) && !opts.device_runtime_on_cpu {
+        return Picked::Cpu(Cpu);
+    }
+    let name = opts
+        .device_name
+        .clone()
+        .unwrap_or_else(|| match device.location() {
+            candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
+            candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+            candle_core::DeviceLocation::Cpu => "cpu (device runtime)".to_string(),
+        });
+    let device = DeviceRuntime::new(device.clone(), name);
     match opts.device_layers {
         Some(n) => {
             let mut devices = vec![(device, n)];

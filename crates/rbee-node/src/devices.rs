@@ -141,12 +141,13 @@ pub fn offer(
                 is_gpu: false,
             }),
             DeviceSpec::Simulated { bytes, .. } => Ok(Offered {
-                name,
-                budget: bytes,
                 load: LoadOptions {
                     device_runtime_on_cpu: true,
+                    device_name: Some(name.clone()),
                     ..base.clone()
                 },
+                name,
+                budget: bytes,
                 is_gpu: true,
             }),
             DeviceSpec::Cuda(_) | DeviceSpec::Metal(_) => {

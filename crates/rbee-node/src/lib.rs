@@ -227,6 +227,7 @@ pub async fn run(
                 i,
                 actors::worker::OtherGpu {
                     name: o.name.clone(),
+                    runtime_name: o.load.device_name.clone().unwrap_or_else(|| o.name.clone()),
                     device: o.load.device.clone(),
                     memory: memory.clone(),
                 },

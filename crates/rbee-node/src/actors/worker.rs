@@ -236,6 +236,8 @@ impl Parts {
 #[derive(Debug, Clone)]
 pub struct OtherGpu {
     pub name: String,
+    /// How the model's runtime names it (`LoadOptions::device_name`, else `name`).
+    pub runtime_name: String,
     pub device: rbee_infer::devices::Device,
     pub memory: Arc<DeviceMemory>,
 }
@@ -397,7 +399,7 @@ impl WorkerState {
             parts.gpus.push(share);
             opts.more_devices.push(SpanDevice {
                 device: gpu.device.clone(),
-                name: gpu.name.clone(),
+                name: gpu.runtime_name.clone(),
                 layers: part.layers,
             });
         }
