@@ -52,6 +52,26 @@ fn chat(node: &NodeProcess, model: &str) -> (u16, String, String) {
     )
 }
 
+/// Unloads `model` now (Ollama's `keep_alive: 0`).
+fn unload(node: &NodeProcess, model: &str) {
+    let resp = http()
+        .post(&node.url("/api/generate"))
+        .send_json(json!({"model": model, "keep_alive": 0}))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+}
+
+/// What `rbee-node status` prints about the running `node`.
+fn status_text(node: &NodeProcess, data: &std::path::Path) -> String {
+    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
+        .args(["--data-dir", data.to_str().unwrap(), "status"])
+        .env("RBEE_API_ADDR", node.base.trim_start_matches("http://"))
+        .env("XDG_CONFIG_HOME", data.join("no-config"))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 #[test]
 fn a_model_goes_to_the_gpu_with_room_is_split_when_too_big_and_goes_to_the_cpu_when_no_layer_fits()
 {
@@ -137,11 +157,7 @@ fn a_model_goes_to_the_gpu_with_room_is_split_when_too_big_and_goes_to_the_cpu_w
         "the host part counts on the CPU: {h:#}"
     );
     // Unloaded, it gives both back.
-    let unload = http()
-        .post(&node.url("/api/generate"))
-        .send_json(json!({"model": "demo", "keep_alive": 0}))
-        .unwrap();
-    assert_eq!(unload.status().as_u16(), 200);
+    unload(&node, "demo");
     let h = health(&node);
     assert_eq!(device(&h, "cpu")["used_bytes"], 0, "{h:#}");
     assert_eq!(device(&h, "sim:0")["used_bytes"], 0, "{h:#}");
@@ -181,13 +197,7 @@ fn a_model_goes_to_the_gpu_with_room_is_split_when_too_big_and_goes_to_the_cpu_w
     assert_eq!(model_state(&h, "demo")["device"], "cpu", "{h:#}");
     assert_eq!(device(&h, "sim:0")["used_bytes"], 0);
     // `rbee-node status` lists both devices.
-    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
-        .args(["--data-dir", data.to_str().unwrap(), "status"])
-        .env("RBEE_API_ADDR", node.base.trim_start_matches("http://"))
-        .env("XDG_CONFIG_HOME", data.join("no-config"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = status_text(&node, &data);
     assert!(text.contains("device sim:0"), "{text}");
     assert!(text.contains("device cpu"), "{text}");
 }
@@ -249,13 +259,7 @@ fn a_model_too_large_for_one_gpu_spans_two() {
         assert_eq!(parts[0]["held_by"], "sim:0");
         assert!(parts[0]["bytes"].as_u64().unwrap() > 0);
     }
-    let out = std::process::Command::new(rbee_tests::rbee_node_bin())
-        .args(["--data-dir", data.to_str().unwrap(), "status"])
-        .env("RBEE_API_ADDR", node.base.trim_start_matches("http://"))
-        .env("XDG_CONFIG_HOME", data.join("no-config"))
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = status_text(&node, &data);
     assert!(text.contains("of demo (loaded by sim:0)"), "{text}");
     let host_bytes = s["host_bytes"].as_u64().unwrap();
     assert!(
@@ -263,11 +267,7 @@ fn a_model_too_large_for_one_gpu_spans_two() {
         "{h:#}"
     );
     // Unloaded, every device gets its memory back.
-    let unload = http()
-        .post(&node.url("/api/generate"))
-        .send_json(json!({"model": "demo", "keep_alive": 0}))
-        .unwrap();
-    assert_eq!(unload.status().as_u16(), 200);
+    unload(&node, "demo");
     let h = health(&node);
     for name in ["sim:0", "sim:1", "cpu"] {
         assert_eq!(device(&h, name)["used_bytes"], 0, "{name}: {h:#}");
