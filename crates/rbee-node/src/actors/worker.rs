@@ -113,18 +113,23 @@ pub struct WorkerStatus {
 #[derive(Debug)]
 pub struct DeviceMemory {
     budget: u64,
-    used: Mutex<HostUse>,
+    used: Mutex<DeviceUse>,
 }
 
 #[derive(Debug, Default, Clone)]
-struct HostUse {
+struct DeviceUse {
     /// Its own worker's models (loading or loaded).
     own: u64,
-    /// Parts of models split onto it, held by other workers.
-    shares: u64,
-    /// Those parts, by a number of their own.
+    /// Parts of models split onto it, held by other workers, by a number of their own.
     parts: Vec<(u64, PartStatus)>,
     next: u64,
+}
+
+impl DeviceUse {
+    /// Bytes the parts hold.
+    fn shares(&self) -> u64 {
+        self.parts.iter().map(|(_, p)| p.bytes).sum()
+    }
 }
 
 /// A part of another worker's model held on a device: shown with the device's status.
@@ -140,11 +145,11 @@ impl DeviceMemory {
     pub fn new(budget: u64) -> Arc<DeviceMemory> {
         Arc::new(DeviceMemory {
             budget,
-            used: Mutex::new(HostUse::default()),
+            used: Mutex::new(DeviceUse::default()),
         })
     }
 
-    fn with<T>(&self, f: impl FnOnce(&mut HostUse) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut DeviceUse) -> T) -> T {
         let mut used = self
             .used
             .lock()
@@ -154,12 +159,12 @@ impl DeviceMemory {
 
     /// Bytes the parts of other workers' split models hold here.
     fn shares(&self) -> u64 {
-        self.with(|u| u.shares)
+        self.with(|u| u.shares())
     }
 
     /// Bytes free: the budget less its own models and the shares.
     fn free(&self) -> u64 {
-        self.with(|u| self.budget.saturating_sub(u.own + u.shares))
+        self.with(|u| self.budget.saturating_sub(u.own + u.shares()))
     }
 
     /// Its own worker's use, as it changes.
@@ -171,11 +176,10 @@ impl DeviceMemory {
     /// the bytes free).
     fn share(self: &Arc<Self>, bytes: u64, model: &str, held_by: &str) -> Result<Share, u64> {
         self.with(|u| {
-            let free = self.budget.saturating_sub(u.own + u.shares);
+            let free = self.budget.saturating_sub(u.own + u.shares());
             if bytes > free {
                 return Err(free);
             }
-            u.shares += bytes;
             u.next += 1;
             let id = u.next;
             u.parts.push((
@@ -211,11 +215,8 @@ struct Share {
 
 impl Drop for Share {
     fn drop(&mut self) {
-        let (bytes, id) = (self.bytes, self.id);
-        self.memory.with(|u| {
-            u.shares = u.shares.saturating_sub(bytes);
-            u.parts.retain(|(i, _)| *i != id);
-        });
+        let id = self.id;
+        self.memory.with(|u| u.parts.retain(|(i, _)| *i != id));
     }
 }
 
