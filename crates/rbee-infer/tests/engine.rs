@@ -308,17 +308,23 @@ fn the_runtime_names_the_kernel_set_chosen_for_this_cpu() {
     );
 }
 
+/// The device runtime on candle's CPU device, two batch slots: how the GPU path's engine tests
+/// load.
+fn device_runtime_on_the_cpu() -> LoadOptions {
+    LoadOptions {
+        device_runtime_on_cpu: true,
+        max_sequences: 2,
+        ..LoadOptions::default()
+    }
+}
+
 /// The device runtime (what a GPU runs) through the whole engine on the CPU: batched
 /// scheduling, caches, sampling. Two identical greedy requests batched together give the
 /// same text, and a third after them reuses their prefix and agrees too.
 #[test]
 fn the_engine_runs_the_device_runtime_batched_on_the_cpu() {
     let Some(path) = demo_model() else { return };
-    let opts = LoadOptions {
-        device_runtime_on_cpu: true,
-        max_sequences: 2,
-        ..LoadOptions::default()
-    };
+    let opts = device_runtime_on_the_cpu();
     let model = CandleBackend.load(&path, &opts).unwrap();
     assert_eq!(
         model.info().runtime,
@@ -349,11 +355,7 @@ fn two_batched_greedy_requests_agree(model: &dyn LoadedModel) {
 #[test]
 fn the_engine_splits_a_model_that_does_not_fit_the_device() {
     let Some(path) = demo_model() else { return };
-    let base = LoadOptions {
-        device_runtime_on_cpu: true,
-        max_sequences: 2,
-        ..LoadOptions::default()
-    };
+    let base = device_runtime_on_the_cpu();
     let whole = CandleBackend.estimate(&path, &base).unwrap();
     let all = rbee_infer::engine::device_layers_for(&path, &base, u64::MAX, usize::MAX)
         .unwrap()
@@ -413,11 +415,7 @@ fn the_engine_splits_a_model_that_does_not_fit_the_device() {
 #[test]
 fn the_engine_spans_a_model_across_two_devices() {
     let Some(path) = demo_model() else { return };
-    let base = LoadOptions {
-        device_runtime_on_cpu: true,
-        max_sequences: 2,
-        ..LoadOptions::default()
-    };
+    let base = device_runtime_on_the_cpu();
     let whole = CandleBackend.estimate(&path, &base).unwrap();
     let one = rbee_infer::engine::device_layers_for(&path, &base, whole.total() / 4, usize::MAX)
         .unwrap()
