@@ -24,7 +24,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
 use rbee_infer::model::{
-    DeviceRuntime, Output, Runtime, SeqStep, Transformer,
+    DeviceRuntime, Output, SeqStep, Transformer,
     runtime::{Cpu, Nudged},
 };
 use serde_json::json;
@@ -51,34 +51,6 @@ fn tokens(seed: u64, n: usize, vocab: usize) -> Vec<u32> {
         .collect()
 }
 
-/// Logits after every token, the first half as one prefill batch, then one step at a time.
-fn logits_per_position<R: Runtime>(
-    model: &mut Transformer<R>,
-    tokens: &[u32],
-) -> Result<Vec<Vec<f32>>, Error> {
-    let mut cache = model.new_cache();
-    let prefill = tokens.len() / 2;
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < tokens.len() {
-        let n = if at == 0 { prefill.max(1) } else { 1 };
-        let mut step = [SeqStep {
-            cache: &mut cache,
-            tokens: &tokens[at..at + n],
-            start: at,
-            output: Output::Logits,
-        }];
-        let logits = model
-            .forward_batch(&mut step)?
-            .pop()
-            .flatten()
-            .ok_or("no logits")?;
-        out.push(logits);
-        at += n;
-    }
-    Ok(out)
-}
-
 fn fidelity(model: &str, path: &Path, device: &Device, quick: bool) -> Result<(), Error> {
     let mut cpu = Transformer::load_gguf_on(Cpu, path)?;
     let mut dev = Transformer::load_gguf_on(DeviceRuntime::new(device.clone(), "check"), path)?;
@@ -92,9 +64,9 @@ fn fidelity(model: &str, path: &Path, device: &Device, quick: bool) -> Result<()
     let mut relative = Vec::new();
     for s in 0..sequences {
         let ids = tokens(0x5eed + s as u64, len, vocab);
-        let want = logits_per_position(&mut cpu, &ids)?;
-        let got = logits_per_position(&mut dev, &ids)?;
-        let floor = logits_per_position(&mut nudged, &ids)?;
+        let want = cpu.logits_per_position(&ids, ids.len() / 2)?;
+        let got = dev.logits_per_position(&ids, ids.len() / 2)?;
+        let floor = nudged.logits_per_position(&ids, ids.len() / 2)?;
         for ((w, g), f) in want.iter().zip(&got).zip(&floor) {
             let spread = w.iter().fold(f32::MIN, |m, &x| m.max(x))
                 - w.iter().fold(f32::MAX, |m, &x| m.min(x));

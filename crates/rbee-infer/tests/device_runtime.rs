@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use rbee_infer::model::{
-    DeviceRuntime, Output, Runtime, SeqCache, SeqStep, Split, Transformer,
+    DeviceRuntime, Runtime, Split, Transformer,
     runtime::{Cpu, Nudged},
 };
 
@@ -53,37 +53,6 @@ fn forced_tokens(json: &Path) -> Vec<Vec<u32>> {
             .collect(),
         None => vec![[ids(&v["prompt_ids"]), ids(&v["greedy"]["tokens"])].concat()],
     }
-}
-
-/// Logits after every token of `tokens`, fed one step at a time (the decode path), except
-/// that the first `prefill` go in one batch (the prefill path).
-fn logits_per_position<R: Runtime>(
-    model: &mut Transformer<R>,
-    tokens: &[u32],
-    prefill: usize,
-) -> Vec<Vec<f32>> {
-    let mut cache: SeqCache<R> = model.new_cache();
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at < tokens.len() {
-        let n = if at == 0 { prefill.max(1) } else { 1 };
-        let mut step = [SeqStep {
-            cache: &mut cache,
-            tokens: &tokens[at..at + n],
-            start: at,
-            output: Output::Logits,
-        }];
-        out.push(
-            model
-                .forward_batch(&mut step)
-                .unwrap()
-                .pop()
-                .unwrap()
-                .unwrap(),
-        );
-        at += n;
-    }
-    out
 }
 
 fn argmax(v: &[f32]) -> usize {
@@ -175,8 +144,8 @@ fn compare_with<R: Runtime>(path: &Path, json: &Path, mut dev: Transformer<R>) -
     };
     for tokens in forced_tokens(json) {
         let prefill = tokens.len() / 2;
-        let want = logits_per_position(&mut cpu, &tokens, prefill);
-        let got = logits_per_position(&mut dev, &tokens, prefill);
+        let want = cpu.logits_per_position(&tokens, prefill).unwrap();
+        let got = dev.logits_per_position(&tokens, prefill).unwrap();
         assert_eq!(want.len(), got.len());
         for (w, g) in want.iter().zip(&got) {
             assert_eq!(w.len(), g.len());

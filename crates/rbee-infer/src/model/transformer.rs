@@ -357,6 +357,40 @@ impl<R: Runtime> Transformer<R> {
         Ok(())
     }
 
+    /// Teacher forcing: the logits after every token of `tokens`, the first `prefill` in one
+    /// batch (the prefill path, at most [`MAX_BATCH`]), the rest one step at a time (the decode
+    /// path), on a cache of its own. How runtimes are compared position by position.
+    pub fn logits_per_position(
+        &mut self,
+        tokens: &[u32],
+        prefill: usize,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let mut cache = self.new_cache();
+        let mut out = Vec::with_capacity(tokens.len());
+        let mut at = 0;
+        while at < tokens.len() {
+            let n = if at == 0 {
+                prefill.clamp(1, tokens.len())
+            } else {
+                1
+            };
+            let mut step = [SeqStep {
+                cache: &mut cache,
+                tokens: &tokens[at..at + n],
+                start: at,
+                output: Output::Logits,
+            }];
+            let logits = self
+                .forward_batch(&mut step)?
+                .pop()
+                .flatten()
+                .ok_or(ModelError::EmptyInput)?;
+            out.push(logits);
+            at += n;
+        }
+        Ok(out)
+    }
+
     /// One forward step over several sequences: entry `i` runs its `tokens` (at most
     /// [`MAX_BATCH`]) at positions `start..` of its own cache. Returns, per entry, what its
     /// [`Output`] asked for.
