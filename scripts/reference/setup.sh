@@ -50,7 +50,10 @@ fi
 
 # The native venv records the flags it was built with, so a change of them rebuilds it.
 STAMP="$VENV/.rbee-build-flags"
-FLAGS_ID="$LLAMA_CPP_PYTHON_VERSION amx=off"
+# -march=native means "this CPU": a cache carried to another CPU (these VMs move between Intel
+# and AMD hosts) is rebuilt, or it would die with SIGILL on an instruction set this one lacks.
+CPU_ID="$(grep -m1 -E '^flags' /proc/cpuinfo 2>/dev/null | cksum | cut -d' ' -f1)"
+FLAGS_ID="$LLAMA_CPP_PYTHON_VERSION native amx=off cpu=$CPU_ID"
 stale=0
 if [[ $NATIVE == 1 && "$(cat "$STAMP" 2>/dev/null)" != "$FLAGS_ID" ]]; then
     stale=1
@@ -61,11 +64,14 @@ if [[ "$(installed_version llama_cpp_python)" != "$LLAMA_CPP_PYTHON_VERSION" || 
     # build host's newest ISA extensions; AVX2/FMA/F16C are baseline x86-64-v3.
     # LLAVA_BUILD=OFF skips the multimodal (mtmd) library, which is not needed.
     if [[ $NATIVE == 1 ]]; then
-        # What a user gets from llama.cpp's README (GGML_NATIVE: every instruction set this
-        # CPU has, OpenMP on), spelled out instead of -march=native for one reason: these VMs
+        # What a user gets from llama.cpp's README (GGML_NATIVE: -march=native, every
+        # instruction set this CPU has, OpenMP on), with one exception: some of these VMs
         # report AMX, but the hypervisor faults on its first tile instruction (ldtilecfg, a
-        # general protection fault in ggml_backend_amx_mul_mat), so AMX is left off.
-        NATIVE_ISA="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX_VNNI=ON -DGGML_AVX512=ON -DGGML_AVX512_VBMI=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_BF16=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+        # general protection fault in ggml_backend_amx_mul_mat), so AMX is switched off.
+        # (Naming the sets one by one instead, as this script did, enabled AVX-VNNI on AMD
+        # hosts that lack it: SIGILL.)
+        NO_AMX="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+        NATIVE_ISA="-DGGML_NATIVE=ON -DCMAKE_C_FLAGS='$NO_AMX' -DCMAKE_CXX_FLAGS='$NO_AMX'"
         export CMAKE_ARGS="${CMAKE_ARGS:-$NATIVE_ISA -DLLAMA_CURL=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF}"
     else
         export CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=OFF -DGGML_OPENMP=OFF -DLLAMA_CURL=OFF -DGGML_BLAS=OFF -DGGML_CUDA=OFF -DGGML_METAL=OFF -DGGML_VULKAN=OFF -DLLAVA_BUILD=OFF}"

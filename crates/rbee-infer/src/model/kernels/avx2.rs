@@ -109,7 +109,18 @@ pub(crate) fn hsum_i32_4(v: [m256i; 4]) -> [i32; 4] {
 /// The total of the eight i32 lanes (exact).
 #[inline(always)]
 pub(crate) fn hsum_i32(v: m256i) -> i32 {
-    <[i32; 8]>::from(v).iter().sum()
+    hsum_i32_m128i(add_i32_m128i(
+        cast_to_m128i_from_m256i(v),
+        extract_m128i_from_m256i::<1>(v),
+    ))
+}
+
+/// The total of four i32 lanes (exact), in registers.
+#[inline(always)]
+pub(crate) fn hsum_i32_m128i(s: safe_arch::m128i) -> i32 {
+    let s = add_i32_m128i(s, safe_arch::unpack_high_i64_m128i(s, s));
+    let s = add_i32_m128i(s, safe_arch::shuffle_ai_f32_all_m128i::<0b01>(s));
+    safe_arch::get_i32_from_m128i_s(s)
 }
 
 /// [`super::hsum8`] on a register: ggml's `hsum_float_8`, the same adds in

@@ -130,8 +130,10 @@ impl Q4KMatrix {
             }
             let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
             let whole = cols.start + cols.len() / 4 * 4;
-            for &r in &gemv {
-                for c in (cols.start..whole).step_by(4) {
+            // Four weight rows at a time against every such activation row while they are
+            // in cache: the weights are read from memory once, however many rows there are.
+            for c in (cols.start..whole).step_by(4) {
+                for &r in &gemv {
                     let sums = row_gemv4_on(
                         set,
                         std::array::from_fn(|t| weight(c + t)),
@@ -143,6 +145,8 @@ impl Q4KMatrix {
                     let o = r * width + c - cols.start;
                     out[o..o + 4].copy_from_slice(&sums);
                 }
+            }
+            for &r in &gemv {
                 for c in whole..cols.end {
                     out[r * width + c - cols.start] =
                         dot_tile::<1>(weight(c), &acts, &a, [(r, RowKernel::Gemv)])[0];

@@ -136,12 +136,14 @@ impl Q6KMatrix {
                     });
                 }
             }
-            // vec_dot rows left over (decode rows): four weight rows at a time.
+            // vec_dot rows left over (decode rows).
             let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
             let whole = cols.start + cols.len() / 4 * 4;
             let row_first = if tiled { m } else { first };
-            for r in row_first..m {
-                for c in (cols.start..whole).step_by(4) {
+            // Four weight rows at a time against every such activation row while they are in
+            // cache: the weights are read from memory once, however many rows there are.
+            for c in (cols.start..whole).step_by(4) {
+                for r in row_first..m {
                     let lanes = row_vec_dot4(
                         std::array::from_fn(|t| weight(c + t)),
                         &acts,
@@ -366,8 +368,9 @@ fn sums16(acts: &Q8KRows) -> Vec<[i16; 16]> {
 }
 
 /// One activation row (`r`) times four weight rows with vec_dot's arithmetic ([`dot_tile`]
-/// without `tiled`, per weight row), the four side by side so the activation codes are loaded
-/// once and the code offsets come from one `vpmaddwd` each instead of scalar products.
+/// without `tiled`, per weight row), the code offsets from one `vpmaddwd` each instead of
+/// scalar products. The rows are walked one after the other, each in memory order (see
+/// `q4_k_tiles::row_gemv4`); each output is its own row's operations, in their order.
 /// Returns each weight row's eight lane accumulators (the caller sums them with [`hsum8`]).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
@@ -390,10 +393,11 @@ fn row_vec_dot4(
     let a = &a[r * nb * 8..(r + 1) * nb * 8];
     let (ad, bs) = (&acts.d[r * nb..(r + 1) * nb], &sums16[r * nb..(r + 1) * nb]);
     let mut acc: [m256; 4] = [zeroed_m256(); 4];
-    for bi in 0..nb {
-        let q8: [m256i; 8] = std::array::from_fn(|c| load_i8(&a[bi * 8 + c]));
-        let bsums = m256i::from(bs[bi]);
-        for (acc, w) in acc.iter_mut().zip(&w) {
+    // One weight row after the other, each in memory order (see `q4_k_tiles::row_gemv4`).
+    for (acc, w) in acc.iter_mut().zip(&w) {
+        for bi in 0..nb {
+            let q8 = &a[bi * 8..bi * 8 + 8];
+            let bsums = m256i::from(bs[bi]);
             let b = &w[bi];
             let (codes, _) = b.codes.as_chunks::<32>();
             let scales = m128i::from(b.scales);
@@ -408,7 +412,10 @@ fn row_vec_dot4(
                     scales,
                     m128i::from(SCALE_SHUFFLE[c]),
                 ));
-                sum = add_i32_m256i(sum, madd_i16(mul_u8_i8_pairs(load_u8(q), q8[c]), sc));
+                sum = add_i32_m256i(
+                    sum,
+                    madd_i16(mul_u8_i8_pairs(load_u8(q), load_i8(&q8[c])), sc),
+                );
             }
             *acc = fused_mul_add_m256(set_splat_m256(ad[bi] * b.d), to_f32(sum), *acc);
         }
