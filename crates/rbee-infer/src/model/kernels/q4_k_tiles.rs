@@ -225,7 +225,9 @@ pub(crate) fn row_gemv4_with(
         &acts.d[r * nb..(r + 1) * nb],
         &pair_sums[r * nb..(r + 1) * nb],
     );
-    w.map(|w| {
+    // A loop, not `map`: a closure would not inherit the VNNI sets' target features.
+    let mut out = [0f32; 4];
+    for (out, w) in out.iter_mut().zip(w) {
         let (mut acc, mut acc_min) = (0f32, 0f32);
         for ((b, q8), (&da, sums)) in w.iter().zip(a.chunks_exact(8)).zip(ad.iter().zip(bsp)) {
             let (qs, _) = b.qs.as_chunks::<32>();
@@ -248,6 +250,7 @@ pub(crate) fn row_gemv4_with(
             acc = (total as f32).mul_add(b.d * da, acc);
             acc_min = (min_total as f32).mul_add(b.dmin * da, acc_min);
         }
-        acc - acc_min
-    })
+        *out = acc - acc_min;
+    }
+    out
 }

@@ -18,17 +18,18 @@ use super::dispatch::Kernels;
 use super::hsum8;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
-pub(crate) use super::q6_k_tiles::Block;
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 use super::q6_k_tiles::SCALE_SHUFFLE;
+pub(crate) use super::q6_k_tiles::{Block, Packed};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 
 const BLOCK_BYTES: usize = 210;
-/// Bytes of one super-block once loaded ([`Block`]).
-pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
+/// Bytes of one super-block once loaded ([`Packed`]).
+pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Packed>();
 
-/// A ggml Q6_K block's bytes, its codes unpacked and permuted for the kernels.
-fn unpack(b: &[u8]) -> Block {
+/// A ggml Q6_K block's bytes as the matrix stores them: its codes permuted for the kernels
+/// and packed again ([`Packed`]).
+fn load(b: &[u8]) -> Packed {
     let (ql, rest) = b.split_at(128);
     let (qh, rest) = rest.split_at(64);
     let (sc, d) = rest.split_at(16);
@@ -51,18 +52,18 @@ fn unpack(b: &[u8]) -> Block {
     for (s, &v) in scales.iter_mut().zip(sc) {
         *s = v as i8;
     }
-    Block {
+    Packed::pack(&Block {
         d: crate::model::f16::f16_to_f32(u16::from_le_bytes([d[0], d[1]])),
         scales,
         codes,
-    }
+    })
 }
 
 #[derive(Debug)]
 pub(crate) struct Q6KMatrix {
     pub rows: usize,
     pub cols: usize,
-    blocks: Pages<Block>,
+    blocks: Pages<Packed>,
 }
 
 impl Q6KMatrix {
@@ -95,7 +96,7 @@ impl Q6KMatrix {
             &mut self.blocks.spare_mut()[..n],
             1,
             n >= PARALLEL_UNPACK,
-            |i, out| out[0] = unpack(&data[i * BLOCK_BYTES..][..BLOCK_BYTES]),
+            |i, out| out[0] = load(&data[i * BLOCK_BYTES..][..BLOCK_BYTES]),
         );
         self.blocks.set_filled(n);
         true
@@ -125,10 +126,12 @@ impl Q6KMatrix {
         let sums16 = sums16(&acts);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
+            // The prompt kernels' weight row, unpacked once for all the rows they serve.
+            let mut unpacked = Vec::with_capacity(nb);
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
                 for (i, c) in cols.clone().enumerate() {
-                    let w = &self.blocks[c * nb..(c + 1) * nb];
+                    let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
                     tiles.each(set, groups.clone(), w, nb, tiled, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
@@ -157,10 +160,10 @@ impl Q6KMatrix {
                 }
             }
             for (i, c) in cols.clone().enumerate() {
-                let w = weight(c);
-                if !tiled && c < whole {
+                if (!tiled && c < whole) || first == m {
                     continue;
                 }
+                let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
                 // Four activation rows share each unpacked weight block.
                 let mut r = first;
                 while r + 4 <= m {
@@ -182,11 +185,18 @@ impl Q6KMatrix {
         let nb = self.cols / QK_K;
         for b in &self.blocks[r * nb..(r + 1) * nb] {
             for e in 0..QK_K {
-                let c = b.codes[e / 32 * 32 + permuted(e % 32)];
+                let c = b.code(e / 32 * 32 + permuted(e % 32));
                 out.push(b.d * f32::from(b.scales[e / 16]) * f32::from(c as i8 - 32));
             }
         }
     }
+}
+
+/// Weight row `w` with one byte a code, in `into`.
+fn unpack_row<'a>(w: &[Packed], into: &'a mut Vec<Block>) -> &'a [Block] {
+    into.clear();
+    into.extend(w.iter().map(Packed::unpack));
+    into
 }
 
 /// Position of value `i` of a 32-value chunk in the permuted layout.
@@ -375,15 +385,15 @@ fn sums16(acts: &Q8KRows) -> Vec<[i16; 16]> {
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
 fn row_vec_dot4(
-    w: [&[Block]; 4],
+    w: [&[Packed]; 4],
     acts: &Q8KRows,
     a: &[i8],
     sums16: &[[i16; 16]],
     r: usize,
 ) -> [[f32; 8]; 4] {
     use super::avx2::{
-        add_i32_m256i, fused_mul_add_m256, load_i8, load_u8, m256, m256i, madd_i16,
-        mul_u8_i8_pairs, set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
+        add_i32_m256i, fused_mul_add_m256, load_i8, m256, m256i, madd_i16, mul_u8_i8_pairs,
+        set_splat_m256, sub_i32_m256i, to_f32, zeroed_m256,
     };
     use safe_arch::{
         convert_to_i16_m256i_from_i8_m128i, m128i, shl_imm_u32_m256i, shuffle_av_i8z_all_m128i,
@@ -399,7 +409,7 @@ fn row_vec_dot4(
             let q8 = &a[bi * 8..bi * 8 + 8];
             let bsums = m256i::from(bs[bi]);
             let b = &w[bi];
-            let (codes, _) = b.codes.as_chunks::<32>();
+            let codes = super::q6_k_tiles::chunks(b);
             let scales = m128i::from(b.scales);
             let wide = convert_to_i16_m256i_from_i8_m128i(scales);
             // Lane l starts at -32 * (scale[2l] * bsum[2l] + scale[2l+1] * bsum[2l+1]).
@@ -407,15 +417,12 @@ fn row_vec_dot4(
                 m256i::default(),
                 shl_imm_u32_m256i::<5>(madd_i16(bsums, wide)),
             );
-            for (c, q) in codes.iter().enumerate() {
+            for (c, &q) in codes.iter().enumerate() {
                 let sc = convert_to_i16_m256i_from_i8_m128i(shuffle_av_i8z_all_m128i(
                     scales,
                     m128i::from(SCALE_SHUFFLE[c]),
                 ));
-                sum = add_i32_m256i(
-                    sum,
-                    madd_i16(mul_u8_i8_pairs(load_u8(q), load_i8(&q8[c])), sc),
-                );
+                sum = add_i32_m256i(sum, madd_i16(mul_u8_i8_pairs(q, load_i8(&q8[c])), sc));
             }
             *acc = fused_mul_add_m256(set_splat_m256(ad[bi] * b.d), to_f32(sum), *acc);
         }
@@ -426,13 +433,16 @@ fn row_vec_dot4(
 /// Without AVX2: [`dot_tile`] for each of the four weight rows.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 fn row_vec_dot4(
-    w: [&[Block]; 4],
+    w: [&[Packed]; 4],
     acts: &Q8KRows,
     a: &[f32],
     _: &[[i16; 16]],
     r: usize,
 ) -> [[f32; 8]; 4] {
-    w.map(|w| dot_tile::<1>(w, acts, a, [r], false)[0])
+    w.map(|w| {
+        let w: Vec<Block> = w.iter().map(Packed::unpack).collect();
+        dot_tile::<1>(&w, acts, a, [r], false)[0]
+    })
 }
 
 /// Groups of four activation rows for the tiled kernel, block-interleaved
@@ -593,7 +603,8 @@ mod tests {
         let mut best = vec![[f64::INFINITY; 4]; sets.len()];
         for (i, c) in cases.iter().enumerate() {
             let nb = c.w.cols / QK_K;
-            let weight = |r: usize| &c.w.blocks[r * nb..(r + 1) * nb];
+            let unpacked: Vec<Block> = c.w.blocks.iter().map(Packed::unpack).collect();
+            let weight = |r: usize| &unpacked[r * nb..(r + 1) * nb];
             let group = |g: usize| {
                 let b = g * nb..(g + 1) * nb;
                 (
@@ -674,7 +685,8 @@ mod tests {
                 let four =
                     row_vec_dot4(std::array::from_fn(|t| weight(c + t)), &acts, &a, &sums, r);
                 for (t, got) in four.iter().enumerate() {
-                    let want = dot_tile::<1>(weight(c + t), &acts, &a, [r], false)[0];
+                    let w: Vec<Block> = weight(c + t).iter().map(Packed::unpack).collect();
+                    let want = dot_tile::<1>(&w, &acts, &a, [r], false)[0];
                     assert_eq!(
                         got.map(f32::to_bits),
                         want.map(f32::to_bits),

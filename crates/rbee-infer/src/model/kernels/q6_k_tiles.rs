@@ -6,7 +6,8 @@
 
 use super::quantize::QK_K;
 
-/// One Q6_K super-block, loaded: its scale, its sixteen sub-block scales and its codes.
+/// One Q6_K super-block as the prompt kernels read it: its scale, its sixteen sub-block scales
+/// and its codes, one byte each (276 bytes; [`Packed`] is how a matrix stores it).
 #[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
 pub(crate) struct Block {
     pub(crate) d: f32,
@@ -17,9 +18,99 @@ pub(crate) struct Block {
     pub(crate) codes: [u8; QK_K],
 }
 
+/// One Q6_K super-block as a matrix stores it: [`Block`] with its 6-bit codes packed again
+/// (212 bytes, ggml's 210 with the scale as f32). A decode row reads every weight byte once per
+/// token, so its speed is the bytes: one byte a code made the Q6_K tensors 31% larger than the
+/// file. The decode row kernel unpacks in registers ([`chunks`]); the prompt kernels, which use
+/// each block for many rows, take it unpacked ([`Packed::unpack`]) once per weight row.
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
+pub(crate) struct Packed {
+    pub(crate) d: f32,
+    pub(crate) scales: [i8; 16],
+    /// The codes' (in [`Block::codes`]' order) low four bits: byte `i` holds code `i` in its low
+    /// nibble and code `i + 128` in its high one.
+    low: [u8; 128],
+    /// Their high two bits: byte `i` holds those of code `i + 64 s` at bits `2s..2s + 2`.
+    high: [u8; 64],
+}
+
+impl Packed {
+    pub(crate) fn pack(b: &Block) -> Packed {
+        let c = &b.codes;
+        Packed {
+            d: b.d,
+            scales: b.scales,
+            low: std::array::from_fn(|i| (c[i] & 0x0f) | (c[i + 128] & 0x0f) << 4),
+            high: std::array::from_fn(|i| {
+                (0..4).fold(0, |h, s| h | ((c[i + 64 * s] >> 4) & 3) << (2 * s))
+            }),
+        }
+    }
+
+    /// Code `k` (0..=63), in [`Block::codes`]' order.
+    pub(crate) fn code(&self, k: usize) -> u8 {
+        let low = (self.low[k % 128] >> (4 * (k / 128))) & 0x0f;
+        let high = (self.high[k % 64] >> (2 * (k / 64))) & 3;
+        low | high << 4
+    }
+
+    /// The block with one byte a code.
+    pub(crate) fn unpack(&self) -> Block {
+        #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+        let codes = {
+            let chunks = chunks(self);
+            let mut codes = [0u8; QK_K];
+            for (out, c) in codes.chunks_exact_mut(32).zip(chunks) {
+                out.copy_from_slice(&<[u8; 32]>::from(c));
+            }
+            codes
+        };
+        #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+        let codes = std::array::from_fn(|k| self.code(k));
+        Block {
+            d: self.d,
+            scales: self.scales,
+            codes,
+        }
+    }
+}
+
 /// An AVX register of integers.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) type Int = super::avx2::m256i;
+
+/// The eight 32-code chunks of [`Block::codes`], unpacked from `p` in registers: per pair of
+/// chunks `c` and `c + 4` one load of low nibbles, one of high bits, and seven logic ops.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn chunks(p: &Packed) -> [Int; 8] {
+    use super::avx2::load_u8;
+    use safe_arch::{
+        bitand_m256i, bitor_m256i, set_splat_i8_m256i, shl_imm_u16_m256i, shr_imm_u16_m256i,
+    };
+    let (low, _) = p.low.as_chunks::<32>();
+    let (high, _) = p.high.as_chunks::<32>();
+    let nibble = set_splat_i8_m256i(0x0f);
+    let top = set_splat_i8_m256i(0x30);
+    let mut out = [Int::default(); 8];
+    for c in 0..4 {
+        let l = load_u8(&low[c]);
+        let h = load_u8(&high[c % 2]);
+        // Chunk c's high bits are slot c / 2 of each byte, chunk c + 4's slot c / 2 + 2: moved
+        // to bits 4..6 (16-bit shifts; what crosses a byte is masked off).
+        let (h_c, h_c4) = if c < 2 {
+            (shl_imm_u16_m256i::<4>(h), h)
+        } else {
+            (shl_imm_u16_m256i::<2>(h), shr_imm_u16_m256i::<2>(h))
+        };
+        out[c] = bitor_m256i(bitand_m256i(l, nibble), bitand_m256i(h_c, top));
+        out[c + 4] = bitor_m256i(
+            bitand_m256i(shr_imm_u16_m256i::<4>(l), nibble),
+            bitand_m256i(h_c4, top),
+        );
+    }
+    out
+}
 
 /// Byte shuffles that spread the two scales of chunk `c` over its 32
 /// values (ggml's `get_scale_shuffle`): scale `2c` for the low 16, `2c + 1`
