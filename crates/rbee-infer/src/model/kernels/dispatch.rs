@@ -328,7 +328,7 @@ mod x86 {
     /// Q4_K: one activation row times four weight rows (decode).
     pub(crate) fn q4_k_row_gemv4(
         k: Kernels,
-        w: [&[Block]; 4],
+        w: [&[q4_k_tiles::Raw]; 4],
         acts: &Q8KRows,
         a: &[i8],
         pair_sums: &[[i16; 8]],

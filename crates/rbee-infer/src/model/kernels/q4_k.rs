@@ -13,38 +13,26 @@ use super::RowKernel;
 use super::dispatch::Kernels;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
-pub(crate) use super::q4_k_tiles::Block;
+pub(crate) use super::q4_k_tiles::{Block, Raw};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 
 const BLOCK_BYTES: usize = 144;
-/// Bytes of one super-block once loaded ([`Block`]).
-pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Block>();
+/// Bytes of one super-block once loaded ([`Raw`]: ggml's own).
+pub(crate) const LOADED_BLOCK_BYTES: usize = std::mem::size_of::<Raw>();
+const _: () = assert!(LOADED_BLOCK_BYTES == BLOCK_BYTES);
 
-/// A ggml Q4_K block's bytes, its scales and mins unpacked.
-fn unpack(b: &[u8]) -> Block {
-    let half = |i: usize| crate::model::f16::f16_to_f32(u16::from_le_bytes([b[i], b[i + 1]]));
-    let sc = &b[4..16];
-    let mut scales = [0u8; 8];
-    let mut mins = [0u8; 8];
-    for j in 0..8 {
-        (scales[j], mins[j]) = scale_min_k4(j, sc);
-    }
-    let mut qs = [0u8; 128];
-    qs.copy_from_slice(&b[16..144]);
-    Block {
-        d: half(0),
-        dmin: half(2),
-        scales,
-        mins,
-        qs,
-    }
+/// Weight row `w` with its scales and mins unpacked, in `into`.
+fn unpack_row<'a>(w: &[Raw], into: &'a mut Vec<Block>) -> &'a [Block] {
+    into.clear();
+    into.extend(w.iter().map(Raw::unpack));
+    into
 }
 
 #[derive(Debug)]
 pub(crate) struct Q4KMatrix {
     pub rows: usize,
     pub cols: usize,
-    blocks: Pages<Block>,
+    blocks: Pages<Raw>,
 }
 
 impl Q4KMatrix {
@@ -73,12 +61,15 @@ impl Q4KMatrix {
         {
             return false;
         }
-        super::pool::par_jobs(
-            &mut self.blocks.spare_mut()[..n],
-            1,
-            n >= PARALLEL_UNPACK,
-            |i, out| out[0] = unpack(&data[i * BLOCK_BYTES..][..BLOCK_BYTES]),
-        );
+        // ggml's blocks are the stored form: a copy, in parallel chunks.
+        let raw: &[Raw] = bytemuck::cast_slice(data);
+        const CHUNK: usize = 1024;
+        let spare = &mut self.blocks.spare_mut()[..n];
+        let (whole, tail) = spare.split_at_mut(n / CHUNK * CHUNK);
+        super::pool::par_jobs(whole, CHUNK, n >= PARALLEL_UNPACK, |i, out| {
+            out.copy_from_slice(&raw[i * CHUNK..(i + 1) * CHUNK]);
+        });
+        tail.copy_from_slice(&raw[n / CHUNK * CHUNK..]);
         self.blocks.set_filled(n);
         true
     }
@@ -88,7 +79,7 @@ impl Q4KMatrix {
     }
 
     pub fn bytes(&self) -> usize {
-        self.blocks.len() * std::mem::size_of::<Block>()
+        self.blocks.len() * std::mem::size_of::<Raw>()
     }
 
     /// `m` rows of activations times the transpose; `kernels[r]` chooses the
@@ -117,10 +108,12 @@ impl Q4KMatrix {
         let pair_sums = pair_sums(&acts);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
+            // The prompt kernels' weight row, unpacked once for all the rows they serve.
+            let mut unpacked = Vec::with_capacity(nb);
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
                 for (i, c) in cols.clone().enumerate() {
-                    let w = &self.blocks[c * nb..(c + 1) * nb];
+                    let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
                     tiles.each(set, groups.clone(), w, nb, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
@@ -146,14 +139,18 @@ impl Q4KMatrix {
                     out[o..o + 4].copy_from_slice(&sums);
                 }
             }
-            for &r in &gemv {
-                for c in whole..cols.end {
+            for c in whole..cols.end {
+                let w = unpack_row(weight(c), &mut unpacked);
+                for &r in &gemv {
                     out[r * width + c - cols.start] =
-                        dot_tile::<1>(weight(c), &acts, &a, [(r, RowKernel::Gemv)])[0];
+                        dot_tile::<1>(w, &acts, &a, [(r, RowKernel::Gemv)])[0];
                 }
             }
             for (i, c) in cols.clone().enumerate() {
-                let w = weight(c);
+                if others.is_empty() {
+                    break;
+                }
+                let w = unpack_row(weight(c), &mut unpacked);
                 // Any other rows: four share each unpacked weight block.
                 let (fours, ones) = others.as_chunks::<4>();
                 for four in fours {
@@ -172,7 +169,7 @@ impl Q4KMatrix {
     /// Dequantised row `r`, as ggml's `dequantize_row_q4_K`.
     pub fn row(&self, r: usize, out: &mut Vec<f32>) {
         let nb = self.cols / QK_K;
-        for b in &self.blocks[r * nb..(r + 1) * nb] {
+        for b in self.blocks[r * nb..(r + 1) * nb].iter().map(Raw::unpack) {
             for j in 0..4 {
                 let (d1, m1) = (
                     b.d * f32::from(b.scales[2 * j]),
@@ -509,7 +506,7 @@ fn pair_sums(acts: &Q8KRows) -> Vec<[i16; 8]> {
 #[inline(always)]
 fn row_gemv4_on(
     set: Kernels,
-    w: [&[Block]; 4],
+    w: [&[Raw]; 4],
     acts: &Q8KRows,
     a: &[i8],
     pair_sums: &[[i16; 8]],
@@ -523,7 +520,7 @@ fn row_gemv4_on(
 #[inline(always)]
 fn row_gemv4_on(
     _: Kernels,
-    w: [&[Block]; 4],
+    w: [&[Raw]; 4],
     acts: &Q8KRows,
     a: &[f32],
     pair_sums: &[[i16; 8]],
@@ -534,20 +531,11 @@ fn row_gemv4_on(
 
 /// Without AVX2: [`dot_tile`] for each of the four weight rows.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-fn row_gemv4(w: [&[Block]; 4], acts: &Q8KRows, a: &[f32], _: &[[i16; 8]], r: usize) -> [f32; 4] {
-    w.map(|w| dot_tile::<1>(w, acts, a, [(r, RowKernel::Gemv)])[0])
-}
-
-/// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
-fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
-    }
+fn row_gemv4(w: [&[Raw]; 4], acts: &Q8KRows, a: &[f32], _: &[[i16; 8]], r: usize) -> [f32; 4] {
+    w.map(|w| {
+        let w: Vec<Block> = w.iter().map(Raw::unpack).collect();
+        dot_tile::<1>(&w, acts, a, [(r, RowKernel::Gemv)])[0]
+    })
 }
 
 #[cfg(test)]
@@ -557,6 +545,46 @@ mod tests {
     use super::*;
     #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
     use crate::model::kernels::q4_k_tiles::row_gemv4;
+
+    /// ggml's `get_scale_min_k4`: the 6-bit scale and min of sub-block `j`.
+    fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+        if j < 4 {
+            (q[j] & 63, q[j + 4] & 63)
+        } else {
+            (
+                (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
+                (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+            )
+        }
+    }
+
+    /// The scales and mins unpacked four at a time are ggml's, one by one, for any bytes.
+    #[test]
+    fn scales_and_mins_unpack_as_ggml_does() {
+        let mut rng = Rng(5);
+        for _ in 0..2000 {
+            let mut bytes = [0u8; 144];
+            bytes.fill_with(|| rng.byte());
+            let raw: Raw = bytemuck::pod_read_unaligned(&bytes);
+            let (scales, mins) = raw.scales_mins();
+            for j in 0..8 {
+                assert_eq!(
+                    (scales[j], mins[j]),
+                    scale_min_k4(j, &bytes[4..16]),
+                    "{bytes:?}"
+                );
+            }
+            let block = raw.unpack();
+            let half = |i: usize| {
+                crate::model::f16::f16_to_f32(u16::from_le_bytes([bytes[i], bytes[i + 1]]))
+            };
+            assert_eq!(
+                (block.d.to_bits(), block.dmin.to_bits()),
+                (half(0).to_bits(), half(2).to_bits())
+            );
+            assert_eq!(&block.qs[..], &bytes[16..]);
+        }
+    }
 
     /// The row kernels that serve several rows at once compute, for each, exactly what the
     /// one-row kernel computes: every output bit for bit.
@@ -571,11 +599,13 @@ mod tests {
         quantize_q8_k(&x, &mut acts);
         let a = codes(&acts.q);
         let nb = cols / QK_K;
-        let weight = |c: usize| &w.blocks[c * nb..(c + 1) * nb];
+        let raw = |c: usize| &w.blocks[c * nb..(c + 1) * nb];
+        let unpacked: Vec<Block> = w.blocks.iter().map(Raw::unpack).collect();
+        let weight = |c: usize| &unpacked[c * nb..(c + 1) * nb];
         let sums = pair_sums(&acts);
         for r in 0..m {
             for c in (0..rows).step_by(4) {
-                let four = row_gemv4(std::array::from_fn(|t| weight(c + t)), &acts, &a, &sums, r);
+                let four = row_gemv4(std::array::from_fn(|t| raw(c + t)), &acts, &a, &sums, r);
                 for (t, got) in four.iter().enumerate() {
                     let want = dot_tile::<1>(weight(c + t), &acts, &a, [(r, RowKernel::Gemv)])[0];
                     assert_eq!(

@@ -7,7 +7,8 @@
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 use super::quantize::{Q8KRows, QK_K};
 
-/// One Q4_K super-block with its 6-bit scales and mins unpacked.
+/// One Q4_K super-block with its 6-bit scales and mins unpacked, as the prompt kernels read it
+/// ([`Raw`] is how a matrix stores it).
 #[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
 pub(crate) struct Block {
     pub(crate) d: f32,
@@ -15,6 +16,57 @@ pub(crate) struct Block {
     pub(crate) scales: [u8; 8],
     pub(crate) mins: [u8; 8],
     pub(crate) qs: [u8; 128],
+}
+
+/// One Q4_K super-block as ggml writes it, and as a matrix keeps it (144 bytes): its scale and
+/// min scale as f16, the sub-blocks' 6-bit scales and mins packed in 12 bytes, the codes. A
+/// decode row reads every byte once per token, so it reads these (unpacking the scales in
+/// registers, [`Raw::scales_mins`]); the prompt kernels, which use each block for many rows,
+/// take each weight row unpacked once ([`Raw::unpack`]).
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable, bytemuck::Pod)]
+#[repr(C)]
+pub(crate) struct Raw {
+    d: [u8; 2],
+    dmin: [u8; 2],
+    scales: [u8; 12],
+    pub(crate) qs: [u8; 128],
+}
+
+impl Raw {
+    pub(crate) fn d(&self) -> f32 {
+        crate::model::f16::f16_to_f32(u16::from_le_bytes(self.d))
+    }
+
+    pub(crate) fn dmin(&self) -> f32 {
+        crate::model::f16::f16_to_f32(u16::from_le_bytes(self.dmin))
+    }
+
+    /// The eight sub-blocks' scales and mins (ggml's `get_scale_min_k4`, four at a time): bytes
+    /// 0..4 hold scales 0..4 and bytes 4..8 mins 0..4 in their low six bits, whose top two
+    /// bits are those of scales and mins 4..8, whose low four bits bytes 8..12 hold.
+    #[inline(always)]
+    pub(crate) fn scales_mins(&self) -> ([u8; 8], [u8; 8]) {
+        let word = |i: usize| u32::from_le_bytes(std::array::from_fn(|k| self.scales[4 * i + k]));
+        let (a, b, c) = (word(0), word(1), word(2));
+        let low6 = 0x3f3f_3f3f;
+        let (nibble, top2) = (0x0f0f_0f0f, 0x0303_0303);
+        let scales_hi = (c & nibble) | ((a >> 6) & top2) << 4;
+        let mins_hi = ((c >> 4) & nibble) | ((b >> 6) & top2) << 4;
+        let bytes = |lo: u32, hi: u32| (u64::from(lo) | u64::from(hi) << 32).to_le_bytes();
+        (bytes(a & low6, scales_hi), bytes(b & low6, mins_hi))
+    }
+
+    /// The block with its scales and mins unpacked.
+    pub(crate) fn unpack(&self) -> Block {
+        let (scales, mins) = self.scales_mins();
+        Block {
+            d: self.d(),
+            dmin: self.dmin(),
+            scales,
+            mins,
+            qs: self.qs,
+        }
+    }
 }
 
 /// One weight row times a group of four gemm rows: `dot_tile`'s
@@ -193,7 +245,7 @@ pub(crate) fn tile_gemv_with(
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
 pub(crate) fn row_gemv4(
-    w: [&[Block]; 4],
+    w: [&[Raw]; 4],
     acts: &Q8KRows,
     a: &[i8],
     pair_sums: &[[i16; 8]],
@@ -207,7 +259,7 @@ pub(crate) fn row_gemv4(
 #[inline(always)]
 pub(crate) fn row_gemv4_with(
     step: impl Step,
-    w: [&[Block]; 4],
+    w: [&[Raw]; 4],
     acts: &Q8KRows,
     a: &[i8],
     pair_sums: &[[i16; 8]],
@@ -231,24 +283,25 @@ pub(crate) fn row_gemv4_with(
         let (mut acc, mut acc_min) = (0f32, 0f32);
         for ((b, q8), (&da, sums)) in w.iter().zip(a.chunks_exact(8)).zip(ad.iter().zip(bsp)) {
             let (qs, _) = b.qs.as_chunks::<32>();
+            let (scales, mins) = b.scales_mins();
             let mut v = m256i::default();
             for j in 0..4 {
                 let (lo, hi) = nibbles(load_u8(&qs[j]));
                 v = step(
                     v,
-                    (lo, load_i8(&q8[2 * j]), b.scales[2 * j]),
-                    (hi, load_i8(&q8[2 * j + 1]), b.scales[2 * j + 1]),
+                    (lo, load_i8(&q8[2 * j]), scales[2 * j]),
+                    (hi, load_i8(&q8[2 * j + 1]), scales[2 * j + 1]),
                 );
             }
             // The super-block's products and its mins against the pair sums: exact integers.
             let total = hsum_i32(v);
             let mins = convert_to_u16_m128i_from_lower8_u8_m128i(set_i64_m128i(
                 0,
-                i64::from_le_bytes(b.mins),
+                i64::from_le_bytes(mins),
             ));
             let min_total = hsum_i32_m128i(mul_i16_horizontal_add_m128i(mins, m128i::from(*sums)));
-            acc = (total as f32).mul_add(b.d * da, acc);
-            acc_min = (min_total as f32).mul_add(b.dmin * da, acc_min);
+            acc = (total as f32).mul_add(b.d() * da, acc);
+            acc_min = (min_total as f32).mul_add(b.dmin() * da, acc_min);
         }
         *out = acc - acc_min;
     }

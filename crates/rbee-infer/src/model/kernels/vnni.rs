@@ -114,7 +114,7 @@ macro_rules! vnni_kernels {
 
             #[target_feature(enable = $features)]
             pub(crate) fn q4_k_row_gemv4(
-                w: [&[Block]; 4],
+                w: [&[q4_k_tiles::Raw]; 4],
                 acts: &Q8KRows,
                 a: &[i8],
                 pair_sums: &[[i16; 8]],
