@@ -56,18 +56,18 @@ pub(crate) fn madd_i16(p: m256i, scales: m256i) -> m256i {
 
 /// The Q4_K integer step: `acc` plus eight i32 lanes totalling
 /// `s_lo * (lo · a_lo) + s_hi * (hi · a_hi)` (nibbles times activation codes, 32 each, times
-/// the sub-block scales), as ggml computes it.
+/// the sub-block scales, given in every i16 lane), as ggml computes it.
 #[inline(always)]
 pub(crate) fn q4_step(
     acc: m256i,
-    (lo, a_lo, s_lo): (m256i, m256i, u8),
-    (hi, a_hi, s_hi): (m256i, m256i, u8),
+    (lo, a_lo, s_lo): (m256i, m256i, m256i),
+    (hi, a_hi, s_hi): (m256i, m256i, m256i),
 ) -> m256i {
     add_i32_m256i(
         acc,
         add_i32_m256i(
-            madd_i16(mul_u8_i8_pairs(lo, a_lo), splat_i16(i16::from(s_lo))),
-            madd_i16(mul_u8_i8_pairs(hi, a_hi), splat_i16(i16::from(s_hi))),
+            madd_i16(mul_u8_i8_pairs(lo, a_lo), s_lo),
+            madd_i16(mul_u8_i8_pairs(hi, a_hi), s_hi),
         ),
     )
 }

@@ -33,12 +33,13 @@ pub(crate) struct Raw {
 }
 
 impl Raw {
-    pub(crate) fn d(&self) -> f32 {
-        crate::model::f16::f16_to_f32(u16::from_le_bytes(self.d))
-    }
-
-    pub(crate) fn dmin(&self) -> f32 {
-        crate::model::f16::f16_to_f32(u16::from_le_bytes(self.dmin))
+    /// The scale and the min scale (exact conversions from f16).
+    #[inline(always)]
+    pub(crate) fn d_dmin(&self) -> (f32, f32) {
+        // `half` converts with the F16C instruction where the build has it (as x86-64 builds
+        // do): a decode row converts two per super-block.
+        let f32_of = |h: [u8; 2]| half::f16::from_le_bytes(h).to_f32();
+        (f32_of(self.d), f32_of(self.dmin))
     }
 
     /// The eight sub-blocks' scales and mins (ggml's `get_scale_min_k4`, four at a time): bytes
@@ -59,9 +60,10 @@ impl Raw {
     /// The block with its scales and mins unpacked.
     pub(crate) fn unpack(&self) -> Block {
         let (scales, mins) = self.scales_mins();
+        let (d, dmin) = self.d_dmin();
         Block {
-            d: self.d(),
-            dmin: self.dmin(),
+            d,
+            dmin,
             scales,
             mins,
             qs: self.qs,
@@ -87,9 +89,48 @@ pub(crate) fn tile_gemm(
 /// The integer step of the Q4_K kernels ([`super::avx2::q4_step`]'s signature): ggml's, or a
 /// VNNI one that computes the same total.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-pub(crate) trait Step: Fn(Int, (Int, Int, u8), (Int, Int, u8)) -> Int + Copy {}
+pub(crate) trait Step: Fn(Int, (Int, Int, Int), (Int, Int, Int)) -> Int + Copy {}
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-impl<F: Fn(Int, (Int, Int, u8), (Int, Int, u8)) -> Int + Copy> Step for F {}
+impl<F: Fn(Int, (Int, Int, Int), (Int, Int, Int)) -> Int + Copy> Step for F {}
+
+/// Sub-block `k`'s scale in every i16 lane of a register, from all eight in each half.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn scale(scales: Int, k: usize) -> Int {
+    safe_arch::shuffle_av_i8z_half_m256i(scales, Int::from(SCALE_SHUFFLE[k]))
+}
+
+/// Byte shuffles for [`scale`]: i16 `k` of each 128-bit half into all eight of its lanes.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+const SCALE_SHUFFLE: [[i8; 32]; 8] = {
+    let mut out = [[0i8; 32]; 8];
+    let mut k = 0;
+    while k < 8 {
+        let mut i = 0;
+        while i < 32 {
+            out[k][i] = (2 * k + i % 2) as i8;
+            i += 1;
+        }
+        k += 1;
+    }
+    out
+};
+
+/// Scale `s` in every i16 lane.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn splat(s: u8) -> Int {
+    super::avx2::splat_i16(i16::from(s))
+}
+
+/// The eight scales of `scales` as i16, in both 128-bit halves of a register.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn scales_i16(scales: [u8; 8]) -> Int {
+    use safe_arch::{convert_to_u16_m128i_from_lower8_u8_m128i, set_i64_m128i, set_m128i_m256i};
+    let s = convert_to_u16_m128i_from_lower8_u8_m128i(set_i64_m128i(0, i64::from_le_bytes(scales)));
+    set_m128i_m256i(s, s)
+}
 
 /// An AVX register of integers.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
@@ -118,7 +159,7 @@ pub(crate) fn tile_gemm_with(
         let mut per64 = [zeroed_m128(); 4];
         for j in 0..4 {
             let (lo, hi) = nibbles(load_u8(&qs[j]));
-            let (s_lo, s_hi) = (b.scales[2 * j], b.scales[2 * j + 1]);
+            let (s_lo, s_hi) = (splat(b.scales[2 * j]), splat(b.scales[2 * j + 1]));
             let v: [m256i; 4] = std::array::from_fn(|t| {
                 step(
                     m256i::default(),
@@ -206,7 +247,7 @@ pub(crate) fn tile_gemv_with(
         let mut v = [m256i::default(); 4];
         for j in 0..4 {
             let (lo, hi) = nibbles(load_u8(&qs[j]));
-            let (s_lo, s_hi) = (b.scales[2 * j], b.scales[2 * j + 1]);
+            let (s_lo, s_hi) = (splat(b.scales[2 * j]), splat(b.scales[2 * j + 1]));
             for (t, v) in v.iter_mut().enumerate() {
                 *v = step(
                     *v,
@@ -284,13 +325,14 @@ pub(crate) fn row_gemv4_with(
         for ((b, q8), (&da, sums)) in w.iter().zip(a.chunks_exact(8)).zip(ad.iter().zip(bsp)) {
             let (qs, _) = b.qs.as_chunks::<32>();
             let (scales, mins) = b.scales_mins();
+            let scales = scales_i16(scales);
             let mut v = m256i::default();
             for j in 0..4 {
                 let (lo, hi) = nibbles(load_u8(&qs[j]));
                 v = step(
                     v,
-                    (lo, load_i8(&q8[2 * j]), scales[2 * j]),
-                    (hi, load_i8(&q8[2 * j + 1]), scales[2 * j + 1]),
+                    (lo, load_i8(&q8[2 * j]), scale(scales, 2 * j)),
+                    (hi, load_i8(&q8[2 * j + 1]), scale(scales, 2 * j + 1)),
                 );
             }
             // The super-block's products and its mins against the pair sums: exact integers.
@@ -300,8 +342,9 @@ pub(crate) fn row_gemv4_with(
                 i64::from_le_bytes(mins),
             ));
             let min_total = hsum_i32_m128i(mul_i16_horizontal_add_m128i(mins, m128i::from(*sums)));
-            acc = (total as f32).mul_add(b.d() * da, acc);
-            acc_min = (min_total as f32).mul_add(b.dmin() * da, acc_min);
+            let (d, dmin) = b.d_dmin();
+            acc = (total as f32).mul_add(d * da, acc);
+            acc_min = (min_total as f32).mul_add(dmin * da, acc_min);
         }
         *out = acc - acc_min;
     }

@@ -27,7 +27,7 @@ macro_rules! vnni_kernels {
     ($name:ident, $features:literal, $dpbusd:ident, $dpwssd:ident, $($extra:item)*) => {
         pub(crate) mod $name {
             use std::arch::x86_64::{
-                _mm256_packs_epi32, _mm256_set1_epi16, _mm256_setzero_si256, _mm256_unpacklo_epi64,
+                _mm256_packs_epi32, _mm256_setzero_si256, _mm256_unpacklo_epi64,
                 $dpbusd, $dpwssd,
             };
 
@@ -49,17 +49,14 @@ macro_rules! vnni_kernels {
             #[inline]
             fn q4_step(
                 acc: m256i,
-                (lo, a_lo, s_lo): (m256i, m256i, u8),
-                (hi, a_hi, s_hi): (m256i, m256i, u8),
+                (lo, a_lo, s_lo): (m256i, m256i, m256i),
+                (hi, a_hi, s_hi): (m256i, m256i, m256i),
             ) -> m256i {
                 let l = $dpbusd(_mm256_setzero_si256(), lo.0, a_lo.0);
                 let h = $dpbusd(_mm256_setzero_si256(), hi.0, a_hi.0);
                 // Per 128 bits: l's four lanes then h's, as i16 (each at most 7620: exact).
                 let p = _mm256_packs_epi32(l, h);
-                let s = _mm256_unpacklo_epi64(
-                    _mm256_set1_epi16(i16::from(s_lo)),
-                    _mm256_set1_epi16(i16::from(s_hi)),
-                );
+                let s = _mm256_unpacklo_epi64(s_lo.0, s_hi.0);
                 m256i($dpwssd(acc.0, p, s))
             }
 
