@@ -83,7 +83,57 @@ pub(crate) fn tile_gemm(
     td: &[[f32; 4]],
     tb: &[[i16; 32]],
 ) -> [f32; 4] {
-    tile_gemm_with(super::avx2::q4_step, w, tq, td, tb)
+    tile_gemm_with(
+        |b, a| parts_by_steps(super::avx2::q4_step, b, a),
+        w,
+        tq,
+        td,
+        tb,
+    )
+}
+
+/// The four rows' exact integers over each 64-value part `j` of super-block `b` (element j,
+/// lane t: row t's `sum(scale * code * a)` over values 64j..64j+64), from the rows' activation
+/// codes: by [`Step`]s ([`parts_by_steps`]) or, on AVX-512, in 512-bit registers (`vnni`).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) trait Parts:
+    Fn(&Block, [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] + Copy
+{
+}
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+impl<F: Fn(&Block, [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] + Copy> Parts for F {}
+
+/// [`Parts`] by one integer step per row and part, and a horizontal sum of the four rows.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+pub(crate) fn parts_by_steps(
+    step: impl Step,
+    b: &Block,
+    a: [&[i8; QK_K]; 4],
+) -> [safe_arch::m128i; 4] {
+    use super::avx2::{hsum_i32_4, load_i8, load_u8, nibbles};
+    let (qs, _) = b.qs.as_chunks::<32>();
+    let a: [&[[i8; 32]]; 4] = [
+        a[0].as_chunks::<32>().0,
+        a[1].as_chunks::<32>().0,
+        a[2].as_chunks::<32>().0,
+        a[3].as_chunks::<32>().0,
+    ];
+    let mut out = [safe_arch::m128i::default(); 4];
+    for (j, out) in out.iter_mut().enumerate() {
+        let (lo, hi) = nibbles(load_u8(&qs[j]));
+        let (s_lo, s_hi) = (splat(b.scales[2 * j]), splat(b.scales[2 * j + 1]));
+        let mut v = [Int::default(); 4];
+        for (t, v) in v.iter_mut().enumerate() {
+            *v = step(
+                Int::default(),
+                (lo, load_i8(&a[t][2 * j]), s_lo),
+                (hi, load_i8(&a[t][2 * j + 1]), s_hi),
+            );
+        }
+        *out = safe_arch::m128i::from(hsum_i32_4(v));
+    }
+    out
 }
 
 /// The integer step of the Q4_K kernels ([`super::avx2::q4_step`]'s signature): ggml's, or a
@@ -136,40 +186,28 @@ fn scales_i16(scales: [u8; 8]) -> Int {
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) type Int = super::avx2::m256i;
 
-/// [`tile_gemm`] with the integer step `step`: inlined into each instruction set's kernel.
+/// [`tile_gemm`] with the integers of each 64-value part from `part`: inlined into each
+/// instruction set's kernel.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
 pub(crate) fn tile_gemm_with(
-    step: impl Step,
+    parts: impl Parts,
     w: &[Block],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
     tb: &[[i16; 32]],
 ) -> [f32; 4] {
-    use super::avx2::{hsum_i32_4_f32, load_i8, load_u8, m256i, nibbles, to_f32};
+    use super::avx2::to_f32;
     use safe_arch::{
-        cast_to_m128_from_m256, extract_m128_from_m256, fused_mul_add_m128, load_unaligned_m128,
-        mul_m128, set_splat_m128, sub_m128, zeroed_m128,
+        cast_to_m128_from_m256, convert_to_m128_from_i32_m128i, extract_m128_from_m256,
+        fused_mul_add_m128, load_unaligned_m128, mul_m128, set_splat_m128, sub_m128, zeroed_m128,
     };
     let mut acc = zeroed_m128();
     let mut acc_min = zeroed_m128();
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
-        let (qs, _) = b.qs.as_chunks::<32>();
-        let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
-        let mut per64 = [zeroed_m128(); 4];
-        for j in 0..4 {
-            let (lo, hi) = nibbles(load_u8(&qs[j]));
-            let (s_lo, s_hi) = (splat(b.scales[2 * j]), splat(b.scales[2 * j + 1]));
-            let v: [m256i; 4] = std::array::from_fn(|t| {
-                step(
-                    m256i::default(),
-                    (lo, load_i8(&a[t][2 * j]), s_lo),
-                    (hi, load_i8(&a[t][2 * j + 1]), s_hi),
-                )
-            });
-            // Lane t: row t's integer over values 64j..64j+64 (below 2^24).
-            per64[j] = hsum_i32_4_f32(v);
-        }
+        // Lane t: row t's integer over values 64j..64j+64 (below 2^24: exact in f32).
+        let p = parts(b, [&aq[0], &aq[1], &aq[2], &aq[3]]);
+        let per64 = [p[0], p[1], p[2], p[3]].map(convert_to_m128_from_i32_m128i);
         let (m01, m23) = tile_mins(b, bs);
         let (m01, m23) = (to_f32(m01), to_f32(m23));
         let mins64 = [

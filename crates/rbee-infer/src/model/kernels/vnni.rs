@@ -24,7 +24,7 @@
 //! So each computes bit for bit what the AVX2 kernel computes (`dispatch`'s tests check it).
 
 macro_rules! vnni_kernels {
-    ($name:ident, $features:literal, $dpbusd:ident, $dpwssd:ident, $($extra:item)*) => {
+    ($name:ident, $features:literal, $dpbusd:ident, $dpwssd:ident, $($extra:item),* $(,)?) => {
         pub(crate) mod $name {
             use std::arch::x86_64::{
                 _mm256_packs_epi32, _mm256_setzero_si256, _mm256_unpacklo_epi64,
@@ -89,15 +89,6 @@ macro_rules! vnni_kernels {
                 q8_0_tiles::tile_4x2_with(|aw, w, a| dot_i8(aw, w, a), w0, w1, tq, td)
             }
 
-            #[target_feature(enable = $features)]
-            pub(crate) fn q4_k_tile_gemm(
-                w: &[Block],
-                tq: &[[[i8; QK_K]; 4]],
-                td: &[[f32; 4]],
-                tb: &[[i16; 32]],
-            ) -> [f32; 4] {
-                q4_k_tiles::tile_gemm_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
-            }
 
             #[target_feature(enable = $features)]
             pub(crate) fn q4_k_tile_gemv(
@@ -154,6 +145,101 @@ vnni_kernels!(
     "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni",
     _mm256_dpbusd_epi32,
     _mm256_dpwssd_epi32,
+    /// Q4_K prompt tiles with each super-block's parts in 512-bit registers ([`q4_parts`]).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn q4_k_tile_gemm(
+        w: &[Block],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[i16; 32]],
+    ) -> [f32; 4] {
+        q4_k_tiles::tile_gemm_with(|b, a| q4_parts(b, a), w, tq, td, tb)
+    },
+    /// [`q4_k_tiles::Parts`] in 512-bit registers. Per 64-value part `j`: its 64 nibbles (low
+    /// then high) in one register, one `vpdpbusd` per row against the row's 64 activation
+    /// codes (lanes of four products, at most 4 · 15 · 127: exact in i16), two rows packed to
+    /// i16 and one `vpmaddwd` by the part's two scales (low sub-block's in the low 256 bits,
+    /// high's in the high). Then one reduction tree for all four parts (128-bit quarters added
+    /// across registers, then lane pairs) instead of a horizontal sum per part. The same
+    /// integers as the steps, with about half the instructions and a third of the shuffles.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    #[inline]
+    fn q4_parts(b: &Block, a: [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] {
+        use safe_arch::m512i;
+        use std::arch::x86_64::{
+            __m512i, _mm_set_epi64x, _mm256_castsi128_si256, _mm512_add_epi32, _mm512_and_si512,
+            _mm512_broadcast_i64x4, _mm512_castsi512_si128, _mm512_cvtepu8_epi16,
+            _mm512_dpbusd_epi32, _mm512_extracti32x4_epi32, _mm512_madd_epi16, _mm512_packs_epi32,
+            _mm512_permutex2var_epi32, _mm512_permutexvar_epi16, _mm512_set1_epi8,
+            _mm512_setzero_si512, _mm512_shuffle_epi32, _mm512_shuffle_i64x2, _mm512_srlv_epi16,
+        };
+        // Shift counts: the low 256 bits keep the low nibbles, the high take the high ones.
+        let shifts = m512i::from(std::array::from_fn::<i16, 32, _>(|i| {
+            if i < 16 { 0 } else { 4 }
+        }))
+        .0;
+        let nibble = _mm512_set1_epi8(0x0f);
+        // The eight scales as i16; part j's index picks scale 2j for the low 256 bits, 2j + 1
+        // for the high.
+        let scales = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_set_epi64x(
+            0,
+            i64::from_le_bytes(b.scales),
+        )));
+        let (qs, _) = b.qs.as_chunks::<32>();
+        let a: [&[[i8; 64]]; 4] = [
+            a[0].as_chunks::<64>().0,
+            a[1].as_chunks::<64>().0,
+            a[2].as_chunks::<64>().0,
+            a[3].as_chunks::<64>().0,
+        ];
+        let mut rows01 = [_mm512_setzero_si512(); 4];
+        let mut rows23 = [_mm512_setzero_si512(); 4];
+        for j in 0..4 {
+            let q = _mm512_broadcast_i64x4(crate::model::kernels::avx2::load_u8(&qs[j]).0);
+            let w = _mm512_and_si512(_mm512_srlv_epi16(q, shifts), nibble);
+            let pick = m512i::from(std::array::from_fn::<i16, 32, _>(|i| {
+                (2 * j + i / 16) as i16
+            }));
+            let s = _mm512_permutexvar_epi16(pick.0, scales);
+            let dot =
+                |t: usize| _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, m512i::from(a[t][j]).0);
+            rows01[j] = _mm512_madd_epi16(_mm512_packs_epi32(dot(0), dot(1)), s);
+            rows23[j] = _mm512_madd_epi16(_mm512_packs_epi32(dot(2), dot(3)), s);
+        }
+        // Each register: per 128-bit quarter [row a: 2 lanes, row b: 2 lanes]. Add quarters
+        // 0 + 2 and 1 + 3 while pairing rows 0-1 with rows 2-3 of the same part ...
+        let half = |x: __m512i, y: __m512i| {
+            _mm512_add_epi32(
+                _mm512_shuffle_i64x2::<0b0100_0100>(x, y),
+                _mm512_shuffle_i64x2::<0b1110_1110>(x, y),
+            )
+        };
+        let z: [__m512i; 4] = [
+            half(rows01[0], rows23[0]),
+            half(rows01[1], rows23[1]),
+            half(rows01[2], rows23[2]),
+            half(rows01[3], rows23[3]),
+        ];
+        // ... then the remaining two quarters while pairing parts: quarters [part j rows 0-1,
+        // part j rows 2-3, part k rows 0-1, part k rows 2-3], each summed over the whole part.
+        let quarter = |x: __m512i, y: __m512i| {
+            _mm512_add_epi32(
+                _mm512_shuffle_i64x2::<0b1000_1000>(x, y),
+                _mm512_shuffle_i64x2::<0b1101_1101>(x, y),
+            )
+        };
+        let (w01, w23) = (quarter(z[0], z[1]), quarter(z[2], z[3]));
+        // Lane pairs: the even lanes hold the rows' totals; gather them, part by part.
+        let pairs = |x: __m512i| _mm512_add_epi32(x, _mm512_shuffle_epi32::<0b1011_0001>(x));
+        let even = m512i::from(std::array::from_fn::<i32, 16, _>(|i| 2 * i as i32)).0;
+        let r = _mm512_permutex2var_epi32(pairs(w01), even, pairs(w23));
+        [
+            safe_arch::m128i(_mm512_castsi512_si128(r)),
+            safe_arch::m128i(_mm512_extracti32x4_epi32::<1>(r)),
+            safe_arch::m128i(_mm512_extracti32x4_epi32::<2>(r)),
+            safe_arch::m128i(_mm512_extracti32x4_epi32::<3>(r)),
+        ]
+    },
     /// Q6_K's vec_dot tile: ggml's own integer steps, compiled for AVX-512 VL only for its 32
     /// vector registers (the AVX2 encoding's 16 spill the four rows' lanes).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
@@ -171,4 +257,19 @@ vnni_kernels!(
     "avx2,fma,f16c,avxvnni",
     _mm256_dpbusd_avx_epi32,
     _mm256_dpwssd_avx_epi32,
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub(crate) fn q4_k_tile_gemm(
+        w: &[Block],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[i16; 32]],
+    ) -> [f32; 4] {
+        q4_k_tiles::tile_gemm_with(
+            |b, a| q4_k_tiles::parts_by_steps(|acc, lo, hi| q4_step(acc, lo, hi), b, a),
+            w,
+            tq,
+            td,
+            tb,
+        )
+    }
 );
