@@ -307,6 +307,28 @@ mod x86 {
         }
     }
 
+    /// Q4_K: eight interleaved weight rows times a group of four gemm rows, on the sets that
+    /// have that kernel (`None` on the others: they take [`q4_k_tile_gemm`] row by row).
+    pub(crate) fn q4_k_tile8_gemm(
+        k: Kernels,
+        w: &[q4_k_tiles::Rows8],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[i16; 32]],
+    ) -> Option<[[f32; 8]; 4]> {
+        match k.0 {
+            // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
+            // feature `avx512::q4_k_tile8_gemm` is compiled for.
+            KernelSet::Avx512Vnni => Some(unsafe { avx512::q4_k_tile8_gemm(w, tq, td, tb) }),
+            _ => None,
+        }
+    }
+
+    /// Whether `k` has [`q4_k_tile8_gemm`].
+    pub(crate) fn q4_k_has_tile8(k: Kernels) -> bool {
+        k.0 == KernelSet::Avx512Vnni
+    }
+
     /// Q4_K: one weight row times a group of four gemv rows.
     pub(crate) fn q4_k_tile_gemv(
         k: Kernels,

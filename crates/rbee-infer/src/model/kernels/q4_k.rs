@@ -110,18 +110,37 @@ impl Q4KMatrix {
             let width = cols.len();
             // The prompt kernels' weight row, unpacked once for all the rows they serve.
             let mut unpacked = Vec::with_capacity(nb);
+            let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
+                // Where the kernel set has it, gemm groups take eight weight rows at a time;
+                // the columns before `narrow` are done for them.
+                let narrow = tiles.each8(
+                    set,
+                    groups.clone(),
+                    cols.clone(),
+                    nb,
+                    weight,
+                    |r, c, sums| {
+                        for (t, s) in sums.iter().enumerate() {
+                            let o = (r + t) * width + c - cols.start;
+                            out[o..o + 8].copy_from_slice(s);
+                        }
+                    },
+                );
                 for (i, c) in cols.clone().enumerate() {
+                    let wide = c < narrow;
+                    if wide && !tiles.has_gemv() {
+                        continue;
+                    }
                     let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
-                    tiles.each(set, groups.clone(), w, nb, |r, sums| {
+                    tiles.each(wide, set, groups.clone(), w, nb, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
                         }
                     });
                 }
             }
-            let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
             let whole = cols.start + cols.len() / 4 * 4;
             // Four weight rows at a time against every such activation row while they are
             // in cache: the weights are read from memory once, however many rows there are.
@@ -440,9 +459,65 @@ impl Tiles {
         super::pool::group_blocks(self.groups.len(), nb * (4 * QK_K + 16 + 64))
     }
 
-    /// `f(first_row, outputs)` for the groups `range`, against weight row `w`.
+    /// Whether any group takes the gemv rounding.
+    fn has_gemv(&self) -> bool {
+        self.groups.iter().any(|&(_, k)| k == RowKernel::Gemv)
+    }
+
+    /// On a kernel set with the eight-row kernel: `f(first_row, first_column, outputs)` for
+    /// the gemm groups in `range` against the columns `cols` eight at a time (`weight(c)`: row
+    /// `c` of the matrix). Returns the first column left to [`each`](Self::each).
+    fn each8<'w>(
+        &self,
+        set: Kernels,
+        range: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        nb: usize,
+        weight: impl Fn(usize) -> &'w [Raw],
+        mut f: impl FnMut(usize, usize, [[f32; 8]; 4]),
+    ) -> usize {
+        use super::dispatch::{q4_k_has_tile8, q4_k_tile8_gemm};
+        let gemm = self.groups[range.clone()]
+            .iter()
+            .any(|&(_, k)| k == RowKernel::Gemm);
+        if !q4_k_has_tile8(set) || !gemm {
+            return cols.start;
+        }
+        let mut rows8 = Vec::with_capacity(nb);
+        let mut c = cols.start;
+        while c + 8 <= cols.end {
+            super::q4_k_tiles::interleave8(std::array::from_fn(|t| weight(c + t)), &mut rows8);
+            for (g, &(first, kernel)) in self
+                .groups
+                .iter()
+                .enumerate()
+                .take(range.end)
+                .skip(range.start)
+            {
+                if kernel != RowKernel::Gemm {
+                    continue;
+                }
+                let b = g * nb..(g + 1) * nb;
+                if let Some(sums) = q4_k_tile8_gemm(
+                    set,
+                    &rows8,
+                    &self.q[b.clone()],
+                    &self.d[b.clone()],
+                    &self.bsums[b],
+                ) {
+                    f(first, c, sums);
+                }
+            }
+            c += 8;
+        }
+        c
+    }
+
+    /// `f(first_row, outputs)` for the groups `range`, against weight row `w` (the gemv
+    /// groups only when `gemv_only`: [`each8`](Self::each8) did the others).
     fn each(
         &self,
+        gemv_only: bool,
         set: Kernels,
         range: std::ops::Range<usize>,
         w: &[Block],
@@ -456,6 +531,9 @@ impl Tiles {
             .zip(self.d[blocks.clone()].chunks_exact(nb))
             .zip(self.bsums[blocks].chunks_exact(nb));
         for (&(first, kernel), ((q, d), bs)) in self.groups[range].iter().zip(groups) {
+            if gemv_only && kernel == RowKernel::Gemm {
+                continue;
+            }
             f(
                 first,
                 match kernel {
@@ -483,12 +561,29 @@ impl Tiles {
 
     fn each(
         &self,
+        _: bool,
         _: Kernels,
         _: std::ops::Range<usize>,
         _: &[Block],
         _: usize,
         _: impl FnMut(usize, [f32; 4]),
     ) {
+    }
+
+    fn has_gemv(&self) -> bool {
+        false
+    }
+
+    fn each8<'w>(
+        &self,
+        _: Kernels,
+        _: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+        _: usize,
+        _: impl Fn(usize) -> &'w [Raw],
+        _: impl FnMut(usize, usize, [[f32; 8]; 4]),
+    ) -> usize {
+        cols.start
     }
 }
 

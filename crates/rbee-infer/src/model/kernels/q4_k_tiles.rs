@@ -388,3 +388,54 @@ pub(crate) fn row_gemv4_with(
     }
     out
 }
+
+/// Eight weight rows' super-blocks at one position, interleaved for the AVX-512 prompt kernel
+/// that computes eight weight rows times four activation rows with every lane its own weight
+/// row (no horizontal sums): 64-byte register `q[g]` holds values `8g..8g + 8` of the eight
+/// rows, row `i` in bytes `8i..8i + 8` (so 32-bit lanes `2i` and `2i + 1` are its two groups
+/// of four); `scales[k]` the sub-block scales in the same lanes; `mins[k]` the sub-block mins,
+/// lane `i` row `i`; `d`, `dmin` the rows' scales.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
+#[repr(C, align(64))]
+pub(crate) struct Rows8 {
+    pub(crate) q: [[u64; 8]; 32],
+    pub(crate) scales: [[i32; 16]; 8],
+    pub(crate) mins: [[i32; 8]; 8],
+    pub(crate) d: [f32; 8],
+    pub(crate) dmin: [f32; 8],
+}
+
+/// Weight rows `rows` (eight, `nb` super-blocks each), interleaved into `into`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+pub(crate) fn interleave8(rows: [&[Raw]; 8], into: &mut Vec<Rows8>) {
+    use super::avx2::{load_u8, nibbles};
+    into.clear();
+    let nb = rows[0].len();
+    for bi in 0..nb {
+        let mut out: Rows8 = bytemuck::Zeroable::zeroed();
+        for (i, row) in rows.iter().enumerate() {
+            let b = row[bi].unpack();
+            // The row's 256 codes in value order: per 64 values, 32 low nibbles then 32 high.
+            let (qs, _) = b.qs.as_chunks::<32>();
+            let mut codes = [0u8; QK_K];
+            for (j, out) in codes.chunks_exact_mut(64).enumerate() {
+                let (lo, hi) = nibbles(load_u8(&qs[j]));
+                out[..32].copy_from_slice(&<[u8; 32]>::from(lo));
+                out[32..].copy_from_slice(&<[u8; 32]>::from(hi));
+            }
+            let (groups, _) = codes.as_chunks::<8>();
+            for (g, group) in groups.iter().enumerate() {
+                out.q[g][i] = u64::from_le_bytes(*group);
+            }
+            for k in 0..8 {
+                out.scales[k][2 * i] = i32::from(b.scales[k]);
+                out.scales[k][2 * i + 1] = i32::from(b.scales[k]);
+                out.mins[k][i] = i32::from(b.mins[k]);
+            }
+            out.d[i] = b.d;
+            out.dmin[i] = b.dmin;
+        }
+        into.push(out);
+    }
+}

@@ -155,6 +155,83 @@ vnni_kernels!(
     ) -> [f32; 4] {
         q4_k_tiles::tile_gemm_with(|b, a| q4_parts(b, a), w, tq, td, tb)
     },
+    /// Q4_K prompt tiles, eight weight rows ([`q4_k_tiles::Rows8`]) times four activation
+    /// rows with the gemm rounding of [`q4_k_tiles::tile_gemm`] in every lane: lane `i` of
+    /// row `t`'s accumulators is weight row `i`, so no horizontal sums. Per eight values and
+    /// activation row one `vpdpbusd` (eight rows times four codes, twice) against the row's
+    /// eight codes broadcast; per sub-block and row one `vpmulld` by the scales; per 64
+    /// values the two lanes of each weight row added, narrowed (`vpmovqd`), converted and
+    /// added with one FMA, in the order `tile_gemm` adds them. The same integers and float
+    /// steps lane for lane, so the same bits.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn q4_k_tile8_gemm(
+        w: &[q4_k_tiles::Rows8],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[i16; 32]],
+    ) -> [[f32; 8]; 4] {
+        use safe_arch::{m256, m256i, m512i};
+        use std::arch::x86_64::{
+            __m256, __m512i, _mm256_add_epi32, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_mul_ps,
+            _mm256_mullo_epi32, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps,
+            _mm256_sub_ps, _mm512_add_epi32, _mm512_cvtepi64_epi32, _mm512_dpbusd_epi32,
+            _mm512_mullo_epi32, _mm512_set1_epi64, _mm512_setzero_si512, _mm512_shuffle_epi32,
+        };
+        let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
+        let mut acc_min: [__m256; 4] = [_mm256_setzero_ps(); 4];
+        for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
+            let a: [&[[u8; 8]]; 4] = [
+                bytemuck::cast_slice::<i8, [u8; 8]>(&aq[0]),
+                bytemuck::cast_slice::<i8, [u8; 8]>(&aq[1]),
+                bytemuck::cast_slice::<i8, [u8; 8]>(&aq[2]),
+                bytemuck::cast_slice::<i8, [u8; 8]>(&aq[3]),
+            ];
+            let (d, dmin) = (m256::from(b.d).0, m256::from(b.dmin).0);
+            for j in 0..4 {
+                // Row t's lanes: scale * (codes · activations) over the part's two
+                // sub-blocks, two lanes per weight row.
+                let mut s: [__m512i; 4] = [_mm512_setzero_si512(); 4];
+                for k in [2 * j, 2 * j + 1] {
+                    let mut x: [__m512i; 4] = [_mm512_setzero_si512(); 4];
+                    for (g, &q) in (4 * k..).zip(&b.q[4 * k..4 * k + 4]) {
+                        let wq = m512i::from(bytemuck::cast::<[u64; 8], [u8; 64]>(q)).0;
+                        for t in 0..4 {
+                            let at = _mm512_set1_epi64(i64::from_le_bytes(a[t][g]));
+                            x[t] = _mm512_dpbusd_epi32(x[t], wq, at);
+                        }
+                    }
+                    let sc = m512i::from(b.scales[k]).0;
+                    for t in 0..4 {
+                        s[t] = _mm512_add_epi32(s[t], _mm512_mullo_epi32(x[t], sc));
+                    }
+                }
+                let (m_lo, m_hi) = (
+                    m256i::from(b.mins[2 * j]).0,
+                    m256i::from(b.mins[2 * j + 1]).0,
+                );
+                for t in 0..4 {
+                    // Lane 2i + lane 2i + 1, then the even lanes: weight row i's integer.
+                    let pair = _mm512_add_epi32(s[t], _mm512_shuffle_epi32::<0b1011_0001>(s[t]));
+                    let per64 = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(pair));
+                    let mins = _mm256_add_epi32(
+                        _mm256_mullo_epi32(m_lo, _mm256_set1_epi32(i32::from(bs[8 * j + 2 * t]))),
+                        _mm256_mullo_epi32(
+                            m_hi,
+                            _mm256_set1_epi32(i32::from(bs[8 * j + 2 * t + 1])),
+                        ),
+                    );
+                    let da = _mm256_set1_ps(ad[t]);
+                    acc[t] = _mm256_fmadd_ps(per64, _mm256_mul_ps(d, da), acc[t]);
+                    acc_min[t] = _mm256_fmadd_ps(
+                        _mm256_cvtepi32_ps(mins),
+                        _mm256_mul_ps(dmin, da),
+                        acc_min[t],
+                    );
+                }
+            }
+        }
+        [0, 1, 2, 3].map(|t| m256(_mm256_sub_ps(acc[t], acc_min[t])).to_array())
+    },
     /// [`q4_k_tiles::Parts`] in 512-bit registers. Per 64-value part `j`: its 64 nibbles (low
     /// then high) in one register, one `vpdpbusd` per row against the row's 64 activation
     /// codes (lanes of four products, at most 4 · 15 · 127: exact in i16), two rows packed to
