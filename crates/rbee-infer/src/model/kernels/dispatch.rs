@@ -307,10 +307,12 @@ mod x86 {
         }
     }
 
-    /// Q4_K: eight interleaved weight rows times a group of four gemm rows, on the sets that
-    /// have that kernel (`None` on the others: they take [`q4_k_tile_gemm`] row by row).
-    pub(crate) fn q4_k_tile8_gemm(
+    /// Q4_K: eight interleaved weight rows times a group of four gemm (or `gemv`) rows, on
+    /// the sets that have that kernel (`None` on the others: they take [`q4_k_tile_gemm`] and
+    /// [`q4_k_tile_gemv`] row by row).
+    pub(crate) fn q4_k_tile8(
         k: Kernels,
+        gemv: bool,
         w: &[q4_k_tiles::Rows8],
         tq: &[[[i8; QK_K]; 4]],
         td: &[[f32; 4]],
@@ -318,13 +320,17 @@ mod x86 {
     ) -> Option<[[f32; 8]; 4]> {
         match k.0 {
             // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
-            // feature `avx512::q4_k_tile8_gemm` is compiled for.
-            KernelSet::Avx512Vnni => Some(unsafe { avx512::q4_k_tile8_gemm(w, tq, td, tb) }),
+            // feature `avx512::q4_k_tile8` is compiled for.
+            KernelSet::Avx512Vnni if gemv => {
+                // SAFETY: as above.
+                Some(unsafe { avx512::q4_k_tile8::<true>(w, tq, td, tb) })
+            }
+            KernelSet::Avx512Vnni => Some(unsafe { avx512::q4_k_tile8::<false>(w, tq, td, tb) }),
             _ => None,
         }
     }
 
-    /// Whether `k` has [`q4_k_tile8_gemm`].
+    /// Whether `k` has [`q4_k_tile8`].
     pub(crate) fn q4_k_has_tile8(k: Kernels) -> bool {
         k.0 == KernelSet::Avx512Vnni
     }

@@ -128,13 +128,9 @@ impl Q4KMatrix {
                         }
                     },
                 );
-                for (i, c) in cols.clone().enumerate() {
-                    let wide = c < narrow;
-                    if wide && !tiles.has_gemv() {
-                        continue;
-                    }
+                for (i, c) in cols.clone().enumerate().skip(narrow - cols.start) {
                     let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
-                    tiles.each(wide, set, groups.clone(), w, nb, |r, sums| {
+                    tiles.each(set, groups.clone(), w, nb, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
                         }
@@ -459,13 +455,8 @@ impl Tiles {
         super::pool::group_blocks(self.groups.len(), nb * (4 * QK_K + 16 + 64))
     }
 
-    /// Whether any group takes the gemv rounding.
-    fn has_gemv(&self) -> bool {
-        self.groups.iter().any(|&(_, k)| k == RowKernel::Gemv)
-    }
-
     /// On a kernel set with the eight-row kernel: `f(first_row, first_column, outputs)` for
-    /// the gemm groups in `range` against the columns `cols` eight at a time (`weight(c)`: row
+    /// the groups in `range` against the columns `cols` eight at a time (`weight(c)`: row
     /// `c` of the matrix). Returns the first column left to [`each`](Self::each).
     fn each8<'w>(
         &self,
@@ -476,11 +467,8 @@ impl Tiles {
         weight: impl Fn(usize) -> &'w [Raw],
         mut f: impl FnMut(usize, usize, [[f32; 8]; 4]),
     ) -> usize {
-        use super::dispatch::{q4_k_has_tile8, q4_k_tile8_gemm};
-        let gemm = self.groups[range.clone()]
-            .iter()
-            .any(|&(_, k)| k == RowKernel::Gemm);
-        if !q4_k_has_tile8(set) || !gemm {
+        use super::dispatch::{q4_k_has_tile8, q4_k_tile8};
+        if !q4_k_has_tile8(set) || range.is_empty() {
             return cols.start;
         }
         let mut rows8 = Vec::with_capacity(nb);
@@ -494,12 +482,10 @@ impl Tiles {
                 .take(range.end)
                 .skip(range.start)
             {
-                if kernel != RowKernel::Gemm {
-                    continue;
-                }
                 let b = g * nb..(g + 1) * nb;
-                if let Some(sums) = q4_k_tile8_gemm(
+                if let Some(sums) = q4_k_tile8(
                     set,
+                    kernel == RowKernel::Gemv,
                     &rows8,
                     &self.q[b.clone()],
                     &self.d[b.clone()],
@@ -513,11 +499,9 @@ impl Tiles {
         c
     }
 
-    /// `f(first_row, outputs)` for the groups `range`, against weight row `w` (the gemv
-    /// groups only when `gemv_only`: [`each8`](Self::each8) did the others).
+    /// `f(first_row, outputs)` for the groups `range`, against weight row `w`.
     fn each(
         &self,
-        gemv_only: bool,
         set: Kernels,
         range: std::ops::Range<usize>,
         w: &[Block],
@@ -531,9 +515,6 @@ impl Tiles {
             .zip(self.d[blocks.clone()].chunks_exact(nb))
             .zip(self.bsums[blocks].chunks_exact(nb));
         for (&(first, kernel), ((q, d), bs)) in self.groups[range].iter().zip(groups) {
-            if gemv_only && kernel == RowKernel::Gemm {
-                continue;
-            }
             f(
                 first,
                 match kernel {
@@ -561,17 +542,12 @@ impl Tiles {
 
     fn each(
         &self,
-        _: bool,
         _: Kernels,
         _: std::ops::Range<usize>,
         _: &[Block],
         _: usize,
         _: impl FnMut(usize, [f32; 4]),
     ) {
-    }
-
-    fn has_gemv(&self) -> bool {
-        false
     }
 
     fn each8<'w>(

@@ -155,8 +155,9 @@ vnni_kernels!(
     ) -> [f32; 4] {
         q4_k_tiles::tile_gemm_with(|b, a| q4_parts(b, a), w, tq, td, tb)
     },
-    /// Q4_K prompt tiles, eight weight rows ([`q4_k_tiles::Rows8`]) times four activation
-    /// rows with the gemm rounding of [`q4_k_tiles::tile_gemm`] in every lane: lane `i` of
+    /// Q4_K tiles, eight weight rows ([`q4_k_tiles::Rows8`]) times four activation rows with
+    /// the rounding of [`q4_k_tiles::tile_gemm`] (or, `GEMV`, of [`q4_k_tiles::tile_gemv`]:
+    /// one FMA per super-block of its whole integer) in every lane: lane `i` of
     /// row `t`'s accumulators is weight row `i`, so no horizontal sums. Per eight values and
     /// activation row one `vpdpbusd` (eight rows times four codes, twice) against the row's
     /// eight codes broadcast; per sub-block and row one `vpmulld` by the scales; per 64
@@ -164,7 +165,7 @@ vnni_kernels!(
     /// added with one FMA, in the order `tile_gemm` adds them. The same integers and float
     /// steps lane for lane, so the same bits.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(crate) fn q4_k_tile8_gemm(
+    pub(crate) fn q4_k_tile8<const GEMV: bool>(
         w: &[q4_k_tiles::Rows8],
         tq: &[[[i8; QK_K]; 4]],
         td: &[[f32; 4]],
@@ -174,8 +175,9 @@ vnni_kernels!(
         use std::arch::x86_64::{
             __m256, __m512i, _mm256_add_epi32, _mm256_cvtepi32_ps, _mm256_fmadd_ps, _mm256_mul_ps,
             _mm256_mullo_epi32, _mm256_set1_epi32, _mm256_set1_ps, _mm256_setzero_ps,
-            _mm256_sub_ps, _mm512_add_epi32, _mm512_cvtepi64_epi32, _mm512_dpbusd_epi32,
-            _mm512_mullo_epi32, _mm512_set1_epi64, _mm512_setzero_si512, _mm512_shuffle_epi32,
+            _mm256_setzero_si256, _mm256_sub_ps, _mm512_add_epi32, _mm512_cvtepi64_epi32,
+            _mm512_dpbusd_epi32, _mm512_mullo_epi32, _mm512_set1_epi64, _mm512_setzero_si512,
+            _mm512_shuffle_epi32,
         };
         let mut acc: [__m256; 4] = [_mm256_setzero_ps(); 4];
         let mut acc_min: [__m256; 4] = [_mm256_setzero_ps(); 4];
@@ -187,6 +189,9 @@ vnni_kernels!(
                 bytemuck::cast_slice::<i8, [u8; 8]>(&aq[3]),
             ];
             let (d, dmin) = (m256::from(b.d).0, m256::from(b.dmin).0);
+            // GEMV: each row's integers over the whole super-block.
+            let mut total = [_mm256_setzero_si256(); 4];
+            let mut min_total = [_mm256_setzero_si256(); 4];
             for j in 0..4 {
                 // Row t's lanes: scale * (codes · activations) over the part's two
                 // sub-blocks, two lanes per weight row.
@@ -212,7 +217,7 @@ vnni_kernels!(
                 for t in 0..4 {
                     // Lane 2i + lane 2i + 1, then the even lanes: weight row i's integer.
                     let pair = _mm512_add_epi32(s[t], _mm512_shuffle_epi32::<0b1011_0001>(s[t]));
-                    let per64 = _mm256_cvtepi32_ps(_mm512_cvtepi64_epi32(pair));
+                    let per64 = _mm512_cvtepi64_epi32(pair);
                     let mins = _mm256_add_epi32(
                         _mm256_mullo_epi32(m_lo, _mm256_set1_epi32(i32::from(bs[8 * j + 2 * t]))),
                         _mm256_mullo_epi32(
@@ -220,10 +225,31 @@ vnni_kernels!(
                             _mm256_set1_epi32(i32::from(bs[8 * j + 2 * t + 1])),
                         ),
                     );
+                    if GEMV {
+                        total[t] = _mm256_add_epi32(total[t], per64);
+                        min_total[t] = _mm256_add_epi32(min_total[t], mins);
+                    } else {
+                        let da = _mm256_set1_ps(ad[t]);
+                        acc[t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(per64),
+                            _mm256_mul_ps(d, da),
+                            acc[t],
+                        );
+                        acc_min[t] = _mm256_fmadd_ps(
+                            _mm256_cvtepi32_ps(mins),
+                            _mm256_mul_ps(dmin, da),
+                            acc_min[t],
+                        );
+                    }
+                }
+            }
+            if GEMV {
+                for t in 0..4 {
                     let da = _mm256_set1_ps(ad[t]);
-                    acc[t] = _mm256_fmadd_ps(per64, _mm256_mul_ps(d, da), acc[t]);
+                    acc[t] =
+                        _mm256_fmadd_ps(_mm256_cvtepi32_ps(total[t]), _mm256_mul_ps(d, da), acc[t]);
                     acc_min[t] = _mm256_fmadd_ps(
-                        _mm256_cvtepi32_ps(mins),
+                        _mm256_cvtepi32_ps(min_total[t]),
                         _mm256_mul_ps(dmin, da),
                         acc_min[t],
                     );
