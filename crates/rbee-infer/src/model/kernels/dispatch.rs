@@ -318,16 +318,17 @@ mod x86 {
         td: &[[f32; 4]],
         tb: &[[i16; 32]],
     ) -> Option<[[f32; 8]; 4]> {
-        match k.0 {
+        if k.0 != KernelSet::Avx512Vnni {
+            return None;
+        }
+        Some(if gemv {
             // SAFETY: `k` holds Avx512Vnni only if `Kernels::new` saw this CPU report every
             // feature `avx512::q4_k_tile8` is compiled for.
-            KernelSet::Avx512Vnni if gemv => {
-                // SAFETY: as above.
-                Some(unsafe { avx512::q4_k_tile8::<true>(w, tq, td, tb) })
-            }
-            KernelSet::Avx512Vnni => Some(unsafe { avx512::q4_k_tile8::<false>(w, tq, td, tb) }),
-            _ => None,
-        }
+            unsafe { avx512::q4_k_tile8::<true>(w, tq, td, tb) }
+        } else {
+            // SAFETY: as above: the same function, the other rounding.
+            unsafe { avx512::q4_k_tile8::<false>(w, tq, td, tb) }
+        })
     }
 
     /// Whether `k` has [`q4_k_tile8`].
@@ -338,7 +339,7 @@ mod x86 {
     /// Q4_K: one weight row times a group of four gemv rows.
     pub(crate) fn q4_k_tile_gemv(
         k: Kernels,
-        w: &[Block],
+        w: &[q4_k_tiles::Raw],
         tq: &[[[i8; QK_K]; 4]],
         td: &[[f32; 4]],
         tb: &[[i16; 32]],

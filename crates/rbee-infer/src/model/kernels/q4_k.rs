@@ -23,8 +23,10 @@ const _: () = assert!(LOADED_BLOCK_BYTES == BLOCK_BYTES);
 
 /// Weight row `w` with its scales and mins unpacked, in `into`.
 fn unpack_row<'a>(w: &[Raw], into: &'a mut Vec<Block>) -> &'a [Block] {
-    into.clear();
-    into.extend(w.iter().map(Raw::unpack));
+    into.resize(w.len(), bytemuck::Zeroable::zeroed());
+    for (out, b) in into.iter_mut().zip(w) {
+        b.unpack_into(out);
+    }
     into
 }
 
@@ -128,9 +130,17 @@ impl Q4KMatrix {
                         }
                     },
                 );
+                // Prompt (gemm) tiles take each weight row unpacked once; decode (gemv) tiles,
+                // few per step, read the stored blocks.
+                let gemm = tiles.has_gemm(groups.clone());
                 for (i, c) in cols.clone().enumerate().skip(narrow - cols.start) {
-                    let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
-                    tiles.each(set, groups.clone(), w, nb, |r, sums| {
+                    let raw = weight(c);
+                    let w = if gemm {
+                        unpack_row(raw, &mut unpacked)
+                    } else {
+                        &[]
+                    };
+                    tiles.each(set, groups.clone(), raw, w, nb, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
                         }
@@ -386,6 +396,11 @@ fn dot_tile<const T: usize>(
     acc
 }
 
+/// Row groups from which the AVX-512 set's eight-weight-row tiles pay for interleaving the
+/// weight rows (measured: see docs/BENCHMARKS.md).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+const TILE8_MIN_GROUPS: usize = 8;
+
 /// Groups of four consecutive activation rows that take the same kernel,
 /// block-interleaved for [`tile_gemm`] and [`tile_gemv`]: per group and
 /// super-block the four rows' codes, scales and (for the mins) 32-value sums
@@ -468,7 +483,9 @@ impl Tiles {
         mut f: impl FnMut(usize, usize, [[f32; 8]; 4]),
     ) -> usize {
         use super::dispatch::{q4_k_has_tile8, q4_k_tile8};
-        if !q4_k_has_tile8(set) || range.is_empty() {
+        // Interleaving eight weight rows costs several times one group's work on them: only
+        // worth it for enough groups (a prompt; a decode step of many sequences).
+        if !q4_k_has_tile8(set) || range.len() < TILE8_MIN_GROUPS {
             return cols.start;
         }
         let mut rows8 = Vec::with_capacity(nb);
@@ -499,11 +516,20 @@ impl Tiles {
         c
     }
 
-    /// `f(first_row, outputs)` for the groups `range`, against weight row `w`.
+    /// Whether any group in `range` takes the gemm rounding.
+    fn has_gemm(&self, range: std::ops::Range<usize>) -> bool {
+        self.groups[range]
+            .iter()
+            .any(|&(_, k)| k == RowKernel::Gemm)
+    }
+
+    /// `f(first_row, outputs)` for the groups `range`, against weight row `raw` (`w`: the
+    /// same row unpacked, when [`has_gemm`](Self::has_gemm)).
     fn each(
         &self,
         set: Kernels,
         range: std::ops::Range<usize>,
+        raw: &[Raw],
         w: &[Block],
         nb: usize,
         mut f: impl FnMut(usize, [f32; 4]),
@@ -519,7 +545,7 @@ impl Tiles {
                 first,
                 match kernel {
                     RowKernel::Gemm => q4_k_tile_gemm(set, w, q, d, bs),
-                    RowKernel::Gemv => q4_k_tile_gemv(set, w, q, d, bs),
+                    RowKernel::Gemv => q4_k_tile_gemv(set, raw, q, d, bs),
                 },
             );
         }
@@ -540,10 +566,15 @@ impl Tiles {
         std::iter::empty()
     }
 
+    fn has_gemm(&self, _: std::ops::Range<usize>) -> bool {
+        false
+    }
+
     fn each(
         &self,
         _: Kernels,
         _: std::ops::Range<usize>,
+        _: &[Raw],
         _: &[Block],
         _: usize,
         _: impl FnMut(usize, [f32; 4]),

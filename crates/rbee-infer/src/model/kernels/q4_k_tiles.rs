@@ -59,15 +59,16 @@ impl Raw {
 
     /// The block with its scales and mins unpacked.
     pub(crate) fn unpack(&self) -> Block {
-        let (scales, mins) = self.scales_mins();
-        let (d, dmin) = self.d_dmin();
-        Block {
-            d,
-            dmin,
-            scales,
-            mins,
-            qs: self.qs,
-        }
+        let mut out = bytemuck::Zeroable::zeroed();
+        self.unpack_into(&mut out);
+        out
+    }
+
+    /// [`unpack`](Self::unpack) into `out` (in place).
+    pub(crate) fn unpack_into(&self, out: &mut Block) {
+        (out.scales, out.mins) = self.scales_mins();
+        (out.d, out.dmin) = self.d_dmin();
+        out.qs = self.qs;
     }
 }
 
@@ -84,7 +85,7 @@ pub(crate) fn tile_gemm(
     tb: &[[i16; 32]],
 ) -> [f32; 4] {
     tile_gemm_with(
-        |b, a| parts_by_steps(super::avx2::q4_step, b, a),
+        |qs, scales, a| parts_by_steps(super::avx2::q4_step, qs, scales, a),
         w,
         tq,
         td,
@@ -97,22 +98,23 @@ pub(crate) fn tile_gemm(
 /// codes: by [`Step`]s ([`parts_by_steps`]) or, on AVX-512, in 512-bit registers (`vnni`).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) trait Parts:
-    Fn(&Block, [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] + Copy
+    Fn(&[u8; 128], [u8; 8], [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] + Copy
 {
 }
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-impl<F: Fn(&Block, [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] + Copy> Parts for F {}
+impl<F: Fn(&[u8; 128], [u8; 8], [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] + Copy> Parts for F {}
 
 /// [`Parts`] by one integer step per row and part, and a horizontal sum of the four rows.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
 pub(crate) fn parts_by_steps(
     step: impl Step,
-    b: &Block,
+    qs: &[u8; 128],
+    scales: [u8; 8],
     a: [&[i8; QK_K]; 4],
 ) -> [safe_arch::m128i; 4] {
     use super::avx2::{hsum_i32_4, load_i8, load_u8, nibbles};
-    let (qs, _) = b.qs.as_chunks::<32>();
+    let (qs, _) = qs.as_chunks::<32>();
     let a: [&[[i8; 32]]; 4] = [
         a[0].as_chunks::<32>().0,
         a[1].as_chunks::<32>().0,
@@ -122,7 +124,7 @@ pub(crate) fn parts_by_steps(
     let mut out = [safe_arch::m128i::default(); 4];
     for (j, out) in out.iter_mut().enumerate() {
         let (lo, hi) = nibbles(load_u8(&qs[j]));
-        let (s_lo, s_hi) = (splat(b.scales[2 * j]), splat(b.scales[2 * j + 1]));
+        let (s_lo, s_hi) = (splat(scales[2 * j]), splat(scales[2 * j + 1]));
         let mut v = [Int::default(); 4];
         for (t, v) in v.iter_mut().enumerate() {
             *v = step(
@@ -206,9 +208,9 @@ pub(crate) fn tile_gemm_with(
     let mut acc_min = zeroed_m128();
     for (((b, aq), ad), bs) in w.iter().zip(tq).zip(td).zip(tb) {
         // Lane t: row t's integer over values 64j..64j+64 (below 2^24: exact in f32).
-        let p = parts(b, [&aq[0], &aq[1], &aq[2], &aq[3]]);
+        let p = parts(&b.qs, b.scales, [&aq[0], &aq[1], &aq[2], &aq[3]]);
         let per64 = [p[0], p[1], p[2], p[3]].map(convert_to_m128_from_i32_m128i);
-        let (m01, m23) = tile_mins(b, bs);
+        let (m01, m23) = tile_mins(&b.mins, bs);
         let (m01, m23) = (to_f32(m01), to_f32(m23));
         let mins64 = [
             cast_to_m128_from_m256(m01),
@@ -232,9 +234,9 @@ pub(crate) fn tile_gemm_with(
 /// exact, for j = 0, 1 and for j = 2, 3.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(always)]
-fn tile_mins(b: &Block, bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m256i) {
+fn tile_mins(mins: &[u8; 8], bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m256i) {
     use super::avx2::{m256i, madd_i16};
-    let mins: [i16; 32] = std::array::from_fn(|i| i16::from(b.mins[2 * (i / 8) + i % 2]));
+    let mins: [i16; 32] = std::array::from_fn(|i| i16::from(mins[2 * (i / 8) + i % 2]));
     let pair = |half: usize| {
         let m: [i16; 16] = std::array::from_fn(|i| mins[16 * half + i]);
         let b: [i16; 16] = std::array::from_fn(|i| bs[16 * half + i]);
@@ -251,7 +253,7 @@ fn tile_mins(b: &Block, bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m25
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 #[inline(never)]
 pub(crate) fn tile_gemv(
-    w: &[Block],
+    w: &[Raw],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
     tb: &[[i16; 32]],
@@ -264,7 +266,7 @@ pub(crate) fn tile_gemv(
 #[inline(always)]
 pub(crate) fn tile_gemv_with(
     step: impl Step,
-    w: &[Block],
+    w: &[Raw],
     tq: &[[[i8; QK_K]; 4]],
     td: &[[f32; 4]],
     tb: &[[i16; 32]],
@@ -282,10 +284,14 @@ pub(crate) fn tile_gemv_with(
         let a: [&[[i8; 32]]; 4] = std::array::from_fn(|t| aq[t].as_chunks::<32>().0);
         // Row t's lanes over the whole super-block (each 64-value part below 2^24, the
         // total below 2^26: exact in i32).
+        // Read from the stored block (a decode step's few groups would not pay for unpacking
+        // each weight row first, as the prompt tiles do).
+        let (scales, mins) = b.scales_mins();
+        let scales = scales_i16(scales);
         let mut v = [m256i::default(); 4];
         for j in 0..4 {
             let (lo, hi) = nibbles(load_u8(&qs[j]));
-            let (s_lo, s_hi) = (splat(b.scales[2 * j]), splat(b.scales[2 * j + 1]));
+            let (s_lo, s_hi) = (scale(scales, 2 * j), scale(scales, 2 * j + 1));
             for (t, v) in v.iter_mut().enumerate() {
                 *v = step(
                     *v,
@@ -296,15 +302,16 @@ pub(crate) fn tile_gemv_with(
         }
         let total = convert_to_m128_from_i32_m128i(m128i::from(hsum_i32_4(v)));
         // Lanes [j][row]: the four rows' mins over the super-block, summed over j.
-        let (m01, m23) = tile_mins(b, bs);
+        let (m01, m23) = tile_mins(&mins, bs);
         let m = add_i32_m256i(m01, m23);
         let min_total = convert_to_m128_from_i32_m128i(add_i32_m128i(
             cast_to_m128i_from_m256i(m),
             extract_m128i_from_m256i::<1>(m),
         ));
         let da = load_unaligned_m128(ad);
-        let scale = mul_m128(set_splat_m128(b.d), da);
-        let scale_min = mul_m128(set_splat_m128(b.dmin), da);
+        let (d, dmin) = b.d_dmin();
+        let scale = mul_m128(set_splat_m128(d), da);
+        let scale_min = mul_m128(set_splat_m128(dmin), da);
         acc = fused_mul_add_m128(total, scale, acc);
         acc_min = fused_mul_add_m128(min_total, scale_min, acc_min);
     }

@@ -194,8 +194,10 @@ impl Q6KMatrix {
 
 /// Weight row `w` with one byte a code, in `into`.
 fn unpack_row<'a>(w: &[Packed], into: &'a mut Vec<Block>) -> &'a [Block] {
-    into.clear();
-    into.extend(w.iter().map(Packed::unpack));
+    into.resize(w.len(), bytemuck::Zeroable::zeroed());
+    for (out, b) in into.iter_mut().zip(w) {
+        b.unpack_into(out);
+    }
     into
 }
 
@@ -440,8 +442,8 @@ fn row_vec_dot4(
     r: usize,
 ) -> [[f32; 8]; 4] {
     w.map(|w| {
-        let w: Vec<Block> = w.iter().map(Packed::unpack).collect();
-        dot_tile::<1>(&w, acts, a, [r], false)[0]
+        let mut unpacked = Vec::new();
+        dot_tile::<1>(unpack_row(w, &mut unpacked), acts, a, [r], false)[0]
     })
 }
 

@@ -22,7 +22,7 @@ pub(crate) struct Block {
 /// (212 bytes, ggml's 210 with the scale as f32). A decode row reads every weight byte once per
 /// token, so its speed is the bytes: one byte a code made the Q6_K tensors 31% larger than the
 /// file. The decode row kernel unpacks in registers ([`chunks`]); the prompt kernels, which use
-/// each block for many rows, take it unpacked ([`Packed::unpack`]) once per weight row.
+/// each block for many rows, take it unpacked ([`Packed::unpack_into`]) once per weight row.
 #[derive(Debug, Clone, Copy, bytemuck::Zeroable)]
 pub(crate) struct Packed {
     pub(crate) d: f32,
@@ -55,22 +55,24 @@ impl Packed {
     }
 
     /// The block with one byte a code.
+    #[cfg(test)]
     pub(crate) fn unpack(&self) -> Block {
+        let mut out = bytemuck::Zeroable::zeroed();
+        self.unpack_into(&mut out);
+        out
+    }
+
+    /// [`unpack`](Self::unpack) into `out` (in place: no 276-byte value to move).
+    pub(crate) fn unpack_into(&self, out: &mut Block) {
+        out.d = self.d;
+        out.scales = self.scales;
         #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-        let codes = {
-            let chunks = chunks(self);
-            let mut codes = [0u8; QK_K];
-            for (out, c) in codes.chunks_exact_mut(32).zip(chunks) {
-                out.copy_from_slice(&<[u8; 32]>::from(c));
-            }
-            codes
-        };
+        for (out, c) in out.codes.chunks_exact_mut(32).zip(chunks(self)) {
+            out.copy_from_slice(&<[u8; 32]>::from(c));
+        }
         #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
-        let codes = std::array::from_fn(|k| self.code(k));
-        Block {
-            d: self.d,
-            scales: self.scales,
-            codes,
+        for (k, out) in out.codes.iter_mut().enumerate() {
+            *out = self.code(k);
         }
     }
 }

@@ -91,16 +91,6 @@ macro_rules! vnni_kernels {
 
 
             #[target_feature(enable = $features)]
-            pub(crate) fn q4_k_tile_gemv(
-                w: &[Block],
-                tq: &[[[i8; QK_K]; 4]],
-                td: &[[f32; 4]],
-                tb: &[[i16; 32]],
-            ) -> [f32; 4] {
-                q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
-            }
-
-            #[target_feature(enable = $features)]
             pub(crate) fn q4_k_row_gemv4(
                 w: [&[q4_k_tiles::Raw]; 4],
                 acts: &Q8KRows,
@@ -153,7 +143,19 @@ vnni_kernels!(
         td: &[[f32; 4]],
         tb: &[[i16; 32]],
     ) -> [f32; 4] {
-        q4_k_tiles::tile_gemm_with(|b, a| q4_parts(b, a), w, tq, td, tb)
+        q4_k_tiles::tile_gemm_with(|qs, sc, a| q4_parts(qs, sc, a), w, tq, td, tb)
+    },
+    /// Q4_K decode tiles (the gemv rounding): the 256-bit steps, which sum a super-block's
+    /// parts in registers before one horizontal sum ([`q4_parts`]' per-part reduction tree
+    /// measured slower here).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(crate) fn q4_k_tile_gemv(
+        w: &[q4_k_tiles::Raw],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[i16; 32]],
+    ) -> [f32; 4] {
+        q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
     },
     /// Q4_K tiles, eight weight rows ([`q4_k_tiles::Rows8`]) times four activation rows with
     /// the rounding of [`q4_k_tiles::tile_gemm`] (or, `GEMV`, of [`q4_k_tiles::tile_gemv`]:
@@ -267,7 +269,7 @@ vnni_kernels!(
     /// integers as the steps, with about half the instructions and a third of the shuffles.
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     #[inline]
-    fn q4_parts(b: &Block, a: [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] {
+    fn q4_parts(qs: &[u8; 128], scales: [u8; 8], a: [&[i8; QK_K]; 4]) -> [safe_arch::m128i; 4] {
         use safe_arch::m512i;
         use std::arch::x86_64::{
             __m512i, _mm_set_epi64x, _mm256_castsi128_si256, _mm512_add_epi32, _mm512_and_si512,
@@ -286,9 +288,9 @@ vnni_kernels!(
         // for the high.
         let scales = _mm512_cvtepu8_epi16(_mm256_castsi128_si256(_mm_set_epi64x(
             0,
-            i64::from_le_bytes(b.scales),
+            i64::from_le_bytes(scales),
         )));
-        let (qs, _) = b.qs.as_chunks::<32>();
+        let (qs, _) = qs.as_chunks::<32>();
         let a: [&[[i8; 64]]; 4] = [
             a[0].as_chunks::<64>().0,
             a[1].as_chunks::<64>().0,
@@ -361,6 +363,15 @@ vnni_kernels!(
     _mm256_dpbusd_avx_epi32,
     _mm256_dpwssd_avx_epi32,
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    pub(crate) fn q4_k_tile_gemv(
+        w: &[q4_k_tiles::Raw],
+        tq: &[[[i8; QK_K]; 4]],
+        td: &[[f32; 4]],
+        tb: &[[i16; 32]],
+    ) -> [f32; 4] {
+        q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
+    },
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     pub(crate) fn q4_k_tile_gemm(
         w: &[Block],
         tq: &[[[i8; QK_K]; 4]],
@@ -368,7 +379,7 @@ vnni_kernels!(
         tb: &[[i16; 32]],
     ) -> [f32; 4] {
         q4_k_tiles::tile_gemm_with(
-            |b, a| q4_k_tiles::parts_by_steps(|acc, lo, hi| q4_step(acc, lo, hi), b, a),
+            |qs, sc, a| q4_k_tiles::parts_by_steps(|acc, lo, hi| q4_step(acc, lo, hi), qs, sc, a),
             w,
             tq,
             td,
