@@ -236,13 +236,21 @@ pub(crate) fn tile_gemm_with(
 #[inline(always)]
 fn tile_mins(mins: &[u8; 8], bs: &[i16; 32]) -> (super::avx2::m256i, super::avx2::m256i) {
     use super::avx2::{m256i, madd_i16};
-    let mins: [i16; 32] = std::array::from_fn(|i| i16::from(mins[2 * (i / 8) + i % 2]));
-    let pair = |half: usize| {
-        let m: [i16; 16] = std::array::from_fn(|i| mins[16 * half + i]);
-        let b: [i16; 16] = std::array::from_fn(|i| bs[16 * half + i]);
-        madd_i16(m256i::from(b), m256i::from(m))
+    use safe_arch::{
+        convert_to_u16_m128i_from_lower8_u8_m128i, set_i64_m128i, set_m128i_m256i,
+        shuffle_av_i32_all_m256i,
     };
-    (pair(0), pair(1))
+    // The mins as i16, so each i32 lane is a pair (min 2j, min 2j + 1): lane j, both halves.
+    let m = convert_to_u16_m128i_from_lower8_u8_m128i(set_i64_m128i(0, i64::from_le_bytes(*mins)));
+    let m = set_m128i_m256i(m, m);
+    // Pair j for each of the four rows: j = 0, 1 in the first register, 2, 3 in the second.
+    let pairs =
+        |j: i32| shuffle_av_i32_all_m256i(m, m256i::from([j, j, j, j, j + 1, j + 1, j + 1, j + 1]));
+    let (bs, _) = bs.as_chunks::<16>();
+    (
+        madd_i16(m256i::from(bs[0]), pairs(0)),
+        madd_i16(m256i::from(bs[1]), pairs(2)),
+    )
 }
 
 /// One weight row times a group of four gemv rows: `dot_tile`'s arithmetic
