@@ -397,7 +397,9 @@ fn dot_tile<const T: usize>(
 }
 
 /// Row groups from which the AVX-512 set's eight-weight-row tiles pay for interleaving the
-/// weight rows (measured: see docs/BENCHMARKS.md).
+/// weight rows (at least four in each cache block of groups, which the interleaving is
+/// repeated for). Measured on the 1.5B: a decode step of 16 sequences (4 groups) lost 15% with
+/// them, an 88-token prompt (22 groups, 4 to a block on the 8960-wide matrix) gained.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 const TILE8_MIN_GROUPS: usize = 8;
 
@@ -485,7 +487,7 @@ impl Tiles {
         use super::dispatch::{q4_k_has_tile8, q4_k_tile8};
         // Interleaving eight weight rows costs several times one group's work on them: only
         // worth it for enough groups (a prompt; a decode step of many sequences).
-        if !q4_k_has_tile8(set) || range.len() < TILE8_MIN_GROUPS {
+        if !q4_k_has_tile8(set) || self.groups.len() < TILE8_MIN_GROUPS || range.len() < 4 {
             return cols.start;
         }
         let mut rows8 = Vec::with_capacity(nb);
