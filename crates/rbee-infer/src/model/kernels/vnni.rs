@@ -101,6 +101,19 @@ macro_rules! vnni_kernels {
                 q4_k_tiles::row_gemv4_with(|acc, lo, hi| q4_step(acc, lo, hi), w, acts, a, pair_sums, r)
             }
 
+            /// Q4_K decode tiles (the gemv rounding), by the steps in both sets: they sum a
+            /// super-block's parts in registers before one horizontal sum (the AVX-512 set's
+            /// per-part reduction tree, `q4_parts`, measured slower for this rounding).
+            #[target_feature(enable = $features)]
+            pub(crate) fn q4_k_tile_gemv(
+                w: &[q4_k_tiles::Raw],
+                tq: &[[[i8; QK_K]; 4]],
+                td: &[[f32; 4]],
+                tb: &[[i16; 32]],
+            ) -> [f32; 4] {
+                q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
+            }
+
             #[target_feature(enable = $features)]
             pub(crate) fn q6_k_tile_tiled(
                 w: &[q6_k_tiles::Block],
@@ -144,18 +157,6 @@ vnni_kernels!(
         tb: &[[i16; 32]],
     ) -> [f32; 4] {
         q4_k_tiles::tile_gemm_with(|qs, sc, a| q4_parts(qs, sc, a), w, tq, td, tb)
-    },
-    /// Q4_K decode tiles (the gemv rounding): the 256-bit steps, which sum a super-block's
-    /// parts in registers before one horizontal sum ([`q4_parts`]' per-part reduction tree
-    /// measured slower here).
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    pub(crate) fn q4_k_tile_gemv(
-        w: &[q4_k_tiles::Raw],
-        tq: &[[[i8; QK_K]; 4]],
-        td: &[[f32; 4]],
-        tb: &[[i16; 32]],
-    ) -> [f32; 4] {
-        q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
     },
     /// Q4_K tiles, eight weight rows ([`q4_k_tiles::Rows8`]) times four activation rows with
     /// the rounding of [`q4_k_tiles::tile_gemm`] (or, `GEMV`, of [`q4_k_tiles::tile_gemv`]:
@@ -362,15 +363,6 @@ vnni_kernels!(
     "avx2,fma,f16c,avxvnni",
     _mm256_dpbusd_avx_epi32,
     _mm256_dpwssd_avx_epi32,
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    pub(crate) fn q4_k_tile_gemv(
-        w: &[q4_k_tiles::Raw],
-        tq: &[[[i8; QK_K]; 4]],
-        td: &[[f32; 4]],
-        tb: &[[i16; 32]],
-    ) -> [f32; 4] {
-        q4_k_tiles::tile_gemv_with(|acc, lo, hi| q4_step(acc, lo, hi), w, tq, td, tb)
-    },
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     pub(crate) fn q4_k_tile_gemm(
         w: &[Block],
