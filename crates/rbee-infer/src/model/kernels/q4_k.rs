@@ -115,8 +115,8 @@ impl Q4KMatrix {
             let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
-                // Where the kernel set has it, gemm groups take eight weight rows at a time;
-                // the columns before `narrow` are done for them.
+                // Where the kernel set has it and the groups are enough, they take eight weight
+                // rows at a time; the columns before `narrow` are then done.
                 let narrow = tiles.each8(
                     set,
                     groups.clone(),
@@ -164,7 +164,7 @@ impl Q4KMatrix {
                     out[o..o + 4].copy_from_slice(&sums);
                 }
             }
-            for c in whole..cols.end {
+            for c in (whole..cols.end).filter(|_| !gemv.is_empty()) {
                 let w = unpack_row(weight(c), &mut unpacked);
                 for &r in &gemv {
                     out[r * width + c - cols.start] =
