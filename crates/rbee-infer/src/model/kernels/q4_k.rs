@@ -398,8 +398,10 @@ fn dot_tile<const T: usize>(
 
 /// Row groups from which the AVX-512 set's eight-weight-row tiles pay for interleaving the
 /// weight rows (at least four in each cache block of groups, which the interleaving is
-/// repeated for). Measured on the 1.5B: a decode step of 16 sequences (4 groups) lost 15% with
-/// them, an 88-token prompt (22 groups, 4 to a block on the 8960-wide matrix) gained.
+/// repeated for). Measured on the 1.5B (`bench_batch`, `bench_infer`, 2 threads, single runs):
+/// 4 decode streams (one group) 21 tok/s with them against 45 without; 16 streams (4 groups)
+/// 47 with them, 51–54 without; an 88-token prompt (22 groups, 4 to a cache block on the
+/// 8960-wide matrix) 97–101 tok/s when four to a block suffice, 91–94 when eight were needed.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 const TILE8_MIN_GROUPS: usize = 8;
 
@@ -494,13 +496,8 @@ impl Tiles {
         let mut c = cols.start;
         while c + 8 <= cols.end {
             super::q4_k_tiles::interleave8(std::array::from_fn(|t| weight(c + t)), &mut rows8);
-            for (g, &(first, kernel)) in self
-                .groups
-                .iter()
-                .enumerate()
-                .take(range.end)
-                .skip(range.start)
-            {
+            for g in range.clone() {
+                let (first, kernel) = self.groups[g];
                 let b = g * nb..(g + 1) * nb;
                 if let Some(sums) = q4_k_tile8(
                     set,
