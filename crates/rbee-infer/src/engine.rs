@@ -687,6 +687,11 @@ impl Decoder {
             started,
         } = self;
         let model = opened.load(runtime)?;
+        // Weights in the kernels' memory, and of them those used in place from the mapped file.
+        let (weights_mib, mapped_mib) = (
+            model.memory_in_use() >> 20,
+            model.mapped_weight_bytes() >> 20,
+        );
         let max_sequences = opts.max_sequences.max(1);
         let kv_budget = opts.kv_budget(context);
         let info = ModelInfo {
@@ -732,7 +737,7 @@ impl Decoder {
             .name(format!("rbee-model-{}", info.architecture))
             .spawn(move || scheduler.run())
             .map_err(InferError::Thread)?;
-        tracing::info!(path = %path.display(), secs = info.load_secs, runtime = info.runtime, max_sequences, kv_budget, "model loaded");
+        tracing::info!(path = %path.display(), secs = info.load_secs, runtime = info.runtime, max_sequences, kv_budget, weights_mib, mapped_mib, "model loaded");
         Ok(Arc::new(CandleModel {
             info,
             jobs,

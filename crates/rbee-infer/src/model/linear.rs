@@ -20,7 +20,7 @@ use super::kernels::float::{FloatKind, FloatMatrix};
 use super::kernels::q4_k::Q4KMatrix;
 use super::kernels::q6_k::Q6KMatrix;
 use super::kernels::q8_0::Q8_0Matrix;
-use super::weights::{Blocks, TensorReader};
+use super::weights::{BlockData, Blocks, TensorReader};
 
 /// Where one activation row sits in the batch llama.cpp would run it in: row `row` of a
 /// batch of `batch` rows, of sequence `seq`. Some kernels round differently by that place
@@ -93,6 +93,30 @@ fn by_class<K: PartialEq + Copy>(
         }
     }
     Ok(out)
+}
+
+/// The mapped ranges of `parts` when every one is a Q4_K matrix in place in a mapped file
+/// (the Q4_K kernels read ggml's blocks, so these need no copy).
+fn in_place_parts(parts: &[&Blocks]) -> Option<Vec<super::mapped::MappedRange>> {
+    parts
+        .iter()
+        .map(|b| match &b.data {
+            BlockData::Mapped(r) if b.dtype == GgmlDType::Q4K => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// [`in_place_parts`] of one matrix, as a kernel matrix (an error if its bytes are not whole
+/// rows of its shape).
+fn in_place(parts: &[Blocks]) -> Option<Result<Q4KMatrix, ModelError>> {
+    let [b] = parts else { return None };
+    let ranges = in_place_parts(&[b])?;
+    Some(
+        Q4KMatrix::mapped(ranges, b.cols)
+            .filter(|m| m.rows == b.rows)
+            .ok_or_else(|| shape_error(&b.name, b.dtype, b.rows, b.cols)),
+    )
 }
 
 enum Kernel {
@@ -186,7 +210,7 @@ impl Builder {
                     dtype,
                     rows: n,
                     cols: k,
-                    data,
+                    data: data.into(),
                 };
                 let expected = n * k / dtype.block_size() * dtype.type_size();
                 if blocks.data.len() != expected {
@@ -202,6 +226,9 @@ impl Builder {
 impl Linear {
     pub fn new(blocks: Blocks, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
         let (n, k, dtype) = (blocks.rows, blocks.cols, blocks.dtype);
+        if let Some(m) = in_place(std::slice::from_ref(&blocks)) {
+            return Linear::finish(blocks.name, dtype, n, k, Builder::Q4K(m?), bias);
+        }
         let mut builder =
             Builder::new(dtype, n, k).ok_or_else(|| shape_error(&blocks.name, dtype, n, k))?;
         if !builder.push(&blocks.data, dtype) {
@@ -212,7 +239,7 @@ impl Linear {
 
     /// Reads weight `name` (`rows × cols`) from the file chunk by chunk,
     /// converting as it goes, so a large matrix (the embedding) never sits in
-    /// memory twice.
+    /// memory twice; a matrix the reader hands out in place is used in place.
     pub fn load(
         reader: &mut TensorReader<'_>,
         name: &str,
@@ -220,6 +247,9 @@ impl Linear {
         cols: usize,
         bias: Option<Vec<f32>>,
     ) -> Result<Linear, ModelError> {
+        if reader.in_place(name) {
+            return Linear::new(reader.matrix(name, rows, cols)?, bias);
+        }
         let mut builder = None;
         let mut fits = true;
         let dtype = reader.matrix_chunks(name, rows, cols, |dtype, chunk| {
@@ -280,6 +310,8 @@ impl Linear {
             return Ok(None);
         }
         let any_bias = parts.iter().any(|(_, b)| b.is_some());
+        let blocks: Vec<&Blocks> = parts.iter().map(|(b, _)| b).collect();
+        let mapped = in_place_parts(&blocks);
         let mut names = Vec::new();
         let mut rows = 0;
         let mut data = Vec::new();
@@ -287,19 +319,33 @@ impl Linear {
         for (blocks, b) in parts {
             names.push(blocks.name);
             rows += blocks.rows;
-            data.extend_from_slice(&blocks.data);
+            if mapped.is_none() {
+                data.extend_from_slice(&blocks.data);
+            }
             if any_bias {
                 bias.extend(b.unwrap_or_else(|| vec![0.0; blocks.rows]));
             }
+        }
+        let bias = any_bias.then_some(bias);
+        if let Some(ranges) = mapped {
+            let m = Q4KMatrix::mapped(ranges, k)
+                .ok_or_else(|| shape_error(&names.join("+"), dtype, rows, k))?;
+            return Linear::finish(names.join("+"), dtype, rows, k, Builder::Q4K(m), bias)
+                .map(Some);
         }
         let blocks = Blocks {
             name: names.join("+"),
             dtype,
             rows,
             cols: k,
-            data,
+            data: BlockData::Owned(data),
         };
-        Linear::new(blocks, any_bias.then_some(bias)).map(Some)
+        Linear::new(blocks, bias).map(Some)
+    }
+
+    /// Whether the weights are used in place from the mapped model file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(&self.kernel, Kernel::Q4K(m) if m.is_mapped())
     }
 
     pub fn out_dim(&self) -> usize {
@@ -475,6 +521,15 @@ impl MultiLinear {
         self.parts.iter().map(Linear::weight_bytes).sum()
     }
 
+    /// Of [`weight_bytes`](Self::weight_bytes), those used in place from the mapped file.
+    pub fn mapped_bytes(&self) -> usize {
+        self.parts
+            .iter()
+            .filter(|p| p.is_mapped())
+            .map(Linear::weight_bytes)
+            .sum()
+    }
+
     /// Rows `ids` of a single matrix, dequantised: an embedding lookup.
     pub fn embedding(&self, ids: &[u32]) -> Result<Vec<f32>, ModelError> {
         match self.parts.as_slice() {
@@ -503,5 +558,141 @@ impl MultiLinear {
             col += n;
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use rbee_format::gguf::{GgmlType, GgufFile, GgufWriter};
+
+    use super::*;
+    use crate::model::kernels::test_blocks::{Rng, random_q4_k};
+
+    fn outputs(m: &MultiLinear, x: &[f32], rows: usize) -> Vec<Vec<u32>> {
+        // A prompt's rows (the gemm rounding) and a decode row (the gemv rounding).
+        let prompt = m.forward(x, &Origin::batch(0, rows).collect::<Vec<_>>());
+        let decode = m.forward(&x[..x.len() / rows], &[Origin::single(1)]);
+        [prompt.unwrap(), decode.unwrap()]
+            .iter()
+            .map(|y| y.iter().map(|v| v.to_bits()).collect())
+            .collect()
+    }
+
+    /// Q4_K matrices are used in place from the mapped file, alone and stacked from parts that
+    /// lie apart in it, and compute exactly what a copy of the same blocks computes; they keep
+    /// working after the reader is gone and the file is unlinked (a store evicting a loaded
+    /// model).
+    #[test]
+    fn q4_k_weights_are_used_in_place_and_compute_what_a_copy_does() {
+        let (cols, rows_a, rows_b, m) = (512, 24, 40, 5);
+        let mut rng = Rng(29);
+        let a = random_q4_k(&mut rng, rows_a * cols / 256);
+        let b = random_q4_k(&mut rng, rows_b * cols / 256);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let mut w = GgufWriter::new();
+        w.add_tensor(
+            "a",
+            &[cols as u64, rows_a as u64],
+            GgmlType::Q4_K,
+            a.clone(),
+        )
+        .add_tensor("pad", &[7], GgmlType::F32, vec![0u8; 28])
+        .add_tensor(
+            "b",
+            &[cols as u64, rows_b as u64],
+            GgmlType::Q4_K,
+            b.clone(),
+        );
+        w.write_file(&path).unwrap();
+        let header = GgufFile::open(&path).unwrap();
+        let mut reader = TensorReader::open(&path, &header).unwrap();
+        assert!(reader.in_place("a") && !reader.in_place("pad"));
+
+        let single =
+            MultiLinear::single(Linear::load(&mut reader, "a", rows_a, cols, None).unwrap());
+        let bias: Vec<f32> = (0..rows_b).map(|i| i as f32 / 8.0).collect();
+        let fused = MultiLinear::new(vec![
+            (reader.matrix("a", rows_a, cols).unwrap(), None),
+            (
+                reader.matrix("b", rows_b, cols).unwrap(),
+                Some(bias.clone()),
+            ),
+        ])
+        .unwrap();
+        drop(reader);
+        for (mapped, bytes) in [
+            (&single, single.weight_bytes()),
+            (&fused, fused.weight_bytes()),
+        ] {
+            assert_eq!(mapped.mapped_bytes(), bytes, "{mapped:?} is not in place");
+        }
+        assert_eq!(single.weight_bytes(), a.len());
+        assert_eq!(fused.weight_bytes(), a.len() + b.len());
+
+        let owned = |name: &str, rows, data: &[u8]| Blocks {
+            name: name.into(),
+            dtype: GgmlDType::Q4K,
+            rows,
+            cols,
+            data: data.to_vec().into(),
+        };
+        let single_copy = MultiLinear::new(vec![(owned("a", rows_a, &a), None)]).unwrap();
+        let fused_copy = MultiLinear::new(vec![
+            (owned("a", rows_a, &a), None),
+            (owned("b", rows_b, &b), Some(bias)),
+        ])
+        .unwrap();
+        assert_eq!(single_copy.mapped_bytes(), 0);
+        assert_eq!(fused_copy.mapped_bytes(), 0);
+
+        std::fs::remove_file(&path).unwrap();
+        let x: Vec<f32> = (0..m * cols).map(|_| 2.0 * rng.float()).collect();
+        assert_eq!(outputs(&single, &x, m), outputs(&single_copy, &x, m));
+        assert_eq!(outputs(&fused, &x, m), outputs(&fused_copy, &x, m));
+        // Rows of the second part come from the second range (not the first again).
+        let y = fused.forward(&x[..cols], &[Origin::single(0)]).unwrap();
+        let y_a = single.forward(&x[..cols], &[Origin::single(0)]).unwrap();
+        assert_eq!(&y[..rows_a], &y_a[..]);
+        assert_ne!(&y[rows_a..2 * rows_a], &y_a[..]);
+        assert_eq!(
+            single.embedding(&[3, 0, 23]).unwrap(),
+            single_copy.embedding(&[3, 0, 23]).unwrap()
+        );
+    }
+
+    /// `RBEE_MMAP=off` copies the same matrices into memory of their own; anything but on/off
+    /// is refused with the values it takes.
+    #[test]
+    fn the_mapping_setting_copies_weights_or_is_refused() {
+        let cols = 256;
+        let a = random_q4_k(&mut Rng(3), 8);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.gguf");
+        let mut w = GgufWriter::new();
+        w.add_tensor("a", &[cols, 8], GgmlType::Q4_K, a.clone());
+        w.write_file(&path).unwrap();
+        let header = GgufFile::open(&path).unwrap();
+        let mut reader = TensorReader::open(&path, &header).unwrap();
+        reader.copy_all();
+        assert!(!reader.in_place("a"));
+        let copied = MultiLinear::single(Linear::load(&mut reader, "a", 8, 256, None).unwrap());
+        assert_eq!((copied.weight_bytes(), copied.mapped_bytes()), (a.len(), 0));
+
+        use crate::model::weights::map_setting;
+        for (value, want) in [
+            (None, true),
+            (Some("on"), true),
+            (Some(" off "), false),
+            (Some("0"), false),
+        ] {
+            assert_eq!(map_setting(value).unwrap(), want, "{value:?}");
+        }
+        let err = map_setting(Some("no")).unwrap_err().to_string();
+        assert!(
+            err.contains("RBEE_MMAP=\"no\"") && err.contains("\"off\""),
+            "{err}"
+        );
     }
 }

@@ -1,16 +1,20 @@
 //! Model files mapped into memory for loading: the one module of the workspace's libraries
 //! allowed `unsafe` code (`tests/tests/layering.rs` keeps it so).
 //!
-//! A load reads every tensor once, converting it into its kernel's layout. Reading through a
-//! mapping instead of `read(2)` saves copying the whole file through a buffer (about a tenth of
-//! a 1.5B model's load, measured with `perf`), and the pages come straight from the page cache
-//! that other processes share. The mapping lives only while the model loads: the loaded
-//! weights are the kernels' own copies.
+//! A load reads every tensor once. Tensors stored in their kernel's layout (Q4_K: the kernels
+//! read ggml's blocks) are used in place: the matrix keeps a [`MappedRange`] of the file, so
+//! its pages are the page cache's, shared by every process that maps the same file and counted
+//! once. The other tensors are converted into their kernel's layout, reading through the
+//! mapping (which saves copying the whole file through a `read(2)` buffer, about a tenth of a
+//! 1.5B model's load, measured with `perf`), and their file pages are dropped from this
+//! process ([`MappedFile::release`]) once converted. The mapping lives as long as the last
+//! range a matrix keeps.
 
 #![allow(unsafe_code)]
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::{Advice, Mmap, UncheckedAdvice};
 
@@ -40,11 +44,12 @@ impl MappedFile {
         // or vanish (SIGBUS on truncation), if the file is modified while mapped. Nothing in rbee
         // writes a model file in place: the store writes every blob to a temporary file, syncs
         // it and renames it into place, never opens a blob for writing again, and removes one by
-        // unlinking it (a mapping keeps the unlinked inode's pages). The mapping is read-only,
-        // private to this load and dropped when the load ends. What remains is a user editing
-        // their own file in place while it loads (a path given to `infer`, or the source of an
-        // import hard-linked into the store): the same contract llama.cpp's default mmap loading
-        // has, stated in docs/ARCHITECTURE.md.
+        // unlinking it (a mapping keeps the unlinked inode's pages, so evicting a loaded model
+        // from the store is safe). The mapping is read-only and lives as long as the loaded
+        // model keeps ranges of it. What remains is a user editing their own file in place while
+        // it is loaded (a path given to `infer`, or the source of an import hard-linked into
+        // the store): the same contract llama.cpp's default mmap loading has, stated in
+        // docs/ARCHITECTURE.md.
         let map = unsafe { Mmap::map(&file)? };
         // The loader walks tensors in file order: ask for read-ahead.
         let _ = map.advise(Advice::Sequential);
@@ -92,6 +97,58 @@ impl MappedFile {
         let end = start.checked_add(usize::try_from(len).ok()?)?;
         self.map.get(start..end)
     }
+
+    /// Bytes `offset..offset + len` kept for use after the load (the mapping lives while any
+    /// such range does), or `None` when they do not lie inside the file. The load's sequential
+    /// read-ahead advice is lifted from them: with it the kernel would reclaim these pages
+    /// first under memory pressure, as pages read once.
+    pub fn keep(self: &Arc<Self>, offset: u64, len: u64) -> Option<MappedRange> {
+        self.bytes(offset, len)?;
+        let (start, len) = (usize::try_from(offset).ok()?, usize::try_from(len).ok()?);
+        let _ = self.map.advise_range(Advice::Normal, start, len);
+        Some(MappedRange {
+            file: Arc::clone(self),
+            start,
+            len,
+        })
+    }
+}
+
+/// A range of a mapped file that a loaded matrix uses in place.
+#[derive(Clone)]
+pub struct MappedRange {
+    file: Arc<MappedFile>,
+    start: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for MappedRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}[{}..{}]",
+            self.file.path.display(),
+            self.start,
+            self.start + self.len
+        )
+    }
+}
+
+impl MappedRange {
+    pub fn bytes(&self) -> &[u8] {
+        &self.file.map[self.start..self.start + self.len]
+    }
+}
+
+/// Reads one byte of every page of `bytes` (a slice of a mapping), so that each is mapped into
+/// this process now, read from the file if the page cache lacks it, as llama.cpp's
+/// `MAP_POPULATE` does: a load ends with its weights resident, and the first token does not pay
+/// the page faults. Returns the bytes folded together, so that no read is optimised away.
+pub(crate) fn touch_pages(bytes: &[u8]) -> u8 {
+    bytes
+        .iter()
+        .step_by(PAGE)
+        .fold(0u8, |acc, &b| acc ^ std::hint::black_box(b))
 }
 
 #[cfg(test)]

@@ -108,6 +108,11 @@ pub trait Runtime: Send + Sync + Debug + 'static {
     fn vector(&self, values: Vec<f32>) -> Result<Self::Vector, ModelError>;
     /// Bytes a matrix takes on the device.
     fn matrix_bytes(&self, m: &Self::Matrix) -> usize;
+    /// Of [`matrix_bytes`](Self::matrix_bytes), those used in place from the mapped model file
+    /// (page cache, shared with every process that maps the file).
+    fn matrix_mapped_bytes(&self, _m: &Self::Matrix) -> usize {
+        0
+    }
     /// An empty cache for one layer of one sequence (`k_row`, `v_row`: values per position).
     fn new_kv(&self, k_row: usize, v_row: usize) -> Self::Kv;
 

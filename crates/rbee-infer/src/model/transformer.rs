@@ -635,21 +635,30 @@ impl<R: Runtime> Transformer<R> {
 
     /// Bytes of weights and tables (each sequence's [`SeqCache::bytes`] comes on top).
     pub fn memory_in_use(&self) -> u64 {
+        let weights = self.sum_matrices(|rt, m| rt.matrix_bytes(m));
+        let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);
+        (weights + rope) as u64
+    }
+
+    /// Of the weights' bytes, those used in place from the mapped model file.
+    pub fn mapped_weight_bytes(&self) -> u64 {
+        self.sum_matrices(|rt, m| rt.matrix_mapped_bytes(m)) as u64
+    }
+
+    fn sum_matrices(&self, bytes: impl Fn(&R, &R::Matrix) -> usize) -> usize {
         let rt = &self.runtime;
-        let weights: usize = rt.matrix_bytes(&self.embedding)
-            + self.output.as_ref().map_or(0, |m| rt.matrix_bytes(m))
+        bytes(rt, &self.embedding)
+            + self.output.as_ref().map_or(0, |m| bytes(rt, m))
             + self
                 .layers
                 .iter()
                 .map(|l| {
-                    rt.matrix_bytes(&l.qkv)
-                        + rt.matrix_bytes(&l.wo)
-                        + rt.matrix_bytes(&l.gate_up)
-                        + rt.matrix_bytes(&l.down)
+                    bytes(rt, &l.qkv)
+                        + bytes(rt, &l.wo)
+                        + bytes(rt, &l.gate_up)
+                        + bytes(rt, &l.down)
                 })
-                .sum::<usize>();
-        let rope = self.rope_global.bytes() + self.rope_local.as_ref().map_or(0, Rope::bytes);
-        (weights + rope) as u64
+                .sum::<usize>()
     }
 }
 

@@ -11,16 +11,23 @@
 //!   llama.cpp's Q5_0 and Q8_0 dot products round identically, so one kernel
 //!   serves both.
 //! - Small tensors (norms, biases) become plain `Vec<f32>`.
+//!
+//! Q4_K matrices are not converted at all: their kernels read ggml's blocks, so
+//! [`TensorReader::matrix`] hands them out as ranges of the mapped file
+//! ([`BlockData::Mapped`]), used in place for as long as the model is loaded, unless
+//! `RBEE_MMAP=off` asks for copies (as llama.cpp's `--no-mmap`: for a file that may change
+//! while it is loaded).
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::CpuStorage;
 use candle_core::quantized::{GgmlDType, QuantizedType};
 use rbee_format::gguf::{GgmlType, GgufFile, TensorInfo};
 
 use super::error::{CandleContext, ModelError};
-use super::mapped::MappedFile;
+use super::mapped::{MappedFile, MappedRange};
 use super::safetensors::{Layout, SafetensorsModel, permute_rows};
 
 /// Bytes of one Q5_0 block and of one Q8_0 block (32 values each).
@@ -32,13 +39,31 @@ const Q8_0_BLOCK: usize = 34;
 /// (`mapped`) for as long as the model loads.
 pub struct TensorReader<'a> {
     header: &'a GgufFile,
-    files: Vec<MappedFile>,
+    files: Vec<Arc<MappedFile>>,
     layout: Option<&'a Layout>,
+    /// Matrices in their kernel's layout are used in place ([`map_setting`]).
+    in_place: bool,
+}
+
+/// What `RBEE_MMAP` (its value, None if unset) asks: whether weights in their kernel's layout
+/// are used in place from the mapped file (the default) or copied into memory of their own.
+pub(crate) fn map_setting(value: Option<&str>) -> Result<bool, ModelError> {
+    match value.map(str::trim) {
+        None | Some("" | "on" | "1" | "true") => Ok(true),
+        Some("off" | "0" | "false") => Ok(false),
+        Some(other) => Err(ModelError::Unsupported(format!(
+            "RBEE_MMAP={other:?}: use \"on\" (weights used in place from the mapped file, the default) or \"off\" (copied into memory)"
+        ))),
+    }
+}
+
+fn in_place_setting() -> Result<bool, ModelError> {
+    map_setting(std::env::var("RBEE_MMAP").ok().as_deref())
 }
 
 impl std::fmt::Debug for TensorReader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let files: Vec<_> = self.files.iter().map(MappedFile::path).collect();
+        let files: Vec<_> = self.files.iter().map(|f| f.path()).collect();
         f.debug_struct("TensorReader")
             .field("files", &files)
             .finish_non_exhaustive()
@@ -51,7 +76,42 @@ pub struct Blocks {
     pub dtype: GgmlDType,
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<u8>,
+    pub data: BlockData,
+}
+
+/// A matrix's ggml block bytes: converted (or copied) into memory, or in place in the mapped
+/// model file.
+#[derive(Debug, Clone)]
+pub enum BlockData {
+    Owned(Vec<u8>),
+    Mapped(MappedRange),
+}
+
+impl std::ops::Deref for BlockData {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlockData::Owned(v) => v,
+            BlockData::Mapped(r) => r.bytes(),
+        }
+    }
+}
+
+impl From<Vec<u8>> for BlockData {
+    fn from(v: Vec<u8>) -> BlockData {
+        BlockData::Owned(v)
+    }
+}
+
+impl BlockData {
+    /// The bytes in memory of their own (a copy when they are mapped).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            BlockData::Owned(v) => v,
+            BlockData::Mapped(r) => r.bytes().to_vec(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Blocks {
@@ -71,10 +131,11 @@ impl Blocks {
         // (2 for f16 scales, 4 for f32); allocator memory always satisfies it,
         // but check rather than risk a panic inside candle.
         let align = if self.dtype == GgmlDType::F32 { 4 } else { 2 };
-        let data = if (self.data.as_ptr() as usize).is_multiple_of(align) {
-            self.data
+        let data = self.data.into_vec();
+        let data = if (data.as_ptr() as usize).is_multiple_of(align) {
+            data
         } else {
-            self.data.to_vec()
+            data.to_vec()
         };
         if !(data.as_ptr() as usize).is_multiple_of(align) {
             return Err(ModelError::Unsupported(format!(
@@ -92,6 +153,7 @@ impl<'a> TensorReader<'a> {
             header,
             files: vec![open_file(path)?],
             layout: None,
+            in_place: in_place_setting()?,
         })
     }
 
@@ -106,6 +168,7 @@ impl<'a> TensorReader<'a> {
                 .map(|p| open_file(p))
                 .collect::<Result<_, _>>()?,
             layout: Some(&model.layout),
+            in_place: in_place_setting()?,
         })
     }
 
@@ -119,7 +182,7 @@ impl<'a> TensorReader<'a> {
     }
 
     /// The file holding `info`'s bytes.
-    fn file_for(&self, info: &TensorInfo) -> Result<&MappedFile, ModelError> {
+    fn file_for(&self, info: &TensorInfo) -> Result<&Arc<MappedFile>, ModelError> {
         let index = match self.layout {
             Some(l) => *l
                 .file_of
@@ -130,6 +193,12 @@ impl<'a> TensorReader<'a> {
         self.files
             .get(index)
             .ok_or_else(|| ModelError::MissingTensor(info.name.clone()))
+    }
+
+    /// Copies every matrix into memory of its own, as `RBEE_MMAP=off` does.
+    #[cfg(test)]
+    pub(crate) fn copy_all(&mut self) {
+        self.in_place = false;
     }
 
     /// `info`'s bytes, in place in the mapped file.
@@ -176,13 +245,40 @@ impl<'a> TensorReader<'a> {
         Ok(data)
     }
 
-    /// A 2-D weight stored as ggml `[cols, rows]`, checked against the expected shape.
+    /// Whether [`matrix`](Self::matrix) hands `name` out in place (a Q4_K matrix whose rows
+    /// need no permuting).
+    pub fn in_place(&self, name: &str) -> bool {
+        self.in_place
+            && self.info(name).is_some_and(|info| {
+                info.dtype == GgmlType::Q4_K && self.permuted_heads(name).is_none()
+            })
+    }
+
+    /// A 2-D weight stored as ggml `[cols, rows]`, checked against the expected shape; in place
+    /// in the mapped file where [`in_place`](Self::in_place) says so.
     pub fn matrix(&mut self, name: &str, rows: usize, cols: usize) -> Result<Blocks, ModelError> {
         let info = self
             .info(name)
             .ok_or_else(|| ModelError::MissingTensor(name.into()))?;
         check_shape(info, &[cols as u64, rows as u64])?;
         let dtype = candle_dtype(info)?;
+        if self.in_place(name) {
+            let file = self.file_for(info)?;
+            let range = file.keep(info.offset, info.size).ok_or_else(|| {
+                // `bytes_of`'s error: the range lies past the end of the file.
+                match self.bytes_of(info) {
+                    Err(e) => e,
+                    Ok(_) => ModelError::Unsupported(format!("{name}: cannot map its bytes")),
+                }
+            })?;
+            return Ok(Blocks {
+                name: name.to_owned(),
+                dtype,
+                rows,
+                cols,
+                data: BlockData::Mapped(range),
+            });
+        }
         let mut data = self.raw(info)?;
         let mut dtype_out = dtype;
         if dtype == GgmlDType::Q5_0 {
@@ -194,7 +290,7 @@ impl<'a> TensorReader<'a> {
             dtype: dtype_out,
             rows,
             cols,
-            data,
+            data: BlockData::Owned(data),
         })
     }
 
@@ -291,8 +387,9 @@ impl<'a> TensorReader<'a> {
 }
 
 /// Bytes a 2-D weight occupies once loaded into its kernel's layout (see
-/// `kernels`): Q8_0 and Q5_0 as f32 scales plus i8 codes, k-quants as their kernels'
-/// blocks (unpacked scales and codes), float types widened to f32. 1-D tensors stay f32.
+/// `kernels`): Q8_0 and Q5_0 as f32 scales plus i8 codes, Q4_K its file bytes (used in
+/// place: page cache, but resident all the same), Q6_K its kernels' blocks, float types
+/// widened to f32. 1-D tensors stay f32.
 pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
     let n = info.n_elements();
     if info.dims.len() < 2 {
@@ -307,12 +404,14 @@ pub(crate) fn loaded_size(info: &TensorInfo) -> u64 {
     }
 }
 
-fn open_file(path: &Path) -> Result<MappedFile, ModelError> {
-    MappedFile::open(path).map_err(|source| ModelError::Io {
-        path: path.to_owned(),
-        tensor: String::new(),
-        source,
-    })
+fn open_file(path: &Path) -> Result<Arc<MappedFile>, ModelError> {
+    MappedFile::open(path)
+        .map(Arc::new)
+        .map_err(|source| ModelError::Io {
+            path: path.to_owned(),
+            tensor: String::new(),
+            source,
+        })
 }
 
 fn check_shape(info: &TensorInfo, expected: &[u64]) -> Result<(), ModelError> {

@@ -15,6 +15,7 @@ use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
 pub(crate) use super::q4_k_tiles::{Block, Raw};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
+use crate::model::mapped::{MappedRange, touch_pages};
 
 const BLOCK_BYTES: usize = 144;
 /// Bytes of one super-block once loaded ([`Raw`]: ggml's own).
@@ -30,11 +31,43 @@ fn unpack_row<'a>(w: &[Raw], into: &'a mut Vec<Block>) -> &'a [Block] {
     into
 }
 
+/// Where a Q4_K matrix's blocks live.
+#[derive(Debug)]
+enum Store {
+    /// Copied into memory of its own (tests, or bytes that came from no mapped file).
+    Copied(Pages<Raw>),
+    /// In place in the mapped model file: one range per stacked part (q, k and v, or gate and
+    /// up, lie apart in the file), each whole rows.
+    Mapped(Vec<MappedRange>),
+}
+
+/// A Q4_K matrix's weight rows, wherever they live: up to one slice per stacked part.
+struct Rows<'a> {
+    nb: usize,
+    /// Each part's first row and blocks, in row order.
+    parts: Vec<(usize, &'a [Raw])>,
+}
+
+impl<'a> Rows<'a> {
+    /// Weight row `c`'s blocks.
+    #[inline]
+    fn row(&self, c: usize) -> &'a [Raw] {
+        let (first, blocks) = self
+            .parts
+            .iter()
+            .rev()
+            .find(|(first, _)| *first <= c)
+            .copied()
+            .unwrap_or((0, &[]));
+        &blocks[(c - first) * self.nb..(c - first + 1) * self.nb]
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Q4KMatrix {
     pub rows: usize,
     pub cols: usize,
-    blocks: Pages<Raw>,
+    blocks: Store,
 }
 
 impl Q4KMatrix {
@@ -50,38 +83,102 @@ impl Q4KMatrix {
         Some(Q4KMatrix {
             rows,
             cols,
-            blocks: Pages::with_capacity(rows.checked_mul(cols)? / QK_K),
+            blocks: Store::Copied(Pages::with_capacity(rows.checked_mul(cols)? / QK_K)),
         })
+    }
+
+    /// A matrix over ggml blocks in place in a mapped file: `parts` stacked row-wise, each
+    /// whole rows of `cols` values (else `None`). Every page is mapped in now, in parallel
+    /// ([`touch_pages`]), so the load ends with the weights resident.
+    pub fn mapped(parts: Vec<MappedRange>, cols: usize) -> Option<Q4KMatrix> {
+        cols.is_multiple_of(QK_K).then_some(())?;
+        let row_bytes = cols / QK_K * BLOCK_BYTES;
+        let mut rows = 0;
+        for p in &parts {
+            let len = p.bytes().len();
+            (row_bytes > 0 && len.is_multiple_of(row_bytes)).then_some(())?;
+            rows += len / row_bytes;
+        }
+        for p in &parts {
+            const CHUNK: usize = 1 << 20;
+            let bytes = p.bytes();
+            let mut folded = vec![0u8; bytes.len().div_ceil(CHUNK)];
+            super::pool::par_jobs(&mut folded, 1, bytes.len() >= 4 * CHUNK, |i, out| {
+                out[0] = touch_pages(&bytes[i * CHUNK..((i + 1) * CHUNK).min(bytes.len())]);
+            });
+            std::hint::black_box(folded);
+        }
+        Some(Q4KMatrix {
+            rows,
+            cols,
+            blocks: Store::Mapped(parts),
+        })
+    }
+
+    /// Whether the blocks are used in place from a mapped file.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.blocks, Store::Mapped(_))
+    }
+
+    fn weight_rows(&self) -> Rows<'_> {
+        let nb = self.cols / QK_K;
+        let parts = match &self.blocks {
+            Store::Copied(pages) => vec![(0, &pages[..])],
+            Store::Mapped(ranges) => {
+                let mut first = 0;
+                ranges
+                    .iter()
+                    .map(|r| {
+                        let blocks: &[Raw] = bytemuck::cast_slice(r.bytes());
+                        let part = (first, blocks);
+                        first += blocks.len() / nb.max(1);
+                        part
+                    })
+                    .collect()
+            }
+        };
+        Rows { nb, parts }
+    }
+
+    /// Blocks in the matrix.
+    fn len(&self) -> usize {
+        match &self.blocks {
+            Store::Copied(pages) => pages.len(),
+            Store::Mapped(ranges) => ranges.iter().map(|r| r.bytes().len() / BLOCK_BYTES).sum(),
+        }
     }
 
     /// Appends whole Q4_K blocks (ggml bytes); false if `data` is not whole
     /// blocks or would overfill the matrix.
     pub fn push(&mut self, data: &[u8]) -> bool {
         let n = data.len() / BLOCK_BYTES;
+        let Store::Copied(blocks) = &mut self.blocks else {
+            return false;
+        };
         if !data.len().is_multiple_of(BLOCK_BYTES)
-            || self.blocks.len() + n > self.rows * self.cols / QK_K
+            || blocks.len() + n > self.rows * self.cols / QK_K
         {
             return false;
         }
         // ggml's blocks are the stored form: a copy, in parallel chunks.
         let raw: &[Raw] = bytemuck::cast_slice(data);
         const CHUNK: usize = 1024;
-        let spare = &mut self.blocks.spare_mut()[..n];
+        let spare = &mut blocks.spare_mut()[..n];
         let (whole, tail) = spare.split_at_mut(n / CHUNK * CHUNK);
         super::pool::par_jobs(whole, CHUNK, n >= PARALLEL_UNPACK, |i, out| {
             out.copy_from_slice(&raw[i * CHUNK..(i + 1) * CHUNK]);
         });
         tail.copy_from_slice(&raw[n / CHUNK * CHUNK..]);
-        self.blocks.set_filled(n);
+        blocks.set_filled(n);
         true
     }
 
     pub fn is_complete(&self) -> bool {
-        self.blocks.len() == self.rows * self.cols / QK_K
+        self.len() == self.rows * self.cols / QK_K
     }
 
     pub fn bytes(&self) -> usize {
-        self.blocks.len() * std::mem::size_of::<Raw>()
+        self.len() * std::mem::size_of::<Raw>()
     }
 
     /// `m` rows of activations times the transpose; `kernels[r]` chooses the
@@ -108,11 +205,12 @@ impl Q4KMatrix {
         let (gemv, others): (Vec<usize>, Vec<usize>) =
             rest.iter().partition(|&&r| kernels[r] == RowKernel::Gemv);
         let pair_sums = pair_sums(&acts);
+        let rows = self.weight_rows();
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
             // The prompt kernels' weight row, unpacked once for all the rows they serve.
             let mut unpacked = Vec::with_capacity(nb);
-            let weight = |c: usize| &self.blocks[c * nb..(c + 1) * nb];
+            let weight = |c: usize| rows.row(c);
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
                 // Where the kernel set has it and the groups are enough, they take eight weight
@@ -193,8 +291,7 @@ impl Q4KMatrix {
 
     /// Dequantised row `r`, as ggml's `dequantize_row_q4_K`.
     pub fn row(&self, r: usize, out: &mut Vec<f32>) {
-        let nb = self.cols / QK_K;
-        for b in self.blocks[r * nb..(r + 1) * nb].iter().map(Raw::unpack) {
+        for b in self.weight_rows().row(r).iter().map(Raw::unpack) {
             for j in 0..4 {
                 let (d1, m1) = (
                     b.d * f32::from(b.scales[2 * j]),
@@ -706,8 +803,11 @@ mod tests {
         quantize_q8_k(&x, &mut acts);
         let a = codes(&acts.q);
         let nb = cols / QK_K;
-        let raw = |c: usize| &w.blocks[c * nb..(c + 1) * nb];
-        let unpacked: Vec<Block> = w.blocks.iter().map(Raw::unpack).collect();
+        let stored = w.weight_rows();
+        let raw = |c: usize| stored.row(c);
+        let unpacked: Vec<Block> = (0..w.rows)
+            .flat_map(|c| stored.row(c).iter().map(Raw::unpack))
+            .collect();
         let weight = |c: usize| &unpacked[c * nb..(c + 1) * nb];
         let sums = pair_sums(&acts);
         for r in 0..m {

@@ -79,6 +79,10 @@ impl Runtime for Cpu {
         m.weight_bytes()
     }
 
+    fn matrix_mapped_bytes(&self, m: &MultiLinear) -> usize {
+        m.mapped_bytes()
+    }
+
     fn new_kv(&self, k_row: usize, v_row: usize) -> LayerCache {
         LayerCache::new(k_row, v_row)
     }

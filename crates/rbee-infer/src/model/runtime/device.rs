@@ -72,7 +72,7 @@ pub struct DeviceMatrix {
 fn qmatmul(device: &Device, b: Blocks) -> Result<(QMatMul, usize), ModelError> {
     let name = b.name.clone();
     let (rows, cols, dtype) = (b.rows, b.cols, b.dtype);
-    let storage = QStorage::from_data(Cow::Owned(b.data), device, dtype)
+    let storage = QStorage::from_data(Cow::Borrowed(&*b.data), device, dtype)
         .context(|| format!("{name}: uploading its blocks"))?;
     let tensor = QTensor::new(storage, (rows, cols)).context(|| format!("{name}: its shape"))?;
     let bytes = tensor.storage_size_in_bytes();
@@ -88,7 +88,9 @@ fn stack(parts: Vec<Blocks>) -> Vec<Blocks> {
         match out.last_mut() {
             Some(last) if last.dtype == b.dtype && last.cols == b.cols => {
                 last.rows += b.rows;
-                last.data.extend_from_slice(&b.data);
+                let mut data = std::mem::replace(&mut last.data, Vec::new().into()).into_vec();
+                data.extend_from_slice(&b.data);
+                last.data = data.into();
                 last.name = format!("{}+{}", last.name, b.name);
             }
             _ => out.push(b),

@@ -70,6 +70,9 @@ impl Runtime for Nudged {
     fn matrix_bytes(&self, m: &MultiLinear) -> usize {
         Cpu.matrix_bytes(m)
     }
+    fn matrix_mapped_bytes(&self, m: &MultiLinear) -> usize {
+        Cpu.matrix_mapped_bytes(m)
+    }
     fn new_kv(&self, k_row: usize, v_row: usize) -> LayerCache {
         Cpu.new_kv(k_row, v_row)
     }

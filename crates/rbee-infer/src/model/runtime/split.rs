@@ -281,6 +281,13 @@ impl Runtime for Split {
         }
     }
 
+    fn matrix_mapped_bytes(&self, m: &SplitMatrix) -> usize {
+        match m {
+            SplitMatrix::Host(m) => self.cpu.matrix_mapped_bytes(m),
+            SplitMatrix::Device(s, m) => self.device(*s).matrix_mapped_bytes(m),
+        }
+    }
+
     fn new_kv(&self, k_row: usize, v_row: usize) -> SplitKv {
         SplitKv::Unplaced { k_row, v_row }
     }
