@@ -833,4 +833,91 @@ mod tests {
             }
         }
     }
+
+    /// Decode rows (one activation row, the gemv rounding, four weight rows a call) on every
+    /// kernel set this CPU runs, one thread: every set gives the AVX2 set's bits, on rows of a
+    /// 1.5B model's width (1536: six super-blocks).
+    ///
+    /// With `RBEE_KERNEL_BENCH_ROUNDS=N` it also times them, best of N alternating rounds, on
+    /// 1024 weight rows (1.3 MiB, in cache after the first round) and on 65536 (85 MiB, read
+    /// from memory each round), and prints the weight bytes per second: what one thread's decode
+    /// could read if memory were no limit, beside what it reads when it is (docs/BENCHMARKS.md:
+    /// `RBEE_KERNEL_BENCH_ROUNDS=5 cargo test --release -p rbee-infer --lib
+    /// decode_rows_on_every_set -- --nocapture`).
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    #[test]
+    fn decode_rows_on_every_set() {
+        use crate::model::kernels::dispatch::{KernelSet, Kernels};
+        let cols = 1536;
+        let nb = cols / QK_K;
+        let mut rng = Rng(41);
+        let x: Vec<f32> = (0..cols).map(|_| 2.0 * rng.float()).collect();
+        let mut acts = Q8KRows::default();
+        quantize_q8_k(&x, &mut acts);
+        let a = codes(&acts.q);
+        let sums = pair_sums(&acts);
+        let sets: Vec<Kernels> = KernelSet::ALL
+            .into_iter()
+            .filter_map(|s| Kernels::new(s).ok())
+            .collect();
+        let avx2 = Kernels::new(KernelSet::Avx2).unwrap();
+        let run = |set: Kernels, w: &Q4KMatrix| -> Vec<f32> {
+            let rows = w.weight_rows();
+            (0..w.rows)
+                .step_by(4)
+                .flat_map(|c| {
+                    row_gemv4_on(
+                        set,
+                        std::array::from_fn(|t| rows.row(c + t)),
+                        &acts,
+                        &a,
+                        &sums,
+                        0,
+                    )
+                })
+                .collect()
+        };
+        let small = Q4KMatrix::from_blocks(&random_q4_k(&mut rng, 1024 * nb), 1024, cols).unwrap();
+        let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+        let want = bits(run(avx2, &small));
+        for &set in &sets {
+            assert!(
+                bits(run(set, &small)) == want,
+                "{} differs from avx2",
+                set.set().name()
+            );
+        }
+        let rounds: usize = std::env::var("RBEE_KERNEL_BENCH_ROUNDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if rounds == 0 {
+            return;
+        }
+        let large =
+            Q4KMatrix::from_blocks(&random_q4_k(&mut rng, 65536 * nb), 65536, cols).unwrap();
+        let mut best = vec![[f64::INFINITY; 2]; sets.len()];
+        for _ in 0..rounds {
+            for (i, &set) in sets.iter().enumerate() {
+                for (j, w) in [&small, &large].into_iter().enumerate() {
+                    // The small matrix 32 times a round, so that its time is not one call's.
+                    let times = if j == 0 { 32 } else { 1 };
+                    let started = std::time::Instant::now();
+                    for _ in 0..times {
+                        std::hint::black_box(run(set, w));
+                    }
+                    let secs = started.elapsed().as_secs_f64() / times as f64;
+                    best[i][j] = best[i][j].min(secs / w.bytes() as f64);
+                }
+            }
+        }
+        for (set, b) in sets.iter().zip(&best) {
+            println!(
+                "q4_k decode rows, {}, one thread: {:.1} GB/s in cache, {:.1} GB/s from memory",
+                set.set().name(),
+                1e-9 / b[0],
+                1e-9 / b[1]
+            );
+        }
+    }
 }
