@@ -329,6 +329,7 @@ impl Linear {
         let bias = any_bias.then_some(bias);
         if let Some(ranges) = mapped {
             let m = Q4KMatrix::mapped(ranges, k)
+                .filter(|m| m.rows == rows)
                 .ok_or_else(|| shape_error(&names.join("+"), dtype, rows, k))?;
             return Linear::finish(names.join("+"), dtype, rows, k, Builder::Q4K(m), bias)
                 .map(Some);
@@ -563,7 +564,7 @@ impl MultiLinear {
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
-mod tests {
+pub(crate) mod tests {
     use rbee_format::gguf::{GgmlType, GgufFile, GgufWriter};
 
     use super::*;
@@ -660,6 +661,55 @@ mod tests {
             single.embedding(&[3, 0, 23]).unwrap(),
             single_copy.embedding(&[3, 0, 23]).unwrap()
         );
+    }
+
+    /// A file whose GGUF alignment is 1 can put a Q4_K matrix at an odd offset: it is used in
+    /// place all the same (the kernels read bytes, not aligned words) and computes what a copy
+    /// does.
+    #[test]
+    fn a_q4_k_matrix_at_an_odd_offset_is_used_in_place() {
+        let (rows, cols) = (8, 256);
+        let a = random_q4_k(&mut Rng(11), rows);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("odd.gguf");
+        let header = odd_offset_gguf(&path, &a, rows as u64, cols as u64);
+        let mut reader = TensorReader::open(&path, &header).unwrap();
+        let mapped = MultiLinear::single(Linear::load(&mut reader, "a", rows, cols, None).unwrap());
+        assert_eq!(mapped.mapped_bytes(), a.len());
+        let copy = MultiLinear::new(vec![(
+            Blocks {
+                name: "a".into(),
+                dtype: GgmlDType::Q4K,
+                rows,
+                cols,
+                data: a.clone().into(),
+            },
+            None,
+        )])
+        .unwrap();
+        let x: Vec<f32> = (0..4 * cols).map(|i| (i % 13) as f32 / 6.0 - 1.0).collect();
+        assert_eq!(outputs(&mapped, &x, 4), outputs(&copy, &x, 4));
+    }
+
+    /// A GGUF (alignment 1) holding Q4_K matrix "a" (`data`, `rows × cols`) at an odd offset.
+    pub(crate) fn odd_offset_gguf(
+        path: &std::path::Path,
+        data: &[u8],
+        rows: u64,
+        cols: u64,
+    ) -> GgufFile {
+        for pad in 0..2 {
+            let mut w = GgufWriter::new();
+            w.set_alignment(1)
+                .add("general.name", "x".repeat(pad + 1).as_str())
+                .add_tensor("a", &[cols, rows], GgmlType::Q4_K, data.to_vec());
+            w.write_file(path).unwrap();
+            let header = GgufFile::open(path).unwrap();
+            if header.tensor("a").unwrap().offset % 2 == 1 {
+                return header;
+            }
+        }
+        unreachable!("one more byte of header moves the data by one");
     }
 
     /// `RBEE_MMAP=off` copies the same matrices into memory of their own; anything but on/off

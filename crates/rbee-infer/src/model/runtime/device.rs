@@ -72,7 +72,14 @@ pub struct DeviceMatrix {
 fn qmatmul(device: &Device, b: Blocks) -> Result<(QMatMul, usize), ModelError> {
     let name = b.name.clone();
     let (rows, cols, dtype) = (b.rows, b.cols, b.dtype);
-    let storage = QStorage::from_data(Cow::Borrowed(&*b.data), device, dtype)
+    // candle reinterprets the bytes as its blocks and asserts their alignment (at most 4):
+    // bytes in place in a file whose GGUF alignment is smaller are copied first.
+    let data = if (b.data.as_ptr() as usize).is_multiple_of(4) {
+        Cow::Borrowed(&*b.data)
+    } else {
+        Cow::Owned(b.data.to_vec())
+    };
+    let storage = QStorage::from_data(data, device, dtype)
         .context(|| format!("{name}: uploading its blocks"))?;
     let tensor = QTensor::new(storage, (rows, cols)).context(|| format!("{name}: its shape"))?;
     let bytes = tensor.storage_size_in_bytes();
@@ -612,6 +619,24 @@ mod tests {
             w[..5].iter().map(|v| v.is_finite()).collect::<Vec<_>>(),
             [false, false, true, true, false]
         );
+    }
+
+    /// A Q4_K matrix in place at an odd offset of its file (GGUF alignment 1) is copied before
+    /// candle, which asserts its blocks' alignment, takes it: the load succeeds.
+    #[test]
+    fn a_matrix_at_an_odd_offset_of_its_file_loads() {
+        use crate::model::kernels::test_blocks::{Rng, random_q4_k};
+        use crate::model::linear::tests::odd_offset_gguf;
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("odd.gguf");
+        let header = odd_offset_gguf(&path, &random_q4_k(&mut Rng(5), 8), 8, 256);
+        let mut reader = TensorReader::open(&path, &header).expect("reader");
+        assert!(reader.in_place("a"));
+        let rt = DeviceRuntime::new(Device::Cpu, "cpu");
+        let m = rt
+            .load_matrix(&mut reader, "a", 8, 256, None)
+            .expect("loads");
+        assert_eq!(rt.matrix_bytes(&m), 8 * 144);
     }
 
     #[test]
