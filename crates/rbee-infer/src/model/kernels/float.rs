@@ -122,8 +122,48 @@ pub(crate) fn dot4(w: [&[f32]; 4], a: &[f32]) -> [f32; 4] {
 pub(crate) fn vec_dot(w: &[f32], a: &[f32], wide_tail: bool) -> f32 {
     let n = w.len();
     let np = n - n % 32;
+    let reduced = vec_dot_body(&w[..np], &a[..np]);
+    vec_dot_tail(w, a, np, reduced, wide_tail)
+}
+
+/// [`vec_dot`]'s steps of 32 and their reduction, in AVX registers (the scalar loops below
+/// compiled to 128-bit operations and shuffles: attention's decode rows run one per key and
+/// head).
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn vec_dot_body(w: &[f32], a: &[f32]) -> f32 {
+    use super::avx2::{fused_mul_add_m256, zeroed_m256};
+    use safe_arch::{add_m256, load_unaligned_m256};
+    let (w8, _) = w.as_chunks::<8>();
+    let (a8, _) = a.as_chunks::<8>();
+    let mut sum = [zeroed_m256(); 4];
+    for (w32, a32) in w8.chunks_exact(4).zip(a8.chunks_exact(4)) {
+        for j in 0..4 {
+            sum[j] = fused_mul_add_m256(
+                load_unaligned_m256(&w32[j]),
+                load_unaligned_m256(&a32[j]),
+                sum[j],
+            );
+        }
+    }
+    let x0 = add_m256(add_m256(sum[0], sum[2]), add_m256(sum[1], sum[3])).to_array();
+    // _mm_add_ps(lo, hi), then two horizontal adds.
+    let t0 = [x0[0] + x0[4], x0[1] + x0[5], x0[2] + x0[6], x0[3] + x0[7]];
+    (t0[0] + t0[1]) + (t0[2] + t0[3])
+}
+
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+#[inline(always)]
+fn vec_dot_body(w: &[f32], a: &[f32]) -> f32 {
+    vec_dot_scalar(w, a)
+}
+
+/// [`vec_dot_body`] lane by lane, for builds without AVX2 (and to check the AVX one against).
+#[cfg(any(test, not(all(target_arch = "x86_64", target_feature = "avx2"))))]
+#[inline(always)]
+fn vec_dot_scalar(w: &[f32], a: &[f32]) -> f32 {
     let mut sum = [[0f32; 8]; 4];
-    for (w32, a32) in w[..np].chunks_exact(32).zip(a[..np].chunks_exact(32)) {
+    for (w32, a32) in w.chunks_exact(32).zip(a.chunks_exact(32)) {
         for j in 0..4 {
             for l in 0..8 {
                 sum[j][l] = w32[8 * j + l].mul_add(a32[8 * j + l], sum[j][l]);
@@ -141,7 +181,11 @@ pub(crate) fn vec_dot(w: &[f32], a: &[f32], wide_tail: bool) -> f32 {
     }
     // _mm_add_ps(lo, hi), then two horizontal adds.
     let t0 = [x0[0] + x0[4], x0[1] + x0[5], x0[2] + x0[6], x0[3] + x0[7]];
-    let reduced = (t0[0] + t0[1]) + (t0[2] + t0[3]);
+    (t0[0] + t0[1]) + (t0[2] + t0[3])
+}
+
+#[inline(always)]
+fn vec_dot_tail(w: &[f32], a: &[f32], np: usize, reduced: f32, wide_tail: bool) -> f32 {
     if wide_tail {
         let mut s = f64::from(reduced);
         for (&wv, &av) in w[np..].iter().zip(&a[np..]) {
@@ -166,4 +210,37 @@ pub(crate) fn round_bf16(x: f32) -> f32 {
         (u.wrapping_add(0x7fff + ((u >> 16) & 1))) >> 16
     };
     f32::from_bits(bits << 16)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `vec_dot`'s steps in AVX registers add exactly what the lane-by-lane loops add, in the
+    /// same order: the same bits, for lengths with and without a tail.
+    #[test]
+    fn vec_dot_in_registers_equals_the_lanes() {
+        let mut seed = 7u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1 << 23) as f32 - 1.0
+        };
+        for n in [32, 64, 128, 160, 256, 1024] {
+            let w: Vec<f32> = (0..n).map(|_| next()).collect();
+            let a: Vec<f32> = (0..n).map(|_| next() * 3.0).collect();
+            assert_eq!(
+                vec_dot_body(&w, &a).to_bits(),
+                vec_dot_scalar(&w, &a).to_bits(),
+                "n = {n}"
+            );
+        }
+        // The tail (here 7 values) is added after the steps.
+        let w: Vec<f32> = (0..135).map(|_| next()).collect();
+        let a: Vec<f32> = (0..135).map(|_| next()).collect();
+        let want = w[128..].iter().zip(&a[128..]).fold(
+            f64::from(vec_dot_scalar(&w[..128], &a[..128])),
+            |s, (x, y)| s + f64::from(x * y),
+        ) as f32;
+        assert_eq!(vec_dot(&w, &a, true).to_bits(), want.to_bits());
+    }
 }
