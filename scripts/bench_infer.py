@@ -12,7 +12,9 @@ import sys
 import tempfile
 import time
 
-PROMPT_TOKENS = 88
+# 88 by default; RBEE_BENCH_PROMPT_TOKENS=1500 measures a long chat's context (the text is
+# repeated to length; at most 1900, so that the prompt and the greedy tokens fit n_ctx 2048).
+PROMPT_TOKENS = min(int(os.environ.get("RBEE_BENCH_PROMPT_TOKENS", "88")), 1900)
 THREADS = int(os.environ.get("RBEE_BENCH_THREADS", "2"))
 GEN_TOKENS = 64
 TEXT = (
@@ -102,7 +104,7 @@ def bench(model: str, binary: str, engines: dict, rounds: int, bw_binary: str) -
     bandwidths = []
     for _ in range(rounds):
         for name, python in engines.items():
-            runs[name].append(llama_cpp_run(python, model, TEXT))
+            runs[name].append(llama_cpp_run(python, model, TEXT * (PROMPT_TOKENS // 60 + 1)))
         bandwidths.append(bandwidth(bw_binary))
         runs["rbee"].append(rbee_run(binary, model, runs["portable"][-1]["prompt_ids"]))
     gb_s = max(bandwidths)
