@@ -231,8 +231,7 @@ fn heads(
         .chunks_exact(shape.head_dim)
         .map(|q| q.iter().map(|&v| round_f16(v)).collect())
         .collect();
-    let mut scores: Vec<Vec<f32>> = vec![Vec::with_capacity(positions.len()); g];
-    let mut max = vec![f32::NEG_INFINITY; g];
+    let mut scores: Vec<Vec<f32>> = vec![vec![0f32; positions.len()]; g];
     let mut pos = positions.start;
     let mut buf = vec![0f32; 4 * shape.head_dim.max(shape.head_dim_v)];
     while pos < positions.end {
@@ -251,14 +250,19 @@ fn heads(
             } else {
                 [float::dot(keys[0], &q16[h]), 0.0, 0.0, 0.0]
             };
-            for &dot in &dots[..count] {
-                let s = dot * shape.kq_scale;
-                max[h] = max[h].max(s);
-                scores[h].push(s);
+            let at = pos - positions.start;
+            for (s, &dot) in scores[h][at..at + count].iter_mut().zip(&dots) {
+                *s = dot * shape.kq_scale;
             }
         }
         pos += count;
     }
+    // The largest score per head, after the dots (a maximum does not depend on the order, and
+    // this loop vectorises where one per score did not).
+    let max: Vec<f32> = scores
+        .iter()
+        .map(|s| s.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s)))
+        .collect();
     let inv: Vec<f32> = scores
         .iter_mut()
         .zip(&max)
