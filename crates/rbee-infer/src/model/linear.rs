@@ -109,8 +109,7 @@ fn in_place_parts(parts: &[&Blocks]) -> Option<Vec<super::mapped::MappedRange>> 
 
 /// [`in_place_parts`] of one matrix, as a kernel matrix (an error if its bytes are not whole
 /// rows of its shape).
-fn in_place(parts: &[Blocks]) -> Option<Result<Q4KMatrix, ModelError>> {
-    let [b] = parts else { return None };
+fn in_place(b: &Blocks) -> Option<Result<Q4KMatrix, ModelError>> {
     let ranges = in_place_parts(&[b])?;
     Some(
         Q4KMatrix::mapped(ranges, b.cols)
@@ -226,7 +225,7 @@ impl Builder {
 impl Linear {
     pub fn new(blocks: Blocks, bias: Option<Vec<f32>>) -> Result<Linear, ModelError> {
         let (n, k, dtype) = (blocks.rows, blocks.cols, blocks.dtype);
-        if let Some(m) = in_place(std::slice::from_ref(&blocks)) {
+        if let Some(m) = in_place(&blocks) {
             return Linear::finish(blocks.name, dtype, n, k, Builder::Q4K(m?), bias);
         }
         let mut builder =

@@ -263,14 +263,12 @@ impl<'a> TensorReader<'a> {
         check_shape(info, &[cols as u64, rows as u64])?;
         let dtype = candle_dtype(info)?;
         if self.in_place(name) {
-            let file = self.file_for(info)?;
-            let range = file.keep(info.offset, info.size).ok_or_else(|| {
-                // `bytes_of`'s error: the range lies past the end of the file.
-                match self.bytes_of(info) {
-                    Err(e) => e,
-                    Ok(_) => ModelError::Unsupported(format!("{name}: cannot map its bytes")),
-                }
-            })?;
+            // The bytes lie inside the file (else `bytes_of` says they lie past its end).
+            self.bytes_of(info)?;
+            let range = self
+                .file_for(info)?
+                .keep(info.offset, info.size)
+                .ok_or_else(|| ModelError::Unsupported(format!("{name}: cannot map its bytes")))?;
             return Ok(Blocks {
                 name: name.to_owned(),
                 dtype,
