@@ -61,39 +61,20 @@ pub(crate) fn attention_many(
         Some(w) => (start + 1).saturating_sub(w),
         None => 0,
     };
-    // The visible keys and values of each entry of several rows, widened once for all of them.
-    // A single row (a decode step's) reads each once: its jobs widen them row by row from the
-    // cache's f16, in parallel, instead of a serial pass writing the layer's whole cache out as
-    // f32 first (at 1,500 positions that pass was a fifth of a 1.5B model's decode step).
-    let widened: Vec<Option<(Vec<f32>, Vec<f32>)>> = entries
-        .iter()
-        .map(|&(n, start, _, cache)| {
-            let range = first_of(start)..start + n;
-            (n > 1).then(|| (cache.keys_f32(range.clone()), cache.values_f32(range)))
-        })
-        .collect();
+    // Each entry's visible keys and values, as the cache holds them (f16): every job widens
+    // the rows it reads as it reaches them, in parallel. (A serial pass writing the layer's
+    // whole visible cache out as f32 first was a fifth of a 1.5B model's decode step at 1,500
+    // positions; for a prompt's rows, which share such a copy, it measured the same as this.)
     let views: Vec<KvView<'_>> = entries
         .iter()
-        .zip(&widened)
-        .map(|(&(n, start, _, cache), widened)| {
+        .map(|&(n, start, _, cache)| {
             let first = first_of(start);
-            let (k_row, v_row) = (
-                shape.n_kv_heads * shape.head_dim,
-                shape.n_kv_heads * shape.head_dim_v,
-            );
-            let (keys, values) = match widened {
-                Some((keys, values)) => (Cached::F32(keys), Cached::F32(values)),
-                None => (
-                    Cached::F16(cache.keys_f16(first..start + n)),
-                    Cached::F16(cache.values_f16(first..start + n)),
-                ),
-            };
             KvView {
-                keys,
-                values,
+                keys: cache.keys_f16(first..start + n),
+                values: cache.values_f16(first..start + n),
                 first,
-                k_row,
-                v_row,
+                k_row: shape.n_kv_heads * shape.head_dim,
+                v_row: shape.n_kv_heads * shape.head_dim_v,
             }
         })
         .collect();
@@ -144,32 +125,19 @@ pub(crate) fn attention_many(
     out
 }
 
-/// Cached keys or values of positions `first..`: widened to f32, or the cache's f16 bits.
-enum Cached<'a> {
-    F32(&'a [f32]),
-    F16(&'a [u16]),
+/// `dim` f16 values from `at` of `cached`, widened (exactly) into `buf`.
+#[inline(always)]
+fn widen<'b>(cached: &[u16], at: usize, dim: usize, buf: &'b mut [f32]) -> &'b [f32] {
+    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+    let halves: &[half::f16] = cached[at..][..dim].reinterpret_cast();
+    halves.convert_to_f32_slice(&mut buf[..dim]);
+    &buf[..dim]
 }
 
-impl Cached<'_> {
-    /// `dim` values from `at`, as f32: in place, or widened (exactly) into `buf`.
-    #[inline(always)]
-    fn get<'b>(&'b self, at: usize, dim: usize, buf: &'b mut [f32]) -> &'b [f32] {
-        match self {
-            Cached::F32(v) => &v[at..][..dim],
-            Cached::F16(v) => {
-                use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-                let halves: &[half::f16] = v[at..][..dim].reinterpret_cast();
-                halves.convert_to_f32_slice(&mut buf[..dim]);
-                &buf[..dim]
-            }
-        }
-    }
-}
-
-/// Cached keys/values of positions `first..`.
+/// Cached keys/values (f16 bits) of positions `first..`.
 struct KvView<'a> {
-    keys: Cached<'a>,
-    values: Cached<'a>,
+    keys: &'a [u16],
+    values: &'a [u16],
     first: usize,
     k_row: usize,
     v_row: usize,
@@ -177,38 +145,36 @@ struct KvView<'a> {
 
 impl KvView<'_> {
     /// Keys of positions `pos..pos + count` (at most four; only the first `count` of the four
-    /// slices are meant), using `buf` (four keys long at least) where they must be widened.
+    /// slices are meant), widened into `buf` (four keys long at least).
     fn keys<'b>(
-        &'b self,
+        &self,
         pos: usize,
         count: usize,
         kv_head: usize,
         dim: usize,
         buf: &'b mut [f32],
     ) -> [&'b [f32]; 4] {
-        let at = |i: usize| (pos + i.min(count - 1) - self.first) * self.k_row + kv_head * dim;
-        match &self.keys {
-            Cached::F32(k) => std::array::from_fn(|i| &k[at(i)..][..dim]),
-            Cached::F16(_) => {
-                for (i, b) in buf.chunks_exact_mut(dim).take(count).enumerate() {
-                    self.keys.get(at(i), dim, b);
-                }
-                let (four, _) = buf.split_at(4 * dim);
-                let mut chunks = four.chunks_exact(dim);
-                std::array::from_fn(|_| chunks.next().unwrap_or(&[]))
-            }
+        for (i, b) in buf.chunks_exact_mut(dim).take(count).enumerate() {
+            widen(
+                self.keys,
+                (pos + i - self.first) * self.k_row + kv_head * dim,
+                dim,
+                b,
+            );
         }
+        let (four, _) = buf.split_at(4 * dim);
+        let mut chunks = four.chunks_exact(dim);
+        std::array::from_fn(|_| chunks.next().unwrap_or(&[]))
     }
 
-    fn value<'b>(
-        &'b self,
-        pos: usize,
-        kv_head: usize,
-        dim: usize,
-        buf: &'b mut [f32],
-    ) -> &'b [f32] {
-        self.values
-            .get((pos - self.first) * self.v_row + kv_head * dim, dim, buf)
+    /// The value of position `pos`, widened into `buf`.
+    fn value<'b>(&self, pos: usize, kv_head: usize, dim: usize, buf: &'b mut [f32]) -> &'b [f32] {
+        widen(
+            self.values,
+            (pos - self.first) * self.v_row + kv_head * dim,
+            dim,
+            buf,
+        )
     }
 }
 
@@ -385,11 +351,27 @@ mod tests {
         }
     }
 
-    /// A single row (a decode step) widens its keys and values from the cache's f16 inside its
-    /// jobs; rows of a longer entry share one widened copy. Both give the same bits, with
-    /// grouped heads, a window, and positions past several blocks of 32.
+    /// Widening the cache's f16 (vectorised) is exact: every finite f16, subnormals and signed
+    /// zeros included, widens to what the scalar conversion gives, bit for bit.
     #[test]
-    fn a_decode_row_reading_f16_in_place_equals_the_widened_copy() {
+    fn widening_is_exact_for_every_finite_half() {
+        let bits: Vec<u16> = (0..=u16::MAX).filter(|h| h & 0x7c00 != 0x7c00).collect();
+        let mut wide = vec![0f32; bits.len()];
+        widen(&bits, 0, bits.len(), &mut wide);
+        for (&h, w) in bits.iter().zip(&wide) {
+            assert_eq!(
+                w.to_bits(),
+                crate::model::f16::f16_to_f32(h).to_bits(),
+                "{h:#06x}"
+            );
+        }
+    }
+
+    /// A row's attention does not depend on the entry that carries it: the last row of a
+    /// two-row entry and the same row alone give the same bits, with grouped heads, a window,
+    /// and positions past several blocks of 32.
+    #[test]
+    fn a_row_alone_equals_the_same_row_in_a_longer_entry() {
         let (dim, positions) = (40, 75);
         let mut cache = LayerCache::new(2 * dim, 2 * dim);
         let k: Vec<f32> = (0..positions * 2 * dim)

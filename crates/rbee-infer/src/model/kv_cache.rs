@@ -69,15 +69,6 @@ impl LayerCache {
         self.v.extend(v.iter().map(|&x| f32_to_f16(x)));
     }
 
-    /// Keys of positions `range`, widened to f32 (`[pos][kv_head][dim]`).
-    pub fn keys_f32(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        widen(&self.k[range.start * self.k_row..range.end * self.k_row])
-    }
-
-    pub fn values_f32(&self, range: std::ops::Range<usize>) -> Vec<f32> {
-        widen(&self.v[range.start * self.v_row..range.end * self.v_row])
-    }
-
     /// Keys of positions `range`, as the cache holds them: f16 bits (`[pos][kv_head][dim]`).
     pub fn keys_f16(&self, range: std::ops::Range<usize>) -> &[u16] {
         &self.k[range.start * self.k_row..range.end * self.k_row]
@@ -93,32 +84,10 @@ impl LayerCache {
     }
 }
 
-/// Exact f16 → f32 widening, eight values an instruction where the build has F16C (x86-64
-/// builds do): attention widens every visible key and value of a layer once per step, which a
-/// scalar conversion made the larger part of a long context's decode step.
-fn widen(bits: &[u16]) -> Vec<f32> {
-    use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
-    let halves: &[half::f16] = bits.reinterpret_cast();
-    let mut out = vec![0f32; bits.len()];
-    halves.convert_to_f32_slice(&mut out);
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::f16::f16_to_f32;
-
-    /// The vectorised widening is exact: every finite f16 (subnormals and signed zeros
-    /// included) widens to what the scalar conversion gives, bit for bit.
-    #[test]
-    fn widening_is_exact_for_every_finite_half() {
-        let bits: Vec<u16> = (0..=u16::MAX).filter(|h| h & 0x7c00 != 0x7c00).collect();
-        let wide = widen(&bits);
-        for (&h, w) in bits.iter().zip(&wide) {
-            assert_eq!(w.to_bits(), f16_to_f32(h).to_bits(), "{h:#06x}");
-        }
-    }
 
     #[test]
     fn appends_grows_in_chunks_and_truncates() {
@@ -128,8 +97,14 @@ mod tests {
         assert_eq!(cache.bytes(), GROW_CHUNK * 6 * 2);
         cache.append(&[0.1; 8], &[0.2; 4]);
         assert_eq!(cache.len(), 3);
-        assert_eq!(cache.keys_f32(0..1), vec![1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(cache.values_f32(2..3), vec![f16_to_f32(f32_to_f16(0.2)); 2]);
+        assert_eq!(
+            cache
+                .keys_f16(0..1)
+                .iter()
+                .map(|&h| f16_to_f32(h))
+                .collect::<Vec<_>>(),
+            [1.0, 2.0, 3.0, 4.0]
+        );
         assert_eq!(cache.values_f16(2..3), &[f32_to_f16(0.2); 2]);
         assert_eq!(cache.keys_f16(1..3), &[f32_to_f16(0.1); 8]);
         cache.truncate(1);
