@@ -112,8 +112,7 @@ fn in_place_parts(parts: &[&Blocks]) -> Option<Vec<super::mapped::MappedRange>> 
 fn in_place(b: &Blocks) -> Option<Result<Q4KMatrix, ModelError>> {
     let ranges = in_place_parts(&[b])?;
     Some(
-        Q4KMatrix::mapped(ranges, b.cols)
-            .filter(|m| m.rows == b.rows)
+        Q4KMatrix::mapped(ranges, b.rows, b.cols)
             .ok_or_else(|| shape_error(&b.name, b.dtype, b.rows, b.cols)),
     )
 }
@@ -327,8 +326,7 @@ impl Linear {
         }
         let bias = any_bias.then_some(bias);
         if let Some(ranges) = mapped {
-            let m = Q4KMatrix::mapped(ranges, k)
-                .filter(|m| m.rows == rows)
+            let m = Q4KMatrix::mapped(ranges, rows, k)
                 .ok_or_else(|| shape_error(&names.join("+"), dtype, rows, k))?;
             return Linear::finish(names.join("+"), dtype, rows, k, Builder::Q4K(m), bias)
                 .map(Some);

@@ -127,23 +127,27 @@ impl std::fmt::Debug for Blocks {
 impl Blocks {
     /// Candle's storage for these blocks.
     pub fn into_storage(self) -> Result<Box<dyn QuantizedType>, ModelError> {
-        // candle reinterprets the bytes as blocks and asserts their alignment
-        // (2 for f16 scales, 4 for f32); allocator memory always satisfies it,
-        // but check rather than risk a panic inside candle.
+        Ok(self.dtype.from_data(self.candle_bytes()?))
+    }
+
+    /// The bytes as candle takes them: candle reinterprets them as its blocks and asserts their
+    /// alignment (2 for f16 scales, 4 for f32). Converted bytes (allocator memory) have it; bytes
+    /// in place in a file whose GGUF alignment is smaller are copied first.
+    pub fn candle_bytes(&self) -> Result<Cow<'_, [u8]>, ModelError> {
         let align = if self.dtype == GgmlDType::F32 { 4 } else { 2 };
-        let data = self.data.into_vec();
-        let data = if (data.as_ptr() as usize).is_multiple_of(align) {
-            data
+        let aligned = |b: &[u8]| (b.as_ptr() as usize).is_multiple_of(align);
+        let data = if aligned(&self.data) {
+            Cow::Borrowed(&*self.data)
         } else {
-            data.to_vec()
+            Cow::Owned(self.data.to_vec())
         };
-        if !(data.as_ptr() as usize).is_multiple_of(align) {
+        if !aligned(&data) {
             return Err(ModelError::Unsupported(format!(
                 "{}: cannot get aligned memory for its blocks",
                 self.name
             )));
         }
-        Ok(self.dtype.from_data(Cow::Owned(data)))
+        Ok(data)
     }
 }
 

@@ -87,18 +87,16 @@ impl Q4KMatrix {
         })
     }
 
-    /// A matrix over ggml blocks in place in a mapped file: `parts` stacked row-wise, each
-    /// whole rows of `cols` values (else `None`). Every page is mapped in now, in parallel
-    /// ([`touch_pages`]), so the load ends with the weights resident.
-    pub fn mapped(parts: Vec<MappedRange>, cols: usize) -> Option<Q4KMatrix> {
+    /// A `rows × cols` matrix over ggml blocks in place in a mapped file: `parts` stacked
+    /// row-wise, each whole rows, `rows` in all (else `None`). Every page is mapped in now, in
+    /// parallel ([`touch_pages`]), so the load ends with the weights resident.
+    pub fn mapped(parts: Vec<MappedRange>, rows: usize, cols: usize) -> Option<Q4KMatrix> {
         cols.is_multiple_of(QK_K).then_some(())?;
         let row_bytes = cols / QK_K * BLOCK_BYTES;
-        let mut rows = 0;
-        for p in &parts {
-            let len = p.bytes().len();
-            (row_bytes > 0 && len.is_multiple_of(row_bytes)).then_some(())?;
-            rows += len / row_bytes;
-        }
+        let whole_rows = |p: &MappedRange| p.bytes().len().is_multiple_of(row_bytes);
+        let bytes: usize = parts.iter().map(|p| p.bytes().len()).sum();
+        (row_bytes > 0 && parts.iter().all(whole_rows) && bytes == rows * row_bytes)
+            .then_some(())?;
         for p in &parts {
             const CHUNK: usize = 1 << 20;
             let bytes = p.bytes();

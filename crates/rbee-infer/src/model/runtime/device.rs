@@ -13,7 +13,6 @@
 //! within a stated tolerance of the CPU runtime and greedy top-1 agreement under teacher
 //! forcing (docs/ARCHITECTURE.md, "Devices").
 
-use std::borrow::Cow;
 use std::ops::Range;
 
 use candle_core::quantized::{QMatMul, QStorage, QTensor};
@@ -72,14 +71,7 @@ pub struct DeviceMatrix {
 fn qmatmul(device: &Device, b: Blocks) -> Result<(QMatMul, usize), ModelError> {
     let name = b.name.clone();
     let (rows, cols, dtype) = (b.rows, b.cols, b.dtype);
-    // candle reinterprets the bytes as its blocks and asserts their alignment (at most 4):
-    // bytes in place in a file whose GGUF alignment is smaller are copied first.
-    let data = if (b.data.as_ptr() as usize).is_multiple_of(4) {
-        Cow::Borrowed(&*b.data)
-    } else {
-        Cow::Owned(b.data.to_vec())
-    };
-    let storage = QStorage::from_data(data, device, dtype)
+    let storage = QStorage::from_data(b.candle_bytes()?, device, dtype)
         .context(|| format!("{name}: uploading its blocks"))?;
     let tensor = QTensor::new(storage, (rows, cols)).context(|| format!("{name}: its shape"))?;
     let bytes = tensor.storage_size_in_bytes();
