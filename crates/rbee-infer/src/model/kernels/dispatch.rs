@@ -517,7 +517,10 @@ mod tests {
         }
         let q6 = q6_k::Q6KMatrix::from_blocks(&q6_bytes, rows, cols).unwrap();
         let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-        for m in [1, 3, 4, 9, 12] {
+        // 36 rows engage the eight-weight-row prompt kernel (nine groups of four), 260 rows
+        // also split the groups into more than one cache block (the weights are interleaved
+        // once for all of them).
+        for m in [1, 3, 4, 9, 12, 36, 260] {
             let x: Vec<f32> = (0..m * cols).map(|_| 4.0 * rng.float()).collect();
             let want = bits(q8.matmul_with(avx2, &x, m));
             let patterns: Vec<Vec<RowKernel>> = vec![

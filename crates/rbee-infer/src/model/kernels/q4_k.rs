@@ -13,6 +13,8 @@ use super::RowKernel;
 use super::dispatch::Kernels;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::q4_k_tiles::Rows8;
 pub(crate) use super::q4_k_tiles::{Block, Raw};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 use crate::model::mapped::{MappedRange, touch_pages};
@@ -209,23 +211,18 @@ impl Q4KMatrix {
             // The prompt kernels' weight row, unpacked once for all the rows they serve.
             let mut unpacked = Vec::with_capacity(nb);
             let weight = |c: usize| rows.row(c);
+            // Where the kernel set has it and the groups are enough, they take eight weight
+            // rows at a time, interleaved once here for every block of groups; the columns
+            // before `narrow` are then done.
+            let (rows8, narrow) = tiles.interleave8(set, cols.clone(), nb, weight);
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
-                // Where the kernel set has it and the groups are enough, they take eight weight
-                // rows at a time; the columns before `narrow` are then done.
-                let narrow = tiles.each8(
-                    set,
-                    groups.clone(),
-                    cols.clone(),
-                    nb,
-                    weight,
-                    |r, c, sums| {
-                        for (t, s) in sums.iter().enumerate() {
-                            let o = (r + t) * width + c - cols.start;
-                            out[o..o + 8].copy_from_slice(s);
-                        }
-                    },
-                );
+                tiles.each8(set, groups.clone(), cols.start, nb, &rows8, |r, c, sums| {
+                    for (t, s) in sums.iter().enumerate() {
+                        let o = (r + t) * width + c - cols.start;
+                        out[o..o + 8].copy_from_slice(s);
+                    }
+                });
                 // Prompt (gemm) tiles take each weight row unpacked once; decode (gemv) tiles,
                 // few per step, read the stored blocks.
                 let gemm = tiles.has_gemm(groups.clone());
@@ -569,45 +566,58 @@ impl Tiles {
         super::pool::group_blocks(self.groups.len(), nb * (4 * QK_K + 16 + 64))
     }
 
-    /// On a kernel set with the eight-row kernel: `f(first_row, first_column, outputs)` for
-    /// the groups in `range` against the columns `cols` eight at a time (`weight(c)`: row
-    /// `c` of the matrix). Returns the first column left to [`each`](Self::each).
-    fn each8<'w>(
+    /// On a kernel set with the eight-row kernel, and groups enough to repay interleaving the
+    /// weights: the columns `cols` eight at a time (`weight(c)`: row `c` of the matrix),
+    /// interleaved for [`each8`](Self::each8), and the first column left to
+    /// [`each`](Self::each).
+    fn interleave8<'w>(
         &self,
         set: Kernels,
-        range: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         nb: usize,
         weight: impl Fn(usize) -> &'w [Raw],
-        mut f: impl FnMut(usize, usize, [[f32; 8]; 4]),
-    ) -> usize {
-        use super::dispatch::{q4_k_has_tile8, q4_k_tile8};
+    ) -> (Vec<Rows8>, usize) {
         // Interleaving eight weight rows costs several times one group's work on them: only
         // worth it for enough groups (a prompt; a decode step of many sequences).
-        if !q4_k_has_tile8(set) || self.groups.len() < TILE8_MIN_GROUPS || range.len() < 4 {
-            return cols.start;
+        if !super::dispatch::q4_k_has_tile8(set) || self.groups.len() < TILE8_MIN_GROUPS {
+            return (Vec::new(), cols.start);
         }
-        let mut rows8 = Vec::with_capacity(nb);
-        let mut c = cols.start;
-        while c + 8 <= cols.end {
+        let narrow = cols.start + cols.len() / 8 * 8;
+        let mut rows8 = Vec::with_capacity((narrow - cols.start) / 8 * nb);
+        for c in (cols.start..narrow).step_by(8) {
             super::q4_k_tiles::interleave8(std::array::from_fn(|t| weight(c + t)), &mut rows8);
+        }
+        (rows8, narrow)
+    }
+
+    /// `f(first_row, first_column, outputs)` for the groups in `range` against the weight
+    /// rows in `rows8` (from [`interleave8`](Self::interleave8), eight at a time from column
+    /// `first`).
+    fn each8(
+        &self,
+        set: Kernels,
+        range: std::ops::Range<usize>,
+        first: usize,
+        nb: usize,
+        rows8: &[Rows8],
+        mut f: impl FnMut(usize, usize, [[f32; 8]; 4]),
+    ) {
+        for (i, rows8) in rows8.chunks_exact(nb.max(1)).enumerate() {
             for g in range.clone() {
-                let (first, kernel) = self.groups[g];
+                let (row, kernel) = self.groups[g];
                 let b = g * nb..(g + 1) * nb;
-                if let Some(sums) = q4_k_tile8(
+                if let Some(sums) = super::dispatch::q4_k_tile8(
                     set,
                     kernel == RowKernel::Gemv,
-                    &rows8,
+                    rows8,
                     &self.q[b.clone()],
                     &self.d[b.clone()],
                     &self.bsums[b],
                 ) {
-                    f(first, c, sums);
+                    f(row, first + 8 * i, sums);
                 }
             }
-            c += 8;
         }
-        c
     }
 
     /// Whether any group in `range` takes the gemm rounding.
@@ -675,16 +685,25 @@ impl Tiles {
     ) {
     }
 
-    fn each8<'w>(
+    fn interleave8<'w>(
         &self,
         _: Kernels,
-        _: std::ops::Range<usize>,
         cols: std::ops::Range<usize>,
         _: usize,
         _: impl Fn(usize) -> &'w [Raw],
+    ) -> (Vec<()>, usize) {
+        (Vec::new(), cols.start)
+    }
+
+    fn each8(
+        &self,
+        _: Kernels,
+        _: std::ops::Range<usize>,
+        _: usize,
+        _: usize,
+        _: &[()],
         _: impl FnMut(usize, usize, [[f32; 8]; 4]),
-    ) -> usize {
-        cols.start
+    ) {
     }
 }
 

@@ -421,11 +421,10 @@ pub(crate) struct Rows8 {
     pub(crate) dmin: [f32; 8],
 }
 
-/// Weight rows `rows` (eight, `nb` super-blocks each), interleaved into `into`.
+/// Weight rows `rows` (eight, `nb` super-blocks each), interleaved onto the end of `into`.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) fn interleave8(rows: [&[Raw]; 8], into: &mut Vec<Rows8>) {
     use super::avx2::{load_u8, nibbles};
-    into.clear();
     let nb = rows[0].len();
     for bi in 0..nb {
         let mut out: Rows8 = bytemuck::Zeroable::zeroed();
