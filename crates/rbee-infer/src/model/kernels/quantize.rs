@@ -44,39 +44,68 @@ pub(crate) struct Q8KRows {
     pub bsums: Vec<i32>,
 }
 
+/// Blocks one thread quantises at a time; bigger inputs (a prompt's rows) spread over the
+/// pool, each block computed alone as on one thread.
+const PARALLEL_BLOCKS: usize = 64;
+
 pub(crate) fn quantize_q8_k(x: &[f32], out: &mut Q8KRows) {
+    let blocks = x.len() / QK_K;
     out.d.clear();
     out.q.clear();
     out.bsums.clear();
-    for block in x.chunks_exact(QK_K) {
-        let mut max = 0f32;
-        let mut amax = 0f32;
-        for &v in block {
-            if v.abs() > amax {
-                amax = v.abs();
-                max = v;
-            }
+    out.d.resize(blocks, 0.0);
+    out.q.resize(blocks * QK_K, 0);
+    out.bsums.resize(blocks * (QK_K / 16), 0);
+    let each = |x: &[f32], d: &mut [f32], q: &mut [i8], bsums: &mut [i32]| {
+        let (q, _) = q.as_chunks_mut::<QK_K>();
+        let (bsums, _) = bsums.as_chunks_mut::<{ QK_K / 16 }>();
+        for (((x, d), q), bsums) in x.chunks_exact(QK_K).zip(d).zip(q).zip(bsums) {
+            *d = quantize_block_q8_k(x, q, bsums);
         }
-        if amax == 0.0 {
-            out.d.push(0.0);
-            out.q.extend(std::iter::repeat_n(0i8, QK_K));
-            out.bsums.extend(std::iter::repeat_n(0i32, QK_K / 16));
-            continue;
-        }
-        let iscale = -127.0 / max;
-        let start = out.q.len();
-        out.q.extend(
-            block
-                .iter()
-                .map(|&v| (iscale * v).round_ties_even().min(127.0) as i8),
-        );
-        out.bsums.extend(
-            out.q[start..]
-                .chunks_exact(16)
-                .map(|c| c.iter().map(|&q| i32::from(q)).sum::<i32>()),
-        );
-        out.d.push(1.0 / iscale);
+    };
+    if blocks < 2 * PARALLEL_BLOCKS || super::pool::threads() == 1 {
+        each(x, &mut out.d, &mut out.q, &mut out.bsums);
+        return;
     }
+    let jobs: Vec<std::sync::Mutex<_>> = x
+        .chunks(PARALLEL_BLOCKS * QK_K)
+        .zip(out.d.chunks_mut(PARALLEL_BLOCKS))
+        .zip(out.q.chunks_mut(PARALLEL_BLOCKS * QK_K))
+        .zip(out.bsums.chunks_mut(PARALLEL_BLOCKS * (QK_K / 16)))
+        .map(|(((x, d), q), bsums)| std::sync::Mutex::new((x, d, q, bsums)))
+        .collect();
+    candle_core::utils::barrier_pool().execute_chunked(jobs.len(), |range| {
+        for j in range {
+            let mut guard = jobs[j].lock().unwrap_or_else(|e| e.into_inner());
+            let (x, d, q, bsums) = &mut *guard;
+            each(x, d, q, bsums);
+        }
+    });
+}
+
+/// One Q8_K block: its codes and 16-value sums, and its scale returned.
+fn quantize_block_q8_k(x: &[f32], q: &mut [i8; QK_K], bsums: &mut [i32; QK_K / 16]) -> f32 {
+    let mut max = 0f32;
+    let mut amax = 0f32;
+    for &v in x {
+        if v.abs() > amax {
+            amax = v.abs();
+            max = v;
+        }
+    }
+    if amax == 0.0 {
+        q.fill(0);
+        bsums.fill(0);
+        return 0.0;
+    }
+    let iscale = -127.0 / max;
+    for (q, &v) in q.iter_mut().zip(x) {
+        *q = (iscale * v).round_ties_even().min(127.0) as i8;
+    }
+    for (s, c) in bsums.iter_mut().zip(q.chunks_exact(16)) {
+        *s = c.iter().map(|&q| i32::from(q)).sum::<i32>();
+    }
+    1.0 / iscale
 }
 
 #[cfg(test)]
@@ -94,6 +123,29 @@ mod tests {
         quantize_q8_0(&x, &mut q);
         assert_eq!(&q.q[..4], &[-127, 0, 2, 2]);
         assert_eq!(q.d[0], 1.0);
+    }
+
+    /// A prompt's rows, quantised over the pool, are each row quantised alone.
+    #[test]
+    fn q8_k_of_many_rows_is_each_row_alone() {
+        let cols = 1536;
+        let x: Vec<f32> = (0..40 * cols)
+            .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+            .collect();
+        let mut all = Q8KRows::default();
+        quantize_q8_k(&x, &mut all);
+        let nb = cols / QK_K;
+        for (r, row) in x.chunks_exact(cols).enumerate() {
+            let mut one = Q8KRows::default();
+            quantize_q8_k(row, &mut one);
+            assert_eq!(one.q, all.q[r * cols..(r + 1) * cols], "row {r}");
+            assert_eq!(one.d, all.d[r * nb..(r + 1) * nb], "row {r}");
+            assert_eq!(
+                one.bsums,
+                all.bsums[r * nb * 16..(r + 1) * nb * 16],
+                "row {r}"
+            );
+        }
     }
 
     #[test]
