@@ -29,39 +29,40 @@ pub(crate) fn add_assign(acc: &mut [f32], x: &[f32]) {
     acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
 }
 
+/// Values of a prompt's gated activation beyond which its rows spread over the pool (each row
+/// as alone: element-wise).
+const PARALLEL_GATED: usize = 1 << 16;
+
 /// The gated activation on rows of `[gate | up]` (each `ffn` wide); returns
 /// `m` rows of `ffn` values.
 pub(crate) fn gated_activation(gate_up: &[f32], ffn: usize, activation: Activation) -> Vec<f32> {
-    let mut out = Vec::with_capacity(gate_up.len() / 2);
-    for row in gate_up.chunks_exact(2 * ffn) {
-        let (gate, up) = row.split_at(ffn);
+    let mut out = vec![0f32; gate_up.len() / 2];
+    let parallel = out.len() >= PARALLEL_GATED;
+    super::kernels::pool::par_jobs(&mut out, ffn, parallel, |r, out| {
+        let (gate, up) = gate_up[2 * ffn * r..2 * ffn * (r + 1)].split_at(ffn);
         match activation {
             Activation::Silu => {
                 // ggml_vec_swiglu_f32: vectorised exp on groups of 8, libm expf on the tail.
                 let split = ffn - ffn % 8;
-                out.extend(
-                    gate[..split]
-                        .iter()
-                        .zip(&up[..split])
-                        .map(|(&g, &u)| g / (1.0 + v_expf(0.0 - g)) * u),
-                );
-                out.extend(
-                    gate[split..]
-                        .iter()
-                        .zip(&up[split..])
-                        .map(|(&g, &u)| silu(g) * u),
-                );
+                for ((o, &g), &u) in out.iter_mut().zip(&gate[..split]).zip(&up[..split]) {
+                    *o = g / (1.0 + v_expf(0.0 - g)) * u;
+                }
+                for ((o, &g), &u) in out[split..]
+                    .iter_mut()
+                    .zip(&gate[split..])
+                    .zip(&up[split..])
+                {
+                    *o = silu(g) * u;
+                }
             }
             Activation::GeluTanh => {
                 let table = gelu_table();
-                out.extend(
-                    gate.iter()
-                        .zip(up)
-                        .map(|(&g, &u)| gelu_via_table(table, g) * u),
-                );
+                for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                    *o = gelu_via_table(table, g) * u;
+                }
             }
         }
-    }
+    });
     out
 }
 
@@ -131,6 +132,24 @@ mod tests {
         }
         assert_eq!(gelu_via_table(table, 12.0), 12.0);
         assert_eq!(gelu_via_table(table, -12.0), 0.0);
+    }
+
+    /// A prompt's rows, spread over the pool, are each row computed alone.
+    #[test]
+    fn gated_activation_of_many_rows_is_each_row_alone() {
+        let ffn = 1000;
+        let x: Vec<f32> = (0..100 * 2 * ffn)
+            .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+            .collect();
+        for activation in [Activation::Silu, Activation::GeluTanh] {
+            let all = gated_activation(&x, ffn, activation);
+            assert_eq!(all.len(), 100 * ffn);
+            for (r, row) in x.chunks_exact(2 * ffn).enumerate() {
+                let one = gated_activation(row, ffn, activation);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&one), bits(&all[r * ffn..(r + 1) * ffn]), "row {r}");
+            }
+        }
     }
 
     #[test]
