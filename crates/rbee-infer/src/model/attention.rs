@@ -240,17 +240,13 @@ fn heads(
     // they are skipped. Accumulators are lane-major: lanes[l * dim + d].
     let dim = shape.head_dim_v;
     let n_acc = if single { 32 } else { 8 };
-    let mut lanes = vec![0f32; g * n_acc * dim];
-    for (i, pos) in positions.enumerate() {
-        let v = kv.value(pos, kv_head, dim, &mut buf);
-        for (h, lanes) in lanes.chunks_exact_mut(n_acc * dim).enumerate() {
-            let p = round_f16(scores[h][i] * inv[h]);
-            let acc = &mut lanes[(pos % n_acc) * dim..][..dim];
-            acc.iter_mut()
-                .zip(v)
-                .for_each(|(a, &x)| *a = x.mul_add(p, *a));
-        }
+    // The probabilities, rounded to f16 as ggml stores KQ before V·KQ.
+    let mut halves = Vec::with_capacity(positions.len());
+    for (s, &inv) in scores.iter_mut().zip(&inv) {
+        probabilities_f16(s, inv, &mut halves);
     }
+    let mut lanes = vec![0f32; g * n_acc * dim];
+    accumulate_values(&scores, kv, kv_head, positions, n_acc, dim, &mut lanes);
     for (lanes, out) in lanes
         .chunks_exact(n_acc * dim)
         .zip(out.chunks_exact_mut(dim))
@@ -277,9 +273,206 @@ fn heads(
     }
 }
 
+/// `s[i] = round_f16(s[i] * inv)` for every score, through `half`'s slice conversions (F16C,
+/// eight at a time, rounding to nearest even as `round_f16` does; a test checks the bits).
+fn probabilities_f16(s: &mut [f32], inv: f32, halves: &mut Vec<half::f16>) {
+    use half::slice::HalfFloatSliceExt;
+    for x in s.iter_mut() {
+        *x *= inv;
+    }
+    halves.clear();
+    halves.resize(s.len(), half::f16::ZERO);
+    halves.convert_from_f32_slice(s);
+    halves.convert_to_f32_slice(s);
+}
+
+/// Cache positions per span of [`accumulate_values`]: each lane's values in a span are widened
+/// into one buffer (32 KiB for 128-value heads and eight lanes).
+const VALUE_SPAN: usize = 512;
+
+/// V·P into the accumulators `lanes` (`[head][lane][d]`, `n_acc` lanes of `dim` per head):
+/// position `pos` adds `v[pos] * p[h][pos - start]` into lane `pos % n_acc` of head `h`, one
+/// FMA per value, each lane's positions in order (tinyBLAS's and vec_dot_f16's order).
+///
+/// A lane's values in a span of positions are widened together; with AVX2 sixteen values of
+/// up to six heads' lanes then stay in registers while the lane's positions pass, loaded and
+/// stored once: the same FMAs in the same order as adding each position into the lanes in
+/// memory, which was a load, an FMA and a store per eight values, bound by the stores.
+fn accumulate_values(
+    p: &[Vec<f32>],
+    kv: &KvView<'_>,
+    kv_head: usize,
+    positions: std::ops::Range<usize>,
+    n_acc: usize,
+    dim: usize,
+    lanes: &mut [f32],
+) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+    let wide = dim - dim % 16;
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+    let wide = 0;
+    let mut values = Vec::with_capacity(VALUE_SPAN.div_ceil(n_acc) * dim);
+    let mut index = Vec::with_capacity(VALUE_SPAN.div_ceil(n_acc));
+    for span in (positions.start..positions.end).step_by(VALUE_SPAN) {
+        let span = span..(span + VALUE_SPAN).min(positions.end);
+        for l in 0..n_acc {
+            // Lane `l`'s positions in the span, their values widened side by side.
+            let first = span.start + (l + n_acc - span.start % n_acc) % n_acc;
+            values.clear();
+            index.clear();
+            for pos in (first..span.end).step_by(n_acc) {
+                let at = values.len();
+                values.resize(at + dim, 0f32);
+                kv.value(pos, kv_head, dim, &mut values[at..]);
+                index.push(pos - positions.start);
+            }
+            if index.is_empty() {
+                continue;
+            }
+            #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+            for (g, heads) in p.chunks(6).enumerate() {
+                let lanes = &mut lanes[(6 * g * n_acc + l) * dim..];
+                let lane = (&values[..], &index[..], n_acc * dim, dim, wide);
+                match heads.len() {
+                    6 => value_block::<6>(heads, lane, lanes),
+                    5 => value_block::<5>(heads, lane, lanes),
+                    4 => value_block::<4>(heads, lane, lanes),
+                    3 => value_block::<3>(heads, lane, lanes),
+                    2 => value_block::<2>(heads, lane, lanes),
+                    _ => value_block::<1>(heads, lane, lanes),
+                }
+            }
+            // The values past the last sixteen (all of them without AVX2).
+            if wide < dim {
+                for (v, &i) in values.chunks_exact(dim).zip(&index) {
+                    for (h, p) in p.iter().enumerate() {
+                        let acc = &mut lanes[(h * n_acc + l) * dim..][wide..dim];
+                        let p = p[i];
+                        acc.iter_mut()
+                            .zip(&v[wide..])
+                            .for_each(|(a, &x)| *a = x.mul_add(p, *a));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// [`accumulate_values`] for `H` heads, one lane's widened `values` (positions `index` of the
+/// probabilities), values `0..wide` (a multiple of sixteen): `lanes` starts at the first head's
+/// lane, the next head's `stride` further.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+#[inline(always)]
+fn value_block<const H: usize>(
+    p: &[Vec<f32>],
+    (values, index, stride, dim, wide): (&[f32], &[usize], usize, usize, usize),
+    lanes: &mut [f32],
+) {
+    use safe_arch::{fused_mul_add_m256, load_unaligned_m256, m256, set_splat_m256};
+    let p: [&[f32]; H] = std::array::from_fn(|h| &p[h][..]);
+    let load = |x: &[f32]| -> m256 { load_unaligned_m256(x[..8].try_into().unwrap_or(&[0.0; 8])) };
+    for c in (0..wide).step_by(16) {
+        let at = |h: usize| h * stride + c;
+        let mut acc: [[m256; 2]; H] =
+            std::array::from_fn(|h| [load(&lanes[at(h)..]), load(&lanes[at(h) + 8..])]);
+        for (v, &i) in values.chunks_exact(dim).zip(index) {
+            let (v0, v1) = (load(&v[c..]), load(&v[c + 8..]));
+            for (acc, p) in acc.iter_mut().zip(&p) {
+                let pb = set_splat_m256(p[i]);
+                acc[0] = fused_mul_add_m256(v0, pb, acc[0]);
+                acc[1] = fused_mul_add_m256(v1, pb, acc[1]);
+            }
+        }
+        for (h, acc) in acc.iter().enumerate() {
+            let out = &mut lanes[at(h)..][..16];
+            out[..8].copy_from_slice(&acc[0].to_array());
+            out[8..].copy_from_slice(&acc[1].to_array());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The value products accumulated lane by lane in registers are, bit for bit, each
+    /// position added into the lanes in memory in order: for one to eight heads (a group of six
+    /// and the rest), widths with and without a tail past the last sixteen values, both lane
+    /// counts, and positions that cross spans and start off a lane boundary.
+    #[test]
+    fn values_accumulate_as_one_position_at_a_time() {
+        let mut seed = 11u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        for (heads, dim, n_acc, positions) in [
+            (6, 128, 8, 3..1203),
+            (8, 72, 32, 5..600),
+            (1, 16, 8, 0..9),
+            (4, 40, 32, 517..530),
+        ] {
+            let kv_heads = 2;
+            let mut cache = LayerCache::new(kv_heads * dim, kv_heads * dim);
+            let rows: Vec<f32> = (0..positions.end * kv_heads * dim)
+                .map(|_| round_f16(next()))
+                .collect();
+            cache.append(&rows, &rows);
+            let view = KvView {
+                keys: cache.keys_f16(0..positions.end),
+                values: cache.values_f16(0..positions.end),
+                first: 0,
+                k_row: kv_heads * dim,
+                v_row: kv_heads * dim,
+            };
+            let p: Vec<Vec<f32>> = (0..heads)
+                .map(|_| positions.clone().map(|_| round_f16(next().abs())).collect())
+                .collect();
+            let mut got = vec![0f32; heads * n_acc * dim];
+            accumulate_values(&p, &view, 1, positions.clone(), n_acc, dim, &mut got);
+            let mut want = vec![0f32; heads * n_acc * dim];
+            let mut buf = vec![0f32; dim];
+            for (i, pos) in positions.clone().enumerate() {
+                let v = view.value(pos, 1, dim, &mut buf);
+                for (h, lanes) in want.chunks_exact_mut(n_acc * dim).enumerate() {
+                    let acc = &mut lanes[(pos % n_acc) * dim..][..dim];
+                    for (a, &x) in acc.iter_mut().zip(v) {
+                        *a = x.mul_add(p[h][i], *a);
+                    }
+                }
+            }
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert!(
+                bits(&got) == bits(&want),
+                "{heads} heads of {dim}, {n_acc} lanes, {positions:?}"
+            );
+        }
+    }
+
+    /// The probabilities rounded eight at a time are `round_f16` of each, bit for bit, over
+    /// every exponent a probability can have (subnormal halves, ties and zero included).
+    #[test]
+    fn probabilities_round_as_round_f16() {
+        let mut x: Vec<f32> = Vec::new();
+        let mut seed = 7u32;
+        for e in 0..128u32 {
+            for _ in 0..64 {
+                seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                x.push(f32::from_bits((e << 23) | (seed >> 9)));
+            }
+            // Ties at the half's precision.
+            x.push(f32::from_bits((e << 23) | 0x1000));
+            x.push(f32::from_bits((e << 23) | 0x3000));
+        }
+        x.extend([0.0, 1.0, 0.5, 5.960_464_5e-8, 2.980_232_2e-8, 8.940_697e-8]);
+        for inv in [1.0f32, 0.37, 1.0 / 3.0] {
+            let mut got = x.clone();
+            probabilities_f16(&mut got, inv, &mut Vec::new());
+            for (g, &v) in got.iter().zip(&x) {
+                assert_eq!(g.to_bits(), round_f16(v * inv).to_bits(), "{v} * {inv}");
+            }
+        }
+    }
 
     /// Plain softmax attention in f64 for comparison.
     fn reference(q: &[f32], k: &[f32], v: &[f32], dim: usize, scale: f32) -> Vec<f32> {
