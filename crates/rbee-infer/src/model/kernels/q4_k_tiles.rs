@@ -422,25 +422,31 @@ pub(crate) struct Rows8 {
 }
 
 /// Weight rows `rows` (eight, `nb` super-blocks each), interleaved onto the end of `into`.
+///
+/// One row after the other, each in memory order: the eight rows lie one after another in
+/// the matrix, so the weights are read as one stream (a prompt's matmul reads them from memory
+/// here, once); reading the eight rows' blocks side by side stalled on memory.
 #[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
 pub(crate) fn interleave8(rows: [&[Raw]; 8], into: &mut Vec<Rows8>) {
     use super::avx2::{load_u8, nibbles};
     let nb = rows[0].len();
-    for bi in 0..nb {
-        let mut out: Rows8 = bytemuck::Zeroable::zeroed();
-        for (i, row) in rows.iter().enumerate() {
-            let b = row[bi].unpack();
-            // The row's 256 codes in value order: per 64 values, 32 low nibbles then 32 high.
+    let base = into.len();
+    into.resize(base + nb, bytemuck::Zeroable::zeroed());
+    let into = &mut into[base..];
+    for (i, row) in rows.iter().enumerate() {
+        for (raw, out) in row.iter().zip(into.iter_mut()) {
+            let b = raw.unpack();
+            // The row's 256 codes in value order: per 64 values, 32 low nibbles then 32 high;
+            // group `g` of eight values into `q[g]`.
             let (qs, _) = b.qs.as_chunks::<32>();
-            let mut codes = [0u8; QK_K];
-            for (j, out) in codes.chunks_exact_mut(64).enumerate() {
-                let (lo, hi) = nibbles(load_u8(&qs[j]));
-                out[..32].copy_from_slice(&<[u8; 32]>::from(lo));
-                out[32..].copy_from_slice(&<[u8; 32]>::from(hi));
-            }
-            let (groups, _) = codes.as_chunks::<8>();
-            for (g, group) in groups.iter().enumerate() {
-                out.q[g][i] = u64::from_le_bytes(*group);
+            for (j, qs) in qs.iter().enumerate() {
+                let (lo, hi) = nibbles(load_u8(qs));
+                for (half, codes) in [lo, hi].into_iter().enumerate() {
+                    let codes: [u64; 4] = bytemuck::cast(<[u8; 32]>::from(codes));
+                    for (k, &c) in codes.iter().enumerate() {
+                        out.q[8 * j + 4 * half + k][i] = c;
+                    }
+                }
             }
             for k in 0..8 {
                 out.scales[k][2 * i] = i32::from(b.scales[k]);
@@ -450,6 +456,5 @@ pub(crate) fn interleave8(rows: [&[Raw]; 8], into: &mut Vec<Rows8>) {
             out.d[i] = b.d;
             out.dmin[i] = b.dmin;
         }
-        into.push(out);
     }
 }
