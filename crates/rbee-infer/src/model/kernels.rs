@@ -166,9 +166,17 @@ mod tests {
             .collect()
     }
 
+    /// Nine rows (four-row tiles and a row left over) and 400 (a prompt: the eight-row
+    /// kernels, weights interleaved or unpacked once for more than one block of row groups).
     #[test]
     fn q4_k_and_q6_k_match_dequantised_products() {
-        let (rows, cols, m) = (24, 512, 9);
+        for m in [9, 400] {
+            dequantised_products(m);
+        }
+    }
+
+    fn dequantised_products(m: usize) {
+        let (rows, cols) = (24, 512);
         let mut rng = Rng(7);
         let x: Vec<f32> = (0..m * cols).map(|_| rng.float()).collect();
         let mut q8k = Q8KRows::default();

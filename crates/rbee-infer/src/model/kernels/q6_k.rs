@@ -126,12 +126,15 @@ impl Q6KMatrix {
         let sums16 = sums16(&acts);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
-            // The prompt kernels' weight row, unpacked once for all the rows they serve.
-            let mut unpacked = Vec::with_capacity(nb);
+            // The prompt kernels' weight rows, unpacked once for all the rows they serve (every
+            // block of row groups: a long prompt has several).
+            let mut unpacked = Vec::new();
+            if tiles.blocks(nb).next().is_some() {
+                unpack_row(&self.blocks[cols.start * nb..cols.end * nb], &mut unpacked);
+            }
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
-                for (i, c) in cols.clone().enumerate() {
-                    let w = unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked);
+                for (i, w) in unpacked.chunks_exact(nb).enumerate() {
                     tiles.each(set, groups.clone(), w, nb, tiled, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
