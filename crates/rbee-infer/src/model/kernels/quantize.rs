@@ -83,24 +83,31 @@ pub(crate) fn quantize_q8_k(x: &[f32], out: &mut Q8KRows) {
     });
 }
 
-/// One Q8_K block: its codes and 16-value sums, and its scale returned.
+/// One Q8_K block: its codes and 16-value sums, and its scale returned. ggml's
+/// `quantize_row_q8_K_ref`, in passes that vectorise: the largest magnitude (eight lanes),
+/// then the first value that has it (ggml's strict `>` keeps the first), the codes, the sums.
 fn quantize_block_q8_k(x: &[f32], q: &mut [i8; QK_K], bsums: &mut [i32; QK_K / 16]) -> f32 {
-    let mut max = 0f32;
-    let mut amax = 0f32;
-    for &v in x {
-        if v.abs() > amax {
-            amax = v.abs();
-            max = v;
+    let mut lanes = [0f32; 8];
+    for c in x.chunks_exact(8) {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v.abs());
         }
     }
+    let amax = lanes.iter().fold(0f32, |m, &v| m.max(v));
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
     if amax == 0.0 {
         q.fill(0);
         bsums.fill(0);
         return 0.0;
     }
     let iscale = -127.0 / max;
+    // `round_ties_even` by adding 1.5 * 2^23: the sum's unit is 1, so it rounds to the nearest
+    // integer, ties to even, and its low bits are that integer (exact while |y| < 2^22; here
+    // |y| <= 127). The saturating float-to-int cast did not vectorise.
+    const MAGIC: f32 = 12_582_912.0;
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = (iscale * v).round_ties_even().min(127.0) as i8;
+        let rounded = (iscale * v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+        *q = rounded.min(127) as i8;
     }
     for (s, c) in bsums.iter_mut().zip(q.chunks_exact(16)) {
         *s = c.iter().map(|&q| i32::from(q)).sum::<i32>();
@@ -145,6 +152,57 @@ mod tests {
                 all.bsums[r * nb * 16..(r + 1) * nb * 16],
                 "row {r}"
             );
+        }
+    }
+
+    /// ggml's `quantize_row_q8_K_ref`, as written there.
+    fn ggml_q8_k(x: &[f32]) -> (f32, Vec<i8>, Vec<i32>) {
+        let (mut max, mut amax) = (0f32, 0f32);
+        for &v in x {
+            if v.abs() > amax {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        if amax == 0.0 {
+            return (0.0, vec![0; QK_K], vec![0; QK_K / 16]);
+        }
+        let iscale = -127.0 / max;
+        let q: Vec<i8> = x
+            .iter()
+            .map(|&v| ((iscale * v).round_ties_even() as i32).min(127) as i8)
+            .collect();
+        let sums = q
+            .chunks(16)
+            .map(|c| c.iter().map(|&v| i32::from(v)).sum())
+            .collect();
+        (1.0 / iscale, q, sums)
+    }
+
+    /// Blocks with ties for the largest magnitude (either sign first), an all-zero block and
+    /// plain values quantise exactly as ggml's reference loop does.
+    #[test]
+    fn q8_k_blocks_are_ggmls() {
+        let mut x: Vec<f32> = (0..8 * QK_K)
+            .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+            .collect();
+        x[3] = 25.0;
+        x[9] = -25.0;
+        x[QK_K + 4] = -30.0;
+        x[QK_K + 200] = 30.0;
+        x[2 * QK_K..3 * QK_K].fill(0.0);
+        x[4 * QK_K + 5] = 0.5;
+        x[4 * QK_K + 6] = -0.5;
+        // Tiny and huge magnitudes (the scale's extremes).
+        x[5 * QK_K..6 * QK_K].iter_mut().for_each(|v| *v *= 1e-30);
+        x[6 * QK_K..7 * QK_K].iter_mut().for_each(|v| *v *= 1e30);
+        let mut q = Q8KRows::default();
+        quantize_q8_k(&x, &mut q);
+        for (b, block) in x.chunks_exact(QK_K).enumerate() {
+            let (d, codes, sums) = ggml_q8_k(block);
+            assert_eq!(q.d[b].to_bits(), d.to_bits(), "block {b}");
+            assert_eq!(&q.q[b * QK_K..(b + 1) * QK_K], &codes[..], "block {b}");
+            assert_eq!(&q.bsums[b * 16..(b + 1) * 16], &sums[..], "block {b}");
         }
     }
 
