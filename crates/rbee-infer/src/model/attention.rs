@@ -57,6 +57,21 @@ pub(crate) fn attention_many(
     entries: &[(usize, usize, usize, &LayerCache)],
     shape: &AttnShape,
 ) -> Vec<f32> {
+    // One job per (row, KV head): the query heads sharing a KV head read its keys and values
+    // once, from L1, instead of once each. When that leaves threads idle (a decode step of one
+    // sequence has as many jobs as KV heads: two on a Qwen2 1.5B), one job per query head.
+    let rows: usize = entries.iter().map(|e| e.0).sum();
+    let per_head = rows * shape.n_kv_heads < super::kernels::pool::threads();
+    attention_split(q, entries, shape, per_head)
+}
+
+/// [`attention_many`] with one job per query head (`per_head`) or per KV head.
+fn attention_split(
+    q: &[f32],
+    entries: &[(usize, usize, usize, &LayerCache)],
+    shape: &AttnShape,
+    per_head: bool,
+) -> Vec<f32> {
     let first_of = |start: usize| match shape.window {
         Some(w) => (start + 1).saturating_sub(w),
         None => 0,
@@ -88,40 +103,62 @@ pub(crate) fn attention_many(
         work +=
             n * shape.n_heads * (start + n - first_of(start)) * (shape.head_dim + shape.head_dim_v);
     }
+    let group = if per_head {
+        1
+    } else {
+        shape.n_heads / shape.n_kv_heads
+    };
+    attention_jobs(
+        q,
+        entries,
+        shape,
+        &views,
+        &first_job,
+        group,
+        work >= 1 << 18,
+    )
+}
+
+/// [`attention_many`]'s jobs, each `group` query heads of one row that share a KV head (all
+/// of them, or one), spread over the pool when `parallel`. Each head's arithmetic is its own,
+/// whichever job computes it.
+fn attention_jobs(
+    q: &[f32],
+    entries: &[(usize, usize, usize, &LayerCache)],
+    shape: &AttnShape,
+    views: &[KvView<'_>],
+    first_job: &[usize],
+    group: usize,
+    parallel: bool,
+) -> Vec<f32> {
     let rows: usize = entries.iter().map(|e| e.0).sum();
     let mut out = vec![0f32; rows * shape.n_heads * shape.head_dim_v];
-    let group = shape.n_heads / shape.n_kv_heads;
-    // One job per (row, KV head): the query heads sharing a KV head read its keys and values
-    // once, from L1, instead of once each. Worth the pool only for enough work in total.
-    let per_row = shape.n_kv_heads;
-    par_jobs(
-        &mut out,
-        group * shape.head_dim_v,
-        work >= 1 << 18,
-        |job, dst| {
-            let row_job = job / per_row;
-            let kv_head = job % per_row;
-            let e = first_job.partition_point(|&f| f / shape.n_heads <= row_job) - 1;
-            let (_, start, batch_rows, _) = entries[e];
-            let first_row = first_job[e] / shape.n_heads;
-            let pos = start + (row_job - first_row);
-            let lo = match shape.window {
-                Some(w) => (pos + 1).saturating_sub(w),
-                None => 0,
-            };
-            let q_heads = &q[(row_job * shape.n_heads + kv_head * group) * shape.head_dim..]
-                [..group * shape.head_dim];
-            heads(
-                q_heads,
-                &views[e],
-                kv_head,
-                lo..pos + 1,
-                shape,
-                batch_rows == 1,
-                dst,
-            );
-        },
-    );
+    let per_kv = shape.n_heads / shape.n_kv_heads;
+    let per_row = shape.n_heads / group;
+    par_jobs(&mut out, group * shape.head_dim_v, parallel, |job, dst| {
+        let row_job = job / per_row;
+        let first_head = job % per_row * group;
+        let kv_head = first_head / per_kv;
+        let e = first_job.partition_point(|&f| f / shape.n_heads <= row_job) - 1;
+        let (_, start, batch_rows, _) = entries[e];
+        let first_row = first_job[e] / shape.n_heads;
+        let pos = start + (row_job - first_row);
+        let lo = match shape.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        };
+        let q_heads =
+            &q[(row_job * shape.n_heads + first_head) * shape.head_dim..][..group * shape.head_dim];
+        heads(
+            q_heads,
+            &views[e],
+            kv_head,
+            lo..pos + 1,
+            shape,
+            batch_rows == 1,
+            dst,
+        );
+    });
     out
 }
 
@@ -394,6 +431,45 @@ fn value_block<const H: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A job per query head computes what a job per KV head computes for its heads, bit for
+    /// bit: grouped heads, prompt rows (tiles of four keys) and a decode row, with a window.
+    #[test]
+    fn jobs_per_query_head_equal_jobs_per_kv_head() {
+        let (dim, kv_heads, heads) = (64, 2, 6);
+        let mut seed = 5u32;
+        let mut next = || {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let positions = 300;
+        let rows: Vec<f32> = (0..positions * kv_heads * dim)
+            .map(|_| round_f16(next()))
+            .collect();
+        let mut cache = LayerCache::new(kv_heads * dim, kv_heads * dim);
+        cache.append(&rows, &rows);
+        for window in [None, Some(100)] {
+            let shape = AttnShape {
+                n_heads: heads,
+                n_kv_heads: kv_heads,
+                head_dim: dim,
+                head_dim_v: dim,
+                kq_scale: 0.125,
+                window,
+            };
+            // Rows 290..299 of a prompt (ten rows), then the last position alone (decode).
+            for (n, start, batch) in [(10, 290, 10), (1, 299, 1)] {
+                let q: Vec<f32> = (0..n * heads * dim).map(|_| next()).collect();
+                let entries = [(n, start, batch, &cache)];
+                let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(attention_split(&q, &entries, &shape, true)),
+                    bits(attention_split(&q, &entries, &shape, false)),
+                    "{n} rows from {start}, window {window:?}"
+                );
+            }
+        }
+    }
 
     /// The value products accumulated lane by lane in registers are, bit for bit, each
     /// position added into the lanes in memory in order: for one to eight heads (a group of six
