@@ -13,9 +13,9 @@ use super::RowKernel;
 use super::dispatch::Kernels;
 use super::pages::Pages;
 use super::pool::{PARALLEL_UNPACK, par_columns};
-#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
-use super::q4_k_tiles::Rows8;
 pub(crate) use super::q4_k_tiles::{Block, Raw};
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2"))]
+use super::q4_k_tiles::{Rows8, interleave8};
 use super::quantize::{Q8KRows, QK_K, quantize_q8_k};
 use crate::model::mapped::{MappedRange, touch_pages};
 
@@ -212,17 +212,32 @@ impl Q4KMatrix {
             let mut unpacked = Vec::with_capacity(nb);
             let weight = |c: usize| rows.row(c);
             // Where the kernel set has it and the groups are enough, they take eight weight
-            // rows at a time, interleaved once here for every block of groups; the columns
-            // before `narrow` are then done.
-            let (rows8, narrow) = tiles.interleave8(set, cols.clone(), nb, weight);
+            // rows at a time (the columns before `narrow`), interleaved once for all the
+            // blocks of row groups: with several (a long prompt) all of the columns first,
+            // with one each eight just before their use, while they are in cache.
+            let narrow = tiles.eight_row_columns(set, cols.clone());
+            let piece = if tiles.blocks(nb).nth(1).is_some() {
+                narrow - cols.start
+            } else {
+                8
+            };
+            let mut rows8 = Vec::new();
+            for first in (cols.start..narrow).step_by(piece.max(1)) {
+                rows8.clear();
+                for c in (first..(first + piece).min(narrow)).step_by(8) {
+                    interleave8(std::array::from_fn(|t| weight(c + t)), &mut rows8);
+                }
+                for groups in tiles.blocks(nb) {
+                    tiles.each8(set, groups.clone(), first, nb, &rows8, |r, c, sums| {
+                        for (t, s) in sums.iter().enumerate() {
+                            let o = (r + t) * width + c - cols.start;
+                            out[o..o + 8].copy_from_slice(s);
+                        }
+                    });
+                }
+            }
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
-                tiles.each8(set, groups.clone(), cols.start, nb, &rows8, |r, c, sums| {
-                    for (t, s) in sums.iter().enumerate() {
-                        let o = (r + t) * width + c - cols.start;
-                        out[o..o + 8].copy_from_slice(s);
-                    }
-                });
                 // Prompt (gemm) tiles take each weight row unpacked once; decode (gemv) tiles,
                 // few per step, read the stored blocks.
                 let gemm = tiles.has_gemm(groups.clone());
@@ -566,28 +581,16 @@ impl Tiles {
         super::pool::group_blocks(self.groups.len(), nb * (4 * QK_K + 16 + 64))
     }
 
-    /// On a kernel set with the eight-row kernel, and groups enough to repay interleaving the
-    /// weights: the columns `cols` eight at a time (`weight(c)`: row `c` of the matrix),
-    /// interleaved for [`each8`](Self::each8), and the first column left to
-    /// [`each`](Self::each).
-    fn interleave8<'w>(
-        &self,
-        set: Kernels,
-        cols: std::ops::Range<usize>,
-        nb: usize,
-        weight: impl Fn(usize) -> &'w [Raw],
-    ) -> (Vec<Rows8>, usize) {
+    /// The end of the columns of `cols` that the eight-row kernel takes, eight at a time: on
+    /// a kernel set with it, and groups enough to repay interleaving the weight rows
+    /// ([`interleave8`]); `cols.start` otherwise.
+    fn eight_row_columns(&self, set: Kernels, cols: std::ops::Range<usize>) -> usize {
         // Interleaving eight weight rows costs several times one group's work on them: only
         // worth it for enough groups (a prompt; a decode step of many sequences).
         if !super::dispatch::q4_k_has_tile8(set) || self.groups.len() < TILE8_MIN_GROUPS {
-            return (Vec::new(), cols.start);
+            return cols.start;
         }
-        let narrow = cols.start + cols.len() / 8 * 8;
-        let mut rows8 = Vec::with_capacity((narrow - cols.start) / 8 * nb);
-        for c in (cols.start..narrow).step_by(8) {
-            super::q4_k_tiles::interleave8(std::array::from_fn(|t| weight(c + t)), &mut rows8);
-        }
-        (rows8, narrow)
+        cols.start + cols.len() / 8 * 8
     }
 
     /// `f(first_row, first_column, outputs)` for the groups in `range` against the weight
@@ -656,6 +659,10 @@ impl Tiles {
     }
 }
 
+/// No eight-row kernel without AVX2 (never called: no columns are left to it).
+#[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
+fn interleave8(_: [&[Raw]; 8], _: &mut Vec<()>) {}
+
 /// No tiles without AVX2: every row takes the row kernels.
 #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2")))]
 struct Tiles;
@@ -685,14 +692,8 @@ impl Tiles {
     ) {
     }
 
-    fn interleave8<'w>(
-        &self,
-        _: Kernels,
-        cols: std::ops::Range<usize>,
-        _: usize,
-        _: impl Fn(usize) -> &'w [Raw],
-    ) -> (Vec<()>, usize) {
-        (Vec::new(), cols.start)
+    fn eight_row_columns(&self, _: Kernels, cols: std::ops::Range<usize>) -> usize {
+        cols.start
     }
 
     fn each8(

@@ -126,15 +126,22 @@ impl Q6KMatrix {
         let sums16 = sums16(&acts);
         par_columns(m, self.rows, 8, |cols, out| {
             let width = cols.len();
-            // The prompt kernels' weight rows, unpacked once for all the rows they serve (every
-            // block of row groups: a long prompt has several).
-            let mut unpacked = Vec::new();
-            if tiles.blocks(nb).next().is_some() {
+            // The prompt kernels' weight rows, unpacked once for all the rows they serve: with
+            // several blocks of row groups (a long prompt) all of them first, for every block;
+            // with one, each just before its use, while it is in cache.
+            let mut unpacked = Vec::with_capacity(nb);
+            let all = tiles.blocks(nb).nth(1).is_some();
+            if all {
                 unpack_row(&self.blocks[cols.start * nb..cols.end * nb], &mut unpacked);
             }
             // Row groups in blocks that stay in cache while every weight row passes them.
             for groups in tiles.blocks(nb) {
-                for (i, w) in unpacked.chunks_exact(nb).enumerate() {
+                for (i, c) in cols.clone().enumerate() {
+                    let w = if all {
+                        &unpacked[i * nb..(i + 1) * nb]
+                    } else {
+                        unpack_row(&self.blocks[c * nb..(c + 1) * nb], &mut unpacked)
+                    };
                     tiles.each(set, groups.clone(), w, nb, tiled, |r, sums| {
                         for (t, s) in sums.iter().enumerate() {
                             out[(r + t) * width + i] = *s;
