@@ -594,7 +594,7 @@ impl Tiles {
     }
 
     /// `f(first_row, first_column, outputs)` for the groups in `range` against the weight
-    /// rows in `rows8` (from [`interleave8`](Self::interleave8), eight at a time from column
+    /// rows in `rows8` (from [`interleave8`], eight at a time from column
     /// `first`).
     fn each8(
         &self,
