@@ -30,9 +30,19 @@ pub(crate) fn quantize_q8_0(x: &[f32], out: &mut Q8_0Rows) {
         let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
         out.d.push(round_f16(amax / 127.0));
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        out.q
-            .extend(block.iter().map(|&v| (v * id).round_ties_even() as i8));
+        out.q.extend(block.iter().map(|&v| round_to_code(v * id)));
     }
+}
+
+/// `y` (at most 127 in magnitude) rounded to the nearest integer, ties to even, as a code: by
+/// adding 1.5 * 2^23, whose unit is 1, so that the sum's low bits are that integer (exact while
+/// |y| < 2^22), clamped to 127 as ggml's `MIN(127, ...)` does. The saturating float-to-int cast
+/// it replaces (`round_ties_even() as i8`) compiled to scalar NaN checks and did not vectorise.
+#[inline(always)]
+fn round_to_code(y: f32) -> i8 {
+    const MAGIC: f32 = 12_582_912.0;
+    let rounded = (y + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
+    rounded.min(127) as i8
 }
 
 /// Rows of activations quantised to Q8_K.
@@ -101,13 +111,8 @@ fn quantize_block_q8_k(x: &[f32], q: &mut [i8; QK_K], bsums: &mut [i32; QK_K / 1
         return 0.0;
     }
     let iscale = -127.0 / max;
-    // `round_ties_even` by adding 1.5 * 2^23: the sum's unit is 1, so it rounds to the nearest
-    // integer, ties to even, and its low bits are that integer (exact while |y| < 2^22; here
-    // |y| <= 127). The saturating float-to-int cast did not vectorise.
-    const MAGIC: f32 = 12_582_912.0;
     for (q, &v) in q.iter_mut().zip(x) {
-        let rounded = (iscale * v + MAGIC).to_bits() as i32 - MAGIC.to_bits() as i32;
-        *q = rounded.min(127) as i8;
+        *q = round_to_code(iscale * v);
     }
     for (s, c) in bsums.iter_mut().zip(q.chunks_exact(16)) {
         *s = c.iter().map(|&q| i32::from(q)).sum::<i32>();
@@ -151,6 +156,38 @@ mod tests {
                 one.bsums,
                 all.bsums[r * nb * 16..(r + 1) * nb * 16],
                 "row {r}"
+            );
+        }
+    }
+
+    /// Q8_0 codes rounded by [`round_to_code`] are the scalar steps'
+    /// (`round_ties_even() as i8`) block by block: ties, zeros, extreme magnitudes.
+    #[test]
+    fn q8_0_codes_are_the_scalar_steps() {
+        let mut x: Vec<f32> = (0..300 * QK8_0 * 8)
+            .map(|i| ((i * 7919) % 2003) as f32 / 97.0 - 10.0)
+            .collect();
+        x[..QK8_0].fill(0.0);
+        x[QK8_0..2 * QK8_0].iter_mut().for_each(|v| *v *= 1e-30);
+        x[2 * QK8_0..3 * QK8_0].iter_mut().for_each(|v| *v *= 1e30);
+        // The largest magnitude 254 makes the scale 0.5 a unit: odd values land on ties.
+        for (i, v) in x[3 * QK8_0..4 * QK8_0].iter_mut().enumerate() {
+            *v = if i == 0 { 254.0 } else { 2.0 * i as f32 - 31.0 };
+        }
+        let mut q = Q8_0Rows::default();
+        quantize_q8_0(&x, &mut q);
+        for (b, block) in x.chunks_exact(QK8_0).enumerate() {
+            let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+            let want: Vec<i8> = block
+                .iter()
+                .map(|&v| (v * id).round_ties_even() as i8)
+                .collect();
+            assert_eq!(&q.q[b * QK8_0..(b + 1) * QK8_0], &want[..], "block {b}");
+            assert_eq!(
+                q.d[b].to_bits(),
+                round_f16(amax / 127.0).to_bits(),
+                "block {b}"
             );
         }
     }
