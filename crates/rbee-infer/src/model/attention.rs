@@ -103,62 +103,43 @@ fn attention_split(
         work +=
             n * shape.n_heads * (start + n - first_of(start)) * (shape.head_dim + shape.head_dim_v);
     }
-    let group = if per_head {
-        1
-    } else {
-        shape.n_heads / shape.n_kv_heads
-    };
-    attention_jobs(
-        q,
-        entries,
-        shape,
-        &views,
-        &first_job,
-        group,
-        work >= 1 << 18,
-    )
-}
-
-/// [`attention_many`]'s jobs, each `group` query heads of one row that share a KV head (all
-/// of them, or one), spread over the pool when `parallel`. Each head's arithmetic is its own,
-/// whichever job computes it.
-fn attention_jobs(
-    q: &[f32],
-    entries: &[(usize, usize, usize, &LayerCache)],
-    shape: &AttnShape,
-    views: &[KvView<'_>],
-    first_job: &[usize],
-    group: usize,
-    parallel: bool,
-) -> Vec<f32> {
+    // Each job: `group` query heads of one row that share a KV head (all of them, or one).
+    // Each head's arithmetic is its own, whichever job computes it.
+    let per_kv = shape.n_heads / shape.n_kv_heads;
+    let group = if per_head { 1 } else { per_kv };
+    let per_row = shape.n_heads / group;
     let rows: usize = entries.iter().map(|e| e.0).sum();
     let mut out = vec![0f32; rows * shape.n_heads * shape.head_dim_v];
-    let per_kv = shape.n_heads / shape.n_kv_heads;
-    let per_row = shape.n_heads / group;
-    par_jobs(&mut out, group * shape.head_dim_v, parallel, |job, dst| {
-        let row_job = job / per_row;
-        let first_head = job % per_row * group;
-        let kv_head = first_head / per_kv;
-        let e = first_job.partition_point(|&f| f / shape.n_heads <= row_job) - 1;
-        let (_, start, batch_rows, _) = entries[e];
-        let first_row = first_job[e] / shape.n_heads;
-        let pos = start + (row_job - first_row);
-        let lo = match shape.window {
-            Some(w) => (pos + 1).saturating_sub(w),
-            None => 0,
-        };
-        let q_heads =
-            &q[(row_job * shape.n_heads + first_head) * shape.head_dim..][..group * shape.head_dim];
-        heads(
-            q_heads,
-            &views[e],
-            kv_head,
-            lo..pos + 1,
-            shape,
-            batch_rows == 1,
-            dst,
-        );
-    });
+    // Worth the pool only for enough work in total.
+    par_jobs(
+        &mut out,
+        group * shape.head_dim_v,
+        work >= 1 << 18,
+        |job, dst| {
+            let row_job = job / per_row;
+            let first_head = job % per_row * group;
+            let kv_head = first_head / per_kv;
+            let e = first_job.partition_point(|&f| f / shape.n_heads <= row_job) - 1;
+            let (_, start, batch_rows, _) = entries[e];
+            let first_row = first_job[e] / shape.n_heads;
+            let pos = start + (row_job - first_row);
+            let lo = match shape.window {
+                Some(w) => (pos + 1).saturating_sub(w),
+                None => 0,
+            };
+            let q_heads = &q[(row_job * shape.n_heads + first_head) * shape.head_dim..]
+                [..group * shape.head_dim];
+            heads(
+                q_heads,
+                &views[e],
+                kv_head,
+                lo..pos + 1,
+                shape,
+                batch_rows == 1,
+                dst,
+            );
+        },
+    );
     out
 }
 
@@ -236,7 +217,8 @@ fn heads(
         .collect();
     let mut scores: Vec<Vec<f32>> = vec![vec![0f32; positions.len()]; g];
     let mut pos = positions.start;
-    let mut buf = vec![0f32; 4 * shape.head_dim.max(shape.head_dim_v)];
+    // Four keys, widened ([`accumulate_values`] widens the values into its own buffer).
+    let mut buf = vec![0f32; 4 * shape.head_dim];
     while pos < positions.end {
         // Four keys at a time (independent FMA chains) for tinyBLAS's order.
         let count = if !single && pos + 4 <= positions.end {
